@@ -1,0 +1,1 @@
+"""Activities: all of lockgate's I/O, one module per external system."""

@@ -1,0 +1,141 @@
+"""Activities of the governance lifecycle: `gate.evaluate`, `run.open`, `run.close`.
+
+All are synchronous (hvac, the ledger) and run in the worker's thread pool.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import datetime, timezone
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.grants import GrantSigner
+from activities.ledger import Ledger
+from activities.vault import VaultBroker
+from gates.bundle import PolicyBundle
+from gates.engine import evaluate
+from lockgate.errors import BAD_INPUT
+from lockgate.models import AuditEvent, Decision, GateRequest, RunClose, RunIdentity, RunOpen
+from lockgate.spec import AgentRegistry
+
+__all__ = ["GovernanceActivities", "bundle_content"]
+
+log = logging.getLogger("lockgate.gate")
+
+
+def bundle_content(bundle: PolicyBundle) -> dict[str, object]:
+    """What the ledger keeps of a bundle so a decision can be re-checked later (replay)."""
+    files: dict[str, list[str]] = {}
+    for st in bundle.statements:
+        files.setdefault(st.file, []).append(st.text)
+    return {
+        "policies": {f: "\n\n".join(t) for f, t in files.items()},
+        "schema": bundle.schema_text,
+        "entities": bundle.entities_json,
+    }
+
+
+class GovernanceActivities:
+    def __init__(
+        self,
+        *,
+        bundle: Callable[[], PolicyBundle],
+        agents: AgentRegistry,
+        signer: GrantSigner,
+        ledger: Ledger,
+        vault: VaultBroker,
+    ) -> None:
+        self._bundle = bundle
+        self._agents = agents
+        self._signer = signer
+        self._ledger = ledger
+        self._vault = vault
+
+    @activity.defn(name="gate.evaluate")
+    def evaluate(self, request: GateRequest) -> Decision:
+        info = activity.info()
+        if request.run_id != info.workflow_id:
+            # A workflow may only ask about its own calls; a grant is bound to the run it names.
+            raise ApplicationError("gate request names another run", type=BAD_INPUT, non_retryable=True)
+        bundle = self._bundle()
+        decision = evaluate(bundle, self._agents.get(request.agent), request, now=datetime.now(timezone.utc))
+        if decision.outcome == "allow":
+            grant = self._signer.sign(
+                decision.run_id, decision.step, decision.tool, decision.args_digest, decision.decision_id
+            )
+            decision = decision.model_copy(update={"grant": grant})
+        self._ledger.try_append(
+            f"decision:{decision.decision_id}",
+            decision.run_id,
+            "decision",
+            {
+                "decision_id": decision.decision_id,
+                "step": decision.step,
+                "tool": decision.tool,
+                "args_digest": decision.args_digest,
+                "outcome": decision.outcome,
+                "gate": decision.gate,
+                "policy_ids": list(decision.policy_ids),
+                "reasons": list(decision.reasons),
+                "bundle_hash": decision.bundle_hash,
+                "approver_group": decision.approver_group,
+                "quorum": decision.quorum,
+                "confidence": request.call.confidence,
+                "rationale": request.call.rationale,
+                "state": request.state.model_dump(mode="json"),
+                "initiator": request.initiator,
+                "agent": request.agent,
+            },
+            at=decision.at,
+        )
+        log.info(
+            "decision run=%s step=%s tool=%s outcome=%s gate=%s policies=%s",
+            decision.run_id, decision.step, decision.tool, decision.outcome, decision.gate,
+            ",".join(decision.policy_ids),
+        )
+        return decision
+
+    @activity.defn(name="run.open")
+    def open_run(self, request: RunOpen) -> RunIdentity:
+        agent = self._agents.get(request.agent)
+        if agent is None:
+            raise ApplicationError(f"unknown agent {request.agent!r}", type=BAD_INPUT, non_retryable=True)
+        identity = self._vault.open_run(request.run_id, agent.name, agent.vault_policy, request.ttl_seconds)
+        self._ledger.try_append(
+            f"run.opened:{request.run_id}",
+            request.run_id,
+            "run.opened",
+            {
+                "agent": agent.name,
+                "owner": agent.owner,
+                "initiator": request.initiator,
+                "identity_accessor": identity.accessor,
+                "policies": list(identity.policies),
+                "expires_at": identity.expires_at.isoformat(),
+            },
+        )
+        return identity
+
+    @activity.defn(name="run.close")
+    def close_run(self, request: RunClose) -> bool:
+        revoked = self._vault.close_run(request.run_id, request.accessor)
+        self._ledger.try_append(
+            f"run.closed:{request.run_id}",
+            request.run_id,
+            "run.closed",
+            {
+                "state": request.state,
+                "reason": request.reason,
+                "identity_accessor": request.accessor,
+                "identity_revoked": True,
+                "revoked_by_this_call": revoked,
+            },
+        )
+        return revoked
+
+    @activity.defn(name="audit.record")
+    def record(self, event: AuditEvent) -> bool:
+        return self._ledger.try_append(event.event_key, event.run_id, event.kind, event.data, at=event.at)

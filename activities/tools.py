@@ -1,0 +1,206 @@
+"""Tool activities (`tool.<name>`): grant check, lease, run, revoke — in that order, always.
+
+A tool's implementation is a plain function `(ToolContext, args) -> dict` bound to a declared tool
+name with `@implements`. The credential it gets lives only in the `ToolContext` of one call: it is
+not returned, logged or recorded. Only the `LeaseRef` leaves the activity.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from pydantic import BaseModel, ValidationError
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.grants import GrantError, GrantSigner
+from activities.ledger import Ledger
+from activities.vault import LeaseForbidden, VaultBroker
+from lockgate.errors import BAD_INPUT, GRANT_INVALID, LEASE_FORBIDDEN, TOOL_FAILED
+from lockgate.models import LeaseRef, ToolInvocation, ToolOutcome, args_digest
+from lockgate.spec import AgentRegistry, ToolSpec, describe_validation
+
+__all__ = ["ToolContext", "ToolError", "implements", "IMPLEMENTATIONS", "ToolRunner", "Resources"]
+
+log = logging.getLogger("lockgate.tools")
+
+
+class ToolError(Exception):
+    """A tool's own failure. `retryable=False` (the default) ends the step without retrying."""
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Where tools find the systems their credentials are for (no credentials here)."""
+
+    pg_socket_dir: str | None = None
+    pg_host: str | None = None
+    pg_port: int | None = None
+
+
+@dataclass
+class ToolContext:
+    run_id: str
+    step: int
+    idempotency_key: str
+    resources: Resources
+    secret: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def connect(self, dbname: str) -> psycopg.Connection:
+        """A Postgres connection as this call's dynamic role."""
+        if not self.secret.get("username"):
+            raise ToolError("this tool declares no database secret")
+        params: dict[str, Any] = {
+            "dbname": dbname,
+            "user": self.secret["username"],
+            "password": self.secret["password"],
+            "connect_timeout": 5,
+        }
+        if self.resources.pg_socket_dir:
+            params["host"] = self.resources.pg_socket_dir
+        else:
+            params["host"] = self.resources.pg_host or "127.0.0.1"
+            params["port"] = self.resources.pg_port or 5432
+        return psycopg.connect(**params)
+
+
+ToolImpl = Callable[[ToolContext, Any], dict[str, Any]]
+IMPLEMENTATIONS: dict[str, ToolImpl] = {}
+
+
+def implements(name: str) -> Callable[[ToolImpl], ToolImpl]:
+    def bind(fn: ToolImpl) -> ToolImpl:
+        IMPLEMENTATIONS[name] = fn
+        return fn
+
+    return bind
+
+
+def summarize(result: dict[str, Any]) -> str:
+    summary = result.get("summary")
+    return str(summary) if summary else ", ".join(sorted(result))[:200]
+
+
+class ToolRunner:
+    def __init__(
+        self,
+        *,
+        agents: AgentRegistry,
+        vault: VaultBroker,
+        ledger: Ledger,
+        signer: GrantSigner,
+        resources: Resources,
+        implementations: dict[str, ToolImpl] | None = None,
+    ) -> None:
+        self._agents = agents
+        self._vault = vault
+        self._ledger = ledger
+        self._signer = signer
+        self._resources = resources
+        self._impls = IMPLEMENTATIONS if implementations is None else implementations
+
+    def activities(self) -> list[Callable[..., Any]]:
+        """One activity per declared tool that has an implementation."""
+        out = []
+        for spec in self._agents.tools():
+            impl = self._impls.get(spec.name)
+            if impl is not None:
+                out.append(self._activity(spec, impl))
+        return out
+
+    def _activity(self, spec: ToolSpec, impl: ToolImpl) -> Callable[..., Any]:
+        def run_tool(invocation: ToolInvocation) -> ToolOutcome:
+            return self.run(spec, impl, invocation)
+
+        run_tool.__name__ = f"tool_{spec.name.replace('.', '_')}"
+        return activity.defn(name=spec.activity_name)(run_tool)
+
+    def run(self, spec: ToolSpec, impl: ToolImpl, inv: ToolInvocation) -> ToolOutcome:
+        info = activity.info()
+        digest = args_digest(inv.args)
+        try:
+            if inv.tool != spec.name or inv.run_id != info.workflow_id:
+                raise GrantError("invocation names another tool or run")
+            self._signer.verify(
+                inv.grant, run_id=inv.run_id, step=inv.step, tool=spec.name, digest=digest,
+                decision_id=inv.decision_id,
+            )
+        except GrantError as err:
+            self._ledger.try_append(
+                f"grant.refused:{info.workflow_id}:{info.activity_id}:{info.attempt}", info.workflow_id,
+                "grant.refused", {"tool": spec.name, "step": inv.step, "reason": str(err)},
+            )
+            log.warning("refused tool=%s run=%s: %s", spec.name, info.workflow_id, err)
+            raise ApplicationError(f"{spec.name}: {err}; no tool runs without its gate",
+                                   type=GRANT_INVALID, non_retryable=True) from None
+        try:
+            args: BaseModel = spec.args.model_validate(inv.args)
+        except ValidationError as err:
+            raise ApplicationError(f"{spec.name}: {describe_validation(err)}", type=BAD_INPUT,
+                                   non_retryable=True) from None
+
+        # An earlier attempt that died after leasing left its lease id in heartbeat details:
+        # revoke it now rather than leave it to its TTL.
+        for stale in _stale_leases(info.heartbeat_details):
+            self._vault.revoke(stale)
+            self._ledger.try_append(
+                f"lease.revoked:{stale}", inv.run_id, "lease.revoked",
+                {"lease_id": stale, "tool": spec.name, "step": inv.step, "by": "next-attempt"},
+            )
+
+        ctx = ToolContext(inv.run_id, inv.step, inv.idempotency_key, self._resources)
+        lease: LeaseRef | None = None
+        if spec.secret:
+            try:
+                lease, ctx.secret = self._vault.issue(inv.run_id, spec.secret)
+            except LeaseForbidden as err:
+                raise ApplicationError(str(err), type=LEASE_FORBIDDEN, non_retryable=True) from None
+            activity.heartbeat({"lease_id": lease.lease_id})
+            self._ledger.try_append(
+                f"lease.issued:{lease.lease_id}", inv.run_id, "lease.issued",
+                {"lease_id": lease.lease_id, "secret_path": lease.secret_path, "ttl_seconds": lease.ttl_seconds,
+                 "tool": spec.name, "step": inv.step, "attempt": info.attempt},
+            )
+        try:
+            result = impl(ctx, args)
+        except ToolError as err:
+            self._record_failure(spec, inv, str(err), info.attempt)
+            raise ApplicationError(f"{spec.name}: {err}", type=TOOL_FAILED, non_retryable=not err.retryable) from None
+        finally:
+            ctx.secret = {}
+            if lease is not None:
+                self._vault.revoke(lease.lease_id)
+                self._ledger.try_append(
+                    f"lease.revoked:{lease.lease_id}", inv.run_id, "lease.revoked",
+                    {"lease_id": lease.lease_id, "tool": spec.name, "step": inv.step, "by": "tool"},
+                )
+                activity.heartbeat({"lease_id": None})
+        summary = summarize(result)
+        self._ledger.try_append(
+            f"tool.completed:{inv.run_id}:{inv.step}", inv.run_id, "tool.completed",
+            {"tool": spec.name, "step": inv.step, "summary": summary, "idempotency_key": inv.idempotency_key,
+             "lease_id": lease.lease_id if lease else None, "decision_id": inv.decision_id},
+        )
+        return ToolOutcome(tool=spec.name, step=inv.step, result=result, lease=lease, summary=summary)
+
+    def _record_failure(self, spec: ToolSpec, inv: ToolInvocation, error: str, attempt: int) -> None:
+        self._ledger.try_append(
+            f"tool.failed:{inv.run_id}:{inv.step}:{attempt}", inv.run_id, "tool.failed",
+            {"tool": spec.name, "step": inv.step, "error": error, "attempt": attempt},
+        )
+
+
+def _stale_leases(details: Any) -> list[str]:
+    out = []
+    for item in details or ():
+        if isinstance(item, dict) and item.get("lease_id"):
+            out.append(str(item["lease_id"]))
+    return out

@@ -1,0 +1,214 @@
+"""Vault (OpenBao) I/O: the worker's AppRole login, run identities, dynamic-secret leases.
+
+hvac is synchronous: every method here is called from sync activities running in the worker's
+thread pool, never on the event loop. Secret values returned by `issue` stay in the calling activity.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import hvac
+import hvac.exceptions
+import requests
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from lockgate.bootstrap import RUN_TOKEN_ROLE, RUNS_MOUNT
+from lockgate.models import LeaseRef, RunIdentity
+
+__all__ = ["VaultBroker", "VaultUnavailable", "LeaseForbidden", "RETRYABLE"]
+
+
+class VaultUnavailable(Exception):
+    """Vault did not answer, or answered that it cannot serve now. Retryable."""
+
+
+class LeaseForbidden(Exception):
+    """Vault refused: the identity may not have this secret. Not retryable."""
+
+
+RETRYABLE = (
+    VaultUnavailable,
+    hvac.exceptions.VaultDown,
+    hvac.exceptions.InternalServerError,
+    hvac.exceptions.RateLimitExceeded,
+    hvac.exceptions.BadGateway,
+    requests.ConnectionError,
+    requests.Timeout,
+)
+
+# VAULT_CALL: a few quick in-process retries ride out a blip; past 10 s the activity fails and
+# Temporal's own retry policy takes over, so a stuck Vault never pins a worker thread for long.
+_vault_call = retry(
+    retry=retry_if_exception_type(RETRYABLE),
+    wait=wait_exponential(multiplier=0.1, max=2),
+    stop=stop_after_delay(10),
+    reraise=True,
+)
+
+
+class VaultBroker:
+    """The worker's door to Vault. One per worker process; thread-safe."""
+
+    def __init__(self, addr: str, role_id: str, secret_id: str, *, timeout: float = 5.0) -> None:
+        self._addr = addr
+        self._role_id = role_id
+        self._secret_id = secret_id
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._client: hvac.Client | None = None
+        self._expires = 0.0
+        self._run_tokens: dict[str, str] = {}
+
+    # -- the worker's own identity -------------------------------------------------------------
+    @_vault_call
+    def _login(self) -> hvac.Client:
+        client = hvac.Client(url=self._addr, timeout=self._timeout)
+        auth = client.auth.approle.login(role_id=self._role_id, secret_id=self._secret_id)["auth"]
+        self._expires = time.monotonic() + max(30, int(auth["lease_duration"]) - 60)
+        return client
+
+    @property
+    def client(self) -> hvac.Client:
+        with self._lock:
+            if self._client is None or time.monotonic() >= self._expires:
+                self._client = self._login()
+            return self._client
+
+    def check(self) -> None:
+        """Logs in (raising on bad credentials) — the worker refuses to start without Vault."""
+        _ = self.client
+
+    @_vault_call
+    def grant_key(self) -> bytes:
+        data = self.client.secrets.kv.v1.read_secret(path="worker/settings", mount_point=RUNS_MOUNT)
+        return bytes.fromhex(data["data"]["grant_key"])
+
+    # -- run identities ------------------------------------------------------------------------
+    @_vault_call
+    def open_run(self, run_id: str, agent: str, policy: str, ttl_seconds: int) -> RunIdentity:
+        """Creates (or finds, on retry) the run's own token and keeps it where workers can reach it."""
+        existing = self._read_run(run_id)
+        if existing is not None:
+            return RunIdentity(
+                accessor=existing["accessor"],
+                policies=tuple(existing["policies"].split(",")),
+                expires_at=datetime.fromisoformat(existing["expires_at"]),
+            )
+        resp = self.client.adapter.post(
+            f"/v1/auth/token/create/{RUN_TOKEN_ROLE}",
+            json={
+                "policies": [policy],
+                "ttl": f"{ttl_seconds}s",
+                "explicit_max_ttl": f"{ttl_seconds}s",
+                "display_name": f"run-{run_id}"[:64],
+                "meta": {"run_id": run_id, "agent": agent},
+                "no_default_policy": True,
+            },
+        )
+        auth = resp["auth"]
+        expires = datetime.now(timezone.utc) + timedelta(seconds=int(auth["lease_duration"]))
+        self.client.secrets.kv.v1.create_or_update_secret(
+            path=f"runs/{run_id}",
+            secret={
+                "token": auth["client_token"],
+                "accessor": auth["accessor"],
+                "policies": policy,
+                "agent": agent,
+                "expires_at": expires.isoformat(),
+            },
+            mount_point=RUNS_MOUNT,
+        )
+        with self._lock:
+            self._run_tokens[run_id] = auth["client_token"]
+        return RunIdentity(accessor=auth["accessor"], policies=(policy,), expires_at=expires)
+
+    def _read_run(self, run_id: str) -> dict[str, Any] | None:
+        try:
+            data = self.client.secrets.kv.v1.read_secret(path=f"runs/{run_id}", mount_point=RUNS_MOUNT)
+        except hvac.exceptions.InvalidPath:
+            return None
+        return dict(data["data"])
+
+    def _run_token(self, run_id: str) -> str:
+        with self._lock:
+            token = self._run_tokens.get(run_id)
+        if token is None:
+            record = self._read_run(run_id)
+            if record is None:
+                raise LeaseForbidden(f"run {run_id} has no open identity (closed or never opened)")
+            token = str(record["token"])
+            with self._lock:
+                self._run_tokens[run_id] = token
+        return token
+
+    @_vault_call
+    def close_run(self, run_id: str, accessor: str | None) -> bool:
+        """Revokes the run's identity, and with it every lease it issued. Idempotent.
+
+        Returns True when an identity was revoked by this call.
+        """
+        record = self._read_run(run_id)
+        accessor = accessor or (record or {}).get("accessor")
+        revoked = False
+        if accessor:
+            try:
+                self.client.adapter.post("/v1/auth/token/revoke-accessor", json={"accessor": accessor})
+                revoked = True
+            except (hvac.exceptions.InvalidRequest, hvac.exceptions.Forbidden):
+                revoked = False  # already gone: expired or revoked before
+        if record is not None:
+            self.client.secrets.kv.v1.delete_secret(path=f"runs/{run_id}", mount_point=RUNS_MOUNT)
+        with self._lock:
+            self._run_tokens.pop(run_id, None)
+        return revoked
+
+    @_vault_call
+    def open_runs(self) -> list[str]:
+        try:
+            data = self.client.secrets.kv.v1.list_secrets(path="runs", mount_point=RUNS_MOUNT)
+        except hvac.exceptions.InvalidPath:
+            return []
+        return [str(k) for k in data["data"]["keys"]]
+
+    # -- leases --------------------------------------------------------------------------------
+    @_vault_call
+    def issue(self, run_id: str, secret_path: str) -> tuple[LeaseRef, dict[str, Any]]:
+        """A fresh dynamic secret under the run's identity. The dict is the secret: keep it local."""
+        client = hvac.Client(url=self._addr, token=self._run_token(run_id), timeout=self._timeout)
+        try:
+            resp = client.read(secret_path)
+        except hvac.exceptions.Forbidden as err:
+            raise LeaseForbidden(f"run {run_id} may not read {secret_path}") from err
+        if not resp or not resp.get("lease_id"):
+            raise LeaseForbidden(f"{secret_path} issued no lease")
+        lease = LeaseRef(lease_id=resp["lease_id"], secret_path=secret_path, ttl_seconds=int(resp["lease_duration"]))
+        return lease, dict(resp["data"])
+
+    @_vault_call
+    def revoke(self, lease_id: str) -> None:
+        """Revokes one lease (the database drops the role). Revoking a gone lease is a no-op."""
+        try:
+            self.client.sys.revoke_lease(lease_id=lease_id)
+        except hvac.exceptions.InvalidRequest:
+            pass
+
+    @_vault_call
+    def live_leases(self, secret_path: str) -> list[str]:
+        """Lease ids still alive under a secret path (for `lockgate leases` and the reaper)."""
+        try:
+            resp = self.client.adapter.list(f"/v1/sys/leases/lookup/{secret_path}/")
+        except hvac.exceptions.InvalidPath:
+            return []
+        keys = (resp or {}).get("data", {}).get("keys", [])
+        return [f"{secret_path}/{k}" for k in keys]
+
+    @_vault_call
+    def lease_info(self, lease_id: str) -> dict[str, Any] | None:
+        try:
+            return dict(self.client.sys.read_lease(lease_id=lease_id)["data"])
+        except hvac.exceptions.InvalidRequest:
+            return None

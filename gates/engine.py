@@ -1,0 +1,219 @@
+"""The gate: one decision per proposed tool call. Pure: bundle, agent and run state are arguments.
+
+Order (DESIGN.md "Gate"), first non-allow answer wins:
+kill switch -> task boundary -> args -> Cedar policy -> stateful gates (steps, budget, confidence).
+Any exception inside a gate is a deny naming the gate (fail closed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import cedarpy
+from pydantic import ValidationError
+
+from gates.bundle import PolicyBundle
+from lockgate.models import MAX_ARGS_BYTES, Decision, GateRequest, Outcome, args_digest, canonical_json
+from lockgate.spec import AgentSpec, ToolSpec, describe_validation
+
+__all__ = ["Verdict", "evaluate", "tool_entities", "cedar_context"]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    gate: str
+    outcome: Outcome
+    reasons: tuple[str, ...] = ()
+    policy_ids: tuple[str, ...] = ()
+    approver_group: str | None = None
+    quorum: int = 0
+
+
+@dataclass(frozen=True)
+class _Allow:
+    policy_ids: tuple[str, ...] = field(default_factory=tuple)
+
+
+def tool_entities(agents: list[AgentSpec]) -> list[dict[str, Any]]:
+    """Cedar entities lockgate derives from declarations: each tool with its risk labels."""
+    tools: dict[str, ToolSpec] = {}
+    for agent in agents:
+        for tool in agent.tools:
+            tools.setdefault(tool.name, tool)
+    return [
+        {"uid": {"type": "Tool", "id": name}, "attrs": tool.labels(), "parents": []}
+        for name, tool in sorted(tools.items())
+    ]
+
+
+def cedar_context(agent: AgentSpec, request: GateRequest) -> dict[str, Any]:
+    """What policies see as `context`: the call's args and the run's state."""
+    state = request.state
+    return {
+        "args": request.call.args,
+        "run": {
+            "run_id": request.run_id,
+            "initiator": request.initiator,
+            "owner": agent.owner,
+            "step": request.step,
+            "steps_taken": state.steps_taken,
+            "max_steps": agent.max_steps,
+            "spent": state.spent,
+            "budget": agent.budget if agent.budget is not None else -1,
+            "tainted": state.tainted,
+            # Cedar has no decimals: confidence is passed as a whole percentage.
+            "confidence_pct": int(round(request.call.confidence * 100)),
+            "approved_groups": list(state.approved_groups),
+        },
+    }
+
+
+def _kill_switch(request: GateRequest) -> Verdict | None:
+    if request.state.frozen:
+        return Verdict("kill_switch", "deny", ("agent is frozen by the kill switch",))
+    return None
+
+
+def _boundary(agent: AgentSpec, request: GateRequest) -> Verdict | None:
+    if request.call.tool not in agent.boundary:
+        return Verdict(
+            "boundary",
+            "deny",
+            (f"tool {request.call.tool!r} is outside the task boundary of agent {agent.name!r}",),
+        )
+    return None
+
+
+def _args(tool: ToolSpec, request: GateRequest) -> Verdict | None:
+    size = len(canonical_json(request.call.args).encode())
+    if size > MAX_ARGS_BYTES:
+        return Verdict("args", "deny", (f"args are {size} bytes, over the {MAX_ARGS_BYTES}-byte limit",))
+    try:
+        tool.args.model_validate(request.call.args)
+    except ValidationError as err:
+        return Verdict("args", "deny", (f"args fail the schema of {tool.name}: {describe_validation(err)}",))
+    return None
+
+
+def _cedar(bundle: PolicyBundle, agent: AgentSpec, request: GateRequest) -> Verdict | _Allow:
+    cedar_request = {
+        "principal": {"type": "Agent", "id": agent.name},
+        "action": {"type": "Action", "id": request.call.tool},
+        "resource": {"type": "Tool", "id": request.call.tool},
+        "context": cedar_context(agent, request),
+    }
+    action = request.call.tool
+    result = cedarpy.is_authorized(cedar_request, bundle.slice_for(action), bundle.entities)
+    if result.diagnostics.errors:
+        # Evaluation errors skip the policy that raised them; a forbid that errors must not let a
+        # call through, so any error is a deny.
+        return Verdict("policy", "deny", tuple(f"policy error: {e}" for e in result.diagnostics.errors))
+    ids = tuple(sorted(_ids(result)))
+    if result.allowed:
+        return _Allow(ids)
+    if not ids:
+        return Verdict("policy", "deny", ("no policy permits this call (default deny)",))
+    statements = [bundle.by_id(i) for i in ids]
+    if all(s is not None and s.approval_group for s in statements):
+        # Approval-annotated forbids are the only reason: does anything else stand in the way?
+        rest = cedarpy.is_authorized(
+            cedar_request, bundle.slice_for(action, without_approval=True), bundle.entities
+        )
+        if rest.allowed and not rest.diagnostics.errors:
+            first = statements[0]
+            assert first is not None and first.approval_group
+            group = first.approval_group
+            quorum = max(s.quorum for s in statements if s and s.approval_group == group)
+            return Verdict(
+                "policy",
+                "approval",
+                (f"policy {first.policy_id} requires approval by {group} (quorum {quorum})",),
+                ids,
+                approver_group=group,
+                quorum=quorum,
+            )
+    return Verdict("policy", "deny", tuple(f"forbidden by policy {i}" for i in ids), ids)
+
+
+def _ids(result: Any) -> list[str]:
+    by_reason = getattr(result.diagnostics, "id_annotations_by_reason", None) or {}
+    return [str(by_reason.get(r, r)) for r in result.diagnostics.reasons]
+
+
+def _stateful(agent: AgentSpec, tool: ToolSpec, request: GateRequest) -> Verdict | None:
+    state = request.state
+    if state.steps_taken >= agent.max_steps:
+        return Verdict(
+            "step_limit", "deny", (f"step limit reached: {state.steps_taken} of {agent.max_steps} steps",)
+        )
+    cost = tool.cost_of(request.call.args)
+    if agent.budget is not None and cost and state.spent + cost > agent.budget:
+        return Verdict(
+            "budget",
+            "deny",
+            (f"budget exceeded: spent {state.spent} + {cost} > budget {agent.budget}",),
+        )
+    return None
+
+
+def evaluate(
+    bundle: PolicyBundle, agent: AgentSpec | None, request: GateRequest, *, now: datetime
+) -> Decision:
+    """Decides one call. Never raises: an error in any gate is a deny by that gate."""
+    gate = "kill_switch"
+    try:
+        verdict: Verdict | None = _kill_switch(request)
+        if verdict is None:
+            gate = "boundary"
+            if agent is None:
+                verdict = Verdict("boundary", "deny", (f"unknown agent {request.agent!r}",))
+            else:
+                verdict = _boundary(agent, request)
+        policy_ids: tuple[str, ...] = ()
+        if verdict is None:
+            assert agent is not None
+            tool = agent.tool(request.call.tool)
+            assert tool is not None
+            gate = "args"
+            verdict = _args(tool, request)
+            if verdict is None:
+                gate = "policy"
+                cedar = _cedar(bundle, agent, request)
+                if isinstance(cedar, Verdict):
+                    verdict = cedar
+                else:
+                    policy_ids = cedar.policy_ids
+                    gate = "stateful"
+                    verdict = _stateful(agent, tool, request)
+                    if verdict is not None:
+                        verdict = Verdict(
+                            verdict.gate, verdict.outcome, verdict.reasons, policy_ids,
+                            verdict.approver_group, verdict.quorum,
+                        )
+        if verdict is None:
+            verdict = Verdict("policy", "allow", ("permitted",), policy_ids)
+    except Exception as err:  # noqa: BLE001 - fail closed: any gate error is a deny
+        verdict = Verdict(gate, "deny", (f"gate error ({type(err).__name__}): {err}",))
+    try:
+        digest = args_digest(request.call.args)
+    except Exception:  # noqa: BLE001
+        digest = "unhashable"
+    return Decision(
+        decision_id=request.decision_id,
+        run_id=request.run_id,
+        step=request.step,
+        tool=request.call.tool,
+        args_digest=digest,
+        bundle_hash=bundle.hash,
+        policy_ids=verdict.policy_ids,
+        gate=verdict.gate,
+        outcome=verdict.outcome,
+        reasons=verdict.reasons,
+        approver_group=verdict.approver_group,
+        quorum=verdict.quorum,
+        approvers=tuple(bundle.members_of(verdict.approver_group)) if verdict.approver_group else (),
+        at=now,
+    )
+

@@ -1,0 +1,73 @@
+"""Configuration from the environment (DESIGN.md "Configuration").
+
+`.lockgate/dev.env`, written by `lockgate dev up`, is read as defaults: a variable already set in the
+environment always wins, so operators and tests can point lockgate anywhere.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["Settings", "read_env_file", "load_settings"]
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    temporal_address: str = "localhost:7233"
+    namespace: str = "default"
+    task_queue: str = "lockgate"
+    vault_addr: str = "http://127.0.0.1:8200"
+    vault_role_id: str | None = None
+    vault_secret_id: str | None = None
+    policy_dir: Path = Path("policies")
+    ledger_url: str = "sqlite:///.lockgate/ledger.db"
+    state_dir: Path = Path(".lockgate")
+    # Dev stack only (never used by the worker for its own authentication).
+    vault_token: str | None = None
+    pg_socket_dir: str | None = None
+    pg_dsn: str | None = None
+    ui_address: str | None = None
+
+
+_ENV_NAMES = {
+    "temporal_address": "LOCKGATE_TEMPORAL_ADDRESS",
+    "namespace": "LOCKGATE_NAMESPACE",
+    "task_queue": "LOCKGATE_TASK_QUEUE",
+    "vault_addr": "VAULT_ADDR",
+    "vault_role_id": "LOCKGATE_VAULT_ROLE_ID",
+    "vault_secret_id": "LOCKGATE_VAULT_SECRET_ID",
+    "policy_dir": "LOCKGATE_POLICY_DIR",
+    "ledger_url": "LOCKGATE_LEDGER_URL",
+    "state_dir": "LOCKGATE_STATE_DIR",
+    "vault_token": "VAULT_TOKEN",
+    "pg_socket_dir": "LOCKGATE_PG_SOCKET_DIR",
+    "pg_dsn": "LOCKGATE_PG_DSN",
+    "ui_address": "LOCKGATE_UI_ADDRESS",
+}
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Parses a KEY=VALUE file; blank lines and `#` comments are skipped."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        values[key.strip()] = value.strip().strip('"')
+    return values
+
+
+def load_settings(environ: dict[str, str] | None = None) -> Settings:
+    """Settings from `environ` (default: the process environment) over `STATE_DIR/dev.env`."""
+    env = dict(os.environ if environ is None else environ)
+    state_dir = Path(env.get("LOCKGATE_STATE_DIR", ".lockgate"))
+    merged = {**read_env_file(state_dir / "dev.env"), **env}
+    fields = {name: merged[var] for name, var in _ENV_NAMES.items() if merged.get(var)}
+    return Settings(**fields)

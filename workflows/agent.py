@@ -1,0 +1,362 @@
+"""The agent workflow: a planner proposes tool calls; each one is gated, leased, run and audited.
+
+Deterministic orchestration only: every decision and side effect happens in an activity. `run` is
+lifecycle (identity, saga, close); `call` is the governed tool call; approvals arrive as signals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributePair
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+
+# Pure declarations and models, no I/O: passed through so the sandbox does not re-import them on
+# every run (and so that `registry` is the one the worker filled).
+with workflow.unsafe.imports_passed_through():
+    from pydantic import ValidationError
+
+    import lockgate.agents  # noqa: F401 - registers the built-in agents
+    from lockgate import errors
+    from lockgate.models import (
+        ApprovalAttempt,
+        ApprovalRequest,
+        ApprovalSignal,
+        AuditEvent,
+        Decision,
+        GateRequest,
+        GateState,
+        RunClose,
+        RunIdentity,
+        RunInput,
+        RunOpen,
+        RunResult,
+        RunState,
+        RunStatus,
+        StepRecord,
+        ToolCall,
+        ToolInvocation,
+        ToolOutcome,
+        redact_args,
+    )
+    from lockgate.spec import AgentSpec, describe_validation, registry
+
+__all__ = ["AgentWorkflow", "SA_AGENT", "SA_STATE", "SA_INITIATOR", "SA_PENDING", "APPROVAL_TTL"]
+
+SA_AGENT = SearchAttributeKey.for_keyword("LockgateAgent")
+SA_STATE = SearchAttributeKey.for_keyword("LockgateState")
+SA_INITIATOR = SearchAttributeKey.for_keyword("LockgateInitiator")
+SA_PENDING = SearchAttributeKey.for_keyword_list("LockgatePending")
+
+APPROVAL_TTL = timedelta(hours=24)
+
+# GATE_CALL: a local activity (no extra server round trip); pure compute plus one ledger write.
+GATE_CALL: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=20),
+    "retry_policy": RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=5),
+                                non_retryable_error_types=[errors.BAD_INPUT]),
+}
+# TOOL_CALL: the heartbeat timeout is how fast a crashed worker's attempt is noticed and retried
+# (the next attempt revokes the lease the dead one held). Denials and tool failures never retry.
+TOOL_CALL: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=60),
+    "heartbeat_timeout": timedelta(seconds=10),
+    "retry_policy": RetryPolicy(
+        initial_interval=timedelta(milliseconds=500), maximum_interval=timedelta(seconds=10),
+        maximum_attempts=6,
+        non_retryable_error_types=[errors.GRANT_INVALID, errors.BAD_INPUT, errors.LEASE_FORBIDDEN,
+                                   errors.TOOL_FAILED, errors.TOOL_DENIED],
+    ),
+}
+# RUN_CALL: opening and closing the run identity must eventually happen; keep retrying.
+RUN_CALL: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=30),
+    "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=10),
+                                non_retryable_error_types=[errors.BAD_INPUT]),
+}
+AUDIT_CALL: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=20),
+    "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=10)),
+}
+
+
+class _Denied(Exception):
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@workflow.defn(name="lockgate.agent")
+class AgentWorkflow:
+    @workflow.init
+    def __init__(self, inp: RunInput) -> None:
+        self._inp = inp
+        self._run_id = workflow.info().workflow_id
+        self._agent: AgentSpec | None = registry.get(inp.agent)
+        self._state: RunState = "running"
+        self._steps: list[StepRecord] = []
+        self._compensated: list[StepRecord] = []
+        self._done: list[dict[str, Any]] = []
+        self._saga: list[tuple[int, str, dict[str, Any]]] = []
+        self._spent = 0
+        self._tainted = False
+        self._identity: RunIdentity | None = None
+        self._in_flight = 0
+        self._error: str | None = None
+        self._step = 0
+        self._evaluations = 0
+        self._pending: dict[str, ApprovalRequest] = {}
+        self._verdicts: dict[str, str] = {}  # request id -> "approved" | "rejected: reason"
+        self._attempts: dict[str, ApprovalAttempt] = {}
+        self._approvers: dict[str, tuple[str, ...]] = {}
+        self._halt_reason: str | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    @workflow.run
+    async def run(self, inp: RunInput) -> RunResult:
+        agent = self._agent
+        if agent is None:
+            raise ApplicationError(f"unknown agent {inp.agent!r}", type=errors.BAD_INPUT, non_retryable=True)
+        try:
+            agent.input_model.model_validate(inp.input)
+        except ValidationError as err:
+            raise ApplicationError(f"invalid input for {agent.name}: {describe_validation(err)}",
+                                   type=errors.BAD_INPUT, non_retryable=True) from None
+        workflow.upsert_search_attributes([
+            SearchAttributePair(SA_AGENT, agent.name), SearchAttributePair(SA_INITIATOR, inp.initiator),
+            SearchAttributePair(SA_STATE, "running"), SearchAttributePair(SA_PENDING, []),
+        ])
+        ttl = int(agent.deadline.total_seconds())
+        self._identity = await workflow.execute_activity(
+            "run.open", RunOpen(run_id=self._run_id, agent=agent.name, initiator=inp.initiator, ttl_seconds=ttl),
+            result_type=RunIdentity, **RUN_CALL,
+        )
+        failure: BaseException | None = None
+        try:
+            await self._plan(agent)
+        except (asyncio.CancelledError, CancelledError) as err:
+            failure = err
+            self._error = f"halted: {self._halt_reason or 'cancelled'}"
+        except _Denied as err:
+            failure = ApplicationError(str(err), type=err.kind, non_retryable=True)
+            self._error = str(err)
+        except ActivityError as err:
+            cause = err.cause
+            kind = cause.type if isinstance(cause, ApplicationError) and cause.type else errors.TOOL_FAILED
+            message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+            failure = ApplicationError(message, type=kind, non_retryable=True)
+            self._error = message
+        if failure is not None:
+            self._set_state("compensating")
+            await self._compensate(agent)
+        final: RunState = "completed"
+        if failure is not None:
+            final = "halted" if isinstance(failure, (asyncio.CancelledError, CancelledError)) else "failed"
+        await workflow.execute_activity(
+            "run.close", RunClose(run_id=self._run_id, accessor=self._identity.accessor, state=final,
+                                  reason=self._error),
+            result_type=bool, **RUN_CALL,
+        )
+        self._set_state(final)
+        if failure is not None:
+            raise failure
+        return RunResult(run_id=self._run_id, state=final, steps=tuple(self._steps),
+                         output={"results": [d["result"] for d in self._done]})
+
+    async def _plan(self, agent: AgentSpec) -> None:
+        while True:
+            proposal = agent.planner(self._inp.input, self._done)
+            if proposal is None:
+                return
+            outcome = await self.call(agent, proposal)
+            self._done.append({"tool": outcome.tool, "step": outcome.step, "result": outcome.result})
+
+    def _set_state(self, state: RunState) -> None:
+        if state != self._state:
+            self._state = state
+            workflow.upsert_search_attributes([SearchAttributePair(SA_STATE, state)])
+
+    # -- the governed call ---------------------------------------------------------------------
+    async def call(self, agent: AgentSpec, call: ToolCall, *, compensation: bool = False) -> ToolOutcome:
+        """Gate -> (approval) -> lease + run + revoke. Raises _Denied or ActivityError."""
+        self._step += 1
+        step = self._step
+        tool = agent.tool(call.tool)
+        decision = await self._gate(agent, call, step, ())
+        if decision.outcome == "approval":
+            decision = await self._await_approval(agent, call, step, decision)
+        record = StepRecord(
+            step=step, tool=call.tool, args_digest=decision.args_digest, outcome=decision.outcome,
+            gate=decision.gate, decision_id=decision.decision_id, policy_ids=decision.policy_ids,
+            reasons=decision.reasons,
+        )
+        if decision.outcome != "allow" or tool is None or decision.grant is None:
+            self._record(record, compensation, error="; ".join(decision.reasons))
+            raise _Denied(f"step {step} {call.tool} denied by {decision.gate}: {'; '.join(decision.reasons)}",
+                          errors.TOOL_DENIED)
+        key = f"{self._run_id}:{step}"
+        if tool.compensation and not compensation:
+            # Registered before the step runs: a crash mid-step still gets compensated (it is
+            # idempotent, so compensating a step that never happened is a no-op).
+            self._saga.append((step, tool.compensation, {"idempotency_key": key}))
+        invocation = ToolInvocation(run_id=self._run_id, step=step, tool=call.tool, args=call.args,
+                                    decision_id=decision.decision_id, grant=decision.grant, idempotency_key=key)
+        self._in_flight += 1
+        try:
+            outcome = await workflow.execute_activity(
+                tool.activity_name, invocation, result_type=ToolOutcome, **TOOL_CALL
+            )
+        except ActivityError as err:
+            cause = err.cause
+            self._record(record, compensation, error=cause.message if isinstance(cause, ApplicationError) else str(err))
+            raise
+        finally:
+            self._in_flight -= 1
+        if not compensation:
+            self._spent += tool.cost_of(call.args)
+            self._tainted = self._tainted or tool.data_class == "regulated"
+        self._record(record, compensation, lease_id=outcome.lease.lease_id if outcome.lease else None,
+                     summary=outcome.summary)
+        return outcome
+
+    def _record(self, record: StepRecord, compensation: bool, **update: Any) -> None:
+        done = record.model_copy(update=update)
+        (self._compensated if compensation else self._steps).append(done)
+
+    async def _gate(self, agent: AgentSpec, call: ToolCall, step: int, approved: tuple[str, ...]) -> Decision:
+        self._evaluations += 1
+        request = GateRequest(
+            decision_id=f"{self._run_id}/{step}/{self._evaluations}",
+            run_id=self._run_id, agent=agent.name, initiator=self._inp.initiator, step=step, call=call,
+            state=GateState(steps_taken=len(self._steps), spent=self._spent, tainted=self._tainted,
+                            approved_groups=approved),
+        )
+        return await workflow.execute_local_activity("gate.evaluate", request, result_type=Decision, **GATE_CALL)
+
+    # -- approvals -----------------------------------------------------------------------------
+    async def _await_approval(self, agent: AgentSpec, call: ToolCall, step: int, decision: Decision) -> Decision:
+        approved: tuple[str, ...] = ()
+        while decision.outcome == "approval":
+            assert decision.approver_group is not None
+            now = workflow.now()
+            request = ApprovalRequest(
+                request_id=f"{step}.{len(approved) + 1}", run_id=self._run_id, agent=agent.name, step=step,
+                tool=call.tool, args_digest=decision.args_digest, args_preview=redact_args(call.args),
+                group=decision.approver_group, quorum=max(1, decision.quorum), requested_at=now,
+                expires_at=now + APPROVAL_TTL, decision_id=decision.decision_id, policy_ids=decision.policy_ids,
+            )
+            self._pending[request.request_id] = request
+            self._approvers[request.request_id] = decision.approvers
+            self._publish_pending()
+            await self._audit("approval.requested", request.request_id, request.model_dump(mode="json"))
+            try:
+                await workflow.wait_condition(lambda: request.request_id in self._verdicts, timeout=APPROVAL_TTL)
+            except asyncio.TimeoutError:
+                self._verdicts[request.request_id] = "expired"
+            finally:
+                self._pending.pop(request.request_id, None)
+                self._publish_pending()
+            verdict = self._verdicts[request.request_id]
+            if verdict == "expired":
+                await self._audit("approval.expired", request.request_id, {"request_id": request.request_id})
+                raise _Denied(f"step {step} {call.tool}: approval request {request.request_id} expired",
+                              errors.APPROVAL_EXPIRED)
+            if verdict.startswith("rejected"):
+                raise _Denied(f"step {step} {call.tool}: {verdict}", errors.APPROVAL_REJECTED)
+            approved = (*approved, request.group)
+            # Re-evaluate with the approval in context: policy, not the approval, has the last word.
+            decision = await self._gate(agent, call, step, approved)
+        return decision
+
+    def _publish_pending(self) -> None:
+        self._set_state("awaiting_approval" if self._pending else "running")
+        workflow.upsert_search_attributes([SearchAttributePair(SA_PENDING, sorted(self._pending))])
+
+    async def _audit(self, kind: str, key: str, data: dict[str, Any]) -> None:
+        event = AuditEvent(event_key=f"{kind}:{self._run_id}:{key}", run_id=self._run_id, kind=kind, data=data,
+                           at=workflow.now())
+        await workflow.execute_activity("audit.record", event, **AUDIT_CALL)
+
+    def _judge(self, signal: ApprovalSignal, verdict: str) -> tuple[bool, str]:
+        request = self._pending.get(signal.request_id)
+        if request is None:
+            return False, f"no pending approval request {signal.request_id!r} in this run"
+        if signal.approver not in self._approvers.get(signal.request_id, ()):
+            return False, f"{signal.approver} is not in group {request.group}"
+        if signal.approver in (self._inp.initiator, self._agent.owner if self._agent else None):
+            return False, f"{signal.approver} initiated or owns this run (separation of duties)"
+        if signal.args_digest != request.args_digest:
+            return False, "args digest does not match the pending request (approvals bind to the exact action)"
+        if workflow.now() >= request.expires_at:
+            return False, "approval request has expired"
+        if verdict == "approve" and signal.approver in request.approvals:
+            return False, f"{signal.approver} already approved this request (quorum counts distinct approvers)"
+        return True, "accepted"
+
+    async def _on_verdict(self, signal: ApprovalSignal, verdict: str) -> None:
+        if signal.attempt_id in self._attempts:
+            return  # a re-delivered signal
+        accepted, why = self._judge(signal, verdict)
+        attempt = ApprovalAttempt(attempt_id=signal.attempt_id, request_id=signal.request_id, approver=signal.approver,
+                                  verdict="approve" if verdict == "approve" else "reject", accepted=accepted,
+                                  reason=why if not accepted else (signal.reason or why), at=workflow.now())
+        self._attempts[signal.attempt_id] = attempt
+        request = self._pending.get(signal.request_id)
+        if accepted and request is not None:
+            if verdict == "approve":
+                request = request.model_copy(update={"approvals": (*request.approvals, signal.approver)})
+                self._pending[request.request_id] = request
+                if len(request.approvals) >= request.quorum:
+                    self._verdicts[request.request_id] = "approved"
+            else:
+                self._verdicts[request.request_id] = (
+                    f"rejected by {signal.approver}" + (f": {signal.reason}" if signal.reason else "")
+                )
+        kind = f"approval.{'accepted' if accepted else 'refused'}"
+        await self._audit(kind, signal.attempt_id, {**attempt.model_dump(mode="json"), "args_digest": signal.args_digest})
+
+    @workflow.signal(name="approve")
+    async def approve(self, signal: ApprovalSignal) -> None:
+        await self._on_verdict(signal, "approve")
+
+    @workflow.signal(name="reject")
+    async def reject(self, signal: ApprovalSignal) -> None:
+        await self._on_verdict(signal, "reject")
+
+    @workflow.signal(name="halt")
+    def halt(self, reason: str) -> None:
+        self._halt_reason = reason or "halted by operator"
+
+    # -- compensation --------------------------------------------------------------------------
+    async def _compensate(self, agent: AgentSpec) -> None:
+        """Runs registered compensations in reverse; one failing does not stop the others."""
+        while self._saga:
+            step, tool_name, args = self._saga.pop()
+            try:
+                await self.call(agent, ToolCall(tool=tool_name, args=args, rationale=f"compensate step {step}"),
+                                compensation=True)
+            except (_Denied, ActivityError) as err:
+                self._error = f"{self._error}; compensation of step {step} failed: {err}"
+
+    # -- queries -------------------------------------------------------------------------------
+    @workflow.query(name="status")
+    def status(self) -> RunStatus:
+        agent = self._agent
+        return RunStatus(
+            run_id=self._run_id, agent=self._inp.agent, initiator=self._inp.initiator,
+            owner=agent.owner if agent else "", state=self._state, step=self._step, spent=self._spent,
+            tainted=self._tainted, pending_approvals=tuple(self._pending.values()),
+            open_leases=self._in_flight, identity_accessor=self._identity.accessor if self._identity else None,
+            steps=tuple(self._steps), compensations=tuple(self._compensated), error=self._error,
+        )
+
+    @workflow.query(name="pending_approvals")
+    def pending_approvals(self) -> list[ApprovalRequest]:
+        return list(self._pending.values())
+
+    @workflow.query(name="approval_attempt")
+    def approval_attempt(self, attempt_id: str) -> ApprovalAttempt | None:
+        return self._attempts.get(attempt_id)
