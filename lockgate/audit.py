@@ -1,0 +1,96 @@
+"""Audit timelines: one per run, from the ledger and the workflow's history.
+
+The JSON form is a stable schema (version 1):
+    {"schema": "lockgate.audit/v1", "run_id": str, "status": {...} | null,
+     "ledger_intact": bool, "entries": [{"seq": int, "at": str, "kind": str, "step": int | null,
+     "tool": str | null, "summary": str, "data": {...}}]}
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from activities.ledger import Ledger
+
+__all__ = ["timeline", "render_text", "render_markdown", "SCHEMA"]
+
+SCHEMA = "lockgate.audit/v1"
+
+
+def _summary(kind: str, d: dict[str, Any]) -> str:
+    if kind == "run.opened":
+        return (f"run opened for agent {d.get('agent')} by {d.get('initiator')} (owner {d.get('owner')}); "
+                f"identity {d.get('identity_accessor')} until {d.get('expires_at')}")
+    if kind == "decision":
+        policies = ", ".join(d.get("policy_ids") or []) or "-"
+        extra = f" -> approval by {d.get('approver_group')} (quorum {d.get('quorum')})" if d.get("outcome") == "approval" else ""
+        return (f"gate {d.get('outcome').upper()} by {d.get('gate')} [{policies}] bundle {str(d.get('bundle_hash'))[:12]} "
+                f"args {str(d.get('args_digest'))[:12]} confidence {d.get('confidence')}{extra}: "
+                f"{'; '.join(d.get('reasons') or [])}")
+    if kind == "lease.issued":
+        return f"lease issued {d.get('lease_id')} (ttl {d.get('ttl_seconds')}s)"
+    if kind == "lease.revoked":
+        return f"lease revoked {d.get('lease_id')} (by {d.get('by')})"
+    if kind == "tool.completed":
+        return f"tool result: {d.get('summary')}"
+    if kind == "tool.failed":
+        return f"tool FAILED (attempt {d.get('attempt')}): {d.get('error')}"
+    if kind == "grant.refused":
+        return f"tool refused to run without a valid grant: {d.get('reason')}"
+    if kind == "approval.requested":
+        return (f"approval request {d.get('request_id')} to {d.get('group')} (quorum {d.get('quorum')}), "
+                f"args {str(d.get('args_digest'))[:12]}, expires {d.get('expires_at')}")
+    if kind == "approval.accepted":
+        return f"{d.get('verdict')} by {d.get('approver')} accepted for request {d.get('request_id')}: {d.get('reason')}"
+    if kind == "approval.refused":
+        return f"REFUSED {d.get('verdict')} attempt by {d.get('approver')} on request {d.get('request_id')}: {d.get('reason')}"
+    if kind == "approval.expired":
+        return f"approval request {d.get('request_id')} expired"
+    if kind == "run.closed":
+        return f"run closed: {d.get('state')}; identity {d.get('identity_accessor')} revoked" + (
+            f"; {d.get('reason')}" if d.get("reason") else "")
+    if kind.startswith("reaper."):
+        return f"reaper: {d.get('action', kind)} {d.get('detail', '')}".strip()
+    return json.dumps(d, sort_keys=True)
+
+
+def timeline(ledger: Ledger, run_id: str, status: dict[str, Any] | None = None) -> dict[str, Any]:
+    entries = []
+    for e in ledger.entries(run_id):
+        data = json.loads(e.data)
+        entries.append({
+            "seq": e.seq, "at": e.at, "kind": e.kind, "step": data.get("step"), "tool": data.get("tool"),
+            "summary": _summary(e.kind, data), "data": data,
+        })
+    # The chain is in write order; the timeline is in the order things happened.
+    entries.sort(key=lambda e: (e["at"], e["seq"]))
+    return {"schema": SCHEMA, "run_id": run_id, "status": status, "ledger_intact": not ledger.verify(),
+            "entries": entries}
+
+
+def render_text(doc: dict[str, Any]) -> str:
+    lines = [f"audit of run {doc['run_id']}"]
+    status = doc.get("status")
+    if status:
+        lines.append(f"state: {status.get('state')}  agent: {status.get('agent')}  initiator: {status.get('initiator')}"
+                     f"  owner: {status.get('owner')}")
+    lines.append(f"ledger hash chain: {'intact' if doc['ledger_intact'] else 'BROKEN (run lockgate audit --verify)'}")
+    for e in doc["entries"]:
+        step = f"step {e['step']:>2}" if e.get("step") is not None else "       "
+        lines.append(f"{e['at'][11:23]}  {step}  {e['kind']:<18} {e['summary']}")
+    return "\n".join(lines)
+
+
+def render_markdown(doc: dict[str, Any]) -> str:
+    lines = [f"# Audit of run `{doc['run_id']}`", ""]
+    status = doc.get("status")
+    if status:
+        lines += [f"- state: **{status.get('state')}**", f"- agent: `{status.get('agent')}`",
+                  f"- initiator: `{status.get('initiator')}`, owner: `{status.get('owner')}`"]
+    lines += [f"- ledger hash chain: {'intact' if doc['ledger_intact'] else '**BROKEN**'}", "",
+              "| # | time | step | event | detail |", "|---|---|---|---|---|"]
+    for e in doc["entries"]:
+        detail = e["summary"].replace("|", "\\|")
+        lines.append(f"| {e['seq']} | {e['at']} | {e.get('step') or ''} | {e['kind']} | {detail} |")
+    return "\n".join(lines)

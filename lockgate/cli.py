@@ -1,0 +1,359 @@
+"""`lockgate`: the operator's command line (DESIGN.md "CLI").
+
+Exit codes: 0 done; 1 the operation ran and found a problem; 2 bad input or refused, with one line
+on stderr and no traceback. `--json` prints machine-readable output on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from lockgate.config import Settings, load_settings
+from lockgate.errors import PolicyError, UserError
+
+__all__ = ["main", "build_parser"]
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True, default=str))
+
+
+def _client(settings: Settings) -> Any:
+    from worker import connect
+
+    return connect(settings)
+
+
+def _ledger(settings: Settings) -> Any:
+    from activities.ledger import Ledger
+
+    return Ledger(settings.ledger_url)
+
+
+def _run(coro: Coroutine[Any, Any, int]) -> int:
+    return asyncio.run(coro)
+
+
+# -- dev ---------------------------------------------------------------------------------------
+def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
+    from lockgate.devstack import DevStack
+
+    stack = DevStack.from_env(settings.state_dir)
+    say = (lambda _m: None) if args.json else (lambda m: print(f"  {m}", file=sys.stderr, flush=True))
+    if args.action == "up":
+        env = stack.up(say)
+        status = stack.status()
+        if args.json:
+            _print_json({"status": status, "env_file": str(stack.env_file)})
+        else:
+            print(f"dev stack up. Temporal {env['LOCKGATE_TEMPORAL_ADDRESS']}, UI {env['LOCKGATE_UI_ADDRESS'] or '-'}, "
+                  f"OpenBao {env['VAULT_ADDR']}, Postgres socket {env['LOCKGATE_PG_SOCKET_DIR']}")
+            print(f"settings in {stack.env_file}")
+        return 0
+    if args.action == "down":
+        stack.down(say)
+        if not args.json:
+            print("dev stack down")
+        return 0
+    status = stack.status()
+    healthy = all(s["healthy"] for s in status.values())
+    if args.json:
+        _print_json({"healthy": healthy, "services": status})
+    else:
+        for name, s in status.items():
+            where = s.get("address") or s.get("socket_dir") or "-"
+            print(f"{name:<9} {'healthy' if s['healthy'] else 'DOWN':<8} {where}")
+    return 0 if healthy else 1
+
+
+# -- policy --------------------------------------------------------------------------------------
+def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
+    import lockgate.agents  # noqa: F401
+    from lockgate.policies import load_bundle
+    from lockgate.spec import registry
+
+    directory = Path(args.dir) if args.dir else settings.policy_dir
+    try:
+        bundle = load_bundle(directory, registry)
+    except PolicyError as err:
+        if args.json:
+            _print_json({"valid": False, "errors": [f"{directory / p}" for p in err.problems]})
+        for problem in err.problems:
+            print(f"{directory / problem}", file=sys.stderr)
+        return 2
+    if args.json:
+        _print_json({"valid": True, "hash": bundle.hash, "policies": [s.policy_id for s in bundle.statements]})
+    else:
+        print(f"{directory}: {len(bundle.statements)} policies valid; bundle {bundle.hash}")
+    return 0
+
+
+# -- runs ----------------------------------------------------------------------------------------
+async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from lockgate.ops import parse_input, run_status, start_run
+
+    data = parse_input(args.agent, args.input)
+    client = await _client(settings)
+    handle = await start_run(client, settings.task_queue, args.agent, data, initiator=args.as_ or getpass.getuser(),
+                             run_id=args.id)
+    if not args.wait:
+        if args.json:
+            _print_json({"run_id": handle.id})
+        else:
+            print(handle.id)
+        return 0
+    try:
+        await handle.result()
+    except Exception:  # noqa: BLE001 - the status below tells what happened
+        pass
+    status = await run_status(client, handle.id)
+    if args.json:
+        _print_json(status.model_dump(mode="json"))
+    else:
+        print(handle.id)
+        _print_status(status)
+    return 0 if status.state == "completed" else 1
+
+
+def _print_status(status: Any) -> None:
+    print(f"run {status.run_id}: {status.state}  agent {status.agent}  initiator {status.initiator}  "
+          f"step {status.step}  spent {status.spent}  open leases {status.open_leases}")
+    for s in status.steps:
+        line = f"  step {s.step:>2} {s.tool:<18} {s.outcome:<8} {s.gate:<10} {','.join(s.policy_ids) or '-'}"
+        if s.summary:
+            line += f"  {s.summary}"
+        if s.error:
+            line += f"  ERROR: {s.error}"
+        print(line)
+    for s in status.compensations:
+        print(f"  compensation step {s.step} {s.tool}: {s.summary or s.error or s.outcome}")
+    for p in status.pending_approvals:
+        print(f"  pending approval {p.request_id}: {p.tool} by {p.group} ({len(p.approvals)}/{p.quorum}), "
+              f"expires {p.expires_at:%Y-%m-%d %H:%M:%S}")
+    if status.error:
+        print(f"  error: {status.error}")
+
+
+async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from lockgate.ops import run_status
+
+    status = await run_status(await _client(settings), args.run_id)
+    if args.json:
+        _print_json(status.model_dump(mode="json"))
+    else:
+        _print_status(status)
+    return 0
+
+
+async def cmd_pending(args: argparse.Namespace, settings: Settings) -> int:
+    from lockgate.ops import list_pending
+
+    rows = await list_pending(await _client(settings), args.agent)
+    if args.json:
+        _print_json(rows)
+        return 0
+    if not rows:
+        print("no approval requests waiting")
+    for r in rows:
+        print(f"{r['run_id']}  {r['request_id']}  {r['agent']}  {r['tool']}  group {r['group']} "
+              f"({len(r['approvals'])}/{r['quorum']})  args {json.dumps(r['args'], sort_keys=True)}  "
+              f"digest {r['args_digest'][:16]}  expires {r['expires_at']}")
+    return 0
+
+
+async def cmd_verdict(args: argparse.Namespace, settings: Settings) -> int:
+    from lockgate.ops import send_verdict
+
+    approve = args.command == "approve"
+    attempt = await send_verdict(await _client(settings), args.run_id, args.request_id, approver=args.as_,
+                                 approve=approve, reason=args.reason or "", args_digest=args.digest)
+    if args.json:
+        _print_json(attempt.model_dump(mode="json"))
+    if not attempt.accepted:
+        print(f"lockgate: {args.command} refused: {attempt.reason}", file=sys.stderr)
+        return 2
+    if not args.json:
+        print(f"{'approval' if approve else 'rejection'} by {args.as_} recorded on {args.run_id} {args.request_id}")
+    return 0
+
+
+async def cmd_halt(args: argparse.Namespace, settings: Settings) -> int:
+    from lockgate.ops import halt_run, run_status, wait_closed
+
+    client = await _client(settings)
+    await halt_run(client, args.run_id, args.reason or f"halted by {getpass.getuser()}")
+    state = await wait_closed(client, args.run_id, timeout=120)
+    status = await run_status(client, args.run_id)
+    if args.json:
+        _print_json(status.model_dump(mode="json"))
+    else:
+        print(f"run {args.run_id}: {state}")
+        _print_status(status)
+    return 0
+
+
+async def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    from lockgate.audit import render_markdown, render_text, timeline
+    from lockgate.ops import run_status
+
+    status = None
+    try:
+        status = (await run_status(await _client(settings), args.run_id)).model_dump(mode="json")
+    except UserError:
+        raise
+    except Exception:  # noqa: BLE001 - audit from the ledger alone when Temporal is away
+        status = None
+    ledger = _ledger(settings)
+    doc = timeline(ledger, args.run_id, status)
+    if not doc["entries"] and status is None:
+        raise UserError(f"unknown run {args.run_id!r}")
+    if args.format == "json":
+        _print_json(doc)
+    elif args.format == "md":
+        print(render_markdown(doc))
+    else:
+        print(render_text(doc))
+    return 0 if doc["ledger_intact"] else 1
+
+
+def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
+    problems = _ledger(settings).verify()
+    if args.json:
+        _print_json({"intact": not problems, "problems": problems})
+    else:
+        print("ledger intact" if not problems else "\n".join(problems))
+    return 0 if not problems else 1
+
+
+def cmd_leases(args: argparse.Namespace, settings: Settings) -> int:
+    import lockgate.agents  # noqa: F401
+    from activities.vault import VaultBroker
+    from lockgate.spec import registry
+
+    if not (settings.vault_role_id and settings.vault_secret_id):
+        raise UserError("LOCKGATE_VAULT_ROLE_ID / LOCKGATE_VAULT_SECRET_ID are not set (run `lockgate dev up`)")
+    vault = VaultBroker(settings.vault_addr, settings.vault_role_id, settings.vault_secret_id)
+    try:
+        vault.check()
+    except Exception as err:  # noqa: BLE001
+        raise UserError(f"cannot reach Vault at {settings.vault_addr}: {err}") from None
+    issued = {}
+    for e in _ledger(settings).entries():
+        if e.kind == "lease.issued":
+            data = json.loads(e.data)
+            issued[data["lease_id"]] = {"run_id": e.run_id, "tool": data.get("tool"), "step": data.get("step")}
+    rows = []
+    for path in sorted({t.secret for t in registry.tools() if t.secret}):
+        for lease_id in vault.live_leases(path):
+            info = vault.lease_info(lease_id) or {}
+            rows.append({"lease_id": lease_id, **issued.get(lease_id, {"run_id": None, "tool": None, "step": None}),
+                         "expires_at": info.get("expire_time"), "ttl": info.get("ttl")})
+    if args.json:
+        _print_json(rows)
+    else:
+        if not rows:
+            print("no live leases")
+        for r in rows:
+            print(f"{r['lease_id']}  run {r['run_id']}  tool {r['tool']}  expires {r['expires_at']}")
+    return 0
+
+
+def cmd_worker(_args: argparse.Namespace, _settings: Settings) -> int:
+    import worker
+
+    return worker.main()
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from lockgate.demo import run_demo
+
+    return asyncio.run(run_demo(settings, keep_up=not args.down))
+
+
+# -- parser --------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lockgate",
+        description="Governed tool calls for autonomous agent workflows (Temporal + Vault + Cedar).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Callable[..., Any], help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(handler=handler)
+        p.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+        return p
+
+    p = add("dev", cmd_dev, "start, stop or check the embedded dev stack (Temporal, OpenBao, Postgres)")
+    p.add_argument("action", choices=["up", "down", "status"])
+    add("worker", cmd_worker, "run a lockgate worker (same as python worker.py)")
+    p = add("demo", cmd_demo, "walk the refund-agent through the whole story on the real stack")
+    p.add_argument("--down", action="store_true", help="stop the dev stack afterwards")
+
+    p = add("run", cmd_run, "start a run of AGENT; prints the run id")
+    p.add_argument("agent")
+    p.add_argument("--input", help="the agent's input as a JSON object")
+    p.add_argument("--id", help="run id (default: AGENT-<random>)")
+    p.add_argument("--as", dest="as_", help="initiator identity (default: the OS user)")
+    p.add_argument("--wait", action="store_true", help="wait for the run to end and print its status")
+
+    p = add("status", cmd_status, "state, step, pending approvals and open leases of a run")
+    p.add_argument("run_id")
+    p = add("pending", cmd_pending, "approval requests waiting across all runs")
+    p.add_argument("--agent")
+    for name, verb in (("approve", "approve"), ("reject", "reject")):
+        p = add(name, cmd_verdict, f"{verb} a pending approval request as IDENTITY")
+        p.add_argument("run_id")
+        p.add_argument("request_id")
+        p.add_argument("--as", dest="as_", required=True, help="your identity (a user in the policy entities)")
+        p.add_argument("--reason")
+        p.add_argument("--digest", help="args digest you are approving (default: the pending request's)")
+    p = add("halt", cmd_halt, "human override: stop a run, compensate, revoke")
+    p.add_argument("run_id")
+    p.add_argument("--reason")
+    p = add("audit", cmd_audit, "timeline of a run from the ledger and its history")
+    p.add_argument("run_id")
+    p.add_argument("--format", choices=["text", "json", "md"], default="text")
+    add("verify", cmd_verify, "verify the ledger's hash chain (exit 1 if tampered)")
+    add("leases", cmd_leases, "leases not yet revoked, with run, tool and expiry")
+    p = add("policy", cmd_policy, "validate policies, schema and entities")
+    p.add_argument("action", choices=["check"])
+    p.add_argument("dir", nargs="?")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    settings = load_settings()
+    try:
+        result = args.handler(args, settings)
+        if asyncio.iscoroutine(result):
+            result = _run(result)
+        return int(result or 0)
+    except UserError as err:
+        print(f"lockgate: {err}", file=sys.stderr)
+        return 2
+    except PolicyError as err:
+        for problem in err.problems:
+            print(f"lockgate: {problem}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as err:  # noqa: BLE001 - one line, no traceback (LOCKGATE_DEBUG=1 for it)
+        if os.environ.get("LOCKGATE_DEBUG"):
+            raise
+        print(f"lockgate: {type(err).__name__}: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

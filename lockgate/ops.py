@@ -1,0 +1,159 @@
+"""Operator actions against Temporal, shared by the CLI, the demo and the tests."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from pydantic import ValidationError
+from temporalio.api.enums.v1 import WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowHandle
+from temporalio.service import RPCError, RPCStatusCode
+
+import lockgate.agents  # noqa: F401 - registers the built-in agents
+from lockgate.errors import UserError
+from lockgate.models import MAX_ARGS_BYTES, ApprovalAttempt, ApprovalRequest, ApprovalSignal, RunInput, RunStatus
+from lockgate.spec import describe_validation, registry
+
+__all__ = ["start_run", "run_status", "list_pending", "send_verdict", "halt_run", "wait_closed", "parse_input"]
+
+WORKFLOW = "lockgate.agent"
+
+_CLOSED = {
+    WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_COMPLETED: "completed",
+    WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_FAILED: "failed",
+    WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_CANCELED: "halted",
+    WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_TERMINATED: "terminated",
+    WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_TIMED_OUT: "terminated",
+}
+
+
+def parse_input(agent_name: str, raw: str | None) -> dict[str, Any]:
+    """Checks the agent exists and its input parses and fits its schema; UserError otherwise."""
+    agent = registry.get(agent_name)
+    if agent is None:
+        raise UserError(f"unknown agent {agent_name!r} (known: {', '.join(registry.names())})")
+    if raw is not None and len(raw.encode()) > MAX_ARGS_BYTES:
+        raise UserError(f"input is over {MAX_ARGS_BYTES} bytes")
+    try:
+        data = json.loads(raw) if raw else {}
+    except json.JSONDecodeError as err:
+        raise UserError(f"--input is not valid JSON: {err}") from None
+    if not isinstance(data, dict):
+        raise UserError("--input must be a JSON object")
+    try:
+        agent.input_model.model_validate(data)
+    except ValidationError as err:
+        raise UserError(f"invalid input for {agent_name}: {describe_validation(err)}") from None
+    return data
+
+
+async def start_run(client: Client, task_queue: str, agent: str, data: dict[str, Any], *, initiator: str,
+                    run_id: str | None = None) -> WorkflowHandle[Any, Any]:
+    run_id = run_id or f"{agent}-{uuid.uuid4().hex[:10]}"
+    try:
+        return await client.start_workflow(
+            WORKFLOW, RunInput(agent=agent, input=data, initiator=initiator), id=run_id, task_queue=task_queue
+        )
+    except RPCError as err:
+        if err.status == RPCStatusCode.ALREADY_EXISTS:
+            raise UserError(f"a run with id {run_id!r} already exists") from None
+        raise
+
+
+async def _describe(client: Client, run_id: str) -> Any:
+    try:
+        return await client.get_workflow_handle(run_id).describe()
+    except RPCError as err:
+        if err.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
+            raise UserError(f"unknown run {run_id!r}") from None
+        raise
+
+
+async def run_status(client: Client, run_id: str) -> RunStatus:
+    """The run's own account (query); for a terminated run, its last known account from history."""
+    desc = await _describe(client, run_id)
+    handle = client.get_workflow_handle(run_id)
+    closed = _CLOSED.get(desc.status)
+    try:
+        status: RunStatus = await asyncio.wait_for(handle.query("status", result_type=RunStatus), timeout=10)
+    except Exception as err:  # noqa: BLE001 - no worker, or the run never got going
+        state = closed or "running"
+        return RunStatus(run_id=run_id, agent="?", initiator="?", owner="?", state=state, step=0,
+                         error=f"run did not answer its status query: {err}")
+    if closed == "terminated" and status.state not in ("completed", "failed", "halted"):
+        # Temporal runs no workflow code on terminate: the query replays up to the last event.
+        status = status.model_copy(update={"state": "terminated", "open_leases": 0})
+    return status
+
+
+async def list_pending(client: Client, agent: str | None = None) -> list[dict[str, Any]]:
+    query = 'WorkflowType = "lockgate.agent" AND LockgateState = "awaiting_approval" AND ExecutionStatus = "Running"'
+    if agent:
+        query += f' AND LockgateAgent = "{agent}"'
+    out: list[dict[str, Any]] = []
+    handles = [client.get_workflow_handle(w.id) async for w in client.list_workflows(query)]
+
+    async def one(handle: WorkflowHandle[Any, Any]) -> list[ApprovalRequest]:
+        try:
+            return await handle.query("pending_approvals", result_type=list[ApprovalRequest])
+        except Exception:  # noqa: BLE001 - closed meanwhile
+            return []
+
+    for handle, requests in zip(handles, await asyncio.gather(*(one(h) for h in handles))):
+        for req in requests:
+            out.append({
+                "run_id": handle.id, "request_id": req.request_id, "agent": req.agent, "tool": req.tool,
+                "step": req.step, "args_digest": req.args_digest, "args": req.args_preview, "group": req.group,
+                "quorum": req.quorum, "approvals": list(req.approvals),
+                "requested_at": req.requested_at.isoformat(), "expires_at": req.expires_at.isoformat(),
+            })
+    out.sort(key=lambda r: (r["requested_at"], r["run_id"]))
+    return out
+
+
+async def send_verdict(client: Client, run_id: str, request_id: str, *, approver: str, approve: bool,
+                       reason: str = "", args_digest: str | None = None, timeout: float = 30) -> ApprovalAttempt:
+    """Signals an approval/rejection and waits until the run has recorded what it made of it."""
+    desc = await _describe(client, run_id)
+    if desc.status != WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING:
+        raise UserError(f"run {run_id} is not running ({_CLOSED.get(desc.status, 'closed')})")
+    handle = client.get_workflow_handle(run_id)
+    if args_digest is None:
+        pending = await handle.query("pending_approvals", result_type=list[ApprovalRequest])
+        match = next((p for p in pending if p.request_id == request_id), None)
+        args_digest = match.args_digest if match else ""
+    signal = ApprovalSignal(attempt_id=uuid.uuid4().hex, request_id=request_id, approver=approver,
+                            args_digest=args_digest, reason=reason, sent_at=datetime.now(timezone.utc))
+    await handle.signal("approve" if approve else "reject", signal)
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        attempt = await handle.query("approval_attempt", signal.attempt_id, result_type=ApprovalAttempt | None)
+        if attempt is not None:
+            return attempt
+        await asyncio.sleep(0.1)
+    raise UserError(f"run {run_id} did not record the {'approval' if approve else 'rejection'} within {timeout:.0f}s")
+
+
+async def halt_run(client: Client, run_id: str, reason: str) -> None:
+    desc = await _describe(client, run_id)
+    if desc.status != WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING:
+        raise UserError(f"run {run_id} is not running ({_CLOSED.get(desc.status, 'closed')})")
+    handle = client.get_workflow_handle(run_id)
+    await handle.signal("halt", reason)
+    await handle.cancel()
+
+
+async def wait_closed(client: Client, run_id: str, timeout: float = 60) -> str:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        desc = await _describe(client, run_id)
+        state = _CLOSED.get(desc.status)
+        if state is not None:
+            return state
+        if asyncio.get_running_loop().time() > deadline:
+            return "running"
+        await asyncio.sleep(0.2)
