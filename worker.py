@@ -11,6 +11,7 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,7 +71,14 @@ def build_deps(settings: Settings, agents: AgentRegistry = registry) -> Deps:
     return Deps(settings=settings, vault=vault, ledger=ledger, signer=signer, bundle=bundle, agents=agents)
 
 
-def build_worker(client: Client, deps: Deps, *, task_queue: str | None = None, max_concurrent: int = 64) -> Worker:
+def build_worker(
+    client: Client,
+    deps: Deps,
+    *,
+    task_queue: str | None = None,
+    max_concurrent: int = 64,
+    extra_workflows: Sequence[type] = (),
+) -> Worker:
     governance = GovernanceActivities(
         bundle=deps.current_bundle, agents=deps.agents, signer=deps.signer, ledger=deps.ledger, vault=deps.vault,
     )
@@ -80,7 +88,7 @@ def build_worker(client: Client, deps: Deps, *, task_queue: str | None = None, m
     return Worker(
         client,
         task_queue=task_queue or deps.settings.task_queue,
-        workflows=[AgentWorkflow],
+        workflows=[AgentWorkflow, *extra_workflows],
         activities=[governance.evaluate, governance.open_run, governance.close_run, governance.record,
                     *tools.activities()],
         # Vault, Postgres and the ledger are synchronous clients: activities run in threads.

@@ -73,6 +73,7 @@ class AgentSpec(BaseModel):
     max_steps: int = 20
     budget: int | None = None
     deadline: timedelta = timedelta(hours=1)
+    approval_ttl: timedelta = timedelta(hours=24)
     vault_policy: str = Field(default="")
 
     def model_post_init(self, _context: Any) -> None:

@@ -44,14 +44,12 @@ with workflow.unsafe.imports_passed_through():
     )
     from lockgate.spec import AgentSpec, describe_validation, registry
 
-__all__ = ["AgentWorkflow", "SA_AGENT", "SA_STATE", "SA_INITIATOR", "SA_PENDING", "APPROVAL_TTL"]
+__all__ = ["AgentWorkflow", "SA_AGENT", "SA_STATE", "SA_INITIATOR", "SA_PENDING"]
 
 SA_AGENT = SearchAttributeKey.for_keyword("LockgateAgent")
 SA_STATE = SearchAttributeKey.for_keyword("LockgateState")
 SA_INITIATOR = SearchAttributeKey.for_keyword("LockgateInitiator")
 SA_PENDING = SearchAttributeKey.for_keyword_list("LockgatePending")
-
-APPROVAL_TTL = timedelta(hours=24)
 
 # GATE_CALL: a local activity (no extra server round trip); pure compute plus one ledger write.
 GATE_CALL: dict[str, Any] = {
@@ -246,14 +244,14 @@ class AgentWorkflow:
                 request_id=f"{step}.{len(approved) + 1}", run_id=self._run_id, agent=agent.name, step=step,
                 tool=call.tool, args_digest=decision.args_digest, args_preview=redact_args(call.args),
                 group=decision.approver_group, quorum=max(1, decision.quorum), requested_at=now,
-                expires_at=now + APPROVAL_TTL, decision_id=decision.decision_id, policy_ids=decision.policy_ids,
+                expires_at=now + agent.approval_ttl, decision_id=decision.decision_id, policy_ids=decision.policy_ids,
             )
             self._pending[request.request_id] = request
             self._approvers[request.request_id] = decision.approvers
             self._publish_pending()
             await self._audit("approval.requested", request.request_id, request.model_dump(mode="json"))
             try:
-                await workflow.wait_condition(lambda: request.request_id in self._verdicts, timeout=APPROVAL_TTL)
+                await workflow.wait_condition(lambda: request.request_id in self._verdicts, timeout=agent.approval_ttl)
             except asyncio.TimeoutError:
                 self._verdicts[request.request_id] = "expired"
             finally:

@@ -1,0 +1,196 @@
+"""Session fixtures: one real stack (Temporal dev server, OpenBao, PostgreSQL) on free ports in a
+temporary directory, a worker on a fresh task queue, and helpers that look at Vault and Postgres
+from the outside. The stack is stopped at session end, whatever happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import hvac
+import psycopg
+import pytest
+from temporalio.client import Client, WorkflowHandle
+
+import tests.agents  # noqa: F401 - registers test agents before Vault is bootstrapped
+from lockgate.config import Settings, load_settings
+from lockgate.devstack import DevStack, free_port
+from lockgate.models import RunInput, RunStatus
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--run-slow", action="store_true", help="also run slow fault-injection scenarios")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--run-slow") or os.environ.get("LOCKGATE_RUN_SLOW"):
+        return
+    skip = pytest.mark.skip(reason="slow scenario: run with --run-slow (make test-all)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
+    base = tmp_path_factory.mktemp("stack")
+    dev = DevStack(base / "state", temporal_port=free_port(), ui_port=free_port(), vault_port=free_port(), ui=False)
+    try:
+        dev.up()
+        yield dev
+    finally:
+        dev.down()
+
+
+@pytest.fixture(scope="session")
+def policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    target = tmp_path_factory.mktemp("policies")
+    for item in (ROOT / "policies").iterdir():
+        shutil.copy(item, target / item.name)
+    shutil.copy(ROOT / "tests" / "policies" / "test-agents.cedar", target / "test-agents.cedar")
+    return target
+
+
+@pytest.fixture(scope="session")
+def env(stack: DevStack, policy_dir: Path) -> dict[str, str]:
+    """The environment a CLI or worker process of this test session runs with."""
+    values = {k: v for k, v in os.environ.items() if not k.startswith(("LOCKGATE_", "VAULT_"))}
+    values.update(stack.env())
+    values.update({
+        "LOCKGATE_STATE_DIR": str(stack.state_dir),
+        "LOCKGATE_POLICY_DIR": str(policy_dir),
+        "LOCKGATE_LEDGER_URL": f"sqlite:///{stack.state_dir / 'ledger.db'}",
+        "LOCKGATE_TASK_QUEUE": f"tests-{uuid.uuid4().hex[:8]}",
+        "PYTHONPATH": str(ROOT),
+    })
+    return values
+
+
+@pytest.fixture(scope="session")
+def settings(env: dict[str, str]) -> Settings:
+    return load_settings(env)
+
+
+@pytest.fixture(scope="session")
+def deps(settings: Settings) -> Any:
+    import worker
+
+    return worker.build_deps(settings)
+
+
+@pytest.fixture(scope="session")
+async def client(settings: Settings) -> Client:
+    import worker
+
+    return await worker.connect(settings)
+
+
+@pytest.fixture(scope="session")
+async def worker_running(client: Client, deps: Any, settings: Settings) -> AsyncIterator[str]:
+    """A worker for the whole session on the session's task queue."""
+    import worker
+    from tests.rogue import RogueWorkflow
+
+    w = worker.build_worker(client, deps, extra_workflows=[RogueWorkflow])
+    async with w:
+        yield settings.task_queue
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+class Outside:
+    """Looks at Vault and Postgres the way an auditor would: as root, from outside lockgate."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.vault = hvac.Client(url=settings.vault_addr, token=settings.vault_token)
+
+    def pg(self) -> psycopg.Connection:
+        assert self.settings.pg_dsn
+        return psycopg.connect(self.settings.pg_dsn, autocommit=True)
+
+    def dynamic_roles(self) -> list[str]:
+        with self.pg() as conn:
+            return [r[0] for r in conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE 'v-%'")]
+
+    def live_leases(self) -> list[str]:
+        out = []
+        for role in ("shop-reader", "shop-refunds"):
+            try:
+                resp = self.vault.adapter.list(f"/v1/sys/leases/lookup/database/creds/{role}/")
+            except hvac.exceptions.InvalidPath:
+                continue
+            out += [f"database/creds/{role}/{k}" for k in (resp or {}).get("data", {}).get("keys", [])]
+        return out
+
+    def refunds(self, run_id: str) -> list[tuple[Any, ...]]:
+        with self.pg() as conn:
+            return list(conn.execute(
+                "SELECT order_id, amount_cents, idempotency_key, step, reversed_at FROM refunds WHERE run_id = %s "
+                "ORDER BY step", (run_id,)))
+
+    def token_alive(self, accessor: str) -> bool:
+        try:
+            self.vault.adapter.post("/v1/auth/token/lookup-accessor", json={"accessor": accessor})
+            return True
+        except (hvac.exceptions.InvalidRequest, hvac.exceptions.Forbidden):
+            return False
+
+    def assert_nothing_leaked(self, run_id: str | None = None) -> None:
+        leases = self.live_leases()
+        roles = self.dynamic_roles()
+        assert leases == [], f"live Vault leases left: {leases}"
+        assert roles == [], f"dynamic Postgres roles left: {roles}"
+
+
+@pytest.fixture(scope="session")
+def outside(settings: Settings) -> Outside:
+    return Outside(settings)
+
+
+async def start(client: Client, task_queue: str, agent: str, data: dict[str, Any], *,
+                initiator: str = "tester", run_id: str | None = None) -> WorkflowHandle[Any, Any]:
+    return await client.start_workflow(
+        "lockgate.agent", RunInput(agent=agent, input=data, initiator=initiator),
+        id=run_id or f"{agent}-{uuid.uuid4().hex[:10]}", task_queue=task_queue,
+    )
+
+
+async def finish(handle: WorkflowHandle[Any, Any]) -> BaseException | None:
+    """Waits for the run; returns the failure's cause (None when it completed)."""
+    try:
+        await asyncio.wait_for(handle.result(), timeout=60)
+        return None
+    except asyncio.TimeoutError:
+        raise
+    except Exception as err:  # noqa: BLE001
+        return getattr(err, "cause", err)
+
+
+def run_cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lockgate.cli", *args], env=env, capture_output=True, text=True,
+        timeout=timeout, cwd=ROOT,
+    )
+
+
+def ledger_kinds(deps: Any, run_id: str) -> list[str]:
+    return [e.kind for e in deps.ledger.entries(run_id)]
+
+
+def ledger_events(deps: Any, run_id: str, kind: str) -> list[dict[str, Any]]:
+    return [json.loads(e.data) for e in deps.ledger.entries(run_id) if e.kind == kind]
+
+
+async def status_of(handle: WorkflowHandle[Any, Any]) -> RunStatus:
+    return await handle.query("status", result_type=RunStatus)

@@ -1,0 +1,122 @@
+"""The governed tool call end to end on the real stack: gate -> lease -> tool -> revoke."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
+
+from lockgate import errors
+from tests.conftest import Outside, finish, ledger_events, ledger_kinds, start, status_of
+
+
+async def test_refund_runs_governed_end_to_end(client: Client, worker_running: str, deps: Any, outside: Outside) -> None:
+    handle = await start(client, worker_running, "refund-agent", {"order_id": "A-1001", "amount_cents": 700})
+    assert await finish(handle) is None
+    status = await status_of(handle)
+    assert status.state == "completed"
+    assert [s.tool for s in status.steps] == ["orders.lookup", "refunds.issue"]
+
+    # Exactly one refund, keyed by run id + step.
+    assert outside.refunds(handle.id) == [("A-1001", 700, f"{handle.id}:2", 2, None)]
+
+    # Every call was decided by named policies, in the ledger, with the bundle's hash.
+    decisions = ledger_events(deps, handle.id, "decision")
+    assert [(d["tool"], d["outcome"], d["policy_ids"]) for d in decisions] == [
+        ("orders.lookup", "allow", ["refund-agent.read-orders"]),
+        ("refunds.issue", "allow", ["refund-agent.issue-refunds"]),
+    ]
+    assert {d["bundle_hash"] for d in decisions} == {deps.bundle.hash}
+
+    # One fresh lease per call, each revoked by the call itself, scoped to that tool's role.
+    issued = ledger_events(deps, handle.id, "lease.issued")
+    revoked = ledger_events(deps, handle.id, "lease.revoked")
+    assert [i["secret_path"] for i in issued] == ["database/creds/shop-reader", "database/creds/shop-refunds"]
+    assert sorted(i["lease_id"] for i in issued) == sorted(r["lease_id"] for r in revoked)
+    assert [s.lease_id for s in status.steps] == [i["lease_id"] for i in issued]
+
+    # The run's identity is gone, and nothing of the run is left in Vault or Postgres.
+    assert status.identity_accessor and not outside.token_alive(status.identity_accessor)
+    outside.assert_nothing_leaked()
+    assert ledger_kinds(deps, handle.id)[0] == "run.opened" and ledger_kinds(deps, handle.id)[-1] == "run.closed"
+
+
+async def test_denied_call_issues_no_lease_and_has_no_side_effect(
+    client: Client, worker_running: str, deps: Any, outside: Outside
+) -> None:
+    handle = await start(client, worker_running, "refund-agent", {"order_id": "A-1002", "amount_cents": 150000})
+    cause = await finish(handle)
+    assert isinstance(cause, ApplicationError) and cause.type == errors.TOOL_DENIED
+    assert "refunds.hard-cap" in cause.message
+
+    deny = [d for d in ledger_events(deps, handle.id, "decision") if d["outcome"] == "deny"]
+    assert len(deny) == 1 and deny[0]["step"] == 2 and "refunds.hard-cap" in deny[0]["policy_ids"]
+    assert [i["step"] for i in ledger_events(deps, handle.id, "lease.issued")] == [1]  # the lookup only
+    assert outside.refunds(handle.id) == []
+    outside.assert_nothing_leaked()
+
+
+async def test_planner_proposing_an_unknown_tool_is_denied(
+    client: Client, worker_running: str, deps: Any, outside: Outside
+) -> None:
+    handle = await start(client, worker_running, "script-agent",
+                         {"steps": [{"tool": "shell.exec", "args": {"cmd": "id"}}]})
+    cause = await finish(handle)
+    assert isinstance(cause, ApplicationError) and cause.type == errors.TOOL_DENIED
+    assert "task boundary" in cause.message
+    assert ledger_events(deps, handle.id, "lease.issued") == []
+    outside.assert_nothing_leaked()
+
+
+async def test_args_failing_the_schema_are_denied_before_any_lease(
+    client: Client, worker_running: str, deps: Any, outside: Outside
+) -> None:
+    handle = await start(client, worker_running, "script-agent", {"steps": [
+        {"tool": "refunds.issue", "args": {"order_id": "A-1001", "amount_cents": "a lot"}},
+    ]})
+    cause = await finish(handle)
+    assert isinstance(cause, ApplicationError) and cause.type == errors.TOOL_DENIED
+    assert "amount_cents" in cause.message
+    assert [d["gate"] for d in ledger_events(deps, handle.id, "decision")] == ["args"]
+    assert ledger_events(deps, handle.id, "lease.issued") == []
+    assert outside.refunds(handle.id) == []
+
+
+async def test_oversized_args_are_denied(client: Client, worker_running: str, deps: Any) -> None:
+    handle = await start(client, worker_running, "script-agent", {"steps": [
+        {"tool": "refunds.issue", "args": {"order_id": "A-1001", "amount_cents": 5, "reason": "x" * 270_000}},
+    ]})
+    cause = await finish(handle)
+    assert isinstance(cause, ApplicationError) and cause.type == errors.TOOL_DENIED and "limit" in cause.message
+    assert ledger_events(deps, handle.id, "lease.issued") == []
+
+
+async def test_unknown_agent_and_invalid_input_fail_before_anything_runs(
+    client: Client, worker_running: str, deps: Any
+) -> None:
+    ghost = await start(client, worker_running, "ghost-agent", {})
+    cause = await finish(ghost)
+    assert isinstance(cause, ApplicationError) and cause.type == errors.BAD_INPUT
+    bad = await start(client, worker_running, "refund-agent", {"order_id": "nope", "amount_cents": -5})
+    cause = await finish(bad)
+    assert isinstance(cause, ApplicationError) and cause.type == errors.BAD_INPUT
+    assert "order_id" in cause.message and "amount_cents" in cause.message
+    assert ledger_kinds(deps, ghost.id) == [] and ledger_kinds(deps, bad.id) == []
+
+
+async def test_tool_failure_compensates_earlier_side_effects(
+    client: Client, worker_running: str, deps: Any, outside: Outside
+) -> None:
+    handle = await start(client, worker_running, "script-agent", {"steps": [
+        {"tool": "refunds.issue", "args": {"order_id": "A-1003", "amount_cents": 900}},
+        {"tool": "customer.notify", "args": {"order_id": "A-1003", "message": "hi"}},
+    ]})
+    cause = await finish(handle)
+    assert isinstance(cause, ApplicationError) and cause.type == errors.TOOL_FAILED
+    assert "no deliverable email" in cause.message
+    rows = outside.refunds(handle.id)
+    assert len(rows) == 1 and rows[0][4] is not None  # refunded, then reversed
+    status = await status_of(handle)
+    assert status.state == "failed" and [c.tool for c in status.compensations] == ["refunds.reverse"]
+    outside.assert_nothing_leaked()
