@@ -154,17 +154,23 @@ class VaultBroker:
         record = self._read_run(run_id)
         accessor = accessor or (record or {}).get("accessor")
         revoked = False
-        if accessor:
-            try:
-                self.client.adapter.post("/v1/auth/token/revoke-accessor", json={"accessor": accessor})
-                revoked = True
-            except (hvac.exceptions.InvalidRequest, hvac.exceptions.Forbidden):
-                revoked = False  # already gone: expired or revoked before
+        if accessor and self.identity_alive(accessor):
+            # Vault revokes the token at once and its leases right after (asynchronously).
+            self.client.adapter.post("/v1/auth/token/revoke-accessor", json={"accessor": accessor})
+            revoked = True
         if record is not None:
             self.client.secrets.kv.v1.delete_secret(path=f"runs/{run_id}", mount_point=RUNS_MOUNT)
         with self._lock:
             self._run_tokens.pop(run_id, None)
         return revoked
+
+    @_vault_call
+    def identity_alive(self, accessor: str) -> bool:
+        try:
+            self.client.adapter.post("/v1/auth/token/lookup-accessor", json={"accessor": accessor})
+            return True
+        except (hvac.exceptions.InvalidRequest, hvac.exceptions.Forbidden):
+            return False  # expired or revoked
 
     @_vault_call
     def open_runs(self) -> list[str]:

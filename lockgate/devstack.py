@@ -12,6 +12,7 @@ import asyncio
 import concurrent.futures
 import json
 import os
+import random
 import secrets
 import shutil
 import signal
@@ -45,9 +46,18 @@ Progress = Callable[[str], None]
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port below Linux's ephemeral range (32768+), where the servers' own randomly chosen
+    internal ports cannot take it between our choice and their bind."""
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise UserError("no free port found in 20000-32000")
 
 
 def _port_open(port: int) -> bool:

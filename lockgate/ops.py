@@ -11,6 +11,8 @@ from typing import Any
 from pydantic import ValidationError
 from temporalio.api.enums.v1 import WorkflowExecutionStatus
 from temporalio.client import Client, WorkflowHandle
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.common import WorkflowIDReusePolicy
 from temporalio.service import RPCError, RPCStatusCode
 
 import lockgate.agents  # noqa: F401 - registers the built-in agents
@@ -56,12 +58,16 @@ async def start_run(client: Client, task_queue: str, agent: str, data: dict[str,
     run_id = run_id or f"{agent}-{uuid.uuid4().hex[:10]}"
     try:
         return await client.start_workflow(
-            WORKFLOW, RunInput(agent=agent, input=data, initiator=initiator), id=run_id, task_queue=task_queue
+            WORKFLOW, RunInput(agent=agent, input=data, initiator=initiator), id=run_id, task_queue=task_queue,
+            # A run id names one run forever: the ledger and the audit are keyed by it.
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         )
     except RPCError as err:
         if err.status == RPCStatusCode.ALREADY_EXISTS:
             raise UserError(f"a run with id {run_id!r} already exists") from None
         raise
+    except WorkflowAlreadyStartedError:
+        raise UserError(f"a run with id {run_id!r} already exists") from None
 
 
 async def _describe(client: Client, run_id: str) -> Any:

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,10 +21,12 @@ import hvac
 import psycopg
 import pytest
 from temporalio.client import Client, WorkflowHandle
+from temporalio.exceptions import ActivityError, ChildWorkflowError
 
 import tests.agents  # noqa: F401 - registers test agents before Vault is bootstrapped
 from lockgate.config import Settings, load_settings
 from lockgate.devstack import DevStack, free_port
+from lockgate.errors import UserError
 from lockgate.models import RunInput, RunStatus
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +50,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
     base = tmp_path_factory.mktemp("stack")
     dev = DevStack(base / "state", temporal_port=free_port(), ui_port=free_port(), vault_port=free_port(), ui=False)
     try:
-        dev.up()
+        for attempt in range(3):
+            try:
+                dev.up()
+                break
+            except UserError:
+                # A port chosen free was taken before the server bound it: new ports, again.
+                if attempt == 2:
+                    raise
+                dev.down()
+                dev.temporal_port, dev.vault_port = free_port(), free_port()
         yield dev
     finally:
         dev.down()
@@ -146,9 +158,16 @@ class Outside:
         except (hvac.exceptions.InvalidRequest, hvac.exceptions.Forbidden):
             return False
 
-    def assert_nothing_leaked(self, run_id: str | None = None) -> None:
-        leases = self.live_leases()
-        roles = self.dynamic_roles()
+    def assert_nothing_leaked(self, within: float = 10.0) -> None:
+        """No live lease, no dynamic role. Vault revokes a token's leases asynchronously (about
+        0.1 s here), so this looks again for up to `within` seconds before it fails."""
+        deadline = time.monotonic() + within
+        while True:
+            leases = self.live_leases()
+            roles = self.dynamic_roles()
+            if (not leases and not roles) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         assert leases == [], f"live Vault leases left: {leases}"
         assert roles == [], f"dynamic Postgres roles left: {roles}"
 
@@ -174,7 +193,10 @@ async def finish(handle: WorkflowHandle[Any, Any]) -> BaseException | None:
     except asyncio.TimeoutError:
         raise
     except Exception as err:  # noqa: BLE001
-        return getattr(err, "cause", err)
+        cause = getattr(err, "cause", err)
+        while isinstance(cause, (ActivityError, ChildWorkflowError)) and cause.cause is not None:
+            cause = cause.cause
+        return cause
 
 
 def run_cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -194,3 +216,8 @@ def ledger_events(deps: Any, run_id: str, kind: str) -> list[dict[str, Any]]:
 
 async def status_of(handle: WorkflowHandle[Any, Any]) -> RunStatus:
     return await handle.query("status", result_type=RunStatus)
+
+
+async def cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """run_cli off the event loop, so the session's in-process worker keeps serving meanwhile."""
+    return await asyncio.to_thread(run_cli, env, *args, timeout=timeout)

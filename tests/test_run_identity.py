@@ -1,0 +1,52 @@
+"""Per-run Vault identity: least privilege, and one revocation removes every credential of a run."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import hvac
+import pytest
+
+from activities.vault import LeaseForbidden, VaultBroker
+from lockgate.config import Settings
+from tests.conftest import Outside
+
+
+def test_revoking_the_run_identity_removes_all_its_credentials(deps: Any, outside: Outside) -> None:
+    vault: VaultBroker = deps.vault
+    run_id = f"identity-{uuid.uuid4().hex[:8]}"
+    identity = vault.open_run(run_id, "refund-agent", "lockgate-agent-refund-agent", 120)
+    leases = [vault.issue(run_id, path)[0] for path in
+              ("database/creds/shop-reader", "database/creds/shop-reader", "database/creds/shop-refunds")]
+    assert len(outside.dynamic_roles()) >= 3
+    assert {lease.lease_id for lease in leases} <= set(outside.live_leases())
+
+    assert vault.close_run(run_id, identity.accessor) is True
+    outside.assert_nothing_leaked()
+    assert not outside.token_alive(identity.accessor)
+    assert vault.close_run(run_id, identity.accessor) is False  # idempotent
+    with pytest.raises(LeaseForbidden):
+        vault.issue(run_id, "database/creds/shop-reader")
+
+
+def test_run_identity_reads_only_its_agents_secrets(deps: Any, outside: Outside) -> None:
+    vault: VaultBroker = deps.vault
+    run_id = f"identity-{uuid.uuid4().hex[:8]}"
+    identity = vault.open_run(run_id, "refund-agent", "lockgate-agent-refund-agent", 60)
+    try:
+        with pytest.raises(LeaseForbidden):
+            vault.issue(run_id, "lockgate/worker/settings")
+        info = outside.vault.adapter.post("/v1/auth/token/lookup-accessor", json={"accessor": identity.accessor})
+        assert info["data"]["policies"] == ["lockgate-agent-refund-agent"]
+        assert info["data"]["ttl"] <= 60
+    finally:
+        vault.close_run(run_id, identity.accessor)
+
+
+def test_worker_approle_token_cannot_read_database_credentials(settings: Settings) -> None:
+    client = hvac.Client(url=settings.vault_addr)
+    client.auth.approle.login(role_id=settings.vault_role_id, secret_id=settings.vault_secret_id)
+    assert "root" not in client.lookup_token()["data"]["policies"]
+    with pytest.raises(hvac.exceptions.Forbidden):
+        client.read("database/creds/shop-refunds")
