@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import pytest
@@ -48,11 +49,12 @@ async def test_run_wait_json_then_status_and_audit(cli_env: dict[str, str]) -> N
 
 
 async def test_run_prints_the_run_id_without_wait(cli_env: dict[str, str]) -> None:
+    run_id = f"cli-fixed-{uuid.uuid4().hex[:6]}"
     result = await cli(cli_env, "run", "refund-agent", "--input", '{"order_id": "A-1001", "amount_cents": 100}',
-                     "--id", "cli-fixed-id-1")
-    assert result.returncode == 0 and result.stdout.strip() == "cli-fixed-id-1"
+                       "--id", run_id)
+    assert (result.returncode, result.stdout.strip()) == (0, run_id), result.stderr
     dup = await cli(cli_env, "run", "refund-agent", "--input", '{"order_id": "A-1001", "amount_cents": 100}',
-                  "--id", "cli-fixed-id-1")
+                    "--id", run_id)
     assert dup.returncode == 2 and "already exists" in dup.stderr
 
 
