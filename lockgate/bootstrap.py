@@ -21,6 +21,7 @@ __all__ = [
     "secure_postgres",
     "seed_shop",
     "bootstrap_vault",
+    "socket_connection_url",
     "Bootstrap",
     "RUN_TOKEN_ROLE",
     "WORKER_POLICY",
@@ -148,11 +149,17 @@ def agent_policy(secret_paths: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def socket_connection_url(socket_dir: Path, dbname: str = "shop") -> str:
+    """The database engine's URL template for a Postgres listening on a Unix socket."""
+    return f"postgresql://{{{{username}}}}:{{{{password}}}}@/{dbname}?host={socket_dir}"
+
+
 def bootstrap_vault(
     client: hvac.Client,
     *,
-    socket_dir: Path,
-    pg_password: str,
+    connection_url: str,
+    db_username: str,
+    db_password: str,
     agents: AgentRegistry = registry,
     keep_secret_id: str | None = None,
 ) -> Bootstrap:
@@ -169,9 +176,9 @@ def bootstrap_vault(
         name=DB_CONNECTION,
         plugin_name="postgresql-database-plugin",
         allowed_roles=list(DB_ROLES),
-        connection_url=f"postgresql://{{{{username}}}}:{{{{password}}}}@/shop?host={socket_dir}",
-        username="postgres",
-        password=pg_password,
+        connection_url=connection_url,
+        username=db_username,
+        password=db_password,
         verify_connection=True,
     )
     for role, group in DB_ROLES.items():

@@ -201,8 +201,9 @@ class DevStack:
         progress("openbao: ready; bootstrapping engines, policies and AppRole")
         boot = bootstrap.bootstrap_vault(
             hvac.Client(url=self.vault_addr, token=root),
-            socket_dir=socket_dir,
-            pg_password=pg_password,
+            connection_url=bootstrap.socket_connection_url(socket_dir),
+            db_username="postgres",
+            db_password=pg_password,
             keep_secret_id=old.get("LOCKGATE_VAULT_SECRET_ID"),
         )
         env = {
