@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ import lockgate.agents  # noqa: F401 - registers the built-in agents
 from activities.governance import GovernanceActivities, bundle_content
 from activities.grants import GrantSigner
 from activities.ledger import Ledger
+from activities.reaper import Reaper
 from activities.tools import Resources, ToolRunner
 from activities.vault import VaultBroker
 from gates.bundle import PolicyBundle
@@ -34,7 +36,10 @@ from lockgate.policies import load_bundle
 from lockgate.spec import AgentRegistry, registry
 from workflows.agent import AgentWorkflow
 
-__all__ = ["DATA_CONVERTER", "Deps", "build_deps", "build_worker", "connect", "run_worker", "main"]
+__all__ = [
+    "DATA_CONVERTER", "Deps", "build_deps", "build_tools", "build_reaper", "reap_forever", "build_worker", "connect",
+    "run_worker", "main",
+]
 
 log = logging.getLogger("lockgate.worker")
 
@@ -71,6 +76,29 @@ def build_deps(settings: Settings, agents: AgentRegistry = registry) -> Deps:
     return Deps(settings=settings, vault=vault, ledger=ledger, signer=signer, bundle=bundle, agents=agents)
 
 
+def build_tools(deps: Deps) -> ToolRunner:
+    return ToolRunner(agents=deps.agents, vault=deps.vault, ledger=deps.ledger, signer=deps.signer,
+                      resources=Resources(pg_socket_dir=deps.settings.pg_socket_dir))
+
+
+def build_reaper(deps: Deps) -> Reaper:
+    return Reaper(vault=deps.vault, ledger=deps.ledger, agents=deps.agents, tools=build_tools(deps),
+                  bundle=deps.current_bundle)
+
+
+async def reap_forever(client: Client, reaper: Reaper, interval: float, stop: asyncio.Event) -> None:
+    """The worker's periodic reaper pass (Temporal runs no workflow code on terminate)."""
+    while not stop.is_set():
+        try:
+            await reaper.reap_once(client)
+        except Exception:  # noqa: BLE001 - keep reaping; the next pass retries
+            log.exception("reaper pass failed")
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+        except asyncio.TimeoutError:
+            pass
+
+
 def build_worker(
     client: Client,
     deps: Deps,
@@ -82,9 +110,7 @@ def build_worker(
     governance = GovernanceActivities(
         bundle=deps.current_bundle, agents=deps.agents, signer=deps.signer, ledger=deps.ledger, vault=deps.vault,
     )
-    resources = Resources(pg_socket_dir=deps.settings.pg_socket_dir)
-    tools = ToolRunner(agents=deps.agents, vault=deps.vault, ledger=deps.ledger, signer=deps.signer,
-                       resources=resources)
+    tools = build_tools(deps)
     return Worker(
         client,
         task_queue=task_queue or deps.settings.task_queue,
@@ -117,8 +143,11 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     worker = build_worker(client, deps)
     log.info("worker started: task_queue=%s bundle=%s policies=%d", settings.task_queue, deps.bundle.hash[:12],
              len(deps.bundle.statements))
+    interval = float(os.environ.get("LOCKGATE_REAP_INTERVAL", "15"))
     async with worker:
+        reaping = asyncio.create_task(reap_forever(client, build_reaper(deps), interval, stop))
         await stop.wait()
+        await reaping
     log.info("worker stopped")
 
 
@@ -148,4 +177,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # see lockgate.cli.entry: avoids an abort in the native runtime at finalization

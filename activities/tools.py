@@ -8,8 +8,11 @@ not returned, logged or recorded. Only the `LeaseRef` leaves the activity.
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -124,13 +127,13 @@ class ToolRunner:
         return activity.defn(name=spec.activity_name)(run_tool)
 
     def run(self, spec: ToolSpec, impl: ToolImpl, inv: ToolInvocation) -> ToolOutcome:
+        """The body of `tool.<name>`: refuses without a valid grant, else leases, runs, revokes."""
         info = activity.info()
-        digest = args_digest(inv.args)
         try:
             if inv.tool != spec.name or inv.run_id != info.workflow_id:
                 raise GrantError("invocation names another tool or run")
             self._signer.verify(
-                inv.grant, run_id=inv.run_id, step=inv.step, tool=spec.name, digest=digest,
+                inv.grant, run_id=inv.run_id, step=inv.step, tool=spec.name, digest=args_digest(inv.args),
                 decision_id=inv.decision_id,
             )
         except GrantError as err:
@@ -141,12 +144,6 @@ class ToolRunner:
             log.warning("refused tool=%s run=%s: %s", spec.name, info.workflow_id, err)
             raise ApplicationError(f"{spec.name}: {err}; no tool runs without its gate",
                                    type=GRANT_INVALID, non_retryable=True) from None
-        try:
-            args: BaseModel = spec.args.model_validate(inv.args)
-        except ValidationError as err:
-            raise ApplicationError(f"{spec.name}: {describe_validation(err)}", type=BAD_INPUT,
-                                   non_retryable=True) from None
-
         # An earlier attempt that died after leasing left its lease id in heartbeat details:
         # revoke it now rather than leave it to its TTL.
         for stale in _stale_leases(info.heartbeat_details):
@@ -155,7 +152,26 @@ class ToolRunner:
                 f"lease.revoked:{stale}", inv.run_id, "lease.revoked",
                 {"lease_id": stale, "tool": spec.name, "step": inv.step, "by": "next-attempt"},
             )
+        return self._execute(spec, impl, inv, attempt=info.attempt, heartbeat=activity.heartbeat)
 
+    def run_direct(self, tool: str, *, run_id: str, step: int, args: dict[str, Any], idempotency_key: str,
+                   decision_id: str, compensates: str | None = None) -> ToolOutcome:
+        """Runs a tool outside any activity, for the reaper, which has evaluated the gate itself."""
+        spec = self._agents.tool(tool)
+        impl = self._impls.get(tool)
+        if spec is None or impl is None:
+            raise ApplicationError(f"unknown tool {tool!r}", type=BAD_INPUT, non_retryable=True)
+        inv = ToolInvocation(run_id=run_id, step=step, tool=tool, args=args, decision_id=decision_id,
+                             grant="reaper", idempotency_key=idempotency_key, compensates=compensates)
+        return self._execute(spec, impl, inv, attempt=1, heartbeat=lambda *_: None)
+
+    def _execute(self, spec: ToolSpec, impl: ToolImpl, inv: ToolInvocation, *, attempt: int,
+                 heartbeat: Callable[..., None]) -> ToolOutcome:
+        try:
+            args: BaseModel = spec.args.model_validate(inv.args)
+        except ValidationError as err:
+            raise ApplicationError(f"{spec.name}: {describe_validation(err)}", type=BAD_INPUT,
+                                   non_retryable=True) from None
         ctx = ToolContext(inv.run_id, inv.step, inv.idempotency_key, self._resources)
         lease: LeaseRef | None = None
         if spec.secret:
@@ -163,16 +179,18 @@ class ToolRunner:
                 lease, ctx.secret = self._vault.issue(inv.run_id, spec.secret)
             except LeaseForbidden as err:
                 raise ApplicationError(str(err), type=LEASE_FORBIDDEN, non_retryable=True) from None
-            activity.heartbeat({"lease_id": lease.lease_id})
+            heartbeat({"lease_id": lease.lease_id})
             self._ledger.try_append(
                 f"lease.issued:{lease.lease_id}", inv.run_id, "lease.issued",
                 {"lease_id": lease.lease_id, "secret_path": lease.secret_path, "ttl_seconds": lease.ttl_seconds,
-                 "tool": spec.name, "step": inv.step, "attempt": info.attempt},
+                 "tool": spec.name, "step": inv.step, "attempt": attempt},
             )
         try:
+            _test_pause("LOCKGATE_TEST_PAUSE_AFTER_LEASE", spec.name)
             result = impl(ctx, args)
+            _test_pause("LOCKGATE_TEST_PAUSE_AFTER_EFFECT", spec.name)
         except ToolError as err:
-            self._record_failure(spec, inv, str(err), info.attempt)
+            self._record_failure(spec, inv, str(err), attempt)
             raise ApplicationError(f"{spec.name}: {err}", type=TOOL_FAILED, non_retryable=not err.retryable) from None
         finally:
             ctx.secret = {}
@@ -182,12 +200,13 @@ class ToolRunner:
                     f"lease.revoked:{lease.lease_id}", inv.run_id, "lease.revoked",
                     {"lease_id": lease.lease_id, "tool": spec.name, "step": inv.step, "by": "tool"},
                 )
-                activity.heartbeat({"lease_id": None})
+                heartbeat({"lease_id": None})
         summary = summarize(result)
         self._ledger.try_append(
             f"tool.completed:{inv.run_id}:{inv.step}", inv.run_id, "tool.completed",
             {"tool": spec.name, "step": inv.step, "summary": summary, "idempotency_key": inv.idempotency_key,
-             "lease_id": lease.lease_id if lease else None, "decision_id": inv.decision_id},
+             "lease_id": lease.lease_id if lease else None, "decision_id": inv.decision_id,
+             "compensates": inv.compensates},
         )
         return ToolOutcome(tool=spec.name, step=inv.step, result=result, lease=lease, summary=summary)
 
@@ -204,3 +223,19 @@ def _stale_leases(details: Any) -> list[str]:
         if isinstance(item, dict) and item.get("lease_id"):
             out.append(str(item["lease_id"]))
     return out
+
+
+def _test_pause(variable: str, tool: str) -> None:
+    """Fault-injection hook for the test suite: with `VARIABLE=tool:marker-path` set, the named
+    tool stops here (holding its lease, or after its side effect) until the marker file exists, so
+    a test can SIGKILL the worker at exactly that point. Unset in production: costs one lookup."""
+    spec = os.environ.get(variable)
+    if not spec:
+        return
+    name, _, marker = spec.partition(":")
+    if name != tool:
+        return
+    Path(marker + ".reached").touch()
+    deadline = time.monotonic() + 120
+    while not Path(marker).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)

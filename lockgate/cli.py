@@ -19,7 +19,7 @@ from typing import Any
 from lockgate.config import Settings, load_settings
 from lockgate.errors import PolicyError, UserError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "entry", "build_parser"]
 
 
 def _print_json(value: Any) -> None:
@@ -266,6 +266,25 @@ def cmd_leases(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def cmd_reap(args: argparse.Namespace, settings: Settings) -> int:
+    import worker
+
+    deps = worker.build_deps(settings)
+    reports = await worker.build_reaper(deps).reap_once(await _client(settings))
+    rows = [{"run_id": r.run_id, "workflow_status": r.workflow_status, "compensations": r.compensations,
+             "identity_revoked": r.identity_revoked} for r in reports]
+    if args.json:
+        _print_json(rows)
+    else:
+        if not rows:
+            print("nothing to reap")
+        for r in rows:
+            comps = ", ".join(f"step {c['step']} {c['tool']} {'ok' if c['ok'] else 'FAILED'}" for c in r["compensations"])
+            print(f"{r['run_id']} ({r['workflow_status']}): compensations [{comps or 'none'}], identity revoked")
+    failed = any(not c["ok"] for r in rows for c in r["compensations"])
+    return 1 if failed else 0
+
+
 def cmd_worker(_args: argparse.Namespace, _settings: Settings) -> int:
     import worker
 
@@ -324,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["text", "json", "md"], default="text")
     add("verify", cmd_verify, "verify the ledger's hash chain (exit 1 if tampered)")
     add("leases", cmd_leases, "leases not yet revoked, with run, tool and expiry")
+    add("reap", cmd_reap, "one pass of the reaper: clean up runs that ended without their own cleanup")
     p = add("policy", cmd_policy, "validate policies, schema and entities")
     p.add_argument("action", choices=["check"])
     p.add_argument("dir", nargs="?")
@@ -355,5 +375,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def entry() -> None:
+    """Console-script entry point.
+
+    Exits with os._exit after flushing: the Temporal client's native runtime threads can abort the
+    interpreter during finalization (PyGILState_Release), turning a clean exit code into SIGABRT.
+    """
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

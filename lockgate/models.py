@@ -176,6 +176,8 @@ class ToolInvocation(BaseModel):
     decision_id: str
     grant: str
     idempotency_key: str
+    # For a compensation: the idempotency key of the step it undoes.
+    compensates: str | None = None
 
 
 class ToolOutcome(BaseModel):

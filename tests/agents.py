@@ -23,12 +23,67 @@ def script_plan(inp: dict[str, Any], done: list[dict[str, Any]]) -> ToolCall | N
     return ToolCall(**steps[len(done)]) if len(done) < len(steps) else None
 
 
+# -- QA tools: no Vault secret, side effects in memory, so tests can make compensations fail. --------
+from pydantic import Field  # noqa: E402
+
+from activities.tools import ToolContext, ToolError, implements  # noqa: E402
+from lockgate.spec import ToolSpec  # noqa: E402
+
+MARKS: dict[str, dict[str, Any]] = {}
+UNDONE: list[str] = []
+
+
+class MarkArgs(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    label: str
+    fail_undo: bool = False
+
+
+class UnmarkArgs(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    idempotency_key: str = Field(min_length=1)
+
+
+class ExplodeArgs(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    why: str = "boom"
+
+
+QA_TOOLS = (
+    ToolSpec(name="qa.mark", args=MarkArgs, compensation="qa.unmark", data_class="public"),
+    ToolSpec(name="qa.unmark", args=UnmarkArgs, data_class="public"),
+    ToolSpec(name="qa.explode", args=ExplodeArgs, data_class="public"),
+)
+
+
+@implements("qa.mark")
+def qa_mark(ctx: ToolContext, args: MarkArgs) -> dict[str, Any]:
+    MARKS[ctx.idempotency_key] = {"label": args.label, "fail_undo": args.fail_undo}
+    return {"summary": f"marked {args.label}"}
+
+
+@implements("qa.unmark")
+def qa_unmark(ctx: ToolContext, args: UnmarkArgs) -> dict[str, Any]:
+    mark = MARKS.get(args.idempotency_key)
+    if mark is None:
+        return {"summary": "nothing to unmark"}
+    if mark["fail_undo"]:
+        raise ToolError(f"cannot unmark {mark['label']}")
+    UNDONE.append(mark["label"])
+    return {"summary": f"unmarked {mark['label']}"}
+
+
+@implements("qa.explode")
+def qa_explode(ctx: ToolContext, args: ExplodeArgs) -> dict[str, Any]:
+    raise ToolError(f"exploded: {args.why}")
+
+
 SCRIPT_AGENT = registry.add(
     AgentSpec(
         name="script-agent",
         owner="bob",  # a finance member: lets tests show an owner cannot approve
         purpose="drive exact tool sequences in tests",
-        tools=refund.TOOLS,
+        tools=refund.TOOLS + QA_TOOLS,
         input_model=ScriptInput,
         planner=script_plan,
         max_steps=8,

@@ -71,6 +71,8 @@ def policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for item in (ROOT / "policies").iterdir():
         shutil.copy(item, target / item.name)
     shutil.copy(ROOT / "tests" / "policies" / "test-agents.cedar", target / "test-agents.cedar")
+    with open(target / "schema.cedarschema", "a") as schema:
+        schema.write((ROOT / "tests" / "policies" / "test-schema.cedarschema").read_text())
     return target
 
 

@@ -81,6 +81,12 @@ AUDIT_CALL: dict[str, Any] = {
 }
 
 
+def _message(err: BaseException) -> str:
+    """The innermost message of an activity failure (what the tool or gate actually said)."""
+    cause = err.cause if isinstance(err, ActivityError) and err.cause is not None else err
+    return cause.message if isinstance(cause, ApplicationError) else str(cause)
+
+
 class _Denied(Exception):
     def __init__(self, message: str, kind: str) -> None:
         super().__init__(message)
@@ -144,7 +150,7 @@ class AgentWorkflow:
         except ActivityError as err:
             cause = err.cause
             kind = cause.type if isinstance(cause, ApplicationError) and cause.type else errors.TOOL_FAILED
-            message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+            message = _message(err)
             failure = ApplicationError(message, type=kind, non_retryable=True)
             self._error = message
         if failure is not None:
@@ -200,16 +206,18 @@ class AgentWorkflow:
             # Registered before the step runs: a crash mid-step still gets compensated (it is
             # idempotent, so compensating a step that never happened is a no-op).
             self._saga.append((step, tool.compensation, {"idempotency_key": key}))
-        invocation = ToolInvocation(run_id=self._run_id, step=step, tool=call.tool, args=call.args,
-                                    decision_id=decision.decision_id, grant=decision.grant, idempotency_key=key)
+        invocation = ToolInvocation(
+            run_id=self._run_id, step=step, tool=call.tool, args=call.args, decision_id=decision.decision_id,
+            grant=decision.grant, idempotency_key=key,
+            compensates=call.args.get("idempotency_key") if compensation else None,
+        )
         self._in_flight += 1
         try:
             outcome = await workflow.execute_activity(
                 tool.activity_name, invocation, result_type=ToolOutcome, **TOOL_CALL
             )
         except ActivityError as err:
-            cause = err.cause
-            self._record(record, compensation, error=cause.message if isinstance(cause, ApplicationError) else str(err))
+            self._record(record, compensation, error=_message(err))
             raise
         finally:
             self._in_flight -= 1
@@ -337,7 +345,7 @@ class AgentWorkflow:
                 await self.call(agent, ToolCall(tool=tool_name, args=args, rationale=f"compensate step {step}"),
                                 compensation=True)
             except (_Denied, ActivityError) as err:
-                self._error = f"{self._error}; compensation of step {step} failed: {err}"
+                self._error = f"{self._error}; compensation of step {step} failed: {_message(err)}"
 
     # -- queries -------------------------------------------------------------------------------
     @workflow.query(name="status")

@@ -1,0 +1,193 @@
+"""The reaper: cleanup for runs that ended without running their own (terminate, timeout, a crash
+mid-compensation). Temporal runs no workflow code on terminate, so this runs outside any run.
+
+A run's open identity is recorded in Vault (`lockgate/runs/<run id>`) from `run.open` until
+`run.close`; a record whose workflow is no longer running is a run that did not clean up. For each,
+the reaper runs the outstanding compensations (every step that was allowed to start a tool with a
+compensation, minus the compensations already done: compensations are idempotent, so a step that
+never happened costs a no-op), each gated and leased like any call, then revokes the run's identity
+and with it every lease it still holds. Everything it does is in the ledger under the run's id.
+Several reapers may run: a claim in the ledger lets one of them work on a run at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from temporalio.api.enums.v1 import WorkflowExecutionStatus
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.ledger import Ledger
+from activities.tools import ToolRunner
+from activities.vault import VaultBroker
+from gates.bundle import PolicyBundle
+from gates.engine import evaluate
+from lockgate.models import GateRequest, GateState, ToolCall
+from lockgate.spec import AgentRegistry
+
+__all__ = ["Reaper", "ReapReport", "outstanding_compensations", "workflow_state", "CLAIM_SECONDS"]
+
+log = logging.getLogger("lockgate.reaper")
+
+# A reaper that died mid-run leaves its claim; another may take over once the claim is this old.
+CLAIM_SECONDS = 120
+
+
+@dataclass
+class ReapReport:
+    run_id: str
+    workflow_status: str
+    compensations: list[dict[str, Any]] = field(default_factory=list)
+    identity_revoked: bool = False
+
+
+def outstanding_compensations(events: list[dict[str, Any]], agents: AgentRegistry) -> list[dict[str, Any]]:
+    """Steps allowed to run a tool that has a compensation, not yet compensated, newest first."""
+    started: dict[int, dict[str, Any]] = {}
+    compensated: set[str] = set()
+    for e in events:
+        if e["kind"] == "decision" and e.get("outcome") == "allow":
+            tool = agents.tool(e["tool"])
+            if tool is not None and tool.compensation:
+                started[int(e["step"])] = {"step": int(e["step"]), "tool": e["tool"], "compensation": tool.compensation}
+        elif e["kind"] == "tool.completed" and e.get("compensates"):
+            compensated.add(str(e["compensates"]))
+    run_id = events[0]["run_id"] if events else ""
+    out = []
+    for step in sorted(started, reverse=True):
+        key = f"{run_id}:{step}"
+        if key not in compensated:
+            out.append({**started[step], "idempotency_key": key})
+    return out
+
+
+class Reaper:
+    def __init__(
+        self,
+        *,
+        vault: VaultBroker,
+        ledger: Ledger,
+        agents: AgentRegistry,
+        tools: ToolRunner,
+        bundle: Any,
+    ) -> None:
+        self._vault = vault
+        self._ledger = ledger
+        self._agents = agents
+        self._tools = tools
+        self._bundle = bundle
+
+    def candidates(self) -> list[str]:
+        return self._vault.open_runs()
+
+    def reap_run(self, run_id: str, status: str) -> ReapReport | None:
+        if not self._claim(run_id):
+            return None
+        report = ReapReport(run_id=run_id, workflow_status=status)
+        events = [{"run_id": run_id, **e} for e in self._ledger.events(run_id)]
+        opened = next((e for e in events if e["kind"] == "run.opened"), {})
+        agent = self._agents.get(opened.get("agent", ""))
+        self._record(run_id, "reaper.found", "found", {"action": "found", "detail": f"run is {status} with its identity open"})
+        if agent is not None:
+            bundle: PolicyBundle = self._bundle()
+            for item in outstanding_compensations(events, self._agents):
+                report.compensations.append(self._compensate(run_id, agent.name, bundle, item, opened))
+        report.identity_revoked = self._vault.close_run(run_id, opened.get("identity_accessor"))
+        self._record(run_id, "reaper.revoked", "revoked", {
+            "action": "identity revoked", "identity_accessor": opened.get("identity_accessor"),
+            "detail": "run identity and every lease it issued",
+        })
+        self._ledger.try_append(f"run.closed:{run_id}", run_id, "run.closed", {
+            "state": status, "reason": "closed by the reaper", "identity_accessor": opened.get("identity_accessor"),
+            "identity_revoked": True, "revoked_by_this_call": report.identity_revoked,
+        })
+        log.warning("reaped run=%s status=%s compensations=%d", run_id, status, len(report.compensations))
+        return report
+
+    def _compensate(self, run_id: str, agent: str, bundle: PolicyBundle, item: dict[str, Any],
+                    opened: dict[str, Any]) -> dict[str, Any]:
+        args = {"idempotency_key": item["idempotency_key"]}
+        step = 1000 + int(item["step"])  # reaper steps sit apart from the run's own
+        request = GateRequest(
+            decision_id=f"{run_id}/reaper/{item['step']}", run_id=run_id, agent=agent,
+            initiator="lockgate-reaper", step=step,
+            call=ToolCall(tool=item["compensation"], args=args, rationale=f"reaper compensates step {item['step']}"),
+            state=GateState(),
+        )
+        decision = evaluate(bundle, self._agents.get(agent), request, now=datetime.now(timezone.utc))
+        self._ledger.try_append(f"decision:{decision.decision_id}", run_id, "decision", {
+            "decision_id": decision.decision_id, "step": step, "tool": decision.tool,
+            "args_digest": decision.args_digest, "outcome": decision.outcome, "gate": decision.gate,
+            "policy_ids": list(decision.policy_ids), "reasons": list(decision.reasons),
+            "bundle_hash": decision.bundle_hash, "approver_group": decision.approver_group,
+            "quorum": decision.quorum, "confidence": 1.0, "rationale": request.call.rationale,
+            "state": request.state.model_dump(mode="json"), "initiator": "lockgate-reaper", "agent": agent,
+        }, at=decision.at)
+        if decision.outcome != "allow":
+            result = {"step": item["step"], "tool": item["compensation"], "ok": False,
+                      "error": f"denied: {'; '.join(decision.reasons)}"}
+        else:
+            try:
+                outcome = self._tools.run_direct(
+                    item["compensation"], run_id=run_id, step=step, args=args,
+                    idempotency_key=f"{run_id}:reaper:{item['step']}", compensates=item["idempotency_key"],
+                    decision_id=decision.decision_id,
+                )
+                result = {"step": item["step"], "tool": item["compensation"], "ok": True, "summary": outcome.summary}
+            except Exception as err:  # noqa: BLE001 - record it, carry on with the others
+                result = {"step": item["step"], "tool": item["compensation"], "ok": False, "error": str(err)}
+        self._record(run_id, "reaper.compensation", str(item["step"]),
+                     {"action": "compensation", "detail": json.dumps(result, sort_keys=True), **result})
+        return result
+
+    def _claim(self, run_id: str) -> bool:
+        bucket = int(time.time() // CLAIM_SECONDS)
+        return self._ledger.try_append(f"reaper.claim:{run_id}:{bucket}", run_id, "reaper.claim",
+                                       {"action": "claim", "detail": f"bucket {bucket}"})
+
+    def _record(self, run_id: str, kind: str, key: str, data: dict[str, Any]) -> None:
+        self._ledger.try_append(f"{kind}:{run_id}:{key}", run_id, kind, data)
+
+    async def reap_once(self, client: Client) -> list[ReapReport]:
+        """One pass over every open run identity whose workflow is no longer running."""
+        reports = []
+        for run_id in await asyncio.to_thread(self.candidates):
+            status = await workflow_state(client, run_id)
+            if status == "running":
+                continue
+            try:
+                report = await asyncio.to_thread(self.reap_run, run_id, status)
+            except Exception:  # noqa: BLE001 - one bad run must not stop the pass
+                log.exception("reaper failed on run=%s", run_id)
+                continue
+            if report is not None:
+                reports.append(report)
+        return reports
+
+
+async def workflow_state(client: Client, run_id: str) -> str:
+    try:
+        desc = await client.get_workflow_handle(run_id).describe()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return "unknown"
+        raise
+    return _STATES.get(desc.status, "running")
+
+
+_STATES = {
+    WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING: "running",
+    WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_COMPLETED: "completed",
+    WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_FAILED: "failed",
+    WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_CANCELED: "halted",
+    WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_TERMINATED: "terminated",
+    WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_TIMED_OUT: "timed_out",
+    WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_CONTINUED_AS_NEW: "running",
+}

@@ -1,0 +1,109 @@
+"""Saga compensation and revocation on failure, halt and terminate (scenarios 3, 4, 7)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from temporalio.client import Client
+from temporalio.exceptions import ApplicationError, CancelledError
+
+from lockgate import errors
+from lockgate.models import ApprovalRequest
+from tests import agents
+from tests.conftest import Outside, cli, finish, ledger_events, ledger_kinds, start, status_of
+
+
+async def wait_for_approval_request(handle: Any) -> ApprovalRequest:
+    for _ in range(200):
+        pending = await handle.query("pending_approvals", result_type=list[ApprovalRequest])
+        if pending:
+            return pending[0]
+        await asyncio.sleep(0.05)
+    raise AssertionError("no approval request")
+
+
+async def test_failing_compensation_does_not_stop_the_others(
+    client: Client, worker_running: str, deps: Any, outside: Outside
+) -> None:
+    handle = await start(client, worker_running, "script-agent", {"steps": [
+        {"tool": "qa.mark", "args": {"label": "first"}},
+        {"tool": "qa.mark", "args": {"label": "second", "fail_undo": True}},
+        {"tool": "qa.mark", "args": {"label": "third"}},
+        {"tool": "qa.explode", "args": {"why": "the original error"}},
+    ]}, initiator="erin")
+    agents.UNDONE.clear()
+    cause = await finish(handle)
+    # The original error surfaces, not the compensation's.
+    assert isinstance(cause, ApplicationError) and cause.type == errors.TOOL_FAILED
+    assert "the original error" in cause.message
+    assert agents.UNDONE == ["third", "first"]  # reverse order; the failing one did not stop "first"
+    status = await status_of(handle)
+    assert status.state == "failed"
+    assert [(c.tool, c.error is None) for c in status.compensations] == [
+        ("qa.unmark", True), ("qa.unmark", False), ("qa.unmark", True)]
+    assert "cannot unmark second" in (status.error or "")
+    failures = ledger_events(deps, handle.id, "tool.failed")
+    assert any("cannot unmark second" in f["error"] for f in failures)
+
+
+async def test_halt_compensates_in_reverse_and_revokes(
+    client: Client, worker_running: str, deps: Any, outside: Outside, env: dict[str, str]
+) -> None:
+    handle = await start(client, worker_running, "script-agent", {"steps": [
+        {"tool": "refunds.issue", "args": {"order_id": "A-1001", "amount_cents": 300}},
+        {"tool": "qa.mark", "args": {"label": "halted-mark"}},
+        {"tool": "refunds.issue", "args": {"order_id": "A-1002", "amount_cents": 20000}},
+    ]}, initiator="erin")
+    await wait_for_approval_request(handle)
+    result = await cli(env, "halt", handle.id, "--reason", "customer withdrew")
+    assert result.returncode == 0, result.stderr
+    assert "halted" in result.stdout
+    cause = await finish(handle)
+    assert isinstance(cause, CancelledError)
+    status = await status_of(handle)
+    assert status.state == "halted" and "customer withdrew" in (status.error or "")
+    assert [c.tool for c in status.compensations] == ["qa.unmark", "refunds.reverse"]  # reverse order
+    rows = outside.refunds(handle.id)
+    assert len(rows) == 1 and rows[0][4] is not None
+    assert status.identity_accessor and not outside.token_alive(status.identity_accessor)
+    outside.assert_nothing_leaked()
+
+
+async def test_terminate_is_cleaned_up_by_the_reaper_within_60s(
+    client: Client, worker_running: str, deps: Any, outside: Outside, env: dict[str, str]
+) -> None:
+    import worker
+
+    handle = await start(client, worker_running, "script-agent", {"steps": [
+        {"tool": "refunds.issue", "args": {"order_id": "A-1001", "amount_cents": 250}},
+        {"tool": "refunds.issue", "args": {"order_id": "A-1002", "amount_cents": 20000}},
+    ]}, initiator="erin")
+    await wait_for_approval_request(handle)
+    accessor = (await status_of(handle)).identity_accessor
+    assert accessor and outside.token_alive(accessor)
+    await handle.terminate("operator pulled the plug")
+    terminated_at = time.monotonic()
+
+    stop = asyncio.Event()
+    reaping = asyncio.create_task(worker.reap_forever(client, worker.build_reaper(deps), 1.0, stop))
+    try:
+        while "run.closed" not in ledger_kinds(deps, handle.id):
+            assert time.monotonic() - terminated_at < 60, "the reaper did not clean up within 60 s"
+            await asyncio.sleep(0.25)
+    finally:
+        stop.set()
+        await reaping
+    rows = outside.refunds(handle.id)
+    assert len(rows) == 1 and rows[0][4] is not None  # the refund of step 1 was reversed
+    assert not outside.token_alive(accessor)
+    outside.assert_nothing_leaked()
+    kinds = ledger_kinds(deps, handle.id)
+    assert {"reaper.found", "reaper.compensation", "reaper.revoked"} <= set(kinds)
+
+    audit = await cli(env, "audit", handle.id)
+    assert audit.returncode == 0 and "reaper" in audit.stdout and "terminated" in audit.stdout
+    # A second pass finds nothing to do.
+    again = await cli(env, "reap", "--json")
+    assert again.returncode == 0 and handle.id not in again.stdout
