@@ -223,3 +223,13 @@ async def status_of(handle: WorkflowHandle[Any, Any]) -> RunStatus:
 async def cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """run_cli off the event loop, so the session's in-process worker keeps serving meanwhile."""
     return await asyncio.to_thread(run_cli, env, *args, timeout=timeout)
+
+
+@pytest.fixture(autouse=True)
+def fresh_shop(request: pytest.FixtureRequest) -> None:
+    """Each stack test starts with every order fully refundable (earlier refunds count as reversed)."""
+    if "worker_running" not in request.fixturenames:
+        return
+    with request.getfixturevalue("outside").pg() as conn:
+        conn.execute("UPDATE refunds SET reversed_at = now() WHERE reversed_at IS NULL")
+        conn.execute("UPDATE customers SET closed_at = NULL")
