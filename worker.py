@@ -24,6 +24,7 @@ from temporalio.worker import Worker
 import activities.shop  # noqa: F401 - binds the demo tools' implementations
 import lockgate.agents  # noqa: F401 - registers the built-in agents
 from activities.governance import GovernanceActivities, bundle_content
+from activities.freeze import FreezeStore
 from activities.grants import GrantSigner
 from activities.ledger import Ledger
 from activities.reaper import Reaper
@@ -33,11 +34,11 @@ from gates.bundle import PolicyBundle
 from lockgate.config import Settings, load_settings
 from lockgate.errors import PolicyError, UserError
 from lockgate.policies import load_bundle
-from lockgate.spec import AgentRegistry, registry
+from lockgate.spec import AgentRegistry, load_agent_modules, registry
 from workflows.agent import AgentWorkflow
 
 __all__ = [
-    "DATA_CONVERTER", "Deps", "build_deps", "build_tools", "build_reaper", "reap_forever", "build_worker", "connect",
+    "DATA_CONVERTER", "Deps", "watch_policies", "build_deps", "build_tools", "build_reaper", "reap_forever", "build_worker", "connect",
     "run_worker", "main",
 ]
 
@@ -54,14 +55,58 @@ class Deps:
     ledger: Ledger
     signer: GrantSigner
     bundle: PolicyBundle
+    freezes: FreezeStore
     agents: AgentRegistry = field(default_factory=lambda: registry)
 
     def current_bundle(self) -> PolicyBundle:
         return self.bundle
 
+    def reload_policies(self) -> list[str]:
+        """Loads the policy dir again. A valid bundle takes effect at the next gate; an invalid one
+        is refused (the last good bundle stays) and its problems are returned and logged loudly."""
+        try:
+            bundle = load_bundle(self.settings.policy_dir, self.agents)
+        except PolicyError as err:
+            log.error("POLICY RELOAD REFUSED: keeping bundle %s; %d problem(s) in %s",
+                      self.bundle.hash[:12], len(err.problems), self.settings.policy_dir)
+            for problem in err.problems:
+                log.error("  %s", problem)
+            return err.problems
+        if bundle.hash != self.bundle.hash:
+            self.ledger.register_bundle(bundle.hash, bundle_content(bundle))
+            log.warning("policy bundle reloaded: %s -> %s (%d policies)", self.bundle.hash[:12], bundle.hash[:12],
+                        len(bundle.statements))
+            self.bundle = bundle
+        return []
+
+
+def _fingerprint(directory: Path) -> tuple[tuple[str, int, int], ...]:
+    try:
+        return tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in directory.iterdir()))
+    except OSError:
+        return ()
+
+
+async def watch_policies(deps: Deps, stop: asyncio.Event, interval: float = 2.0) -> None:
+    """Hot reload: a changed policy dir is re-read, without a worker restart."""
+    seen = _fingerprint(deps.settings.policy_dir)
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+        except asyncio.TimeoutError:
+            pass
+        now = _fingerprint(deps.settings.policy_dir)
+        if now != seen:
+            seen = now
+            await asyncio.to_thread(deps.reload_policies)
+
 
 def build_deps(settings: Settings, agents: AgentRegistry = registry) -> Deps:
     """Loads policies (PolicyError if invalid), logs in to Vault, opens the ledger."""
+    try:
+        load_agent_modules()
+    except ImportError as err:
+        raise UserError(f"LOCKGATE_AGENT_MODULES: {err}") from err
     bundle = load_bundle(settings.policy_dir, agents)
     if not (settings.vault_role_id and settings.vault_secret_id):
         raise UserError("LOCKGATE_VAULT_ROLE_ID and LOCKGATE_VAULT_SECRET_ID are not set (run `lockgate dev up`)")
@@ -73,7 +118,8 @@ def build_deps(settings: Settings, agents: AgentRegistry = registry) -> Deps:
         raise UserError(f"cannot log in to Vault at {settings.vault_addr} with AppRole: {err}") from err
     ledger = Ledger(settings.ledger_url)
     ledger.register_bundle(bundle.hash, bundle_content(bundle))
-    return Deps(settings=settings, vault=vault, ledger=ledger, signer=signer, bundle=bundle, agents=agents)
+    return Deps(settings=settings, vault=vault, ledger=ledger, signer=signer, bundle=bundle,
+                freezes=FreezeStore(ledger), agents=agents)
 
 
 def build_tools(deps: Deps) -> ToolRunner:
@@ -109,6 +155,7 @@ def build_worker(
 ) -> Worker:
     governance = GovernanceActivities(
         bundle=deps.current_bundle, agents=deps.agents, signer=deps.signer, ledger=deps.ledger, vault=deps.vault,
+        freezes=deps.freezes,
     )
     tools = build_tools(deps)
     return Worker(
@@ -145,9 +192,12 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
              len(deps.bundle.statements))
     interval = float(os.environ.get("LOCKGATE_REAP_INTERVAL", "15"))
     async with worker:
-        reaping = asyncio.create_task(reap_forever(client, build_reaper(deps), interval, stop))
+        background = [
+            asyncio.create_task(reap_forever(client, build_reaper(deps), interval, stop)),
+            asyncio.create_task(watch_policies(deps, stop)),
+        ]
         await stop.wait()
-        await reaping
+        await asyncio.gather(*background)
     log.info("worker stopped")
 
 

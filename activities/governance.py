@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.freeze import FreezeStore
 from activities.grants import GrantSigner
 from activities.ledger import Ledger
 from activities.vault import VaultBroker
@@ -47,7 +48,9 @@ class GovernanceActivities:
         signer: GrantSigner,
         ledger: Ledger,
         vault: VaultBroker,
+        freezes: FreezeStore | None = None,
     ) -> None:
+        self._freezes = freezes
         self._bundle = bundle
         self._agents = agents
         self._signer = signer
@@ -61,7 +64,10 @@ class GovernanceActivities:
             # A workflow may only ask about its own calls; a grant is bound to the run it names.
             raise ApplicationError("gate request names another run", type=BAD_INPUT, non_retryable=True)
         bundle = self._bundle()
-        decision = evaluate(bundle, self._agents.get(request.agent), request, now=datetime.now(timezone.utc))
+        if self._freezes is not None and self._freezes.is_frozen(request.agent):
+            request = request.model_copy(update={"state": request.state.model_copy(update={"frozen": True})})
+        decision = evaluate(bundle, self._agents.get(request.agent), request, now=datetime.now(timezone.utc),
+                            lookup=self._agents.get)
         if decision.outcome == "allow":
             grant = self._signer.sign(
                 decision.run_id, decision.step, decision.tool, decision.args_digest, decision.decision_id
@@ -103,7 +109,8 @@ class GovernanceActivities:
         agent = self._agents.get(request.agent)
         if agent is None:
             raise ApplicationError(f"unknown agent {request.agent!r}", type=BAD_INPUT, non_retryable=True)
-        identity = self._vault.open_run(request.run_id, agent.name, agent.vault_policy, request.ttl_seconds)
+        policy = request.vault_policy or agent.vault_policy
+        identity = self._vault.open_run(request.run_id, agent.name, policy, request.ttl_seconds)
         self._ledger.try_append(
             f"run.opened:{request.run_id}",
             request.run_id,
@@ -112,6 +119,7 @@ class GovernanceActivities:
                 "agent": agent.name,
                 "owner": agent.owner,
                 "initiator": request.initiator,
+                "parent_run_id": request.parent_run_id,
                 "identity_accessor": identity.accessor,
                 "policies": list(identity.policies),
                 "expires_at": identity.expires_at.isoformat(),

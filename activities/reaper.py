@@ -120,6 +120,7 @@ class Reaper:
             initiator="lockgate-reaper", step=step,
             call=ToolCall(tool=item["compensation"], args=args, rationale=f"reaper compensates step {item['step']}"),
             state=GateState(),
+            compensation=True,
         )
         decision = evaluate(bundle, self._agents.get(agent), request, now=datetime.now(timezone.utc))
         self._ledger.try_append(f"decision:{decision.decision_id}", run_id, "decision", {

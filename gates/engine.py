@@ -7,6 +7,7 @@ Any exception inside a gate is a deny naming the gate (fail closed).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -15,7 +16,17 @@ import cedarpy
 from pydantic import ValidationError
 
 from gates.bundle import PolicyBundle
-from lockgate.models import MAX_ARGS_BYTES, Decision, GateRequest, Outcome, args_digest, canonical_json
+from lockgate.models import (
+    DELEGATE_TOOL,
+    MAX_ARGS_BYTES,
+    Decision,
+    DelegateArgs,
+    GateRequest,
+    GateState,
+    Outcome,
+    args_digest,
+    canonical_json,
+)
 from lockgate.spec import AgentSpec, ToolSpec, describe_validation
 
 __all__ = ["Verdict", "evaluate", "tool_entities", "cedar_context"]
@@ -61,7 +72,7 @@ def cedar_context(agent: AgentSpec, request: GateRequest) -> dict[str, Any]:
             "steps_taken": state.steps_taken,
             "max_steps": agent.max_steps,
             "spent": state.spent,
-            "budget": agent.budget if agent.budget is not None else -1,
+            "budget": _budget(agent, request.state),
             "tainted": state.tainted,
             # Cedar has no decimals: confidence is passed as a whole percentage.
             "confidence_pct": int(round(request.call.confidence * 100)),
@@ -70,8 +81,13 @@ def cedar_context(agent: AgentSpec, request: GateRequest) -> dict[str, Any]:
     }
 
 
+def _budget(agent: AgentSpec, state: GateState) -> int:
+    budget = state.budget if state.budget is not None else agent.budget
+    return budget if budget is not None else -1
+
+
 def _kill_switch(request: GateRequest) -> Verdict | None:
-    if request.state.frozen:
+    if request.state.frozen and not request.compensation:
         return Verdict("kill_switch", "deny", ("agent is frozen by the kill switch",))
     return None
 
@@ -82,6 +98,13 @@ def _boundary(agent: AgentSpec, request: GateRequest) -> Verdict | None:
             "boundary",
             "deny",
             (f"tool {request.call.tool!r} is outside the task boundary of agent {agent.name!r}",),
+        )
+    narrowed = request.state.boundary
+    if narrowed is not None and request.call.tool not in narrowed:
+        return Verdict(
+            "boundary",
+            "deny",
+            (f"tool {request.call.tool!r} is outside this sub-agent's boundary ({', '.join(narrowed) or 'none'})",),
         )
     return None
 
@@ -142,29 +165,101 @@ def _ids(result: Any) -> list[str]:
     return [str(by_reason.get(r, r)) for r in result.diagnostics.reasons]
 
 
-def _stateful(agent: AgentSpec, tool: ToolSpec, request: GateRequest) -> Verdict | None:
+def _threshold(agent: AgentSpec, state: GateState, gate: str, reason: str) -> Verdict | None:
+    """A crossed threshold: approval by the configured group, or deny; passes once that group approved."""
+    group = agent.escalations.get(gate)
+    if group is None:
+        return Verdict(gate, "deny", (reason,))
+    if group in state.approved_groups:
+        return None
+    return Verdict(gate, "approval", (f"{reason}; escalated to {group}",), approver_group=group, quorum=1)
+
+
+def _stateful(agent: AgentSpec, tool: ToolSpec, request: GateRequest, now: datetime) -> Verdict | None:
     state = request.state
+    if state.deadline_at is not None and now >= state.deadline_at:
+        return Verdict("deadline", "deny", (f"run deadline {state.deadline_at.isoformat()} has passed",))
     if state.steps_taken >= agent.max_steps:
-        return Verdict(
-            "step_limit", "deny", (f"step limit reached: {state.steps_taken} of {agent.max_steps} steps",)
-        )
+        verdict = _threshold(agent, state, "step_limit",
+                             f"step limit reached: {state.steps_taken} of {agent.max_steps} steps")
+        if verdict is not None:
+            return verdict
+    budget = state.budget if state.budget is not None else agent.budget
     cost = tool.cost_of(request.call.args)
-    if agent.budget is not None and cost and state.spent + cost > agent.budget:
-        return Verdict(
-            "budget",
-            "deny",
-            (f"budget exceeded: spent {state.spent} + {cost} > budget {agent.budget}",),
-        )
+    if budget is not None and cost and state.spent + cost > budget:
+        verdict = _threshold(agent, state, "budget",
+                             f"budget exceeded: spent {state.spent} + {cost} = {state.spent + cost} > budget {budget}")
+        if verdict is not None:
+            return verdict
+    confidence = request.call.confidence
+    if agent.min_confidence is not None and confidence < agent.min_confidence:
+        group = agent.escalations.get("confidence")
+        reason = f"planner confidence {confidence:.2f} is below the minimum {agent.min_confidence:.2f}"
+        if group is None:
+            return Verdict("confidence", "deny", (reason,))
+        if group not in state.approved_groups:
+            return Verdict("confidence", "approval", (f"{reason}; escalated to {group}",), approver_group=group,
+                           quorum=1)
+    if state.tainted and tool.egress:
+        group = agent.taint_approver
+        reason = f"run has read regulated data; {tool.name} sends data out (egress)"
+        if group is None:
+            return Verdict("taint", "deny", (reason,))
+        if group not in state.approved_groups:
+            return Verdict("taint", "approval", (f"{reason}; needs {group}",), approver_group=group, quorum=1)
+    limit = agent.rate_limits.get(tool.name)
+    if limit is not None:
+        count, window = limit
+        recent = [t for t in state.recent_calls if now - t < window]
+        if len(recent) >= count:
+            verdict = _threshold(agent, state, "rate", f"rate limit: {len(recent)} calls of {tool.name} in the last "
+                                 f"{int(window.total_seconds())}s (limit {count})")
+            if verdict is not None:
+                return verdict
     return None
 
 
+def _delegation(agent: AgentSpec, request: GateRequest, lookup: Callable[[str], AgentSpec | None]) -> Verdict:
+    """A sub-agent gets a subset of its parent's boundary and budget, never more."""
+    try:
+        args = DelegateArgs.model_validate(request.call.args)
+    except ValidationError as err:
+        return Verdict("delegation", "deny", (f"bad delegation: {describe_validation(err)}",))
+    if args.agent not in agent.delegates:
+        return Verdict("delegation", "deny", (f"agent {agent.name!r} may not delegate to {args.agent!r}",))
+    child = lookup(args.agent)
+    if child is None:
+        return Verdict("delegation", "deny", (f"unknown agent {args.agent!r}",))
+    parent_boundary = set(request.state.boundary if request.state.boundary is not None else agent.boundary)
+    wider = sorted(set(args.tools) - parent_boundary)
+    if wider:
+        return Verdict("delegation", "deny", (f"sub-agent asks for tools outside the parent's boundary: {', '.join(wider)}",))
+    unknown = sorted(set(args.tools) - child.boundary)
+    if unknown:
+        return Verdict("delegation", "deny", (f"agent {child.name!r} has no tools {', '.join(unknown)}",))
+    budget = _budget(agent, request.state)
+    if budget >= 0 and request.state.spent + args.budget > budget:
+        return Verdict("delegation", "deny", (
+            f"sub-agent budget {args.budget} exceeds what is left of the run's budget "
+            f"({budget - request.state.spent} of {budget})",))
+    return Verdict("delegation", "allow", (f"delegates {len(args.tools)} tools and {args.budget} of budget to {child.name}",))
+
+
 def evaluate(
-    bundle: PolicyBundle, agent: AgentSpec | None, request: GateRequest, *, now: datetime
+    bundle: PolicyBundle,
+    agent: AgentSpec | None,
+    request: GateRequest,
+    *,
+    now: datetime,
+    lookup: Callable[[str], AgentSpec | None] = lambda _name: None,
 ) -> Decision:
     """Decides one call. Never raises: an error in any gate is a deny by that gate."""
     gate = "kill_switch"
     try:
         verdict: Verdict | None = _kill_switch(request)
+        if verdict is None and agent is not None and request.call.tool == DELEGATE_TOOL:
+            gate = "delegation"
+            verdict = _delegation(agent, request, lookup)
         if verdict is None:
             gate = "boundary"
             if agent is None:
@@ -186,7 +281,7 @@ def evaluate(
                 else:
                     policy_ids = cedar.policy_ids
                     gate = "stateful"
-                    verdict = _stateful(agent, tool, request)
+                    verdict = _stateful(agent, tool, request, now)
                     if verdict is not None:
                         verdict = Verdict(
                             verdict.gate, verdict.outcome, verdict.reasons, policy_ids,

@@ -285,6 +285,34 @@ async def cmd_reap(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failed else 0
 
 
+async def cmd_freeze(args: argparse.Namespace, settings: Settings) -> int:
+    import lockgate.agents  # noqa: F401
+    from activities.freeze import ALL, FreezeStore
+    from lockgate.ops import wake_frozen
+    from lockgate.spec import registry
+
+    if args.agent and registry.get(args.agent) is None:
+        raise UserError(f"unknown agent {args.agent!r} (known: {', '.join(registry.names())})")
+    scope = ALL if args.all else args.agent
+    frozen = args.command == "freeze"
+    who = args.as_ or getpass.getuser()
+    store = FreezeStore(_ledger(settings))
+    store.set(scope, frozen, by=who, reason=args.reason or "")
+    woken: list[str] = []
+    if not frozen:
+        try:
+            woken = await wake_frozen(await _client(settings), None if args.all else args.agent)
+        except UserError:
+            woken = []  # Temporal away: frozen runs find the lifted freeze at their next re-check
+    if args.json:
+        _print_json({"scope": scope, "frozen": frozen, "by": who, "woken": woken})
+    else:
+        target = "every agent" if args.all else args.agent
+        print(f"{'froze' if frozen else 'unfroze'} {target}" + (f"; woke {len(woken)} frozen runs" if not frozen else
+                                                                 "; no tool of it runs from the next gate on"))
+    return 0
+
+
 def cmd_worker(_args: argparse.Namespace, _settings: Settings) -> int:
     import worker
 
@@ -342,6 +370,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id")
     p.add_argument("--format", choices=["text", "json", "md"], default="text")
     add("verify", cmd_verify, "verify the ledger's hash chain (exit 1 if tampered)")
+    for name, what in (("freeze", "kill switch: no tool of the scope runs from the next gate on"),
+                       ("unfreeze", "lift the kill switch; frozen runs resume")):
+        p = add(name, cmd_freeze, what)
+        scope = p.add_mutually_exclusive_group(required=True)
+        scope.add_argument("--agent")
+        scope.add_argument("--all", action="store_true")
+        p.add_argument("--reason")
+        p.add_argument("--as", dest="as_", help="your identity (default: the OS user)")
     add("leases", cmd_leases, "leases not yet revoked, with run, tool and expiry")
     add("reap", cmd_reap, "one pass of the reaper: clean up runs that ended without their own cleanup")
     p = add("policy", cmd_policy, "validate policies, schema and entities")
@@ -355,6 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = load_settings()
     try:
+        from lockgate.spec import load_agent_modules
+
+        load_agent_modules()
         result = args.handler(args, settings)
         if asyncio.iscoroutine(result):
             result = _run(result)

@@ -33,6 +33,9 @@ __all__ = [
     "RunInput",
     "RunStatus",
     "RunResult",
+    "DELEGATE_TOOL",
+    "DelegateArgs",
+    "ParentLink",
     "ApprovalRequest",
     "ApprovalSignal",
     "ApprovalAttempt",
@@ -89,6 +92,12 @@ class GateState(BaseModel):
     tainted: bool = False
     frozen: bool = False
     approved_groups: tuple[str, ...] = ()
+    # A sub-agent's narrower limits (None: the agent's own).
+    boundary: tuple[str, ...] | None = None
+    budget: int | None = None
+    deadline_at: datetime | None = None
+    # When this tool was called before in this run (for rate limits).
+    recent_calls: tuple[datetime, ...] = ()
 
 
 class GateRequest(BaseModel):
@@ -101,6 +110,8 @@ class GateRequest(BaseModel):
     step: int
     call: ToolCall
     state: GateState = GateState()
+    # A compensation undoes a side effect: the kill switch does not hold it back.
+    compensation: bool = False
 
 
 class Decision(BaseModel):
@@ -155,6 +166,9 @@ class RunOpen(BaseModel):
     agent: str
     initiator: str
     ttl_seconds: int
+    # A sub-agent runs under its parent's Vault policy (so it can never read more than the parent).
+    vault_policy: str | None = None
+    parent_run_id: str | None = None
 
 
 class RunClose(BaseModel):
@@ -208,12 +222,41 @@ class StepRecord(BaseModel):
     error: str | None = None
 
 
+DELEGATE_TOOL = "agent.delegate"
+
+
+class DelegateArgs(BaseModel):
+    """Args of the built-in `agent.delegate` call: start a sub-agent with a narrower boundary."""
+
+    model_config = _WIRE
+
+    agent: str
+    input: dict[str, Any] = Field(default_factory=dict)
+    tools: tuple[str, ...]
+    budget: int = Field(ge=0)
+
+
+class ParentLink(BaseModel):
+    """What a sub-agent inherits: never more than its parent has."""
+
+    model_config = _WIRE
+
+    run_id: str
+    agent: str
+    vault_policy: str
+    boundary: tuple[str, ...]
+    budget: int
+    deadline_at: datetime
+    tainted: bool = False
+
+
 class RunInput(BaseModel):
     model_config = _WIRE
 
     agent: str
     input: dict[str, Any] = Field(default_factory=dict)
     initiator: str
+    parent: ParentLink | None = None
 
 
 class RunStatus(BaseModel):
@@ -242,6 +285,8 @@ class RunResult(BaseModel):
     state: RunState
     steps: tuple[StepRecord, ...]
     output: dict[str, Any] = Field(default_factory=dict)
+    spent: int = 0
+    tainted: bool = False
 
 
 class ApprovalRequest(BaseModel):

@@ -20,7 +20,7 @@ from lockgate.errors import UserError
 from lockgate.models import MAX_ARGS_BYTES, ApprovalAttempt, ApprovalRequest, ApprovalSignal, RunInput, RunStatus
 from lockgate.spec import describe_validation, registry
 
-__all__ = ["start_run", "run_status", "list_pending", "send_verdict", "halt_run", "wait_closed", "parse_input"]
+__all__ = ["wake_frozen", "start_run", "run_status", "list_pending", "send_verdict", "halt_run", "wait_closed", "parse_input"]
 
 WORKFLOW = "lockgate.agent"
 
@@ -163,3 +163,18 @@ async def wait_closed(client: Client, run_id: str, timeout: float = 60) -> str:
         if asyncio.get_running_loop().time() > deadline:
             return "running"
         await asyncio.sleep(0.2)
+
+
+async def wake_frozen(client: Client, agent: str | None) -> list[str]:
+    """Signals `unfreeze` to every frozen run (of `agent`, or all): they re-check their gate now."""
+    query = 'WorkflowType = "lockgate.agent" AND LockgateState = "frozen" AND ExecutionStatus = "Running"'
+    if agent:
+        query += f' AND LockgateAgent = "{agent}"'
+    woken = []
+    async for wf in client.list_workflows(query):
+        try:
+            await client.get_workflow_handle(wf.id).signal("unfreeze")
+            woken.append(wf.id)
+        except RPCError:
+            pass  # closed meanwhile
+    return woken

@@ -14,7 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lockgate.models import ToolCall
 
-__all__ = ["ToolSpec", "AgentSpec", "Planner", "AgentRegistry", "registry", "describe_validation"]
+__all__ = [
+    "ToolSpec", "AgentSpec", "Planner", "AgentRegistry", "registry", "describe_validation", "load_agent_modules",
+]
 
 DataClass = Literal["public", "internal", "regulated"]
 
@@ -74,6 +76,15 @@ class AgentSpec(BaseModel):
     budget: int | None = None
     deadline: timedelta = timedelta(hours=1)
     approval_ttl: timedelta = timedelta(hours=24)
+    # Autonomy thresholds. A crossed threshold whose gate is in `escalations` asks that group for
+    # approval; any other crossed threshold denies.
+    min_confidence: float | None = None
+    rate_limits: dict[str, tuple[int, timedelta]] = Field(default_factory=dict)
+    escalations: dict[str, str] = Field(default_factory=dict)
+    # Which group may let a run that read regulated data send it out (data-flow gate).
+    taint_approver: str | None = None
+    # Agents this one may start as sub-agents (with a subset of its own boundary and budget).
+    delegates: tuple[str, ...] = ()
     vault_policy: str = Field(default="")
 
     def model_post_init(self, _context: Any) -> None:
@@ -131,6 +142,20 @@ class AgentRegistry:
 
 
 registry = AgentRegistry()
+
+
+def load_agent_modules(spec: str | None = None) -> list[str]:
+    """Imports the modules that declare agents: lockgate's own, plus `LOCKGATE_AGENT_MODULES`
+    (comma-separated module paths; their tools' implementations register on import too)."""
+    import importlib
+    import os
+
+    names = ["lockgate.agents"]
+    raw = spec if spec is not None else os.environ.get("LOCKGATE_AGENT_MODULES", "")
+    names += [n.strip() for n in raw.split(",") if n.strip()]
+    for name in names:
+        importlib.import_module(name)
+    return names
 
 
 def describe_validation(err: ValidationError) -> str:

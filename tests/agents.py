@@ -87,7 +87,12 @@ SCRIPT_AGENT = registry.add(
         input_model=ScriptInput,
         planner=script_plan,
         max_steps=8,
-        budget=60000,
+        budget=25000,
         approval_ttl=timedelta(seconds=3),
+        min_confidence=0.5,
+        rate_limits={"qa.mark": (3, timedelta(minutes=1))},
+        escalations={"budget": "finance", "confidence": "support-leads"},
+        taint_approver="support-leads",
+        delegates=("script-agent",),
     )
 )

@@ -87,6 +87,7 @@ def env(stack: DevStack, policy_dir: Path) -> dict[str, str]:
         "LOCKGATE_LEDGER_URL": f"sqlite:///{stack.state_dir / 'ledger.db'}",
         "LOCKGATE_TASK_QUEUE": f"tests-{uuid.uuid4().hex[:8]}",
         "PYTHONPATH": str(ROOT),
+        "LOCKGATE_AGENT_MODULES": "tests.agents",
     })
     return values
 

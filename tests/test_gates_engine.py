@@ -19,8 +19,15 @@ NOW = datetime(2026, 11, 23, tzinfo=timezone.utc)
 
 
 @pytest.fixture(scope="module")
-def bundle() -> PolicyBundle:
-    return load_bundle(ROOT / "policies", registry)
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> PolicyBundle:
+    """The repo's bundle plus the test agents' policies and actions, as tests/conftest.py builds it."""
+    target = tmp_path_factory.mktemp("policies")
+    for item in (ROOT / "policies").iterdir():
+        (target / item.name).write_text(item.read_text())
+    (target / "test-agents.cedar").write_text((ROOT / "tests/policies/test-agents.cedar").read_text())
+    with open(target / "schema.cedarschema", "a") as schema:
+        schema.write((ROOT / "tests/policies/test-schema.cedarschema").read_text())
+    return load_bundle(target, registry)
 
 
 def decide(bundle: PolicyBundle, tool: str, args: dict, agent: str = "refund-agent", **state: object) -> Decision:
@@ -89,13 +96,95 @@ def test_taint_makes_egress_need_approval(bundle: PolicyBundle) -> None:
     assert (tainted.outcome, tainted.approver_group) == ("approval", "support-leads")
 
 
-def test_step_limit_and_budget(bundle: PolicyBundle) -> None:
+def test_step_limit_denies(bundle: PolicyBundle) -> None:
     limit = registry.get("refund-agent").max_steps  # type: ignore[union-attr]
     d = decide(bundle, "orders.lookup", {"order_id": "A-1001"}, steps_taken=limit)
     assert (d.outcome, d.gate) == ("deny", "step_limit") and f"{limit} of {limit}" in d.reasons[0]
+
+
+def test_budget_escalates_where_configured(bundle: PolicyBundle) -> None:
     budget = registry.get("refund-agent").budget  # type: ignore[union-attr]
-    d = decide(bundle, "refunds.issue", {"order_id": "A-1001", "amount_cents": 500}, spent=budget)
-    assert (d.outcome, d.gate) == ("deny", "budget") and str(budget) in d.reasons[0]
+    d = decide(bundle, "refunds.issue", {"order_id": "A-1001", "amount_cents": 500}, spent=budget - 100)
+    assert (d.outcome, d.gate, d.approver_group) == ("approval", "budget", "finance")
+    assert f"spent {budget - 100} + 500 = {budget + 400} > budget {budget}" in d.reasons[0]
+    approved = decide(bundle, "refunds.issue", {"order_id": "A-1001", "amount_cents": 500}, spent=budget - 100,
+                      approved_groups=("finance",))
+    assert approved.outcome == "allow"
+
+
+def test_chain_of_small_refunds_escalates_at_the_third(bundle: PolicyBundle) -> None:
+    """Each refund is under the 100.00 autonomy limit; their sum is over the run budget."""
+    args = {"order_id": "A-1002", "amount_cents": 9000}
+    spent = 0
+    outcomes = []
+    for _ in range(3):
+        d = decide(bundle, "refunds.issue", args, agent="script-agent", spent=spent)
+        outcomes.append((d.outcome, d.gate))
+        spent += 9000
+    assert outcomes == [("allow", "policy"), ("allow", "policy"), ("approval", "budget")]
+
+
+def test_low_confidence_asks_for_approval_not_deny(bundle: PolicyBundle) -> None:
+    request = GateRequest(decision_id="d", run_id="r", agent="refund-agent", initiator="t", step=1,
+                          call=ToolCall(tool="orders.lookup", args={"order_id": "A-1001"}, confidence=0.4))
+    d = evaluate(bundle, registry.get("refund-agent"), request, now=NOW)
+    assert (d.outcome, d.gate, d.approver_group) == ("approval", "confidence", "support-leads")
+    assert "0.40 is below the minimum 0.70" in d.reasons[0]
+
+
+def test_rate_limit_counts_calls_in_the_window(bundle: PolicyBundle) -> None:
+    from datetime import timedelta
+
+    args = {"label": "x"}
+    recent = (NOW - timedelta(seconds=5), NOW - timedelta(seconds=10), NOW - timedelta(seconds=20))
+    d = decide(bundle, "qa.mark", args, agent="script-agent", recent_calls=recent)
+    assert (d.outcome, d.gate) == ("deny", "rate") and "3 calls of qa.mark in the last 60s (limit 3)" in d.reasons[0]
+    old = (NOW - timedelta(minutes=5),) * 3
+    assert decide(bundle, "qa.mark", args, agent="script-agent", recent_calls=old).outcome == "allow"
+
+
+def test_run_deadline(bundle: PolicyBundle) -> None:
+    from datetime import timedelta
+
+    d = decide(bundle, "orders.lookup", {"order_id": "A-1001"}, deadline_at=NOW - timedelta(seconds=1))
+    assert (d.outcome, d.gate) == ("deny", "deadline")
+
+
+def test_taint_gate_holds_without_any_cedar_policy_for_it() -> None:
+    """The data-flow gate is built in: a bundle that permits everything still escalates egress."""
+    permissive = load_bundle(ROOT / "policies", registry)
+    permissive = PolicyBundle.build({"all.cedar": '@id("all") permit(principal, action, resource);'}) \
+        .with_entities(permissive.extra_entities)
+    args = {"order_id": "A-1001", "message": "hi"}
+    assert decide(permissive, "customer.notify", args).outcome == "allow"
+    d = decide(permissive, "customer.notify", args, tainted=True)
+    assert (d.outcome, d.gate, d.approver_group) == ("approval", "taint", "support-leads")
+
+
+def test_delegation_never_widens_authority(bundle: PolicyBundle) -> None:
+    def delegate(tools: list[str], budget: int, **state: object) -> Decision:
+        request = GateRequest(
+            decision_id="d", run_id="r", agent="script-agent", initiator="t", step=1,
+            call=ToolCall(tool="agent.delegate", args={"agent": "script-agent", "input": {"steps": []},
+                                                       "tools": tools, "budget": budget}),
+            state=GateState(**state))
+        return evaluate(bundle, registry.get("script-agent"), request, now=NOW, lookup=registry.get)
+
+    assert delegate(["refunds.issue"], 1000).outcome == "allow"
+    wider = delegate(["refunds.issue", "qa.mark"], 1000, boundary=("refunds.issue",))
+    assert (wider.outcome, wider.gate) == ("deny", "delegation") and "qa.mark" in wider.reasons[0]
+    rich = delegate(["refunds.issue"], 20000, spent=10000)
+    assert rich.outcome == "deny" and "exceeds what is left" in rich.reasons[0]
+    refund = registry.get("refund-agent")
+    request = GateRequest(decision_id="d", run_id="r", agent="refund-agent", initiator="t", step=1,
+                          call=ToolCall(tool="agent.delegate", args={"agent": "script-agent", "tools": [],
+                                                                     "budget": 0}))
+    assert evaluate(bundle, refund, request, now=NOW, lookup=registry.get).outcome == "deny"
+
+
+def test_sub_agent_boundary_is_enforced_per_call(bundle: PolicyBundle) -> None:
+    d = decide(bundle, "qa.mark", {"label": "x"}, agent="script-agent", boundary=("refunds.issue",))
+    assert (d.outcome, d.gate) == ("deny", "boundary") and "sub-agent" in d.reasons[0]
 
 
 def test_any_error_inside_a_gate_is_a_deny(bundle: PolicyBundle) -> None:

@@ -7,12 +7,13 @@ lifecycle (identity, saga, close); `call` is the governed tool call; approvals a
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributePair
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, ChildWorkflowError
+from temporalio.workflow import ParentClosePolicy
 
 # Pure declarations and models, no I/O: passed through so the sandbox does not re-import them on
 # every run (and so that `registry` is the one the worker filled).
@@ -22,13 +23,16 @@ with workflow.unsafe.imports_passed_through():
     import lockgate.agents  # noqa: F401 - registers the built-in agents
     from lockgate import errors
     from lockgate.models import (
+        DELEGATE_TOOL,
         ApprovalAttempt,
         ApprovalRequest,
         ApprovalSignal,
         AuditEvent,
         Decision,
+        DelegateArgs,
         GateRequest,
         GateState,
+        ParentLink,
         RunClose,
         RunIdentity,
         RunInput,
@@ -50,6 +54,9 @@ SA_AGENT = SearchAttributeKey.for_keyword("LockgateAgent")
 SA_STATE = SearchAttributeKey.for_keyword("LockgateState")
 SA_INITIATOR = SearchAttributeKey.for_keyword("LockgateInitiator")
 SA_PENDING = SearchAttributeKey.for_keyword_list("LockgatePending")
+
+# While frozen, a run re-evaluates its gate this often even if no `unfreeze` signal reaches it.
+FREEZE_RECHECK = timedelta(seconds=30)
 
 # GATE_CALL: a local activity (no extra server round trip); pure compute plus one ledger write.
 GATE_CALL: dict[str, Any] = {
@@ -106,7 +113,6 @@ class AgentWorkflow:
         self._done: list[dict[str, Any]] = []
         self._saga: list[tuple[int, str, dict[str, Any]]] = []
         self._spent = 0
-        self._tainted = False
         self._identity: RunIdentity | None = None
         self._in_flight = 0
         self._error: str | None = None
@@ -117,6 +123,13 @@ class AgentWorkflow:
         self._attempts: dict[str, ApprovalAttempt] = {}
         self._approvers: dict[str, tuple[str, ...]] = {}
         self._halt_reason: str | None = None
+        self._call_times: dict[str, list[datetime]] = {}
+        self._deadline_at: datetime | None = None
+        self._wake = False
+        parent = inp.parent
+        self._boundary: tuple[str, ...] | None = parent.boundary if parent else None
+        self._budget: int | None = parent.budget if parent else None
+        self._tainted = bool(parent and parent.tainted)  # taint passes to sub-agents
 
     # -- lifecycle -----------------------------------------------------------------------------
     @workflow.run
@@ -133,9 +146,15 @@ class AgentWorkflow:
             SearchAttributePair(SA_AGENT, agent.name), SearchAttributePair(SA_INITIATOR, inp.initiator),
             SearchAttributePair(SA_STATE, "running"), SearchAttributePair(SA_PENDING, []),
         ])
-        ttl = int(agent.deadline.total_seconds())
+        self._deadline_at = workflow.now() + agent.deadline
+        if inp.parent is not None:
+            self._deadline_at = min(self._deadline_at, inp.parent.deadline_at)
+        ttl = max(1, int((self._deadline_at - workflow.now()).total_seconds()))
         self._identity = await workflow.execute_activity(
-            "run.open", RunOpen(run_id=self._run_id, agent=agent.name, initiator=inp.initiator, ttl_seconds=ttl),
+            "run.open",
+            RunOpen(run_id=self._run_id, agent=agent.name, initiator=inp.initiator, ttl_seconds=ttl,
+                    vault_policy=inp.parent.vault_policy if inp.parent else None,
+                    parent_run_id=inp.parent.run_id if inp.parent else None),
             result_type=RunIdentity, **RUN_CALL,
         )
         failure: BaseException | None = None
@@ -168,7 +187,8 @@ class AgentWorkflow:
         if failure is not None:
             raise failure
         return RunResult(run_id=self._run_id, state=final, steps=tuple(self._steps),
-                         output={"results": [d["result"] for d in self._done]})
+                         output={"results": [d["result"] for d in self._done]}, spent=self._spent,
+                         tainted=self._tainted)
 
     async def _plan(self, agent: AgentSpec) -> None:
         while True:
@@ -189,7 +209,7 @@ class AgentWorkflow:
         self._step += 1
         step = self._step
         tool = agent.tool(call.tool)
-        decision = await self._gate(agent, call, step, ())
+        decision = await self._gate(agent, call, step, (), compensation)
         if decision.outcome == "approval":
             decision = await self._await_approval(agent, call, step, decision)
         record = StepRecord(
@@ -197,6 +217,8 @@ class AgentWorkflow:
             gate=decision.gate, decision_id=decision.decision_id, policy_ids=decision.policy_ids,
             reasons=decision.reasons,
         )
+        if decision.outcome == "allow" and call.tool == DELEGATE_TOOL:
+            return await self._delegate(agent, call, step, record)
         if decision.outcome != "allow" or tool is None or decision.grant is None:
             self._record(record, compensation, error="; ".join(decision.reasons))
             raise _Denied(f"step {step} {call.tool} denied by {decision.gate}: {'; '.join(decision.reasons)}",
@@ -224,6 +246,7 @@ class AgentWorkflow:
         if not compensation:
             self._spent += tool.cost_of(call.args)
             self._tainted = self._tainted or tool.data_class == "regulated"
+            self._call_times.setdefault(call.tool, []).append(workflow.now())
         self._record(record, compensation, lease_id=outcome.lease.lease_id if outcome.lease else None,
                      summary=outcome.summary)
         return outcome
@@ -232,15 +255,77 @@ class AgentWorkflow:
         done = record.model_copy(update=update)
         (self._compensated if compensation else self._steps).append(done)
 
-    async def _gate(self, agent: AgentSpec, call: ToolCall, step: int, approved: tuple[str, ...]) -> Decision:
+    async def _gate(self, agent: AgentSpec, call: ToolCall, step: int, approved: tuple[str, ...],
+                    compensation: bool = False) -> Decision:
+        """Evaluates the gate; while the kill switch holds, waits frozen and evaluates again."""
+        decision = await self._evaluate(agent, call, step, approved, compensation)
+        while decision.gate == "kill_switch" and decision.outcome == "deny":
+            decision = await self._frozen(agent, call, step, approved)
+        return decision
+
+    async def _evaluate(self, agent: AgentSpec, call: ToolCall, step: int, approved: tuple[str, ...],
+                        compensation: bool = False) -> Decision:
         self._evaluations += 1
         request = GateRequest(
             decision_id=f"{self._run_id}/{step}/{self._evaluations}",
             run_id=self._run_id, agent=agent.name, initiator=self._inp.initiator, step=step, call=call,
             state=GateState(steps_taken=len(self._steps), spent=self._spent, tainted=self._tainted,
-                            approved_groups=approved),
+                            approved_groups=approved, boundary=self._boundary, budget=self._budget,
+                            deadline_at=self._deadline_at,
+                            recent_calls=tuple(self._call_times.get(call.tool, ()))),
+            compensation=compensation,
         )
         return await workflow.execute_local_activity("gate.evaluate", request, result_type=Decision, **GATE_CALL)
+
+    # -- kill switch ---------------------------------------------------------------------------
+    async def _frozen(self, agent: AgentSpec, call: ToolCall, step: int, approved: tuple[str, ...]) -> Decision:
+        """Waits while the kill switch holds: until `unfreeze` wakes the run (or a periodic re-check
+        finds the freeze lifted); `halt` cancels the wait and the run compensates."""
+        self._set_state("frozen")
+        self._wake = False
+        try:
+            await workflow.wait_condition(lambda: self._wake, timeout=FREEZE_RECHECK)
+        except asyncio.TimeoutError:
+            pass
+        decision = await self._evaluate(agent, call, step, approved)
+        if not (decision.gate == "kill_switch" and decision.outcome == "deny"):
+            self._set_state("awaiting_approval" if self._pending else "running")
+        return decision
+
+    @workflow.signal(name="unfreeze")
+    def unfreeze(self) -> None:
+        self._wake = True
+
+    # -- delegation ----------------------------------------------------------------------------
+    async def _delegate(self, agent: AgentSpec, call: ToolCall, step: int, record: StepRecord) -> ToolOutcome:
+        """Starts a sub-agent as a child workflow; its spend and taint come back to this run."""
+        args = DelegateArgs.model_validate(call.args)
+        assert self._deadline_at is not None and self._identity is not None
+        link = ParentLink(
+            run_id=self._run_id, agent=agent.name, vault_policy=self._identity.policies[0],
+            boundary=args.tools, budget=args.budget, deadline_at=self._deadline_at, tainted=self._tainted,
+        )
+        child_id = f"{self._run_id}.{step}"
+        try:
+            result = await workflow.execute_child_workflow(
+                "lockgate.agent", RunInput(agent=args.agent, input=args.input, initiator=self._inp.initiator,
+                                           parent=link),
+                id=child_id, result_type=RunResult,
+                # A parent that ends (halt, terminate) asks its children to halt and compensate.
+                parent_close_policy=ParentClosePolicy.REQUEST_CANCEL,
+            )
+        except ChildWorkflowError as err:
+            cause = err.cause
+            message = cause.message if isinstance(cause, ApplicationError) else str(cause or err)
+            self._record(record, False, error=f"sub-agent {child_id}: {message}")
+            kind = cause.type if isinstance(cause, ApplicationError) and cause.type else errors.TOOL_FAILED
+            raise _Denied(f"sub-agent {child_id} failed: {message}", kind) from None
+        self._spent += result.spent
+        self._tainted = self._tainted or result.tainted
+        summary = f"sub-agent {child_id} {result.state}: spent {result.spent}"
+        self._record(record, False, summary=summary)
+        return ToolOutcome(tool=call.tool, step=step, result={"run_id": child_id, "spent": result.spent,
+                                                               "state": result.state}, summary=summary)
 
     # -- approvals -----------------------------------------------------------------------------
     async def _await_approval(self, agent: AgentSpec, call: ToolCall, step: int, decision: Decision) -> Decision:

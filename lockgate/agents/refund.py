@@ -108,5 +108,9 @@ AGENT = registry.add(
         max_steps=10,
         budget=200000,
         deadline=timedelta(hours=1),
+        min_confidence=0.7,
+        rate_limits={"refunds.issue": (3, timedelta(hours=1))},
+        escalations={"confidence": "support-leads", "budget": "finance"},
+        taint_approver="support-leads",
     )
 )
