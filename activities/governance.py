@@ -22,21 +22,44 @@ from lockgate.errors import BAD_INPUT
 from lockgate.models import AuditEvent, Decision, GateRequest, RunClose, RunIdentity, RunOpen
 from lockgate.spec import AgentRegistry
 
-__all__ = ["GovernanceActivities", "bundle_content"]
+__all__ = ["GovernanceActivities", "bundle_content", "record_decision"]
 
 log = logging.getLogger("lockgate.gate")
 
 
 def bundle_content(bundle: PolicyBundle) -> dict[str, object]:
-    """What the ledger keeps of a bundle so a decision can be re-checked later (replay)."""
-    files: dict[str, list[str]] = {}
-    for st in bundle.statements:
-        files.setdefault(st.file, []).append(st.text)
-    return {
-        "policies": {f: "\n\n".join(t) for f, t in files.items()},
-        "schema": bundle.schema_text,
-        "entities": bundle.entities_json,
-    }
+    """The bundle's source files, verbatim: rebuilt, they hash to `bundle.hash` (replay checks)."""
+    return {"policies": bundle.sources, "schema": bundle.schema_text, "entities": bundle.entities_json}
+
+
+def record_decision(ledger: Ledger, decision: Decision, request: GateRequest) -> None:
+    """A gate decision in the ledger, with the exact request evaluated (args, run state, freeze) so
+    that `lockgate replay` can re-check it against the bundle recorded by its hash."""
+    ledger.try_append(
+        f"decision:{decision.decision_id}",
+        decision.run_id,
+        "decision",
+        {
+            "decision_id": decision.decision_id,
+            "step": decision.step,
+            "tool": decision.tool,
+            "args_digest": decision.args_digest,
+            "outcome": decision.outcome,
+            "gate": decision.gate,
+            "policy_ids": list(decision.policy_ids),
+            "reasons": list(decision.reasons),
+            "bundle_hash": decision.bundle_hash,
+            "approver_group": decision.approver_group,
+            "quorum": decision.quorum,
+            "confidence": request.call.confidence,
+            "rationale": request.call.rationale,
+            "state": request.state.model_dump(mode="json"),
+            "initiator": request.initiator,
+            "agent": request.agent,
+            "request": request.model_dump(mode="json"),
+        },
+        at=decision.at,
+    )
 
 
 class GovernanceActivities:
@@ -73,30 +96,7 @@ class GovernanceActivities:
                 decision.run_id, decision.step, decision.tool, decision.args_digest, decision.decision_id
             )
             decision = decision.model_copy(update={"grant": grant})
-        self._ledger.try_append(
-            f"decision:{decision.decision_id}",
-            decision.run_id,
-            "decision",
-            {
-                "decision_id": decision.decision_id,
-                "step": decision.step,
-                "tool": decision.tool,
-                "args_digest": decision.args_digest,
-                "outcome": decision.outcome,
-                "gate": decision.gate,
-                "policy_ids": list(decision.policy_ids),
-                "reasons": list(decision.reasons),
-                "bundle_hash": decision.bundle_hash,
-                "approver_group": decision.approver_group,
-                "quorum": decision.quorum,
-                "confidence": request.call.confidence,
-                "rationale": request.call.rationale,
-                "state": request.state.model_dump(mode="json"),
-                "initiator": request.initiator,
-                "agent": request.agent,
-            },
-            at=decision.at,
-        )
+        record_decision(self._ledger, decision, request)
         log.info(
             "decision run=%s step=%s tool=%s outcome=%s gate=%s policies=%s",
             decision.run_id, decision.step, decision.tool, decision.outcome, decision.gate,

@@ -24,6 +24,7 @@ from temporalio.api.enums.v1 import WorkflowExecutionStatus
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.governance import record_decision
 from activities.ledger import Ledger
 from activities.tools import ToolRunner
 from activities.vault import VaultBroker
@@ -123,14 +124,7 @@ class Reaper:
             compensation=True,
         )
         decision = evaluate(bundle, self._agents.get(agent), request, now=datetime.now(timezone.utc))
-        self._ledger.try_append(f"decision:{decision.decision_id}", run_id, "decision", {
-            "decision_id": decision.decision_id, "step": step, "tool": decision.tool,
-            "args_digest": decision.args_digest, "outcome": decision.outcome, "gate": decision.gate,
-            "policy_ids": list(decision.policy_ids), "reasons": list(decision.reasons),
-            "bundle_hash": decision.bundle_hash, "approver_group": decision.approver_group,
-            "quorum": decision.quorum, "confidence": 1.0, "rationale": request.call.rationale,
-            "state": request.state.model_dump(mode="json"), "initiator": "lockgate-reaper", "agent": agent,
-        }, at=decision.at)
+        record_decision(self._ledger, decision, request)
         if decision.outcome != "allow":
             result = {"step": item["step"], "tool": item["compensation"], "ok": False,
                       "error": f"denied: {'; '.join(decision.reasons)}"}

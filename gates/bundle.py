@@ -96,6 +96,7 @@ class PolicyBundle:
     entities_json: str
     schema_text: str | None
     hash: str
+    sources: dict[str, str] = field(default_factory=dict)
     extra_entities: list[dict[str, Any]] = field(default_factory=list)
     _entities: Any = None
     _slices: dict[tuple[str, bool], Any] = field(default_factory=dict)
@@ -188,6 +189,7 @@ class PolicyBundle:
             entities_json=entities_json,
             schema_text=schema_text,
             hash=digest.hexdigest(),
+            sources=dict(policies),
         )
 
     def with_entities(self, extra: list[dict[str, Any]]) -> PolicyBundle:
@@ -197,6 +199,7 @@ class PolicyBundle:
             entities_json=self.entities_json,
             schema_text=self.schema_text,
             hash=self.hash,
+            sources=self.sources,
             extra_entities=extra,
         )
 

@@ -9,11 +9,12 @@ The JSON form is a stable schema (version 1):
 from __future__ import annotations
 
 import json
+from datetime import timezone
 from typing import Any
 
 from activities.ledger import Ledger
 
-__all__ = ["timeline", "render_text", "render_markdown", "SCHEMA"]
+__all__ = ["timeline", "history_entries", "render_text", "render_markdown", "SCHEMA"]
 
 SCHEMA = "lockgate.audit/v1"
 
@@ -55,8 +56,62 @@ def _summary(kind: str, d: dict[str, Any]) -> str:
     return json.dumps(d, sort_keys=True)
 
 
-def timeline(ledger: Ledger, run_id: str, status: dict[str, Any] | None = None) -> dict[str, Any]:
-    entries = []
+_HISTORY = {
+    "EVENT_TYPE_WORKFLOW_EXECUTION_STARTED": "run started",
+    "EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED": "signal",
+    "EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED": "halt requested (cancel)",
+    "EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED": "TERMINATED (no workflow code runs: the reaper cleans up)",
+    "EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED": "run completed",
+    "EVENT_TYPE_WORKFLOW_EXECUTION_FAILED": "run failed",
+    "EVENT_TYPE_WORKFLOW_EXECUTION_CANCELED": "run halted",
+    "EVENT_TYPE_WORKFLOW_EXECUTION_TIMED_OUT": "run timed out",
+    "EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW": "continued as new",
+    "EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED": "sub-agent started",
+}
+
+
+def history_entries(events: Any, converter: Any) -> list[dict[str, Any]]:
+    """The lifecycle events of a run's Temporal history that an auditor needs beside the ledger."""
+    from temporalio.api.enums.v1 import EventType
+
+    out = []
+    for event in events:
+        name = EventType.Name(event.event_type)
+        label = _HISTORY.get(name)
+        if label is None:
+            continue
+        detail = ""
+        attr_name = event.WhichOneof("attributes")
+        attrs = getattr(event, attr_name) if attr_name else None
+        try:
+            if name == "EVENT_TYPE_WORKFLOW_EXECUTION_STARTED":
+                (inp,) = converter.payload_converter.from_payloads(attrs.input.payloads) or ({},)
+                detail = f"agent {inp.get('agent')} by {inp.get('initiator')} (identity {attrs.identity})"
+            elif name == "EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED":
+                args = converter.payload_converter.from_payloads(attrs.input.payloads) if attrs.input.payloads else []
+                first = args[0] if args else None
+                who = f" by {first.get('approver')} on request {first.get('request_id')}" if isinstance(first, dict) else ""
+                detail = f"{attrs.signal_name}{who}"
+            elif name == "EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED":
+                detail = f"reason: {attrs.reason or '-'} (identity {attrs.identity})"
+            elif name == "EVENT_TYPE_WORKFLOW_EXECUTION_FAILED":
+                detail = attrs.failure.message
+            elif name == "EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED":
+                detail = f"by {attrs.identity}"
+            elif name == "EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED":
+                detail = attrs.workflow_id
+        except Exception:  # noqa: BLE001 - an undecodable payload still leaves the event itself
+            detail = ""
+        stamp = event.event_time.ToDatetime().replace(tzinfo=timezone.utc).isoformat()
+        out.append({"seq": None, "at": stamp, "kind": "history", "step": None, "tool": None,
+                    "summary": f"{label}{': ' + detail if detail else ''}",
+                    "data": {"event_id": event.event_id, "event_type": name}})
+    return out
+
+
+def timeline(ledger: Ledger, run_id: str, status: dict[str, Any] | None = None,
+             history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    entries = list(history or [])
     for e in ledger.entries(run_id):
         data = json.loads(e.data)
         entries.append({
@@ -64,7 +119,7 @@ def timeline(ledger: Ledger, run_id: str, status: dict[str, Any] | None = None) 
             "summary": _summary(e.kind, data), "data": data,
         })
     # The chain is in write order; the timeline is in the order things happened.
-    entries.sort(key=lambda e: (e["at"], e["seq"]))
+    entries.sort(key=lambda e: (e["at"], e["seq"] or 0))
     return {"schema": SCHEMA, "run_id": run_id, "status": status, "ledger_intact": not ledger.verify(),
             "entries": entries}
 
@@ -92,5 +147,5 @@ def render_markdown(doc: dict[str, Any]) -> str:
               "| # | time | step | event | detail |", "|---|---|---|---|---|"]
     for e in doc["entries"]:
         detail = e["summary"].replace("|", "\\|")
-        lines.append(f"| {e['seq']} | {e['at']} | {e.get('step') or ''} | {e['kind']} | {detail} |")
+        lines.append(f"| {e['seq'] or ''} | {e['at']} | {e.get('step') or ''} | {e['kind']} | {detail} |")
     return "\n".join(lines)

@@ -201,18 +201,25 @@ async def cmd_halt(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
-    from lockgate.audit import render_markdown, render_text, timeline
+    import worker
+    from lockgate.audit import history_entries, render_markdown, render_text, timeline
     from lockgate.ops import run_status
 
     status = None
+    history: list[dict[str, Any]] = []
     try:
-        status = (await run_status(await _client(settings), args.run_id)).model_dump(mode="json")
+        client = await _client(settings)
     except UserError:
-        raise
-    except Exception:  # noqa: BLE001 - audit from the ledger alone when Temporal is away
-        status = None
-    ledger = _ledger(settings)
-    doc = timeline(ledger, args.run_id, status)
+        client = None  # audit from the ledger alone when Temporal is away
+    if client is not None:
+        try:
+            status = (await run_status(client, args.run_id)).model_dump(mode="json")
+            async for wf in client.list_workflows(f'WorkflowId = "{args.run_id}"'):
+                events = (await client.get_workflow_handle(wf.id, run_id=wf.run_id).fetch_history()).events
+                history += history_entries(events, worker.DATA_CONVERTER)
+        except UserError:
+            status = None
+    doc = timeline(_ledger(settings), args.run_id, status, history)
     if not doc["entries"] and status is None:
         raise UserError(f"unknown run {args.run_id!r}")
     if args.format == "json":
@@ -222,6 +229,30 @@ async def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(render_text(doc))
     return 0 if doc["ledger_intact"] else 1
+
+
+async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
+    import worker
+    from lockgate.replay import replay
+    from lockgate.spec import registry
+
+    if not args.all and not args.run_ids:
+        raise UserError("name RUN_ID... or --all")
+    client = await _client(settings)
+    reports = await replay(client, _ledger(settings), registry, None if args.all else args.run_ids,
+                           worker.DATA_CONVERTER)
+    bad = [r for r in reports if not r.ok]
+    if args.json:
+        _print_json([{"run_id": r.run_id, "ok": r.ok, "histories": r.histories, "events": r.events,
+                      "decisions": r.decisions, "problems": r.problems} for r in reports])
+    else:
+        for r in reports:
+            print(f"{'ok      ' if r.ok else 'MISMATCH'} {r.run_id}: {r.histories} histories, {r.events} events, "
+                  f"{r.decisions} decisions re-checked")
+            for problem in r.problems:
+                print(f"    {problem}")
+        print(f"{len(reports)} runs replayed, {len(bad)} with mismatches")
+    return 1 if bad else 0
 
 
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
@@ -369,6 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("audit", cmd_audit, "timeline of a run from the ledger and its history")
     p.add_argument("run_id")
     p.add_argument("--format", choices=["text", "json", "md"], default="text")
+    p = add("replay", cmd_replay, "replay histories with the current code and re-check every recorded decision")
+    p.add_argument("run_ids", nargs="*", metavar="RUN_ID")
+    p.add_argument("--all", action="store_true", help="every lockgate run the server still has")
     add("verify", cmd_verify, "verify the ledger's hash chain (exit 1 if tampered)")
     for name, what in (("freeze", "kill switch: no tool of the scope runs from the next gate on"),
                        ("unfreeze", "lift the kill switch; frozen runs resume")):

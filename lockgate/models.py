@@ -33,6 +33,8 @@ __all__ = [
     "RunInput",
     "RunStatus",
     "RunResult",
+    "RunCarry",
+    "SagaEntry",
     "DELEGATE_TOOL",
     "DelegateArgs",
     "ParentLink",
@@ -250,6 +252,33 @@ class ParentLink(BaseModel):
     tainted: bool = False
 
 
+class SagaEntry(BaseModel):
+    model_config = _WIRE
+
+    step: int
+    tool: str
+    args: dict[str, Any]
+
+
+class RunCarry(BaseModel):
+    """A run's state across continue-as-new: nothing of budgets, taint or compensations is lost."""
+
+    model_config = _WIRE
+
+    identity: RunIdentity
+    deadline_at: datetime
+    step: int
+    evaluations: int
+    spent: int
+    tainted: bool
+    steps: tuple[StepRecord, ...]
+    compensated: tuple[StepRecord, ...]
+    done: tuple[dict[str, Any], ...]
+    saga: tuple[SagaEntry, ...]
+    call_times: dict[str, tuple[datetime, ...]]
+    generation: int
+
+
 class RunInput(BaseModel):
     model_config = _WIRE
 
@@ -257,6 +286,7 @@ class RunInput(BaseModel):
     input: dict[str, Any] = Field(default_factory=dict)
     initiator: str
     parent: ParentLink | None = None
+    carry: RunCarry | None = None
 
 
 class RunStatus(BaseModel):

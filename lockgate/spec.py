@@ -85,6 +85,8 @@ class AgentSpec(BaseModel):
     taint_approver: str | None = None
     # Agents this one may start as sub-agents (with a subset of its own boundary and budget).
     delegates: tuple[str, ...] = ()
+    # Continue-as-new once a run's history is this long (Temporal warns at 10,240 events).
+    history_limit: int = 8000
     vault_policy: str = Field(default="")
 
     def model_post_init(self, _context: Any) -> None:

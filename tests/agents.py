@@ -96,3 +96,17 @@ SCRIPT_AGENT = registry.add(
         delegates=("script-agent",),
     )
 )
+
+
+LONG_AGENT = registry.add(
+    AgentSpec(
+        name="long-agent",
+        owner="qa-team",
+        purpose="long runs: continue-as-new keeps state across histories",
+        tools=QA_TOOLS,
+        input_model=ScriptInput,
+        planner=script_plan,
+        max_steps=200,
+        history_limit=40,
+    )
+)

@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         GateRequest,
         GateState,
         ParentLink,
+        RunCarry,
         RunClose,
         RunIdentity,
         RunInput,
@@ -40,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
         RunResult,
         RunState,
         RunStatus,
+        SagaEntry,
         StepRecord,
         ToolCall,
         ToolInvocation,
@@ -111,7 +113,7 @@ class AgentWorkflow:
         self._steps: list[StepRecord] = []
         self._compensated: list[StepRecord] = []
         self._done: list[dict[str, Any]] = []
-        self._saga: list[tuple[int, str, dict[str, Any]]] = []
+        self._saga: list[SagaEntry] = []
         self._spent = 0
         self._identity: RunIdentity | None = None
         self._in_flight = 0
@@ -130,6 +132,9 @@ class AgentWorkflow:
         self._boundary: tuple[str, ...] | None = parent.boundary if parent else None
         self._budget: int | None = parent.budget if parent else None
         self._tainted = bool(parent and parent.tainted)  # taint passes to sub-agents
+        self._generation = 0
+        if inp.carry is not None:
+            self._restore(inp.carry)
 
     # -- lifecycle -----------------------------------------------------------------------------
     @workflow.run
@@ -146,17 +151,8 @@ class AgentWorkflow:
             SearchAttributePair(SA_AGENT, agent.name), SearchAttributePair(SA_INITIATOR, inp.initiator),
             SearchAttributePair(SA_STATE, "running"), SearchAttributePair(SA_PENDING, []),
         ])
-        self._deadline_at = workflow.now() + agent.deadline
-        if inp.parent is not None:
-            self._deadline_at = min(self._deadline_at, inp.parent.deadline_at)
-        ttl = max(1, int((self._deadline_at - workflow.now()).total_seconds()))
-        self._identity = await workflow.execute_activity(
-            "run.open",
-            RunOpen(run_id=self._run_id, agent=agent.name, initiator=inp.initiator, ttl_seconds=ttl,
-                    vault_policy=inp.parent.vault_policy if inp.parent else None,
-                    parent_run_id=inp.parent.run_id if inp.parent else None),
-            result_type=RunIdentity, **RUN_CALL,
-        )
+        if inp.carry is None:
+            await self._open(agent, inp)
         failure: BaseException | None = None
         try:
             await self._plan(agent)
@@ -190,6 +186,20 @@ class AgentWorkflow:
                          output={"results": [d["result"] for d in self._done]}, spent=self._spent,
                          tainted=self._tainted)
 
+    async def _open(self, agent: AgentSpec, inp: RunInput) -> None:
+        """The run's own Vault identity, whose TTL ends with the run's deadline."""
+        self._deadline_at = workflow.now() + agent.deadline
+        if inp.parent is not None:
+            self._deadline_at = min(self._deadline_at, inp.parent.deadline_at)
+        ttl = max(1, int((self._deadline_at - workflow.now()).total_seconds()))
+        self._identity = await workflow.execute_activity(
+            "run.open",
+            RunOpen(run_id=self._run_id, agent=agent.name, initiator=inp.initiator, ttl_seconds=ttl,
+                    vault_policy=inp.parent.vault_policy if inp.parent else None,
+                    parent_run_id=inp.parent.run_id if inp.parent else None),
+            result_type=RunIdentity, **RUN_CALL,
+        )
+
     async def _plan(self, agent: AgentSpec) -> None:
         while True:
             proposal = agent.planner(self._inp.input, self._done)
@@ -197,6 +207,32 @@ class AgentWorkflow:
                 return
             outcome = await self.call(agent, proposal)
             self._done.append({"tool": outcome.tool, "step": outcome.step, "result": outcome.result})
+            if self._history_full(agent):
+                # Between steps nothing is pending: hand the whole state to a fresh history.
+                workflow.continue_as_new(self._inp.model_copy(update={"carry": self._carry()}))
+
+    def _history_full(self, agent: AgentSpec) -> bool:
+        info = workflow.info()
+        return (info.is_continue_as_new_suggested() or info.get_current_history_length() >= agent.history_limit) \
+            and not self._pending and workflow.all_handlers_finished()
+
+    def _carry(self) -> RunCarry:
+        assert self._identity is not None and self._deadline_at is not None
+        return RunCarry(
+            identity=self._identity, deadline_at=self._deadline_at, step=self._step,
+            evaluations=self._evaluations, spent=self._spent, tainted=self._tainted, steps=tuple(self._steps),
+            compensated=tuple(self._compensated), done=tuple(self._done), saga=tuple(self._saga),
+            call_times={k: tuple(v) for k, v in self._call_times.items()}, generation=self._generation + 1,
+        )
+
+    def _restore(self, carry: RunCarry) -> None:
+        self._identity, self._deadline_at = carry.identity, carry.deadline_at
+        self._step, self._evaluations = carry.step, carry.evaluations
+        self._spent, self._tainted = carry.spent, carry.tainted
+        self._steps, self._compensated = list(carry.steps), list(carry.compensated)
+        self._done, self._saga = list(carry.done), list(carry.saga)
+        self._call_times = {k: list(v) for k, v in carry.call_times.items()}
+        self._generation = carry.generation
 
     def _set_state(self, state: RunState) -> None:
         if state != self._state:
@@ -227,7 +263,7 @@ class AgentWorkflow:
         if tool.compensation and not compensation:
             # Registered before the step runs: a crash mid-step still gets compensated (it is
             # idempotent, so compensating a step that never happened is a no-op).
-            self._saga.append((step, tool.compensation, {"idempotency_key": key}))
+            self._saga.append(SagaEntry(step=step, tool=tool.compensation, args={"idempotency_key": key}))
         invocation = ToolInvocation(
             run_id=self._run_id, step=step, tool=call.tool, args=call.args, decision_id=decision.decision_id,
             grant=decision.grant, idempotency_key=key,
@@ -425,12 +461,12 @@ class AgentWorkflow:
     async def _compensate(self, agent: AgentSpec) -> None:
         """Runs registered compensations in reverse; one failing does not stop the others."""
         while self._saga:
-            step, tool_name, args = self._saga.pop()
+            entry = self._saga.pop()
             try:
-                await self.call(agent, ToolCall(tool=tool_name, args=args, rationale=f"compensate step {step}"),
-                                compensation=True)
+                await self.call(agent, ToolCall(tool=entry.tool, args=entry.args,
+                                                rationale=f"compensate step {entry.step}"), compensation=True)
             except (_Denied, ActivityError) as err:
-                self._error = f"{self._error}; compensation of step {step} failed: {_message(err)}"
+                self._error = f"{self._error}; compensation of step {entry.step} failed: {_message(err)}"
 
     # -- queries -------------------------------------------------------------------------------
     @workflow.query(name="status")

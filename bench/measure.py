@@ -1,0 +1,240 @@
+"""Figures 1, 2, 4 and 5: governed runs on the real stack, side by side with the plain baseline."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowHistory
+
+import bench.agents as bench_agents
+import bench.baseline as baseline
+from bench.harness import Bench, closed_loop, median, percentile, say
+from lockgate.models import ApprovalRequest, ApprovalSignal, RunStatus
+
+__all__ = ["sequential", "throughput", "approval_latency", "audit_and_replay"]
+
+
+# -- 1. sequential: per step and per run -----------------------------------------------------------
+async def sequential(b: Bench, n1: int, n2: int, reps: int) -> dict[str, Any]:
+    """Per-step cost as (T(n2) - T(n1)) / (n2 - n1), which cancels what every run pays once (start,
+    the run identity's open and close, completion); and the whole run of n2 steps as it is.
+
+    Governed and plain runs alternate (and swap order every repetition) so that drift on a shared
+    machine hits both sides alike; each T is the median of `reps` runs.
+    """
+    kinds = {
+        "a": (bench_agents.NOOP, baseline.NOOP),
+        "b": (bench_agents.PG, baseline.PG),
+    }
+    out: dict[str, Any] = {"n1": n1, "n2": n2, "reps": reps}
+    for kind, (tool, activity) in kinds.items():
+        sides = {"governed": lambda n, t=tool: b.governed(t, n), "plain": lambda n, a=activity: b.plain(a, n)}
+        for run in sides.values():  # warm-up: imports, sandbox, connection pools, Vault and PG paths
+            await run(2)
+            await run(2)
+        times: dict[str, dict[int, list[float]]] = {s: {n1: [], n2: []} for s in sides}
+        for rep in range(reps):
+            order = list(sides) if rep % 2 == 0 else list(reversed(sides))
+            for n in (n1, n2):
+                for side in order:
+                    times[side][n].append(await sides[side](n))
+        res: dict[str, Any] = {"tool": tool, "activity": activity, "samples_s": times}
+        for side in sides:
+            t1, t2 = median(times[side][n1]), median(times[side][n2])
+            res[side] = {"run_s_n1": t1, "run_s_n2": t2, "step_ms": (t2 - t1) / (n2 - n1) * 1000}
+        res["step_ratio"] = res["governed"]["step_ms"] / res["plain"]["step_ms"]
+        res["run_ratio"] = res["governed"]["run_s_n2"] / res["plain"]["run_s_n2"]
+        say(f"sequential ({kind}) {tool}: governed {res['governed']['step_ms']:.1f} ms/step, plain "
+            f"{res['plain']['step_ms']:.1f} ms/step, ratio {res['step_ratio']:.2f}x (run {res['run_ratio']:.2f}x)")
+        out[kind] = res
+    return out
+
+
+# -- 2. throughput ---------------------------------------------------------------------------------
+async def throughput(b: Bench, levels: tuple[int, ...], steps: int, min_runs: int, runs_per_level: int
+                     ) -> dict[str, Any]:
+    """Tool calls per second with C runs in flight at all times (closed loop), governed vs plain, for
+    the no-secret tool (a). Each run makes `steps` calls; a governed run also opens and closes its
+    run identity, which is part of what governance costs per run."""
+    out: dict[str, Any] = {"steps_per_run": steps, "tool": bench_agents.NOOP}
+    for c in levels:
+        total = max(min_runs, runs_per_level * c)
+        gov = await closed_loop(c, total, lambda: b.governed(bench_agents.NOOP, steps))
+        plain = await closed_loop(c, total, lambda: b.plain(baseline.NOOP, steps))
+        res = {"runs": total, "calls": total * steps, "governed_s": gov, "plain_s": plain,
+               "governed_cps": total * steps / gov, "plain_cps": total * steps / plain}
+        res["ratio"] = res["governed_cps"] / res["plain_cps"]
+        say(f"throughput c={c}: governed {res['governed_cps']:.1f} calls/s, plain {res['plain_cps']:.1f} "
+            f"calls/s, ratio {res['ratio']:.2f}x ({total} runs x {steps} calls)")
+        out[str(c)] = res
+    return out
+
+
+# -- 4. approval latency ---------------------------------------------------------------------------
+async def _wait_state(b: Bench, handles: list[Any], state: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    waiting = list(handles)
+    while waiting:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(waiting)} runs never reached {state}")
+        statuses = await asyncio.gather(*(h.query("status", result_type=RunStatus) for h in waiting))
+        waiting = [h for h, s in zip(waiting, statuses) if s.state != state]
+        if waiting:
+            await asyncio.sleep(0.1)
+
+
+async def approval_latency(b: Bench, samples: int) -> dict[str, Any]:
+    """Signal sent -> tool activity started, one approval at a time.
+
+    t0: just before the client sends the `approve` signal (the RPC is inside the interval).
+    t1: the first line of the bench.approval tool's implementation, in this same process (the
+        worker is in-process, so both clocks are the same perf_counter). Between the two: the signal
+        reaches the run, the run accepts it, re-evaluates the gate with finance's approval (local
+        activity + ledger write), schedules the tool activity, and the activity checks its grant.
+    """
+    handles = [await b.start_governed(bench_agents.APPROVAL, 1, run_id=f"bench-approval-{uuid.uuid4().hex[:10]}")
+               for _ in range(samples)]
+    await _wait_state(b, handles, "awaiting_approval", timeout=60)
+    latencies = []
+    for handle in handles:
+        (request,) = await handle.query("pending_approvals", result_type=list[ApprovalRequest])
+        signal = ApprovalSignal(attempt_id=uuid.uuid4().hex, request_id=request.request_id,
+                                approver=bench_agents.APPROVER, args_digest=request.args_digest,
+                                reason="bench", sent_at=datetime.now(timezone.utc))
+        t0 = time.perf_counter()
+        await handle.signal("approve", signal)
+        deadline = t0 + 30
+        while handle.id not in bench_agents.TOOL_STARTED:
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"{handle.id}: the tool never started after approval")
+            await asyncio.sleep(0.001)  # t1 is stamped by the activity: polling adds nothing to it
+        latencies.append((bench_agents.TOOL_STARTED[handle.id] - t0) * 1000)
+        await handle.result()
+    out = {"samples_ms": latencies, "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99),
+           "n": len(latencies)}
+    say(f"approval latency: p50 {out['p50_ms']:.1f} ms, p99 {out['p99_ms']:.1f} ms ({len(latencies)} approvals)")
+    return out
+
+
+# -- 5. audit and replay of a long history ---------------------------------------------------------
+async def _histories(b: Bench, run_id: str) -> list[WorkflowHistory]:
+    """Every history of a run id, oldest first: a long run continues as new, and each new history's
+    start event names the one it continues."""
+    out: list[WorkflowHistory] = []
+    handle = b.client.get_workflow_handle(run_id)
+    while True:
+        history = await handle.fetch_history()
+        out.append(history)
+        started = history.events[0].workflow_execution_started_event_attributes
+        previous = started.continued_execution_run_id
+        if not previous:
+            return list(reversed(out))
+        handle = b.client.get_workflow_handle(run_id, run_id=previous)
+
+
+async def _events(b: Bench, run_id: str) -> int:
+    return sum(len(h.events) for h in await _histories(b, run_id))
+
+
+async def audit_and_replay(b: Bench, target_events: int) -> dict[str, Any]:
+    """Builds one run of about `target_events` history events (summed over its continue-as-new
+    chain, if the workflow continues as new), then times the audit timeline and the replay."""
+    import worker
+    from lockgate import audit
+    from lockgate.spec import registry
+
+    # Calibrate events per step on two short runs rather than assume a number.
+    probe = {}
+    for n in (4, 24):
+        handle = await b.start_governed(bench_agents.NOOP, n)
+        await handle.result()
+        probe[n] = await _events(b, handle.id)
+    per_step = (probe[24] - probe[4]) / 20
+    fixed = probe[4] - 4 * per_step
+    steps = max(1, int(round((target_events - fixed) / per_step)))
+    run_id = f"bench-history-{uuid.uuid4().hex[:10]}"
+    say(f"history: {per_step:.1f} events/step (+{fixed:.0f} per run) -> a run of {steps} steps for "
+        f"~{target_events} events")
+    t0 = time.perf_counter()
+    handle = await b.start_governed(bench_agents.NOOP, steps, run_id=run_id)
+    await handle.result()
+    build_s = time.perf_counter() - t0
+    histories = await _histories(b, run_id)
+    events = sum(len(h.events) for h in histories)
+    say(f"history: built {events} events in {len(histories)} histor{'y' if len(histories) == 1 else 'ies'} "
+        f"in {build_s:.1f}s; timing audit and replay")
+
+    # (i) audit, as `lockgate audit` builds it: the run's status (a query, which the worker answers
+    # by replaying the closed run), its history's lifecycle events, and the ledger timeline. The
+    # figure is the timeline itself (ledger read + chain verify + history entries); the query and
+    # the history fetch are reported beside it.
+    t = time.perf_counter()
+    status = (await handle.query("status", result_type=RunStatus)).model_dump(mode="json")
+    status_s = time.perf_counter() - t
+    has_history = hasattr(audit, "history_entries")
+    t = time.perf_counter()
+    if has_history:
+        entries: list[dict[str, Any]] = []
+        for h in histories:
+            entries += audit.history_entries(h.events, worker.DATA_CONVERTER)
+        doc = await asyncio.to_thread(audit.timeline, b.deps.ledger, run_id, status, entries)
+    else:
+        doc = await asyncio.to_thread(audit.timeline, b.deps.ledger, run_id, status)
+    audit_s = time.perf_counter() - t
+    assert doc["ledger_intact"], "ledger hash chain broken"
+    t = time.perf_counter()
+    verify_problems = await asyncio.to_thread(b.deps.ledger.verify)
+    verify_s = time.perf_counter() - t
+    ledger_rows = len(await asyncio.to_thread(b.deps.ledger.entries))
+    assert not verify_problems
+
+    # (ii) replay: lockgate's own entry point when there is one (Replayer over every history of
+    # the run, plus re-evaluating every recorded gate decision), else Temporal's Replayer directly.
+    try:
+        from lockgate import replay as replay_module
+    except ImportError:
+        replay_module = None  # type: ignore[assignment]
+    raw_s = await _raw_replay(histories)
+    if replay_module is not None and hasattr(replay_module, "replay"):
+        how = "lockgate.replay.replay (fetch + Replayer + decision re-check)"
+        t = time.perf_counter()
+        reports = await replay_module.replay(b.client, b.deps.ledger, registry, [run_id], worker.DATA_CONVERTER)
+        replay_s = time.perf_counter() - t
+        problems = [p for r in reports for p in r.problems]
+        assert not problems, problems
+        decisions = sum(r.decisions for r in reports)
+    else:
+        how = "temporalio Replayer.replay_workflow over the fetched histories"
+        replay_s, decisions = raw_s, 0
+    out = {
+        "steps": steps, "events": events, "histories": len(histories), "build_s": build_s,
+        "events_per_step": per_step, "status_query_s": status_s, "audit_s": audit_s,
+        "audit_entries": len(doc["entries"]), "ledger_verify_s": verify_s, "ledger_rows": ledger_rows,
+        "replay_s": replay_s, "replay_how": how, "raw_replayer_s": raw_s, "decisions_rechecked": decisions,
+        "total_s": audit_s + replay_s,
+    }
+    say(f"history: audit {audit_s:.2f}s ({len(doc['entries'])} entries; chain verify of {ledger_rows} rows "
+        f"{verify_s:.2f}s), replay {replay_s:.2f}s (raw Replayer {raw_s:.2f}s), status query {status_s:.2f}s")
+    return out
+
+
+async def _raw_replay(histories: list[WorkflowHistory]) -> float:
+    import worker
+    from temporalio.worker import Replayer
+
+    from workflows.agent import AgentWorkflow
+
+    replayer = Replayer(workflows=[AgentWorkflow], data_converter=worker.DATA_CONVERTER)
+    t = time.perf_counter()
+    for history in histories:
+        await replayer.replay_workflow(history)
+    return time.perf_counter() - t
+
+
+def event_names(history: WorkflowHistory) -> list[str]:
+    return [EventType.Name(e.event_type) for e in history.events]

@@ -1,0 +1,155 @@
+"""Figure 6: worker RSS with N runs waiting for approval vs none, the worker in a subprocess.
+
+The worker is `python worker.py` with the stack's env (as tests/test_crash.py starts one), on its
+own task queue, so that nothing else in its process (this bench's in-process workers, their
+clients) is counted. RSS is psutil's resident set size of that process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+import bench.agents as bench_agents
+from bench.harness import ROOT, Bench, say
+from lockgate.models import ApprovalRequest, ApprovalSignal, RunInput
+
+__all__ = ["worker_rss", "CHILDREN"]
+
+# Subprocesses this bench started and has not yet reaped: run.py stops them in its finally.
+CHILDREN: list[subprocess.Popen[bytes]] = []
+
+_MiB = 1024 * 1024
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+    if proc in CHILDREN:
+        CHILDREN.remove(proc)
+
+
+async def _rss(proc: subprocess.Popen[bytes], samples: int = 5) -> int:
+    """Median of a few readings a moment apart, once the process has settled."""
+    if proc.poll() is not None:
+        raise RuntimeError(f"the worker subprocess exited ({proc.returncode})")
+    p = psutil.Process(proc.pid)
+    readings = []
+    for _ in range(samples):
+        readings.append(p.memory_info().rss)
+        await asyncio.sleep(0.2)
+    return int(statistics.median(readings))
+
+
+async def _count(b: Bench, query: str) -> int:
+    return (await b.client.count_workflows(query)).count
+
+
+async def _gather_limited(limit: int, coros: list[Any]) -> list[Any]:
+    sem = asyncio.Semaphore(limit)
+
+    async def one(coro: Any) -> Any:
+        async with sem:
+            return await coro
+
+    return await asyncio.gather(*(one(c) for c in coros))
+
+
+async def worker_rss(b: Bench, waiting: int, log_dir: Path, *, cache: int | None = None,
+                     timeout: float = 300) -> dict[str, Any]:
+    """RSS of a fresh worker subprocess after warm-up, then with `waiting` runs awaiting approval.
+
+    `cache`: when set, the worker runs through bench/mem_worker.py, which is worker.py with
+    Worker(max_cached_workflows=cache), to show what a bounded sticky cache does.
+    """
+    queue = f"bench-mem-{uuid.uuid4().hex[:8]}"
+    tag = f"bench-mem-{uuid.uuid4().hex[:8]}"  # the runs' initiator: a visibility filter for them
+    env = {**b.env, "LOCKGATE_TASK_QUEUE": queue, "LOCKGATE_REAP_INTERVAL": "3600"}
+    argv = [sys.executable, str(ROOT / "worker.py")]
+    if cache is not None:
+        argv = [sys.executable, "-m", "bench.mem_worker", str(cache)]
+    log = log_dir / f"worker-{queue}.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    CHILDREN.append(proc)
+    started: list[str] = []
+    try:
+        async def run(tool: str, n: int, approve: bool) -> None:
+            handle = await b.client.start_workflow(
+                "lockgate.agent", RunInput(agent=bench_agents.AGENT_NAME, input=bench_agents.bench_input(tool, n),
+                                           initiator=tag),
+                id=f"{tag}-warm-{uuid.uuid4().hex[:8]}", task_queue=queue)
+            if approve:
+                while True:
+                    pending = await handle.query("pending_approvals", result_type=list[ApprovalRequest])
+                    if pending:
+                        break
+                    await asyncio.sleep(0.05)
+                await handle.signal("approve", ApprovalSignal(
+                    attempt_id=uuid.uuid4().hex, request_id=pending[0].request_id, approver=bench_agents.APPROVER,
+                    args_digest=pending[0].args_digest))
+            await asyncio.wait_for(handle.result(), timeout=120)
+
+        # Warm-up: every code path the waiting runs take (gate, approval request, audit, tools), so
+        # that the baseline already holds the imports, sandbox module caches and connection pools.
+        await _gather_limited(10, [run(bench_agents.APPROVAL, 1, True) for _ in range(10)]
+                              + [run(bench_agents.NOOP, 3, False) for _ in range(10)])
+        await asyncio.sleep(1.0)
+        before = await _rss(proc)
+        say(f"memory: worker pid {proc.pid} RSS {before / _MiB:.1f} MiB after warm-up; starting {waiting} runs "
+            f"that wait for approval")
+
+        async def start(k: int) -> None:
+            run_id = f"{tag}-{k:05d}"
+            await b.client.start_workflow(
+                "lockgate.agent", RunInput(agent=bench_agents.AGENT_NAME,
+                                           input=bench_agents.bench_input(bench_agents.APPROVAL, 1), initiator=tag),
+                id=run_id, task_queue=queue)
+            started.append(run_id)
+
+        t0 = time.monotonic()
+        await _gather_limited(50, [start(k) for k in range(waiting)])
+        query = (f'LockgateInitiator = "{tag}" AND LockgateState = "awaiting_approval" '
+                 f'AND ExecutionStatus = "Running"')
+        while (n := await _count(b, query)) < waiting:
+            if time.monotonic() - t0 > timeout:
+                raise TimeoutError(f"only {n} of {waiting} runs reached awaiting_approval in {timeout:.0f}s")
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker subprocess died; see {log}")
+            await asyncio.sleep(0.5)
+        ready_s = time.monotonic() - t0
+        await asyncio.sleep(2.0)  # let in-flight completions and GC settle
+        after = await _rss(proc)
+        growth = after - before
+        out = {"waiting_runs": waiting, "cache": cache if cache is not None else "temporalio default (1000)",
+               "rss_before_mib": before / _MiB, "rss_after_mib": after / _MiB, "growth_mib": growth / _MiB,
+               "growth_kib_per_run": growth / 1024 / waiting, "seconds_to_all_waiting": ready_s}
+        say(f"memory: {waiting} runs waiting after {ready_s:.1f}s; RSS {after / _MiB:.1f} MiB "
+            f"(+{growth / _MiB:.1f} MiB, {out['growth_kib_per_run']:.1f} KiB/run)")
+        return out
+    finally:
+        stop(proc)
+        # The waiting runs are no longer needed: terminate them (the stack is torn down afterwards;
+        # their run identities expire with it).
+        async def end(run_id: str) -> None:
+            try:
+                await b.client.get_workflow_handle(run_id).terminate("bench: memory figure done")
+            except Exception:  # noqa: BLE001 - already closed
+                pass
+
+        t = time.monotonic()
+        await _gather_limited(50, [end(r) for r in started])
+        say(f"memory: terminated {len(started)} waiting runs in {time.monotonic() - t:.1f}s")
