@@ -27,6 +27,7 @@ from activities.governance import GovernanceActivities, bundle_content
 from activities.freeze import FreezeStore
 from activities.grants import GrantSigner
 from activities.ledger import Ledger
+from activities.planner import LLMPlannerActivities
 from activities.reaper import Reaper
 from activities.tools import Resources, ToolRunner
 from activities.vault import VaultBroker
@@ -158,12 +159,13 @@ def build_worker(
         freezes=deps.freezes,
     )
     tools = build_tools(deps)
+    planner = LLMPlannerActivities(agents=deps.agents, vault=deps.vault)
     return Worker(
         client,
         task_queue=task_queue or deps.settings.task_queue,
         workflows=[AgentWorkflow, *extra_workflows],
         activities=[governance.evaluate, governance.open_run, governance.close_run, governance.record,
-                    *tools.activities()],
+                    planner.plan, *tools.activities()],
         # Vault, Postgres and the ledger are synchronous clients: activities run in threads.
         activity_executor=ThreadPoolExecutor(max_concurrent, thread_name_prefix="lockgate-activity"),
         max_concurrent_activities=max_concurrent,

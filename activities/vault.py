@@ -83,6 +83,18 @@ class VaultBroker:
         _ = self.client
 
     @_vault_call
+    def worker_secret(self, path: str) -> dict[str, Any]:
+        """A secret the worker itself may read (kv-v1 under `lockgate/worker/`), e.g. an LLM API key."""
+        prefix = f"{RUNS_MOUNT}/worker/"
+        if not path.startswith(prefix):
+            raise LeaseForbidden(f"{path}: the worker reads only its own secrets under {prefix}")
+        try:
+            data = self.client.secrets.kv.v1.read_secret(path=path[len(RUNS_MOUNT) + 1:], mount_point=RUNS_MOUNT)
+        except (hvac.exceptions.InvalidPath, hvac.exceptions.Forbidden) as err:
+            raise LeaseForbidden(f"{path}: not readable: {err}") from err
+        return dict(data["data"])
+
+    @_vault_call
     def grant_key(self) -> bytes:
         data = self.client.secrets.kv.v1.read_secret(path="worker/settings", mount_point=RUNS_MOUNT)
         return bytes.fromhex(data["data"]["grant_key"])

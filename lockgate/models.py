@@ -20,6 +20,8 @@ __all__ = [
     "Outcome",
     "RunState",
     "ToolCall",
+    "PlanRequest",
+    "PlanProposal",
     "GateState",
     "GateRequest",
     "Decision",
@@ -82,6 +84,24 @@ class ToolCall(BaseModel):
     args: dict[str, Any] = Field(default_factory=dict)
     confidence: float = 1.0
     rationale: str | None = None
+
+
+class PlanRequest(BaseModel):
+    """Input of the `planner.llm` activity."""
+
+    model_config = _WIRE
+
+    run_id: str
+    agent: str
+    input: dict[str, Any]
+    done: tuple[dict[str, Any], ...]
+
+
+class PlanProposal(BaseModel):
+    model_config = _WIRE
+
+    call: ToolCall | None = None
+    final_answer: str | None = None
 
 
 class GateState(BaseModel):

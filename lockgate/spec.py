@@ -6,16 +6,16 @@ I/O) are bound to these names in `activities/`, and `worker.py` joins the two.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lockgate.models import ToolCall
 
 __all__ = [
-    "ToolSpec", "AgentSpec", "Planner", "AgentRegistry", "registry", "describe_validation", "load_agent_modules",
+    "ToolSpec", "AgentSpec", "Planner", "LLMPlanner", "Run", "Script", "AgentRegistry", "registry", "describe_validation", "load_agent_modules",
 ]
 
 DataClass = Literal["public", "internal", "regulated"]
@@ -63,6 +63,35 @@ class ToolSpec(BaseModel):
 Planner = Callable[[dict[str, Any], list[dict[str, Any]]], ToolCall | None]
 
 
+class LLMPlanner(BaseModel):
+    """A planner that asks an OpenAI-compatible chat-completions model for the next tool call.
+
+    It runs as the activity `planner.llm`; the API key is read from Vault (`key_path`, a kv-v1 path
+    the worker's AppRole can read) inside that activity and never enters history.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # Empty: from LOCKGATE_LLM_BASE_URL / LOCKGATE_LLM_MODEL in the worker's environment.
+    base_url: str = ""
+    model: str = ""
+    key_path: str = "lockgate/worker/llm"
+    system_prompt: str = "You are an agent. Call exactly one tool per turn, or answer in text when done."
+    max_tokens: int = 512
+    timeout_seconds: float = 30.0
+
+
+class Run(Protocol):
+    """What a scripted agent sees: `await run.call(tool, args)` is one governed tool call."""
+
+    async def call(self, tool: str, args: dict[str, Any], *, confidence: float = 1.0,
+                   rationale: str | None = None) -> dict[str, Any]: ...
+
+
+# A script is the other way to write an agent: plain (deterministic) async code that calls tools.
+Script = Callable[[Run, Any], Awaitable[None]]
+
+
 class AgentSpec(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
@@ -71,7 +100,9 @@ class AgentSpec(BaseModel):
     purpose: str
     tools: tuple[ToolSpec, ...]
     input_model: type[BaseModel]
-    planner: Planner
+    # Exactly one of: a scripted planner, an LLM planner, or a script.
+    planner: Planner | LLMPlanner | None = None
+    script: Script | None = None
     max_steps: int = 20
     budget: int | None = None
     deadline: timedelta = timedelta(hours=1)
@@ -90,6 +121,8 @@ class AgentSpec(BaseModel):
     vault_policy: str = Field(default="")
 
     def model_post_init(self, _context: Any) -> None:
+        if (self.planner is None) == (self.script is None):
+            raise ValueError(f"agent {self.name!r} needs exactly one of planner= or script=")
         if not self.vault_policy:
             object.__setattr__(self, "vault_policy", f"lockgate-agent-{self.name}")
 

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 from lockgate.agents import refund
 from lockgate.models import ToolCall
-from lockgate.spec import AgentSpec, registry
+from lockgate.spec import AgentSpec, LLMPlanner, registry
 
 
 class ScriptInput(BaseModel):
@@ -108,5 +108,40 @@ LONG_AGENT = registry.add(
         planner=script_plan,
         max_steps=200,
         history_limit=40,
+    )
+)
+
+
+LLM_AGENT = registry.add(
+    AgentSpec(
+        name="llm-agent",
+        owner="qa-team",
+        purpose="plans with a (fake, local) chat-completions model",
+        tools=QA_TOOLS,
+        input_model=ScriptInput,
+        planner=LLMPlanner(model="fake-model", key_path="lockgate/worker/llm-test"),
+        max_steps=10,
+        min_confidence=0.6,
+        escalations={"confidence": "support-leads"},
+    )
+)
+
+
+async def scripted_marks(run: Any, inp: ScriptInput) -> None:
+    """A scripted agent: plain async code, each `run.call` a governed call."""
+    first = await run.call("qa.mark", {"label": "scripted-1"})
+    assert first["summary"] == "marked scripted-1"
+    for step in inp.steps:
+        await run.call(step["tool"], step.get("args", {}))
+
+
+SCRIPTED_AGENT = registry.add(
+    AgentSpec(
+        name="scripted-agent",
+        owner="qa-team",
+        purpose="the script authoring style",
+        tools=QA_TOOLS,
+        input_model=ScriptInput,
+        script=scripted_marks,
     )
 )

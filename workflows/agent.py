@@ -33,6 +33,8 @@ with workflow.unsafe.imports_passed_through():
         GateRequest,
         GateState,
         ParentLink,
+        PlanProposal,
+        PlanRequest,
         RunCarry,
         RunClose,
         RunIdentity,
@@ -48,7 +50,7 @@ with workflow.unsafe.imports_passed_through():
         ToolOutcome,
         redact_args,
     )
-    from lockgate.spec import AgentSpec, describe_validation, registry
+    from lockgate.spec import AgentSpec, LLMPlanner, describe_validation, registry
 
 __all__ = ["AgentWorkflow", "SA_AGENT", "SA_STATE", "SA_INITIATOR", "SA_PENDING"]
 
@@ -84,6 +86,12 @@ RUN_CALL: dict[str, Any] = {
     "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=10),
                                 non_retryable_error_types=[errors.BAD_INPUT]),
 }
+# PLANNER_CALL: a model can be slow or flaky; a malformed answer is not an error (the gate denies it).
+PLANNER_CALL: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=120),
+    "retry_policy": RetryPolicy(maximum_attempts=4, maximum_interval=timedelta(seconds=20),
+                                non_retryable_error_types=[errors.BAD_INPUT]),
+}
 AUDIT_CALL: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=20),
     "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=10)),
@@ -94,6 +102,20 @@ def _message(err: BaseException) -> str:
     """The innermost message of an activity failure (what the tool or gate actually said)."""
     cause = err.cause if isinstance(err, ActivityError) and err.cause is not None else err
     return cause.message if isinstance(cause, ApplicationError) else str(cause)
+
+
+class _ScriptRun:
+    """The `run` a scripted agent gets: each `call` is a governed tool call of this workflow."""
+
+    def __init__(self, wf: AgentWorkflow, agent: AgentSpec) -> None:
+        self._wf, self._agent = wf, agent
+
+    async def call(self, tool: str, args: dict[str, Any], *, confidence: float = 1.0,
+                   rationale: str | None = None) -> dict[str, Any]:
+        outcome = await self._wf.call(self._agent, ToolCall(tool=tool, args=args, confidence=confidence,
+                                                            rationale=rationale))
+        self._wf._done.append({"tool": outcome.tool, "step": outcome.step, "args": args, "result": outcome.result})
+        return outcome.result
 
 
 class _Denied(Exception):
@@ -201,15 +223,31 @@ class AgentWorkflow:
         )
 
     async def _plan(self, agent: AgentSpec) -> None:
+        if agent.script is not None:
+            await agent.script(_ScriptRun(self, agent), agent.input_model.model_validate(self._inp.input))
+            return
         while True:
-            proposal = agent.planner(self._inp.input, self._done)
+            proposal = await self._propose(agent)
             if proposal is None:
                 return
             outcome = await self.call(agent, proposal)
-            self._done.append({"tool": outcome.tool, "step": outcome.step, "result": outcome.result})
+            self._done.append({"tool": outcome.tool, "step": outcome.step, "args": proposal.args,
+                               "result": outcome.result})
             if self._history_full(agent):
                 # Between steps nothing is pending: hand the whole state to a fresh history.
                 workflow.continue_as_new(self._inp.model_copy(update={"carry": self._carry()}))
+
+    async def _propose(self, agent: AgentSpec) -> ToolCall | None:
+        if isinstance(agent.planner, LLMPlanner):
+            # Model calls are I/O: an activity. Its proposal is only a proposal: the gate decides.
+            plan = await workflow.execute_activity(
+                "planner.llm", PlanRequest(run_id=self._run_id, agent=agent.name, input=self._inp.input,
+                                           done=tuple(self._done)),
+                result_type=PlanProposal, **PLANNER_CALL,
+            )
+            return plan.call
+        assert agent.planner is not None
+        return agent.planner(self._inp.input, self._done)
 
     def _history_full(self, agent: AgentSpec) -> bool:
         info = workflow.info()

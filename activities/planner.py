@@ -1,0 +1,143 @@
+"""`planner.llm`: the next tool call proposed by an OpenAI-compatible chat-completions model.
+
+A proposal is only a proposal: it goes through the same gate as any other call, so an unknown tool
+(boundary), malformed arguments (args schema) or low confidence (threshold) is denied or escalated,
+never run. The API key is read from Vault here and used for one request; it never enters history.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import requests
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
+
+from activities.vault import LeaseForbidden, VaultBroker
+from lockgate.errors import BAD_INPUT
+from lockgate.models import PlanProposal, PlanRequest, ToolCall
+from lockgate.spec import AgentRegistry, AgentSpec, LLMPlanner
+
+__all__ = ["LLMPlannerActivities", "tool_schemas", "function_name", "parse_choice"]
+
+log = logging.getLogger("lockgate.planner")
+
+# Models see these two extra arguments on every tool; lockgate strips them before the gate.
+_META = {
+    "confidence": {"type": "number", "minimum": 0, "maximum": 1,
+                   "description": "how sure you are this is the right call, from 0 to 1"},
+    "rationale": {"type": "string", "description": "one sentence: why this call"},
+}
+# A proposal without a stated confidence counts as unsure.
+DEFAULT_CONFIDENCE = 0.5
+
+
+def function_name(tool: str) -> str:
+    """Chat-completions function names allow [a-zA-Z0-9_-]: `orders.lookup` -> `orders__lookup`."""
+    return tool.replace(".", "__")
+
+
+def tool_schemas(agent: AgentSpec) -> list[dict[str, Any]]:
+    out = []
+    for tool in agent.tools:
+        schema = tool.args.model_json_schema()
+        schema.setdefault("properties", {}).update(_META)
+        schema.pop("title", None)
+        out.append({"type": "function", "function": {
+            "name": function_name(tool.name), "description": tool.description or tool.name, "parameters": schema}})
+    return out
+
+
+def parse_choice(agent: AgentSpec, message: dict[str, Any]) -> PlanProposal:
+    calls = message.get("tool_calls") or []
+    if not calls:
+        return PlanProposal(call=None, final_answer=str(message.get("content") or ""))
+    fn = calls[0].get("function") or {}
+    raw_name = str(fn.get("name") or "")
+    names = {function_name(t.name): t.name for t in agent.tools}
+    tool = names.get(raw_name, raw_name)  # an unknown name stays unknown: the boundary gate denies it
+    raw_args = fn.get("arguments") or "{}"
+    try:
+        args = json.loads(raw_args) if isinstance(raw_args, str) else dict(raw_args)
+        if not isinstance(args, dict):
+            raise ValueError("arguments are not an object")
+    except ValueError:
+        # Malformed arguments become a call the args gate refuses (and the audit shows).
+        return PlanProposal(call=ToolCall(tool=tool, args={"__malformed__": str(raw_args)[:2000]}, confidence=0.0,
+                                          rationale="the model's arguments were not a JSON object"))
+    confidence = args.pop("confidence", DEFAULT_CONFIDENCE)
+    rationale = args.pop("rationale", None)
+    try:
+        confidence = min(1.0, max(0.0, float(confidence)))
+    except (TypeError, ValueError):
+        confidence = 0.0
+    return PlanProposal(call=ToolCall(tool=tool, args=args, confidence=confidence,
+                                      rationale=str(rationale)[:500] if rationale else None))
+
+
+def _messages(spec: LLMPlanner, request: PlanRequest) -> list[dict[str, Any]]:
+    messages: list[dict[str, Any]] = [
+        {"role": "system", "content": spec.system_prompt},
+        {"role": "user", "content": json.dumps(request.input, sort_keys=True)},
+    ]
+    for item in request.done:
+        call_id = f"call_{item['step']}"
+        messages.append({"role": "assistant", "content": None, "tool_calls": [{
+            "id": call_id, "type": "function",
+            "function": {"name": function_name(item["tool"]), "arguments": json.dumps(item.get("args", {}))}}]})
+        messages.append({"role": "tool", "tool_call_id": call_id, "content": json.dumps(item.get("result", {}))[:8000]})
+    return messages
+
+
+def _transient(err: BaseException) -> bool:
+    if isinstance(err, (requests.ConnectionError, requests.Timeout)):
+        return True
+    return isinstance(err, requests.HTTPError) and err.response is not None and (
+        err.response.status_code == 429 or err.response.status_code >= 500)
+
+
+class LLMPlannerActivities:
+    def __init__(self, *, agents: AgentRegistry, vault: VaultBroker) -> None:
+        self._agents = agents
+        self._vault = vault
+
+    @activity.defn(name="planner.llm")
+    def plan(self, request: PlanRequest) -> PlanProposal:
+        agent = self._agents.get(request.agent)
+        if agent is None or not isinstance(agent.planner, LLMPlanner):
+            raise ApplicationError(f"agent {request.agent!r} has no LLM planner", type=BAD_INPUT, non_retryable=True)
+        spec = agent.planner
+        try:
+            key = str(self._vault.worker_secret(spec.key_path).get("api_key", ""))
+        except LeaseForbidden as err:
+            raise ApplicationError(str(err), type=BAD_INPUT, non_retryable=True) from None
+        spec = spec.model_copy(update={
+            "base_url": spec.base_url or os.environ.get("LOCKGATE_LLM_BASE_URL", ""),
+            "model": spec.model or os.environ.get("LOCKGATE_LLM_MODEL", ""),
+        })
+        if not spec.base_url:
+            raise ApplicationError("no LLM base URL (set it on the planner or LOCKGATE_LLM_BASE_URL)",
+                                   type=BAD_INPUT, non_retryable=True)
+        body = {"model": spec.model, "messages": _messages(spec, request), "tools": tool_schemas(agent),
+                "tool_choice": "auto", "max_tokens": spec.max_tokens}
+        data = self._post(spec, key, body)
+        try:
+            message = data["choices"][0]["message"]
+        except (KeyError, IndexError, TypeError):
+            return PlanProposal(call=None, final_answer="(the model returned no choice)")
+        proposal = parse_choice(agent, message)
+        log.info("planner run=%s proposes %s", request.run_id, proposal.call.tool if proposal.call else "to finish")
+        return proposal
+
+    # MODEL_CALL: rate limits, 5xx and network errors are retried briefly here, then by Temporal.
+    @retry(retry=retry_if_exception(_transient), wait=wait_exponential(multiplier=0.2, max=5),
+           stop=stop_after_attempt(4), reraise=True)
+    def _post(self, spec: LLMPlanner, key: str, body: dict[str, Any]) -> dict[str, Any]:
+        resp = requests.post(f"{spec.base_url.rstrip('/')}/chat/completions", json=body,
+                             headers={"Authorization": f"Bearer {key}"}, timeout=spec.timeout_seconds)
+        resp.raise_for_status()
+        return dict(resp.json())

@@ -1,0 +1,299 @@
+"""`make bench` / `python -m bench.run [--quick]`: lockgate's benchmark suite.
+
+Starts the real stack itself (Temporal dev server, OpenBao, embedded PostgreSQL) on free ports in a
+temporary directory, always stops it again (error, Ctrl-C or SIGTERM included), and prints, measured
+side by side in one run on the same server:
+
+1. governed tool call vs plain Temporal activity, sequential, per step and per run:
+   (a) a tool needing no credential, (b) a tool leasing a dynamic Postgres role (vs a static DSN);
+2. throughput (tool calls/s) at 1, 10 and 50 runs in flight, governed vs plain;
+3. gate decision latency in-process with 10, 100 and 1,000 Cedar policies, sliced and unsliced;
+4. approval latency: approve signal sent -> tool activity started;
+5. audit timeline and replay of a ~10,000-event history;
+6. worker RSS with 1,000 runs waiting for approval vs none (worker in a subprocess).
+
+Figures go to bench/results.json and a table (figure, value, target, pass/fail) to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from bench import gate_latency, measure, memory
+from bench.harness import ROOT, bench_workers, new_stack, say, stack_up, write_policy_dir
+from bench.report import Figure, figure, info, render_table, write_results
+
+SECTIONS = ("seq", "throughput", "gate", "approval", "history", "memory")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    seq_n1: int = 5
+    seq_n2: int = 30
+    seq_reps: int = 5
+    tput_levels: tuple[int, ...] = (1, 10, 50)
+    tput_steps: int = 4
+    tput_min_runs: int = 20
+    tput_runs_per_level: int = 3
+    gate_sizes: tuple[int, ...] = (10, 100, 1000)
+    gate_iterations: int = 5000
+    approvals: int = 30
+    history_events: int = 10_000
+    mem_runs: int = 1000
+    mem_cache: int | None = None
+
+
+FULL = Sizes()
+QUICK = Sizes(seq_n1=2, seq_n2=8, seq_reps=2, tput_steps=2, tput_min_runs=5, tput_runs_per_level=1,
+              gate_iterations=1000, approvals=5, history_events=1000, mem_runs=100)
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="small sizes: a fast end-to-end check (about 2 minutes)")
+    p.add_argument("--only", default=",".join(SECTIONS),
+                   help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})")
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json", help="where to write the figures")
+    p.add_argument("--keep", action="store_true", help="keep the temporary stack directory (logs) afterwards")
+    p.add_argument("--history-events", type=int, help="size of the audit/replay history (default 10000)")
+    p.add_argument("--mem-runs", type=int, help="runs waiting for approval in the memory figure (default 1000)")
+    p.add_argument("--mem-cache", type=int,
+                   help="also measure memory with a worker whose max_cached_workflows is this (bench/mem_worker.py)")
+    p.add_argument("--approvals", type=int, help="approval latency samples (default 30)")
+    p.add_argument("--seq-steps", help="N1,N2 for the sequential figure (default 5,30)")
+    p.add_argument("--reps", type=int, help="repetitions per sequential measurement (default 5)")
+    args = p.parse_args(argv)
+    unknown = set(args.only.split(",")) - set(SECTIONS)
+    if unknown:
+        p.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    return args
+
+
+def sizes_from(args: argparse.Namespace) -> Sizes:
+    sizes = QUICK if args.quick else FULL
+    if args.history_events:
+        sizes = replace(sizes, history_events=args.history_events)
+    if args.mem_runs:
+        sizes = replace(sizes, mem_runs=args.mem_runs)
+    if args.mem_cache:
+        sizes = replace(sizes, mem_cache=args.mem_cache)
+    if args.approvals:
+        sizes = replace(sizes, approvals=args.approvals)
+    if args.seq_steps:
+        n1, n2 = (int(x) for x in args.seq_steps.split(","))
+        sizes = replace(sizes, seq_n1=n1, seq_n2=n2)
+    if args.reps:
+        sizes = replace(sizes, seq_reps=args.reps)
+    return sizes
+
+
+# -- figures from raw measurements ----------------------------------------------------------------
+def seq_figures(r: dict[str, Any]) -> list[Figure]:
+    out = []
+    for kind, what, limit in (("a", "no-secret tool vs no-op activity", 1.3),
+                              ("b", "dynamic PG creds vs static DSN, select 1", 1.6)):
+        k = r[kind]
+        g, p = k["governed"], k["plain"]
+        out.append(figure(f"seq.{kind}.step_ratio", f"1{kind} per step, {what}", k["step_ratio"], "x", "<=", limit,
+                          display=f"{k['step_ratio']:.2f}x ({g['step_ms']:.1f} vs {p['step_ms']:.1f} ms)"))
+        out.append(info(f"seq.{kind}.run_ratio", f"1{kind} whole run of {r['n2']} steps, {what}", k["run_ratio"], "x",
+                        display=f"{k['run_ratio']:.2f}x ({g['run_s_n2'] * 1000:.0f} vs {p['run_s_n2'] * 1000:.0f} ms)"))
+    return out
+
+
+def tput_figures(r: dict[str, Any], levels: tuple[int, ...]) -> list[Figure]:
+    out = []
+    for c in levels:
+        x = r[str(c)]
+        out.append(figure(f"throughput.c{c}.ratio", f"2  throughput, {c} runs in flight ({r['steps_per_run']} calls/run)",
+                          x["ratio"], "x", ">=", 0.8,
+                          display=f"{x['ratio']:.2f}x ({x['governed_cps']:.0f} vs {x['plain_cps']:.0f} calls/s)"))
+    return out
+
+
+def gate_figures(r: dict[int, dict[str, dict[str, float]]]) -> list[Figure]:
+    out = []
+    largest = max(r)
+    for size in sorted(r):
+        s, u, c = r[size]["evaluate_sliced"], r[size]["evaluate_unsliced"], r[size]["cedar_sliced"]
+        label = f"3  gate p99, {size:,} policies (sliced)"
+        shown = f"{s['p99_us']:.0f} us (p50 {s['p50_us']:.0f})"
+        if size == largest:
+            out.append(figure(f"gate.{size}.p99_us", label, s["p99_us"], " us", "<=", 100, fmt="{:.0f}", display=shown))
+        else:
+            out.append(info(f"gate.{size}.p99_us", label, s["p99_us"], " us", display=shown))
+        out.append(info(f"gate.{size}.unsliced_p99_us", f"3  gate p99, {size:,} policies, unsliced", u["p99_us"], " us",
+                        display=f"{u['p99_us']:.0f} us (p50 {u['p50_us']:.0f})"))
+    c = r[largest]["cedar_sliced"]
+    out.append(info(f"gate.{largest}.cedarpy_p99_us", f"3  cedarpy alone p99, {largest:,} policies (sliced)",
+                    c["p99_us"], " us", display=f"{c['p99_us']:.0f} us (p50 {c['p50_us']:.0f})"))
+    return out
+
+
+def approval_figures(r: dict[str, Any]) -> list[Figure]:
+    return [
+        figure("approval.p50_ms", f"4  approval signal -> tool started, p50 (n={r['n']})", r["p50_ms"], " ms", "<=", 100,
+               fmt="{:.0f}", display=f"{r['p50_ms']:.0f} ms"),
+        info("approval.p99_ms", "4  approval signal -> tool started, p99", r["p99_ms"], " ms",
+             display=f"{r['p99_ms']:.0f} ms"),
+    ]
+
+
+def history_figures(r: dict[str, Any]) -> list[Figure]:
+    size = f"{r['events']:,} events"
+    return [
+        info("history.audit_s", f"5  audit timeline, {size}", r["audit_s"], " s",
+             display=f"{r['audit_s']:.2f} s ({r['audit_entries']:,} entries)"),
+        info("history.replay_s", f"5  replay, {size} ({r['histories']} histories)", r["replay_s"], " s",
+             display=f"{r['replay_s']:.2f} s"),
+        figure("history.total_s", f"5  audit + replay, {size}", r["total_s"], " s", "<=", 2.0,
+               display=f"{r['total_s']:.2f} s"),
+    ]
+
+
+def memory_figures(r: dict[str, Any], key: str = "memory") -> list[Figure]:
+    cache = "" if key == "memory" else f", max_cached_workflows={r['cache']}"
+    shown = (f"+{r['growth_mib']:.1f} MiB ({r['rss_before_mib']:.0f} -> {r['rss_after_mib']:.0f} MiB, "
+             f"{r['growth_kib_per_run']:.1f} KiB/run)")
+    return [figure(f"{key}.growth_mib", f"6  worker RSS growth, {r['waiting_runs']:,} runs awaiting approval{cache}",
+                   r["growth_mib"], " MiB", "<=", 10, fmt="{:.0f}", display=shown)]
+
+
+def error_figure(section: str, err: BaseException) -> Figure:
+    return Figure(f"{section}.error", f"{section}: did not complete", None, "", f"error: {err}"[:70], "", False)
+
+
+# -- the run --------------------------------------------------------------------------------------
+async def stack_sections(dev: Any, policy_dir: Path, sizes: Sizes, only: set[str], figures: list[Figure],
+                         raw: dict[str, Any], logs: Path) -> None:
+    async with bench_workers(dev, policy_dir) as b:
+        steps: list[tuple[str, Any]] = [
+            ("seq", lambda: measure.sequential(b, sizes.seq_n1, sizes.seq_n2, sizes.seq_reps)),
+            ("throughput", lambda: measure.throughput(b, sizes.tput_levels, sizes.tput_steps, sizes.tput_min_runs,
+                                                      sizes.tput_runs_per_level)),
+            ("approval", lambda: measure.approval_latency(b, sizes.approvals)),
+            ("history", lambda: measure.audit_and_replay(b, sizes.history_events)),
+            # Last: it leaves many terminated runs behind on the server.
+            ("memory", lambda: memory.worker_rss(b, sizes.mem_runs, logs)),
+        ]
+        if sizes.mem_cache:
+            steps.append(("memory_cache", lambda: memory.worker_rss(b, sizes.mem_runs, logs, cache=sizes.mem_cache)))
+        for name, run in steps:
+            if name.split("_")[0] not in only:
+                continue
+            say(f"--- {name}")
+            t = time.monotonic()
+            try:
+                result = await run()
+            except Exception as err:  # noqa: BLE001 - one section failing still reports the others
+                traceback.print_exc()
+                figures.append(error_figure(name, err))
+                continue
+            raw[name] = result
+            raw.setdefault("section_seconds", {})[name] = time.monotonic() - t
+            if name == "seq":
+                figures += seq_figures(result)
+            elif name == "throughput":
+                figures += tput_figures(result, sizes.tput_levels)
+            elif name == "approval":
+                figures += approval_figures(result)
+            elif name == "history":
+                figures += history_figures(result)
+            elif name == "memory":
+                figures += memory_figures(result)
+            elif name == "memory_cache":
+                figures += memory_figures(result, key="memory_cache")
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    # SIGTERM ends the bench like Ctrl-C does: through the finally that stops the stack.
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+ORDER = ("seq", "throughput", "gate", "approval", "history", "memory")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    sizes = sizes_from(args)
+    only = set(args.only.split(","))
+    signal.signal(signal.SIGTERM, _interrupt)
+    started = time.monotonic()
+    started_at = datetime.now(timezone.utc).isoformat()
+    figures: list[Figure] = []
+    raw: dict[str, Any] = {}
+    base = Path(tempfile.mkdtemp(prefix="lockgate-bench-"))
+    dev = None
+    completed = False
+    say(f"{'quick' if args.quick else 'full'} run; stack and logs in {base}")
+    try:
+        if "gate" in only:
+            # Pure and in-process: measured first, before this bench puts any load on the machine.
+            say("--- gate")
+            t = time.monotonic()
+            try:
+                raw["gate"] = gate_latency.measure(sizes.gate_sizes, sizes.gate_iterations)
+                raw.setdefault("section_seconds", {})["gate"] = time.monotonic() - t
+                for size, r in raw["gate"].items():
+                    say(f"gate {size} policies: " + ", ".join(
+                        f"{k} p50 {v['p50_us']:.0f} / p99 {v['p99_us']:.0f} us" for k, v in r.items()))
+            except Exception as err:  # noqa: BLE001
+                traceback.print_exc()
+                figures.append(error_figure("gate", err))
+        if only - {"gate"}:
+            dev = new_stack(base)
+            stack_up(dev)
+            policy_dir = write_policy_dir(base / "policies")
+            asyncio.run(stack_sections(dev, policy_dir, sizes, only, figures, raw, base))
+        completed = True
+    finally:
+        for child in list(memory.CHILDREN):
+            memory.stop(child)
+        if dev is not None:
+            say("stopping the stack")
+            dev.down()
+        if completed and not args.keep:
+            shutil.rmtree(base, ignore_errors=True)
+        else:
+            say(f"kept {base} (logs: {base / 'state' / 'dev'})")
+    if "gate" in raw:
+        figures += gate_figures(raw["gate"])
+    figures.sort(key=lambda f: ORDER.index(f.key.split(".")[0].split("_")[0]) if f.key.split(".")[0].split("_")[0] in ORDER else 99)
+    elapsed = time.monotonic() - started
+    meta = {
+        "started_at": started_at, "duration_s": round(elapsed, 1), "mode": "quick" if args.quick else "full",
+        "sizes": asdict(sizes),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+    }
+    write_results(args.out, figures, meta, raw)
+    print(render_table(figures))
+    failed = [f.key for f in figures if f.ok is False]
+    print(f"\n{len(figures)} figures, {sum(1 for f in figures if f.ok)} pass, {len(failed)} fail; "
+          f"{elapsed:.0f} s; written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        print("bench: interrupted (the stack was stopped)", file=sys.stderr)
+        code = 130
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # As worker.py and lockgate.cli: the Temporal client's native runtime threads can abort the
+    # interpreter during finalization; the stack is already down at this point.
+    os._exit(code)
