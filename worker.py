@@ -21,7 +21,8 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
-import activities.shop  # noqa: F401 - binds the demo tools' implementations
+import activities.incident  # noqa: F401 - binds the incident-agent's tools
+import activities.shop  # noqa: F401 - binds the refund-agent's tools
 import lockgate.agents  # noqa: F401 - registers the built-in agents
 from activities.governance import GovernanceActivities, bundle_content
 from activities.freeze import FreezeStore

@@ -45,11 +45,11 @@ class Sizes:
     seq_n2: int = 30
     seq_reps: int = 5
     tput_levels: tuple[int, ...] = (1, 10, 50)
-    tput_steps: int = 4
+    tput_steps: int = 5
     tput_min_runs: int = 20
-    tput_runs_per_level: int = 3
+    tput_runs_per_level: int = 2
     gate_sizes: tuple[int, ...] = (10, 100, 1000)
-    gate_iterations: int = 5000
+    gate_iterations: int = 3000
     approvals: int = 30
     history_events: int = 10_000
     mem_runs: int = 1000

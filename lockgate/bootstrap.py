@@ -38,7 +38,12 @@ LEASE_TTL = "300s"
 LEASE_MAX_TTL = "3600s"
 
 # Dynamic roles and the static group role each one joins; grants live on the group roles.
-DB_ROLES = {"shop-reader": "shop_reader", "shop-refunds": "shop_refunder"}
+DB_ROLES = {
+    "shop-reader": "shop_reader",
+    "shop-refunds": "shop_refunder",
+    "ops-reader": "ops_reader",
+    "ops-responder": "ops_responder",
+}
 
 _SHOP_SCHEMA = """
 CREATE TABLE IF NOT EXISTS customers (
@@ -82,6 +87,48 @@ GRANT SELECT (id, closed_at), UPDATE (closed_at) ON customers TO shop_refunder;
 GRANT INSERT ON refunds TO shop_refunder;
 GRANT UPDATE (reversed_at) ON refunds TO shop_refunder;
 GRANT USAGE ON SEQUENCE refunds_id_seq TO shop_refunder;
+
+-- incident-agent: hosts, alerts, tickets, pages (schema ops, same database).
+CREATE SCHEMA IF NOT EXISTS ops;
+REVOKE ALL ON SCHEMA ops FROM PUBLIC;
+CREATE TABLE IF NOT EXISTS ops.hosts (
+    id text PRIMARY KEY, env text NOT NULL, pager text,
+    quarantined_at timestamptz, quarantine_key text);
+CREATE TABLE IF NOT EXISTS ops.alerts (
+    id bigserial PRIMARY KEY, host_id text NOT NULL REFERENCES ops.hosts(id), severity text NOT NULL,
+    summary text NOT NULL, at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE IF NOT EXISTS ops.tickets (
+    id bigserial PRIMARY KEY, host_id text NOT NULL REFERENCES ops.hosts(id), title text NOT NULL,
+    severity text NOT NULL, idempotency_key text NOT NULL UNIQUE, run_id text NOT NULL,
+    opened_at timestamptz NOT NULL DEFAULT now(), closed_at timestamptz);
+CREATE TABLE IF NOT EXISTS ops.pages (
+    id bigserial PRIMARY KEY, host_id text NOT NULL, pager text NOT NULL, message text NOT NULL,
+    idempotency_key text NOT NULL UNIQUE, sent_at timestamptz NOT NULL DEFAULT now());
+INSERT INTO ops.hosts (id, env, pager) VALUES
+    ('web-1', 'production', 'team-web'), ('web-2', 'production', NULL), ('db-1', 'production', 'team-data')
+ON CONFLICT (id) DO NOTHING;
+INSERT INTO ops.alerts (host_id, severity, summary)
+SELECT * FROM (VALUES
+    ('web-1', 'high', 'outbound traffic to an unknown address'),
+    ('web-2', 'high', 'new setuid binary in /tmp'),
+    ('db-1', 'low', 'slow queries')) AS v(host_id, severity, summary)
+WHERE NOT EXISTS (SELECT 1 FROM ops.alerts);
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'ops_reader') THEN
+        CREATE ROLE ops_reader NOLOGIN; END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'ops_responder') THEN
+        CREATE ROLE ops_responder NOLOGIN; END IF;
+END $$;
+GRANT CONNECT ON DATABASE shop TO ops_reader, ops_responder;
+GRANT USAGE ON SCHEMA ops TO ops_reader, ops_responder;
+GRANT SELECT ON ops.hosts, ops.alerts TO ops_reader;
+GRANT INSERT ON ops.pages TO ops_reader;
+GRANT USAGE ON SEQUENCE ops.pages_id_seq TO ops_reader;
+GRANT SELECT ON ops.hosts, ops.tickets TO ops_responder;
+GRANT INSERT ON ops.tickets TO ops_responder;
+GRANT UPDATE (closed_at) ON ops.tickets TO ops_responder;
+GRANT UPDATE (quarantined_at, quarantine_key) ON ops.hosts TO ops_responder;
+GRANT USAGE ON SEQUENCE ops.tickets_id_seq TO ops_responder;
 """
 
 

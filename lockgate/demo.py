@@ -10,6 +10,7 @@ from typing import Any
 
 import psycopg
 
+from lockgate.bootstrap import DB_ROLES
 from lockgate.config import Settings, load_settings
 from lockgate.devstack import DevStack
 
@@ -75,7 +76,7 @@ def _leftovers(settings: Settings, vault_token: str | None) -> tuple[int, int]:
             roles = conn.execute("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'v-%'").fetchone()[0]
     leases = 0
     client = hvac.Client(url=settings.vault_addr, token=vault_token)
-    for role in ("shop-reader", "shop-refunds"):
+    for role in DB_ROLES:
         try:
             resp = client.adapter.list(f"/v1/sys/leases/lookup/database/creds/{role}/")
             leases += len((resp or {}).get("data", {}).get("keys", []))

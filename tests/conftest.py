@@ -24,6 +24,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.exceptions import ActivityError, ChildWorkflowError
 
 import tests.agents  # noqa: F401 - registers test agents before Vault is bootstrapped
+from lockgate.bootstrap import DB_ROLES
 from lockgate.config import Settings, load_settings
 from lockgate.devstack import DevStack, free_port
 from lockgate.errors import UserError
@@ -140,7 +141,7 @@ class Outside:
 
     def live_leases(self) -> list[str]:
         out = []
-        for role in ("shop-reader", "shop-refunds"):
+        for role in DB_ROLES:
             try:
                 resp = self.vault.adapter.list(f"/v1/sys/leases/lookup/database/creds/{role}/")
             except hvac.exceptions.InvalidPath:

@@ -1,5 +1,5 @@
 """Built-in agents. Importing this package registers them in `lockgate.spec.registry`."""
 
-from lockgate.agents import refund
+from lockgate.agents import incident, refund
 
-__all__ = ["refund"]
+__all__ = ["incident", "refund"]
