@@ -35,6 +35,7 @@ from activities.vault import VaultBroker
 from gates.bundle import PolicyBundle
 from lockgate.config import Settings, load_settings
 from lockgate.errors import PolicyError, UserError
+from lockgate.observability import setup_logging, tracing_interceptors
 from lockgate.policies import load_bundle
 from lockgate.spec import AgentRegistry, load_agent_modules, registry
 from workflows.agent import AgentWorkflow
@@ -171,6 +172,7 @@ def build_worker(
         activity_executor=ThreadPoolExecutor(max_concurrent, thread_name_prefix="lockgate-activity"),
         max_concurrent_activities=max_concurrent,
         max_concurrent_local_activities=max_concurrent,
+        interceptors=tracing_interceptors(),
     )
 
 
@@ -202,15 +204,6 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         await stop.wait()
         await asyncio.gather(*background)
     log.info("worker stopped")
-
-
-def setup_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s", stream=sys.stderr
-    )
-    # hvac/urllib3 debug output could include request bodies; keep them quiet.
-    for noisy in ("urllib3", "hvac", "temporalio.activity", "temporalio.workflow"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:

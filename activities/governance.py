@@ -20,6 +20,7 @@ from gates.bundle import PolicyBundle
 from gates.engine import evaluate
 from lockgate.errors import BAD_INPUT
 from lockgate.models import AuditEvent, Decision, GateRequest, RunClose, RunIdentity, RunOpen
+from lockgate.observability import span
 from lockgate.spec import AgentRegistry
 
 __all__ = ["GovernanceActivities", "bundle_content", "record_decision"]
@@ -89,8 +90,9 @@ class GovernanceActivities:
         bundle = self._bundle()
         if self._freezes is not None and self._freezes.is_frozen(request.agent):
             request = request.model_copy(update={"state": request.state.model_copy(update={"frozen": True})})
-        decision = evaluate(bundle, self._agents.get(request.agent), request, now=datetime.now(timezone.utc),
-                            lookup=self._agents.get)
+        with span("lockgate.gate", run_id=request.run_id, step=request.step, tool=request.call.tool):
+            decision = evaluate(bundle, self._agents.get(request.agent), request, now=datetime.now(timezone.utc),
+                                lookup=self._agents.get)
         if decision.outcome == "allow":
             grant = self._signer.sign(
                 decision.run_id, decision.step, decision.tool, decision.args_digest, decision.decision_id
@@ -101,6 +103,9 @@ class GovernanceActivities:
             "decision run=%s step=%s tool=%s outcome=%s gate=%s policies=%s",
             decision.run_id, decision.step, decision.tool, decision.outcome, decision.gate,
             ",".join(decision.policy_ids),
+            extra={"run_id": decision.run_id, "step": decision.step, "tool": decision.tool,
+                   "outcome": decision.outcome, "gate": decision.gate, "decision_id": decision.decision_id,
+                   "policies": list(decision.policy_ids)},
         )
         return decision
 

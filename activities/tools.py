@@ -24,6 +24,7 @@ from activities.grants import GrantError, GrantSigner
 from activities.ledger import Ledger
 from activities.vault import LeaseForbidden, VaultBroker
 from lockgate.errors import BAD_INPUT, GRANT_INVALID, LEASE_FORBIDDEN, TOOL_FAILED
+from lockgate.observability import span
 from lockgate.models import LeaseRef, ToolInvocation, ToolOutcome, args_digest
 from lockgate.spec import AgentRegistry, ToolSpec, describe_validation
 
@@ -176,7 +177,8 @@ class ToolRunner:
         lease: LeaseRef | None = None
         if spec.secret:
             try:
-                lease, ctx.secret = self._vault.issue(inv.run_id, spec.secret)
+                with span("lockgate.lease", run_id=inv.run_id, step=inv.step, tool=spec.name, secret_path=spec.secret):
+                    lease, ctx.secret = self._vault.issue(inv.run_id, spec.secret)
             except LeaseForbidden as err:
                 raise ApplicationError(str(err), type=LEASE_FORBIDDEN, non_retryable=True) from None
             heartbeat({"lease_id": lease.lease_id})
@@ -187,7 +189,9 @@ class ToolRunner:
             )
         try:
             _test_pause("LOCKGATE_TEST_PAUSE_AFTER_LEASE", spec.name)
-            result = impl(ctx, args)
+            with span("lockgate.tool", run_id=inv.run_id, step=inv.step, tool=spec.name,
+                      lease_id=lease.lease_id if lease else None):
+                result = impl(ctx, args)
             _test_pause("LOCKGATE_TEST_PAUSE_AFTER_EFFECT", spec.name)
         except ToolError as err:
             self._record_failure(spec, inv, str(err), attempt)
@@ -202,6 +206,9 @@ class ToolRunner:
                 )
                 heartbeat({"lease_id": None})
         summary = summarize(result)
+        log.info("tool run=%s step=%s tool=%s done: %s", inv.run_id, inv.step, spec.name, summary,
+                 extra={"run_id": inv.run_id, "step": inv.step, "tool": spec.name,
+                        "lease_id": lease.lease_id if lease else None})
         self._ledger.try_append(
             f"tool.completed:{inv.run_id}:{inv.step}", inv.run_id, "tool.completed",
             {"tool": spec.name, "step": inv.step, "summary": summary, "idempotency_key": inv.idempotency_key,
