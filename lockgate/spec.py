@@ -184,7 +184,10 @@ def load_agent_modules(spec: str | None = None) -> list[str]:
     (comma-separated module paths; their tools' implementations register on import too)."""
     import importlib
     import os
+    import sys
 
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())  # `LOCKGATE_AGENT_MODULES=examples.report_agent lockgate ...` from a checkout
     names = ["lockgate.agents"]
     raw = spec if spec is not None else os.environ.get("LOCKGATE_AGENT_MODULES", "")
     names += [n.strip() for n in raw.split(",") if n.strip()]

@@ -23,6 +23,7 @@ import pytest
 from temporalio.client import Client, WorkflowHandle
 from temporalio.exceptions import ActivityError, ChildWorkflowError
 
+import examples.report_agent  # noqa: F401 - the README's example agent
 import tests.agents  # noqa: F401 - registers test agents before Vault is bootstrapped
 from lockgate.bootstrap import DB_ROLES
 from lockgate.config import Settings, load_settings
@@ -72,8 +73,10 @@ def policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for item in (ROOT / "policies").iterdir():
         shutil.copy(item, target / item.name)
     shutil.copy(ROOT / "tests" / "policies" / "test-agents.cedar", target / "test-agents.cedar")
+    shutil.copy(ROOT / "examples" / "policies" / "report-agent.cedar", target / "report-agent.cedar")
     with open(target / "schema.cedarschema", "a") as schema:
         schema.write((ROOT / "tests" / "policies" / "test-schema.cedarschema").read_text())
+        schema.write((ROOT / "examples" / "policies" / "report-agent.cedarschema").read_text())
     return target
 
 
@@ -88,7 +91,7 @@ def env(stack: DevStack, policy_dir: Path) -> dict[str, str]:
         "LOCKGATE_LEDGER_URL": f"sqlite:///{stack.state_dir / 'ledger.db'}",
         "LOCKGATE_TASK_QUEUE": f"tests-{uuid.uuid4().hex[:8]}",
         "PYTHONPATH": str(ROOT),
-        "LOCKGATE_AGENT_MODULES": "tests.agents",
+        "LOCKGATE_AGENT_MODULES": "tests.agents,examples.report_agent",
     })
     return values
 

@@ -1,0 +1,1 @@
+"""Examples from the README (each one is exercised by the test suite)."""

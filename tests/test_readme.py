@@ -1,0 +1,49 @@
+"""The README's authoring walkthrough, as a newcomer would type it (on the session's stack)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+
+from tests.conftest import ROOT, cli
+
+
+def test_readme_shows_the_example_files_verbatim() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for path in ("examples/report_agent.py", "examples/policies/report-agent.cedar"):
+        assert (ROOT / path).read_text() in readme, f"README is out of date with {path}"
+
+
+def test_every_command_in_the_readme_exists() -> None:
+    from lockgate.cli import build_parser
+
+    commands = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    used = {m for block in blocks for m in re.findall(r"^lockgate ([a-z]+)", block, re.M)}
+    assert used and used <= commands, used - commands
+
+
+async def test_the_walkthrough(env: dict[str, str], worker_running: str) -> None:
+    started = await cli(env, "run", "report-agent", "--input", '{"status": "all"}', "--as", "erin")
+    assert started.returncode == 0, started.stderr
+    run_id = started.stdout.strip()
+    for _ in range(100):
+        pending = json.loads((await cli(env, "pending", "--json")).stdout)
+        mine = [p for p in pending if p["run_id"] == run_id]
+        if mine:
+            break
+        await asyncio.sleep(0.2)
+    assert mine and (mine[0]["request_id"], mine[0]["tool"], mine[0]["group"]) == ("1.1", "orders.count", "finance")
+    approved = await cli(env, "approve", run_id, "1.1", "--as", "alice", "--reason", "weekly report")
+    assert approved.returncode == 0, approved.stderr
+    for _ in range(100):
+        status = json.loads((await cli(env, "status", run_id, "--json")).stdout)
+        if status["state"] == "completed":
+            break
+        await asyncio.sleep(0.2)
+    assert status["state"] == "completed" and status["steps"][0]["summary"] == "3 orders (all)"
+    audit = await cli(env, "audit", run_id)
+    assert audit.returncode == 0
+    for needle in ("report-agent.all-needs-finance", "approve by alice accepted", "lease issued", "lease revoked"):
+        assert needle in audit.stdout, needle
