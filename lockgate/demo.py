@@ -87,7 +87,7 @@ def _leftovers(settings: Settings, vault_token: str | None) -> tuple[int, int]:
 
 async def run_demo(settings: Settings, *, keep_up: bool = True) -> int:
     import worker as lockgate_worker
-    from lockgate.audit import render_text, timeline
+    from lockgate.audit import history_entries, render_text, timeline
     from lockgate.ops import start_run
 
     started = time.monotonic()
@@ -98,6 +98,11 @@ async def run_demo(settings: Settings, *, keep_up: bool = True) -> int:
     stack = DevStack.from_env(settings.state_dir)
     stack.up(lambda m: _say(f"   {m}"))
     settings = load_settings()
+    if settings.pg_dsn:
+        # The demo's story needs refundable orders: earlier demo refunds count as reversed.
+        with psycopg.connect(settings.pg_dsn, autocommit=True) as conn:
+            conn.execute("UPDATE refunds SET reversed_at = now() WHERE reversed_at IS NULL")
+        _say("   demo shop reset: every order fully refundable again")
     deps = lockgate_worker.build_deps(settings)
     client = await lockgate_worker.connect(settings)
     _say(f"   worker logged in to Vault with AppRole; policy bundle {deps.bundle.hash[:12]} "
@@ -132,7 +137,9 @@ async def run_demo(settings: Settings, *, keep_up: bool = True) -> int:
         from lockgate.ops import run_status
 
         status = (await run_status(client, handle.id)).model_dump(mode="json")
-        _say(render_text(timeline(deps.ledger, handle.id, status)))
+        events = (await handle.fetch_history()).events
+        history = history_entries(events, lockgate_worker.DATA_CONVERTER)
+        _say(render_text(timeline(deps.ledger, handle.id, status, history)))
 
     leases, roles = _leftovers(settings, settings.vault_token)
     _say()
