@@ -97,28 +97,32 @@ async def run_status(client: Client, run_id: str) -> RunStatus:
 
 
 async def list_pending(client: Client, agent: str | None = None) -> list[dict[str, Any]]:
+    """Every waiting approval request, from one visibility listing (the runs' memos)."""
     query = 'WorkflowType = "lockgate.agent" AND LockgateState = "awaiting_approval" AND ExecutionStatus = "Running"'
     if agent:
         query += f' AND LockgateAgent = "{agent}"'
     out: list[dict[str, Any]] = []
-    handles = [client.get_workflow_handle(w.id) async for w in client.list_workflows(query)]
-
-    async def one(handle: WorkflowHandle[Any, Any]) -> list[ApprovalRequest]:
+    async for wf in client.list_workflows(query):
         try:
-            return await handle.query("pending_approvals", result_type=list[ApprovalRequest])
-        except Exception:  # noqa: BLE001 - closed meanwhile
-            return []
-
-    for handle, requests in zip(handles, await asyncio.gather(*(one(h) for h in handles))):
+            requests = [ApprovalRequest.model_validate(r) for r in (await wf.memo_value("pending", default=[]))]
+        except Exception:  # noqa: BLE001 - an unreadable memo: ask the run itself
+            requests = await _query_pending(client.get_workflow_handle(wf.id))
         for req in requests:
             out.append({
-                "run_id": handle.id, "request_id": req.request_id, "agent": req.agent, "tool": req.tool,
+                "run_id": wf.id, "request_id": req.request_id, "agent": req.agent, "tool": req.tool,
                 "step": req.step, "args_digest": req.args_digest, "args": req.args_preview, "group": req.group,
                 "quorum": req.quorum, "approvals": list(req.approvals),
                 "requested_at": req.requested_at.isoformat(), "expires_at": req.expires_at.isoformat(),
             })
     out.sort(key=lambda r: (r["requested_at"], r["run_id"]))
     return out
+
+
+async def _query_pending(handle: WorkflowHandle[Any, Any]) -> list[ApprovalRequest]:
+    try:
+        return await handle.query("pending_approvals", result_type=list[ApprovalRequest])
+    except Exception:  # noqa: BLE001 - closed meanwhile
+        return []
 
 
 async def send_verdict(client: Client, run_id: str, request_id: str, *, approver: str, approve: bool,

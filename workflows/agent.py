@@ -437,8 +437,11 @@ class AgentWorkflow:
         return decision
 
     def _publish_pending(self) -> None:
+        """Pending requests go to visibility: their ids as a search attribute (to find the runs) and
+        the requests themselves in the memo, so `lockgate pending` lists thousands in one call."""
         self._set_state("awaiting_approval" if self._pending else "running")
         workflow.upsert_search_attributes([SearchAttributePair(SA_PENDING, sorted(self._pending))])
+        workflow.upsert_memo({"pending": [r.model_dump(mode="json") for r in self._pending.values()]})
 
     async def _audit(self, kind: str, key: str, data: dict[str, Any]) -> None:
         event = AuditEvent(event_key=f"{kind}:{self._run_id}:{key}", run_id=self._run_id, kind=kind, data=data,
@@ -474,6 +477,7 @@ class AgentWorkflow:
             if verdict == "approve":
                 request = request.model_copy(update={"approvals": (*request.approvals, signal.approver)})
                 self._pending[request.request_id] = request
+                self._publish_pending()
                 if len(request.approvals) >= request.quorum:
                     self._verdicts[request.request_id] = "approved"
             else:
