@@ -65,6 +65,14 @@ _db_call = retry(
 )
 
 
+_EXISTS = text("SELECT 1 FROM ledger WHERE event_key = :k")
+_LAST = text("SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1")
+_INSERT = text(
+    "INSERT INTO ledger (seq, event_key, run_id, kind, at, data, prev_hash, hash) "
+    "VALUES (:seq, :event_key, :run_id, :kind, :at, :data, :prev_hash, :hash)"
+)
+
+
 class Ledger:
     def __init__(self, url: str) -> None:
         self.url = url
@@ -78,6 +86,11 @@ class Ledger:
             @event.listens_for(self.engine, "connect")
             def _no_autobegin(dbapi_conn: Any, _record: Any) -> None:
                 dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, below
+                # WAL: readers never block the writer, and a commit is one append, not a rewrite.
+                # synchronous=NORMAL keeps WAL durable across application crashes (only an OS crash
+                # can lose the last commits; the hash chain still verifies).
+                dbapi_conn.execute("PRAGMA journal_mode=WAL")
+                dbapi_conn.execute("PRAGMA synchronous=NORMAL")
 
             @event.listens_for(self.engine, "begin")
             def _begin_immediate(conn: Any) -> None:
@@ -93,19 +106,19 @@ class Ledger:
         """Appends one entry unless `event_key` is already there. Returns True if written."""
         stamp = (at or datetime.now(timezone.utc)).isoformat()
         body = canonical_json(data)
-        with self._local, Session(self.engine) as session, session.begin():
+        # Plain SQL on the hot path: every gate and tool call appends here.
+        with self._local, self.engine.begin() as conn:
             if not self._sqlite:
-                session.exec(text("SELECT pg_advisory_xact_lock(727274)"))  # type: ignore[call-overload]
-            if session.exec(select(LedgerEntry.seq).where(LedgerEntry.event_key == event_key)).first():
+                conn.execute(text("SELECT pg_advisory_xact_lock(727274)"))
+            if conn.execute(_EXISTS, {"k": event_key}).first() is not None:
                 return False
-            last = session.exec(select(LedgerEntry).order_by(LedgerEntry.seq.desc()).limit(1)).first()  # type: ignore[union-attr]
-            seq = (last.seq or 0) + 1 if last else 1
-            prev = last.hash if last else GENESIS
-            row = LedgerEntry(
-                seq=seq, event_key=event_key, run_id=run_id, kind=kind, at=stamp, data=body, prev_hash=prev,
-                hash=entry_hash(prev, seq, event_key, run_id, kind, stamp, body),
-            )
-            session.add(row)
+            last = conn.execute(_LAST).first()
+            seq = int(last[0]) + 1 if last else 1
+            prev = str(last[1]) if last else GENESIS
+            conn.execute(_INSERT, {
+                "seq": seq, "event_key": event_key, "run_id": run_id, "kind": kind, "at": stamp, "data": body,
+                "prev_hash": prev, "hash": entry_hash(prev, seq, event_key, run_id, kind, stamp, body),
+            })
         return True
 
     def try_append(self, *args: Any, **kwargs: Any) -> bool:
