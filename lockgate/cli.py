@@ -12,6 +12,7 @@ import getpass
 import json
 import os
 import sys
+import uuid
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -173,8 +174,18 @@ async def cmd_verdict(args: argparse.Namespace, settings: Settings) -> int:
     from lockgate.ops import send_verdict
 
     approve = args.command == "approve"
-    attempt = await send_verdict(await _client(settings), args.run_id, args.request_id, approver=args.as_,
-                                 approve=approve, reason=args.reason or "", args_digest=args.digest)
+    client = await _client(settings)
+    try:
+        attempt = await send_verdict(client, args.run_id, args.request_id, approver=args.as_,
+                                     approve=approve, reason=args.reason or "", args_digest=args.digest)
+    except UserError as err:
+        if "is not running" in str(err):
+            # Too late for the run to hear it: the refused attempt is still recorded, with who and why.
+            _ledger(settings).append(
+                f"approval.refused:{args.run_id}:{uuid.uuid4().hex}", args.run_id, "approval.refused",
+                {"request_id": args.request_id, "approver": args.as_, "verdict": args.command,
+                 "accepted": False, "reason": str(err)})
+        raise
     if args.json:
         _print_json(attempt.model_dump(mode="json"))
     if not attempt.accepted:

@@ -26,7 +26,7 @@ async def pending_request(handle: WorkflowHandle[Any, Any], timeout: float = 20)
 
 
 async def test_every_refusal_path_changes_nothing_and_is_recorded(
-    client: Client, worker_running: str, deps: Any, outside: Outside
+    client: Client, worker_running: str, deps: Any, outside: Outside, env: dict[str, str]
 ) -> None:
     # script-agent is owned by bob (finance); the run is initiated by alice (finance).
     handle = await start(client, worker_running, "script-agent", {"steps": [
@@ -64,6 +64,10 @@ async def test_every_refusal_path_changes_nothing_and_is_recorded(
     assert outside.refunds(handle.id) == []
     assert len(ledger_events(deps, handle.id, "approval.expired")) == 1
     outside.assert_nothing_leaked()
+    # After the run ended, a late approval is refused (exit 2) and still recorded.
+    late = await cli(env, "approve", handle.id, req.request_id, "--as", "bob")
+    assert late.returncode == 2 and "not running" in late.stderr
+    assert len(ledger_events(deps, handle.id, "approval.refused")) == 7
 
 
 async def test_cli_approve_refused_exits_2_and_accepted_exits_0(
