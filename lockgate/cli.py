@@ -77,7 +77,6 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
 
 # -- policy --------------------------------------------------------------------------------------
 def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
-    import lockgate.agents  # noqa: F401
     from lockgate.policies import load_bundle
     from lockgate.spec import registry
 
@@ -276,7 +275,6 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_leases(args: argparse.Namespace, settings: Settings) -> int:
-    import lockgate.agents  # noqa: F401
     from activities.vault import VaultBroker
     from lockgate.spec import registry
 
@@ -328,7 +326,6 @@ async def cmd_reap(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_freeze(args: argparse.Namespace, settings: Settings) -> int:
-    import lockgate.agents  # noqa: F401
     from activities.freeze import ALL, FreezeStore
     from lockgate.ops import wake_frozen
     from lockgate.spec import registry

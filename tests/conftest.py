@@ -29,7 +29,7 @@ from lockgate.bootstrap import DB_ROLES
 from lockgate.config import Settings, load_settings
 from lockgate.devstack import DevStack, free_port
 from lockgate.errors import UserError
-from lockgate.models import RunInput, RunStatus
+from lockgate.models import ApprovalRequest, RunInput, RunStatus
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -238,3 +238,14 @@ def fresh_shop(request: pytest.FixtureRequest) -> None:
     with request.getfixturevalue("outside").pg() as conn:
         conn.execute("UPDATE refunds SET reversed_at = now() WHERE reversed_at IS NULL")
         conn.execute("UPDATE customers SET closed_at = NULL")
+
+
+async def pending_request(handle: WorkflowHandle[Any, Any], timeout: float = 20) -> ApprovalRequest:
+    """The run's first pending approval request, once it has asked for one (its own query: exact)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        pending = await handle.query("pending_approvals", result_type=list[ApprovalRequest])
+        if pending:
+            return pending[0]
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{handle.id} did not ask for approval")

@@ -6,23 +6,12 @@ import asyncio
 import json
 from typing import Any
 
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
 from lockgate import errors
-from lockgate.models import ApprovalRequest
 from lockgate.ops import list_pending, send_verdict
-from tests.conftest import Outside, cli, finish, ledger_events, start, status_of
-
-
-async def pending_request(handle: WorkflowHandle[Any, Any], timeout: float = 20) -> ApprovalRequest:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        pending = await handle.query("pending_approvals", result_type=list[ApprovalRequest])
-        if pending:
-            return pending[0]
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{handle.id} did not ask for approval")
+from tests.conftest import Outside, cli, finish, ledger_events, pending_request, start, status_of
 
 
 async def test_every_refusal_path_changes_nothing_and_is_recorded(

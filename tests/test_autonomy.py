@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -12,18 +11,8 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError, CancelledError
 
 from lockgate import errors
-from lockgate.models import ApprovalRequest
 from lockgate.ops import send_verdict
-from tests.conftest import Outside, cli, finish, ledger_events, start, status_of
-
-
-async def approval_request(handle: Any) -> ApprovalRequest:
-    for _ in range(200):
-        pending = await handle.query("pending_approvals", result_type=list[ApprovalRequest])
-        if pending:
-            return pending[0]
-        await asyncio.sleep(0.05)
-    raise AssertionError("no approval request")
+from tests.conftest import Outside, cli, finish, ledger_events, pending_request, start, status_of
 
 
 async def wait_state(handle: Any, state: str, timeout: float = 20) -> None:
@@ -43,7 +32,7 @@ async def test_freeze_holds_runs_unfreeze_resumes_halt_compensates(
     ]}
     resumed = await start(client, worker_running, "script-agent", steps(300), initiator="erin")
     halted = await start(client, worker_running, "script-agent", steps(250), initiator="erin")
-    req_resumed, req_halted = await approval_request(resumed), await approval_request(halted)
+    req_resumed, req_halted = await pending_request(resumed), await pending_request(halted)
     try:
         frozen = await cli(env, "freeze", "--agent", "script-agent", "--reason", "incident 42", "--as", "carol")
         assert frozen.returncode == 0, frozen.stderr
@@ -100,7 +89,7 @@ async def test_sub_agent_spend_counts_against_the_parent_budget(
         {"tool": "refunds.issue", "args": {"order_id": "A-1002", "amount_cents": 9000}},
         {"tool": "refunds.issue", "args": {"order_id": "A-1002", "amount_cents": 9000}},
     ]}, initiator="erin")
-    req = await approval_request(parent)
+    req = await pending_request(parent)
     assert (req.group, req.step) == ("finance", 3)
     status = await status_of(parent)
     assert status.spent == 18000
@@ -118,7 +107,7 @@ async def test_low_confidence_escalates_to_approval(client: Client, worker_runni
     handle = await start(client, worker_running, "script-agent", {"steps": [
         {"tool": "qa.mark", "args": {"label": "unsure"}, "confidence": 0.3, "rationale": "a guess"},
     ]}, initiator="erin")
-    req = await approval_request(handle)
+    req = await pending_request(handle)
     assert req.group == "support-leads"
     assert (await send_verdict(client, handle.id, req.request_id, approver="dave", approve=True)).accepted
     assert await finish(handle) is None

@@ -10,18 +10,8 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError, CancelledError
 
 from lockgate import errors
-from lockgate.models import ApprovalRequest
 from tests import agents
-from tests.conftest import Outside, cli, finish, ledger_events, ledger_kinds, start, status_of
-
-
-async def wait_for_approval_request(handle: Any) -> ApprovalRequest:
-    for _ in range(200):
-        pending = await handle.query("pending_approvals", result_type=list[ApprovalRequest])
-        if pending:
-            return pending[0]
-        await asyncio.sleep(0.05)
-    raise AssertionError("no approval request")
+from tests.conftest import Outside, cli, finish, ledger_events, ledger_kinds, pending_request, start, status_of
 
 
 async def test_failing_compensation_does_not_stop_the_others(
@@ -56,7 +46,7 @@ async def test_halt_compensates_in_reverse_and_revokes(
         {"tool": "qa.mark", "args": {"label": "halted-mark"}},
         {"tool": "refunds.issue", "args": {"order_id": "A-1002", "amount_cents": 20000}},
     ]}, initiator="erin")
-    await wait_for_approval_request(handle)
+    await pending_request(handle)
     result = await cli(env, "halt", handle.id, "--reason", "customer withdrew")
     assert result.returncode == 0, result.stderr
     assert "halted" in result.stdout
@@ -80,7 +70,7 @@ async def test_terminate_is_cleaned_up_by_the_reaper_within_60s(
         {"tool": "refunds.issue", "args": {"order_id": "A-1001", "amount_cents": 250}},
         {"tool": "refunds.issue", "args": {"order_id": "A-1002", "amount_cents": 20000}},
     ]}, initiator="erin")
-    await wait_for_approval_request(handle)
+    await pending_request(handle)
     accessor = (await status_of(handle)).identity_accessor
     assert accessor and outside.token_alive(accessor)
     await handle.terminate("operator pulled the plug")

@@ -2,25 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
 from lockgate import errors
-from lockgate.models import ApprovalRequest
 from lockgate.ops import send_verdict
-from tests.conftest import Outside, finish, start, status_of
-
-
-async def pending(handle: Any) -> ApprovalRequest:
-    for _ in range(200):
-        found = await handle.query("pending_approvals", result_type=list[ApprovalRequest])
-        if found:
-            return found[0]
-        await asyncio.sleep(0.05)
-    raise AssertionError("no approval request")
+from tests.conftest import Outside, finish, pending_request, start, status_of
 
 
 def host(outside: Outside, host_id: str) -> tuple[Any, ...]:
@@ -41,7 +30,7 @@ def release_all(outside: Outside) -> None:
 async def test_quarantine_only_after_oncall_approval(client: Client, worker_running: str, outside: Outside) -> None:
     release_all(outside)
     handle = await start(client, worker_running, "incident-agent", {"host_id": "web-1"}, initiator="erin")
-    req = await pending(handle)
+    req = await pending_request(handle)
     assert (req.tool, req.group) == ("host.quarantine", "sre-oncall")
     assert host(outside, "web-1")[0] is None  # not before approval
     refused = await send_verdict(client, handle.id, req.request_id, approver="alice", approve=True)
@@ -57,7 +46,7 @@ async def test_quarantine_only_after_oncall_approval(client: Client, worker_runn
 async def test_rejected_quarantine_closes_the_ticket(client: Client, worker_running: str, outside: Outside) -> None:
     release_all(outside)
     handle = await start(client, worker_running, "incident-agent", {"host_id": "web-1"}, initiator="erin")
-    req = await pending(handle)
+    req = await pending_request(handle)
     assert (await send_verdict(client, handle.id, req.request_id, approver="grace", approve=False,
                                reason="false positive")).accepted
     cause = await finish(handle)
@@ -72,7 +61,7 @@ async def test_failed_page_releases_the_quarantine(client: Client, worker_runnin
     release_all(outside)
     handle = await start(client, worker_running, "incident-agent", {"host_id": "web-2", "page": True},
                          initiator="erin")
-    req = await pending(handle)
+    req = await pending_request(handle)
     assert (await send_verdict(client, handle.id, req.request_id, approver="frank", approve=True)).accepted
     cause = await finish(handle)
     assert isinstance(cause, ApplicationError) and "no owning team" in cause.message

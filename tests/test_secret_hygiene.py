@@ -16,20 +16,7 @@ from temporalio.client import Client
 
 from lockgate.config import Settings
 from lockgate.ops import send_verdict
-from tests.conftest import cli, finish, start
-
-
-async def wait_pending(client: Client, handle: Any) -> Any:
-    from lockgate.models import ApprovalRequest
-
-    for _ in range(100):
-        pending = await handle.query("pending_approvals", result_type=list[ApprovalRequest])
-        if pending:
-            return pending[0]
-        import asyncio
-
-        await asyncio.sleep(0.1)
-    raise AssertionError("no approval request")
+from tests.conftest import cli, finish, pending_request, start
 
 
 def decoded_payloads(messages: Any) -> list[str]:
@@ -88,7 +75,7 @@ async def test_no_secret_leaves_its_activity(
 
     happy = await start(client, worker_running, "refund-agent", {"order_id": "A-1001", "amount_cents": 200})
     gated = await start(client, worker_running, "refund-agent", {"order_id": "A-1002", "amount_cents": 20000})
-    request = await wait_pending(client, gated)
+    request = await pending_request(gated)
     await send_verdict(client, gated.id, request.request_id, approver="bob", approve=True)
     failing = await start(client, worker_running, "script-agent", {"steps": [
         {"tool": "refunds.issue", "args": {"order_id": "A-1003", "amount_cents": 100}},
