@@ -26,7 +26,6 @@ import activities.shop  # noqa: F401 - binds the refund-agent's tools
 import lockgate.agents  # noqa: F401 - registers the built-in agents
 from activities.governance import GovernanceActivities, bundle_content
 from activities.freeze import FreezeStore
-from activities.grants import GrantSigner
 from activities.ledger import Ledger
 from activities.planner import LLMPlannerActivities
 from activities.reaper import Reaper
@@ -41,7 +40,7 @@ from lockgate.spec import AgentRegistry, load_agent_modules, registry
 from workflows.agent import AgentWorkflow
 
 __all__ = [
-    "DATA_CONVERTER", "Deps", "watch_policies", "build_deps", "build_tools", "build_reaper", "reap_forever", "build_worker", "connect",
+    "DATA_CONVERTER", "Deps", "watch_policies", "build_deps", "build_governance", "build_tools", "build_reaper", "reap_forever", "build_worker", "connect",
     "run_worker", "main",
 ]
 
@@ -56,7 +55,6 @@ class Deps:
     settings: Settings
     vault: VaultBroker
     ledger: Ledger
-    signer: GrantSigner
     bundle: PolicyBundle
     freezes: FreezeStore
     agents: AgentRegistry = field(default_factory=lambda: registry)
@@ -116,17 +114,22 @@ def build_deps(settings: Settings, agents: AgentRegistry = registry) -> Deps:
     vault = VaultBroker(settings.vault_addr, settings.vault_role_id, settings.vault_secret_id)
     try:
         vault.check()
-        signer = GrantSigner(vault.grant_key())
     except Exception as err:  # noqa: BLE001 - one clear line for the operator
         raise UserError(f"cannot log in to Vault at {settings.vault_addr} with AppRole: {err}") from err
     ledger = Ledger(settings.ledger_url)
     ledger.register_bundle(bundle.hash, bundle_content(bundle))
-    return Deps(settings=settings, vault=vault, ledger=ledger, signer=signer, bundle=bundle,
+    return Deps(settings=settings, vault=vault, ledger=ledger, bundle=bundle,
                 freezes=FreezeStore(ledger), agents=agents)
 
 
-def build_tools(deps: Deps) -> ToolRunner:
-    return ToolRunner(agents=deps.agents, vault=deps.vault, ledger=deps.ledger, signer=deps.signer,
+def build_governance(deps: Deps) -> GovernanceActivities:
+    return GovernanceActivities(bundle=deps.current_bundle, agents=deps.agents, ledger=deps.ledger,
+                                vault=deps.vault, freezes=deps.freezes)
+
+
+def build_tools(deps: Deps, governance: GovernanceActivities | None = None) -> ToolRunner:
+    gate = (governance or build_governance(deps)).decide
+    return ToolRunner(agents=deps.agents, vault=deps.vault, ledger=deps.ledger, gate=gate,
                       resources=Resources(pg_socket_dir=deps.settings.pg_socket_dir))
 
 
@@ -156,11 +159,8 @@ def build_worker(
     max_concurrent: int = 64,
     extra_workflows: Sequence[type] = (),
 ) -> Worker:
-    governance = GovernanceActivities(
-        bundle=deps.current_bundle, agents=deps.agents, signer=deps.signer, ledger=deps.ledger, vault=deps.vault,
-        freezes=deps.freezes,
-    )
-    tools = build_tools(deps)
+    governance = build_governance(deps)
+    tools = build_tools(deps, governance)
     planner = LLMPlannerActivities(agents=deps.agents, vault=deps.vault)
     return Worker(
         client,

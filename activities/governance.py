@@ -13,7 +13,6 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.freeze import FreezeStore
-from activities.grants import GrantSigner
 from activities.ledger import Ledger
 from activities.vault import VaultBroker
 from gates.bundle import PolicyBundle
@@ -69,7 +68,6 @@ class GovernanceActivities:
         *,
         bundle: Callable[[], PolicyBundle],
         agents: AgentRegistry,
-        signer: GrantSigner,
         ledger: Ledger,
         vault: VaultBroker,
         freezes: FreezeStore | None = None,
@@ -77,27 +75,20 @@ class GovernanceActivities:
         self._freezes = freezes
         self._bundle = bundle
         self._agents = agents
-        self._signer = signer
         self._ledger = ledger
         self._vault = vault
 
-    @activity.defn(name="gate.evaluate")
-    def evaluate(self, request: GateRequest) -> Decision:
-        info = activity.info()
-        if request.run_id != info.workflow_id:
-            # A workflow may only ask about its own calls; a grant is bound to the run it names.
-            raise ApplicationError("gate request names another run", type=BAD_INPUT, non_retryable=True)
-        bundle = self._bundle()
+    def decide(self, request: GateRequest, *, attempt: int = 1) -> Decision:
+        """Evaluates one gate request (kill switch read from the shared store), records the decision
+        in the ledger and the log. Used by `gate.evaluate` and inside every tool activity."""
+        if attempt > 1:
+            # A retried tool activity decides again (a freeze may have landed meanwhile): its own record.
+            request = request.model_copy(update={"decision_id": f"{request.decision_id}@{attempt}"})
         if self._freezes is not None and self._freezes.is_frozen(request.agent):
             request = request.model_copy(update={"state": request.state.model_copy(update={"frozen": True})})
         with span("lockgate.gate", run_id=request.run_id, step=request.step, tool=request.call.tool):
-            decision = evaluate(bundle, self._agents.get(request.agent), request, now=datetime.now(timezone.utc),
-                                lookup=self._agents.get)
-        if decision.outcome == "allow":
-            grant = self._signer.sign(
-                decision.run_id, decision.step, decision.tool, decision.args_digest, decision.decision_id
-            )
-            decision = decision.model_copy(update={"grant": grant})
+            decision = evaluate(self._bundle(), self._agents.get(request.agent), request,
+                                now=datetime.now(timezone.utc), lookup=self._agents.get)
         record_decision(self._ledger, decision, request)
         log.info(
             "decision run=%s step=%s tool=%s outcome=%s gate=%s policies=%s",
@@ -108,6 +99,13 @@ class GovernanceActivities:
                    "policies": list(decision.policy_ids)},
         )
         return decision
+
+    @activity.defn(name="gate.evaluate")
+    def evaluate(self, request: GateRequest) -> Decision:
+        if request.run_id != activity.info().workflow_id:
+            # A workflow may only ask about its own calls.
+            raise ApplicationError("gate request names another run", type=BAD_INPUT, non_retryable=True)
+        return self.decide(request)
 
     @activity.defn(name="run.open")
     def open_run(self, request: RunOpen) -> RunIdentity:

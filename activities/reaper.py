@@ -131,9 +131,8 @@ class Reaper:
         else:
             try:
                 outcome = self._tools.run_direct(
-                    item["compensation"], run_id=run_id, step=step, args=args,
+                    item["compensation"], run_id=run_id, step=step, request=request, decision=decision,
                     idempotency_key=f"{run_id}:reaper:{item['step']}", compensates=item["idempotency_key"],
-                    decision_id=decision.decision_id,
                 )
                 result = {"step": item["step"], "tool": item["compensation"], "ok": True, "summary": outcome.summary}
             except Exception as err:  # noqa: BLE001 - record it, carry on with the others

@@ -1,4 +1,7 @@
-"""Tool activities (`tool.<name>`): grant check, lease, run, revoke — in that order, always.
+"""Tool activities (`tool.<name>`): gate, lease, run, revoke — in that order, always.
+
+The gate runs inside the tool's own activity, so there is no path to a tool that skips it: a raw
+`execute_activity` by a workflow author is gated exactly like a planner's proposal.
 
 A tool's implementation is a plain function `(ToolContext, args) -> dict` bound to a declared tool
 name with `@implements`. The credential it gets lives only in the `ToolContext` of one call: it is
@@ -20,12 +23,11 @@ from pydantic import BaseModel, ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.grants import GrantError, GrantSigner
 from activities.ledger import Ledger
 from activities.vault import LeaseForbidden, VaultBroker
-from lockgate.errors import BAD_INPUT, GRANT_INVALID, LEASE_FORBIDDEN, TOOL_FAILED
+from lockgate.errors import BAD_INPUT, LEASE_FORBIDDEN, TOOL_DENIED, TOOL_FAILED
 from lockgate.observability import span
-from lockgate.models import LeaseRef, ToolInvocation, ToolOutcome, args_digest
+from lockgate.models import Decision, GateRequest, LeaseRef, ToolInvocation, ToolOutcome
 from lockgate.spec import AgentRegistry, ToolSpec, describe_validation
 
 __all__ = ["ToolContext", "ToolError", "implements", "IMPLEMENTATIONS", "ToolRunner", "Resources"]
@@ -100,14 +102,14 @@ class ToolRunner:
         agents: AgentRegistry,
         vault: VaultBroker,
         ledger: Ledger,
-        signer: GrantSigner,
+        gate: Callable[..., Decision],
         resources: Resources,
         implementations: dict[str, ToolImpl] | None = None,
     ) -> None:
         self._agents = agents
         self._vault = vault
         self._ledger = ledger
-        self._signer = signer
+        self._gate = gate
         self._resources = resources
         self._impls = IMPLEMENTATIONS if implementations is None else implementations
 
@@ -128,23 +130,20 @@ class ToolRunner:
         return activity.defn(name=spec.activity_name)(run_tool)
 
     def run(self, spec: ToolSpec, impl: ToolImpl, inv: ToolInvocation) -> ToolOutcome:
-        """The body of `tool.<name>`: refuses without a valid grant, else leases, runs, revokes."""
+        """The body of `tool.<name>`: evaluates its gate; only on allow leases, runs, revokes."""
         info = activity.info()
-        try:
-            if inv.tool != spec.name or inv.run_id != info.workflow_id:
-                raise GrantError("invocation names another tool or run")
-            self._signer.verify(
-                inv.grant, run_id=inv.run_id, step=inv.step, tool=spec.name, digest=args_digest(inv.args),
-                decision_id=inv.decision_id,
-            )
-        except GrantError as err:
+        if inv.tool != spec.name or inv.gate.call.tool != spec.name or inv.gate.step != inv.step \
+                or inv.run_id != info.workflow_id or inv.gate.run_id != info.workflow_id:
+            # A call for another tool, step or run than the one this activity is: refuse.
             self._ledger.try_append(
-                f"grant.refused:{info.workflow_id}:{info.activity_id}:{info.attempt}", info.workflow_id,
-                "grant.refused", {"tool": spec.name, "step": inv.step, "reason": str(err)},
+                f"tool.refused:{info.workflow_id}:{info.activity_id}:{info.attempt}", info.workflow_id,
+                "tool.refused", {"tool": spec.name, "step": inv.step, "reason": "invocation names another tool or run"},
             )
-            log.warning("refused tool=%s run=%s: %s", spec.name, info.workflow_id, err)
-            raise ApplicationError(f"{spec.name}: {err}; no tool runs without its gate",
-                                   type=GRANT_INVALID, non_retryable=True) from None
+            raise ApplicationError(f"{spec.name}: invocation names another tool, step or run",
+                                   type=BAD_INPUT, non_retryable=True)
+        decision = self._gate(inv.gate, attempt=info.attempt)
+        if decision.outcome != "allow":
+            return ToolOutcome(tool=spec.name, step=inv.step, decision=decision, ran=False)
         # An earlier attempt that died after leasing left its lease id in heartbeat details:
         # revoke it now rather than leave it to its TTL.
         for stale in _stale_leases(info.heartbeat_details):
@@ -153,20 +152,22 @@ class ToolRunner:
                 f"lease.revoked:{stale}", inv.run_id, "lease.revoked",
                 {"lease_id": stale, "tool": spec.name, "step": inv.step, "by": "next-attempt"},
             )
-        return self._execute(spec, impl, inv, attempt=info.attempt, heartbeat=activity.heartbeat)
+        return self._execute(spec, impl, inv, decision, attempt=info.attempt, heartbeat=activity.heartbeat)
 
-    def run_direct(self, tool: str, *, run_id: str, step: int, args: dict[str, Any], idempotency_key: str,
-                   decision_id: str, compensates: str | None = None) -> ToolOutcome:
-        """Runs a tool outside any activity, for the reaper, which has evaluated the gate itself."""
+    def run_direct(self, tool: str, *, run_id: str, step: int, request: GateRequest, decision: Decision,
+                   idempotency_key: str, compensates: str | None = None) -> ToolOutcome:
+        """Runs an allowed call outside any activity, for the reaper (which evaluated the gate itself)."""
         spec = self._agents.tool(tool)
         impl = self._impls.get(tool)
         if spec is None or impl is None:
             raise ApplicationError(f"unknown tool {tool!r}", type=BAD_INPUT, non_retryable=True)
-        inv = ToolInvocation(run_id=run_id, step=step, tool=tool, args=args, decision_id=decision_id,
-                             grant="reaper", idempotency_key=idempotency_key, compensates=compensates)
-        return self._execute(spec, impl, inv, attempt=1, heartbeat=lambda *_: None)
+        if decision.outcome != "allow":
+            raise ApplicationError(f"{tool}: not allowed", type=TOOL_DENIED, non_retryable=True)
+        inv = ToolInvocation(run_id=run_id, step=step, tool=tool, idempotency_key=idempotency_key, gate=request,
+                             compensates=compensates)
+        return self._execute(spec, impl, inv, decision, attempt=1, heartbeat=lambda *_: None)
 
-    def _execute(self, spec: ToolSpec, impl: ToolImpl, inv: ToolInvocation, *, attempt: int,
+    def _execute(self, spec: ToolSpec, impl: ToolImpl, inv: ToolInvocation, decision: Decision, *, attempt: int,
                  heartbeat: Callable[..., None]) -> ToolOutcome:
         try:
             args: BaseModel = spec.args.model_validate(inv.args)
@@ -212,10 +213,11 @@ class ToolRunner:
         self._ledger.try_append(
             f"tool.completed:{inv.run_id}:{inv.step}", inv.run_id, "tool.completed",
             {"tool": spec.name, "step": inv.step, "summary": summary, "idempotency_key": inv.idempotency_key,
-             "lease_id": lease.lease_id if lease else None, "decision_id": inv.decision_id,
+             "lease_id": lease.lease_id if lease else None, "decision_id": decision.decision_id,
              "compensates": inv.compensates},
         )
-        return ToolOutcome(tool=spec.name, step=inv.step, result=result, lease=lease, summary=summary)
+        return ToolOutcome(tool=spec.name, step=inv.step, decision=decision, ran=True, result=result, lease=lease,
+                           summary=summary)
 
     def _record_failure(self, spec: ToolSpec, inv: ToolInvocation, error: str, attempt: int) -> None:
         self._ledger.try_append(

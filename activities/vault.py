@@ -100,11 +100,6 @@ class VaultBroker:
             raise LeaseForbidden(f"{path}: not readable: {err}") from err
         return dict(data["data"])
 
-    @_vault_call
-    def grant_key(self) -> bytes:
-        data = self.client.secrets.kv.v1.read_secret(path="worker/settings", mount_point=RUNS_MOUNT)
-        return bytes.fromhex(data["data"]["grant_key"])
-
     # -- run identities ------------------------------------------------------------------------
     @_vault_call
     def open_run(self, run_id: str, agent: str, policy: str, ttl_seconds: int) -> RunIdentity:

@@ -37,8 +37,8 @@ def _summary(kind: str, d: dict[str, Any]) -> str:
         return f"tool result: {d.get('summary')}"
     if kind == "tool.failed":
         return f"tool FAILED (attempt {d.get('attempt')}): {d.get('error')}"
-    if kind == "grant.refused":
-        return f"tool refused to run without a valid grant: {d.get('reason')}"
+    if kind == "tool.refused":
+        return f"tool refused: {d.get('reason')}"
     if kind == "approval.requested":
         return (f"approval request {d.get('request_id')} to {d.get('group')} (quorum {d.get('quorum')}), "
                 f"args {str(d.get('args_digest'))[:12]}, expires {d.get('expires_at')}")

@@ -7,7 +7,6 @@ secrets its tools declare and nothing else.
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -261,12 +260,6 @@ def bootstrap_vault(
             "token_type": "service",
         },
     )
-
-    worker_settings = client.adapter.get(f"/v1/{RUNS_MOUNT}/worker/settings", raise_exception=False)
-    if not worker_settings or getattr(worker_settings, "status_code", 200) == 404:
-        client.secrets.kv.v1.create_or_update_secret(
-            path="worker/settings", secret={"grant_key": secrets.token_hex(32)}, mount_point=RUNS_MOUNT
-        )
 
     if "approle/" not in client.sys.list_auth_methods()["data"]:
         client.sys.enable_auth_method("approle")

@@ -10,7 +10,6 @@ __all__ = [
     "LockgateError",
     "UserError",
     "PolicyError",
-    "GRANT_INVALID",
     "TOOL_DENIED",
     "TOOL_FAILED",
     "LEASE_FORBIDDEN",
@@ -20,7 +19,6 @@ __all__ = [
 ]
 
 # Stable ApplicationError types; the audit, the CLI and the tests match on these strings.
-GRANT_INVALID = "GrantInvalid"
 TOOL_DENIED = "ToolDenied"
 TOOL_FAILED = "ToolFailed"
 LEASE_FORBIDDEN = "LeaseForbidden"

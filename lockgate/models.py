@@ -156,9 +156,6 @@ class Decision(BaseModel):
     # Members of approver_group at decision time: the workflow checks approvers against these.
     approvers: tuple[str, ...] = ()
     at: datetime
-    # HMAC over (run, step, tool, args digest) that a tool activity demands before it runs. It
-    # authorizes exactly one call and is worthless to anyone outside the worker fleet.
-    grant: str | None = None
 
 
 class LeaseRef(BaseModel):
@@ -203,24 +200,32 @@ class RunClose(BaseModel):
 
 
 class ToolInvocation(BaseModel):
+    """Input of `tool.<name>`: the call as a gate request, which the activity evaluates itself."""
+
     model_config = _WIRE
 
     run_id: str
     step: int
     tool: str
-    args: dict[str, Any]
-    decision_id: str
-    grant: str
     idempotency_key: str
+    gate: GateRequest
     # For a compensation: the idempotency key of the step it undoes.
     compensates: str | None = None
 
+    @property
+    def args(self) -> dict[str, Any]:
+        return self.gate.call.args
+
 
 class ToolOutcome(BaseModel):
+    """What a tool activity did: its gate's decision, and (when allowed) the result and lease."""
+
     model_config = _WIRE
 
     tool: str
     step: int
+    decision: Decision
+    ran: bool = False
     result: dict[str, Any] = Field(default_factory=dict)
     lease: LeaseRef | None = None
     summary: str = ""

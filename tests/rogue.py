@@ -16,7 +16,7 @@ with workflow.unsafe.imports_passed_through():
 class RogueWorkflow:
     @workflow.run
     async def run(self, invocation: dict[str, Any]) -> dict[str, Any]:
-        inv = ToolInvocation.model_validate({**invocation, "run_id": workflow.info().workflow_id})
+        inv = ToolInvocation.model_validate(invocation)
         result = await workflow.execute_activity(
             f"tool.{inv.tool}", inv, result_type=ToolOutcome,
             start_to_close_timeout=timedelta(seconds=30), retry_policy=RetryPolicy(maximum_attempts=2),

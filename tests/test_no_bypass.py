@@ -1,4 +1,5 @@
-"""No bypass: a tool activity started any other way than through its gate does not run."""
+"""No bypass: a tool activity started by any path — here a raw `execute_activity` by a workflow
+author — runs its gate first, records the decision, and does nothing the gate does not allow."""
 
 from __future__ import annotations
 
@@ -9,47 +10,53 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
 from lockgate import errors
-from lockgate.models import args_digest
 from tests.conftest import Outside, finish, ledger_events
 
 
-async def rogue(client: Client, task_queue: str, run_id: str, invocation: dict[str, Any]) -> BaseException | None:
-    handle = await client.start_workflow("tests.rogue", invocation, id=run_id, task_queue=task_queue)
-    return await finish(handle)
+def invocation(run_id: str, args: dict[str, Any], *, gate_run: str | None = None, **state: Any) -> dict[str, Any]:
+    return {
+        "run_id": run_id, "step": 1, "tool": "refunds.issue", "idempotency_key": f"{run_id}:1",
+        "gate": {"decision_id": f"{run_id}/1/1", "run_id": gate_run or run_id, "agent": "refund-agent",
+                 "initiator": "rogue", "step": 1, "call": {"tool": "refunds.issue", "args": args},
+                 "state": state},
+    }
 
 
-def invocation(args: dict[str, Any], grant: str, step: int = 1) -> dict[str, Any]:
-    return {"step": step, "tool": "refunds.issue", "args": args, "decision_id": "forged",
-            "grant": grant, "idempotency_key": f"rogue-{uuid.uuid4().hex}"}
+async def rogue(client: Client, task_queue: str, run_id: str, inv: dict[str, Any]) -> Any:
+    handle = await client.start_workflow("tests.rogue", inv, id=run_id, task_queue=task_queue)
+    try:
+        return await handle.result()
+    except Exception:  # noqa: BLE001
+        return await finish(handle)
 
 
-async def test_raw_execute_activity_without_a_grant_is_refused(
+async def test_a_raw_activity_call_is_gated_like_any_other(
     client: Client, worker_running: str, deps: Any, outside: Outside
 ) -> None:
-    run_id = f"rogue-{uuid.uuid4().hex[:8]}"
-    args = {"order_id": "A-1001", "amount_cents": 100}
-    cause = await rogue(client, worker_running, run_id, invocation(args, grant="g1.e30.deadbeef"))
-    assert isinstance(cause, ApplicationError) and cause.type == errors.GRANT_INVALID
-    assert outside.refunds(run_id) == []
-    assert ledger_events(deps, run_id, "lease.issued") == []
-    assert len(ledger_events(deps, run_id, "grant.refused")) == 1
+    over_cap = f"rogue-{uuid.uuid4().hex[:8]}"
+    result = await rogue(client, worker_running, over_cap,
+                         invocation(over_cap, {"order_id": "A-1002", "amount_cents": 150000}))
+    assert result["ran"] is False and result["decision"]["outcome"] == "deny"
+    assert "refunds.hard-cap" in result["decision"]["policy_ids"]
+
+    needs_approval = f"rogue-{uuid.uuid4().hex[:8]}"
+    result = await rogue(client, worker_running, needs_approval,
+                         invocation(needs_approval, {"order_id": "A-1002", "amount_cents": 20000}))
+    assert result["ran"] is False and result["decision"]["outcome"] == "approval"
+
+    for run_id in (over_cap, needs_approval):
+        assert outside.refunds(run_id) == []
+        assert ledger_events(deps, run_id, "lease.issued") == []
+        assert [d["outcome"] for d in ledger_events(deps, run_id, "decision")] in (["deny"], ["approval"])
     outside.assert_nothing_leaked()
 
 
-async def test_a_grant_binds_the_exact_args_and_run(
+async def test_an_invocation_for_another_run_is_refused(
     client: Client, worker_running: str, deps: Any, outside: Outside
 ) -> None:
     run_id = f"rogue-{uuid.uuid4().hex[:8]}"
-    allowed = {"order_id": "A-1001", "amount_cents": 100}
-    # A grant genuinely signed for 1.00 on this run...
-    grant = deps.signer.sign(run_id, 1, "refunds.issue", args_digest(allowed), "forged")
-    # ...does not stretch to 99.00.
     cause = await rogue(client, worker_running, run_id,
-                        invocation({"order_id": "A-1001", "amount_cents": 9900}, grant=grant))
-    assert isinstance(cause, ApplicationError) and cause.type == errors.GRANT_INVALID
-    # Nor does another run's grant work here.
-    other = f"rogue-{uuid.uuid4().hex[:8]}"
-    cause = await rogue(client, worker_running, other, invocation(allowed, grant=grant))
-    assert isinstance(cause, ApplicationError) and cause.type == errors.GRANT_INVALID
-    assert outside.refunds(run_id) == [] and outside.refunds(other) == []
-    outside.assert_nothing_leaked()
+                        invocation(run_id, {"order_id": "A-1001", "amount_cents": 100}, gate_run="someone-else"))
+    assert isinstance(cause, ApplicationError) and cause.type == errors.BAD_INPUT
+    assert outside.refunds(run_id) == [] and ledger_events(deps, run_id, "decision") == []
+    assert len(ledger_events(deps, run_id, "tool.refused")) == 1

@@ -48,9 +48,10 @@ with workflow.unsafe.imports_passed_through():
         ToolCall,
         ToolInvocation,
         ToolOutcome,
+        args_digest,
         redact_args,
     )
-    from lockgate.spec import AgentSpec, LLMPlanner, describe_validation, registry
+    from lockgate.spec import AgentSpec, LLMPlanner, ToolSpec, describe_validation, registry
 
 __all__ = ["AgentWorkflow", "SA_AGENT", "SA_STATE", "SA_INITIATOR", "SA_PENDING"]
 
@@ -76,8 +77,8 @@ TOOL_CALL: dict[str, Any] = {
     "retry_policy": RetryPolicy(
         initial_interval=timedelta(milliseconds=500), maximum_interval=timedelta(seconds=10),
         maximum_attempts=6,
-        non_retryable_error_types=[errors.GRANT_INVALID, errors.BAD_INPUT, errors.LEASE_FORBIDDEN,
-                                   errors.TOOL_FAILED, errors.TOOL_DENIED],
+        non_retryable_error_types=[errors.BAD_INPUT, errors.LEASE_FORBIDDEN, errors.TOOL_FAILED,
+                                   errors.TOOL_DENIED],
     ),
 }
 # RUN_CALL: opening and closing the run identity must eventually happen; keep retrying.
@@ -96,6 +97,21 @@ AUDIT_CALL: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=20),
     "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=10)),
 }
+
+
+def _frozen(decision: Decision) -> bool:
+    return decision.gate == "kill_switch" and decision.outcome == "deny"
+
+
+def _step_record(step: int, call: ToolCall, request: GateRequest, decision: Decision | None = None) -> StepRecord:
+    """How a step shows in `lockgate status` (before a decision came back: as the request)."""
+    if decision is None:
+        return StepRecord(step=step, tool=call.tool, args_digest=args_digest(call.args), outcome="allow",
+                          gate="policy", decision_id=request.decision_id)
+    return StepRecord(
+        step=step, tool=call.tool, args_digest=decision.args_digest, outcome=decision.outcome, gate=decision.gate,
+        decision_id=decision.decision_id, policy_ids=decision.policy_ids, reasons=decision.reasons,
+    )
 
 
 def _message(err: BaseException) -> str:
@@ -139,6 +155,7 @@ class AgentWorkflow:
         self._spent = 0
         self._identity: RunIdentity | None = None
         self._in_flight = 0
+        self._maybe_ran: int | None = None
         self._error: str | None = None
         self._step = 0
         self._evaluations = 0
@@ -279,68 +296,100 @@ class AgentWorkflow:
 
     # -- the governed call ---------------------------------------------------------------------
     async def call(self, agent: AgentSpec, call: ToolCall, *, compensation: bool = False) -> ToolOutcome:
-        """Gate -> (approval) -> lease + run + revoke. Raises _Denied or ActivityError."""
+        """One governed call: gate -> (approval) -> lease + run + revoke. Raises _Denied or ActivityError.
+
+        For a declared tool the gate runs inside the tool's own activity (one activity per call, and
+        no way to reach a tool without its gate); built-ins (delegation) and unknown tools are
+        decided by the `gate.evaluate` local activity.
+        """
         self._step += 1
         step = self._step
         tool = agent.tool(call.tool)
-        decision = await self._gate(agent, call, step, (), compensation)
-        if decision.outcome == "approval":
-            decision = await self._await_approval(agent, call, step, decision)
-        record = StepRecord(
-            step=step, tool=call.tool, args_digest=decision.args_digest, outcome=decision.outcome,
-            gate=decision.gate, decision_id=decision.decision_id, policy_ids=decision.policy_ids,
-            reasons=decision.reasons,
-        )
-        if decision.outcome == "allow" and call.tool == DELEGATE_TOOL:
-            return await self._delegate(agent, call, step, record)
-        if decision.outcome != "allow" or tool is None or decision.grant is None:
-            self._record(record, compensation, error="; ".join(decision.reasons))
-            raise _Denied(f"step {step} {call.tool} denied by {decision.gate}: {'; '.join(decision.reasons)}",
-                          errors.TOOL_DENIED)
+        if tool is None:
+            return await self._call_builtin(agent, call, step, compensation)
         key = f"{self._run_id}:{step}"
         if tool.compensation and not compensation:
             # Registered before the step runs: a crash mid-step still gets compensated (it is
             # idempotent, so compensating a step that never happened is a no-op).
             self._saga.append(SagaEntry(step=step, tool=tool.compensation, args={"idempotency_key": key}))
-        invocation = ToolInvocation(
-            run_id=self._run_id, step=step, tool=call.tool, args=call.args, decision_id=decision.decision_id,
-            grant=decision.grant, idempotency_key=key,
-            compensates=call.args.get("idempotency_key") if compensation else None,
-        )
-        self._in_flight += 1
         try:
-            outcome = await workflow.execute_activity(
-                tool.activity_name, invocation, result_type=ToolOutcome, **TOOL_CALL
-            )
-        except ActivityError as err:
-            self._record(record, compensation, error=_message(err))
+            outcome, request = await self._invoke(agent, tool, call, step, key, compensation)
+        except (_Denied, asyncio.CancelledError, CancelledError):
+            if self._maybe_ran != step and self._saga and self._saga[-1].step == step:
+                self._saga.pop()  # denied, or halted while waiting: the tool never ran
             raise
-        finally:
-            self._in_flight -= 1
+        decision = outcome.decision
         if not compensation:
             self._spent += tool.cost_of(call.args)
             self._tainted = self._tainted or tool.data_class == "regulated"
             self._call_times.setdefault(call.tool, []).append(workflow.now())
-        self._record(record, compensation, lease_id=outcome.lease.lease_id if outcome.lease else None,
-                     summary=outcome.summary)
+        self._record(_step_record(step, call, request, decision), compensation,
+                     lease_id=outcome.lease.lease_id if outcome.lease else None, summary=outcome.summary)
         return outcome
+
+    async def _invoke(self, agent: AgentSpec, tool: ToolSpec, call: ToolCall, step: int, key: str,
+                      compensation: bool) -> tuple[ToolOutcome, GateRequest]:
+        """Invokes the tool activity until it runs: through freezes and approvals, or raises _Denied."""
+        approved: tuple[str, ...] = ()
+        while True:
+            request = self._request(agent, call, step, approved, compensation)
+            invocation = ToolInvocation(
+                run_id=self._run_id, step=step, tool=call.tool, idempotency_key=key, gate=request,
+                compensates=call.args.get("idempotency_key") if compensation else None,
+            )
+            self._in_flight += 1
+            self._maybe_ran = step  # until the activity says it did not run, assume it may have
+            try:
+                outcome = await workflow.execute_activity(
+                    tool.activity_name, invocation, result_type=ToolOutcome, **TOOL_CALL
+                )
+            except ActivityError as err:
+                self._record(_step_record(step, call, request), compensation, error=_message(err))
+                raise
+            finally:
+                self._in_flight -= 1
+            decision = outcome.decision
+            if outcome.ran:
+                return outcome, request
+            self._maybe_ran = None
+            if _frozen(decision):
+                await self._wait_unfrozen()
+            elif decision.outcome == "approval":
+                approved = await self._approval(agent, call, step, decision, approved)
+            else:
+                self._record(_step_record(step, call, request, decision), compensation,
+                             error="; ".join(decision.reasons))
+                raise _Denied(f"step {step} {call.tool} denied by {decision.gate}: {'; '.join(decision.reasons)}",
+                              errors.TOOL_DENIED)
+
+    async def _call_builtin(self, agent: AgentSpec, call: ToolCall, step: int, compensation: bool) -> ToolOutcome:
+        approved: tuple[str, ...] = ()
+        while True:
+            request = self._request(agent, call, step, approved, compensation)
+            decision = await workflow.execute_local_activity(
+                "gate.evaluate", request, result_type=Decision, **GATE_CALL
+            )
+            if _frozen(decision):
+                await self._wait_unfrozen()
+            elif decision.outcome == "approval":
+                approved = await self._approval(agent, call, step, decision, approved)
+            else:
+                break
+        record = _step_record(step, call, request, decision)
+        if decision.outcome == "allow" and call.tool == DELEGATE_TOOL:
+            return await self._delegate(agent, call, step, record, decision)
+        self._record(record, compensation, error="; ".join(decision.reasons))
+        raise _Denied(f"step {step} {call.tool} denied by {decision.gate}: {'; '.join(decision.reasons)}",
+                      errors.TOOL_DENIED)
 
     def _record(self, record: StepRecord, compensation: bool, **update: Any) -> None:
         done = record.model_copy(update=update)
         (self._compensated if compensation else self._steps).append(done)
 
-    async def _gate(self, agent: AgentSpec, call: ToolCall, step: int, approved: tuple[str, ...],
-                    compensation: bool = False) -> Decision:
-        """Evaluates the gate; while the kill switch holds, waits frozen and evaluates again."""
-        decision = await self._evaluate(agent, call, step, approved, compensation)
-        while decision.gate == "kill_switch" and decision.outcome == "deny":
-            decision = await self._frozen(agent, call, step, approved)
-        return decision
-
-    async def _evaluate(self, agent: AgentSpec, call: ToolCall, step: int, approved: tuple[str, ...],
-                        compensation: bool = False) -> Decision:
+    def _request(self, agent: AgentSpec, call: ToolCall, step: int, approved: tuple[str, ...],
+                 compensation: bool) -> GateRequest:
         self._evaluations += 1
-        request = GateRequest(
+        return GateRequest(
             decision_id=f"{self._run_id}/{step}/{self._evaluations}",
             run_id=self._run_id, agent=agent.name, initiator=self._inp.initiator, step=step, call=call,
             state=GateState(steps_taken=len(self._steps), spent=self._spent, tainted=self._tainted,
@@ -349,29 +398,26 @@ class AgentWorkflow:
                             recent_calls=tuple(self._call_times.get(call.tool, ()))),
             compensation=compensation,
         )
-        return await workflow.execute_local_activity("gate.evaluate", request, result_type=Decision, **GATE_CALL)
 
     # -- kill switch ---------------------------------------------------------------------------
-    async def _frozen(self, agent: AgentSpec, call: ToolCall, step: int, approved: tuple[str, ...]) -> Decision:
-        """Waits while the kill switch holds: until `unfreeze` wakes the run (or a periodic re-check
-        finds the freeze lifted); `halt` cancels the wait and the run compensates."""
+    async def _wait_unfrozen(self) -> None:
+        """Waits while the kill switch holds: until `unfreeze` wakes the run, or for a periodic
+        re-check; `halt` cancels the wait and the run compensates. The caller evaluates again."""
         self._set_state("frozen")
         self._wake = False
         try:
             await workflow.wait_condition(lambda: self._wake, timeout=FREEZE_RECHECK)
         except asyncio.TimeoutError:
             pass
-        decision = await self._evaluate(agent, call, step, approved)
-        if not (decision.gate == "kill_switch" and decision.outcome == "deny"):
-            self._set_state("awaiting_approval" if self._pending else "running")
-        return decision
+        self._set_state("awaiting_approval" if self._pending else "running")
 
     @workflow.signal(name="unfreeze")
     def unfreeze(self) -> None:
         self._wake = True
 
     # -- delegation ----------------------------------------------------------------------------
-    async def _delegate(self, agent: AgentSpec, call: ToolCall, step: int, record: StepRecord) -> ToolOutcome:
+    async def _delegate(self, agent: AgentSpec, call: ToolCall, step: int, record: StepRecord,
+                        decision: Decision) -> ToolOutcome:
         """Starts a sub-agent as a child workflow; its spend and taint come back to this run."""
         args = DelegateArgs.model_validate(call.args)
         assert self._deadline_at is not None and self._identity is not None
@@ -398,43 +444,41 @@ class AgentWorkflow:
         self._tainted = self._tainted or result.tainted
         summary = f"sub-agent {child_id} {result.state}: spent {result.spent}"
         self._record(record, False, summary=summary)
-        return ToolOutcome(tool=call.tool, step=step, result={"run_id": child_id, "spent": result.spent,
-                                                               "state": result.state}, summary=summary)
+        return ToolOutcome(tool=call.tool, step=step, decision=decision, ran=True, summary=summary,
+                           result={"run_id": child_id, "spent": result.spent, "state": result.state})
 
     # -- approvals -----------------------------------------------------------------------------
-    async def _await_approval(self, agent: AgentSpec, call: ToolCall, step: int, decision: Decision) -> Decision:
-        approved: tuple[str, ...] = ()
-        while decision.outcome == "approval":
-            assert decision.approver_group is not None
-            now = workflow.now()
-            request = ApprovalRequest(
-                request_id=f"{step}.{len(approved) + 1}", run_id=self._run_id, agent=agent.name, step=step,
-                tool=call.tool, args_digest=decision.args_digest, args_preview=redact_args(call.args),
-                group=decision.approver_group, quorum=max(1, decision.quorum), requested_at=now,
-                expires_at=now + agent.approval_ttl, decision_id=decision.decision_id, policy_ids=decision.policy_ids,
-            )
-            self._pending[request.request_id] = request
-            self._approvers[request.request_id] = decision.approvers
+    async def _approval(self, agent: AgentSpec, call: ToolCall, step: int, decision: Decision,
+                        approved: tuple[str, ...]) -> tuple[str, ...]:
+        """Asks the decision's group and waits. Returns the approved groups to evaluate the call
+        again with (policy, not the approval, has the last word); raises _Denied on rejection or expiry."""
+        assert decision.approver_group is not None
+        now = workflow.now()
+        request = ApprovalRequest(
+            request_id=f"{step}.{len(approved) + 1}", run_id=self._run_id, agent=agent.name, step=step,
+            tool=call.tool, args_digest=decision.args_digest, args_preview=redact_args(call.args),
+            group=decision.approver_group, quorum=max(1, decision.quorum), requested_at=now,
+            expires_at=now + agent.approval_ttl, decision_id=decision.decision_id, policy_ids=decision.policy_ids,
+        )
+        self._pending[request.request_id] = request
+        self._approvers[request.request_id] = decision.approvers
+        self._publish_pending()
+        await self._audit("approval.requested", request.request_id, request.model_dump(mode="json"))
+        try:
+            await workflow.wait_condition(lambda: request.request_id in self._verdicts, timeout=agent.approval_ttl)
+        except asyncio.TimeoutError:
+            self._verdicts[request.request_id] = "expired"
+        finally:
+            self._pending.pop(request.request_id, None)
             self._publish_pending()
-            await self._audit("approval.requested", request.request_id, request.model_dump(mode="json"))
-            try:
-                await workflow.wait_condition(lambda: request.request_id in self._verdicts, timeout=agent.approval_ttl)
-            except asyncio.TimeoutError:
-                self._verdicts[request.request_id] = "expired"
-            finally:
-                self._pending.pop(request.request_id, None)
-                self._publish_pending()
-            verdict = self._verdicts[request.request_id]
-            if verdict == "expired":
-                await self._audit("approval.expired", request.request_id, {"request_id": request.request_id})
-                raise _Denied(f"step {step} {call.tool}: approval request {request.request_id} expired",
-                              errors.APPROVAL_EXPIRED)
-            if verdict.startswith("rejected"):
-                raise _Denied(f"step {step} {call.tool}: {verdict}", errors.APPROVAL_REJECTED)
-            approved = (*approved, request.group)
-            # Re-evaluate with the approval in context: policy, not the approval, has the last word.
-            decision = await self._gate(agent, call, step, approved)
-        return decision
+        verdict = self._verdicts[request.request_id]
+        if verdict == "expired":
+            await self._audit("approval.expired", request.request_id, {"request_id": request.request_id})
+            raise _Denied(f"step {step} {call.tool}: approval request {request.request_id} expired",
+                          errors.APPROVAL_EXPIRED)
+        if verdict.startswith("rejected"):
+            raise _Denied(f"step {step} {call.tool}: {verdict}", errors.APPROVAL_REJECTED)
+        return (*approved, request.group)
 
     def _publish_pending(self) -> None:
         """Pending requests go to visibility: their ids as a search attribute (to find the runs) and
