@@ -1,15 +1,20 @@
 """A policy bundle: Cedar policies, schema and entities, parsed and checked. Pure: texts come in.
 
 Every policy must carry a unique `@id`. Policies are kept one statement each with the file and line
-they came from, so an error points at `file:line`, and evaluation can look only at the policies whose
-action scope can match (a policy scoped to another action can never be satisfied, so leaving it out
-changes no decision; tests/test_gates_bundle.py checks that equivalence).
+they came from, so an error points at `file:line`. Evaluation looks only at what can matter, without
+changing any decision (tests/test_gates_bundle.py checks both equivalences on random policies):
+- the policies whose action scope can match (a policy scoped to another action is never satisfied);
+- the parts of `context` those policies read (converting context is most of a Cedar call's cost),
+  and no evaluation at all for a repeated (principal, resource) when they read none of it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +22,92 @@ import cedarpy
 
 from lockgate.errors import PolicyError
 
-__all__ = ["PolicyStatement", "PolicyBundle", "split_statements"]
+__all__ = ["PolicyStatement", "PolicyBundle", "PolicySlice", "split_statements", "context_paths", "prune_context"]
+
+
+Path = tuple[str, ...]
+WHOLE: Path = ()  # the whole context
+
+
+def _context_chain(node: Any) -> Path | None:
+    """`context.a.b` as ("a", "b"); None when `node` is not an attribute chain on `context`."""
+    if node == {"Var": "context"}:
+        return ()
+    if isinstance(node, dict) and "." in node:
+        head = _context_chain(node["."].get("left"))
+        return None if head is None else (*head, str(node["."]["attr"]))
+    return None
+
+
+def context_paths(node: Any, out: set[Path]) -> set[Path]:
+    """Every part of `context` a policy body can read. A bare `context` (or one used as a whole
+    value) reads everything: the empty path."""
+    if isinstance(node, dict):
+        for key in (".", "has"):
+            if key in node and isinstance(node[key], dict) and "attr" in node[key]:
+                head = _context_chain(node[key].get("left"))
+                if head is not None:
+                    out.add((*head, str(node[key]["attr"])))
+                    return out
+        if node == {"Var": "context"}:
+            out.add(WHOLE)
+            return out
+        for value in node.values():
+            context_paths(value, out)
+    elif isinstance(node, list):
+        for value in node:
+            context_paths(value, out)
+    return out
+
+
+def prune_context(context: dict[str, Any], paths: frozenset[Path]) -> dict[str, Any]:
+    """Only the parts of `context` the policies can read. Every attribute a policy reads or tests
+    with `has` is kept exactly as it is (present or absent), so no decision can change."""
+    if WHOLE in paths:
+        return context
+    out: dict[str, Any] = {}
+    for path in paths:
+        source: Any = context
+        target = out
+        for i, name in enumerate(path):
+            if not isinstance(source, dict) or name not in source:
+                break
+            if i == len(path) - 1 or not isinstance(source[name], dict):
+                target[name] = source[name]  # a leaf, or a non-record read deeper: keep it whole
+                break
+            source = source[name]
+            target = target.setdefault(name, {})
+    return out
+
+
+@dataclass
+class PolicySlice:
+    """The policies that can apply to one action, what they read of `context`, and a bounded cache
+    of verdicts keyed by exactly what they depend on: principal, resource and the pruned context
+    (the policies and entities are fixed for the bundle this slice belongs to)."""
+
+    policies: Any
+    paths: frozenset[Path]
+    limit: int = 4096
+    _cache: OrderedDict[tuple[str, str, str], Any] = field(default_factory=OrderedDict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def context_free(self) -> bool:
+        return not self.paths
+
+    def cached(self, key: tuple[str, str, str]) -> Any:
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+            return hit
+
+    def remember(self, key: tuple[str, str, str], verdict: Any) -> None:
+        with self._lock:
+            self._cache[key] = verdict
+            if len(self._cache) > self.limit:
+                self._cache.popitem(last=False)
 
 
 @dataclass(frozen=True)
@@ -28,8 +118,9 @@ class PolicyStatement:
     policy_id: str
     effect: str
     annotations: dict[str, str]
-    # None: the policy's action scope is open (any action, or an action group); else the one action.
-    action: str | None
+    # None: the policy's action scope is open (any action, or an action group); else its actions.
+    actions: frozenset[str] | None
+    context_paths: frozenset[Path] = frozenset()
 
     @property
     def approval_group(self) -> str | None:
@@ -82,9 +173,23 @@ def split_statements(text: str) -> list[tuple[int, str]]:
     return out
 
 
-def _action_scope(action: dict[str, Any]) -> str | None:
+def _has_action_groups(schema_text: str | None, entities_json: str) -> bool:
+    if schema_text and re.search(r"\baction\s+[^;{]*?\b(in|memberOf)\b", schema_text):
+        return True
+    try:
+        entities = json.loads(entities_json)
+    except ValueError:
+        return False
+    return any(isinstance(e, dict) and e.get("uid", {}).get("type") == "Action" for e in entities)
+
+
+def _action_scope(action: dict[str, Any], groups: bool) -> frozenset[str] | None:
+    """The actions a policy's scope names; None when open (any action, or an action group, whose
+    members only the entity store knows)."""
     if action.get("op") == "==" and action.get("entity", {}).get("type") == "Action":
-        return str(action["entity"]["id"])
+        return frozenset([str(action["entity"]["id"])])
+    if action.get("op") == "in" and "entities" in action and not groups:
+        return frozenset(str(e["id"]) for e in action["entities"] if e.get("type") == "Action")
     return None
 
 
@@ -99,7 +204,7 @@ class PolicyBundle:
     sources: dict[str, str] = field(default_factory=dict)
     extra_entities: list[dict[str, Any]] = field(default_factory=list)
     _entities: Any = None
-    _slices: dict[tuple[str, bool], Any] = field(default_factory=dict)
+    _slices: dict[tuple[str, bool], PolicySlice] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -114,6 +219,9 @@ class PolicyBundle:
         """Parses and checks every policy; raises PolicyError listing every problem with file:line."""
         problems: list[str] = []
         statements: list[PolicyStatement] = []
+        # With action groups, `action in [...]` may name a group whose members only Cedar resolves:
+        # such policies are then kept in every slice.
+        groups = _has_action_groups(schema_text, entities_json)
         seen_ids: dict[str, str] = {}
         for file in sorted(policies):
             for line, text in split_statements(policies[file]):
@@ -151,7 +259,8 @@ class PolicyBundle:
                         policy_id=pid,
                         effect=body["effect"],
                         annotations=notes,
-                        action=_action_scope(body.get("action", {})),
+                        actions=_action_scope(body.get("action", {}), groups),
+                        context_paths=frozenset(context_paths(body.get("conditions", []), set())),
                     )
                 )
         schema = None
@@ -216,18 +325,19 @@ class PolicyBundle:
     def by_id(self, policy_id: str) -> PolicyStatement | None:
         return next((s for s in self.statements if s.policy_id == policy_id), None)
 
-    def slice_for(self, action: str, *, without_approval: bool = False) -> Any:
-        """Pre-parsed PolicySet of the policies that can apply to `action` (cached)."""
+    def slice_for(self, action: str, *, without_approval: bool = False) -> PolicySlice:
+        """The policies that can apply to `action`, pre-parsed, with what they read (cached)."""
         key = (action, without_approval)
         cached = self._slices.get(key)
         if cached is None:
-            texts = [
-                s.text
-                for s in self.statements
-                if (s.action is None or s.action == action)
-                and not (without_approval and s.approval_group)
+            chosen = [
+                s for s in self.statements
+                if (s.actions is None or action in s.actions) and not (without_approval and s.approval_group)
             ]
-            cached = cedarpy.PolicySet.from_str("\n".join(texts))
+            cached = PolicySlice(
+                policies=cedarpy.PolicySet.from_str("\n".join(s.text for s in chosen)),
+                paths=frozenset().union(*(s.context_paths for s in chosen)),
+            )
             self._slices[key] = cached
         return cached
 

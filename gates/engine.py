@@ -15,7 +15,7 @@ from typing import Any
 import cedarpy
 from pydantic import ValidationError
 
-from gates.bundle import PolicyBundle
+from gates.bundle import PolicyBundle, prune_context
 from lockgate.models import (
     DELEGATE_TOOL,
     MAX_ARGS_BYTES,
@@ -120,15 +120,31 @@ def _args(tool: ToolSpec, request: GateRequest) -> Verdict | None:
     return None
 
 
-def _cedar(bundle: PolicyBundle, agent: AgentSpec, request: GateRequest) -> Verdict | _Allow:
-    cedar_request = {
-        "principal": {"type": "Agent", "id": agent.name},
-        "action": {"type": "Action", "id": request.call.tool},
-        "resource": {"type": "Tool", "id": request.call.tool},
-        "context": cedar_context(agent, request),
+def _authorize(bundle: PolicyBundle, action: str, principal: str, resource: str, context: dict[str, Any], *,
+               without_approval: bool = False) -> Any:
+    """Cedar's answer for the action's slice and the part of `context` it reads. The answer is a
+    function of exactly those inputs, so a repeated one is served from the slice's cache."""
+    piece = bundle.slice_for(action, without_approval=without_approval)
+    pruned = prune_context(context, piece.paths)
+    key = (principal, resource, canonical_json(pruned) if pruned else "")
+    hit = piece.cached(key)
+    if hit is not None:
+        return hit
+    request = {
+        "principal": {"type": "Agent", "id": principal},
+        "action": {"type": "Action", "id": action},
+        "resource": {"type": "Tool", "id": resource},
+        "context": pruned,
     }
+    result = cedarpy.is_authorized(request, piece.policies, bundle.entities)
+    piece.remember(key, result)
+    return result
+
+
+def _cedar(bundle: PolicyBundle, agent: AgentSpec, request: GateRequest) -> Verdict | _Allow:
     action = request.call.tool
-    result = cedarpy.is_authorized(cedar_request, bundle.slice_for(action), bundle.entities)
+    context = cedar_context(agent, request)
+    result = _authorize(bundle, action, agent.name, action, context)
     if result.diagnostics.errors:
         # Evaluation errors skip the policy that raised them; a forbid that errors must not let a
         # call through, so any error is a deny.
@@ -141,9 +157,7 @@ def _cedar(bundle: PolicyBundle, agent: AgentSpec, request: GateRequest) -> Verd
     statements = [bundle.by_id(i) for i in ids]
     if all(s is not None and s.approval_group for s in statements):
         # Approval-annotated forbids are the only reason: does anything else stand in the way?
-        rest = cedarpy.is_authorized(
-            cedar_request, bundle.slice_for(action, without_approval=True), bundle.entities
-        )
+        rest = _authorize(bundle, action, agent.name, action, context, without_approval=True)
         if rest.allowed and not rest.diagnostics.errors:
             first = statements[0]
             assert first is not None and first.approval_group

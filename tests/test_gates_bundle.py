@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -73,30 +74,73 @@ def test_hash_changes_with_any_content() -> None:
     assert a.hash != b.hash
 
 
-def test_slicing_by_action_never_changes_a_decision() -> None:
-    """Random policy sets: the sliced evaluation must agree with evaluating every policy."""
+def test_slicing_pruning_and_caching_never_change_a_decision() -> None:
+    """Random policy sets and contexts: what the engine evaluates (the action's slice, the context
+    pruned to what those policies read, cached verdicts where they read none) must decide exactly
+    as evaluating every policy against the whole context does."""
+    from gates.engine import _authorize
+
     rng = random.Random(7)
     actions = [f"tool{i}" for i in range(12)]
+    conditions = [
+        "context.n > {k}", "context.args.amount > {k}", "context.args has reason",
+        'context.run.groups.contains("g{k}")', "context.args == {{\"amount\": {k}}}", "context has extra",
+        "context.run.nested.deep > {k}", "context.run has nested",
+    ]
     texts = []
     for i in range(300):
         effect = rng.choice(["permit", "permit", "forbid"])
-        scope = rng.choice(["all", "eq", "eq", "in"])
+        scope = rng.choice(["all", "eq", "eq", "eq", "in"])
+        target = rng.choice(actions)
         if scope == "all":
             action = "action"
         elif scope == "eq":
-            action = f'action == Action::"{rng.choice(actions)}"'
+            action = f'action == Action::"{target}"'
         else:
             action = "action in [" + ", ".join(f'Action::"{a}"' for a in rng.sample(actions, 3)) + "]"
-        cond = f" when {{ context.n > {rng.randint(0, 100)} }}" if rng.random() < 0.7 else ""
+        cond = ""
+        # tool0..tool3 see only policies that read no context: their verdicts are cached.
+        if (scope == "eq" and target not in actions[:4] and rng.random() < 0.7) or (scope == "in" and i < 20):
+            cond = " when { " + rng.choice(conditions).format(k=rng.randint(0, 9)) + " }"
+        if scope in ("all", "in") and cond:
+            action = "action in [" + ", ".join(f'Action::"{a}"' for a in rng.sample(actions[4:], 3)) + "]"
         texts.append(f'@id("p{i}")\n{effect}(principal, {action}, resource){cond};')
     bundle = PolicyBundle.build({"r.cedar": "\n".join(texts)})
     full = cedarpy.PolicySet.from_str("\n".join(texts))
-    for _ in range(400):
+
+    def context() -> dict:
+        args = {"amount": rng.randint(0, 9)}
+        if rng.random() < 0.5:
+            args["reason"] = "r"
+        run = {"groups": [f"g{rng.randint(0, 9)}"], "other": 1}
+        if rng.random() < 0.5:
+            run["nested"] = {"deep": rng.randint(0, 9), "more": "x"}
+        ctx = {"n": rng.randint(0, 9), "args": args, "run": run}
+        if rng.random() < 0.3:
+            ctx["extra"] = True
+        return ctx
+
+    names = lambda r: sorted(r.diagnostics.id_annotations_by_reason.get(x, x) for x in r.diagnostics.reasons)  # noqa: E731
+    context_free = 0
+    for _ in range(1500):
         act = rng.choice(actions + ["other"])
-        req = {"principal": 'Agent::"a"', "action": f'Action::"{act}"', "resource": 'Tool::"t"',
-               "context": {"n": rng.randint(0, 100)}}
+        ctx = context()
+        req = {"principal": 'Agent::"a"', "action": f'Action::"{act}"', "resource": 'Tool::"t"', "context": ctx}
         whole = cedarpy.is_authorized(req, full, [])
-        sliced = cedarpy.is_authorized(req, bundle.slice_for(act), [])
-        assert whole.allowed == sliced.allowed
-        names = lambda r: sorted(r.diagnostics.id_annotations_by_reason.get(x, x) for x in r.diagnostics.reasons)  # noqa: E731
-        assert names(whole) == names(sliced)
+        engine = _authorize(bundle, act, "a", "t", ctx)
+        context_free += bundle.slice_for(act).context_free
+        assert (whole.allowed, names(whole), bool(whole.diagnostics.errors)) == \
+            (engine.allowed, names(engine), bool(engine.diagnostics.errors)), (act, ctx)
+    assert context_free > 0  # slices that read no context at all were exercised too
+
+
+def test_context_paths() -> None:
+    from gates.bundle import context_paths, prune_context
+
+    body = json.loads(cedarpy.policies_to_json_str(
+        '@id("x") permit(principal, action, resource) when { context.args.amount > 1 && context.run has tainted };'
+    ))["staticPolicies"]["policy0"]["conditions"]
+    paths = frozenset(context_paths(body, set()))
+    assert paths == {("args", "amount"), ("run", "tainted")}
+    ctx = {"args": {"amount": 5, "secret_stuff": "x"}, "run": {"step": 1}, "other": 2}
+    assert prune_context(ctx, paths) == {"args": {"amount": 5}, "run": {}}
