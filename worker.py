@@ -158,6 +158,7 @@ def build_worker(
     task_queue: str | None = None,
     max_concurrent: int = 64,
     extra_workflows: Sequence[type] = (),
+    max_cached_workflows: int | None = None,
 ) -> Worker:
     governance = build_governance(deps)
     tools = build_tools(deps, governance)
@@ -173,6 +174,10 @@ def build_worker(
         max_concurrent_activities=max_concurrent,
         max_concurrent_local_activities=max_concurrent,
         interceptors=tracing_interceptors(),
+        # Runs waiting for approval sit in the sticky cache until evicted; a bounded cache keeps a
+        # worker's memory flat however many runs wait (an evicted run replays when it wakes).
+        max_cached_workflows=max_cached_workflows if max_cached_workflows is not None
+        else int(os.environ.get("LOCKGATE_MAX_CACHED_WORKFLOWS", "100")),
     )
 
 
