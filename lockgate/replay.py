@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from temporalio.client import Client
+from collections.abc import AsyncIterator
+
+from temporalio.client import Client, WorkflowHistory
 from temporalio.worker import Replayer
 
 from activities.ledger import Ledger
@@ -107,14 +109,22 @@ async def replay(client: Client, ledger: Ledger, agents: AgentRegistry, run_ids:
     else:
         query = " OR ".join(f'WorkflowId = "{r}"' for r in run_ids)
     reports: dict[str, ReplayReport] = {r: ReplayReport(r) for r in run_ids or []}
+    histories = []
     async for wf in client.list_workflows(query):
         report = reports.setdefault(wf.id, ReplayReport(wf.id))
         history = await client.get_workflow_handle(wf.id, run_id=wf.run_id).fetch_history()
         report.histories += 1
         report.events += len(history.events)
-        result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
-        if result.replay_failure is not None:
-            report.problems.append(f"history {wf.run_id}: replay failed: {result.replay_failure}")
+        histories.append(history)
+    # One replay worker for all of them (a worker per history costs more than most replays).
+    async def each() -> AsyncIterator[WorkflowHistory]:
+        for history in histories:
+            yield history
+
+    results = await replayer.replay_workflows(each(), raise_on_replay_failure=False)
+    for run_id, failure in results.replay_failures.items():
+        wf_id = next((h.workflow_id for h in histories if h.run_id == run_id), run_id)
+        reports.setdefault(wf_id, ReplayReport(wf_id)).problems.append(f"history {run_id}: replay failed: {failure}")
     for run_id, report in reports.items():
         if report.histories == 0:
             report.problems.append("no workflow history found for this run id")

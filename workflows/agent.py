@@ -60,6 +60,9 @@ SA_STATE = SearchAttributeKey.for_keyword("LockgateState")
 SA_INITIATOR = SearchAttributeKey.for_keyword("LockgateInitiator")
 SA_PENDING = SearchAttributeKey.for_keyword_list("LockgatePending")
 
+# Steps of a long run that `status` still lists after a continue-as-new.
+CARRY_STEPS = 100
+
 # While frozen, a run re-evaluates its gate this often even if no `unfreeze` signal reaches it.
 FREEZE_RECHECK = timedelta(seconds=30)
 
@@ -273,10 +276,13 @@ class AgentWorkflow:
 
     def _carry(self) -> RunCarry:
         assert self._identity is not None and self._deadline_at is not None
+        # The carry is the next history's first event: keep it small. The status shows the last
+        # CARRY_STEPS steps (the ledger has them all); planners get every result, without args.
         return RunCarry(
             identity=self._identity, deadline_at=self._deadline_at, step=self._step,
-            evaluations=self._evaluations, spent=self._spent, tainted=self._tainted, steps=tuple(self._steps),
-            compensated=tuple(self._compensated), done=tuple(self._done), saga=tuple(self._saga),
+            evaluations=self._evaluations, spent=self._spent, tainted=self._tainted,
+            steps=tuple(self._steps[-CARRY_STEPS:]), compensated=tuple(self._compensated[-CARRY_STEPS:]),
+            done=tuple({k: v for k, v in d.items() if k != "args"} for d in self._done), saga=tuple(self._saga),
             call_times={k: tuple(v) for k, v in self._call_times.items()}, generation=self._generation + 1,
         )
 
