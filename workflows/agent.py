@@ -400,10 +400,21 @@ class AgentWorkflow:
             run_id=self._run_id, agent=agent.name, initiator=self._inp.initiator, step=step, call=call,
             state=GateState(steps_taken=len(self._steps), spent=self._spent, tainted=self._tainted,
                             approved_groups=approved, boundary=self._boundary, budget=self._budget,
-                            deadline_at=self._deadline_at,
-                            recent_calls=tuple(self._call_times.get(call.tool, ()))),
+                            deadline_at=self._deadline_at, recent_calls=self._recent_calls(agent, call.tool)),
             compensation=compensation,
         )
+
+    def _recent_calls(self, agent: AgentSpec, tool: str) -> tuple[datetime, ...]:
+        """This tool's calls inside its rate-limit window (only those: requests, history and ledger
+        rows must not grow with the length of the run)."""
+        limit = agent.rate_limits.get(tool)
+        if limit is None:
+            self._call_times.pop(tool, None)
+            return ()
+        now = workflow.now()
+        recent = [t for t in self._call_times.get(tool, []) if now - t < limit[1]]
+        self._call_times[tool] = recent
+        return tuple(recent)
 
     # -- kill switch ---------------------------------------------------------------------------
     async def _wait_unfrozen(self) -> None:
