@@ -65,20 +65,21 @@ TOOLS = (
              data_class="public"),
 )
 
-_AGENT_FIELDS: dict[str, Any] = dict(
-    name=AGENT_NAME,
-    owner="bench-owner",
-    purpose="benchmarks: N calls of one tool",
-    tools=TOOLS,
-    input_model=BenchInput,
-    planner=plan,
-    # Large enough for the 10,000-event history run (about 7 history events per step).
-    max_steps=100_000,
-    budget=None,
-    deadline=timedelta(hours=2),
-    approval_ttl=timedelta(hours=2),
+AGENT = registry.add(
+    AgentSpec(
+        name=AGENT_NAME,
+        owner="bench-owner",
+        purpose="benchmarks: N calls of one tool",
+        tools=TOOLS,
+        input_model=BenchInput,
+        planner=plan,
+        # Large enough for the 10,000-event history (about 7 history events per step). No budget,
+        # rate limit or confidence floor: the stateful gates still run, none of them trips.
+        max_steps=100_000,
+        deadline=timedelta(hours=2),
+        approval_ttl=timedelta(hours=2),
+    )
 )
-AGENT = registry.add(AgentSpec(**_AGENT_FIELDS))
 
 
 @implements(NOOP)

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +27,8 @@ from lockgate.devstack import DevStack, free_port
 from lockgate.errors import UserError
 from lockgate.models import RunInput
 
-__all__ = ["ROOT", "Bench", "new_stack", "stack_up", "write_policy_dir", "stack_env", "bench_workers",
-           "median", "percentile", "say"]
+__all__ = ["ROOT", "Bench", "RUN_TIMEOUT", "new_stack", "stack_up", "write_policy_dir", "stack_env",
+           "bench_workers", "closed_loop", "result_of", "median", "percentile", "say"]
 
 ROOT = Path(__file__).resolve().parent.parent
 _T0 = time.monotonic()
@@ -111,7 +111,6 @@ class Bench:
     client: Client
     queue: str
     plain_queue: str
-    run_ids: list[str] = field(default_factory=list)
 
     async def start_governed(self, tool: str, n: int, *, run_id: str | None = None,
                              initiator: str = bench_agents.INITIATOR) -> WorkflowHandle[Any, Any]:
@@ -126,17 +125,31 @@ class Bench:
         """Wall seconds of one governed run of `n` calls, start request to result."""
         t0 = time.perf_counter()
         handle = await self.start_governed(tool, n)
-        await handle.result()
+        await result_of(handle, RUN_TIMEOUT + n)
         return time.perf_counter() - t0
 
     async def plain(self, activity: str, n: int) -> float:
         """Wall seconds of one plain run of `n` activities, start request to result."""
         t0 = time.perf_counter()
-        await self.client.execute_workflow(
+        handle = await self.client.start_workflow(
             PlainWorkflow.run, PlainInput(activity=activity, n=n), id=f"plain-{uuid.uuid4().hex[:12]}",
             task_queue=self.plain_queue,
         )
+        await result_of(handle, RUN_TIMEOUT + n)
         return time.perf_counter() - t0
+
+
+# A run that has not finished by then is stuck (a failing workflow task retries forever): the
+# section fails with a clear error instead of the bench hanging past its time budget.
+RUN_TIMEOUT = 120.0
+
+
+async def result_of(handle: WorkflowHandle[Any, Any], timeout: float) -> Any:
+    try:
+        return await asyncio.wait_for(handle.result(), timeout=timeout)
+    except asyncio.TimeoutError:
+        raise TimeoutError(f"run {handle.id} did not finish within {timeout:.0f}s (see the worker's "
+                           f"warnings above)") from None
 
 
 @asynccontextmanager

@@ -8,12 +8,11 @@ import uuid
 from datetime import datetime, timezone
 from typing import Any
 
-from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHistory
 
 import bench.agents as bench_agents
 import bench.baseline as baseline
-from bench.harness import Bench, closed_loop, median, percentile, say
+from bench.harness import RUN_TIMEOUT, Bench, closed_loop, median, percentile, result_of, say
 from lockgate.models import ApprovalRequest, ApprovalSignal, RunStatus
 
 __all__ = ["sequential", "throughput", "approval_latency", "audit_and_replay"]
@@ -114,7 +113,7 @@ async def approval_latency(b: Bench, samples: int) -> dict[str, Any]:
                 raise TimeoutError(f"{handle.id}: the tool never started after approval")
             await asyncio.sleep(0.001)  # t1 is stamped by the activity: polling adds nothing to it
         latencies.append((bench_agents.TOOL_STARTED[handle.id] - t0) * 1000)
-        await handle.result()
+        await result_of(handle, RUN_TIMEOUT)
     out = {"samples_ms": latencies, "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99),
            "n": len(latencies)}
     say(f"approval latency: p50 {out['p50_ms']:.1f} ms, p99 {out['p99_ms']:.1f} ms ({len(latencies)} approvals)")
@@ -152,7 +151,7 @@ async def audit_and_replay(b: Bench, target_events: int) -> dict[str, Any]:
     probe = {}
     for n in (4, 24):
         handle = await b.start_governed(bench_agents.NOOP, n)
-        await handle.result()
+        await result_of(handle, RUN_TIMEOUT)
         probe[n] = await _events(b, handle.id)
     per_step = (probe[24] - probe[4]) / 20
     fixed = probe[4] - 4 * per_step
@@ -162,7 +161,7 @@ async def audit_and_replay(b: Bench, target_events: int) -> dict[str, Any]:
         f"~{target_events} events")
     t0 = time.perf_counter()
     handle = await b.start_governed(bench_agents.NOOP, steps, run_id=run_id)
-    await handle.result()
+    await result_of(handle, RUN_TIMEOUT + steps)  # a step takes ~50 ms here: 1 s each is plenty
     build_s = time.perf_counter() - t0
     histories = await _histories(b, run_id)
     events = sum(len(h.events) for h in histories)
@@ -192,6 +191,9 @@ async def audit_and_replay(b: Bench, target_events: int) -> dict[str, Any]:
     verify_s = time.perf_counter() - t
     ledger_rows = len(await asyncio.to_thread(b.deps.ledger.entries))
     assert not verify_problems
+    # What the run left in the ledger: decisions record their whole request, run state included.
+    run_rows = await asyncio.to_thread(b.deps.ledger.entries, run_id)
+    run_bytes = sum(len(e.data) for e in run_rows)
 
     # (ii) replay: lockgate's own entry point when there is one (Replayer over every history of
     # the run, plus re-evaluating every recorded gate decision), else Temporal's Replayer directly.
@@ -199,7 +201,7 @@ async def audit_and_replay(b: Bench, target_events: int) -> dict[str, Any]:
         from lockgate import replay as replay_module
     except ImportError:
         replay_module = None  # type: ignore[assignment]
-    raw_s = await _raw_replay(histories)
+    raw_s: float | None = None
     if replay_module is not None and hasattr(replay_module, "replay"):
         how = "lockgate.replay.replay (fetch + Replayer + decision re-check)"
         t = time.perf_counter()
@@ -210,16 +212,20 @@ async def audit_and_replay(b: Bench, target_events: int) -> dict[str, Any]:
         decisions = sum(r.decisions for r in reports)
     else:
         how = "temporalio Replayer.replay_workflow over the fetched histories"
-        replay_s, decisions = raw_s, 0
+        replay_s = raw_s = await _raw_replay(histories)
+        decisions = 0
     out = {
         "steps": steps, "events": events, "histories": len(histories), "build_s": build_s,
         "events_per_step": per_step, "status_query_s": status_s, "audit_s": audit_s,
         "audit_entries": len(doc["entries"]), "ledger_verify_s": verify_s, "ledger_rows": ledger_rows,
+        "run_ledger_rows": len(run_rows), "run_ledger_mib": run_bytes / 2**20,
+        "events_per_history": [len(h.events) for h in histories],
         "replay_s": replay_s, "replay_how": how, "raw_replayer_s": raw_s, "decisions_rechecked": decisions,
         "total_s": audit_s + replay_s,
     }
     say(f"history: audit {audit_s:.2f}s ({len(doc['entries'])} entries; chain verify of {ledger_rows} rows "
-        f"{verify_s:.2f}s), replay {replay_s:.2f}s (raw Replayer {raw_s:.2f}s), status query {status_s:.2f}s")
+        f"{verify_s:.2f}s; the run's {len(run_rows)} ledger rows hold {run_bytes / 2**20:.1f} MiB), replay "
+        f"{replay_s:.2f}s ({how}), status query {status_s:.2f}s")
     return out
 
 
@@ -234,7 +240,3 @@ async def _raw_replay(histories: list[WorkflowHistory]) -> float:
     for history in histories:
         await replayer.replay_workflow(history)
     return time.perf_counter() - t
-
-
-def event_names(history: WorkflowHistory) -> list[str]:
-    return [EventType.Name(e.event_type) for e in history.events]

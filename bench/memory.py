@@ -19,7 +19,7 @@ from typing import Any
 import psutil
 
 import bench.agents as bench_agents
-from bench.harness import ROOT, Bench, say
+from bench.harness import ROOT, RUN_TIMEOUT, Bench, result_of, say
 from lockgate.models import ApprovalRequest, ApprovalSignal, RunInput
 
 __all__ = ["worker_rss", "CHILDREN"]
@@ -72,15 +72,17 @@ async def worker_rss(b: Bench, waiting: int, log_dir: Path, *, cache: int | None
                      timeout: float = 300) -> dict[str, Any]:
     """RSS of a fresh worker subprocess after warm-up, then with `waiting` runs awaiting approval.
 
-    `cache`: when set, the worker runs through bench/mem_worker.py, which is worker.py with
-    Worker(max_cached_workflows=cache), to show what a bounded sticky cache does.
+    RSS is also read half-way (half the runs waiting): growth in the second half shows whether
+    memory keeps growing with waiting runs or is bounded (by the sticky cache).
+
+    `cache`: LOCKGATE_MAX_CACHED_WORKFLOWS for the worker; None leaves the worker's own default.
     """
     queue = f"bench-mem-{uuid.uuid4().hex[:8]}"
     tag = f"bench-mem-{uuid.uuid4().hex[:8]}"  # the runs' initiator: a visibility filter for them
     env = {**b.env, "LOCKGATE_TASK_QUEUE": queue, "LOCKGATE_REAP_INTERVAL": "3600"}
-    argv = [sys.executable, str(ROOT / "worker.py")]
     if cache is not None:
-        argv = [sys.executable, "-m", "bench.mem_worker", str(cache)]
+        env["LOCKGATE_MAX_CACHED_WORKFLOWS"] = str(cache)
+    argv = [sys.executable, str(ROOT / "worker.py")]
     log = log_dir / f"worker-{queue}.log"
     with open(log, "ab") as out:
         proc = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -93,15 +95,15 @@ async def worker_rss(b: Bench, waiting: int, log_dir: Path, *, cache: int | None
                                            initiator=tag),
                 id=f"{tag}-warm-{uuid.uuid4().hex[:8]}", task_queue=queue)
             if approve:
-                while True:
-                    pending = await handle.query("pending_approvals", result_type=list[ApprovalRequest])
-                    if pending:
-                        break
+                deadline = time.monotonic() + 60
+                while not (pending := await handle.query("pending_approvals", result_type=list[ApprovalRequest])):
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"warm-up run {handle.id} never asked for approval; see {log}")
                     await asyncio.sleep(0.05)
                 await handle.signal("approve", ApprovalSignal(
                     attempt_id=uuid.uuid4().hex, request_id=pending[0].request_id, approver=bench_agents.APPROVER,
                     args_digest=pending[0].args_digest))
-            await asyncio.wait_for(handle.result(), timeout=120)
+            await result_of(handle, RUN_TIMEOUT)
 
         # Warm-up: every code path the waiting runs take (gate, approval request, audit, tools), so
         # that the baseline already holds the imports, sandbox module caches and connection pools.
@@ -120,25 +122,36 @@ async def worker_rss(b: Bench, waiting: int, log_dir: Path, *, cache: int | None
                 id=run_id, task_queue=queue)
             started.append(run_id)
 
-        t0 = time.monotonic()
-        await _gather_limited(50, [start(k) for k in range(waiting)])
         query = (f'LockgateInitiator = "{tag}" AND LockgateState = "awaiting_approval" '
                  f'AND ExecutionStatus = "Running"')
-        while (n := await _count(b, query)) < waiting:
-            if time.monotonic() - t0 > timeout:
-                raise TimeoutError(f"only {n} of {waiting} runs reached awaiting_approval in {timeout:.0f}s")
-            if proc.poll() is not None:
-                raise RuntimeError(f"worker subprocess died; see {log}")
-            await asyncio.sleep(0.5)
+        t0 = time.monotonic()
+
+        async def fill(upto: int) -> int:
+            """Starts runs until `upto` exist, waits until they all wait; returns the settled RSS."""
+            await _gather_limited(50, [start(k) for k in range(len(started), upto)])
+            while (n := await _count(b, query)) < upto:
+                if time.monotonic() - t0 > timeout:
+                    raise TimeoutError(f"only {n} of {upto} runs reached awaiting_approval in {timeout:.0f}s")
+                if proc.poll() is not None:
+                    raise RuntimeError(f"worker subprocess died; see {log}")
+                await asyncio.sleep(0.5)
+            await asyncio.sleep(2.0)  # let in-flight completions and GC settle
+            return await _rss(proc)
+
+        half = await fill(waiting // 2)
+        after = await fill(waiting)
         ready_s = time.monotonic() - t0
-        await asyncio.sleep(2.0)  # let in-flight completions and GC settle
-        after = await _rss(proc)
         growth = after - before
-        out = {"waiting_runs": waiting, "cache": cache if cache is not None else "temporalio default (1000)",
-               "rss_before_mib": before / _MiB, "rss_after_mib": after / _MiB, "growth_mib": growth / _MiB,
-               "growth_kib_per_run": growth / 1024 / waiting, "seconds_to_all_waiting": ready_s}
-        say(f"memory: {waiting} runs waiting after {ready_s:.1f}s; RSS {after / _MiB:.1f} MiB "
-            f"(+{growth / _MiB:.1f} MiB, {out['growth_kib_per_run']:.1f} KiB/run)")
+        out = {"waiting_runs": waiting,
+               "cache": cache if cache is not None else env.get("LOCKGATE_MAX_CACHED_WORKFLOWS", "worker default"),
+               "rss_before_mib": before / _MiB, "rss_half_mib": half / _MiB, "rss_after_mib": after / _MiB,
+               "growth_mib": growth / _MiB, "growth_kib_per_run": growth / 1024 / waiting,
+               "second_half_mib": (after - half) / _MiB,
+               "second_half_kib_per_run": (after - half) / 1024 / (waiting - waiting // 2),
+               "seconds_to_all_waiting": ready_s}
+        say(f"memory: {waiting} runs waiting after {ready_s:.1f}s; RSS {before / _MiB:.1f} -> {half / _MiB:.1f} "
+            f"(half) -> {after / _MiB:.1f} MiB (+{growth / _MiB:.1f} MiB, {out['growth_kib_per_run']:.1f} KiB/run; "
+            f"second half {out['second_half_kib_per_run']:.1f} KiB/run)")
         return out
     finally:
         stop(proc)

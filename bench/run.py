@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import os
 import platform
 import shutil
@@ -42,14 +43,14 @@ SECTIONS = ("seq", "throughput", "gate", "approval", "history", "memory")
 @dataclass(frozen=True)
 class Sizes:
     seq_n1: int = 5
-    seq_n2: int = 30
-    seq_reps: int = 5
+    seq_n2: int = 25
+    seq_reps: int = 4
     tput_levels: tuple[int, ...] = (1, 10, 50)
     tput_steps: int = 5
     tput_min_runs: int = 20
-    tput_runs_per_level: int = 2
+    tput_runs_per_level: int = 1
     gate_sizes: tuple[int, ...] = (10, 100, 1000)
-    gate_iterations: int = 3000
+    gate_iterations: int = 2000
     approvals: int = 30
     history_events: int = 10_000
     mem_runs: int = 1000
@@ -57,7 +58,7 @@ class Sizes:
 
 
 FULL = Sizes()
-QUICK = Sizes(seq_n1=2, seq_n2=8, seq_reps=2, tput_steps=2, tput_min_runs=5, tput_runs_per_level=1,
+QUICK = Sizes(seq_n1=2, seq_n2=8, seq_reps=3, tput_steps=2, tput_min_runs=5, tput_runs_per_level=1,
               gate_iterations=1000, approvals=5, history_events=1000, mem_runs=100)
 
 
@@ -71,10 +72,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--history-events", type=int, help="size of the audit/replay history (default 10000)")
     p.add_argument("--mem-runs", type=int, help="runs waiting for approval in the memory figure (default 1000)")
     p.add_argument("--mem-cache", type=int,
-                   help="also measure memory with a worker whose max_cached_workflows is this (bench/mem_worker.py)")
+                   help="also measure memory with LOCKGATE_MAX_CACHED_WORKFLOWS set to this for the worker")
     p.add_argument("--approvals", type=int, help="approval latency samples (default 30)")
-    p.add_argument("--seq-steps", help="N1,N2 for the sequential figure (default 5,30)")
-    p.add_argument("--reps", type=int, help="repetitions per sequential measurement (default 5)")
+    p.add_argument("--seq-steps", help="N1,N2 for the sequential figure (default 5,25)")
+    p.add_argument("--reps", type=int, help="repetitions per sequential measurement (default 4)")
     args = p.parse_args(argv)
     unknown = set(args.only.split(",")) - set(SECTIONS)
     if unknown:
@@ -129,7 +130,7 @@ def gate_figures(r: dict[int, dict[str, dict[str, float]]]) -> list[Figure]:
     largest = max(r)
     for size in sorted(r):
         s, u, c = r[size]["evaluate_sliced"], r[size]["evaluate_unsliced"], r[size]["cedar_sliced"]
-        label = f"3  gate p99, {size:,} policies (sliced)"
+        label = f"3  gate p99, {size:,} policies (sliced, cache miss)"
         shown = f"{s['p99_us']:.0f} us (p50 {s['p50_us']:.0f})"
         if size == largest:
             out.append(figure(f"gate.{size}.p99_us", label, s["p99_us"], " us", "<=", 100, fmt="{:.0f}", display=shown))
@@ -137,8 +138,11 @@ def gate_figures(r: dict[int, dict[str, dict[str, float]]]) -> list[Figure]:
             out.append(info(f"gate.{size}.p99_us", label, s["p99_us"], " us", display=shown))
         out.append(info(f"gate.{size}.unsliced_p99_us", f"3  gate p99, {size:,} policies, unsliced", u["p99_us"], " us",
                         display=f"{u['p99_us']:.0f} us (p50 {u['p50_us']:.0f})"))
+    h = r[largest]["evaluate_sliced_cached"]
+    out.append(info(f"gate.{largest}.cached_p99_us", f"3  gate p99, {largest:,} policies, repeated request (cache hit)",
+                    h["p99_us"], " us", display=f"{h['p99_us']:.0f} us (p50 {h['p50_us']:.0f})"))
     c = r[largest]["cedar_sliced"]
-    out.append(info(f"gate.{largest}.cedarpy_p99_us", f"3  cedarpy alone p99, {largest:,} policies (sliced)",
+    out.append(info(f"gate.{largest}.cedarpy_p99_us", f"3  cedarpy alone p99, {largest:,} policies (sliced, full context)",
                     c["p99_us"], " us", display=f"{c['p99_us']:.0f} us (p50 {c['p50_us']:.0f})"))
     return out
 
@@ -165,11 +169,19 @@ def history_figures(r: dict[str, Any]) -> list[Figure]:
 
 
 def memory_figures(r: dict[str, Any], key: str = "memory") -> list[Figure]:
-    cache = "" if key == "memory" else f", max_cached_workflows={r['cache']}"
+    cache = f" (cache {r['cache']})"
     shown = (f"+{r['growth_mib']:.1f} MiB ({r['rss_before_mib']:.0f} -> {r['rss_after_mib']:.0f} MiB, "
              f"{r['growth_kib_per_run']:.1f} KiB/run)")
-    return [figure(f"{key}.growth_mib", f"6  worker RSS growth, {r['waiting_runs']:,} runs awaiting approval{cache}",
-                   r["growth_mib"], " MiB", "<=", 10, fmt="{:.0f}", display=shown)]
+    half = r["waiting_runs"] // 2
+    # Two readings of "flat": RSS with all runs waiting vs none (which includes filling the sticky
+    # cache once), and the growth per extra waiting run once half of them wait (evicted: ~0).
+    return [
+        figure(f"{key}.growth_mib", f"6  worker RSS growth, {r['waiting_runs']:,} runs awaiting approval{cache}",
+               r["growth_mib"], " MiB", "<=", 10, fmt="{:.0f}", display=shown),
+        figure(f"{key}.second_half_kib_per_run", f"6  RSS growth from {half:,} to {r['waiting_runs']:,} waiting{cache}",
+               r["second_half_kib_per_run"], " KiB/run", "<=", 10, fmt="{:.0f}",
+               display=f"+{r['second_half_mib']:.1f} MiB ({r['second_half_kib_per_run']:.1f} KiB/run)"),
+    ]
 
 
 def error_figure(section: str, err: BaseException) -> Figure:
@@ -219,11 +231,33 @@ async def stack_sections(dev: Any, policy_dir: Path, sizes: Sizes, only: set[str
 
 
 def _interrupt(signum: int, _frame: Any) -> None:
-    # SIGTERM ends the bench like Ctrl-C does: through the finally that stops the stack.
+    # Outside the event loop (stack start, gate figure): SIGTERM ends the bench like Ctrl-C does,
+    # through the finally that stops the stack.
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-ORDER = ("seq", "throughput", "gate", "approval", "history", "memory")
+async def _cancellable(main: Any) -> Any:
+    """Runs `main` so that SIGINT and SIGTERM cancel it: its `async with` blocks then unwind in
+    order (workers shut down, waiting runs terminated) before asyncio.run returns. (A
+    KeyboardInterrupt raised inside the loop instead leaves asyncio.run cancelling every task at
+    once, and the Temporal workers' tasks can hang there, so the stack would never be stopped.)"""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(main)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        return await task
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
+_TABLE_ORDER = (*SECTIONS, "memory_cache")
+
+
+def _rank(f: Figure) -> int:
+    section = f.key.split(".")[0]
+    return _TABLE_ORDER.index(section) if section in _TABLE_ORDER else len(_TABLE_ORDER)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,13 +265,15 @@ def main(argv: list[str] | None = None) -> int:
     sizes = sizes_from(args)
     only = set(args.only.split(","))
     signal.signal(signal.SIGTERM, _interrupt)
+    # `kill -USR1 <pid>` dumps every thread's stack to stderr: for a bench that seems stuck.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     started = time.monotonic()
     started_at = datetime.now(timezone.utc).isoformat()
     figures: list[Figure] = []
     raw: dict[str, Any] = {}
     base = Path(tempfile.mkdtemp(prefix="lockgate-bench-"))
     dev = None
-    completed = False
+    keep = args.keep
     say(f"{'quick' if args.quick else 'full'} run; stack and logs in {base}")
     try:
         if "gate" in only:
@@ -257,21 +293,34 @@ def main(argv: list[str] | None = None) -> int:
             dev = new_stack(base)
             stack_up(dev)
             policy_dir = write_policy_dir(base / "policies")
-            asyncio.run(stack_sections(dev, policy_dir, sizes, only, figures, raw, base))
-        completed = True
+            try:
+                asyncio.run(_cancellable(stack_sections(dev, policy_dir, sizes, only, figures, raw, base)))
+            except asyncio.CancelledError:
+                raise KeyboardInterrupt("interrupted") from None
+            finally:
+                signal.signal(signal.SIGINT, signal.default_int_handler)  # the loop removed its handlers
+                signal.signal(signal.SIGTERM, _interrupt)
+    except BaseException as err:
+        # Keep the stack's directory (logs) when something broke; an interruption needs no logs.
+        keep = keep or not isinstance(err, KeyboardInterrupt)
+        raise
     finally:
+        # Teardown is bounded (each server gets SIGTERM, then SIGKILL after 15 s): let it finish
+        # even if another signal comes in meanwhile.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         for child in list(memory.CHILDREN):
             memory.stop(child)
         if dev is not None:
             say("stopping the stack")
             dev.down()
-        if completed and not args.keep:
+        if not keep:
             shutil.rmtree(base, ignore_errors=True)
         else:
             say(f"kept {base} (logs: {base / 'state' / 'dev'})")
     if "gate" in raw:
         figures += gate_figures(raw["gate"])
-    figures.sort(key=lambda f: ORDER.index(f.key.split(".")[0].split("_")[0]) if f.key.split(".")[0].split("_")[0] in ORDER else 99)
+    figures.sort(key=_rank)  # stable: sections in table order, figures in measurement order
     elapsed = time.monotonic() - started
     meta = {
         "started_at": started_at, "duration_s": round(elapsed, 1), "mode": "quick" if args.quick else "full",
