@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 AGENT_NAME = "bench-agent"
-NOOP = "bench.noop"          # (a) needs no database credential: gate + grant + ledger only
+NOOP = "bench.noop"          # (a) needs no database credential: gate + ledger only
 PG = "bench.pg"              # (b) leases a dynamic Postgres role per call and runs `select 1`
 APPROVAL = "bench.approval"  # a no-secret tool that a forbid sends to `finance` for approval
 APPROVER = "alice"           # in `finance` (policies/entities.json); neither initiator nor owner

@@ -2,7 +2,7 @@
 
 Same server, same client, same data converter, same activity options and the same kind of worker
 (sync activities in a thread pool of the same size) as the governed runs, so that the ratio shows
-what governance costs and nothing else: no gate, no grant, no ledger, no Vault.
+what governance costs and nothing else: no gate, no ledger, no Vault.
 """
 
 from __future__ import annotations

@@ -93,8 +93,8 @@ async def approval_latency(b: Bench, samples: int) -> dict[str, Any]:
     t0: just before the client sends the `approve` signal (the RPC is inside the interval).
     t1: the first line of the bench.approval tool's implementation, in this same process (the
         worker is in-process, so both clocks are the same perf_counter). Between the two: the signal
-        reaches the run, the run accepts it, re-evaluates the gate with finance's approval (local
-        activity + ledger write), schedules the tool activity, and the activity checks its grant.
+        reaches the run, the run accepts it and schedules the tool activity again, which evaluates its
+        gate with finance's approval (plus a ledger write) and starts the tool.
     """
     handles = [await b.start_governed(bench_agents.APPROVAL, 1, run_id=f"bench-approval-{uuid.uuid4().hex[:10]}")
                for _ in range(samples)]
