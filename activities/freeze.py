@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
+from lockgate.activities.ledger import Ledger
 from sqlmodel import Field, Session, SQLModel, select
 
-from activities.ledger import Ledger
-
-__all__ = ["FreezeStore", "Freeze", "ALL"]
+__all__ = ["ALL", "Freeze", "FreezeStore"]
 
 ALL = "*"
 
@@ -56,7 +55,7 @@ class FreezeStore:
         return scopes.get(ALL, False) or scopes.get(agent, False)
 
     def set(self, scope: str, frozen: bool, *, by: str, reason: str) -> None:
-        now = datetime.now(timezone.utc).isoformat()
+        now = datetime.now(UTC).isoformat()
         with Session(self._ledger.engine) as session, session.begin():
             row = session.get(Freeze, scope)
             if row is None:
@@ -66,7 +65,9 @@ class FreezeStore:
         with self._lock:
             self._cache = (0.0, {})
         kind = "freeze" if frozen else "unfreeze"
-        self._ledger.append(f"{kind}:{scope}:{now}", f"scope:{scope}", kind, {"scope": scope, "by": by, "reason": reason})
+        self._ledger.append(
+            f"{kind}:{scope}:{now}", f"scope:{scope}", kind, {"scope": scope, "by": by, "reason": reason}
+        )
 
     def state(self) -> list[Freeze]:
         with Session(self._ledger.engine) as session:

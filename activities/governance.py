@@ -7,16 +7,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
+from lockgate.activities.freeze import FreezeStore
+from lockgate.activities.ledger import Ledger
+from lockgate.activities.vault import VaultBroker
+from lockgate.gates.bundle import PolicyBundle
+from lockgate.gates.engine import evaluate
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.freeze import FreezeStore
-from activities.ledger import Ledger
-from activities.vault import VaultBroker
-from gates.bundle import PolicyBundle
-from gates.engine import evaluate
 from lockgate.errors import BAD_INPUT
 from lockgate.models import AuditEvent, Decision, GateRequest, RunClose, RunIdentity, RunOpen
 from lockgate.observability import span
@@ -87,16 +87,31 @@ class GovernanceActivities:
         if self._freezes is not None and self._freezes.is_frozen(request.agent):
             request = request.model_copy(update={"state": request.state.model_copy(update={"frozen": True})})
         with span("lockgate.gate", run_id=request.run_id, step=request.step, tool=request.call.tool):
-            decision = evaluate(self._bundle(), self._agents.get(request.agent), request,
-                                now=datetime.now(timezone.utc), lookup=self._agents.get)
+            decision = evaluate(
+                self._bundle(),
+                self._agents.get(request.agent),
+                request,
+                now=datetime.now(UTC),
+                lookup=self._agents.get,
+            )
         record_decision(self._ledger, decision, request)
         log.info(
             "decision run=%s step=%s tool=%s outcome=%s gate=%s policies=%s",
-            decision.run_id, decision.step, decision.tool, decision.outcome, decision.gate,
+            decision.run_id,
+            decision.step,
+            decision.tool,
+            decision.outcome,
+            decision.gate,
             ",".join(decision.policy_ids),
-            extra={"run_id": decision.run_id, "step": decision.step, "tool": decision.tool,
-                   "outcome": decision.outcome, "gate": decision.gate, "decision_id": decision.decision_id,
-                   "policies": list(decision.policy_ids)},
+            extra={
+                "run_id": decision.run_id,
+                "step": decision.step,
+                "tool": decision.tool,
+                "outcome": decision.outcome,
+                "gate": decision.gate,
+                "decision_id": decision.decision_id,
+                "policies": list(decision.policy_ids),
+            },
         )
         return decision
 

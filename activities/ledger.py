@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_expo
 
 from lockgate.models import canonical_json
 
-__all__ = ["Ledger", "LedgerEntry", "PolicyBundleRecord", "GENESIS"]
+__all__ = ["GENESIS", "Ledger", "LedgerEntry", "PolicyBundleRecord"]
 
 GENESIS = "0" * 64
 
@@ -49,9 +49,7 @@ class PolicyBundleRecord(SQLModel, table=True):
 
 
 def entry_hash(prev_hash: str, seq: int, event_key: str, run_id: str, kind: str, at: str, data: str) -> str:
-    body = canonical_json(
-        {"seq": seq, "event_key": event_key, "run_id": run_id, "kind": kind, "at": at, "data": data}
-    )
+    body = canonical_json({"seq": seq, "event_key": event_key, "run_id": run_id, "kind": kind, "at": at, "data": data})
     return hashlib.sha256((prev_hash + body).encode()).hexdigest()
 
 
@@ -104,7 +102,7 @@ class Ledger:
     @_db_call
     def append(self, event_key: str, run_id: str, kind: str, data: dict[str, Any], at: datetime | None = None) -> bool:
         """Appends one entry unless `event_key` is already there. Returns True if written."""
-        stamp = (at or datetime.now(timezone.utc)).isoformat()
+        stamp = (at or datetime.now(UTC)).isoformat()
         body = canonical_json(data)
         # Plain SQL on the hot path: every gate and tool call appends here.
         with self._local, self.engine.begin() as conn:
@@ -115,10 +113,19 @@ class Ledger:
             last = conn.execute(_LAST).first()
             seq = int(last[0]) + 1 if last else 1
             prev = str(last[1]) if last else GENESIS
-            conn.execute(_INSERT, {
-                "seq": seq, "event_key": event_key, "run_id": run_id, "kind": kind, "at": stamp, "data": body,
-                "prev_hash": prev, "hash": entry_hash(prev, seq, event_key, run_id, kind, stamp, body),
-            })
+            conn.execute(
+                _INSERT,
+                {
+                    "seq": seq,
+                    "event_key": event_key,
+                    "run_id": run_id,
+                    "kind": kind,
+                    "at": stamp,
+                    "data": body,
+                    "prev_hash": prev,
+                    "hash": entry_hash(prev, seq, event_key, run_id, kind, stamp, body),
+                },
+            )
         return True
 
     def try_append(self, *args: Any, **kwargs: Any) -> bool:
@@ -133,8 +140,9 @@ class Ledger:
             if session.get(PolicyBundleRecord, bundle_hash) is None:
                 session.add(
                     PolicyBundleRecord(
-                        hash=bundle_hash, content=json.dumps(content),
-                        registered_at=datetime.now(timezone.utc).isoformat(),
+                        hash=bundle_hash,
+                        content=json.dumps(content),
+                        registered_at=datetime.now(UTC).isoformat(),
                     )
                 )
 

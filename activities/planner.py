@@ -13,23 +13,27 @@ import os
 from typing import Any
 
 import requests
+from lockgate.activities.vault import LeaseForbidden, VaultBroker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
-from activities.vault import LeaseForbidden, VaultBroker
 from lockgate.errors import BAD_INPUT
 from lockgate.models import PlanProposal, PlanRequest, ToolCall
 from lockgate.spec import AgentRegistry, AgentSpec, LLMPlanner
 
-__all__ = ["LLMPlannerActivities", "tool_schemas", "function_name", "parse_choice"]
+__all__ = ["LLMPlannerActivities", "function_name", "parse_choice", "tool_schemas"]
 
 log = logging.getLogger("lockgate.planner")
 
 # Models see these two extra arguments on every tool; lockgate strips them before the gate.
 _META = {
-    "confidence": {"type": "number", "minimum": 0, "maximum": 1,
-                   "description": "how sure you are this is the right call, from 0 to 1"},
+    "confidence": {
+        "type": "number",
+        "minimum": 0,
+        "maximum": 1,
+        "description": "how sure you are this is the right call, from 0 to 1",
+    },
     "rationale": {"type": "string", "description": "one sentence: why this call"},
 }
 # A proposal without a stated confidence counts as unsure.
@@ -47,8 +51,16 @@ def tool_schemas(agent: AgentSpec) -> list[dict[str, Any]]:
         schema = tool.args.model_json_schema()
         schema.setdefault("properties", {}).update(_META)
         schema.pop("title", None)
-        out.append({"type": "function", "function": {
-            "name": function_name(tool.name), "description": tool.description or tool.name, "parameters": schema}})
+        out.append(
+            {
+                "type": "function",
+                "function": {
+                    "name": function_name(tool.name),
+                    "description": tool.description or tool.name,
+                    "parameters": schema,
+                },
+            }
+        )
     return out
 
 
@@ -67,16 +79,25 @@ def parse_choice(agent: AgentSpec, message: dict[str, Any]) -> PlanProposal:
             raise ValueError("arguments are not an object")
     except ValueError:
         # Malformed arguments become a call the args gate refuses (and the audit shows).
-        return PlanProposal(call=ToolCall(tool=tool, args={"__malformed__": str(raw_args)[:2000]}, confidence=0.0,
-                                          rationale="the model's arguments were not a JSON object"))
+        return PlanProposal(
+            call=ToolCall(
+                tool=tool,
+                args={"__malformed__": str(raw_args)[:2000]},
+                confidence=0.0,
+                rationale="the model's arguments were not a JSON object",
+            )
+        )
     confidence = args.pop("confidence", DEFAULT_CONFIDENCE)
     rationale = args.pop("rationale", None)
     try:
         confidence = min(1.0, max(0.0, float(confidence)))
     except (TypeError, ValueError):
         confidence = 0.0
-    return PlanProposal(call=ToolCall(tool=tool, args=args, confidence=confidence,
-                                      rationale=str(rationale)[:500] if rationale else None))
+    return PlanProposal(
+        call=ToolCall(
+            tool=tool, args=args, confidence=confidence, rationale=str(rationale)[:500] if rationale else None
+        )
+    )
 
 
 def _messages(spec: LLMPlanner, request: PlanRequest) -> list[dict[str, Any]]:
@@ -86,9 +107,22 @@ def _messages(spec: LLMPlanner, request: PlanRequest) -> list[dict[str, Any]]:
     ]
     for item in request.done:
         call_id = f"call_{item['step']}"
-        messages.append({"role": "assistant", "content": None, "tool_calls": [{
-            "id": call_id, "type": "function",
-            "function": {"name": function_name(item["tool"]), "arguments": json.dumps(item.get("args", {}))}}]})
+        messages.append(
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": call_id,
+                        "type": "function",
+                        "function": {
+                            "name": function_name(item["tool"]),
+                            "arguments": json.dumps(item.get("args", {})),
+                        },
+                    }
+                ],
+            }
+        )
         messages.append({"role": "tool", "tool_call_id": call_id, "content": json.dumps(item.get("result", {}))[:8000]})
     return messages
 
@@ -96,8 +130,11 @@ def _messages(spec: LLMPlanner, request: PlanRequest) -> list[dict[str, Any]]:
 def _transient(err: BaseException) -> bool:
     if isinstance(err, (requests.ConnectionError, requests.Timeout)):
         return True
-    return isinstance(err, requests.HTTPError) and err.response is not None and (
-        err.response.status_code == 429 or err.response.status_code >= 500)
+    return (
+        isinstance(err, requests.HTTPError)
+        and err.response is not None
+        and (err.response.status_code == 429 or err.response.status_code >= 500)
+    )
 
 
 class LLMPlannerActivities:
@@ -115,15 +152,23 @@ class LLMPlannerActivities:
             key = str(self._vault.worker_secret(spec.key_path).get("api_key", ""))
         except LeaseForbidden as err:
             raise ApplicationError(str(err), type=BAD_INPUT, non_retryable=True) from None
-        spec = spec.model_copy(update={
-            "base_url": spec.base_url or os.environ.get("LOCKGATE_LLM_BASE_URL", ""),
-            "model": spec.model or os.environ.get("LOCKGATE_LLM_MODEL", ""),
-        })
+        spec = spec.model_copy(
+            update={
+                "base_url": spec.base_url or os.environ.get("LOCKGATE_LLM_BASE_URL", ""),
+                "model": spec.model or os.environ.get("LOCKGATE_LLM_MODEL", ""),
+            }
+        )
         if not spec.base_url:
-            raise ApplicationError("no LLM base URL (set it on the planner or LOCKGATE_LLM_BASE_URL)",
-                                   type=BAD_INPUT, non_retryable=True)
-        body = {"model": spec.model, "messages": _messages(spec, request), "tools": tool_schemas(agent),
-                "tool_choice": "auto", "max_tokens": spec.max_tokens}
+            raise ApplicationError(
+                "no LLM base URL (set it on the planner or LOCKGATE_LLM_BASE_URL)", type=BAD_INPUT, non_retryable=True
+            )
+        body = {
+            "model": spec.model,
+            "messages": _messages(spec, request),
+            "tools": tool_schemas(agent),
+            "tool_choice": "auto",
+            "max_tokens": spec.max_tokens,
+        }
         data = self._post(spec, key, body)
         try:
             message = data["choices"][0]["message"]
@@ -134,10 +179,18 @@ class LLMPlannerActivities:
         return proposal
 
     # MODEL_CALL: rate limits, 5xx and network errors are retried briefly here, then by Temporal.
-    @retry(retry=retry_if_exception(_transient), wait=wait_exponential(multiplier=0.2, max=5),
-           stop=stop_after_attempt(4), reraise=True)
+    @retry(
+        retry=retry_if_exception(_transient),
+        wait=wait_exponential(multiplier=0.2, max=5),
+        stop=stop_after_attempt(4),
+        reraise=True,
+    )
     def _post(self, spec: LLMPlanner, key: str, body: dict[str, Any]) -> dict[str, Any]:
-        resp = requests.post(f"{spec.base_url.rstrip('/')}/chat/completions", json=body,
-                             headers={"Authorization": f"Bearer {key}"}, timeout=spec.timeout_seconds)
+        resp = requests.post(
+            f"{spec.base_url.rstrip('/')}/chat/completions",
+            json=body,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=spec.timeout_seconds,
+        )
         resp.raise_for_status()
         return dict(resp.json())

@@ -17,23 +17,23 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
+from lockgate.activities.governance import record_decision
+from lockgate.activities.ledger import Ledger
+from lockgate.activities.tools import ToolRunner
+from lockgate.activities.vault import VaultBroker
+from lockgate.gates.bundle import PolicyBundle
+from lockgate.gates.engine import evaluate
 from temporalio.api.enums.v1 import WorkflowExecutionStatus
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.governance import record_decision
-from activities.ledger import Ledger
-from activities.tools import ToolRunner
-from activities.vault import VaultBroker
-from gates.bundle import PolicyBundle
-from gates.engine import evaluate
 from lockgate.models import GateRequest, GateState, ToolCall
 from lockgate.spec import AgentRegistry
 
-__all__ = ["Reaper", "ReapReport", "outstanding_compensations", "workflow_state", "CLAIM_SECONDS"]
+__all__ = ["CLAIM_SECONDS", "ReapReport", "Reaper", "outstanding_compensations", "workflow_state"]
 
 log = logging.getLogger("lockgate.reaper")
 
@@ -95,56 +95,90 @@ class Reaper:
         events = [{"run_id": run_id, **e} for e in self._ledger.events(run_id)]
         opened = next((e for e in events if e["kind"] == "run.opened"), {})
         agent = self._agents.get(opened.get("agent", ""))
-        self._record(run_id, "reaper.found", "found", {"action": "found", "detail": f"run is {status} with its identity open"})
+        self._record(
+            run_id, "reaper.found", "found", {"action": "found", "detail": f"run is {status} with its identity open"}
+        )
         if agent is not None:
             bundle: PolicyBundle = self._bundle()
             for item in outstanding_compensations(events, self._agents):
                 report.compensations.append(self._compensate(run_id, agent.name, bundle, item, opened))
         report.identity_revoked = self._vault.close_run(run_id, opened.get("identity_accessor"))
-        self._record(run_id, "reaper.revoked", "revoked", {
-            "action": "identity revoked", "identity_accessor": opened.get("identity_accessor"),
-            "detail": "run identity and every lease it issued",
-        })
-        self._ledger.try_append(f"run.closed:{run_id}", run_id, "run.closed", {
-            "state": status, "reason": "closed by the reaper", "identity_accessor": opened.get("identity_accessor"),
-            "identity_revoked": True, "revoked_by_this_call": report.identity_revoked,
-        })
+        self._record(
+            run_id,
+            "reaper.revoked",
+            "revoked",
+            {
+                "action": "identity revoked",
+                "identity_accessor": opened.get("identity_accessor"),
+                "detail": "run identity and every lease it issued",
+            },
+        )
+        self._ledger.try_append(
+            f"run.closed:{run_id}",
+            run_id,
+            "run.closed",
+            {
+                "state": status,
+                "reason": "closed by the reaper",
+                "identity_accessor": opened.get("identity_accessor"),
+                "identity_revoked": True,
+                "revoked_by_this_call": report.identity_revoked,
+            },
+        )
         log.warning("reaped run=%s status=%s compensations=%d", run_id, status, len(report.compensations))
         return report
 
-    def _compensate(self, run_id: str, agent: str, bundle: PolicyBundle, item: dict[str, Any],
-                    opened: dict[str, Any]) -> dict[str, Any]:
+    def _compensate(
+        self, run_id: str, agent: str, bundle: PolicyBundle, item: dict[str, Any], opened: dict[str, Any]
+    ) -> dict[str, Any]:
         args = {"idempotency_key": item["idempotency_key"]}
         step = 1000 + int(item["step"])  # reaper steps sit apart from the run's own
         request = GateRequest(
-            decision_id=f"{run_id}/reaper/{item['step']}", run_id=run_id, agent=agent,
-            initiator="lockgate-reaper", step=step,
+            decision_id=f"{run_id}/reaper/{item['step']}",
+            run_id=run_id,
+            agent=agent,
+            initiator="lockgate-reaper",
+            step=step,
             call=ToolCall(tool=item["compensation"], args=args, rationale=f"reaper compensates step {item['step']}"),
             state=GateState(),
             compensation=True,
         )
-        decision = evaluate(bundle, self._agents.get(agent), request, now=datetime.now(timezone.utc))
+        decision = evaluate(bundle, self._agents.get(agent), request, now=datetime.now(UTC))
         record_decision(self._ledger, decision, request)
         if decision.outcome != "allow":
-            result = {"step": item["step"], "tool": item["compensation"], "ok": False,
-                      "error": f"denied: {'; '.join(decision.reasons)}"}
+            result = {
+                "step": item["step"],
+                "tool": item["compensation"],
+                "ok": False,
+                "error": f"denied: {'; '.join(decision.reasons)}",
+            }
         else:
             try:
                 outcome = self._tools.run_direct(
-                    item["compensation"], run_id=run_id, step=step, request=request, decision=decision,
-                    idempotency_key=f"{run_id}:reaper:{item['step']}", compensates=item["idempotency_key"],
+                    item["compensation"],
+                    run_id=run_id,
+                    step=step,
+                    request=request,
+                    decision=decision,
+                    idempotency_key=f"{run_id}:reaper:{item['step']}",
+                    compensates=item["idempotency_key"],
                 )
                 result = {"step": item["step"], "tool": item["compensation"], "ok": True, "summary": outcome.summary}
             except Exception as err:  # noqa: BLE001 - record it, carry on with the others
                 result = {"step": item["step"], "tool": item["compensation"], "ok": False, "error": str(err)}
-        self._record(run_id, "reaper.compensation", str(item["step"]),
-                     {"action": "compensation", "detail": json.dumps(result, sort_keys=True), **result})
+        self._record(
+            run_id,
+            "reaper.compensation",
+            str(item["step"]),
+            {"action": "compensation", "detail": json.dumps(result, sort_keys=True), **result},
+        )
         return result
 
     def _claim(self, run_id: str) -> bool:
         bucket = int(time.time() // CLAIM_SECONDS)
-        return self._ledger.try_append(f"reaper.claim:{run_id}:{bucket}", run_id, "reaper.claim",
-                                       {"action": "claim", "detail": f"bucket {bucket}"})
+        return self._ledger.try_append(
+            f"reaper.claim:{run_id}:{bucket}", run_id, "reaper.claim", {"action": "claim", "detail": f"bucket {bucket}"}
+        )
 
     def _record(self, run_id: str, kind: str, key: str, data: dict[str, Any]) -> None:
         self._ledger.try_append(f"{kind}:{run_id}:{key}", run_id, kind, data)
@@ -158,7 +192,7 @@ class Reaper:
                 continue
             try:
                 report = await asyncio.to_thread(self.reap_run, run_id, status)
-            except Exception:  # noqa: BLE001 - one bad run must not stop the pass
+            except Exception:
                 log.exception("reaper failed on run=%s", run_id)
                 continue
             if report is not None:

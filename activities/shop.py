@@ -8,7 +8,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from activities.tools import ToolContext, ToolError, implements
+from lockgate.activities.tools import ToolContext, ToolError, implements
+
 from lockgate.agents.refund import CloseArgs, NotifyArgs, OrderArgs, RefundArgs, ReverseArgs
 
 __all__ = ["SHOP_DB"]
@@ -27,7 +28,10 @@ def lookup_order(ctx: ToolContext, args: OrderArgs) -> dict[str, Any]:
         raise ToolError(f"order {args.order_id} not found")
     order_id, customer_id, total, status = row
     return {
-        "order_id": order_id, "customer_id": customer_id, "total_cents": total, "status": status,
+        "order_id": order_id,
+        "customer_id": customer_id,
+        "total_cents": total,
+        "status": status,
         "summary": f"order {order_id}: {total / 100:.2f}, {status}",
     }
 
@@ -54,11 +58,11 @@ def issue_refund(ctx: ToolContext, args: RefundArgs) -> dict[str, Any]:
             (args.order_id, args.amount_cents, args.reason, ctx.idempotency_key, ctx.run_id, ctx.step),
         ).fetchone()
         if row is None:  # this call already refunded (a retried attempt): report that refund
-            row = conn.execute(
-                "SELECT id FROM refunds WHERE idempotency_key = %s", (ctx.idempotency_key,)
-            ).fetchone()
+            row = conn.execute("SELECT id FROM refunds WHERE idempotency_key = %s", (ctx.idempotency_key,)).fetchone()
     return {
-        "refund_id": row[0], "order_id": args.order_id, "amount_cents": args.amount_cents,
+        "refund_id": row[0],
+        "order_id": args.order_id,
+        "amount_cents": args.amount_cents,
         "idempotency_key": ctx.idempotency_key,
         "summary": f"refunded {args.amount_cents / 100:.2f} on {args.order_id} (refund {row[0]})",
     }
@@ -68,8 +72,8 @@ def issue_refund(ctx: ToolContext, args: RefundArgs) -> dict[str, Any]:
 def reverse_refund(ctx: ToolContext, args: ReverseArgs) -> dict[str, Any]:
     with ctx.connect(SHOP_DB) as conn, conn.transaction():
         row = conn.execute(
-            "UPDATE refunds SET reversed_at = now() WHERE idempotency_key = %s AND reversed_at IS NULL "
-            "RETURNING id", (args.idempotency_key,)
+            "UPDATE refunds SET reversed_at = now() WHERE idempotency_key = %s AND reversed_at IS NULL RETURNING id",
+            (args.idempotency_key,),
         ).fetchone()
     # Idempotent: reversing a refund that never happened, or was reversed already, is a no-op.
     if row is None:

@@ -19,18 +19,18 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from lockgate.activities.ledger import Ledger
+from lockgate.activities.vault import LeaseForbidden, VaultBroker
 from pydantic import BaseModel, ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.ledger import Ledger
-from activities.vault import LeaseForbidden, VaultBroker
 from lockgate.errors import BAD_INPUT, LEASE_FORBIDDEN, TOOL_DENIED, TOOL_FAILED
-from lockgate.observability import span
 from lockgate.models import Decision, GateRequest, LeaseRef, ToolInvocation, ToolOutcome
+from lockgate.observability import span
 from lockgate.spec import AgentRegistry, ToolSpec, describe_validation
 
-__all__ = ["ToolContext", "ToolError", "implements", "IMPLEMENTATIONS", "ToolRunner", "Resources"]
+__all__ = ["IMPLEMENTATIONS", "Resources", "ToolContext", "ToolError", "ToolRunner", "implements"]
 
 log = logging.getLogger("lockgate.tools")
 
@@ -132,15 +132,23 @@ class ToolRunner:
     def run(self, spec: ToolSpec, impl: ToolImpl, inv: ToolInvocation) -> ToolOutcome:
         """The body of `tool.<name>`: evaluates its gate; only on allow leases, runs, revokes."""
         info = activity.info()
-        if inv.tool != spec.name or inv.gate.call.tool != spec.name or inv.gate.step != inv.step \
-                or inv.run_id != info.workflow_id or inv.gate.run_id != info.workflow_id:
+        if (
+            inv.tool != spec.name
+            or inv.gate.call.tool != spec.name
+            or inv.gate.step != inv.step
+            or inv.run_id != info.workflow_id
+            or inv.gate.run_id != info.workflow_id
+        ):
             # A call for another tool, step or run than the one this activity is: refuse.
             self._ledger.try_append(
-                f"tool.refused:{info.workflow_id}:{info.activity_id}:{info.attempt}", info.workflow_id,
-                "tool.refused", {"tool": spec.name, "step": inv.step, "reason": "invocation names another tool or run"},
+                f"tool.refused:{info.workflow_id}:{info.activity_id}:{info.attempt}",
+                info.workflow_id,
+                "tool.refused",
+                {"tool": spec.name, "step": inv.step, "reason": "invocation names another tool or run"},
             )
-            raise ApplicationError(f"{spec.name}: invocation names another tool, step or run",
-                                   type=BAD_INPUT, non_retryable=True)
+            raise ApplicationError(
+                f"{spec.name}: invocation names another tool, step or run", type=BAD_INPUT, non_retryable=True
+            )
         decision = self._gate(inv.gate, attempt=info.attempt)
         if decision.outcome != "allow":
             return ToolOutcome(tool=spec.name, step=inv.step, decision=decision, ran=False)
@@ -149,13 +157,24 @@ class ToolRunner:
         for stale in _stale_leases(info.heartbeat_details):
             self._vault.revoke(stale)
             self._ledger.try_append(
-                f"lease.revoked:{stale}", inv.run_id, "lease.revoked",
+                f"lease.revoked:{stale}",
+                inv.run_id,
+                "lease.revoked",
                 {"lease_id": stale, "tool": spec.name, "step": inv.step, "by": "next-attempt"},
             )
         return self._execute(spec, impl, inv, decision, attempt=info.attempt, heartbeat=activity.heartbeat)
 
-    def run_direct(self, tool: str, *, run_id: str, step: int, request: GateRequest, decision: Decision,
-                   idempotency_key: str, compensates: str | None = None) -> ToolOutcome:
+    def run_direct(
+        self,
+        tool: str,
+        *,
+        run_id: str,
+        step: int,
+        request: GateRequest,
+        decision: Decision,
+        idempotency_key: str,
+        compensates: str | None = None,
+    ) -> ToolOutcome:
         """Runs an allowed call outside any activity, for the reaper (which evaluated the gate itself)."""
         spec = self._agents.tool(tool)
         impl = self._impls.get(tool)
@@ -163,17 +182,27 @@ class ToolRunner:
             raise ApplicationError(f"unknown tool {tool!r}", type=BAD_INPUT, non_retryable=True)
         if decision.outcome != "allow":
             raise ApplicationError(f"{tool}: not allowed", type=TOOL_DENIED, non_retryable=True)
-        inv = ToolInvocation(run_id=run_id, step=step, tool=tool, idempotency_key=idempotency_key, gate=request,
-                             compensates=compensates)
+        inv = ToolInvocation(
+            run_id=run_id, step=step, tool=tool, idempotency_key=idempotency_key, gate=request, compensates=compensates
+        )
         return self._execute(spec, impl, inv, decision, attempt=1, heartbeat=lambda *_: None)
 
-    def _execute(self, spec: ToolSpec, impl: ToolImpl, inv: ToolInvocation, decision: Decision, *, attempt: int,
-                 heartbeat: Callable[..., None]) -> ToolOutcome:
+    def _execute(
+        self,
+        spec: ToolSpec,
+        impl: ToolImpl,
+        inv: ToolInvocation,
+        decision: Decision,
+        *,
+        attempt: int,
+        heartbeat: Callable[..., None],
+    ) -> ToolOutcome:
         try:
             args: BaseModel = spec.args.model_validate(inv.args)
         except ValidationError as err:
-            raise ApplicationError(f"{spec.name}: {describe_validation(err)}", type=BAD_INPUT,
-                                   non_retryable=True) from None
+            raise ApplicationError(
+                f"{spec.name}: {describe_validation(err)}", type=BAD_INPUT, non_retryable=True
+            ) from None
         ctx = ToolContext(inv.run_id, inv.step, inv.idempotency_key, self._resources)
         lease: LeaseRef | None = None
         if spec.secret:
@@ -184,14 +213,27 @@ class ToolRunner:
                 raise ApplicationError(str(err), type=LEASE_FORBIDDEN, non_retryable=True) from None
             heartbeat({"lease_id": lease.lease_id})
             self._ledger.try_append(
-                f"lease.issued:{lease.lease_id}", inv.run_id, "lease.issued",
-                {"lease_id": lease.lease_id, "secret_path": lease.secret_path, "ttl_seconds": lease.ttl_seconds,
-                 "tool": spec.name, "step": inv.step, "attempt": attempt},
+                f"lease.issued:{lease.lease_id}",
+                inv.run_id,
+                "lease.issued",
+                {
+                    "lease_id": lease.lease_id,
+                    "secret_path": lease.secret_path,
+                    "ttl_seconds": lease.ttl_seconds,
+                    "tool": spec.name,
+                    "step": inv.step,
+                    "attempt": attempt,
+                },
             )
         try:
             _test_pause("LOCKGATE_TEST_PAUSE_AFTER_LEASE", spec.name)
-            with span("lockgate.tool", run_id=inv.run_id, step=inv.step, tool=spec.name,
-                      lease_id=lease.lease_id if lease else None):
+            with span(
+                "lockgate.tool",
+                run_id=inv.run_id,
+                step=inv.step,
+                tool=spec.name,
+                lease_id=lease.lease_id if lease else None,
+            ):
                 result = impl(ctx, args)
             _test_pause("LOCKGATE_TEST_PAUSE_AFTER_EFFECT", spec.name)
         except ToolError as err:
@@ -202,26 +244,49 @@ class ToolRunner:
             if lease is not None:
                 self._vault.revoke(lease.lease_id)
                 self._ledger.try_append(
-                    f"lease.revoked:{lease.lease_id}", inv.run_id, "lease.revoked",
+                    f"lease.revoked:{lease.lease_id}",
+                    inv.run_id,
+                    "lease.revoked",
                     {"lease_id": lease.lease_id, "tool": spec.name, "step": inv.step, "by": "tool"},
                 )
                 heartbeat({"lease_id": None})
         summary = summarize(result)
-        log.info("tool run=%s step=%s tool=%s done: %s", inv.run_id, inv.step, spec.name, summary,
-                 extra={"run_id": inv.run_id, "step": inv.step, "tool": spec.name,
-                        "lease_id": lease.lease_id if lease else None})
-        self._ledger.try_append(
-            f"tool.completed:{inv.run_id}:{inv.step}", inv.run_id, "tool.completed",
-            {"tool": spec.name, "step": inv.step, "summary": summary, "idempotency_key": inv.idempotency_key,
-             "lease_id": lease.lease_id if lease else None, "decision_id": decision.decision_id,
-             "compensates": inv.compensates},
+        log.info(
+            "tool run=%s step=%s tool=%s done: %s",
+            inv.run_id,
+            inv.step,
+            spec.name,
+            summary,
+            extra={
+                "run_id": inv.run_id,
+                "step": inv.step,
+                "tool": spec.name,
+                "lease_id": lease.lease_id if lease else None,
+            },
         )
-        return ToolOutcome(tool=spec.name, step=inv.step, decision=decision, ran=True, result=result, lease=lease,
-                           summary=summary)
+        self._ledger.try_append(
+            f"tool.completed:{inv.run_id}:{inv.step}",
+            inv.run_id,
+            "tool.completed",
+            {
+                "tool": spec.name,
+                "step": inv.step,
+                "summary": summary,
+                "idempotency_key": inv.idempotency_key,
+                "lease_id": lease.lease_id if lease else None,
+                "decision_id": decision.decision_id,
+                "compensates": inv.compensates,
+            },
+        )
+        return ToolOutcome(
+            tool=spec.name, step=inv.step, decision=decision, ran=True, result=result, lease=lease, summary=summary
+        )
 
     def _record_failure(self, spec: ToolSpec, inv: ToolInvocation, error: str, attempt: int) -> None:
         self._ledger.try_append(
-            f"tool.failed:{inv.run_id}:{inv.step}:{attempt}", inv.run_id, "tool.failed",
+            f"tool.failed:{inv.run_id}:{inv.step}:{attempt}",
+            inv.run_id,
+            "tool.failed",
             {"tool": spec.name, "step": inv.step, "error": error, "attempt": attempt},
         )
 

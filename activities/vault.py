@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import hvac
@@ -20,7 +20,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_expo
 from lockgate.bootstrap import RUN_TOKEN_ROLE, RUNS_MOUNT
 from lockgate.models import LeaseRef, RunIdentity
 
-__all__ = ["VaultBroker", "VaultUnavailable", "LeaseForbidden", "RETRYABLE"]
+__all__ = ["RETRYABLE", "LeaseForbidden", "VaultBroker", "VaultUnavailable"]
 
 
 class VaultUnavailable(Exception):
@@ -95,7 +95,7 @@ class VaultBroker:
         if not path.startswith(prefix):
             raise LeaseForbidden(f"{path}: the worker reads only its own secrets under {prefix}")
         try:
-            data = self.client.secrets.kv.v1.read_secret(path=path[len(RUNS_MOUNT) + 1:], mount_point=RUNS_MOUNT)
+            data = self.client.secrets.kv.v1.read_secret(path=path[len(RUNS_MOUNT) + 1 :], mount_point=RUNS_MOUNT)
         except (hvac.exceptions.InvalidPath, hvac.exceptions.Forbidden) as err:
             raise LeaseForbidden(f"{path}: not readable: {err}") from err
         return dict(data["data"])
@@ -123,7 +123,7 @@ class VaultBroker:
             },
         )
         auth = resp["auth"]
-        expires = datetime.now(timezone.utc) + timedelta(seconds=int(auth["lease_duration"]))
+        expires = datetime.now(UTC) + timedelta(seconds=int(auth["lease_duration"]))
         self.client.secrets.kv.v1.create_or_update_secret(
             path=f"runs/{run_id}",
             secret={
@@ -197,8 +197,9 @@ class VaultBroker:
     @_vault_call
     def issue(self, run_id: str, secret_path: str) -> tuple[LeaseRef, dict[str, Any]]:
         """A fresh dynamic secret under the run's identity. The dict is the secret: keep it local."""
-        client = hvac.Client(url=self._addr, token=self._run_token(run_id), timeout=self._timeout,
-                             session=self._session)
+        client = hvac.Client(
+            url=self._addr, token=self._run_token(run_id), timeout=self._timeout, session=self._session
+        )
         try:
             resp = client.read(secret_path)
         except hvac.exceptions.Forbidden as err:

@@ -12,23 +12,32 @@ import time
 from datetime import timedelta
 from typing import Any
 
+from lockgate.activities.tools import ToolContext, implements
 from pydantic import BaseModel, ConfigDict, Field
 
-from activities.tools import ToolContext, implements
 from lockgate.agents.refund import READER
 from lockgate.models import ToolCall
 from lockgate.spec import AgentSpec, ToolSpec, registry
 
 __all__ = [
-    "AGENT", "AGENT_NAME", "NOOP", "PG", "APPROVAL", "APPROVER", "INITIATOR", "POLICY", "SCHEMA",
-    "TOOL_STARTED", "bench_input",
+    "AGENT",
+    "AGENT_NAME",
+    "APPROVAL",
+    "APPROVER",
+    "INITIATOR",
+    "NOOP",
+    "PG",
+    "POLICY",
+    "SCHEMA",
+    "TOOL_STARTED",
+    "bench_input",
 ]
 
 AGENT_NAME = "bench-agent"
-NOOP = "bench.noop"          # (a) needs no database credential: gate + ledger only
-PG = "bench.pg"              # (b) leases a dynamic Postgres role per call and runs `select 1`
+NOOP = "bench.noop"  # (a) needs no database credential: gate + ledger only
+PG = "bench.pg"  # (b) leases a dynamic Postgres role per call and runs `select 1`
 APPROVAL = "bench.approval"  # a no-secret tool that a forbid sends to `finance` for approval
-APPROVER = "alice"           # in `finance` (policies/entities.json); neither initiator nor owner
+APPROVER = "alice"  # in `finance` (policies/entities.json); neither initiator nor owner
 INITIATOR = "bench"
 
 # When each bench.approval implementation started, by run id (time.perf_counter(), this process).
@@ -59,10 +68,12 @@ def plan(inp: dict[str, Any], done: list[dict[str, Any]]) -> ToolCall | None:
 
 TOOLS = (
     ToolSpec(name=NOOP, description="Does nothing (bench).", args=StepArgs, data_class="public"),
-    ToolSpec(name=PG, description="select 1 as a dynamic role (bench).", args=StepArgs, secret=READER,
-             data_class="internal"),
-    ToolSpec(name=APPROVAL, description="Does nothing once finance approves (bench).", args=StepArgs,
-             data_class="public"),
+    ToolSpec(
+        name=PG, description="select 1 as a dynamic role (bench).", args=StepArgs, secret=READER, data_class="internal"
+    ),
+    ToolSpec(
+        name=APPROVAL, description="Does nothing once finance approves (bench).", args=StepArgs, data_class="public"
+    ),
 )
 
 AGENT = registry.add(
@@ -123,4 +134,6 @@ action "{name}" appliesTo {{
   principal: Agent, resource: Tool,
   context: {{ run: Run, args: {{ i: Long }} }},
 }};
-""" for name in (NOOP, PG, APPROVAL))
+"""
+    for name in (NOOP, PG, APPROVAL)
+)

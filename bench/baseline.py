@@ -14,9 +14,9 @@ from temporalio import activity, workflow
 
 with workflow.unsafe.imports_passed_through():
     # The governed tool call's options (timeouts, heartbeat, retry), shared so both sides match.
-    from workflows.agent import TOOL_CALL
+    from lockgate.workflows.agent import TOOL_CALL
 
-__all__ = ["PlainInput", "PlainStep", "PlainWorkflow", "PlainActivities", "NOOP", "PG"]
+__all__ = ["NOOP", "PG", "PlainActivities", "PlainInput", "PlainStep", "PlainWorkflow"]
 
 NOOP = "bench.plain.noop"
 PG = "bench.plain.pg"

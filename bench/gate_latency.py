@@ -17,15 +17,15 @@ from __future__ import annotations
 import gc
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import cedarpy
+from lockgate.gates.bundle import PolicyBundle, PolicySlice
+from lockgate.gates.engine import cedar_context, evaluate, tool_entities
 
 import bench.agents as bench_agents
 from bench.harness import ROOT, percentile
-from gates.bundle import PolicyBundle, PolicySlice
-from gates.engine import cedar_context, evaluate, tool_entities
 from lockgate.models import GateRequest, GateState, ToolCall
 from lockgate.spec import registry
 
@@ -65,13 +65,19 @@ def _generated(i: int) -> tuple[str, str]:
     """Policy i and its schema action: permits and approval-forbids on other agents' actions."""
     action = f"gen.tool{i:04d}"
     if i % 3 == 0:
-        text = (f'@id("gen.{i:04d}")\n@approval("finance")\nforbid (principal, action == Action::"{action}", resource)\n'
-                f'when {{ context.args.amount > {1000 + i} }}\nunless {{ context.run.approved_groups.contains("finance") }};\n')
+        text = (
+            f'@id("gen.{i:04d}")\n@approval("finance")\nforbid (principal, action == Action::"{action}", resource)\n'
+            f'when {{ context.args.amount > {1000 + i} }}\nunless {{ context.run.approved_groups.contains("finance") }};\n'
+        )
     else:
-        text = (f'@id("gen.{i:04d}")\npermit (principal == Agent::"gen-agent-{i % 37}", action == Action::"{action}", '
-                f'resource)\nwhen {{ context.args.amount <= {100 * i} && !context.run.tainted }};\n')
-    schema = (f'action "{action}" appliesTo {{ principal: Agent, resource: Tool, '
-              f'context: {{ run: Run, args: {{ amount: Long }} }} }};\n')
+        text = (
+            f'@id("gen.{i:04d}")\npermit (principal == Agent::"gen-agent-{i % 37}", action == Action::"{action}", '
+            f"resource)\nwhen {{ context.args.amount <= {100 * i} && !context.run.tainted }};\n"
+        )
+    schema = (
+        f'action "{action}" appliesTo {{ principal: Agent, resource: Tool, '
+        f"context: {{ run: Run, args: {{ amount: Long }} }} }};\n"
+    )
     return text, schema
 
 
@@ -83,16 +89,24 @@ def build_bundle(total: int) -> PolicyBundle:
         texts.append(text)
         schemas.append(schema)
     schema_text = (ROOT / "policies" / "schema.cedarschema").read_text() + bench_agents.SCHEMA + "".join(schemas)
-    bundle = PolicyBundle.build({"bench.cedar": "\n".join(texts)}, schema_text=schema_text,
-                                entities_json=(ROOT / "policies" / "entities.json").read_text())
+    bundle = PolicyBundle.build(
+        {"bench.cedar": "\n".join(texts)},
+        schema_text=schema_text,
+        entities_json=(ROOT / "policies" / "entities.json").read_text(),
+    )
     assert len(bundle.statements) == total, (len(bundle.statements), total)
     return bundle.with_entities(tool_entities(registry.agents()))
 
 
 def _unsliced(bundle: PolicyBundle) -> UnslicedBundle:
-    return UnslicedBundle(statements=bundle.statements, entities_json=bundle.entities_json,
-                          schema_text=bundle.schema_text, hash=bundle.hash, sources=bundle.sources,
-                          extra_entities=bundle.extra_entities)
+    return UnslicedBundle(
+        statements=bundle.statements,
+        entities_json=bundle.entities_json,
+        schema_text=bundle.schema_text,
+        hash=bundle.hash,
+        sources=bundle.sources,
+        extra_entities=bundle.extra_entities,
+    )
 
 
 def _sample(fn: Callable[[int], Any], iterations: int, warmup: int) -> list[float]:
@@ -111,23 +125,37 @@ def _sample(fn: Callable[[int], Any], iterations: int, warmup: int) -> list[floa
 
 
 def _stats(samples: list[float]) -> dict[str, float]:
-    return {"p50_us": percentile(samples, 50), "p99_us": percentile(samples, 99),
-            "mean_us": sum(samples) / len(samples), "n": len(samples)}
+    return {
+        "p50_us": percentile(samples, 50),
+        "p99_us": percentile(samples, 99),
+        "mean_us": sum(samples) / len(samples),
+        "n": len(samples),
+    }
 
 
 def measure(sizes: tuple[int, ...], iterations: int, warmup: int = 200) -> dict[int, dict[str, dict[str, float]]]:
     agent = bench_agents.AGENT
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     # Built before timing: the request is the gate's input, not part of its cost.
     requests = [
-        GateRequest(decision_id=f"bench/{k}/1", run_id="bench", agent=agent.name, initiator=bench_agents.INITIATOR,
-                    step=k + 1, call=ToolCall(tool=bench_agents.NOOP, args={"i": k}),
-                    state=GateState(steps_taken=k, deadline_at=now + timedelta(hours=1)))
+        GateRequest(
+            decision_id=f"bench/{k}/1",
+            run_id="bench",
+            agent=agent.name,
+            initiator=bench_agents.INITIATOR,
+            step=k + 1,
+            call=ToolCall(tool=bench_agents.NOOP, args={"i": k}),
+            state=GateState(steps_taken=k, deadline_at=now + timedelta(hours=1)),
+        )
         for k in range(warmup + iterations)
     ]
     cedar_requests = [
-        {"principal": {"type": "Agent", "id": agent.name}, "action": {"type": "Action", "id": bench_agents.NOOP},
-         "resource": {"type": "Tool", "id": bench_agents.NOOP}, "context": cedar_context(agent, r)}
+        {
+            "principal": {"type": "Agent", "id": agent.name},
+            "action": {"type": "Action", "id": bench_agents.NOOP},
+            "resource": {"type": "Tool", "id": bench_agents.NOOP},
+            "context": cedar_context(agent, r),
+        }
         for r in requests
     ]
     results: dict[int, dict[str, dict[str, float]]] = {}
@@ -142,15 +170,20 @@ def measure(sizes: tuple[int, ...], iterations: int, warmup: int = 200) -> dict[
         entities = bundle.entities
         hot = build_bundle(size)  # its own verdict cache, warmed by the repeated request
         results[size] = {
-            "evaluate_sliced": _stats(_sample(lambda k: evaluate(bundle, agent, requests[k], now=now),
-                                              iterations, warmup)),
-            "evaluate_sliced_cached": _stats(_sample(lambda k: evaluate(hot, agent, requests[0], now=now),
-                                                     iterations, warmup)),
-            "evaluate_unsliced": _stats(_sample(lambda k: evaluate(flat, agent, requests[k], now=now),
-                                                iterations, warmup)),
-            "cedar_sliced": _stats(_sample(lambda k: cedarpy.is_authorized(cedar_requests[k], sliced, entities),
-                                           iterations, warmup)),
-            "cedar_unsliced": _stats(_sample(lambda k: cedarpy.is_authorized(cedar_requests[k], everything, entities),
-                                             iterations, warmup)),
+            "evaluate_sliced": _stats(
+                _sample(lambda k: evaluate(bundle, agent, requests[k], now=now), iterations, warmup)
+            ),
+            "evaluate_sliced_cached": _stats(
+                _sample(lambda k: evaluate(hot, agent, requests[0], now=now), iterations, warmup)
+            ),
+            "evaluate_unsliced": _stats(
+                _sample(lambda k: evaluate(flat, agent, requests[k], now=now), iterations, warmup)
+            ),
+            "cedar_sliced": _stats(
+                _sample(lambda k: cedarpy.is_authorized(cedar_requests[k], sliced, entities), iterations, warmup)
+            ),
+            "cedar_unsliced": _stats(
+                _sample(lambda k: cedarpy.is_authorized(cedar_requests[k], everything, entities), iterations, warmup)
+            ),
         }
     return results

@@ -20,15 +20,28 @@ from typing import Any
 from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
-import bench.agents as bench_agents  # noqa: F401 - registers the bench agent before bootstrap
+import bench.agents as bench_agents
 from bench.baseline import PlainActivities, PlainInput, PlainWorkflow
 from lockgate.config import Settings, load_settings
 from lockgate.devstack import DevStack, free_port
 from lockgate.errors import UserError
 from lockgate.models import RunInput
 
-__all__ = ["ROOT", "Bench", "RUN_TIMEOUT", "new_stack", "stack_up", "write_policy_dir", "stack_env",
-           "bench_workers", "closed_loop", "result_of", "median", "percentile", "say"]
+__all__ = [
+    "ROOT",
+    "RUN_TIMEOUT",
+    "Bench",
+    "bench_workers",
+    "closed_loop",
+    "median",
+    "new_stack",
+    "percentile",
+    "result_of",
+    "say",
+    "stack_env",
+    "stack_up",
+    "write_policy_dir",
+]
 
 ROOT = Path(__file__).resolve().parent.parent
 _T0 = time.monotonic()
@@ -54,8 +67,7 @@ def percentile(values: list[float], pct: float) -> float:
 
 # -- the stack -----------------------------------------------------------------------------------
 def new_stack(base: Path) -> DevStack:
-    return DevStack(base / "state", temporal_port=free_port(), ui_port=free_port(), vault_port=free_port(),
-                    ui=False)
+    return DevStack(base / "state", temporal_port=free_port(), ui_port=free_port(), vault_port=free_port(), ui=False)
 
 
 def stack_up(dev: DevStack) -> None:
@@ -88,14 +100,16 @@ def stack_env(dev: DevStack, policy_dir: Path) -> dict[str, str]:
     """The environment a worker process of this bench runs with (as tests/conftest.py's `env`)."""
     values = {k: v for k, v in os.environ.items() if not k.startswith(("LOCKGATE_", "VAULT_"))}
     values.update(dev.env())
-    values.update({
-        "LOCKGATE_STATE_DIR": str(dev.state_dir),
-        "LOCKGATE_POLICY_DIR": str(policy_dir),
-        "LOCKGATE_LEDGER_URL": f"sqlite:///{dev.state_dir / 'ledger.db'}",
-        "LOCKGATE_TASK_QUEUE": f"bench-{uuid.uuid4().hex[:8]}",
-        "PYTHONPATH": str(ROOT),
-        "LOCKGATE_AGENT_MODULES": "bench.agents",
-    })
+    values.update(
+        {
+            "LOCKGATE_STATE_DIR": str(dev.state_dir),
+            "LOCKGATE_POLICY_DIR": str(policy_dir),
+            "LOCKGATE_LEDGER_URL": f"sqlite:///{dev.state_dir / 'ledger.db'}",
+            "LOCKGATE_TASK_QUEUE": f"bench-{uuid.uuid4().hex[:8]}",
+            "PYTHONPATH": str(ROOT),
+            "LOCKGATE_AGENT_MODULES": "bench.agents",
+        }
+    )
     return values
 
 
@@ -112,13 +126,15 @@ class Bench:
     queue: str
     plain_queue: str
 
-    async def start_governed(self, tool: str, n: int, *, run_id: str | None = None,
-                             initiator: str = bench_agents.INITIATOR) -> WorkflowHandle[Any, Any]:
+    async def start_governed(
+        self, tool: str, n: int, *, run_id: str | None = None, initiator: str = bench_agents.INITIATOR
+    ) -> WorkflowHandle[Any, Any]:
         run_id = run_id or f"bench-{uuid.uuid4().hex[:12]}"
         return await self.client.start_workflow(
             "lockgate.agent",
             RunInput(agent=bench_agents.AGENT_NAME, input=bench_agents.bench_input(tool, n), initiator=initiator),
-            id=run_id, task_queue=self.queue,
+            id=run_id,
+            task_queue=self.queue,
         )
 
     async def governed(self, tool: str, n: int) -> float:
@@ -132,7 +148,9 @@ class Bench:
         """Wall seconds of one plain run of `n` activities, start request to result."""
         t0 = time.perf_counter()
         handle = await self.client.start_workflow(
-            PlainWorkflow.run, PlainInput(activity=activity, n=n), id=f"plain-{uuid.uuid4().hex[:12]}",
+            PlainWorkflow.run,
+            PlainInput(activity=activity, n=n),
+            id=f"plain-{uuid.uuid4().hex[:12]}",
             task_queue=self.plain_queue,
         )
         await result_of(handle, RUN_TIMEOUT + n)
@@ -147,16 +165,17 @@ RUN_TIMEOUT = 120.0
 async def result_of(handle: WorkflowHandle[Any, Any], timeout: float) -> Any:
     try:
         return await asyncio.wait_for(handle.result(), timeout=timeout)
-    except asyncio.TimeoutError:
-        raise TimeoutError(f"run {handle.id} did not finish within {timeout:.0f}s (see the worker's "
-                           f"warnings above)") from None
+    except TimeoutError:
+        raise TimeoutError(
+            f"run {handle.id} did not finish within {timeout:.0f}s (see the worker's warnings above)"
+        ) from None
 
 
 @asynccontextmanager
 async def bench_workers(dev: DevStack, policy_dir: Path) -> AsyncIterator[Bench]:
     """The governed worker exactly as production builds it, and beside it (same client, same
     process) a plain worker with the same executor settings for the baseline workflow."""
-    import worker
+    from lockgate import worker
 
     env = stack_env(dev, policy_dir)
     settings = load_settings(env)
@@ -170,17 +189,27 @@ async def bench_workers(dev: DevStack, policy_dir: Path) -> AsyncIterator[Bench]
     # the governed tool activities are (same dispatch path, eager execution included).
     assert env["LOCKGATE_PG_DSN"]
     plain = Worker(
-        client, task_queue=plain_queue, workflows=[PlainWorkflow],
+        client,
+        task_queue=plain_queue,
+        workflows=[PlainWorkflow],
         activities=PlainActivities(env["LOCKGATE_PG_DSN"]).activities(),
         activity_executor=ThreadPoolExecutor(64, thread_name_prefix="bench-plain"),
-        max_concurrent_activities=64, max_concurrent_local_activities=64,
+        max_concurrent_activities=64,
+        max_concurrent_local_activities=64,
     )
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(governed)
         await stack.enter_async_context(plain)
         try:
-            yield Bench(dev=dev, env=env, settings=settings, deps=deps, client=client,
-                        queue=settings.task_queue, plain_queue=plain_queue)
+            yield Bench(
+                dev=dev,
+                env=env,
+                settings=settings,
+                deps=deps,
+                client=client,
+                queue=settings.task_queue,
+                plain_queue=plain_queue,
+            )
         finally:
             deps.ledger.dispose()
 

@@ -5,17 +5,17 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from temporalio.client import WorkflowHistory
 
 import bench.agents as bench_agents
-import bench.baseline as baseline
+from bench import baseline
 from bench.harness import RUN_TIMEOUT, Bench, closed_loop, median, percentile, result_of, say
 from lockgate.models import ApprovalRequest, ApprovalSignal, RunStatus
 
-__all__ = ["sequential", "throughput", "approval_latency", "audit_and_replay"]
+__all__ = ["approval_latency", "audit_and_replay", "sequential", "throughput"]
 
 
 # -- 1. sequential: per step and per run -----------------------------------------------------------
@@ -48,15 +48,18 @@ async def sequential(b: Bench, n1: int, n2: int, reps: int) -> dict[str, Any]:
             res[side] = {"run_s_n1": t1, "run_s_n2": t2, "step_ms": (t2 - t1) / (n2 - n1) * 1000}
         res["step_ratio"] = res["governed"]["step_ms"] / res["plain"]["step_ms"]
         res["run_ratio"] = res["governed"]["run_s_n2"] / res["plain"]["run_s_n2"]
-        say(f"sequential ({kind}) {tool}: governed {res['governed']['step_ms']:.1f} ms/step, plain "
-            f"{res['plain']['step_ms']:.1f} ms/step, ratio {res['step_ratio']:.2f}x (run {res['run_ratio']:.2f}x)")
+        say(
+            f"sequential ({kind}) {tool}: governed {res['governed']['step_ms']:.1f} ms/step, plain "
+            f"{res['plain']['step_ms']:.1f} ms/step, ratio {res['step_ratio']:.2f}x (run {res['run_ratio']:.2f}x)"
+        )
         out[kind] = res
     return out
 
 
 # -- 2. throughput ---------------------------------------------------------------------------------
-async def throughput(b: Bench, levels: tuple[int, ...], steps: int, min_runs: int, runs_per_level: int
-                     ) -> dict[str, Any]:
+async def throughput(
+    b: Bench, levels: tuple[int, ...], steps: int, min_runs: int, runs_per_level: int
+) -> dict[str, Any]:
     """Tool calls per second with C runs in flight at all times (closed loop), governed vs plain, for
     the no-secret tool (a). Each run makes `steps` calls; a governed run also opens and closes its
     run identity, which is part of what governance costs per run."""
@@ -65,11 +68,19 @@ async def throughput(b: Bench, levels: tuple[int, ...], steps: int, min_runs: in
         total = max(min_runs, runs_per_level * c)
         gov = await closed_loop(c, total, lambda: b.governed(bench_agents.NOOP, steps))
         plain = await closed_loop(c, total, lambda: b.plain(baseline.NOOP, steps))
-        res = {"runs": total, "calls": total * steps, "governed_s": gov, "plain_s": plain,
-               "governed_cps": total * steps / gov, "plain_cps": total * steps / plain}
+        res = {
+            "runs": total,
+            "calls": total * steps,
+            "governed_s": gov,
+            "plain_s": plain,
+            "governed_cps": total * steps / gov,
+            "plain_cps": total * steps / plain,
+        }
         res["ratio"] = res["governed_cps"] / res["plain_cps"]
-        say(f"throughput c={c}: governed {res['governed_cps']:.1f} calls/s, plain {res['plain_cps']:.1f} "
-            f"calls/s, ratio {res['ratio']:.2f}x ({total} runs x {steps} calls)")
+        say(
+            f"throughput c={c}: governed {res['governed_cps']:.1f} calls/s, plain {res['plain_cps']:.1f} "
+            f"calls/s, ratio {res['ratio']:.2f}x ({total} runs x {steps} calls)"
+        )
         out[str(c)] = res
     return out
 
@@ -82,7 +93,7 @@ async def _wait_state(b: Bench, handles: list[Any], state: str, timeout: float) 
         if time.monotonic() > deadline:
             raise TimeoutError(f"{len(waiting)} runs never reached {state}")
         statuses = await asyncio.gather(*(h.query("status", result_type=RunStatus) for h in waiting))
-        waiting = [h for h, s in zip(waiting, statuses) if s.state != state]
+        waiting = [h for h, s in zip(waiting, statuses, strict=False) if s.state != state]
         if waiting:
             await asyncio.sleep(0.1)
 
@@ -96,15 +107,22 @@ async def approval_latency(b: Bench, samples: int) -> dict[str, Any]:
         reaches the run, the run accepts it and schedules the tool activity again, which evaluates its
         gate with finance's approval (plus a ledger write) and starts the tool.
     """
-    handles = [await b.start_governed(bench_agents.APPROVAL, 1, run_id=f"bench-approval-{uuid.uuid4().hex[:10]}")
-               for _ in range(samples)]
+    handles = [
+        await b.start_governed(bench_agents.APPROVAL, 1, run_id=f"bench-approval-{uuid.uuid4().hex[:10]}")
+        for _ in range(samples)
+    ]
     await _wait_state(b, handles, "awaiting_approval", timeout=60)
     latencies = []
     for handle in handles:
         (request,) = await handle.query("pending_approvals", result_type=list[ApprovalRequest])
-        signal = ApprovalSignal(attempt_id=uuid.uuid4().hex, request_id=request.request_id,
-                                approver=bench_agents.APPROVER, args_digest=request.args_digest,
-                                reason="bench", sent_at=datetime.now(timezone.utc))
+        signal = ApprovalSignal(
+            attempt_id=uuid.uuid4().hex,
+            request_id=request.request_id,
+            approver=bench_agents.APPROVER,
+            args_digest=request.args_digest,
+            reason="bench",
+            sent_at=datetime.now(UTC),
+        )
         t0 = time.perf_counter()
         await handle.signal("approve", signal)
         deadline = t0 + 30
@@ -114,8 +132,12 @@ async def approval_latency(b: Bench, samples: int) -> dict[str, Any]:
             await asyncio.sleep(0.001)  # t1 is stamped by the activity: polling adds nothing to it
         latencies.append((bench_agents.TOOL_STARTED[handle.id] - t0) * 1000)
         await result_of(handle, RUN_TIMEOUT)
-    out = {"samples_ms": latencies, "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99),
-           "n": len(latencies)}
+    out = {
+        "samples_ms": latencies,
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
+        "n": len(latencies),
+    }
     say(f"approval latency: p50 {out['p50_ms']:.1f} ms, p99 {out['p99_ms']:.1f} ms ({len(latencies)} approvals)")
     return out
 
@@ -143,8 +165,7 @@ async def _events(b: Bench, run_id: str) -> int:
 async def audit_and_replay(b: Bench, target_events: int) -> dict[str, Any]:
     """Builds one run of about `target_events` history events (summed over its continue-as-new
     chain, if the workflow continues as new), then times the audit timeline and the replay."""
-    import worker
-    from lockgate import audit
+    from lockgate import audit, worker
     from lockgate.spec import registry
 
     # Calibrate events per step on two short runs rather than assume a number.
@@ -155,18 +176,22 @@ async def audit_and_replay(b: Bench, target_events: int) -> dict[str, Any]:
         probe[n] = await _events(b, handle.id)
     per_step = (probe[24] - probe[4]) / 20
     fixed = probe[4] - 4 * per_step
-    steps = max(1, int(round((target_events - fixed) / per_step)))
+    steps = max(1, round((target_events - fixed) / per_step))
     run_id = f"bench-history-{uuid.uuid4().hex[:10]}"
-    say(f"history: {per_step:.1f} events/step (+{fixed:.0f} per run) -> a run of {steps} steps for "
-        f"~{target_events} events")
+    say(
+        f"history: {per_step:.1f} events/step (+{fixed:.0f} per run) -> a run of {steps} steps for "
+        f"~{target_events} events"
+    )
     t0 = time.perf_counter()
     handle = await b.start_governed(bench_agents.NOOP, steps, run_id=run_id)
     await result_of(handle, RUN_TIMEOUT + steps)  # a step takes ~50 ms here: 1 s each is plenty
     build_s = time.perf_counter() - t0
     histories = await _histories(b, run_id)
     events = sum(len(h.events) for h in histories)
-    say(f"history: built {events} events in {len(histories)} histor{'y' if len(histories) == 1 else 'ies'} "
-        f"in {build_s:.1f}s; timing audit and replay")
+    say(
+        f"history: built {events} events in {len(histories)} histor{'y' if len(histories) == 1 else 'ies'} "
+        f"in {build_s:.1f}s; timing audit and replay"
+    )
 
     # (i) audit, as `lockgate audit` builds it: the run's status (a query, which the worker answers
     # by replaying the closed run), its history's lifecycle events, and the ledger timeline. The
@@ -215,25 +240,38 @@ async def audit_and_replay(b: Bench, target_events: int) -> dict[str, Any]:
         replay_s = raw_s = await _raw_replay(histories)
         decisions = 0
     out = {
-        "steps": steps, "events": events, "histories": len(histories), "build_s": build_s,
-        "events_per_step": per_step, "status_query_s": status_s, "audit_s": audit_s,
-        "audit_entries": len(doc["entries"]), "ledger_verify_s": verify_s, "ledger_rows": ledger_rows,
-        "run_ledger_rows": len(run_rows), "run_ledger_mib": run_bytes / 2**20,
+        "steps": steps,
+        "events": events,
+        "histories": len(histories),
+        "build_s": build_s,
+        "events_per_step": per_step,
+        "status_query_s": status_s,
+        "audit_s": audit_s,
+        "audit_entries": len(doc["entries"]),
+        "ledger_verify_s": verify_s,
+        "ledger_rows": ledger_rows,
+        "run_ledger_rows": len(run_rows),
+        "run_ledger_mib": run_bytes / 2**20,
         "events_per_history": [len(h.events) for h in histories],
-        "replay_s": replay_s, "replay_how": how, "raw_replayer_s": raw_s, "decisions_rechecked": decisions,
+        "replay_s": replay_s,
+        "replay_how": how,
+        "raw_replayer_s": raw_s,
+        "decisions_rechecked": decisions,
         "total_s": audit_s + replay_s,
     }
-    say(f"history: audit {audit_s:.2f}s ({len(doc['entries'])} entries; chain verify of {ledger_rows} rows "
+    say(
+        f"history: audit {audit_s:.2f}s ({len(doc['entries'])} entries; chain verify of {ledger_rows} rows "
         f"{verify_s:.2f}s; the run's {len(run_rows)} ledger rows hold {run_bytes / 2**20:.1f} MiB), replay "
-        f"{replay_s:.2f}s ({how}), status query {status_s:.2f}s")
+        f"{replay_s:.2f}s ({how}), status query {status_s:.2f}s"
+    )
     return out
 
 
 async def _raw_replay(histories: list[WorkflowHistory]) -> float:
-    import worker
+    from lockgate.workflows.agent import AgentWorkflow
     from temporalio.worker import Replayer
 
-    from workflows.agent import AgentWorkflow
+    from lockgate import worker
 
     replayer = Replayer(workflows=[AgentWorkflow], data_converter=worker.DATA_CONVERTER)
     t = time.perf_counter()

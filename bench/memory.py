@@ -22,7 +22,7 @@ import bench.agents as bench_agents
 from bench.harness import ROOT, RUN_TIMEOUT, Bench, result_of, say
 from lockgate.models import ApprovalRequest, ApprovalSignal, RunInput
 
-__all__ = ["worker_rss", "CHILDREN"]
+__all__ = ["CHILDREN", "worker_rss"]
 
 # Subprocesses this bench started and has not yet reaped: run.py stops them in its finally.
 CHILDREN: list[subprocess.Popen[bytes]] = []
@@ -68,8 +68,9 @@ async def _gather_limited(limit: int, coros: list[Any]) -> list[Any]:
     return await asyncio.gather(*(one(c) for c in coros))
 
 
-async def worker_rss(b: Bench, waiting: int, log_dir: Path, *, cache: int | None = None,
-                     timeout: float = 300) -> dict[str, Any]:
+async def worker_rss(
+    b: Bench, waiting: int, log_dir: Path, *, cache: int | None = None, timeout: float = 300
+) -> dict[str, Any]:
     """RSS of a fresh worker subprocess after warm-up, then with `waiting` runs awaiting approval.
 
     RSS is also read half-way (half the runs waiting): growth in the second half shows whether
@@ -89,41 +90,60 @@ async def worker_rss(b: Bench, waiting: int, log_dir: Path, *, cache: int | None
     CHILDREN.append(proc)
     started: list[str] = []
     try:
+
         async def run(tool: str, n: int, approve: bool) -> None:
             handle = await b.client.start_workflow(
-                "lockgate.agent", RunInput(agent=bench_agents.AGENT_NAME, input=bench_agents.bench_input(tool, n),
-                                           initiator=tag),
-                id=f"{tag}-warm-{uuid.uuid4().hex[:8]}", task_queue=queue)
+                "lockgate.agent",
+                RunInput(agent=bench_agents.AGENT_NAME, input=bench_agents.bench_input(tool, n), initiator=tag),
+                id=f"{tag}-warm-{uuid.uuid4().hex[:8]}",
+                task_queue=queue,
+            )
             if approve:
                 deadline = time.monotonic() + 60
                 while not (pending := await handle.query("pending_approvals", result_type=list[ApprovalRequest])):
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"warm-up run {handle.id} never asked for approval; see {log}")
                     await asyncio.sleep(0.05)
-                await handle.signal("approve", ApprovalSignal(
-                    attempt_id=uuid.uuid4().hex, request_id=pending[0].request_id, approver=bench_agents.APPROVER,
-                    args_digest=pending[0].args_digest))
+                await handle.signal(
+                    "approve",
+                    ApprovalSignal(
+                        attempt_id=uuid.uuid4().hex,
+                        request_id=pending[0].request_id,
+                        approver=bench_agents.APPROVER,
+                        args_digest=pending[0].args_digest,
+                    ),
+                )
             await result_of(handle, RUN_TIMEOUT)
 
         # Warm-up: every code path the waiting runs take (gate, approval request, audit, tools), so
         # that the baseline already holds the imports, sandbox module caches and connection pools.
-        await _gather_limited(10, [run(bench_agents.APPROVAL, 1, True) for _ in range(10)]
-                              + [run(bench_agents.NOOP, 3, False) for _ in range(10)])
+        await _gather_limited(
+            10,
+            [run(bench_agents.APPROVAL, 1, True) for _ in range(10)]
+            + [run(bench_agents.NOOP, 3, False) for _ in range(10)],
+        )
         await asyncio.sleep(1.0)
         before = await _rss(proc)
-        say(f"memory: worker pid {proc.pid} RSS {before / _MiB:.1f} MiB after warm-up; starting {waiting} runs "
-            f"that wait for approval")
+        say(
+            f"memory: worker pid {proc.pid} RSS {before / _MiB:.1f} MiB after warm-up; starting {waiting} runs "
+            f"that wait for approval"
+        )
 
         async def start(k: int) -> None:
             run_id = f"{tag}-{k:05d}"
             await b.client.start_workflow(
-                "lockgate.agent", RunInput(agent=bench_agents.AGENT_NAME,
-                                           input=bench_agents.bench_input(bench_agents.APPROVAL, 1), initiator=tag),
-                id=run_id, task_queue=queue)
+                "lockgate.agent",
+                RunInput(
+                    agent=bench_agents.AGENT_NAME,
+                    input=bench_agents.bench_input(bench_agents.APPROVAL, 1),
+                    initiator=tag,
+                ),
+                id=run_id,
+                task_queue=queue,
+            )
             started.append(run_id)
 
-        query = (f'LockgateInitiator = "{tag}" AND LockgateState = "awaiting_approval" '
-                 f'AND ExecutionStatus = "Running"')
+        query = f'LockgateInitiator = "{tag}" AND LockgateState = "awaiting_approval" AND ExecutionStatus = "Running"'
         t0 = time.monotonic()
 
         async def fill(upto: int) -> int:
@@ -142,25 +162,33 @@ async def worker_rss(b: Bench, waiting: int, log_dir: Path, *, cache: int | None
         after = await fill(waiting)
         ready_s = time.monotonic() - t0
         growth = after - before
-        out = {"waiting_runs": waiting,
-               "cache": cache if cache is not None else env.get("LOCKGATE_MAX_CACHED_WORKFLOWS", "worker default"),
-               "rss_before_mib": before / _MiB, "rss_half_mib": half / _MiB, "rss_after_mib": after / _MiB,
-               "growth_mib": growth / _MiB, "growth_kib_per_run": growth / 1024 / waiting,
-               "second_half_mib": (after - half) / _MiB,
-               "second_half_kib_per_run": (after - half) / 1024 / (waiting - waiting // 2),
-               "seconds_to_all_waiting": ready_s}
-        say(f"memory: {waiting} runs waiting after {ready_s:.1f}s; RSS {before / _MiB:.1f} -> {half / _MiB:.1f} "
+        out = {
+            "waiting_runs": waiting,
+            "cache": cache if cache is not None else env.get("LOCKGATE_MAX_CACHED_WORKFLOWS", "worker default"),
+            "rss_before_mib": before / _MiB,
+            "rss_half_mib": half / _MiB,
+            "rss_after_mib": after / _MiB,
+            "growth_mib": growth / _MiB,
+            "growth_kib_per_run": growth / 1024 / waiting,
+            "second_half_mib": (after - half) / _MiB,
+            "second_half_kib_per_run": (after - half) / 1024 / (waiting - waiting // 2),
+            "seconds_to_all_waiting": ready_s,
+        }
+        say(
+            f"memory: {waiting} runs waiting after {ready_s:.1f}s; RSS {before / _MiB:.1f} -> {half / _MiB:.1f} "
             f"(half) -> {after / _MiB:.1f} MiB (+{growth / _MiB:.1f} MiB, {out['growth_kib_per_run']:.1f} KiB/run; "
-            f"second half {out['second_half_kib_per_run']:.1f} KiB/run)")
+            f"second half {out['second_half_kib_per_run']:.1f} KiB/run)"
+        )
         return out
     finally:
         stop(proc)
+
         # The waiting runs are no longer needed: terminate them (the stack is torn down afterwards;
         # their run identities expire with it).
         async def end(run_id: str) -> None:
             try:
                 await b.client.get_workflow_handle(run_id).terminate("bench: memory figure done")
-            except Exception:  # noqa: BLE001 - already closed
+            except Exception:  # noqa: BLE001, S110 - already closed
                 pass
 
         t = time.monotonic()

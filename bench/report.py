@@ -13,21 +13,31 @@ __all__ = ["Figure", "figure", "info", "render_table", "write_results"]
 
 @dataclass
 class Figure:
-    key: str            # stable id in results.json, e.g. "seq.a.step_ratio"
-    label: str          # what the table shows
+    key: str  # stable id in results.json, e.g. "seq.a.step_ratio"
+    label: str  # what the table shows
     value: float | None
     unit: str
-    display: str        # the value as printed
-    target: str         # e.g. "<= 1.30x"; "" for figures shown for context only
-    ok: bool | None     # None: no target (context), or not measured
+    display: str  # the value as printed
+    target: str  # e.g. "<= 1.30x"; "" for figures shown for context only
+    ok: bool | None  # None: no target (context), or not measured
     note: str = ""
 
 
 _OPS = {"<=": operator.le, ">=": operator.ge}
 
 
-def figure(key: str, label: str, value: float | None, unit: str, op: str, limit: float, *,
-           fmt: str = "{:.2f}", note: str = "", display: str | None = None) -> Figure:
+def figure(
+    key: str,
+    label: str,
+    value: float | None,
+    unit: str,
+    op: str,
+    limit: float,
+    *,
+    fmt: str = "{:.2f}",
+    note: str = "",
+    display: str | None = None,
+) -> Figure:
     """A figure with a target: passes when `value op limit`."""
     shown = display if display is not None else ("n/a" if value is None else fmt.format(value) + unit)
     target = f"{op} {fmt.format(limit)}{unit}"
@@ -35,8 +45,16 @@ def figure(key: str, label: str, value: float | None, unit: str, op: str, limit:
     return Figure(key, label, value, unit, shown, target, ok, note)
 
 
-def info(key: str, label: str, value: float | None, unit: str, *, fmt: str = "{:.2f}", note: str = "",
-         display: str | None = None) -> Figure:
+def info(
+    key: str,
+    label: str,
+    value: float | None,
+    unit: str,
+    *,
+    fmt: str = "{:.2f}",
+    note: str = "",
+    display: str | None = None,
+) -> Figure:
     """A figure shown for context, without a target of its own."""
     shown = display if display is not None else ("n/a" if value is None else fmt.format(value) + unit)
     return Figure(key, label, value, unit, shown, "", None, note)
@@ -50,7 +68,7 @@ def render_table(figures: list[Figure]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     lines = []
     for n, r in enumerate(rows):
-        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        lines.append("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     return "\n".join(lines)

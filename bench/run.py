@@ -29,7 +29,7 @@ import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -58,21 +58,37 @@ class Sizes:
 
 
 FULL = Sizes()
-QUICK = Sizes(seq_n1=2, seq_n2=8, seq_reps=3, tput_steps=2, tput_min_runs=5, tput_runs_per_level=1,
-              gate_iterations=1000, approvals=5, history_events=1000, mem_runs=100)
+QUICK = Sizes(
+    seq_n1=2,
+    seq_n2=8,
+    seq_reps=3,
+    tput_steps=2,
+    tput_min_runs=5,
+    tput_runs_per_level=1,
+    gate_iterations=1000,
+    approvals=5,
+    history_events=1000,
+    mem_runs=100,
+)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes: a fast end-to-end check (about 2 minutes)")
-    p.add_argument("--only", default=",".join(SECTIONS),
-                   help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})")
+    p.add_argument(
+        "--only",
+        default=",".join(SECTIONS),
+        help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json", help="where to write the figures")
     p.add_argument("--keep", action="store_true", help="keep the temporary stack directory (logs) afterwards")
     p.add_argument("--history-events", type=int, help="size of the audit/replay history (default 10000)")
     p.add_argument("--mem-runs", type=int, help="runs waiting for approval in the memory figure (default 1000)")
-    p.add_argument("--mem-cache", type=int,
-                   help="also measure memory with LOCKGATE_MAX_CACHED_WORKFLOWS set to this for the worker")
+    p.add_argument(
+        "--mem-cache",
+        type=int,
+        help="also measure memory with LOCKGATE_MAX_CACHED_WORKFLOWS set to this for the worker",
+    )
     p.add_argument("--approvals", type=int, help="approval latency samples (default 30)")
     p.add_argument("--seq-steps", help="N1,N2 for the sequential figure (default 5,25)")
     p.add_argument("--reps", type=int, help="repetitions per sequential measurement (default 4)")
@@ -104,14 +120,32 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
 # -- figures from raw measurements ----------------------------------------------------------------
 def seq_figures(r: dict[str, Any]) -> list[Figure]:
     out = []
-    for kind, what, limit in (("a", "no-secret tool vs no-op activity", 1.3),
-                              ("b", "dynamic PG creds vs static DSN, select 1", 1.6)):
+    for kind, what, limit in (
+        ("a", "no-secret tool vs no-op activity", 1.3),
+        ("b", "dynamic PG creds vs static DSN, select 1", 1.6),
+    ):
         k = r[kind]
         g, p = k["governed"], k["plain"]
-        out.append(figure(f"seq.{kind}.step_ratio", f"1{kind} per step, {what}", k["step_ratio"], "x", "<=", limit,
-                          display=f"{k['step_ratio']:.2f}x ({g['step_ms']:.1f} vs {p['step_ms']:.1f} ms)"))
-        out.append(info(f"seq.{kind}.run_ratio", f"1{kind} whole run of {r['n2']} steps, {what}", k["run_ratio"], "x",
-                        display=f"{k['run_ratio']:.2f}x ({g['run_s_n2'] * 1000:.0f} vs {p['run_s_n2'] * 1000:.0f} ms)"))
+        out.append(
+            figure(
+                f"seq.{kind}.step_ratio",
+                f"1{kind} per step, {what}",
+                k["step_ratio"],
+                "x",
+                "<=",
+                limit,
+                display=f"{k['step_ratio']:.2f}x ({g['step_ms']:.1f} vs {p['step_ms']:.1f} ms)",
+            )
+        )
+        out.append(
+            info(
+                f"seq.{kind}.run_ratio",
+                f"1{kind} whole run of {r['n2']} steps, {what}",
+                k["run_ratio"],
+                "x",
+                display=f"{k['run_ratio']:.2f}x ({g['run_s_n2'] * 1000:.0f} vs {p['run_s_n2'] * 1000:.0f} ms)",
+            )
+        )
     return out
 
 
@@ -119,9 +153,17 @@ def tput_figures(r: dict[str, Any], levels: tuple[int, ...]) -> list[Figure]:
     out = []
     for c in levels:
         x = r[str(c)]
-        out.append(figure(f"throughput.c{c}.ratio", f"2  throughput, {c} runs in flight ({r['steps_per_run']} calls/run)",
-                          x["ratio"], "x", ">=", 0.8,
-                          display=f"{x['ratio']:.2f}x ({x['governed_cps']:.0f} vs {x['plain_cps']:.0f} calls/s)"))
+        out.append(
+            figure(
+                f"throughput.c{c}.ratio",
+                f"2  throughput, {c} runs in flight ({r['steps_per_run']} calls/run)",
+                x["ratio"],
+                "x",
+                ">=",
+                0.8,
+                display=f"{x['ratio']:.2f}x ({x['governed_cps']:.0f} vs {x['plain_cps']:.0f} calls/s)",
+            )
+        )
     return out
 
 
@@ -136,51 +178,119 @@ def gate_figures(r: dict[int, dict[str, dict[str, float]]]) -> list[Figure]:
             out.append(figure(f"gate.{size}.p99_us", label, s["p99_us"], " us", "<=", 100, fmt="{:.0f}", display=shown))
         else:
             out.append(info(f"gate.{size}.p99_us", label, s["p99_us"], " us", display=shown))
-        out.append(info(f"gate.{size}.unsliced_p99_us", f"3  gate p99, {size:,} policies, unsliced", u["p99_us"], " us",
-                        display=f"{u['p99_us']:.0f} us (p50 {u['p50_us']:.0f})"))
+        out.append(
+            info(
+                f"gate.{size}.unsliced_p99_us",
+                f"3  gate p99, {size:,} policies, unsliced",
+                u["p99_us"],
+                " us",
+                display=f"{u['p99_us']:.0f} us (p50 {u['p50_us']:.0f})",
+            )
+        )
     h = r[largest]["evaluate_sliced_cached"]
-    out.append(info(f"gate.{largest}.cached_p99_us", f"3  gate p99, {largest:,} policies, repeated request (cache hit)",
-                    h["p99_us"], " us", display=f"{h['p99_us']:.0f} us (p50 {h['p50_us']:.0f})"))
+    out.append(
+        info(
+            f"gate.{largest}.cached_p99_us",
+            f"3  gate p99, {largest:,} policies, repeated request (cache hit)",
+            h["p99_us"],
+            " us",
+            display=f"{h['p99_us']:.0f} us (p50 {h['p50_us']:.0f})",
+        )
+    )
     c = r[largest]["cedar_sliced"]
-    out.append(info(f"gate.{largest}.cedarpy_p99_us", f"3  cedarpy alone p99, {largest:,} policies (sliced, full context)",
-                    c["p99_us"], " us", display=f"{c['p99_us']:.0f} us (p50 {c['p50_us']:.0f})"))
+    out.append(
+        info(
+            f"gate.{largest}.cedarpy_p99_us",
+            f"3  cedarpy alone p99, {largest:,} policies (sliced, full context)",
+            c["p99_us"],
+            " us",
+            display=f"{c['p99_us']:.0f} us (p50 {c['p50_us']:.0f})",
+        )
+    )
     return out
 
 
 def approval_figures(r: dict[str, Any]) -> list[Figure]:
     return [
-        figure("approval.p50_ms", f"4  approval signal -> tool started, p50 (n={r['n']})", r["p50_ms"], " ms", "<=", 100,
-               fmt="{:.0f}", display=f"{r['p50_ms']:.0f} ms"),
-        info("approval.p99_ms", "4  approval signal -> tool started, p99", r["p99_ms"], " ms",
-             display=f"{r['p99_ms']:.0f} ms"),
+        figure(
+            "approval.p50_ms",
+            f"4  approval signal -> tool started, p50 (n={r['n']})",
+            r["p50_ms"],
+            " ms",
+            "<=",
+            100,
+            fmt="{:.0f}",
+            display=f"{r['p50_ms']:.0f} ms",
+        ),
+        info(
+            "approval.p99_ms",
+            "4  approval signal -> tool started, p99",
+            r["p99_ms"],
+            " ms",
+            display=f"{r['p99_ms']:.0f} ms",
+        ),
     ]
 
 
 def history_figures(r: dict[str, Any]) -> list[Figure]:
     size = f"{r['events']:,} events"
     return [
-        info("history.audit_s", f"5  audit timeline, {size}", r["audit_s"], " s",
-             display=f"{r['audit_s']:.2f} s ({r['audit_entries']:,} entries)"),
-        info("history.replay_s", f"5  replay, {size} ({r['histories']} histories)", r["replay_s"], " s",
-             display=f"{r['replay_s']:.2f} s"),
-        figure("history.total_s", f"5  audit + replay, {size}", r["total_s"], " s", "<=", 2.0,
-               display=f"{r['total_s']:.2f} s"),
+        info(
+            "history.audit_s",
+            f"5  audit timeline, {size}",
+            r["audit_s"],
+            " s",
+            display=f"{r['audit_s']:.2f} s ({r['audit_entries']:,} entries)",
+        ),
+        info(
+            "history.replay_s",
+            f"5  replay, {size} ({r['histories']} histories)",
+            r["replay_s"],
+            " s",
+            display=f"{r['replay_s']:.2f} s",
+        ),
+        figure(
+            "history.total_s",
+            f"5  audit + replay, {size}",
+            r["total_s"],
+            " s",
+            "<=",
+            2.0,
+            display=f"{r['total_s']:.2f} s",
+        ),
     ]
 
 
 def memory_figures(r: dict[str, Any], key: str = "memory") -> list[Figure]:
     cache = f" (cache {r['cache']})"
-    shown = (f"+{r['growth_mib']:.1f} MiB ({r['rss_before_mib']:.0f} -> {r['rss_after_mib']:.0f} MiB, "
-             f"{r['growth_kib_per_run']:.1f} KiB/run)")
+    shown = (
+        f"+{r['growth_mib']:.1f} MiB ({r['rss_before_mib']:.0f} -> {r['rss_after_mib']:.0f} MiB, "
+        f"{r['growth_kib_per_run']:.1f} KiB/run)"
+    )
     half = r["waiting_runs"] // 2
     # Two readings of "flat": RSS with all runs waiting vs none (which includes filling the sticky
     # cache once), and the growth per extra waiting run once half of them wait (evicted: ~0).
     return [
-        figure(f"{key}.growth_mib", f"6  worker RSS growth, {r['waiting_runs']:,} runs awaiting approval{cache}",
-               r["growth_mib"], " MiB", "<=", 10, fmt="{:.0f}", display=shown),
-        figure(f"{key}.second_half_kib_per_run", f"6  RSS growth from {half:,} to {r['waiting_runs']:,} waiting{cache}",
-               r["second_half_kib_per_run"], " KiB/run", "<=", 10, fmt="{:.0f}",
-               display=f"+{r['second_half_mib']:.1f} MiB ({r['second_half_kib_per_run']:.1f} KiB/run)"),
+        figure(
+            f"{key}.growth_mib",
+            f"6  worker RSS growth, {r['waiting_runs']:,} runs awaiting approval{cache}",
+            r["growth_mib"],
+            " MiB",
+            "<=",
+            10,
+            fmt="{:.0f}",
+            display=shown,
+        ),
+        figure(
+            f"{key}.second_half_kib_per_run",
+            f"6  RSS growth from {half:,} to {r['waiting_runs']:,} waiting{cache}",
+            r["second_half_kib_per_run"],
+            " KiB/run",
+            "<=",
+            10,
+            fmt="{:.0f}",
+            display=f"+{r['second_half_mib']:.1f} MiB ({r['second_half_kib_per_run']:.1f} KiB/run)",
+        ),
     ]
 
 
@@ -189,13 +299,18 @@ def error_figure(section: str, err: BaseException) -> Figure:
 
 
 # -- the run --------------------------------------------------------------------------------------
-async def stack_sections(dev: Any, policy_dir: Path, sizes: Sizes, only: set[str], figures: list[Figure],
-                         raw: dict[str, Any], logs: Path) -> None:
+async def stack_sections(
+    dev: Any, policy_dir: Path, sizes: Sizes, only: set[str], figures: list[Figure], raw: dict[str, Any], logs: Path
+) -> None:
     async with bench_workers(dev, policy_dir) as b:
         steps: list[tuple[str, Any]] = [
             ("seq", lambda: measure.sequential(b, sizes.seq_n1, sizes.seq_n2, sizes.seq_reps)),
-            ("throughput", lambda: measure.throughput(b, sizes.tput_levels, sizes.tput_steps, sizes.tput_min_runs,
-                                                      sizes.tput_runs_per_level)),
+            (
+                "throughput",
+                lambda: measure.throughput(
+                    b, sizes.tput_levels, sizes.tput_steps, sizes.tput_min_runs, sizes.tput_runs_per_level
+                ),
+            ),
             ("approval", lambda: measure.approval_latency(b, sizes.approvals)),
             ("history", lambda: measure.audit_and_replay(b, sizes.history_events)),
             # Last: it leaves many terminated runs behind on the server.
@@ -268,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     # `kill -USR1 <pid>` dumps every thread's stack to stderr: for a bench that seems stuck.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     started = time.monotonic()
-    started_at = datetime.now(timezone.utc).isoformat()
+    started_at = datetime.now(UTC).isoformat()
     figures: list[Figure] = []
     raw: dict[str, Any] = {}
     base = Path(tempfile.mkdtemp(prefix="lockgate-bench-"))
@@ -284,8 +399,10 @@ def main(argv: list[str] | None = None) -> int:
                 raw["gate"] = gate_latency.measure(sizes.gate_sizes, sizes.gate_iterations)
                 raw.setdefault("section_seconds", {})["gate"] = time.monotonic() - t
                 for size, r in raw["gate"].items():
-                    say(f"gate {size} policies: " + ", ".join(
-                        f"{k} p50 {v['p50_us']:.0f} / p99 {v['p99_us']:.0f} us" for k, v in r.items()))
+                    say(
+                        f"gate {size} policies: "
+                        + ", ".join(f"{k} p50 {v['p50_us']:.0f} / p99 {v['p99_us']:.0f} us" for k, v in r.items())
+                    )
             except Exception as err:  # noqa: BLE001
                 traceback.print_exc()
                 figures.append(error_figure("gate", err))
@@ -323,15 +440,19 @@ def main(argv: list[str] | None = None) -> int:
     figures.sort(key=_rank)  # stable: sections in table order, figures in measurement order
     elapsed = time.monotonic() - started
     meta = {
-        "started_at": started_at, "duration_s": round(elapsed, 1), "mode": "quick" if args.quick else "full",
+        "started_at": started_at,
+        "duration_s": round(elapsed, 1),
+        "mode": "quick" if args.quick else "full",
         "sizes": asdict(sizes),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
     }
     write_results(args.out, figures, meta, raw)
     print(render_table(figures))
     failed = [f.key for f in figures if f.ok is False]
-    print(f"\n{len(figures)} figures, {sum(1 for f in figures if f.ok)} pass, {len(failed)} fail; "
-          f"{elapsed:.0f} s; written to {args.out}")
+    print(
+        f"\n{len(figures)} figures, {sum(1 for f in figures if f.ok)} pass, {len(failed)} fail; "
+        f"{elapsed:.0f} s; written to {args.out}"
+    )
     return 0
 
 

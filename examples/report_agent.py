@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from lockgate.activities.tools import ToolContext, implements
 from pydantic import BaseModel, ConfigDict, Field
 
-from activities.tools import ToolContext, implements
 from lockgate.models import ToolCall
 from lockgate.spec import AgentSpec, ToolSpec, registry
 

@@ -22,7 +22,7 @@ import cedarpy
 
 from lockgate.errors import PolicyError
 
-__all__ = ["PolicyStatement", "PolicyBundle", "PolicySlice", "split_statements", "context_paths", "prune_context"]
+__all__ = ["PolicyBundle", "PolicySlice", "PolicyStatement", "context_paths", "prune_context", "split_statements"]
 
 
 Path = tuple[str, ...]
@@ -331,7 +331,8 @@ class PolicyBundle:
         cached = self._slices.get(key)
         if cached is None:
             chosen = [
-                s for s in self.statements
+                s
+                for s in self.statements
                 if (s.actions is None or action in s.actions) and not (without_approval and s.approval_group)
             ]
             cached = PolicySlice(
@@ -344,16 +345,13 @@ class PolicyBundle:
     def members_of(self, group: str) -> list[str]:
         """Users in `group`, directly or through nested groups."""
         users = [
-            e["uid"]["id"] for e in self.entity_list()
-            if isinstance(e, dict) and e.get("uid", {}).get("type") == "User"
+            e["uid"]["id"] for e in self.entity_list() if isinstance(e, dict) and e.get("uid", {}).get("type") == "User"
         ]
         return sorted(u for u in users if group in self.groups_of(u))
 
     def groups_of(self, user: str) -> set[str]:
         """Groups a `User` entity belongs to, directly or through group parents."""
-        by_uid = {
-            (e["uid"]["type"], e["uid"]["id"]): e for e in self.entity_list() if isinstance(e, dict)
-        }
+        by_uid = {(e["uid"]["type"], e["uid"]["id"]): e for e in self.entity_list() if isinstance(e, dict)}
         out: set[str] = set()
         stack = list(by_uid.get(("User", user), {}).get("parents", []))
         while stack:

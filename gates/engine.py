@@ -13,9 +13,9 @@ from datetime import datetime
 from typing import Any
 
 import cedarpy
+from lockgate.gates.bundle import PolicyBundle, prune_context
 from pydantic import ValidationError
 
-from gates.bundle import PolicyBundle, prune_context
 from lockgate.models import (
     DELEGATE_TOOL,
     MAX_ARGS_BYTES,
@@ -29,7 +29,7 @@ from lockgate.models import (
 )
 from lockgate.spec import AgentSpec, ToolSpec, describe_validation
 
-__all__ = ["Verdict", "evaluate", "tool_entities", "cedar_context"]
+__all__ = ["Verdict", "cedar_context", "evaluate", "tool_entities"]
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def cedar_context(agent: AgentSpec, request: GateRequest) -> dict[str, Any]:
             "budget": _budget(agent, request.state),
             "tainted": state.tainted,
             # Cedar has no decimals: confidence is passed as a whole percentage.
-            "confidence_pct": int(round(request.call.confidence * 100)),
+            "confidence_pct": round(request.call.confidence * 100),
             "approved_groups": list(state.approved_groups),
         },
     }
@@ -120,8 +120,15 @@ def _args(tool: ToolSpec, request: GateRequest) -> Verdict | None:
     return None
 
 
-def _authorize(bundle: PolicyBundle, action: str, principal: str, resource: str, context: dict[str, Any], *,
-               without_approval: bool = False) -> Any:
+def _authorize(
+    bundle: PolicyBundle,
+    action: str,
+    principal: str,
+    resource: str,
+    context: dict[str, Any],
+    *,
+    without_approval: bool = False,
+) -> Any:
     """Cedar's answer for the action's slice and the part of `context` it reads. The answer is a
     function of exactly those inputs, so a repeated one is served from the slice's cache."""
     piece = bundle.slice_for(action, without_approval=without_approval)
@@ -194,15 +201,20 @@ def _stateful(agent: AgentSpec, tool: ToolSpec, request: GateRequest, now: datet
     if state.deadline_at is not None and now >= state.deadline_at:
         return Verdict("deadline", "deny", (f"run deadline {state.deadline_at.isoformat()} has passed",))
     if state.steps_taken >= agent.max_steps:
-        verdict = _threshold(agent, state, "step_limit",
-                             f"step limit reached: {state.steps_taken} of {agent.max_steps} steps")
+        verdict = _threshold(
+            agent, state, "step_limit", f"step limit reached: {state.steps_taken} of {agent.max_steps} steps"
+        )
         if verdict is not None:
             return verdict
     budget = state.budget if state.budget is not None else agent.budget
     cost = tool.cost_of(request.call.args)
     if budget is not None and cost and state.spent + cost > budget:
-        verdict = _threshold(agent, state, "budget",
-                             f"budget exceeded: spent {state.spent} + {cost} = {state.spent + cost} > budget {budget}")
+        verdict = _threshold(
+            agent,
+            state,
+            "budget",
+            f"budget exceeded: spent {state.spent} + {cost} = {state.spent + cost} > budget {budget}",
+        )
         if verdict is not None:
             return verdict
     confidence = request.call.confidence
@@ -212,8 +224,9 @@ def _stateful(agent: AgentSpec, tool: ToolSpec, request: GateRequest, now: datet
         if group is None:
             return Verdict("confidence", "deny", (reason,))
         if group not in state.approved_groups:
-            return Verdict("confidence", "approval", (f"{reason}; escalated to {group}",), approver_group=group,
-                           quorum=1)
+            return Verdict(
+                "confidence", "approval", (f"{reason}; escalated to {group}",), approver_group=group, quorum=1
+            )
     if state.tainted and tool.egress:
         group = agent.taint_approver
         reason = f"run has read regulated data; {tool.name} sends data out (egress)"
@@ -226,8 +239,13 @@ def _stateful(agent: AgentSpec, tool: ToolSpec, request: GateRequest, now: datet
         count, window = limit
         recent = [t for t in state.recent_calls if now - t < window]
         if len(recent) >= count:
-            verdict = _threshold(agent, state, "rate", f"rate limit: {len(recent)} calls of {tool.name} in the last "
-                                 f"{int(window.total_seconds())}s (limit {count})")
+            verdict = _threshold(
+                agent,
+                state,
+                "rate",
+                f"rate limit: {len(recent)} calls of {tool.name} in the last "
+                f"{int(window.total_seconds())}s (limit {count})",
+            )
             if verdict is not None:
                 return verdict
     return None
@@ -247,16 +265,25 @@ def _delegation(agent: AgentSpec, request: GateRequest, lookup: Callable[[str], 
     parent_boundary = set(request.state.boundary if request.state.boundary is not None else agent.boundary)
     wider = sorted(set(args.tools) - parent_boundary)
     if wider:
-        return Verdict("delegation", "deny", (f"sub-agent asks for tools outside the parent's boundary: {', '.join(wider)}",))
+        return Verdict(
+            "delegation", "deny", (f"sub-agent asks for tools outside the parent's boundary: {', '.join(wider)}",)
+        )
     unknown = sorted(set(args.tools) - child.boundary)
     if unknown:
         return Verdict("delegation", "deny", (f"agent {child.name!r} has no tools {', '.join(unknown)}",))
     budget = _budget(agent, request.state)
     if budget >= 0 and request.state.spent + args.budget > budget:
-        return Verdict("delegation", "deny", (
-            f"sub-agent budget {args.budget} exceeds what is left of the run's budget "
-            f"({budget - request.state.spent} of {budget})",))
-    return Verdict("delegation", "allow", (f"delegates {len(args.tools)} tools and {args.budget} of budget to {child.name}",))
+        return Verdict(
+            "delegation",
+            "deny",
+            (
+                f"sub-agent budget {args.budget} exceeds what is left of the run's budget "
+                f"({budget - request.state.spent} of {budget})",
+            ),
+        )
+    return Verdict(
+        "delegation", "allow", (f"delegates {len(args.tools)} tools and {args.budget} of budget to {child.name}",)
+    )
 
 
 def evaluate(
@@ -298,8 +325,12 @@ def evaluate(
                     verdict = _stateful(agent, tool, request, now)
                     if verdict is not None:
                         verdict = Verdict(
-                            verdict.gate, verdict.outcome, verdict.reasons, policy_ids,
-                            verdict.approver_group, verdict.quorum,
+                            verdict.gate,
+                            verdict.outcome,
+                            verdict.reasons,
+                            policy_ids,
+                            verdict.approver_group,
+                            verdict.quorum,
                         )
         if verdict is None:
             verdict = Verdict("policy", "allow", ("permitted",), policy_ids)
@@ -325,4 +356,3 @@ def evaluate(
         approvers=tuple(bundle.members_of(verdict.approver_group)) if verdict.approver_group else (),
         at=now,
     )
-

@@ -9,26 +9,34 @@ The JSON form is a stable schema (version 1):
 from __future__ import annotations
 
 import json
-from datetime import timezone
+from datetime import UTC
 from typing import Any
 
-from activities.ledger import Ledger
+from lockgate.activities.ledger import Ledger
 
-__all__ = ["timeline", "history_entries", "render_text", "render_markdown", "SCHEMA"]
+__all__ = ["SCHEMA", "history_entries", "render_markdown", "render_text", "timeline"]
 
 SCHEMA = "lockgate.audit/v1"
 
 
 def _summary(kind: str, d: dict[str, Any]) -> str:
     if kind == "run.opened":
-        return (f"run opened for agent {d.get('agent')} by {d.get('initiator')} (owner {d.get('owner')}); "
-                f"identity {d.get('identity_accessor')} until {d.get('expires_at')}")
+        return (
+            f"run opened for agent {d.get('agent')} by {d.get('initiator')} (owner {d.get('owner')}); "
+            f"identity {d.get('identity_accessor')} until {d.get('expires_at')}"
+        )
     if kind == "decision":
         policies = ", ".join(d.get("policy_ids") or []) or "-"
-        extra = f" -> approval by {d.get('approver_group')} (quorum {d.get('quorum')})" if d.get("outcome") == "approval" else ""
-        return (f"gate {d.get('outcome').upper()} by {d.get('gate')} [{policies}] bundle {str(d.get('bundle_hash'))[:12]} "
-                f"args {str(d.get('args_digest'))[:12]} confidence {d.get('confidence')}{extra}: "
-                f"{'; '.join(d.get('reasons') or [])}")
+        extra = (
+            f" -> approval by {d.get('approver_group')} (quorum {d.get('quorum')})"
+            if d.get("outcome") == "approval"
+            else ""
+        )
+        return (
+            f"gate {d.get('outcome').upper()} by {d.get('gate')} [{policies}] bundle {str(d.get('bundle_hash'))[:12]} "
+            f"args {str(d.get('args_digest'))[:12]} confidence {d.get('confidence')}{extra}: "
+            f"{'; '.join(d.get('reasons') or [])}"
+        )
     if kind == "lease.issued":
         return f"lease issued {d.get('lease_id')} (ttl {d.get('ttl_seconds')}s)"
     if kind == "lease.revoked":
@@ -40,17 +48,22 @@ def _summary(kind: str, d: dict[str, Any]) -> str:
     if kind == "tool.refused":
         return f"tool refused: {d.get('reason')}"
     if kind == "approval.requested":
-        return (f"approval request {d.get('request_id')} to {d.get('group')} (quorum {d.get('quorum')}), "
-                f"args {str(d.get('args_digest'))[:12]}, expires {d.get('expires_at')}")
+        return (
+            f"approval request {d.get('request_id')} to {d.get('group')} (quorum {d.get('quorum')}), "
+            f"args {str(d.get('args_digest'))[:12]}, expires {d.get('expires_at')}"
+        )
     if kind == "approval.accepted":
-        return f"{d.get('verdict')} by {d.get('approver')} accepted for request {d.get('request_id')}: {d.get('reason')}"
+        return (
+            f"{d.get('verdict')} by {d.get('approver')} accepted for request {d.get('request_id')}: {d.get('reason')}"
+        )
     if kind == "approval.refused":
         return f"REFUSED {d.get('verdict')} attempt by {d.get('approver')} on request {d.get('request_id')}: {d.get('reason')}"
     if kind == "approval.expired":
         return f"approval request {d.get('request_id')} expired"
     if kind == "run.closed":
         return f"run closed: {d.get('state')}; identity {d.get('identity_accessor')} revoked" + (
-            f"; {d.get('reason')}" if d.get("reason") else "")
+            f"; {d.get('reason')}" if d.get("reason") else ""
+        )
     if kind.startswith("reaper."):
         return f"reaper: {d.get('action', kind)} {d.get('detail', '')}".strip()
     return json.dumps(d, sort_keys=True)
@@ -90,7 +103,11 @@ def history_entries(events: Any, converter: Any) -> list[dict[str, Any]]:
             elif name == "EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED":
                 args = converter.payload_converter.from_payloads(attrs.input.payloads) if attrs.input.payloads else []
                 first = args[0] if args else None
-                who = f" by {first.get('approver')} on request {first.get('request_id')}" if isinstance(first, dict) else ""
+                who = (
+                    f" by {first.get('approver')} on request {first.get('request_id')}"
+                    if isinstance(first, dict)
+                    else ""
+                )
                 detail = f"{attrs.signal_name}{who}"
             elif name == "EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED":
                 detail = f"reason: {attrs.reason or '-'} (identity {attrs.identity})"
@@ -102,34 +119,57 @@ def history_entries(events: Any, converter: Any) -> list[dict[str, Any]]:
                 detail = attrs.workflow_id
         except Exception:  # noqa: BLE001 - an undecodable payload still leaves the event itself
             detail = ""
-        stamp = event.event_time.ToDatetime().replace(tzinfo=timezone.utc).isoformat()
-        out.append({"seq": None, "at": stamp, "kind": "history", "step": None, "tool": None,
-                    "summary": f"{label}{': ' + detail if detail else ''}",
-                    "data": {"event_id": event.event_id, "event_type": name}})
+        stamp = event.event_time.ToDatetime().replace(tzinfo=UTC).isoformat()
+        out.append(
+            {
+                "seq": None,
+                "at": stamp,
+                "kind": "history",
+                "step": None,
+                "tool": None,
+                "summary": f"{label}{': ' + detail if detail else ''}",
+                "data": {"event_id": event.event_id, "event_type": name},
+            }
+        )
     return out
 
 
-def timeline(ledger: Ledger, run_id: str, status: dict[str, Any] | None = None,
-             history: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def timeline(
+    ledger: Ledger, run_id: str, status: dict[str, Any] | None = None, history: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
     entries = list(history or [])
     for e in ledger.entries(run_id):
         data = json.loads(e.data)
-        entries.append({
-            "seq": e.seq, "at": e.at, "kind": e.kind, "step": data.get("step"), "tool": data.get("tool"),
-            "summary": _summary(e.kind, data), "data": data,
-        })
+        entries.append(
+            {
+                "seq": e.seq,
+                "at": e.at,
+                "kind": e.kind,
+                "step": data.get("step"),
+                "tool": data.get("tool"),
+                "summary": _summary(e.kind, data),
+                "data": data,
+            }
+        )
     # The chain is in write order; the timeline is in the order things happened.
     entries.sort(key=lambda e: (e["at"], e["seq"] or 0))
-    return {"schema": SCHEMA, "run_id": run_id, "status": status, "ledger_intact": not ledger.verify(),
-            "entries": entries}
+    return {
+        "schema": SCHEMA,
+        "run_id": run_id,
+        "status": status,
+        "ledger_intact": not ledger.verify(),
+        "entries": entries,
+    }
 
 
 def render_text(doc: dict[str, Any]) -> str:
     lines = [f"audit of run {doc['run_id']}"]
     status = doc.get("status")
     if status:
-        lines.append(f"state: {status.get('state')}  agent: {status.get('agent')}  initiator: {status.get('initiator')}"
-                     f"  owner: {status.get('owner')}")
+        lines.append(
+            f"state: {status.get('state')}  agent: {status.get('agent')}  initiator: {status.get('initiator')}"
+            f"  owner: {status.get('owner')}"
+        )
     lines.append(f"ledger hash chain: {'intact' if doc['ledger_intact'] else 'BROKEN (run lockgate audit --verify)'}")
     for e in doc["entries"]:
         step = f"step {e['step']:>2}" if e.get("step") is not None else "       "
@@ -141,10 +181,17 @@ def render_markdown(doc: dict[str, Any]) -> str:
     lines = [f"# Audit of run `{doc['run_id']}`", ""]
     status = doc.get("status")
     if status:
-        lines += [f"- state: **{status.get('state')}**", f"- agent: `{status.get('agent')}`",
-                  f"- initiator: `{status.get('initiator')}`, owner: `{status.get('owner')}`"]
-    lines += [f"- ledger hash chain: {'intact' if doc['ledger_intact'] else '**BROKEN**'}", "",
-              "| # | time | step | event | detail |", "|---|---|---|---|---|"]
+        lines += [
+            f"- state: **{status.get('state')}**",
+            f"- agent: `{status.get('agent')}`",
+            f"- initiator: `{status.get('initiator')}`, owner: `{status.get('owner')}`",
+        ]
+    lines += [
+        f"- ledger hash chain: {'intact' if doc['ledger_intact'] else '**BROKEN**'}",
+        "",
+        "| # | time | step | event | detail |",
+        "|---|---|---|---|---|",
+    ]
     for e in doc["entries"]:
         detail = e["summary"].replace("|", "\\|")
         lines.append(f"| {e['seq'] or ''} | {e['at']} | {e.get('step') or ''} | {e['kind']} | {detail} |")

@@ -17,18 +17,18 @@ from psycopg import sql
 from lockgate.spec import AgentRegistry, registry
 
 __all__ = [
-    "secure_postgres",
-    "seed_shop",
-    "bootstrap_vault",
-    "socket_connection_url",
-    "Bootstrap",
+    "DB_ROLES",
+    "RUNS_MOUNT",
     "RUN_TOKEN_ROLE",
     "WORKER_POLICY",
-    "RUNS_MOUNT",
-    "DB_ROLES",
+    "Bootstrap",
+    "bootstrap_vault",
+    "secure_postgres",
+    "seed_shop",
+    "socket_connection_url",
 ]
 
-RUN_TOKEN_ROLE = "lockgate-run"
+RUN_TOKEN_ROLE = "lockgate-run"  # noqa: S105 - a token role name, not a secret
 WORKER_POLICY = "lockgate-worker"
 WORKER_APPROLE = "lockgate-worker"
 RUNS_MOUNT = "lockgate"  # kv-v1: runs/<run id> holds a run's token, worker/ the worker's settings
@@ -266,8 +266,8 @@ def bootstrap_vault(
     client.auth.approle.create_or_update_approle(
         role_name=WORKER_APPROLE,
         token_policies=[WORKER_POLICY],
-        token_ttl="1h",
-        token_max_ttl="24h",
+        token_ttl="1h",  # noqa: S106 - a duration
+        token_max_ttl="24h",  # noqa: S106 - a duration
         secret_id_num_uses=0,
     )
     role_id = client.auth.approle.read_role_id(role_name=WORKER_APPROLE)["data"]["role_id"]
@@ -279,7 +279,7 @@ def bootstrap_vault(
             )
             if check:
                 return Bootstrap(role_id=role_id, secret_id=keep_secret_id)
-        except Exception:  # noqa: BLE001 - a stale secret id: issue a new one
+        except Exception:  # noqa: BLE001, S110 - a stale secret id: issue a new one
             pass
     secret_id = client.auth.approle.generate_secret_id(role_name=WORKER_APPROLE)["data"]["secret_id"]
     return Bootstrap(role_id=role_id, secret_id=secret_id)

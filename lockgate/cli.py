@@ -20,7 +20,7 @@ from typing import Any
 from lockgate.config import Settings, load_settings
 from lockgate.errors import PolicyError, UserError
 
-__all__ = ["main", "entry", "build_parser"]
+__all__ = ["build_parser", "entry", "main"]
 
 
 def _print_json(value: Any) -> None:
@@ -28,13 +28,13 @@ def _print_json(value: Any) -> None:
 
 
 def _client(settings: Settings) -> Any:
-    from worker import connect
+    from lockgate.worker import connect
 
     return connect(settings)
 
 
 def _ledger(settings: Settings) -> Any:
-    from activities.ledger import Ledger
+    from lockgate.activities.ledger import Ledger
 
     return Ledger(settings.ledger_url)
 
@@ -55,8 +55,10 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
         if args.json:
             _print_json({"status": status, "env_file": str(stack.env_file)})
         else:
-            print(f"dev stack up. Temporal {env['LOCKGATE_TEMPORAL_ADDRESS']}, UI {env['LOCKGATE_UI_ADDRESS'] or '-'}, "
-                  f"OpenBao {env['VAULT_ADDR']}, Postgres socket {env['LOCKGATE_PG_SOCKET_DIR']}")
+            print(
+                f"dev stack up. Temporal {env['LOCKGATE_TEMPORAL_ADDRESS']}, UI {env['LOCKGATE_UI_ADDRESS'] or '-'}, "
+                f"OpenBao {env['VAULT_ADDR']}, Postgres socket {env['LOCKGATE_PG_SOCKET_DIR']}"
+            )
             print(f"settings in {stack.env_file}")
         return 0
     if args.action == "down":
@@ -102,8 +104,9 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
     data = parse_input(args.agent, args.input)
     client = await _client(settings)
-    handle = await start_run(client, settings.task_queue, args.agent, data, initiator=args.as_ or getpass.getuser(),
-                             run_id=args.id)
+    handle = await start_run(
+        client, settings.task_queue, args.agent, data, initiator=args.as_ or getpass.getuser(), run_id=args.id
+    )
     if not args.wait:
         if args.json:
             _print_json({"run_id": handle.id})
@@ -112,7 +115,7 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     try:
         await handle.result()
-    except Exception:  # noqa: BLE001 - the status below tells what happened
+    except Exception:  # noqa: BLE001, S110 - the status below tells what happened
         pass
     status = await run_status(client, handle.id)
     if args.json:
@@ -124,8 +127,10 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _print_status(status: Any) -> None:
-    print(f"run {status.run_id}: {status.state}  agent {status.agent}  initiator {status.initiator}  "
-          f"step {status.step}  spent {status.spent}  open leases {status.open_leases}")
+    print(
+        f"run {status.run_id}: {status.state}  agent {status.agent}  initiator {status.initiator}  "
+        f"step {status.step}  spent {status.spent}  open leases {status.open_leases}"
+    )
     for s in status.steps:
         line = f"  step {s.step:>2} {s.tool:<18} {s.outcome:<8} {s.gate:<10} {','.join(s.policy_ids) or '-'}"
         if s.summary:
@@ -136,8 +141,10 @@ def _print_status(status: Any) -> None:
     for s in status.compensations:
         print(f"  compensation step {s.step} {s.tool}: {s.summary or s.error or s.outcome}")
     for p in status.pending_approvals:
-        print(f"  pending approval {p.request_id}: {p.tool} by {p.group} ({len(p.approvals)}/{p.quorum}), "
-              f"expires {p.expires_at:%Y-%m-%d %H:%M:%S}")
+        print(
+            f"  pending approval {p.request_id}: {p.tool} by {p.group} ({len(p.approvals)}/{p.quorum}), "
+            f"expires {p.expires_at:%Y-%m-%d %H:%M:%S}"
+        )
     if status.error:
         print(f"  error: {status.error}")
 
@@ -163,9 +170,11 @@ async def cmd_pending(args: argparse.Namespace, settings: Settings) -> int:
     if not rows:
         print("no approval requests waiting")
     for r in rows:
-        print(f"{r['run_id']}  {r['request_id']}  {r['agent']}  {r['tool']}  group {r['group']} "
-              f"({len(r['approvals'])}/{r['quorum']})  args {json.dumps(r['args'], sort_keys=True)}  "
-              f"digest {r['args_digest'][:16]}  expires {r['expires_at']}")
+        print(
+            f"{r['run_id']}  {r['request_id']}  {r['agent']}  {r['tool']}  group {r['group']} "
+            f"({len(r['approvals'])}/{r['quorum']})  args {json.dumps(r['args'], sort_keys=True)}  "
+            f"digest {r['args_digest'][:16]}  expires {r['expires_at']}"
+        )
     return 0
 
 
@@ -175,15 +184,30 @@ async def cmd_verdict(args: argparse.Namespace, settings: Settings) -> int:
     approve = args.command == "approve"
     client = await _client(settings)
     try:
-        attempt = await send_verdict(client, args.run_id, args.request_id, approver=args.as_,
-                                     approve=approve, reason=args.reason or "", args_digest=args.digest)
+        attempt = await send_verdict(
+            client,
+            args.run_id,
+            args.request_id,
+            approver=args.as_,
+            approve=approve,
+            reason=args.reason or "",
+            args_digest=args.digest,
+        )
     except UserError as err:
         if "is not running" in str(err):
             # Too late for the run to hear it: the refused attempt is still recorded, with who and why.
             _ledger(settings).append(
-                f"approval.refused:{args.run_id}:{uuid.uuid4().hex}", args.run_id, "approval.refused",
-                {"request_id": args.request_id, "approver": args.as_, "verdict": args.command,
-                 "accepted": False, "reason": str(err)})
+                f"approval.refused:{args.run_id}:{uuid.uuid4().hex}",
+                args.run_id,
+                "approval.refused",
+                {
+                    "request_id": args.request_id,
+                    "approver": args.as_,
+                    "verdict": args.command,
+                    "accepted": False,
+                    "reason": str(err),
+                },
+            )
         raise
     if args.json:
         _print_json(attempt.model_dump(mode="json"))
@@ -211,7 +235,7 @@ async def cmd_halt(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
-    import worker
+    from lockgate import worker
     from lockgate.audit import history_entries, render_markdown, render_text, timeline
     from lockgate.ops import run_status
 
@@ -242,23 +266,37 @@ async def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
-    import worker
+    from lockgate import worker
     from lockgate.replay import replay
     from lockgate.spec import registry
 
     if not args.all and not args.run_ids:
         raise UserError("name RUN_ID... or --all")
     client = await _client(settings)
-    reports = await replay(client, _ledger(settings), registry, None if args.all else args.run_ids,
-                           worker.DATA_CONVERTER)
+    reports = await replay(
+        client, _ledger(settings), registry, None if args.all else args.run_ids, worker.DATA_CONVERTER
+    )
     bad = [r for r in reports if not r.ok]
     if args.json:
-        _print_json([{"run_id": r.run_id, "ok": r.ok, "histories": r.histories, "events": r.events,
-                      "decisions": r.decisions, "problems": r.problems} for r in reports])
+        _print_json(
+            [
+                {
+                    "run_id": r.run_id,
+                    "ok": r.ok,
+                    "histories": r.histories,
+                    "events": r.events,
+                    "decisions": r.decisions,
+                    "problems": r.problems,
+                }
+                for r in reports
+            ]
+        )
     else:
         for r in reports:
-            print(f"{'ok      ' if r.ok else 'MISMATCH'} {r.run_id}: {r.histories} histories, {r.events} events, "
-                  f"{r.decisions} decisions re-checked")
+            print(
+                f"{'ok      ' if r.ok else 'MISMATCH'} {r.run_id}: {r.histories} histories, {r.events} events, "
+                f"{r.decisions} decisions re-checked"
+            )
             for problem in r.problems:
                 print(f"    {problem}")
         print(f"{len(reports)} runs replayed, {len(bad)} with mismatches")
@@ -275,7 +313,7 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_leases(args: argparse.Namespace, settings: Settings) -> int:
-    from activities.vault import VaultBroker
+    from lockgate.activities.vault import VaultBroker
     from lockgate.spec import registry
 
     if not (settings.vault_role_id and settings.vault_secret_id):
@@ -294,8 +332,14 @@ def cmd_leases(args: argparse.Namespace, settings: Settings) -> int:
     for path in sorted({t.secret for t in registry.tools() if t.secret}):
         for lease_id in vault.live_leases(path):
             info = vault.lease_info(lease_id) or {}
-            rows.append({"lease_id": lease_id, **issued.get(lease_id, {"run_id": None, "tool": None, "step": None}),
-                         "expires_at": info.get("expire_time"), "ttl": info.get("ttl")})
+            rows.append(
+                {
+                    "lease_id": lease_id,
+                    **issued.get(lease_id, {"run_id": None, "tool": None, "step": None}),
+                    "expires_at": info.get("expire_time"),
+                    "ttl": info.get("ttl"),
+                }
+            )
     if args.json:
         _print_json(rows)
     else:
@@ -307,26 +351,35 @@ def cmd_leases(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_reap(args: argparse.Namespace, settings: Settings) -> int:
-    import worker
+    from lockgate import worker
 
     deps = worker.build_deps(settings)
     reports = await worker.build_reaper(deps).reap_once(await _client(settings))
-    rows = [{"run_id": r.run_id, "workflow_status": r.workflow_status, "compensations": r.compensations,
-             "identity_revoked": r.identity_revoked} for r in reports]
+    rows = [
+        {
+            "run_id": r.run_id,
+            "workflow_status": r.workflow_status,
+            "compensations": r.compensations,
+            "identity_revoked": r.identity_revoked,
+        }
+        for r in reports
+    ]
     if args.json:
         _print_json(rows)
     else:
         if not rows:
             print("nothing to reap")
         for r in rows:
-            comps = ", ".join(f"step {c['step']} {c['tool']} {'ok' if c['ok'] else 'FAILED'}" for c in r["compensations"])
+            comps = ", ".join(
+                f"step {c['step']} {c['tool']} {'ok' if c['ok'] else 'FAILED'}" for c in r["compensations"]
+            )
             print(f"{r['run_id']} ({r['workflow_status']}): compensations [{comps or 'none'}], identity revoked")
     failed = any(not c["ok"] for r in rows for c in r["compensations"])
     return 1 if failed else 0
 
 
 async def cmd_freeze(args: argparse.Namespace, settings: Settings) -> int:
-    from activities.freeze import ALL, FreezeStore
+    from lockgate.activities.freeze import ALL, FreezeStore
     from lockgate.ops import wake_frozen
     from lockgate.spec import registry
 
@@ -347,13 +400,15 @@ async def cmd_freeze(args: argparse.Namespace, settings: Settings) -> int:
         _print_json({"scope": scope, "frozen": frozen, "by": who, "woken": woken})
     else:
         target = "every agent" if args.all else args.agent
-        print(f"{'froze' if frozen else 'unfroze'} {target}" + (f"; woke {len(woken)} frozen runs" if not frozen else
-                                                                 "; no tool of it runs from the next gate on"))
+        print(
+            f"{'froze' if frozen else 'unfroze'} {target}"
+            + (f"; woke {len(woken)} frozen runs" if not frozen else "; no tool of it runs from the next gate on")
+        )
     return 0
 
 
 def cmd_worker(_args: argparse.Namespace, _settings: Settings) -> int:
-    import worker
+    from lockgate import worker
 
     return worker.main()
 
@@ -412,8 +467,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_ids", nargs="*", metavar="RUN_ID")
     p.add_argument("--all", action="store_true", help="every lockgate run the server still has")
     add("verify", cmd_verify, "verify the ledger's hash chain (exit 1 if tampered)")
-    for name, what in (("freeze", "kill switch: no tool of the scope runs from the next gate on"),
-                       ("unfreeze", "lift the kill switch; frozen runs resume")):
+    for name, what in (
+        ("freeze", "kill switch: no tool of the scope runs from the next gate on"),
+        ("unfreeze", "lift the kill switch; frozen runs resume"),
+    ):
         p = add(name, cmd_freeze, what)
         scope = p.add_mutually_exclusive_group(required=True)
         scope.add_argument("--agent")
@@ -449,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    except Exception as err:  # noqa: BLE001 - one line, no traceback (LOCKGATE_DEBUG=1 for it)
+    except Exception as err:
         if os.environ.get("LOCKGATE_DEBUG"):
             raise
         print(f"lockgate: {type(err).__name__}: {err}", file=sys.stderr)

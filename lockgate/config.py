@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["Settings", "read_env_file", "load_settings"]
+__all__ = ["Settings", "load_settings", "read_env_file"]
 
 
 class Settings(BaseModel):

@@ -46,7 +46,7 @@ async def _finish(client: Any, handle: Any) -> Any:
 
     try:
         await handle.result()
-    except Exception:  # noqa: BLE001 - the status says how it ended
+    except Exception:  # noqa: BLE001, S110 - the status says how it ended
         pass
     status = await run_status(client, handle.id)
     for s in status.steps:
@@ -80,13 +80,13 @@ def _leftovers(settings: Settings, vault_token: str | None) -> tuple[int, int]:
         try:
             resp = client.adapter.list(f"/v1/sys/leases/lookup/database/creds/{role}/")
             leases += len((resp or {}).get("data", {}).get("keys", []))
-        except Exception:  # noqa: BLE001 - none under that prefix
+        except Exception:  # noqa: BLE001, S110 - none under that prefix
             pass
     return leases, roles
 
 
 async def run_demo(settings: Settings, *, keep_up: bool = True) -> int:
-    import worker as lockgate_worker
+    from lockgate import worker as lockgate_worker
     from lockgate.audit import history_entries, render_text, timeline
     from lockgate.ops import start_run
 
@@ -105,8 +105,10 @@ async def run_demo(settings: Settings, *, keep_up: bool = True) -> int:
         _say("   demo shop reset: every order fully refundable again")
     deps = lockgate_worker.build_deps(settings)
     client = await lockgate_worker.connect(settings)
-    _say(f"   worker logged in to Vault with AppRole; policy bundle {deps.bundle.hash[:12]} "
-         f"({len(deps.bundle.statements)} policies)")
+    _say(
+        f"   worker logged in to Vault with AppRole; policy bundle {deps.bundle.hash[:12]} "
+        f"({len(deps.bundle.statements)} policies)"
+    )
 
     async with lockgate_worker.build_worker(client, deps):
         run = lambda data: start_run(client, settings.task_queue, "refund-agent", data, initiator=INITIATOR)  # noqa: E731
@@ -117,8 +119,10 @@ async def run_demo(settings: Settings, *, keep_up: bool = True) -> int:
         _title(2, "approval gate: refund 250.00 on A-1002 needs group finance")
         handle = await run({"order_id": "A-1002", "amount_cents": 25000, "reason": "damaged item"})
         pending = await _wait_pending(client, handle.id)
-        _say(f"   lockgate pending -> {pending['run_id']} {pending['request_id']} {pending['tool']} "
-             f"args {pending['args']} group {pending['group']} quorum {pending['quorum']}")
+        _say(
+            f"   lockgate pending -> {pending['run_id']} {pending['request_id']} {pending['tool']} "
+            f"args {pending['args']} group {pending['group']} quorum {pending['quorum']}"
+        )
         await _approve(client, handle.id, pending["request_id"], "mallory")
         await _approve(client, handle.id, pending["request_id"], "alice")
         await _finish(client, handle)
@@ -143,8 +147,10 @@ async def run_demo(settings: Settings, *, keep_up: bool = True) -> int:
 
     leases, roles = _leftovers(settings, settings.vault_token)
     _say()
-    _say(f"== after the runs: {leases} live Vault leases, {roles} dynamic Postgres roles"
-         f" {'(nothing leaked)' if leases == roles == 0 else '(LEAKED)'}")
+    _say(
+        f"== after the runs: {leases} live Vault leases, {roles} dynamic Postgres roles"
+        f" {'(nothing leaked)' if leases == roles == 0 else '(LEAKED)'}"
+    )
     if settings.ui_address:
         _say(f"   Temporal UI: {settings.ui_address}/namespaces/{settings.namespace}/workflows")
     _say(f"   try: lockgate status {handle.id} | lockgate audit {handle.id} --format md | lockgate leases")

@@ -19,7 +19,7 @@ import hvac
 
 from lockgate.bootstrap import bootstrap_vault
 
-__all__ = ["openbao_init", "engine_url"]
+__all__ = ["engine_url", "openbao_init"]
 
 
 def engine_url(dsn: str) -> tuple[str, str, str]:
@@ -45,7 +45,7 @@ def openbao_init(addr: str, keys_dir: Path, shop_dsn: str, *, wait_seconds: floa
         try:
             initialized = client.sys.is_initialized()
             break
-        except Exception:  # noqa: BLE001 - not up yet
+        except Exception:
             if time.monotonic() > deadline:
                 raise
             time.sleep(1)
@@ -59,8 +59,9 @@ def openbao_init(addr: str, keys_dir: Path, shop_dsn: str, *, wait_seconds: floa
     client.token = keys["root_token"]
     url, user, password = engine_url(shop_dsn)
     boot = bootstrap_vault(client, connection_url=url, db_username=user, db_password=password)
-    _write_private(keys_dir / "worker.env",
-                   f"LOCKGATE_VAULT_ROLE_ID={boot.role_id}\nLOCKGATE_VAULT_SECRET_ID={boot.secret_id}\n")
+    _write_private(
+        keys_dir / "worker.env", f"LOCKGATE_VAULT_ROLE_ID={boot.role_id}\nLOCKGATE_VAULT_SECRET_ID={boot.secret_id}\n"
+    )
     print(f"openbao ready; worker AppRole credentials in {keys_dir / 'worker.env'}")
 
 
@@ -72,8 +73,9 @@ def main(argv: list[str]) -> int:
     if not dsn:
         print("LOCKGATE_SHOP_DSN is not set", file=sys.stderr)
         return 2
-    openbao_init(os.environ.get("VAULT_ADDR", "http://127.0.0.1:8200"),
-                 Path(os.environ.get("LOCKGATE_KEYS_DIR", "/keys")), dsn)
+    openbao_init(
+        os.environ.get("VAULT_ADDR", "http://127.0.0.1:8200"), Path(os.environ.get("LOCKGATE_KEYS_DIR", "/keys")), dsn
+    )
     return 0
 
 

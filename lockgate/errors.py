@@ -7,15 +7,15 @@ of the constants below. Infrastructure errors (Vault down, database unreachable)
 from __future__ import annotations
 
 __all__ = [
-    "LockgateError",
-    "UserError",
-    "PolicyError",
+    "APPROVAL_EXPIRED",
+    "APPROVAL_REJECTED",
+    "BAD_INPUT",
+    "LEASE_FORBIDDEN",
     "TOOL_DENIED",
     "TOOL_FAILED",
-    "LEASE_FORBIDDEN",
-    "BAD_INPUT",
-    "APPROVAL_REJECTED",
-    "APPROVAL_EXPIRED",
+    "LockgateError",
+    "PolicyError",
+    "UserError",
 ]
 
 # Stable ApplicationError types; the audit, the CLI and the tests match on these strings.

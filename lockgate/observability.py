@@ -14,10 +14,10 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["setup_logging", "span", "tracing_interceptors", "FIELDS"]
+__all__ = ["FIELDS", "setup_logging", "span", "tracing_interceptors"]
 
 FIELDS = ("run_id", "step", "tool", "outcome", "gate", "decision_id", "lease_id", "policies")
 
@@ -25,8 +25,10 @@ FIELDS = ("run_id", "step", "tool", "outcome", "gate", "decision_id", "lease_id"
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         doc: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(),
-            "level": record.levelname, "logger": record.name, "msg": record.getMessage(),
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
         }
         for name in FIELDS:
             if hasattr(record, name):
@@ -65,7 +67,9 @@ def span(name: str, **attributes: Any) -> Iterator[None]:
     with _trace.get_tracer("lockgate").start_as_current_span(name) as current:
         for key, value in attributes.items():
             if value is not None:
-                current.set_attribute(f"lockgate.{key}", value if isinstance(value, (str, int, float, bool)) else str(value))
+                current.set_attribute(
+                    f"lockgate.{key}", value if isinstance(value, (str, int, float, bool)) else str(value)
+                )
         yield
 
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 from temporalio.api.enums.v1 import WorkflowExecutionStatus
 from temporalio.client import Client, WorkflowHandle
-from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 import lockgate.agents  # noqa: F401 - registers the built-in agents
@@ -20,7 +20,16 @@ from lockgate.errors import UserError
 from lockgate.models import MAX_ARGS_BYTES, ApprovalAttempt, ApprovalRequest, ApprovalSignal, RunInput, RunStatus
 from lockgate.spec import describe_validation, registry
 
-__all__ = ["wake_frozen", "start_run", "run_status", "list_pending", "send_verdict", "halt_run", "wait_closed", "parse_input"]
+__all__ = [
+    "halt_run",
+    "list_pending",
+    "parse_input",
+    "run_status",
+    "send_verdict",
+    "start_run",
+    "wait_closed",
+    "wake_frozen",
+]
 
 WORKFLOW = "lockgate.agent"
 
@@ -53,12 +62,16 @@ def parse_input(agent_name: str, raw: str | None) -> dict[str, Any]:
     return data
 
 
-async def start_run(client: Client, task_queue: str, agent: str, data: dict[str, Any], *, initiator: str,
-                    run_id: str | None = None) -> WorkflowHandle[Any, Any]:
+async def start_run(
+    client: Client, task_queue: str, agent: str, data: dict[str, Any], *, initiator: str, run_id: str | None = None
+) -> WorkflowHandle[Any, Any]:
     run_id = run_id or f"{agent}-{uuid.uuid4().hex[:10]}"
     try:
         return await client.start_workflow(
-            WORKFLOW, RunInput(agent=agent, input=data, initiator=initiator), id=run_id, task_queue=task_queue,
+            WORKFLOW,
+            RunInput(agent=agent, input=data, initiator=initiator),
+            id=run_id,
+            task_queue=task_queue,
             # A run id names one run forever: the ledger and the audit are keyed by it.
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         )
@@ -88,8 +101,15 @@ async def run_status(client: Client, run_id: str) -> RunStatus:
         status: RunStatus = await asyncio.wait_for(handle.query("status", result_type=RunStatus), timeout=10)
     except Exception as err:  # noqa: BLE001 - no worker, or the run never got going
         state = closed or "running"
-        return RunStatus(run_id=run_id, agent="?", initiator="?", owner="?", state=state, step=0,
-                         error=f"run did not answer its status query: {err}")
+        return RunStatus(
+            run_id=run_id,
+            agent="?",
+            initiator="?",
+            owner="?",
+            state=state,
+            step=0,
+            error=f"run did not answer its status query: {err}",
+        )
     if closed == "terminated" and status.state not in ("completed", "failed", "halted"):
         # Temporal runs no workflow code on terminate: the query replays up to the last event.
         status = status.model_copy(update={"state": "terminated", "open_leases": 0})
@@ -108,12 +128,22 @@ async def list_pending(client: Client, agent: str | None = None) -> list[dict[st
         except Exception:  # noqa: BLE001 - an unreadable memo: ask the run itself
             requests = await _query_pending(client.get_workflow_handle(wf.id))
         for req in requests:
-            out.append({
-                "run_id": wf.id, "request_id": req.request_id, "agent": req.agent, "tool": req.tool,
-                "step": req.step, "args_digest": req.args_digest, "args": req.args_preview, "group": req.group,
-                "quorum": req.quorum, "approvals": list(req.approvals),
-                "requested_at": req.requested_at.isoformat(), "expires_at": req.expires_at.isoformat(),
-            })
+            out.append(
+                {
+                    "run_id": wf.id,
+                    "request_id": req.request_id,
+                    "agent": req.agent,
+                    "tool": req.tool,
+                    "step": req.step,
+                    "args_digest": req.args_digest,
+                    "args": req.args_preview,
+                    "group": req.group,
+                    "quorum": req.quorum,
+                    "approvals": list(req.approvals),
+                    "requested_at": req.requested_at.isoformat(),
+                    "expires_at": req.expires_at.isoformat(),
+                }
+            )
     out.sort(key=lambda r: (r["requested_at"], r["run_id"]))
     return out
 
@@ -125,8 +155,17 @@ async def _query_pending(handle: WorkflowHandle[Any, Any]) -> list[ApprovalReque
         return []
 
 
-async def send_verdict(client: Client, run_id: str, request_id: str, *, approver: str, approve: bool,
-                       reason: str = "", args_digest: str | None = None, timeout: float = 30) -> ApprovalAttempt:
+async def send_verdict(
+    client: Client,
+    run_id: str,
+    request_id: str,
+    *,
+    approver: str,
+    approve: bool,
+    reason: str = "",
+    args_digest: str | None = None,
+    timeout: float = 30,
+) -> ApprovalAttempt:
     """Signals an approval/rejection and waits until the run has recorded what it made of it."""
     desc = await _describe(client, run_id)
     if desc.status != WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING:
@@ -136,8 +175,14 @@ async def send_verdict(client: Client, run_id: str, request_id: str, *, approver
         pending = await handle.query("pending_approvals", result_type=list[ApprovalRequest])
         match = next((p for p in pending if p.request_id == request_id), None)
         args_digest = match.args_digest if match else ""
-    signal = ApprovalSignal(attempt_id=uuid.uuid4().hex, request_id=request_id, approver=approver,
-                            args_digest=args_digest, reason=reason, sent_at=datetime.now(timezone.utc))
+    signal = ApprovalSignal(
+        attempt_id=uuid.uuid4().hex,
+        request_id=request_id,
+        approver=approver,
+        args_digest=args_digest,
+        reason=reason,
+        sent_at=datetime.now(UTC),
+    )
     await handle.signal("approve" if approve else "reject", signal)
     deadline = asyncio.get_running_loop().time() + timeout
     while asyncio.get_running_loop().time() < deadline:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gates.bundle import PolicyBundle
-from gates.engine import tool_entities
 from lockgate.errors import PolicyError
+from lockgate.gates.bundle import PolicyBundle
+from lockgate.gates.engine import tool_entities
 from lockgate.spec import AgentRegistry
 
 __all__ = ["load_bundle"]

@@ -11,23 +11,22 @@ Two checks per run:
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from collections.abc import AsyncIterator
-
 from temporalio.client import Client, WorkflowHistory
 from temporalio.worker import Replayer
 
-from activities.ledger import Ledger
-from gates.bundle import PolicyBundle
-from gates.engine import evaluate, tool_entities
+from lockgate.activities.ledger import Ledger
 from lockgate.errors import PolicyError
+from lockgate.gates.bundle import PolicyBundle
+from lockgate.gates.engine import evaluate, tool_entities
 from lockgate.models import GateRequest
 from lockgate.spec import AgentRegistry
 
-__all__ = ["ReplayReport", "replay", "recheck_decisions"]
+__all__ = ["ReplayReport", "recheck_decisions", "replay"]
 
 
 @dataclass
@@ -56,20 +55,24 @@ class _Bundles:
                 self._cache[bundle_hash] = f"bundle {bundle_hash[:12]} is not in the ledger"
             else:
                 try:
-                    bundle = PolicyBundle.build(content["policies"], schema_text=content["schema"],
-                                                entities_json=content["entities"])
+                    bundle = PolicyBundle.build(
+                        content["policies"], schema_text=content["schema"], entities_json=content["entities"]
+                    )
                 except PolicyError as err:
                     self._cache[bundle_hash] = f"bundle {bundle_hash[:12]} no longer parses: {err}"
                 else:
                     if bundle.hash != bundle_hash:
-                        self._cache[bundle_hash] = f"bundle {bundle_hash[:12]}'s recorded content hashes to {bundle.hash[:12]}"
+                        self._cache[bundle_hash] = (
+                            f"bundle {bundle_hash[:12]}'s recorded content hashes to {bundle.hash[:12]}"
+                        )
                     else:
                         self._cache[bundle_hash] = bundle.with_entities(tool_entities(self._agents.agents()))
         return self._cache[bundle_hash]
 
 
-def recheck_decisions(ledger: Ledger, agents: AgentRegistry, run_id: str, bundles: _Bundles | None = None
-                      ) -> tuple[int, list[str]]:
+def recheck_decisions(
+    ledger: Ledger, agents: AgentRegistry, run_id: str, bundles: _Bundles | None = None
+) -> tuple[int, list[str]]:
     bundles = bundles or _Bundles(ledger, agents)
     problems: list[str] = []
     checked = 0
@@ -87,20 +90,24 @@ def recheck_decisions(ledger: Ledger, agents: AgentRegistry, run_id: str, bundle
             problems.append(f"{where}: {bundle}")
             continue
         request = GateRequest.model_validate(data["request"])
-        again = evaluate(bundle, agents.get(request.agent), request, now=datetime.fromisoformat(entry.at),
-                         lookup=agents.get)
+        again = evaluate(
+            bundle, agents.get(request.agent), request, now=datetime.fromisoformat(entry.at), lookup=agents.get
+        )
         recorded = (data["outcome"], data["gate"], tuple(data["policy_ids"]))
         now = (again.outcome, again.gate, again.policy_ids)
         if recorded != now:
-            problems.append(f"{where}: recorded {recorded[0]} by {recorded[1]} {list(recorded[2])}, "
-                            f"re-evaluated {now[0]} by {now[1]} {list(now[2])}")
+            problems.append(
+                f"{where}: recorded {recorded[0]} by {recorded[1]} {list(recorded[2])}, "
+                f"re-evaluated {now[0]} by {now[1]} {list(now[2])}"
+            )
     return checked, problems
 
 
-async def replay(client: Client, ledger: Ledger, agents: AgentRegistry, run_ids: list[str] | None,
-                 data_converter: Any) -> list[ReplayReport]:
+async def replay(
+    client: Client, ledger: Ledger, agents: AgentRegistry, run_ids: list[str] | None, data_converter: Any
+) -> list[ReplayReport]:
     """Replays the given runs (every run of each id, continue-as-new chains included), or all."""
-    from workflows.agent import AgentWorkflow
+    from lockgate.workflows.agent import AgentWorkflow
 
     replayer = Replayer(workflows=[AgentWorkflow], data_converter=data_converter)
     bundles = _Bundles(ledger, agents)
@@ -116,6 +123,7 @@ async def replay(client: Client, ledger: Ledger, agents: AgentRegistry, run_ids:
         report.histories += 1
         report.events += len(history.events)
         histories.append(history)
+
     # One replay worker for all of them (a worker per history costs more than most replays).
     async def each() -> AsyncIterator[WorkflowHistory]:
         for history in histories:

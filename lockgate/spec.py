@@ -15,7 +15,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from lockgate.models import ToolCall
 
 __all__ = [
-    "ToolSpec", "AgentSpec", "Planner", "LLMPlanner", "Run", "Script", "AgentRegistry", "registry", "describe_validation", "load_agent_modules",
+    "AgentRegistry",
+    "AgentSpec",
+    "LLMPlanner",
+    "Planner",
+    "Run",
+    "Script",
+    "ToolSpec",
+    "describe_validation",
+    "load_agent_modules",
+    "registry",
 ]
 
 DataClass = Literal["public", "internal", "regulated"]
@@ -84,8 +93,9 @@ class LLMPlanner(BaseModel):
 class Run(Protocol):
     """What a scripted agent sees: `await run.call(tool, args)` is one governed tool call."""
 
-    async def call(self, tool: str, args: dict[str, Any], *, confidence: float = 1.0,
-                   rationale: str | None = None) -> dict[str, Any]: ...
+    async def call(
+        self, tool: str, args: dict[str, Any], *, confidence: float = 1.0, rationale: str | None = None
+    ) -> dict[str, Any]: ...
 
 
 # A script is the other way to write an agent: plain (deterministic) async code that calls tools.

@@ -24,9 +24,9 @@ def script_plan(inp: dict[str, Any], done: list[dict[str, Any]]) -> ToolCall | N
 
 
 # -- QA tools: no Vault secret, side effects in memory, so tests can make compensations fail. --------
+from lockgate.activities.tools import ToolContext, ToolError, implements  # noqa: E402
 from pydantic import Field  # noqa: E402
 
-from activities.tools import ToolContext, ToolError, implements  # noqa: E402
 from lockgate.spec import ToolSpec  # noqa: E402
 
 MARKS: dict[str, dict[str, Any]] = {}

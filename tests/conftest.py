@@ -85,14 +85,16 @@ def env(stack: DevStack, policy_dir: Path) -> dict[str, str]:
     """The environment a CLI or worker process of this test session runs with."""
     values = {k: v for k, v in os.environ.items() if not k.startswith(("LOCKGATE_", "VAULT_"))}
     values.update(stack.env())
-    values.update({
-        "LOCKGATE_STATE_DIR": str(stack.state_dir),
-        "LOCKGATE_POLICY_DIR": str(policy_dir),
-        "LOCKGATE_LEDGER_URL": f"sqlite:///{stack.state_dir / 'ledger.db'}",
-        "LOCKGATE_TASK_QUEUE": f"tests-{uuid.uuid4().hex[:8]}",
-        "PYTHONPATH": str(ROOT),
-        "LOCKGATE_AGENT_MODULES": "tests.agents,examples.report_agent",
-    })
+    values.update(
+        {
+            "LOCKGATE_STATE_DIR": str(stack.state_dir),
+            "LOCKGATE_POLICY_DIR": str(policy_dir),
+            "LOCKGATE_LEDGER_URL": f"sqlite:///{stack.state_dir / 'ledger.db'}",
+            "LOCKGATE_TASK_QUEUE": f"tests-{uuid.uuid4().hex[:8]}",
+            "PYTHONPATH": str(ROOT),
+            "LOCKGATE_AGENT_MODULES": "tests.agents,examples.report_agent",
+        }
+    )
     return values
 
 
@@ -103,14 +105,14 @@ def settings(env: dict[str, str]) -> Settings:
 
 @pytest.fixture(scope="session")
 def deps(settings: Settings) -> Any:
-    import worker
+    from lockgate import worker
 
     return worker.build_deps(settings)
 
 
 @pytest.fixture(scope="session")
 async def client(settings: Settings) -> Client:
-    import worker
+    from lockgate import worker
 
     return await worker.connect(settings)
 
@@ -118,7 +120,7 @@ async def client(settings: Settings) -> Client:
 @pytest.fixture(scope="session")
 async def worker_running(client: Client, deps: Any, settings: Settings) -> AsyncIterator[str]:
     """A worker for the whole session on the session's task queue."""
-    import worker
+    from lockgate import worker
     from tests.rogue import RogueWorkflow
 
     w = worker.build_worker(client, deps, extra_workflows=[RogueWorkflow])
@@ -154,9 +156,13 @@ class Outside:
 
     def refunds(self, run_id: str) -> list[tuple[Any, ...]]:
         with self.pg() as conn:
-            return list(conn.execute(
-                "SELECT order_id, amount_cents, idempotency_key, step, reversed_at FROM refunds WHERE run_id = %s "
-                "ORDER BY step", (run_id,)))
+            return list(
+                conn.execute(
+                    "SELECT order_id, amount_cents, idempotency_key, step, reversed_at FROM refunds WHERE run_id = %s "
+                    "ORDER BY step",
+                    (run_id,),
+                )
+            )
 
     def token_alive(self, accessor: str) -> bool:
         try:
@@ -184,11 +190,20 @@ def outside(settings: Settings) -> Outside:
     return Outside(settings)
 
 
-async def start(client: Client, task_queue: str, agent: str, data: dict[str, Any], *,
-                initiator: str = "tester", run_id: str | None = None) -> WorkflowHandle[Any, Any]:
+async def start(
+    client: Client,
+    task_queue: str,
+    agent: str,
+    data: dict[str, Any],
+    *,
+    initiator: str = "tester",
+    run_id: str | None = None,
+) -> WorkflowHandle[Any, Any]:
     return await client.start_workflow(
-        "lockgate.agent", RunInput(agent=agent, input=data, initiator=initiator),
-        id=run_id or f"{agent}-{uuid.uuid4().hex[:10]}", task_queue=task_queue,
+        "lockgate.agent",
+        RunInput(agent=agent, input=data, initiator=initiator),
+        id=run_id or f"{agent}-{uuid.uuid4().hex[:10]}",
+        task_queue=task_queue,
     )
 
 
@@ -197,7 +212,7 @@ async def finish(handle: WorkflowHandle[Any, Any]) -> BaseException | None:
     try:
         await asyncio.wait_for(handle.result(), timeout=60)
         return None
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise
     except Exception as err:  # noqa: BLE001
         cause = getattr(err, "cause", err)
@@ -208,8 +223,12 @@ async def finish(handle: WorkflowHandle[Any, Any]) -> BaseException | None:
 
 def run_cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "lockgate.cli", *args], env=env, capture_output=True, text=True,
-        timeout=timeout, cwd=ROOT,
+        [sys.executable, "-m", "lockgate.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
     )
 
 

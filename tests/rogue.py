@@ -18,7 +18,10 @@ class RogueWorkflow:
     async def run(self, invocation: dict[str, Any]) -> dict[str, Any]:
         inv = ToolInvocation.model_validate(invocation)
         result = await workflow.execute_activity(
-            f"tool.{inv.tool}", inv, result_type=ToolOutcome,
-            start_to_close_timeout=timedelta(seconds=30), retry_policy=RetryPolicy(maximum_attempts=2),
+            f"tool.{inv.tool}",
+            inv,
+            result_type=ToolOutcome,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=RetryPolicy(maximum_attempts=2),
         )
         return result.model_dump(mode="json")

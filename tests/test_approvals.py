@@ -18,9 +18,17 @@ async def test_every_refusal_path_changes_nothing_and_is_recorded(
     client: Client, worker_running: str, deps: Any, outside: Outside, env: dict[str, str]
 ) -> None:
     # script-agent is owned by bob (finance); the run is initiated by alice (finance).
-    handle = await start(client, worker_running, "script-agent", {"steps": [
-        {"tool": "refunds.issue", "args": {"order_id": "A-1002", "amount_cents": 20000}},
-    ]}, initiator="alice")
+    handle = await start(
+        client,
+        worker_running,
+        "script-agent",
+        {
+            "steps": [
+                {"tool": "refunds.issue", "args": {"order_id": "A-1002", "amount_cents": 20000}},
+            ]
+        },
+        initiator="alice",
+    )
     req = await pending_request(handle)
     assert (req.group, req.quorum, req.tool) == ("finance", 1, "refunds.issue")
     assert (await status_of(handle)).state == "awaiting_approval"
@@ -94,9 +102,17 @@ async def test_quorum_counts_distinct_approvers(
 ) -> None:
     handle = await start(client, worker_running, "refund-agent", {"order_id": "A-1001", "amount_cents": 100})
     assert await finish(handle) is None
-    close = await start(client, worker_running, "script-agent", {"steps": [
-        {"tool": "accounts.close", "args": {"customer_id": "C-501", "reason": "customer asked"}},
-    ]}, initiator="erin")
+    close = await start(
+        client,
+        worker_running,
+        "script-agent",
+        {
+            "steps": [
+                {"tool": "accounts.close", "args": {"customer_id": "C-501", "reason": "customer asked"}},
+            ]
+        },
+        initiator="erin",
+    )
     req = await pending_request(close)
     assert (req.group, req.quorum) == ("support-leads", 2)
     first = await send_verdict(client, close.id, req.request_id, approver="carol", approve=True)
@@ -117,10 +133,18 @@ async def test_quorum_counts_distinct_approvers(
 async def test_expiry_denies_and_compensates_earlier_side_effects(
     client: Client, worker_running: str, deps: Any, outside: Outside
 ) -> None:
-    handle = await start(client, worker_running, "script-agent", {"steps": [
-        {"tool": "refunds.issue", "args": {"order_id": "A-1001", "amount_cents": 400}},
-        {"tool": "refunds.issue", "args": {"order_id": "A-1002", "amount_cents": 30000}},
-    ]}, initiator="erin")
+    handle = await start(
+        client,
+        worker_running,
+        "script-agent",
+        {
+            "steps": [
+                {"tool": "refunds.issue", "args": {"order_id": "A-1001", "amount_cents": 400}},
+                {"tool": "refunds.issue", "args": {"order_id": "A-1002", "amount_cents": 30000}},
+            ]
+        },
+        initiator="erin",
+    )
     await pending_request(handle)
     cause = await finish(handle)
     assert isinstance(cause, ApplicationError) and cause.type == errors.APPROVAL_EXPIRED
@@ -148,8 +172,19 @@ async def test_pending_lists_exactly_the_waiting_requests(
         await asyncio.sleep(0.1)
     assert {r["run_id"] for r in rows} == ours
     row = rows[0]
-    assert set(row) >= {"run_id", "request_id", "agent", "tool", "args_digest", "args", "group", "quorum",
-                        "approvals", "requested_at", "expires_at"}
+    assert set(row) >= {
+        "run_id",
+        "request_id",
+        "agent",
+        "tool",
+        "args_digest",
+        "args",
+        "group",
+        "quorum",
+        "approvals",
+        "requested_at",
+        "expires_at",
+    }
     assert row["tool"] == "refunds.issue" and row["group"] == "finance" and row["args"]["order_id"] == "A-1002"
     result = await cli(env, "pending", "--agent", "refund-agent", "--json")
     assert result.returncode == 0

@@ -35,8 +35,15 @@ class FakeModel:
 
     def tool_call(self, name: str, arguments: Any) -> None:
         args = arguments if isinstance(arguments, str) else json.dumps(arguments)
-        self.replies.append({"role": "assistant", "content": None, "tool_calls": [
-            {"id": f"c{len(self.replies)}", "type": "function", "function": {"name": name, "arguments": args}}]})
+        self.replies.append(
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": f"c{len(self.replies)}", "type": "function", "function": {"name": name, "arguments": args}}
+                ],
+            }
+        )
 
     def finish(self, text: str = "done") -> None:
         self.replies.append({"role": "assistant", "content": text})
@@ -47,13 +54,19 @@ def model(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> Iterator[FakeM
     fake = FakeModel()
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             fake.requests.append(body)
             fake.auth.append(self.headers.get("Authorization", ""))
             reply = fake.replies.pop(0) if fake.replies else {"role": "assistant", "content": "no more"}
-            payload = json.dumps({"id": "x", "object": "chat.completion", "model": body["model"],
-                                  "choices": [{"index": 0, "message": reply, "finish_reason": "stop"}]}).encode()
+            payload = json.dumps(
+                {
+                    "id": "x",
+                    "object": "chat.completion",
+                    "model": body["model"],
+                    "choices": [{"index": 0, "message": reply, "finish_reason": "stop"}],
+                }
+            ).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
@@ -68,8 +81,9 @@ def model(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> Iterator[FakeM
     thread.start()
     monkeypatch.setenv("LOCKGATE_LLM_BASE_URL", f"http://127.0.0.1:{server.server_address[1]}/v1")
     root = hvac.Client(url=settings.vault_addr, token=settings.vault_token)
-    root.secrets.kv.v1.create_or_update_secret(path="worker/llm-test", secret={"api_key": API_KEY},
-                                               mount_point="lockgate")
+    root.secrets.kv.v1.create_or_update_secret(
+        path="worker/llm-test", secret={"api_key": API_KEY}, mount_point="lockgate"
+    )
     try:
         yield fake
     finally:
@@ -77,8 +91,9 @@ def model(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> Iterator[FakeM
         server.server_close()
 
 
-async def test_llm_planner_proposals_are_gated(client: Client, worker_running: str, deps: Any,
-                                               model: FakeModel) -> None:
+async def test_llm_planner_proposals_are_gated(
+    client: Client, worker_running: str, deps: Any, model: FakeModel
+) -> None:
     model.tool_call("qa__mark", {"label": "from-the-model", "confidence": 0.9, "rationale": "seems right"})
     model.tool_call("qa__mark", "{this is not json")
     handle = await start(client, worker_running, "llm-agent", {"steps": []}, initiator="erin")
@@ -87,8 +102,10 @@ async def test_llm_planner_proposals_are_gated(client: Client, worker_running: s
     assert isinstance(cause, ApplicationError) and cause.type == errors.TOOL_DENIED
     decisions = ledger_events(deps, handle.id, "decision")
     assert [(d["tool"], d["outcome"], d["gate"]) for d in decisions] == [
-        ("qa.mark", "allow", "policy"), ("qa.mark", "deny", "args"),
-        ("qa.unmark", "allow", "policy")]  # and the first mark was compensated
+        ("qa.mark", "allow", "policy"),
+        ("qa.mark", "deny", "args"),
+        ("qa.unmark", "allow", "policy"),
+    ]  # and the first mark was compensated
     assert decisions[0]["confidence"] == 0.9 and decisions[0]["rationale"] == "seems right"
     # The model saw the tools (dotted names mapped) and the first result; the key came from Vault.
     assert {t["function"]["name"] for t in model.requests[0]["tools"]} == {"qa__mark", "qa__unmark", "qa__explode"}
@@ -116,8 +133,7 @@ async def test_llm_unknown_tool_is_denied_and_unsure_calls_escalate(
     assert [s.tool for s in (await status_of(handle)).steps] == ["qa.mark", "shell__exec"]
 
 
-async def test_llm_finishing_in_text_completes_the_run(client: Client, worker_running: str,
-                                                       model: FakeModel) -> None:
+async def test_llm_finishing_in_text_completes_the_run(client: Client, worker_running: str, model: FakeModel) -> None:
     model.finish("nothing to do")
     handle = await start(client, worker_running, "llm-agent", {"steps": []}, initiator="erin")
     assert await finish(handle) is None
@@ -125,10 +141,18 @@ async def test_llm_finishing_in_text_completes_the_run(client: Client, worker_ru
 
 async def test_scripted_agent(client: Client, worker_running: str, deps: Any) -> None:
     agents.UNDONE.clear()
-    handle = await start(client, worker_running, "scripted-agent", {"steps": [
-        {"tool": "qa.mark", "args": {"label": "scripted-2"}},
-        {"tool": "qa.explode", "args": {"why": "script failure"}},
-    ]}, initiator="erin")
+    handle = await start(
+        client,
+        worker_running,
+        "scripted-agent",
+        {
+            "steps": [
+                {"tool": "qa.mark", "args": {"label": "scripted-2"}},
+                {"tool": "qa.explode", "args": {"why": "script failure"}},
+            ]
+        },
+        initiator="erin",
+    )
     cause = await finish(handle)
     assert isinstance(cause, ApplicationError) and "script failure" in cause.message
     assert agents.UNDONE == ["scripted-2", "scripted-1"]

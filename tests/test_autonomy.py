@@ -26,10 +26,14 @@ async def wait_state(handle: Any, state: str, timeout: float = 20) -> None:
 async def test_freeze_holds_runs_unfreeze_resumes_halt_compensates(
     client: Client, worker_running: str, deps: Any, outside: Outside, env: dict[str, str]
 ) -> None:
-    steps = lambda first: {"steps": [  # noqa: E731
-        {"tool": "refunds.issue", "args": {"order_id": "A-1001", "amount_cents": first}},
-        {"tool": "refunds.issue", "args": {"order_id": "A-1002", "amount_cents": 20000}},
-    ]}
+    def steps(first):
+        return {
+            "steps": [
+                {"tool": "refunds.issue", "args": {"order_id": "A-1001", "amount_cents": first}},
+                {"tool": "refunds.issue", "args": {"order_id": "A-1002", "amount_cents": 20000}},
+            ]
+        }
+
     resumed = await start(client, worker_running, "script-agent", steps(300), initiator="erin")
     halted = await start(client, worker_running, "script-agent", steps(250), initiator="erin")
     req_resumed, req_halted = await pending_request(resumed), await pending_request(halted)
@@ -64,10 +68,25 @@ async def test_freeze_holds_runs_unfreeze_resumes_halt_compensates(
 async def test_sub_agent_outside_boundary_is_denied(
     client: Client, worker_running: str, deps: Any, outside: Outside
 ) -> None:
-    parent = await start(client, worker_running, "script-agent", {"steps": [
-        {"tool": "agent.delegate", "args": {"agent": "script-agent", "tools": ["refunds.issue"], "budget": 5000,
-                                            "input": {"steps": [{"tool": "qa.mark", "args": {"label": "sneaky"}}]}}},
-    ]}, initiator="erin")
+    parent = await start(
+        client,
+        worker_running,
+        "script-agent",
+        {
+            "steps": [
+                {
+                    "tool": "agent.delegate",
+                    "args": {
+                        "agent": "script-agent",
+                        "tools": ["refunds.issue"],
+                        "budget": 5000,
+                        "input": {"steps": [{"tool": "qa.mark", "args": {"label": "sneaky"}}]},
+                    },
+                },
+            ]
+        },
+        initiator="erin",
+    )
     cause = await finish(parent)
     assert isinstance(cause, ApplicationError) and cause.type == errors.TOOL_DENIED
     assert "outside this sub-agent's boundary" in cause.message
@@ -81,14 +100,29 @@ async def test_sub_agent_spend_counts_against_the_parent_budget(
     client: Client, worker_running: str, deps: Any, outside: Outside
 ) -> None:
     # script-agent budget: 25000. Child spends 9000; the parent 9000; a further 9000 crosses it.
-    parent = await start(client, worker_running, "script-agent", {"steps": [
-        {"tool": "agent.delegate", "args": {"agent": "script-agent", "tools": ["refunds.issue", "refunds.reverse"],
-                                            "budget": 10000, "input": {"steps": [
-                                                {"tool": "refunds.issue",
-                                                 "args": {"order_id": "A-1002", "amount_cents": 9000}}]}}},
-        {"tool": "refunds.issue", "args": {"order_id": "A-1002", "amount_cents": 9000}},
-        {"tool": "refunds.issue", "args": {"order_id": "A-1002", "amount_cents": 9000}},
-    ]}, initiator="erin")
+    parent = await start(
+        client,
+        worker_running,
+        "script-agent",
+        {
+            "steps": [
+                {
+                    "tool": "agent.delegate",
+                    "args": {
+                        "agent": "script-agent",
+                        "tools": ["refunds.issue", "refunds.reverse"],
+                        "budget": 10000,
+                        "input": {
+                            "steps": [{"tool": "refunds.issue", "args": {"order_id": "A-1002", "amount_cents": 9000}}]
+                        },
+                    },
+                },
+                {"tool": "refunds.issue", "args": {"order_id": "A-1002", "amount_cents": 9000}},
+                {"tool": "refunds.issue", "args": {"order_id": "A-1002", "amount_cents": 9000}},
+            ]
+        },
+        initiator="erin",
+    )
     req = await pending_request(parent)
     assert (req.group, req.step) == ("finance", 3)
     status = await status_of(parent)
@@ -104,9 +138,17 @@ async def test_sub_agent_spend_counts_against_the_parent_budget(
 
 
 async def test_low_confidence_escalates_to_approval(client: Client, worker_running: str, deps: Any) -> None:
-    handle = await start(client, worker_running, "script-agent", {"steps": [
-        {"tool": "qa.mark", "args": {"label": "unsure"}, "confidence": 0.3, "rationale": "a guess"},
-    ]}, initiator="erin")
+    handle = await start(
+        client,
+        worker_running,
+        "script-agent",
+        {
+            "steps": [
+                {"tool": "qa.mark", "args": {"label": "unsure"}, "confidence": 0.3, "rationale": "a guess"},
+            ]
+        },
+        initiator="erin",
+    )
     req = await pending_request(handle)
     assert req.group == "support-leads"
     assert (await send_verdict(client, handle.id, req.request_id, approver="dave", approve=True)).accepted
@@ -117,9 +159,13 @@ async def test_low_confidence_escalates_to_approval(client: Client, worker_runni
 
 
 async def test_rate_limit_denies_the_fourth_call(client: Client, worker_running: str) -> None:
-    handle = await start(client, worker_running, "script-agent", {"steps": [
-        {"tool": "qa.mark", "args": {"label": f"m{i}"}} for i in range(4)
-    ]}, initiator="erin")
+    handle = await start(
+        client,
+        worker_running,
+        "script-agent",
+        {"steps": [{"tool": "qa.mark", "args": {"label": f"m{i}"}} for i in range(4)]},
+        initiator="erin",
+    )
     cause = await finish(handle)
     assert isinstance(cause, ApplicationError) and "rate limit: 3 calls of qa.mark" in cause.message
     assert [s.outcome for s in (await status_of(handle)).steps] == ["allow", "allow", "allow", "deny"]
@@ -128,7 +174,7 @@ async def test_rate_limit_denies_the_fourth_call(client: Client, worker_running:
 async def test_policy_hot_reload_takes_effect_and_refuses_bad_bundles(
     client: Client, worker_running: str, deps: Any, policy_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import worker
+    from lockgate import worker
 
     good_hash = deps.bundle.hash
     extra = policy_dir / "zz-hot-reload.cedar"
@@ -142,8 +188,13 @@ async def test_policy_hot_reload_takes_effect_and_refuses_bad_bundles(
                 break
             await asyncio.sleep(0.1)
         assert deps.bundle.hash != good_hash
-        handle = await start(client, worker_running, "script-agent",
-                             {"steps": [{"tool": "qa.mark", "args": {"label": "x"}}]}, initiator="erin")
+        handle = await start(
+            client,
+            worker_running,
+            "script-agent",
+            {"steps": [{"tool": "qa.mark", "args": {"label": "x"}}]},
+            initiator="erin",
+        )
         cause = await finish(handle)
         assert isinstance(cause, ApplicationError) and "reload.no-marks" in cause.message
 

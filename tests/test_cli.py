@@ -17,8 +17,17 @@ def cli_env(env: dict[str, str], worker_running: str) -> dict[str, str]:
 
 
 async def test_run_wait_json_then_status_and_audit(cli_env: dict[str, str]) -> None:
-    result = await cli(cli_env, "run", "refund-agent", "--input", '{"order_id": "A-1001", "amount_cents": 300}',
-                     "--as", "erin", "--wait", "--json")
+    result = await cli(
+        cli_env,
+        "run",
+        "refund-agent",
+        "--input",
+        '{"order_id": "A-1001", "amount_cents": 300}',
+        "--as",
+        "erin",
+        "--wait",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
     assert status["state"] == "completed" and status["initiator"] == "erin"
@@ -38,7 +47,10 @@ async def test_run_wait_json_then_status_and_audit(cli_env: dict[str, str]) -> N
     doc = json.loads(audit.stdout)
     assert doc["schema"] == "lockgate.audit/v1" and doc["ledger_intact"] is True
     decisions = [e for e in doc["entries"] if e["kind"] == "decision"]
-    assert [d["data"]["policy_ids"] for d in decisions] == [["refund-agent.read-orders"], ["refund-agent.issue-refunds"]]
+    assert [d["data"]["policy_ids"] for d in decisions] == [
+        ["refund-agent.read-orders"],
+        ["refund-agent.issue-refunds"],
+    ]
     lease_ids = [s["lease_id"] for s in again["steps"]]
     issued = [e["data"]["lease_id"] for e in doc["entries"] if e["kind"] == "lease.issued"]
     assert issued == lease_ids
@@ -50,11 +62,13 @@ async def test_run_wait_json_then_status_and_audit(cli_env: dict[str, str]) -> N
 
 async def test_run_prints_the_run_id_without_wait(cli_env: dict[str, str]) -> None:
     run_id = f"cli-fixed-{uuid.uuid4().hex[:6]}"
-    result = await cli(cli_env, "run", "refund-agent", "--input", '{"order_id": "A-1001", "amount_cents": 100}',
-                       "--id", run_id)
+    result = await cli(
+        cli_env, "run", "refund-agent", "--input", '{"order_id": "A-1001", "amount_cents": 100}', "--id", run_id
+    )
     assert (result.returncode, result.stdout.strip()) == (0, run_id), result.stderr
-    dup = await cli(cli_env, "run", "refund-agent", "--input", '{"order_id": "A-1001", "amount_cents": 100}',
-                    "--id", run_id)
+    dup = await cli(
+        cli_env, "run", "refund-agent", "--input", '{"order_id": "A-1001", "amount_cents": 100}', "--id", run_id
+    )
     assert dup.returncode == 2 and "already exists" in dup.stderr
 
 
@@ -93,8 +107,20 @@ async def test_leases_json_is_empty_when_idle(cli_env: dict[str, str]) -> None:
 async def test_help_lists_every_command(cli_env: dict[str, str]) -> None:
     result = await cli(cli_env, "--help")
     assert result.returncode == 0
-    for command in ("dev", "worker", "demo", "run", "status", "pending", "approve", "reject", "halt", "audit",
-                    "leases", "policy"):
+    for command in (
+        "dev",
+        "worker",
+        "demo",
+        "run",
+        "status",
+        "pending",
+        "approve",
+        "reject",
+        "halt",
+        "audit",
+        "leases",
+        "policy",
+    ):
         assert command in result.stdout
 
 

@@ -17,12 +17,20 @@ from tests.conftest import Outside, cli, finish, ledger_events, ledger_kinds, pe
 async def test_failing_compensation_does_not_stop_the_others(
     client: Client, worker_running: str, deps: Any, outside: Outside
 ) -> None:
-    handle = await start(client, worker_running, "script-agent", {"steps": [
-        {"tool": "qa.mark", "args": {"label": "first"}},
-        {"tool": "qa.mark", "args": {"label": "second", "fail_undo": True}},
-        {"tool": "qa.mark", "args": {"label": "third"}},
-        {"tool": "qa.explode", "args": {"why": "the original error"}},
-    ]}, initiator="erin")
+    handle = await start(
+        client,
+        worker_running,
+        "script-agent",
+        {
+            "steps": [
+                {"tool": "qa.mark", "args": {"label": "first"}},
+                {"tool": "qa.mark", "args": {"label": "second", "fail_undo": True}},
+                {"tool": "qa.mark", "args": {"label": "third"}},
+                {"tool": "qa.explode", "args": {"why": "the original error"}},
+            ]
+        },
+        initiator="erin",
+    )
     agents.UNDONE.clear()
     cause = await finish(handle)
     # The original error surfaces, not the compensation's.
@@ -32,7 +40,10 @@ async def test_failing_compensation_does_not_stop_the_others(
     status = await status_of(handle)
     assert status.state == "failed"
     assert [(c.tool, c.error is None) for c in status.compensations] == [
-        ("qa.unmark", True), ("qa.unmark", False), ("qa.unmark", True)]
+        ("qa.unmark", True),
+        ("qa.unmark", False),
+        ("qa.unmark", True),
+    ]
     assert "cannot unmark second" in (status.error or "")
     failures = ledger_events(deps, handle.id, "tool.failed")
     assert any("cannot unmark second" in f["error"] for f in failures)
@@ -41,11 +52,19 @@ async def test_failing_compensation_does_not_stop_the_others(
 async def test_halt_compensates_in_reverse_and_revokes(
     client: Client, worker_running: str, deps: Any, outside: Outside, env: dict[str, str]
 ) -> None:
-    handle = await start(client, worker_running, "script-agent", {"steps": [
-        {"tool": "refunds.issue", "args": {"order_id": "A-1001", "amount_cents": 300}},
-        {"tool": "qa.mark", "args": {"label": "halted-mark"}},
-        {"tool": "refunds.issue", "args": {"order_id": "A-1002", "amount_cents": 20000}},
-    ]}, initiator="erin")
+    handle = await start(
+        client,
+        worker_running,
+        "script-agent",
+        {
+            "steps": [
+                {"tool": "refunds.issue", "args": {"order_id": "A-1001", "amount_cents": 300}},
+                {"tool": "qa.mark", "args": {"label": "halted-mark"}},
+                {"tool": "refunds.issue", "args": {"order_id": "A-1002", "amount_cents": 20000}},
+            ]
+        },
+        initiator="erin",
+    )
     await pending_request(handle)
     result = await cli(env, "halt", handle.id, "--reason", "customer withdrew")
     assert result.returncode == 0, result.stderr
@@ -64,12 +83,20 @@ async def test_halt_compensates_in_reverse_and_revokes(
 async def test_terminate_is_cleaned_up_by_the_reaper_within_60s(
     client: Client, worker_running: str, deps: Any, outside: Outside, env: dict[str, str]
 ) -> None:
-    import worker
+    from lockgate import worker
 
-    handle = await start(client, worker_running, "script-agent", {"steps": [
-        {"tool": "refunds.issue", "args": {"order_id": "A-1001", "amount_cents": 250}},
-        {"tool": "refunds.issue", "args": {"order_id": "A-1002", "amount_cents": 20000}},
-    ]}, initiator="erin")
+    handle = await start(
+        client,
+        worker_running,
+        "script-agent",
+        {
+            "steps": [
+                {"tool": "refunds.issue", "args": {"order_id": "A-1001", "amount_cents": 250}},
+                {"tool": "refunds.issue", "args": {"order_id": "A-1002", "amount_cents": 20000}},
+            ]
+        },
+        initiator="erin",
+    )
     await pending_request(handle)
     accessor = (await status_of(handle)).identity_accessor
     assert accessor and outside.token_alive(accessor)

@@ -8,9 +8,17 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-CONTRACT = {"LOCKGATE_TEMPORAL_ADDRESS", "LOCKGATE_NAMESPACE", "LOCKGATE_TASK_QUEUE", "VAULT_ADDR",
-            "LOCKGATE_VAULT_ROLE_ID", "LOCKGATE_VAULT_SECRET_ID", "LOCKGATE_POLICY_DIR", "LOCKGATE_LEDGER_URL",
-            "LOCKGATE_STATE_DIR"}
+CONTRACT = {
+    "LOCKGATE_TEMPORAL_ADDRESS",
+    "LOCKGATE_NAMESPACE",
+    "LOCKGATE_TASK_QUEUE",
+    "VAULT_ADDR",
+    "LOCKGATE_VAULT_ROLE_ID",
+    "LOCKGATE_VAULT_SECRET_ID",
+    "LOCKGATE_POLICY_DIR",
+    "LOCKGATE_LEDGER_URL",
+    "LOCKGATE_STATE_DIR",
+}
 
 
 def compose() -> dict:
@@ -24,7 +32,7 @@ def test_services_and_healthchecks() -> None:
         assert "healthcheck" in services[name], name
         assert services[name].get("image"), name
     for name, svc in services.items():
-        for dep in (svc.get("depends_on") or {}):
+        for dep in svc.get("depends_on") or {}:
             assert dep in services, f"{name} depends on unknown {dep}"
 
 
@@ -48,6 +56,7 @@ def test_referenced_files_exist() -> None:
     init = compose()["services"]["openbao-init"]["entrypoint"]
     assert init[:3] == ["python", "-m", "lockgate.deploy"]
     import lockgate.deploy  # noqa: F401 - the module the one-shot runs
+
     for line in (ROOT / "Dockerfile").read_text().splitlines():
         if line.startswith("COPY "):
             for src in line.split()[1:-1]:

@@ -24,8 +24,13 @@ class WorkerProcess:
 
     def start(self, **extra: str) -> None:
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, str(ROOT / "worker.py")], env={**self.env, **extra},
-                                         stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+            self.proc = subprocess.Popen(
+                [sys.executable, str(ROOT / "worker.py")],
+                env={**self.env, **extra},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=ROOT,
+            )
 
     def kill(self) -> None:
         assert self.proc is not None
@@ -44,8 +49,12 @@ class WorkerProcess:
 @pytest.fixture
 def crash_env(env: dict[str, str], tmp_path: Path) -> dict[str, Any]:
     queue = f"crash-{uuid.uuid4().hex[:8]}"
-    return {"env": {**env, "LOCKGATE_TASK_QUEUE": queue, "LOCKGATE_REAP_INTERVAL": "3600"}, "queue": queue,
-            "marker": str(tmp_path / "go"), "log": tmp_path / "worker.log"}
+    return {
+        "env": {**env, "LOCKGATE_TASK_QUEUE": queue, "LOCKGATE_REAP_INTERVAL": "3600"},
+        "queue": queue,
+        "marker": str(tmp_path / "go"),
+        "log": tmp_path / "worker.log",
+    }
 
 
 async def wait_file(path: str, timeout: float = 60) -> None:
@@ -74,8 +83,9 @@ async def crash_and_recover(client: Client, crash: dict[str, Any], hook: str) ->
         second.stop()
 
 
-async def test_sigkill_while_holding_a_lease(client: Client, worker_running: str, deps: Any, outside: Outside,
-                                             crash_env: dict[str, Any]) -> None:
+async def test_sigkill_while_holding_a_lease(
+    client: Client, worker_running: str, deps: Any, outside: Outside, crash_env: dict[str, Any]
+) -> None:
     handle = await crash_and_recover(client, crash_env, "LOCKGATE_TEST_PAUSE_AFTER_LEASE")
     issued = [e for e in ledger_events(deps, handle.id, "lease.issued") if e["tool"] == "refunds.issue"]
     assert len(issued) == 2 and [e["attempt"] for e in issued] == [1, 2]

@@ -15,20 +15,35 @@ from tests.conftest import run_cli
 
 def test_up_twice_status_down(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    ports = {"LOCKGATE_DEV_TEMPORAL_PORT": str(free_port()), "LOCKGATE_DEV_UI_PORT": str(free_port()),
-             "LOCKGATE_DEV_VAULT_PORT": str(free_port())}
+    ports = {
+        "LOCKGATE_DEV_TEMPORAL_PORT": str(free_port()),
+        "LOCKGATE_DEV_UI_PORT": str(free_port()),
+        "LOCKGATE_DEV_VAULT_PORT": str(free_port()),
+    }
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCKGATE_", "VAULT_"))}
     env.update(ports, LOCKGATE_STATE_DIR=str(state))
-    stack = DevStack(state, temporal_port=int(ports["LOCKGATE_DEV_TEMPORAL_PORT"]),
-                     ui_port=int(ports["LOCKGATE_DEV_UI_PORT"]), vault_port=int(ports["LOCKGATE_DEV_VAULT_PORT"]))
+    stack = DevStack(
+        state,
+        temporal_port=int(ports["LOCKGATE_DEV_TEMPORAL_PORT"]),
+        ui_port=int(ports["LOCKGATE_DEV_UI_PORT"]),
+        vault_port=int(ports["LOCKGATE_DEV_VAULT_PORT"]),
+    )
     try:
         first = run_cli(env, "dev", "up")
         assert first.returncode == 0, first.stderr
         pids = stack.status()
         assert all(s["healthy"] for s in pids.values()), pids
         dev_env = stack.env()
-        for key in ("LOCKGATE_TEMPORAL_ADDRESS", "VAULT_ADDR", "LOCKGATE_VAULT_ROLE_ID", "LOCKGATE_VAULT_SECRET_ID",
-                    "VAULT_TOKEN", "LOCKGATE_PG_SOCKET_DIR", "LOCKGATE_PG_DSN", "LOCKGATE_UI_ADDRESS"):
+        for key in (
+            "LOCKGATE_TEMPORAL_ADDRESS",
+            "VAULT_ADDR",
+            "LOCKGATE_VAULT_ROLE_ID",
+            "LOCKGATE_VAULT_SECRET_ID",
+            "VAULT_TOKEN",
+            "LOCKGATE_PG_SOCKET_DIR",
+            "LOCKGATE_PG_DSN",
+            "LOCKGATE_UI_ADDRESS",
+        ):
             assert dev_env.get(key), key
         assert (state / "dev.env").stat().st_mode & 0o077 == 0  # holds the dev root token
 

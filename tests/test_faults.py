@@ -21,8 +21,13 @@ from tests.conftest import Outside, finish, ledger_events, start, status_of
 
 
 async def test_vault_unresponsive_no_tool_runs_without_its_lease(
-    client: Client, worker_running: str, deps: Any, outside: Outside, stack: DevStack,
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+    client: Client,
+    worker_running: str,
+    deps: Any,
+    outside: Outside,
+    stack: DevStack,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     marker = tmp_path / "go"
     monkeypatch.setenv("LOCKGATE_TEST_PAUSE_AFTER_EFFECT", f"orders.lookup:{marker}")
@@ -48,21 +53,27 @@ async def test_vault_unresponsive_no_tool_runs_without_its_lease(
 
 
 async def test_temporal_restart_while_waiting_for_approval(tmp_path: Path, policy_dir: Path) -> None:
-    import worker
+    from lockgate import worker
 
-    stack = DevStack(tmp_path / "state", temporal_port=free_port(), ui_port=free_port(),
-                     vault_port=free_port(), ui=False)
+    stack = DevStack(
+        tmp_path / "state", temporal_port=free_port(), ui_port=free_port(), vault_port=free_port(), ui=False
+    )
     try:
         stack.up()
-        env = {**stack.env(), "LOCKGATE_POLICY_DIR": str(policy_dir), "LOCKGATE_STATE_DIR": str(stack.state_dir),
-               "LOCKGATE_LEDGER_URL": f"sqlite:///{tmp_path / 'ledger.db'}",
-               "LOCKGATE_TASK_QUEUE": f"restart-{uuid.uuid4().hex[:6]}"}
+        env = {
+            **stack.env(),
+            "LOCKGATE_POLICY_DIR": str(policy_dir),
+            "LOCKGATE_STATE_DIR": str(stack.state_dir),
+            "LOCKGATE_LEDGER_URL": f"sqlite:///{tmp_path / 'ledger.db'}",
+            "LOCKGATE_TASK_QUEUE": f"restart-{uuid.uuid4().hex[:6]}",
+        }
         settings = load_settings(env)
         deps = worker.build_deps(settings)
         client = await worker.connect(settings)
         async with worker.build_worker(client, deps):
-            handle = await start(client, settings.task_queue, "refund-agent",
-                                 {"order_id": "A-1002", "amount_cents": 22000})
+            handle = await start(
+                client, settings.task_queue, "refund-agent", {"order_id": "A-1002", "amount_cents": 22000}
+            )
             for _ in range(200):
                 if await handle.query("pending_approvals", result_type=list[ApprovalRequest]):
                     break

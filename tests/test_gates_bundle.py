@@ -8,8 +8,8 @@ from pathlib import Path
 
 import cedarpy
 import pytest
+from lockgate.gates.bundle import PolicyBundle, split_statements
 
-from gates.bundle import PolicyBundle, split_statements
 from lockgate.errors import PolicyError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,13 +37,21 @@ def test_repo_policies_are_valid() -> None:
 
 def test_syntax_error_names_file_and_line() -> None:
     with pytest.raises(PolicyError) as err:
-        PolicyBundle.build({"bad.cedar": '@id("ok")\npermit(principal, action, resource);\n\n@id("x")\npermit(principal, action ==, resource);\n'})
+        PolicyBundle.build(
+            {
+                "bad.cedar": '@id("ok")\npermit(principal, action, resource);\n\n@id("x")\npermit(principal, action ==, resource);\n'
+            }
+        )
     assert err.value.problems[0].startswith("bad.cedar:4: ")
 
 
 def test_missing_and_duplicate_ids_are_errors() -> None:
     with pytest.raises(PolicyError) as err:
-        PolicyBundle.build({"a.cedar": 'permit(principal, action, resource);\n@id("d")\npermit(principal, action, resource);\n@id("d")\nforbid(principal, action, resource);'})
+        PolicyBundle.build(
+            {
+                "a.cedar": 'permit(principal, action, resource);\n@id("d")\npermit(principal, action, resource);\n@id("d")\nforbid(principal, action, resource);'
+            }
+        )
     problems = err.value.problems
     assert any("a.cedar:1:" in p and "no @id" in p for p in problems)
     assert any("a.cedar:4:" in p and "duplicate @id 'd'" in p for p in problems)
@@ -53,9 +61,11 @@ def test_schema_violation_names_file_and_line() -> None:
     schema = (ROOT / "policies" / "schema.cedarschema").read_text()
     with pytest.raises(PolicyError) as err:
         PolicyBundle.build(
-            {"p.cedar": '@id("fine")\npermit(principal, action == Action::"orders.lookup", resource);\n'
-                        '@id("typo")\npermit(principal, action == Action::"orders.lookup", resource)\n'
-                        'when { context.args.amount > 5 };\n'},
+            {
+                "p.cedar": '@id("fine")\npermit(principal, action == Action::"orders.lookup", resource);\n'
+                '@id("typo")\npermit(principal, action == Action::"orders.lookup", resource)\n'
+                "when { context.args.amount > 5 };\n"
+            },
             schema_text=schema,
         )
     assert len(err.value.problems) == 1
@@ -78,14 +88,19 @@ def test_slicing_pruning_and_caching_never_change_a_decision() -> None:
     """Random policy sets and contexts: what the engine evaluates (the action's slice, the context
     pruned to what those policies read, cached verdicts where they read none) must decide exactly
     as evaluating every policy against the whole context does."""
-    from gates.engine import _authorize
+    from lockgate.gates.engine import _authorize
 
     rng = random.Random(7)
     actions = [f"tool{i}" for i in range(12)]
     conditions = [
-        "context.n > {k}", "context.args.amount > {k}", "context.args has reason",
-        'context.run.groups.contains("g{k}")', "context.args == {{\"amount\": {k}}}", "context has extra",
-        "context.run.nested.deep > {k}", "context.run has nested",
+        "context.n > {k}",
+        "context.args.amount > {k}",
+        "context.args has reason",
+        'context.run.groups.contains("g{k}")',
+        'context.args == {{"amount": {k}}}',
+        "context has extra",
+        "context.run.nested.deep > {k}",
+        "context.run has nested",
     ]
     texts = []
     for i in range(300):
@@ -123,23 +138,28 @@ def test_slicing_pruning_and_caching_never_change_a_decision() -> None:
     names = lambda r: sorted(r.diagnostics.id_annotations_by_reason.get(x, x) for x in r.diagnostics.reasons)  # noqa: E731
     context_free = 0
     for _ in range(1500):
-        act = rng.choice(actions + ["other"])
+        act = rng.choice([*actions, "other"])
         ctx = context()
         req = {"principal": 'Agent::"a"', "action": f'Action::"{act}"', "resource": 'Tool::"t"', "context": ctx}
         whole = cedarpy.is_authorized(req, full, [])
         engine = _authorize(bundle, act, "a", "t", ctx)
         context_free += bundle.slice_for(act).context_free
-        assert (whole.allowed, names(whole), bool(whole.diagnostics.errors)) == \
-            (engine.allowed, names(engine), bool(engine.diagnostics.errors)), (act, ctx)
+        assert (whole.allowed, names(whole), bool(whole.diagnostics.errors)) == (
+            engine.allowed,
+            names(engine),
+            bool(engine.diagnostics.errors),
+        ), (act, ctx)
     assert context_free > 0  # slices that read no context at all were exercised too
 
 
 def test_context_paths() -> None:
-    from gates.bundle import context_paths, prune_context
+    from lockgate.gates.bundle import context_paths, prune_context
 
-    body = json.loads(cedarpy.policies_to_json_str(
-        '@id("x") permit(principal, action, resource) when { context.args.amount > 1 && context.run has tainted };'
-    ))["staticPolicies"]["policy0"]["conditions"]
+    body = json.loads(
+        cedarpy.policies_to_json_str(
+            '@id("x") permit(principal, action, resource) when { context.args.amount > 1 && context.run has tainted };'
+        )
+    )["staticPolicies"]["policy0"]["conditions"]
     paths = frozenset(context_paths(body, set()))
     assert paths == {("args", "amount"), ("run", "tainted")}
     ctx = {"args": {"amount": 5, "secret_stuff": "x"}, "run": {"step": 1}, "other": 2}

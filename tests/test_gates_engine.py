@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from lockgate.gates.bundle import PolicyBundle
+from lockgate.gates.engine import evaluate
 
 import tests.agents  # noqa: F401
-from gates.bundle import PolicyBundle
-from gates.engine import evaluate
 from lockgate.models import Decision, GateRequest, GateState, ToolCall
 from lockgate.policies import load_bundle
 from lockgate.spec import registry
 
 ROOT = Path(__file__).resolve().parent.parent
-NOW = datetime(2026, 11, 23, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 23, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +31,15 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> PolicyBundle:
 
 
 def decide(bundle: PolicyBundle, tool: str, args: dict, agent: str = "refund-agent", **state: object) -> Decision:
-    request = GateRequest(decision_id="d-1", run_id="r-1", agent=agent, initiator="tester", step=1,
-                          call=ToolCall(tool=tool, args=args), state=GateState(**state))
+    request = GateRequest(
+        decision_id="d-1",
+        run_id="r-1",
+        agent=agent,
+        initiator="tester",
+        step=1,
+        call=ToolCall(tool=tool, args=args),
+        state=GateState(**state),
+    )
     return evaluate(bundle, registry.get(agent), request, now=NOW)
 
 
@@ -107,8 +114,13 @@ def test_budget_escalates_where_configured(bundle: PolicyBundle) -> None:
     d = decide(bundle, "refunds.issue", {"order_id": "A-1001", "amount_cents": 500}, spent=budget - 100)
     assert (d.outcome, d.gate, d.approver_group) == ("approval", "budget", "finance")
     assert f"spent {budget - 100} + 500 = {budget + 400} > budget {budget}" in d.reasons[0]
-    approved = decide(bundle, "refunds.issue", {"order_id": "A-1001", "amount_cents": 500}, spent=budget - 100,
-                      approved_groups=("finance",))
+    approved = decide(
+        bundle,
+        "refunds.issue",
+        {"order_id": "A-1001", "amount_cents": 500},
+        spent=budget - 100,
+        approved_groups=("finance",),
+    )
     assert approved.outcome == "allow"
 
 
@@ -125,8 +137,14 @@ def test_chain_of_small_refunds_escalates_at_the_third(bundle: PolicyBundle) -> 
 
 
 def test_low_confidence_asks_for_approval_not_deny(bundle: PolicyBundle) -> None:
-    request = GateRequest(decision_id="d", run_id="r", agent="refund-agent", initiator="t", step=1,
-                          call=ToolCall(tool="orders.lookup", args={"order_id": "A-1001"}, confidence=0.4))
+    request = GateRequest(
+        decision_id="d",
+        run_id="r",
+        agent="refund-agent",
+        initiator="t",
+        step=1,
+        call=ToolCall(tool="orders.lookup", args={"order_id": "A-1001"}, confidence=0.4),
+    )
     d = evaluate(bundle, registry.get("refund-agent"), request, now=NOW)
     assert (d.outcome, d.gate, d.approver_group) == ("approval", "confidence", "support-leads")
     assert "0.40 is below the minimum 0.70" in d.reasons[0]
@@ -153,8 +171,9 @@ def test_run_deadline(bundle: PolicyBundle) -> None:
 def test_taint_gate_holds_without_any_cedar_policy_for_it() -> None:
     """The data-flow gate is built in: a bundle that permits everything still escalates egress."""
     permissive = load_bundle(ROOT / "policies", registry)
-    permissive = PolicyBundle.build({"all.cedar": '@id("all") permit(principal, action, resource);'}) \
-        .with_entities(permissive.extra_entities)
+    permissive = PolicyBundle.build({"all.cedar": '@id("all") permit(principal, action, resource);'}).with_entities(
+        permissive.extra_entities
+    )
     args = {"order_id": "A-1001", "message": "hi"}
     assert decide(permissive, "customer.notify", args).outcome == "allow"
     d = decide(permissive, "customer.notify", args, tainted=True)
@@ -164,10 +183,17 @@ def test_taint_gate_holds_without_any_cedar_policy_for_it() -> None:
 def test_delegation_never_widens_authority(bundle: PolicyBundle) -> None:
     def delegate(tools: list[str], budget: int, **state: object) -> Decision:
         request = GateRequest(
-            decision_id="d", run_id="r", agent="script-agent", initiator="t", step=1,
-            call=ToolCall(tool="agent.delegate", args={"agent": "script-agent", "input": {"steps": []},
-                                                       "tools": tools, "budget": budget}),
-            state=GateState(**state))
+            decision_id="d",
+            run_id="r",
+            agent="script-agent",
+            initiator="t",
+            step=1,
+            call=ToolCall(
+                tool="agent.delegate",
+                args={"agent": "script-agent", "input": {"steps": []}, "tools": tools, "budget": budget},
+            ),
+            state=GateState(**state),
+        )
         return evaluate(bundle, registry.get("script-agent"), request, now=NOW, lookup=registry.get)
 
     assert delegate(["refunds.issue"], 1000).outcome == "allow"
@@ -176,9 +202,14 @@ def test_delegation_never_widens_authority(bundle: PolicyBundle) -> None:
     rich = delegate(["refunds.issue"], 20000, spent=10000)
     assert rich.outcome == "deny" and "exceeds what is left" in rich.reasons[0]
     refund = registry.get("refund-agent")
-    request = GateRequest(decision_id="d", run_id="r", agent="refund-agent", initiator="t", step=1,
-                          call=ToolCall(tool="agent.delegate", args={"agent": "script-agent", "tools": [],
-                                                                     "budget": 0}))
+    request = GateRequest(
+        decision_id="d",
+        run_id="r",
+        agent="refund-agent",
+        initiator="t",
+        step=1,
+        call=ToolCall(tool="agent.delegate", args={"agent": "script-agent", "tools": [], "budget": 0}),
+    )
     assert evaluate(bundle, refund, request, now=NOW, lookup=registry.get).outcome == "deny"
 
 
@@ -192,13 +223,23 @@ def test_any_error_inside_a_gate_is_a_deny(bundle: PolicyBundle) -> None:
         def slice_for(self, action: str, *, without_approval: bool = False):  # type: ignore[override]
             raise RuntimeError("policy store exploded")
 
-    broken = Broken(statements=bundle.statements, entities_json=bundle.entities_json,
-                    schema_text=bundle.schema_text, hash=bundle.hash)
+    broken = Broken(
+        statements=bundle.statements,
+        entities_json=bundle.entities_json,
+        schema_text=bundle.schema_text,
+        hash=bundle.hash,
+    )
     d = decide(broken, "orders.lookup", {"order_id": "A-1001"})
     assert (d.outcome, d.gate) == ("deny", "policy") and "policy store exploded" in d.reasons[0]
 
 
 def test_unknown_agent_is_denied(bundle: PolicyBundle) -> None:
-    request = GateRequest(decision_id="d", run_id="r", agent="ghost", initiator="t", step=1,
-                          call=ToolCall(tool="orders.lookup", args={"order_id": "A-1001"}))
+    request = GateRequest(
+        decision_id="d",
+        run_id="r",
+        agent="ghost",
+        initiator="t",
+        step=1,
+        call=ToolCall(tool="orders.lookup", args={"order_id": "A-1001"}),
+    )
     assert evaluate(bundle, None, request, now=NOW).outcome == "deny"

@@ -11,7 +11,9 @@ from lockgate import errors
 from tests.conftest import Outside, finish, ledger_events, ledger_kinds, start, status_of
 
 
-async def test_refund_runs_governed_end_to_end(client: Client, worker_running: str, deps: Any, outside: Outside) -> None:
+async def test_refund_runs_governed_end_to_end(
+    client: Client, worker_running: str, deps: Any, outside: Outside
+) -> None:
     handle = await start(client, worker_running, "refund-agent", {"order_id": "A-1001", "amount_cents": 700})
     assert await finish(handle) is None
     status = await status_of(handle)
@@ -60,8 +62,9 @@ async def test_denied_call_issues_no_lease_and_has_no_side_effect(
 async def test_planner_proposing_an_unknown_tool_is_denied(
     client: Client, worker_running: str, deps: Any, outside: Outside
 ) -> None:
-    handle = await start(client, worker_running, "script-agent",
-                         {"steps": [{"tool": "shell.exec", "args": {"cmd": "id"}}]})
+    handle = await start(
+        client, worker_running, "script-agent", {"steps": [{"tool": "shell.exec", "args": {"cmd": "id"}}]}
+    )
     cause = await finish(handle)
     assert isinstance(cause, ApplicationError) and cause.type == errors.TOOL_DENIED
     assert "task boundary" in cause.message
@@ -72,9 +75,16 @@ async def test_planner_proposing_an_unknown_tool_is_denied(
 async def test_args_failing_the_schema_are_denied_before_any_lease(
     client: Client, worker_running: str, deps: Any, outside: Outside
 ) -> None:
-    handle = await start(client, worker_running, "script-agent", {"steps": [
-        {"tool": "refunds.issue", "args": {"order_id": "A-1001", "amount_cents": "a lot"}},
-    ]})
+    handle = await start(
+        client,
+        worker_running,
+        "script-agent",
+        {
+            "steps": [
+                {"tool": "refunds.issue", "args": {"order_id": "A-1001", "amount_cents": "a lot"}},
+            ]
+        },
+    )
     cause = await finish(handle)
     assert isinstance(cause, ApplicationError) and cause.type == errors.TOOL_DENIED
     assert "amount_cents" in cause.message
@@ -84,9 +94,16 @@ async def test_args_failing_the_schema_are_denied_before_any_lease(
 
 
 async def test_oversized_args_are_denied(client: Client, worker_running: str, deps: Any) -> None:
-    handle = await start(client, worker_running, "script-agent", {"steps": [
-        {"tool": "refunds.issue", "args": {"order_id": "A-1001", "amount_cents": 5, "reason": "x" * 270_000}},
-    ]})
+    handle = await start(
+        client,
+        worker_running,
+        "script-agent",
+        {
+            "steps": [
+                {"tool": "refunds.issue", "args": {"order_id": "A-1001", "amount_cents": 5, "reason": "x" * 270_000}},
+            ]
+        },
+    )
     cause = await finish(handle)
     assert isinstance(cause, ApplicationError) and cause.type == errors.TOOL_DENIED and "limit" in cause.message
     assert ledger_events(deps, handle.id, "lease.issued") == []
@@ -108,10 +125,17 @@ async def test_unknown_agent_and_invalid_input_fail_before_anything_runs(
 async def test_tool_failure_compensates_earlier_side_effects(
     client: Client, worker_running: str, deps: Any, outside: Outside
 ) -> None:
-    handle = await start(client, worker_running, "script-agent", {"steps": [
-        {"tool": "refunds.issue", "args": {"order_id": "A-1003", "amount_cents": 900}},
-        {"tool": "customer.notify", "args": {"order_id": "A-1003", "message": "hi"}},
-    ]})
+    handle = await start(
+        client,
+        worker_running,
+        "script-agent",
+        {
+            "steps": [
+                {"tool": "refunds.issue", "args": {"order_id": "A-1003", "amount_cents": 900}},
+                {"tool": "customer.notify", "args": {"order_id": "A-1003", "message": "hi"}},
+            ]
+        },
+    )
     cause = await finish(handle)
     assert isinstance(cause, ApplicationError) and cause.type == errors.TOOL_FAILED
     assert "no deliverable email" in cause.message

@@ -47,8 +47,9 @@ async def test_rejected_quarantine_closes_the_ticket(client: Client, worker_runn
     release_all(outside)
     handle = await start(client, worker_running, "incident-agent", {"host_id": "web-1"}, initiator="erin")
     req = await pending_request(handle)
-    assert (await send_verdict(client, handle.id, req.request_id, approver="grace", approve=False,
-                               reason="false positive")).accepted
+    assert (
+        await send_verdict(client, handle.id, req.request_id, approver="grace", approve=False, reason="false positive")
+    ).accepted
     cause = await finish(handle)
     assert isinstance(cause, ApplicationError) and cause.type == errors.APPROVAL_REJECTED
     assert host(outside, "web-1")[0] is None
@@ -59,8 +60,7 @@ async def test_rejected_quarantine_closes_the_ticket(client: Client, worker_runn
 
 async def test_failed_page_releases_the_quarantine(client: Client, worker_running: str, outside: Outside) -> None:
     release_all(outside)
-    handle = await start(client, worker_running, "incident-agent", {"host_id": "web-2", "page": True},
-                         initiator="erin")
+    handle = await start(client, worker_running, "incident-agent", {"host_id": "web-2", "page": True}, initiator="erin")
     req = await pending_request(handle)
     assert (await send_verdict(client, handle.id, req.request_id, approver="frank", approve=True)).accepted
     cause = await finish(handle)

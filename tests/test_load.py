@@ -18,13 +18,20 @@ async def test_200_concurrent_runs_with_50_approvals(
     client: Client, worker_running: str, outside: Outside, deps: Any
 ) -> None:
     with outside.pg() as conn:
-        conn.execute("INSERT INTO orders (id, customer_id, total_cents) SELECT 'B-' || (2000 + g), 'C-501', 20000 "
-                     "FROM generate_series(0, %s) g ON CONFLICT (id) DO NOTHING", (GATED - 1,))
+        conn.execute(
+            "INSERT INTO orders (id, customer_id, total_cents) SELECT 'B-' || (2000 + g), 'C-501', 20000 "
+            "FROM generate_series(0, %s) g ON CONFLICT (id) DO NOTHING",
+            (GATED - 1,),
+        )
     started = time.monotonic()
-    autonomous = [start(client, worker_running, "refund-agent", {"order_id": "A-1001", "amount_cents": 10})
-                  for _ in range(AUTONOMOUS)]
-    gated = [start(client, worker_running, "refund-agent", {"order_id": f"B-{2000 + i}", "amount_cents": 15000})
-             for i in range(GATED)]
+    autonomous = [
+        start(client, worker_running, "refund-agent", {"order_id": "A-1001", "amount_cents": 10})
+        for _ in range(AUTONOMOUS)
+    ]
+    gated = [
+        start(client, worker_running, "refund-agent", {"order_id": f"B-{2000 + i}", "amount_cents": 15000})
+        for i in range(GATED)
+    ]
     handles = await asyncio.gather(*autonomous, *gated)
     gated_ids = {h.id for h in handles[AUTONOMOUS:]}
 
@@ -56,8 +63,9 @@ async def test_200_concurrent_runs_with_50_approvals(
     states = await asyncio.gather(*(status_of(h) for h in handles[:5] + handles[-5:]))
     assert {s.state for s in states} == {"completed"}
     with outside.pg() as conn:
-        (refunds,) = conn.execute("SELECT count(*) FROM refunds WHERE run_id = ANY(%s)",
-                                  ([h.id for h in handles],)).fetchone()
+        (refunds,) = conn.execute(
+            "SELECT count(*) FROM refunds WHERE run_id = ANY(%s)", ([h.id for h in handles],)
+        ).fetchone()
     assert refunds == AUTONOMOUS + GATED
     outside.assert_nothing_leaked(within=30)
     print(f"\n200 runs, {GATED} approvals in {time.monotonic() - started:.1f}s, {polls} pending polls")

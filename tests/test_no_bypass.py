@@ -15,10 +15,19 @@ from tests.conftest import Outside, finish, ledger_events
 
 def invocation(run_id: str, args: dict[str, Any], *, gate_run: str | None = None, **state: Any) -> dict[str, Any]:
     return {
-        "run_id": run_id, "step": 1, "tool": "refunds.issue", "idempotency_key": f"{run_id}:1",
-        "gate": {"decision_id": f"{run_id}/1/1", "run_id": gate_run or run_id, "agent": "refund-agent",
-                 "initiator": "rogue", "step": 1, "call": {"tool": "refunds.issue", "args": args},
-                 "state": state},
+        "run_id": run_id,
+        "step": 1,
+        "tool": "refunds.issue",
+        "idempotency_key": f"{run_id}:1",
+        "gate": {
+            "decision_id": f"{run_id}/1/1",
+            "run_id": gate_run or run_id,
+            "agent": "refund-agent",
+            "initiator": "rogue",
+            "step": 1,
+            "call": {"tool": "refunds.issue", "args": args},
+            "state": state,
+        },
     }
 
 
@@ -34,14 +43,19 @@ async def test_a_raw_activity_call_is_gated_like_any_other(
     client: Client, worker_running: str, deps: Any, outside: Outside
 ) -> None:
     over_cap = f"rogue-{uuid.uuid4().hex[:8]}"
-    result = await rogue(client, worker_running, over_cap,
-                         invocation(over_cap, {"order_id": "A-1002", "amount_cents": 150000}))
+    result = await rogue(
+        client, worker_running, over_cap, invocation(over_cap, {"order_id": "A-1002", "amount_cents": 150000})
+    )
     assert result["ran"] is False and result["decision"]["outcome"] == "deny"
     assert "refunds.hard-cap" in result["decision"]["policy_ids"]
 
     needs_approval = f"rogue-{uuid.uuid4().hex[:8]}"
-    result = await rogue(client, worker_running, needs_approval,
-                         invocation(needs_approval, {"order_id": "A-1002", "amount_cents": 20000}))
+    result = await rogue(
+        client,
+        worker_running,
+        needs_approval,
+        invocation(needs_approval, {"order_id": "A-1002", "amount_cents": 20000}),
+    )
     assert result["ran"] is False and result["decision"]["outcome"] == "approval"
 
     for run_id in (over_cap, needs_approval):
@@ -55,8 +69,12 @@ async def test_an_invocation_for_another_run_is_refused(
     client: Client, worker_running: str, deps: Any, outside: Outside
 ) -> None:
     run_id = f"rogue-{uuid.uuid4().hex[:8]}"
-    cause = await rogue(client, worker_running, run_id,
-                        invocation(run_id, {"order_id": "A-1001", "amount_cents": 100}, gate_run="someone-else"))
+    cause = await rogue(
+        client,
+        worker_running,
+        run_id,
+        invocation(run_id, {"order_id": "A-1001", "amount_cents": 100}, gate_run="someone-else"),
+    )
     assert isinstance(cause, ApplicationError) and cause.type == errors.BAD_INPUT
     assert outside.refunds(run_id) == [] and ledger_events(deps, run_id, "decision") == []
     assert len(ledger_events(deps, run_id, "tool.refused")) == 1

@@ -21,7 +21,13 @@ def test_json_logs_carry_run_fields() -> None:
     record = logging.LogRecord("lockgate.gate", logging.INFO, __file__, 1, "decision %s", ("x",), None)
     record.run_id, record.step, record.outcome = "run-1", 2, "allow"
     doc = json.loads(JsonFormatter().format(record))
-    assert (doc["msg"], doc["run_id"], doc["step"], doc["outcome"], doc["level"]) == ("decision x", "run-1", 2, "allow", "INFO")
+    assert (doc["msg"], doc["run_id"], doc["step"], doc["outcome"], doc["level"]) == (
+        "decision x",
+        "run-1",
+        2,
+        "allow",
+        "INFO",
+    )
 
 
 def test_tracing_interceptor_only_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -41,6 +47,8 @@ async def test_gate_lease_and_tool_spans(client: Client, worker_running: str) ->
     assert await finish(handle) is None
     spans = [s for s in exporter.get_finished_spans() if s.attributes.get("lockgate.run_id") == handle.id]
     names = [s.name for s in spans]
-    assert names.count("lockgate.gate") == 2 and names.count("lockgate.lease") == 2 and names.count("lockgate.tool") == 2
+    assert (
+        names.count("lockgate.gate") == 2 and names.count("lockgate.lease") == 2 and names.count("lockgate.tool") == 2
+    )
     tool_spans: Any = [s for s in spans if s.name == "lockgate.tool"]
     assert all(str(s.attributes["lockgate.lease_id"]).startswith("database/creds/") for s in tool_spans)

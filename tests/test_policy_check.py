@@ -14,12 +14,12 @@ def broken_copy(tmp_path: Path, policy_dir: Path) -> Path:
     bad = tmp_path / "bad-policies"
     shutil.copytree(policy_dir, bad)
     (bad / "broken.cedar").write_text(
-        '// a typo in a condition, and a policy without an id\n'
+        "// a typo in a condition, and a policy without an id\n"
         '@id("broken.typo")\n'
         'permit (principal, action == Action::"orders.lookup", resource)\n'
-        'when { context.args.amount > 1 };\n'
-        '\n'
-        'permit (principal, action, resource);\n'
+        "when { context.args.amount > 1 };\n"
+        "\n"
+        "permit (principal, action, resource);\n"
     )
     return bad
 
@@ -30,7 +30,9 @@ def test_policy_check_accepts_the_bundle(env: dict[str, str], policy_dir: Path) 
     assert "policies valid" in result.stdout
 
 
-def test_policy_check_reports_each_error_with_file_and_line(env: dict[str, str], policy_dir: Path, tmp_path: Path) -> None:
+def test_policy_check_reports_each_error_with_file_and_line(
+    env: dict[str, str], policy_dir: Path, tmp_path: Path
+) -> None:
     bad = broken_copy(tmp_path, policy_dir)
     result = run_cli(env, "policy", "check", str(bad))
     assert result.returncode == 2
@@ -43,8 +45,12 @@ def test_policy_check_reports_each_error_with_file_and_line(env: dict[str, str],
 def test_worker_refuses_to_start_on_an_invalid_bundle(env: dict[str, str], policy_dir: Path, tmp_path: Path) -> None:
     bad = broken_copy(tmp_path, policy_dir)
     result = subprocess.run(
-        [sys.executable, str(ROOT / "worker.py")], env={**env, "LOCKGATE_POLICY_DIR": str(bad)},
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
+        [sys.executable, str(ROOT / "worker.py")],
+        env={**env, "LOCKGATE_POLICY_DIR": str(bad)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
     )
     assert result.returncode == 2
     assert "refusing to start" in result.stderr
@@ -54,7 +60,11 @@ def test_worker_refuses_to_start_on_an_invalid_bundle(env: dict[str, str], polic
 
 def test_worker_refuses_bad_vault_credentials(env: dict[str, str]) -> None:
     result = subprocess.run(
-        [sys.executable, str(ROOT / "worker.py")], env={**env, "LOCKGATE_VAULT_SECRET_ID": "not-a-secret-id"},
-        capture_output=True, text=True, timeout=60, cwd=ROOT,
+        [sys.executable, str(ROOT / "worker.py")],
+        env={**env, "LOCKGATE_VAULT_SECRET_ID": "not-a-secret-id"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
     )
     assert result.returncode == 2 and "AppRole" in result.stderr

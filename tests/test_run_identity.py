@@ -7,8 +7,8 @@ from typing import Any
 
 import hvac
 import pytest
+from lockgate.activities.vault import LeaseForbidden, VaultBroker
 
-from activities.vault import LeaseForbidden, VaultBroker
 from lockgate.config import Settings
 from tests.conftest import Outside
 
@@ -17,8 +17,10 @@ def test_revoking_the_run_identity_removes_all_its_credentials(deps: Any, outsid
     vault: VaultBroker = deps.vault
     run_id = f"identity-{uuid.uuid4().hex[:8]}"
     identity = vault.open_run(run_id, "refund-agent", "lockgate-agent-refund-agent", 120)
-    leases = [vault.issue(run_id, path)[0] for path in
-              ("database/creds/shop-reader", "database/creds/shop-reader", "database/creds/shop-refunds")]
+    leases = [
+        vault.issue(run_id, path)[0]
+        for path in ("database/creds/shop-reader", "database/creds/shop-reader", "database/creds/shop-refunds")
+    ]
     assert len(outside.dynamic_roles()) >= 3
     assert {lease.lease_id for lease in leases} <= set(outside.live_leases())
 

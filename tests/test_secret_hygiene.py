@@ -52,8 +52,13 @@ async def handle_status(handle: Any) -> Any:
 
 
 async def test_no_secret_leaves_its_activity(
-    client: Client, worker_running: str, deps: Any, settings: Settings, env: dict[str, str],
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
+    client: Client,
+    worker_running: str,
+    deps: Any,
+    settings: Settings,
+    env: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
     issued: list[str] = []
@@ -77,10 +82,17 @@ async def test_no_secret_leaves_its_activity(
     gated = await start(client, worker_running, "refund-agent", {"order_id": "A-1002", "amount_cents": 20000})
     request = await pending_request(gated)
     await send_verdict(client, gated.id, request.request_id, approver="bob", approve=True)
-    failing = await start(client, worker_running, "script-agent", {"steps": [
-        {"tool": "refunds.issue", "args": {"order_id": "A-1003", "amount_cents": 100}},
-        {"tool": "customer.notify", "args": {"order_id": "A-1003", "message": "hello"}},
-    ]})
+    failing = await start(
+        client,
+        worker_running,
+        "script-agent",
+        {
+            "steps": [
+                {"tool": "refunds.issue", "args": {"order_id": "A-1003", "amount_cents": 100}},
+                {"tool": "customer.notify", "args": {"order_id": "A-1003", "message": "hello"}},
+            ]
+        },
+    )
     for handle in (happy, gated, failing):
         await finish(handle)
 
@@ -96,12 +108,16 @@ async def test_no_secret_leaves_its_activity(
         # Payloads are base64 in the JSON export: scan their decoded bytes as well.
         haystacks[f"history {wf.id}"] = history.to_json() + "\n".join(decoded_payloads(history.events))
         haystacks[f"search attributes {wf.id}"] = repr(wf.typed_search_attributes) + repr(wf.search_attributes)
-    haystacks["ledger"] = "\n".join(
-        f"{e.event_key} {e.run_id} {e.kind} {e.data}" for e in deps.ledger.entries()
-    )
+    haystacks["ledger"] = "\n".join(f"{e.event_key} {e.run_id} {e.kind} {e.data}" for e in deps.ledger.entries())
     haystacks["logs"] = "\n".join(r.getMessage() + str(r.args) for r in caplog.records)
-    for args in (["status", happy.id, "--json"], ["audit", gated.id, "--format", "json"],
-                 ["audit", failing.id], ["leases", "--json"], ["pending", "--json"], ["dev", "status", "--json"]):
+    for args in (
+        ["status", happy.id, "--json"],
+        ["audit", gated.id, "--format", "json"],
+        ["audit", failing.id],
+        ["leases", "--json"],
+        ["pending", "--json"],
+        ["dev", "status", "--json"],
+    ):
         result = await cli(env, *args)
         haystacks[f"cli {' '.join(args)}"] = result.stdout + result.stderr
 

@@ -53,7 +53,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from lockgate.spec import AgentSpec, LLMPlanner, ToolSpec, describe_validation, registry
 
-__all__ = ["AgentWorkflow", "SA_AGENT", "SA_STATE", "SA_INITIATOR", "SA_PENDING"]
+__all__ = ["SA_AGENT", "SA_INITIATOR", "SA_PENDING", "SA_STATE", "AgentWorkflow"]
 
 SA_AGENT = SearchAttributeKey.for_keyword("LockgateAgent")
 SA_STATE = SearchAttributeKey.for_keyword("LockgateState")
@@ -69,8 +69,9 @@ FREEZE_RECHECK = timedelta(seconds=30)
 # GATE_CALL: a local activity (no extra server round trip); pure compute plus one ledger write.
 GATE_CALL: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=20),
-    "retry_policy": RetryPolicy(maximum_attempts=5, maximum_interval=timedelta(seconds=5),
-                                non_retryable_error_types=[errors.BAD_INPUT]),
+    "retry_policy": RetryPolicy(
+        maximum_attempts=5, maximum_interval=timedelta(seconds=5), non_retryable_error_types=[errors.BAD_INPUT]
+    ),
 }
 # TOOL_CALL: the heartbeat timeout is how fast a crashed worker's attempt is noticed and retried
 # (the next attempt revokes the lease the dead one held). Denials and tool failures never retry.
@@ -78,23 +79,23 @@ TOOL_CALL: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=60),
     "heartbeat_timeout": timedelta(seconds=10),
     "retry_policy": RetryPolicy(
-        initial_interval=timedelta(milliseconds=500), maximum_interval=timedelta(seconds=10),
+        initial_interval=timedelta(milliseconds=500),
+        maximum_interval=timedelta(seconds=10),
         maximum_attempts=6,
-        non_retryable_error_types=[errors.BAD_INPUT, errors.LEASE_FORBIDDEN, errors.TOOL_FAILED,
-                                   errors.TOOL_DENIED],
+        non_retryable_error_types=[errors.BAD_INPUT, errors.LEASE_FORBIDDEN, errors.TOOL_FAILED, errors.TOOL_DENIED],
     ),
 }
 # RUN_CALL: opening and closing the run identity must eventually happen; keep retrying.
 RUN_CALL: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=30),
-    "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=10),
-                                non_retryable_error_types=[errors.BAD_INPUT]),
+    "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=10), non_retryable_error_types=[errors.BAD_INPUT]),
 }
 # PLANNER_CALL: a model can be slow or flaky; a malformed answer is not an error (the gate denies it).
 PLANNER_CALL: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=120),
-    "retry_policy": RetryPolicy(maximum_attempts=4, maximum_interval=timedelta(seconds=20),
-                                non_retryable_error_types=[errors.BAD_INPUT]),
+    "retry_policy": RetryPolicy(
+        maximum_attempts=4, maximum_interval=timedelta(seconds=20), non_retryable_error_types=[errors.BAD_INPUT]
+    ),
 }
 AUDIT_CALL: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=20),
@@ -109,11 +110,23 @@ def _frozen(decision: Decision) -> bool:
 def _step_record(step: int, call: ToolCall, request: GateRequest, decision: Decision | None = None) -> StepRecord:
     """How a step shows in `lockgate status` (before a decision came back: as the request)."""
     if decision is None:
-        return StepRecord(step=step, tool=call.tool, args_digest=args_digest(call.args), outcome="allow",
-                          gate="policy", decision_id=request.decision_id)
+        return StepRecord(
+            step=step,
+            tool=call.tool,
+            args_digest=args_digest(call.args),
+            outcome="allow",
+            gate="policy",
+            decision_id=request.decision_id,
+        )
     return StepRecord(
-        step=step, tool=call.tool, args_digest=decision.args_digest, outcome=decision.outcome, gate=decision.gate,
-        decision_id=decision.decision_id, policy_ids=decision.policy_ids, reasons=decision.reasons,
+        step=step,
+        tool=call.tool,
+        args_digest=decision.args_digest,
+        outcome=decision.outcome,
+        gate=decision.gate,
+        decision_id=decision.decision_id,
+        policy_ids=decision.policy_ids,
+        reasons=decision.reasons,
     )
 
 
@@ -129,10 +142,12 @@ class _ScriptRun:
     def __init__(self, wf: AgentWorkflow, agent: AgentSpec) -> None:
         self._wf, self._agent = wf, agent
 
-    async def call(self, tool: str, args: dict[str, Any], *, confidence: float = 1.0,
-                   rationale: str | None = None) -> dict[str, Any]:
-        outcome = await self._wf.call(self._agent, ToolCall(tool=tool, args=args, confidence=confidence,
-                                                            rationale=rationale))
+    async def call(
+        self, tool: str, args: dict[str, Any], *, confidence: float = 1.0, rationale: str | None = None
+    ) -> dict[str, Any]:
+        outcome = await self._wf.call(
+            self._agent, ToolCall(tool=tool, args=args, confidence=confidence, rationale=rationale)
+        )
         self._wf._done.append({"tool": outcome.tool, "step": outcome.step, "args": args, "result": outcome.result})
         return outcome.result
 
@@ -187,12 +202,17 @@ class AgentWorkflow:
         try:
             agent.input_model.model_validate(inp.input)
         except ValidationError as err:
-            raise ApplicationError(f"invalid input for {agent.name}: {describe_validation(err)}",
-                                   type=errors.BAD_INPUT, non_retryable=True) from None
-        workflow.upsert_search_attributes([
-            SearchAttributePair(SA_AGENT, agent.name), SearchAttributePair(SA_INITIATOR, inp.initiator),
-            SearchAttributePair(SA_STATE, "running"), SearchAttributePair(SA_PENDING, []),
-        ])
+            raise ApplicationError(
+                f"invalid input for {agent.name}: {describe_validation(err)}", type=errors.BAD_INPUT, non_retryable=True
+            ) from None
+        workflow.upsert_search_attributes(
+            [
+                SearchAttributePair(SA_AGENT, agent.name),
+                SearchAttributePair(SA_INITIATOR, inp.initiator),
+                SearchAttributePair(SA_STATE, "running"),
+                SearchAttributePair(SA_PENDING, []),
+            ]
+        )
         if inp.carry is None:
             await self._open(agent, inp)
         failure: BaseException | None = None
@@ -217,16 +237,22 @@ class AgentWorkflow:
         if failure is not None:
             final = "halted" if isinstance(failure, (asyncio.CancelledError, CancelledError)) else "failed"
         await workflow.execute_activity(
-            "run.close", RunClose(run_id=self._run_id, accessor=self._identity.accessor, state=final,
-                                  reason=self._error),
-            result_type=bool, **RUN_CALL,
+            "run.close",
+            RunClose(run_id=self._run_id, accessor=self._identity.accessor, state=final, reason=self._error),
+            result_type=bool,
+            **RUN_CALL,
         )
         self._set_state(final)
         if failure is not None:
             raise failure
-        return RunResult(run_id=self._run_id, state=final, steps=tuple(self._steps),
-                         output={"results": [d["result"] for d in self._done]}, spent=self._spent,
-                         tainted=self._tainted)
+        return RunResult(
+            run_id=self._run_id,
+            state=final,
+            steps=tuple(self._steps),
+            output={"results": [d["result"] for d in self._done]},
+            spent=self._spent,
+            tainted=self._tainted,
+        )
 
     async def _open(self, agent: AgentSpec, inp: RunInput) -> None:
         """The run's own Vault identity, whose TTL ends with the run's deadline."""
@@ -236,10 +262,16 @@ class AgentWorkflow:
         ttl = max(1, int((self._deadline_at - workflow.now()).total_seconds()))
         self._identity = await workflow.execute_activity(
             "run.open",
-            RunOpen(run_id=self._run_id, agent=agent.name, initiator=inp.initiator, ttl_seconds=ttl,
-                    vault_policy=inp.parent.vault_policy if inp.parent else None,
-                    parent_run_id=inp.parent.run_id if inp.parent else None),
-            result_type=RunIdentity, **RUN_CALL,
+            RunOpen(
+                run_id=self._run_id,
+                agent=agent.name,
+                initiator=inp.initiator,
+                ttl_seconds=ttl,
+                vault_policy=inp.parent.vault_policy if inp.parent else None,
+                parent_run_id=inp.parent.run_id if inp.parent else None,
+            ),
+            result_type=RunIdentity,
+            **RUN_CALL,
         )
 
     async def _plan(self, agent: AgentSpec) -> None:
@@ -251,8 +283,9 @@ class AgentWorkflow:
             if proposal is None:
                 return
             outcome = await self.call(agent, proposal)
-            self._done.append({"tool": outcome.tool, "step": outcome.step, "args": proposal.args,
-                               "result": outcome.result})
+            self._done.append(
+                {"tool": outcome.tool, "step": outcome.step, "args": proposal.args, "result": outcome.result}
+            )
             if self._history_full(agent):
                 # Between steps nothing is pending: hand the whole state to a fresh history.
                 workflow.continue_as_new(self._inp.model_copy(update={"carry": self._carry()}))
@@ -261,9 +294,10 @@ class AgentWorkflow:
         if isinstance(agent.planner, LLMPlanner):
             # Model calls are I/O: an activity. Its proposal is only a proposal: the gate decides.
             plan = await workflow.execute_activity(
-                "planner.llm", PlanRequest(run_id=self._run_id, agent=agent.name, input=self._inp.input,
-                                           done=tuple(self._done)),
-                result_type=PlanProposal, **PLANNER_CALL,
+                "planner.llm",
+                PlanRequest(run_id=self._run_id, agent=agent.name, input=self._inp.input, done=tuple(self._done)),
+                result_type=PlanProposal,
+                **PLANNER_CALL,
             )
             return plan.call
         assert agent.planner is not None
@@ -271,19 +305,29 @@ class AgentWorkflow:
 
     def _history_full(self, agent: AgentSpec) -> bool:
         info = workflow.info()
-        return (info.is_continue_as_new_suggested() or info.get_current_history_length() >= agent.history_limit) \
-            and not self._pending and workflow.all_handlers_finished()
+        return (
+            (info.is_continue_as_new_suggested() or info.get_current_history_length() >= agent.history_limit)
+            and not self._pending
+            and workflow.all_handlers_finished()
+        )
 
     def _carry(self) -> RunCarry:
         assert self._identity is not None and self._deadline_at is not None
         # The carry is the next history's first event: keep it small. The status shows the last
         # CARRY_STEPS steps (the ledger has them all); planners get every result, without args.
         return RunCarry(
-            identity=self._identity, deadline_at=self._deadline_at, step=self._step,
-            evaluations=self._evaluations, spent=self._spent, tainted=self._tainted,
-            steps=tuple(self._steps[-CARRY_STEPS:]), compensated=tuple(self._compensated[-CARRY_STEPS:]),
-            done=tuple({k: v for k, v in d.items() if k != "args"} for d in self._done), saga=tuple(self._saga),
-            call_times={k: tuple(v) for k, v in self._call_times.items()}, generation=self._generation + 1,
+            identity=self._identity,
+            deadline_at=self._deadline_at,
+            step=self._step,
+            evaluations=self._evaluations,
+            spent=self._spent,
+            tainted=self._tainted,
+            steps=tuple(self._steps[-CARRY_STEPS:]),
+            compensated=tuple(self._compensated[-CARRY_STEPS:]),
+            done=tuple({k: v for k, v in d.items() if k != "args"} for d in self._done),
+            saga=tuple(self._saga),
+            call_times={k: tuple(v) for k, v in self._call_times.items()},
+            generation=self._generation + 1,
         )
 
     def _restore(self, carry: RunCarry) -> None:
@@ -329,18 +373,27 @@ class AgentWorkflow:
             self._spent += tool.cost_of(call.args)
             self._tainted = self._tainted or tool.data_class == "regulated"
             self._call_times.setdefault(call.tool, []).append(workflow.now())
-        self._record(_step_record(step, call, request, decision), compensation,
-                     lease_id=outcome.lease.lease_id if outcome.lease else None, summary=outcome.summary)
+        self._record(
+            _step_record(step, call, request, decision),
+            compensation,
+            lease_id=outcome.lease.lease_id if outcome.lease else None,
+            summary=outcome.summary,
+        )
         return outcome
 
-    async def _invoke(self, agent: AgentSpec, tool: ToolSpec, call: ToolCall, step: int, key: str,
-                      compensation: bool) -> tuple[ToolOutcome, GateRequest]:
+    async def _invoke(
+        self, agent: AgentSpec, tool: ToolSpec, call: ToolCall, step: int, key: str, compensation: bool
+    ) -> tuple[ToolOutcome, GateRequest]:
         """Invokes the tool activity until it runs: through freezes and approvals, or raises _Denied."""
         approved: tuple[str, ...] = ()
         while True:
             request = self._request(agent, call, step, approved, compensation)
             invocation = ToolInvocation(
-                run_id=self._run_id, step=step, tool=call.tool, idempotency_key=key, gate=request,
+                run_id=self._run_id,
+                step=step,
+                tool=call.tool,
+                idempotency_key=key,
+                gate=request,
                 compensates=call.args.get("idempotency_key") if compensation else None,
             )
             self._in_flight += 1
@@ -363,10 +416,13 @@ class AgentWorkflow:
             elif decision.outcome == "approval":
                 approved = await self._approval(agent, call, step, decision, approved)
             else:
-                self._record(_step_record(step, call, request, decision), compensation,
-                             error="; ".join(decision.reasons))
-                raise _Denied(f"step {step} {call.tool} denied by {decision.gate}: {'; '.join(decision.reasons)}",
-                              errors.TOOL_DENIED)
+                self._record(
+                    _step_record(step, call, request, decision), compensation, error="; ".join(decision.reasons)
+                )
+                raise _Denied(
+                    f"step {step} {call.tool} denied by {decision.gate}: {'; '.join(decision.reasons)}",
+                    errors.TOOL_DENIED,
+                )
 
     async def _call_builtin(self, agent: AgentSpec, call: ToolCall, step: int, compensation: bool) -> ToolOutcome:
         approved: tuple[str, ...] = ()
@@ -385,22 +441,35 @@ class AgentWorkflow:
         if decision.outcome == "allow" and call.tool == DELEGATE_TOOL:
             return await self._delegate(agent, call, step, record, decision)
         self._record(record, compensation, error="; ".join(decision.reasons))
-        raise _Denied(f"step {step} {call.tool} denied by {decision.gate}: {'; '.join(decision.reasons)}",
-                      errors.TOOL_DENIED)
+        raise _Denied(
+            f"step {step} {call.tool} denied by {decision.gate}: {'; '.join(decision.reasons)}", errors.TOOL_DENIED
+        )
 
     def _record(self, record: StepRecord, compensation: bool, **update: Any) -> None:
         done = record.model_copy(update=update)
         (self._compensated if compensation else self._steps).append(done)
 
-    def _request(self, agent: AgentSpec, call: ToolCall, step: int, approved: tuple[str, ...],
-                 compensation: bool) -> GateRequest:
+    def _request(
+        self, agent: AgentSpec, call: ToolCall, step: int, approved: tuple[str, ...], compensation: bool
+    ) -> GateRequest:
         self._evaluations += 1
         return GateRequest(
             decision_id=f"{self._run_id}/{step}/{self._evaluations}",
-            run_id=self._run_id, agent=agent.name, initiator=self._inp.initiator, step=step, call=call,
-            state=GateState(steps_taken=len(self._steps), spent=self._spent, tainted=self._tainted,
-                            approved_groups=approved, boundary=self._boundary, budget=self._budget,
-                            deadline_at=self._deadline_at, recent_calls=self._recent_calls(agent, call.tool)),
+            run_id=self._run_id,
+            agent=agent.name,
+            initiator=self._inp.initiator,
+            step=step,
+            call=call,
+            state=GateState(
+                steps_taken=len(self._steps),
+                spent=self._spent,
+                tainted=self._tainted,
+                approved_groups=approved,
+                boundary=self._boundary,
+                budget=self._budget,
+                deadline_at=self._deadline_at,
+                recent_calls=self._recent_calls(agent, call.tool),
+            ),
             compensation=compensation,
         )
 
@@ -424,7 +493,7 @@ class AgentWorkflow:
         self._wake = False
         try:
             await workflow.wait_condition(lambda: self._wake, timeout=FREEZE_RECHECK)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         self._set_state("awaiting_approval" if self._pending else "running")
 
@@ -433,21 +502,28 @@ class AgentWorkflow:
         self._wake = True
 
     # -- delegation ----------------------------------------------------------------------------
-    async def _delegate(self, agent: AgentSpec, call: ToolCall, step: int, record: StepRecord,
-                        decision: Decision) -> ToolOutcome:
+    async def _delegate(
+        self, agent: AgentSpec, call: ToolCall, step: int, record: StepRecord, decision: Decision
+    ) -> ToolOutcome:
         """Starts a sub-agent as a child workflow; its spend and taint come back to this run."""
         args = DelegateArgs.model_validate(call.args)
         assert self._deadline_at is not None and self._identity is not None
         link = ParentLink(
-            run_id=self._run_id, agent=agent.name, vault_policy=self._identity.policies[0],
-            boundary=args.tools, budget=args.budget, deadline_at=self._deadline_at, tainted=self._tainted,
+            run_id=self._run_id,
+            agent=agent.name,
+            vault_policy=self._identity.policies[0],
+            boundary=args.tools,
+            budget=args.budget,
+            deadline_at=self._deadline_at,
+            tainted=self._tainted,
         )
         child_id = f"{self._run_id}.{step}"
         try:
             result = await workflow.execute_child_workflow(
-                "lockgate.agent", RunInput(agent=args.agent, input=args.input, initiator=self._inp.initiator,
-                                           parent=link),
-                id=child_id, result_type=RunResult,
+                "lockgate.agent",
+                RunInput(agent=args.agent, input=args.input, initiator=self._inp.initiator, parent=link),
+                id=child_id,
+                result_type=RunResult,
                 # A parent that ends (halt, terminate) asks its children to halt and compensate.
                 parent_close_policy=ParentClosePolicy.REQUEST_CANCEL,
             )
@@ -461,21 +537,37 @@ class AgentWorkflow:
         self._tainted = self._tainted or result.tainted
         summary = f"sub-agent {child_id} {result.state}: spent {result.spent}"
         self._record(record, False, summary=summary)
-        return ToolOutcome(tool=call.tool, step=step, decision=decision, ran=True, summary=summary,
-                           result={"run_id": child_id, "spent": result.spent, "state": result.state})
+        return ToolOutcome(
+            tool=call.tool,
+            step=step,
+            decision=decision,
+            ran=True,
+            summary=summary,
+            result={"run_id": child_id, "spent": result.spent, "state": result.state},
+        )
 
     # -- approvals -----------------------------------------------------------------------------
-    async def _approval(self, agent: AgentSpec, call: ToolCall, step: int, decision: Decision,
-                        approved: tuple[str, ...]) -> tuple[str, ...]:
+    async def _approval(
+        self, agent: AgentSpec, call: ToolCall, step: int, decision: Decision, approved: tuple[str, ...]
+    ) -> tuple[str, ...]:
         """Asks the decision's group and waits. Returns the approved groups to evaluate the call
         again with (policy, not the approval, has the last word); raises _Denied on rejection or expiry."""
         assert decision.approver_group is not None
         now = workflow.now()
         request = ApprovalRequest(
-            request_id=f"{step}.{len(approved) + 1}", run_id=self._run_id, agent=agent.name, step=step,
-            tool=call.tool, args_digest=decision.args_digest, args_preview=redact_args(call.args),
-            group=decision.approver_group, quorum=max(1, decision.quorum), requested_at=now,
-            expires_at=now + agent.approval_ttl, decision_id=decision.decision_id, policy_ids=decision.policy_ids,
+            request_id=f"{step}.{len(approved) + 1}",
+            run_id=self._run_id,
+            agent=agent.name,
+            step=step,
+            tool=call.tool,
+            args_digest=decision.args_digest,
+            args_preview=redact_args(call.args),
+            group=decision.approver_group,
+            quorum=max(1, decision.quorum),
+            requested_at=now,
+            expires_at=now + agent.approval_ttl,
+            decision_id=decision.decision_id,
+            policy_ids=decision.policy_ids,
         )
         self._pending[request.request_id] = request
         self._approvers[request.request_id] = decision.approvers
@@ -483,7 +575,7 @@ class AgentWorkflow:
         await self._audit("approval.requested", request.request_id, request.model_dump(mode="json"))
         try:
             await workflow.wait_condition(lambda: request.request_id in self._verdicts, timeout=agent.approval_ttl)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._verdicts[request.request_id] = "expired"
         finally:
             self._pending.pop(request.request_id, None)
@@ -491,8 +583,9 @@ class AgentWorkflow:
         verdict = self._verdicts[request.request_id]
         if verdict == "expired":
             await self._audit("approval.expired", request.request_id, {"request_id": request.request_id})
-            raise _Denied(f"step {step} {call.tool}: approval request {request.request_id} expired",
-                          errors.APPROVAL_EXPIRED)
+            raise _Denied(
+                f"step {step} {call.tool}: approval request {request.request_id} expired", errors.APPROVAL_EXPIRED
+            )
         if verdict.startswith("rejected"):
             raise _Denied(f"step {step} {call.tool}: {verdict}", errors.APPROVAL_REJECTED)
         return (*approved, request.group)
@@ -505,8 +598,9 @@ class AgentWorkflow:
         workflow.upsert_memo({"pending": [r.model_dump(mode="json") for r in self._pending.values()]})
 
     async def _audit(self, kind: str, key: str, data: dict[str, Any]) -> None:
-        event = AuditEvent(event_key=f"{kind}:{self._run_id}:{key}", run_id=self._run_id, kind=kind, data=data,
-                           at=workflow.now())
+        event = AuditEvent(
+            event_key=f"{kind}:{self._run_id}:{key}", run_id=self._run_id, kind=kind, data=data, at=workflow.now()
+        )
         await workflow.execute_activity("audit.record", event, **AUDIT_CALL)
 
     def _judge(self, signal: ApprovalSignal, verdict: str) -> tuple[bool, str]:
@@ -529,9 +623,15 @@ class AgentWorkflow:
         if signal.attempt_id in self._attempts:
             return  # a re-delivered signal
         accepted, why = self._judge(signal, verdict)
-        attempt = ApprovalAttempt(attempt_id=signal.attempt_id, request_id=signal.request_id, approver=signal.approver,
-                                  verdict="approve" if verdict == "approve" else "reject", accepted=accepted,
-                                  reason=why if not accepted else (signal.reason or why), at=workflow.now())
+        attempt = ApprovalAttempt(
+            attempt_id=signal.attempt_id,
+            request_id=signal.request_id,
+            approver=signal.approver,
+            verdict="approve" if verdict == "approve" else "reject",
+            accepted=accepted,
+            reason=why if not accepted else (signal.reason or why),
+            at=workflow.now(),
+        )
         self._attempts[signal.attempt_id] = attempt
         request = self._pending.get(signal.request_id)
         if accepted and request is not None:
@@ -542,11 +642,13 @@ class AgentWorkflow:
                 if len(request.approvals) >= request.quorum:
                     self._verdicts[request.request_id] = "approved"
             else:
-                self._verdicts[request.request_id] = (
-                    f"rejected by {signal.approver}" + (f": {signal.reason}" if signal.reason else "")
+                self._verdicts[request.request_id] = f"rejected by {signal.approver}" + (
+                    f": {signal.reason}" if signal.reason else ""
                 )
         kind = f"approval.{'accepted' if accepted else 'refused'}"
-        await self._audit(kind, signal.attempt_id, {**attempt.model_dump(mode="json"), "args_digest": signal.args_digest})
+        await self._audit(
+            kind, signal.attempt_id, {**attempt.model_dump(mode="json"), "args_digest": signal.args_digest}
+        )
 
     @workflow.signal(name="approve")
     async def approve(self, signal: ApprovalSignal) -> None:
@@ -566,8 +668,11 @@ class AgentWorkflow:
         while self._saga:
             entry = self._saga.pop()
             try:
-                await self.call(agent, ToolCall(tool=entry.tool, args=entry.args,
-                                                rationale=f"compensate step {entry.step}"), compensation=True)
+                await self.call(
+                    agent,
+                    ToolCall(tool=entry.tool, args=entry.args, rationale=f"compensate step {entry.step}"),
+                    compensation=True,
+                )
             except (_Denied, ActivityError) as err:
                 self._error = f"{self._error}; compensation of step {entry.step} failed: {_message(err)}"
 
@@ -576,11 +681,20 @@ class AgentWorkflow:
     def status(self) -> RunStatus:
         agent = self._agent
         return RunStatus(
-            run_id=self._run_id, agent=self._inp.agent, initiator=self._inp.initiator,
-            owner=agent.owner if agent else "", state=self._state, step=self._step, spent=self._spent,
-            tainted=self._tainted, pending_approvals=tuple(self._pending.values()),
-            open_leases=self._in_flight, identity_accessor=self._identity.accessor if self._identity else None,
-            steps=tuple(self._steps), compensations=tuple(self._compensated), error=self._error,
+            run_id=self._run_id,
+            agent=self._inp.agent,
+            initiator=self._inp.initiator,
+            owner=agent.owner if agent else "",
+            state=self._state,
+            step=self._step,
+            spent=self._spent,
+            tainted=self._tainted,
+            pending_approvals=tuple(self._pending.values()),
+            open_leases=self._in_flight,
+            identity_accessor=self._identity.accessor if self._identity else None,
+            steps=tuple(self._steps),
+            compensations=tuple(self._compensated),
+            error=self._error,
         )
 
     @workflow.query(name="pending_approvals")

@@ -60,18 +60,38 @@ READER = "database/creds/ops-reader"
 RESPONDER = "database/creds/ops-responder"
 
 TOOLS = (
-    ToolSpec(name="signals.collect", description="Read a host and its open alerts.", args=HostArgs,
-             secret=READER),
-    ToolSpec(name="tickets.open", description="Open an incident ticket.", args=TicketArgs, secret=RESPONDER,
-             production=True, compensation="tickets.close"),
-    ToolSpec(name="tickets.close", description="Close a ticket by its idempotency key.", args=UndoArgs,
-             secret=RESPONDER, production=True),
-    ToolSpec(name="host.quarantine", description="Isolate a host from the network.", args=QuarantineArgs,
-             secret=RESPONDER, production=True, compensation="host.release"),
-    ToolSpec(name="host.release", description="Release a quarantine by its idempotency key.", args=UndoArgs,
-             secret=RESPONDER, production=True),
-    ToolSpec(name="oncall.page", description="Page the host's owning team.", args=PageArgs, secret=READER,
-             egress=True),
+    ToolSpec(name="signals.collect", description="Read a host and its open alerts.", args=HostArgs, secret=READER),
+    ToolSpec(
+        name="tickets.open",
+        description="Open an incident ticket.",
+        args=TicketArgs,
+        secret=RESPONDER,
+        production=True,
+        compensation="tickets.close",
+    ),
+    ToolSpec(
+        name="tickets.close",
+        description="Close a ticket by its idempotency key.",
+        args=UndoArgs,
+        secret=RESPONDER,
+        production=True,
+    ),
+    ToolSpec(
+        name="host.quarantine",
+        description="Isolate a host from the network.",
+        args=QuarantineArgs,
+        secret=RESPONDER,
+        production=True,
+        compensation="host.release",
+    ),
+    ToolSpec(
+        name="host.release",
+        description="Release a quarantine by its idempotency key.",
+        args=UndoArgs,
+        secret=RESPONDER,
+        production=True,
+    ),
+    ToolSpec(name="oncall.page", description="Page the host's owning team.", args=PageArgs, secret=READER, egress=True),
 )
 
 
@@ -84,14 +104,23 @@ def plan(inp: dict[str, Any], done: list[dict[str, Any]]) -> ToolCall | None:
     severity = "high" if signals.get("high_alerts") else "low"
     if "tickets.open" not in tools:
         title = f"{host}: {signals.get('worst') or 'no open alerts'}"
-        return ToolCall(tool="tickets.open", args={"host_id": host, "title": title[:200], "severity": severity},
-                        rationale="track the incident")
+        return ToolCall(
+            tool="tickets.open",
+            args={"host_id": host, "title": title[:200], "severity": severity},
+            rationale="track the incident",
+        )
     if severity == "high" and "host.quarantine" not in tools:
-        return ToolCall(tool="host.quarantine", args={"host_id": host, "reason": signals.get("worst") or "high alert"},
-                        rationale="contain a high-severity alert")
+        return ToolCall(
+            tool="host.quarantine",
+            args={"host_id": host, "reason": signals.get("worst") or "high alert"},
+            rationale="contain a high-severity alert",
+        )
     if inp.get("page") and "oncall.page" not in tools:
-        return ToolCall(tool="oncall.page", args={"host_id": host, "message": f"{host} quarantined; see ticket"},
-                        rationale="tell the owners")
+        return ToolCall(
+            tool="oncall.page",
+            args={"host_id": host, "message": f"{host} quarantined; see ticket"},
+            rationale="tell the owners",
+        )
     return None
 
 

@@ -60,19 +60,55 @@ READER = "database/creds/shop-reader"
 REFUNDER = "database/creds/shop-refunds"
 
 TOOLS = (
-    ToolSpec(name="orders.lookup", description="Read an order and its customer.", args=OrderArgs,
-             secret=READER, data_class="internal"),
-    ToolSpec(name="refunds.issue", description="Refund (part of) an order.", args=RefundArgs,
-             secret=REFUNDER, production=True, data_class="internal", compensation="refunds.reverse",
-             cost_arg="amount_cents"),
-    ToolSpec(name="refunds.reverse", description="Reverse a refund by its idempotency key.",
-             args=ReverseArgs, secret=REFUNDER, production=True, data_class="internal"),
-    ToolSpec(name="customers.profile", description="Read the customer's profile (PII).",
-             args=OrderArgs, secret=READER, data_class="regulated"),
-    ToolSpec(name="customer.notify", description="Send the customer a message.", args=NotifyArgs,
-             secret=READER, egress=True, data_class="internal"),
-    ToolSpec(name="accounts.close", description="Close the customer's account.", args=CloseArgs,
-             secret=REFUNDER, production=True, reversible=False, data_class="internal"),
+    ToolSpec(
+        name="orders.lookup",
+        description="Read an order and its customer.",
+        args=OrderArgs,
+        secret=READER,
+        data_class="internal",
+    ),
+    ToolSpec(
+        name="refunds.issue",
+        description="Refund (part of) an order.",
+        args=RefundArgs,
+        secret=REFUNDER,
+        production=True,
+        data_class="internal",
+        compensation="refunds.reverse",
+        cost_arg="amount_cents",
+    ),
+    ToolSpec(
+        name="refunds.reverse",
+        description="Reverse a refund by its idempotency key.",
+        args=ReverseArgs,
+        secret=REFUNDER,
+        production=True,
+        data_class="internal",
+    ),
+    ToolSpec(
+        name="customers.profile",
+        description="Read the customer's profile (PII).",
+        args=OrderArgs,
+        secret=READER,
+        data_class="regulated",
+    ),
+    ToolSpec(
+        name="customer.notify",
+        description="Send the customer a message.",
+        args=NotifyArgs,
+        secret=READER,
+        egress=True,
+        data_class="internal",
+    ),
+    ToolSpec(
+        name="accounts.close",
+        description="Close the customer's account.",
+        args=CloseArgs,
+        secret=REFUNDER,
+        production=True,
+        reversible=False,
+        data_class="internal",
+    ),
 )
 
 
@@ -87,13 +123,15 @@ def plan(inp: dict[str, Any], done: list[dict[str, Any]]) -> ToolCall | None:
         return ToolCall(tool="refunds.issue", args=args, rationale="refund as requested")
     if inp.get("notify"):
         if "customers.profile" not in tools:
-            return ToolCall(tool="customers.profile", args={"order_id": order_id},
-                            rationale="find how to reach the customer")
+            return ToolCall(
+                tool="customers.profile", args={"order_id": order_id}, rationale="find how to reach the customer"
+            )
         if "customer.notify" not in tools:
             amount = inp["amount_cents"] / 100
             message = f"Your refund of {amount:.2f} for order {order_id} is on its way."
-            return ToolCall(tool="customer.notify", args={"order_id": order_id, "message": message},
-                            rationale="tell the customer")
+            return ToolCall(
+                tool="customer.notify", args={"order_id": order_id, "message": message}, rationale="tell the customer"
+            )
     return None
 
 
