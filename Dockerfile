@@ -1,4 +1,4 @@
-# The lockgate worker image.
+# The lockgate worker image. Build from the repository root: `docker build -t lockgate .`
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
@@ -10,4 +10,5 @@ COPY worker.py ./
 COPY policies ./policies
 RUN pip install --no-cache-dir . && useradd --system lockgate
 USER lockgate
-CMD ["python", "worker.py"]
+ENV LOCKGATE_POLICY_DIR=/app/policies
+CMD ["lockgate", "worker"]

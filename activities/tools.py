@@ -3,8 +3,8 @@
 The gate runs inside the tool's own activity, so there is no path to a tool that skips it: a raw
 `execute_activity` by a workflow author is gated exactly like a planner's proposal.
 
-A tool's implementation is a plain function `(ToolContext, args) -> dict` bound to a declared tool
-name with `@implements`. The credential it gets lives only in the `ToolContext` of one call: it is
+A tool's implementation is a plain function `(ToolContext, args) -> dict` bound to its declaration
+by object (`@lockgate.tool` or `Tool(fn=...)`). The credential it gets lives only in the `ToolContext` of one call: it is
 not returned, logged or recorded. Only the `LeaseRef` leaves the activity.
 """
 
@@ -14,80 +14,27 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psycopg
 from lockgate.activities.ledger import Ledger
 from lockgate.activities.vault import LeaseForbidden, VaultBroker
 from pydantic import BaseModel, ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from lockgate.context import Resources, ToolContext, ToolError
 from lockgate.errors import BAD_INPUT, LEASE_FORBIDDEN, TOOL_DENIED, TOOL_FAILED
 from lockgate.models import Decision, GateRequest, LeaseRef, ToolInvocation, ToolOutcome
 from lockgate.observability import span
 from lockgate.spec import AgentRegistry, ToolSpec, describe_validation
 
-__all__ = ["IMPLEMENTATIONS", "Resources", "ToolContext", "ToolError", "ToolRunner", "implements"]
+__all__ = ["Resources", "ToolContext", "ToolError", "ToolRunner"]
 
 log = logging.getLogger("lockgate.tools")
 
 
-class ToolError(Exception):
-    """A tool's own failure. `retryable=False` (the default) ends the step without retrying."""
-
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
-        super().__init__(message)
-        self.retryable = retryable
-
-
-@dataclass(frozen=True)
-class Resources:
-    """Where tools find the systems their credentials are for (no credentials here)."""
-
-    pg_socket_dir: str | None = None
-    pg_host: str | None = None
-    pg_port: int | None = None
-
-
-@dataclass
-class ToolContext:
-    run_id: str
-    step: int
-    idempotency_key: str
-    resources: Resources
-    secret: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    def connect(self, dbname: str) -> psycopg.Connection:
-        """A Postgres connection as this call's dynamic role."""
-        if not self.secret.get("username"):
-            raise ToolError("this tool declares no database secret")
-        params: dict[str, Any] = {
-            "dbname": dbname,
-            "user": self.secret["username"],
-            "password": self.secret["password"],
-            "connect_timeout": 5,
-        }
-        if self.resources.pg_socket_dir:
-            params["host"] = self.resources.pg_socket_dir
-        else:
-            params["host"] = self.resources.pg_host or "127.0.0.1"
-            params["port"] = self.resources.pg_port or 5432
-        return psycopg.connect(**params)
-
-
 ToolImpl = Callable[[ToolContext, Any], dict[str, Any]]
-IMPLEMENTATIONS: dict[str, ToolImpl] = {}
-
-
-def implements(name: str) -> Callable[[ToolImpl], ToolImpl]:
-    def bind(fn: ToolImpl) -> ToolImpl:
-        IMPLEMENTATIONS[name] = fn
-        return fn
-
-    return bind
 
 
 def summarize(result: dict[str, Any]) -> str:
@@ -104,22 +51,19 @@ class ToolRunner:
         ledger: Ledger,
         gate: Callable[..., Decision],
         resources: Resources,
-        implementations: dict[str, ToolImpl] | None = None,
     ) -> None:
         self._agents = agents
         self._vault = vault
         self._ledger = ledger
         self._gate = gate
         self._resources = resources
-        self._impls = IMPLEMENTATIONS if implementations is None else implementations
 
     def activities(self) -> list[Callable[..., Any]]:
         """One activity per declared tool that has an implementation."""
         out = []
         for spec in self._agents.tools():
-            impl = self._impls.get(spec.name)
-            if impl is not None:
-                out.append(self._activity(spec, impl))
+            if spec.fn is not None:
+                out.append(self._activity(spec, spec.fn))
         return out
 
     def _activity(self, spec: ToolSpec, impl: ToolImpl) -> Callable[..., Any]:
@@ -177,7 +121,7 @@ class ToolRunner:
     ) -> ToolOutcome:
         """Runs an allowed call outside any activity, for the reaper (which evaluated the gate itself)."""
         spec = self._agents.tool(tool)
-        impl = self._impls.get(tool)
+        impl = spec.fn if spec is not None else None
         if spec is None or impl is None:
             raise ApplicationError(f"unknown tool {tool!r}", type=BAD_INPUT, non_retryable=True)
         if decision.outcome != "allow":

@@ -1,23 +1,21 @@
 """The bench agent, its tools and their implementations (importing this module registers them).
 
-Declared here, not in lockgate.agents, so the benchmark never changes what production ships. Import
-this module BEFORE `DevStack.up()`: bootstrap derives each agent's Vault policy from the registry, and
-the bench agent's run identities must be allowed to read `database/creds/shop-reader`. A worker in a
+Declared here, not in lockgate, so the benchmark never changes what production ships. The bench
+stack is bootstrapped with it (its run identities may read `database/creds/shop-reader`). A worker in a
 subprocess finds it through `LOCKGATE_AGENT_MODULES=bench.agents`.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from lockgate.activities.tools import ToolContext, implements
 from pydantic import BaseModel, ConfigDict, Field
 
-from lockgate.agents.refund import READER
-from lockgate.models import ToolCall
-from lockgate.spec import AgentSpec, ToolSpec, registry
+from lockgate import Agent, Step, ToolCall, ToolContext, tool
+from lockgate.demo.shop import READER
 
 __all__ = [
     "AGENT",
@@ -60,55 +58,43 @@ def bench_input(tool: str, n: int) -> dict[str, Any]:
     return {"tool": tool, "n": n}
 
 
-def plan(inp: dict[str, Any], done: list[dict[str, Any]]) -> ToolCall | None:
+def plan(inp: BenchInput, done: Sequence[Step]) -> ToolCall | None:
     """Scripted planner: `n` calls of `tool`. Deterministic, O(1): a long run costs only its calls."""
     i = len(done)
-    return ToolCall(tool=inp["tool"], args={"i": i}, rationale="bench") if i < inp["n"] else None
+    return ToolCall(tool=inp.tool, args={"i": i}, rationale="bench") if i < inp.n else None
 
 
-TOOLS = (
-    ToolSpec(name=NOOP, description="Does nothing (bench).", args=StepArgs, data_class="public"),
-    ToolSpec(
-        name=PG, description="select 1 as a dynamic role (bench).", args=StepArgs, secret=READER, data_class="internal"
-    ),
-    ToolSpec(
-        name=APPROVAL, description="Does nothing once finance approves (bench).", args=StepArgs, data_class="public"
-    ),
-)
-
-AGENT = registry.add(
-    AgentSpec(
-        name=AGENT_NAME,
-        owner="bench-owner",
-        purpose="benchmarks: N calls of one tool",
-        tools=TOOLS,
-        input_model=BenchInput,
-        planner=plan,
-        # Large enough for the 10,000-event history (about 7 history events per step). No budget,
-        # rate limit or confidence floor: the stateful gates still run, none of them trips.
-        max_steps=100_000,
-        deadline=timedelta(hours=2),
-        approval_ttl=timedelta(hours=2),
-    )
-)
-
-
-@implements(NOOP)
+@tool(NOOP, data_class="public", description="Does nothing (bench).")
 def bench_noop(ctx: ToolContext, args: StepArgs) -> dict[str, Any]:
     return {"summary": "ok"}
 
 
-@implements(PG)
+@tool(PG, secret=READER, description="select 1 as a dynamic role (bench).")
 def bench_pg(ctx: ToolContext, args: StepArgs) -> dict[str, Any]:
     with ctx.connect("shop") as conn:
         (one,) = conn.execute("select 1").fetchone()  # type: ignore[misc]
     return {"summary": f"select {one}"}
 
 
-@implements(APPROVAL)
+@tool(APPROVAL, data_class="public", description="Does nothing once finance approves (bench).")
 def bench_approval(ctx: ToolContext, args: StepArgs) -> dict[str, Any]:
     TOOL_STARTED.setdefault(ctx.run_id, time.perf_counter())
     return {"summary": "approved and done"}
+
+
+AGENT = Agent(
+    name=AGENT_NAME,
+    owner="bench-owner",
+    purpose="benchmarks: N calls of one tool",
+    tools=(bench_noop, bench_pg, bench_approval),
+    input_model=BenchInput,
+    planner=plan,
+    # Large enough for the 10,000-event history (about 7 history events per step). No budget,
+    # rate limit or confidence floor: the stateful gates still run, none of them trips.
+    max_steps=100_000,
+    deadline=timedelta(hours=2),
+    approval_ttl=timedelta(hours=2),
+)
 
 
 # Written into a temporary copy of policies/ (never into the repo's own policies/).

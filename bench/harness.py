@@ -65,9 +65,19 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[rank - 1]
 
 
+AGENT_MODULES = "lockgate.demo.shop,lockgate.demo.incident,bench.agents"
+
+
 # -- the stack -----------------------------------------------------------------------------------
 def new_stack(base: Path) -> DevStack:
-    return DevStack(base / "state", temporal_port=free_port(), ui_port=free_port(), vault_port=free_port(), ui=False)
+    return DevStack(
+        base / "state",
+        temporal_port=free_port(),
+        ui_port=free_port(),
+        vault_port=free_port(),
+        ui=False,
+        agent_modules=AGENT_MODULES,
+    )
 
 
 def stack_up(dev: DevStack) -> None:
@@ -107,7 +117,7 @@ def stack_env(dev: DevStack, policy_dir: Path) -> dict[str, str]:
             "LOCKGATE_LEDGER_URL": f"sqlite:///{dev.state_dir / 'ledger.db'}",
             "LOCKGATE_TASK_QUEUE": f"bench-{uuid.uuid4().hex[:8]}",
             "PYTHONPATH": str(ROOT),
-            "LOCKGATE_AGENT_MODULES": "bench.agents",
+            "LOCKGATE_AGENT_MODULES": AGENT_MODULES,
         }
     )
     return values

@@ -268,12 +268,13 @@ async def audit_and_replay(b: Bench, target_events: int) -> dict[str, Any]:
 
 
 async def _raw_replay(histories: list[WorkflowHistory]) -> float:
-    from lockgate.workflows.agent import AgentWorkflow
     from temporalio.worker import Replayer
 
     from lockgate import worker
+    from lockgate.plugin import workflow_runner
+    from lockgate.workflows.agent import AgentWorkflow
 
-    replayer = Replayer(workflows=[AgentWorkflow], data_converter=worker.DATA_CONVERTER)
+    replayer = Replayer(workflows=[AgentWorkflow], data_converter=worker.DATA_CONVERTER, workflow_runner=workflow_runner())
     t = time.perf_counter()
     for history in histories:
         await replayer.replay_workflow(history)

@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from lockgate.activities.tools import ToolContext, implements
 from pydantic import BaseModel, ConfigDict, Field
 
-from lockgate.models import ToolCall
-from lockgate.spec import AgentSpec, ToolSpec, registry
+from lockgate import Agent, DatabaseSecret, Step, ToolCall, ToolContext, tool
+
+# A fresh Postgres login role for every call, member of the group role that holds the grants.
+# `lockgate dev up` runs `setup_sql` and creates the Vault role from this declaration.
+REPORTER = DatabaseSecret(
+    role="shop-reporter",
+    database="shop",
+    member_of=("shop_reporter",),
+    setup_sql="""
+    DO $$ BEGIN
+        IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'shop_reporter') THEN
+            CREATE ROLE shop_reporter NOLOGIN; END IF;
+    END $$;
+    GRANT CONNECT ON DATABASE shop TO shop_reporter;
+    GRANT USAGE ON SCHEMA public TO shop_reporter;
+    GRANT SELECT (id, status) ON orders TO shop_reporter;
+    """,
+)
 
 
 class CountArgs(BaseModel):
@@ -21,39 +37,30 @@ class ReportInput(BaseModel):
     status: str = "paid"
 
 
-COUNT = ToolSpec(
-    name="orders.count",
-    description="Count orders with a status.",
-    args=CountArgs,
-    secret="database/creds/shop-reader",  # a fresh Postgres role for every call
-    data_class="internal",
-)
-
-
-@implements("orders.count")
+@tool("orders.count", secret=REPORTER, data_class="internal")
 def count_orders(ctx: ToolContext, args: CountArgs) -> dict[str, Any]:
+    """Count orders with a status."""
     with ctx.connect("shop") as conn:
         if args.status == "all":
-            (n,) = conn.execute("SELECT count(*) FROM orders").fetchone()
+            row = conn.execute("SELECT count(*) FROM orders").fetchone()
         else:
-            (n,) = conn.execute("SELECT count(*) FROM orders WHERE status = %s", (args.status,)).fetchone()
+            row = conn.execute("SELECT count(*) FROM orders WHERE status = %s", (args.status,)).fetchone()
+    n = row[0] if row else 0
     return {"count": n, "summary": f"{n} orders ({args.status})"}
 
 
-def plan(inp: dict[str, Any], done: list[dict[str, Any]]) -> ToolCall | None:
+def plan(inp: ReportInput, done: Sequence[Step]) -> ToolCall | None:
     if not done:
-        return ToolCall(tool="orders.count", args={"status": inp.get("status", "paid")})
+        return ToolCall(tool="orders.count", args={"status": inp.status})
     return None
 
 
-AGENT = registry.add(
-    AgentSpec(
-        name="report-agent",
-        owner="analytics",
-        purpose="Count orders for the weekly report.",
-        tools=(COUNT,),
-        input_model=ReportInput,
-        planner=plan,
-        max_steps=3,
-    )
+AGENT = Agent(
+    name="report-agent",
+    owner="analytics",
+    purpose="Count orders for the weekly report.",
+    tools=(count_orders,),
+    input_model=ReportInput,
+    planner=plan,
+    max_steps=3,
 )

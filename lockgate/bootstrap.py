@@ -1,12 +1,15 @@
-"""Dev-stack bootstrap: the `shop` database and Vault (engines, least-privilege policies, AppRole).
+"""Dev-stack bootstrap: the databases the agents' tools declare, and Vault (engines, least-privilege
+policies, AppRole).
 
-Everything here is idempotent: `lockgate dev up` runs it on every call. Vault policies for agents are
-derived from the agents' tool declarations, so an agent's run identity can read exactly the dynamic
-secrets its tools declare and nothing else.
+Everything here is idempotent: `lockgate dev up` runs it on every call. Database roles and Vault
+policies are derived from the configured agents' tool declarations (`DatabaseSecret`), so an agent's
+run identity can read exactly the dynamic secrets its tools declare and nothing else, and a team
+declares its own roles without touching lockgate.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,17 +17,16 @@ import hvac
 import psycopg
 from psycopg import sql
 
-from lockgate.spec import AgentRegistry, registry
+from lockgate.spec import AgentRegistry, DatabaseSecret
 
 __all__ = [
-    "DB_ROLES",
     "RUNS_MOUNT",
     "RUN_TOKEN_ROLE",
     "WORKER_POLICY",
     "Bootstrap",
     "bootstrap_vault",
+    "provision_databases",
     "secure_postgres",
-    "seed_shop",
     "socket_connection_url",
 ]
 
@@ -32,103 +34,6 @@ RUN_TOKEN_ROLE = "lockgate-run"  # noqa: S105 - a token role name, not a secret
 WORKER_POLICY = "lockgate-worker"
 WORKER_APPROLE = "lockgate-worker"
 RUNS_MOUNT = "lockgate"  # kv-v1: runs/<run id> holds a run's token, worker/ the worker's settings
-DB_CONNECTION = "shop"
-LEASE_TTL = "300s"
-LEASE_MAX_TTL = "3600s"
-
-# Dynamic roles and the static group role each one joins; grants live on the group roles.
-DB_ROLES = {
-    "shop-reader": "shop_reader",
-    "shop-refunds": "shop_refunder",
-    "ops-reader": "ops_reader",
-    "ops-responder": "ops_responder",
-}
-
-_SHOP_SCHEMA = """
-CREATE TABLE IF NOT EXISTS customers (
-    id text PRIMARY KEY, name text NOT NULL, email text NOT NULL, closed_at timestamptz);
-CREATE TABLE IF NOT EXISTS orders (
-    id text PRIMARY KEY, customer_id text NOT NULL REFERENCES customers(id),
-    total_cents integer NOT NULL, status text NOT NULL DEFAULT 'paid');
-CREATE TABLE IF NOT EXISTS refunds (
-    id bigserial PRIMARY KEY, order_id text NOT NULL REFERENCES orders(id),
-    amount_cents integer NOT NULL CHECK (amount_cents > 0), reason text NOT NULL DEFAULT '',
-    idempotency_key text NOT NULL UNIQUE, run_id text NOT NULL, step integer NOT NULL,
-    created_by text NOT NULL DEFAULT current_user, created_at timestamptz NOT NULL DEFAULT now(),
-    reversed_at timestamptz);
-CREATE TABLE IF NOT EXISTS notifications (
-    id bigserial PRIMARY KEY, order_id text NOT NULL REFERENCES orders(id),
-    email text NOT NULL, message text NOT NULL, idempotency_key text NOT NULL UNIQUE,
-    sent_at timestamptz NOT NULL DEFAULT now());
-INSERT INTO customers (id, name, email) VALUES
-    ('C-501', 'Ada Lovelace', 'ada@example.com'),
-    ('C-502', 'Grace Hopper', 'grace@example.com'),
-    ('C-503', 'Alan Turing', 'not-an-email')
-ON CONFLICT (id) DO NOTHING;
-INSERT INTO orders (id, customer_id, total_cents) VALUES
-    ('A-1001', 'C-501', 2500), ('A-1002', 'C-502', 45000), ('A-1003', 'C-503', 3000)
-ON CONFLICT (id) DO NOTHING;
-DO $$ BEGIN
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'shop_reader') THEN
-        CREATE ROLE shop_reader NOLOGIN; END IF;
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'shop_refunder') THEN
-        CREATE ROLE shop_refunder NOLOGIN; END IF;
-END $$;
-REVOKE ALL ON DATABASE shop FROM PUBLIC;
-REVOKE ALL ON SCHEMA public FROM PUBLIC;
-GRANT CONNECT ON DATABASE shop TO shop_reader, shop_refunder;
-GRANT USAGE ON SCHEMA public TO shop_reader, shop_refunder;
-GRANT SELECT ON customers, orders TO shop_reader;
-GRANT INSERT ON notifications TO shop_reader;
-GRANT USAGE ON SEQUENCE notifications_id_seq TO shop_reader;
-GRANT SELECT ON orders, refunds TO shop_refunder;
-GRANT SELECT (id, closed_at), UPDATE (closed_at) ON customers TO shop_refunder;
-GRANT INSERT ON refunds TO shop_refunder;
-GRANT UPDATE (reversed_at) ON refunds TO shop_refunder;
-GRANT USAGE ON SEQUENCE refunds_id_seq TO shop_refunder;
-
--- incident-agent: hosts, alerts, tickets, pages (schema ops, same database).
-CREATE SCHEMA IF NOT EXISTS ops;
-REVOKE ALL ON SCHEMA ops FROM PUBLIC;
-CREATE TABLE IF NOT EXISTS ops.hosts (
-    id text PRIMARY KEY, env text NOT NULL, pager text,
-    quarantined_at timestamptz, quarantine_key text);
-CREATE TABLE IF NOT EXISTS ops.alerts (
-    id bigserial PRIMARY KEY, host_id text NOT NULL REFERENCES ops.hosts(id), severity text NOT NULL,
-    summary text NOT NULL, at timestamptz NOT NULL DEFAULT now());
-CREATE TABLE IF NOT EXISTS ops.tickets (
-    id bigserial PRIMARY KEY, host_id text NOT NULL REFERENCES ops.hosts(id), title text NOT NULL,
-    severity text NOT NULL, idempotency_key text NOT NULL UNIQUE, run_id text NOT NULL,
-    opened_at timestamptz NOT NULL DEFAULT now(), closed_at timestamptz);
-CREATE TABLE IF NOT EXISTS ops.pages (
-    id bigserial PRIMARY KEY, host_id text NOT NULL, pager text NOT NULL, message text NOT NULL,
-    idempotency_key text NOT NULL UNIQUE, sent_at timestamptz NOT NULL DEFAULT now());
-INSERT INTO ops.hosts (id, env, pager) VALUES
-    ('web-1', 'production', 'team-web'), ('web-2', 'production', NULL), ('db-1', 'production', 'team-data')
-ON CONFLICT (id) DO NOTHING;
-INSERT INTO ops.alerts (host_id, severity, summary)
-SELECT * FROM (VALUES
-    ('web-1', 'high', 'outbound traffic to an unknown address'),
-    ('web-2', 'high', 'new setuid binary in /tmp'),
-    ('db-1', 'low', 'slow queries')) AS v(host_id, severity, summary)
-WHERE NOT EXISTS (SELECT 1 FROM ops.alerts);
-DO $$ BEGIN
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'ops_reader') THEN
-        CREATE ROLE ops_reader NOLOGIN; END IF;
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'ops_responder') THEN
-        CREATE ROLE ops_responder NOLOGIN; END IF;
-END $$;
-GRANT CONNECT ON DATABASE shop TO ops_reader, ops_responder;
-GRANT USAGE ON SCHEMA ops TO ops_reader, ops_responder;
-GRANT SELECT ON ops.hosts, ops.alerts TO ops_reader;
-GRANT INSERT ON ops.pages TO ops_reader;
-GRANT USAGE ON SEQUENCE ops.pages_id_seq TO ops_reader;
-GRANT SELECT ON ops.hosts, ops.tickets TO ops_responder;
-GRANT INSERT ON ops.tickets TO ops_responder;
-GRANT UPDATE (closed_at) ON ops.tickets TO ops_responder;
-GRANT UPDATE (quarantined_at, quarantine_key) ON ops.hosts TO ops_responder;
-GRANT USAGE ON SEQUENCE ops.tickets_id_seq TO ops_responder;
-"""
 
 
 def _superuser(socket_dir: Path, password: str | None, dbname: str = "postgres") -> psycopg.Connection:
@@ -156,13 +61,18 @@ def secure_postgres(pgdata: Path, socket_dir: Path, password: str) -> None:
         conn.execute("SELECT pg_reload_conf()")
 
 
-def seed_shop(socket_dir: Path, password: str) -> None:
-    with _superuser(socket_dir, password) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = 'shop'").fetchone()
-        if not exists:
-            conn.execute("CREATE DATABASE shop")
-    with _superuser(socket_dir, password, "shop") as conn:
-        conn.execute(_SHOP_SCHEMA)
+def provision_databases(socket_dir: Path, password: str, secrets: list[DatabaseSecret]) -> None:
+    """Creates each declared secret's database if missing and runs its `setup_sql` (dev only)."""
+    done: set[tuple[str, str]] = set()
+    for secret in secrets:
+        with _superuser(socket_dir, password) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (secret.database,)).fetchone()
+            if not exists:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(secret.database)))
+        if secret.setup_sql and (secret.database, secret.setup_sql) not in done:
+            with _superuser(socket_dir, password, secret.database) as conn:
+                conn.execute(secret.setup_sql)  # type: ignore[arg-type]  # trusted, declared DDL
+            done.add((secret.database, secret.setup_sql))
 
 
 @dataclass(frozen=True)
@@ -203,45 +113,52 @@ def socket_connection_url(socket_dir: Path, dbname: str = "shop") -> str:
 def bootstrap_vault(
     client: hvac.Client,
     *,
-    connection_url: str,
+    connection_url: Callable[[str], str],
     db_username: str,
     db_password: str,
-    agents: AgentRegistry = registry,
+    agents: AgentRegistry,
     keep_secret_id: str | None = None,
 ) -> Bootstrap:
-    """Configures Vault with the root token. Returns the worker's AppRole credentials."""
-    import lockgate.agents  # noqa: F401 - registers the built-in agents
+    """Configures Vault with the root token. Returns the worker's AppRole credentials.
 
+    Args:
+        connection_url: The database engine's URL template for a database name.
+        agents: The configured agents: their declared database secrets become Vault roles, and
+            each agent gets a policy for exactly its tools' secrets.
+    """
     mounts = client.sys.list_mounted_secrets_engines()["data"]
     if "database/" not in mounts:
         client.sys.enable_secrets_engine("database", path="database")
     if f"{RUNS_MOUNT}/" not in mounts:
         client.sys.enable_secrets_engine("kv", path=RUNS_MOUNT, options={"version": "1"})
 
-    client.secrets.database.configure(
-        name=DB_CONNECTION,
-        plugin_name="postgresql-database-plugin",
-        allowed_roles=list(DB_ROLES),
-        connection_url=connection_url,
-        username=db_username,
-        password=db_password,
-        verify_connection=True,
-    )
-    for role, group in DB_ROLES.items():
+    secrets = agents.database_secrets()
+    for database in sorted({d.database for d in secrets}):
+        client.secrets.database.configure(
+            name=database,
+            plugin_name="postgresql-database-plugin",
+            allowed_roles=[d.role for d in secrets if d.database == database],
+            connection_url=connection_url(database),
+            username=db_username,
+            password=db_password,
+            verify_connection=True,
+        )
+    for declared in secrets:
+        member_of = ", ".join(f'"{g}"' for g in declared.member_of)
         client.secrets.database.create_role(
-            name=role,
-            db_name=DB_CONNECTION,
+            name=declared.role,
+            db_name=declared.database,
             creation_statements=[
                 # VALID UNTIL is the database's own backstop should Vault never revoke.
                 "CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' "
-                f"VALID UNTIL '{{{{expiration}}}}' IN ROLE {group};"
+                "VALID UNTIL '{{expiration}}'" + (f" IN ROLE {member_of};" if member_of else ";")
             ],
             revocation_statements=[
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{{name}}';",
                 'DROP ROLE IF EXISTS "{{name}}";',
             ],
-            default_ttl=LEASE_TTL,
-            max_ttl=LEASE_MAX_TTL,
+            default_ttl=declared.default_ttl,
+            max_ttl=declared.max_ttl,
         )
 
     client.sys.create_or_update_policy(name=WORKER_POLICY, policy=_worker_policy())

@@ -492,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from lockgate.spec import load_agent_modules
 
-        load_agent_modules()
+        load_agent_modules(settings.agent_modules)
         result = args.handler(args, settings)
         if asyncio.iscoroutine(result):
             result = _run(result)

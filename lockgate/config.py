@@ -17,8 +17,9 @@ __all__ = ["Settings", "load_settings", "read_env_file"]
 class Settings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    temporal_address: str = "localhost:7233"
-    namespace: str = "default"
+    # None: from temporalio's environment configuration (TEMPORAL_ADDRESS, profiles), else localhost:7233.
+    temporal_address: str | None = None
+    namespace: str | None = None
     task_queue: str = "lockgate"
     vault_addr: str = "http://127.0.0.1:8200"
     vault_role_id: str | None = None
@@ -31,6 +32,9 @@ class Settings(BaseModel):
     pg_socket_dir: str | None = None
     pg_dsn: str | None = None
     ui_address: str | None = None
+    # Modules that declare the agents a worker runs and the CLI knows (comma-separated), besides
+    # installed entry points of group `lockgate.agents`.
+    agent_modules: str = ""
 
 
 _ENV_NAMES = {
@@ -47,6 +51,7 @@ _ENV_NAMES = {
     "pg_socket_dir": "LOCKGATE_PG_SOCKET_DIR",
     "pg_dsn": "LOCKGATE_PG_DSN",
     "ui_address": "LOCKGATE_UI_ADDRESS",
+    "agent_modules": "LOCKGATE_AGENT_MODULES",
 }
 
 

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import hvac
 
 from lockgate.bootstrap import bootstrap_vault
+from lockgate.spec import load_agents
 
 __all__ = ["engine_url", "openbao_init"]
 
@@ -58,7 +59,16 @@ def openbao_init(addr: str, keys_dir: Path, shop_dsn: str, *, wait_seconds: floa
         client.sys.submit_unseal_keys(keys["keys"])
     client.token = keys["root_token"]
     url, user, password = engine_url(shop_dsn)
-    boot = bootstrap_vault(client, connection_url=url, db_username=user, db_password=password)
+    # The configured agents' declared database secrets become Vault roles (LOCKGATE_AGENT_MODULES and
+    # the `lockgate.agents` entry points); each database the roles name gets its own connection.
+    agents = load_agents(os.environ.get("LOCKGATE_AGENT_MODULES", ""))
+    boot = bootstrap_vault(
+        client,
+        connection_url=lambda db: urlunsplit(urlsplit(url)._replace(path=f"/{db}")),
+        db_username=user,
+        db_password=password,
+        agents=agents,
+    )
     _write_private(
         keys_dir / "worker.env", f"LOCKGATE_VAULT_ROLE_ID={boot.role_id}\nLOCKGATE_VAULT_SECRET_ID={boot.secret_id}\n"
     )

@@ -31,7 +31,9 @@ import psycopg
 
 from lockgate import bootstrap
 from lockgate.config import read_env_file
+from lockgate.demo import DEMO_AGENT_MODULES
 from lockgate.errors import UserError
+from lockgate.spec import load_agents
 
 __all__ = ["SEARCH_ATTRIBUTES", "DevStack", "bao_binary", "free_port", "temporal_binary"]
 
@@ -118,6 +120,12 @@ def bao_binary() -> str:
     return _bin_dir_tool("bao")
 
 
+def _with_demo(modules: str) -> str:
+    """The dev stack always carries the demo agents, plus whatever the user configured."""
+    names = [*DEMO_AGENT_MODULES.split(","), *(m.strip() for m in modules.split(",") if m.strip())]
+    return ",".join(dict.fromkeys(names))
+
+
 @dataclass
 class DevStack:
     state_dir: Path
@@ -125,6 +133,9 @@ class DevStack:
     ui_port: int = 8233
     vault_port: int = 8200
     ui: bool = True
+    # The agents the stack is bootstrapped for (their databases, roles and Vault policies), as
+    # module paths; also written to dev.env so the worker and CLI of the dev stack load them.
+    agent_modules: str = DEMO_AGENT_MODULES
 
     @classmethod
     def from_env(cls, state_dir: Path) -> DevStack:
@@ -134,6 +145,7 @@ class DevStack:
             temporal_port=int(env.get("LOCKGATE_DEV_TEMPORAL_PORT", "7233")),
             ui_port=int(env.get("LOCKGATE_DEV_UI_PORT", "8233")),
             vault_port=int(env.get("LOCKGATE_DEV_VAULT_PORT", "8200")),
+            agent_modules=_with_demo(env.get("LOCKGATE_AGENT_MODULES", "")),
         )
 
     # -- paths ---------------------------------------------------------------------------------
@@ -180,8 +192,9 @@ class DevStack:
         socket_dir = self._start_postgres(pg_password)
         pids["pgdata"] = str(self.pgdata)
         progress(f"postgres: ready (socket {socket_dir})")
-        bootstrap.seed_shop(socket_dir, pg_password)
-        progress("postgres: shop database seeded")
+        agents = load_agents(self.agent_modules)
+        bootstrap.provision_databases(socket_dir, pg_password, agents.database_secrets())
+        progress(f"postgres: databases of {len(agents.names())} agents provisioned")
 
         progress(f"temporal: starting dev server on {self.temporal_address}")
         pids["temporal"] = self._start_temporal(pids.get("temporal"))
@@ -201,9 +214,10 @@ class DevStack:
         progress("openbao: ready; bootstrapping engines, policies and AppRole")
         boot = bootstrap.bootstrap_vault(
             hvac.Client(url=self.vault_addr, token=root),
-            connection_url=bootstrap.socket_connection_url(socket_dir),
+            connection_url=lambda db: bootstrap.socket_connection_url(socket_dir, db),
             db_username="postgres",
             db_password=pg_password,
+            agents=agents,
             keep_secret_id=old.get("LOCKGATE_VAULT_SECRET_ID"),
         )
         env = {
@@ -219,6 +233,7 @@ class DevStack:
             "LOCKGATE_PG_PASSWORD": pg_password,
             "LOCKGATE_PG_DSN": f"postgresql://postgres:{pg_password}@/shop?host={socket_dir}",
             "LOCKGATE_UI_ADDRESS": f"http://127.0.0.1:{self.ui_port}" if self.ui else "",
+            "LOCKGATE_AGENT_MODULES": self.agent_modules,
         }
         self._write_env(env)
         progress(f"wrote {self.env_file}")

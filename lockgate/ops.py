@@ -15,7 +15,6 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-import lockgate.agents  # noqa: F401 - registers the built-in agents
 from lockgate.errors import UserError
 from lockgate.models import MAX_ARGS_BYTES, ApprovalAttempt, ApprovalRequest, ApprovalSignal, RunInput, RunStatus
 from lockgate.spec import describe_validation, registry

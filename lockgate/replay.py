@@ -24,6 +24,7 @@ from lockgate.errors import PolicyError
 from lockgate.gates.bundle import PolicyBundle
 from lockgate.gates.engine import evaluate, tool_entities
 from lockgate.models import GateRequest
+from lockgate.plugin import workflow_runner
 from lockgate.spec import AgentRegistry
 
 __all__ = ["ReplayReport", "recheck_decisions", "replay"]
@@ -109,7 +110,7 @@ async def replay(
     """Replays the given runs (every run of each id, continue-as-new chains included), or all."""
     from lockgate.workflows.agent import AgentWorkflow
 
-    replayer = Replayer(workflows=[AgentWorkflow], data_converter=data_converter)
+    replayer = Replayer(workflows=[AgentWorkflow], data_converter=data_converter, workflow_runner=workflow_runner())
     bundles = _Bundles(ledger, agents)
     if run_ids is None:
         query = 'WorkflowType = "lockgate.agent"'

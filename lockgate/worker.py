@@ -1,8 +1,9 @@
-"""The composition root: reads configuration, wires clients, activities and workflows.
+"""The composition root: reads configuration, builds the dependencies `LockgatePlugin` wires in.
 
 `python worker.py` or `lockgate worker` runs a worker. Tests call `build_deps` / `build_worker`.
 The worker authenticates to Vault with AppRole (never the root token) and refuses to start on an
-invalid policy bundle.
+invalid policy bundle. Temporal connection settings follow temporalio's environment configuration
+(profiles, TLS, API key), with `LOCKGATE_TEMPORAL_ADDRESS` / `LOCKGATE_NAMESPACE` on top.
 """
 
 from __future__ import annotations
@@ -12,18 +13,15 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.client import Client, Plugin
+from temporalio.envconfig import ClientConfig
 from temporalio.worker import Worker
 
-import lockgate.activities.incident
-import lockgate.activities.shop
-import lockgate.agents  # noqa: F401 - registers the built-in agents
 from lockgate.activities.freeze import FreezeStore
 from lockgate.activities.governance import GovernanceActivities, bundle_content
 from lockgate.activities.ledger import Ledger
@@ -34,22 +32,24 @@ from lockgate.activities.vault import VaultBroker
 from lockgate.config import Settings, load_settings
 from lockgate.errors import PolicyError, UserError
 from lockgate.gates.bundle import PolicyBundle
-from lockgate.observability import setup_logging, tracing_interceptors
+from lockgate.observability import setup_logging
+from lockgate.plugin import LockgatePlugin, data_converter
 from lockgate.policies import load_bundle
-from lockgate.spec import AgentRegistry, load_agent_modules, registry
-from lockgate.workflows.agent import AgentWorkflow
+from lockgate.spec import AgentRegistry, load_agents
 
 __all__ = [
     "DATA_CONVERTER",
     "Deps",
+    "build_activities",
     "build_deps",
     "build_governance",
     "build_reaper",
     "build_tools",
     "build_worker",
     "connect",
-    "main",
+    "connect_config",
     "entry",
+    "main",
     "reap_forever",
     "run_worker",
     "watch_policies",
@@ -57,8 +57,8 @@ __all__ = [
 
 log = logging.getLogger("lockgate.worker")
 
-# One converter for worker, CLI and replayer: pydantic models in, pydantic models out.
-DATA_CONVERTER = pydantic_data_converter
+# One converter for worker, CLI and replayer (see `lockgate.plugin.data_converter`).
+DATA_CONVERTER = data_converter()
 
 
 @dataclass
@@ -68,7 +68,7 @@ class Deps:
     ledger: Ledger
     bundle: PolicyBundle
     freezes: FreezeStore
-    agents: AgentRegistry = field(default_factory=lambda: registry)
+    agents: AgentRegistry = field(default_factory=AgentRegistry)
 
     def current_bundle(self) -> PolicyBundle:
         return self.bundle
@@ -121,12 +121,14 @@ async def watch_policies(deps: Deps, stop: asyncio.Event, interval: float = 2.0)
             await asyncio.to_thread(deps.reload_policies)
 
 
-def build_deps(settings: Settings, agents: AgentRegistry = registry) -> Deps:
-    """Loads policies (PolicyError if invalid), logs in to Vault, opens the ledger."""
-    try:
-        load_agent_modules()
-    except ImportError as err:
-        raise UserError(f"LOCKGATE_AGENT_MODULES: {err}") from err
+def build_deps(settings: Settings, agents: AgentRegistry | None = None) -> Deps:
+    """Loads the agents (unless given), policies (PolicyError if invalid), logs in to Vault, opens
+    the ledger."""
+    if agents is None:
+        try:
+            agents = load_agents(settings.agent_modules)
+        except ImportError as err:
+            raise UserError(f"LOCKGATE_AGENT_MODULES: {err}") from err
     bundle = load_bundle(settings.policy_dir, agents)
     if not (settings.vault_role_id and settings.vault_secret_id):
         raise UserError("LOCKGATE_VAULT_ROLE_ID and LOCKGATE_VAULT_SECRET_ID are not set (run `lockgate dev up`)")
@@ -178,6 +180,21 @@ async def reap_forever(client: Client, reaper: Reaper, interval: float, stop: as
             pass
 
 
+def build_activities(deps: Deps) -> list[Callable[..., Any]]:
+    """Every activity a lockgate worker hosts: gate, run identity, audit, planner, one per tool."""
+    governance = build_governance(deps)
+    tools = build_tools(deps, governance)
+    planner = LLMPlannerActivities(agents=deps.agents, vault=deps.vault)
+    return [
+        governance.evaluate,
+        governance.open_run,
+        governance.close_run,
+        governance.record,
+        planner.plan,
+        *tools.activities(),
+    ]
+
+
 def build_worker(
     client: Client,
     deps: Deps,
@@ -186,42 +203,43 @@ def build_worker(
     max_concurrent: int = 64,
     extra_workflows: Sequence[type] = (),
     max_cached_workflows: int | None = None,
+    services: bool = False,
 ) -> Worker:
-    governance = build_governance(deps)
-    tools = build_tools(deps, governance)
-    planner = LLMPlannerActivities(agents=deps.agents, vault=deps.vault)
+    """A worker with `LockgatePlugin` (services off by default: tests run the reaper themselves)."""
+    plugin = LockgatePlugin(
+        deps=deps, services=services, max_concurrent=max_concurrent, max_cached_workflows=max_cached_workflows
+    )
     return Worker(
         client,
         task_queue=task_queue or deps.settings.task_queue,
-        workflows=[AgentWorkflow, *extra_workflows],
-        activities=[
-            governance.evaluate,
-            governance.open_run,
-            governance.close_run,
-            governance.record,
-            planner.plan,
-            *tools.activities(),
-        ],
-        # Vault, Postgres and the ledger are synchronous clients: activities run in threads.
-        activity_executor=ThreadPoolExecutor(max_concurrent, thread_name_prefix="lockgate-activity"),
-        max_concurrent_activities=max_concurrent,
-        max_concurrent_local_activities=max_concurrent,
-        interceptors=tracing_interceptors(),
-        # Runs waiting for approval sit in the sticky cache until evicted; a bounded cache keeps a
-        # worker's memory flat however many runs wait (an evicted run replays when it wakes).
-        max_cached_workflows=max_cached_workflows
-        if max_cached_workflows is not None
-        else int(os.environ.get("LOCKGATE_MAX_CACHED_WORKFLOWS", "100")),
+        workflows=list(extra_workflows),
+        plugins=[plugin],
     )
 
 
-async def connect(settings: Settings) -> Client:
+def connect_config(settings: Settings) -> dict[str, Any]:
+    """Client.connect arguments: temporalio's environment configuration (TEMPORAL_ADDRESS,
+    TEMPORAL_NAMESPACE, TEMPORAL_API_KEY, TEMPORAL_TLS_*, TEMPORAL_PROFILE, the TOML config file),
+    with lockgate's own settings on top."""
     try:
-        return await Client.connect(
-            settings.temporal_address, namespace=settings.namespace, data_converter=DATA_CONVERTER
-        )
+        config: dict[str, Any] = dict(ClientConfig.load_client_connect_config())
     except Exception as err:
-        raise UserError(f"cannot reach Temporal at {settings.temporal_address}: {err}") from err
+        raise UserError(f"Temporal environment configuration: {err}") from err
+    if settings.temporal_address:
+        config["target_host"] = settings.temporal_address
+    config.setdefault("target_host", "localhost:7233")
+    if settings.namespace:
+        config["namespace"] = settings.namespace
+    return config
+
+
+async def connect(settings: Settings, plugins: Sequence[Plugin] = ()) -> Client:
+    config = connect_config(settings)
+    target = config.pop("target_host")
+    try:
+        return await Client.connect(target, data_converter=data_converter(settings), plugins=plugins, **config)
+    except Exception as err:
+        raise UserError(f"cannot reach Temporal at {target}: {err}") from err
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
@@ -231,21 +249,15 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    worker = build_worker(client, deps)
+    worker = build_worker(client, deps, services=True)
     log.info(
         "worker started: task_queue=%s bundle=%s policies=%d",
         settings.task_queue,
         deps.bundle.hash[:12],
         len(deps.bundle.statements),
     )
-    interval = float(os.environ.get("LOCKGATE_REAP_INTERVAL", "15"))
     async with worker:
-        background = [
-            asyncio.create_task(reap_forever(client, build_reaper(deps), interval, stop)),
-            asyncio.create_task(watch_policies(deps, stop)),
-        ]
         await stop.wait()
-        await asyncio.gather(*background)
     log.info("worker stopped")
 
 

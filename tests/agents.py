@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from lockgate.agents import refund
+from lockgate.demo import shop as refund
 from lockgate.models import ToolCall
-from lockgate.spec import AgentSpec, LLMPlanner, registry
+from lockgate.spec import AgentSpec, LLMPlanner, Step, registry
 
 
 class ScriptInput(BaseModel):
@@ -17,17 +18,16 @@ class ScriptInput(BaseModel):
     steps: list[dict[str, Any]]
 
 
-def script_plan(inp: dict[str, Any], done: list[dict[str, Any]]) -> ToolCall | None:
+def script_plan(inp: ScriptInput, done: Sequence[Step]) -> ToolCall | None:
     """Proposes the input's steps one by one (any tool name at all, known or not)."""
-    steps = inp["steps"]
+    steps = inp.steps
     return ToolCall(**steps[len(done)]) if len(done) < len(steps) else None
 
 
 # -- QA tools: no Vault secret, side effects in memory, so tests can make compensations fail. --------
-from lockgate.activities.tools import ToolContext, ToolError, implements  # noqa: E402
 from pydantic import Field  # noqa: E402
 
-from lockgate.spec import ToolSpec  # noqa: E402
+from lockgate import ToolContext, ToolError, tool  # noqa: E402
 
 MARKS: dict[str, dict[str, Any]] = {}
 UNDONE: list[str] = []
@@ -49,20 +49,13 @@ class ExplodeArgs(BaseModel):
     why: str = "boom"
 
 
-QA_TOOLS = (
-    ToolSpec(name="qa.mark", args=MarkArgs, compensation="qa.unmark", data_class="public"),
-    ToolSpec(name="qa.unmark", args=UnmarkArgs, data_class="public"),
-    ToolSpec(name="qa.explode", args=ExplodeArgs, data_class="public"),
-)
-
-
-@implements("qa.mark")
+@tool("qa.mark", compensation="qa.unmark", data_class="public")
 def qa_mark(ctx: ToolContext, args: MarkArgs) -> dict[str, Any]:
     MARKS[ctx.idempotency_key] = {"label": args.label, "fail_undo": args.fail_undo}
     return {"summary": f"marked {args.label}"}
 
 
-@implements("qa.unmark")
+@tool("qa.unmark", data_class="public")
 def qa_unmark(ctx: ToolContext, args: UnmarkArgs) -> dict[str, Any]:
     mark = MARKS.get(args.idempotency_key)
     if mark is None:
@@ -73,9 +66,12 @@ def qa_unmark(ctx: ToolContext, args: UnmarkArgs) -> dict[str, Any]:
     return {"summary": f"unmarked {mark['label']}"}
 
 
-@implements("qa.explode")
+@tool("qa.explode", data_class="public")
 def qa_explode(ctx: ToolContext, args: ExplodeArgs) -> dict[str, Any]:
     raise ToolError(f"exploded: {args.why}")
+
+
+QA_TOOLS = (qa_mark, qa_unmark, qa_explode)
 
 
 SCRIPT_AGENT = registry.add(

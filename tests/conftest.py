@@ -25,13 +25,15 @@ from temporalio.exceptions import ActivityError, ChildWorkflowError
 
 import examples.report_agent  # noqa: F401 - the README's example agent
 import tests.agents  # noqa: F401 - registers test agents before Vault is bootstrapped
-from lockgate.bootstrap import DB_ROLES
 from lockgate.config import Settings, load_settings
-from lockgate.devstack import DevStack, free_port
-from lockgate.errors import UserError
+from lockgate.devstack import DevStack
 from lockgate.models import ApprovalRequest, RunInput, RunStatus
+from lockgate.testing import LocalStack
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# The agents the test stack is bootstrapped for and its workers run.
+AGENT_MODULES = "lockgate.demo.shop,lockgate.demo.incident,tests.agents,examples.report_agent"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -48,26 +50,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevStack]:
-    base = tmp_path_factory.mktemp("stack")
-    dev = DevStack(base / "state", temporal_port=free_port(), ui_port=free_port(), vault_port=free_port(), ui=False)
-    try:
-        for attempt in range(3):
-            try:
-                dev.up()
-                break
-            except UserError:
-                # A port chosen free was taken before the server bound it: new ports, again.
-                if attempt == 2:
-                    raise
-                dev.down()
-                dev.temporal_port, dev.vault_port = free_port(), free_port()
-        yield dev
-    finally:
-        dev.down()
-
-
-@pytest.fixture(scope="session")
 def policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     target = tmp_path_factory.mktemp("policies")
     for item in (ROOT / "policies").iterdir():
@@ -81,21 +63,23 @@ def policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def env(stack: DevStack, policy_dir: Path) -> dict[str, str]:
+def local(tmp_path_factory: pytest.TempPathFactory, policy_dir: Path) -> Iterator[LocalStack]:
+    """The session's private stack (lockgate.testing), stopped at session end whatever happened."""
+    with LocalStack(
+        agent_modules=AGENT_MODULES, policy_dir=policy_dir, base_dir=tmp_path_factory.mktemp("stack")
+    ) as local:
+        yield local
+
+
+@pytest.fixture(scope="session")
+def stack(local: LocalStack) -> DevStack:
+    return local.dev
+
+
+@pytest.fixture(scope="session")
+def env(local: LocalStack) -> dict[str, str]:
     """The environment a CLI or worker process of this test session runs with."""
-    values = {k: v for k, v in os.environ.items() if not k.startswith(("LOCKGATE_", "VAULT_"))}
-    values.update(stack.env())
-    values.update(
-        {
-            "LOCKGATE_STATE_DIR": str(stack.state_dir),
-            "LOCKGATE_POLICY_DIR": str(policy_dir),
-            "LOCKGATE_LEDGER_URL": f"sqlite:///{stack.state_dir / 'ledger.db'}",
-            "LOCKGATE_TASK_QUEUE": f"tests-{uuid.uuid4().hex[:8]}",
-            "PYTHONPATH": str(ROOT),
-            "LOCKGATE_AGENT_MODULES": "tests.agents,examples.report_agent",
-        }
-    )
-    return values
+    return {**local.env(), "PYTHONPATH": str(ROOT)}
 
 
 @pytest.fixture(scope="session")
@@ -146,7 +130,11 @@ class Outside:
 
     def live_leases(self) -> list[str]:
         out = []
-        for role in DB_ROLES:
+        try:
+            roles = self.vault.adapter.list("/v1/sys/leases/lookup/database/creds/")
+        except hvac.exceptions.InvalidPath:
+            return []
+        for role in [k.rstrip("/") for k in (roles or {}).get("data", {}).get("keys", [])]:
             try:
                 resp = self.vault.adapter.list(f"/v1/sys/leases/lookup/database/creds/{role}/")
             except hvac.exceptions.InvalidPath:

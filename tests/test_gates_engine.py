@@ -9,10 +9,13 @@ import pytest
 from lockgate.gates.bundle import PolicyBundle
 from lockgate.gates.engine import evaluate
 
-import tests.agents  # noqa: F401
 from lockgate.models import Decision, GateRequest, GateState, ToolCall
 from lockgate.policies import load_bundle
-from lockgate.spec import registry
+from lockgate.spec import load_agents
+from tests.conftest import AGENT_MODULES
+
+# The agents of the test stack, loaded as a worker loads them.
+registry = load_agents(AGENT_MODULES, entry_points=False)
 
 ROOT = Path(__file__).resolve().parent.parent
 NOW = datetime(2026, 11, 23, tzinfo=UTC)

@@ -18,9 +18,8 @@ from temporalio.workflow import ParentClosePolicy
 # Pure declarations and models, no I/O: passed through so the sandbox does not re-import them on
 # every run (and so that `registry` is the one the worker filled).
 with workflow.unsafe.imports_passed_through():
-    from pydantic import ValidationError
+    from pydantic import BaseModel, ValidationError
 
-    import lockgate.agents  # noqa: F401 - registers the built-in agents
     from lockgate import errors
     from lockgate.models import (
         DELEGATE_TOOL,
@@ -51,7 +50,7 @@ with workflow.unsafe.imports_passed_through():
         args_digest,
         redact_args,
     )
-    from lockgate.spec import AgentSpec, LLMPlanner, ToolSpec, describe_validation, registry
+    from lockgate.spec import AgentSpec, LLMPlanner, Step, Tool, ToolSpec, agents_for, describe_validation
 
 __all__ = ["SA_AGENT", "SA_INITIATOR", "SA_PENDING", "SA_STATE", "AgentWorkflow"]
 
@@ -143,10 +142,17 @@ class _ScriptRun:
         self._wf, self._agent = wf, agent
 
     async def call(
-        self, tool: str, args: dict[str, Any], *, confidence: float = 1.0, rationale: str | None = None
+        self,
+        tool: str | Tool,
+        args: BaseModel | dict[str, Any],
+        *,
+        confidence: float = 1.0,
+        rationale: str | None = None,
     ) -> dict[str, Any]:
+        name = tool.name if isinstance(tool, Tool) else tool
+        args = args.model_dump(mode="json") if isinstance(args, BaseModel) else dict(args)
         outcome = await self._wf.call(
-            self._agent, ToolCall(tool=tool, args=args, confidence=confidence, rationale=rationale)
+            self._agent, ToolCall(tool=name, args=args, confidence=confidence, rationale=rationale)
         )
         self._wf._done.append({"tool": outcome.tool, "step": outcome.step, "args": args, "result": outcome.result})
         return outcome.result
@@ -164,7 +170,7 @@ class AgentWorkflow:
     def __init__(self, inp: RunInput) -> None:
         self._inp = inp
         self._run_id = workflow.info().workflow_id
-        self._agent: AgentSpec | None = registry.get(inp.agent)
+        self._agent: AgentSpec | None = agents_for(workflow.info().task_queue).get(inp.agent)
         self._state: RunState = "running"
         self._steps: list[StepRecord] = []
         self._compensated: list[StepRecord] = []
@@ -301,7 +307,8 @@ class AgentWorkflow:
             )
             return plan.call
         assert agent.planner is not None
-        return agent.planner(self._inp.input, self._done)
+        steps = [Step(step=d["step"], tool=d["tool"], args=d.get("args", {}), result=d["result"]) for d in self._done]
+        return agent.planner(agent.input_model.model_validate(self._inp.input), steps)
 
     def _history_full(self, agent: AgentSpec) -> bool:
         info = workflow.info()

@@ -10,7 +10,6 @@ from typing import Any
 
 import psycopg
 
-from lockgate.bootstrap import DB_ROLES
 from lockgate.config import Settings, load_settings
 from lockgate.devstack import DevStack
 
@@ -76,7 +75,11 @@ def _leftovers(settings: Settings, vault_token: str | None) -> tuple[int, int]:
             roles = conn.execute("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'v-%'").fetchone()[0]
     leases = 0
     client = hvac.Client(url=settings.vault_addr, token=vault_token)
-    for role in DB_ROLES:
+    try:
+        roles_listed = client.adapter.list("/v1/sys/leases/lookup/database/creds/")
+    except Exception:  # noqa: BLE001 - no lease under that prefix at all
+        roles_listed = None
+    for role in [k.rstrip("/") for k in (roles_listed or {}).get("data", {}).get("keys", [])]:
         try:
             resp = client.adapter.list(f"/v1/sys/leases/lookup/database/creds/{role}/")
             leases += len((resp or {}).get("data", {}).get("keys", []))

@@ -1,0 +1,182 @@
+"""`LockgatePlugin`: lockgate as a Temporal plugin, beside any others (e.g. `PydanticAIPlugin`).
+
+One object carries everything lockgate adds to a Client, a Worker or a Replayer: the data converter,
+the sandbox passthrough, the agent workflow, the governed activities (gate, run identity, audit,
+planner and one `tool.<name>` per declared tool), the interceptors, and the worker-side services
+(reaper, policy hot reload) that run as long as the worker does::
+
+    client = await Client.connect("localhost:7233", plugins=[LockgatePlugin()])
+    worker = Worker(client, task_queue="lockgate")  # the plugin reaches the worker via the client
+
+A plugin given to a client only sets the data converter there; its worker half builds its
+dependencies (Vault login, policy bundle, ledger) the first time a worker is configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+import temporalio.worker
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter
+from temporalio.plugin import SimplePlugin
+from temporalio.worker import Replayer, ReplayerConfig, Worker, WorkerConfig
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+
+from lockgate.config import Settings, load_settings
+from lockgate.observability import tracing_interceptors
+from lockgate.spec import Agent, AgentRegistry, bind_agents
+
+if TYPE_CHECKING:
+    from lockgate.worker import Deps
+
+__all__ = ["PASSTHROUGH_MODULES", "LockgatePlugin", "data_converter", "workflow_runner"]
+
+# Pure declarations and models the workflow reads: passed through so the sandbox does not
+# re-import them on every run, and so the agent registry is the one the worker filled.
+PASSTHROUGH_MODULES = (
+    "lockgate.models",
+    "lockgate.spec",
+    "lockgate.context",
+    "lockgate.errors",
+    "pydantic",
+    "pydantic_core",
+)
+
+
+def data_converter(settings: Settings | None = None) -> DataConverter:
+    """The one converter for worker, CLI and replayer: pydantic models in, pydantic models out."""
+    del settings  # payload encryption, when configured, is added here
+    return pydantic_data_converter
+
+
+def workflow_runner(existing: temporalio.worker.WorkflowRunner | None = None) -> temporalio.worker.WorkflowRunner:
+    """The sandboxed runner with lockgate's passthrough added (to `existing`, when given)."""
+    if existing is None:
+        return SandboxedWorkflowRunner(
+            restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSTHROUGH_MODULES)
+        )
+    if isinstance(existing, SandboxedWorkflowRunner):
+        return dataclasses.replace(
+            existing, restrictions=existing.restrictions.with_passthrough_modules(*PASSTHROUGH_MODULES)
+        )
+    return existing  # an unsandboxed runner needs no passthrough
+
+
+class LockgatePlugin(SimplePlugin):
+    """Governs agent workflows on any Temporal Client and Worker.
+
+    Args:
+        settings: lockgate's configuration (default: from the environment and `.lockgate/dev.env`).
+        agents: The agents this worker runs (default: `LOCKGATE_AGENT_MODULES` and the entry points
+            of group `lockgate.agents`). A worker runs only these.
+        deps: Ready dependencies (tests and embedders); built from `settings` when omitted.
+        services: Run the reaper and the policy watcher beside the worker.
+        max_concurrent: Activity slots (and threads: Vault, Postgres and the ledger are sync clients).
+        max_cached_workflows: Sticky cache size (default `LOCKGATE_MAX_CACHED_WORKFLOWS` or 100).
+        reap_interval: Seconds between reaper passes (default `LOCKGATE_REAP_INTERVAL` or 15).
+    """
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        agents: Sequence[Agent] | AgentRegistry | None = None,
+        deps: Deps | None = None,
+        services: bool = True,
+        max_concurrent: int = 64,
+        max_cached_workflows: int | None = None,
+        reap_interval: float | None = None,
+    ) -> None:
+        from lockgate.workflows.agent import AgentWorkflow
+
+        self.settings = settings or (deps.settings if deps is not None else load_settings())
+        self._agents = agents if agents is None or isinstance(agents, AgentRegistry) else AgentRegistry(agents)
+        self._deps = deps
+        self._services = services
+        self._max_concurrent = max_concurrent
+        self._max_cached = max_cached_workflows
+        self._reap_interval = reap_interval
+        self._workflow = AgentWorkflow
+        super().__init__(
+            "lockgate.LockgatePlugin",
+            data_converter=lambda _existing: data_converter(self.settings),
+            workflow_runner=workflow_runner,
+        )
+
+    @property
+    def deps(self) -> Deps:
+        """The worker-side dependencies, built on first use (Vault login, policies, ledger)."""
+        if self._deps is None:
+            from lockgate.worker import build_deps
+
+            self._deps = build_deps(self.settings, self._agents)
+        return self._deps
+
+    def configure_worker(self, config: WorkerConfig) -> WorkerConfig:
+        config = super().configure_worker(config)
+        if self._workflow in (config.get("workflows") or ()):
+            return config  # given to both the client and the worker: configure once
+        from lockgate.worker import build_activities
+
+        deps = self.deps
+        bind_agents(config["task_queue"], deps.agents)
+        config["workflows"] = [*(config.get("workflows") or ()), self._workflow]
+        config["activities"] = [*(config.get("activities") or ()), *build_activities(deps)]
+        config["interceptors"] = [*(config.get("interceptors") or ()), *tracing_interceptors()]
+        if config.get("activity_executor") is None:
+            config["activity_executor"] = ThreadPoolExecutor(
+                self._max_concurrent, thread_name_prefix="lockgate-activity"
+            )
+            config["max_concurrent_activities"] = self._max_concurrent
+            config["max_concurrent_local_activities"] = self._max_concurrent
+        # Runs waiting for approval sit in the sticky cache until evicted; a bounded cache keeps a
+        # worker's memory flat however many runs wait (an evicted run replays when it wakes).
+        config["max_cached_workflows"] = (
+            self._max_cached
+            if self._max_cached is not None
+            else int(os.environ.get("LOCKGATE_MAX_CACHED_WORKFLOWS", "100"))
+        )
+        return config
+
+    def configure_replayer(self, config: ReplayerConfig) -> ReplayerConfig:
+        config = super().configure_replayer(config)
+        if self._workflow not in (config.get("workflows") or ()):
+            config["workflows"] = [*(config.get("workflows") or ()), self._workflow]
+        return config
+
+    async def run_worker(self, worker: Worker, next: Callable[[Worker], Awaitable[None]]) -> None:
+        if not self._services:
+            await next(worker)
+            return
+        from lockgate.worker import build_reaper, reap_forever, watch_policies
+
+        deps = self.deps
+        stop = asyncio.Event()
+        interval = (
+            self._reap_interval
+            if self._reap_interval is not None
+            else float(os.environ.get("LOCKGATE_REAP_INTERVAL", "15"))
+        )
+        background = [
+            asyncio.create_task(reap_forever(worker.client, build_reaper(deps), interval, stop)),
+            asyncio.create_task(watch_policies(deps, stop)),
+        ]
+        try:
+            await next(worker)
+        finally:
+            stop.set()
+            await asyncio.gather(*background, return_exceptions=True)
+
+    def replayer(self, **kwargs: Any) -> Replayer:
+        """A Replayer with lockgate's workflow and converter (binds the agents for replay)."""
+        from lockgate.spec import registry
+
+        if self._agents is not None:
+            registry.extend(self._agents.agents())
+        return Replayer(workflows=[], plugins=[self], **kwargs)
