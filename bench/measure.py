@@ -274,7 +274,9 @@ async def _raw_replay(histories: list[WorkflowHistory]) -> float:
     from lockgate.plugin import workflow_runner
     from lockgate.workflows.agent import AgentWorkflow
 
-    replayer = Replayer(workflows=[AgentWorkflow], data_converter=worker.DATA_CONVERTER, workflow_runner=workflow_runner())
+    replayer = Replayer(
+        workflows=[AgentWorkflow], data_converter=worker.DATA_CONVERTER, workflow_runner=workflow_runner()
+    )
     t = time.perf_counter()
     for history in histories:
         await replayer.replay_workflow(history)
