@@ -5,20 +5,32 @@ All are synchronous (hvac, the ledger) and run in the worker's thread pool.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from lockgate.activities.freeze import FreezeStore
-from lockgate.activities.ledger import Ledger
-from lockgate.activities.vault import VaultBroker
-from lockgate.gates.bundle import PolicyBundle
-from lockgate.gates.engine import evaluate
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from lockgate.activities.freeze import FreezeStore
+from lockgate.activities.ledger import Ledger
+from lockgate.activities.vault import RunMismatch, VaultBroker
 from lockgate.errors import BAD_INPUT
-from lockgate.models import AuditEvent, Decision, GateRequest, RunClose, RunIdentity, RunOpen
+from lockgate.gates.bundle import PolicyBundle
+from lockgate.gates.engine import evaluate
+from lockgate.ids import is_run_id
+from lockgate.models import (
+    DELEGATE_TOOL,
+    AuditEvent,
+    Decision,
+    GateRequest,
+    RunClose,
+    RunIdentity,
+    RunOpen,
+    RunSeal,
+    canonical_json,
+)
 from lockgate.observability import span
 from lockgate.spec import AgentRegistry
 
@@ -120,15 +132,51 @@ class GovernanceActivities:
         if request.run_id != activity.info().workflow_id:
             # A workflow may only ask about its own calls.
             raise ApplicationError("gate request names another run", type=BAD_INPUT, non_retryable=True)
+        if request.compensation:
+            # Built-ins never compensate: only a tool activity can verify a compensation claim.
+            raise ApplicationError("a built-in call cannot be a compensation", type=BAD_INPUT, non_retryable=True)
         return self.decide(request)
+
+    # -- run identity ----------------------------------------------------------------------------
+    def _refuse(self, run_id: str, origin: str, reason: str) -> ApplicationError:
+        """Records a refused run (with why) and returns the non-retryable error that fails it at once."""
+        self._ledger.try_append(
+            f"run.refused:{run_id}:{origin}:{hashlib.sha256(reason.encode()).hexdigest()[:12]}",
+            run_id,
+            "run.refused",
+            {"reason": reason, "origin_run_id": origin, "workflow_run_id": activity.info().workflow_run_id},
+        )
+        log.error("run refused run=%s: %s", run_id, reason, extra={"run_id": run_id})
+        return ApplicationError(f"run {run_id} refused: {reason}", type=BAD_INPUT, non_retryable=True)
+
+    def _check_run(self, run_id: str, origin: str) -> None:
+        info = activity.info()
+        if not is_run_id(run_id) or run_id != info.workflow_id:
+            raise ApplicationError("invalid run id, or one naming another run", type=BAD_INPUT, non_retryable=True)
+        if not origin:
+            raise self._refuse(run_id, origin, "no origin execution given")
 
     @activity.defn(name="run.open")
     def open_run(self, request: RunOpen) -> RunIdentity:
+        self._check_run(request.run_id, request.origin_run_id)
         agent = self._agents.get(request.agent)
         if agent is None:
-            raise ApplicationError(f"unknown agent {request.agent!r}", type=BAD_INPUT, non_retryable=True)
-        policy = request.vault_policy or agent.vault_policy
-        identity = self._vault.open_run(request.run_id, agent.name, policy, request.ttl_seconds)
+            raise self._refuse(request.run_id, request.origin_run_id, f"unknown agent {request.agent!r}")
+        # A run id names one run forever: the id of a finished run is never reused, never merged.
+        earlier = next((e for e in self._ledger.events(request.run_id) if e["kind"] == "run.opened"), None)
+        if earlier is not None and earlier.get("origin_run_id") != request.origin_run_id:
+            raise self._refuse(
+                request.run_id,
+                request.origin_run_id,
+                "this run id already belongs to an earlier run (ids are never reused)",
+            )
+        policy, ttl = agent.vault_policy, request.ttl_seconds
+        if request.parent is not None or request.parent_run_id is not None:
+            policy, ttl = self._check_parent(request)
+        try:
+            identity = self._vault.open_run(request.run_id, agent.name, policy, ttl, request.origin_run_id)
+        except RunMismatch as err:
+            raise self._refuse(request.run_id, request.origin_run_id, str(err)) from None
         self._ledger.try_append(
             f"run.opened:{request.run_id}",
             request.run_id,
@@ -137,6 +185,7 @@ class GovernanceActivities:
                 "agent": agent.name,
                 "owner": agent.owner,
                 "initiator": request.initiator,
+                "origin_run_id": request.origin_run_id,
                 "parent_run_id": request.parent_run_id,
                 "identity_accessor": identity.accessor,
                 "policies": list(identity.policies),
@@ -145,9 +194,67 @@ class GovernanceActivities:
         )
         return identity
 
+    def _check_parent(self, request: RunOpen) -> tuple[str, int]:
+        """A sub-agent's link must be what its parent's gate allowed: proven by Temporal's parent
+        facts (the parent run id comes from the workflow's own info, never from its input), the
+        parent's recorded delegation decision, and the parent's live identity. Returns the Vault
+        policy (the parent's) and TTL (never past the parent's) the sub-agent runs with."""
+        link, run_id, origin = request.parent, request.run_id, request.origin_run_id
+        if link is None or request.parent_run_id is None or link.run_id != request.parent_run_id:
+            raise self._refuse(run_id, origin, "parent link does not match the run's Temporal parent")
+        parent, _, suffix = run_id.rpartition(".")
+        if parent != link.run_id or not suffix.isdigit():
+            raise self._refuse(run_id, origin, "a sub-agent's id must be <parent id>.<step>")
+        record = self._vault.read_run(link.run_id)
+        if record is None:
+            raise self._refuse(run_id, origin, f"parent run {link.run_id} has no open identity")
+        step = int(suffix)
+        allowed = [
+            e
+            for e in self._ledger.events(link.run_id)
+            if e["kind"] == "decision"
+            and e.get("tool") == DELEGATE_TOOL
+            and e.get("outcome") == "allow"
+            and int(e.get("step", -1)) == step
+        ]
+        args = allowed[-1]["request"]["call"]["args"] if allowed else None
+        if (
+            args is None
+            or args.get("agent") != request.agent
+            or tuple(args.get("tools", ())) != tuple(link.boundary)
+            or int(args.get("budget", -1)) != link.budget
+        ):
+            raise self._refuse(run_id, origin, "parent link is not what the parent's gate allowed")
+        if record.get("agent") != link.agent or record.get("policies") != link.vault_policy:
+            raise self._refuse(run_id, origin, "parent link names another agent or Vault policy than the parent's")
+        parent_expires = datetime.fromisoformat(str(record["expires_at"]))
+        left = int((parent_expires - datetime.now(UTC)).total_seconds())
+        if left <= 0 or link.deadline_at > parent_expires + timedelta(seconds=5):
+            raise self._refuse(run_id, origin, "sub-agent deadline is past its parent's")
+        return str(record["policies"]), max(1, min(request.ttl_seconds, left))
+
     @activity.defn(name="run.close")
     def close_run(self, request: RunClose) -> bool:
-        revoked = self._vault.close_run(request.run_id, request.accessor)
+        self._check_run(request.run_id, request.origin_run_id)
+        try:
+            revoked = self._vault.close_run(request.run_id, request.accessor, request.origin_run_id)
+        except RunMismatch as err:
+            raise self._refuse(request.run_id, request.origin_run_id, str(err)) from None
+        for entry in request.outstanding:
+            # Never dropped: durable in the ledger until the reaper has run it (lockgate compensations).
+            self._ledger.try_append(
+                f"compensation.outstanding:{request.run_id}:{entry.step}",
+                request.run_id,
+                "compensation.outstanding",
+                {"step": entry.step, "tool": entry.tool, "args": entry.args},
+            )
+            log.error(
+                "COMPENSATION OUTSTANDING run=%s step=%s tool=%s: the reaper retries it",
+                request.run_id,
+                entry.step,
+                entry.tool,
+                extra={"run_id": request.run_id, "step": entry.step, "tool": entry.tool},
+            )
         self._ledger.try_append(
             f"run.closed:{request.run_id}",
             request.run_id,
@@ -158,9 +265,39 @@ class GovernanceActivities:
                 "identity_accessor": request.accessor,
                 "identity_revoked": True,
                 "revoked_by_this_call": revoked,
+                "outstanding_compensations": [e.step for e in request.outstanding],
             },
         )
         return revoked
+
+    # -- seals -----------------------------------------------------------------------------------
+    @staticmethod
+    def _sealed_bytes(request: RunSeal) -> bytes:
+        return canonical_json(
+            {
+                "run_id": request.run_id,
+                "agent": request.agent,
+                "origin_run_id": request.origin_run_id,
+                "generation": request.generation,
+                "carry_digest": request.carry_digest,
+            }
+        ).encode()
+
+    @activity.defn(name="run.seal")
+    def seal(self, request: RunSeal) -> str:
+        """Seals a continue-as-new carry (bound to run, first execution, agent and generation)."""
+        self._check_run(request.run_id, request.origin_run_id)
+        return self._vault.seal(self._sealed_bytes(request))
+
+    @activity.defn(name="run.resume")
+    def resume(self, request: RunSeal) -> bool:
+        """Accepts a carry only from a continue-as-new, under a seal the worker made for this run."""
+        self._check_run(request.run_id, request.origin_run_id)
+        if not request.continued_run_id:
+            raise self._refuse(request.run_id, request.origin_run_id, "a carry is accepted only from a continue-as-new")
+        if not self._vault.check_seal(self._sealed_bytes(request), request.seal):
+            raise self._refuse(request.run_id, request.origin_run_id, "the carry's seal does not verify")
+        return True
 
     @activity.defn(name="audit.record")
     def record(self, event: AuditEvent) -> bool:

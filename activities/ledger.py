@@ -158,6 +158,12 @@ class Ledger:
                 query = query.where(LedgerEntry.run_id == run_id)
             return list(session.exec(query).all())
 
+    def run_ids_with(self, kind: str) -> list[str]:
+        """Runs that have at least one entry of `kind` (e.g. outstanding compensations)."""
+        with Session(self.engine) as session:
+            query = select(LedgerEntry.run_id).where(LedgerEntry.kind == kind).distinct()
+            return sorted(session.exec(query).all())
+
     def events(self, run_id: str) -> list[dict[str, Any]]:
         return [
             {"seq": e.seq, "kind": e.kind, "at": e.at, "event_key": e.event_key, **json.loads(e.data)}

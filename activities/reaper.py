@@ -20,16 +20,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from temporalio.api.enums.v1 import WorkflowExecutionStatus
+from temporalio.client import Client
+from temporalio.service import RPCError, RPCStatusCode
+
 from lockgate.activities.governance import record_decision
 from lockgate.activities.ledger import Ledger
 from lockgate.activities.tools import ToolRunner
 from lockgate.activities.vault import VaultBroker
 from lockgate.gates.bundle import PolicyBundle
 from lockgate.gates.engine import evaluate
-from temporalio.api.enums.v1 import WorkflowExecutionStatus
-from temporalio.client import Client
-from temporalio.service import RPCError, RPCStatusCode
-
 from lockgate.models import GateRequest, GateState, ToolCall
 from lockgate.spec import AgentRegistry
 
@@ -47,6 +47,36 @@ class ReapReport:
     workflow_status: str
     compensations: list[dict[str, Any]] = field(default_factory=list)
     identity_revoked: bool = False
+
+
+def failed_compensations(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Compensations a closed run recorded as outstanding and nothing has done since, newest first."""
+    run_id = events[0]["run_id"] if events else ""
+    done = {str(e["compensates"]) for e in events if e["kind"] == "tool.completed" and e.get("compensates")}
+    out = []
+    for e in sorted((e for e in events if e["kind"] == "compensation.outstanding"), key=lambda e: -int(e["step"])):
+        key = f"{run_id}:{e['step']}"
+        if key not in done:
+            out.append(
+                {
+                    "step": int(e["step"]),
+                    "tool": e.get("forward_tool", ""),
+                    "compensation": e["tool"],
+                    "idempotency_key": key,
+                }
+            )
+    return out
+
+
+def backoff_due(events: list[dict[str, Any]], step: int, now: float) -> bool:
+    """Retries of one failed compensation back off exponentially: 15 s, 30 s, ... up to an hour."""
+    failures = [
+        e for e in events if e["kind"] == "reaper.compensation" and int(e.get("step", -1)) == step and not e.get("ok")
+    ]
+    if not failures:
+        return True
+    last = datetime.fromisoformat(str(failures[-1]["at"])).timestamp()
+    return now >= last + min(3600.0, 15.0 * 2 ** (len(failures) - 1))
 
 
 def outstanding_compensations(events: list[dict[str, Any]], agents: AgentRegistry) -> list[dict[str, Any]]:
@@ -86,15 +116,24 @@ class Reaper:
         self._bundle = bundle
 
     def candidates(self) -> list[str]:
-        return self._vault.open_runs()
+        """Runs whose identity is still open, and closed runs with compensations still outstanding."""
+        return sorted(set(self._vault.open_runs()) | set(self._ledger.run_ids_with("compensation.outstanding")))
 
     def reap_run(self, run_id: str, status: str) -> ReapReport | None:
-        if not self._claim(run_id):
-            return None
-        report = ReapReport(run_id=run_id, workflow_status=status)
         events = [{"run_id": run_id, **e} for e in self._ledger.events(run_id)]
         opened = next((e for e in events if e["kind"] == "run.opened"), {})
         agent = self._agents.get(opened.get("agent", ""))
+        record = self._vault.read_run(run_id)
+        if record is None:
+            # A closed run: only the compensations it recorded as outstanding, each when its backoff is due.
+            now = time.time()
+            items = [i for i in failed_compensations(events) if backoff_due(events, i["step"], now)]
+            if not items or agent is None or not self._claim(run_id):
+                return None
+            return self._retry_outstanding(run_id, status, agent.name, items, opened)
+        if not self._claim(run_id):
+            return None
+        report = ReapReport(run_id=run_id, workflow_status=status)
         self._record(
             run_id, "reaper.found", "found", {"action": "found", "detail": f"run is {status} with its identity open"}
         )
@@ -125,7 +164,44 @@ class Reaper:
                 "revoked_by_this_call": report.identity_revoked,
             },
         )
+        failed = [c for c in report.compensations if not c.get("ok")]
+        for c in failed:
+            self._ledger.try_append(
+                f"compensation.outstanding:{run_id}:{c['step']}",
+                run_id,
+                "compensation.outstanding",
+                {"step": c["step"], "tool": c["tool"], "args": {"idempotency_key": f"{run_id}:{c['step']}"}},
+            )
         log.warning("reaped run=%s status=%s compensations=%d", run_id, status, len(report.compensations))
+        return report
+
+    def _retry_outstanding(
+        self, run_id: str, status: str, agent: str, items: list[dict[str, Any]], opened: dict[str, Any]
+    ) -> ReapReport:
+        """Runs outstanding compensations of a closed run under a fresh, short-lived identity of the run."""
+        spec = self._agents.get(agent)
+        assert spec is not None
+        report = ReapReport(run_id=run_id, workflow_status=status)
+        origin = str(opened.get("origin_run_id") or "")
+        identity = self._vault.open_run(run_id, agent, spec.vault_policy, 600, origin)
+        try:
+            bundle: PolicyBundle = self._bundle()
+            for item in items:
+                report.compensations.append(self._compensate(run_id, agent, bundle, item, opened))
+        finally:
+            self._vault.close_run(run_id, identity.accessor, origin)
+        for c in report.compensations:
+            if c.get("ok"):
+                self._record(run_id, "compensation.resolved", str(c["step"]), {"step": c["step"], "tool": c["tool"]})
+            else:
+                log.error(
+                    "COMPENSATION STILL OUTSTANDING run=%s step=%s tool=%s: %s",
+                    run_id,
+                    c["step"],
+                    c["tool"],
+                    c.get("error"),
+                    extra={"run_id": run_id, "step": c["step"], "tool": c["tool"]},
+                )
         return report
 
     def _compensate(
@@ -169,7 +245,7 @@ class Reaper:
         self._record(
             run_id,
             "reaper.compensation",
-            str(item["step"]),
+            f"{item['step']}:{time.time_ns()}",
             {"action": "compensation", "detail": json.dumps(result, sort_keys=True), **result},
         )
         return result

@@ -17,12 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lockgate.activities.ledger import Ledger
-from lockgate.activities.vault import LeaseForbidden, VaultBroker
 from pydantic import BaseModel, ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from lockgate.activities.ledger import Ledger
+from lockgate.activities.vault import LeaseForbidden, VaultBroker
 from lockgate.context import Resources, ToolContext, ToolError
 from lockgate.errors import BAD_INPUT, LEASE_FORBIDDEN, TOOL_DENIED, TOOL_FAILED
 from lockgate.models import Decision, GateRequest, LeaseRef, ToolInvocation, ToolOutcome
@@ -93,6 +93,16 @@ class ToolRunner:
             raise ApplicationError(
                 f"{spec.name}: invocation names another tool, step or run", type=BAD_INPUT, non_retryable=True
             )
+        if inv.gate.compensation:
+            refused = self._check_compensation(spec, inv)
+            if refused:
+                self._ledger.try_append(
+                    f"tool.refused:{info.workflow_id}:{info.activity_id}:{info.attempt}",
+                    info.workflow_id,
+                    "tool.refused",
+                    {"tool": spec.name, "step": inv.step, "reason": refused},
+                )
+                raise ApplicationError(f"{spec.name}: {refused}", type=BAD_INPUT, non_retryable=True)
         decision = self._gate(inv.gate, attempt=info.attempt)
         if decision.outcome != "allow":
             return ToolOutcome(tool=spec.name, step=inv.step, decision=decision, ran=False)
@@ -107,6 +117,33 @@ class ToolRunner:
                 {"lease_id": stale, "tool": spec.name, "step": inv.step, "by": "next-attempt"},
             )
         return self._execute(spec, impl, inv, decision, attempt=info.attempt, heartbeat=activity.heartbeat)
+
+    def _check_compensation(self, spec: ToolSpec, inv: ToolInvocation) -> str | None:
+        """A compensation claim holds only for a step of this run that the ledger shows completed by
+        a tool this one compensates, with exactly the args the engine derives from it. Returns why
+        not, or None. (Compensations escape the kill switch and a sub-agent's narrower boundary, so
+        the claim itself must be unforgeable.)"""
+        agent = self._agents.get(inv.gate.agent)
+        forward = {t.name for t in (agent.tools if agent else ()) if t.compensation == spec.name}
+        if not forward:
+            return f"{spec.name} compensates no tool of agent {inv.gate.agent!r}"
+        key = inv.compensates
+        if not key or inv.args != {"idempotency_key": key}:
+            return "compensation args are not the ones the engine derives from the step"
+        run_id, _, step = key.rpartition(":")
+        if run_id != inv.run_id or not step.isdigit():
+            return "compensation names a step of another run"
+        done = [
+            e
+            for e in self._ledger.events(inv.run_id)
+            if e["kind"] == "tool.completed"
+            and e.get("idempotency_key") == key
+            and e.get("tool") in forward
+            and not e.get("compensates")
+        ]
+        if not done:
+            return f"no completed step {step} of a tool {spec.name} compensates in this run"
+        return None
 
     def run_direct(
         self,

@@ -6,6 +6,7 @@ thread pool, never on the event loop. Secret values returned by `issue` stay in 
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -17,10 +18,10 @@ import requests
 import requests.adapters
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from lockgate.bootstrap import RUN_TOKEN_ROLE, RUNS_MOUNT
+from lockgate.bootstrap import RUN_TOKEN_ROLE, RUNS_MOUNT, SEAL_KEY
 from lockgate.models import LeaseRef, RunIdentity
 
-__all__ = ["RETRYABLE", "LeaseForbidden", "VaultBroker", "VaultUnavailable"]
+__all__ = ["RETRYABLE", "SEAL_KEY", "LeaseForbidden", "RunMismatch", "VaultBroker", "VaultUnavailable"]
 
 
 class VaultUnavailable(Exception):
@@ -29,6 +30,15 @@ class VaultUnavailable(Exception):
 
 class LeaseForbidden(Exception):
     """Vault refused: the identity may not have this secret. Not retryable."""
+
+
+class RunMismatch(Exception):
+    """A per-run record belongs to another run (reused or aliased id). Not retryable."""
+
+
+def _data(resp: Any) -> dict[str, Any]:
+    body = resp.json() if hasattr(resp, "json") else resp
+    return dict((body or {}).get("data") or {})
 
 
 RETRYABLE = (
@@ -102,10 +112,19 @@ class VaultBroker:
 
     # -- run identities ------------------------------------------------------------------------
     @_vault_call
-    def open_run(self, run_id: str, agent: str, policy: str, ttl_seconds: int) -> RunIdentity:
-        """Creates (or finds, on retry) the run's own token and keeps it where workers can reach it."""
+    def open_run(self, run_id: str, agent: str, policy: str, ttl_seconds: int, origin: str) -> RunIdentity:
+        """Creates (or finds, on retry) the run's own token and keeps it where workers can reach it.
+
+        The record is bound to the run id, the run's first Temporal execution (`origin`) and the
+        agent: a record of another run under the same id is never reused (RunMismatch).
+        """
         existing = self._read_run(run_id)
         if existing is not None:
+            if existing.get("origin") != origin or existing.get("agent") != agent:
+                raise RunMismatch(
+                    f"run id {run_id} already holds the identity of another run "
+                    f"({existing.get('agent')}, execution {str(existing.get('origin'))[:12]})"
+                )
             return RunIdentity(
                 accessor=existing["accessor"],
                 policies=tuple(existing["policies"].split(",")),
@@ -131,6 +150,7 @@ class VaultBroker:
                 "accessor": auth["accessor"],
                 "policies": policy,
                 "agent": agent,
+                "origin": origin,
                 "expires_at": expires.isoformat(),
             },
             mount_point=RUNS_MOUNT,
@@ -138,6 +158,10 @@ class VaultBroker:
         with self._lock:
             self._run_tokens[run_id] = auth["client_token"]
         return RunIdentity(accessor=auth["accessor"], policies=(policy,), expires_at=expires)
+
+    def read_run(self, run_id: str) -> dict[str, Any] | None:
+        """The run's record (token included: callers must keep it to themselves), or None."""
+        return self._read_run(run_id)
 
     def _read_run(self, run_id: str) -> dict[str, Any] | None:
         try:
@@ -159,12 +183,18 @@ class VaultBroker:
         return token
 
     @_vault_call
-    def close_run(self, run_id: str, accessor: str | None) -> bool:
+    def close_run(self, run_id: str, accessor: str | None, origin: str | None = None) -> bool:
         """Revokes the run's identity, and with it every lease it issued. Idempotent.
 
-        Returns True when an identity was revoked by this call.
+        With `origin`, only the identity that run opened: a record of another run under the same id
+        (or another accessor) is left alone (RunMismatch). Returns True when an identity was revoked
+        by this call.
         """
         record = self._read_run(run_id)
+        if origin is not None and record is not None and record.get("origin") != origin:
+            raise RunMismatch(f"run id {run_id} holds another run's identity: not revoking it")
+        if origin is not None and record is not None and accessor and record.get("accessor") != accessor:
+            raise RunMismatch(f"accessor does not match the identity run {run_id} opened: not revoking it")
         accessor = accessor or (record or {}).get("accessor")
         revoked = False
         if accessor and self.identity_alive(accessor):
@@ -192,6 +222,28 @@ class VaultBroker:
         except hvac.exceptions.InvalidPath:
             return []
         return [str(k) for k in data["data"]["keys"]]
+
+    # -- seals -----------------------------------------------------------------------------------
+    @_vault_call
+    def seal(self, data: bytes) -> str:
+        """A MAC of `data` under the worker's Transit key (the key never leaves Vault)."""
+        resp = self.client.adapter.post(
+            f"/v1/transit/hmac/{SEAL_KEY}/sha2-256", json={"input": base64.b64encode(data).decode()}
+        )
+        return str(_data(resp)["hmac"])
+
+    @_vault_call
+    def check_seal(self, data: bytes, seal: str) -> bool:
+        if not seal.startswith("vault:"):
+            return False
+        try:
+            resp = self.client.adapter.post(
+                f"/v1/transit/verify/{SEAL_KEY}/sha2-256",
+                json={"input": base64.b64encode(data).decode(), "hmac": seal},
+            )
+        except hvac.exceptions.InvalidRequest:
+            return False  # malformed: not a seal of ours
+        return bool(_data(resp).get("valid"))
 
     # -- leases --------------------------------------------------------------------------------
     @_vault_call

@@ -117,6 +117,8 @@ async def approval_latency(b: Bench, samples: int) -> dict[str, Any]:
         (request,) = await handle.query("pending_approvals", result_type=list[ApprovalRequest])
         signal = ApprovalSignal(
             attempt_id=uuid.uuid4().hex,
+            run_id=handle.id,
+            decision_id=request.decision_id,
             request_id=request.request_id,
             approver=bench_agents.APPROVER,
             args_digest=request.args_digest,

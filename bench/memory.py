@@ -108,6 +108,8 @@ async def worker_rss(
                     "approve",
                     ApprovalSignal(
                         attempt_id=uuid.uuid4().hex,
+                        run_id=handle.id,
+                        decision_id=pending[0].decision_id,
                         request_id=pending[0].request_id,
                         approver=bench_agents.APPROVER,
                         args_digest=pending[0].args_digest,

@@ -13,9 +13,9 @@ from datetime import datetime
 from typing import Any
 
 import cedarpy
-from lockgate.gates.bundle import PolicyBundle, prune_context
 from pydantic import ValidationError
 
+from lockgate.gates.bundle import PolicyBundle, prune_context
 from lockgate.models import (
     DELEGATE_TOOL,
     MAX_ARGS_BYTES,
@@ -76,6 +76,9 @@ def cedar_context(agent: AgentSpec, request: GateRequest) -> dict[str, Any]:
             "tainted": state.tainted,
             # Cedar has no decimals: confidence is passed as a whole percentage.
             "confidence_pct": round(request.call.confidence * 100),
+            # Who chose the call, so policies can weigh its confidence: "planner" (self-reported by
+            # the planner or model, never evidence), "script" (the author's code), "engine".
+            "confidence_source": request.source,
             "approved_groups": list(state.approved_groups),
         },
     }
@@ -92,19 +95,28 @@ def _kill_switch(request: GateRequest) -> Verdict | None:
     return None
 
 
+def _within(agent: AgentSpec, tool: str, boundary: frozenset[str] | tuple[str, ...], compensation: bool) -> bool:
+    """In the boundary, or (for a verified compensation) undoing a tool that is: a compensation is
+    allowed wherever its forward tool was."""
+    if tool in boundary:
+        return True
+    return compensation and any(t.compensation == tool and t.name in boundary for t in agent.tools)
+
+
 def _boundary(agent: AgentSpec, request: GateRequest) -> Verdict | None:
-    if request.call.tool not in agent.boundary:
+    tool, compensation = request.call.tool, request.compensation
+    if not _within(agent, tool, agent.boundary, compensation):
         return Verdict(
             "boundary",
             "deny",
-            (f"tool {request.call.tool!r} is outside the task boundary of agent {agent.name!r}",),
+            (f"tool {tool!r} is outside the task boundary of agent {agent.name!r}",),
         )
     narrowed = request.state.boundary
-    if narrowed is not None and request.call.tool not in narrowed:
+    if narrowed is not None and not _within(agent, tool, narrowed, compensation):
         return Verdict(
             "boundary",
             "deny",
-            (f"tool {request.call.tool!r} is outside this sub-agent's boundary ({', '.join(narrowed) or 'none'})",),
+            (f"tool {tool!r} is outside this sub-agent's boundary ({', '.join(narrowed) or 'none'})",),
         )
     return None
 

@@ -13,6 +13,7 @@ from datetime import UTC
 from typing import Any
 
 from lockgate.activities.ledger import Ledger
+from lockgate.text import safe, safe_md
 
 __all__ = ["SCHEMA", "history_entries", "render_markdown", "render_text", "timeline"]
 
@@ -66,6 +67,12 @@ def _summary(kind: str, d: dict[str, Any]) -> str:
         )
     if kind.startswith("reaper."):
         return f"reaper: {d.get('action', kind)} {d.get('detail', '')}".strip()
+    if kind == "compensation.outstanding":
+        return f"COMPENSATION OUTSTANDING: {d.get('tool')} for step {d.get('step')} (the reaper retries it)"
+    if kind == "compensation.resolved":
+        return f"outstanding compensation {d.get('tool')} for step {d.get('step')} done by the reaper"
+    if kind == "run.refused":
+        return f"RUN REFUSED: {d.get('reason')}"
     return json.dumps(d, sort_keys=True)
 
 
@@ -163,28 +170,29 @@ def timeline(
 
 
 def render_text(doc: dict[str, Any]) -> str:
-    lines = [f"audit of run {doc['run_id']}"]
+    # Everything shown may come from agents, tools or people: through `safe` (controls escaped).
+    lines = [f"audit of run {safe(doc['run_id'])}"]
     status = doc.get("status")
     if status:
         lines.append(
-            f"state: {status.get('state')}  agent: {status.get('agent')}  initiator: {status.get('initiator')}"
-            f"  owner: {status.get('owner')}"
+            f"state: {safe(status.get('state'))}  agent: {safe(status.get('agent'))}  "
+            f"initiator: {safe(status.get('initiator'))}  owner: {safe(status.get('owner'))}"
         )
     lines.append(f"ledger hash chain: {'intact' if doc['ledger_intact'] else 'BROKEN (run lockgate audit --verify)'}")
     for e in doc["entries"]:
         step = f"step {e['step']:>2}" if e.get("step") is not None else "       "
-        lines.append(f"{e['at'][11:23]}  {step}  {e['kind']:<18} {e['summary']}")
+        lines.append(f"{safe(e['at'][11:23])}  {step}  {safe(e['kind']):<18} {safe(e['summary'], 2000)}")
     return "\n".join(lines)
 
 
 def render_markdown(doc: dict[str, Any]) -> str:
-    lines = [f"# Audit of run `{doc['run_id']}`", ""]
+    lines = [f"# Audit of run {safe_md(doc['run_id'])}", ""]
     status = doc.get("status")
     if status:
         lines += [
-            f"- state: **{status.get('state')}**",
-            f"- agent: `{status.get('agent')}`",
-            f"- initiator: `{status.get('initiator')}`, owner: `{status.get('owner')}`",
+            f"- state: **{safe_md(status.get('state'))}**",
+            f"- agent: {safe_md(status.get('agent'))}",
+            f"- initiator: {safe_md(status.get('initiator'))}, owner: {safe_md(status.get('owner'))}",
         ]
     lines += [
         f"- ledger hash chain: {'intact' if doc['ledger_intact'] else '**BROKEN**'}",
@@ -193,6 +201,8 @@ def render_markdown(doc: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     for e in doc["entries"]:
-        detail = e["summary"].replace("|", "\\|")
-        lines.append(f"| {e['seq'] or ''} | {e['at']} | {e.get('step') or ''} | {e['kind']} | {detail} |")
+        detail = safe_md(e["summary"], 2000)
+        lines.append(
+            f"| {e['seq'] or ''} | {safe_md(e['at'])} | {e.get('step') or ''} | {safe_md(e['kind'])} | {detail} |"
+        )
     return "\n".join(lines)

@@ -33,7 +33,8 @@ __all__ = [
 RUN_TOKEN_ROLE = "lockgate-run"  # noqa: S105 - a token role name, not a secret
 WORKER_POLICY = "lockgate-worker"
 WORKER_APPROLE = "lockgate-worker"
-RUNS_MOUNT = "lockgate"  # kv-v1: runs/<run id> holds a run's token, worker/ the worker's settings
+RUNS_MOUNT = "lockgate"
+SEAL_KEY = "lockgate-seal"  # Transit key that seals engine-only state  # kv-v1: runs/<run id> holds a run's token, worker/ the worker's settings
 
 
 def _superuser(socket_dir: Path, password: str | None, dbname: str = "postgres") -> psycopg.Connection:
@@ -93,9 +94,19 @@ path "{RUNS_MOUNT}/runs/*" {{ capabilities = ["create", "read", "update", "delet
 path "{RUNS_MOUNT}/runs" {{ capabilities = ["list"] }}
 path "{RUNS_MOUNT}/worker/*" {{ capabilities = ["read"] }}
 path "sys/leases/revoke" {{ capabilities = ["update"] }}
+path "transit/hmac/{SEAL_KEY}/*" {{ capabilities = ["update"] }}
+path "transit/verify/{SEAL_KEY}/*" {{ capabilities = ["update"] }}
 path "sys/leases/lookup" {{ capabilities = ["update"] }}
 path "sys/leases/lookup/database/creds/*" {{ capabilities = ["list", "sudo"] }}
 """
+
+
+def bootstrap_seal_key(client: hvac.Client, mounts: dict[str, object]) -> None:
+    """The worker's sealing key (Transit; never exportable): continue-as-new carries are sealed with
+    it, so a client can never hand a run engine-only state the engine did not make."""
+    if "transit/" not in mounts:
+        client.sys.enable_secrets_engine("transit", path="transit")
+    client.adapter.post(f"/v1/transit/keys/{SEAL_KEY}", json={"type": "aes256-gcm96", "exportable": False})
 
 
 def agent_policy(secret_paths: list[str]) -> str:
@@ -131,6 +142,7 @@ def bootstrap_vault(
         client.sys.enable_secrets_engine("database", path="database")
     if f"{RUNS_MOUNT}/" not in mounts:
         client.sys.enable_secrets_engine("kv", path=RUNS_MOUNT, options={"version": "1"})
+    bootstrap_seal_key(client, mounts)
 
     secrets = agents.database_secrets()
     for database in sorted({d.database for d in secrets}):

@@ -19,6 +19,7 @@ from typing import Any
 
 from lockgate.config import Settings, load_settings
 from lockgate.errors import PolicyError, UserError
+from lockgate.text import safe, safe_json
 
 __all__ = ["build_parser", "entry", "main"]
 
@@ -127,26 +128,29 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _print_status(status: Any) -> None:
+    # Every string here may come from an agent, a tool or a person: shown through `safe`.
     print(
-        f"run {status.run_id}: {status.state}  agent {status.agent}  initiator {status.initiator}  "
+        f"run {safe(status.run_id)}: {status.state}  agent {safe(status.agent)}  initiator {safe(status.initiator)}  "
         f"step {status.step}  spent {status.spent}  open leases {status.open_leases}"
     )
     for s in status.steps:
-        line = f"  step {s.step:>2} {s.tool:<18} {s.outcome:<8} {s.gate:<10} {','.join(s.policy_ids) or '-'}"
+        line = (
+            f"  step {s.step:>2} {safe(s.tool):<18} {s.outcome:<8} {s.gate:<10} {safe(','.join(s.policy_ids)) or '-'}"
+        )
         if s.summary:
-            line += f"  {s.summary}"
+            line += f"  {safe(s.summary)}"
         if s.error:
-            line += f"  ERROR: {s.error}"
+            line += f"  ERROR: {safe(s.error)}"
         print(line)
     for s in status.compensations:
-        print(f"  compensation step {s.step} {s.tool}: {s.summary or s.error or s.outcome}")
+        print(f"  compensation step {s.step} {safe(s.tool)}: {safe(s.summary or s.error or s.outcome)}")
     for p in status.pending_approvals:
         print(
-            f"  pending approval {p.request_id}: {p.tool} by {p.group} ({len(p.approvals)}/{p.quorum}), "
-            f"expires {p.expires_at:%Y-%m-%d %H:%M:%S}"
+            f"  pending approval {safe(p.request_id)}: {safe(p.tool)} by {safe(p.group)} "
+            f"({len(p.approvals)}/{p.quorum}), expires {p.expires_at:%Y-%m-%d %H:%M:%S}"
         )
     if status.error:
-        print(f"  error: {status.error}")
+        print(f"  error: {safe(status.error)}")
 
 
 async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
@@ -171,9 +175,9 @@ async def cmd_pending(args: argparse.Namespace, settings: Settings) -> int:
         print("no approval requests waiting")
     for r in rows:
         print(
-            f"{r['run_id']}  {r['request_id']}  {r['agent']}  {r['tool']}  group {r['group']} "
-            f"({len(r['approvals'])}/{r['quorum']})  args {json.dumps(r['args'], sort_keys=True)}  "
-            f"digest {r['args_digest'][:16]}  expires {r['expires_at']}"
+            f"{safe(r['run_id'])}  {safe(r['request_id'])}  {safe(r['agent'])}  {safe(r['tool'])}  "
+            f"group {safe(r['group'])} ({len(r['approvals'])}/{r['quorum']})  args {safe_json(r['args'])}  "
+            f"digest {safe(r['args_digest'][:16])}  expires {safe(r['expires_at'])}"
         )
     return 0
 
@@ -212,10 +216,12 @@ async def cmd_verdict(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         _print_json(attempt.model_dump(mode="json"))
     if not attempt.accepted:
-        print(f"lockgate: {args.command} refused: {attempt.reason}", file=sys.stderr)
+        print(f"lockgate: {args.command} refused: {safe(attempt.reason)}", file=sys.stderr)
         return 2
     if not args.json:
-        print(f"{'approval' if approve else 'rejection'} by {args.as_} recorded on {args.run_id} {args.request_id}")
+        print(
+            f"{'approval' if approve else 'rejection'} by {safe(args.as_)} recorded on {safe(args.run_id)} {safe(args.request_id)}"
+        )
     return 0
 
 
@@ -310,6 +316,40 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print("ledger intact" if not problems else "\n".join(problems))
     return 0 if not problems else 1
+
+
+def cmd_compensations(args: argparse.Namespace, settings: Settings) -> int:
+    """Compensations that failed and are still outstanding (the reaper retries them with backoff)."""
+    from lockgate.activities.reaper import failed_compensations
+
+    ledger = _ledger(settings)
+    rows = []
+    for run_id in ledger.run_ids_with("compensation.outstanding"):
+        events = [{"run_id": run_id, **e} for e in ledger.events(run_id)]
+        retries = [e for e in events if e["kind"] == "reaper.compensation"]
+        for item in failed_compensations(events):
+            tries = [e for e in retries if int(e.get("step", -1)) == item["step"]]
+            rows.append(
+                {
+                    "run_id": run_id,
+                    "step": item["step"],
+                    "compensation": item["compensation"],
+                    "idempotency_key": item["idempotency_key"],
+                    "retries": len(tries),
+                    "last_error": tries[-1].get("error") if tries else None,
+                }
+            )
+    if args.json:
+        _print_json(rows)
+        return 0
+    if not rows:
+        print("no outstanding compensations")
+    for r in rows:
+        print(
+            f"{safe(r['run_id'])}  step {r['step']}  {safe(r['compensation'])}  retries {r['retries']}"
+            + (f"  last error: {safe(r['last_error'])}" if r["last_error"] else "")
+        )
+    return 1 if rows else 0
 
 
 def cmd_leases(args: argparse.Namespace, settings: Settings) -> int:
@@ -478,6 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--reason")
         p.add_argument("--as", dest="as_", help="your identity (default: the OS user)")
     add("leases", cmd_leases, "leases not yet revoked, with run, tool and expiry")
+    add("compensations", cmd_compensations, "compensations that failed and are still outstanding (exit 1 if any)")
     add("reap", cmd_reap, "one pass of the reaper: clean up runs that ended without their own cleanup")
     p = add("policy", cmd_policy, "validate policies, schema and entities")
     p.add_argument("action", choices=["check"])
@@ -498,18 +539,18 @@ def main(argv: list[str] | None = None) -> int:
             result = _run(result)
         return int(result or 0)
     except UserError as err:
-        print(f"lockgate: {err}", file=sys.stderr)
+        print(f"lockgate: {safe(err, 1000)}", file=sys.stderr)
         return 2
     except PolicyError as err:
         for problem in err.problems:
-            print(f"lockgate: {problem}", file=sys.stderr)
+            print(f"lockgate: {safe(problem, 1000)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
     except Exception as err:
         if os.environ.get("LOCKGATE_DEBUG"):
             raise
-        print(f"lockgate: {type(err).__name__}: {err}", file=sys.stderr)
+        print(f"lockgate: {type(err).__name__}: {safe(err, 1000)}", file=sys.stderr)
         return 2
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "RunInput",
     "RunOpen",
     "RunResult",
+    "RunSeal",
     "RunState",
     "RunStatus",
     "SagaEntry",
@@ -132,8 +133,12 @@ class GateRequest(BaseModel):
     step: int
     call: ToolCall
     state: GateState = GateState()
-    # A compensation undoes a side effect: the kill switch does not hold it back.
+    # A compensation undoes a side effect: the kill switch does not hold it back, and it is allowed
+    # wherever its forward tool was. The tool activity accepts the claim only for a step of this run
+    # that the ledger shows completed.
     compensation: bool = False
+    # Who chose the call: "planner" (self-reported confidence), "script", or "engine" (compensation).
+    source: Literal["planner", "script", "engine"] = "planner"
 
 
 class Decision(BaseModel):
@@ -178,6 +183,20 @@ class RunIdentity(BaseModel):
     expires_at: datetime
 
 
+class ParentLink(BaseModel):
+    """What a sub-agent inherits: never more than its parent has."""
+
+    model_config = _WIRE
+
+    run_id: str
+    agent: str
+    vault_policy: str
+    boundary: tuple[str, ...]
+    budget: int
+    deadline_at: datetime
+    tainted: bool = False
+
+
 class RunOpen(BaseModel):
     model_config = _WIRE
 
@@ -185,9 +204,36 @@ class RunOpen(BaseModel):
     agent: str
     initiator: str
     ttl_seconds: int
-    # A sub-agent runs under its parent's Vault policy (so it can never read more than the parent).
-    vault_policy: str | None = None
+    # Temporal's id of the run's first execution: binds every per-run record to this run, so a reused
+    # or aliased run id can never reach another run's identity.
+    origin_run_id: str
+    # A sub-agent: its parent (from Temporal's own parent facts) and the link it was started with,
+    # which `run.open` checks against the parent's recorded delegation decision.
     parent_run_id: str | None = None
+    parent: ParentLink | None = None
+
+
+class RunSeal(BaseModel):
+    """A continue-as-new carry to seal (or a sealed one to check) with the worker's Vault key."""
+
+    model_config = _WIRE
+
+    run_id: str
+    agent: str
+    origin_run_id: str
+    generation: int
+    carry_digest: str
+    seal: str = ""
+    # Temporal's own fact that the run continued from another (None: started by a client).
+    continued_run_id: str | None = None
+
+
+class SagaEntry(BaseModel):
+    model_config = _WIRE
+
+    step: int
+    tool: str
+    args: dict[str, Any]
 
 
 class RunClose(BaseModel):
@@ -196,7 +242,10 @@ class RunClose(BaseModel):
     run_id: str
     accessor: str | None
     state: RunState
+    origin_run_id: str = ""
     reason: str | None = None
+    # Compensations that failed: they stay outstanding in the ledger and the reaper retries them.
+    outstanding: tuple[SagaEntry, ...] = ()
 
 
 class ToolInvocation(BaseModel):
@@ -263,28 +312,6 @@ class DelegateArgs(BaseModel):
     budget: int = Field(ge=0)
 
 
-class ParentLink(BaseModel):
-    """What a sub-agent inherits: never more than its parent has."""
-
-    model_config = _WIRE
-
-    run_id: str
-    agent: str
-    vault_policy: str
-    boundary: tuple[str, ...]
-    budget: int
-    deadline_at: datetime
-    tainted: bool = False
-
-
-class SagaEntry(BaseModel):
-    model_config = _WIRE
-
-    step: int
-    tool: str
-    args: dict[str, Any]
-
-
 class RunCarry(BaseModel):
     """A run's state across continue-as-new: nothing of budgets, taint or compensations is lost."""
 
@@ -305,6 +332,9 @@ class RunCarry(BaseModel):
 
 
 class RunInput(BaseModel):
+    """A run's input. `parent` and `carry` are engine-only: a run accepts them only when Temporal's
+    own facts (a parent workflow, a continue-as-new) and the worker's seal prove the engine made them."""
+
     model_config = _WIRE
 
     agent: str
@@ -312,6 +342,7 @@ class RunInput(BaseModel):
     initiator: str
     parent: ParentLink | None = None
     carry: RunCarry | None = None
+    carry_seal: str = ""
 
 
 class RunStatus(BaseModel):
@@ -371,6 +402,9 @@ class ApprovalSignal(BaseModel):
     model_config = _WIRE
 
     attempt_id: str
+    # What the approval is for, exactly: it counts for this run, request and decision only.
+    run_id: str = ""
+    decision_id: str = ""
     request_id: str
     approver: str
     args_digest: str

@@ -16,6 +16,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from lockgate.errors import UserError
+from lockgate.ids import InvalidRunId, check_run_id
 from lockgate.models import MAX_ARGS_BYTES, ApprovalAttempt, ApprovalRequest, ApprovalSignal, RunInput, RunStatus
 from lockgate.spec import describe_validation, registry
 
@@ -55,7 +56,9 @@ def parse_input(agent_name: str, raw: str | None) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise UserError("--input must be a JSON object")
     try:
-        agent.input_model.model_validate(data)
+        # Strict: JSON's own types only (no 1e3 or true for an integer, no "5" for a number), so what
+        # the run gets is exactly what was validated.
+        agent.input_model.model_validate_json(raw or "{}", strict=True)
     except ValidationError as err:
         raise UserError(f"invalid input for {agent_name}: {describe_validation(err)}") from None
     return data
@@ -65,6 +68,10 @@ async def start_run(
     client: Client, task_queue: str, agent: str, data: dict[str, Any], *, initiator: str, run_id: str | None = None
 ) -> WorkflowHandle[Any, Any]:
     run_id = run_id or f"{agent}-{uuid.uuid4().hex[:10]}"
+    try:
+        check_run_id(run_id)
+    except InvalidRunId as err:
+        raise UserError(str(err)) from None
     try:
         return await client.start_workflow(
             WORKFLOW,
@@ -170,12 +177,14 @@ async def send_verdict(
     if desc.status != WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING:
         raise UserError(f"run {run_id} is not running ({_CLOSED.get(desc.status, 'closed')})")
     handle = client.get_workflow_handle(run_id)
+    pending = await handle.query("pending_approvals", result_type=list[ApprovalRequest])
+    match = next((p for p in pending if p.request_id == request_id), None)
     if args_digest is None:
-        pending = await handle.query("pending_approvals", result_type=list[ApprovalRequest])
-        match = next((p for p in pending if p.request_id == request_id), None)
         args_digest = match.args_digest if match else ""
     signal = ApprovalSignal(
         attempt_id=uuid.uuid4().hex,
+        run_id=run_id,
+        decision_id=match.decision_id if match else "",
         request_id=request_id,
         approver=approver,
         args_digest=args_digest,

@@ -189,6 +189,8 @@ def build_activities(deps: Deps) -> list[Callable[..., Any]]:
         governance.evaluate,
         governance.open_run,
         governance.close_run,
+        governance.seal,
+        governance.resume,
         governance.record,
         planner.plan,
         *tools.activities(),

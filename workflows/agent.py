@@ -7,13 +7,14 @@ lifecycle (identity, saga, close); `call` is the governed tool call; approvals a
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributePair
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, ChildWorkflowError
-from temporalio.workflow import ParentClosePolicy
+from temporalio.workflow import ActivityCancellationType, ParentClosePolicy
 
 # Pure declarations and models, no I/O: passed through so the sandbox does not re-import them on
 # every run (and so that `registry` is the one the worker filled).
@@ -21,6 +22,7 @@ with workflow.unsafe.imports_passed_through():
     from pydantic import BaseModel, ValidationError
 
     from lockgate import errors
+    from lockgate.ids import is_run_id
     from lockgate.models import (
         DELEGATE_TOOL,
         ApprovalAttempt,
@@ -40,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         RunInput,
         RunOpen,
         RunResult,
+        RunSeal,
         RunState,
         RunStatus,
         SagaEntry,
@@ -48,6 +51,7 @@ with workflow.unsafe.imports_passed_through():
         ToolInvocation,
         ToolOutcome,
         args_digest,
+        canonical_json,
         redact_args,
     )
     from lockgate.spec import AgentSpec, LLMPlanner, Step, Tool, ToolSpec, agents_for, describe_validation
@@ -76,6 +80,9 @@ GATE_CALL: dict[str, Any] = {
 # (the next attempt revokes the lease the dead one held). Denials and tool failures never retry.
 TOOL_CALL: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=60),
+    # Halt (cancel) waits until the in-flight attempt has ended: compensation never runs while the
+    # forward tool may still act (a crashed attempt is fenced by its heartbeat timeout).
+    "cancellation_type": ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
     "heartbeat_timeout": timedelta(seconds=10),
     "retry_policy": RetryPolicy(
         initial_interval=timedelta(milliseconds=500),
@@ -152,7 +159,7 @@ class _ScriptRun:
         name = tool.name if isinstance(tool, Tool) else tool
         args = args.model_dump(mode="json") if isinstance(args, BaseModel) else dict(args)
         outcome = await self._wf.call(
-            self._agent, ToolCall(tool=name, args=args, confidence=confidence, rationale=rationale)
+            self._agent, ToolCall(tool=name, args=args, confidence=confidence, rationale=rationale), source="script"
         )
         self._wf._done.append({"tool": outcome.tool, "step": outcome.step, "args": args, "result": outcome.result})
         return outcome.result
@@ -176,6 +183,9 @@ class AgentWorkflow:
         self._compensated: list[StepRecord] = []
         self._done: list[dict[str, Any]] = []
         self._saga: list[SagaEntry] = []
+        self._outstanding: list[SagaEntry] = []
+        # Temporal's id of this run's first execution (the same across continue-as-new).
+        self._origin = workflow.info().first_execution_run_id or workflow.info().run_id
         self._spent = 0
         self._identity: RunIdentity | None = None
         self._in_flight = 0
@@ -202,6 +212,19 @@ class AgentWorkflow:
     # -- lifecycle -----------------------------------------------------------------------------
     @workflow.run
     async def run(self, inp: RunInput) -> RunResult:
+        info = workflow.info()
+        if not is_run_id(self._run_id):
+            # An id that can never be recorded safely fails the run at once (never retried).
+            raise ApplicationError(f"invalid run id {self._run_id[:60]!r}", type=errors.BAD_INPUT, non_retryable=True)
+        # Engine-only input: a parent link only from a real parent workflow (Temporal's own fact; the
+        # link itself is checked against the parent's recorded delegation in `run.open`), a carry
+        # only from a continue-as-new under the worker's seal (`run.resume`).
+        if inp.parent is not None and (info.parent is None or info.parent.workflow_id != inp.parent.run_id):
+            raise ApplicationError(
+                "a parent link is accepted only from the parent run itself", type=errors.BAD_INPUT, non_retryable=True
+            )
+        if inp.carry is not None and inp.parent is not None:
+            raise ApplicationError("a sub-agent never continues as new", type=errors.BAD_INPUT, non_retryable=True)
         agent = self._agent
         if agent is None:
             raise ApplicationError(f"unknown agent {inp.agent!r}", type=errors.BAD_INPUT, non_retryable=True)
@@ -221,6 +244,10 @@ class AgentWorkflow:
         )
         if inp.carry is None:
             await self._open(agent, inp)
+        else:
+            await workflow.execute_activity(
+                "run.resume", self._seal_request(inp.carry, inp.carry_seal), result_type=bool, **RUN_CALL
+            )
         failure: BaseException | None = None
         try:
             await self._plan(agent)
@@ -244,7 +271,14 @@ class AgentWorkflow:
             final = "halted" if isinstance(failure, (asyncio.CancelledError, CancelledError)) else "failed"
         await workflow.execute_activity(
             "run.close",
-            RunClose(run_id=self._run_id, accessor=self._identity.accessor, state=final, reason=self._error),
+            RunClose(
+                run_id=self._run_id,
+                accessor=self._identity.accessor if self._identity else None,
+                state=final,
+                origin_run_id=self._origin,
+                reason=self._error,
+                outstanding=tuple(self._outstanding),
+            ),
             result_type=bool,
             **RUN_CALL,
         )
@@ -273,8 +307,10 @@ class AgentWorkflow:
                 agent=agent.name,
                 initiator=inp.initiator,
                 ttl_seconds=ttl,
-                vault_policy=inp.parent.vault_policy if inp.parent else None,
-                parent_run_id=inp.parent.run_id if inp.parent else None,
+                origin_run_id=self._origin,
+                # From Temporal's own facts, never from the input.
+                parent_run_id=workflow.info().parent.workflow_id if workflow.info().parent else None,  # type: ignore[union-attr]
+                parent=inp.parent,
             ),
             result_type=RunIdentity,
             **RUN_CALL,
@@ -288,13 +324,29 @@ class AgentWorkflow:
             proposal = await self._propose(agent)
             if proposal is None:
                 return
-            outcome = await self.call(agent, proposal)
+            outcome = await self.call(agent, proposal, source="planner")
             self._done.append(
                 {"tool": outcome.tool, "step": outcome.step, "args": proposal.args, "result": outcome.result}
             )
             if self._history_full(agent):
-                # Between steps nothing is pending: hand the whole state to a fresh history.
-                workflow.continue_as_new(self._inp.model_copy(update={"carry": self._carry()}))
+                # Between steps nothing is pending: hand the whole state to a fresh history, sealed
+                # by the worker so that no client can hand a run a carry the engine did not make.
+                carry = self._carry()
+                seal = await workflow.execute_activity(
+                    "run.seal", self._seal_request(carry), result_type=str, **RUN_CALL
+                )
+                workflow.continue_as_new(self._inp.model_copy(update={"carry": carry, "carry_seal": seal}))
+
+    def _seal_request(self, carry: RunCarry, seal: str = "") -> RunSeal:
+        return RunSeal(
+            run_id=self._run_id,
+            agent=self._inp.agent,
+            origin_run_id=self._origin,
+            generation=carry.generation,
+            carry_digest=hashlib.sha256(canonical_json(carry.model_dump(mode="json")).encode()).hexdigest(),
+            seal=seal,
+            continued_run_id=workflow.info().continued_run_id,
+        )
 
     async def _propose(self, agent: AgentSpec) -> ToolCall | None:
         if isinstance(agent.planner, LLMPlanner):
@@ -352,7 +404,9 @@ class AgentWorkflow:
             workflow.upsert_search_attributes([SearchAttributePair(SA_STATE, state)])
 
     # -- the governed call ---------------------------------------------------------------------
-    async def call(self, agent: AgentSpec, call: ToolCall, *, compensation: bool = False) -> ToolOutcome:
+    async def call(
+        self, agent: AgentSpec, call: ToolCall, *, compensation: bool = False, source: str = "planner"
+    ) -> ToolOutcome:
         """One governed call: gate -> (approval) -> lease + run + revoke. Raises _Denied or ActivityError.
 
         For a declared tool the gate runs inside the tool's own activity (one activity per call, and
@@ -363,14 +417,14 @@ class AgentWorkflow:
         step = self._step
         tool = agent.tool(call.tool)
         if tool is None:
-            return await self._call_builtin(agent, call, step, compensation)
+            return await self._call_builtin(agent, call, step, compensation, source)
         key = f"{self._run_id}:{step}"
         if tool.compensation and not compensation:
             # Registered before the step runs: a crash mid-step still gets compensated (it is
             # idempotent, so compensating a step that never happened is a no-op).
             self._saga.append(SagaEntry(step=step, tool=tool.compensation, args={"idempotency_key": key}))
         try:
-            outcome, request = await self._invoke(agent, tool, call, step, key, compensation)
+            outcome, request = await self._invoke(agent, tool, call, step, key, compensation, source)
         except (_Denied, asyncio.CancelledError, CancelledError):
             if self._maybe_ran != step and self._saga and self._saga[-1].step == step:
                 self._saga.pop()  # denied, or halted while waiting: the tool never ran
@@ -389,12 +443,12 @@ class AgentWorkflow:
         return outcome
 
     async def _invoke(
-        self, agent: AgentSpec, tool: ToolSpec, call: ToolCall, step: int, key: str, compensation: bool
+        self, agent: AgentSpec, tool: ToolSpec, call: ToolCall, step: int, key: str, compensation: bool, source: str
     ) -> tuple[ToolOutcome, GateRequest]:
         """Invokes the tool activity until it runs: through freezes and approvals, or raises _Denied."""
         approved: tuple[str, ...] = ()
         while True:
-            request = self._request(agent, call, step, approved, compensation)
+            request = self._request(agent, call, step, approved, compensation, source)
             invocation = ToolInvocation(
                 run_id=self._run_id,
                 step=step,
@@ -431,10 +485,12 @@ class AgentWorkflow:
                     errors.TOOL_DENIED,
                 )
 
-    async def _call_builtin(self, agent: AgentSpec, call: ToolCall, step: int, compensation: bool) -> ToolOutcome:
+    async def _call_builtin(
+        self, agent: AgentSpec, call: ToolCall, step: int, compensation: bool, source: str = "planner"
+    ) -> ToolOutcome:
         approved: tuple[str, ...] = ()
         while True:
-            request = self._request(agent, call, step, approved, compensation)
+            request = self._request(agent, call, step, approved, compensation, source)
             decision = await workflow.execute_local_activity(
                 "gate.evaluate", request, result_type=Decision, **GATE_CALL
             )
@@ -457,7 +513,13 @@ class AgentWorkflow:
         (self._compensated if compensation else self._steps).append(done)
 
     def _request(
-        self, agent: AgentSpec, call: ToolCall, step: int, approved: tuple[str, ...], compensation: bool
+        self,
+        agent: AgentSpec,
+        call: ToolCall,
+        step: int,
+        approved: tuple[str, ...],
+        compensation: bool,
+        source: str = "planner",
     ) -> GateRequest:
         self._evaluations += 1
         return GateRequest(
@@ -478,6 +540,7 @@ class AgentWorkflow:
                 recent_calls=self._recent_calls(agent, call.tool),
             ),
             compensation=compensation,
+            source="engine" if compensation else source,  # type: ignore[arg-type]  # one of the three
         )
 
     def _recent_calls(self, agent: AgentSpec, tool: str) -> tuple[datetime, ...]:
@@ -614,6 +677,9 @@ class AgentWorkflow:
         request = self._pending.get(signal.request_id)
         if request is None:
             return False, f"no pending approval request {signal.request_id!r} in this run"
+        if signal.run_id != self._run_id or signal.decision_id != request.decision_id:
+            # Single-purpose: an approval counts for the run, request and decision it names, only.
+            return False, "approval is bound to another run or decision"
         if signal.approver not in self._approvers.get(signal.request_id, ()):
             return False, f"{signal.approver} is not in group {request.group}"
         if signal.approver in (self._inp.initiator, self._agent.owner if self._agent else None):
@@ -681,6 +747,8 @@ class AgentWorkflow:
                     compensation=True,
                 )
             except (_Denied, ActivityError) as err:
+                # Never dropped: it stays outstanding (ledger) and the reaper retries it with backoff.
+                self._outstanding.append(entry)
                 self._error = f"{self._error}; compensation of step {entry.step} failed: {_message(err)}"
 
     # -- queries -------------------------------------------------------------------------------
