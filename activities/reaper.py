@@ -16,6 +16,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -114,6 +115,8 @@ class Reaper:
         self._agents = agents
         self._tools = tools
         self._bundle = bundle
+        # Seconds since the epoch; tests move it forward instead of sleeping through backoffs.
+        self.clock: Callable[[], float] = time.time
 
     def candidates(self) -> list[str]:
         """Runs whose identity is still open, and closed runs with compensations still outstanding."""
@@ -126,7 +129,7 @@ class Reaper:
         record = self._vault.read_run(run_id)
         if record is None:
             # A closed run: only the compensations it recorded as outstanding, each when its backoff is due.
-            now = time.time()
+            now = self.clock()
             items = [i for i in failed_compensations(events) if backoff_due(events, i["step"], now)]
             if not items or agent is None or not self._claim(run_id):
                 return None
@@ -251,7 +254,7 @@ class Reaper:
         return result
 
     def _claim(self, run_id: str) -> bool:
-        bucket = int(time.time() // CLAIM_SECONDS)
+        bucket = int(self.clock() // CLAIM_SECONDS)
         return self._ledger.try_append(
             f"reaper.claim:{run_id}:{bucket}", run_id, "reaper.claim", {"action": "claim", "detail": f"bucket {bucket}"}
         )

@@ -341,7 +341,7 @@ def cmd_compensations(args: argparse.Namespace, settings: Settings) -> int:
             )
     if args.json:
         _print_json(rows)
-        return 0
+        return 1 if rows else 0
     if not rows:
         print("no outstanding compensations")
     for r in rows:

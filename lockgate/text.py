@@ -35,7 +35,7 @@ def safe_json(value: Any, limit: int = MAX_SHOWN) -> str:
     return safe(json.dumps(value, sort_keys=True, ensure_ascii=False, default=str), limit)
 
 
-_MD = re.compile(r"([\\`*_{}\[\]<>()#+!|~])")
+_MD = re.compile(r"([\\`*_\[\]<>|~])")
 
 
 def safe_md(value: Any, limit: int = MAX_SHOWN) -> str:

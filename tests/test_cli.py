@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from lockgate.text import safe_md
 from tests.conftest import cli
 
 
@@ -57,7 +58,7 @@ async def test_run_wait_json_then_status_and_audit(cli_env: dict[str, str]) -> N
     text = await cli(cli_env, "audit", run_id)
     assert all(lease in text.stdout for lease in lease_ids) and "refund-agent.issue-refunds" in text.stdout
     md = await cli(cli_env, "audit", run_id, "--format", "md")
-    assert md.stdout.startswith(f"# Audit of run `{run_id}`")
+    assert md.stdout.startswith(f"# Audit of run {safe_md(run_id)}")
 
 
 async def test_run_prints_the_run_id_without_wait(cli_env: dict[str, str]) -> None:

@@ -7,8 +7,8 @@ from typing import Any
 
 import hvac
 import pytest
-from lockgate.activities.vault import LeaseForbidden, VaultBroker
 
+from lockgate.activities.vault import LeaseForbidden, VaultBroker
 from lockgate.config import Settings
 from tests.conftest import Outside
 
@@ -16,7 +16,7 @@ from tests.conftest import Outside
 def test_revoking_the_run_identity_removes_all_its_credentials(deps: Any, outside: Outside) -> None:
     vault: VaultBroker = deps.vault
     run_id = f"identity-{uuid.uuid4().hex[:8]}"
-    identity = vault.open_run(run_id, "refund-agent", "lockgate-agent-refund-agent", 120)
+    identity = vault.open_run(run_id, "refund-agent", "lockgate-agent-refund-agent", 120, "origin-1")
     leases = [
         vault.issue(run_id, path)[0]
         for path in ("database/creds/shop-reader", "database/creds/shop-reader", "database/creds/shop-refunds")
@@ -35,7 +35,7 @@ def test_revoking_the_run_identity_removes_all_its_credentials(deps: Any, outsid
 def test_run_identity_reads_only_its_agents_secrets(deps: Any, outside: Outside) -> None:
     vault: VaultBroker = deps.vault
     run_id = f"identity-{uuid.uuid4().hex[:8]}"
-    identity = vault.open_run(run_id, "refund-agent", "lockgate-agent-refund-agent", 60)
+    identity = vault.open_run(run_id, "refund-agent", "lockgate-agent-refund-agent", 60, "origin-2")
     try:
         with pytest.raises(LeaseForbidden):
             vault.issue(run_id, "lockgate/worker/settings")
@@ -52,3 +52,25 @@ def test_worker_approle_token_cannot_read_database_credentials(settings: Setting
     assert "root" not in client.lookup_token()["data"]["policies"]
     with pytest.raises(hvac.exceptions.Forbidden):
         client.read("database/creds/shop-refunds")
+
+
+def test_a_run_record_is_bound_to_its_own_execution(deps: Any, outside: Outside) -> None:
+    """The same run id from another execution can neither take over nor revoke the identity."""
+    from lockgate.activities.vault import RunMismatch
+
+    vault = deps.vault
+    run_id = f"bound-{uuid.uuid4().hex[:8]}"
+    identity = vault.open_run(run_id, "refund-agent", "lockgate-agent-refund-agent", 60, "execution-a")
+    try:
+        with pytest.raises(RunMismatch):
+            vault.open_run(run_id, "refund-agent", "lockgate-agent-refund-agent", 60, "execution-b")
+        with pytest.raises(RunMismatch):
+            vault.open_run(run_id, "incident-agent", "lockgate-agent-incident-agent", 60, "execution-a")
+        with pytest.raises(RunMismatch):
+            vault.close_run(run_id, identity.accessor, "execution-b")
+        assert outside.token_alive(identity.accessor)
+        # The same execution, retrying, finds its own identity.
+        assert vault.open_run(run_id, "refund-agent", "lockgate-agent-refund-agent", 60, "execution-a") == identity
+    finally:
+        assert vault.close_run(run_id, identity.accessor, "execution-a") is True
+    assert not outside.token_alive(identity.accessor)

@@ -468,6 +468,15 @@ class AgentWorkflow:
                 raise
             finally:
                 self._in_flight -= 1
+            if not compensation and workflow.cancellation_reason() is not None:
+                # Halted while the tool ran: the fence let it finish; now stop and compensate it too.
+                self._record(
+                    _step_record(step, call, request, outcome.decision),
+                    compensation,
+                    summary=outcome.summary,
+                    error="halted while the tool ran",
+                )
+                raise asyncio.CancelledError()
             decision = outcome.decision
             if outcome.ran:
                 return outcome, request

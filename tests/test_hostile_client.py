@@ -1,0 +1,403 @@
+"""Authority only narrows (SCENARIOS 20, 21): a client that reaches Temporal directly, a CLI user and
+a malicious planner or script attack a run; each test asserts that the attacked run, identity, ledger
+record and side effect are untouched, and that the attempt was refused and recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import Client
+from temporalio.common import WorkflowIDReusePolicy
+from temporalio.exceptions import ApplicationError
+
+from lockgate import errors
+from lockgate.models import (
+    ApprovalAttempt,
+    ApprovalSignal,
+    GateRequest,
+    GateState,
+    ParentLink,
+    RunCarry,
+    RunIdentity,
+    RunInput,
+    RunStatus,
+    SagaEntry,
+    ToolCall,
+    ToolInvocation,
+)
+from tests import agents
+from tests.conftest import Outside, cli, finish, ledger_events, ledger_kinds, pending_request, start, status_of
+
+
+def refund(order: str = "A-1001", cents: int = 500) -> dict[str, Any]:
+    return {"order_id": order, "amount_cents": cents, "reason": "hostile test"}
+
+
+async def raw_start(client: Client, queue: str, inp: RunInput, run_id: str) -> Any:
+    """What a client with Temporal access can send: any input, any id, any reuse policy."""
+    return await client.start_workflow(
+        "lockgate.agent", inp, id=run_id, task_queue=queue, id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE
+    )
+
+
+async def refused_at_once(handle: Any, needle: str) -> None:
+    cause = await asyncio.wait_for(finish(handle), timeout=30)
+    assert isinstance(cause, ApplicationError) and cause.type == errors.BAD_INPUT, cause
+    assert needle in cause.message, cause.message
+
+
+# -- run ids ---------------------------------------------------------------------------------------
+async def test_reusing_a_finished_runs_id_is_refused_and_its_record_untouched(
+    client: Client, worker_running: str, deps: Any, outside: Outside
+) -> None:
+    victim = await start(client, worker_running, "refund-agent", refund(), initiator="erin")
+    assert await finish(victim) is None
+    before = [(e.seq, e.kind) for e in deps.ledger.entries(victim.id)]
+    refunds_before = outside.refunds(victim.id)
+    again = await raw_start(
+        client, worker_running, RunInput(agent="refund-agent", input=refund(), initiator="erin"), victim.id
+    )
+    await refused_at_once(again, "already belongs to an earlier run")
+    # Nothing of the new run happened: no refund, no lease, and the first run's record is as it was.
+    assert outside.refunds(victim.id) == refunds_before
+    after = [(e.seq, e.kind) for e in deps.ledger.entries(victim.id)]
+    assert after[: len(before)] == before
+    assert [k for _, k in after[len(before) :]] == ["run.refused"]
+    outside.assert_nothing_leaked()
+
+
+async def test_an_id_over_a_terminated_runs_open_identity_cannot_use_or_revoke_it(
+    client: Client, worker_running: str, deps: Any, outside: Outside
+) -> None:
+    victim = await start(client, worker_running, "refund-agent", refund("A-1002", 25000), initiator="erin")
+    await pending_request(victim)  # its identity is open, waiting for finance
+    accessor = (await status_of(victim)).identity_accessor
+    assert accessor and outside.token_alive(accessor)
+    await victim.terminate("hostile test: leave the identity for the reaper")
+    intruder = await raw_start(
+        client, worker_running, RunInput(agent="refund-agent", input=refund(), initiator="erin"), victim.id
+    )
+    await refused_at_once(intruder, "already belongs to an earlier run")
+    # The intruder neither used nor revoked the victim's identity: it is still the reaper's to close.
+    assert outside.token_alive(accessor)
+    assert "run.closed" not in ledger_kinds(deps, victim.id)
+    assert outside.refunds(victim.id) == []
+
+
+async def test_invalid_run_ids_fail_at_once(client: Client, worker_running: str, env: dict[str, str]) -> None:
+    for bad in ("line\nbreak", "a/b", "..", "x" * 100):
+        handle = await raw_start(
+            client, worker_running, RunInput(agent="refund-agent", input=refund(), initiator="erin"), bad
+        )
+        await refused_at_once(handle, "invalid run id")
+    result = await cli(
+        env, "run", "refund-agent", "--id", "runs/../other", "--input", json.dumps(refund()), "--as", "erin"
+    )
+    assert result.returncode == 2 and "invalid run id" in result.stderr
+
+
+# -- engine-only input -----------------------------------------------------------------------------
+async def test_a_forged_parent_link_is_refused(
+    client: Client, worker_running: str, deps: Any, outside: Outside
+) -> None:
+    victim = await start(client, worker_running, "refund-agent", refund("A-1002", 25000), initiator="erin")
+    await pending_request(victim)
+    victim_status = await status_of(victim)
+    link = ParentLink(
+        run_id=victim.id,
+        agent="refund-agent",
+        vault_policy="lockgate-agent-incident-agent",  # another agent's Vault policy
+        boundary=("refunds.issue",),
+        budget=10**9,  # a bigger budget than anyone has
+        deadline_at=datetime.now(UTC) + timedelta(days=30),
+    )
+    forged = await raw_start(
+        client,
+        worker_running,
+        RunInput(
+            agent="script-agent",
+            input={"steps": [{"tool": "refunds.issue", "args": refund()}]},
+            initiator="erin",
+            parent=link,
+        ),
+        f"{victim.id}.7",
+    )
+    await refused_at_once(forged, "parent link is accepted only from the parent run itself")
+    assert outside.refunds(forged.id) == []
+    assert ledger_events(deps, forged.id, "lease.issued") == []
+    # The victim is untouched and still waiting.
+    assert (await status_of(victim)).identity_accessor == victim_status.identity_accessor
+    assert outside.token_alive(victim_status.identity_accessor or "")
+    await victim.terminate("done")
+
+
+async def test_a_forged_carry_is_refused(client: Client, worker_running: str, deps: Any, outside: Outside) -> None:
+    victim = await start(client, worker_running, "refund-agent", refund("A-1002", 25000), initiator="erin")
+    await pending_request(victim)
+    status = await status_of(victim)
+    carry = RunCarry(
+        identity=RunIdentity(
+            accessor=status.identity_accessor or "",
+            policies=("lockgate-agent-refund-agent",),
+            expires_at=datetime.now(UTC) + timedelta(days=1),
+        ),
+        deadline_at=datetime.now(UTC) + timedelta(days=30),
+        step=0,
+        evaluations=0,
+        spent=0,
+        tainted=False,
+        steps=(),
+        compensated=(),
+        done=(),
+        # A "compensation" that is a forward tool: would run past the kill switch.
+        saga=(SagaEntry(step=1, tool="refunds.issue", args=refund()),),
+        call_times={},
+        generation=5,
+    )
+    for seal in ("", "vault:v1:forged"):
+        forged = await raw_start(
+            client,
+            worker_running,
+            RunInput(agent="refund-agent", input=refund(), initiator="erin", carry=carry, carry_seal=seal),
+            f"carry-{uuid.uuid4().hex[:8]}",
+        )
+        await refused_at_once(forged, "a carry is accepted only from a continue-as-new")
+        assert outside.refunds(forged.id) == []
+        assert "run.refused" in ledger_kinds(deps, forged.id)
+    assert outside.token_alive(status.identity_accessor or "")
+    await victim.terminate("done")
+
+
+# -- compensation ----------------------------------------------------------------------------------
+async def test_a_compensation_claim_is_checked_against_the_ledger(
+    client: Client, worker_running: str, deps: Any, outside: Outside
+) -> None:
+    """Hostile workflow code (registered on the worker) claims compensations: a forward tool while the
+    agent is frozen, and a real compensation tool aimed at another run's refund."""
+    victim = await start(client, worker_running, "refund-agent", refund(), initiator="erin")
+    assert await finish(victim) is None
+    (victim_refund,) = outside.refunds(victim.id)
+    deps.freezes.set("refund-agent", True, by="test", reason="hostile test")
+    try:
+        for tool, args, compensates, needle in (
+            ("refunds.issue", refund(), f"{victim.id}:2", "compensates no tool"),
+            ("refunds.reverse", {"idempotency_key": f"{victim.id}:2"}, f"{victim.id}:2", "another run"),
+        ):
+            run_id = f"rogue-{uuid.uuid4().hex[:8]}"
+            inv = ToolInvocation(
+                run_id=run_id,
+                step=1,
+                tool=tool,
+                idempotency_key=f"{run_id}:1",
+                compensates=compensates,
+                gate=GateRequest(
+                    decision_id=f"{run_id}/1/1",
+                    run_id=run_id,
+                    agent="refund-agent",
+                    initiator="erin",
+                    step=1,
+                    call=ToolCall(tool=tool, args=args),
+                    state=GateState(),
+                    compensation=True,
+                ),
+            )
+            handle = await client.start_workflow(
+                "tests.rogue", inv.model_dump(mode="json"), id=run_id, task_queue=worker_running
+            )
+            with pytest.raises(Exception) as err:
+                await asyncio.wait_for(handle.result(), timeout=30)
+            assert needle in str(err.value.__cause__.__cause__), err.value  # type: ignore[union-attr]
+            assert ledger_events(deps, run_id, "tool.refused")[0]["reason"].find(needle) >= 0
+    finally:
+        deps.freezes.set("refund-agent", False, by="test", reason="hostile test done")
+    assert outside.refunds(victim.id) == [victim_refund]  # still not reversed, no second refund
+    outside.assert_nothing_leaked()
+
+
+async def test_a_script_cannot_reverse_another_runs_refund(
+    client: Client, worker_running: str, deps: Any, outside: Outside
+) -> None:
+    victim = await start(client, worker_running, "refund-agent", refund(), initiator="erin")
+    assert await finish(victim) is None
+    attacker = await start(
+        client,
+        worker_running,
+        "script-agent",
+        {"steps": [{"tool": "refunds.reverse", "args": {"idempotency_key": f"{victim.id}:2"}}]},
+        initiator="erin",
+    )
+    cause = await finish(attacker)
+    assert isinstance(cause, ApplicationError) and "is not a step of run" in cause.message
+    assert all(row[4] is None for row in outside.refunds(victim.id)), "the victim's refund was reversed"
+
+
+async def test_a_sub_agent_compensates_what_it_may_not_call_forward(
+    client: Client, worker_running: str, deps: Any, outside: Outside
+) -> None:
+    """A sub-agent may issue refunds but not reverse them: when it fails, its refund is reversed
+    anyway (a compensation is allowed wherever its forward tool was)."""
+    parent = await start(
+        client,
+        worker_running,
+        "script-agent",
+        {
+            "steps": [
+                {
+                    "tool": "agent.delegate",
+                    "args": {
+                        "agent": "script-agent",
+                        "tools": ["refunds.issue", "qa.explode"],
+                        "budget": 5000,
+                        "input": {
+                            "steps": [
+                                {"tool": "refunds.issue", "args": {"order_id": "A-1003", "amount_cents": 700}},
+                                {"tool": "qa.explode", "args": {"why": "after the refund"}},
+                            ]
+                        },
+                    },
+                }
+            ]
+        },
+        initiator="erin",
+    )
+    cause = await finish(parent)
+    assert isinstance(cause, ApplicationError) and "after the refund" in cause.message
+    child = f"{parent.id}.1"
+    ((_, amount, _, _, reversed_at),) = outside.refunds(child)
+    assert amount == 700 and reversed_at is not None
+    comp = [d for d in ledger_events(deps, child, "decision") if d["tool"] == "refunds.reverse"]
+    assert comp and comp[-1]["outcome"] == "allow"
+    outside.assert_nothing_leaked()
+
+
+async def test_a_failed_compensation_stays_outstanding_until_the_reaper_runs_it(
+    client: Client, worker_running: str, deps: Any, env: dict[str, str]
+) -> None:
+    from lockgate import worker
+
+    handle = await start(
+        client,
+        worker_running,
+        "script-agent",
+        {
+            "steps": [
+                {"tool": "qa.mark", "args": {"label": "stuck", "fail_undo": True}},
+                {"tool": "qa.explode", "args": {"why": "fail after the mark"}},
+            ]
+        },
+        initiator="erin",
+    )
+    agents.UNDONE.clear()
+    await finish(handle)
+    assert "compensation.outstanding" in ledger_kinds(deps, handle.id)
+    listed = await cli(env, "compensations", "--json")
+    assert listed.returncode == 1, listed.stdout + listed.stderr
+    mine = [r for r in json.loads(listed.stdout) if r["run_id"] == handle.id]
+    assert [(r["step"], r["compensation"]) for r in mine] == [(1, "qa.unmark")]
+    audit = await cli(env, "audit", handle.id)
+    assert "COMPENSATION OUTSTANDING: qa.unmark for step 1" in audit.stdout
+    # Still failing: the reaper retries, records the failure, and keeps it outstanding.
+    reaper = worker.build_reaper(deps)
+    await reaper.reap_once(client)
+    assert agents.UNDONE == []
+    mark = agents.MARKS[f"{handle.id}:1"]
+    mark["fail_undo"] = False  # the downstream system recovers
+    # Backoff: not retried again right away...
+    await reaper.reap_once(client)
+    assert agents.UNDONE == []
+    # ...but once its backoff (and the reapers' claim window) has passed, it runs and is resolved.
+    events = ledger_events(deps, handle.id, "reaper.compensation")
+    assert events and events[-1]["ok"] is False
+    reaper.clock = lambda: time.time() + 3600
+    await reaper.reap_once(client)
+    assert agents.UNDONE == ["stuck"]
+    assert "compensation.resolved" in ledger_kinds(deps, handle.id)
+    listed = await cli(env, "compensations", "--json")
+    assert not [r for r in json.loads(listed.stdout) if r["run_id"] == handle.id]
+
+
+async def test_halt_waits_for_the_in_flight_tool_before_compensating(
+    client: Client, worker_running: str, outside: Outside, tmp_path: Path
+) -> None:
+    marker = tmp_path / "go"
+    os.environ["LOCKGATE_TEST_PAUSE_AFTER_LEASE"] = f"refunds.issue:{marker}"
+    try:
+        handle = await start(client, worker_running, "refund-agent", refund("A-1003", 900), initiator="erin")
+        for _ in range(300):
+            if Path(f"{marker}.reached").exists():
+                break
+            await asyncio.sleep(0.05)
+        assert Path(f"{marker}.reached").exists(), "the refund never started"
+        await handle.cancel()
+        await asyncio.sleep(1.0)  # without the fence, compensation would run now (and find nothing)
+        marker.touch()  # the forward tool goes on and refunds
+        await finish(handle)
+    finally:
+        os.environ.pop("LOCKGATE_TEST_PAUSE_AFTER_LEASE", None)
+    ((_, amount, _, _, reversed_at),) = outside.refunds(handle.id)
+    assert amount == 900 and reversed_at is not None, "the refund made after the halt was not compensated"
+    assert (await status_of(handle)).state == "halted"
+    outside.assert_nothing_leaked()
+
+
+# -- approvals ---------------------------------------------------------------------------------------
+async def test_a_captured_approval_does_not_count_for_another_run(
+    client: Client, worker_running: str, deps: Any
+) -> None:
+    first = await start(client, worker_running, "refund-agent", refund("A-1002", 25000), initiator="erin")
+    second = await start(client, worker_running, "refund-agent", refund("A-1002", 25000), initiator="erin")
+    req1, req2 = await pending_request(first), await pending_request(second)
+    assert req1.args_digest == req2.args_digest  # same args: only the binding tells them apart
+    captured = ApprovalSignal(
+        attempt_id=uuid.uuid4().hex,
+        run_id=first.id,
+        decision_id=req1.decision_id,
+        request_id=req1.request_id,
+        approver="alice",
+        args_digest=req1.args_digest,
+    )
+    replayed = captured.model_copy(update={"attempt_id": uuid.uuid4().hex})
+    await second.signal("approve", replayed)
+    for _ in range(100):
+        attempt = await second.query("approval_attempt", replayed.attempt_id, result_type=ApprovalAttempt | None)
+        if attempt is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert attempt is not None and not attempt.accepted and "bound to another run" in attempt.reason
+    assert (await second.query("status", result_type=RunStatus)).state == "awaiting_approval"
+    refused = ledger_events(deps, second.id, "approval.refused")
+    assert refused and "bound to another run" in refused[-1]["reason"]
+    await first.terminate("done")
+    await second.terminate("done")
+
+
+# -- CLI input -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "bad",
+    [
+        '{"order_id": "A-1001", "amount_cents": 1e3}',
+        '{"order_id": "A-1001", "amount_cents": true}',
+        '{"order_id": "A-1001", "amount_cents": "500"}',
+    ],
+)
+async def test_cli_input_is_validated_strictly(env: dict[str, str], bad: str) -> None:
+    result = await cli(env, "run", "refund-agent", "--input", bad, "--as", "erin")
+    assert result.returncode == 2 and "amount_cents" in result.stderr
+
+
+async def test_control_characters_are_shown_escaped(client: Client, worker_running: str, env: dict[str, str]) -> None:
+    evil = "ok\x1b[2K\r\u202etampered\nFAKE LINE"
+    handle = await start(client, worker_running, "refund-agent", {**refund(), "reason": evil}, initiator="erin")
+    await finish(handle)
+    for args in (("audit", handle.id), ("audit", handle.id, "--format", "md"), ("status", handle.id)):
+        out = (await cli(env, *args)).stdout
+        assert "\x1b" not in out and "\u202e" not in out and "\r" not in out, args
+        assert "FAKE LINE" not in [line.strip() for line in out.splitlines()], args
