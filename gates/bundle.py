@@ -247,6 +247,8 @@ class PolicySlice:
     statements: tuple[PolicyStatement, ...]
     paths: frozenset[Path]
     limit: int = 4096
+    hits: int = 0  # answers served from the cache
+    misses: int = 0  # answers Cedar computed
     _trie: _Trie | None = field(init=False, default=None)
     _cache: OrderedDict[tuple[EntityUid, EntityUid, str], Answer] = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -275,6 +277,9 @@ class PolicySlice:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
+                self.hits += 1
+            else:
+                self.misses += 1
             return hit
 
     def remember(self, key: tuple[EntityUid, EntityUid, str], answer: Answer) -> None:
