@@ -141,7 +141,7 @@ def cedar_data_problem(value: Any, where: str = "value") -> str | None:
 
     Plain data is what Cedar's JSON format reads as itself and always accepts: strings, booleans,
     64-bit integers, lists, and objects whose keys are strings other than Cedar's escapes
-    (`__entity`, `__extn`, `__expr`). So plain data can never become an entity reference or an
+    (`__entity`, `__extn`, `__expr`), nested at most 32 levels (Cedar refuses about 125). So plain data can never become an entity reference or an
     extension value that a policy would trust, and never makes a Cedar request fail to build.
 
     Args:
