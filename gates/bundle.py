@@ -1,11 +1,21 @@
 """A policy bundle: Cedar policies, schema and entities, parsed and checked. Pure: texts come in.
 
 Every policy must carry a unique `@id`. Policies are kept one statement each with the file and line
-they came from, so an error points at `file:line`. Evaluation looks only at what can matter, without
-changing any decision (tests/test_gates_bundle.py checks both equivalences on random policies):
-- the policies whose action scope can match (a policy scoped to another action is never satisfied);
-- the parts of `context` those policies read (converting context is most of a Cedar call's cost),
-  and no evaluation at all for a repeated (principal, resource) when they read none of it.
+they came from, so an error points at `file:line`. Evaluation (`PolicyBundle.authorize`, the gate's
+one path to Cedar) looks only at what can matter, without changing any decision, deciding policy or
+error (`make conformance` checks this on Cedar's own integration corpus, tests/test_gates_bundle.py
+and tests/test_gates_conformance.py on generated policies):
+- the policies whose action scope can match the request's action uid (type and id, any namespace):
+  `action == A` matches A only; `action in [A, G]` matches A, G and every action whose parents reach
+  one of them, in the same entity store Cedar is given (entities, plus the schema's action groups);
+- the parts of `context` those policies read (converting context is most of a Cedar call's cost).
+  Entity references and extension values (`__entity`, `__extn`) are kept whole; a part no policy
+  reads is dropped only if it is plain data Cedar is sure to accept, else Cedar sees the whole
+  context (so a malformed value no policy reads still fails as it would in Cedar);
+- a verdict cache per slice keyed by exactly those inputs: principal, resource, pruned context.
+
+Cedar is called without a schema: entities and context are explicit Cedar JSON. What a schema
+contributes to evaluation, its action hierarchy (`action a in [g]`), is added to the entities.
 """
 
 from __future__ import annotations
@@ -22,11 +32,33 @@ import cedarpy
 
 from lockgate.errors import PolicyError
 
-__all__ = ["PolicyBundle", "PolicySlice", "PolicyStatement", "context_paths", "prune_context", "split_statements"]
+__all__ = [
+    "CEDAR_ESCAPES",
+    "Answer",
+    "EntityUid",
+    "PolicyBundle",
+    "PolicySlice",
+    "PolicyStatement",
+    "cedar_data_problem",
+    "context_paths",
+    "prune_context",
+    "split_statements",
+]
 
 
 Path = tuple[str, ...]
 WHOLE: Path = ()  # the whole context
+EntityUid = tuple[str, str]  # (type, id), e.g. ("NS::Action", "view")
+
+# Object keys by which Cedar's JSON format makes a value something other than a record: an entity
+# reference, an extension value (ip, decimal, ...), or the retired `__expr` (an error in Cedar 4).
+CEDAR_ESCAPES = frozenset({"__entity", "__extn", "__expr"})
+_ESCAPE_KIND = {"__entity": "an entity reference", "__extn": "an extension value", "__expr": "an expression"}
+_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
+# Deeper data is not called plain: it then reaches Cedar whole, and Cedar's own JSON depth limit
+# decides, as it would without lockgate.
+_MAX_PLAIN_DEPTH = 32
+_POLICY_REF = re.compile(r"`policy(\d+)`")
 
 
 def _context_chain(node: Any) -> Path | None:
@@ -60,54 +92,221 @@ def context_paths(node: Any, out: set[Path]) -> set[Path]:
     return out
 
 
+def _escaped(value: Any) -> bool:
+    return isinstance(value, dict) and not CEDAR_ESCAPES.isdisjoint(value)
+
+
+def _problem(value: Any, depth: int) -> tuple[list[str], str] | None:
+    """(reversed path, what is wrong) for the first part of `value` that is not plain data."""
+    if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                return [], "is not valid Unicode text (a lone surrogate)"
+        return None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return None if _I64_MIN <= value <= _I64_MAX else ([], "is outside Cedar's 64-bit integers")
+    if value is None:
+        return [], "is null (Cedar has no null)"
+    if isinstance(value, float):
+        return [], "is a number with a fraction (Cedar has only 64-bit integers)"
+    if depth >= _MAX_PLAIN_DEPTH and isinstance(value, list | dict):
+        return [], f"nests deeper than {_MAX_PLAIN_DEPTH} levels"
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _problem(item, depth + 1)
+            if found is not None:
+                found[0].append(f"[{i}]")
+                return found
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return [], f"has a key that is not a string ({key!r})"
+            if key in CEDAR_ESCAPES:
+                return [], f"has the key {key!r}, which Cedar would read as {_ESCAPE_KIND[key]}"
+            found = _problem(item, depth + 1)
+            if found is not None:
+                found[0].append(f".{key}")
+                return found
+        return None
+    return [], f"is a {type(value).__name__}, not JSON data"
+
+
+def cedar_data_problem(value: Any, where: str = "value") -> str | None:
+    """Why `value` is not plain data, or None when it is.
+
+    Plain data is what Cedar's JSON format reads as itself and always accepts: strings, booleans,
+    64-bit integers, lists, and objects whose keys are strings other than Cedar's escapes
+    (`__entity`, `__extn`, `__expr`), nested at most 32 levels (Cedar refuses about 125). So plain data can never become an entity reference or an
+    extension value that a policy would trust, and never makes a Cedar request fail to build.
+
+    Args:
+        value: the data to check.
+        where: how to name `value` in the answer, e.g. "args".
+
+    Returns:
+        None, or a sentence such as "args.target has the key '__entity', which Cedar would read
+        as an entity reference".
+    """
+    found = _problem(value, 0)
+    if found is None:
+        return None
+    path, message = found
+    return f"{where}{''.join(reversed(path))} {message}"
+
+
+# A trie of context paths: name -> deeper trie, or None where the value is read (kept whole).
+_Trie = dict[str, Any]
+
+
+def _trie(paths: frozenset[Path]) -> _Trie | None:
+    """None when some policy reads the whole context."""
+    if WHOLE in paths:
+        return None
+    root: _Trie = {}
+    for path in sorted(paths, key=len):  # shorter first: a read of `a` keeps `a.b` whole too
+        node: _Trie | None = root
+        for i, name in enumerate(path):
+            assert node is not None
+            if name in node and node[name] is None:
+                break
+            if i == len(path) - 1:
+                node[name] = None
+            else:
+                node = node.setdefault(name, {})
+    return root
+
+
+def _prune(record: dict[str, Any], trie: _Trie) -> dict[str, Any] | None:
+    """`record` with only what `trie` reads; None when a part it drops is not plain data."""
+    out: dict[str, Any] = {}
+    for key, value in record.items():
+        if not isinstance(key, str):
+            return None
+        if key in trie:
+            sub = trie[key]
+            if sub is None or not isinstance(value, dict) or _escaped(value):
+                # Read here, or read deeper through a non-record (an entity reference's attribute,
+                # an error on a string): Cedar must see the value exactly as it is.
+                out[key] = value
+            else:
+                inner = _prune(value, sub)
+                if inner is None:
+                    return None
+                out[key] = inner
+        elif _problem(value, 1) is not None:
+            return None
+    return out
+
+
+def _pruned(context: dict[str, Any], trie: _Trie | None) -> dict[str, Any]:
+    if trie is None or not isinstance(context, dict) or _escaped(context):
+        return context
+    out = _prune(context, trie)
+    return context if out is None else out
+
+
 def prune_context(context: dict[str, Any], paths: frozenset[Path]) -> dict[str, Any]:
     """Only the parts of `context` the policies can read. Every attribute a policy reads or tests
-    with `has` is kept exactly as it is (present or absent), so no decision can change."""
-    if WHOLE in paths:
-        return context
-    out: dict[str, Any] = {}
-    for path in paths:
-        source: Any = context
-        target = out
-        for i, name in enumerate(path):
-            if not isinstance(source, dict) or name not in source:
-                break
-            if i == len(path) - 1 or not isinstance(source[name], dict):
-                target[name] = source[name]  # a leaf, or a non-record read deeper: keep it whole
-                break
-            source = source[name]
-            target = target.setdefault(name, {})
-    return out
+    with `has` is kept exactly as it is (present or absent), and so is every entity reference or
+    extension value on the way. A dropped part must be plain data (`cedar_data_problem`): if one is
+    not, Cedar could refuse the request because of it, so the whole context is returned instead.
+    Either way no decision can change."""
+    return _pruned(context, _trie(paths))
+
+
+@dataclass(frozen=True)
+class Answer:
+    """Cedar's answer to one request, with policies named by their statements' ids.
+
+    Attributes:
+        allowed: Cedar's decision is Allow.
+        policy_ids: the deciding policies (Cedar's reasons), in Cedar's order.
+        errors: evaluation (or request) errors, with Cedar's positional `policyN` names replaced
+            by statement ids.
+        error_ids: the ids of the policies that raised an error.
+    """
+
+    allowed: bool
+    policy_ids: tuple[str, ...] = ()
+    errors: tuple[str, ...] = ()
+    error_ids: tuple[str, ...] = ()
 
 
 @dataclass
 class PolicySlice:
     """The policies that can apply to one action, what they read of `context`, and a bounded cache
-    of verdicts keyed by exactly what they depend on: principal, resource and the pruned context
+    of answers keyed by exactly what they depend on: principal, resource and the pruned context
     (the policies and entities are fixed for the bundle this slice belongs to)."""
 
-    policies: Any
+    policies: Any  # a cedarpy.PolicySet of `statements`, in this order (Cedar names them policy0..)
+    statements: tuple[PolicyStatement, ...]
     paths: frozenset[Path]
     limit: int = 4096
-    _cache: OrderedDict[tuple[str, str, str], Any] = field(default_factory=OrderedDict)
+    hits: int = 0  # answers served from the cache
+    misses: int = 0  # answers Cedar computed
+    _trie: _Trie | None = field(init=False, default=None)
+    _cache: OrderedDict[tuple[EntityUid, EntityUid, str], Answer] = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self._trie = _trie(self.paths)
+
+    @classmethod
+    def of(cls, statements: list[PolicyStatement]) -> PolicySlice:
+        return cls(
+            policies=cedarpy.PolicySet.from_str("\n".join(s.text for s in statements)),
+            statements=tuple(statements),
+            paths=frozenset().union(*(s.context_paths for s in statements)),
+        )
 
     @property
     def context_free(self) -> bool:
         return not self.paths
 
-    def cached(self, key: tuple[str, str, str]) -> Any:
+    def prune(self, context: dict[str, Any]) -> dict[str, Any]:
+        """`prune_context` with this slice's paths."""
+        return _pruned(context, self._trie)
+
+    def cached(self, key: tuple[EntityUid, EntityUid, str]) -> Answer | None:
         with self._lock:
             hit = self._cache.get(key)
             if hit is not None:
                 self._cache.move_to_end(key)
+                self.hits += 1
+            else:
+                self.misses += 1
             return hit
 
-    def remember(self, key: tuple[str, str, str], verdict: Any) -> None:
+    def remember(self, key: tuple[EntityUid, EntityUid, str], answer: Answer) -> None:
         with self._lock:
-            self._cache[key] = verdict
+            self._cache[key] = answer
             if len(self._cache) > self.limit:
                 self._cache.popitem(last=False)
+
+    def answer(self, result: Any) -> Answer:
+        """Cedar's result, its positional policy names mapped back to this slice's statements."""
+
+        def name(match: re.Match[str]) -> str:
+            return f"`{self._id(int(match.group(1)))}`"
+
+        errors = tuple(str(e) for e in result.diagnostics.errors)
+        # Cedar names the policy first ("error while evaluating policy `policy3`: ..."); later
+        # backquoted text may be data, so only the first reference is a policy name.
+        firsts = [_POLICY_REF.search(e) for e in errors]
+        return Answer(
+            allowed=bool(result.allowed),
+            policy_ids=tuple(self._id(int(r.removeprefix("policy"))) for r in result.diagnostics.reasons),
+            errors=tuple(_POLICY_REF.sub(name, e, count=1) for e in errors),
+            error_ids=tuple(self._id(int(m.group(1))) for m in firsts if m is not None),
+        )
+
+    def _id(self, index: int) -> str:
+        return self.statements[index].policy_id if index < len(self.statements) else f"policy{index}"
 
 
 @dataclass(frozen=True)
@@ -118,9 +317,36 @@ class PolicyStatement:
     policy_id: str
     effect: str
     annotations: dict[str, str]
-    # None: the policy's action scope is open (any action, or an action group); else its actions.
-    actions: frozenset[str] | None
+    # None: the policy's action scope is open (any action). Else the action uids it names, with
+    # `action_op` "==" (exactly that action) or "in" (those actions and their descendants).
+    actions: frozenset[EntityUid] | None
     context_paths: frozenset[Path] = frozenset()
+    action_op: str = "=="
+
+    @classmethod
+    def from_est(cls, body: dict[str, Any], *, text: str, file: str, line: int, policy_id: str) -> PolicyStatement:
+        """A statement from its Cedar JSON (EST) form, as `cedarpy.policies_to_json_str` gives it."""
+        op, actions = _action_scope(body.get("action", {}))
+        return cls(
+            text=text,
+            file=file,
+            line=line,
+            policy_id=policy_id,
+            effect=body["effect"],
+            annotations={k: str(v) for k, v in body.get("annotations", {}).items()},
+            actions=actions,
+            context_paths=frozenset(context_paths(body.get("conditions", []), set())),
+            action_op=op,
+        )
+
+    def can_apply(self, action: EntityUid, reach: frozenset[EntityUid]) -> bool:
+        """Whether this policy's action scope can hold for `action`, `reach` being the action and
+        all its ancestors in the entity store."""
+        if self.actions is None:
+            return True
+        if self.action_op == "==":
+            return action in self.actions
+        return not self.actions.isdisjoint(reach)
 
     @property
     def approval_group(self) -> str | None:
@@ -173,24 +399,32 @@ def split_statements(text: str) -> list[tuple[int, str]]:
     return out
 
 
-def _has_action_groups(schema_text: str | None, entities_json: str) -> bool:
-    if schema_text and re.search(r"\baction\s+[^;{]*?\b(in|memberOf)\b", schema_text):
-        return True
+def _uid(entity: dict[str, Any]) -> EntityUid:
+    inner = entity.get("__entity", entity)
+    return (str(inner["type"]), str(inner["id"]))
+
+
+def _action_scope(action: dict[str, Any]) -> tuple[str, frozenset[EntityUid] | None]:
+    """The scope's operator and the action uids it names (any namespace); None when open."""
+    op = action.get("op")
+    if op == "==":
+        return "==", frozenset([_uid(action["entity"])])
+    if op == "in":
+        named = [action["entity"]] if "entity" in action else action.get("entities", [])
+        return "in", frozenset(_uid(e) for e in named)
+    return "==", None  # "All": any action
+
+
+def _schema_actions(schema_text: str | None) -> list[dict[str, Any]]:
+    """The schema's actions as Cedar entities (with their groups as parents), as Cedar derives
+    them when it is given the schema: without them `action in Action::"group"` could not see a
+    membership declared only in the schema."""
+    if not schema_text:
+        return []
     try:
-        entities = json.loads(entities_json)
+        return list(json.loads(str(cedarpy.Entities.from_json_str("[]", schema_text))))
     except ValueError:
-        return False
-    return any(isinstance(e, dict) and e.get("uid", {}).get("type") == "Action" for e in entities)
-
-
-def _action_scope(action: dict[str, Any], groups: bool) -> frozenset[str] | None:
-    """The actions a policy's scope names; None when open (any action, or an action group, whose
-    members only the entity store knows)."""
-    if action.get("op") == "==" and action.get("entity", {}).get("type") == "Action":
-        return frozenset([str(action["entity"]["id"])])
-    if action.get("op") == "in" and "entities" in action and not groups:
-        return frozenset(str(e["id"]) for e in action["entities"] if e.get("type") == "Action")
-    return None
+        return []  # an invalid schema is reported by `PolicyBundle.build`
 
 
 @dataclass
@@ -204,7 +438,9 @@ class PolicyBundle:
     sources: dict[str, str] = field(default_factory=dict)
     extra_entities: list[dict[str, Any]] = field(default_factory=list)
     _entities: Any = None
-    _slices: dict[tuple[str, bool], PolicySlice] = field(default_factory=dict)
+    _store: list[dict[str, Any]] | None = None
+    _parents: dict[EntityUid, list[EntityUid]] | None = None
+    _slices: dict[tuple[EntityUid, bool], PolicySlice] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -219,9 +455,6 @@ class PolicyBundle:
         """Parses and checks every policy; raises PolicyError listing every problem with file:line."""
         problems: list[str] = []
         statements: list[PolicyStatement] = []
-        # With action groups, `action in [...]` may name a group whose members only Cedar resolves:
-        # such policies are then kept in every slice.
-        groups = _has_action_groups(schema_text, entities_json)
         seen_ids: dict[str, str] = {}
         for file in sorted(policies):
             for line, text in split_statements(policies[file]):
@@ -251,18 +484,7 @@ class PolicyBundle:
                 if "approval" in notes and body["effect"] != "forbid":
                     problems.append(f"{where}: @approval belongs on a forbid policy")
                     continue
-                statements.append(
-                    PolicyStatement(
-                        text=text,
-                        file=file,
-                        line=line,
-                        policy_id=pid,
-                        effect=body["effect"],
-                        annotations=notes,
-                        actions=_action_scope(body.get("action", {}), groups),
-                        context_paths=frozenset(context_paths(body.get("conditions", []), set())),
-                    )
-                )
+                statements.append(PolicyStatement.from_est(body, text=text, file=file, line=line, policy_id=pid))
         schema = None
         if schema_text is not None:
             try:
@@ -314,33 +536,110 @@ class PolicyBundle:
 
     @property
     def entities(self) -> Any:
+        """The entity store Cedar is given: entities.json, lockgate's derived entities and the
+        schema's actions (each once; Cedar itself rejects an entities.json action that differs
+        from the schema's, so the first one seen is the only one)."""
         if self._entities is None:
-            merged = json.loads(self.entities_json) + self.extra_entities
-            self._entities = cedarpy.Entities.from_json_str(json.dumps(merged))
+            self._entities = cedarpy.Entities.from_json_str(json.dumps(self._entity_store()))
         return self._entities
+
+    def _entity_store(self) -> list[dict[str, Any]]:
+        if self._store is None:
+            store: list[dict[str, Any]] = []
+            seen: set[EntityUid] = set()
+            for entity in self.entity_list() + _schema_actions(self.schema_text):
+                try:
+                    uid = _uid(entity["uid"])
+                except (KeyError, TypeError):
+                    store.append(entity)  # malformed: Cedar reports it
+                    continue
+                if uid not in seen:
+                    seen.add(uid)
+                    store.append(entity)
+            self._store = store
+        return self._store
+
+    def _reach(self, action: EntityUid) -> frozenset[EntityUid]:
+        """The action and its ancestors in the entity store, as Cedar's `in` sees them."""
+        if self._parents is None:
+            parents: dict[EntityUid, list[EntityUid]] = {}
+            for entity in self._entity_store():
+                try:
+                    parents[_uid(entity["uid"])] = [_uid(p) for p in entity.get("parents", [])]
+                except (KeyError, TypeError, AttributeError):
+                    continue
+            self._parents = parents
+        out = {action}
+        stack = [action]
+        while stack:
+            for parent in self._parents.get(stack.pop(), []):
+                if parent not in out:
+                    out.add(parent)
+                    stack.append(parent)
+        return frozenset(out)
+
+    def slice_for(self, action: EntityUid | str, *, without_approval: bool = False) -> PolicySlice:
+        """The policies that can apply to `action` (a uid, or a tool name: `Action::"<name>"`),
+        pre-parsed, with what they read (cached per action uid)."""
+        uid: EntityUid = ("Action", action) if isinstance(action, str) else action
+        key = (uid, without_approval)
+        cached = self._slices.get(key)
+        if cached is None:
+            reach = self._reach(uid)
+            cached = PolicySlice.of(
+                [s for s in self.statements if s.can_apply(uid, reach) and not (without_approval and s.approval_group)]
+            )
+            self._slices[key] = cached
+        return cached
+
+    def authorize(
+        self,
+        principal: EntityUid,
+        action: EntityUid,
+        resource: EntityUid,
+        context: dict[str, Any],
+        *,
+        without_approval: bool = False,
+    ) -> Answer:
+        """Cedar's answer for the action's slice and the part of `context` it reads: the same
+        decision, deciding policies and erring policies as Cedar gives for every policy of the
+        bundle and the whole context. The answer is a function of exactly those inputs, so a
+        repeated one is served from the slice's cache.
+
+        Args:
+            principal: the principal's uid, e.g. ("Agent", "refund-agent").
+            action: the action's uid, e.g. ("Action", "refunds.issue").
+            resource: the resource's uid.
+            context: Cedar JSON (entity references and extension values in their `__entity` and
+                `__extn` forms).
+            without_approval: leave out `@approval` forbids (the gate's second question).
+
+        Raises:
+            Exception: whatever cedarpy raises for input it cannot take (the gate denies).
+        """
+        piece = self.slice_for(action, without_approval=without_approval)
+        pruned = piece.prune(context)
+        # No `default=`: a value JSON cannot carry must fail here as it would in Cedar's call,
+        # not be cached under the text of something else.
+        key = (principal, resource, json.dumps(pruned, sort_keys=True, separators=(",", ":")) if pruned else "")
+        hit = piece.cached(key)
+        if hit is not None:
+            return hit
+        request = {
+            "principal": {"type": principal[0], "id": principal[1]},
+            "action": {"type": action[0], "id": action[1]},
+            "resource": {"type": resource[0], "id": resource[1]},
+            "context": pruned,
+        }
+        answer = piece.answer(cedarpy.is_authorized(request, piece.policies, self.entities))
+        piece.remember(key, answer)
+        return answer
 
     def entity_list(self) -> list[dict[str, Any]]:
         return list(json.loads(self.entities_json)) + list(self.extra_entities)
 
     def by_id(self, policy_id: str) -> PolicyStatement | None:
         return next((s for s in self.statements if s.policy_id == policy_id), None)
-
-    def slice_for(self, action: str, *, without_approval: bool = False) -> PolicySlice:
-        """The policies that can apply to `action`, pre-parsed, with what they read (cached)."""
-        key = (action, without_approval)
-        cached = self._slices.get(key)
-        if cached is None:
-            chosen = [
-                s
-                for s in self.statements
-                if (s.actions is None or action in s.actions) and not (without_approval and s.approval_group)
-            ]
-            cached = PolicySlice(
-                policies=cedarpy.PolicySet.from_str("\n".join(s.text for s in chosen)),
-                paths=frozenset().union(*(s.context_paths for s in chosen)),
-            )
-            self._slices[key] = cached
-        return cached
 
     def members_of(self, group: str) -> list[str]:
         """Users in `group`, directly or through nested groups."""

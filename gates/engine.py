@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import cedarpy
 from pydantic import ValidationError
 
-from lockgate.gates.bundle import PolicyBundle, prune_context
+from lockgate.gates.bundle import Answer, PolicyBundle, cedar_data_problem
 from lockgate.models import (
     DELEGATE_TOOL,
     MAX_ARGS_BYTES,
@@ -60,7 +59,12 @@ def tool_entities(agents: list[AgentSpec]) -> list[dict[str, Any]]:
 
 
 def cedar_context(agent: AgentSpec, request: GateRequest) -> dict[str, Any]:
-    """What policies see as `context`: the call's args and the run's state."""
+    """What policies see as `context`: the call's args and the run's state.
+
+    `args` are the call's args as given. They are plain data (the args gate refuses anything
+    else, see `cedar_data_problem`): a policy can compare them, but an argument is never an entity
+    reference or extension value, so a planner cannot forge `context.args.x in Group::"finance"`
+    or an `ip(...)`. Entities come only from the bundle."""
     state = request.state
     return {
         "args": request.call.args,
@@ -125,6 +129,12 @@ def _args(tool: ToolSpec, request: GateRequest) -> Verdict | None:
     size = len(canonical_json(request.call.args).encode())
     if size > MAX_ARGS_BYTES:
         return Verdict("args", "deny", (f"args are {size} bytes, over the {MAX_ARGS_BYTES}-byte limit",))
+    # Args reach policies as `context.args` exactly as given, so they must be plain data: never an
+    # entity reference or extension value (`__entity`, `__extn`) a policy would trust as if lockgate
+    # had vouched for it, and nothing Cedar would refuse (null, fractions) where no policy looks.
+    problem = cedar_data_problem(request.call.args, "args")
+    if problem is not None:
+        return Verdict("args", "deny", (f"args must be plain data: {problem}",))
     try:
         tool.args.model_validate(request.call.args)
     except ValidationError as err:
@@ -140,35 +150,27 @@ def _authorize(
     context: dict[str, Any],
     *,
     without_approval: bool = False,
-) -> Any:
-    """Cedar's answer for the action's slice and the part of `context` it reads. The answer is a
-    function of exactly those inputs, so a repeated one is served from the slice's cache."""
-    piece = bundle.slice_for(action, without_approval=without_approval)
-    pruned = prune_context(context, piece.paths)
-    key = (principal, resource, canonical_json(pruned) if pruned else "")
-    hit = piece.cached(key)
-    if hit is not None:
-        return hit
-    request = {
-        "principal": {"type": "Agent", "id": principal},
-        "action": {"type": "Action", "id": action},
-        "resource": {"type": "Tool", "id": resource},
-        "context": pruned,
-    }
-    result = cedarpy.is_authorized(request, piece.policies, bundle.entities)
-    piece.remember(key, result)
-    return result
+) -> Answer:
+    """Cedar's answer for agent `principal` calling tool `resource` as `Action::"<action>"`, through
+    the bundle's slicing, context pruning and answer cache (`PolicyBundle.authorize`)."""
+    return bundle.authorize(
+        ("Agent", principal),
+        ("Action", action),
+        ("Tool", resource),
+        context,
+        without_approval=without_approval,
+    )
 
 
 def _cedar(bundle: PolicyBundle, agent: AgentSpec, request: GateRequest) -> Verdict | _Allow:
     action = request.call.tool
     context = cedar_context(agent, request)
     result = _authorize(bundle, action, agent.name, action, context)
-    if result.diagnostics.errors:
+    if result.errors:
         # Evaluation errors skip the policy that raised them; a forbid that errors must not let a
         # call through, so any error is a deny.
-        return Verdict("policy", "deny", tuple(f"policy error: {e}" for e in result.diagnostics.errors))
-    ids = tuple(sorted(_ids(result)))
+        return Verdict("policy", "deny", tuple(f"policy error: {e}" for e in result.errors))
+    ids = tuple(sorted(result.policy_ids))
     if result.allowed:
         return _Allow(ids)
     if not ids:
@@ -177,7 +179,7 @@ def _cedar(bundle: PolicyBundle, agent: AgentSpec, request: GateRequest) -> Verd
     if all(s is not None and s.approval_group for s in statements):
         # Approval-annotated forbids are the only reason: does anything else stand in the way?
         rest = _authorize(bundle, action, agent.name, action, context, without_approval=True)
-        if rest.allowed and not rest.diagnostics.errors:
+        if rest.allowed and not rest.errors:
             first = statements[0]
             assert first is not None and first.approval_group
             group = first.approval_group
@@ -191,11 +193,6 @@ def _cedar(bundle: PolicyBundle, agent: AgentSpec, request: GateRequest) -> Verd
                 quorum=quorum,
             )
     return Verdict("policy", "deny", tuple(f"forbidden by policy {i}" for i in ids), ids)
-
-
-def _ids(result: Any) -> list[str]:
-    by_reason = getattr(result.diagnostics, "id_annotations_by_reason", None) or {}
-    return [str(by_reason.get(r, r)) for r in result.diagnostics.reasons]
 
 
 def _threshold(agent: AgentSpec, state: GateState, gate: str, reason: str) -> Verdict | None:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
-from lockgate.gates.bundle import PolicyBundle
-from lockgate.gates.engine import evaluate
+from pydantic import BaseModel, ConfigDict
 
+from lockgate.gates.bundle import PolicyBundle
+from lockgate.gates.engine import cedar_context, evaluate
 from lockgate.models import Decision, GateRequest, GateState, ToolCall
 from lockgate.policies import load_bundle
 from lockgate.spec import load_agents
@@ -246,3 +249,96 @@ def test_unknown_agent_is_denied(bundle: PolicyBundle) -> None:
         call=ToolCall(tool="orders.lookup", args={"order_id": "A-1001"}),
     )
     assert evaluate(bundle, None, request, now=NOW).outcome == "deny"
+
+
+# -- tool args are plain data ------------------------------------------------------------------------------
+
+FORGEABLE = """
+@id("qa.mark.finance-targets")
+permit (principal == Agent::"script-agent", action == Action::"qa.mark", resource)
+when { context.args has target && context.args.target in Group::"finance" };
+
+@id("qa.mark.from-inside")
+permit (principal == Agent::"script-agent", action == Action::"qa.mark", resource)
+when { context.args has src && context.args.src.isInRange(ip("10.0.0.0/8")) };
+
+@id("qa.mark.ok-label")
+permit (principal == Agent::"script-agent", action == Action::"qa.mark", resource)
+when { context.args has label && context.args.label == "ok" };
+"""
+FINANCE = {"__entity": {"type": "Group", "id": "finance"}}
+
+
+class _AnyArgs(BaseModel):
+    """An args schema that takes anything: only the plain-data rule stands in the way."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+def _free_call(args: dict) -> tuple[PolicyBundle, Any, GateRequest]:
+    agent = registry.get("script-agent")
+    assert agent is not None
+    tools = tuple(t.model_copy(update={"args": _AnyArgs}) if t.name == "qa.mark" else t for t in agent.tools)
+    bundle = PolicyBundle.build(
+        {"forge.cedar": FORGEABLE},
+        entities_json=json.dumps([{"uid": {"type": "Group", "id": "finance"}, "attrs": {}, "parents": []}]),
+    )
+    request = GateRequest(
+        decision_id="d",
+        run_id="r",
+        agent="script-agent",
+        initiator="t",
+        step=1,
+        call=ToolCall(tool="qa.mark", args=args),
+    )
+    return bundle, agent.model_copy(update={"tools": tools}), request
+
+
+@pytest.mark.parametrize(
+    ("args", "problem", "forged"),
+    [
+        (
+            {"target": FINANCE},
+            "args.target has the key '__entity', which Cedar would read as an entity reference",
+            True,
+        ),
+        ({"src": {"__extn": {"fn": "ip", "arg": "10.1.2.3"}}}, "args.src has the key '__extn'", True),
+        ({"label": "x", "more": [{"deep": FINANCE}]}, "args.more[0].deep has the key '__entity'", False),
+        ({"label": "ok", "old": {"__expr": "true"}}, "args.old has the key '__expr'", False),
+    ],
+)
+def test_args_can_never_be_entity_references_or_extension_values(args: dict, problem: str, forged: bool) -> None:
+    bundle, agent, request = _free_call(args)
+    if forged:
+        # Handed to Cedar as they are, these args would be trusted: the forged group reference (or
+        # ip value) satisfies the policy.
+        context = cedar_context(agent, request)
+        answer = bundle.authorize(("Agent", "script-agent"), ("Action", "qa.mark"), ("Tool", "qa.mark"), context)
+        assert answer.allowed
+    d = evaluate(bundle, agent, request, now=NOW)
+    assert (d.outcome, d.gate, d.policy_ids) == ("deny", "args", ())
+    assert problem in d.reasons[0] and d.reasons[0].startswith("args must be plain data")
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        ({"label": "ok", "note": None}, "args.note is null"),
+        ({"label": "ok", "ratio": 0.5}, "args.ratio is a number with a fraction"),
+        ({"label": "ok", "big": 2**64}, "args.big is outside Cedar's 64-bit integers"),
+    ],
+)
+def test_args_cedar_would_refuse_are_refused_even_where_no_policy_looks(args: dict, problem: str) -> None:
+    d = evaluate(*_free_call(args), now=NOW)
+    assert (d.outcome, d.gate) == ("deny", "args") and problem in d.reasons[0]
+
+
+def test_plain_args_that_look_like_entities_stay_plain_data() -> None:
+    allowed = evaluate(*_free_call({"label": "ok", "other": {"type": "Group", "id": "finance"}}), now=NOW)
+    assert (allowed.outcome, allowed.policy_ids) == ("allow", ("qa.mark.ok-label",))
+    # A record is not an entity: `in` on it is a policy error, which denies.
+    record = evaluate(*_free_call({"target": {"type": "Group", "id": "finance"}}), now=NOW)
+    assert (record.outcome, record.gate) == ("deny", "policy") and "policy error" in record.reasons[0]
+    assert "qa.mark.finance-targets" in record.reasons[0]  # errors name the policy by its @id
+    text = evaluate(*_free_call({"src": "10.1.2.3"}), now=NOW)
+    assert (text.outcome, text.gate) == ("deny", "policy") and "qa.mark.from-inside" in text.reasons[0]
