@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlmodel import Field, Session, SQLModel, select
 
 from lockgate.activities.ledger import Ledger
-from sqlmodel import Field, Session, SQLModel, select
 
 __all__ = ["ALL", "Freeze", "FreezeStore"]
 
@@ -27,14 +30,20 @@ class Freeze(SQLModel, table=True):
     by: str
     reason: str
     at: str
+    # The operator's signed freeze/unfreeze statement (JSON): an unfreeze counts only if it verifies.
+    evidence: str = ""
 
 
 class FreezeStore:
     # A gate tolerates a freeze being this stale; 0.5 s keeps a hot path at one read per half second.
     CACHE_SECONDS = 0.5
 
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, verify: Callable[[Freeze], bool] | None = None) -> None:
         self._ledger = ledger
+        # Workers pass a verifier: an unfreeze whose evidence does not verify (a row written by
+        # anyone with database access) keeps the scope frozen. Fail closed.
+        self._verify = verify
+        self._verified: dict[tuple[str, str, str], bool] = {}
         self._lock = threading.Lock()
         self._cache: tuple[float, dict[str, bool]] = (0.0, {})
         SQLModel.metadata.create_all(ledger.engine, tables=[Freeze.__table__])
@@ -45,23 +54,39 @@ class FreezeStore:
             if time.monotonic() - stamp < self.CACHE_SECONDS:
                 return scopes
         with Session(self._ledger.engine) as session:
-            scopes = {f.scope: f.frozen for f in session.exec(select(Freeze)).all()}
+            scopes = {f.scope: f.frozen or not self._counts(f) for f in session.exec(select(Freeze)).all()}
         with self._lock:
             self._cache = (time.monotonic(), scopes)
         return scopes
+
+    def _counts(self, row: Freeze) -> bool:
+        """Whether an unfreeze row may lift its freeze (verified once per row)."""
+        if self._verify is None:
+            return True
+        key = (row.scope, row.at, row.evidence)
+        if key not in self._verified:
+            self._verified[key] = self._verify(row)
+            if not self._verified[key]:
+                self._ledger.try_append(
+                    f"unfreeze.refused:{row.scope}:{row.at}",
+                    f"scope:{row.scope}",
+                    "unfreeze.refused",
+                    {"scope": row.scope, "by": row.by, "reason": "the unfreeze is not signed by an operator"},
+                )
+        return self._verified[key]
 
     def is_frozen(self, agent: str) -> bool:
         scopes = self._scopes()
         return scopes.get(ALL, False) or scopes.get(agent, False)
 
-    def set(self, scope: str, frozen: bool, *, by: str, reason: str) -> None:
+    def set(self, scope: str, frozen: bool, *, by: str, reason: str, evidence: str = "") -> None:
         now = datetime.now(UTC).isoformat()
         with Session(self._ledger.engine) as session, session.begin():
             row = session.get(Freeze, scope)
             if row is None:
-                session.add(Freeze(scope=scope, frozen=frozen, by=by, reason=reason, at=now))
+                session.add(Freeze(scope=scope, frozen=frozen, by=by, reason=reason, at=now, evidence=evidence))
             else:
-                row.frozen, row.by, row.reason, row.at = frozen, by, reason, now
+                row.frozen, row.by, row.reason, row.at, row.evidence = frozen, by, reason, now, evidence
         with self._lock:
             self._cache = (0.0, {})
         kind = "freeze" if frozen else "unfreeze"
@@ -72,3 +97,20 @@ class FreezeStore:
     def state(self) -> list[Freeze]:
         with Session(self._ledger.engine) as session:
             return list(session.exec(select(Freeze)).all())
+
+
+def unfreeze_verifier(people: Any) -> Callable[[Freeze], bool]:
+    """Checks an unfreeze row's evidence: signed by a member of `operators` for exactly that scope."""
+    from lockgate.activities.identity import Refused
+
+    from lockgate.people import SignedStatement
+
+    def verify(row: Freeze) -> bool:
+        try:
+            signed = SignedStatement.model_validate_json(row.evidence)
+            act = people.verify(signed, act="unfreeze", expect={"scope": row.scope}, max_age=timedelta(days=3650))
+        except (ValueError, Refused):
+            return False
+        return "operators" in act.groups
+
+    return verify

@@ -10,9 +10,11 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from lockgate.activities.identity import PeopleDirectory, Refused
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from lockgate.activities.approvals import ApprovalActivities
 from lockgate.activities.freeze import FreezeStore
 from lockgate.activities.ledger import Ledger
 from lockgate.activities.vault import RunMismatch, VaultBroker
@@ -37,6 +39,9 @@ from lockgate.spec import AgentRegistry
 __all__ = ["GovernanceActivities", "bundle_content", "record_decision"]
 
 log = logging.getLogger("lockgate.gate")
+
+# A signed start is accepted this long after it was signed (a captured one cannot start runs later).
+START_MAX_AGE = timedelta(minutes=15)
 
 
 def bundle_content(bundle: PolicyBundle) -> dict[str, object]:
@@ -83,8 +88,12 @@ class GovernanceActivities:
         ledger: Ledger,
         vault: VaultBroker,
         freezes: FreezeStore | None = None,
+        people: PeopleDirectory | None = None,
+        approvals: ApprovalActivities | None = None,
     ) -> None:
         self._freezes = freezes
+        self._people = people
+        self._approvals = approvals
         self._bundle = bundle
         self._agents = agents
         self._ledger = ledger
@@ -96,6 +105,20 @@ class GovernanceActivities:
         if attempt > 1:
             # A retried tool activity decides again (a freeze may have landed meanwhile): its own record.
             request = request.model_copy(update={"decision_id": f"{request.decision_id}@{attempt}"})
+        # Approvals count only as verified here (signature, group now, separation of duties, the
+        # decision they answer, quorum of distinct people): whatever groups the workflow claims,
+        # the gate sees only these.
+        groups: tuple[str, ...] = ()
+        if request.approvals and self._approvals is not None:
+            groups, refused = self._approvals.approved_groups(request)
+            for n, line in enumerate(refused):
+                self._ledger.try_append(
+                    f"approval.not_counted:{request.decision_id}:{n}",
+                    request.run_id,
+                    "approval.not_counted",
+                    {"step": request.step, "tool": request.call.tool, "reason": line},
+                )
+        request = request.model_copy(update={"state": request.state.model_copy(update={"approved_groups": groups})})
         if self._freezes is not None and self._freezes.is_frozen(request.agent):
             request = request.model_copy(update={"state": request.state.model_copy(update={"frozen": True})})
         with span("lockgate.gate", run_id=request.run_id, step=request.step, tool=request.call.tool):
@@ -173,6 +196,13 @@ class GovernanceActivities:
         policy, ttl = agent.vault_policy, request.ttl_seconds
         if request.parent is not None or request.parent_run_id is not None:
             policy, ttl = self._check_parent(request)
+            parent_opened = next(
+                (e for e in self._ledger.events(request.parent_run_id or "") if e["kind"] == "run.opened"), {}
+            )
+            if parent_opened.get("initiator") != request.initiator:
+                raise self._refuse(request.run_id, request.origin_run_id, "a sub-agent's initiator is its parent's")
+        else:
+            self._check_start(request)
         try:
             identity = self._vault.open_run(request.run_id, agent.name, policy, ttl, request.origin_run_id)
         except RunMismatch as err:
@@ -193,6 +223,27 @@ class GovernanceActivities:
             },
         )
         return identity
+
+    def _check_start(self, request: RunOpen) -> None:
+        """The initiator is whoever signed the run's start statement (bound to run id, agent and
+        input): an unsigned, forged or mismatched start is refused."""
+        if self._people is None:
+            return
+        if request.start is None:
+            raise self._refuse(request.run_id, request.origin_run_id, "the run's start is not signed by a person")
+        try:
+            act = self._people.verify(
+                request.start,
+                act="start",
+                expect={"run_id": request.run_id, "agent": request.agent, "input_digest": request.input_digest},
+                max_age=START_MAX_AGE,
+            )
+        except Refused as err:
+            raise self._refuse(request.run_id, request.origin_run_id, f"start: {err}") from None
+        if act.person != request.initiator:
+            raise self._refuse(
+                request.run_id, request.origin_run_id, f"start signed by {act.person}, not the initiator named"
+            )
 
     def _check_parent(self, request: RunOpen) -> tuple[str, int]:
         """A sub-agent's link must be what its parent's gate allowed: proven by Temporal's parent

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import json
 import os
 import sys
@@ -38,6 +37,13 @@ def _ledger(settings: Settings) -> Any:
     from lockgate.activities.ledger import Ledger
 
     return Ledger(settings.ledger_url)
+
+
+def _session(settings: Settings) -> Any:
+    """The logged-in person (`lockgate login`, or LOCKGATE_OPERATOR_TOKEN); UserError otherwise."""
+    from lockgate.identity import load_session
+
+    return load_session(settings)
 
 
 def _run(coro: Coroutine[Any, Any, int]) -> int:
@@ -104,10 +110,9 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from lockgate.ops import parse_input, run_status, start_run
 
     data = parse_input(args.agent, args.input)
+    session = _session(settings)
     client = await _client(settings)
-    handle = await start_run(
-        client, settings.task_queue, args.agent, data, initiator=args.as_ or getpass.getuser(), run_id=args.id
-    )
+    handle = await start_run(client, settings.task_queue, args.agent, data, session=session, run_id=args.id)
     if not args.wait:
         if args.json:
             _print_json({"run_id": handle.id})
@@ -186,13 +191,14 @@ async def cmd_verdict(args: argparse.Namespace, settings: Settings) -> int:
     from lockgate.ops import send_verdict
 
     approve = args.command == "approve"
+    session = _session(settings)
     client = await _client(settings)
     try:
         attempt = await send_verdict(
             client,
             args.run_id,
             args.request_id,
-            approver=args.as_,
+            session=session,
             approve=approve,
             reason=args.reason or "",
             args_digest=args.digest,
@@ -206,7 +212,7 @@ async def cmd_verdict(args: argparse.Namespace, settings: Settings) -> int:
                 "approval.refused",
                 {
                     "request_id": args.request_id,
-                    "approver": args.as_,
+                    "approver": session.name,
                     "verdict": args.command,
                     "accepted": False,
                     "reason": str(err),
@@ -220,7 +226,8 @@ async def cmd_verdict(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     if not args.json:
         print(
-            f"{'approval' if approve else 'rejection'} by {safe(args.as_)} recorded on {safe(args.run_id)} {safe(args.request_id)}"
+            f"{'approval' if approve else 'rejection'} by {safe(session.name)} recorded on {safe(args.run_id)} "
+            f"{safe(args.request_id)}"
         )
     return 0
 
@@ -228,8 +235,9 @@ async def cmd_verdict(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_halt(args: argparse.Namespace, settings: Settings) -> int:
     from lockgate.ops import halt_run, run_status, wait_closed
 
+    session = _session(settings)
     client = await _client(settings)
-    await halt_run(client, args.run_id, args.reason or f"halted by {getpass.getuser()}")
+    await halt_run(client, args.run_id, args.reason or f"halted by {session.name}", session=session)
     state = await wait_closed(client, args.run_id, timeout=120)
     status = await run_status(client, args.run_id)
     if args.json:
@@ -420,6 +428,7 @@ async def cmd_reap(args: argparse.Namespace, settings: Settings) -> int:
 
 async def cmd_freeze(args: argparse.Namespace, settings: Settings) -> int:
     from lockgate.activities.freeze import ALL, FreezeStore
+    from lockgate.identity import sign
     from lockgate.ops import wake_frozen
     from lockgate.spec import registry
 
@@ -427,9 +436,13 @@ async def cmd_freeze(args: argparse.Namespace, settings: Settings) -> int:
         raise UserError(f"unknown agent {args.agent!r} (known: {', '.join(registry.names())})")
     scope = ALL if args.all else args.agent
     frozen = args.command == "freeze"
-    who = args.as_ or getpass.getuser()
+    session = _session(settings)
+    who = session.name
+    if "operators" not in session.groups:
+        raise UserError(f"{who} is not in group operators (freeze and unfreeze are theirs)")
+    signed = sign(session, "freeze" if frozen else "unfreeze", {"scope": scope, "reason": (args.reason or "")[:500]})
     store = FreezeStore(_ledger(settings))
-    store.set(scope, frozen, by=who, reason=args.reason or "")
+    store.set(scope, frozen, by=who, reason=args.reason or "", evidence=signed.model_dump_json())
     woken: list[str] = []
     if not frozen:
         try:
@@ -483,7 +496,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("agent")
     p.add_argument("--input", help="the agent's input as a JSON object")
     p.add_argument("--id", help="run id (default: AGENT-<random>)")
-    p.add_argument("--as", dest="as_", help="initiator identity (default: the OS user)")
     p.add_argument("--wait", action="store_true", help="wait for the run to end and print its status")
 
     p = add("status", cmd_status, "state, step, pending approvals and open leases of a run")
@@ -494,7 +506,6 @@ def build_parser() -> argparse.ArgumentParser:
         p = add(name, cmd_verdict, f"{verb} a pending approval request as IDENTITY")
         p.add_argument("run_id")
         p.add_argument("request_id")
-        p.add_argument("--as", dest="as_", required=True, help="your identity (a user in the policy entities)")
         p.add_argument("--reason")
         p.add_argument("--digest", help="args digest you are approving (default: the pending request's)")
     p = add("halt", cmd_halt, "human override: stop a run, compensate, revoke")
@@ -516,7 +527,6 @@ def build_parser() -> argparse.ArgumentParser:
         scope.add_argument("--agent")
         scope.add_argument("--all", action="store_true")
         p.add_argument("--reason")
-        p.add_argument("--as", dest="as_", help="your identity (default: the OS user)")
     add("leases", cmd_leases, "leases not yet revoked, with run, tool and expiry")
     add("compensations", cmd_compensations, "compensations that failed and are still outstanding (exit 1 if any)")
     add("reap", cmd_reap, "one pass of the reaper: clean up runs that ended without their own cleanup")

@@ -17,13 +17,16 @@ __all__ = [
     "DELEGATE_TOOL",
     "MAX_ARGS_BYTES",
     "ApprovalAttempt",
+    "ApprovalCheck",
     "ApprovalRequest",
     "ApprovalSignal",
+    "ApprovalVerdict",
     "AuditEvent",
     "Decision",
     "DelegateArgs",
     "GateRequest",
     "GateState",
+    "HaltCheck",
     "LeaseRef",
     "Outcome",
     "ParentLink",
@@ -139,6 +142,10 @@ class GateRequest(BaseModel):
     compensation: bool = False
     # Who chose the call: "planner" (self-reported confidence), "script", or "engine" (compensation).
     source: Literal["planner", "script", "engine"] = "planner"
+    # Signed approvals for this step, as the workflow collected them. Only evidence: the activity
+    # that decides verifies each (signature, group now, separation of duties, the decision it
+    # answers, quorum of distinct people) and sets `state.approved_groups` itself.
+    approvals: tuple[SignedStatement, ...] = ()
 
 
 class Decision(BaseModel):
@@ -211,6 +218,9 @@ class RunOpen(BaseModel):
     # which `run.open` checks against the parent's recorded delegation decision.
     parent_run_id: str | None = None
     parent: ParentLink | None = None
+    # The initiator's signed start and the digest of the input it binds.
+    start: SignedStatement | None = None
+    input_digest: str = ""
 
 
 class RunSeal(BaseModel):
@@ -343,6 +353,9 @@ class RunInput(BaseModel):
     parent: ParentLink | None = None
     carry: RunCarry | None = None
     carry_seal: str = ""
+    # The initiator's signed start statement (binds run id, agent and input digest): `run.open`
+    # accepts the run only if it verifies and names `initiator`. Sub-agents inherit their parent's.
+    start: SignedStatement | None = None
 
 
 class RunStatus(BaseModel):
@@ -412,6 +425,40 @@ class ApprovalSignal(BaseModel):
     sent_at: datetime | None = None
 
 
+class ApprovalCheck(BaseModel):
+    """Input of `approval.verify`: a signed verdict and the pending request it claims to answer."""
+
+    model_config = _WIRE
+
+    signed: SignedStatement
+    verdict: Literal["approve", "reject"]
+    run_id: str
+    temporal_run_id: str
+    agent: str
+    request: ApprovalRequest
+
+
+class HaltCheck(BaseModel):
+    """Input of `halt.verify`: an operator's signed halt of a run."""
+
+    model_config = _WIRE
+
+    signed: SignedStatement
+    run_id: str
+
+
+class ApprovalVerdict(BaseModel):
+    """What `approval.verify` made of a signed verdict: the verified person, or why it is refused."""
+
+    model_config = _WIRE
+
+    accepted: bool
+    person: str
+    reason: str
+    groups: tuple[str, ...] = ()
+    evidence: str = ""
+
+
 class ApprovalAttempt(BaseModel):
     """What the run made of one approval signal (queried by the CLI)."""
 
@@ -455,4 +502,11 @@ def redact_args(args: dict[str, Any], limit: int = 120) -> dict[str, Any]:
     return out
 
 
+from lockgate.people import SignedStatement  # noqa: E402 - people builds on canonical_json above
+
+GateRequest.model_rebuild()
+RunOpen.model_rebuild()
+RunInput.model_rebuild()
+ApprovalCheck.model_rebuild()
+HaltCheck.model_rebuild()
 RunStatus.model_rebuild()

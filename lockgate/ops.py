@@ -5,19 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 from temporalio.api.enums.v1 import WorkflowExecutionStatus
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from lockgate.errors import UserError
+from lockgate.identity import OperatorSession, sign
 from lockgate.ids import InvalidRunId, check_run_id
-from lockgate.models import MAX_ARGS_BYTES, ApprovalAttempt, ApprovalRequest, ApprovalSignal, RunInput, RunStatus
+from lockgate.models import MAX_ARGS_BYTES, ApprovalAttempt, ApprovalRequest, RunInput, RunStatus, args_digest
 from lockgate.spec import describe_validation, registry
 
 __all__ = [
@@ -65,17 +65,27 @@ def parse_input(agent_name: str, raw: str | None) -> dict[str, Any]:
 
 
 async def start_run(
-    client: Client, task_queue: str, agent: str, data: dict[str, Any], *, initiator: str, run_id: str | None = None
+    client: Client,
+    task_queue: str,
+    agent: str,
+    data: dict[str, Any],
+    *,
+    session: OperatorSession,
+    run_id: str | None = None,
 ) -> WorkflowHandle[Any, Any]:
+    """Starts a run as the logged-in person: their signed start statement makes them its initiator."""
     run_id = run_id or f"{agent}-{uuid.uuid4().hex[:10]}"
     try:
         check_run_id(run_id)
     except InvalidRunId as err:
         raise UserError(str(err)) from None
+    start = await asyncio.to_thread(
+        sign, session, "start", {"run_id": run_id, "agent": agent, "input_digest": args_digest(data)}
+    )
     try:
         return await client.start_workflow(
             WORKFLOW,
-            RunInput(agent=agent, input=data, initiator=initiator),
+            RunInput(agent=agent, input=data, initiator=session.name, start=start),
             id=run_id,
             task_queue=task_queue,
             # A run id names one run forever: the ledger and the audit are keyed by it.
@@ -166,48 +176,46 @@ async def send_verdict(
     run_id: str,
     request_id: str,
     *,
-    approver: str,
+    session: OperatorSession,
     approve: bool,
     reason: str = "",
     args_digest: str | None = None,
-    timeout: float = 30,
 ) -> ApprovalAttempt:
-    """Signals an approval/rejection and waits until the run has recorded what it made of it."""
+    """Signs the person's approval or rejection of exactly this request (run, Temporal run, request,
+    decision, tool, args digest) and sends it as an update: the run answers with its verdict."""
     desc = await _describe(client, run_id)
     if desc.status != WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING:
         raise UserError(f"run {run_id} is not running ({_CLOSED.get(desc.status, 'closed')})")
     handle = client.get_workflow_handle(run_id)
     pending = await handle.query("pending_approvals", result_type=list[ApprovalRequest])
     match = next((p for p in pending if p.request_id == request_id), None)
-    if args_digest is None:
-        args_digest = match.args_digest if match else ""
-    signal = ApprovalSignal(
-        attempt_id=uuid.uuid4().hex,
-        run_id=run_id,
-        decision_id=match.decision_id if match else "",
-        request_id=request_id,
-        approver=approver,
-        args_digest=args_digest,
-        reason=reason,
-        sent_at=datetime.now(UTC),
-    )
-    await handle.signal("approve" if approve else "reject", signal)
-    deadline = asyncio.get_running_loop().time() + timeout
-    while asyncio.get_running_loop().time() < deadline:
-        attempt = await handle.query("approval_attempt", signal.attempt_id, result_type=ApprovalAttempt | None)
-        if attempt is not None:
-            return attempt
-        await asyncio.sleep(0.1)
-    raise UserError(f"run {run_id} did not record the {'approval' if approve else 'rejection'} within {timeout:.0f}s")
+    fields: dict[str, str | int | bool | None] = {
+        "run_id": run_id,
+        "temporal_run_id": desc.run_id,
+        "request_id": request_id,
+        "decision_id": match.decision_id if match else "",
+        "tool": match.tool if match else "",
+        "args_digest": args_digest if args_digest is not None else (match.args_digest if match else ""),
+        "reason": reason[:500],
+    }
+    signed = await asyncio.to_thread(sign, session, "approve" if approve else "reject", fields)
+    try:
+        return await handle.execute_update(
+            "approve" if approve else "reject", signed, result_type=ApprovalAttempt, id=signed.statement.nonce
+        )
+    except WorkflowUpdateFailedError as err:
+        raise UserError(f"run {run_id} did not take the {'approval' if approve else 'rejection'}: {err.cause}") from None
 
 
-async def halt_run(client: Client, run_id: str, reason: str) -> None:
+async def halt_run(client: Client, run_id: str, reason: str, *, session: OperatorSession) -> None:
+    """An operator's signed halt (group `operators`): the run stops, compensates and revokes."""
     desc = await _describe(client, run_id)
     if desc.status != WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING:
         raise UserError(f"run {run_id} is not running ({_CLOSED.get(desc.status, 'closed')})")
-    handle = client.get_workflow_handle(run_id)
-    await handle.signal("halt", reason)
-    await handle.cancel()
+    signed = await asyncio.to_thread(sign, session, "halt", {"run_id": run_id, "reason": reason[:500]})
+    answer = await client.get_workflow_handle(run_id).execute_update("halt", signed, result_type=str)
+    if answer.startswith("refused"):
+        raise UserError(f"halt {answer}")
 
 
 async def wait_closed(client: Client, run_id: str, timeout: float = 60) -> str:

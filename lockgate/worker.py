@@ -22,7 +22,9 @@ from temporalio.client import Client, Plugin
 from temporalio.envconfig import ClientConfig
 from temporalio.worker import Worker
 
-from lockgate.activities.freeze import FreezeStore
+from lockgate.activities.approvals import ApprovalActivities
+from lockgate.activities.freeze import FreezeStore, unfreeze_verifier
+from lockgate.activities.identity import PeopleDirectory
 from lockgate.activities.governance import GovernanceActivities, bundle_content
 from lockgate.activities.ledger import Ledger
 from lockgate.activities.planner import LLMPlannerActivities
@@ -69,6 +71,8 @@ class Deps:
     bundle: PolicyBundle
     freezes: FreezeStore
     agents: AgentRegistry = field(default_factory=AgentRegistry)
+    # Verifies people's signed acts (approvals, starts, halts, unfreezes) with Vault's public keys.
+    people: PeopleDirectory | None = None
 
     def current_bundle(self) -> PolicyBundle:
         return self.bundle
@@ -139,14 +143,33 @@ def build_deps(settings: Settings, agents: AgentRegistry | None = None) -> Deps:
         raise UserError(f"cannot log in to Vault at {settings.vault_addr} with AppRole: {err}") from err
     ledger = Ledger(settings.ledger_url)
     ledger.register_bundle(bundle.hash, bundle_content(bundle))
+    people = PeopleDirectory(vault, archive=lambda key, data: ledger.try_append(key, "keys", "identity.key", data))
     return Deps(
-        settings=settings, vault=vault, ledger=ledger, bundle=bundle, freezes=FreezeStore(ledger), agents=agents
+        settings=settings,
+        vault=vault,
+        ledger=ledger,
+        bundle=bundle,
+        freezes=FreezeStore(ledger, verify=unfreeze_verifier(people)),
+        agents=agents,
+        people=people,
     )
+
+
+def build_approvals(deps: Deps) -> ApprovalActivities | None:
+    if deps.people is None:
+        return None
+    return ApprovalActivities(people=deps.people, agents=deps.agents, ledger=deps.ledger)
 
 
 def build_governance(deps: Deps) -> GovernanceActivities:
     return GovernanceActivities(
-        bundle=deps.current_bundle, agents=deps.agents, ledger=deps.ledger, vault=deps.vault, freezes=deps.freezes
+        bundle=deps.current_bundle,
+        agents=deps.agents,
+        ledger=deps.ledger,
+        vault=deps.vault,
+        freezes=deps.freezes,
+        people=deps.people,
+        approvals=build_approvals(deps),
     )
 
 
@@ -185,7 +208,10 @@ def build_activities(deps: Deps) -> list[Callable[..., Any]]:
     governance = build_governance(deps)
     tools = build_tools(deps, governance)
     planner = LLMPlannerActivities(agents=deps.agents, vault=deps.vault)
+    approvals = build_approvals(deps)
+    people: list[Callable[..., Any]] = [approvals.verify, approvals.verify_halt] if approvals else []
     return [
+        *people,
         governance.evaluate,
         governance.open_run,
         governance.close_run,

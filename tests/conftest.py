@@ -20,6 +20,7 @@ from typing import Any
 import hvac
 import psycopg
 import pytest
+from lockgate.identity import OperatorSession, login_userpass, sign
 from temporalio.client import Client, WorkflowHandle
 from temporalio.exceptions import ActivityError, ChildWorkflowError
 
@@ -27,7 +28,7 @@ import examples.report_agent  # noqa: F401 - the README's example agent
 import tests.agents  # noqa: F401 - registers test agents before Vault is bootstrapped
 from lockgate.config import Settings, load_settings
 from lockgate.devstack import DevStack
-from lockgate.models import ApprovalRequest, RunInput, RunStatus
+from lockgate.models import ApprovalRequest, RunInput, RunStatus, args_digest
 from lockgate.testing import LocalStack
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,7 +69,10 @@ def local(tmp_path_factory: pytest.TempPathFactory, policy_dir: Path) -> Iterato
     with LocalStack(
         agent_modules=AGENT_MODULES, policy_dir=policy_dir, base_dir=tmp_path_factory.mktemp("stack")
     ) as local:
+        _STACK.update(local.env())
         yield local
+        _STACK.clear()
+        _PEOPLE.clear()
 
 
 @pytest.fixture(scope="session")
@@ -178,19 +182,41 @@ def outside(settings: Settings) -> Outside:
     return Outside(settings)
 
 
+# The dev people of the session's stack (Vault userpass), logged in once each.
+_STACK: dict[str, str] = {}
+_PEOPLE: dict[str, OperatorSession] = {}
+
+
+def person(name: str) -> OperatorSession:
+    """A dev person's operator session (alice, bob, carol, dave, erin, mallory, ...)."""
+    if name not in _PEOPLE:
+        _PEOPLE[name] = login_userpass(_STACK["VAULT_ADDR"], name, _STACK["LOCKGATE_DEV_PASSWORD"])
+    return _PEOPLE[name]
+
+
+def as_person(env: dict[str, str], name: str) -> dict[str, str]:
+    """The CLI environment of `name`, logged in (their operator token)."""
+    return {**env, "LOCKGATE_OPERATOR_TOKEN": person(name).token}
+
+
 async def start(
     client: Client,
     task_queue: str,
     agent: str,
     data: dict[str, Any],
     *,
-    initiator: str = "tester",
+    initiator: str = "erin",
     run_id: str | None = None,
 ) -> WorkflowHandle[Any, Any]:
+    """Starts a run as `initiator` would: with their signed start statement."""
+    run_id = run_id or f"{agent}-{uuid.uuid4().hex[:10]}"
+    signed = await asyncio.to_thread(
+        sign, person(initiator), "start", {"run_id": run_id, "agent": agent, "input_digest": args_digest(data)}
+    )
     return await client.start_workflow(
         "lockgate.agent",
-        RunInput(agent=agent, input=data, initiator=initiator),
-        id=run_id or f"{agent}-{uuid.uuid4().hex[:10]}",
+        RunInput(agent=agent, input=data, initiator=initiator, start=signed),
+        id=run_id,
         task_queue=task_queue,
     )
 

@@ -11,7 +11,7 @@ from temporalio.exceptions import ApplicationError
 
 from lockgate import errors
 from lockgate.ops import list_pending, send_verdict
-from tests.conftest import Outside, cli, finish, ledger_events, pending_request, start, status_of
+from tests.conftest import Outside, as_person, cli, finish, ledger_events, pending_request, person, start, status_of
 
 
 async def test_every_refusal_path_changes_nothing_and_is_recorded(
@@ -34,18 +34,20 @@ async def test_every_refusal_path_changes_nothing_and_is_recorded(
     assert (await status_of(handle)).state == "awaiting_approval"
 
     refusals = [
-        dict(approver="mallory", why="not in group finance"),
-        dict(approver="carol", why="not in group finance"),
-        dict(approver="alice", why="separation of duties"),  # the initiator
-        dict(approver="bob", why="separation of duties"),  # the agent's owner
+        dict(session=person("mallory"), why="not in group finance"),
+        dict(session=person("carol"), why="not in group finance"),
+        dict(session=person("alice"), why="separation of duties"),  # the initiator
+        dict(session=person("bob"), why="separation of duties"),  # the agent's owner
     ]
     for r in refusals:
-        attempt = await send_verdict(client, handle.id, req.request_id, approver=r["approver"], approve=True)
+        attempt = await send_verdict(client, handle.id, req.request_id, session=person(r["approver"]), approve=True)
         assert not attempt.accepted and r["why"] in attempt.reason, (r, attempt)
     # Another user of the group, but for different args than the request's.
-    wrong = await send_verdict(client, handle.id, req.request_id, approver="bob", approve=True, args_digest="0" * 64)
+    wrong = await send_verdict(
+        client, handle.id, req.request_id, session=person("bob"), approve=True, args_digest="0" * 64
+    )
     assert not wrong.accepted
-    unknown = await send_verdict(client, handle.id, "99.1", approver="alice", approve=True)
+    unknown = await send_verdict(client, handle.id, "99.1", session=person("alice"), approve=True)
     assert not unknown.accepted and "no pending approval request" in unknown.reason
 
     # Nothing changed: still waiting, no refund, no lease for the gated step.
@@ -62,7 +64,7 @@ async def test_every_refusal_path_changes_nothing_and_is_recorded(
     assert len(ledger_events(deps, handle.id, "approval.expired")) == 1
     outside.assert_nothing_leaked()
     # After the run ended, a late approval is refused (exit 2) and still recorded.
-    late = await cli(env, "approve", handle.id, req.request_id, "--as", "bob")
+    late = await cli(as_person(env, "bob"), "approve", handle.id, req.request_id)
     assert late.returncode == 2 and "not running" in late.stderr
     assert len(ledger_events(deps, handle.id, "approval.refused")) == 7
 
@@ -72,9 +74,9 @@ async def test_cli_approve_refused_exits_2_and_accepted_exits_0(
 ) -> None:
     handle = await start(client, worker_running, "refund-agent", {"order_id": "A-1002", "amount_cents": 15000})
     req = await pending_request(handle)
-    refused = await cli(env, "approve", handle.id, req.request_id, "--as", "mallory")
+    refused = await cli(as_person(env, "mallory"), "approve", handle.id, req.request_id)
     assert refused.returncode == 2 and "mallory is not in group finance" in refused.stderr
-    ok = await cli(env, "approve", handle.id, req.request_id, "--as", "alice", "--reason", "checked the photos")
+    ok = await cli(as_person(env, "alice"), "approve", handle.id, req.request_id, "--reason", "checked the photos")
     assert ok.returncode == 0, ok.stderr
     assert await finish(handle) is None
     rows = outside.refunds(handle.id)
@@ -89,7 +91,7 @@ async def test_rejection_denies_the_step_with_the_reason(
 ) -> None:
     handle = await start(client, worker_running, "refund-agent", {"order_id": "A-1002", "amount_cents": 12000})
     req = await pending_request(handle)
-    result = await cli(env, "reject", handle.id, req.request_id, "--as", "bob", "--reason", "duplicate claim")
+    result = await cli(as_person(env, "bob"), "reject", handle.id, req.request_id, "--reason", "duplicate claim")
     assert result.returncode == 0, result.stderr
     cause = await finish(handle)
     assert isinstance(cause, ApplicationError) and cause.type == errors.APPROVAL_REJECTED
@@ -115,12 +117,12 @@ async def test_quorum_counts_distinct_approvers(
     )
     req = await pending_request(close)
     assert (req.group, req.quorum) == ("support-leads", 2)
-    first = await send_verdict(client, close.id, req.request_id, approver="carol", approve=True)
-    again = await send_verdict(client, close.id, req.request_id, approver="carol", approve=True)
+    first = await send_verdict(client, close.id, req.request_id, session=person("carol"), approve=True)
+    again = await send_verdict(client, close.id, req.request_id, session=person("carol"), approve=True)
     assert first.accepted and not again.accepted and "already approved" in again.reason
     status = await status_of(close)
     assert status.state == "awaiting_approval" and status.pending_approvals[0].approvals == ("carol",)
-    second = await send_verdict(client, close.id, req.request_id, approver="dave", approve=True)
+    second = await send_verdict(client, close.id, req.request_id, session=person("dave"), approve=True)
     assert second.accepted
     assert await finish(close) is None
     with outside.pg() as conn:
@@ -191,7 +193,7 @@ async def test_pending_lists_exactly_the_waiting_requests(
     assert ours <= {r["run_id"] for r in json.loads(result.stdout)}
     # Approve one; it leaves the list.
     approve = next(h for h in handles if h.id == row["run_id"])
-    await send_verdict(client, approve.id, row["request_id"], approver="alice", approve=True)
+    await send_verdict(client, approve.id, row["request_id"], session=person("alice"), approve=True)
     assert await finish(approve) is None
     for _ in range(100):
         left = {r["run_id"] for r in await list_pending(client, "refund-agent")} & ours

@@ -20,7 +20,7 @@ from lockgate.config import Settings
 from lockgate.models import ApprovalRequest
 from lockgate.ops import send_verdict
 from tests import agents
-from tests.conftest import finish, ledger_events, start, status_of
+from tests.conftest import finish, ledger_events, person, start, status_of
 
 API_KEY = "sk-test-0123456789abcdef"
 
@@ -127,7 +127,9 @@ async def test_llm_unknown_tool_is_denied_and_unsure_calls_escalate(
             break
         await asyncio.sleep(0.05)
     assert pending and pending[0].group == "support-leads"
-    assert (await send_verdict(client, handle.id, pending[0].request_id, approver="carol", approve=True)).accepted
+    assert (
+        await send_verdict(client, handle.id, pending[0].request_id, session=person("carol"), approve=True)
+    ).accepted
     cause = await finish(handle)
     assert isinstance(cause, ApplicationError) and "outside the task boundary" in cause.message
     assert [s.tool for s in (await status_of(handle)).steps] == ["qa.mark", "shell__exec"]

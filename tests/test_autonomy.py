@@ -12,7 +12,7 @@ from temporalio.exceptions import ApplicationError, CancelledError
 
 from lockgate import errors
 from lockgate.ops import send_verdict
-from tests.conftest import Outside, cli, finish, ledger_events, pending_request, start, status_of
+from tests.conftest import Outside, as_person, cli, finish, ledger_events, pending_request, person, start, status_of
 
 
 async def wait_state(handle: Any, state: str, timeout: float = 20) -> None:
@@ -38,11 +38,13 @@ async def test_freeze_holds_runs_unfreeze_resumes_halt_compensates(
     halted = await start(client, worker_running, "script-agent", steps(250), initiator="erin")
     req_resumed, req_halted = await pending_request(resumed), await pending_request(halted)
     try:
-        frozen = await cli(env, "freeze", "--agent", "script-agent", "--reason", "incident 42", "--as", "carol")
+        frozen = await cli(as_person(env, "carol"), "freeze", "--agent", "script-agent", "--reason", "incident 42")
         assert frozen.returncode == 0, frozen.stderr
         # Approvals arrive while frozen: the re-evaluated gate holds both runs.
         for handle, req in ((resumed, req_resumed), (halted, req_halted)):
-            assert (await send_verdict(client, handle.id, req.request_id, approver="alice", approve=True)).accepted
+            assert (
+                await send_verdict(client, handle.id, req.request_id, session=person("alice"), approve=True)
+            ).accepted
             await wait_state(handle, "frozen")
         await asyncio.sleep(1)
         for handle in (resumed, halted):
@@ -56,7 +58,7 @@ async def test_freeze_holds_runs_unfreeze_resumes_halt_compensates(
         rows = outside.refunds(halted.id)
         assert len(rows) == 1 and rows[0][4] is not None  # compensated
     finally:
-        unfrozen = await cli(env, "unfreeze", "--agent", "script-agent", "--as", "carol", "--json")
+        unfrozen = await cli(as_person(env, "carol"), "unfreeze", "--agent", "script-agent", "--json")
     assert unfrozen.returncode == 0, unfrozen.stderr
     assert await finish(resumed) is None
     assert [r[1] for r in outside.refunds(resumed.id)] == [300, 20000]
@@ -151,7 +153,7 @@ async def test_low_confidence_escalates_to_approval(client: Client, worker_runni
     )
     req = await pending_request(handle)
     assert req.group == "support-leads"
-    assert (await send_verdict(client, handle.id, req.request_id, approver="dave", approve=True)).accepted
+    assert (await send_verdict(client, handle.id, req.request_id, session=person("dave"), approve=True)).accepted
     assert await finish(handle) is None
     decisions = ledger_events(deps, handle.id, "decision")
     assert [(d["gate"], d["outcome"]) for d in decisions] == [("confidence", "approval"), ("policy", "allow")]

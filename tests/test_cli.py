@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from lockgate.text import safe_md
-from tests.conftest import cli
+from tests.conftest import as_person, cli
 
 
 @pytest.fixture(scope="module")
 def cli_env(env: dict[str, str], worker_running: str) -> dict[str, str]:
-    return env
+    return as_person(env, "erin")
 
 
 async def test_run_wait_json_then_status_and_audit(cli_env: dict[str, str]) -> None:
@@ -24,8 +25,6 @@ async def test_run_wait_json_then_status_and_audit(cli_env: dict[str, str]) -> N
         "refund-agent",
         "--input",
         '{"order_id": "A-1001", "amount_cents": 300}',
-        "--as",
-        "erin",
         "--wait",
         "--json",
     )
@@ -83,7 +82,7 @@ async def test_run_prints_the_run_id_without_wait(cli_env: dict[str, str]) -> No
         (["status", "no-such-run"], "unknown run"),
         (["audit", "no-such-run"], "unknown run"),
         (["halt", "no-such-run"], "unknown run"),
-        (["approve", "no-such-run", "1.1", "--as", "alice"], "unknown run"),
+        (["approve", "no-such-run", "1.1"], "unknown run"),
     ],
 )
 async def test_bad_input_exits_2_with_one_clear_line(cli_env: dict[str, str], args: list[str], message: str) -> None:
@@ -129,3 +128,16 @@ async def test_verify_ledger(cli_env: dict[str, str]) -> None:
     result = await cli(cli_env, "verify", "--json")
     data: dict[str, Any] = json.loads(result.stdout)
     assert result.returncode == 0 and data["intact"] is True
+
+
+async def test_acting_without_being_logged_in_is_refused(
+    env: dict[str, str], worker_running: str, tmp_path: Path
+) -> None:
+    for args in (
+        ["run", "refund-agent", "--input", '{"order_id": "A-1001", "amount_cents": 300}'],
+        ["approve", "some-run", "1.1"],
+        ["halt", "some-run"],
+        ["freeze", "--agent", "refund-agent"],
+    ):
+        result = await cli({**env, "LOCKGATE_OPERATOR_TOKEN": "", "LOCKGATE_STATE_DIR": str(tmp_path)}, *args)
+        assert result.returncode == 2 and "not logged in" in result.stderr, (args, result.stderr)

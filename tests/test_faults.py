@@ -17,7 +17,7 @@ from lockgate.config import load_settings
 from lockgate.devstack import DevStack, free_port
 from lockgate.models import ApprovalRequest
 from lockgate.ops import send_verdict
-from tests.conftest import Outside, finish, ledger_events, start, status_of
+from tests.conftest import Outside, finish, ledger_events, person, start, status_of
 
 
 async def test_vault_unresponsive_no_tool_runs_without_its_lease(
@@ -92,7 +92,9 @@ async def test_temporal_restart_while_waiting_for_approval(tmp_path: Path, polic
                     assert time.monotonic() < deadline
                     await asyncio.sleep(0.5)
             assert len(pending) == 1
-            attempt = await send_verdict(client, handle.id, pending[0].request_id, approver="alice", approve=True)
+            attempt = await send_verdict(
+                client, handle.id, pending[0].request_id, session=person("alice"), approve=True
+            )
             assert attempt.accepted
             assert await finish(handle) is None
             assert (await status_of(handle)).state == "completed"

@@ -41,7 +41,7 @@ def decide(bundle: PolicyBundle, tool: str, args: dict, agent: str = "refund-age
         decision_id="d-1",
         run_id="r-1",
         agent=agent,
-        initiator="tester",
+        initiator="erin",
         step=1,
         call=ToolCall(tool=tool, args=args),
         state=GateState(**state),
@@ -147,7 +147,7 @@ def test_low_confidence_asks_for_approval_not_deny(bundle: PolicyBundle) -> None
         decision_id="d",
         run_id="r",
         agent="refund-agent",
-        initiator="t",
+        initiator="erin",
         step=1,
         call=ToolCall(tool="orders.lookup", args={"order_id": "A-1001"}, confidence=0.4),
     )
@@ -192,7 +192,7 @@ def test_delegation_never_widens_authority(bundle: PolicyBundle) -> None:
             decision_id="d",
             run_id="r",
             agent="script-agent",
-            initiator="t",
+            initiator="erin",
             step=1,
             call=ToolCall(
                 tool="agent.delegate",
@@ -212,7 +212,7 @@ def test_delegation_never_widens_authority(bundle: PolicyBundle) -> None:
         decision_id="d",
         run_id="r",
         agent="refund-agent",
-        initiator="t",
+        initiator="erin",
         step=1,
         call=ToolCall(tool="agent.delegate", args={"agent": "script-agent", "tools": [], "budget": 0}),
     )
@@ -244,7 +244,7 @@ def test_unknown_agent_is_denied(bundle: PolicyBundle) -> None:
         decision_id="d",
         run_id="r",
         agent="ghost",
-        initiator="t",
+        initiator="erin",
         step=1,
         call=ToolCall(tool="orders.lookup", args={"order_id": "A-1001"}),
     )
@@ -287,7 +287,7 @@ def _free_call(args: dict) -> tuple[PolicyBundle, Any, GateRequest]:
         decision_id="d",
         run_id="r",
         agent="script-agent",
-        initiator="t",
+        initiator="erin",
         step=1,
         call=ToolCall(tool="qa.mark", args=args),
     )

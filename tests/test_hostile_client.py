@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lockgate.identity import sign
 from temporalio.client import Client
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError
@@ -21,7 +22,6 @@ from temporalio.exceptions import ApplicationError
 from lockgate import errors
 from lockgate.models import (
     ApprovalAttempt,
-    ApprovalSignal,
     GateRequest,
     GateState,
     ParentLink,
@@ -34,7 +34,18 @@ from lockgate.models import (
     ToolInvocation,
 )
 from tests import agents
-from tests.conftest import Outside, cli, finish, ledger_events, ledger_kinds, pending_request, start, status_of
+from tests.conftest import (
+    Outside,
+    as_person,
+    cli,
+    finish,
+    ledger_events,
+    ledger_kinds,
+    pending_request,
+    person,
+    start,
+    status_of,
+)
 
 
 def refund(order: str = "A-1001", cents: int = 500) -> dict[str, Any]:
@@ -99,7 +110,7 @@ async def test_invalid_run_ids_fail_at_once(client: Client, worker_running: str,
         )
         await refused_at_once(handle, "invalid run id")
     result = await cli(
-        env, "run", "refund-agent", "--id", "runs/../other", "--input", json.dumps(refund()), "--as", "erin"
+        as_person(env, "erin"), "run", "refund-agent", "--id", "runs/../other", "--input", json.dumps(refund())
     )
     assert result.returncode == 2 and "invalid run id" in result.stderr
 
@@ -348,7 +359,28 @@ async def test_halt_waits_for_the_in_flight_tool_before_compensating(
     outside.assert_nothing_leaked()
 
 
-# -- approvals ---------------------------------------------------------------------------------------
+# -- approvals (SCENARIO 22) ---------------------------------------------------------------------
+def approval_of(handle: Any, req: Any, temporal_run_id: str, who: str = "alice") -> Any:
+    """A valid signed approval of `req`, exactly as `lockgate approve` makes it."""
+    return sign(
+        person(who),
+        "approve",
+        {
+            "run_id": handle.id,
+            "temporal_run_id": temporal_run_id,
+            "request_id": req.request_id,
+            "decision_id": req.decision_id,
+            "tool": req.tool,
+            "args_digest": req.args_digest,
+            "reason": "",
+        },
+    )
+
+
+async def attempt_of(handle: Any, name: str, payload: Any) -> ApprovalAttempt:
+    return await handle.execute_update(name, payload, result_type=ApprovalAttempt)
+
+
 async def test_a_captured_approval_does_not_count_for_another_run(
     client: Client, worker_running: str, deps: Any
 ) -> None:
@@ -356,27 +388,91 @@ async def test_a_captured_approval_does_not_count_for_another_run(
     second = await start(client, worker_running, "refund-agent", refund("A-1002", 25000), initiator="erin")
     req1, req2 = await pending_request(first), await pending_request(second)
     assert req1.args_digest == req2.args_digest  # same args: only the binding tells them apart
-    captured = ApprovalSignal(
-        attempt_id=uuid.uuid4().hex,
-        run_id=first.id,
-        decision_id=req1.decision_id,
-        request_id=req1.request_id,
-        approver="alice",
-        args_digest=req1.args_digest,
-    )
-    replayed = captured.model_copy(update={"attempt_id": uuid.uuid4().hex})
-    await second.signal("approve", replayed)
-    for _ in range(100):
-        attempt = await second.query("approval_attempt", replayed.attempt_id, result_type=ApprovalAttempt | None)
-        if attempt is not None:
-            break
-        await asyncio.sleep(0.05)
-    assert attempt is not None and not attempt.accepted and "bound to another run" in attempt.reason
+    captured = approval_of(first, req1, (await first.describe()).run_id)
+    attempt = await attempt_of(second, "approve", captured)
+    assert (not attempt.accepted and "request_id" in attempt.reason) or "run_id" in attempt.reason, attempt.reason
     assert (await second.query("status", result_type=RunStatus)).state == "awaiting_approval"
     refused = ledger_events(deps, second.id, "approval.refused")
-    assert refused and "bound to another run" in refused[-1]["reason"]
-    await first.terminate("done")
+    assert refused and refused[-1]["verified"] is False
+    # The same statement is good for the run it was made for, and counts there once.
+    ok = await attempt_of(first, "approve", captured)
+    assert ok.accepted and ok.approver == "alice"
+    assert await finish(first) is None
     await second.terminate("done")
+
+
+async def test_a_raw_signal_claiming_to_be_alice_is_refused_and_recorded(
+    client: Client, worker_running: str, deps: Any, env: dict[str, str]
+) -> None:
+    handle = await start(client, worker_running, "refund-agent", refund("A-1002", 25000), initiator="erin")
+    req = await pending_request(handle)
+    temporal_run_id = (await handle.describe()).run_id
+    genuine = approval_of(handle, req, temporal_run_id)
+    # Round 1's plain claim, a statement signed by mallory but saying alice, and alice's statement
+    # with the args digest altered: all refused, none counted.
+    plain = {"attempt_id": "x", "request_id": req.request_id, "approver": "alice", "args_digest": req.args_digest}
+    stmt = genuine.statement.model_copy(update={"person": "alice"})
+    by_mallory = sign(person("mallory"), "approve", dict(stmt.fields))
+    as_alice = by_mallory.model_copy(update={"statement": by_mallory.statement.model_copy(update={"person": "alice"})})
+    altered = genuine.model_copy(
+        update={
+            "statement": genuine.statement.model_copy(
+                update={"fields": {**genuine.statement.fields, "args_digest": "0" * 64}}
+            )
+        }
+    )
+    for payload in (plain, as_alice.model_dump(mode="json"), altered.model_dump(mode="json")):
+        await handle.signal("approve", payload)
+    for _ in range(100):
+        refused = ledger_events(deps, handle.id, "approval.refused")
+        if len(refused) >= 3:
+            break
+        await asyncio.sleep(0.1)
+    assert len(refused) == 3 and all(r["verified"] is False for r in refused)
+    assert "forged: not a signed statement" in refused[0]["reason"]
+    assert (await status_of(handle)).state == "awaiting_approval"
+    audit = await cli(env, "audit", handle.id)
+    assert audit.stdout.count("REFUSED approve attempt by alice (unverified)") >= 2
+    await handle.terminate("done")
+
+
+async def test_initiator_owner_outsiders_and_doubles_never_count(
+    client: Client, worker_running: str, deps: Any
+) -> None:
+    # script-agent's owner is bob (finance); alice starts the run herself.
+    handle = await start(
+        client,
+        worker_running,
+        "script-agent",
+        {"steps": [{"tool": "refunds.issue", "args": {"order_id": "A-1002", "amount_cents": 30000}}]},
+        initiator="alice",
+    )
+    req = await pending_request(handle)
+    temporal_run_id = (await handle.describe()).run_id
+    for who, needle in (("alice", "separation of duties"), ("bob", "separation of duties"), ("carol", "not in group")):
+        attempt = await attempt_of(handle, "approve", approval_of(handle, req, temporal_run_id, who))
+        assert not attempt.accepted and needle in attempt.reason, (who, attempt.reason)
+    assert (await status_of(handle)).state == "awaiting_approval"
+    await handle.terminate("done")
+
+
+async def test_removed_from_the_group_before_approving_is_refused(
+    client: Client, worker_running: str, outside: Outside
+) -> None:
+    handle = await start(client, worker_running, "refund-agent", refund("A-1002", 25000), initiator="erin")
+    req = await pending_request(handle)
+    temporal_run_id = (await handle.describe()).run_id
+    group = outside.vault.read("identity/group/name/finance")["data"]
+    bob_id = outside.vault.read("identity/entity/name/bob")["data"]["id"]
+    outside.vault.write(
+        "identity/group/name/finance", member_entity_ids=[m for m in group["member_entity_ids"] if m != bob_id]
+    )
+    try:
+        attempt = await attempt_of(handle, "approve", approval_of(handle, req, temporal_run_id, "bob"))
+        assert not attempt.accepted and "not in group finance" in attempt.reason
+    finally:
+        outside.vault.write("identity/group/name/finance", member_entity_ids=group["member_entity_ids"])
+    await handle.terminate("done")
 
 
 # -- CLI input -----------------------------------------------------------------------------------------
@@ -389,7 +485,7 @@ async def test_a_captured_approval_does_not_count_for_another_run(
     ],
 )
 async def test_cli_input_is_validated_strictly(env: dict[str, str], bad: str) -> None:
-    result = await cli(env, "run", "refund-agent", "--input", bad, "--as", "erin")
+    result = await cli(as_person(env, "erin"), "run", "refund-agent", "--input", bad)
     assert result.returncode == 2 and "amount_cents" in result.stderr
 
 

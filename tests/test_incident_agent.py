@@ -9,7 +9,7 @@ from temporalio.exceptions import ApplicationError
 
 from lockgate import errors
 from lockgate.ops import send_verdict
-from tests.conftest import Outside, finish, pending_request, start, status_of
+from tests.conftest import Outside, finish, pending_request, person, start, status_of
 
 
 def host(outside: Outside, host_id: str) -> tuple[Any, ...]:
@@ -33,9 +33,9 @@ async def test_quarantine_only_after_oncall_approval(client: Client, worker_runn
     req = await pending_request(handle)
     assert (req.tool, req.group) == ("host.quarantine", "sre-oncall")
     assert host(outside, "web-1")[0] is None  # not before approval
-    refused = await send_verdict(client, handle.id, req.request_id, approver="alice", approve=True)
+    refused = await send_verdict(client, handle.id, req.request_id, session=person("alice"), approve=True)
     assert not refused.accepted and "sre-oncall" in refused.reason
-    assert (await send_verdict(client, handle.id, req.request_id, approver="frank", approve=True)).accepted
+    assert (await send_verdict(client, handle.id, req.request_id, session=person("frank"), approve=True)).accepted
     assert await finish(handle) is None
     assert host(outside, "web-1")[0] is not None
     assert [t[0] for t in tickets(outside, handle.id)] == ["high"]
@@ -48,7 +48,9 @@ async def test_rejected_quarantine_closes_the_ticket(client: Client, worker_runn
     handle = await start(client, worker_running, "incident-agent", {"host_id": "web-1"}, initiator="erin")
     req = await pending_request(handle)
     assert (
-        await send_verdict(client, handle.id, req.request_id, approver="grace", approve=False, reason="false positive")
+        await send_verdict(
+            client, handle.id, req.request_id, session=person("grace"), approve=False, reason="false positive"
+        )
     ).accepted
     cause = await finish(handle)
     assert isinstance(cause, ApplicationError) and cause.type == errors.APPROVAL_REJECTED
@@ -62,7 +64,7 @@ async def test_failed_page_releases_the_quarantine(client: Client, worker_runnin
     release_all(outside)
     handle = await start(client, worker_running, "incident-agent", {"host_id": "web-2", "page": True}, initiator="erin")
     req = await pending_request(handle)
-    assert (await send_verdict(client, handle.id, req.request_id, approver="frank", approve=True)).accepted
+    assert (await send_verdict(client, handle.id, req.request_id, session=person("frank"), approve=True)).accepted
     cause = await finish(handle)
     assert isinstance(cause, ApplicationError) and "no owning team" in cause.message
     assert host(outside, "web-2") == (None, None)  # the quarantine was released by its compensation

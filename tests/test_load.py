@@ -9,7 +9,7 @@ from typing import Any
 from temporalio.client import Client
 
 from lockgate.ops import list_pending, send_verdict
-from tests.conftest import Outside, finish, start, status_of
+from tests.conftest import Outside, finish, person, start, status_of
 
 AUTONOMOUS, GATED = 150, 50
 
@@ -48,7 +48,9 @@ async def test_200_concurrent_runs_with_50_approvals(
         for row in listed:
             if row["run_id"] in approved:
                 continue  # visibility lags a moment behind an approval already recorded
-            attempt = await send_verdict(client, row["run_id"], row["request_id"], approver="alice", approve=True)
+            attempt = await send_verdict(
+                client, row["run_id"], row["request_id"], session=person("alice"), approve=True
+            )
             assert attempt.accepted, (row, attempt.reason)
             approved.add(row["run_id"])
         await asyncio.sleep(0.2)

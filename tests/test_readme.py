@@ -6,7 +6,7 @@ import asyncio
 import json
 import re
 
-from tests.conftest import ROOT, cli
+from tests.conftest import ROOT, as_person, cli
 
 
 def test_readme_shows_the_example_files_verbatim() -> None:
@@ -25,7 +25,7 @@ def test_every_command_in_the_readme_exists() -> None:
 
 
 async def test_the_walkthrough(env: dict[str, str], worker_running: str) -> None:
-    started = await cli(env, "run", "report-agent", "--input", '{"status": "all"}', "--as", "erin")
+    started = await cli(as_person(env, "erin"), "run", "report-agent", "--input", '{"status": "all"}')
     assert started.returncode == 0, started.stderr
     run_id = started.stdout.strip()
     for _ in range(100):
@@ -35,7 +35,7 @@ async def test_the_walkthrough(env: dict[str, str], worker_running: str) -> None
             break
         await asyncio.sleep(0.2)
     assert mine and (mine[0]["request_id"], mine[0]["tool"], mine[0]["group"]) == ("1.1", "orders.count", "finance")
-    approved = await cli(env, "approve", run_id, "1.1", "--as", "alice", "--reason", "weekly report")
+    approved = await cli(as_person(env, "alice"), "approve", run_id, "1.1", "--reason", "weekly report")
     assert approved.returncode == 0, approved.stderr
     for _ in range(100):
         status = json.loads((await cli(env, "status", run_id, "--json")).stdout)

@@ -16,7 +16,7 @@ from temporalio.client import Client
 
 from lockgate.config import Settings
 from lockgate.ops import send_verdict
-from tests.conftest import cli, finish, pending_request, start
+from tests.conftest import cli, finish, pending_request, person, start
 
 
 def decoded_payloads(messages: Any) -> list[str]:
@@ -81,7 +81,7 @@ async def test_no_secret_leaves_its_activity(
     happy = await start(client, worker_running, "refund-agent", {"order_id": "A-1001", "amount_cents": 200})
     gated = await start(client, worker_running, "refund-agent", {"order_id": "A-1002", "amount_cents": 20000})
     request = await pending_request(gated)
-    await send_verdict(client, gated.id, request.request_id, approver="bob", approve=True)
+    await send_verdict(client, gated.id, request.request_id, session=person("bob"), approve=True)
     failing = await start(
         client,
         worker_running,

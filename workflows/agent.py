@@ -26,13 +26,15 @@ with workflow.unsafe.imports_passed_through():
     from lockgate.models import (
         DELEGATE_TOOL,
         ApprovalAttempt,
+        ApprovalCheck,
         ApprovalRequest,
-        ApprovalSignal,
+        ApprovalVerdict,
         AuditEvent,
         Decision,
         DelegateArgs,
         GateRequest,
         GateState,
+        HaltCheck,
         ParentLink,
         PlanProposal,
         PlanRequest,
@@ -54,6 +56,7 @@ with workflow.unsafe.imports_passed_through():
         canonical_json,
         redact_args,
     )
+    from lockgate.people import SignedStatement
     from lockgate.spec import AgentSpec, LLMPlanner, Step, Tool, ToolSpec, agents_for, describe_validation
 
 __all__ = ["SA_AGENT", "SA_INITIATOR", "SA_PENDING", "SA_STATE", "AgentWorkflow"]
@@ -196,7 +199,10 @@ class AgentWorkflow:
         self._pending: dict[str, ApprovalRequest] = {}
         self._verdicts: dict[str, str] = {}  # request id -> "approved" | "rejected: reason"
         self._attempts: dict[str, ApprovalAttempt] = {}
-        self._approvers: dict[str, tuple[str, ...]] = {}
+        # Accepted signed approvals per pending request, and approval rounds per step.
+        self._evidence: dict[str, list[SignedStatement]] = {}
+        self._rounds: dict[int, int] = {}
+        self._plan_task: asyncio.Task[None] | None = None
         self._halt_reason: str | None = None
         self._call_times: dict[str, list[datetime]] = {}
         self._deadline_at: datetime | None = None
@@ -250,7 +256,9 @@ class AgentWorkflow:
             )
         failure: BaseException | None = None
         try:
-            await self._plan(agent)
+            # A task of its own, so that a verified `halt` can cancel exactly the planning.
+            self._plan_task = asyncio.create_task(self._plan(agent))
+            await self._plan_task
         except (asyncio.CancelledError, CancelledError) as err:
             failure = err
             self._error = f"halted: {self._halt_reason or 'cancelled'}"
@@ -311,6 +319,8 @@ class AgentWorkflow:
                 # From Temporal's own facts, never from the input.
                 parent_run_id=workflow.info().parent.workflow_id if workflow.info().parent else None,  # type: ignore[union-attr]
                 parent=inp.parent,
+                start=inp.start,
+                input_digest=args_digest(inp.input),
             ),
             result_type=RunIdentity,
             **RUN_CALL,
@@ -446,9 +456,9 @@ class AgentWorkflow:
         self, agent: AgentSpec, tool: ToolSpec, call: ToolCall, step: int, key: str, compensation: bool, source: str
     ) -> tuple[ToolOutcome, GateRequest]:
         """Invokes the tool activity until it runs: through freezes and approvals, or raises _Denied."""
-        approved: tuple[str, ...] = ()
+        approvals: tuple[SignedStatement, ...] = ()
         while True:
-            request = self._request(agent, call, step, approved, compensation, source)
+            request = self._request(agent, call, step, approvals, compensation, source)
             invocation = ToolInvocation(
                 run_id=self._run_id,
                 step=step,
@@ -468,7 +478,7 @@ class AgentWorkflow:
                 raise
             finally:
                 self._in_flight -= 1
-            if not compensation and workflow.cancellation_reason() is not None:
+            if not compensation and (workflow.cancellation_reason() is not None or self._halt_reason is not None):
                 # Halted while the tool ran: the fence let it finish; now stop and compensate it too.
                 self._record(
                     _step_record(step, call, request, outcome.decision),
@@ -484,7 +494,7 @@ class AgentWorkflow:
             if _frozen(decision):
                 await self._wait_unfrozen()
             elif decision.outcome == "approval":
-                approved = await self._approval(agent, call, step, decision, approved)
+                approvals = await self._approval(agent, call, step, decision, approvals)
             else:
                 self._record(
                     _step_record(step, call, request, decision), compensation, error="; ".join(decision.reasons)
@@ -497,16 +507,16 @@ class AgentWorkflow:
     async def _call_builtin(
         self, agent: AgentSpec, call: ToolCall, step: int, compensation: bool, source: str = "planner"
     ) -> ToolOutcome:
-        approved: tuple[str, ...] = ()
+        approvals: tuple[SignedStatement, ...] = ()
         while True:
-            request = self._request(agent, call, step, approved, compensation, source)
+            request = self._request(agent, call, step, approvals, compensation, source)
             decision = await workflow.execute_local_activity(
                 "gate.evaluate", request, result_type=Decision, **GATE_CALL
             )
             if _frozen(decision):
                 await self._wait_unfrozen()
             elif decision.outcome == "approval":
-                approved = await self._approval(agent, call, step, decision, approved)
+                approvals = await self._approval(agent, call, step, decision, approvals)
             else:
                 break
         record = _step_record(step, call, request, decision)
@@ -526,7 +536,7 @@ class AgentWorkflow:
         agent: AgentSpec,
         call: ToolCall,
         step: int,
-        approved: tuple[str, ...],
+        approvals: tuple[SignedStatement, ...],
         compensation: bool,
         source: str = "planner",
     ) -> GateRequest:
@@ -542,7 +552,6 @@ class AgentWorkflow:
                 steps_taken=len(self._steps),
                 spent=self._spent,
                 tainted=self._tainted,
-                approved_groups=approved,
                 boundary=self._boundary,
                 budget=self._budget,
                 deadline_at=self._deadline_at,
@@ -550,6 +559,7 @@ class AgentWorkflow:
             ),
             compensation=compensation,
             source="engine" if compensation else source,  # type: ignore[arg-type]  # one of the three
+            approvals=approvals,
         )
 
     def _recent_calls(self, agent: AgentSpec, tool: str) -> tuple[datetime, ...]:
@@ -627,14 +637,21 @@ class AgentWorkflow:
 
     # -- approvals -----------------------------------------------------------------------------
     async def _approval(
-        self, agent: AgentSpec, call: ToolCall, step: int, decision: Decision, approved: tuple[str, ...]
-    ) -> tuple[str, ...]:
-        """Asks the decision's group and waits. Returns the approved groups to evaluate the call
-        again with (policy, not the approval, has the last word); raises _Denied on rejection or expiry."""
+        self,
+        agent: AgentSpec,
+        call: ToolCall,
+        step: int,
+        decision: Decision,
+        approvals: tuple[SignedStatement, ...],
+    ) -> tuple[SignedStatement, ...]:
+        """Asks the decision's group and waits. Returns the signed approvals to evaluate the call
+        again with (policy, not the approval, has the last word: the deciding activity verifies
+        each one itself); raises _Denied on rejection or expiry."""
         assert decision.approver_group is not None
         now = workflow.now()
+        self._rounds[step] = self._rounds.get(step, 0) + 1
         request = ApprovalRequest(
-            request_id=f"{step}.{len(approved) + 1}",
+            request_id=f"{step}.{self._rounds[step]}",
             run_id=self._run_id,
             agent=agent.name,
             step=step,
@@ -649,7 +666,7 @@ class AgentWorkflow:
             policy_ids=decision.policy_ids,
         )
         self._pending[request.request_id] = request
-        self._approvers[request.request_id] = decision.approvers
+        self._evidence[request.request_id] = []
         self._publish_pending()
         await self._audit("approval.requested", request.request_id, request.model_dump(mode="json"))
         try:
@@ -667,7 +684,7 @@ class AgentWorkflow:
             )
         if verdict.startswith("rejected"):
             raise _Denied(f"step {step} {call.tool}: {verdict}", errors.APPROVAL_REJECTED)
-        return (*approved, request.group)
+        return (*approvals, *self._evidence.pop(request.request_id, []))
 
     def _publish_pending(self) -> None:
         """Pending requests go to visibility: their ids as a search attribute (to find the runs) and
@@ -682,67 +699,119 @@ class AgentWorkflow:
         )
         await workflow.execute_activity("audit.record", event, **AUDIT_CALL)
 
-    def _judge(self, signal: ApprovalSignal, verdict: str) -> tuple[bool, str]:
-        request = self._pending.get(signal.request_id)
-        if request is None:
-            return False, f"no pending approval request {signal.request_id!r} in this run"
-        if signal.run_id != self._run_id or signal.decision_id != request.decision_id:
-            # Single-purpose: an approval counts for the run, request and decision it names, only.
-            return False, "approval is bound to another run or decision"
-        if signal.approver not in self._approvers.get(signal.request_id, ()):
-            return False, f"{signal.approver} is not in group {request.group}"
-        if signal.approver in (self._inp.initiator, self._agent.owner if self._agent else None):
-            return False, f"{signal.approver} initiated or owns this run (separation of duties)"
-        if signal.args_digest != request.args_digest:
-            return False, "args digest does not match the pending request (approvals bind to the exact action)"
-        if workflow.now() >= request.expires_at:
-            return False, "approval request has expired"
-        if verdict == "approve" and signal.approver in request.approvals:
-            return False, f"{signal.approver} already approved this request (quorum counts distinct approvers)"
-        return True, "accepted"
-
-    async def _on_verdict(self, signal: ApprovalSignal, verdict: str) -> None:
-        if signal.attempt_id in self._attempts:
-            return  # a re-delivered signal
-        accepted, why = self._judge(signal, verdict)
+    async def _on_statement(self, payload: Any, verdict: str) -> ApprovalAttempt:
+        """One approval or rejection, from an update (answered at once) or a raw signal: verified by
+        the `approval.verify` activity (signature, person, group now, separation of duties, the exact
+        run, request, decision and args), counted once per person, and recorded either way."""
+        try:
+            signed = SignedStatement.model_validate(payload)
+        except ValidationError:
+            signed = None
+        digest = signed.statement.digest() if signed else hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+        if digest in self._attempts:
+            return self._attempts[digest]  # a re-delivery of the same statement
+        claimed = str(signed.statement.person) if signed else str((payload or {}).get("approver", "?"))[:64]
+        fields = signed.statement.fields if signed else {}
+        request = self._pending.get(str(fields.get("request_id", (payload or {}).get("request_id", ""))))
+        result: ApprovalVerdict
+        if signed is None:
+            result = ApprovalVerdict(accepted=False, person=claimed, reason="forged: not a signed statement")
+        elif request is None:
+            result = ApprovalVerdict(
+                accepted=False, person=claimed, reason=f"no pending approval request {fields.get('request_id')!r}"
+            )
+        else:
+            result = await workflow.execute_local_activity(
+                "approval.verify",
+                ApprovalCheck(
+                    signed=signed,
+                    verdict="approve" if verdict == "approve" else "reject",
+                    run_id=self._run_id,
+                    temporal_run_id=workflow.info().run_id,
+                    agent=self._inp.agent,
+                    request=request,
+                ),
+                result_type=ApprovalVerdict,
+                **GATE_CALL,
+            )
+            if result.accepted and verdict == "approve" and result.person in request.approvals:
+                result = result.model_copy(
+                    update={
+                        "accepted": False,
+                        "reason": f"{result.person} already counted (quorum counts distinct people)",
+                    }
+                )
+            if result.accepted and request.request_id not in self._pending:
+                result = result.model_copy(update={"accepted": False, "reason": "request closed meanwhile"})
+        reason = str(fields.get("reason") or "") if result.accepted else result.reason
         attempt = ApprovalAttempt(
-            attempt_id=signal.attempt_id,
-            request_id=signal.request_id,
-            approver=signal.approver,
+            attempt_id=digest,
+            request_id=request.request_id if request else str(fields.get("request_id", "")),
+            approver=result.person if result.accepted else f"{claimed} (unverified)",
             verdict="approve" if verdict == "approve" else "reject",
-            accepted=accepted,
-            reason=why if not accepted else (signal.reason or why),
+            accepted=result.accepted,
+            reason=reason or "accepted",
             at=workflow.now(),
         )
-        self._attempts[signal.attempt_id] = attempt
-        request = self._pending.get(signal.request_id)
-        if accepted and request is not None:
+        self._attempts[digest] = attempt
+        if result.accepted and request is not None and signed is not None:
             if verdict == "approve":
-                request = request.model_copy(update={"approvals": (*request.approvals, signal.approver)})
+                self._evidence.setdefault(request.request_id, []).append(signed)
+                request = request.model_copy(update={"approvals": (*request.approvals, result.person)})
                 self._pending[request.request_id] = request
                 self._publish_pending()
                 if len(request.approvals) >= request.quorum:
                     self._verdicts[request.request_id] = "approved"
             else:
-                self._verdicts[request.request_id] = f"rejected by {signal.approver}" + (
-                    f": {signal.reason}" if signal.reason else ""
-                )
-        kind = f"approval.{'accepted' if accepted else 'refused'}"
+                self._verdicts[request.request_id] = f"rejected by {result.person}" + (f": {reason}" if reason else "")
+        kind = f"approval.{'accepted' if result.accepted else 'refused'}"
         await self._audit(
-            kind, signal.attempt_id, {**attempt.model_dump(mode="json"), "args_digest": signal.args_digest}
+            kind,
+            digest[:32],
+            {
+                **attempt.model_dump(mode="json"),
+                "evidence": digest,
+                "verified": result.accepted,
+                "args_digest": fields.get("args_digest"),
+            },
         )
+        return attempt
 
+    @workflow.update(name="approve")
+    async def approve_update(self, signed: SignedStatement) -> ApprovalAttempt:
+        return await self._on_statement(signed.model_dump(mode="json"), "approve")
+
+    @workflow.update(name="reject")
+    async def reject_update(self, signed: SignedStatement) -> ApprovalAttempt:
+        return await self._on_statement(signed.model_dump(mode="json"), "reject")
+
+    # Raw signals (what `temporal workflow signal` sends): judged exactly like the updates, so a
+    # forged or unsigned one is refused and shows in the audit.
     @workflow.signal(name="approve")
-    async def approve(self, signal: ApprovalSignal) -> None:
-        await self._on_verdict(signal, "approve")
+    async def approve(self, payload: Any) -> None:
+        await self._on_statement(payload, "approve")
 
     @workflow.signal(name="reject")
-    async def reject(self, signal: ApprovalSignal) -> None:
-        await self._on_verdict(signal, "reject")
+    async def reject(self, payload: Any) -> None:
+        await self._on_statement(payload, "reject")
 
-    @workflow.signal(name="halt")
-    def halt(self, reason: str) -> None:
-        self._halt_reason = reason or "halted by operator"
+    @workflow.update(name="halt")
+    async def halt_update(self, signed: SignedStatement) -> str:
+        """An operator's halt: verified (group `operators`), then the run stops and compensates."""
+        result = await workflow.execute_local_activity(
+            "halt.verify", HaltCheck(signed=signed, run_id=self._run_id), result_type=ApprovalVerdict, **GATE_CALL
+        )
+        await self._audit(
+            "halt.accepted" if result.accepted else "halt.refused",
+            signed.statement.digest()[:32],
+            {"person": result.person, "reason": result.reason, "verified": result.accepted},
+        )
+        if not result.accepted:
+            return f"refused: {result.reason}"
+        self._halt_reason = f"{signed.statement.fields.get('reason') or 'halted'} (by {result.person})"
+        if self._plan_task is not None and not self._plan_task.done():
+            self._plan_task.cancel()
+        return "halting"
 
     # -- compensation --------------------------------------------------------------------------
     async def _compensate(self, agent: AgentSpec) -> None:

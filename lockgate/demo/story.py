@@ -10,12 +10,14 @@ from typing import Any
 
 import psycopg
 
-from lockgate.config import Settings, load_settings
+from lockgate.config import Settings, load_settings, read_env_file
 from lockgate.devstack import DevStack
 
 __all__ = ["run_demo"]
 
-INITIATOR = "demo-operator"
+# The demo's people (Vault userpass identities of the dev stack): erin asks for refunds, alice
+# (finance) and carol (support-leads) approve, mallory is in no group.
+INITIATOR = "erin"
 
 
 def _say(text: str = "") -> None:
@@ -58,12 +60,43 @@ async def _finish(client: Any, handle: Any) -> Any:
     return status
 
 
-async def _approve(client: Any, run_id: str, request_id: str, who: str) -> None:
+_SESSIONS: dict[str, Any] = {}
+
+
+def _person(settings: Settings, name: str) -> Any:
+    """`lockgate login NAME` for the demo's people (the dev password is in dev.env)."""
+    from lockgate.identity import login_userpass
+
+    if name not in _SESSIONS:
+        password = read_env_file(settings.state_dir / "dev.env").get("LOCKGATE_DEV_PASSWORD", "")
+        _SESSIONS[name] = login_userpass(settings.vault_addr, name, password)
+    return _SESSIONS[name]
+
+
+async def _approve(client: Any, settings: Settings, run_id: str, request_id: str, who: str) -> None:
     from lockgate.ops import send_verdict
 
-    attempt = await send_verdict(client, run_id, request_id, approver=who, approve=True, reason="demo")
+    attempt = await send_verdict(
+        client, run_id, request_id, session=_person(settings, who), approve=True, reason="demo"
+    )
     mark = "accepted" if attempt.accepted else "REFUSED"
-    _say(f"   lockgate approve {run_id} {request_id} --as {who}  -> {mark}: {attempt.reason}")
+    _say(f"   ({who} logged in) lockgate approve {run_id} {request_id}  -> {mark}: {attempt.reason}")
+
+
+async def _forged_signal(client: Any, ledger: Any, run_id: str, pending: dict[str, Any]) -> None:
+    """What round 1 accepted: a raw Temporal signal that merely says it is alice."""
+    claim = {"request_id": pending["request_id"], "approver": "alice", "args_digest": pending["args_digest"]}
+    await client.get_workflow_handle(run_id).signal("approve", claim)
+    _say(f'   temporal workflow signal --workflow-id {run_id} --name approve --input \'{{"approver": "alice", ...}}\'')
+    for _ in range(100):
+        refused = [
+            e for e in ledger.events(run_id) if e["kind"] == "approval.refused" and "forged" in e.get("reason", "")
+        ]
+        if refused:
+            _say(f"   -> REFUSED, recorded in the ledger: {refused[-1]['approver']}: {refused[-1]['reason']}")
+            return
+        await asyncio.sleep(0.1)
+    _say("   -> not recorded within 10 s (see lockgate audit)")
 
 
 def _leftovers(settings: Settings, vault_token: str | None) -> tuple[int, int]:
@@ -114,7 +147,9 @@ async def run_demo(settings: Settings, *, keep_up: bool = True) -> int:
     )
 
     async with lockgate_worker.build_worker(client, deps):
-        run = lambda data: start_run(client, settings.task_queue, "refund-agent", data, initiator=INITIATOR)  # noqa: E731
+        erin = _person(settings, INITIATOR)
+        _say(f"   {INITIATOR} logged in (Vault userpass); every run below is started with her signed statement")
+        run = lambda data: start_run(client, settings.task_queue, "refund-agent", data, session=erin)  # noqa: E731
 
         _title(1, "autonomous: refund 15.00 on A-1001 (under the 100.00 autonomy limit)")
         await _finish(client, await run({"order_id": "A-1001", "amount_cents": 1500, "reason": "late delivery"}))
@@ -126,8 +161,9 @@ async def run_demo(settings: Settings, *, keep_up: bool = True) -> int:
             f"   lockgate pending -> {pending['run_id']} {pending['request_id']} {pending['tool']} "
             f"args {pending['args']} group {pending['group']} quorum {pending['quorum']}"
         )
-        await _approve(client, handle.id, pending["request_id"], "mallory")
-        await _approve(client, handle.id, pending["request_id"], "alice")
+        await _approve(client, settings, handle.id, pending["request_id"], "mallory")
+        await _forged_signal(client, deps.ledger, handle.id, pending)
+        await _approve(client, settings, handle.id, pending["request_id"], "alice")
         await _finish(client, handle)
 
         _title(3, "denied: refund 1,500.00 on A-1002 is over the hard cap; no lease, no side effect")
@@ -137,7 +173,7 @@ async def run_demo(settings: Settings, *, keep_up: bool = True) -> int:
         handle = await run({"order_id": "A-1003", "amount_cents": 1000, "reason": "wrong size", "notify": True})
         pending = await _wait_pending(client, handle.id)
         _say(f"   the run read regulated data (customers.profile), so egress needs {pending['group']}")
-        await _approve(client, handle.id, pending["request_id"], "carol")
+        await _approve(client, settings, handle.id, pending["request_id"], "carol")
         await _finish(client, handle)
 
         _title(5, f"audit timeline of {handle.id}")
