@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from temporalio.client import Client, WorkflowHandle
     from temporalio.worker import Worker
 
+    from lockgate.identity import OperatorSession
     from lockgate.worker import Deps
 
 __all__ = ["LocalStack"]
@@ -68,6 +69,7 @@ class LocalStack:
             agent_modules=agent_modules,
         )
         self._deps: Deps | None = None
+        self._people: dict[str, OperatorSession] = {}
 
     # -- lifecycle -------------------------------------------------------------------------------
     def up(self) -> LocalStack:
@@ -143,14 +145,18 @@ class LocalStack:
 
         return build_worker(client, self.deps, task_queue=self.task_queue, **kwargs)
 
-    async def start(
-        self, client: Client, agent: str, data: dict[str, Any], *, initiator: str = "tester", run_id: str | None = None
-    ) -> WorkflowHandle[Any, Any]:
-        from lockgate.models import RunInput
+    def person(self, name: str) -> OperatorSession:
+        """A dev person of this stack, logged in (alice, bob, carol, dave, erin, mallory, ...)."""
+        from lockgate.identity import login_userpass
 
-        return await client.start_workflow(
-            "lockgate.agent",
-            RunInput(agent=agent, input=data, initiator=initiator),
-            id=run_id or f"{agent}-{uuid.uuid4().hex[:10]}",
-            task_queue=self.task_queue,
-        )
+        if name not in self._people:
+            self._people[name] = login_userpass(self.dev.vault_addr, name, self.env()["LOCKGATE_DEV_PASSWORD"])
+        return self._people[name]
+
+    async def start(
+        self, client: Client, agent: str, data: dict[str, Any], *, initiator: str = "erin", run_id: str | None = None
+    ) -> WorkflowHandle[Any, Any]:
+        """Starts a run as `initiator` (their signed start statement makes them its initiator)."""
+        from lockgate.ops import start_run
+
+        return await start_run(client, self.task_queue, agent, data, session=self.person(initiator), run_id=run_id)
