@@ -12,9 +12,9 @@ import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from lockgate.activities.identity import PeopleDirectory, Refused
 from temporalio import activity
 
+from lockgate.activities.identity import PeopleDirectory, Refused
 from lockgate.activities.ledger import Ledger
 from lockgate.models import ApprovalCheck, ApprovalVerdict, GateRequest, HaltCheck, args_digest
 from lockgate.spec import AgentRegistry
@@ -69,7 +69,7 @@ class ApprovalActivities:
         except Refused as err:
             return ApprovalVerdict(accepted=False, person=f"{statement.person}", reason=str(err))
         return ApprovalVerdict(
-            accepted=True, person=act.person, reason="accepted", groups=act.groups, evidence=act.evidence
+            accepted=True, person=act.person, reason="accepted", groups=act.groups, evidence=act.digest
         )
 
     @activity.defn(name="halt.verify")

@@ -14,17 +14,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import hvac
+import hvac.exceptions
 import psycopg
 from psycopg import sql
 
 from lockgate.spec import AgentRegistry, DatabaseSecret
 
 __all__ = [
+    "APPROVER_KEY_PREFIX",
+    "DEV_PEOPLE",
+    "PERSON_POLICY",
     "RUNS_MOUNT",
     "RUN_TOKEN_ROLE",
+    "TRANSIT_MOUNT",
     "WORKER_POLICY",
     "Bootstrap",
+    "bootstrap_people",
     "bootstrap_vault",
+    "person_policy",
     "provision_databases",
     "secure_postgres",
     "socket_connection_url",
@@ -33,8 +40,25 @@ __all__ = [
 RUN_TOKEN_ROLE = "lockgate-run"  # noqa: S105 - a token role name, not a secret
 WORKER_POLICY = "lockgate-worker"
 WORKER_APPROLE = "lockgate-worker"
-RUNS_MOUNT = "lockgate"
-SEAL_KEY = "lockgate-seal"  # Transit key that seals engine-only state  # kv-v1: runs/<run id> holds a run's token, worker/ the worker's settings
+RUNS_MOUNT = "lockgate"  # kv-v1: runs/<run id> holds a run's token, worker/ the worker's settings
+TRANSIT_MOUNT = "transit"
+APPROVER_KEY_PREFIX = "approver-"  # transit/keys/approver-<entity name>: one signing key per person
+PERSON_POLICY = "lockgate-person"
+USERPASS_MOUNT = "userpass"
+# The dev stack's people (DESIGN.md "Demo agent"): name -> groups.
+DEV_PEOPLE: dict[str, tuple[str, ...]] = {
+    "alice": ("finance",),
+    "bob": ("finance",),
+    "carol": ("support-leads", "operators"),
+    "dave": ("support-leads", "operators"),
+    "mallory": (),
+    "erin": (),
+    # incident-agent's on-call engineers.
+    "frank": ("sre-oncall",),
+    "grace": ("sre-oncall",),
+}
+DEV_GROUPS = ("finance", "support-leads", "operators", "sre-oncall")
+SEAL_KEY = "lockgate-seal"  # Transit key that seals engine-only state
 
 
 def _superuser(socket_dir: Path, password: str | None, dbname: str = "postgres") -> psycopg.Connection:
@@ -98,6 +122,13 @@ path "transit/hmac/{SEAL_KEY}/*" {{ capabilities = ["update"] }}
 path "transit/verify/{SEAL_KEY}/*" {{ capabilities = ["update"] }}
 path "sys/leases/lookup" {{ capabilities = ["update"] }}
 path "sys/leases/lookup/database/creds/*" {{ capabilities = ["list", "sudo"] }}
+# Verifying people's signed statements: who is in which group (live), and approvers' public keys.
+# Nothing here lets the worker sign as a person (no transit/sign/approver-*).
+path "identity/entity/name/*" {{ capabilities = ["read"] }}
+path "identity/entity/id/*" {{ capabilities = ["read"] }}
+path "identity/group/name/*" {{ capabilities = ["read"] }}
+path "identity/group/id/*" {{ capabilities = ["read"] }}
+path "{TRANSIT_MOUNT}/keys/{APPROVER_KEY_PREFIX}*" {{ capabilities = ["read"] }}
 """
 
 
@@ -107,6 +138,83 @@ def bootstrap_seal_key(client: hvac.Client, mounts: dict[str, object]) -> None:
     if "transit/" not in mounts:
         client.sys.enable_secrets_engine("transit", path="transit")
     client.adapter.post(f"/v1/transit/keys/{SEAL_KEY}", json={"type": "aes256-gcm96", "exportable": False})
+
+
+def person_policy(groups: tuple[str, ...] | list[str]) -> str:
+    """The one templated policy every person's token carries: sign only with their own key."""
+    lines = [
+        "# A person (operator, approver): sign statements with their own transit key only, and read",
+        "# their own identity. Templating resolves per token, so alice's token can never name bob's key.",
+        f'path "{TRANSIT_MOUNT}/sign/{APPROVER_KEY_PREFIX}{{{{identity.entity.name}}}}" {{ capabilities = ["update"] }}',
+        'path "identity/entity/id/{{identity.entity.id}}" { capabilities = ["read"] }',
+        'path "auth/token/lookup-self" { capabilities = ["read"] }',
+        'path "auth/token/revoke-self" { capabilities = ["update"] }',
+        "# A group's name, for its members only (the template does not resolve for anyone else).",
+    ]
+    lines += [
+        f'path "identity/group/id/{{{{identity.groups.names.{g}.id}}}}" {{ capabilities = ["read"] }}' for g in groups
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def bootstrap_people(
+    client: hvac.Client,
+    *,
+    password: str,
+    people: dict[str, tuple[str, ...]] | None = None,
+    groups: tuple[str, ...] = DEV_GROUPS,
+) -> None:
+    """Creates the dev people as Vault identities (dev stack only). Idempotent.
+
+    Each person is a userpass user aliased to a named identity entity, with a non-exportable ed25519
+    transit key `approver-<name>` only they can sign with; groups are internal identity groups with
+    the seed membership (re-running resets membership to the seed). Tokens are short-lived.
+
+    Args:
+        client: A root (or equally privileged) client.
+        password: The userpass password of every dev person.
+        people: name -> groups (default: `DEV_PEOPLE`).
+        groups: Every group to create, members or not.
+    """
+    people = DEV_PEOPLE if people is None else people
+    auths = client.sys.list_auth_methods()["data"]
+    if f"{USERPASS_MOUNT}/" not in auths:
+        client.sys.enable_auth_method("userpass", path=USERPASS_MOUNT)
+        auths = client.sys.list_auth_methods()["data"]
+    accessor = auths[f"{USERPASS_MOUNT}/"]["accessor"]
+    # Another bootstrap block (ledger checkpoints) may enable the same transit mount: either wins.
+    if f"{TRANSIT_MOUNT}/" not in client.sys.list_mounted_secrets_engines()["data"]:
+        try:
+            client.sys.enable_secrets_engine("transit", path=TRANSIT_MOUNT)
+        except hvac.exceptions.InvalidRequest:
+            if f"{TRANSIT_MOUNT}/" not in client.sys.list_mounted_secrets_engines()["data"]:
+                raise
+
+    all_groups = tuple(dict.fromkeys([*groups, *(g for gs in people.values() for g in gs)]))
+    client.sys.create_or_update_policy(name=PERSON_POLICY, policy=person_policy(all_groups))
+
+    entity_ids: dict[str, str] = {}
+    for name in people:
+        client.write(
+            f"auth/{USERPASS_MOUNT}/users/{name}",
+            password=password,
+            token_policies=[PERSON_POLICY],
+            token_ttl="1h",  # noqa: S106 - a duration: operator tokens are short-lived
+            token_max_ttl="8h",  # noqa: S106 - a duration
+            token_type="service",  # noqa: S106 - a token type
+        )
+        entity = (client.read(f"identity/entity/name/{name}") or {}).get("data")
+        if entity is None:
+            entity = client.write("identity/entity", name=name)["data"]
+        entity_ids[name] = entity["id"]
+        if not any(a.get("mount_accessor") == accessor for a in entity.get("aliases") or []):
+            client.write("identity/entity-alias", name=name, canonical_id=entity["id"], mount_accessor=accessor)
+        # Writing an existing key returns it unchanged: no rotation, no error.
+        client.write(f"{TRANSIT_MOUNT}/keys/{APPROVER_KEY_PREFIX}{name}", type="ed25519", exportable=False)
+
+    for group in all_groups:
+        members = sorted(entity_ids[n] for n, gs in people.items() if group in gs)
+        client.write(f"identity/group/name/{group}", type="internal", member_entity_ids=members)
 
 
 def agent_policy(secret_paths: list[str]) -> str:
@@ -129,6 +237,7 @@ def bootstrap_vault(
     db_password: str,
     agents: AgentRegistry,
     keep_secret_id: str | None = None,
+    dev_password: str | None = None,
 ) -> Bootstrap:
     """Configures Vault with the root token. Returns the worker's AppRole credentials.
 
@@ -136,6 +245,8 @@ def bootstrap_vault(
         connection_url: The database engine's URL template for a database name.
         agents: The configured agents: their declared database secrets become Vault roles, and
             each agent gets a policy for exactly its tools' secrets.
+        dev_password: The dev stack only: the userpass password of the dev people, who are then
+            created (`bootstrap_people`). None creates no people.
     """
     mounts = client.sys.list_mounted_secrets_engines()["data"]
     if "database/" not in mounts:
@@ -174,6 +285,8 @@ def bootstrap_vault(
         )
 
     client.sys.create_or_update_policy(name=WORKER_POLICY, policy=_worker_policy())
+    if dev_password is not None:
+        bootstrap_people(client, password=dev_password)
     agent_policies = []
     for agent in agents.agents():
         client.sys.create_or_update_policy(name=agent.vault_policy, policy=agent_policy(agent.secrets()))

@@ -219,6 +219,7 @@ class DevStack:
             db_password=pg_password,
             agents=agents,
             keep_secret_id=old.get("LOCKGATE_VAULT_SECRET_ID"),
+            dev_password=self._dev_password(),
         )
         env = {
             "LOCKGATE_TEMPORAL_ADDRESS": self.temporal_address,
@@ -234,6 +235,7 @@ class DevStack:
             "LOCKGATE_PG_DSN": f"postgresql://postgres:{pg_password}@/shop?host={socket_dir}",
             "LOCKGATE_UI_ADDRESS": f"http://127.0.0.1:{self.ui_port}" if self.ui else "",
             "LOCKGATE_AGENT_MODULES": self.agent_modules,
+            "LOCKGATE_DEV_PASSWORD": self._dev_password(),
         }
         self._write_env(env)
         progress(f"wrote {self.env_file}")
@@ -242,6 +244,16 @@ class DevStack:
     def _pg_password(self) -> str:
         """The superuser password, kept beside the cluster from the moment it is first chosen."""
         path = self.dev_dir / "pg.password"
+        if path.is_file():
+            return path.read_text().strip()
+        password = secrets.token_urlsafe(24)
+        path.write_text(password)
+        path.chmod(0o600)
+        return password
+
+    def _dev_password(self) -> str:
+        """The dev people's userpass password (LOCKGATE_DEV_PASSWORD), kept like the Postgres one."""
+        path = self.dev_dir / "people.password"
         if path.is_file():
             return path.read_text().strip()
         password = secrets.token_urlsafe(24)

@@ -204,7 +204,9 @@ async def send_verdict(
             "approve" if approve else "reject", signed, result_type=ApprovalAttempt, id=signed.statement.nonce
         )
     except WorkflowUpdateFailedError as err:
-        raise UserError(f"run {run_id} did not take the {'approval' if approve else 'rejection'}: {err.cause}") from None
+        raise UserError(
+            f"run {run_id} did not take the {'approval' if approve else 'rejection'}: {err.cause}"
+        ) from None
 
 
 async def halt_run(client: Client, run_id: str, reason: str, *, session: OperatorSession) -> None:

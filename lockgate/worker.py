@@ -24,8 +24,8 @@ from temporalio.worker import Worker
 
 from lockgate.activities.approvals import ApprovalActivities
 from lockgate.activities.freeze import FreezeStore, unfreeze_verifier
-from lockgate.activities.identity import PeopleDirectory
 from lockgate.activities.governance import GovernanceActivities, bundle_content
+from lockgate.activities.identity import LedgerKeyArchive, PeopleDirectory
 from lockgate.activities.ledger import Ledger
 from lockgate.activities.planner import LLMPlannerActivities
 from lockgate.activities.reaper import Reaper
@@ -143,7 +143,7 @@ def build_deps(settings: Settings, agents: AgentRegistry | None = None) -> Deps:
         raise UserError(f"cannot log in to Vault at {settings.vault_addr} with AppRole: {err}") from err
     ledger = Ledger(settings.ledger_url)
     ledger.register_bundle(bundle.hash, bundle_content(bundle))
-    people = PeopleDirectory(vault, archive=lambda key, data: ledger.try_append(key, "keys", "identity.key", data))
+    people = PeopleDirectory(vault, archive=LedgerKeyArchive(ledger))
     return Deps(
         settings=settings,
         vault=vault,

@@ -43,6 +43,7 @@ def test_up_twice_status_down(tmp_path: Path) -> None:
             "LOCKGATE_PG_SOCKET_DIR",
             "LOCKGATE_PG_DSN",
             "LOCKGATE_UI_ADDRESS",
+            "LOCKGATE_DEV_PASSWORD",
         ):
             assert dev_env.get(key), key
         assert (state / "dev.env").stat().st_mode & 0o077 == 0  # holds the dev root token
@@ -51,6 +52,7 @@ def test_up_twice_status_down(tmp_path: Path) -> None:
         assert second.returncode == 0, second.stderr
         assert {k: v["pid"] for k, v in stack.status().items()} == {k: v["pid"] for k, v in pids.items()}
         assert stack.env()["LOCKGATE_VAULT_SECRET_ID"] == dev_env["LOCKGATE_VAULT_SECRET_ID"]
+        assert stack.env()["LOCKGATE_DEV_PASSWORD"] == dev_env["LOCKGATE_DEV_PASSWORD"]
 
         status = run_cli(env, "dev", "status", "--json")
         assert status.returncode == 0 and '"healthy": true' in status.stdout

@@ -97,7 +97,7 @@ async def test_no_secret_leaves_its_activity(
         await finish(handle)
 
     secrets = set(issued) | {settings.vault_secret_id, settings.vault_token}
-    secrets |= {env["LOCKGATE_PG_PASSWORD"]}
+    secrets |= {env["LOCKGATE_PG_PASSWORD"], env["LOCKGATE_DEV_PASSWORD"]}
     secrets = {s for s in secrets if s and len(s) >= 8}
     assert len(issued) >= 10, "the flows issued credentials"
 
