@@ -44,6 +44,7 @@ class ApprovalActivities:
     def verify(self, check: ApprovalCheck) -> ApprovalVerdict:
         request, statement = check.request, check.signed.statement
         agent = self._agents.get(check.agent)
+        verified = False
         try:
             if check.run_id != activity.info().workflow_id:
                 raise Refused("an approval check for another run")
@@ -60,6 +61,7 @@ class ApprovalActivities:
                 },
                 max_age=request.expires_at - request.requested_at + timedelta(minutes=5),
             )
+            verified = True
             if request.group not in act.groups:
                 raise Refused(f"{act.person} is not in group {request.group}")
             if act.person in (self.initiator(check.run_id), agent.owner if agent else None):
@@ -67,9 +69,9 @@ class ApprovalActivities:
             if statement.at >= request.expires_at or datetime.now(UTC) >= request.expires_at:
                 raise Refused("approval request has expired")
         except Refused as err:
-            return ApprovalVerdict(accepted=False, person=f"{statement.person}", reason=str(err))
+            return ApprovalVerdict(accepted=False, person=statement.person, reason=str(err), verified=verified)
         return ApprovalVerdict(
-            accepted=True, person=act.person, reason="accepted", groups=act.groups, evidence=act.digest
+            accepted=True, person=act.person, reason="accepted", verified=True, groups=act.groups, evidence=act.digest
         )
 
     @activity.defn(name="halt.verify")
@@ -83,7 +85,7 @@ class ApprovalActivities:
                 raise Refused(f"{act.person} is not in group {OPERATORS}")
         except Refused as err:
             return ApprovalVerdict(accepted=False, person=statement.person, reason=str(err))
-        return ApprovalVerdict(accepted=True, person=act.person, reason="accepted", groups=act.groups)
+        return ApprovalVerdict(accepted=True, person=act.person, reason="accepted", verified=True, groups=act.groups)
 
     def approved_groups(self, request: GateRequest) -> tuple[tuple[str, ...], list[str]]:
         """The groups whose quorum of distinct, verified people approved exactly this call, and why

@@ -455,6 +455,8 @@ class ApprovalVerdict(BaseModel):
     accepted: bool
     person: str
     reason: str
+    # The signature verified (the person is who they say), whatever else refused the act.
+    verified: bool = False
     groups: tuple[str, ...] = ()
     evidence: str = ""
 

@@ -34,10 +34,10 @@ async def test_every_refusal_path_changes_nothing_and_is_recorded(
     assert (await status_of(handle)).state == "awaiting_approval"
 
     refusals = [
-        dict(session=person("mallory"), why="not in group finance"),
-        dict(session=person("carol"), why="not in group finance"),
-        dict(session=person("alice"), why="separation of duties"),  # the initiator
-        dict(session=person("bob"), why="separation of duties"),  # the agent's owner
+        dict(approver="mallory", why="not in group finance"),
+        dict(approver="carol", why="not in group finance"),
+        dict(approver="alice", why="separation of duties"),  # the initiator
+        dict(approver="bob", why="separation of duties"),  # the agent's owner
     ]
     for r in refusals:
         attempt = await send_verdict(client, handle.id, req.request_id, session=person(r["approver"]), approve=True)
@@ -55,7 +55,15 @@ async def test_every_refusal_path_changes_nothing_and_is_recorded(
     assert status.state == "awaiting_approval" and status.pending_approvals[0].approvals == ()
     assert outside.refunds(handle.id) == [] and ledger_events(deps, handle.id, "lease.issued") == []
     refused = ledger_events(deps, handle.id, "approval.refused")
-    assert len(refused) == 6 and {r["approver"] for r in refused} == {"mallory", "carol", "alice", "bob"}
+    assert len(refused) == 6 and {r["approver"].removesuffix(" (unverified)") for r in refused} == {
+        "mallory",
+        "carol",
+        "alice",
+        "bob",
+    }
+    # Signed by who they say, but not allowed: verified people refused. A statement for other args,
+    # or for no pending request, verifies as nothing here.
+    assert [r["verified"] for r in refused] == [True, True, True, True, False, False]
 
     # Late: the request expires (3 s for script-agent) and the step is denied.
     cause = await finish(handle)
@@ -119,7 +127,7 @@ async def test_quorum_counts_distinct_approvers(
     assert (req.group, req.quorum) == ("support-leads", 2)
     first = await send_verdict(client, close.id, req.request_id, session=person("carol"), approve=True)
     again = await send_verdict(client, close.id, req.request_id, session=person("carol"), approve=True)
-    assert first.accepted and not again.accepted and "already approved" in again.reason
+    assert first.accepted and not again.accepted and "already counted" in again.reason
     status = await status_of(close)
     assert status.state == "awaiting_approval" and status.pending_approvals[0].approvals == ("carol",)
     second = await send_verdict(client, close.id, req.request_id, session=person("dave"), approve=True)

@@ -52,7 +52,7 @@ async def test_freeze_holds_runs_unfreeze_resumes_halt_compensates(
             kill = [d for d in ledger_events(deps, handle.id, "decision") if d["gate"] == "kill_switch"]
             assert kill and kill[-1]["outcome"] == "deny"
 
-        halt = await cli(env, "halt", halted.id, "--reason", "incident 42 cleanup")
+        halt = await cli(as_person(env, "carol"), "halt", halted.id, "--reason", "incident 42 cleanup")
         assert halt.returncode == 0, halt.stderr
         assert isinstance(await finish(halted), CancelledError)
         rows = outside.refunds(halted.id)

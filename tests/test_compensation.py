@@ -11,7 +11,17 @@ from temporalio.exceptions import ApplicationError, CancelledError
 
 from lockgate import errors
 from tests import agents
-from tests.conftest import Outside, cli, finish, ledger_events, ledger_kinds, pending_request, start, status_of
+from tests.conftest import (
+    Outside,
+    as_person,
+    cli,
+    finish,
+    ledger_events,
+    ledger_kinds,
+    pending_request,
+    start,
+    status_of,
+)
 
 
 async def test_failing_compensation_does_not_stop_the_others(
@@ -66,7 +76,7 @@ async def test_halt_compensates_in_reverse_and_revokes(
         initiator="erin",
     )
     await pending_request(handle)
-    result = await cli(env, "halt", handle.id, "--reason", "customer withdrew")
+    result = await cli(as_person(env, "dave"), "halt", handle.id, "--reason", "customer withdrew")
     assert result.returncode == 0, result.stderr
     assert "halted" in result.stdout
     cause = await finish(handle)

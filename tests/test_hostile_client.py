@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lockgate.identity import sign
 from temporalio.client import Client
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError
 
 from lockgate import errors
+from lockgate.activities.freeze import FreezeStore
+from lockgate.identity import sign
 from lockgate.models import (
     ApprovalAttempt,
     GateRequest,
@@ -228,7 +229,16 @@ async def test_a_compensation_claim_is_checked_against_the_ledger(
             assert needle in str(err.value.__cause__.__cause__), err.value  # type: ignore[union-attr]
             assert ledger_events(deps, run_id, "tool.refused")[0]["reason"].find(needle) >= 0
     finally:
-        deps.freezes.set("refund-agent", False, by="test", reason="hostile test done")
+        # Anyone with database access can write an unfreeze row: unsigned, it lifts nothing.
+        deps.freezes.set("refund-agent", False, by="mallory", reason="let me through")
+        await asyncio.sleep(FreezeStore.CACHE_SECONDS + 0.1)
+        assert deps.freezes.is_frozen("refund-agent")
+        signed = sign(person("carol"), "unfreeze", {"scope": "refund-agent", "reason": "hostile test done"})
+        deps.freezes.set(
+            "refund-agent", False, by="carol", reason="hostile test done", evidence=signed.model_dump_json()
+        )
+        await asyncio.sleep(FreezeStore.CACHE_SECONDS + 0.1)
+        assert not deps.freezes.is_frozen("refund-agent")
     assert outside.refunds(victim.id) == [victim_refund]  # still not reversed, no second refund
     outside.assert_nothing_leaked()
 

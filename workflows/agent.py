@@ -159,6 +159,8 @@ class _ScriptRun:
         confidence: float = 1.0,
         rationale: str | None = None,
     ) -> dict[str, Any]:
+        if self._wf._halted:
+            raise asyncio.CancelledError()
         name = tool.name if isinstance(tool, Tool) else tool
         args = args.model_dump(mode="json") if isinstance(args, BaseModel) else dict(args)
         outcome = await self._wf.call(
@@ -202,7 +204,8 @@ class AgentWorkflow:
         # Accepted signed approvals per pending request, and approval rounds per step.
         self._evidence: dict[str, list[SignedStatement]] = {}
         self._rounds: dict[int, int] = {}
-        self._plan_task: asyncio.Task[None] | None = None
+        # Set by a verified `halt` update: every wait of the run ends and it compensates.
+        self._halted = False
         self._halt_reason: str | None = None
         self._call_times: dict[str, list[datetime]] = {}
         self._deadline_at: datetime | None = None
@@ -256,9 +259,7 @@ class AgentWorkflow:
             )
         failure: BaseException | None = None
         try:
-            # A task of its own, so that a verified `halt` can cancel exactly the planning.
-            self._plan_task = asyncio.create_task(self._plan(agent))
-            await self._plan_task
+            await self._plan(agent)
         except (asyncio.CancelledError, CancelledError) as err:
             failure = err
             self._error = f"halted: {self._halt_reason or 'cancelled'}"
@@ -331,6 +332,8 @@ class AgentWorkflow:
             await agent.script(_ScriptRun(self, agent), agent.input_model.model_validate(self._inp.input))
             return
         while True:
+            if self._halted:
+                raise asyncio.CancelledError()
             proposal = await self._propose(agent)
             if proposal is None:
                 return
@@ -478,7 +481,7 @@ class AgentWorkflow:
                 raise
             finally:
                 self._in_flight -= 1
-            if not compensation and (workflow.cancellation_reason() is not None or self._halt_reason is not None):
+            if not compensation and (workflow.cancellation_reason() is not None or self._halted):
                 # Halted while the tool ran: the fence let it finish; now stop and compensate it too.
                 self._record(
                     _step_record(step, call, request, outcome.decision),
@@ -581,9 +584,11 @@ class AgentWorkflow:
         self._set_state("frozen")
         self._wake = False
         try:
-            await workflow.wait_condition(lambda: self._wake, timeout=FREEZE_RECHECK)
+            await workflow.wait_condition(lambda: self._wake or self._halted, timeout=FREEZE_RECHECK)
         except TimeoutError:
             pass
+        if self._halted:
+            raise asyncio.CancelledError()
         self._set_state("awaiting_approval" if self._pending else "running")
 
     @workflow.signal(name="unfreeze")
@@ -670,12 +675,16 @@ class AgentWorkflow:
         self._publish_pending()
         await self._audit("approval.requested", request.request_id, request.model_dump(mode="json"))
         try:
-            await workflow.wait_condition(lambda: request.request_id in self._verdicts, timeout=agent.approval_ttl)
+            await workflow.wait_condition(
+                lambda: request.request_id in self._verdicts or self._halted, timeout=agent.approval_ttl
+            )
         except TimeoutError:
             self._verdicts[request.request_id] = "expired"
         finally:
             self._pending.pop(request.request_id, None)
             self._publish_pending()
+        if self._halted and request.request_id not in self._verdicts:
+            raise asyncio.CancelledError()
         verdict = self._verdicts[request.request_id]
         if verdict == "expired":
             await self._audit("approval.expired", request.request_id, {"request_id": request.request_id})
@@ -747,7 +756,7 @@ class AgentWorkflow:
         attempt = ApprovalAttempt(
             attempt_id=digest,
             request_id=request.request_id if request else str(fields.get("request_id", "")),
-            approver=result.person if result.accepted else f"{claimed} (unverified)",
+            approver=result.person if result.verified else f"{claimed} (unverified)",
             verdict="approve" if verdict == "approve" else "reject",
             accepted=result.accepted,
             reason=reason or "accepted",
@@ -771,7 +780,7 @@ class AgentWorkflow:
             {
                 **attempt.model_dump(mode="json"),
                 "evidence": digest,
-                "verified": result.accepted,
+                "verified": result.verified,
                 "args_digest": fields.get("args_digest"),
             },
         )
@@ -809,8 +818,7 @@ class AgentWorkflow:
         if not result.accepted:
             return f"refused: {result.reason}"
         self._halt_reason = f"{signed.statement.fields.get('reason') or 'halted'} (by {result.person})"
-        if self._plan_task is not None and not self._plan_task.done():
-            self._plan_task.cancel()
+        self._halted = True
         return "halting"
 
     # -- compensation --------------------------------------------------------------------------
