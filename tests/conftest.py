@@ -209,7 +209,9 @@ async def finish(handle: WorkflowHandle[Any, Any]) -> BaseException | None:
         return cause
 
 
-def run_cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    env: dict[str, str], *args: str, timeout: float = 120, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "lockgate.cli", *args],
         env=env,
@@ -217,6 +219,7 @@ def run_cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess
         text=True,
         timeout=timeout,
         cwd=ROOT,
+        input=input,
     )
 
 
