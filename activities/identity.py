@@ -294,7 +294,7 @@ class PeopleDirectory:
         statement = signed.statement
         person = statement.person
         if statement.act != act:
-            raise Refused(f"statement is a {statement.act!r}, not a {act!r}")
+            raise Refused(f"statement is {statement.act!r}, not {act!r}")
         if signed.key != key_name(person):
             raise Refused(f"signed with key {signed.key!r}, which is not {person}'s key {key_name(person)!r}")
         parsed = parse_signature(signed.signature)

@@ -18,6 +18,7 @@ import hvac.exceptions
 import psycopg
 from psycopg import sql
 
+from lockgate.people import APPROVER_KEY_PREFIX  # transit/keys/approver-<entity name>: one key per person
 from lockgate.spec import AgentRegistry, DatabaseSecret
 
 __all__ = [
@@ -42,7 +43,6 @@ WORKER_POLICY = "lockgate-worker"
 WORKER_APPROLE = "lockgate-worker"
 RUNS_MOUNT = "lockgate"  # kv-v1: runs/<run id> holds a run's token, worker/ the worker's settings
 TRANSIT_MOUNT = "transit"
-APPROVER_KEY_PREFIX = "approver-"  # transit/keys/approver-<entity name>: one signing key per person
 PERSON_POLICY = "lockgate-person"
 USERPASS_MOUNT = "userpass"
 # The dev stack's people (DESIGN.md "Demo agent"): name -> groups.

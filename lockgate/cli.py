@@ -13,6 +13,7 @@ import os
 import sys
 import uuid
 from collections.abc import Callable, Coroutine
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -460,6 +461,82 @@ async def cmd_freeze(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# -- people: login / logout / whoami -------------------------------------------------------------
+def _read_secret(from_stdin: bool, prompt: str, what: str) -> str:
+    value = sys.stdin.readline().rstrip("\r\n") if from_stdin else getpass.getpass(prompt)
+    if not value:
+        raise UserError(f"no {what} given")
+    return value
+
+
+def _expiry(session: Any) -> str:
+    if session.expires_at is None:
+        return "never expires"
+    left = int((session.expires_at - datetime.now(UTC)).total_seconds())
+    return f"expires {session.expires_at:%Y-%m-%d %H:%M:%S} UTC (in {left // 3600}h{left % 3600 // 60:02d}m)"
+
+
+def _print_session(session: Any) -> None:
+    groups = ", ".join(sorted(session.groups)) or "none"
+    print(f"{session.name}  groups: {groups}  token {_expiry(session)}  ({session.method} at {session.vault_addr})")
+
+
+def cmd_login(args: argparse.Namespace, settings: Settings) -> int:
+    from lockgate.identity import login_token, login_userpass, logout, save_session
+
+    if args.method == "userpass":
+        if not args.user:
+            raise UserError("login: name the USER to log in as")
+        password = _read_secret(args.password_stdin, f"Password for {args.user}: ", "password")
+        session = login_userpass(settings.vault_addr, args.user, password)
+    else:
+        # A token from another auth method (OIDC, LDAP, ...): from stdin when piped, else a prompt.
+        token = _read_secret(args.password_stdin or not sys.stdin.isatty(), "Vault token: ", "token")
+        try:
+            session = login_token(settings.vault_addr, token)
+        except UserError as err:
+            if "cannot reach" in str(err):
+                raise
+            raise UserError(f"login failed{' for ' + args.user if args.user else ''}: {err}") from None
+        if args.user and session.name != args.user:
+            raise UserError(f"login failed for {args.user}: the token belongs to {session.name}")
+    try:
+        logout(settings)  # the session being replaced: its token is revoked, not left lying around
+    except UserError:
+        pass
+    save_session(settings, session)
+    if args.json:
+        _print_json(session.public())
+    else:
+        print(f"logged in as {session.name}")
+        _print_session(session)
+    return 0
+
+
+def cmd_logout(args: argparse.Namespace, settings: Settings) -> int:
+    from lockgate.identity import logout
+
+    name = logout(settings)
+    if args.json:
+        _print_json({"logged_out": name})
+    else:
+        print(f"logged out {name} (token revoked)" if name else "not logged in: nothing to do")
+    if settings.operator_token:
+        print("lockgate: note: LOCKGATE_OPERATOR_TOKEN is still set and still acts for you", file=sys.stderr)
+    return 0
+
+
+def cmd_whoami(args: argparse.Namespace, settings: Settings) -> int:
+    from lockgate.identity import load_session
+
+    session = load_session(settings)
+    if args.json:
+        _print_json(session.public())
+    else:
+        _print_session(session)
+    return 0
+
+
 def cmd_worker(_args: argparse.Namespace, _settings: Settings) -> int:
     from lockgate import worker
 
@@ -527,6 +604,12 @@ def build_parser() -> argparse.ArgumentParser:
         scope.add_argument("--agent")
         scope.add_argument("--all", action="store_true")
         p.add_argument("--reason")
+    p = add("login", cmd_login, "log in as a person (a Vault identity); later commands act as them")
+    p.add_argument("user", nargs="?", metavar="USER")
+    p.add_argument("--method", choices=["userpass", "token"], default="userpass")
+    p.add_argument("--password-stdin", action="store_true", help="read the password (or token) from stdin")
+    add("logout", cmd_logout, "revoke the logged-in person's token and forget it")
+    add("whoami", cmd_whoami, "the logged-in person: identity, groups, token expiry")
     add("leases", cmd_leases, "leases not yet revoked, with run, tool and expiry")
     add("compensations", cmd_compensations, "compensations that failed and are still outstanding (exit 1 if any)")
     add("reap", cmd_reap, "one pass of the reaper: clean up runs that ended without their own cleanup")

@@ -35,7 +35,7 @@ __all__ = [
 Act = Literal["start", "approve", "reject", "halt", "freeze", "unfreeze"]
 FieldValue = str | int | bool | None
 
-# Same as lockgate.bootstrap.APPROVER_KEY_PREFIX; repeated so this module imports nothing with I/O.
+# Each person signs with the Transit key `approver-<entity name>` (lockgate.bootstrap creates them).
 APPROVER_KEY_PREFIX = "approver-"
 # A person's name goes into Vault paths (identity/entity/name/<name>, transit/keys/approver-<name>):
 # nothing that could walk a path.

@@ -20,7 +20,6 @@ from typing import Any
 import hvac
 import psycopg
 import pytest
-from lockgate.identity import OperatorSession, login_userpass, sign
 from temporalio.client import Client, WorkflowHandle
 from temporalio.exceptions import ActivityError, ChildWorkflowError
 
@@ -28,6 +27,7 @@ import examples.report_agent  # noqa: F401 - the README's example agent
 import tests.agents  # noqa: F401 - registers test agents before Vault is bootstrapped
 from lockgate.config import Settings, load_settings
 from lockgate.devstack import DevStack
+from lockgate.identity import OperatorSession, login_userpass, sign
 from lockgate.models import ApprovalRequest, RunInput, RunStatus, args_digest
 from lockgate.testing import LocalStack
 
@@ -235,7 +235,9 @@ async def finish(handle: WorkflowHandle[Any, Any]) -> BaseException | None:
         return cause
 
 
-def run_cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    env: dict[str, str], *args: str, timeout: float = 120, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "lockgate.cli", *args],
         env=env,
@@ -243,6 +245,7 @@ def run_cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess
         text=True,
         timeout=timeout,
         cwd=ROOT,
+        input=input,
     )
 
 
