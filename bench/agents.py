@@ -36,7 +36,7 @@ NOOP = "bench.noop"  # (a) needs no database credential: gate + ledger only
 PG = "bench.pg"  # (b) leases a dynamic Postgres role per call and runs `select 1`
 APPROVAL = "bench.approval"  # a no-secret tool that a forbid sends to `finance` for approval
 APPROVER = "alice"  # in `finance` (policies/entities.json); neither initiator nor owner
-INITIATOR = "bench"
+INITIATOR = "erin"  # a dev person: runs are started with her signed statement
 
 # When each bench.approval implementation started, by run id (time.perf_counter(), this process).
 # The approval-latency figure reads it: "tool activity started" measured inside the activity itself.

@@ -123,6 +123,9 @@ def stack_env(dev: DevStack, policy_dir: Path) -> dict[str, str]:
     return values
 
 
+_PEOPLE: dict[str, Any] = {}
+
+
 # -- the workers ---------------------------------------------------------------------------------
 @dataclass
 class Bench:
@@ -136,15 +139,39 @@ class Bench:
     queue: str
     plain_queue: str
 
+    def person(self, name: str) -> Any:
+        """A dev person, logged in once (runs are started and approved by people)."""
+        from lockgate.identity import login_userpass
+
+        if name not in _PEOPLE:
+            _PEOPLE[name] = login_userpass(self.settings.vault_addr, name, self.env["LOCKGATE_DEV_PASSWORD"])
+        return _PEOPLE[name]
+
+    def run_input(self, tool: str, n: int, run_id: str, initiator: str = bench_agents.INITIATOR) -> RunInput:
+        """The input of a governed run, with the initiator's signed start statement."""
+        from lockgate.identity import sign
+        from lockgate.models import args_digest
+
+        data = bench_agents.bench_input(tool, n)
+        start = sign(
+            self.person(initiator),
+            "start",
+            {"run_id": run_id, "agent": bench_agents.AGENT_NAME, "input_digest": args_digest(data)},
+        )
+        return RunInput(agent=bench_agents.AGENT_NAME, input=data, initiator=initiator, start=start)
+
+    async def approve(self, handle: WorkflowHandle[Any, Any], request: Any, who: str = bench_agents.APPROVER) -> Any:
+        """`lockgate approve` as `who`: a signed approval of exactly this request, as an update."""
+        from lockgate.ops import send_verdict
+
+        return await send_verdict(self.client, handle.id, request.request_id, session=self.person(who), approve=True)
+
     async def start_governed(
         self, tool: str, n: int, *, run_id: str | None = None, initiator: str = bench_agents.INITIATOR
     ) -> WorkflowHandle[Any, Any]:
         run_id = run_id or f"bench-{uuid.uuid4().hex[:12]}"
         return await self.client.start_workflow(
-            "lockgate.agent",
-            RunInput(agent=bench_agents.AGENT_NAME, input=bench_agents.bench_input(tool, n), initiator=initiator),
-            id=run_id,
-            task_queue=self.queue,
+            "lockgate.agent", self.run_input(tool, n, run_id, initiator), id=run_id, task_queue=self.queue
         )
 
     async def governed(self, tool: str, n: int) -> float:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 from temporalio.client import WorkflowHistory
@@ -13,7 +12,7 @@ from temporalio.client import WorkflowHistory
 import bench.agents as bench_agents
 from bench import baseline
 from bench.harness import RUN_TIMEOUT, Bench, closed_loop, median, percentile, result_of, say
-from lockgate.models import ApprovalRequest, ApprovalSignal, RunStatus
+from lockgate.models import ApprovalRequest, RunStatus
 
 __all__ = ["approval_latency", "audit_and_replay", "sequential", "throughput"]
 
@@ -101,7 +100,8 @@ async def _wait_state(b: Bench, handles: list[Any], state: str, timeout: float) 
 async def approval_latency(b: Bench, samples: int) -> dict[str, Any]:
     """Signal sent -> tool activity started, one approval at a time.
 
-    t0: just before the client sends the `approve` signal (the RPC is inside the interval).
+    t0: just before the approver signs the approval (Transit), which is then sent as an update and
+        verified by the worker (signature, groups, separation of duties) before the run answers.
     t1: the first line of the bench.approval tool's implementation, in this same process (the
         worker is in-process, so both clocks are the same perf_counter). Between the two: the signal
         reaches the run, the run accepts it and schedules the tool activity again, which evaluates its
@@ -115,18 +115,10 @@ async def approval_latency(b: Bench, samples: int) -> dict[str, Any]:
     latencies = []
     for handle in handles:
         (request,) = await handle.query("pending_approvals", result_type=list[ApprovalRequest])
-        signal = ApprovalSignal(
-            attempt_id=uuid.uuid4().hex,
-            run_id=handle.id,
-            decision_id=request.decision_id,
-            request_id=request.request_id,
-            approver=bench_agents.APPROVER,
-            args_digest=request.args_digest,
-            reason="bench",
-            sent_at=datetime.now(UTC),
-        )
         t0 = time.perf_counter()
-        await handle.signal("approve", signal)
+        # Sign, send the update and wait for the run's verdict: all inside the interval.
+        attempt = await b.approve(handle, request)
+        assert attempt.accepted, attempt.reason
         deadline = t0 + 30
         while handle.id not in bench_agents.TOOL_STARTED:
             if time.perf_counter() > deadline:

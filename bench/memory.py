@@ -20,7 +20,7 @@ import psutil
 
 import bench.agents as bench_agents
 from bench.harness import ROOT, RUN_TIMEOUT, Bench, result_of, say
-from lockgate.models import ApprovalRequest, ApprovalSignal, RunInput
+from lockgate.models import ApprovalRequest
 
 __all__ = ["CHILDREN", "worker_rss"]
 
@@ -92,11 +92,9 @@ async def worker_rss(
     try:
 
         async def run(tool: str, n: int, approve: bool) -> None:
+            run_id = f"{tag}-warm-{uuid.uuid4().hex[:8]}"
             handle = await b.client.start_workflow(
-                "lockgate.agent",
-                RunInput(agent=bench_agents.AGENT_NAME, input=bench_agents.bench_input(tool, n), initiator=tag),
-                id=f"{tag}-warm-{uuid.uuid4().hex[:8]}",
-                task_queue=queue,
+                "lockgate.agent", b.run_input(tool, n, run_id), id=run_id, task_queue=queue
             )
             if approve:
                 deadline = time.monotonic() + 60
@@ -104,17 +102,7 @@ async def worker_rss(
                     if time.monotonic() > deadline:
                         raise TimeoutError(f"warm-up run {handle.id} never asked for approval; see {log}")
                     await asyncio.sleep(0.05)
-                await handle.signal(
-                    "approve",
-                    ApprovalSignal(
-                        attempt_id=uuid.uuid4().hex,
-                        run_id=handle.id,
-                        decision_id=pending[0].decision_id,
-                        request_id=pending[0].request_id,
-                        approver=bench_agents.APPROVER,
-                        args_digest=pending[0].args_digest,
-                    ),
-                )
+                await b.approve(handle, pending[0])
             await result_of(handle, RUN_TIMEOUT)
 
         # Warm-up: every code path the waiting runs take (gate, approval request, audit, tools), so
@@ -134,18 +122,13 @@ async def worker_rss(
         async def start(k: int) -> None:
             run_id = f"{tag}-{k:05d}"
             await b.client.start_workflow(
-                "lockgate.agent",
-                RunInput(
-                    agent=bench_agents.AGENT_NAME,
-                    input=bench_agents.bench_input(bench_agents.APPROVAL, 1),
-                    initiator=tag,
-                ),
-                id=run_id,
-                task_queue=queue,
+                "lockgate.agent", b.run_input(bench_agents.APPROVAL, 1, run_id), id=run_id, task_queue=queue
             )
             started.append(run_id)
 
-        query = f'LockgateInitiator = "{tag}" AND LockgateState = "awaiting_approval" AND ExecutionStatus = "Running"'
+        query = (
+            f'WorkflowId STARTS_WITH "{tag}-" AND LockgateState = "awaiting_approval" AND ExecutionStatus = "Running"'
+        )
         t0 = time.monotonic()
 
         async def fill(upto: int) -> int:
