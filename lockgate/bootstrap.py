@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import hvac
+import hvac.exceptions
 import psycopg
 from psycopg import sql
 
@@ -18,11 +19,16 @@ from lockgate.spec import AgentRegistry, registry
 
 __all__ = [
     "DB_ROLES",
+    "PAYLOAD_KEY",
+    "PAYLOAD_READER_POLICY",
+    "PAYLOAD_WRITER_POLICY",
     "RUNS_MOUNT",
     "RUN_TOKEN_ROLE",
     "WORKER_POLICY",
     "Bootstrap",
+    "bootstrap_payload_key",
     "bootstrap_vault",
+    "payload_policy",
     "secure_postgres",
     "seed_shop",
     "socket_connection_url",
@@ -171,6 +177,34 @@ class Bootstrap:
     secret_id: str
 
 
+# -- payload encryption (activities/codec.py) ------------------------------------------------------
+TRANSIT_MOUNT = "transit"
+PAYLOAD_KEY = "lockgate-payloads"  # the Transit key Temporal payloads are encrypted under
+PAYLOAD_READER_POLICY = "lockgate-payload-reader"  # decrypt only: auditors, codec-server users
+PAYLOAD_WRITER_POLICY = "lockgate-payload-writer"  # decrypt and new data keys: operators on the CLI
+
+
+def payload_policy(key: str = PAYLOAD_KEY, *, encrypt: bool = True) -> str:
+    """Exactly the Transit paths a payload reader (decrypt) or writer (also data keys) needs."""
+    lines = [f'path "{TRANSIT_MOUNT}/decrypt/{key}" {{ capabilities = ["update"] }}']
+    if encrypt:
+        lines.insert(0, f'path "{TRANSIT_MOUNT}/datakey/plaintext/{key}" {{ capabilities = ["update"] }}')
+    return "\n".join(lines) + "\n"
+
+
+def bootstrap_payload_key(client: hvac.Client, key: str = PAYLOAD_KEY) -> None:
+    """The Transit engine, the payload key (aes256-gcm96; never exportable) and the reader and
+    writer policies. Rotation is `transit/keys/<key>/rotate`; old versions keep decrypting."""
+    if f"{TRANSIT_MOUNT}/" not in client.sys.list_mounted_secrets_engines()["data"]:
+        client.sys.enable_secrets_engine("transit", path=TRANSIT_MOUNT)
+    try:
+        client.secrets.transit.read_key(name=key, mount_point=TRANSIT_MOUNT)
+    except hvac.exceptions.InvalidPath:
+        client.secrets.transit.create_key(name=key, key_type="aes256-gcm96", mount_point=TRANSIT_MOUNT)
+    client.sys.create_or_update_policy(name=PAYLOAD_READER_POLICY, policy=payload_policy(key, encrypt=False))
+    client.sys.create_or_update_policy(name=PAYLOAD_WRITER_POLICY, policy=payload_policy(key, encrypt=True))
+
+
 def _worker_policy() -> str:
     return f"""
 # lockgate worker: orchestrates run identities; holds no database credentials itself.
@@ -185,7 +219,7 @@ path "{RUNS_MOUNT}/worker/*" {{ capabilities = ["read"] }}
 path "sys/leases/revoke" {{ capabilities = ["update"] }}
 path "sys/leases/lookup" {{ capabilities = ["update"] }}
 path "sys/leases/lookup/database/creds/*" {{ capabilities = ["list", "sudo"] }}
-"""
+""" + payload_policy(PAYLOAD_KEY, encrypt=True)
 
 
 def agent_policy(secret_paths: list[str]) -> str:
@@ -244,6 +278,7 @@ def bootstrap_vault(
             max_ttl=LEASE_MAX_TTL,
         )
 
+    bootstrap_payload_key(client)
     client.sys.create_or_update_policy(name=WORKER_POLICY, policy=_worker_policy())
     agent_policies = []
     for agent in agents.agents():

@@ -31,6 +31,10 @@ class Settings(BaseModel):
     pg_socket_dir: str | None = None
     pg_dsn: str | None = None
     ui_address: str | None = None
+    # Payload encryption (activities/codec.py): the Vault Transit key; unset means payloads in clear.
+    payload_key: str | None = None
+    # A person's Vault token for the CLI (decrypting payloads among others); else VAULT_TOKEN.
+    operator_token: str | None = None
 
 
 _ENV_NAMES = {
@@ -47,6 +51,8 @@ _ENV_NAMES = {
     "pg_socket_dir": "LOCKGATE_PG_SOCKET_DIR",
     "pg_dsn": "LOCKGATE_PG_DSN",
     "ui_address": "LOCKGATE_UI_ADDRESS",
+    "payload_key": "LOCKGATE_PAYLOAD_KEY",
+    "operator_token": "LOCKGATE_OPERATOR_TOKEN",
 }
 
 

@@ -8,6 +8,7 @@ invalid policy bundle.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -19,11 +20,13 @@ from pathlib import Path
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.worker import Worker
 
 import lockgate.activities.incident
 import lockgate.activities.shop
 import lockgate.agents  # noqa: F401 - registers the built-in agents
+from lockgate.activities.codec import TransitCodec, VaultTransit
 from lockgate.activities.freeze import FreezeStore
 from lockgate.activities.governance import GovernanceActivities, bundle_content
 from lockgate.activities.ledger import Ledger
@@ -48,8 +51,9 @@ __all__ = [
     "build_tools",
     "build_worker",
     "connect",
-    "main",
+    "data_converter",
     "entry",
+    "main",
     "reap_forever",
     "run_worker",
     "watch_policies",
@@ -57,8 +61,44 @@ __all__ = [
 
 log = logging.getLogger("lockgate.worker")
 
-# One converter for worker, CLI and replayer: pydantic models in, pydantic models out.
+# Pydantic models in, pydantic models out, payloads in clear: what `data_converter` builds when no
+# payload key is configured. Use `data_converter(settings)`, which encrypts when one is.
 DATA_CONVERTER = pydantic_data_converter
+
+
+def data_converter(settings: Settings, vault: VaultBroker | None = None) -> DataConverter:
+    """The one data converter for worker, CLI, replayer and demo.
+
+    With `LOCKGATE_PAYLOAD_KEY` set, every payload (inputs, results, signals, updates, queries,
+    memos, failure messages) is encrypted under that Vault Transit key (activities/codec.py).
+
+    Args:
+        settings: lockgate's settings.
+        vault: the worker's broker: payload keys are then used with the worker's AppRole identity.
+            Without it, with the operator's token (`LOCKGATE_OPERATOR_TOKEN`, else `VAULT_TOKEN`).
+
+    Raises:
+        UserError: a payload key is configured but there is no Vault identity to use it with.
+    """
+    if not settings.payload_key:
+        return DATA_CONVERTER
+    if vault is not None:
+        broker = vault
+        transit = VaultTransit(lambda: broker.client)
+    else:
+        token = settings.operator_token or settings.vault_token
+        if not token:
+            raise UserError(
+                f"payloads are encrypted with Vault Transit key {settings.payload_key!r}: set "
+                "LOCKGATE_OPERATOR_TOKEN (or VAULT_TOKEN) to a Vault token that may use it"
+            )
+        transit = VaultTransit.with_token(settings.vault_addr, token)
+    return dataclasses.replace(
+        DATA_CONVERTER,
+        payload_codec=TransitCodec(transit, settings.payload_key),
+        # Failure messages can quote what a tool saw: they go into the encrypted payload too.
+        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+    )
 
 
 @dataclass
@@ -215,18 +255,18 @@ def build_worker(
     )
 
 
-async def connect(settings: Settings) -> Client:
+async def connect(settings: Settings, vault: VaultBroker | None = None) -> Client:
+    """A client with `data_converter(settings, vault)`: pass the worker's broker in a worker."""
+    converter = data_converter(settings, vault)
     try:
-        return await Client.connect(
-            settings.temporal_address, namespace=settings.namespace, data_converter=DATA_CONVERTER
-        )
+        return await Client.connect(settings.temporal_address, namespace=settings.namespace, data_converter=converter)
     except Exception as err:
         raise UserError(f"cannot reach Temporal at {settings.temporal_address}: {err}") from err
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
     deps = build_deps(settings)
-    client = await connect(settings)
+    client = await connect(settings, deps.vault)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -95,6 +95,9 @@ def env(stack: DevStack, policy_dir: Path) -> dict[str, str]:
             "LOCKGATE_AGENT_MODULES": "tests.agents,examples.report_agent",
         }
     )
+    # The dev stack encrypts payloads; LOCKGATE_TEST_PAYLOAD_KEY= (empty) runs the suite in clear.
+    if "LOCKGATE_TEST_PAYLOAD_KEY" in os.environ:
+        values["LOCKGATE_PAYLOAD_KEY"] = os.environ["LOCKGATE_TEST_PAYLOAD_KEY"]
     return values
 
 
@@ -111,10 +114,11 @@ def deps(settings: Settings) -> Any:
 
 
 @pytest.fixture(scope="session")
-async def client(settings: Settings) -> Client:
+async def client(settings: Settings, deps: Any) -> Client:
+    """The session worker's client: payload keys used with the worker's AppRole identity."""
     from lockgate import worker
 
-    return await worker.connect(settings)
+    return await worker.connect(settings, deps.vault)
 
 
 @pytest.fixture(scope="session")

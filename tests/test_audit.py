@@ -126,8 +126,6 @@ async def test_replay_catches_nondeterministic_code(client: Client, worker_runni
     from lockgate.workflows import agent as agent_module
     from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 
-    from lockgate import worker
-
     handle = await start(client, worker_running, "refund-agent", {"order_id": "A-1001", "amount_cents": 110})
     assert await finish(handle) is None
     history = await handle.fetch_history()
@@ -142,7 +140,7 @@ async def test_replay_catches_nondeterministic_code(client: Client, worker_runni
         # Unsandboxed: the sandbox would re-import the module and not see this change.
         result = await Replayer(
             workflows=[agent_module.AgentWorkflow],
-            data_converter=worker.DATA_CONVERTER,
+            data_converter=client.data_converter,
             workflow_runner=UnsandboxedWorkflowRunner(),
         ).replay_workflow(history, raise_on_replay_failure=False)
     finally:
