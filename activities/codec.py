@@ -207,6 +207,14 @@ class TransitCodec(PayloadCodec):
         self._current: DataKey | None = None
         self._unwrapped: OrderedDict[str, tuple[float, AESGCM]] = OrderedDict()
 
+    def check_access(self) -> None:
+        """Raises PayloadKeyForbidden unless this identity may decrypt payloads of `key`."""
+        if self.key and not self.transit.allowed([f"decrypt/{self.key}"]):
+            raise PayloadKeyForbidden(
+                f"this Vault token may not decrypt lockgate payloads ({self.transit.mount}/decrypt/{self.key}); "
+                "use one with that capability (policy lockgate-payload-reader or -writer)"
+            )
+
     # -- encode ------------------------------------------------------------------------------------
     def _claim(self, n: int) -> DataKey | None:
         """The current data key with `n` uses claimed, or None when a new one must be minted."""

@@ -86,6 +86,8 @@ GRANT CONNECT ON DATABASE shop TO shop_reader, shop_refunder;
 GRANT USAGE ON SCHEMA public TO shop_reader, shop_refunder;
 GRANT SELECT ON customers, orders TO shop_reader;
 GRANT INSERT ON notifications TO shop_reader;
+-- ON CONFLICT (idempotency_key) needs SELECT on the conflict column.
+GRANT SELECT (idempotency_key) ON notifications TO shop_reader;
 GRANT USAGE ON SEQUENCE notifications_id_seq TO shop_reader;
 GRANT SELECT ON orders, refunds TO shop_refunder;
 GRANT SELECT (id, closed_at), UPDATE (closed_at) ON customers TO shop_refunder;
@@ -128,6 +130,7 @@ GRANT CONNECT ON DATABASE shop TO ops_reader, ops_responder;
 GRANT USAGE ON SCHEMA ops TO ops_reader, ops_responder;
 GRANT SELECT ON ops.hosts, ops.alerts TO ops_reader;
 GRANT INSERT ON ops.pages TO ops_reader;
+GRANT SELECT (idempotency_key) ON ops.pages TO ops_reader;
 GRANT USAGE ON SEQUENCE ops.pages_id_seq TO ops_reader;
 GRANT SELECT ON ops.hosts, ops.tickets TO ops_responder;
 GRANT INSERT ON ops.tickets TO ops_responder;

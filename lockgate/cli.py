@@ -27,10 +27,16 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
-def _client(settings: Settings) -> Any:
+async def _client(settings: Settings) -> Any:
+    """A client as the operator: encrypted payloads are read with the operator's own Vault token,
+    checked here once so that a token without access fails with one line, before anything else."""
     from lockgate.worker import connect
 
-    return connect(settings)
+    client = await connect(settings)
+    check = getattr(client.data_converter.payload_codec, "check_access", None)
+    if check is not None:
+        await asyncio.to_thread(check)
+    return client
 
 
 def _ledger(settings: Settings) -> Any:
@@ -235,6 +241,7 @@ async def cmd_halt(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    from lockgate.activities.codec import PayloadKeyError
     from lockgate.audit import history_entries, render_markdown, render_text, timeline
     from lockgate.ops import run_status
 
@@ -242,6 +249,10 @@ async def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     history: list[dict[str, Any]] = []
     try:
         client = await _client(settings)
+    except PayloadKeyError as err:
+        # The ledger holds no regulated data: an auditor without the payload key still gets it.
+        print(f"lockgate: run status and history not shown: {err}", file=sys.stderr)
+        client = None
     except UserError:
         client = None  # audit from the ledger alone when Temporal is away
     if client is not None:
