@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 import threading
 import time
@@ -54,6 +55,8 @@ __all__ = [
     "is_encrypted",
     "restore_failure",
 ]
+
+log = logging.getLogger("lockgate.codec")
 
 ENCODING = b"binary/encrypted"
 META_KEY = "encryption-key-id"  # the Transit key's name
@@ -179,11 +182,15 @@ class TransitCodec(PayloadCodec):
     Args:
         transit: the Transit engine as this process's identity sees it.
         key: the Transit key new payloads are encrypted under; None for a codec that only decodes.
-        data_key_ttl: seconds one data key is used for new payloads.
+        data_key_ttl: seconds after which a new data key is fetched, in the background: the current
+            one keeps serving meanwhile, so a slow or stopped Vault does not stall encoding.
+        data_key_max_age: seconds after which a data key encrypts nothing more (encoding then
+            waits for Vault).
         data_key_uses: payloads one data key encrypts at most (random 96-bit nonces stay far below
             the collision bound).
         unwrap_cache: how many unwrapped data keys decoding keeps.
-        unwrap_ttl: seconds an unwrapped data key is kept.
+        unwrap_ttl: seconds an unwrapped data key is kept (a worker replaying recent runs needs no
+            Vault call for them).
     """
 
     def __init__(
@@ -192,13 +199,16 @@ class TransitCodec(PayloadCodec):
         key: str | None,
         *,
         data_key_ttl: float = 60.0,
+        data_key_max_age: float = 3600.0,
         data_key_uses: int = 100_000,
         unwrap_cache: int = 256,
-        unwrap_ttl: float = 600.0,
+        unwrap_ttl: float = 3600.0,
     ) -> None:
         self.transit = transit
         self.key = key
-        self._ttl, self._max_uses = data_key_ttl, data_key_uses
+        self._ttl, self._max_age, self._max_uses = data_key_ttl, data_key_max_age, data_key_uses
+        self._refreshing = False
+        self._next_refresh = 0.0
         self._cache_size, self._unwrap_ttl = unwrap_cache, unwrap_ttl
         # Threading locks, not asyncio ones: the sync methods run outside any event loop, and no
         # lock is ever held across an await.
@@ -217,13 +227,36 @@ class TransitCodec(PayloadCodec):
 
     # -- encode ------------------------------------------------------------------------------------
     def _claim(self, n: int) -> DataKey | None:
-        """The current data key with `n` uses claimed, or None when a new one must be minted."""
+        """The current data key with `n` uses claimed, or None when a new one must be minted first.
+        A key past its TTL (or most of its uses) still serves while a new one is fetched."""
+        refresh = False
         with self._lock:
             k = self._current
-            if k is None or k.uses + n > self._max_uses or time.monotonic() - k.minted > self._ttl:
+            now = time.monotonic()
+            if k is None or k.uses + n > self._max_uses or now - k.minted > self._max_age:
                 return None
             k.uses += n
-            return k
+            if (now - k.minted > self._ttl or k.uses > self._max_uses * 0.8) and not self._refreshing:
+                refresh = self._refreshing = now >= self._next_refresh
+        if refresh:
+            threading.Thread(target=self._refresh, name="lockgate-data-key", daemon=True).start()
+        return k
+
+    def _install(self, fresh: DataKey) -> None:
+        with self._lock:
+            self._current = fresh
+            # This process made it: decoding its own payloads needs no unwrap call.
+            self._remember(fresh.wrapped, fresh.aead)
+
+    def _refresh(self) -> None:
+        try:
+            assert self.key is not None
+            self._install(self.transit.datakey(self.key))
+        except PayloadKeyError as err:
+            log.warning("payload data key not renewed, the current one keeps serving: %s", err)
+            self._next_refresh = time.monotonic() + 5
+        finally:
+            self._refreshing = False
 
     def _mint(self, n: int) -> DataKey:
         with self._mint_lock:
@@ -233,10 +266,7 @@ class TransitCodec(PayloadCodec):
             assert self.key is not None
             fresh = self.transit.datakey(self.key)
             fresh.uses = n
-            with self._lock:
-                self._current = fresh
-                # This process made it: decoding its own payloads needs no unwrap call.
-                self._remember(fresh.wrapped, fresh.aead)
+            self._install(fresh)
             return fresh
 
     def _seal(self, payload: Payload, k: DataKey) -> Payload:

@@ -7,7 +7,9 @@ so the module means the same whichever way the session's stack is configured.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,14 +18,14 @@ from typing import Any
 import hvac
 import hvac.exceptions
 import pytest
-from lockgate.activities.codec import ENCODING, TransitCodec, decode_events
+from lockgate.activities.codec import ENCODING, PayloadKeyUnavailable, TransitCodec, VaultTransit, decode_events
 from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 from temporalio.converter import DataConverter
 
 from lockgate import worker
-from lockgate.bootstrap import PAYLOAD_KEY, PAYLOAD_READER_POLICY
+from lockgate.bootstrap import PAYLOAD_KEY, PAYLOAD_READER_POLICY, PAYLOAD_WRITER_POLICY
 from lockgate.config import Settings
 from lockgate.ops import send_verdict
 from tests.conftest import Outside, cli, finish, pending_request, start
@@ -218,3 +220,32 @@ def test_worker_policy_has_exactly_the_transit_paths_it_needs(deps: Any, outside
             approle.adapter.post(forbidden, json={"plaintext": ""})
     with pytest.raises(hvac.exceptions.Forbidden):
         approle.adapter.get(f"/v1/transit/export/encryption-key/{PAYLOAD_KEY}")
+
+
+async def test_data_keys_renew_in_the_background_and_outlast_a_vault_outage(outside: Outside) -> None:
+    """Past its TTL a data key keeps serving while a new one is fetched off the hot path; when Vault
+    does not answer, encoding and decoding go on with the keys at hand (up to their maximum age)."""
+    token = outside.vault.auth.token.create(policies=[PAYLOAD_WRITER_POLICY], ttl="10m")["auth"]["client_token"]
+    live = hvac.Client(url=outside.settings.vault_addr, token=token)
+    dead = hvac.Client(url="http://127.0.0.1:9", token=token, timeout=0.5)  # nothing listens there
+    vault = [live]
+    codec = TransitCodec(VaultTransit(lambda: vault[0]), PAYLOAD_KEY, data_key_ttl=0.0)
+    plain = worker.DATA_CONVERTER.payload_converter.to_payloads([dict(zip(("name", "email"), PROFILE, strict=True))])
+
+    first = (await codec.encode(plain))[0]
+    wrapped = {first.metadata["encryption-data-key"]}
+    for _ in range(100):  # each encode past the TTL may start one background renewal
+        wrapped.add((await codec.encode(plain))[0].metadata["encryption-data-key"])
+        if len(wrapped) > 1:
+            break
+        await asyncio.sleep(0.02)
+    assert len(wrapped) > 1, "the data key was never renewed"
+
+    vault[0] = dead
+    t0 = time.monotonic()
+    during = [(await codec.encode(plain))[0] for _ in range(20)]
+    assert time.monotonic() - t0 < 1.0, "encoding waited for an unreachable Vault"
+    assert await codec.decode([first, *during]) == [plain[0]] * 21
+    # A codec that has never seen these data keys needs Vault, and says so in one line.
+    with pytest.raises(PayloadKeyUnavailable, match="did not answer"):
+        await TransitCodec(VaultTransit(lambda: dead), None).decode([first])
