@@ -219,9 +219,18 @@ class TransitCodec(PayloadCodec):
 
     def check_access(self) -> None:
         """Raises PayloadKeyForbidden unless this identity may decrypt payloads of `key`."""
-        if self.key and not self.transit.allowed([f"decrypt/{self.key}"]):
+        if not self.key:
+            return
+        path = f"{self.transit.mount}/decrypt/{self.key}"
+        try:
+            allowed = self.transit.allowed([f"decrypt/{self.key}"])
+        except PayloadKeyForbidden:
             raise PayloadKeyForbidden(
-                f"this Vault token may not decrypt lockgate payloads ({self.transit.mount}/decrypt/{self.key}); "
+                f"Vault does not accept this token (invalid or expired); lockgate payloads need one allowed {path}"
+            ) from None
+        if not allowed:
+            raise PayloadKeyForbidden(
+                f"this Vault token may not decrypt lockgate payloads ({path}); "
                 "use one with that capability (policy lockgate-payload-reader or -writer)"
             )
 

@@ -203,6 +203,9 @@ async def check_cli_access(handle: WorkflowHandle[Any, Any], encrypted: dict[str
     ledger_only = await cli({**encrypted, "LOCKGATE_OPERATOR_TOKEN": token("default")}, "audit", handle.id)
     assert ledger_only.returncode == 0 and "gate ALLOW" in ledger_only.stdout
     assert "history not shown" in ledger_only.stderr
+    # A token Vault does not know.
+    bogus = await cli({**encrypted, "LOCKGATE_OPERATOR_TOKEN": "hvs.not-a-token"}, "status", handle.id)
+    assert bogus.returncode == 2 and bogus.stderr.count("\n") == 1 and "invalid or expired" in bogus.stderr
     # A reader's token (decrypt only) is enough to read.
     reader = await cli({**encrypted, "LOCKGATE_OPERATOR_TOKEN": token(PAYLOAD_READER_POLICY)}, "status", handle.id)
     assert reader.returncode == 0, reader.stderr
