@@ -105,7 +105,7 @@ class VaultTransit:
 
     @classmethod
     def with_token(
-        cls, addr: str, token: str, *, session: requests.Session | None = None, timeout: float = 5.0
+        cls, addr: str, token: str, *, session: requests.Session | None = None, timeout: int = 5
     ) -> VaultTransit:
         client = hvac.Client(url=addr, token=token, timeout=timeout, session=session)
         return cls(lambda: client)

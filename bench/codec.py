@@ -59,7 +59,8 @@ async def codec_overhead(b: Bench, n1: int, n2: int, reps: int, tool: str = benc
             order = list(sides) if rep % 2 == 0 else list(reversed(sides))
             for n in (n1, n2):
                 for side in order:
-                    samples[side][n].append(await _run(*sides[side], tool, n))
+                    client, queue = sides[side]
+                    samples[side][n].append(await _run(client, queue, tool, n))
     step_ms = {
         s: [(t2 - t1) / (n2 - n1) * 1000 for t1, t2 in zip(samples[s][n1], samples[s][n2], strict=True)] for s in sides
     }
