@@ -71,6 +71,8 @@ def data_converter(settings: Settings, vault: VaultBroker | None = None) -> Data
 
     With `LOCKGATE_PAYLOAD_KEY` set, every payload (inputs, results, signals, updates, queries,
     memos, failure messages) is encrypted under that Vault Transit key (activities/codec.py).
+    Without it nothing is encrypted, but payloads encrypted earlier still decrypt wherever there is
+    a Vault identity to do it with: switching encryption off never makes old runs unreadable.
 
     Args:
         settings: lockgate's settings.
@@ -80,19 +82,21 @@ def data_converter(settings: Settings, vault: VaultBroker | None = None) -> Data
     Raises:
         UserError: a payload key is configured but there is no Vault identity to use it with.
     """
-    if not settings.payload_key:
-        return DATA_CONVERTER
+    token = settings.operator_token or settings.vault_token
     if vault is not None:
         broker = vault
         transit = VaultTransit(lambda: broker.client)
-    else:
-        token = settings.operator_token or settings.vault_token
-        if not token:
-            raise UserError(
-                f"payloads are encrypted with Vault Transit key {settings.payload_key!r}: set "
-                "LOCKGATE_OPERATOR_TOKEN (or VAULT_TOKEN) to a Vault token that may use it"
-            )
+    elif token:
         transit = VaultTransit.with_token(settings.vault_addr, token)
+    elif settings.payload_key:
+        raise UserError(
+            f"payloads are encrypted with Vault Transit key {settings.payload_key!r}: set "
+            "LOCKGATE_OPERATOR_TOKEN (or VAULT_TOKEN) to a Vault token that may use it"
+        )
+    else:
+        return DATA_CONVERTER
+    if not settings.payload_key:
+        return dataclasses.replace(DATA_CONVERTER, payload_codec=TransitCodec(transit, None))
     return dataclasses.replace(
         DATA_CONVERTER,
         payload_codec=TransitCodec(transit, settings.payload_key),

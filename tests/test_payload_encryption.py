@@ -131,14 +131,18 @@ async def test_profile_is_unreadable_in_history_and_decodes_with_the_key(
 
 
 async def test_without_a_payload_key_history_is_in_clear(settings: Settings, deps: Any, worker_running: str) -> None:
-    """The switch: no key, no codec. And the scan above is able to see the profile when it is there."""
-    plain = settings.model_copy(update={"payload_key": None})
+    """The switch: no key, nothing encrypted (and the scan above is able to see the profile when it
+    is there); encrypted runs of before still read wherever there is a Vault identity."""
+    plain = settings.model_copy(update={"payload_key": None, "vault_token": None, "operator_token": None})
     assert worker.data_converter(plain) is worker.DATA_CONVERTER
-    assert worker.data_converter(plain).payload_codec is None
+    async with lockgate_worker(settings, deps, PAYLOAD_KEY) as (client, queue):
+        encrypted = profile_result(await (await profile_run(client, queue)).fetch_history())
     async with lockgate_worker(settings, deps, None) as (client, queue):
         history = await (await profile_run(client, queue)).fetch_history()
+        (outcome,) = await client.data_converter.decode([encrypted])
     assert all(v in raw_text(history) for v in PROFILE)
     assert profile_result(history).metadata["encoding"] == b"json/plain"
+    assert outcome["result"]["email"] == PROFILE[1]
 
 
 async def test_rotation_keeps_old_runs_readable(
