@@ -47,7 +47,8 @@ async def codec_overhead(b: Bench, n1: int, n2: int, reps: int, tool: str = benc
     async with AsyncExitStack() as stack:
         for side, key in (("encrypted", PAYLOAD_KEY), ("clear", None)):
             client = await worker.connect(b.settings.model_copy(update={"payload_key": key}), b.deps.vault)
-            assert isinstance(client.data_converter.payload_codec, TransitCodec) == (key is not None)
+            codec = client.data_converter.payload_codec
+            assert isinstance(codec, TransitCodec) and codec.key == key  # clear: decodes old runs only
             queue = f"{b.queue}-codec-{side}"
             await stack.enter_async_context(worker.build_worker(client, b.deps, task_queue=queue))
             sides[side] = (client, queue)
