@@ -217,7 +217,7 @@ async def bench_workers(dev: DevStack, policy_dir: Path) -> AsyncIterator[Bench]
     env = stack_env(dev, policy_dir)
     settings = load_settings(env)
     deps = worker.build_deps(settings)
-    client = await worker.connect(settings)
+    client = await worker.connect(settings, deps.vault)
     plain_queue = f"{settings.task_queue}-plain"
     governed = worker.build_worker(client, deps, extra_workflows=[PlainWorkflow])
     # build_worker takes no extra activities: the baseline's workflow and activities get a worker of

@@ -159,7 +159,7 @@ async def _events(b: Bench, run_id: str) -> int:
 async def audit_and_replay(b: Bench, target_events: int) -> dict[str, Any]:
     """Builds one run of about `target_events` history events (summed over its continue-as-new
     chain, if the workflow continues as new), then times the audit timeline and the replay."""
-    from lockgate import audit, worker
+    from lockgate import audit
     from lockgate.spec import registry
 
     # Calibrate events per step on two short runs rather than assume a number.
@@ -199,7 +199,7 @@ async def audit_and_replay(b: Bench, target_events: int) -> dict[str, Any]:
     if has_history:
         entries: list[dict[str, Any]] = []
         for h in histories:
-            entries += audit.history_entries(h.events, worker.DATA_CONVERTER)
+            entries += audit.history_entries(h.events, b.client.data_converter)
         doc = await asyncio.to_thread(audit.timeline, b.deps.ledger, run_id, status, entries)
     else:
         doc = await asyncio.to_thread(audit.timeline, b.deps.ledger, run_id, status)
@@ -224,14 +224,14 @@ async def audit_and_replay(b: Bench, target_events: int) -> dict[str, Any]:
     if replay_module is not None and hasattr(replay_module, "replay"):
         how = "lockgate.replay.replay (fetch + Replayer + decision re-check)"
         t = time.perf_counter()
-        reports = await replay_module.replay(b.client, b.deps.ledger, registry, [run_id], worker.DATA_CONVERTER)
+        reports = await replay_module.replay(b.client, b.deps.ledger, registry, [run_id], b.client.data_converter)
         replay_s = time.perf_counter() - t
         problems = [p for r in reports for p in r.problems]
         assert not problems, problems
         decisions = sum(r.decisions for r in reports)
     else:
         how = "temporalio Replayer.replay_workflow over the fetched histories"
-        replay_s = raw_s = await _raw_replay(histories)
+        replay_s = raw_s = await _raw_replay(histories, b.client.data_converter)
         decisions = 0
     out = {
         "steps": steps,
@@ -261,16 +261,13 @@ async def audit_and_replay(b: Bench, target_events: int) -> dict[str, Any]:
     return out
 
 
-async def _raw_replay(histories: list[WorkflowHistory]) -> float:
+async def _raw_replay(histories: list[WorkflowHistory], converter: Any) -> float:
     from temporalio.worker import Replayer
 
-    from lockgate import worker
     from lockgate.plugin import workflow_runner
     from lockgate.workflows.agent import AgentWorkflow
 
-    replayer = Replayer(
-        workflows=[AgentWorkflow], data_converter=worker.DATA_CONVERTER, workflow_runner=workflow_runner()
-    )
+    replayer = Replayer(workflows=[AgentWorkflow], data_converter=converter, workflow_runner=workflow_runner())
     t = time.perf_counter()
     for history in histories:
         await replayer.replay_workflow(history)

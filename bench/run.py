@@ -10,7 +10,8 @@ side by side in one run on the same server:
 3. gate decision latency in-process with 10, 100 and 1,000 Cedar policies, sliced and unsliced;
 4. approval latency: approve signal sent -> tool activity started;
 5. audit timeline and replay of a ~10,000-event history;
-6. worker RSS with 1,000 runs waiting for approval vs none (worker in a subprocess).
+6. worker RSS with 1,000 runs waiting for approval vs none (worker in a subprocess);
+7. a governed call with its payloads encrypted (Vault Transit codec) vs in clear.
 
 Figures go to bench/results.json and a table (figure, value, target, pass/fail) to stdout.
 """
@@ -33,11 +34,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import gate_latency, measure, memory
+from bench import codec, gate_latency, measure, memory
 from bench.harness import ROOT, bench_workers, new_stack, say, stack_up, write_policy_dir
 from bench.report import Figure, figure, info, render_table, write_results
 
-SECTIONS = ("seq", "throughput", "gate", "approval", "history", "memory")
+SECTIONS = ("seq", "throughput", "gate", "approval", "history", "codec", "memory")
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,9 @@ class Sizes:
     history_events: int = 10_000
     mem_runs: int = 1000
     mem_cache: int | None = None
+    codec_n1: int = 2
+    codec_n2: int = 12
+    codec_reps: int = 9
 
 
 FULL = Sizes()
@@ -69,6 +73,8 @@ QUICK = Sizes(
     approvals=5,
     history_events=1000,
     mem_runs=100,
+    codec_n2=6,
+    codec_reps=3,
 )
 
 
@@ -294,6 +300,30 @@ def memory_figures(r: dict[str, Any], key: str = "memory") -> list[Figure]:
     ]
 
 
+def codec_figures(r: dict[str, Any]) -> list[Figure]:
+    e, c = r["step_ms"]["encrypted"], r["step_ms"]["clear"]
+    lo, hi = r["step_ratio_iqr"]
+    run_lo, run_hi = r["run_ratio_iqr"]
+    return [
+        figure(
+            "codec.step_ratio",
+            "7  governed call, payloads encrypted vs clear, per step",
+            r["step_ratio"],
+            "x",
+            "<=",
+            1.1,
+            display=f"{r['step_ratio']:.2f}x ({e:.1f} vs {c:.1f} ms, IQR {lo:.2f}-{hi:.2f})",
+        ),
+        info(
+            "codec.run_ratio",
+            f"7  whole run of {r['n2']} steps, encrypted vs clear",
+            r["run_ratio"],
+            "x",
+            display=f"{r['run_ratio']:.2f}x (IQR {run_lo:.2f}-{run_hi:.2f}, {r['reps']} reps)",
+        ),
+    ]
+
+
 def error_figure(section: str, err: BaseException) -> Figure:
     return Figure(f"{section}.error", f"{section}: did not complete", None, "", f"error: {err}"[:70], "", False)
 
@@ -313,6 +343,7 @@ async def stack_sections(
             ),
             ("approval", lambda: measure.approval_latency(b, sizes.approvals)),
             ("history", lambda: measure.audit_and_replay(b, sizes.history_events)),
+            ("codec", lambda: codec.codec_overhead(b, sizes.codec_n1, sizes.codec_n2, sizes.codec_reps)),
             # Last: it leaves many terminated runs behind on the server.
             ("memory", lambda: memory.worker_rss(b, sizes.mem_runs, logs)),
         ]
@@ -339,6 +370,8 @@ async def stack_sections(
                 figures += approval_figures(result)
             elif name == "history":
                 figures += history_figures(result)
+            elif name == "codec":
+                figures += codec_figures(result)
             elif name == "memory":
                 figures += memory_figures(result)
             elif name == "memory_cache":

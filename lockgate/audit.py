@@ -12,6 +12,7 @@ import json
 from datetime import UTC
 from typing import Any
 
+from lockgate.activities.codec import PayloadKeyError, restore_failure
 from lockgate.activities.ledger import Ledger
 from lockgate.text import safe, safe_md
 
@@ -90,8 +91,31 @@ _HISTORY = {
 }
 
 
+def _decoded(payloads: Any, converter: Any) -> list[Any]:
+    """Payloads decrypted through the converter's codec (when it can decode synchronously)."""
+    decode_sync = getattr(converter.payload_codec, "decode_sync", None)
+    return list(decode_sync(payloads) if decode_sync else payloads)
+
+
+def _failure_message(failure: Any, converter: Any) -> str:
+    if failure.HasField("encoded_attributes"):
+        from temporalio.api.failure.v1 import Failure
+
+        copy = Failure()
+        copy.CopyFrom(failure)
+        (plain,) = _decoded([copy.encoded_attributes], converter)
+        copy.encoded_attributes.CopyFrom(plain)
+        restore_failure(copy)
+        return copy.message
+    return failure.message
+
+
 def history_entries(events: Any, converter: Any) -> list[dict[str, Any]]:
-    """The lifecycle events of a run's Temporal history that an auditor needs beside the ledger."""
+    """The lifecycle events of a run's Temporal history that an auditor needs beside the ledger.
+
+    Encrypted payloads are decrypted through `converter`'s codec, with the caller's Vault identity;
+    one it may not decrypt leaves the event in the timeline with a note saying so.
+    """
     from temporalio.api.enums.v1 import EventType
 
     out = []
@@ -105,10 +129,14 @@ def history_entries(events: Any, converter: Any) -> list[dict[str, Any]]:
         attrs = getattr(event, attr_name) if attr_name else None
         try:
             if name == "EVENT_TYPE_WORKFLOW_EXECUTION_STARTED":
-                (inp,) = converter.payload_converter.from_payloads(attrs.input.payloads) or ({},)
+                (inp,) = converter.payload_converter.from_payloads(_decoded(attrs.input.payloads, converter)) or ({},)
                 detail = f"agent {inp.get('agent')} by {inp.get('initiator')} (identity {attrs.identity})"
             elif name == "EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED":
-                args = converter.payload_converter.from_payloads(attrs.input.payloads) if attrs.input.payloads else []
+                args = (
+                    converter.payload_converter.from_payloads(_decoded(attrs.input.payloads, converter))
+                    if attrs.input.payloads
+                    else []
+                )
                 first = args[0] if args else None
                 who = (
                     f" by {first.get('approver')} on request {first.get('request_id')}"
@@ -119,11 +147,13 @@ def history_entries(events: Any, converter: Any) -> list[dict[str, Any]]:
             elif name == "EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED":
                 detail = f"reason: {attrs.reason or '-'} (identity {attrs.identity})"
             elif name == "EVENT_TYPE_WORKFLOW_EXECUTION_FAILED":
-                detail = attrs.failure.message
+                detail = _failure_message(attrs.failure, converter)
             elif name == "EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED":
                 detail = f"by {attrs.identity}"
             elif name == "EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED":
                 detail = attrs.workflow_id
+        except PayloadKeyError as err:
+            detail = f"(encrypted: {err})"
         except Exception:  # noqa: BLE001 - an undecodable payload still leaves the event itself
             detail = ""
         stamp = event.event_time.ToDatetime().replace(tzinfo=UTC).isoformat()

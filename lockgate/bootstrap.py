@@ -24,14 +24,19 @@ from lockgate.spec import AgentRegistry, DatabaseSecret
 __all__ = [
     "APPROVER_KEY_PREFIX",
     "DEV_PEOPLE",
+    "PAYLOAD_KEY",
+    "PAYLOAD_READER_POLICY",
+    "PAYLOAD_WRITER_POLICY",
     "PERSON_POLICY",
     "RUNS_MOUNT",
     "RUN_TOKEN_ROLE",
     "TRANSIT_MOUNT",
     "WORKER_POLICY",
     "Bootstrap",
+    "bootstrap_payload_key",
     "bootstrap_people",
     "bootstrap_vault",
+    "payload_policy",
     "person_policy",
     "provision_databases",
     "secure_postgres",
@@ -106,6 +111,33 @@ class Bootstrap:
     secret_id: str
 
 
+# -- payload encryption (activities/codec.py) ------------------------------------------------------
+PAYLOAD_KEY = "lockgate-payloads"  # the Transit key Temporal payloads are encrypted under
+PAYLOAD_READER_POLICY = "lockgate-payload-reader"  # decrypt only: auditors, codec-server users
+PAYLOAD_WRITER_POLICY = "lockgate-payload-writer"  # decrypt and new data keys: operators on the CLI
+
+
+def payload_policy(key: str = PAYLOAD_KEY, *, encrypt: bool = True) -> str:
+    """Exactly the Transit paths a payload reader (decrypt) or writer (also data keys) needs."""
+    lines = [f'path "{TRANSIT_MOUNT}/decrypt/{key}" {{ capabilities = ["update"] }}']
+    if encrypt:
+        lines.insert(0, f'path "{TRANSIT_MOUNT}/datakey/plaintext/{key}" {{ capabilities = ["update"] }}')
+    return "\n".join(lines) + "\n"
+
+
+def bootstrap_payload_key(client: hvac.Client, key: str = PAYLOAD_KEY) -> None:
+    """The Transit engine, the payload key (aes256-gcm96; never exportable) and the reader and
+    writer policies. Rotation is `transit/keys/<key>/rotate`; old versions keep decrypting."""
+    if f"{TRANSIT_MOUNT}/" not in client.sys.list_mounted_secrets_engines()["data"]:
+        client.sys.enable_secrets_engine("transit", path=TRANSIT_MOUNT)
+    try:
+        client.secrets.transit.read_key(name=key, mount_point=TRANSIT_MOUNT)
+    except hvac.exceptions.InvalidPath:
+        client.secrets.transit.create_key(name=key, key_type="aes256-gcm96", mount_point=TRANSIT_MOUNT)
+    client.sys.create_or_update_policy(name=PAYLOAD_READER_POLICY, policy=payload_policy(key, encrypt=False))
+    client.sys.create_or_update_policy(name=PAYLOAD_WRITER_POLICY, policy=payload_policy(key, encrypt=True))
+
+
 def _worker_policy() -> str:
     return f"""
 # lockgate worker: orchestrates run identities; holds no database credentials itself.
@@ -129,7 +161,7 @@ path "identity/entity/id/*" {{ capabilities = ["read"] }}
 path "identity/group/name/*" {{ capabilities = ["read"] }}
 path "identity/group/id/*" {{ capabilities = ["read"] }}
 path "{TRANSIT_MOUNT}/keys/{APPROVER_KEY_PREFIX}*" {{ capabilities = ["read"] }}
-"""
+""" + payload_policy(PAYLOAD_KEY, encrypt=True)
 
 
 def bootstrap_seal_key(client: hvac.Client, mounts: dict[str, object]) -> None:
@@ -198,7 +230,8 @@ def bootstrap_people(
         client.write(
             f"auth/{USERPASS_MOUNT}/users/{name}",
             password=password,
-            token_policies=[PERSON_POLICY],
+            # Their own signing key, and payloads: people read (and start runs with) encrypted payloads.
+            token_policies=[PERSON_POLICY, PAYLOAD_WRITER_POLICY],
             token_ttl="1h",  # noqa: S106 - a duration: operator tokens are short-lived
             token_max_ttl="8h",  # noqa: S106 - a duration
             token_type="service",  # noqa: S106 - a token type
@@ -284,6 +317,7 @@ def bootstrap_vault(
             max_ttl=declared.max_ttl,
         )
 
+    bootstrap_payload_key(client)
     client.sys.create_or_update_policy(name=WORKER_POLICY, policy=_worker_policy())
     if dev_password is not None:
         bootstrap_people(client, password=dev_password)

@@ -29,10 +29,16 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
-def _client(settings: Settings) -> Any:
+async def _client(settings: Settings) -> Any:
+    """A client as the operator: encrypted payloads are read with the operator's own Vault token,
+    checked here once so that a token without access fails with one line, before anything else."""
     from lockgate.worker import connect
 
-    return connect(settings)
+    client = await connect(settings)
+    check = getattr(client.data_converter.payload_codec, "check_access", None)
+    if check is not None:
+        await asyncio.to_thread(check)
+    return client
 
 
 def _ledger(settings: Settings) -> Any:
@@ -251,7 +257,7 @@ async def cmd_halt(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
-    from lockgate import worker
+    from lockgate.activities.codec import PayloadKeyError
     from lockgate.audit import history_entries, render_markdown, render_text, timeline
     from lockgate.ops import run_status
 
@@ -259,6 +265,10 @@ async def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     history: list[dict[str, Any]] = []
     try:
         client = await _client(settings)
+    except PayloadKeyError as err:
+        # The ledger holds no regulated data: an auditor without the payload key still gets it.
+        print(f"lockgate: run status and history not shown: {err}", file=sys.stderr)
+        client = None
     except UserError:
         client = None  # audit from the ledger alone when Temporal is away
     if client is not None:
@@ -266,7 +276,7 @@ async def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
             status = (await run_status(client, args.run_id)).model_dump(mode="json")
             async for wf in client.list_workflows(f'WorkflowId = "{args.run_id}"'):
                 events = (await client.get_workflow_handle(wf.id, run_id=wf.run_id).fetch_history()).events
-                history += history_entries(events, worker.DATA_CONVERTER)
+                history += history_entries(events, client.data_converter)
         except UserError:
             status = None
     doc = timeline(_ledger(settings), args.run_id, status, history)
@@ -282,7 +292,6 @@ async def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
-    from lockgate import worker
     from lockgate.replay import replay
     from lockgate.spec import registry
 
@@ -290,7 +299,7 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
         raise UserError("name RUN_ID... or --all")
     client = await _client(settings)
     reports = await replay(
-        client, _ledger(settings), registry, None if args.all else args.run_ids, worker.DATA_CONVERTER
+        client, _ledger(settings), registry, None if args.all else args.run_ids, client.data_converter
     )
     bad = [r for r in reports if not r.ok]
     if args.json:
@@ -544,6 +553,22 @@ def cmd_worker(_args: argparse.Namespace, _settings: Settings) -> int:
     return worker.main()
 
 
+def cmd_codec_server(args: argparse.Namespace, settings: Settings) -> int:
+    from lockgate.codec_server import CodecConfig, serve
+
+    origins = list(args.origin or [])
+    if not origins and settings.ui_address:
+        origins = [settings.ui_address, settings.ui_address.replace("127.0.0.1", "localhost")]
+    print(
+        f"codec server on http://{args.host}:{args.port} (Vault {settings.vault_addr}, "
+        f"key {settings.payload_key or '-'}, origins {', '.join(origins) or '-'})",
+        file=sys.stderr,
+        flush=True,
+    )
+    serve(CodecConfig(settings.vault_addr, settings.payload_key, tuple(origins)), args.host, args.port)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from lockgate.demo import run_demo
 
@@ -567,6 +592,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("dev", cmd_dev, "start, stop or check the embedded dev stack (Temporal, OpenBao, Postgres)")
     p.add_argument("action", choices=["up", "down", "status"])
     add("worker", cmd_worker, "run a lockgate worker (same as python worker.py)")
+    p = add("codec-server", cmd_codec_server, "serve /decode and /encode for the Temporal UI (Vault token per caller)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8235)
+    p.add_argument("--origin", action="append", help="browser origin allowed to call (repeat; default: the UI's)")
     p = add("demo", cmd_demo, "walk the refund-agent through the whole story on the real stack")
     p.add_argument("--down", action="store_true", help="stop the dev stack afterwards")
 

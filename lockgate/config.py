@@ -35,6 +35,8 @@ class Settings(BaseModel):
     # Modules that declare the agents a worker runs and the CLI knows (comma-separated), besides
     # installed entry points of group `lockgate.agents`.
     agent_modules: str = ""
+    # Payload encryption (activities/codec.py): the Vault Transit key; unset means payloads in clear.
+    payload_key: str | None = None
     # A person's Vault token (any auth method); wins over the one `lockgate login` stored.
     operator_token: str | None = None
 
@@ -54,6 +56,7 @@ _ENV_NAMES = {
     "pg_dsn": "LOCKGATE_PG_DSN",
     "ui_address": "LOCKGATE_UI_ADDRESS",
     "agent_modules": "LOCKGATE_AGENT_MODULES",
+    "payload_key": "LOCKGATE_PAYLOAD_KEY",
     "operator_token": "LOCKGATE_OPERATOR_TOKEN",
 }
 

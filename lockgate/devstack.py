@@ -28,6 +28,7 @@ from typing import Any
 
 import hvac
 import psycopg
+import requests
 
 from lockgate import bootstrap
 from lockgate.config import read_env_file
@@ -136,6 +137,7 @@ class DevStack:
     # The agents the stack is bootstrapped for (their databases, roles and Vault policies), as
     # module paths; also written to dev.env so the worker and CLI of the dev stack load them.
     agent_modules: str = DEMO_AGENT_MODULES
+    codec_port: int = 8235  # the UI's codec server (started with the UI)
 
     @classmethod
     def from_env(cls, state_dir: Path) -> DevStack:
@@ -146,6 +148,7 @@ class DevStack:
             ui_port=int(env.get("LOCKGATE_DEV_UI_PORT", "8233")),
             vault_port=int(env.get("LOCKGATE_DEV_VAULT_PORT", "8200")),
             agent_modules=_with_demo(env.get("LOCKGATE_AGENT_MODULES", "")),
+            codec_port=int(env.get("LOCKGATE_DEV_CODEC_PORT", "8235")),
         )
 
     # -- paths ---------------------------------------------------------------------------------
@@ -164,6 +167,10 @@ class DevStack:
     @property
     def vault_addr(self) -> str:
         return f"http://127.0.0.1:{self.vault_port}"
+
+    @property
+    def codec_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.codec_port}"
 
     @property
     def temporal_address(self) -> str:
@@ -236,9 +243,16 @@ class DevStack:
             "LOCKGATE_UI_ADDRESS": f"http://127.0.0.1:{self.ui_port}" if self.ui else "",
             "LOCKGATE_AGENT_MODULES": self.agent_modules,
             "LOCKGATE_DEV_PASSWORD": self._dev_password(),
+            # Payloads encrypted under this Transit key (empty in the environment: in clear).
+            "LOCKGATE_PAYLOAD_KEY": bootstrap.PAYLOAD_KEY,
+            "LOCKGATE_CODEC_ENDPOINT": self.codec_endpoint if self.ui else "",
         }
         self._write_env(env)
         progress(f"wrote {self.env_file}")
+        if self.ui:
+            progress(f"codec server: starting on {self.codec_endpoint} for the UI")
+            pids["codec"] = self._start_codec(pids.get("codec"))
+            self._save_pids(pids)
         return env
 
     def _pg_password(self) -> str:
@@ -268,7 +282,7 @@ class DevStack:
         self.env_file.write_text("\n".join(lines) + "\n")
         self.env_file.chmod(0o600)
 
-    def _spawn(self, name: str, argv: list[str]) -> int:
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
         log = open(self.dev_dir / f"{name}.log", "ab")
         try:
             proc = subprocess.Popen(
@@ -278,6 +292,7 @@ class DevStack:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
                 cwd=self.dev_dir,
+                env=env,
             )
         finally:
             log.close()
@@ -315,7 +330,9 @@ class DevStack:
             "--log-level",
             "warn",
         ]
-        argv += ["--ui-port", str(self.ui_port)] if self.ui else ["--headless"]
+        argv += (
+            ["--ui-port", str(self.ui_port), "--ui-codec-endpoint", self.codec_endpoint] if self.ui else ["--headless"]
+        )
         for name, kind in SEARCH_ATTRIBUTES.items():
             argv += ["--search-attribute", f"{name}={kind}"]
         new_pid = self._spawn("temporal", argv)
@@ -338,6 +355,30 @@ class DevStack:
                 return pool.submit(asyncio.run, check()).result(timeout=10)
             except Exception:  # noqa: BLE001 - not healthy yet
                 return False
+
+    def _start_codec(self, pid: int | None) -> int:
+        """`lockgate codec-server` for the UI. It holds no Vault credential: each browser request
+        brings its own token, so nothing secret goes into its environment."""
+        if _alive(pid) and self._codec_ok():
+            return int(pid)  # type: ignore[arg-type]
+        self._stop_pid(pid)
+        if _port_open(self.codec_port):
+            raise UserError(f"port {self.codec_port} is already in use by another process; set LOCKGATE_DEV_CODEC_PORT")
+        ui = f"http://127.0.0.1:{self.ui_port}"
+        env = {k: v for k, v in os.environ.items() if k not in {"VAULT_TOKEN", "LOCKGATE_OPERATOR_TOKEN"}}
+        env.update(VAULT_ADDR=self.vault_addr, LOCKGATE_PAYLOAD_KEY=bootstrap.PAYLOAD_KEY)
+        env["LOCKGATE_STATE_DIR"] = str(self.dev_dir / "codec")  # reads no dev.env (no root token)
+        argv = [sys.executable, "-m", "lockgate.cli", "codec-server", "--port", str(self.codec_port)]
+        argv += ["--origin", ui, "--origin", ui.replace("127.0.0.1", "localhost")]
+        new_pid = self._spawn("codec", argv, env)
+        self._wait("codec", self._codec_ok, new_pid, timeout=30)
+        return new_pid
+
+    def _codec_ok(self) -> bool:
+        try:
+            return requests.get(f"{self.codec_endpoint}/health", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
 
     def _start_vault(self, root: str) -> int:
         if _port_open(self.vault_port):
@@ -413,7 +454,17 @@ class DevStack:
                 "socket_dir": env.get("LOCKGATE_PG_SOCKET_DIR"),
                 "pid": self._postgres_pid(),
             },
-        }
+        } | (
+            {
+                "codec": {
+                    "healthy": _alive(pids.get("codec")) and self._codec_ok(),
+                    "address": self.codec_endpoint,
+                    "pid": pids.get("codec"),
+                }
+            }
+            if self.ui
+            else {}
+        )
 
     def _postgres_pid(self) -> int | None:
         pidfile = self.pgdata / "postmaster.pid"
@@ -448,7 +499,7 @@ class DevStack:
     def down(self, progress: Progress = lambda _: None) -> None:
         """Stops everything `up` started. Safe to call when nothing runs."""
         pids = self._pids()
-        for name in ("temporal", "vault"):
+        for name in ("codec", "temporal", "vault"):
             if _alive(pids.get(name)):
                 progress(f"stopping {name} (pid {pids[name]})")
             self._stop_pid(pids.get(name))

@@ -22,7 +22,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import temporalio.worker
-from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter
 from temporalio.plugin import SimplePlugin
 from temporalio.worker import Replayer, ReplayerConfig, Worker, WorkerConfig
@@ -35,7 +34,7 @@ from lockgate.spec import Agent, AgentRegistry, bind_agents
 if TYPE_CHECKING:
     from lockgate.worker import Deps
 
-__all__ = ["PASSTHROUGH_MODULES", "LockgatePlugin", "data_converter", "workflow_runner"]
+__all__ = ["PASSTHROUGH_MODULES", "LockgatePlugin", "workflow_runner"]
 
 # Pure declarations and models the workflow reads: passed through so the sandbox does not
 # re-import them on every run, and so the agent registry is the one the worker filled.
@@ -47,12 +46,6 @@ PASSTHROUGH_MODULES = (
     "pydantic",
     "pydantic_core",
 )
-
-
-def data_converter(settings: Settings | None = None) -> DataConverter:
-    """The one converter for worker, CLI and replayer: pydantic models in, pydantic models out."""
-    del settings  # payload encryption, when configured, is added here
-    return pydantic_data_converter
 
 
 def workflow_runner(existing: temporalio.worker.WorkflowRunner | None = None) -> temporalio.worker.WorkflowRunner:
@@ -105,9 +98,20 @@ class LockgatePlugin(SimplePlugin):
         self._workflow = AgentWorkflow
         super().__init__(
             "lockgate.LockgatePlugin",
-            data_converter=lambda _existing: data_converter(self.settings),
+            data_converter=lambda _existing: self._converter(),
             workflow_runner=workflow_runner,
         )
+
+    def _converter(self) -> DataConverter:
+        """lockgate's converter (`lockgate.worker.data_converter`): payloads encrypted when a key is
+        configured, with the worker's own AppRole identity when there is no operator token."""
+        from lockgate.worker import data_converter
+
+        vault = self._deps.vault if self._deps is not None else None
+        settings = self.settings
+        if vault is None and settings.payload_key and not (settings.operator_token or settings.vault_token):
+            vault = self.deps.vault
+        return data_converter(settings, vault)
 
     @property
     def deps(self) -> Deps:

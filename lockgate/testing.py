@@ -137,7 +137,7 @@ class LocalStack:
     async def client(self) -> Client:
         from lockgate.worker import connect
 
-        return await connect(self.settings())
+        return await connect(self.settings(), self.deps.vault)
 
     def worker(self, client: Client, **kwargs: Any) -> Worker:
         """A worker with `LockgatePlugin` on this stack's task queue (use as `async with`)."""

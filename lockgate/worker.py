@@ -9,6 +9,7 @@ invalid policy bundle. Temporal connection settings follow temporalio's environm
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
@@ -19,10 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client, Plugin
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.envconfig import ClientConfig
 from temporalio.worker import Worker
 
 from lockgate.activities.approvals import ApprovalActivities
+from lockgate.activities.codec import TransitCodec, VaultTransit
 from lockgate.activities.freeze import FreezeStore, unfreeze_verifier
 from lockgate.activities.governance import GovernanceActivities, bundle_content
 from lockgate.activities.identity import LedgerKeyArchive, PeopleDirectory
@@ -35,7 +39,7 @@ from lockgate.config import Settings, load_settings
 from lockgate.errors import PolicyError, UserError
 from lockgate.gates.bundle import PolicyBundle
 from lockgate.observability import setup_logging
-from lockgate.plugin import LockgatePlugin, data_converter
+from lockgate.plugin import LockgatePlugin
 from lockgate.policies import load_bundle
 from lockgate.spec import AgentRegistry, load_agents
 
@@ -50,6 +54,7 @@ __all__ = [
     "build_worker",
     "connect",
     "connect_config",
+    "data_converter",
     "entry",
     "main",
     "reap_forever",
@@ -59,8 +64,48 @@ __all__ = [
 
 log = logging.getLogger("lockgate.worker")
 
-# One converter for worker, CLI and replayer (see `lockgate.plugin.data_converter`).
-DATA_CONVERTER = data_converter()
+# Pydantic models in, pydantic models out, payloads in clear: what `data_converter` builds when no
+# payload key is configured. Use `data_converter(settings)`, which encrypts when one is.
+DATA_CONVERTER = pydantic_data_converter
+
+
+def data_converter(settings: Settings, vault: VaultBroker | None = None) -> DataConverter:
+    """The one data converter for worker, CLI, replayer and demo.
+
+    With `LOCKGATE_PAYLOAD_KEY` set, every payload (inputs, results, signals, updates, queries,
+    memos, failure messages) is encrypted under that Vault Transit key (activities/codec.py).
+    Without it nothing is encrypted, but payloads encrypted earlier still decrypt wherever there is
+    a Vault identity to do it with: switching encryption off never makes old runs unreadable.
+
+    Args:
+        settings: lockgate's settings.
+        vault: the worker's broker: payload keys are then used with the worker's AppRole identity.
+            Without it, with the operator's token (`LOCKGATE_OPERATOR_TOKEN`, else `VAULT_TOKEN`).
+
+    Raises:
+        UserError: a payload key is configured but there is no Vault identity to use it with.
+    """
+    token = settings.operator_token or settings.vault_token
+    if vault is not None:
+        broker = vault
+        transit = VaultTransit(lambda: broker.client)
+    elif token:
+        transit = VaultTransit.with_token(settings.vault_addr, token)
+    elif settings.payload_key:
+        raise UserError(
+            f"payloads are encrypted with Vault Transit key {settings.payload_key!r}: set "
+            "LOCKGATE_OPERATOR_TOKEN (or VAULT_TOKEN) to a Vault token that may use it"
+        )
+    else:
+        return DATA_CONVERTER
+    if not settings.payload_key:
+        return dataclasses.replace(DATA_CONVERTER, payload_codec=TransitCodec(transit, None))
+    return dataclasses.replace(
+        DATA_CONVERTER,
+        payload_codec=TransitCodec(transit, settings.payload_key),
+        # Failure messages can quote what a tool saw: they go into the encrypted payload too.
+        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+    )
 
 
 @dataclass
@@ -261,18 +306,21 @@ def connect_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
-async def connect(settings: Settings, plugins: Sequence[Plugin] = ()) -> Client:
+async def connect(settings: Settings, vault: VaultBroker | None = None, plugins: Sequence[Plugin] = ()) -> Client:
+    """A client with `data_converter(settings, vault)` (pass the worker's broker in a worker) and
+    temporalio's environment configuration."""
+    converter = data_converter(settings, vault)
     config = connect_config(settings)
     target = config.pop("target_host")
     try:
-        return await Client.connect(target, data_converter=data_converter(settings), plugins=plugins, **config)
+        return await Client.connect(target, data_converter=converter, plugins=plugins, **config)
     except Exception as err:
         raise UserError(f"cannot reach Temporal at {target}: {err}") from err
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
     deps = build_deps(settings)
-    client = await connect(settings)
+    client = await connect(settings, deps.vault)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -83,7 +83,11 @@ def stack(local: LocalStack) -> DevStack:
 @pytest.fixture(scope="session")
 def env(local: LocalStack) -> dict[str, str]:
     """The environment a CLI or worker process of this test session runs with."""
-    return {**local.env(), "PYTHONPATH": str(ROOT)}
+    values = {**local.env(), "PYTHONPATH": str(ROOT)}
+    # The dev stack encrypts payloads; LOCKGATE_TEST_PAYLOAD_KEY= (empty) runs the suite in clear.
+    if "LOCKGATE_TEST_PAYLOAD_KEY" in os.environ:
+        values["LOCKGATE_PAYLOAD_KEY"] = os.environ["LOCKGATE_TEST_PAYLOAD_KEY"]
+    return values
 
 
 @pytest.fixture(scope="session")
@@ -99,10 +103,11 @@ def deps(settings: Settings) -> Any:
 
 
 @pytest.fixture(scope="session")
-async def client(settings: Settings) -> Client:
+async def client(settings: Settings, deps: Any) -> Client:
+    """The session worker's client: payload keys used with the worker's AppRole identity."""
     from lockgate import worker
 
-    return await worker.connect(settings)
+    return await worker.connect(settings, deps.vault)
 
 
 @pytest.fixture(scope="session")

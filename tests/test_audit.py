@@ -7,11 +7,11 @@ import uuid
 from typing import Any
 
 import psycopg
-from lockgate.activities.ledger import Ledger
 from sqlalchemy import text
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
+from lockgate.activities.ledger import Ledger
 from lockgate.config import Settings
 from tests import agents
 from tests.conftest import cli, finish, start, status_of
@@ -123,10 +123,9 @@ async def test_replay_all_passes_and_catches_a_changed_decision(
 
 async def test_replay_catches_nondeterministic_code(client: Client, worker_running: str, deps: Any) -> None:
     """A workflow whose code changed under a recorded history fails replay."""
-    from lockgate.workflows import agent as agent_module
     from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 
-    from lockgate import worker
+    from lockgate.workflows import agent as agent_module
 
     handle = await start(client, worker_running, "refund-agent", {"order_id": "A-1001", "amount_cents": 110})
     assert await finish(handle) is None
@@ -142,7 +141,7 @@ async def test_replay_catches_nondeterministic_code(client: Client, worker_runni
         # Unsandboxed: the sandbox would re-import the module and not see this change.
         result = await Replayer(
             workflows=[agent_module.AgentWorkflow],
-            data_converter=worker.DATA_CONVERTER,
+            data_converter=client.data_converter,
             workflow_runner=UnsandboxedWorkflowRunner(),
         ).replay_workflow(history, raise_on_replay_failure=False)
     finally:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from lockgate.bootstrap import PAYLOAD_KEY
 from lockgate.devstack import DevStack, _alive, free_port
 from lockgate.errors import UserError
 from tests.conftest import run_cli
@@ -19,14 +20,18 @@ def test_up_twice_status_down(tmp_path: Path) -> None:
         "LOCKGATE_DEV_TEMPORAL_PORT": str(free_port()),
         "LOCKGATE_DEV_UI_PORT": str(free_port()),
         "LOCKGATE_DEV_VAULT_PORT": str(free_port()),
+        "LOCKGATE_DEV_CODEC_PORT": str(free_port()),
     }
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LOCKGATE_", "VAULT_"))}
     env.update(ports, LOCKGATE_STATE_DIR=str(state))
+    # An operator's shell may hold tokens: none of them reaches the codec server `up` starts.
+    env.update(VAULT_TOKEN="shell-token-for-codec-check", LOCKGATE_OPERATOR_TOKEN="operator-token-for-codec-check")
     stack = DevStack(
         state,
         temporal_port=int(ports["LOCKGATE_DEV_TEMPORAL_PORT"]),
         ui_port=int(ports["LOCKGATE_DEV_UI_PORT"]),
         vault_port=int(ports["LOCKGATE_DEV_VAULT_PORT"]),
+        codec_port=int(ports["LOCKGATE_DEV_CODEC_PORT"]),
     )
     try:
         first = run_cli(env, "dev", "up")
@@ -47,6 +52,14 @@ def test_up_twice_status_down(tmp_path: Path) -> None:
         ):
             assert dev_env.get(key), key
         assert (state / "dev.env").stat().st_mode & 0o077 == 0  # holds the dev root token
+        # Payloads encrypted in dev; the UI decodes through the codec server, which holds no token.
+        assert dev_env["LOCKGATE_PAYLOAD_KEY"] == PAYLOAD_KEY
+        assert dev_env["LOCKGATE_CODEC_ENDPOINT"] == stack.codec_endpoint == pids["codec"]["address"]
+        cmdline = Path(f"/proc/{pids['temporal']['pid']}/cmdline").read_bytes().split(b"\0")
+        assert cmdline[cmdline.index(b"--ui-codec-endpoint") + 1] == stack.codec_endpoint.encode()
+        codec_env = Path(f"/proc/{pids['codec']['pid']}/environ").read_bytes()
+        assert b"VAULT_TOKEN=" not in codec_env and b"OPERATOR_TOKEN=" not in codec_env
+        assert dev_env["VAULT_TOKEN"].encode() not in codec_env
 
         second = run_cli(env, "dev", "up")  # idempotent: same processes, same credentials
         assert second.returncode == 0, second.stderr

@@ -14,6 +14,7 @@ import pytest
 from temporalio.api.common.v1 import Payload
 from temporalio.client import Client
 
+from lockgate.activities.codec import TransitCodec, decode_events
 from lockgate.config import Settings
 from lockgate.ops import send_verdict
 from tests.conftest import cli, finish, pending_request, person, start
@@ -102,11 +103,15 @@ async def test_no_secret_leaves_its_activity(
     assert len(issued) >= 10, "the flows issued credentials"
 
     haystacks: dict[str, str] = {}
+    codec = client.data_converter.payload_codec
+    assert codec is None or isinstance(codec, TransitCodec)
     async for wf in client.list_workflows():
         handle = client.get_workflow_handle(wf.id, run_id=wf.run_id)
         history = await handle.fetch_history()
-        # Payloads are base64 in the JSON export: scan their decoded bytes as well.
-        haystacks[f"history {wf.id}"] = history.to_json() + "\n".join(decoded_payloads(history.events))
+        # Payloads are base64 in the JSON export: scan their decoded bytes as well, and, when they
+        # are encrypted, what they decrypt to (anyone with the payload key would read it).
+        events = decode_events(history.events, codec) if codec else history.events
+        haystacks[f"history {wf.id}"] = history.to_json() + "\n".join(decoded_payloads(events))
         haystacks[f"search attributes {wf.id}"] = repr(wf.typed_search_attributes) + repr(wf.search_attributes)
     haystacks["ledger"] = "\n".join(f"{e.event_key} {e.run_id} {e.kind} {e.data}" for e in deps.ledger.entries())
     haystacks["logs"] = "\n".join(r.getMessage() + str(r.args) for r in caplog.records)

@@ -53,6 +53,8 @@ GRANT CONNECT ON DATABASE shop TO ops_reader, ops_responder;
 GRANT USAGE ON SCHEMA ops TO ops_reader, ops_responder;
 GRANT SELECT ON ops.hosts, ops.alerts TO ops_reader;
 GRANT INSERT ON ops.pages TO ops_reader;
+-- ON CONFLICT (idempotency_key) needs SELECT on the conflict column.
+GRANT SELECT (idempotency_key) ON ops.pages TO ops_reader;
 GRANT USAGE ON SEQUENCE ops.pages_id_seq TO ops_reader;
 GRANT SELECT ON ops.hosts, ops.tickets TO ops_responder;
 GRANT INSERT ON ops.tickets TO ops_responder;

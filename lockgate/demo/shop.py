@@ -55,6 +55,8 @@ GRANT CONNECT ON DATABASE shop TO shop_reader, shop_refunder;
 GRANT USAGE ON SCHEMA public TO shop_reader, shop_refunder;
 GRANT SELECT ON customers, orders TO shop_reader;
 GRANT INSERT ON notifications TO shop_reader;
+-- ON CONFLICT (idempotency_key) needs SELECT on the conflict column.
+GRANT SELECT (idempotency_key) ON notifications TO shop_reader;
 GRANT USAGE ON SEQUENCE notifications_id_seq TO shop_reader;
 GRANT SELECT ON orders, refunds TO shop_refunder;
 GRANT SELECT (id, closed_at), UPDATE (closed_at) ON customers TO shop_refunder;

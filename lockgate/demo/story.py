@@ -140,7 +140,7 @@ async def run_demo(settings: Settings, *, keep_up: bool = True) -> int:
             conn.execute("UPDATE refunds SET reversed_at = now() WHERE reversed_at IS NULL")
         _say("   demo shop reset: every order fully refundable again")
     deps = lockgate_worker.build_deps(settings)
-    client = await lockgate_worker.connect(settings)
+    client = await lockgate_worker.connect(settings, deps.vault)
     _say(
         f"   worker logged in to Vault with AppRole; policy bundle {deps.bundle.hash[:12]} "
         f"({len(deps.bundle.statements)} policies)"
@@ -181,7 +181,7 @@ async def run_demo(settings: Settings, *, keep_up: bool = True) -> int:
 
         status = (await run_status(client, handle.id)).model_dump(mode="json")
         events = (await handle.fetch_history()).events
-        history = history_entries(events, lockgate_worker.DATA_CONVERTER)
+        history = history_entries(events, client.data_converter)
         _say(render_text(timeline(deps.ledger, handle.id, status, history)))
 
     leases, roles = _leftovers(settings, settings.vault_token)
