@@ -80,6 +80,7 @@ def _summary(kind: str, d: dict[str, Any]) -> str:
 _HISTORY = {
     "EVENT_TYPE_WORKFLOW_EXECUTION_STARTED": "run started",
     "EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED": "signal",
+    "EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED": "update",
     "EVENT_TYPE_WORKFLOW_EXECUTION_CANCEL_REQUESTED": "halt requested (cancel)",
     "EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED": "TERMINATED (no workflow code runs: the reaper cleans up)",
     "EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED": "run completed",
@@ -110,6 +111,18 @@ def _failure_message(failure: Any, converter: Any) -> str:
     return failure.message
 
 
+def _claimed_by(arg: Any) -> str:
+    """Who a signal or update says it is from (a signed statement's person, or a bare claim): the
+    ledger says whether the run verified it."""
+    if not isinstance(arg, dict):
+        return ""
+    statement = arg.get("statement") if isinstance(arg.get("statement"), dict) else None
+    if statement is not None:
+        fields = statement.get("fields") or {}
+        return f" by {statement.get('person')} (signed) on request {fields.get('request_id')}"
+    return f" by {arg.get('approver')} (unsigned claim) on request {arg.get('request_id')}"
+
+
 def history_entries(events: Any, converter: Any) -> list[dict[str, Any]]:
     """The lifecycle events of a run's Temporal history that an auditor needs beside the ledger.
 
@@ -137,13 +150,15 @@ def history_entries(events: Any, converter: Any) -> list[dict[str, Any]]:
                     if attrs.input.payloads
                     else []
                 )
-                first = args[0] if args else None
-                who = (
-                    f" by {first.get('approver')} on request {first.get('request_id')}"
-                    if isinstance(first, dict)
-                    else ""
+                detail = f"{attrs.signal_name}{_claimed_by(args[0] if args else None)}"
+            elif name == "EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED":
+                request = attrs.accepted_request
+                args = (
+                    converter.payload_converter.from_payloads(_decoded(request.input.args.payloads, converter))
+                    if request.input.args.payloads
+                    else []
                 )
-                detail = f"{attrs.signal_name}{who}"
+                detail = f"{request.input.name}{_claimed_by(args[0] if args else None)}"
             elif name == "EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED":
                 detail = f"reason: {attrs.reason or '-'} (identity {attrs.identity})"
             elif name == "EVENT_TYPE_WORKFLOW_EXECUTION_FAILED":

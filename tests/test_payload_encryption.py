@@ -28,7 +28,7 @@ from lockgate.activities.codec import ENCODING, PayloadKeyUnavailable, TransitCo
 from lockgate.bootstrap import PAYLOAD_KEY, PAYLOAD_READER_POLICY, PAYLOAD_WRITER_POLICY
 from lockgate.config import Settings
 from lockgate.ops import send_verdict
-from tests.conftest import Outside, cli, finish, pending_request, start
+from tests.conftest import Outside, cli, finish, pending_request, person, start
 from tests.test_secret_hygiene import decoded_payloads
 
 # The customer of order A-1001 in the seeded shop (lockgate/bootstrap.py): what customers.profile reads.
@@ -50,13 +50,13 @@ async def lockgate_worker(
 
 async def profile_run(client: Client, queue: str) -> WorkflowHandle[Any, Any]:
     """refund-agent with notify: it reads the customer's profile (regulated), then the egress step
-    waits for support-leads; carol approves (a signal, a memo update), and the run completes."""
+    waits for support-leads; carol approves (an update, a memo update), and the run completes."""
     handle = await start(
         client, queue, "refund-agent", {"order_id": "A-1001", "amount_cents": 100, "reason": "late", "notify": True}
     )
     request = await pending_request(handle)
     assert request.tool == "customer.notify"
-    assert (await send_verdict(client, handle.id, request.request_id, approver="carol", approve=True)).accepted
+    assert (await send_verdict(client, handle.id, request.request_id, session=person("carol"), approve=True)).accepted
     assert await finish(handle) is None
     return handle
 
@@ -106,13 +106,13 @@ async def test_profile_is_unreadable_in_history_and_decodes_with_the_key(
     assert result.metadata["encryption-data-key"].startswith(b"vault:v")
     with pytest.raises(Exception, match="encoding"):
         DataConverter.default.payload_converter.from_payloads([result])
-    # Workflow input, the approval signal and the pending-approvals memo are encrypted too.
+    # Workflow input, the signed approval (an update) and the pending-approvals memo are encrypted too.
     started = first_event(history, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED)
-    signaled = first_event(history, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED)
+    update = first_event(history, EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED)
     memo = first_event(history, EventType.EVENT_TYPE_WORKFLOW_PROPERTIES_MODIFIED)
     for payload in (
         started.workflow_execution_started_event_attributes.input.payloads[0],
-        signaled.workflow_execution_signaled_event_attributes.input.payloads[0],
+        update.workflow_execution_update_accepted_event_attributes.accepted_request.input.args.payloads[0],
         memo.workflow_properties_modified_event_attributes.upserted_memo.fields["pending"],
     ):
         assert payload.metadata["encoding"] == ENCODING
@@ -174,8 +174,8 @@ async def test_rotation_keeps_old_runs_readable(
         audit = await cli(encrypted, "audit", old.id, "--format", "json")
         assert audit.returncode == 0, audit.stderr
         summaries = [e["summary"] for e in json.loads(audit.stdout)["entries"] if e["kind"] == "history"]
-        assert "run started: agent refund-agent by tester" in summaries[0]
-        assert any("signal: approve by carol on request" in s for s in summaries)
+        assert "run started: agent refund-agent by erin" in summaries[0]
+        assert any("update: approve by carol (signed) on request" in s for s in summaries)
 
         replay = await cli(encrypted, "replay", old.id, new.id)
         assert replay.returncode == 0, replay.stdout + replay.stderr
@@ -219,7 +219,17 @@ async def check_cli_access(handle: WorkflowHandle[Any, Any], encrypted: dict[str
 def test_worker_policy_has_exactly_the_transit_paths_it_needs(deps: Any, outside: Outside) -> None:
     policy = outside.vault.sys.read_policy(name="lockgate-worker")["data"]["rules"]
     transit = sorted(line.split('"')[1] for line in policy.splitlines() if '"transit/' in line)
-    assert transit == [f"transit/datakey/plaintext/{PAYLOAD_KEY}", f"transit/decrypt/{PAYLOAD_KEY}"]
+    # Payloads (data keys, decrypt), the seal of engine-only state (MAC and check), people's public
+    # keys (read): nothing else, and nothing that signs as a person.
+    assert transit == sorted(
+        [
+            f"transit/datakey/plaintext/{PAYLOAD_KEY}",
+            f"transit/decrypt/{PAYLOAD_KEY}",
+            "transit/hmac/lockgate-seal/*",
+            "transit/verify/lockgate-seal/*",
+            "transit/keys/approver-*",
+        ]
+    )
     approle: hvac.Client = deps.vault.client
     assert approle.adapter.post(f"/v1/transit/datakey/plaintext/{PAYLOAD_KEY}", json={})["data"]["ciphertext"]
     for forbidden in (f"/v1/transit/keys/{PAYLOAD_KEY}/rotate", f"/v1/transit/encrypt/{PAYLOAD_KEY}"):
