@@ -253,6 +253,11 @@ async def login(request: Request) -> Response:
         resp = _render(request, "login.html", 401, login_csrf=fresh, next=nxt, error=str(err), username=user)
         resp.set_cookie(LOGIN_COOKIE, fresh, httponly=True, samesite="strict", secure=inbox.secure_cookies)
         return resp
+    previous = inbox.session_of(request)
+    if previous is not None:
+        # Signing in again replaces the browser's session: the old one ends and its token is revoked.
+        inbox.sessions.pop(previous.sid, None)
+        await asyncio.to_thread(_revoke, previous.person)
     web = WebSession(sid=secrets.token_urlsafe(32), person=person)
     inbox.sessions[web.sid] = web
     log.info("inbox: %s signed in", safe(person.name))
@@ -262,18 +267,18 @@ async def login(request: Request) -> Response:
     return resp
 
 
+def _revoke(person: OperatorSession) -> None:
+    with contextlib.suppress(hvac.exceptions.VaultError, requests.RequestException):
+        person.client().auth.token.revoke_self()
+
+
 async def logout(request: Request) -> Response:
     web, _form, refused = await _authed_form(request)
     if refused is not None:
         return refused
     assert web is not None
     request.app.state.inbox.sessions.pop(web.sid, None)
-
-    def revoke() -> None:
-        with contextlib.suppress(hvac.exceptions.VaultError, requests.RequestException):
-            web.person.client().auth.token.revoke_self()
-
-    await asyncio.to_thread(revoke)
+    await asyncio.to_thread(_revoke, web.person)
     resp = RedirectResponse("/login", status_code=303)
     resp.delete_cookie(COOKIE, path="/")
     return resp
