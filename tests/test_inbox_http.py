@@ -254,6 +254,34 @@ async def test_webhooks_announce_open_and_close_and_failures_show(
                 assert "Notification deliveries failed" in page and bad_url in page
 
 
+async def test_an_expired_request_is_announced_and_the_card_links_to_temporal(
+    settings: Settings, client: Client, worker_running: str
+) -> None:
+    # script-agent's approval requests expire after 3 s; its owner is bob.
+    steps = {"steps": [{"tool": "refunds.issue", "args": {"order_id": "A-1002", "amount_cents": 30000}}]}
+    with_ui = settings.model_copy(update={"ui_address": "127.0.0.1:8233"})
+    async with receiver() as (url, rec), served_inbox(with_ui, client, webhooks=[url]) as (base, inbox):
+        await until(lambda: _seeded(inbox), what="the notifier's first listing")
+        handle = await start(client, worker_running, "script-agent", steps)
+        req = await pending_request(handle)
+        async with _http(base) as http:
+            await sign_in(http, "bob")
+            card = (await http.get(f"/runs/{handle.id}/requests/{req.request_id}")).text
+            link = f"http://127.0.0.1:8233/namespaces/{settings.namespace}/workflows/{handle.id}"
+            assert f'href="{link}"' in card
+            assert "owner bob" in card and "At expiry the step is refused" in card
+            assert all(p in card for p in req.policy_ids)
+            mine = (await http.get("/queue?view=mine")).text
+            assert handle.id not in mine  # bob owns script-agent: never an approver of its runs
+        assert await finish(handle) is not None
+
+        async def expired() -> list[dict[str, Any]]:
+            return [p for p in rec.posts if p["event"]["event"] == "request.expired"]
+
+        (post,) = await until(expired, what="the expiry notification")
+        assert post["event"]["request"]["run_id"] == handle.id and "expired without a decision" in post["text"]
+
+
 async def _seeded(inbox: Any) -> bool:
     return inbox.notifier._known is not None
 

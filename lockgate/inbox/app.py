@@ -331,7 +331,8 @@ def _ui_link(inbox: Inbox, run_id: str) -> str | None:
     if not ui:
         return None
     ui = ui if ui.startswith(("http://", "https://")) else f"http://{ui}"
-    return f"{ui.rstrip('/')}/namespaces/{quote(inbox.settings.namespace, safe='')}/workflows/{quote(run_id, safe='')}"
+    namespace = quote(inbox.settings.namespace or "default", safe="")
+    return f"{ui.rstrip('/')}/namespaces/{namespace}/workflows/{quote(run_id, safe='')}"
 
 
 async def card_page(request: Request, result: dict[str, Any] | None = None, status_code: int = 200) -> Response:

@@ -73,7 +73,7 @@ class Notifier:
         self.failures: deque[DeliveryFailure] = deque(maxlen=50)
         self.delivered = 0
         self._known: dict[tuple[str, str], dict[str, Any]] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[bool]] = set()
 
     def link(self, run_id: str, request_id: str) -> str:
         return f"{self.base_url}/runs/{run_id}/requests/{request_id}"
