@@ -3,16 +3,19 @@ halt, kill switch and webhook notifications (the browser test drives the same pa
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from typing import Any
 
 import httpx
 import hvac
+import pytest
 from markupsafe import escape
 from temporalio.client import Client
 
 from lockgate.config import Settings
-from tests.conftest import finish, pending_request, start, status_of
-from tests.inbox_support import csrf_of, login_csrf_of, receiver, served_inbox, sign_in, until
+from tests.conftest import ROOT, finish, pending_request, start, status_of
+from tests.inbox_support import csrf_of, free_port, login_csrf_of, receiver, served_inbox, sign_in, until
 
 REFUND = {"order_id": "A-1002", "amount_cents": 25000}
 HOSTILE = "<script>alert('pwned')</script><img src=x onerror=alert(1)>"
@@ -216,7 +219,7 @@ async def test_approve_halt_and_kill_switch(settings: Settings, client: Client, 
 
 
 async def test_webhooks_announce_open_and_close_and_failures_show(
-    settings: Settings, client: Client, worker_running: str
+    settings: Settings, client: Client, worker_running: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with receiver() as (good_url, good), receiver(fail=True) as (bad_url, bad):
         async with served_inbox(settings, client, webhooks=[good_url, f"slack:{good_url}", bad_url]) as (base, inbox):
@@ -248,6 +251,10 @@ async def test_webhooks_announce_open_and_close_and_failures_show(
             # The broken receiver was tried with backoff, and the failure is visible in the inbox.
             await until(lambda: _failed(inbox), timeout=30, what="the delivery failure")
             assert bad.tries >= 4
+            assert any(
+                r.name == "lockgate.inbox" and "failed after 4 tries" in r.getMessage() and bad_url in r.getMessage()
+                for r in caplog.records
+            )
             async with _http(base) as http:
                 await sign_in(http, "alice")
                 page = (await http.get("/queue?view=all")).text
@@ -280,6 +287,38 @@ async def test_an_expired_request_is_announced_and_the_card_links_to_temporal(
 
         (post,) = await until(expired, what="the expiry notification")
         assert post["event"]["request"]["run_id"] == handle.id and "expired without a decision" in post["text"]
+
+
+async def test_lockgate_inbox_serves_the_app(env: dict[str, str]) -> None:
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "lockgate.cli",
+        "inbox",
+        "--port",
+        str(port),
+        env=env,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        async with _http(f"http://127.0.0.1:{port}") as http:
+
+            async def up() -> bool:
+                try:
+                    return (await http.get("/healthz")).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            await until(up, timeout=30, what="lockgate inbox to listen")
+            assert (await http.get("/")).headers["location"] == "/login?next=%2F"
+            await sign_in(http, "dave")
+            assert "Nothing waiting on you" in (await http.get("/queue?view=mine&agent=no-such-agent")).text
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), timeout=15)
 
 
 async def _seeded(inbox: Any) -> bool:
