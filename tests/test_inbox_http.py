@@ -14,7 +14,8 @@ from markupsafe import escape
 from temporalio.client import Client
 
 from lockgate.config import Settings
-from tests.conftest import ROOT, finish, pending_request, start, status_of
+from lockgate.ops import send_verdict
+from tests.conftest import ROOT, finish, pending_request, person, start, status_of
 from tests.inbox_support import csrf_of, free_port, login_csrf_of, receiver, served_inbox, sign_in, until
 
 REFUND = {"order_id": "A-1002", "amount_cents": 25000}
@@ -287,6 +288,29 @@ async def test_an_expired_request_is_announced_and_the_card_links_to_temporal(
 
         (post,) = await until(expired, what="the expiry notification")
         assert post["event"]["request"]["run_id"] == handle.id and "expired without a decision" in post["text"]
+
+
+async def test_quorum_progress_and_who_it_still_waits_on(
+    settings: Settings, client: Client, worker_running: str
+) -> None:
+    # accounts.close needs 2 of support-leads; script-agent's requests expire after 3 s, so both
+    # people are signed in before the run starts.
+    steps = {"steps": [{"tool": "accounts.close", "args": {"customer_id": "C-501", "reason": "customer asked"}}]}
+    async with served_inbox(settings, client) as (base, _inbox), _http(base) as carol, _http(base) as dave:
+        await sign_in(carol, "carol")
+        await sign_in(dave, "dave")
+        handle = await start(client, worker_running, "script-agent", steps)
+        req = await pending_request(handle)
+        assert (req.group, req.quorum) == ("support-leads", 2)
+        first = await send_verdict(client, handle.id, req.request_id, session=person("carol"), approve=True)
+        assert first.accepted
+        card = (await dave.get(f"/runs/{handle.id}/requests/{req.request_id}")).text
+        assert "1 of 2 from support-leads: carol ✔" in card
+        assert "irreversible" in card
+        assert handle.id in (await dave.get("/queue?view=mine")).text
+        assert handle.id not in (await carol.get("/queue?view=mine")).text  # her approval is in
+        assert handle.id in (await carol.get("/queue?view=groups")).text
+        assert await finish(handle) is not None  # nobody else approved: it expired
 
 
 async def test_lockgate_inbox_serves_the_app(env: dict[str, str]) -> None:
