@@ -4,6 +4,7 @@ refused attempt shows the run's reason; screenshots at desktop and phone width."
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import AsyncIterator
 from typing import Any
@@ -79,7 +80,10 @@ async def test_alice_approves_in_the_browser_and_the_run_completes(
         await expect(page.get_by_test_id("args")).to_contain_text("<script>alert('card')</script> damaged parcel")
         await expect(page.get_by_test_id("args")).to_contain_text(req.args_digest)
         await page.screenshot(path=str(ARTIFACTS / "inbox-card-desktop.png"), full_page=True)
-        shutil.copy(ARTIFACTS / "inbox-card-desktop.png", ROOT / "docs" / "inbox-card.png")
+        readme_shot = ROOT / "docs" / "inbox-card.png"
+        if os.environ.get("LOCKGATE_UPDATE_SCREENSHOTS") or not readme_shot.exists():
+            # Only on request: the README's screenshot is tracked, a test run should not dirty the tree.
+            shutil.copy(ARTIFACTS / "inbox-card-desktop.png", readme_shot)
         await page.set_viewport_size(PHONE)
         await page.screenshot(path=str(ARTIFACTS / "inbox-card-phone.png"), full_page=True)
         await page.set_viewport_size(DESKTOP)
