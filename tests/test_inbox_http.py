@@ -82,6 +82,16 @@ async def test_sign_in_keeps_the_vault_token_server_side(settings: Settings, cli
         assert (await http.get("/")).status_code == 303
 
 
+async def test_stopping_the_inbox_revokes_its_sessions(settings: Settings, client: Client) -> None:
+    async with served_inbox(settings, client) as (base, inbox), _http(base) as http:
+        await sign_in(http, "bob")
+        (web,) = inbox.sessions.values()
+        token = web.person.token
+        assert hvac.Client(url=settings.vault_addr, token=token).is_authenticated()
+    assert inbox.sessions == {}
+    assert not hvac.Client(url=settings.vault_addr, token=token).is_authenticated()
+
+
 def inbox_password() -> str:
     from tests.conftest import _STACK
 

@@ -553,6 +553,10 @@ def create_app(inbox: Inbox) -> Starlette:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await inbox.notifier.close()
+            # Sessions live only in this process: when it stops they end, and so do their tokens.
+            ended = list(inbox.sessions.values())
+            inbox.sessions.clear()
+            await asyncio.gather(*(asyncio.to_thread(_revoke, web.person) for web in ended))
 
     app = Starlette(
         routes=[
