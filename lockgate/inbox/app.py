@@ -99,6 +99,9 @@ class Inbox:
         self.sessions: dict[str, WebSession] = {}
         self.secure_cookies = secure_cookies
         self._initiators: dict[str, str] = {}
+        # OIDC sign-ins under way: state -> (browser binding, client nonce, next page, started).
+        self.oidc_pending: dict[str, tuple[str, str, str, float]] = {}
+        self.base_url = base_url.rstrip("/")
         self.notifier = Notifier(
             webhooks or [], base_url=base_url, list_pending=self._pending_raw, interval=notify_interval
         )
@@ -253,6 +256,11 @@ async def login(request: Request) -> Response:
         resp = _render(request, "login.html", 401, login_csrf=fresh, next=nxt, error=str(err), username=user)
         resp.set_cookie(LOGIN_COOKIE, fresh, httponly=True, samesite="strict", secure=inbox.secure_cookies)
         return resp
+    return await _start_session(request, person, nxt)
+
+
+async def _start_session(request: Request, person: OperatorSession, nxt: str, *, redirect: bool = True) -> Response:
+    inbox: Inbox = request.app.state.inbox
     previous = inbox.session_of(request)
     if previous is not None:
         # Signing in again replaces the browser's session: the old one ends and its token is revoked.
@@ -260,8 +268,13 @@ async def login(request: Request) -> Response:
         await asyncio.to_thread(_revoke, previous.person)
     web = WebSession(sid=secrets.token_urlsafe(32), person=person)
     inbox.sessions[web.sid] = web
-    log.info("inbox: %s signed in", safe(person.name))
-    resp = RedirectResponse(nxt, status_code=303)
+    log.info("inbox: %s signed in (%s)", safe(person.name), person.method)
+    if redirect:
+        resp: Response = RedirectResponse(nxt, status_code=303)
+    else:
+        # After a cross-site redirect (the identity provider's), a SameSite=Strict cookie is not sent
+        # on a further redirect; a page of our own that moves on is a same-site navigation.
+        resp = _render(request, "signed_in.html", next=nxt, who=person.name)
     resp.set_cookie(COOKIE, web.sid, httponly=True, samesite="strict", secure=inbox.secure_cookies, path="/")
     resp.delete_cookie(LOGIN_COOKIE)
     return resp
@@ -270,6 +283,74 @@ async def login(request: Request) -> Response:
 def _revoke(person: OperatorSession) -> None:
     with contextlib.suppress(hvac.exceptions.VaultError, requests.RequestException):
         person.client().auth.token.revoke_self()
+
+
+OIDC_COOKIE = "lockgate_oidc"
+OIDC_WINDOW = 600  # seconds a sign-in at the identity provider may take
+
+
+async def oidc_start(request: Request) -> Response:
+    from urllib.parse import parse_qs, urlparse
+
+    from lockgate.inbox.oidc import auth_url
+
+    inbox: Inbox = request.app.state.inbox
+    nxt = _local_path(request.query_params.get("next"))
+    try:
+        url, nonce = await asyncio.to_thread(
+            auth_url, inbox.settings.vault_addr, f"{inbox.base_url}/login/oidc/callback"
+        )
+    except UserError as err:
+        return await _login_error(request, str(err), nxt)
+    state = (parse_qs(urlparse(url).query).get("state") or [""])[0]
+    if not state:
+        return await _login_error(request, "OIDC sign-in is not available: no state in the authorization URL", nxt)
+    binding = secrets.token_urlsafe(32)
+    now = time.time()
+    for old in [k for k, v in inbox.oidc_pending.items() if now - v[3] > OIDC_WINDOW]:
+        inbox.oidc_pending.pop(old, None)
+    inbox.oidc_pending[state] = (binding, nonce, nxt, now)
+    resp = RedirectResponse(url, status_code=303)
+    # Lax, not Strict: it must come back on the provider's top-level redirect to the callback. It binds
+    # the callback to the browser that started the sign-in (no signing someone in as someone else).
+    resp.set_cookie(
+        OIDC_COOKIE, binding, httponly=True, samesite="lax", secure=inbox.secure_cookies, max_age=OIDC_WINDOW
+    )
+    return resp
+
+
+async def oidc_callback(request: Request) -> Response:
+    from lockgate.identity import login_token
+    from lockgate.inbox.oidc import callback_token
+
+    inbox: Inbox = request.app.state.inbox
+    state, code = request.query_params.get("state", ""), request.query_params.get("code", "")
+    pending = inbox.oidc_pending.get(state)
+    binding = request.cookies.get(OIDC_COOKIE, "")
+    if pending is None or not binding or not hmac.compare_digest(binding, pending[0]):
+        return await _login_error(request, "OIDC sign-in refused: unknown or foreign sign-in (start again)", "/")
+    inbox.oidc_pending.pop(state, None)  # one callback per sign-in
+    _binding, nonce, nxt, started = pending
+    if time.time() - started > OIDC_WINDOW or not code:
+        return await _login_error(request, "OIDC sign-in refused: it took too long or returned no code", nxt)
+    try:
+        token = await asyncio.to_thread(
+            callback_token, inbox.settings.vault_addr, state=state, code=code, client_nonce=nonce
+        )
+        person = await asyncio.to_thread(login_token, inbox.settings.vault_addr, token)
+    except UserError as err:
+        return await _login_error(request, str(err), nxt)
+    resp = await _start_session(request, person, nxt, redirect=False)
+    resp.delete_cookie(OIDC_COOKIE)
+    return resp
+
+
+async def _login_error(request: Request, message: str, nxt: str) -> Response:
+    inbox: Inbox = request.app.state.inbox
+    fresh = secrets.token_urlsafe(32)
+    resp = _render(request, "login.html", 401, login_csrf=fresh, next=nxt, error=message)
+    resp.set_cookie(LOGIN_COOKIE, fresh, httponly=True, samesite="strict", secure=inbox.secure_cookies)
+    return resp
 
 
 async def logout(request: Request) -> Response:
@@ -564,6 +645,8 @@ def create_app(inbox: Inbox) -> Starlette:
             Route("/queue", queue_fragment),
             Route("/login", login_page, methods=["GET"]),
             Route("/login", login, methods=["POST"]),
+            Route("/login/oidc", oidc_start, methods=["GET"]),
+            Route("/login/oidc/callback", oidc_callback, methods=["GET"]),
             Route("/logout", logout, methods=["POST"]),
             Route("/runs/{run_id}", run_page, methods=["GET"]),
             Route("/runs/{run_id}/halt", halt, methods=["POST"]),
