@@ -34,6 +34,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from temporalio.client import Client
+from temporalio.service import RPCError
 
 from lockgate.config import Settings
 from lockgate.errors import UserError
@@ -380,8 +381,8 @@ async def queue_page(request: Request, fragment: bool = False) -> Response:
     error = None
     try:
         rows, everything = await inbox.queue(web, view, agent, tool)
-    except (UserError, RuntimeError) as err:
-        rows, everything, error = [], [], str(err)
+    except (UserError, RuntimeError, RPCError) as err:  # Temporal away: say so, keep polling
+        rows, everything, error = [], [], f"cannot list requests: {err}"
     context = {
         "rows": rows,
         "view": view,
