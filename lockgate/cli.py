@@ -547,6 +547,19 @@ def cmd_whoami(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_inbox(args: argparse.Namespace, settings: Settings) -> int:
+    from lockgate.inbox.app import Inbox, serve
+    from lockgate.inbox.notify import webhooks_from_env
+
+    loopback = args.host in ("127.0.0.1", "localhost", "::1")
+    if not loopback:
+        print("lockgate: note: serve the inbox behind HTTPS (cookies are then marked Secure)", file=sys.stderr)
+    base = os.environ.get("LOCKGATE_INBOX_URL") or f"http://{args.host}:{args.port}"
+    inbox = Inbox(settings, webhooks=webhooks_from_env(dict(os.environ)), base_url=base, secure_cookies=not loopback)
+    serve(inbox, args.host, args.port)
+    return 0
+
+
 def cmd_worker(_args: argparse.Namespace, _settings: Settings) -> int:
     from lockgate import worker
 
@@ -640,6 +653,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--password-stdin", action="store_true", help="read the password (or token) from stdin")
     add("logout", cmd_logout, "revoke the logged-in person's token and forget it")
     add("whoami", cmd_whoami, "the logged-in person: identity, groups, token expiry")
+    p = add("inbox", cmd_inbox, "the approvers' web inbox (sign-in with Vault identity)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8234)
     add("leases", cmd_leases, "leases not yet revoked, with run, tool and expiry")
     add("compensations", cmd_compensations, "compensations that failed and are still outstanding (exit 1 if any)")
     add("reap", cmd_reap, "one pass of the reaper: clean up runs that ended without their own cleanup")

@@ -1,0 +1,672 @@
+"""The approvers' inbox: a Starlette app with server-rendered pages over the operator API.
+
+Every act is the same call the CLI makes (`lockgate.ops`), as the signed-in person: an approval here
+is `send_verdict(..., session=person)` and carries the same Transit-signed evidence. People sign in
+with their Vault identity; their token stays in this process (a server-side session keyed by a
+random id in an HttpOnly, SameSite=Strict cookie) and is revoked at logout. Every POST carries the
+session's CSRF token. Every string an agent, tool or person supplied is autoescaped by Jinja2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import hvac.exceptions
+import requests
+from jinja2 import Environment, FileSystemLoader
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+from temporalio.client import Client
+from temporalio.service import RPCError
+
+from lockgate.config import Settings
+from lockgate.errors import UserError
+from lockgate.identity import OperatorSession, login_userpass, sign
+from lockgate.inbox.notify import Notifier
+from lockgate.models import RunStatus
+from lockgate.spec import AgentRegistry, load_agents
+from lockgate.text import safe
+
+__all__ = ["Inbox", "create_app"]
+
+log = logging.getLogger("lockgate.inbox")
+
+HERE = Path(__file__).parent
+COOKIE = "lockgate_sid"
+LOGIN_COOKIE = "lockgate_login"
+OPERATORS = "operators"
+VIEWS = ("mine", "groups", "all")
+# Security headers on every page: scripts and styles only from this origin (no inline script can
+# run even if escaping were ever bypassed), no framing (clickjacking an approve button).
+_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+@dataclass
+class WebSession:
+    """One signed-in browser: the person's Vault session lives here, never in the browser."""
+
+    sid: str
+    person: OperatorSession
+    csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    created: float = field(default_factory=time.time)
+
+    def expired(self) -> bool:
+        return self.person.expires_at is not None and self.person.expires_at <= datetime.now(UTC)
+
+
+class Inbox:
+    """The inbox's state: Temporal client, agent registry, sessions, notifier."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        client: Client | None = None,
+        *,
+        agents: AgentRegistry | None = None,
+        webhooks: list[str] | None = None,
+        base_url: str = "http://127.0.0.1:8234",
+        notify_interval: float = 2.0,
+        secure_cookies: bool = False,
+    ) -> None:
+        self.settings = settings
+        self._client = client
+        self.agents = agents if agents is not None else load_agents(settings.agent_modules)
+        self.sessions: dict[str, WebSession] = {}
+        self.secure_cookies = secure_cookies
+        self._initiators: dict[str, str] = {}
+        # OIDC sign-ins under way: state -> (browser binding, client nonce, next page, started).
+        self.oidc_pending: dict[str, tuple[str, str, str, float]] = {}
+        self.base_url = base_url.rstrip("/")
+        self.notifier = Notifier(
+            webhooks or [], base_url=base_url, list_pending=self._pending_raw, interval=notify_interval
+        )
+
+    async def client(self) -> Client:
+        if self._client is None:
+            from lockgate.worker import connect
+
+            self._client = await connect(self.settings)
+        return self._client
+
+    async def _pending_raw(self) -> list[dict[str, Any]]:
+        from lockgate.ops import list_pending
+
+        return await list_pending(await self.client())
+
+    # -- sessions ------------------------------------------------------------------------------
+    def session_of(self, request: Request) -> WebSession | None:
+        sid = request.cookies.get(COOKIE)
+        if not sid:
+            return None
+        web = self.sessions.get(sid)
+        if web is None:
+            return None
+        if web.expired():
+            self.sessions.pop(sid, None)
+            return None
+        return web
+
+    async def initiator(self, run_id: str) -> str:
+        """Who started a run (it never changes, so it is asked once per run)."""
+        if run_id not in self._initiators:
+            from lockgate.ops import run_status
+
+            try:
+                status = await run_status(await self.client(), run_id)
+            except UserError:
+                return "?"
+            if status.initiator == "?":
+                return "?"  # the run did not answer yet: ask again next time
+            self._initiators[run_id] = status.initiator
+        return self._initiators[run_id]
+
+    async def queue(
+        self, web: WebSession, view: str, agent: str | None, tool: str | None
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The pending requests in `view` (mine / groups / all), filtered; and every request (for
+        the filter choices)."""
+        everything = await self._pending_raw()
+        person = web.person
+        rows = []
+        for raw in everything:
+            spec = self.agents.get(raw["agent"])
+            req = {**raw, "initiator": await self.initiator(raw["run_id"]), "owner": spec.owner if spec else "?"}
+            in_group = req["group"] in person.groups
+            if view == "groups" and not in_group:
+                continue
+            if view == "mine" and not (
+                in_group and person.name not in (req["initiator"], req["owner"]) and person.name not in req["approvals"]
+            ):
+                continue
+            if agent and req["agent"] != agent:
+                continue
+            if tool and req["tool"] != tool:
+                continue
+            rows.append(req)
+        return rows, everything
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def _left(expires_at: datetime | str, now: datetime | None = None) -> str:
+    if isinstance(expires_at, str):
+        expires_at = datetime.fromisoformat(expires_at)
+    seconds = int((expires_at - (now or datetime.now(UTC))).total_seconds())
+    if seconds <= 0:
+        return "expired"
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m left"
+    return f"{minutes}m{secs:02d}s left"
+
+
+def _templates() -> Jinja2Templates:
+    # autoescape=True for every template, whatever its extension: agent text is hostile by default.
+    env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True)
+    # `clean` neutralises control and bidi characters (which reorder what a reader sees); Jinja2's
+    # autoescape then escapes HTML. Never mark agent text |safe.
+    env.filters["clean"] = lambda v, limit=2000: safe("" if v is None else v, limit)
+    env.filters["left"] = _left
+    return Jinja2Templates(env=env)
+
+
+def _render(request: Request, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    inbox: Inbox = request.app.state.inbox
+    web = inbox.session_of(request)
+    context.setdefault("web", web)
+    context.setdefault("me", web.person if web else None)
+    context.setdefault("is_operator", bool(web and OPERATORS in web.person.groups))
+    return request.app.state.templates.TemplateResponse(request, name, context, status_code=status_code)
+
+
+def _login_redirect(request: Request) -> RedirectResponse:
+    nxt = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"/login?next={quote(nxt, safe='')}", status_code=303)
+
+
+def _local_path(nxt: str | None) -> str:
+    # Only a path on this site: `//evil.example` or `https://...` would be an open redirect.
+    if not nxt or not nxt.startswith("/") or nxt.startswith("//") or "\\" in nxt:
+        return "/"
+    return nxt
+
+
+async def _authed_form(request: Request) -> tuple[WebSession | None, Any, Response | None]:
+    """The session and form of a POST, or the response refusing it (no session, wrong CSRF)."""
+    inbox: Inbox = request.app.state.inbox
+    web = inbox.session_of(request)
+    if web is None:
+        return None, None, _login_redirect(request)
+    form = await request.form()
+    token = str(form.get("csrf", ""))
+    if not token or not hmac.compare_digest(token, web.csrf):
+        log.warning("inbox: refused a POST to %s without a valid CSRF token", safe(request.url.path))
+        return None, None, PlainTextResponse("refused: missing or wrong CSRF token", status_code=403)
+    return web, form, None
+
+
+# -- pages -----------------------------------------------------------------------------------
+async def login_page(request: Request) -> Response:
+    token = secrets.token_urlsafe(32)
+    resp = _render(request, "login.html", login_csrf=token, next=_local_path(request.query_params.get("next")))
+    resp.set_cookie(
+        LOGIN_COOKIE, token, httponly=True, samesite="strict", secure=request.app.state.inbox.secure_cookies
+    )
+    return resp
+
+
+async def login(request: Request) -> Response:
+    inbox: Inbox = request.app.state.inbox
+    form = await request.form()
+    token = str(form.get("csrf", ""))
+    cookie = request.cookies.get(LOGIN_COOKIE, "")
+    if not token or not cookie or not hmac.compare_digest(token, cookie):
+        return PlainTextResponse("refused: missing or wrong CSRF token", status_code=403)
+    user, password = str(form.get("username", "")).strip(), str(form.get("password", ""))
+    nxt = _local_path(str(form.get("next", "")))
+    try:
+        person = await asyncio.to_thread(login_userpass, inbox.settings.vault_addr, user, password)
+    except UserError as err:
+        fresh = secrets.token_urlsafe(32)
+        resp = _render(request, "login.html", 401, login_csrf=fresh, next=nxt, error=str(err), username=user)
+        resp.set_cookie(LOGIN_COOKIE, fresh, httponly=True, samesite="strict", secure=inbox.secure_cookies)
+        return resp
+    return await _start_session(request, person, nxt)
+
+
+async def _start_session(request: Request, person: OperatorSession, nxt: str, *, redirect: bool = True) -> Response:
+    inbox: Inbox = request.app.state.inbox
+    previous = inbox.session_of(request)
+    if previous is not None:
+        # Signing in again replaces the browser's session: the old one ends and its token is revoked.
+        inbox.sessions.pop(previous.sid, None)
+        await asyncio.to_thread(_revoke, previous.person)
+    web = WebSession(sid=secrets.token_urlsafe(32), person=person)
+    inbox.sessions[web.sid] = web
+    log.info("inbox: %s signed in (%s)", safe(person.name), person.method)
+    if redirect:
+        resp: Response = RedirectResponse(nxt, status_code=303)
+    else:
+        # After a cross-site redirect (the identity provider's), a SameSite=Strict cookie is not sent
+        # on a further redirect; a page of our own that moves on is a same-site navigation.
+        resp = _render(request, "signed_in.html", next=nxt, who=person.name)
+    resp.set_cookie(COOKIE, web.sid, httponly=True, samesite="strict", secure=inbox.secure_cookies, path="/")
+    resp.delete_cookie(LOGIN_COOKIE)
+    return resp
+
+
+def _revoke(person: OperatorSession) -> None:
+    with contextlib.suppress(hvac.exceptions.VaultError, requests.RequestException):
+        person.client().auth.token.revoke_self()
+
+
+OIDC_COOKIE = "lockgate_oidc"
+OIDC_WINDOW = 600  # seconds a sign-in at the identity provider may take
+
+
+async def oidc_start(request: Request) -> Response:
+    from urllib.parse import parse_qs, urlparse
+
+    from lockgate.inbox.oidc import auth_url
+
+    inbox: Inbox = request.app.state.inbox
+    nxt = _local_path(request.query_params.get("next"))
+    try:
+        url, nonce = await asyncio.to_thread(
+            auth_url, inbox.settings.vault_addr, f"{inbox.base_url}/login/oidc/callback"
+        )
+    except UserError as err:
+        return await _login_error(request, str(err), nxt)
+    state = (parse_qs(urlparse(url).query).get("state") or [""])[0]
+    if not state:
+        return await _login_error(request, "OIDC sign-in is not available: no state in the authorization URL", nxt)
+    binding = secrets.token_urlsafe(32)
+    now = time.time()
+    for old in [k for k, v in inbox.oidc_pending.items() if now - v[3] > OIDC_WINDOW]:
+        inbox.oidc_pending.pop(old, None)
+    inbox.oidc_pending[state] = (binding, nonce, nxt, now)
+    resp = RedirectResponse(url, status_code=303)
+    # Lax, not Strict: it must come back on the provider's top-level redirect to the callback. It binds
+    # the callback to the browser that started the sign-in (no signing someone in as someone else).
+    resp.set_cookie(
+        OIDC_COOKIE, binding, httponly=True, samesite="lax", secure=inbox.secure_cookies, max_age=OIDC_WINDOW
+    )
+    return resp
+
+
+async def oidc_callback(request: Request) -> Response:
+    from lockgate.identity import login_token
+    from lockgate.inbox.oidc import callback_token
+
+    inbox: Inbox = request.app.state.inbox
+    state, code = request.query_params.get("state", ""), request.query_params.get("code", "")
+    pending = inbox.oidc_pending.get(state)
+    binding = request.cookies.get(OIDC_COOKIE, "")
+    if pending is None or not binding or not hmac.compare_digest(binding, pending[0]):
+        return await _login_error(request, "OIDC sign-in refused: unknown or foreign sign-in (start again)", "/")
+    inbox.oidc_pending.pop(state, None)  # one callback per sign-in
+    _binding, nonce, nxt, started = pending
+    if time.time() - started > OIDC_WINDOW or not code:
+        return await _login_error(request, "OIDC sign-in refused: it took too long or returned no code", nxt)
+    try:
+        token = await asyncio.to_thread(
+            callback_token, inbox.settings.vault_addr, state=state, code=code, client_nonce=nonce
+        )
+        person = await asyncio.to_thread(login_token, inbox.settings.vault_addr, token)
+    except UserError as err:
+        return await _login_error(request, str(err), nxt)
+    resp = await _start_session(request, person, nxt, redirect=False)
+    resp.delete_cookie(OIDC_COOKIE)
+    return resp
+
+
+async def _login_error(request: Request, message: str, nxt: str) -> Response:
+    inbox: Inbox = request.app.state.inbox
+    fresh = secrets.token_urlsafe(32)
+    resp = _render(request, "login.html", 401, login_csrf=fresh, next=nxt, error=message)
+    resp.set_cookie(LOGIN_COOKIE, fresh, httponly=True, samesite="strict", secure=inbox.secure_cookies)
+    return resp
+
+
+async def logout(request: Request) -> Response:
+    web, _form, refused = await _authed_form(request)
+    if refused is not None:
+        return refused
+    assert web is not None
+    request.app.state.inbox.sessions.pop(web.sid, None)
+    await asyncio.to_thread(_revoke, web.person)
+    resp = RedirectResponse("/login", status_code=303)
+    resp.delete_cookie(COOKIE, path="/")
+    return resp
+
+
+def _queue_args(request: Request) -> tuple[str, str | None, str | None]:
+    view = request.query_params.get("view", "mine")
+    view = view if view in VIEWS else "mine"
+    return view, request.query_params.get("agent") or None, request.query_params.get("tool") or None
+
+
+async def queue_page(request: Request, fragment: bool = False) -> Response:
+    inbox: Inbox = request.app.state.inbox
+    web = inbox.session_of(request)
+    if web is None:
+        return _login_redirect(request) if not fragment else PlainTextResponse("signed out", status_code=401)
+    view, agent, tool = _queue_args(request)
+    error = None
+    try:
+        rows, everything = await inbox.queue(web, view, agent, tool)
+    except (UserError, RuntimeError, RPCError) as err:  # Temporal away: say so, keep polling
+        rows, everything, error = [], [], f"cannot list requests: {err}"
+    context = {
+        "rows": rows,
+        "view": view,
+        "agent": agent,
+        "tool": tool,
+        "agents": sorted({r["agent"] for r in everything} | ({agent} if agent else set())),
+        "tools": sorted({r["tool"] for r in everything} | ({tool} if tool else set())),
+        "failures": list(inbox.notifier.failures)[:10],
+        "error": error,
+        "now": datetime.now(UTC),
+        "query": request.url.query,
+    }
+    return _render(request, "_queue.html" if fragment else "queue.html", **context)
+
+
+async def queue_fragment(request: Request) -> Response:
+    return await queue_page(request, fragment=True)
+
+
+async def _status(inbox: Inbox, run_id: str) -> RunStatus:
+    from lockgate.ops import run_status
+
+    return await run_status(await inbox.client(), run_id)
+
+
+def _ui_link(inbox: Inbox, run_id: str) -> str | None:
+    ui = inbox.settings.ui_address
+    if not ui:
+        return None
+    ui = ui if ui.startswith(("http://", "https://")) else f"http://{ui}"
+    namespace = quote(inbox.settings.namespace or "default", safe="")
+    return f"{ui.rstrip('/')}/namespaces/{namespace}/workflows/{quote(run_id, safe='')}"
+
+
+async def card_page(request: Request, result: dict[str, Any] | None = None, status_code: int = 200) -> Response:
+    inbox: Inbox = request.app.state.inbox
+    web = inbox.session_of(request)
+    if web is None:
+        return _login_redirect(request)
+    run_id, request_id = request.path_params["run_id"], request.path_params["request_id"]
+    try:
+        status = await _status(inbox, run_id)
+    except UserError as err:
+        return _render(request, "error.html", 404, message=str(err))
+    req = next((r for r in status.pending_approvals if r.request_id == request_id), None)
+    agent = inbox.agents.get(status.agent)
+    tool = agent.tool(req.tool) if (agent and req) else None
+    return _render(
+        request,
+        "card.html",
+        status_code,
+        run_id=run_id,
+        request_id=request_id,
+        status=status,
+        req=req,
+        agent=agent,
+        tool=tool,
+        ui_link=_ui_link(inbox, run_id),
+        result=result,
+        now=datetime.now(UTC),
+        may_decide=bool(req and req.group in web.person.groups),
+    )
+
+
+async def verdict(request: Request) -> Response:
+    from lockgate.ops import send_verdict
+
+    inbox: Inbox = request.app.state.inbox
+    web, form, refused = await _authed_form(request)
+    if refused is not None:
+        return refused
+    assert web is not None
+    decision = str(form.get("decision", ""))
+    if decision not in ("approve", "reject"):
+        return PlainTextResponse("decision must be approve or reject", status_code=400)
+    run_id, request_id = request.path_params["run_id"], request.path_params["request_id"]
+    reason = str(form.get("reason", ""))[:500]
+    # The digest the person saw on the card: they approve exactly those arguments, or nothing.
+    digest = str(form.get("args_digest", "")) or None
+    try:
+        attempt = await send_verdict(
+            await inbox.client(),
+            run_id,
+            request_id,
+            session=web.person,
+            approve=decision == "approve",
+            reason=reason,
+            args_digest=digest,
+        )
+    except UserError as err:
+        return await card_page(request, {"accepted": False, "verdict": decision, "reason": str(err)}, 409)
+    log.info(
+        "inbox: %s %s %s/%s: %s",
+        safe(web.person.name),
+        decision,
+        safe(run_id),
+        safe(request_id),
+        "accepted" if attempt.accepted else f"refused ({safe(attempt.reason)})",
+    )
+    result = {"accepted": attempt.accepted, "verdict": attempt.verdict, "reason": attempt.reason}
+    return await card_page(request, result, 200 if attempt.accepted else 409)
+
+
+async def _timeline(inbox: Inbox, run_id: str) -> tuple[RunStatus | None, dict[str, Any]]:
+    from lockgate import worker
+    from lockgate.activities.ledger import Ledger
+    from lockgate.audit import history_entries, timeline
+
+    client = await inbox.client()
+    status: RunStatus | None = None
+    history: list[dict[str, Any]] = []
+    try:
+        status = await _status(inbox, run_id)
+        async for wf in client.list_workflows(f'WorkflowId = "{run_id}"'):
+            events = (await client.get_workflow_handle(wf.id, run_id=wf.run_id).fetch_history()).events
+            history += history_entries(events, worker.DATA_CONVERTER)
+    except UserError:
+        status = None
+    ledger = Ledger(inbox.settings.ledger_url)
+    doc = await asyncio.to_thread(timeline, ledger, run_id, status.model_dump(mode="json") if status else None, history)
+    return status, doc
+
+
+async def run_page(request: Request, message: str | None = None, status_code: int = 200) -> Response:
+    inbox: Inbox = request.app.state.inbox
+    if inbox.session_of(request) is None:
+        return _login_redirect(request)
+    run_id = request.path_params["run_id"]
+    if not _valid_run_id(run_id):
+        return _render(request, "error.html", 404, message=f"unknown run {run_id!r}")
+    status, doc = await _timeline(inbox, run_id)
+    if status is None and not doc["entries"]:
+        return _render(request, "error.html", 404, message=f"unknown run {run_id!r}")
+    return _render(
+        request,
+        "run.html",
+        status_code,
+        run_id=run_id,
+        status=status,
+        doc=doc,
+        ui_link=_ui_link(inbox, run_id),
+        message=message,
+    )
+
+
+def _valid_run_id(run_id: str) -> bool:
+    from lockgate.ids import InvalidRunId, check_run_id
+
+    try:
+        check_run_id(run_id)
+    except InvalidRunId:
+        return False
+    return True
+
+
+async def halt(request: Request) -> Response:
+    from lockgate.ops import halt_run
+
+    inbox: Inbox = request.app.state.inbox
+    web, form, refused = await _authed_form(request)
+    if refused is not None:
+        return refused
+    assert web is not None
+    run_id = request.path_params["run_id"]
+    if OPERATORS not in web.person.groups:
+        return await run_page(request, f"refused: {web.person.name} is not in group operators", 403)
+    reason = str(form.get("reason", ""))[:500] or "halted from the inbox"
+    try:
+        await halt_run(await inbox.client(), run_id, reason, session=web.person)
+    except UserError as err:
+        return await run_page(request, f"refused: {err}", 409)
+    log.info("inbox: %s halted %s", safe(web.person.name), safe(run_id))
+    return await run_page(request, f"halt sent by {web.person.name}: the run stops, compensates and revokes")
+
+
+def _freeze_store(settings: Settings) -> Any:
+    from lockgate.activities.freeze import FreezeStore
+    from lockgate.activities.ledger import Ledger
+
+    return FreezeStore(Ledger(settings.ledger_url))
+
+
+async def freeze_page(request: Request, message: str | None = None, status_code: int = 200) -> Response:
+    inbox: Inbox = request.app.state.inbox
+    if inbox.session_of(request) is None:
+        return _login_redirect(request)
+    rows = await asyncio.to_thread(lambda: _freeze_store(inbox.settings).state())
+    return _render(request, "freeze.html", status_code, rows=rows, agents=inbox.agents.names(), message=message)
+
+
+async def freeze(request: Request) -> Response:
+    # The same steps as `lockgate freeze/unfreeze`: a signed statement stored as the row's evidence
+    # (workers lift a freeze only on a verified operator's unfreeze), then frozen runs are woken.
+    from lockgate.activities.freeze import ALL
+    from lockgate.ops import wake_frozen
+
+    inbox: Inbox = request.app.state.inbox
+    web, form, refused = await _authed_form(request)
+    if refused is not None:
+        return refused
+    assert web is not None
+    person = web.person
+    if OPERATORS not in person.groups:
+        return await freeze_page(request, f"refused: {person.name} is not in group operators", 403)
+    scope = str(form.get("scope", ""))
+    action = str(form.get("action", ""))
+    if action not in ("freeze", "unfreeze") or (scope != ALL and inbox.agents.get(scope) is None):
+        return await freeze_page(request, "refused: choose an agent (or every agent) and freeze or unfreeze", 400)
+    reason = str(form.get("reason", ""))[:500]
+    frozen = action == "freeze"
+    try:
+        signed = await asyncio.to_thread(sign, person, action, {"scope": scope, "reason": reason})  # type: ignore[arg-type]
+    except UserError as err:
+        return await freeze_page(request, f"refused: {err}", 409)
+    store = _freeze_store(inbox.settings)
+    await asyncio.to_thread(store.set, scope, frozen, by=person.name, reason=reason, evidence=signed.model_dump_json())
+    woken: list[str] = []
+    if not frozen:
+        with contextlib.suppress(UserError, RuntimeError):
+            woken = await wake_frozen(await inbox.client(), None if scope == ALL else scope)
+    target = "every agent" if scope == ALL else scope
+    log.info("inbox: %s %s %s", safe(person.name), action, safe(target))
+    note = f"; woke {len(woken)} frozen runs" if not frozen else "; no tool of it runs from the next gate on"
+    return await freeze_page(request, f"{person.name} {'froze' if frozen else 'unfroze'} {target}{note}")
+
+
+async def healthz(_request: Request) -> Response:
+    return PlainTextResponse("ok")
+
+
+class _SecurityHeaders(BaseHTTPMiddleware):
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        response = await call_next(request)
+        for name, value in _HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+
+def create_app(inbox: Inbox) -> Starlette:
+    """The inbox app over `inbox`; its lifespan runs the notifier (when webhooks are configured)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        task = asyncio.create_task(inbox.notifier.run()) if inbox.notifier.urls else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await inbox.notifier.close()
+            # Sessions live only in this process: when it stops they end, and so do their tokens.
+            ended = list(inbox.sessions.values())
+            inbox.sessions.clear()
+            await asyncio.gather(*(asyncio.to_thread(_revoke, web.person) for web in ended))
+
+    app = Starlette(
+        routes=[
+            Route("/", queue_page),
+            Route("/queue", queue_fragment),
+            Route("/login", login_page, methods=["GET"]),
+            Route("/login", login, methods=["POST"]),
+            Route("/login/oidc", oidc_start, methods=["GET"]),
+            Route("/login/oidc/callback", oidc_callback, methods=["GET"]),
+            Route("/logout", logout, methods=["POST"]),
+            Route("/runs/{run_id}", run_page, methods=["GET"]),
+            Route("/runs/{run_id}/halt", halt, methods=["POST"]),
+            Route("/runs/{run_id}/requests/{request_id}", card_page, methods=["GET"]),
+            Route("/runs/{run_id}/requests/{request_id}", verdict, methods=["POST"]),
+            Route("/freeze", freeze_page, methods=["GET"]),
+            Route("/freeze", freeze, methods=["POST"]),
+            Route("/healthz", healthz),
+            Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+        ],
+        middleware=[Middleware(_SecurityHeaders)],
+        lifespan=lifespan,
+    )
+    app.state.inbox = inbox
+    app.state.templates = _templates()
+    return app
+
+
+def serve(inbox: Inbox, host: str, port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(create_app(inbox), host=host, port=port, log_level="info")

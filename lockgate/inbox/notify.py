@@ -1,0 +1,181 @@
+"""Webhook notifications: a request opened, a request closed or expired.
+
+The notifier watches the same listing the queue shows (`ops.list_pending`) and posts each change to
+every configured webhook (`LOCKGATE_INBOX_WEBHOOKS`, comma-separated). A URL prefixed `slack:` gets
+Slack's `{"text", "blocks"}` only; any other URL gets that plus the plain `event` object, so Slack-
+compatible receivers and plain JSON consumers read the same post. Deliveries retry with backoff; a
+delivery that still fails is logged and kept for the inbox to show.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from lockgate.text import safe
+
+__all__ = ["DeliveryFailure", "Notifier", "webhooks_from_env"]
+
+log = logging.getLogger("lockgate.inbox")
+
+# Four tries over about three seconds: a receiver that blips recovers, a dead one is reported soon.
+ATTEMPTS = 4
+BACKOFF = wait_exponential(multiplier=0.25, max=4)
+POST_TIMEOUT = 5.0
+
+
+def webhooks_from_env(env: dict[str, str]) -> list[str]:
+    return [u.strip() for u in env.get("LOCKGATE_INBOX_WEBHOOKS", "").split(",") if u.strip()]
+
+
+@dataclass(frozen=True)
+class DeliveryFailure:
+    url: str
+    event: str
+    run_id: str
+    request_id: str
+    error: str
+    at: datetime
+
+
+def _slack_escape(text: str) -> str:
+    # Slack's mrkdwn reads <...> as links and mentions: agent-supplied text must not become either.
+    return safe(text, 500).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _key(req: dict[str, Any]) -> tuple[str, str]:
+    return (req["run_id"], req["request_id"])
+
+
+class Notifier:
+    """Diffs the pending listing every `interval` seconds and posts opened/closed events."""
+
+    def __init__(
+        self,
+        urls: list[str],
+        *,
+        base_url: str,
+        list_pending: Callable[[], Awaitable[list[dict[str, Any]]]],
+        interval: float = 2.0,
+    ) -> None:
+        self.urls = urls
+        self.base_url = base_url.rstrip("/")
+        self._list_pending = list_pending
+        self.interval = interval
+        self.failures: deque[DeliveryFailure] = deque(maxlen=50)
+        self.delivered = 0
+        self._known: dict[tuple[str, str], dict[str, Any]] | None = None
+        self._tasks: set[asyncio.Task[bool]] = set()
+
+    def link(self, run_id: str, request_id: str) -> str:
+        return f"{self.base_url}/runs/{run_id}/requests/{request_id}"
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.poll()
+            except asyncio.CancelledError:
+                raise
+            except Exception as err:  # noqa: BLE001 - Temporal away: try again next round
+                log.warning("inbox notifier: cannot list pending requests: %s", safe(err))
+            await asyncio.sleep(self.interval)
+
+    async def poll(self) -> None:
+        current = {_key(r): r for r in await self._list_pending()}
+        if self._known is None:
+            # Requests already open when the inbox starts were announced by whoever ran before.
+            self._known = current
+            return
+        for key, req in current.items():
+            if key not in self._known:
+                self._emit("opened", req)
+        now = datetime.now(UTC)
+        for key, req in self._known.items():
+            if key not in current:
+                expired = datetime.fromisoformat(req["expires_at"]) <= now
+                self._emit("expired" if expired else "closed", req)
+        self._known = current
+
+    def _emit(self, event: str, req: dict[str, Any]) -> None:
+        for url in self.urls:
+            task = asyncio.create_task(self.deliver(url, event, req))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def payload(self, url: str, event: str, req: dict[str, Any]) -> dict[str, Any]:
+        link = self.link(req["run_id"], req["request_id"])
+        what = {
+            "opened": "waits for approval",
+            "closed": "is no longer waiting",
+            "expired": "expired without a decision",
+        }[event]
+        text = (
+            f"lockgate: {_slack_escape(req['agent'])} step {req['step']} {_slack_escape(req['tool'])} "
+            f"(run {_slack_escape(req['run_id'])}) {what}; group {_slack_escape(req['group'])}, "
+            f"quorum {req['quorum']}. <{link}|Open the request>"
+        )
+        body: dict[str, Any] = {
+            "text": text,
+            "blocks": [
+                {"type": "section", "text": {"type": "mrkdwn", "text": text}},
+                {
+                    "type": "actions",
+                    "elements": [
+                        {"type": "button", "text": {"type": "plain_text", "text": "Open in the inbox"}, "url": link}
+                    ],
+                },
+            ],
+        }
+        if not url.startswith("slack:"):
+            body["event"] = {"event": f"request.{event}", "link": link, "request": req}
+        return body
+
+    async def deliver(self, url: str, event: str, req: dict[str, Any]) -> bool:
+        target = url.removeprefix("slack:")
+        body = self.payload(url, event, req)
+        try:
+            async with httpx.AsyncClient(timeout=POST_TIMEOUT) as http:
+                async for attempt in AsyncRetrying(
+                    stop=stop_after_attempt(ATTEMPTS),
+                    wait=BACKOFF,
+                    retry=retry_if_exception_type(httpx.HTTPError),
+                    reraise=True,
+                ):
+                    with attempt:
+                        resp = await http.post(target, json=body)
+                        resp.raise_for_status()
+        except httpx.HTTPError as err:
+            failure = DeliveryFailure(
+                url=target,
+                event=event,
+                run_id=req["run_id"],
+                request_id=req["request_id"],
+                error=safe(f"{type(err).__name__}: {err}", 300),
+                at=datetime.now(UTC),
+            )
+            self.failures.appendleft(failure)
+            log.warning(
+                "inbox notifier: %s of %s/%s to %s failed after %d tries: %s",
+                event,
+                safe(req["run_id"]),
+                safe(req["request_id"]),
+                safe(target),
+                ATTEMPTS,
+                failure.error,
+            )
+            return False
+        self.delivered += 1
+        return True
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
