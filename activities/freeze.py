@@ -23,7 +23,7 @@ ALL = "*"
 
 
 class Freeze(SQLModel, table=True):
-    __tablename__ = "freezes"
+    __tablename__ = "freezes"  # pyright: ignore[reportAssignmentType]  # sqlmodel types it as declared_attr
 
     scope: str = Field(primary_key=True)  # an agent name, or "*" for every agent
     frozen: bool
@@ -46,7 +46,7 @@ class FreezeStore:
         self._verified: dict[tuple[str, str, str], bool] = {}
         self._lock = threading.Lock()
         self._cache: tuple[float, dict[str, bool]] = (0.0, {})
-        SQLModel.metadata.create_all(ledger.engine, tables=[Freeze.__table__])
+        SQLModel.metadata.create_all(ledger.engine, tables=[SQLModel.metadata.tables["freezes"]])
 
     def _scopes(self) -> dict[str, bool]:
         with self._lock:
@@ -102,7 +102,6 @@ class FreezeStore:
 def unfreeze_verifier(people: Any) -> Callable[[Freeze], bool]:
     """Checks an unfreeze row's evidence: signed by a member of `operators` for exactly that scope."""
     from lockgate.activities.identity import Refused
-
     from lockgate.people import SignedStatement
 
     def verify(row: Freeze) -> bool:

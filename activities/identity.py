@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from lockgate import vaultio
 from lockgate.activities.vault import RETRYABLE, VaultBroker
 from lockgate.bootstrap import TRANSIT_MOUNT
 from lockgate.errors import LockgateError
@@ -199,7 +200,7 @@ class PeopleDirectory:
     def _entity(self, person: str) -> dict[str, Any]:
         if not valid_person(person):
             raise Refused(f"{person!r} is not a person's name")
-        entity = (self._client.read(f"identity/entity/name/{person}") or {}).get("data")
+        entity = (vaultio.read(self._client, f"identity/entity/name/{person}") or {}).get("data")
         if not entity:
             raise Refused(f"unknown person {person!r} (no such identity in Vault)")
         if entity.get("disabled"):
@@ -208,7 +209,7 @@ class PeopleDirectory:
 
     @_vault_call
     def _group_name(self, group_id: str) -> str | None:
-        group = (self._client.read(f"identity/group/id/{group_id}") or {}).get("data")
+        group = (vaultio.read(self._client, f"identity/group/id/{group_id}") or {}).get("data")
         return str(group["name"]) if group else None
 
     def groups_of(self, person: str) -> frozenset[str]:
@@ -224,7 +225,7 @@ class PeopleDirectory:
     # -- public keys ---------------------------------------------------------------------------
     @_vault_call
     def _published(self, person: str) -> dict[int, str]:
-        data = (self._client.read(f"{TRANSIT_MOUNT}/keys/{key_name(person)}") or {}).get("data") or {}
+        data = (vaultio.read(self._client, f"{TRANSIT_MOUNT}/keys/{key_name(person)}") or {}).get("data") or {}
         if data.get("type") != "ed25519":
             return {}
         return {int(v): str(k["public_key"]) for v, k in (data.get("keys") or {}).items() if k.get("public_key")}

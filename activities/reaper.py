@@ -286,10 +286,10 @@ async def workflow_state(client: Client, run_id: str) -> str:
         if err.status == RPCStatusCode.NOT_FOUND:
             return "unknown"
         raise
-    return _STATES.get(desc.status, "running")
+    return _STATES.get(int(desc.status), "running") if desc.status is not None else "running"
 
 
-_STATES = {
+_STATES: dict[int, str] = {
     WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING: "running",
     WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_COMPLETED: "completed",
     WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_FAILED: "failed",

@@ -18,6 +18,7 @@ import requests
 import requests.adapters
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from lockgate import vaultio
 from lockgate.bootstrap import RUN_TOKEN_ROLE, RUNS_MOUNT, SEAL_KEY
 from lockgate.models import LeaseRef, RunIdentity
 
@@ -64,7 +65,7 @@ _vault_call = retry(
 class VaultBroker:
     """The worker's door to Vault. One per worker process; thread-safe."""
 
-    def __init__(self, addr: str, role_id: str, secret_id: str, *, timeout: float = 5.0) -> None:
+    def __init__(self, addr: str, role_id: str, secret_id: str, *, timeout: int = 5) -> None:
         self._addr = addr
         self._role_id = role_id
         self._secret_id = secret_id
@@ -253,7 +254,7 @@ class VaultBroker:
             url=self._addr, token=self._run_token(run_id), timeout=self._timeout, session=self._session
         )
         try:
-            resp = client.read(secret_path)
+            resp = vaultio.read(client, secret_path)
         except hvac.exceptions.Forbidden as err:
             raise LeaseForbidden(f"run {run_id} may not read {secret_path}") from err
         if not resp or not resp.get("lease_id"):

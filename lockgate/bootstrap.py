@@ -18,6 +18,7 @@ import hvac.exceptions
 import psycopg
 from psycopg import sql
 
+from lockgate import vaultio
 from lockgate.people import APPROVER_KEY_PREFIX  # transit/keys/approver-<entity name>: one key per person
 from lockgate.spec import AgentRegistry, DatabaseSecret
 
@@ -227,7 +228,8 @@ def bootstrap_people(
 
     entity_ids: dict[str, str] = {}
     for name in people:
-        client.write(
+        vaultio.write(
+            client,
             f"auth/{USERPASS_MOUNT}/users/{name}",
             password=password,
             # Their own signing key, and payloads: people read (and start runs with) encrypted payloads.
@@ -236,18 +238,20 @@ def bootstrap_people(
             token_max_ttl="8h",  # noqa: S106 - a duration
             token_type="service",  # noqa: S106 - a token type
         )
-        entity = (client.read(f"identity/entity/name/{name}") or {}).get("data")
+        entity = (vaultio.read(client, f"identity/entity/name/{name}") or {}).get("data")
         if entity is None:
-            entity = client.write("identity/entity", name=name)["data"]
+            entity = vaultio.write(client, "identity/entity", name=name)["data"]
         entity_ids[name] = entity["id"]
         if not any(a.get("mount_accessor") == accessor for a in entity.get("aliases") or []):
-            client.write("identity/entity-alias", name=name, canonical_id=entity["id"], mount_accessor=accessor)
+            vaultio.write(
+                client, "identity/entity-alias", name=name, canonical_id=entity["id"], mount_accessor=accessor
+            )
         # Writing an existing key returns it unchanged: no rotation, no error.
-        client.write(f"{TRANSIT_MOUNT}/keys/{APPROVER_KEY_PREFIX}{name}", type="ed25519", exportable=False)
+        vaultio.write(client, f"{TRANSIT_MOUNT}/keys/{APPROVER_KEY_PREFIX}{name}", type="ed25519", exportable=False)
 
     for group in all_groups:
         members = sorted(entity_ids[n] for n, gs in people.items() if group in gs)
-        client.write(f"identity/group/name/{group}", type="internal", member_entity_ids=members)
+        vaultio.write(client, f"identity/group/name/{group}", type="internal", member_entity_ids=members)
 
 
 def agent_policy(secret_paths: list[str]) -> str:

@@ -583,7 +583,7 @@ def cmd_codec_server(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from lockgate.demo import run_demo
+    from lockgate.demo.story import run_demo
 
     return asyncio.run(run_demo(settings, keep_up=not args.down))
 

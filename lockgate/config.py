@@ -81,4 +81,4 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     state_dir = Path(env.get("LOCKGATE_STATE_DIR", ".lockgate"))
     merged = {**read_env_file(state_dir / "dev.env"), **env}
     fields = {name: merged[var] for name, var in _ENV_NAMES.items() if merged.get(var)}
-    return Settings(**fields)
+    return Settings.model_validate(fields)

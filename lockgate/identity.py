@@ -21,6 +21,7 @@ import hvac
 import hvac.exceptions
 import requests
 
+from lockgate import vaultio
 from lockgate.config import Settings
 from lockgate.errors import UserError
 from lockgate.people import Act, FieldValue, SignedStatement, Statement, key_name, parse_signature
@@ -37,7 +38,7 @@ __all__ = [
 ]
 
 Method = Literal["userpass", "token"]
-_TIMEOUT = 5.0
+_TIMEOUT = 5
 _RELOGIN = "run `lockgate login USER`"
 
 
@@ -150,7 +151,7 @@ def login_token(vault_addr: str, token: str, *, method: Method = "token") -> Ope
     if not entity_id:
         raise UserError("not logged in: the token belongs to no person (no identity entity); log in as a person")
     try:
-        entity = client.read(f"identity/entity/id/{entity_id}")
+        entity = vaultio.read(client, f"identity/entity/id/{entity_id}")
     except hvac.exceptions.Forbidden:
         raise UserError(
             "not logged in: the token may not read its own identity (is policy lockgate-person attached?)"
@@ -165,7 +166,7 @@ def login_token(vault_addr: str, token: str, *, method: Method = "token") -> Ope
     groups = set()
     for group_id in data.get("group_ids") or []:
         try:
-            groups.add(str(client.read(f"identity/group/id/{group_id}")["data"]["name"]))
+            groups.add(str((vaultio.read(client, f"identity/group/id/{group_id}") or {})["data"]["name"]))
         except hvac.exceptions.Forbidden:
             groups.add(f"group:{group_id}")  # a group the person policy does not name yet
     ttl = int(info.get("ttl") or 0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from typing import Any
+from typing import Any, cast
 
 from pydantic import ValidationError
 from temporalio.api.enums.v1 import WorkflowExecutionStatus
@@ -17,7 +17,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from lockgate.errors import UserError
 from lockgate.identity import OperatorSession, sign
 from lockgate.ids import InvalidRunId, check_run_id
-from lockgate.models import MAX_ARGS_BYTES, ApprovalAttempt, ApprovalRequest, RunInput, RunStatus, args_digest
+from lockgate.models import MAX_ARGS_BYTES, ApprovalAttempt, ApprovalRequest, RunInput, RunState, RunStatus, args_digest
 from lockgate.spec import describe_validation, registry
 
 __all__ = [
@@ -122,7 +122,7 @@ async def run_status(client: Client, run_id: str) -> RunStatus:
             agent="?",
             initiator="?",
             owner="?",
-            state=state,
+            state=cast(RunState, state),
             step=0,
             error=f"run did not answer its status query: {err}",
         )

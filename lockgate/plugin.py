@@ -129,7 +129,7 @@ class LockgatePlugin(SimplePlugin):
         from lockgate.worker import build_activities
 
         deps = self.deps
-        bind_agents(config["task_queue"], deps.agents)
+        bind_agents(config.get("task_queue") or "", deps.agents)
         config["workflows"] = [*(config.get("workflows") or ()), self._workflow]
         config["activities"] = [*(config.get("activities") or ()), *build_activities(deps)]
         config["interceptors"] = [*(config.get("interceptors") or ()), *tracing_interceptors()]

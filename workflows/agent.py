@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributePair
+from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, ChildWorkflowError
 from temporalio.workflow import ActivityCancellationType, ParentClosePolicy
 
@@ -245,10 +245,10 @@ class AgentWorkflow:
             ) from None
         workflow.upsert_search_attributes(
             [
-                SearchAttributePair(SA_AGENT, agent.name),
-                SearchAttributePair(SA_INITIATOR, inp.initiator),
-                SearchAttributePair(SA_STATE, "running"),
-                SearchAttributePair(SA_PENDING, []),
+                SA_AGENT.value_set(agent.name),
+                SA_INITIATOR.value_set(inp.initiator),
+                SA_STATE.value_set("running"),
+                SA_PENDING.value_set([]),
             ]
         )
         if inp.carry is None:
@@ -414,7 +414,7 @@ class AgentWorkflow:
     def _set_state(self, state: RunState) -> None:
         if state != self._state:
             self._state = state
-            workflow.upsert_search_attributes([SearchAttributePair(SA_STATE, state)])
+            workflow.upsert_search_attributes([SA_STATE.value_set(state)])
 
     # -- the governed call ---------------------------------------------------------------------
     async def call(
@@ -699,7 +699,7 @@ class AgentWorkflow:
         """Pending requests go to visibility: their ids as a search attribute (to find the runs) and
         the requests themselves in the memo, so `lockgate pending` lists thousands in one call."""
         self._set_state("awaiting_approval" if self._pending else "running")
-        workflow.upsert_search_attributes([SearchAttributePair(SA_PENDING, sorted(self._pending))])
+        workflow.upsert_search_attributes([SA_PENDING.value_set(sorted(self._pending))])
         workflow.upsert_memo({"pending": [r.model_dump(mode="json") for r in self._pending.values()]})
 
     async def _audit(self, kind: str, key: str, data: dict[str, Any]) -> None:

@@ -142,6 +142,8 @@ def open_ticket(ctx: ToolContext, args: TicketArgs) -> dict[str, Any]:
         ticket = conn.execute(
             "SELECT id FROM ops.tickets WHERE idempotency_key = %s", (ctx.idempotency_key,)
         ).fetchone()
+    if ticket is None:
+        raise ToolError(f"ticket of {ctx.idempotency_key} vanished", retryable=True)
     return {"ticket_id": ticket[0], "summary": f"opened ticket {ticket[0]} ({args.severity})"}
 
 

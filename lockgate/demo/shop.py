@@ -139,11 +139,12 @@ def issue_refund(ctx: ToolContext, args: RefundArgs) -> dict[str, Any]:
         order = conn.execute("SELECT total_cents FROM orders WHERE id = %s", (args.order_id,)).fetchone()
         if order is None:
             raise ToolError(f"order {args.order_id} not found")
-        refunded = conn.execute(
+        total = conn.execute(
             "SELECT coalesce(sum(amount_cents), 0) FROM refunds "
             "WHERE order_id = %s AND reversed_at IS NULL AND idempotency_key <> %s",
             (args.order_id, ctx.idempotency_key),
-        ).fetchone()[0]
+        ).fetchone()
+        refunded = total[0] if total else 0
         if refunded + args.amount_cents > order[0]:
             raise ToolError(
                 f"refund of {args.amount_cents} exceeds what is left of order {args.order_id} "
@@ -156,6 +157,8 @@ def issue_refund(ctx: ToolContext, args: RefundArgs) -> dict[str, Any]:
         ).fetchone()
         if row is None:  # this call already refunded (a retried attempt): report that refund
             row = conn.execute("SELECT id FROM refunds WHERE idempotency_key = %s", (ctx.idempotency_key,)).fetchone()
+    if row is None:
+        raise ToolError(f"the refund of {ctx.idempotency_key} vanished", retryable=True)
     return {
         "refund_id": row[0],
         "order_id": args.order_id,

@@ -105,7 +105,8 @@ def _leftovers(settings: Settings, vault_token: str | None) -> tuple[int, int]:
     roles = 0
     if settings.pg_dsn:
         with psycopg.connect(settings.pg_dsn) as conn:
-            roles = conn.execute("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'v-%'").fetchone()[0]
+            row = conn.execute("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'v-%'").fetchone()
+            roles = row[0] if row else 0
     leases = 0
     client = hvac.Client(url=settings.vault_addr, token=vault_token)
     try:
