@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.lockgate-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all conformance bench up down status worker clean
+.PHONY: install demo test test-all lint conformance bench up down status worker clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,12 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q --run-slow $(PYTEST_ARGS)
+
+# Lint, format and types: what CI checks before the tests (a finding is fixed, not silenced).
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pyright
 
 # lockgate's policy pipeline against Cedar's integration corpus (../shared/data/cedar-integration-tests).
 # python -m conformance exits 0 (none), 1 (a difference lockgate causes), 2 (corpus missing); make
