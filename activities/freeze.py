@@ -54,7 +54,9 @@ class FreezeStore:
             if time.monotonic() - stamp < self.CACHE_SECONDS:
                 return scopes
         with Session(self._ledger.engine) as session:
-            scopes = {f.scope: f.frozen or not self._counts(f) for f in session.exec(select(Freeze)).all()}
+            rows = list(session.exec(select(Freeze)).all())
+        # Verified outside the read: verifying may write to the ledger (archived keys, refusals).
+        scopes = {f.scope: f.frozen or not self._counts(f) for f in rows}
         with self._lock:
             self._cache = (time.monotonic(), scopes)
         return scopes
