@@ -255,9 +255,9 @@ class DevStack:
             self._save_pids(pids)
         return env
 
-    def _pg_password(self) -> str:
-        """The superuser password, kept beside the cluster from the moment it is first chosen."""
-        path = self.dev_dir / "pg.password"
+    def _kept_secret(self, name: str) -> str:
+        """A dev secret chosen once and kept beside the stack (0600), so `dev up` is idempotent."""
+        path = self.dev_dir / name
         if path.is_file():
             return path.read_text().strip()
         password = secrets.token_urlsafe(24)
@@ -265,15 +265,13 @@ class DevStack:
         path.chmod(0o600)
         return password
 
+    def _pg_password(self) -> str:
+        """The superuser password, kept beside the cluster from the moment it is first chosen."""
+        return self._kept_secret("pg.password")
+
     def _dev_password(self) -> str:
         """The dev people's userpass password (LOCKGATE_DEV_PASSWORD), kept like the Postgres one."""
-        path = self.dev_dir / "people.password"
-        if path.is_file():
-            return path.read_text().strip()
-        password = secrets.token_urlsafe(24)
-        path.write_text(password)
-        path.chmod(0o600)
-        return password
+        return self._kept_secret("people.password")
 
     def _write_env(self, env: dict[str, str]) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
