@@ -138,6 +138,7 @@ class DevStack:
     # module paths; also written to dev.env so the worker and CLI of the dev stack load them.
     agent_modules: str = DEMO_AGENT_MODULES
     codec_port: int = 8235  # the UI's codec server (started with the UI)
+    inbox_port: int = 8234  # the approvers' inbox (`lockgate demo` leaves it running)
 
     @classmethod
     def from_env(cls, state_dir: Path) -> DevStack:
@@ -149,6 +150,7 @@ class DevStack:
             vault_port=int(env.get("LOCKGATE_DEV_VAULT_PORT", "8200")),
             agent_modules=_with_demo(env.get("LOCKGATE_AGENT_MODULES", "")),
             codec_port=int(env.get("LOCKGATE_DEV_CODEC_PORT", "8235")),
+            inbox_port=int(env.get("LOCKGATE_DEV_INBOX_PORT", "8234")),
         )
 
     # -- paths ---------------------------------------------------------------------------------
@@ -372,6 +374,34 @@ class DevStack:
         self._wait("codec", self._codec_ok, new_pid, timeout=30)
         return new_pid
 
+    @property
+    def inbox_address(self) -> str:
+        return f"http://127.0.0.1:{self.inbox_port}"
+
+    def start_inbox(self) -> str:
+        """`lockgate inbox` beside the stack (stopped by `dev down`); returns its address."""
+        pids = self._pids()
+        pid = pids.get("inbox")
+        if not (_alive(pid) and self._inbox_ok()):
+            self._stop_pid(pid)
+            if _port_open(self.inbox_port):
+                raise UserError(
+                    f"port {self.inbox_port} is already in use by another process; set LOCKGATE_DEV_INBOX_PORT"
+                )
+            env = {**os.environ, "LOCKGATE_STATE_DIR": str(self.state_dir)}
+            argv = [sys.executable, "-m", "lockgate.cli", "inbox", "--port", str(self.inbox_port)]
+            pid = self._spawn("inbox", argv, env)
+            self._wait("inbox", self._inbox_ok, pid, timeout=30)
+            pids["inbox"] = pid
+            self._save_pids(pids)
+        return self.inbox_address
+
+    def _inbox_ok(self) -> bool:
+        try:
+            return requests.get(f"{self.inbox_address}/login", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
     def _codec_ok(self) -> bool:
         try:
             return requests.get(f"{self.codec_endpoint}/health", timeout=2).status_code == 200
@@ -497,7 +527,7 @@ class DevStack:
     def down(self, progress: Progress = lambda _: None) -> None:
         """Stops everything `up` started. Safe to call when nothing runs."""
         pids = self._pids()
-        for name in ("codec", "temporal", "vault"):
+        for name in ("inbox", "codec", "temporal", "vault"):
             if _alive(pids.get(name)):
                 progress(f"stopping {name} (pid {pids[name]})")
             self._stop_pid(pids.get(name))

@@ -12,6 +12,7 @@ import psycopg
 
 from lockgate.config import Settings, load_settings, read_env_file
 from lockgate.devstack import DevStack
+from lockgate.errors import UserError
 
 __all__ = ["run_demo"]
 
@@ -185,6 +186,20 @@ async def run_demo(settings: Settings, *, keep_up: bool = True) -> int:
         history = history_entries(events, client.data_converter)
         _say(render_text(timeline(deps.ledger, handle.id, status, history)))
 
+    # One more run, left waiting for two support-leads, for the approvers' inbox.
+    async with lockgate_worker.build_worker(client, deps, services=False):
+        waiting = await start_run(
+            client, settings.task_queue, "incident-agent", {"host_id": "web-2"}, session=_person(settings, "erin")
+        )
+        await _wait_pending(client, waiting.id)
+    try:
+        inbox = stack.start_inbox()
+        _title(6, f"the approvers' inbox: {inbox}")
+        _say(f"   {waiting.id} waits there for an on-call engineer: sign in as frank or grace with")
+        _say("   LOCKGATE_DEV_PASSWORD from .lockgate/dev.env (start `lockgate worker` so the run goes on once")
+        _say("   approved); the story's runs are on their run pages")
+    except UserError as err:
+        _say(f"   (the inbox did not start: {err})")
     leases, roles = _leftovers(settings, settings.vault_token)
     _say()
     _say(
