@@ -212,15 +212,18 @@ async def start(
     *,
     initiator: str = "erin",
     run_id: str | None = None,
+    session: OperatorSession | None = None,
 ) -> WorkflowHandle[Any, Any]:
-    """Starts a run as `initiator` would: with their signed start statement."""
+    """Starts a run as `initiator` would: with their signed start statement (`session`: a person of
+    another stack than the session's)."""
     run_id = run_id or f"{agent}-{uuid.uuid4().hex[:10]}"
+    session = session or person(initiator)
     signed = await asyncio.to_thread(
-        sign, person(initiator), "start", {"run_id": run_id, "agent": agent, "input_digest": args_digest(data)}
+        sign, session, "start", {"run_id": run_id, "agent": agent, "input_digest": args_digest(data)}
     )
     return await client.start_workflow(
         "lockgate.agent",
-        RunInput(agent=agent, input=data, initiator=initiator, start=signed),
+        RunInput(agent=agent, input=data, initiator=session.name, start=signed),
         id=run_id,
         task_queue=task_queue,
     )

@@ -15,9 +15,10 @@ from temporalio.client import Client
 
 from lockgate.config import load_settings
 from lockgate.devstack import DevStack, free_port
+from lockgate.identity import login_userpass
 from lockgate.models import ApprovalRequest
 from lockgate.ops import send_verdict
-from tests.conftest import Outside, finish, ledger_events, person, start, status_of
+from tests.conftest import Outside, finish, ledger_events, start, status_of
 
 
 async def test_vault_unresponsive_no_tool_runs_without_its_lease(
@@ -71,8 +72,11 @@ async def test_temporal_restart_while_waiting_for_approval(tmp_path: Path, polic
         deps = worker.build_deps(settings)
         client = await worker.connect(settings)
         async with worker.build_worker(client, deps):
+            # People of this stack's own Vault.
+            erin = login_userpass(stack.vault_addr, "erin", env["LOCKGATE_DEV_PASSWORD"])
+            alice = login_userpass(stack.vault_addr, "alice", env["LOCKGATE_DEV_PASSWORD"])
             handle = await start(
-                client, settings.task_queue, "refund-agent", {"order_id": "A-1002", "amount_cents": 22000}
+                client, settings.task_queue, "refund-agent", {"order_id": "A-1002", "amount_cents": 22000}, session=erin
             )
             for _ in range(200):
                 if await handle.query("pending_approvals", result_type=list[ApprovalRequest]):
@@ -92,9 +96,7 @@ async def test_temporal_restart_while_waiting_for_approval(tmp_path: Path, polic
                     assert time.monotonic() < deadline
                     await asyncio.sleep(0.5)
             assert len(pending) == 1
-            attempt = await send_verdict(
-                client, handle.id, pending[0].request_id, session=person("alice"), approve=True
-            )
+            attempt = await send_verdict(client, handle.id, pending[0].request_id, session=alice, approve=True)
             assert attempt.accepted
             assert await finish(handle) is None
             assert (await status_of(handle)).state == "completed"
