@@ -160,6 +160,8 @@ class GovernanceActivities:
                 "revoked_by_this_call": revoked,
             },
         )
+        # Seal the run's chain now (final): nothing can be appended to it unnoticed afterwards.
+        self._ledger.seal()
         return revoked
 
     @activity.defn(name="audit.record")

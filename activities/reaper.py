@@ -125,6 +125,7 @@ class Reaper:
                 "revoked_by_this_call": report.identity_revoked,
             },
         )
+        self._ledger.seal()
         log.warning("reaped run=%s status=%s compensations=%d", run_id, status, len(report.compensations))
         return report
 

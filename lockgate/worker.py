@@ -24,6 +24,8 @@ from temporalio.worker import Worker
 import lockgate.activities.incident
 import lockgate.activities.shop
 import lockgate.agents  # noqa: F401 - registers the built-in agents
+from lockgate.activities.anchor import TransitAnchor
+from lockgate.activities.archive import HistoryArchive, archive_forever
 from lockgate.activities.freeze import FreezeStore
 from lockgate.activities.governance import GovernanceActivities, bundle_content
 from lockgate.activities.ledger import Ledger
@@ -31,7 +33,7 @@ from lockgate.activities.planner import LLMPlannerActivities
 from lockgate.activities.reaper import Reaper
 from lockgate.activities.tools import Resources, ToolRunner
 from lockgate.activities.vault import VaultBroker
-from lockgate.config import Settings, load_settings
+from lockgate.config import Settings, archive_dir, load_settings
 from lockgate.errors import PolicyError, UserError
 from lockgate.gates.bundle import PolicyBundle
 from lockgate.observability import setup_logging, tracing_interceptors
@@ -42,14 +44,15 @@ from lockgate.workflows.agent import AgentWorkflow
 __all__ = [
     "DATA_CONVERTER",
     "Deps",
+    "build_archive",
     "build_deps",
     "build_governance",
     "build_reaper",
     "build_tools",
     "build_worker",
     "connect",
-    "main",
     "entry",
+    "main",
     "reap_forever",
     "run_worker",
     "watch_policies",
@@ -135,7 +138,8 @@ def build_deps(settings: Settings, agents: AgentRegistry = registry) -> Deps:
         vault.check()
     except Exception as err:
         raise UserError(f"cannot log in to Vault at {settings.vault_addr} with AppRole: {err}") from err
-    ledger = Ledger(settings.ledger_url)
+    # Checkpoints signed with the ledger's Transit key: at run close and every few seconds.
+    ledger = Ledger(settings.ledger_url, signer=TransitAnchor(lambda: vault.client))
     ledger.register_bundle(bundle.hash, bundle_content(bundle))
     return Deps(
         settings=settings, vault=vault, ledger=ledger, bundle=bundle, freezes=FreezeStore(ledger), agents=agents
@@ -157,6 +161,11 @@ def build_tools(deps: Deps, governance: GovernanceActivities | None = None) -> T
         gate=gate,
         resources=Resources(pg_socket_dir=deps.settings.pg_socket_dir),
     )
+
+
+def build_archive(deps: Deps) -> HistoryArchive:
+    """Closed runs' histories, archived beside the ledger so audits outlive the server's retention."""
+    return HistoryArchive(archive_dir(deps.settings), deps.ledger)
 
 
 def build_reaper(deps: Deps) -> Reaper:
@@ -243,6 +252,11 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         background = [
             asyncio.create_task(reap_forever(client, build_reaper(deps), interval, stop)),
             asyncio.create_task(watch_policies(deps, stop)),
+            asyncio.create_task(
+                archive_forever(
+                    client, build_archive(deps), float(os.environ.get("LOCKGATE_ARCHIVE_INTERVAL", "10")), stop
+                )
+            ),
         ]
         await stop.wait()
         await asyncio.gather(*background)
