@@ -78,6 +78,11 @@ def _summary(kind: str, d: dict[str, Any]) -> str:
         return f"run closed: {d.get('state')}; identity {d.get('identity_accessor')} revoked" + (
             f"; {d.get('reason')}" if d.get("reason") else ""
         )
+    if kind == "history.archived":
+        items = d.get("histories") or []
+        events = sum(int(i.get("events", 0)) for i in items)
+        digests = ", ".join(str(i.get("sha256"))[:12] for i in items)
+        return f"history archived: {len(items)} histor{'y' if len(items) == 1 else 'ies'} ({events} events), sha256 {digests}"
     if kind.startswith("reaper."):
         return f"reaper: {d.get('action', kind)} {d.get('detail', '')}".strip()
     return json.dumps(d, sort_keys=True)

@@ -332,37 +332,74 @@ async def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if doc["ledger_intact"] else 1
 
 
+def _offline_ledger(settings: Settings) -> Any:
+    """The ledger, only if it is a local file (offline replay never waits for a database server)."""
+    from lockgate.activities.ledger import Ledger, LedgerMissing
+
+    if not settings.ledger_url.startswith("sqlite"):
+        return None
+    try:
+        return Ledger(settings.ledger_url, create=False)
+    except LedgerMissing:
+        return None
+
+
 async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     from lockgate import worker
-    from lockgate.replay import replay
+    from lockgate.replay import replay, replay_files
     from lockgate.spec import registry
 
-    if not args.all and not args.run_ids:
-        raise UserError("name RUN_ID... or --all")
-    client = await _client(settings)
-    reports = await replay(
-        client, _ledger(settings), registry, None if args.all else args.run_ids, worker.DATA_CONVERTER
-    )
+    if args.history:
+        if args.all or args.run_ids:
+            raise UserError("--history replays files: name no RUN_ID and no --all with it")
+        from lockgate.policies import load_bundle
+        from lockgate.verify import load_keys_file, pinned_keys
+
+        try:
+            current = load_bundle(settings.policy_dir, registry)
+        except (PolicyError, OSError):
+            current = None  # the recorded copies are what counts; the current dir is only a shortcut
+        keys, trust = (load_keys_file(args.keys), f"--keys {args.keys}") if args.keys else pinned_keys(settings)
+        ledger = _offline_ledger(settings)
+        try:
+            reports = await replay_files(
+                args.history,
+                registry,
+                worker.DATA_CONVERTER,
+                ledger=ledger,
+                current=current,
+                trusted_keys=keys,
+                trust=trust,
+            )
+        finally:
+            if ledger is not None:
+                ledger.dispose()
+    else:
+        if not args.all and not args.run_ids:
+            raise UserError("name RUN_ID..., --all or --history FILE...")
+        from lockgate.activities.archive import HistoryArchive
+        from lockgate.config import archive_dir
+
+        client = await _client(settings)
+        ledger = _ledger(settings)
+        reports = await replay(
+            client,
+            ledger,
+            registry,
+            None if args.all else args.run_ids,
+            worker.DATA_CONVERTER,
+            archive=HistoryArchive(archive_dir(settings), ledger),
+            processes=args.processes,
+        )
     bad = [r for r in reports if not r.ok]
     if args.json:
-        _print_json(
-            [
-                {
-                    "run_id": r.run_id,
-                    "ok": r.ok,
-                    "histories": r.histories,
-                    "events": r.events,
-                    "decisions": r.decisions,
-                    "problems": r.problems,
-                }
-                for r in reports
-            ]
-        )
+        _print_json([r.as_dict() for r in reports])
     else:
         for r in reports:
+            where = "" if r.source == "server" else f" [{r.source}]"
             print(
                 f"{'ok      ' if r.ok else 'MISMATCH'} {r.run_id}: {r.histories} histories, {r.events} events, "
-                f"{r.decisions} decisions re-checked"
+                f"{r.decisions} decisions re-checked{where}"
             )
             for problem in r.problems:
                 print(f"    {problem}")
@@ -484,6 +521,22 @@ async def cmd_reap(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failed else 0
 
 
+async def cmd_archive(args: argparse.Namespace, settings: Settings) -> int:
+    from lockgate import worker
+
+    deps = worker.build_deps(settings)
+    try:
+        archive = worker.build_archive(deps)
+        archived = await archive.archive_once(await _client(settings))
+    finally:
+        deps.ledger.dispose()
+    if args.json:
+        _print_json({"archived": archived, "directory": str(archive.directory)})
+    else:
+        print(f"archived the histories of {len(archived)} closed run(s) in {archive.directory}")
+    return 0
+
+
 async def cmd_freeze(args: argparse.Namespace, settings: Settings) -> int:
     from lockgate.activities.freeze import ALL, FreezeStore
     from lockgate.ops import wake_frozen
@@ -572,7 +625,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", metavar="FILE", help="also write the run's evidence bundle (verifiable offline)")
     p = add("replay", cmd_replay, "replay histories with the current code and re-check every recorded decision")
     p.add_argument("run_ids", nargs="*", metavar="RUN_ID")
-    p.add_argument("--all", action="store_true", help="every lockgate run the server still has")
+    p.add_argument("--all", action="store_true", help="every lockgate run the server or the archive has")
+    p.add_argument(
+        "--history",
+        nargs="+",
+        metavar="FILE",
+        help="replay exported files offline: evidence bundles or history JSON (temporal workflow show -o json)",
+    )
+    p.add_argument("--keys", metavar="FILE", help="trusted public keys of the ledger key, for bundles")
+    p.add_argument("--processes", type=int, help="replay processes for --all (default: one per core)")
     p = add("verify", cmd_verify, "verify the ledger (chains, signed checkpoints) or an evidence bundle, offline")
     p.add_argument("--bundle", metavar="FILE", help="verify an evidence bundle (lockgate audit --export) instead")
     p.add_argument("--keys", metavar="FILE", help="trusted public keys (JSON {version: base64}) of the ledger key")
@@ -589,6 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--as", dest="as_", help="your identity (default: the OS user)")
     add("leases", cmd_leases, "leases not yet revoked, with run, tool and expiry")
     add("reap", cmd_reap, "one pass of the reaper: clean up runs that ended without their own cleanup")
+    add("archive", cmd_archive, "one pass of the archiver: keep closed runs' histories beside the ledger")
     p = add("policy", cmd_policy, "validate policies, schema and entities")
     p.add_argument("action", choices=["check"])
     p.add_argument("dir", nargs="?")
