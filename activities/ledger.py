@@ -14,6 +14,7 @@ row. Entries hold ids, digests and summaries: never a secret value.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,8 +26,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
+from psycopg import OperationalError as _PsycopgOperationalError
 from sqlalchemy import Index, UniqueConstraint, event, inspect, text
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
@@ -189,7 +191,7 @@ def ledger_name(url: str) -> str:
 # LEDGER_WRITE: a locked or briefly unreachable database is retried; past 15 s the activity fails
 # and Temporal retries it (the event_key keeps that idempotent).
 _db_call = retry(
-    retry=retry_if_exception_type(OperationalError),
+    retry=retry_if_exception_type((OperationalError, _PsycopgOperationalError)),
     wait=wait_exponential(multiplier=0.05, max=1),
     stop=stop_after_delay(15),
     reraise=True,
@@ -292,6 +294,9 @@ class Ledger:
         else:
             self.engine = create_engine(url, pool_pre_ping=True, pool_size=20, max_overflow=20)
             self.reader = self.engine
+            # The one-statement append runs on plain psycopg connections in autocommit (its own
+            # transaction, one round trip, a prepared statement): the hot path of every worker.
+            self._raw = _RawPool(make_url(url).set(drivername="postgresql").render_as_string(hide_password=False))
         if create:
             self._retire_single_chain_schema()
             SQLModel.metadata.create_all(self.engine, tables=_TABLES)
@@ -372,6 +377,10 @@ class Ledger:
         written. Only the run's own head row is locked: other runs append in parallel."""
         stamp = (at or datetime.now(UTC)).isoformat()
         body = canonical_json(data)
+        if not self._sqlite:
+            written = self._append_one_statement(event_key, run_id, kind, stamp, body)
+            if written is not None:
+                return written
         chain = run_id
         with self.engine.begin() as conn:
             size, prev, closed, dup = self._head(conn, chain, event_key)
@@ -399,10 +408,38 @@ class Ledger:
             conn.execute(_ADVANCE, row)
         return True
 
+    def _append_one_statement(self, event_key: str, run_id: str, kind: str, stamp: str, body: str) -> bool | None:
+        """PostgreSQL's hot path: the whole append (lock the run's head row, hash, insert, advance)
+        in one statement, one round trip, its own transaction. None: the chain is new or closed
+        (the general path handles those)."""
+        params = {
+            "event_key": event_key,
+            "run_id": run_id,
+            "chain": run_id,
+            "kind": kind,
+            "at": stamp,
+            "data": body,
+            "rec": datetime.now(UTC).isoformat(),
+            "closing": kind == CLOSING_KIND,
+        }
+        import psycopg
+
+        try:
+            with self._raw.connection() as conn:
+                row = conn.execute(_PG_APPEND, params).fetchone()
+        except psycopg.IntegrityError:
+            with self.reader.connect() as conn:
+                if conn.execute(text("SELECT 1 FROM ledger WHERE event_key = :k"), {"k": event_key}).first():
+                    return False  # recorded before (a retried activity), or by a concurrent writer
+            raise
+        return None if row is None else True
+
     def try_append(self, *args: Any, **kwargs: Any) -> bool:
+        import psycopg
+
         try:
             return self.append(*args, **kwargs)
-        except IntegrityError:
+        except (IntegrityError, psycopg.IntegrityError):
             return False  # a concurrent writer recorded the same event
 
     @_db_call
@@ -754,6 +791,45 @@ class Ledger:
             self._thread.join(timeout=10)
         self.engine.dispose()
         self.reader.dispose()
+        if not self._sqlite:
+            self._raw.close()
+
+
+class _RawPool:
+    """A few plain psycopg connections in autocommit, shared by the threads of one process."""
+
+    def __init__(self, conninfo: str, size: int = 16) -> None:
+        import queue
+
+        self._conninfo = conninfo
+        self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._slots = threading.Semaphore(size)
+
+    @contextlib.contextmanager
+    def connection(self) -> Iterator[Any]:
+        import psycopg
+
+        self._slots.acquire()
+        conn = None
+        try:
+            try:
+                conn = self._idle.get_nowait()
+            except Exception:  # noqa: BLE001 - queue.Empty: open one more
+                conn = psycopg.connect(self._conninfo, autocommit=True, prepare_threshold=0)
+            yield conn
+            self._idle.put(conn)
+            conn = None
+        finally:
+            if conn is not None:
+                conn.close()  # broken or failed mid-statement: never reused
+            self._slots.release()
+
+    def close(self) -> None:
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except Exception:  # noqa: BLE001 - empty
+                return
 
 
 def _heads_by_chain(rows: Any) -> Iterator[tuple[str, list[tuple[int, Head]]]]:
@@ -793,6 +869,35 @@ def _merge(checker: ChainChecker, entries: Iterator[EntryRecord], heads: Iterato
             checker.chain(name, chain_entries(name), signed[1])
             signed = next(heads, None)
 
+
+# The entry hash computed by PostgreSQL exactly as `lockgate.evidence.entry_hash` computes it:
+# sha256(prev_hash || canonical JSON of the entry), keys sorted, to_json escaping strings as Python's
+# json.dumps(ensure_ascii=False) does (tests/test_ledger_evidence.py checks awkward text both ways).
+_PG_APPEND = """
+WITH h AS (
+    SELECT chain, size + 1 AS n, head AS prev FROM ledger_heads
+    WHERE chain = %(chain)s AND NOT closed FOR UPDATE
+), b AS (
+    SELECT h.chain, h.n, h.prev, encode(sha256(convert_to(h.prev
+        || '{"at":' || CAST(to_json(CAST(%(at)s AS text)) AS text)
+        || ',"chain":' || CAST(to_json(h.chain) AS text)
+        || ',"data":' || CAST(to_json(CAST(%(data)s AS text)) AS text)
+        || ',"event_key":' || CAST(to_json(CAST(%(event_key)s AS text)) AS text)
+        || ',"kind":' || CAST(to_json(CAST(%(kind)s AS text)) AS text)
+        || ',"n":' || CAST(h.n AS text)
+        || ',"run_id":' || CAST(to_json(CAST(%(run_id)s AS text)) AS text)
+        || '}', 'UTF8')), 'hex') AS hash
+    FROM h
+), e AS (
+    INSERT INTO ledger (event_key, run_id, chain, chain_seq, kind, at, data, prev_hash, hash, recorded_at)
+    SELECT %(event_key)s, %(run_id)s, b.chain, b.n, %(kind)s, %(at)s, %(data)s, b.prev, b.hash, %(rec)s FROM b
+    RETURNING chain, chain_seq, hash
+)
+UPDATE ledger_heads SET size = e.chain_seq, head = e.hash, dirty = true,
+    closed = (ledger_heads.closed OR %(closing)s)
+FROM e WHERE ledger_heads.chain = e.chain
+RETURNING e.chain_seq
+"""
 
 _INSERT = text(
     "INSERT INTO ledger (event_key, run_id, chain, chain_seq, kind, at, data, prev_hash, hash, recorded_at) "

@@ -638,6 +638,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", metavar="FILE", help="verify an evidence bundle (lockgate audit --export) instead")
     p.add_argument("--keys", metavar="FILE", help="trusted public keys (JSON {version: base64}) of the ledger key")
     p.add_argument("--strict", action="store_true", help="no grace: every entry must already be checkpointed")
+    # Verification needs no agent code: keeps the process small however large the ledger is.
+    p.set_defaults(agents=False)
     for name, what in (
         ("freeze", "kill switch: no tool of the scope runs from the next gate on"),
         ("unfreeze", "lift the kill switch; frozen runs resume"),
@@ -664,7 +666,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from lockgate.spec import load_agent_modules
 
-        load_agent_modules()
+        if getattr(args, "agents", True):
+            load_agent_modules()
         result = args.handler(args, settings)
         if asyncio.iscoroutine(result):
             result = _run(result)

@@ -331,11 +331,16 @@ def test_appends_from_many_writers_on_postgres(settings: Settings, anchor: Trans
     for t in threads:
         t.join()
     assert errors == []
+    # PostgreSQL hashes appends itself: awkward text must hash exactly as Python hashes it.
+    awkward = 'q"uote\\back\nline\ttab\x01\x1f\x7f/☃ \u2028😀'
+    for i in range(3):
+        assert ledger.append(f"{awkward}:{i}", f"run-{awkward}", f"kind-{awkward}", {"text": awkward, "i": i})
+    assert not ledger.append(f"{awkward}:1", f"run-{awkward}", "again", {})
     ledger.checkpoint()
     assert [e["i"] for e in ledger.events("run-3")] == list(range(40))
     assert sorted(e["i"] for e in ledger.events("run-shared")) == list(range(25))
     report = ledger.verify_report(trusted_keys=anchor.public_keys(), grace=0)
-    assert report.ok and report.entries == 8 * 40 + 25 and report.chains == 9, report.problems
+    assert report.ok and report.entries == 8 * 40 + 25 + 3 and report.chains == 10, report.problems
     with ledger.engine.begin() as conn:
         conn.execute(text("UPDATE ledger SET data = '{}' WHERE run_id = 'run-5' AND chain_seq = 7"))
     assert any("run-5 #7" in p and "edited" in p for p in ledger.verify())
