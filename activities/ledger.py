@@ -94,7 +94,9 @@ class ChainHeadRow(SQLModel, table=True):
     closed: bool = False
     sealed_size: int = 0
     sealed_final: bool = False
-    dirty: bool = Field(default=True, index=True)
+    # Not indexed: every append rewrites this row, and an unindexed update stays in place (HOT);
+    # the checkpointer scans the table (one row per run) instead.
+    dirty: bool = True
 
 
 class CheckpointRow(SQLModel, table=True):
@@ -771,11 +773,13 @@ class Ledger:
                     f"FROM ledger ORDER BY chain{order}, chain_seq"
                 )
             )
+            # Only heads of the checkpoints checked above: one written meanwhile waits for next time.
             signed = hconn.execution_options(stream_results=True, yield_per=batch).execute(
                 text(
                     "SELECT chain, checkpoint, size, head, final FROM ledger_checkpoint_heads "
-                    f"ORDER BY chain{order}, checkpoint"
-                )
+                    f"WHERE checkpoint <= :last ORDER BY chain{order}, checkpoint"
+                ),
+                {"last": last_cp.seq if last_cp else 0},
             )
             _merge(checker, (EntryRecord(*r) for r in entries), _heads_by_chain(signed))
         report.entries, report.chains = summary.entries, summary.chains

@@ -40,7 +40,7 @@ from bench import gate_latency, ledger_bench, measure, memory
 from bench.harness import ROOT, bench_workers, new_stack, say, stack_up, write_policy_dir
 from bench.report import Figure, figure, info, render_table, write_results
 
-SECTIONS = ("seq", "throughput", "gate", "approval", "history", "ledger", "memory")
+SECTIONS = ("seq", "throughput", "gate", "approval", "history", "memory", "ledger")
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ class Sizes:
     approvals: int = 30
     history_events: int = 10_000
     ledger_levels: tuple[int, ...] = (1, 4, 16)
-    ledger_seconds: float = 3.0
+    ledger_seconds: float = 2.5
     verify_entries: int = 1_000_000
     mem_runs: int = 1000
     mem_cache: int | None = None
