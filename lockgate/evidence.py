@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -347,34 +347,6 @@ class ChainChecker:
             s.problem(
                 f"chain {chain}: ends at #{n} but checkpoints signed it up to #{proven_to} (truncated or deleted)"
             )
-
-
-def iter_grouped(rows: Iterable[Any], key: str) -> Iterator[tuple[str, Iterator[Any]]]:
-    """Groups an ordered row stream by `key` without materialising a group."""
-    it = iter(rows)
-    sentinel = object()
-    current: Any = next(it, sentinel)
-    while current is not sentinel:
-        name = getattr(current, key)
-        done = False
-
-        def group(first: Any = current, name: str = name) -> Iterator[Any]:
-            nonlocal current, done
-            yield first
-            for row in it:
-                if getattr(row, key) != name:
-                    current = row
-                    return
-                yield row
-            current = sentinel
-            done = True
-
-        g = group()
-        yield name, g
-        for _ in g:  # drain what the consumer left
-            pass
-        if done:
-            return
 
 
 # -- one run's evidence: its chains, every signed head of them, with Merkle audit paths ----------
