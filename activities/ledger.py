@@ -302,11 +302,13 @@ class Ledger:
         if create:
             self._retire_single_chain_schema()
             SQLModel.metadata.create_all(self.engine, tables=_TABLES)
-            self.ledger_id = self._ensure_id()
+            self.ledger_id: str = self._ensure_id()
         else:
-            if not inspect(self.engine).has_table("ledger"):
+            if not inspect(self.engine).has_table("ledger") or not inspect(self.engine).has_table("ledger_meta"):
                 raise LedgerMissing(f"no ledger at {url}")
-            self.ledger_id = self._meta("ledger_id")
+            # A ledger without an id was never written by lockgate (or its id was removed): a
+            # checkpoint signed for any id then fails to match, as it should.
+            self.ledger_id = self._meta("ledger_id") or ""
         self._signer = signer
         self._checkpoint_lock = threading.Lock()
         self._stop = threading.Event()
@@ -587,14 +589,18 @@ class Ledger:
 
     # -- proofs --------------------------------------------------------------------------------
     def proofs(self, chain: str) -> list[dict[str, Any]]:
-        """Every signed head of `chain`, each with its checkpoint and its Merkle audit path."""
+        """The signed heads that prove `chain`, each with its checkpoint and Merkle audit path: the
+        newest (it covers every entry up to its size) and the first that sealed the chain final
+        (anything signed past it is then visible), however many checkpoints a long run went through."""
         out = []
         with self.reader.connect() as conn:
             signed = conn.execute(
-                text("SELECT checkpoint, idx FROM ledger_checkpoint_heads WHERE chain = :c ORDER BY checkpoint"),
+                text("SELECT checkpoint, idx, final FROM ledger_checkpoint_heads WHERE chain = :c ORDER BY checkpoint"),
                 {"c": chain},
             ).all()
-            for cp_seq, idx in signed:
+            first_final = next((r for r in signed if r[2]), None)
+            chosen = {r[0]: r for r in ([first_final] if first_final else []) + signed[-1:]}
+            for cp_seq, idx, _final in sorted(chosen.values()):
                 heads = [
                     Head(str(c), int(n), str(h), bool(f))
                     for c, n, h, f in conn.execute(
@@ -699,7 +705,7 @@ class Ledger:
                 it unchanged (else it was rolled back, truncated or replaced).
             grace: entries recorded less than this many seconds ago may still await a checkpoint.
         """
-        report = VerifyReport(url_name=self.name, ledger_id=self.ledger_id)
+        report = VerifyReport(url_name=self.name, ledger_id=self.ledger_id or None)
         recorded = self.public_keys()
         report.keys = dict(recorded)
         keys = dict(recorded)
@@ -734,9 +740,7 @@ class Ledger:
                             {"cp": cp.seq},
                         )
                     ]
-                    report.problems += check_checkpoint(
-                        cp, heads, ledger_id=self.ledger_id or "", prev_hash=prev, keys=keys
-                    )
+                    report.problems += check_checkpoint(cp, heads, ledger_id=self.ledger_id, prev_hash=prev, keys=keys)
                     report.checkpoints += 1
                     prev, expected, last_cp = cp.hash, cp.seq + 1, cp
         if last_cp is not None:
