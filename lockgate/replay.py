@@ -160,9 +160,14 @@ def recheck_decisions(
     return recheck(_ledger_decisions(ledger.entries(run_id)), agents, bundles)
 
 
-def history_decisions(history: WorkflowHistory, converter: Any) -> list[tuple[dict[str, Any], str]]:
+def history_decisions(
+    history: WorkflowHistory, converter: Any, unreadable: list[str] | None = None
+) -> list[tuple[dict[str, Any], str]]:
     """The gate decisions a history carries itself: each tool activity's input is the gate request,
-    its result holds the decision the activity's gate made (attempt and kill switch as it saw them)."""
+    its result holds the decision the activity's gate made (attempt and kill switch as it saw them).
+    Decisions that cannot be decoded are listed in `unreadable` (a replay reports them)."""
+    if unreadable is None:
+        unreadable = []
     from temporalio.api.enums.v1 import EventType
 
     scheduled: dict[int, Any] = {}
@@ -178,8 +183,12 @@ def history_decisions(history: WorkflowHistory, converter: Any) -> list[tuple[di
             payloads = scheduled.get(attrs.scheduled_event_id)
             if payloads is None or not attrs.result.payloads:
                 continue
-            (inv,) = pc.from_payloads(payloads, [ToolInvocation])
-            (outcome,) = pc.from_payloads(attrs.result.payloads, [ToolOutcome])
+            try:
+                (inv,) = pc.from_payloads(payloads, [ToolInvocation])
+                (outcome,) = pc.from_payloads(attrs.result.payloads, [ToolOutcome])
+            except Exception as err:  # noqa: BLE001 - e.g. encrypted payloads without their codec
+                unreadable.append(f"event {ev.event_id}: recorded decision not readable ({type(err).__name__})")
+                continue
             decision: Decision = outcome.decision
             request = inv.gate.model_copy(update={"decision_id": decision.decision_id})
             if decision.gate == "kill_switch":
@@ -418,7 +427,9 @@ async def replay_files(
                 histories = [WorkflowHistory.from_json(run_id, doc)]
             except Exception as err:  # noqa: BLE001 - a malformed export is bad input
                 raise UserError(f"{path}: not a Temporal history: {err}") from None
-            decisions = history_decisions(histories[0], data_converter)
+            unreadable: list[str] = []
+            decisions = history_decisions(histories[0], data_converter, unreadable)
+            report.problems += unreadable
             bundles = PolicySource(agents, ledger=ledger, current=current)
         else:
             raise UserError(f"{path}: neither an evidence bundle ({SCHEMA}) nor a history (no events)")
