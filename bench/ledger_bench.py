@@ -25,39 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import Bench, say
+from bench.ledger_writer import writer as _writer
 
 __all__ = ["appends", "verify_million"]
-
-_ENGINES: dict[str, Any] = {}
-
-
-def _open(design: str, url: str) -> Any:
-    if url not in _ENGINES:
-        if design == "chains":
-            from lockgate.activities.ledger import Ledger
-
-            _ENGINES[url] = Ledger(url, checkpoint_interval=None)
-        else:
-            from bench.ledger_single_lock import SingleLockLedger
-
-            _ENGINES[url] = SingleLockLedger(url)
-    return _ENGINES[url]
-
-
-def _writer(design: str, url: str, run_id: str, start_at: float, seconds: float) -> int:
-    """One writer process: appends to its run from `start_at` for `seconds`; returns how many."""
-    ledger = _open(design, url)
-    ledger.append(f"warm:{run_id}:{uuid.uuid4().hex}", f"warm-{run_id}", "warm", {})  # connection up
-    while time.time() < start_at:
-        time.sleep(0.001)
-    n = 0
-    data = {"step": 0, "tool": "bench.noop", "outcome": "allow", "policy_ids": ["bench.allow"], "reasons": []}
-    end = start_at + seconds
-    while time.time() < end:
-        data["step"] = n
-        ledger.append(f"{run_id}:{n}", run_id, "decision", data)
-        n += 1
-    return n
 
 
 def _database(b: Bench, name: str) -> str:

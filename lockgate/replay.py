@@ -305,6 +305,29 @@ class _Pool:
         return failures
 
 
+class _Local:
+    """One in-process Replayer fed as histories arrive: fetching the next overlaps replaying this."""
+
+    def __init__(self, data_converter: Any) -> None:
+        self._queue: asyncio.Queue[WorkflowHistory | None] = asyncio.Queue()
+
+        async def each() -> AsyncIterator[WorkflowHistory]:
+            while (history := await self._queue.get()) is not None:
+                yield history
+
+        self._task = asyncio.ensure_future(
+            _replayer(data_converter).replay_workflows(each(), raise_on_replay_failure=False)
+        )
+
+    async def add(self, history: WorkflowHistory) -> None:
+        await self._queue.put(history)
+
+    async def results(self) -> dict[str, str]:
+        await self._queue.put(None)
+        results = await self._task
+        return {run_id: str(failure) for run_id, failure in results.replay_failures.items()}
+
+
 async def replay(
     client: Client,
     ledger: Ledger,
@@ -320,54 +343,62 @@ async def replay(
     from lockgate.activities.archive import run_histories
 
     bundles = PolicySource(agents, ledger=ledger)
-    reports: dict[str, ReplayReport] = {r: ReplayReport(r) for r in run_ids or []}
+    reports: dict[str, ReplayReport] = {}
     owner: dict[str, str] = {}  # Temporal run id -> run id
-    local: list[WorkflowHistory] = []
     workers = processes if processes is not None else ((os.cpu_count() or 1) if run_ids is None else 1)
-    pool = _Pool(workers) if workers > 1 else None
+    replayer: _Pool | _Local = _Pool(workers) if workers > 1 else _Local(data_converter)
+    # Each run's decisions are re-checked (in a thread) while its histories replay.
+    rechecks: dict[str, asyncio.Future[tuple[int, list[str]]]] = {}
+
+    def report_of(run_id: str) -> ReplayReport:
+        if run_id not in reports:
+            reports[run_id] = ReplayReport(run_id)
+            rechecks[run_id] = asyncio.ensure_future(
+                asyncio.to_thread(recheck_decisions, ledger, agents, run_id, bundles)
+            )
+        return reports[run_id]
+
+    for run_id in run_ids or []:
+        report_of(run_id)
 
     async def take(run_id: str, history: WorkflowHistory, source: str) -> None:
-        report = reports.setdefault(run_id, ReplayReport(run_id))
+        report = report_of(run_id)
         report.histories += 1
         report.events += len(history.events)
         report.source = source
         owner[history.run_id] = run_id
-        if pool is not None:
-            await pool.add(history)
+        await replayer.add(history)
+
+    try:
+        if run_ids is None:
+            # Streamed: each history goes to a replayer as soon as it is fetched.
+            async for wf in client.list_workflows('WorkflowType = "lockgate.agent"'):
+                history = await client.get_workflow_handle(wf.id, run_id=wf.run_id).fetch_history()
+                await take(wf.id, history, "server")
+            targets = list(archive.archived_runs()) if archive is not None else []
         else:
-            local.append(history)
-
-    if run_ids is None:
-        # Streamed: each history goes to a replay process as soon as it is fetched.
-        async for wf in client.list_workflows('WorkflowType = "lockgate.agent"'):
-            history = await client.get_workflow_handle(wf.id, run_id=wf.run_id).fetch_history()
-            await take(wf.id, history, "server")
-        targets = list(archive.archived_runs()) if archive is not None else []
-    else:
-        targets = list(run_ids)
-    for run_id in targets:
-        if run_ids is None and run_id in reports:
-            continue  # the server still has it
-        server = [] if run_ids is None else await run_histories(client, run_id)
-        for history, _closed in server:
-            await take(run_id, history, "server")
-        if not server and archive is not None:
-            archived, problems = archive.load(run_id)
-            for item in archived:
-                await take(run_id, item.history, "archive (the server no longer has it)")
-            if problems:
-                reports.setdefault(run_id, ReplayReport(run_id)).problems += problems
-
-    failures = await pool.results() if pool is not None else await _replay_histories(data_converter, local)
+            targets = list(run_ids)
+        for run_id in targets:
+            if run_ids is None and run_id in reports:
+                continue  # the server still has it
+            server = [] if run_ids is None else await run_histories(client, run_id)
+            for history, _closed in server:
+                await take(run_id, history, "server")
+            if not server and archive is not None:
+                archived, problems = await asyncio.to_thread(archive.load, run_id)
+                for item in archived:
+                    await take(run_id, item.history, "archive (the server no longer has it)")
+                if problems:
+                    report_of(run_id).problems += problems
+    finally:
+        failures = await replayer.results()
     for temporal_run, failure in failures.items():
         run_id = owner.get(temporal_run, temporal_run)
-        reports.setdefault(run_id, ReplayReport(run_id)).problems.append(
-            f"history {temporal_run}: replay failed: {failure}"
-        )
+        report_of(run_id).problems.append(f"history {temporal_run}: replay failed: {failure}")
     for run_id, report in reports.items():
         if report.histories == 0:
             report.problems.append("no workflow history found for this run id (server or archive)")
-        report.decisions, problems = await asyncio.to_thread(recheck_decisions, ledger, agents, run_id, bundles)
+        report.decisions, problems = await rechecks[run_id]
         report.problems += problems
     return sorted(reports.values(), key=lambda r: r.run_id)
 
