@@ -57,7 +57,7 @@ class Sizes:
     approvals: int = 30
     history_events: int = 10_000
     ledger_levels: tuple[int, ...] = (1, 4, 16)
-    ledger_seconds: float = 2.5
+    ledger_seconds: float = 1.5
     verify_entries: int = 1_000_000
     mem_runs: int = 1000
     mem_cache: int | None = None
@@ -74,7 +74,7 @@ QUICK = Sizes(
     gate_iterations=1000,
     approvals=5,
     history_events=1000,
-    ledger_seconds=1.0,
+    ledger_seconds=0.5,
     verify_entries=20_000,
     mem_runs=100,
 )
