@@ -10,12 +10,12 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from lockgate.activities.identity import PeopleDirectory, Refused
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from lockgate.activities.approvals import ApprovalActivities
 from lockgate.activities.freeze import FreezeStore
+from lockgate.activities.identity import PeopleDirectory, Refused
 from lockgate.activities.ledger import Ledger
 from lockgate.activities.vault import RunMismatch, VaultBroker
 from lockgate.errors import BAD_INPUT
@@ -319,6 +319,8 @@ class GovernanceActivities:
                 "outstanding_compensations": [e.step for e in request.outstanding],
             },
         )
+        # Seal the run's chain now (final): nothing can be appended to it unnoticed afterwards.
+        self._ledger.seal()
         return revoked
 
     # -- seals -----------------------------------------------------------------------------------

@@ -175,6 +175,7 @@ class Reaper:
                 "compensation.outstanding",
                 {"step": c["step"], "tool": c["tool"], "args": {"idempotency_key": f"{run_id}:{c['step']}"}},
             )
+        self._ledger.seal()
         log.warning("reaped run=%s status=%s compensations=%d", run_id, status, len(report.compensations))
         return report
 

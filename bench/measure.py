@@ -156,9 +156,32 @@ async def _events(b: Bench, run_id: str) -> int:
     return sum(len(h.events) for h in await _histories(b, run_id))
 
 
+async def _plain_history(b: Bench, target_events: int) -> WorkflowHistory:
+    """The anchor: a plain workflow (bench.baseline) running sequential no-op activities, built to
+    about the same number of events as the governed run."""
+    probe = await b.client.start_workflow(
+        baseline.PlainWorkflow.run,
+        baseline.PlainInput(activity=baseline.NOOP, n=10),
+        id=f"plain-probe-{uuid.uuid4().hex[:8]}",
+        task_queue=b.plain_queue,
+    )
+    await result_of(probe, RUN_TIMEOUT)
+    per_step = (len((await probe.fetch_history()).events) - 5) / 10
+    n = max(1, round((target_events - 5) / per_step))
+    handle = await b.client.start_workflow(
+        baseline.PlainWorkflow.run,
+        baseline.PlainInput(activity=baseline.NOOP, n=n),
+        id=f"plain-history-{uuid.uuid4().hex[:8]}",
+        task_queue=b.plain_queue,
+    )
+    await result_of(handle, RUN_TIMEOUT + n)
+    return await handle.fetch_history()
+
+
 async def audit_and_replay(b: Bench, target_events: int) -> dict[str, Any]:
     """Builds one run of about `target_events` history events (summed over its continue-as-new
-    chain, if the workflow continues as new), then times the audit timeline and the replay."""
+    chain, if the workflow continues as new), then times the audit timeline and the replay, against
+    the anchor: temporalio's Replayer on a plain history of about as many events."""
     from lockgate import audit
     from lockgate.spec import registry
 
@@ -178,96 +201,102 @@ async def audit_and_replay(b: Bench, target_events: int) -> dict[str, Any]:
     )
     t0 = time.perf_counter()
     handle = await b.start_governed(bench_agents.NOOP, steps, run_id=run_id)
+    plain_task = asyncio.ensure_future(_plain_history(b, target_events))  # built alongside
     await result_of(handle, RUN_TIMEOUT + steps)  # a step takes ~50 ms here: 1 s each is plenty
+    plain = await plain_task
     build_s = time.perf_counter() - t0
     histories = await _histories(b, run_id)
     events = sum(len(h.events) for h in histories)
     say(
         f"history: built {events} events in {len(histories)} histor{'y' if len(histories) == 1 else 'ies'} "
-        f"in {build_s:.1f}s; timing audit and replay"
+        f"and a plain history of {len(plain.events)} events in {build_s:.1f}s; timing audit and replay"
     )
-
-    # (i) audit, as `lockgate audit` builds it: the run's status (a query, which the worker answers
-    # by replaying the closed run), its history's lifecycle events, and the ledger timeline. The
-    # figure is the timeline itself (ledger read + chain verify + history entries); the query and
-    # the history fetch are reported beside it.
-    t = time.perf_counter()
     status = (await handle.query("status", result_type=RunStatus)).model_dump(mode="json")
-    status_s = time.perf_counter() - t
-    has_history = hasattr(audit, "history_entries")
-    t = time.perf_counter()
-    if has_history:
+
+    # The anchor and lockgate alternate, anchor first and last; each side's best counts, so that
+    # drift on a shared machine does not decide the ratio.
+    from lockgate import replay as replay_module
+
+    plain_s = [await _raw_replay([plain], b.client.data_converter, plain=True)]
+    plain_unsandboxed_s = await _raw_replay([plain], b.client.data_converter, plain=True, sandboxed=False)
+    audits: list[float] = []
+    replays: list[float] = []
+    for _ in range(2):
+        # (i) audit, as `lockgate audit` builds it: the history's lifecycle events, the run's
+        # ledger chains checked against their signed checkpoints, the timeline.
+        t = time.perf_counter()
         entries: list[dict[str, Any]] = []
         for h in histories:
             entries += audit.history_entries(h.events, b.client.data_converter)
         doc = await asyncio.to_thread(audit.timeline, b.deps.ledger, run_id, status, entries)
-    else:
-        doc = await asyncio.to_thread(audit.timeline, b.deps.ledger, run_id, status)
-    audit_s = time.perf_counter() - t
-    assert doc["ledger_intact"], "ledger hash chain broken"
-    t = time.perf_counter()
-    verify_problems = await asyncio.to_thread(b.deps.ledger.verify)
-    verify_s = time.perf_counter() - t
-    ledger_rows = len(await asyncio.to_thread(b.deps.ledger.entries))
-    assert not verify_problems
-    # What the run left in the ledger: decisions record their whole request, run state included.
-    run_rows = await asyncio.to_thread(b.deps.ledger.entries, run_id)
-    run_bytes = sum(len(e.data) for e in run_rows)
-
-    # (ii) replay: lockgate's own entry point when there is one (Replayer over every history of
-    # the run, plus re-evaluating every recorded gate decision), else Temporal's Replayer directly.
-    try:
-        from lockgate import replay as replay_module
-    except ImportError:
-        replay_module = None  # type: ignore[assignment]
-    raw_s: float | None = None
-    if replay_module is not None and hasattr(replay_module, "replay"):
-        how = "lockgate.replay.replay (fetch + Replayer + decision re-check)"
+        audits.append(time.perf_counter() - t)
+        assert doc["ledger_intact"], doc.get("ledger_problems")
+        # (ii) replay, as `lockgate replay RUN` does it: fetch every history of the run, Replayer,
+        # every recorded decision re-evaluated against its recorded bundle.
         t = time.perf_counter()
         reports = await replay_module.replay(b.client, b.deps.ledger, registry, [run_id], b.client.data_converter)
-        replay_s = time.perf_counter() - t
+        replays.append(time.perf_counter() - t)
         problems = [p for r in reports for p in r.problems]
         assert not problems, problems
-        decisions = sum(r.decisions for r in reports)
-    else:
-        how = "temporalio Replayer.replay_workflow over the fetched histories"
-        replay_s = raw_s = await _raw_replay(histories, b.client.data_converter)
-        decisions = 0
+        plain_s.append(await _raw_replay([plain], b.client.data_converter, plain=True))
+    decisions = sum(r.decisions for r in reports)
+    best = min(range(2), key=lambda i: audits[i] + replays[i])
+    audit_s, replay_s = audits[best], replays[best]
+    raw_governed_s = await _raw_replay(histories, b.client.data_converter)
+    t = time.perf_counter()
+    verify_report = await asyncio.to_thread(b.deps.ledger.verify_report)
+    verify_s = time.perf_counter() - t
+    assert verify_report.ok, verify_report.problems[:5]
+    run_rows = await asyncio.to_thread(b.deps.ledger.entries, run_id)
+    run_bytes = sum(len(e.data) for e in run_rows)
+    anchor = min(plain_s)
+    total = audit_s + replay_s
     out = {
         "steps": steps,
         "events": events,
         "histories": len(histories),
         "build_s": build_s,
         "events_per_step": per_step,
-        "status_query_s": status_s,
         "audit_s": audit_s,
         "audit_entries": len(doc["entries"]),
         "ledger_verify_s": verify_s,
-        "ledger_rows": ledger_rows,
+        "ledger_rows": verify_report.entries,
         "run_ledger_rows": len(run_rows),
         "run_ledger_mib": run_bytes / 2**20,
         "events_per_history": [len(h.events) for h in histories],
         "replay_s": replay_s,
-        "replay_how": how,
-        "raw_replayer_s": raw_s,
+        "replay_how": "lockgate.replay.replay (fetch + Replayer + decision re-check)",
+        "raw_replayer_s": raw_governed_s,
         "decisions_rechecked": decisions,
-        "total_s": audit_s + replay_s,
+        "total_s": total,
+        "plain_events": len(plain.events),
+        "plain_replay_s": anchor,
+        "plain_replay_samples_s": plain_s,
+        "lockgate_samples_s": [a + r for a, r in zip(audits, replays, strict=True)],
+        "plain_replay_unsandboxed_s": plain_unsandboxed_s,
+        "ratio": total / anchor,
     }
     say(
-        f"history: audit {audit_s:.2f}s ({len(doc['entries'])} entries; chain verify of {ledger_rows} rows "
-        f"{verify_s:.2f}s; the run's {len(run_rows)} ledger rows hold {run_bytes / 2**20:.1f} MiB), replay "
-        f"{replay_s:.2f}s ({how}), status query {status_s:.2f}s"
+        f"history: audit {audit_s:.2f}s ({len(doc['entries'])} entries), replay {replay_s:.2f}s "
+        f"({decisions} decisions), total {total:.2f}s vs plain Replayer {anchor:.2f}s on {len(plain.events)} "
+        f"events (unsandboxed {plain_unsandboxed_s:.2f}s) = {total / anchor:.2f}x; governed history alone in the "
+        f"Replayer {raw_governed_s:.2f}s; verify of all {verify_report.entries} ledger rows {verify_s:.2f}s"
     )
     return out
 
 
-async def _raw_replay(histories: list[WorkflowHistory], converter: Any) -> float:
-    from temporalio.worker import Replayer
+async def _raw_replay(
+    histories: list[WorkflowHistory], converter: Any, *, plain: bool = False, sandboxed: bool = True
+) -> float:
+    """temporalio's Replayer, as it comes (sandboxed unless told), over histories already fetched."""
+    from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 
     from lockgate.plugin import workflow_runner
     from lockgate.workflows.agent import AgentWorkflow
 
-    replayer = Replayer(workflows=[AgentWorkflow], data_converter=converter, workflow_runner=workflow_runner())
+    workflows = [baseline.PlainWorkflow] if plain else [AgentWorkflow]
+    runner = {"workflow_runner": workflow_runner()} if sandboxed else {"workflow_runner": UnsandboxedWorkflowRunner()}
+    replayer = Replayer(workflows=workflows, data_converter=converter, **runner)
     t = time.perf_counter()
     for history in histories:
         await replayer.replay_workflow(history)

@@ -1,22 +1,36 @@
 """Audit timelines: one per run, from the ledger and the workflow's history.
 
-The JSON form is a stable schema (version 1):
+The JSON form is a stable schema (version 1; fields are only ever added):
     {"schema": "lockgate.audit/v1", "run_id": str, "status": {...} | null,
-     "ledger_intact": bool, "entries": [{"seq": int, "at": str, "kind": str, "step": int | null,
-     "tool": str | null, "summary": str, "data": {...}}]}
+     "ledger_intact": bool, "ledger_problems": [str], "proof": {"checkpoints": [int], "proven": int,
+     "pending": int, "entries": int}, "history_source": str | null,
+     "entries": [{"seq": int, "at": str, "kind": str, "step": int | null, "tool": str | null,
+     "summary": str, "data": {...}, "proven": bool | null, "pending": bool, "after_close": bool}]}
+
+Every line of a step names its tool (approval lines take it from their request); approvals show
+the approver identity as the run recorded it. `ledger_intact` is the run's own proof: its chains
+checked entry by entry against the heads signed in checkpoints (lockgate.evidence).
 """
 
 from __future__ import annotations
 
 import json
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from lockgate.activities.codec import PayloadKeyError, restore_failure
-from lockgate.activities.ledger import Ledger
+from lockgate.activities.ledger import PENDING_GRACE, Ledger
+from lockgate.evidence import AFTER_CLOSE, check_run_evidence
 from lockgate.text import safe, safe_md
 
-__all__ = ["SCHEMA", "history_entries", "render_markdown", "render_text", "timeline"]
+__all__ = [
+    "SCHEMA",
+    "history_entries",
+    "render_markdown",
+    "render_text",
+    "timeline",
+    "timeline_from_evidence",
+]
 
 SCHEMA = "lockgate.audit/v1"
 
@@ -55,17 +69,22 @@ def _summary(kind: str, d: dict[str, Any]) -> str:
             f"args {str(d.get('args_digest'))[:12]}, expires {d.get('expires_at')}"
         )
     if kind == "approval.accepted":
-        return (
-            f"{d.get('verdict')} by {d.get('approver')} accepted for request {d.get('request_id')}: {d.get('reason')}"
-        )
+        return f"{d.get('verdict')} by {_approver(d)} accepted for request {d.get('request_id')}: {d.get('reason')}"
     if kind == "approval.refused":
-        return f"REFUSED {d.get('verdict')} attempt by {d.get('approver')} on request {d.get('request_id')}: {d.get('reason')}"
+        return (
+            f"REFUSED {d.get('verdict')} attempt by {_approver(d)} on request {d.get('request_id')}: {d.get('reason')}"
+        )
     if kind == "approval.expired":
         return f"approval request {d.get('request_id')} expired"
     if kind == "run.closed":
         return f"run closed: {d.get('state')}; identity {d.get('identity_accessor')} revoked" + (
             f"; {d.get('reason')}" if d.get("reason") else ""
         )
+    if kind == "history.archived":
+        items = d.get("histories") or []
+        events = sum(int(i.get("events", 0)) for i in items)
+        digests = ", ".join(str(i.get("sha256"))[:12] for i in items)
+        return f"history archived: {len(items)} histor{'y' if len(items) == 1 else 'ies'} ({events} events), sha256 {digests}"
     if kind.startswith("reaper."):
         return f"reaper: {d.get('action', kind)} {d.get('detail', '')}".strip()
     if kind == "compensation.outstanding":
@@ -75,6 +94,17 @@ def _summary(kind: str, d: dict[str, Any]) -> str:
     if kind == "run.refused":
         return f"RUN REFUSED: {d.get('reason')}"
     return json.dumps(d, sort_keys=True)
+
+
+# Identity fields an approval record may carry beside the name the approver gave.
+_IDENTITY_FIELDS = ("identity", "entity_id", "entity", "verified_identity", "signed_by")
+
+
+def _approver(d: dict[str, Any]) -> str:
+    """The approver as recorded: the name, and the verified identity when the record has one."""
+    who = str(d.get("approver"))
+    extra = [f"{k} {d[k]}" for k in _IDENTITY_FIELDS if d.get(k) and d.get(k) != who]
+    return f"{who} ({', '.join(extra)})" if extra else who
 
 
 _HISTORY = {
@@ -123,6 +153,16 @@ def _claimed_by(arg: Any) -> str:
     return f" by {arg.get('approver')} (unsigned claim) on request {arg.get('request_id')}"
 
 
+def _request_of(arg: Any) -> str | None:
+    """The approval request a signal or update names (signed statement or bare claim)."""
+    if not isinstance(arg, dict):
+        return None
+    statement = arg.get("statement")
+    fields = statement.get("fields") if isinstance(statement, dict) else arg
+    value = (fields or {}).get("request_id")
+    return str(value) if value else None
+
+
 def history_entries(events: Any, converter: Any) -> list[dict[str, Any]]:
     """The lifecycle events of a run's Temporal history that an auditor needs beside the ledger.
 
@@ -138,6 +178,7 @@ def history_entries(events: Any, converter: Any) -> list[dict[str, Any]]:
         if label is None:
             continue
         detail = ""
+        request_id = None
         attr_name = event.WhichOneof("attributes")
         attrs = getattr(event, attr_name) if attr_name else None
         try:
@@ -151,6 +192,7 @@ def history_entries(events: Any, converter: Any) -> list[dict[str, Any]]:
                     else []
                 )
                 detail = f"{attrs.signal_name}{_claimed_by(args[0] if args else None)}"
+                request_id = _request_of(args[0] if args else None)
             elif name == "EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED":
                 request = attrs.accepted_request
                 args = (
@@ -159,6 +201,7 @@ def history_entries(events: Any, converter: Any) -> list[dict[str, Any]]:
                     else []
                 )
                 detail = f"{request.input.name}{_claimed_by(args[0] if args else None)}"
+                request_id = _request_of(args[0] if args else None)
             elif name == "EVENT_TYPE_WORKFLOW_EXECUTION_TERMINATED":
                 detail = f"reason: {attrs.reason or '-'} (identity {attrs.identity})"
             elif name == "EVENT_TYPE_WORKFLOW_EXECUTION_FAILED":
@@ -180,38 +223,107 @@ def history_entries(events: Any, converter: Any) -> list[dict[str, Any]]:
                 "step": None,
                 "tool": None,
                 "summary": f"{label}{': ' + detail if detail else ''}",
-                "data": {"event_id": event.event_id, "event_type": name},
+                "data": {"event_id": event.event_id, "event_type": name}
+                | ({"request_id": request_id} if request_id else {}),
             }
         )
     return out
 
 
 def timeline(
-    ledger: Ledger, run_id: str, status: dict[str, Any] | None = None, history: list[dict[str, Any]] | None = None
+    ledger: Ledger,
+    run_id: str,
+    status: dict[str, Any] | None = None,
+    history: list[dict[str, Any]] | None = None,
+    *,
+    trusted_keys: dict[int, str] | None = None,
+    history_source: str | None = None,
 ) -> dict[str, Any]:
+    """The run's timeline from the ledger (and its history's lifecycle events, if given)."""
+    return timeline_from_evidence(
+        ledger.run_evidence(run_id),
+        status,
+        history,
+        trusted_keys=trusted_keys,
+        history_source=history_source,
+    )
+
+
+def timeline_from_evidence(
+    evidence: dict[str, Any],
+    status: dict[str, Any] | None = None,
+    history: list[dict[str, Any]] | None = None,
+    *,
+    trusted_keys: dict[int, str] | None = None,
+    history_source: str | None = None,
+    grace: float = PENDING_GRACE,
+) -> dict[str, Any]:
+    """The timeline of a run's evidence (`Ledger.run_evidence`, or an exported bundle's)."""
+    run_id = str(evidence["run_id"])
+    keys = trusted_keys if trusted_keys is not None else {int(v): k for v, k in evidence.get("keys", {}).items()}
+    pending_after = (datetime.now(UTC) - timedelta(seconds=grace)).isoformat()
+    proof = check_run_evidence(evidence, keys=keys, pending_after=pending_after)
+    rows = [e for chain in evidence["chains"] for e in chain["entries"]]
+    requests: dict[str, tuple[Any, Any]] = {}
+    for e in rows:
+        if e["kind"] == "approval.requested":
+            data = json.loads(e["data"])
+            requests[str(data.get("request_id"))] = (data.get("step"), data.get("tool"))
     entries = list(history or [])
-    for e in ledger.entries(run_id):
-        data = json.loads(e.data)
+    for item in entries:
+        rid = item["data"].get("request_id")
+        if rid in requests:
+            item["step"], item["tool"] = requests[rid]
+    for e in rows:
+        data = json.loads(e["data"])
+        step, tool = data.get("step"), data.get("tool")
+        if e["kind"].startswith("approval.") and str(data.get("request_id")) in requests:
+            step, tool = requests[str(data.get("request_id"))]
+        proven = proof.is_proven(e["chain"], int(e["chain_seq"]))
         entries.append(
             {
-                "seq": e.seq,
-                "at": e.at,
-                "kind": e.kind,
-                "step": data.get("step"),
-                "tool": data.get("tool"),
-                "summary": _summary(e.kind, data),
+                "seq": e["seq"],
+                "at": e["at"],
+                "kind": e["kind"],
+                "step": step,
+                "tool": tool,
+                "summary": _summary(e["kind"], data),
                 "data": data,
+                "proven": proven,
+                "pending": not proven and proof.ok and str(e.get("recorded_at") or "") >= pending_after,
+                "after_close": e["chain"].endswith(AFTER_CLOSE),
             }
         )
-    # The chain is in write order; the timeline is in the order things happened.
+    # The chains are in write order; the timeline is in the order things happened.
     entries.sort(key=lambda e: (e["at"], e["seq"] or 0))
     return {
         "schema": SCHEMA,
         "run_id": run_id,
         "status": status,
-        "ledger_intact": not ledger.verify(),
+        "ledger_intact": proof.ok,
+        "ledger_problems": proof.problems,
+        "proof": {
+            "checkpoints": sorted(proof.checkpoints),
+            "entries": proof.entries,
+            "proven": proof.proven,
+            "pending": proof.pending,
+        },
+        "history_source": history_source,
         "entries": entries,
     }
+
+
+def _proof_line(doc: dict[str, Any]) -> str:
+    p = doc.get("proof") or {}
+    if not doc["ledger_intact"]:
+        return f"ledger: NOT PROVEN ({len(doc.get('ledger_problems') or [])} problem(s); run lockgate verify)"
+    cps = p.get("checkpoints") or []
+    signed = (
+        f"signed in checkpoint{'s' if len(cps) != 1 else ''} #{', #'.join(map(str, cps))}"
+        if cps
+        else "no checkpoint yet"
+    )
+    return f"ledger: {p.get('proven', 0)} of {p.get('entries', 0)} entries proven ({signed}); {p.get('pending', 0)} pending"
 
 
 def render_text(doc: dict[str, Any]) -> str:
@@ -223,10 +335,16 @@ def render_text(doc: dict[str, Any]) -> str:
             f"state: {safe(status.get('state'))}  agent: {safe(status.get('agent'))}  "
             f"initiator: {safe(status.get('initiator'))}  owner: {safe(status.get('owner'))}"
         )
-    lines.append(f"ledger hash chain: {'intact' if doc['ledger_intact'] else 'BROKEN (run lockgate audit --verify)'}")
+    lines.append(_proof_line(doc))
+    for problem in doc.get("ledger_problems") or []:
+        lines.append(f"  {problem}")
+    if doc.get("history_source"):
+        lines.append(f"history: {doc['history_source']}")
     for e in doc["entries"]:
-        step = f"step {e['step']:>2}" if e.get("step") is not None else "       "
-        lines.append(f"{safe(e['at'][11:23])}  {step}  {safe(e['kind']):<18} {safe(e['summary'], 2000)}")
+        step = f"step {e['step']:>2}  {safe(e.get('tool') or '-', 40)!s:<20}" if e.get("step") is not None else " " * 29
+        mark = "" if e.get("proven") is not False else "  [pending]" if e.get("pending") else "  [UNPROVEN]"
+        late = "  [after close]" if e.get("after_close") else ""
+        lines.append(f"{safe(e['at'][11:23])}  {step}  {safe(e['kind']):<18} {safe(e['summary'], 2000)}{late}{mark}")
     return "\n".join(lines)
 
 
@@ -240,14 +358,17 @@ def render_markdown(doc: dict[str, Any]) -> str:
             f"- initiator: {safe_md(status.get('initiator'))}, owner: {safe_md(status.get('owner'))}",
         ]
     lines += [
-        f"- ledger hash chain: {'intact' if doc['ledger_intact'] else '**BROKEN**'}",
+        f"- {_proof_line(doc)}",
         "",
-        "| # | time | step | event | detail |",
-        "|---|---|---|---|---|",
+        "| # | time | step | tool | event | detail |",
+        "|---|---|---|---|---|---|",
     ]
     for e in doc["entries"]:
         detail = safe_md(e["summary"], 2000)
+        if e.get("proven") is False:
+            detail += " *(pending checkpoint)*" if e.get("pending") else " **(unproven)**"
+        tool = safe_md(e.get("tool") or "") if e.get("step") is not None else ""
         lines.append(
-            f"| {e['seq'] or ''} | {safe_md(e['at'])} | {e.get('step') or ''} | {safe_md(e['kind'])} | {detail} |"
+            f"| {e['seq'] or ''} | {safe_md(e['at'])} | {e.get('step') or ''} | {tool} | {safe_md(e['kind'])} | {detail} |"
         )
     return "\n".join(lines)

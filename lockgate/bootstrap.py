@@ -25,6 +25,8 @@ from lockgate.spec import AgentRegistry, DatabaseSecret
 __all__ = [
     "APPROVER_KEY_PREFIX",
     "DEV_PEOPLE",
+    "LEDGER_SIGNING_KEY",
+    "LEDGER_WITNESS_PATH",
     "PAYLOAD_KEY",
     "PAYLOAD_READER_POLICY",
     "PAYLOAD_WRITER_POLICY",
@@ -34,6 +36,7 @@ __all__ = [
     "TRANSIT_MOUNT",
     "WORKER_POLICY",
     "Bootstrap",
+    "bootstrap_ledger_signing",
     "bootstrap_payload_key",
     "bootstrap_people",
     "bootstrap_vault",
@@ -322,7 +325,8 @@ def bootstrap_vault(
         )
 
     bootstrap_payload_key(client)
-    client.sys.create_or_update_policy(name=WORKER_POLICY, policy=_worker_policy())
+    client.sys.create_or_update_policy(name=WORKER_POLICY, policy=_worker_policy() + ledger_signing_policy())
+    bootstrap_ledger_signing(client)
     if dev_password is not None:
         bootstrap_people(client, password=dev_password)
     agent_policies = []
@@ -363,3 +367,33 @@ def bootstrap_vault(
             pass
     secret_id = client.auth.approle.generate_secret_id(role_name=WORKER_APPROLE)["data"]["secret_id"]
     return Bootstrap(role_id=role_id, secret_id=secret_id)
+
+
+# -- ledger anchoring (issue 14) -------------------------------------------------------------------
+TRANSIT_MOUNT = "transit"
+LEDGER_SIGNING_KEY = "lockgate-ledger"
+LEDGER_WITNESS_PATH = "ledger"  # kv-v1 under RUNS_MOUNT: the newest checkpoint of each ledger
+
+
+def ledger_signing_policy() -> str:
+    """What the worker needs to anchor the ledger: sign with the ledger key (never export it), read
+    its public keys (all versions), and keep the newest checkpoint as a witness outside the database."""
+    return f"""
+# ledger anchoring: the key signs checkpoints; nobody can export it (exportable=false).
+path "{TRANSIT_MOUNT}/sign/{LEDGER_SIGNING_KEY}" {{ capabilities = ["update"] }}
+path "{TRANSIT_MOUNT}/keys/{LEDGER_SIGNING_KEY}" {{ capabilities = ["read"] }}
+path "{RUNS_MOUNT}/{LEDGER_WITNESS_PATH}/*" {{ capabilities = ["create", "read", "update"] }}
+"""
+
+
+def bootstrap_ledger_signing(client: hvac.Client) -> None:
+    """The Transit mount and the ledger's ed25519 signing key, non-exportable. Idempotent: an
+    existing key (and its versions) is kept as it is."""
+    if f"{TRANSIT_MOUNT}/" not in client.sys.list_mounted_secrets_engines()["data"]:
+        client.sys.enable_secrets_engine("transit", path=TRANSIT_MOUNT)
+    try:
+        client.secrets.transit.read_key(name=LEDGER_SIGNING_KEY, mount_point=TRANSIT_MOUNT)
+    except hvac.exceptions.InvalidPath:
+        client.secrets.transit.create_key(
+            name=LEDGER_SIGNING_KEY, key_type="ed25519", exportable=False, mount_point=TRANSIT_MOUNT
+        )

@@ -256,13 +256,51 @@ async def cmd_halt(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-async def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
-    from lockgate.activities.codec import PayloadKeyError
-    from lockgate.audit import history_entries, render_markdown, render_text, timeline
-    from lockgate.ops import run_status
+def _signed_ledger(settings: Settings) -> Any:
+    """The ledger with the worker's signer when this shell has the worker's AppRole (dev stack),
+    so a command that records something can also seal it; else the ledger alone."""
+    from lockgate.activities.ledger import Ledger
 
+    if settings.vault_role_id and settings.vault_secret_id:
+        from lockgate.activities.anchor import TransitAnchor
+        from lockgate.activities.vault import VaultBroker
+
+        broker = VaultBroker(settings.vault_addr, settings.vault_role_id, settings.vault_secret_id, timeout=3)
+        return Ledger(settings.ledger_url, signer=TransitAnchor(lambda: broker.client), checkpoint_interval=None)
+    return Ledger(settings.ledger_url)
+
+
+async def _await_proof(ledger: Any, run_id: str, timeout: float = 30) -> None:
+    """Seals what the run just recorded (or waits for a worker's checkpoint to)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        if ledger.signer is not None:
+            await asyncio.to_thread(ledger.seal)
+        evidence = await asyncio.to_thread(ledger.run_evidence, run_id)
+        sizes = {c["chain"]: len(c["entries"]) for c in evidence["chains"]}
+        proven = {c["chain"]: max((p["size"] for p in c["proofs"]), default=0) for c in evidence["chains"]}
+        if all(proven.get(c, 0) >= n for c, n in sizes.items()) or asyncio.get_running_loop().time() > deadline:
+            return
+        await asyncio.sleep(0.5)
+
+
+async def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
+    from lockgate.activities.archive import HistoryArchive, run_histories
+    from lockgate.activities.codec import PayloadKeyError
+    from lockgate.activities.ledger import Ledger, LedgerMissing
+    from lockgate.audit import history_entries, render_markdown, render_text, timeline
+    from lockgate.config import archive_dir
+    from lockgate.ops import run_status
+    from lockgate.verify import local_anchors, pin_keys, vault_anchors
+
+    try:
+        ledger = _signed_ledger(settings) if args.export else Ledger(settings.ledger_url, create=False)
+    except LedgerMissing:
+        raise UserError(f"unknown run {args.run_id!r} (no ledger at {settings.ledger_url})") from None
+    archive = HistoryArchive(archive_dir(settings), ledger)
     status = None
     history: list[dict[str, Any]] = []
+    source: str | None = None
     try:
         client = await _client(settings)
     except PayloadKeyError as err:
@@ -270,16 +308,48 @@ async def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
         print(f"lockgate: run status and history not shown: {err}", file=sys.stderr)
         client = None
     except UserError:
-        client = None  # audit from the ledger alone when Temporal is away
+        client = None  # audit from the ledger and the archive when Temporal is away
     if client is not None:
         try:
             status = (await run_status(client, args.run_id)).model_dump(mode="json")
-            async for wf in client.list_workflows(f'WorkflowId = "{args.run_id}"'):
-                events = (await client.get_workflow_handle(wf.id, run_id=wf.run_id).fetch_history()).events
-                history += history_entries(events, client.data_converter)
         except UserError:
             status = None
-    doc = timeline(_ledger(settings), args.run_id, status, history)
+        server = await run_histories(client, args.run_id)
+        for h, _closed in server:
+            history += history_entries(h.events, client.data_converter)
+        if server:
+            source = f"{len(server)} histor{'y' if len(server) == 1 else 'ies'} from the Temporal server"
+        if args.export and server and all(closed for _, closed in server) and archive.record(args.run_id) is None:
+            await archive.archive_run(client, args.run_id)
+    if not history:
+        archived, problems = archive.load(args.run_id)
+        from lockgate import worker
+
+        converter = client.data_converter if client is not None else worker.DATA_CONVERTER
+        for h in archived:
+            history += history_entries(h.history.events, converter)
+        if archived:
+            why = "the Temporal server no longer has this run" if client is not None else "Temporal is unreachable"
+            source = f"{len(archived)} archived histor{'y' if len(archived) == 1 else 'ies'} ({why})"
+        if problems:
+            source = f"{source or 'archive'}; ARCHIVE PROBLEMS: {'; '.join(problems)}"
+    anchors = vault_anchors(settings, ledger.name) or local_anchors(settings, ledger.name)
+    keys = anchors.keys if anchors else None
+    if args.export:
+        from lockgate.export import build_bundle, verify_bundle, write_bundle
+
+        await _await_proof(ledger, args.run_id)
+        bundle = await asyncio.to_thread(build_bundle, ledger, archive, args.run_id)
+        write_bundle(bundle, args.export)
+        if anchors is not None and anchors.source == "Vault" and keys:
+            pin_keys(settings, keys)
+        check = verify_bundle(bundle, trusted_keys=keys, trust=anchors.source if anchors else "")
+        print(
+            f"evidence bundle written to {args.export} ({'verified' if check.ok else 'NOT intact: ' + '; '.join(check.problems[:3])})",
+            file=sys.stderr,
+        )
+    doc = timeline(ledger, args.run_id, status, history, trusted_keys=keys, history_source=source)
+    ledger.dispose()
     if not doc["entries"] and status is None:
         raise UserError(f"unknown run {args.run_id!r}")
     if args.format == "json":
@@ -291,36 +361,74 @@ async def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if doc["ledger_intact"] else 1
 
 
+def _offline_ledger(settings: Settings) -> Any:
+    """The ledger, only if it is a local file (offline replay never waits for a database server)."""
+    from lockgate.activities.ledger import Ledger, LedgerMissing
+
+    if not settings.ledger_url.startswith("sqlite"):
+        return None
+    try:
+        return Ledger(settings.ledger_url, create=False)
+    except LedgerMissing:
+        return None
+
+
 async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
-    from lockgate.replay import replay
+    from lockgate import worker
+    from lockgate.replay import replay, replay_files
     from lockgate.spec import registry
 
-    if not args.all and not args.run_ids:
-        raise UserError("name RUN_ID... or --all")
-    client = await _client(settings)
-    reports = await replay(
-        client, _ledger(settings), registry, None if args.all else args.run_ids, client.data_converter
-    )
+    if args.history:
+        if args.all or args.run_ids:
+            raise UserError("--history replays files: name no RUN_ID and no --all with it")
+        from lockgate.policies import load_bundle
+        from lockgate.verify import load_keys_file, pinned_keys
+
+        try:
+            current = load_bundle(settings.policy_dir, registry)
+        except (PolicyError, OSError):
+            current = None  # the recorded copies are what counts; the current dir is only a shortcut
+        keys, trust = (load_keys_file(args.keys), f"--keys {args.keys}") if args.keys else pinned_keys(settings)
+        ledger = _offline_ledger(settings)
+        try:
+            reports = await replay_files(
+                args.history,
+                registry,
+                worker.DATA_CONVERTER,
+                ledger=ledger,
+                current=current,
+                trusted_keys=keys,
+                trust=trust,
+            )
+        finally:
+            if ledger is not None:
+                ledger.dispose()
+    else:
+        if not args.all and not args.run_ids:
+            raise UserError("name RUN_ID..., --all or --history FILE...")
+        from lockgate.activities.archive import HistoryArchive
+        from lockgate.config import archive_dir
+
+        client = await _client(settings)
+        ledger = _ledger(settings)
+        reports = await replay(
+            client,
+            ledger,
+            registry,
+            None if args.all else args.run_ids,
+            client.data_converter,
+            archive=HistoryArchive(archive_dir(settings), ledger),
+            processes=args.processes,
+        )
     bad = [r for r in reports if not r.ok]
     if args.json:
-        _print_json(
-            [
-                {
-                    "run_id": r.run_id,
-                    "ok": r.ok,
-                    "histories": r.histories,
-                    "events": r.events,
-                    "decisions": r.decisions,
-                    "problems": r.problems,
-                }
-                for r in reports
-            ]
-        )
+        _print_json([r.as_dict() for r in reports])
     else:
         for r in reports:
+            where = "" if r.source == "server" else f" [{r.source}]"
             print(
                 f"{'ok      ' if r.ok else 'MISMATCH'} {r.run_id}: {r.histories} histories, {r.events} events, "
-                f"{r.decisions} decisions re-checked"
+                f"{r.decisions} decisions re-checked{where}"
             )
             for problem in r.problems:
                 print(f"    {problem}")
@@ -329,12 +437,51 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
-    problems = _ledger(settings).verify()
+    from lockgate.verify import load_keys_file, verify_ledger
+
+    keys = load_keys_file(args.keys) if args.keys else None
+    if args.bundle:
+        return _verify_bundle(args, settings, keys)
+    report, anchors = verify_ledger(settings, strict=args.strict, keys=keys)
     if args.json:
-        _print_json({"intact": not problems, "problems": problems})
+        _print_json({**report.as_dict(), "anchors": anchors.source})
+        return 0 if report.ok else 1
+    from lockgate.evidence import fingerprint
+
+    print(
+        f"ledger {report.ledger_id}: {report.entries:,} entries in {report.chains:,} chains, "
+        f"{report.checkpoints:,} signed checkpoints"
+    )
+    keys_line = ", ".join(f"v{v} {fingerprint(k)}" for v, k in sorted(report.keys.items())) or "none yet"
+    print(f"signing keys: {keys_line} (trusted from: {anchors.source})")
+    print(f"witness: {report.witness}")
+    through = report.proven_through
+    where = f"through checkpoint #{through['checkpoint']} ({through['at']})" if through else "no checkpoint yet"
+    print(
+        f"proven: {report.proven:,} entries {where}; {report.pending:,} pending (recorded in the last minute, "
+        f"awaiting the next checkpoint); {report.unproven:,} unproven"
+    )
+    for problem in report.problems:
+        print(f"  {problem}")
+    print("ledger intact" if report.ok else f"ledger NOT intact: {len(report.problems)} problem(s)")
+    return 0 if report.ok else 1
+
+
+def _verify_bundle(args: argparse.Namespace, settings: Settings, keys: dict[int, str] | None) -> int:
+    from lockgate.export import load_bundle_file, verify_bundle
+    from lockgate.verify import pinned_keys
+
+    bundle = load_bundle_file(args.bundle)
+    trust = f"--keys {args.keys}" if keys else ""
+    if keys is None:
+        keys, trust = pinned_keys(settings)
+    report = verify_bundle(bundle, trusted_keys=keys, trust=trust)
+    if args.json:
+        _print_json(report.as_dict())
     else:
-        print("ledger intact" if not problems else "\n".join(problems))
-    return 0 if not problems else 1
+        for line in report.lines():
+            print(line)
+    return 0 if report.ok else 1
 
 
 def cmd_compensations(args: argparse.Namespace, settings: Settings) -> int:
@@ -435,6 +582,22 @@ async def cmd_reap(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{r['run_id']} ({r['workflow_status']}): compensations [{comps or 'none'}], identity revoked")
     failed = any(not c["ok"] for r in rows for c in r["compensations"])
     return 1 if failed else 0
+
+
+async def cmd_archive(args: argparse.Namespace, settings: Settings) -> int:
+    from lockgate import worker
+
+    deps = worker.build_deps(settings)
+    try:
+        archive = worker.build_archive(deps)
+        archived = await archive.archive_once(await _client(settings))
+    finally:
+        deps.ledger.dispose()
+    if args.json:
+        _print_json({"archived": archived, "directory": str(archive.directory)})
+    else:
+        print(f"archived the histories of {len(archived)} closed run(s) in {archive.directory}")
+    return 0
 
 
 async def cmd_freeze(args: argparse.Namespace, settings: Settings) -> int:
@@ -634,10 +797,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("audit", cmd_audit, "timeline of a run from the ledger and its history")
     p.add_argument("run_id")
     p.add_argument("--format", choices=["text", "json", "md"], default="text")
+    p.add_argument("--export", metavar="FILE", help="also write the run's evidence bundle (verifiable offline)")
     p = add("replay", cmd_replay, "replay histories with the current code and re-check every recorded decision")
     p.add_argument("run_ids", nargs="*", metavar="RUN_ID")
-    p.add_argument("--all", action="store_true", help="every lockgate run the server still has")
-    add("verify", cmd_verify, "verify the ledger's hash chain (exit 1 if tampered)")
+    p.add_argument("--all", action="store_true", help="every lockgate run the server or the archive has")
+    p.add_argument(
+        "--history",
+        nargs="+",
+        metavar="FILE",
+        help="replay exported files offline: evidence bundles or history JSON (temporal workflow show -o json)",
+    )
+    p.add_argument("--keys", metavar="FILE", help="trusted public keys of the ledger key, for bundles")
+    p.add_argument("--processes", type=int, help="replay processes for --all (default: one per core)")
+    p = add("verify", cmd_verify, "verify the ledger (chains, signed checkpoints) or an evidence bundle, offline")
+    p.add_argument("--bundle", metavar="FILE", help="verify an evidence bundle (lockgate audit --export) instead")
+    p.add_argument("--keys", metavar="FILE", help="trusted public keys (JSON {version: base64}) of the ledger key")
+    p.add_argument("--strict", action="store_true", help="no grace: every entry must already be checkpointed")
+    # Verification needs no agent code: keeps the process small however large the ledger is.
+    p.set_defaults(agents=False)
     for name, what in (
         ("freeze", "kill switch: no tool of the scope runs from the next gate on"),
         ("unfreeze", "lift the kill switch; frozen runs resume"),
@@ -659,6 +836,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("leases", cmd_leases, "leases not yet revoked, with run, tool and expiry")
     add("compensations", cmd_compensations, "compensations that failed and are still outstanding (exit 1 if any)")
     add("reap", cmd_reap, "one pass of the reaper: clean up runs that ended without their own cleanup")
+    add("archive", cmd_archive, "one pass of the archiver: keep closed runs' histories beside the ledger")
     p = add("policy", cmd_policy, "validate policies, schema and entities")
     p.add_argument("action", choices=["check"])
     p.add_argument("dir", nargs="?")
@@ -672,7 +850,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from lockgate.spec import load_agent_modules
 
-        load_agent_modules(settings.agent_modules)
+        if getattr(args, "agents", True):
+            load_agent_modules(settings.agent_modules)
         result = args.handler(args, settings)
         if asyncio.iscoroutine(result):
             result = _run(result)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["Settings", "load_settings", "read_env_file"]
+__all__ = ["Settings", "archive_dir", "load_settings", "read_env_file"]
 
 
 class Settings(BaseModel):
@@ -27,6 +27,8 @@ class Settings(BaseModel):
     policy_dir: Path = Path("policies")
     ledger_url: str = "sqlite:///.lockgate/ledger.db"
     state_dir: Path = Path(".lockgate")
+    # Archived histories of closed runs (default: STATE_DIR/archive), anchored in the ledger.
+    archive_dir: Path | None = None
     # Dev stack only (never used by the worker for its own authentication).
     vault_token: str | None = None
     pg_socket_dir: str | None = None
@@ -51,6 +53,7 @@ _ENV_NAMES = {
     "policy_dir": "LOCKGATE_POLICY_DIR",
     "ledger_url": "LOCKGATE_LEDGER_URL",
     "state_dir": "LOCKGATE_STATE_DIR",
+    "archive_dir": "LOCKGATE_ARCHIVE_DIR",
     "vault_token": "VAULT_TOKEN",
     "pg_socket_dir": "LOCKGATE_PG_SOCKET_DIR",
     "pg_dsn": "LOCKGATE_PG_DSN",
@@ -82,3 +85,8 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     merged = {**read_env_file(state_dir / "dev.env"), **env}
     fields = {name: merged[var] for name, var in _ENV_NAMES.items() if merged.get(var)}
     return Settings.model_validate(fields)
+
+
+def archive_dir(settings: Settings) -> Path:
+    """Where closed runs' histories are archived: LOCKGATE_ARCHIVE_DIR, else STATE_DIR/archive."""
+    return settings.archive_dir or Path(settings.state_dir) / "archive"

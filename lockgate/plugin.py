@@ -158,7 +158,8 @@ class LockgatePlugin(SimplePlugin):
         if not self._services:
             await next(worker)
             return
-        from lockgate.worker import build_reaper, reap_forever, watch_policies
+        from lockgate.activities.archive import archive_forever
+        from lockgate.worker import build_archive, build_reaper, reap_forever, watch_policies
 
         deps = self.deps
         stop = asyncio.Event()
@@ -170,6 +171,12 @@ class LockgatePlugin(SimplePlugin):
         background = [
             asyncio.create_task(reap_forever(worker.client, build_reaper(deps), interval, stop)),
             asyncio.create_task(watch_policies(deps, stop)),
+            # Closed runs' histories archived beside the ledger (audits outlive server retention).
+            asyncio.create_task(
+                archive_forever(
+                    worker.client, build_archive(deps), float(os.environ.get("LOCKGATE_ARCHIVE_INTERVAL", "10")), stop
+                )
+            ),
         ]
         try:
             await next(worker)

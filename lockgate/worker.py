@@ -25,7 +25,9 @@ from temporalio.converter import DataConverter, DefaultFailureConverterWithEncod
 from temporalio.envconfig import ClientConfig
 from temporalio.worker import Worker
 
+from lockgate.activities.anchor import TransitAnchor
 from lockgate.activities.approvals import ApprovalActivities
+from lockgate.activities.archive import HistoryArchive
 from lockgate.activities.codec import TransitCodec, VaultTransit
 from lockgate.activities.freeze import FreezeStore, unfreeze_verifier
 from lockgate.activities.governance import GovernanceActivities, bundle_content
@@ -35,7 +37,7 @@ from lockgate.activities.planner import LLMPlannerActivities
 from lockgate.activities.reaper import Reaper
 from lockgate.activities.tools import Resources, ToolRunner
 from lockgate.activities.vault import VaultBroker
-from lockgate.config import Settings, load_settings
+from lockgate.config import Settings, archive_dir, load_settings
 from lockgate.errors import PolicyError, UserError
 from lockgate.gates.bundle import PolicyBundle
 from lockgate.observability import setup_logging
@@ -47,6 +49,7 @@ __all__ = [
     "DATA_CONVERTER",
     "Deps",
     "build_activities",
+    "build_archive",
     "build_deps",
     "build_governance",
     "build_reaper",
@@ -186,7 +189,8 @@ def build_deps(settings: Settings, agents: AgentRegistry | None = None) -> Deps:
         vault.check()
     except Exception as err:
         raise UserError(f"cannot log in to Vault at {settings.vault_addr} with AppRole: {err}") from err
-    ledger = Ledger(settings.ledger_url)
+    # Checkpoints signed with the ledger's Transit key: at run close and every few seconds.
+    ledger = Ledger(settings.ledger_url, signer=TransitAnchor(lambda: vault.client))
     ledger.register_bundle(bundle.hash, bundle_content(bundle))
     people = PeopleDirectory(vault, archive=LedgerKeyArchive(ledger))
     return Deps(
@@ -227,6 +231,11 @@ def build_tools(deps: Deps, governance: GovernanceActivities | None = None) -> T
         gate=gate,
         resources=Resources(pg_socket_dir=deps.settings.pg_socket_dir),
     )
+
+
+def build_archive(deps: Deps) -> HistoryArchive:
+    """Closed runs' histories, archived beside the ledger so audits outlive the server's retention."""
+    return HistoryArchive(archive_dir(deps.settings), deps.ledger)
 
 
 def build_reaper(deps: Deps) -> Reaper:
