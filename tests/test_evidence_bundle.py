@@ -13,6 +13,8 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from lockgate.export import verify_bundle
 from lockgate.replay import replay_files
 from lockgate.spec import registry
-from tests.conftest import cli, finish, pending_request, start
+from tests.conftest import as_person, cli, finish, pending_request, start
 
 # Every server address points where nothing listens, and no database is configured.
 DEAD = {
@@ -49,13 +51,28 @@ def offline(env: dict[str, str], tmp: Path, *, state: Path | None = None) -> dic
 
 
 @pytest.fixture(scope="module")
-async def exported(client: Client, worker_running: str, env: dict[str, str], tmp_path_factory: Any) -> dict[str, Any]:
+async def clear(settings: Any, deps: Any) -> AsyncIterator[tuple[Client, str]]:
+    """A worker whose payloads are in clear: what replays with every server stopped. (Encrypted
+    histories replay offline only from a decrypted copy, or with a Vault token that may decrypt.)"""
+    from lockgate import worker
+
+    client = await worker.connect(settings.model_copy(update={"payload_key": None}), deps.vault)
+    queue = f"clear-{uuid.uuid4().hex[:8]}"
+    async with worker.build_worker(client, deps, task_queue=queue):
+        yield client, queue
+
+
+@pytest.fixture(scope="module")
+async def exported(clear: tuple[Client, str], env: dict[str, str], tmp_path_factory: Any) -> dict[str, Any]:
     """A run with an approval (a refused attempt, then alice's), exported as an evidence bundle."""
-    handle = await start(client, worker_running, "refund-agent", {"order_id": "A-1002", "amount_cents": 15000})
+    client, queue = clear
+    handle = await start(client, queue, "refund-agent", {"order_id": "A-1002", "amount_cents": 15000})
     req = await pending_request(handle)
-    refused = await cli(env, "approve", handle.id, req.request_id, "--as", "mallory")
+    # People's CLIs in clear too: the history holds nothing encrypted.
+    clear_env = {**env, "LOCKGATE_PAYLOAD_KEY": ""}
+    refused = await cli(as_person(clear_env, "mallory"), "approve", handle.id, req.request_id)
     assert refused.returncode == 2
-    ok = await cli(env, "approve", handle.id, req.request_id, "--as", "alice", "--reason", "checked")
+    ok = await cli(as_person(clear_env, "alice"), "approve", handle.id, req.request_id, "--reason", "checked")
     assert ok.returncode == 0, ok.stderr
     assert await finish(handle) is None
     out = tmp_path_factory.mktemp("bundle")
@@ -127,12 +144,14 @@ def _changes() -> dict[str, Any]:
             prev = e["hash"]
 
     def history_signal(b: dict[str, Any]) -> None:
+        # The approval (a signed statement in an update): who signed it is changed.
         for ev in b["histories"][0]["history"]["events"]:
-            attrs = ev.get("workflowExecutionSignaledEventAttributes")
-            if attrs and attrs["signalName"] == "approve":
-                payload = attrs["input"]["payloads"][0]
+            attrs = ev.get("workflowExecutionUpdateAcceptedEventAttributes")
+            if attrs and attrs["acceptedRequest"]["input"]["name"] == "approve":
+                payload = attrs["acceptedRequest"]["input"]["args"]["payloads"][0]
                 value = _decode(payload)
-                value["approver"] = "mallory" if value["approver"] == "alice" else "alice"
+                person = value["statement"]["person"]
+                value["statement"]["person"] = "mallory" if person == "alice" else "alice"
                 _encode(payload, value)
 
     def history_event_dropped(b: dict[str, Any]) -> None:
@@ -211,9 +230,10 @@ def test_the_timeline_names_the_tool_on_every_step_line_and_the_approver(exporte
 
 
 async def test_history_exported_with_the_temporal_cli_replays_offline(
-    client: Client, worker_running: str, env: dict[str, str], tmp_path: Path
+    clear: tuple[Client, str], env: dict[str, str], tmp_path: Path
 ) -> None:
-    handle = await start(client, worker_running, "refund-agent", {"order_id": "A-1001", "amount_cents": 140})
+    client, queue = clear
+    handle = await start(client, queue, "refund-agent", {"order_id": "A-1001", "amount_cents": 140})
     assert await finish(handle) is None
     temporal = shutil.which("temporal") or str(Path(sys.executable).parent / "temporal")
     path = tmp_path / "history.json"

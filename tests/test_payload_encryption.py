@@ -220,7 +220,7 @@ def test_worker_policy_has_exactly_the_transit_paths_it_needs(deps: Any, outside
     policy = outside.vault.sys.read_policy(name="lockgate-worker")["data"]["rules"]
     transit = sorted(line.split('"')[1] for line in policy.splitlines() if '"transit/' in line)
     # Payloads (data keys, decrypt), the seal of engine-only state (MAC and check), people's public
-    # keys (read): nothing else, and nothing that signs as a person.
+    # keys (read), the ledger's checkpoint key: nothing else, and nothing that signs as a person.
     assert transit == sorted(
         [
             f"transit/datakey/plaintext/{PAYLOAD_KEY}",
@@ -228,6 +228,9 @@ def test_worker_policy_has_exactly_the_transit_paths_it_needs(deps: Any, outside
             "transit/hmac/lockgate-seal/*",
             "transit/verify/lockgate-seal/*",
             "transit/keys/approver-*",
+            # The ledger's checkpoints: sign with its key and read its public versions.
+            "transit/sign/lockgate-ledger",
+            "transit/keys/lockgate-ledger",
         ]
     )
     approle: hvac.Client = deps.vault.client
