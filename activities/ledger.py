@@ -67,7 +67,7 @@ log = logging.getLogger("lockgate.ledger")
 
 
 class LedgerEntry(SQLModel, table=True):
-    __tablename__ = "ledger"
+    __tablename__ = "ledger"  # pyright: ignore[reportAssignmentType]  # sqlmodel types it as declared_attr
     __table_args__ = (UniqueConstraint("chain", "chain_seq", name="ledger_chain_position"),)
 
     seq: int | None = Field(default=None, primary_key=True)  # insertion order, for display only
@@ -86,7 +86,7 @@ class LedgerEntry(SQLModel, table=True):
 class ChainHeadRow(SQLModel, table=True):
     """Mutable state of the writers and the checkpointer: verification never trusts it."""
 
-    __tablename__ = "ledger_heads"
+    __tablename__ = "ledger_heads"  # pyright: ignore[reportAssignmentType]  # sqlmodel types it as declared_attr
 
     chain: str = Field(primary_key=True)
     size: int = 0
@@ -100,7 +100,7 @@ class ChainHeadRow(SQLModel, table=True):
 
 
 class CheckpointRow(SQLModel, table=True):
-    __tablename__ = "ledger_checkpoints"
+    __tablename__ = "ledger_checkpoints"  # pyright: ignore[reportAssignmentType]  # sqlmodel types it as declared_attr
 
     seq: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
     body: str
@@ -110,7 +110,7 @@ class CheckpointRow(SQLModel, table=True):
 
 
 class CheckpointHeadRow(SQLModel, table=True):
-    __tablename__ = "ledger_checkpoint_heads"
+    __tablename__ = "ledger_checkpoint_heads"  # pyright: ignore[reportAssignmentType]  # sqlmodel types it as declared_attr
     __table_args__ = (Index("ledger_checkpoint_heads_chain", "chain", "checkpoint"),)
 
     checkpoint: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
@@ -124,7 +124,7 @@ class CheckpointHeadRow(SQLModel, table=True):
 class LedgerKeyRow(SQLModel, table=True):
     """Public keys of every signing key version, so old checkpoints verify after a rotation."""
 
-    __tablename__ = "ledger_keys"
+    __tablename__ = "ledger_keys"  # pyright: ignore[reportAssignmentType]  # sqlmodel types it as declared_attr
 
     version: int = Field(primary_key=True, sa_column_kwargs={"autoincrement": False})
     key_name: str
@@ -133,14 +133,14 @@ class LedgerKeyRow(SQLModel, table=True):
 
 
 class LedgerMeta(SQLModel, table=True):
-    __tablename__ = "ledger_meta"
+    __tablename__ = "ledger_meta"  # pyright: ignore[reportAssignmentType]  # sqlmodel types it as declared_attr
 
     name: str = Field(primary_key=True)
     value: str
 
 
 class PolicyBundleRecord(SQLModel, table=True):
-    __tablename__ = "policy_bundles"
+    __tablename__ = "policy_bundles"  # pyright: ignore[reportAssignmentType]  # sqlmodel types it as declared_attr
 
     hash: str = Field(primary_key=True)
     content: str
@@ -148,13 +148,16 @@ class PolicyBundleRecord(SQLModel, table=True):
 
 
 _TABLES = [
-    LedgerEntry.__table__,
-    ChainHeadRow.__table__,
-    CheckpointRow.__table__,
-    CheckpointHeadRow.__table__,
-    LedgerKeyRow.__table__,
-    LedgerMeta.__table__,
-    PolicyBundleRecord.__table__,
+    SQLModel.metadata.tables[name]
+    for name in (
+        "ledger",
+        "ledger_heads",
+        "ledger_checkpoints",
+        "ledger_checkpoint_heads",
+        "ledger_keys",
+        "ledger_meta",
+        "policy_bundles",
+    )
 ]
 
 
@@ -605,7 +608,7 @@ class Ledger:
                 {"c": chain},
             ).all()
             first_final = next((r for r in signed if r[2]), None)
-            chosen = {r[0]: r for r in ([first_final] if first_final else []) + signed[-1:]}
+            chosen = {r[0]: r for r in [*([first_final] if first_final else []), *signed[-1:]]}
             for cp_seq, idx, _final in sorted(chosen.values()):
                 heads = [
                     Head(str(c), int(n), str(h), bool(f))

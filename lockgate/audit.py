@@ -49,7 +49,7 @@ def _summary(kind: str, d: dict[str, Any]) -> str:
             else ""
         )
         return (
-            f"gate {d.get('outcome').upper()} by {d.get('gate')} [{policies}] bundle {str(d.get('bundle_hash'))[:12]} "
+            f"gate {str(d.get('outcome')).upper()} by {d.get('gate')} [{policies}] bundle {str(d.get('bundle_hash'))[:12]} "
             f"args {str(d.get('args_digest'))[:12]} confidence {d.get('confidence')}{extra}: "
             f"{'; '.join(d.get('reasons') or [])}"
         )
@@ -180,7 +180,7 @@ def history_entries(events: Any, converter: Any) -> list[dict[str, Any]]:
         detail = ""
         request_id = None
         attr_name = event.WhichOneof("attributes")
-        attrs = getattr(event, attr_name) if attr_name else None
+        attrs: Any = getattr(event, attr_name) if attr_name else None
         try:
             if name == "EVENT_TYPE_WORKFLOW_EXECUTION_STARTED":
                 (inp,) = converter.payload_converter.from_payloads(_decoded(attrs.input.payloads, converter)) or ({},)
