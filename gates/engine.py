@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from lockgate.gates.bundle import Answer, PolicyBundle, cedar_data_problem
+from lockgate.gates.chain import chain_context, resource_entity
 from lockgate.models import (
     DELEGATE_TOOL,
     MAX_ARGS_BYTES,
@@ -85,6 +86,7 @@ def cedar_context(agent: AgentSpec, request: GateRequest) -> dict[str, Any]:
             "confidence_source": request.source,
             "approved_groups": list(state.approved_groups),
         },
+        "chain": chain_context(agent, state.chain),
     }
 
 
@@ -146,26 +148,31 @@ def _authorize(
     bundle: PolicyBundle,
     action: str,
     principal: str,
-    resource: str,
+    resource: str | dict[str, Any],
     context: dict[str, Any],
     *,
     without_approval: bool = False,
 ) -> Answer:
-    """Cedar's answer for agent `principal` calling tool `resource` as `Action::"<action>"`, through
-    the bundle's slicing, context pruning and answer cache (`PolicyBundle.authorize`)."""
+    """Cedar's answer for agent `principal` calling tool `action` (`Action::"<action>"`) on
+    `resource` (a tool name for `Tool::"<name>"`, or an entity: the tool's declared resource),
+    through the bundle's slicing, context pruning and answer cache (`PolicyBundle.authorize`)."""
+    entity = None if isinstance(resource, str) or resource["uid"]["type"] == "Tool" else resource
+    uid = ("Tool", resource) if isinstance(resource, str) else (resource["uid"]["type"], resource["uid"]["id"])
     return bundle.authorize(
         ("Agent", principal),
         ("Action", action),
-        ("Tool", resource),
+        uid,
         context,
         without_approval=without_approval,
+        resource_entity=entity,
     )
 
 
-def _cedar(bundle: PolicyBundle, agent: AgentSpec, request: GateRequest) -> Verdict | _Allow:
+def _cedar(bundle: PolicyBundle, agent: AgentSpec, tool: ToolSpec, request: GateRequest) -> Verdict | _Allow:
     action = request.call.tool
     context = cedar_context(agent, request)
-    result = _authorize(bundle, action, agent.name, action, context)
+    resource = resource_entity(tool, request.call.args)
+    result = _authorize(bundle, action, agent.name, resource, context)
     if result.errors:
         # Evaluation errors skip the policy that raised them; a forbid that errors must not let a
         # call through, so any error is a deny.
@@ -178,7 +185,7 @@ def _cedar(bundle: PolicyBundle, agent: AgentSpec, request: GateRequest) -> Verd
     statements = [bundle.by_id(i) for i in ids]
     if all(s is not None and s.approval_group for s in statements):
         # Approval-annotated forbids are the only reason: does anything else stand in the way?
-        rest = _authorize(bundle, action, agent.name, action, context, without_approval=True)
+        rest = _authorize(bundle, action, agent.name, resource, context, without_approval=True)
         if rest.allowed and not rest.errors:
             first = statements[0]
             assert first is not None and first.approval_group
@@ -325,7 +332,7 @@ def evaluate(
             verdict = _args(tool, request)
             if verdict is None:
                 gate = "policy"
-                cedar = _cedar(bundle, agent, request)
+                cedar = _cedar(bundle, agent, tool, request)
                 if isinstance(cedar, Verdict):
                     verdict = cedar
                 else:

@@ -1,0 +1,171 @@
+"""Chain-aware policies, pure: the run's recorded chain in `context.chain`, declared resources as the
+Cedar `resource`, and the generated schema (no Temporal, no I/O)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from lockgate.errors import PolicyError
+from lockgate.gates.bundle import PolicyBundle
+from lockgate.gates.chain import chain_context, resource_entity
+from lockgate.gates.engine import evaluate
+from lockgate.models import CHAIN_RESOURCES, Chain, Decision, GateRequest, GateState, ToolCall
+from lockgate.policies import load_bundle
+from lockgate.schema import generate_schema
+from lockgate.spec import load_agents
+from tests.conftest import AGENT_MODULES
+
+registry = load_agents(AGENT_MODULES, entry_points=False)
+demo = load_agents("lockgate.demo.shop,lockgate.demo.incident", entry_points=False)
+ROOT = Path(__file__).resolve().parent.parent
+NOW = datetime(2026, 11, 23, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> PolicyBundle:
+    target = tmp_path_factory.mktemp("policies")
+    for item in (ROOT / "policies").iterdir():
+        if item.is_file():
+            (target / item.name).write_text(item.read_text())
+    (target / "test-agents.cedar").write_text((ROOT / "tests/policies/test-agents.cedar").read_text())
+    with open(target / "schema.cedarschema", "a") as schema:
+        schema.write((ROOT / "tests/policies/test-schema.cedarschema").read_text())
+    return load_bundle(target, registry)
+
+
+def ran(agent: str, *calls: tuple[str, dict]) -> Chain:
+    """The chain of a run of `agent` after `calls` ran, as the workflow keeps it."""
+    spec = registry.get(agent)
+    assert spec is not None
+    chain = Chain()
+    for name, args in calls:
+        tool = spec.tool(name)
+        assert tool is not None
+        chain = chain.after(tool.name, tool.resource_of(args), tool.data_class, tool.egress)
+    return chain
+
+
+def decide(bundle: PolicyBundle, agent: str, tool: str, args: dict, chain: Chain, **state: object) -> Decision:
+    request = GateRequest(
+        decision_id="d-1",
+        run_id="r-1",
+        agent=agent,
+        initiator="erin",
+        step=1,
+        call=ToolCall(tool=tool, args=args),
+        state=GateState(chain=chain, **state),
+    )
+    return evaluate(bundle, registry.get(agent), request, now=NOW)
+
+
+A1 = {"order_id": "A-1001", "amount_cents": 500}
+A2 = {"order_id": "A-1002", "amount_cents": 500}
+
+
+def test_a_second_refund_on_the_same_order_is_denied_by_the_chain(bundle: PolicyBundle) -> None:
+    first = decide(bundle, "refund-agent", "refunds.issue", A1, Chain())
+    assert first.outcome == "allow"
+    chain = ran("refund-agent", ("orders.lookup", {"order_id": "A-1001"}), ("refunds.issue", A1))
+    again = decide(bundle, "refund-agent", "refunds.issue", A1, chain)
+    assert (again.outcome, again.gate, again.policy_ids) == ("deny", "policy", ("refunds.once-per-order",))
+    # Another order is not this order: the chain names resources, not only tools.
+    assert decide(bundle, "refund-agent", "refunds.issue", A2, chain).outcome == "allow"
+
+
+def test_chain_escalates_a_refund_on_a_further_order(bundle: PolicyBundle) -> None:
+    chain = ran("chain-agent", ("refunds.issue", A1))
+    d = decide(bundle, "chain-agent", "refunds.issue", A2, chain)
+    assert (d.outcome, d.approver_group, d.policy_ids) == (
+        "approval",
+        "finance",
+        ("chain-agent.second-order-needs-finance",),
+    )
+    approved = decide(bundle, "chain-agent", "refunds.issue", A2, chain, approved_groups=("finance",))
+    assert approved.outcome == "allow"
+    same = decide(bundle, "chain-agent", "refunds.issue", A1, chain, approved_groups=("finance",))
+    assert (same.outcome, same.policy_ids) == ("deny", ("chain-agent.refund-once",))
+
+
+def test_paging_after_two_quarantines_needs_oncall(bundle: PolicyBundle) -> None:
+    page = {"host_id": "web-01", "message": "wide incident"}
+    one = ran("incident-agent", ("host.quarantine", {"host_id": "web-01", "reason": "x"}))
+    assert decide(bundle, "incident-agent", "oncall.page", page, one).outcome == "allow"
+    two = ran(
+        "incident-agent",
+        ("host.quarantine", {"host_id": "web-01", "reason": "x"}),
+        ("host.quarantine", {"host_id": "web-02", "reason": "x"}),
+    )
+    d = decide(bundle, "incident-agent", "oncall.page", page, two)
+    assert (d.outcome, d.approver_group, d.policy_ids) == (
+        "approval",
+        "sre-oncall",
+        ("page.after-quarantines-needs-oncall",),
+    )
+
+
+def test_declared_resource_keeps_the_tools_risk_labels(bundle: PolicyBundle) -> None:
+    spec = registry.get("refund-agent")
+    assert spec is not None
+    notify = spec.tool("customer.notify")
+    assert notify is not None
+    entity = resource_entity(notify, {"order_id": "A-1001", "message": "hi"})
+    assert entity["uid"] == {"type": "Order", "id": "A-1001"}
+    assert entity["parents"] == [{"type": "Tool", "id": "customer.notify"}] and entity["attrs"]["egress"] is True
+    # `resource.egress` still decides: egress after a regulated read needs a support lead.
+    args = {"order_id": "A-1001", "message": "hi"}
+    d = decide(bundle, "refund-agent", "customer.notify", args, Chain(), tainted=True)
+    assert (d.outcome, d.policy_ids) == ("approval", ("egress.after-regulated-read",))
+    assert decide(bundle, "refund-agent", "customer.notify", args, Chain()).outcome == "allow"
+
+
+def test_chain_context_shape_and_bounds() -> None:
+    spec = registry.get("refund-agent")
+    assert spec is not None
+    chain = ran(
+        "refund-agent",
+        ("orders.lookup", {"order_id": "A-1001"}),
+        ("customers.profile", {"order_id": "A-1001"}),
+        ("refunds.issue", A1),
+        ("customer.notify", {"order_id": "A-1001", "message": "done"}),
+    )
+    ctx = chain_context(spec, chain)
+    a1 = {"__entity": {"type": "Order", "id": "A-1001"}}
+    assert ctx["calls"]["refunds.issue"] == 1 and ctx["calls"]["accounts.close"] == 0
+    assert ctx["tools"] == ["customer.notify", "customers.profile", "orders.lookup", "refunds.issue"]
+    assert ctx["steps"] == 4 and ctx["resources"] == {"Customer": [], "Order": [a1]}
+    assert ctx["touched"]["refunds.issue"] == [a1] and ctx["touched"]["accounts.close"] == []
+    assert ctx["distinct"] == {"Customer": 0, "Order": 1}
+    assert ctx["data_classes"] == ["internal", "regulated"] and ctx["egress"] is True
+    # Bounded: at most CHAIN_RESOURCES distinct resources per type, however long the run.
+    big = Chain()
+    for i in range(CHAIN_RESOURCES + 20):
+        big = big.after("orders.lookup", ("Order", f"B-{i:04d}"), "internal", False)
+    assert len(big.resources) == CHAIN_RESOURCES and big.truncated and big.calls["orders.lookup"] == 70
+    assert len(big.touched["orders.lookup"]) == CHAIN_RESOURCES
+    # A sub-agent's chain counts for its parent.
+    merged = chain.merged(ran("refund-agent", ("refunds.issue", A2)))
+    assert merged.calls["refunds.issue"] == 2 and ("Order", "A-1002") in merged.touched["refunds.issue"]
+
+
+def test_shipped_schema_is_the_generated_one() -> None:
+    assert (ROOT / "policies/schema.cedarschema").read_text() == generate_schema(demo.agents())
+
+
+def test_generated_schema_checks_chain_policies() -> None:
+    schema = generate_schema(demo.agents())
+    good = (
+        '@id("g") forbid (principal, action == Action::"refunds.issue", resource) '
+        'when { context.chain.touched["refunds.issue"].contains(resource) && context.args.amount_cents > 5 };'
+    )
+    PolicyBundle.build({"g.cedar": good}, schema_text=schema)
+    for bad in (
+        'when { context.chain.touched["no.such"].contains(resource) }',  # not a tool of the agent
+        "when { context.args.amount > 5 }",  # not an argument of refunds.issue
+        'when { context.chain.resources.Order.contains("A-1001") }',  # a string is not an Order
+    ):
+        text = f'@id("b") forbid (principal, action == Action::"refunds.issue", resource) {bad};'
+        with pytest.raises(PolicyError):
+            PolicyBundle.build({"b.cedar": text}, schema_text=schema)
