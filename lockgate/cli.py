@@ -91,6 +91,10 @@ def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
     from lockgate.policies import load_bundle
     from lockgate.spec import registry
 
+    if args.action != "check":
+        from lockgate.policycli import cmd_policy_more
+
+        return cmd_policy_more(args, settings)
     directory = Path(args.dir) if args.dir else settings.policy_dir
     try:
         bundle = load_bundle(directory, registry)
@@ -614,9 +618,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("leases", cmd_leases, "leases not yet revoked, with run, tool and expiry")
     add("compensations", cmd_compensations, "compensations that failed and are still outstanding (exit 1 if any)")
     add("reap", cmd_reap, "one pass of the reaper: clean up runs that ended without their own cleanup")
-    p = add("policy", cmd_policy, "validate policies, schema and entities")
-    p.add_argument("action", choices=["check"])
-    p.add_argument("dir", nargs="?")
+    p = add("policy", cmd_policy, "policies: check, test (cases in DIR/tests), diff CANDIDATE_DIR, schema")
+    p.add_argument("action", choices=["check", "test", "diff", "schema"])
+    p.add_argument("dir", nargs="?", help="policy directory (diff: the candidate bundle's)")
     return parser
 
 
