@@ -4,14 +4,20 @@ The chain comes from recorded run state (`GateState.chain`, kept by the workflow
 that ran), never from a live lookup, so a recorded request re-checks to the same decision.
 
 `context.chain`:
+- `on_resource`: set of the tools whose calls in this run acted on this call's resource (empty when
+  the tool declares none); `context.chain.on_resource.contains("refunds.issue")`. Prefer it to
+  `touched` for "this resource again": it is small, and Cedar converts every element of a set a
+  policy reads on each call (a 50-element set costs several hundred microseconds).
 - `calls`: record, for every tool of the agent (and any other the chain saw), how many calls ran;
   `context.chain.calls["refunds.issue"] >= 1`.
 - `tools`: set of the tools that ran; `steps`: how many calls ran in all.
-- `resources`: record, per resource type the agent's tools declare, the set of distinct resources
-  of that type touched (entity references, e.g. `Order::"A-1001"`), at most `CHAIN_RESOURCES`;
-  `context.chain.resources.Order.contains(resource)`.
-- `touched`: record, per tool that declares a resource, the set of resources its calls acted on;
-  `context.chain.touched["refunds.issue"].contains(resource)`.
+- `resources`: record, per resource type the agent's tools declare, the set of the ids of the
+  distinct resources of that type touched, at most `CHAIN_RESOURCES`;
+  `context.chain.resources.Order.contains("A-1001")`.
+- `touched`: record, per tool that declares a resource, the set of the ids its calls acted on;
+  `context.chain.touched["refunds.issue"].contains(context.args.order_id)`.
+Ids are strings, not entity references: plain data, so a policy that does not read them costs
+nothing (the gate sends Cedar only what policies read, and only plain data can be left out).
 - `distinct`: record, per resource type, how many distinct ones were touched (Cedar sets have no
   size; capped at `CHAIN_RESOURCES`, see `truncated`); `context.chain.distinct.Host > 1`.
 - `data_classes`: set of the data classes read; `egress`: data was sent out; `truncated`: a cap
@@ -28,16 +34,12 @@ from lockgate.spec import AgentSpec, ToolSpec
 __all__ = ["chain_context", "resource_entity", "resource_types"]
 
 
-def _ref(resource: tuple[str, str]) -> dict[str, Any]:
-    return {"__entity": {"type": resource[0], "id": resource[1]}}
-
-
 def resource_types(agent: AgentSpec) -> list[str]:
     """The entity types the agent's tools declare as their resource (by name)."""
     return sorted({t.resource_type for t in agent.tools if t.resource_type})
 
 
-def chain_context(agent: AgentSpec, chain: Chain) -> dict[str, Any]:
+def chain_context(agent: AgentSpec, chain: Chain, resource: tuple[str, str] | None = None) -> dict[str, Any]:
     """`context.chain` for a call of `agent` whose run has done `chain` (see the module doc).
 
     Every tool of the agent is a key of `calls` (and of `touched`, if it declares a resource) and
@@ -47,11 +49,12 @@ def chain_context(agent: AgentSpec, chain: Chain) -> dict[str, Any]:
     kinds = sorted(set(resource_types(agent)) | {kind for kind, _ in chain.resources})
     typed = sorted({t.name for t in agent.tools if t.resource_type} | chain.touched.keys())
     return {
+        "on_resource": sorted(t for t, rs in chain.touched.items() if resource in rs) if resource else [],
         "calls": {t: chain.calls.get(t, 0) for t in tools},
         "tools": sorted(chain.calls),
         "steps": sum(chain.calls.values()),
-        "resources": {k: [_ref(r) for r in chain.resources if r[0] == k] for k in kinds},
-        "touched": {t: [_ref(r) for r in chain.touched.get(t, ())] for t in typed},
+        "resources": {k: [i for t, i in chain.resources if t == k] for k in kinds},
+        "touched": {t: [i for _, i in chain.touched.get(t, ())] for t in typed},
         "distinct": {k: sum(1 for r in chain.resources if r[0] == k) for k in kinds},
         "data_classes": list(chain.data_classes),
         "egress": chain.egress,

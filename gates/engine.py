@@ -67,6 +67,7 @@ def cedar_context(agent: AgentSpec, request: GateRequest) -> dict[str, Any]:
     reference or extension value, so a planner cannot forge `context.args.x in Group::"finance"`
     or an `ip(...)`. Entities come only from the bundle."""
     state = request.state
+    tool = agent.tool(request.call.tool)
     return {
         "args": request.call.args,
         "run": {
@@ -86,7 +87,7 @@ def cedar_context(agent: AgentSpec, request: GateRequest) -> dict[str, Any]:
             "confidence_source": request.source,
             "approved_groups": list(state.approved_groups),
         },
-        "chain": chain_context(agent, state.chain),
+        "chain": chain_context(agent, state.chain, tool.resource_of(request.call.args) if tool else None),
     }
 
 

@@ -98,11 +98,11 @@ def _chain(agents: list[AgentSpec]) -> str:
     typed = {t.name: t.resource_type for a in agents for t in a.tools if t.resource_type}
     kinds = _common([t.resource_type for t in a.tools if t.resource_type] for a in agents)
     calls = ", ".join(f"{_name(t)}: Long" for t in tools)
-    touched = ", ".join(f"{_name(t)}: Set<{typed[t]}>" for t in tools if t in typed)
-    resources = ", ".join(f"{_name(k)}: Set<{k}>" for k in kinds)
+    touched = ", ".join(f"{_name(t)}: Set<String>" for t in tools if t in typed)
+    resources = ", ".join(f"{_name(k)}: Set<String>" for k in kinds)
     distinct = ", ".join(f"{_name(k)}: Long" for k in kinds)
     return (
-        f"{{ calls: {{ {calls} }}, tools: Set<String>, steps: Long, resources: {{ {resources} }}, "
+        f"{{ on_resource: Set<String>, calls: {{ {calls} }}, tools: Set<String>, steps: Long, resources: {{ {resources} }}, "
         f"touched: {{ {touched} }}, distinct: {{ {distinct} }}, data_classes: Set<String>, egress: Bool, "
         "truncated: Bool }"
     )

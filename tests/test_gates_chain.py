@@ -132,12 +132,15 @@ def test_chain_context_shape_and_bounds() -> None:
         ("customer.notify", {"order_id": "A-1001", "message": "done"}),
     )
     ctx = chain_context(spec, chain)
-    a1 = {"__entity": {"type": "Order", "id": "A-1001"}}
+    a1 = "A-1001"
     assert ctx["calls"]["refunds.issue"] == 1 and ctx["calls"]["accounts.close"] == 0
     assert ctx["tools"] == ["customer.notify", "customers.profile", "orders.lookup", "refunds.issue"]
     assert ctx["steps"] == 4 and ctx["resources"] == {"Customer": [], "Order": [a1]}
     assert ctx["touched"]["refunds.issue"] == [a1] and ctx["touched"]["accounts.close"] == []
-    assert ctx["distinct"] == {"Customer": 0, "Order": 1}
+    assert ctx["distinct"] == {"Customer": 0, "Order": 1} and ctx["on_resource"] == []
+    here = chain_context(spec, chain, ("Order", "A-1001"))["on_resource"]
+    assert here == ["customer.notify", "customers.profile", "orders.lookup", "refunds.issue"]
+    assert chain_context(spec, chain, ("Order", "A-1002"))["on_resource"] == []
     assert ctx["data_classes"] == ["internal", "regulated"] and ctx["egress"] is True
     # Bounded: at most CHAIN_RESOURCES distinct resources per type, however long the run.
     big = Chain()
@@ -158,13 +161,15 @@ def test_generated_schema_checks_chain_policies() -> None:
     schema = generate_schema(demo.agents())
     good = (
         '@id("g") forbid (principal, action == Action::"refunds.issue", resource) '
-        'when { context.chain.touched["refunds.issue"].contains(resource) && context.args.amount_cents > 5 };'
+        'when { context.chain.touched["refunds.issue"].contains(context.args.order_id) '
+        '&& context.chain.on_resource.contains("orders.lookup") && context.chain.distinct.Order > 3 };'
     )
     PolicyBundle.build({"g.cedar": good}, schema_text=schema)
     for bad in (
-        'when { context.chain.touched["no.such"].contains(resource) }',  # not a tool of the agent
+        'when { context.chain.touched["no.such"].contains("A-1001") }',  # not a tool of the agent
         "when { context.args.amount > 5 }",  # not an argument of refunds.issue
-        'when { context.chain.resources.Order.contains("A-1001") }',  # a string is not an Order
+        "when { context.chain.resources.Order.contains(resource) }",  # ids are strings, not entities
+        "when { context.chain.distinct.Host > 1 }",  # no refund-agent tool acts on a Host
     ):
         text = f'@id("b") forbid (principal, action == Action::"refunds.issue", resource) {bad};'
         with pytest.raises(PolicyError):
