@@ -89,15 +89,14 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
 # -- policy --------------------------------------------------------------------------------------
 def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
     from lockgate.policies import load_bundle
-    from lockgate.spec import registry
+    from lockgate.policycli import agents_for_policies, cmd_policy_more
 
     if args.action != "check":
-        from lockgate.policycli import cmd_policy_more
-
         return cmd_policy_more(args, settings)
     directory = Path(args.dir) if args.dir else settings.policy_dir
     try:
-        bundle = load_bundle(directory, registry)
+        # Validated against the schema generated from the agents' tools (the demo's when none are configured).
+        bundle = load_bundle(directory, agents_for_policies())
     except PolicyError as err:
         if args.json:
             _print_json({"valid": False, "errors": [f"{directory / p}" for p in err.problems]})

@@ -15,14 +15,14 @@ from lockgate.config import Settings
 from lockgate.errors import PolicyError, UserError
 from lockgate.spec import AgentRegistry
 
-__all__ = ["cmd_policy_more"]
+__all__ = ["agents_for_policies", "cmd_policy_more"]
 
 
 def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
-def _agents() -> AgentRegistry:
+def agents_for_policies() -> AgentRegistry:
     """The loaded agents (LOCKGATE_AGENT_MODULES), or the demo agents when none are configured."""
     from lockgate.spec import load_agents, registry
 
@@ -37,7 +37,7 @@ def cmd_policy_more(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "schema":
         from lockgate.schema import generate_schema
 
-        print(generate_schema(_agents().agents()), end="")
+        print(generate_schema(agents_for_policies().agents()), end="")
         return 0
     if args.action == "test":
         return _test(Path(args.dir) if args.dir else settings.policy_dir, args.json)
@@ -58,7 +58,7 @@ def _bundle(directory: Path, agents: AgentRegistry) -> Any:
 def _test(directory: Path, as_json: bool) -> int:
     from lockgate.policytest import load_cases, run_cases
 
-    agents = _agents()
+    agents = agents_for_policies()
     bundle = _bundle(directory, agents)
     cases = load_cases(directory)
     if not cases:
@@ -98,12 +98,14 @@ def _diff(candidate_dir: Path, settings: Settings, as_json: bool) -> int:
     from lockgate.activities.ledger import Ledger
     from lockgate.policytest import diff_decisions
 
-    agents = _agents()
+    agents = agents_for_policies()
     candidate = _bundle(candidate_dir, agents)
     ledger = Ledger(settings.ledger_url)
     try:
         entries = [
-            (e.run_id, datetime.fromisoformat(e.at), json.loads(e.data)) for e in ledger.entries() if e.kind == "decision"
+            (e.run_id, datetime.fromisoformat(e.at), json.loads(e.data))
+            for e in ledger.entries()
+            if e.kind == "decision"
         ]
     finally:
         ledger.dispose()

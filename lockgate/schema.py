@@ -9,12 +9,13 @@ chain keys all of them have (a policy may then name only what every one of them 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from typing import Any
 
 from lockgate.spec import AgentSpec, ToolSpec
 
-__all__ = ["generate_schema"]
+__all__ = ["generate_schema", "merge_schema"]
 
 _LABELS = "{ production: Bool, data_class: String, reversible: Bool, egress: Bool }"
 _HEADER = """\
@@ -135,3 +136,33 @@ def generate_schema(agents: Iterable[AgentSpec]) -> str:
             "};\n"
         )
     return "\n".join(out)
+
+
+_HEAD = re.compile(
+    r'^\s*(?:(?://[^\n]*\n)\s*)*(entity|action|type|namespace)\s+("(?:[^"\\]|\\.)*"|[A-Za-z_][A-Za-z0-9_:]*)'
+)
+
+
+def _declarations(text: str) -> list[tuple[tuple[str, str] | None, str]]:
+    """Top-level declarations of a Cedar schema as ((kind, name) or None, text)."""
+    from lockgate.gates.bundle import split_statements
+
+    out: list[tuple[tuple[str, str] | None, str]] = []
+    for _line, statement in split_statements(text):
+        m = _HEAD.match(statement)
+        out.append(((m.group(1), m.group(2).strip('"')) if m else None, statement))
+    return out
+
+
+def merge_schema(generated: str, written: str | None) -> str:
+    """The generated schema plus what a written `schema.cedarschema` declares that it does not.
+
+    Generated declarations win: a tool's action, args and chain come from its declaration, never
+    from a hand-written copy that may have drifted. A written schema still adds what lockgate does
+    not declare (actions of agents this process does not load, entity types of your own). An
+    entity declaration listing several names (`entity A, B;`) is kept whole."""
+    if not written:
+        return generated
+    have = {key for key, _ in _declarations(generated) if key is not None}
+    extra = [text for key, text in _declarations(written) if key is None or key not in have]
+    return generated if not extra else generated + "\n// From schema.cedarschema:\n" + "\n".join(extra) + "\n"

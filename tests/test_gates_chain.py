@@ -14,7 +14,7 @@ from lockgate.gates.chain import chain_context, resource_entity
 from lockgate.gates.engine import evaluate
 from lockgate.models import CHAIN_RESOURCES, Chain, Decision, GateRequest, GateState, ToolCall
 from lockgate.policies import load_bundle
-from lockgate.schema import generate_schema
+from lockgate.schema import generate_schema, merge_schema
 from lockgate.spec import load_agents
 from tests.conftest import AGENT_MODULES
 
@@ -153,7 +153,11 @@ def test_chain_context_shape_and_bounds() -> None:
     assert merged.calls["refunds.issue"] == 2 and ("Order", "A-1002") in merged.touched["refunds.issue"]
 
 
-def test_shipped_schema_is_the_generated_one() -> None:
+def test_shipped_policies_are_checked_against_the_generated_schema() -> None:
+    # No hand-written schema for tools: the bundle's schema is the one generated from their models;
+    # the shipped schema.cedarschema is that output (`lockgate policy schema`), for readers of the
+    # directory, and adds nothing.
+    assert load_bundle(ROOT / "policies", demo).schema_text == generate_schema(demo.agents())
     assert (ROOT / "policies/schema.cedarschema").read_text() == generate_schema(demo.agents())
 
 
@@ -174,3 +178,17 @@ def test_generated_schema_checks_chain_policies() -> None:
         text = f'@id("b") forbid (principal, action == Action::"refunds.issue", resource) {bad};'
         with pytest.raises(PolicyError):
             PolicyBundle.build({"b.cedar": text}, schema_text=schema)
+
+
+def test_a_written_schema_adds_only_what_the_tools_do_not_declare() -> None:
+    generated = generate_schema(demo.agents())
+    written = (
+        'action "refunds.issue" appliesTo { principal: Agent, resource: Tool, context: {} };\n'
+        "// someone else's tool\n"
+        'action "orders.count" appliesTo { principal: Agent, resource: Tool, context: { run: Run } };\n'
+    )
+    merged = merge_schema(generated, written)
+    assert merged.startswith(generated) and merged.count('action "refunds.issue"') == 1
+    assert 'action "orders.count"' in merged
+    policy = '@id("c") permit (principal, action == Action::"orders.count", resource) when { context.run.tainted };'
+    PolicyBundle.build({"c.cedar": policy}, schema_text=merged)

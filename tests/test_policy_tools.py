@@ -58,7 +58,9 @@ def test_policy_test_passes_on_the_shipped_policies(env: dict[str, str]) -> None
 def test_policy_test_names_each_failure(env: dict[str, str], tmp_path: Path) -> None:
     out = run_cli(env, "policy", "test", str(changed_copy(tmp_path)))
     assert out.returncode == 1, out.stdout + out.stderr
-    assert "FAIL refund-agent.tests.yaml#5: a second refund on an order this run already refunded is denied" in out.stdout
+    assert (
+        "FAIL refund-agent.tests.yaml#5: a second refund on an order this run already refunded is denied" in out.stdout
+    )
     assert "outcome allow, expected deny" in out.stdout
     assert "policies ['refund-agent.issue-refunds'], expected ['refunds.once-per-order']" in out.stdout
     assert "FAIL refund-agent.tests.yaml#1: a small refund runs autonomously" in out.stdout
