@@ -58,3 +58,25 @@ async def test_chain_policy_escalates_and_pending_shows_the_chain(
     assert rows and rows[0]["chain"] == req.chain
     await handle.cancel()
     await finish(handle)
+    audit = await cli(env, "audit", handle.id)
+    assert audit.returncode == 0, audit.stderr
+    assert 'after orders.lookup x1, refunds.issue x1 on Order::"A-1001"' in audit.stdout
+
+
+async def test_the_chain_survives_continue_as_new_and_replays(
+    client: Client, worker_running: str, deps: Any, env: dict[str, str]
+) -> None:
+    steps = [{"tool": "qa.mark", "args": {"label": f"chain-{i}"}} for i in range(12)]
+    handle = await start(client, worker_running, "long-agent", {"steps": steps})
+    assert await finish(handle) is None
+    runs = [wf async for wf in client.list_workflows(f'WorkflowId = "{handle.id}"')]
+    assert len(runs) >= 2, f"the run continued as new ({len(runs)} histories)"
+    decisions = {d["step"]: d for d in ledger_events(deps, handle.id, "decision")}
+    # Every step's request carries the count of the calls before it, across histories.
+    assert [decisions[s]["request"]["state"]["chain"]["calls"].get("qa.mark", 0) for s in range(1, 13)] == list(
+        range(12)
+    )
+    replay = await cli(env, "replay", handle.id, "--json")
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    (report,) = json.loads(replay.stdout)
+    assert report["ok"] and report["decisions"] == 12
