@@ -1,10 +1,12 @@
 """Gate latency with a run's chain in the context (`python -m bench.chain_latency`).
 
-The shipped bundle and demo agents; `refunds.issue` on A-1001 with its own amount each call (the
-finance guard reads it, so every call misses the answer cache: the cost of a decision). Three
+The shipped bundle and demo agents; `refunds.issue` on A-1001 with its own amount each call, in
+every variant (the finance guard reads it, so every call misses the answer cache: the cost of a
+decision). Three
 variants take turns call by call: no chain (the first step of a run), a 100-step chain (lookups and
 refunds over 50 distinct orders: the chain at its resource cap, so as large as it gets), and the same
-100-step chain through a bundle without the chain policy (what the chain costs when no policy reads it).
+100-step chain through a bundle without the chain policy (what the chain costs when no policy reads it),
+and the 100-step chain on an order seen for the first time (the one-off cost of a new resource entity).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ def _chain(steps: int) -> Chain:
     return chain
 
 
-def main(rounds: int = 3000) -> None:
+def main(rounds: int = 2400) -> None:
     agents = load_agents("lockgate.demo.shop,lockgate.demo.incident", entry_points=False)
     agent = agents.get("refund-agent")
     bundle = load_bundle(ROOT / "policies", agents)
@@ -46,18 +48,27 @@ def main(rounds: int = 3000) -> None:
         tool_entities(agents.agents())
     )
     long = _chain(100)
-    variants = {"chain 0 steps": (bundle, Chain()), "chain 100 steps": (bundle, long), "100, unread": (blind, long)}
+    variants = {
+        "chain 0 steps": (bundle, Chain()),
+        "chain 100 steps": (bundle, long),
+        "100, unread": (blind, long),
+        "100, new order": (bundle, long),
+    }
     times: dict[str, list[float]] = {k: [] for k in variants}
     gc.disable()
     for i in range(rounds):
-        for name, (b, chain) in variants.items():
+        for k, (name, (b, chain)) in enumerate(variants.items()):
+            # "new order": a resource the bundle has not seen yet (its entity store is extended once).
+            order = f"N-{i:04d}" if name == "100, new order" else "A-1001"
             request = GateRequest(
                 decision_id=f"d-{i}",
                 run_id="r-1",
                 agent="refund-agent",
                 initiator="erin",
                 step=101,
-                call=ToolCall(tool="refunds.issue", args={"order_id": "A-1001", "amount_cents": 100 + i}),
+                call=ToolCall(
+                    tool="refunds.issue", args={"order_id": order, "amount_cents": 1 + i * len(variants) + k}
+                ),
                 state=GateState(chain=chain),
             )
             start = time.perf_counter()

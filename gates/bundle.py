@@ -449,7 +449,7 @@ class PolicyBundle:
     _parents: dict[EntityUid, list[EntityUid]] | None = None
     _slices: dict[tuple[EntityUid, bool], PolicySlice] = field(default_factory=dict)
     # Entity stores with one request entity added (a tool's declared resource), by that entity.
-    _with_resource: OrderedDict[str, Any] = field(default_factory=OrderedDict)
+    _with_resource: OrderedDict[Any, Any] = field(default_factory=OrderedDict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
@@ -653,7 +653,17 @@ class PolicyBundle:
 
     def _entities_with(self, entity: dict[str, Any]) -> Any:
         """The entity store plus `entity` (unless the store already has its uid), cached."""
-        key = json.dumps(entity, sort_keys=True, separators=(",", ":"))
+        try:
+            # Hashable without JSON (this runs on every call with a declared resource): labels
+            # are flat booleans and strings, parents a short list of uids.
+            key: Any = (
+                _uid(entity["uid"]),
+                tuple(sorted(entity.get("attrs", {}).items())),
+                tuple(_uid(p) for p in entity.get("parents", [])),
+            )
+            hash(key)
+        except (KeyError, TypeError, AttributeError):
+            key = json.dumps(entity, sort_keys=True, separators=(",", ":"))
         with self._lock:
             hit = self._with_resource.get(key)
             if hit is not None:

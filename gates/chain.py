@@ -26,6 +26,7 @@ nothing (the gate sends Cedar only what policies read, and only plain data can b
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from lockgate.models import Chain
@@ -39,27 +40,33 @@ def resource_types(agent: AgentSpec) -> list[str]:
     return sorted({t.resource_type for t in agent.tools if t.resource_type})
 
 
-def chain_context(agent: AgentSpec, chain: Chain, resource: tuple[str, str] | None = None) -> dict[str, Any]:
+def chain_context(
+    agent: AgentSpec,
+    chain: Chain,
+    resource: tuple[str, str] | None = None,
+    only: frozenset[str] | None = None,
+) -> dict[str, Any]:
     """`context.chain` for a call of `agent` whose run has done `chain` (see the module doc).
 
     Every tool of the agent is a key of `calls` (and of `touched`, if it declares a resource) and
     every resource type of its tools a key of `resources` and `distinct`, so a policy can name any
-    of them without a `has` test."""
+    of them without a `has` test. `only` builds just those fields (the ones policies read)."""
     tools = sorted(agent.boundary | chain.calls.keys())
     kinds = sorted(set(resource_types(agent)) | {kind for kind, _ in chain.resources})
     typed = sorted({t.name for t in agent.tools if t.resource_type} | chain.touched.keys())
-    return {
-        "on_resource": sorted(t for t, rs in chain.touched.items() if resource in rs) if resource else [],
-        "calls": {t: chain.calls.get(t, 0) for t in tools},
-        "tools": sorted(chain.calls),
-        "steps": sum(chain.calls.values()),
-        "resources": {k: [i for t, i in chain.resources if t == k] for k in kinds},
-        "touched": {t: [i for _, i in chain.touched.get(t, ())] for t in typed},
-        "distinct": {k: sum(1 for r in chain.resources if r[0] == k) for k in kinds},
-        "data_classes": list(chain.data_classes),
-        "egress": chain.egress,
-        "truncated": chain.truncated,
+    fields: dict[str, Callable[[], Any]] = {
+        "on_resource": lambda: sorted(t for t, rs in chain.touched.items() if resource in rs) if resource else [],
+        "calls": lambda: {t: chain.calls.get(t, 0) for t in tools},
+        "tools": lambda: sorted(chain.calls),
+        "steps": lambda: sum(chain.calls.values()),
+        "resources": lambda: {k: [i for t, i in chain.resources if t == k] for k in kinds},
+        "touched": lambda: {t: [i for _, i in chain.touched.get(t, ())] for t in typed},
+        "distinct": lambda: {k: sum(1 for r in chain.resources if r[0] == k) for k in kinds},
+        "data_classes": lambda: list(chain.data_classes),
+        "egress": lambda: chain.egress,
+        "truncated": lambda: chain.truncated,
     }
+    return {name: make() for name, make in fields.items() if only is None or name in only}
 
 
 def resource_entity(tool: ToolSpec, args: dict[str, Any]) -> dict[str, Any]:

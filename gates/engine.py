@@ -59,16 +59,21 @@ def tool_entities(agents: list[AgentSpec]) -> list[dict[str, Any]]:
     ]
 
 
-def cedar_context(agent: AgentSpec, request: GateRequest) -> dict[str, Any]:
+def cedar_context(
+    agent: AgentSpec, request: GateRequest, *, chain: bool = True, chain_fields: frozenset[str] | None = None
+) -> dict[str, Any]:
     """What policies see as `context`: the call's args and the run's state.
 
     `args` are the call's args as given. They are plain data (the args gate refuses anything
     else, see `cedar_data_problem`): a policy can compare them, but an argument is never an entity
     reference or extension value, so a planner cannot forge `context.args.x in Group::"finance"`
-    or an `ip(...)`. Entities come only from the bundle."""
+    or an `ip(...)`. Entities come only from the bundle.
+
+    `chain=False` leaves out `context.chain`, `chain_fields` builds only those of its fields: the
+    gate leaves out what no policy that can apply reads (plain data, so leaving it out cannot
+    change a decision, and building it costs)."""
     state = request.state
-    tool = agent.tool(request.call.tool)
-    return {
+    out = {
         "args": request.call.args,
         "run": {
             "run_id": request.run_id,
@@ -87,8 +92,12 @@ def cedar_context(agent: AgentSpec, request: GateRequest) -> dict[str, Any]:
             "confidence_source": request.source,
             "approved_groups": list(state.approved_groups),
         },
-        "chain": chain_context(agent, state.chain, tool.resource_of(request.call.args) if tool else None),
     }
+    if chain:
+        tool = agent.tool(request.call.tool)
+        resource = tool.resource_of(request.call.args) if tool else None
+        out["chain"] = chain_context(agent, state.chain, resource, chain_fields)
+    return out
 
 
 def _budget(agent: AgentSpec, state: GateState) -> int:
@@ -169,9 +178,17 @@ def _authorize(
     )
 
 
+def _chain_reads(paths: frozenset[tuple[str, ...]]) -> dict[str, Any]:
+    """Which part of `context.chain` the policies that can apply read (their context `paths`)."""
+    if any(len(p) < 2 and (not p or p[0] == "chain") for p in paths):
+        return {"chain": True, "chain_fields": None}  # the whole context, or the whole chain
+    fields = frozenset(p[1] for p in paths if p[0] == "chain")
+    return {"chain": bool(fields), "chain_fields": fields}
+
+
 def _cedar(bundle: PolicyBundle, agent: AgentSpec, tool: ToolSpec, request: GateRequest) -> Verdict | _Allow:
     action = request.call.tool
-    context = cedar_context(agent, request)
+    context = cedar_context(agent, request, **_chain_reads(bundle.slice_for(action).paths))
     resource = resource_entity(tool, request.call.args)
     result = _authorize(bundle, action, agent.name, resource, context)
     if result.errors:
