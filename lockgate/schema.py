@@ -8,6 +8,7 @@ chain keys all of them have (a policy may then name only what every one of them 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Iterable
@@ -127,12 +128,23 @@ def generate_schema(agents: Iterable[AgentSpec]) -> str:
             users.setdefault(tool.name, []).append(agent)
     kinds = sorted({t.resource_type for t in tools.values() if t.resource_type})
     out = [_HEADER.format(labels=_LABELS, resources="".join(f"entity {k} in [Tool] {_LABELS};\n" for k in kinds))]
+    # One named type per distinct chain shape (the agents sharing a set of tools share it).
+    chains: dict[str, str] = {}
+    owners: dict[str, set[str]] = {}
+    for name in sorted(tools):
+        shape = _chain(users[name])
+        # Named by content: a written schema merged in (`merge_schema`) can never mean another shape.
+        chains.setdefault(shape, "Chain_" + hashlib.sha256(shape.encode()).hexdigest()[:10])
+        owners.setdefault(shape, set()).update(a.name for a in users[name])
+    for shape, type_name in chains.items():
+        out.append(f"// The run's chain (`context.chain`) of {', '.join(sorted(owners[shape]))}.")
+        out.append(f"type {type_name} = {shape};\n")
     for name, tool in sorted(tools.items()):
         resource = tool.resource_type or "Tool"
         out.append(
             f"action {json.dumps(name)} appliesTo {{\n"
             f"  principal: Agent, resource: {resource},\n"
-            f"  context: {{ run: Run, args: {_args(tool)}, chain: {_chain(users[name])} }},\n"
+            f"  context: {{ run: Run, args: {_args(tool)}, chain: {chains[_chain(users[name])]} }},\n"
             "};\n"
         )
     return "\n".join(out)

@@ -80,3 +80,30 @@ async def test_the_chain_survives_continue_as_new_and_replays(
     assert replay.returncode == 0, replay.stdout + replay.stderr
     (report,) = json.loads(replay.stdout)
     assert report["ok"] and report["decisions"] == 12
+
+
+async def test_a_sub_agents_calls_join_the_parents_chain(client: Client, worker_running: str, deps: Any) -> None:
+    child_refund = {"tool": "refunds.issue", "args": {"order_id": "A-1001", "amount_cents": 200}}
+    handle = await start(
+        client,
+        worker_running,
+        "script-agent",
+        {
+            "steps": [
+                {
+                    "tool": "agent.delegate",
+                    "args": {
+                        "agent": "script-agent",
+                        "tools": ["refunds.issue", "refunds.reverse"],
+                        "budget": 1000,
+                        "input": {"steps": [child_refund]},
+                    },
+                },
+                {"tool": "qa.mark", "args": {"label": "after the sub-agent"}},
+            ]
+        },
+    )
+    assert await finish(handle) is None
+    (after,) = [d for d in ledger_events(deps, handle.id, "decision") if d["tool"] == "qa.mark"]
+    chain = after["request"]["state"]["chain"]
+    assert chain["calls"] == {"refunds.issue": 1} and chain["touched"] == {"refunds.issue": [["Order", "A-1001"]]}
