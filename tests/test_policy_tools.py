@@ -50,9 +50,9 @@ def changed_copy(tmp_path: Path) -> Path:
 def test_policy_test_passes_on_the_shipped_policies(env: dict[str, str]) -> None:
     out = run_cli(env, "policy", "test", str(ROOT / "policies"))
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "12 passed, 0 failed" in out.stdout
+    assert "13 passed, 0 failed" in out.stdout
     as_json = json.loads(run_cli(env, "policy", "test", str(ROOT / "policies"), "--json").stdout)
-    assert as_json["failed"] == 0 and len(as_json["cases"]) == 12
+    assert as_json["failed"] == 0 and len(as_json["cases"]) == 13
 
 
 def test_policy_test_names_each_failure(env: dict[str, str], tmp_path: Path) -> None:
@@ -64,7 +64,7 @@ def test_policy_test_names_each_failure(env: dict[str, str], tmp_path: Path) -> 
     assert "outcome allow, expected deny" in out.stdout
     assert "policies ['refund-agent.issue-refunds'], expected ['refunds.once-per-order']" in out.stdout
     assert "FAIL refund-agent.tests.yaml#1: a small refund runs autonomously" in out.stdout
-    assert "10 passed, 2 failed" in out.stdout  # #1 (25.00) now also needs finance
+    assert "11 passed, 2 failed" in out.stdout  # #1 (25.00) now also needs finance
 
 
 def test_policy_test_refuses_a_malformed_case(env: dict[str, str], tmp_path: Path) -> None:
