@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.lockgate-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all lint conformance bench up down status worker clean
+.PHONY: install demo test test-all lint conformance policy-test bench up down status worker clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ lint: $(STAMP)
 # reports either failure as its own exit status 2.
 conformance: $(STAMP)
 	$(BIN)/python -m conformance
+
+# The shipped policies against the test cases kept beside them (policies/*.tests.yaml).
+policy-test: $(STAMP)
+	$(BIN)/lockgate policy check policies
+	$(BIN)/lockgate policy test policies
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run

@@ -404,6 +404,13 @@ def _uid(entity: dict[str, Any]) -> EntityUid:
     return (str(inner["type"]), str(inner["id"]))
 
 
+def _safe_uid(entity: dict[str, Any]) -> EntityUid | None:
+    try:
+        return _uid(entity["uid"])
+    except (KeyError, TypeError):
+        return None
+
+
 def _action_scope(action: dict[str, Any]) -> tuple[str, frozenset[EntityUid] | None]:
     """The scope's operator and the action uids it names (any namespace); None when open."""
     op = action.get("op")
@@ -441,6 +448,9 @@ class PolicyBundle:
     _store: list[dict[str, Any]] | None = None
     _parents: dict[EntityUid, list[EntityUid]] | None = None
     _slices: dict[tuple[EntityUid, bool], PolicySlice] = field(default_factory=dict)
+    # Entity stores with one request entity added (a tool's declared resource), by that entity.
+    _with_resource: OrderedDict[Any, Any] = field(default_factory=OrderedDict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def build(
@@ -600,6 +610,7 @@ class PolicyBundle:
         context: dict[str, Any],
         *,
         without_approval: bool = False,
+        resource_entity: dict[str, Any] | None = None,
     ) -> Answer:
         """Cedar's answer for the action's slice and the part of `context` it reads: the same
         decision, deciding policies and erring policies as Cedar gives for every policy of the
@@ -613,6 +624,10 @@ class PolicyBundle:
             context: Cedar JSON (entity references and extension values in their `__entity` and
                 `__extn` forms).
             without_approval: leave out `@approval` forbids (the gate's second question).
+            resource_entity: the resource as an entity (Cedar JSON) to add to the store for this
+                request: a tool's declared resource, e.g. `Order::"A-1001"` with the tool's risk
+                labels as attributes and `Tool::"<name>"` as parent. It must be `resource`: the
+                answer cache keys on the resource uid (and the action, which names its tool).
 
         Raises:
             Exception: whatever cedarpy raises for input it cannot take (the gate denies).
@@ -631,9 +646,38 @@ class PolicyBundle:
             "resource": {"type": resource[0], "id": resource[1]},
             "context": pruned,
         }
-        answer = piece.answer(cedarpy.is_authorized(request, piece.policies, self.entities))
+        entities = self.entities if resource_entity is None else self._entities_with(resource_entity)
+        answer = piece.answer(cedarpy.is_authorized(request, piece.policies, entities))
         piece.remember(key, answer)
         return answer
+
+    def _entities_with(self, entity: dict[str, Any]) -> Any:
+        """The entity store plus `entity` (unless the store already has its uid), cached."""
+        try:
+            # Hashable without JSON (this runs on every call with a declared resource): labels
+            # are flat booleans and strings, parents a short list of uids.
+            key: Any = (
+                _uid(entity["uid"]),
+                tuple(sorted(entity.get("attrs", {}).items())),
+                tuple(_uid(p) for p in entity.get("parents", [])),
+            )
+            hash(key)
+        except (KeyError, TypeError, AttributeError):
+            key = json.dumps(entity, sort_keys=True, separators=(",", ":"))
+        with self._lock:
+            hit = self._with_resource.get(key)
+            if hit is not None:
+                self._with_resource.move_to_end(key)
+                return hit
+        store = self._entity_store()
+        uid = _uid(entity["uid"])
+        known = any(isinstance(e, dict) and _safe_uid(e) == uid for e in store)
+        built = self.entities if known else cedarpy.Entities.from_json_str(json.dumps([*store, entity]))
+        with self._lock:
+            self._with_resource[key] = built
+            if len(self._with_resource) > 1024:
+                self._with_resource.popitem(last=False)
+        return built
 
     def entity_list(self) -> list[dict[str, Any]]:
         return list(json.loads(self.entities_json)) + list(self.extra_entities)

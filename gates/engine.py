@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from lockgate.gates.bundle import Answer, PolicyBundle, cedar_data_problem
+from lockgate.gates.chain import chain_context, resource_entity
 from lockgate.models import (
     DELEGATE_TOOL,
     MAX_ARGS_BYTES,
@@ -58,15 +59,21 @@ def tool_entities(agents: list[AgentSpec]) -> list[dict[str, Any]]:
     ]
 
 
-def cedar_context(agent: AgentSpec, request: GateRequest) -> dict[str, Any]:
+def cedar_context(
+    agent: AgentSpec, request: GateRequest, *, chain: bool = True, chain_fields: frozenset[str] | None = None
+) -> dict[str, Any]:
     """What policies see as `context`: the call's args and the run's state.
 
     `args` are the call's args as given. They are plain data (the args gate refuses anything
     else, see `cedar_data_problem`): a policy can compare them, but an argument is never an entity
     reference or extension value, so a planner cannot forge `context.args.x in Group::"finance"`
-    or an `ip(...)`. Entities come only from the bundle."""
+    or an `ip(...)`. Entities come only from the bundle.
+
+    `chain=False` leaves out `context.chain`, `chain_fields` builds only those of its fields: the
+    gate leaves out what no policy that can apply reads (plain data, so leaving it out cannot
+    change a decision, and building it costs)."""
     state = request.state
-    return {
+    out = {
         "args": request.call.args,
         "run": {
             "run_id": request.run_id,
@@ -86,6 +93,11 @@ def cedar_context(agent: AgentSpec, request: GateRequest) -> dict[str, Any]:
             "approved_groups": list(state.approved_groups),
         },
     }
+    if chain:
+        tool = agent.tool(request.call.tool)
+        resource = tool.resource_of(request.call.args) if tool else None
+        out["chain"] = chain_context(agent, state.chain, resource, chain_fields)
+    return out
 
 
 def _budget(agent: AgentSpec, state: GateState) -> int:
@@ -146,26 +158,39 @@ def _authorize(
     bundle: PolicyBundle,
     action: str,
     principal: str,
-    resource: str,
+    resource: str | dict[str, Any],
     context: dict[str, Any],
     *,
     without_approval: bool = False,
 ) -> Answer:
-    """Cedar's answer for agent `principal` calling tool `resource` as `Action::"<action>"`, through
-    the bundle's slicing, context pruning and answer cache (`PolicyBundle.authorize`)."""
+    """Cedar's answer for agent `principal` calling tool `action` (`Action::"<action>"`) on
+    `resource` (a tool name for `Tool::"<name>"`, or an entity: the tool's declared resource),
+    through the bundle's slicing, context pruning and answer cache (`PolicyBundle.authorize`)."""
+    entity = None if isinstance(resource, str) or resource["uid"]["type"] == "Tool" else resource
+    uid = ("Tool", resource) if isinstance(resource, str) else (resource["uid"]["type"], resource["uid"]["id"])
     return bundle.authorize(
         ("Agent", principal),
         ("Action", action),
-        ("Tool", resource),
+        uid,
         context,
         without_approval=without_approval,
+        resource_entity=entity,
     )
 
 
-def _cedar(bundle: PolicyBundle, agent: AgentSpec, request: GateRequest) -> Verdict | _Allow:
+def _chain_reads(paths: frozenset[tuple[str, ...]]) -> dict[str, Any]:
+    """Which part of `context.chain` the policies that can apply read (their context `paths`)."""
+    if any(len(p) < 2 and (not p or p[0] == "chain") for p in paths):
+        return {"chain": True, "chain_fields": None}  # the whole context, or the whole chain
+    fields = frozenset(p[1] for p in paths if p[0] == "chain")
+    return {"chain": bool(fields), "chain_fields": fields}
+
+
+def _cedar(bundle: PolicyBundle, agent: AgentSpec, tool: ToolSpec, request: GateRequest) -> Verdict | _Allow:
     action = request.call.tool
-    context = cedar_context(agent, request)
-    result = _authorize(bundle, action, agent.name, action, context)
+    context = cedar_context(agent, request, **_chain_reads(bundle.slice_for(action).paths))
+    resource = resource_entity(tool, request.call.args)
+    result = _authorize(bundle, action, agent.name, resource, context)
     if result.errors:
         # Evaluation errors skip the policy that raised them; a forbid that errors must not let a
         # call through, so any error is a deny.
@@ -178,7 +203,7 @@ def _cedar(bundle: PolicyBundle, agent: AgentSpec, request: GateRequest) -> Verd
     statements = [bundle.by_id(i) for i in ids]
     if all(s is not None and s.approval_group for s in statements):
         # Approval-annotated forbids are the only reason: does anything else stand in the way?
-        rest = _authorize(bundle, action, agent.name, action, context, without_approval=True)
+        rest = _authorize(bundle, action, agent.name, resource, context, without_approval=True)
         if rest.allowed and not rest.errors:
             first = statements[0]
             assert first is not None and first.approval_group
@@ -325,7 +350,7 @@ def evaluate(
             verdict = _args(tool, request)
             if verdict is None:
                 gate = "policy"
-                cedar = _cedar(bundle, agent, request)
+                cedar = _cedar(bundle, agent, tool, request)
                 if isinstance(cedar, Verdict):
                     verdict = cedar
                 else:

@@ -35,6 +35,15 @@ __all__ = [
 SCHEMA = "lockgate.audit/v1"
 
 
+def _chain_note(chain: object) -> str:
+    """`; after orders.lookup x1, refunds.issue x1 on Order::"A-1001"`: the run's chain before the request."""
+    if not isinstance(chain, dict) or not chain.get("calls"):
+        return ""
+    calls = ", ".join(f"{t} x{n}" for t, n in chain["calls"].items())
+    on = f" on {', '.join(chain['resources'][:5])}" if chain.get("resources") else ""
+    return f"; after {calls}{on}"
+
+
 def _summary(kind: str, d: dict[str, Any]) -> str:
     if kind == "run.opened":
         return (
@@ -66,7 +75,7 @@ def _summary(kind: str, d: dict[str, Any]) -> str:
     if kind == "approval.requested":
         return (
             f"approval request {d.get('request_id')} to {d.get('group')} (quorum {d.get('quorum')}), "
-            f"args {str(d.get('args_digest'))[:12]}, expires {d.get('expires_at')}"
+            f"args {str(d.get('args_digest'))[:12]}, expires {d.get('expires_at')}{_chain_note(d.get('chain'))}"
         )
     if kind == "approval.accepted":
         return f"{d.get('verdict')} by {_approver(d)} accepted for request {d.get('request_id')}: {d.get('reason')}"

@@ -95,11 +95,14 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
 # -- policy --------------------------------------------------------------------------------------
 def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
     from lockgate.policies import load_bundle
-    from lockgate.spec import registry
+    from lockgate.policycli import agents_for_policies, cmd_policy_more
 
+    if args.action != "check":
+        return cmd_policy_more(args, settings)
     directory = Path(args.dir) if args.dir else settings.policy_dir
     try:
-        bundle = load_bundle(directory, registry)
+        # Validated against the schema generated from the agents' tools (the demo's when none are configured).
+        bundle = load_bundle(directory, agents_for_policies())
     except PolicyError as err:
         if args.json:
             _print_json({"valid": False, "errors": [f"{directory / p}" for p in err.problems]})
@@ -837,9 +840,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("compensations", cmd_compensations, "compensations that failed and are still outstanding (exit 1 if any)")
     add("reap", cmd_reap, "one pass of the reaper: clean up runs that ended without their own cleanup")
     add("archive", cmd_archive, "one pass of the archiver: keep closed runs' histories beside the ledger")
-    p = add("policy", cmd_policy, "validate policies, schema and entities")
-    p.add_argument("action", choices=["check"])
-    p.add_argument("dir", nargs="?")
+    p = add("policy", cmd_policy, "policies: check, test (cases in DIR/tests), diff CANDIDATE_DIR, schema")
+    p.add_argument("action", choices=["check", "test", "diff", "schema"])
+    p.add_argument("dir", nargs="?", help="policy directory (diff: the candidate bundle's)")
     return parser
 
 

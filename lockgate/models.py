@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "CHAIN_RESOURCES",
     "DELEGATE_TOOL",
     "MAX_ARGS_BYTES",
     "ApprovalAttempt",
@@ -22,6 +23,7 @@ __all__ = [
     "ApprovalSignal",
     "ApprovalVerdict",
     "AuditEvent",
+    "Chain",
     "Decision",
     "DelegateArgs",
     "GateRequest",
@@ -108,6 +110,103 @@ class PlanProposal(BaseModel):
     final_answer: str | None = None
 
 
+# Distinct resources a run's chain remembers per resource type (and per tool): the chain travels in
+# every gate request, history event and ledger row, so it must not grow with the length of the run.
+CHAIN_RESOURCES = 50
+
+
+class Chain(BaseModel):
+    """What the run has done so far, as chain-aware policies see it (`context.chain`), bounded.
+
+    Kept by the workflow from the calls that ran (never a live lookup), sent in every `GateState`
+    and carried across continue-as-new, so a recorded request re-checks exactly.
+
+    Attributes:
+        calls: Per tool, how many calls of it ran in this run (sub-agents' calls included).
+        resources: Distinct resources touched, as (type, id), at most `CHAIN_RESOURCES` per type.
+        touched: Per tool, the distinct resources its calls acted on (same cap per tool).
+        data_classes: The data classes of the tools that ran (`internal`, `regulated`, ...).
+        egress: A tool that sends data out (egress) has run.
+        truncated: Some resource was not remembered because a cap was reached.
+    """
+
+    model_config = _WIRE
+
+    calls: dict[str, int] = Field(default_factory=dict)
+    resources: tuple[tuple[str, str], ...] = ()
+    touched: dict[str, tuple[tuple[str, str], ...]] = Field(default_factory=dict)
+    data_classes: tuple[str, ...] = ()
+    egress: bool = False
+    truncated: bool = False
+
+    def after(self, tool: str, resource: tuple[str, str] | None, data_class: str, egress: bool) -> Chain:
+        """This chain once a call of `tool` on `resource` has run (a new chain: the model is frozen)."""
+        calls = dict(self.calls)
+        calls[tool] = calls.get(tool, 0) + 1
+        resources, touched, truncated = self.resources, dict(self.touched), self.truncated
+        if resource is not None:
+            if resource not in resources:
+                if sum(1 for r in resources if r[0] == resource[0]) < CHAIN_RESOURCES:
+                    resources = (*resources, resource)
+                else:
+                    truncated = True
+            mine = touched.get(tool, ())
+            if resource not in mine:
+                if len(mine) < CHAIN_RESOURCES:
+                    touched[tool] = (*mine, resource)
+                else:
+                    truncated = True
+        classes = self.data_classes if data_class in self.data_classes else (*self.data_classes, data_class)
+        return Chain(
+            calls=calls,
+            resources=resources,
+            touched=touched,
+            data_classes=tuple(sorted(classes)),
+            egress=self.egress or egress,
+            truncated=truncated,
+        )
+
+    def merged(self, other: Chain) -> Chain:
+        """This chain plus a sub-agent's (its calls, resources and flags count for the parent)."""
+        calls = dict(self.calls)
+        for tool, n in other.calls.items():
+            calls[tool] = calls.get(tool, 0) + n
+        resources, touched, truncated = self.resources, dict(self.touched), self.truncated or other.truncated
+        for r in other.resources:
+            if r not in resources:
+                if sum(1 for x in resources if x[0] == r[0]) < CHAIN_RESOURCES:
+                    resources = (*resources, r)
+                else:
+                    truncated = True
+        for tool, rs in other.touched.items():
+            mine = touched.get(tool, ())
+            for r in rs:
+                if r not in mine:
+                    if len(mine) < CHAIN_RESOURCES:
+                        mine = (*mine, r)
+                    else:
+                        truncated = True
+            touched[tool] = mine
+        return Chain(
+            calls=calls,
+            resources=resources,
+            touched=touched,
+            data_classes=tuple(sorted(set(self.data_classes) | set(other.data_classes))),
+            egress=self.egress or other.egress,
+            truncated=truncated,
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """A short, JSON-friendly view for people (pending approvals, audit)."""
+        return {
+            "calls": dict(sorted(self.calls.items())),
+            "resources": [f'{t}::"{i}"' for t, i in self.resources],
+            "data_classes": list(self.data_classes),
+            "egress": self.egress,
+            "truncated": self.truncated,
+        }
+
+
 class GateState(BaseModel):
     """What the stateful gates need to know of the run so far."""
 
@@ -124,6 +223,8 @@ class GateState(BaseModel):
     deadline_at: datetime | None = None
     # When this tool was called before in this run (for rate limits).
     recent_calls: tuple[datetime, ...] = ()
+    # What the run (and its sub-agents) did before this call: `context.chain`.
+    chain: Chain = Chain()
 
 
 class GateRequest(BaseModel):
@@ -339,6 +440,7 @@ class RunCarry(BaseModel):
     saga: tuple[SagaEntry, ...]
     call_times: dict[str, tuple[datetime, ...]]
     generation: int
+    chain: Chain = Chain()
 
 
 class RunInput(BaseModel):
@@ -386,6 +488,7 @@ class RunResult(BaseModel):
     output: dict[str, Any] = Field(default_factory=dict)
     spent: int = 0
     tainted: bool = False
+    chain: Chain = Chain()
 
 
 class ApprovalRequest(BaseModel):
@@ -407,6 +510,8 @@ class ApprovalRequest(BaseModel):
     decision_id: str
     policy_ids: tuple[str, ...] = ()
     approvals: tuple[str, ...] = ()
+    # The run's chain that led to this request (`Chain.summary`), for approvers.
+    chain: dict[str, Any] = Field(default_factory=dict)
 
 
 class ApprovalSignal(BaseModel):

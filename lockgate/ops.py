@@ -158,6 +158,8 @@ async def list_pending(client: Client, agent: str | None = None) -> list[dict[st
                     "approvals": list(req.approvals),
                     "requested_at": req.requested_at.isoformat(),
                     "expires_at": req.expires_at.isoformat(),
+                    # What the run did before this request (the chain policies judged).
+                    "chain": req.chain,
                 }
             )
     out.sort(key=lambda r: (r["requested_at"], r["run_id"]))

@@ -7,13 +7,16 @@ from pathlib import Path
 from lockgate.errors import PolicyError
 from lockgate.gates.bundle import PolicyBundle
 from lockgate.gates.engine import tool_entities
+from lockgate.schema import generate_schema, merge_schema
 from lockgate.spec import AgentRegistry
 
 __all__ = ["load_bundle"]
 
 
 def load_bundle(policy_dir: Path, agents: AgentRegistry | None = None) -> PolicyBundle:
-    """Loads `*.cedar`, `schema.cedarschema` and `entities.json` from `policy_dir`.
+    """Loads `*.cedar`, `schema.cedarschema` and `entities.json` from `policy_dir`. With `agents`,
+    the schema is generated from their tools (`lockgate.schema`), plus what `schema.cedarschema`
+    declares that they do not.
 
     Raises:
         PolicyError: listing every problem as `file:line: message`.
@@ -25,9 +28,14 @@ def load_bundle(policy_dir: Path, agents: AgentRegistry | None = None) -> Policy
         raise PolicyError([f"{policy_dir}: no *.cedar policy files"])
     schema_path = policy_dir / "schema.cedarschema"
     entities_path = policy_dir / "entities.json"
+    schema_text = schema_path.read_text() if schema_path.is_file() else None
+    if agents is not None and agents.agents():
+        # The tools' actions, args and chain context come from their declarations (`lockgate
+        # policy schema`); a written schema.cedarschema adds only what they do not declare.
+        schema_text = merge_schema(generate_schema(agents.agents()), schema_text)
     bundle = PolicyBundle.build(
         policies,
-        schema_text=schema_path.read_text() if schema_path.is_file() else None,
+        schema_text=schema_text,
         entities_json=entities_path.read_text() if entities_path.is_file() else "[]",
         schema_file=str(schema_path.name),
         entities_file=str(entities_path.name),

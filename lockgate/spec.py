@@ -41,6 +41,8 @@ __all__ = [
 
 DataClass = Literal["public", "internal", "regulated"]
 ToolImpl = Callable[[ToolContext, Any], dict[str, Any]]
+# A tool's Cedar resource id from its (validated) args, or None for none.
+ResourceOf = Callable[[dict[str, Any]], "str | None"]
 
 
 class DatabaseSecret(BaseModel):
@@ -89,6 +91,11 @@ class Tool(BaseModel):
         compensation: The tool (or its name) that undoes this one; it gets
             `{"idempotency_key": "<run id>:<step>"}` of the step to undo.
         cost_arg: The argument that is a cost (counted against budgets).
+        resource: The Cedar resource a call acts on, from its args: the name of the argument that
+            holds its id, or a function `args -> id | None`. Cedar then sees e.g. `Order::"A-1001"`
+            as `resource` (a child of `Tool::"<name>"` carrying the tool's risk labels) and the
+            run's chain remembers it. None: `Tool::"<name>"`.
+        resource_type: The resource's Cedar entity type, e.g. `Order` (required with `resource`).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -105,6 +112,8 @@ class Tool(BaseModel):
     egress: bool = False
     compensation: str | None = None
     cost_arg: str | None = None
+    resource: str | ResourceOf | None = Field(default=None, exclude=True, repr=False)
+    resource_type: str | None = Field(default=None, pattern=r"^[A-Z][A-Za-z0-9_]*$")
 
     @model_validator(mode="before")
     @classmethod
@@ -118,6 +127,19 @@ class Tool(BaseModel):
             if isinstance(comp, Tool):
                 data["compensation"] = comp.name
         return data
+
+    @model_validator(mode="after")
+    def _resource_type(self) -> Tool:
+        if (self.resource is None) != (self.resource_type is None):
+            raise ValueError(f"tool {self.name!r}: give resource and resource_type together")
+        return self
+
+    def resource_of(self, args: dict[str, Any]) -> tuple[str, str] | None:
+        """The Cedar resource (type, id) this call acts on, or None (then `Tool::"<name>"`)."""
+        if self.resource is None or self.resource_type is None:
+            return None
+        found = args.get(self.resource) if isinstance(self.resource, str) else self.resource(args)
+        return None if found is None else (self.resource_type, str(found))
 
     @property
     def activity_name(self) -> str:
@@ -150,6 +172,8 @@ def tool(
     egress: bool = False,
     compensation: str | Tool | None = None,
     cost_arg: str | None = None,
+    resource: str | ResourceOf | None = None,
+    resource_type: str | None = None,
 ) -> Callable[[ToolImpl], Tool]:
     """Declares a tool from its implementation `def fn(ctx: ToolContext, args: ArgsModel) -> dict`.
 
@@ -178,6 +202,8 @@ def tool(
             egress=egress,
             compensation=compensation,  # type: ignore[arg-type]
             cost_arg=cost_arg,
+            resource=resource,
+            resource_type=resource_type,
         )
 
     return declare

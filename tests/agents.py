@@ -94,6 +94,20 @@ SCRIPT_AGENT = registry.add(
 )
 
 
+CHAIN_AGENT = registry.add(
+    AgentSpec(
+        name="chain-agent",
+        owner="qa-team",
+        purpose="chain-aware policies: the run's earlier calls decide the next one",
+        tools=refund.TOOLS,
+        input_model=ScriptInput,
+        planner=script_plan,
+        max_steps=8,
+        approval_ttl=timedelta(minutes=2),
+    )
+)
+
+
 LONG_AGENT = registry.add(
     AgentSpec(
         name="long-agent",

@@ -30,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         ApprovalRequest,
         ApprovalVerdict,
         AuditEvent,
+        Chain,
         Decision,
         DelegateArgs,
         GateRequest,
@@ -208,6 +209,8 @@ class AgentWorkflow:
         self._halted = False
         self._halt_reason: str | None = None
         self._call_times: dict[str, list[datetime]] = {}
+        # What the run has done, for chain-aware policies (bounded; see `Chain`).
+        self._chain = Chain()
         self._deadline_at: datetime | None = None
         self._wake = False
         parent = inp.parent
@@ -301,6 +304,7 @@ class AgentWorkflow:
             output={"results": [d["result"] for d in self._done]},
             spent=self._spent,
             tainted=self._tainted,
+            chain=self._chain,
         )
 
     async def _open(self, agent: AgentSpec, inp: RunInput) -> None:
@@ -394,6 +398,7 @@ class AgentWorkflow:
             evaluations=self._evaluations,
             spent=self._spent,
             tainted=self._tainted,
+            chain=self._chain,
             steps=tuple(self._steps[-CARRY_STEPS:]),
             compensated=tuple(self._compensated[-CARRY_STEPS:]),
             done=tuple({k: v for k, v in d.items() if k != "args"} for d in self._done),
@@ -409,6 +414,7 @@ class AgentWorkflow:
         self._steps, self._compensated = list(carry.steps), list(carry.compensated)
         self._done, self._saga = list(carry.done), list(carry.saga)
         self._call_times = {k: list(v) for k, v in carry.call_times.items()}
+        self._chain = carry.chain
         self._generation = carry.generation
 
     def _set_state(self, state: RunState) -> None:
@@ -447,6 +453,7 @@ class AgentWorkflow:
             self._spent += tool.cost_of(call.args)
             self._tainted = self._tainted or tool.data_class == "regulated"
             self._call_times.setdefault(call.tool, []).append(workflow.now())
+            self._chain = self._chain.after(tool.name, tool.resource_of(call.args), tool.data_class, tool.egress)
         self._record(
             _step_record(step, call, request, decision),
             compensation,
@@ -559,6 +566,7 @@ class AgentWorkflow:
                 budget=self._budget,
                 deadline_at=self._deadline_at,
                 recent_calls=self._recent_calls(agent, call.tool),
+                chain=self._chain,
             ),
             compensation=compensation,
             source="engine" if compensation else source,  # type: ignore[arg-type]  # one of the three
@@ -629,6 +637,7 @@ class AgentWorkflow:
             raise _Denied(f"sub-agent {child_id} failed: {message}", kind) from None
         self._spent += result.spent
         self._tainted = self._tainted or result.tainted
+        self._chain = self._chain.merged(result.chain)
         summary = f"sub-agent {child_id} {result.state}: spent {result.spent}"
         self._record(record, False, summary=summary)
         return ToolOutcome(
@@ -669,6 +678,7 @@ class AgentWorkflow:
             expires_at=now + agent.approval_ttl,
             decision_id=decision.decision_id,
             policy_ids=decision.policy_ids,
+            chain=self._chain.summary(),
         )
         self._pending[request.request_id] = request
         self._evidence[request.request_id] = []

@@ -108,7 +108,7 @@ class IncidentInput(BaseModel):
 DB = "shop"
 
 
-@tool("signals.collect", secret=READER)
+@tool("signals.collect", secret=READER, resource="host_id", resource_type="Host")
 def collect_signals(ctx: ToolContext, args: HostArgs) -> dict[str, Any]:
     """Read a host and its open alerts."""
     with ctx.connect(DB) as conn:
@@ -130,7 +130,14 @@ def collect_signals(ctx: ToolContext, args: HostArgs) -> dict[str, Any]:
     }
 
 
-@tool("tickets.open", secret=RESPONDER, production=True, compensation="tickets.close")
+@tool(
+    "tickets.open",
+    secret=RESPONDER,
+    production=True,
+    compensation="tickets.close",
+    resource="host_id",
+    resource_type="Host",
+)
 def open_ticket(ctx: ToolContext, args: TicketArgs) -> dict[str, Any]:
     """Open an incident ticket."""
     with ctx.connect(DB) as conn, conn.transaction():
@@ -160,7 +167,14 @@ def close_ticket(ctx: ToolContext, args: UndoArgs) -> dict[str, Any]:
     return {"summary": f"closed ticket {row[0]}" if row else "no open ticket to close"}
 
 
-@tool("host.quarantine", secret=RESPONDER, production=True, compensation="host.release")
+@tool(
+    "host.quarantine",
+    secret=RESPONDER,
+    production=True,
+    compensation="host.release",
+    resource="host_id",
+    resource_type="Host",
+)
 def quarantine(ctx: ToolContext, args: QuarantineArgs) -> dict[str, Any]:
     """Isolate a host from the network."""
     with ctx.connect(DB) as conn, conn.transaction():
@@ -187,7 +201,7 @@ def release(ctx: ToolContext, args: UndoArgs) -> dict[str, Any]:
     return {"summary": f"released {row[0]}" if row else "no quarantine to release"}
 
 
-@tool("oncall.page", secret=READER, egress=True)
+@tool("oncall.page", secret=READER, egress=True, resource="host_id", resource_type="Host")
 def page_oncall(ctx: ToolContext, args: PageArgs) -> dict[str, Any]:
     """Page the host's owning team."""
     with ctx.connect(DB) as conn, conn.transaction():

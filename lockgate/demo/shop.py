@@ -113,7 +113,7 @@ SHOP_DB = "shop"
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
 
-@tool("orders.lookup", secret=READER)
+@tool("orders.lookup", secret=READER, resource="order_id", resource_type="Order")
 def lookup_order(ctx: ToolContext, args: OrderArgs) -> dict[str, Any]:
     """Read an order and its customer."""
     with ctx.connect(SHOP_DB) as conn:
@@ -132,7 +132,15 @@ def lookup_order(ctx: ToolContext, args: OrderArgs) -> dict[str, Any]:
     }
 
 
-@tool("refunds.issue", secret=REFUNDER, production=True, compensation="refunds.reverse", cost_arg="amount_cents")
+@tool(
+    "refunds.issue",
+    secret=REFUNDER,
+    production=True,
+    compensation="refunds.reverse",
+    cost_arg="amount_cents",
+    resource="order_id",
+    resource_type="Order",
+)
 def issue_refund(ctx: ToolContext, args: RefundArgs) -> dict[str, Any]:
     """Refund (part of) an order."""
     with ctx.connect(SHOP_DB) as conn, conn.transaction():
@@ -185,7 +193,7 @@ def reverse_refund(ctx: ToolContext, args: ReverseArgs) -> dict[str, Any]:
     return {"reversed": True, "refund_id": row[0], "summary": f"reversed refund {row[0]}"}
 
 
-@tool("customers.profile", secret=READER, data_class="regulated")
+@tool("customers.profile", secret=READER, data_class="regulated", resource="order_id", resource_type="Order")
 def customer_profile(ctx: ToolContext, args: OrderArgs) -> dict[str, Any]:
     """Read the customer's profile (PII)."""
     with ctx.connect(SHOP_DB) as conn:
@@ -198,7 +206,7 @@ def customer_profile(ctx: ToolContext, args: OrderArgs) -> dict[str, Any]:
     return {"customer_id": row[0], "name": row[1], "email": row[2], "summary": f"profile of {row[0]} (PII)"}
 
 
-@tool("customer.notify", secret=READER, egress=True)
+@tool("customer.notify", secret=READER, egress=True, resource="order_id", resource_type="Order")
 def notify_customer(ctx: ToolContext, args: NotifyArgs) -> dict[str, Any]:
     """Send the customer a message."""
     with ctx.connect(SHOP_DB) as conn, conn.transaction():
@@ -218,7 +226,14 @@ def notify_customer(ctx: ToolContext, args: NotifyArgs) -> dict[str, Any]:
     return {"sent": True, "summary": f"notified the customer of {args.order_id}"}
 
 
-@tool("accounts.close", secret=REFUNDER, production=True, reversible=False)
+@tool(
+    "accounts.close",
+    secret=REFUNDER,
+    production=True,
+    reversible=False,
+    resource="customer_id",
+    resource_type="Customer",
+)
 def close_account(ctx: ToolContext, args: CloseArgs) -> dict[str, Any]:
     """Close the customer's account."""
     with ctx.connect(SHOP_DB) as conn, conn.transaction():
