@@ -303,7 +303,13 @@ class Ledger:
             self._raw = _RawPool(make_url(url).set(drivername="postgresql").render_as_string(hide_password=False))
         if create:
             self._retire_single_chain_schema()
-            SQLModel.metadata.create_all(self.engine, tables=_TABLES)
+            if self._sqlite:
+                SQLModel.metadata.create_all(self.engine, tables=_TABLES)
+            else:
+                # Workers starting together on a fresh database: one creates the tables at a time.
+                with self.engine.begin() as conn:
+                    conn.execute(text("SELECT pg_advisory_xact_lock(727275)"))
+                    SQLModel.metadata.create_all(conn, tables=_TABLES)
             self.ledger_id: str = self._ensure_id()
         else:
             if not inspect(self.engine).has_table("ledger") or not inspect(self.engine).has_table("ledger_meta"):
