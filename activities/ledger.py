@@ -72,7 +72,9 @@ class LedgerEntry(SQLModel, table=True):
 
     seq: int | None = Field(default=None, primary_key=True)  # insertion order, for display only
     event_key: str = Field(unique=True, index=True)
-    run_id: str = Field(index=True)
+    # No index of its own: a run's entries are its two chains, found by the (chain, chain_seq) index
+    # (one index fewer to maintain on every append).
+    run_id: str
     chain: str
     chain_seq: int
     kind: str
@@ -304,7 +306,13 @@ class Ledger:
             self._raw = _RawPool(make_url(url).set(drivername="postgresql").render_as_string(hide_password=False))
         if create:
             self._retire_single_chain_schema()
-            SQLModel.metadata.create_all(self.engine, tables=_TABLES)
+            if self._sqlite:
+                SQLModel.metadata.create_all(self.engine, tables=_TABLES)
+            else:
+                # Workers starting together on a fresh database: one creates the tables at a time.
+                with self.engine.begin() as conn:
+                    conn.execute(text("SELECT pg_advisory_xact_lock(727275)"))
+                    SQLModel.metadata.create_all(conn, tables=_TABLES)
             self.ledger_id: str = self._ensure_id()
         else:
             if not inspect(self.engine).has_table("ledger") or not inspect(self.engine).has_table("ledger_meta"):
@@ -378,16 +386,23 @@ class Ledger:
             assert row is not None
         return int(row[0]), str(row[1]), bool(row[2]), bool(row[3])
 
-    @_db_call
     def append(self, event_key: str, run_id: str, kind: str, data: dict[str, Any], at: datetime | None = None) -> bool:
         """Appends one entry to its run's chain unless `event_key` is already there. Returns True if
         written. Only the run's own head row is locked: other runs append in parallel."""
-        stamp = (at or datetime.now(UTC)).isoformat()
+        now = datetime.now(UTC).isoformat()
+        stamp = at.isoformat() if at is not None else now
         body = canonical_json(data)
         if not self._sqlite:
-            written = self._append_one_statement(event_key, run_id, kind, stamp, body)
+            try:
+                written = self._append_one_statement(event_key, run_id, kind, stamp, body, now)
+            except _PsycopgOperationalError:
+                written = None  # the retried path below takes over
             if written is not None:
                 return written
+        return self._append(event_key, run_id, kind, stamp, body, now)
+
+    @_db_call
+    def _append(self, event_key: str, run_id: str, kind: str, stamp: str, body: str, now: str) -> bool:
         chain = run_id
         with self.engine.begin() as conn:
             size, prev, closed, dup = self._head(conn, chain, event_key)
@@ -408,14 +423,16 @@ class Ledger:
                 "data": body,
                 "prev": prev,
                 "hash": digest,
-                "rec": datetime.now(UTC).isoformat(),
+                "rec": now,
                 "closing": kind == CLOSING_KIND and chain == run_id,
             }
             conn.execute(_INSERT, row)
             conn.execute(_ADVANCE, row)
         return True
 
-    def _append_one_statement(self, event_key: str, run_id: str, kind: str, stamp: str, body: str) -> bool | None:
+    def _append_one_statement(
+        self, event_key: str, run_id: str, kind: str, stamp: str, body: str, now: str
+    ) -> bool | None:
         """PostgreSQL's hot path: the whole append (lock the run's head row, hash, insert, advance)
         in one statement, one round trip, its own transaction. None: the chain is new or closed
         (the general path handles those)."""
@@ -426,7 +443,7 @@ class Ledger:
             "kind": kind,
             "at": stamp,
             "data": body,
-            "rec": datetime.now(UTC).isoformat(),
+            "rec": now,
             "closing": kind == CLOSING_KIND,
         }
         import psycopg
@@ -472,7 +489,7 @@ class Ledger:
         with Session(self.reader) as session:
             query = select(LedgerEntry).order_by(LedgerEntry.seq)  # type: ignore[arg-type]
             if run_id is not None:
-                query = query.where(LedgerEntry.run_id == run_id)
+                query = query.where(LedgerEntry.chain.in_([run_id, run_id + AFTER_CLOSE]))  # type: ignore[attr-defined]
             return list(session.exec(query).all())
 
     def run_ids_with(self, kind: str) -> list[str]:
@@ -489,7 +506,10 @@ class Ledger:
 
     def chains_of(self, run_id: str) -> list[str]:
         with self.reader.connect() as conn:
-            rows = conn.execute(text("SELECT DISTINCT chain FROM ledger WHERE run_id = :r"), {"r": run_id})
+            rows = conn.execute(
+                text("SELECT DISTINCT chain FROM ledger WHERE chain IN (:a, :b)"),
+                {"a": run_id, "b": run_id + AFTER_CLOSE},
+            )
             return sorted(str(r[0]) for r in rows)
 
     def public_keys(self) -> dict[int, str]:
@@ -661,28 +681,6 @@ class Ledger:
             proofs = self.proofs(chain)
             if entries or proofs:
                 chains.append({"chain": chain, "entries": entries, "proofs": proofs})
-        # Rows that name this run but sit in another chain are shown too (and flagged by the check).
-        with self.reader.connect() as conn:
-            strays = conn.execute(
-                text("SELECT DISTINCT chain FROM ledger WHERE run_id = :r AND chain NOT IN (:a, :b)"),
-                {"r": run_id, "a": run_id, "b": run_id + AFTER_CLOSE},
-            ).all()
-        for (chain,) in strays:
-            with self.reader.connect() as conn:
-                rows = conn.execute(
-                    text(
-                        "SELECT seq, chain, chain_seq, event_key, run_id, kind, at, data, prev_hash, hash, "
-                        "recorded_at FROM ledger WHERE chain = :c AND run_id = :r ORDER BY chain_seq"
-                    ),
-                    {"c": chain, "r": run_id},
-                ).all()
-            chains.append(
-                {
-                    "chain": str(chain),
-                    "entries": [dict(zip(EntryRecord.__dataclass_fields__, r, strict=True)) for r in rows],
-                    "proofs": [],
-                }
-            )
         return {
             "ledger_id": self.ledger_id,
             "run_id": run_id,

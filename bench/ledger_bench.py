@@ -48,6 +48,13 @@ async def appends(b: Bench, levels: tuple[int, ...] = (1, 4, 16), seconds: float
         "chains": _database(b, f"bench_chains_{uuid.uuid4().hex[:6]}"),
         "single_lock": _database(b, f"bench_single_{uuid.uuid4().hex[:6]}"),
     }
+    # Both schemas exist before any writer process opens them.
+    from lockgate.activities.ledger import Ledger
+
+    from bench.ledger_single_lock import SingleLockLedger
+
+    Ledger(urls["chains"], checkpoint_interval=None).dispose()
+    SingleLockLedger(urls["single_lock"]).engine.dispose()
     out: dict[str, Any] = {"seconds": seconds, "levels": {}}
     loop = asyncio.get_running_loop()
     with ProcessPoolExecutor(max(levels), mp_context=multiprocessing.get_context("spawn")) as pool:

@@ -313,8 +313,22 @@ def test_appends_from_many_writers_on_postgres(settings: Settings, anchor: Trans
     with psycopg.connect(settings.pg_dsn.replace("/shop?", "/postgres?"), autocommit=True) as conn:
         conn.execute(f"CREATE DATABASE {name}")
     url = settings.pg_dsn.replace("postgresql://", "postgresql+psycopg://").replace("/shop?", f"/{name}?")
-    ledger = Ledger(url, signer=anchor, checkpoint_interval=0.2)
     errors: list[BaseException] = []
+
+    def start_worker() -> None:
+        try:
+            Ledger(url, checkpoint_interval=None).dispose()
+        except BaseException as err:  # noqa: BLE001
+            errors.append(err)
+
+    # Workers starting together on a fresh database: the schema is created once, without errors.
+    starting = [threading.Thread(target=start_worker) for _ in range(6)]
+    for t in starting:
+        t.start()
+    for t in starting:
+        t.join()
+    assert errors == []
+    ledger = Ledger(url, signer=anchor, checkpoint_interval=0.2)
 
     def writer(w: int) -> None:
         try:
