@@ -49,9 +49,8 @@ async def appends(b: Bench, levels: tuple[int, ...] = (1, 4, 16), seconds: float
         "single_lock": _database(b, f"bench_single_{uuid.uuid4().hex[:6]}"),
     }
     # Both schemas exist before any writer process opens them.
-    from lockgate.activities.ledger import Ledger
-
     from bench.ledger_single_lock import SingleLockLedger
+    from lockgate.activities.ledger import Ledger
 
     Ledger(urls["chains"], checkpoint_interval=None).dispose()
     SingleLockLedger(urls["single_lock"]).engine.dispose()
