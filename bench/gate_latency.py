@@ -35,7 +35,7 @@ from bench.harness import ROOT, percentile
 from lockgate.gates.bundle import EntityUid, PolicyBundle, PolicySlice
 from lockgate.gates.engine import cedar_context, evaluate, tool_entities
 from lockgate.models import GateRequest, GateState, ToolCall
-from lockgate.spec import registry
+from lockgate.spec import load_agents
 
 __all__ = ["build_bundle", "measure"]
 
@@ -101,7 +101,9 @@ def build_bundle(total: int) -> PolicyBundle:
         entities_json=(ROOT / "policies" / "entities.json").read_text(),
     )
     assert len(bundle.statements) == total, (len(bundle.statements), total)
-    return bundle.with_entities(tool_entities(registry.agents()))
+    # The agents a bench worker runs (bench/harness.py AGENT_MODULES): their tools as Cedar entities.
+    agents = load_agents("lockgate.demo.shop,lockgate.demo.incident,bench.agents", entry_points=False)
+    return bundle.with_entities(tool_entities(agents.agents()))
 
 
 def _unsliced(bundle: PolicyBundle) -> UnslicedBundle:

@@ -183,7 +183,6 @@ async def audit_and_replay(b: Bench, target_events: int) -> dict[str, Any]:
     chain, if the workflow continues as new), then times the audit timeline and the replay, against
     the anchor: temporalio's Replayer on a plain history of about as many events."""
     from lockgate import audit
-    from lockgate.spec import registry
 
     # Calibrate events per step on two short runs rather than assume a number.
     probe = {}
@@ -234,7 +233,7 @@ async def audit_and_replay(b: Bench, target_events: int) -> dict[str, Any]:
         # (ii) replay, as `lockgate replay RUN` does it: fetch every history of the run, Replayer,
         # every recorded decision re-evaluated against its recorded bundle.
         t = time.perf_counter()
-        reports = await replay_module.replay(b.client, b.deps.ledger, registry, [run_id], b.client.data_converter)
+        reports = await replay_module.replay(b.client, b.deps.ledger, b.deps.agents, [run_id], b.client.data_converter)
         replays.append(time.perf_counter() - t)
         problems = [p for r in reports for p in r.problems]
         assert not problems, problems
