@@ -24,19 +24,15 @@ from bench.harness import RUN_TIMEOUT, Bench, result_of, say
 from lockgate import worker
 from lockgate.activities.codec import TransitCodec
 from lockgate.bootstrap import PAYLOAD_KEY
-from lockgate.models import RunInput
 
 __all__ = ["codec_overhead"]
 
 
-async def _run(client: Client, queue: str, tool: str, n: int) -> float:
+async def _run(b: Bench, client: Client, queue: str, tool: str, n: int) -> float:
+    run_id = f"bench-codec-{uuid.uuid4().hex[:12]}"
+    inp = b.run_input(tool, n, run_id)  # the initiator's signed start, made before the clock starts
     t0 = time.perf_counter()
-    handle = await client.start_workflow(
-        "lockgate.agent",
-        RunInput(agent=bench_agents.AGENT_NAME, input=bench_agents.bench_input(tool, n), initiator="bench"),
-        id=f"bench-codec-{uuid.uuid4().hex[:12]}",
-        task_queue=queue,
-    )
+    handle = await client.start_workflow("lockgate.agent", inp, id=run_id, task_queue=queue)
     await result_of(handle, RUN_TIMEOUT + n)
     return time.perf_counter() - t0
 
@@ -53,15 +49,15 @@ async def codec_overhead(b: Bench, n1: int, n2: int, reps: int, tool: str = benc
             await stack.enter_async_context(worker.build_worker(client, b.deps, task_queue=queue))
             sides[side] = (client, queue)
         for client, queue in sides.values():  # warm-up: sandbox, pools, the first data key
-            await _run(client, queue, tool, 2)
-            await _run(client, queue, tool, 2)
+            await _run(b, client, queue, tool, 2)
+            await _run(b, client, queue, tool, 2)
         samples: dict[str, dict[int, list[float]]] = {s: {n1: [], n2: []} for s in sides}
         for rep in range(reps):
             order = list(sides) if rep % 2 == 0 else list(reversed(sides))
             for n in (n1, n2):
                 for side in order:
                     client, queue = sides[side]
-                    samples[side][n].append(await _run(client, queue, tool, n))
+                    samples[side][n].append(await _run(b, client, queue, tool, n))
     step_ms = {
         s: [(t2 - t1) / (n2 - n1) * 1000 for t1, t2 in zip(samples[s][n1], samples[s][n2], strict=True)] for s in sides
     }

@@ -212,6 +212,15 @@ def history_decisions(
 
 
 # -- the replayer ----------------------------------------------------------------------------------
+def _replayable(agents: AgentRegistry) -> None:
+    """A Replayer's workflows find their agents in the process-wide registry (a replay has no
+    worker task queue bound): make `agents` the ones they find."""
+    from lockgate.spec import registry
+
+    if agents is not registry:
+        registry.extend(agents.agents())
+
+
 def _replayer(data_converter: Any) -> Any:
     from temporalio.worker import Replayer
 
@@ -343,6 +352,7 @@ async def replay(
     from the server, or from the archive for runs the server no longer has."""
     from lockgate.activities.archive import run_histories
 
+    _replayable(agents)
     bundles = PolicySource(agents, ledger=ledger)
     reports: dict[str, ReplayReport] = {}
     owner: dict[str, str] = {}  # Temporal run id -> run id
@@ -434,6 +444,7 @@ async def replay_files(
     trust: str = "",
 ) -> list[ReplayReport]:
     """Replays exported histories offline: evidence bundles, or plain history JSON (Temporal UI/CLI)."""
+    _replayable(agents)
     from lockgate.export import SCHEMA, verify_bundle
 
     reports = []
