@@ -604,9 +604,8 @@ async def cmd_archive(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def cmd_freeze(args: argparse.Namespace, settings: Settings) -> int:
-    from lockgate.activities.freeze import ALL, FreezeStore
-    from lockgate.identity import sign
-    from lockgate.ops import wake_frozen
+    from lockgate.activities.freeze import ALL
+    from lockgate.ops import set_freeze, wake_frozen
     from lockgate.spec import registry
 
     if args.agent and registry.get(args.agent) is None:
@@ -615,11 +614,7 @@ async def cmd_freeze(args: argparse.Namespace, settings: Settings) -> int:
     frozen = args.command == "freeze"
     session = _session(settings)
     who = session.name
-    if "operators" not in session.groups:
-        raise UserError(f"{who} is not in group operators (freeze and unfreeze are theirs)")
-    signed = sign(session, "freeze" if frozen else "unfreeze", {"scope": scope, "reason": (args.reason or "")[:500]})
-    store = FreezeStore(_ledger(settings))
-    store.set(scope, frozen, by=who, reason=args.reason or "", evidence=signed.model_dump_json())
+    set_freeze(_ledger(settings), session, scope, frozen, args.reason or "")
     woken: list[str] = []
     if not frozen:
         try:

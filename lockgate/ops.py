@@ -26,6 +26,7 @@ __all__ = [
     "parse_input",
     "run_status",
     "send_verdict",
+    "set_freeze",
     "start_run",
     "wait_closed",
     "wake_frozen",
@@ -232,6 +233,22 @@ async def wait_closed(client: Client, run_id: str, timeout: float = 60) -> str:
         if asyncio.get_running_loop().time() > deadline:
             return "running"
         await asyncio.sleep(0.2)
+
+
+def set_freeze(ledger: Any, session: OperatorSession, scope: str, frozen: bool, reason: str = "") -> None:
+    """An operator's freeze or unfreeze of `scope` (an agent, or "*"): a statement signed by them,
+    stored as the row's evidence (workers lift a freeze only on a verified operator's unfreeze).
+
+    Raises:
+        UserError: the person is not in `operators`, or Vault refused to sign.
+    """
+    from lockgate.activities.approvals import OPERATORS
+    from lockgate.activities.freeze import FreezeStore
+
+    if OPERATORS not in session.groups:
+        raise UserError(f"{session.name} is not in group {OPERATORS} (freeze and unfreeze are theirs)")
+    signed = sign(session, "freeze" if frozen else "unfreeze", {"scope": scope, "reason": reason[:500]})
+    FreezeStore(ledger).set(scope, frozen, by=session.name, reason=reason, evidence=signed.model_dump_json())
 
 
 async def wake_frozen(client: Client, agent: str | None) -> list[str]:

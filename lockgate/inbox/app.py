@@ -38,7 +38,7 @@ from temporalio.service import RPCError
 
 from lockgate.config import Settings
 from lockgate.errors import UserError
-from lockgate.identity import OperatorSession, login_userpass, sign
+from lockgate.identity import OperatorSession, login_userpass
 from lockgate.inbox.notify import Notifier
 from lockgate.models import RunStatus
 from lockgate.spec import AgentRegistry, load_agents
@@ -558,11 +558,16 @@ async def halt(request: Request) -> Response:
     return await run_page(request, f"halt sent by {web.person.name}: the run stops, compensates and revokes")
 
 
-def _freeze_store(settings: Settings) -> Any:
-    from lockgate.activities.freeze import FreezeStore
+def _ledger(settings: Settings) -> Any:
     from lockgate.activities.ledger import Ledger
 
-    return FreezeStore(Ledger(settings.ledger_url))
+    return Ledger(settings.ledger_url)
+
+
+def _freeze_store(settings: Settings) -> Any:
+    from lockgate.activities.freeze import FreezeStore
+
+    return FreezeStore(_ledger(settings))
 
 
 async def freeze_page(request: Request, message: str | None = None, status_code: int = 200) -> Response:
@@ -577,7 +582,7 @@ async def freeze(request: Request) -> Response:
     # The same steps as `lockgate freeze/unfreeze`: a signed statement stored as the row's evidence
     # (workers lift a freeze only on a verified operator's unfreeze), then frozen runs are woken.
     from lockgate.activities.freeze import ALL
-    from lockgate.ops import wake_frozen
+    from lockgate.ops import set_freeze, wake_frozen
 
     inbox: Inbox = request.app.state.inbox
     web, form, refused = await _authed_form(request)
@@ -594,11 +599,9 @@ async def freeze(request: Request) -> Response:
     reason = str(form.get("reason", ""))[:500]
     frozen = action == "freeze"
     try:
-        signed = await asyncio.to_thread(sign, person, action, {"scope": scope, "reason": reason})  # type: ignore[arg-type]
+        await asyncio.to_thread(set_freeze, _ledger(inbox.settings), person, scope, frozen, reason)
     except UserError as err:
         return await freeze_page(request, f"refused: {err}", 409)
-    store = _freeze_store(inbox.settings)
-    await asyncio.to_thread(store.set, scope, frozen, by=person.name, reason=reason, evidence=signed.model_dump_json())
     woken: list[str] = []
     if not frozen:
         with contextlib.suppress(UserError, RuntimeError):
