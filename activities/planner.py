@@ -13,11 +13,11 @@ import os
 from typing import Any
 
 import requests
-from lockgate.activities.vault import LeaseForbidden, VaultBroker
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
+from lockgate.activities.vault import LeaseForbidden, VaultBroker
 from lockgate.errors import BAD_INPUT
 from lockgate.models import PlanProposal, PlanRequest, ToolCall
 from lockgate.spec import AgentRegistry, AgentSpec, LLMPlanner
