@@ -319,8 +319,9 @@ class GovernanceActivities:
                 "outstanding_compensations": [e.step for e in request.outstanding],
             },
         )
-        # Seal the run's chain now (final): nothing can be appended to it unnoticed afterwards.
-        self._ledger.seal()
+        # Seal the run's chain (final): nothing can be appended to it unnoticed afterwards. Signed
+        # by the checkpointer within moments, shared with the runs that close meanwhile.
+        self._ledger.seal_soon()
         return revoked
 
     # -- seals -----------------------------------------------------------------------------------

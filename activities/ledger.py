@@ -206,6 +206,8 @@ _db_call = retry(
 
 # Checkpoints: at every run close and at this interval while anything changed.
 CHECKPOINT_INTERVAL = 5.0
+# How long a checkpoint waits after a run closes, so that runs closing together share a signature.
+SEAL_COALESCE = 0.5
 # `verify` counts entries younger than this without a checkpoint as pending, older ones as unproven.
 PENDING_GRACE = 60.0
 
@@ -323,6 +325,7 @@ class Ledger:
         self._signer = signer
         self._checkpoint_lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # a run closed: seal soon (see seal_soon)
         self._thread: threading.Thread | None = None
         if signer is not None and checkpoint_interval:
             self._thread = threading.Thread(
@@ -601,7 +604,14 @@ class Ledger:
         return seq
 
     def _checkpoint_loop(self, interval: float) -> None:
-        while not self._stop.wait(interval):
+        while True:
+            self._wake.wait(interval)
+            if self._stop.is_set():
+                return
+            if self._wake.is_set():
+                # Runs closing meanwhile share this checkpoint's one signature.
+                self._stop.wait(SEAL_COALESCE)
+                self._wake.clear()
             try:
                 self.checkpoint()
             except Exception as err:  # noqa: BLE001 - retried at the next interval; verify shows the gap
@@ -615,6 +625,15 @@ class Ledger:
         except Exception as err:  # noqa: BLE001
             log.warning("ledger: checkpoint at run close failed (the periodic pass retries): %s", err)
             return None
+
+    def seal_soon(self) -> None:
+        """As `seal`, for a run that just closed, without making it wait for Vault's signature:
+        the checkpointer signs within SEAL_COALESCE, one signature for every run closed meanwhile
+        (and `dispose` signs what is still pending). Without a checkpointer, seals now."""
+        if self._thread is None:
+            self.seal()
+            return
+        self._wake.set()
 
     # -- proofs --------------------------------------------------------------------------------
     def proofs(self, chain: str) -> list[dict[str, Any]]:
@@ -801,9 +820,13 @@ class Ledger:
         return report
 
     def dispose(self) -> None:
+        pending = self._wake.is_set()
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+            if pending:
+                self.seal()  # runs closed since the last checkpoint: signed final before we go
         self.engine.dispose()
         self.reader.dispose()
         if not self._sqlite:

@@ -198,10 +198,15 @@ class VaultBroker:
             raise RunMismatch(f"accessor does not match the identity run {run_id} opened: not revoking it")
         accessor = accessor or (record or {}).get("accessor")
         revoked = False
-        if accessor and self.identity_alive(accessor):
+        # With the run's record still there the identity is live (the record goes only after the
+        # revocation): revoke it without asking first. Without a record, only a live one.
+        if accessor and (record is not None or self.identity_alive(accessor)):
             # Vault revokes the token at once and its leases right after (asynchronously).
-            self.client.adapter.post("/v1/auth/token/revoke-accessor", json={"accessor": accessor})
-            revoked = True
+            try:
+                self.client.adapter.post("/v1/auth/token/revoke-accessor", json={"accessor": accessor})
+                revoked = True
+            except hvac.exceptions.InvalidRequest:
+                revoked = False
         if record is not None:
             self.client.secrets.kv.v1.delete_secret(path=f"runs/{run_id}", mount_point=RUNS_MOUNT)
         with self._lock:

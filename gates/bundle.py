@@ -636,7 +636,8 @@ class PolicyBundle:
         pruned = piece.prune(context)
         # No `default=`: a value JSON cannot carry must fail here as it would in Cedar's call,
         # not be cached under the text of something else.
-        key = (principal, resource, json.dumps(pruned, sort_keys=True, separators=(",", ":")) if pruned else "")
+        text = json.dumps(pruned, sort_keys=True, separators=(",", ":")) if pruned else ""
+        key = (principal, resource, text)
         hit = piece.cached(key)
         if hit is not None:
             return hit
@@ -644,7 +645,9 @@ class PolicyBundle:
             "principal": {"type": principal[0], "id": principal[1]},
             "action": {"type": action[0], "id": action[1]},
             "resource": {"type": resource[0], "id": resource[1]},
-            "context": pruned,
+            # The key's text is the context Cedar reads (cedarpy takes it as JSON text): one
+            # serialisation per decision, not two.
+            "context": text or "{}",
         }
         entities = self.entities if resource_entity is None else self._entities_with(resource_entity)
         answer = piece.answer(cedarpy.is_authorized(request, piece.policies, entities))

@@ -38,7 +38,14 @@ __all__ = ["PASSTHROUGH_MODULES", "LockgatePlugin", "workflow_runner"]
 
 # Pure declarations and models the workflow reads: passed through so the sandbox does not
 # re-import them on every run, and so the agent registry is the one the worker filled.
+#
+# lockgate's own workflow module too: the sandbox would otherwise execute it afresh for every run
+# (and keep that copy of its code and classes for as long as the run is cached), which was most
+# of what a governed run cost the worker above a plain one in CPU and memory. Its determinism is
+# kept by construction instead (no I/O, clock, randomness or threads in workflows/: ruff bans
+# them there, see workflows/ruff.toml) and checked by replaying every run the suite made.
 PASSTHROUGH_MODULES = (
+    "lockgate.workflows",
     "lockgate.models",
     "lockgate.spec",
     "lockgate.context",
@@ -71,7 +78,8 @@ class LockgatePlugin(SimplePlugin):
         deps: Ready dependencies (tests and embedders); built from `settings` when omitted.
         services: Run the reaper and the policy watcher beside the worker.
         max_concurrent: Activity slots (and threads: Vault, Postgres and the ledger are sync clients).
-        max_cached_workflows: Sticky cache size (default `LOCKGATE_MAX_CACHED_WORKFLOWS` or 100).
+        max_cached_workflows: Sticky cache size (default `LOCKGATE_MAX_CACHED_WORKFLOWS`, else the
+            worker's own setting: Temporal's default is 1,000).
         reap_interval: Seconds between reaper passes (default `LOCKGATE_REAP_INTERVAL` or 15).
     """
 
@@ -139,13 +147,14 @@ class LockgatePlugin(SimplePlugin):
             )
             config["max_concurrent_activities"] = self._max_concurrent
             config["max_concurrent_local_activities"] = self._max_concurrent
-        # Runs waiting for approval sit in the sticky cache until evicted; a bounded cache keeps a
-        # worker's memory flat however many runs wait (an evicted run replays when it wakes).
-        config["max_cached_workflows"] = (
-            self._max_cached
-            if self._max_cached is not None
-            else int(os.environ.get("LOCKGATE_MAX_CACHED_WORKFLOWS", "100"))
-        )
+        # Runs waiting for approval sit in the sticky cache until evicted; the cache bounds a
+        # worker's memory however many runs wait (an evicted run replays when it wakes). Unless
+        # told otherwise, the worker's own setting (Temporal's default: 1,000) stands.
+        cached = self._max_cached
+        if cached is None and os.environ.get("LOCKGATE_MAX_CACHED_WORKFLOWS"):
+            cached = int(os.environ["LOCKGATE_MAX_CACHED_WORKFLOWS"])
+        if cached is not None:
+            config["max_cached_workflows"] = cached
         return config
 
     def configure_replayer(self, config: ReplayerConfig) -> ReplayerConfig:

@@ -84,7 +84,9 @@ SCRIPT_AGENT = registry.add(
         planner=script_plan,
         max_steps=8,
         budget=25000,
-        approval_ttl=timedelta(seconds=3),
+        approval_ttl=timedelta(
+            seconds=8
+        ),  # short, for expiry tests; long enough for a CLI approval on a loaded machine
         min_confidence=0.5,
         rate_limits={"qa.mark": (3, timedelta(minutes=1))},
         escalations={"budget": "finance", "confidence": "support-leads"},

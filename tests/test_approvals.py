@@ -65,7 +65,7 @@ async def test_every_refusal_path_changes_nothing_and_is_recorded(
     # or for no pending request, verifies as nothing here.
     assert [r["verified"] for r in refused] == [True, True, True, True, False, False]
 
-    # Late: the request expires (3 s for script-agent) and the step is denied.
+    # Late: the request expires (8 s for script-agent) and the step is denied.
     cause = await finish(handle)
     assert isinstance(cause, ApplicationError) and cause.type == errors.APPROVAL_EXPIRED
     assert outside.refunds(handle.id) == []

@@ -275,7 +275,7 @@ async def test_webhooks_announce_open_and_close_and_failures_show(
 async def test_an_expired_request_is_announced_and_the_card_links_to_temporal(
     settings: Settings, client: Client, worker_running: str
 ) -> None:
-    # script-agent's approval requests expire after 3 s; its owner is bob.
+    # script-agent's approval requests expire after 8 s; its owner is bob.
     steps = {"steps": [{"tool": "refunds.issue", "args": {"order_id": "A-1002", "amount_cents": 30000}}]}
     with_ui = settings.model_copy(update={"ui_address": "127.0.0.1:8233"})
     async with receiver() as (url, rec), served_inbox(with_ui, client, webhooks=[url]) as (base, inbox):
@@ -303,7 +303,7 @@ async def test_an_expired_request_is_announced_and_the_card_links_to_temporal(
 async def test_quorum_progress_and_who_it_still_waits_on(
     settings: Settings, client: Client, worker_running: str
 ) -> None:
-    # accounts.close needs 2 of support-leads; script-agent's requests expire after 3 s, so both
+    # accounts.close needs 2 of support-leads; script-agent's requests expire after 8 s, so both
     # people are signed in before the run starts.
     steps = {"steps": [{"tool": "accounts.close", "args": {"customer_id": "C-501", "reason": "customer asked"}}]}
     async with served_inbox(settings, client) as (base, _inbox), _http(base) as carol, _http(base) as dave:

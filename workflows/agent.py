@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
@@ -62,6 +62,8 @@ with workflow.unsafe.imports_passed_through():
 
 __all__ = ["SA_AGENT", "SA_INITIATOR", "SA_PENDING", "SA_STATE", "AgentWorkflow"]
 
+_T = TypeVar("_T")
+
 SA_AGENT = SearchAttributeKey.for_keyword("LockgateAgent")
 SA_STATE = SearchAttributeKey.for_keyword("LockgateState")
 SA_INITIATOR = SearchAttributeKey.for_keyword("LockgateInitiator")
@@ -100,6 +102,15 @@ RUN_CALL: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=30),
     "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=10), non_retryable_error_types=[errors.BAD_INPUT]),
 }
+# RUN_LOCAL: the same, as a local activity. Opening and closing the run identity are the engine's
+# own short calls (Vault, the ledger): run in the worker that runs the workflow task, they cost no
+# extra server round trip (nor a workflow task of their own) per run.
+RUN_LOCAL: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=30),
+    "retry_policy": RUN_CALL["retry_policy"],
+}
+# Runs started before the identity calls became local keep replaying with activities.
+LOCAL_IDENTITY_PATCH = "lockgate-run-identity-local"
 # PLANNER_CALL: a model can be slow or flaky; a malformed answer is not an error (the gate denies it).
 PLANNER_CALL: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=120),
@@ -281,7 +292,7 @@ class AgentWorkflow:
         final: RunState = "completed"
         if failure is not None:
             final = "halted" if isinstance(failure, (asyncio.CancelledError, CancelledError)) else "failed"
-        await workflow.execute_activity(
+        await self._identity_call(
             "run.close",
             RunClose(
                 run_id=self._run_id,
@@ -291,8 +302,7 @@ class AgentWorkflow:
                 reason=self._error,
                 outstanding=tuple(self._outstanding),
             ),
-            result_type=bool,
-            **RUN_CALL,
+            bool,
         )
         self._set_state(final)
         if failure is not None:
@@ -313,7 +323,7 @@ class AgentWorkflow:
         if inp.parent is not None:
             self._deadline_at = min(self._deadline_at, inp.parent.deadline_at)
         ttl = max(1, int((self._deadline_at - workflow.now()).total_seconds()))
-        self._identity = await workflow.execute_activity(
+        self._identity = await self._identity_call(
             "run.open",
             RunOpen(
                 run_id=self._run_id,
@@ -327,9 +337,15 @@ class AgentWorkflow:
                 start=inp.start,
                 input_digest=args_digest(inp.input),
             ),
-            result_type=RunIdentity,
-            **RUN_CALL,
+            RunIdentity,
         )
+
+    async def _identity_call(self, name: str, arg: Any, result_type: type[_T]) -> _T:
+        """`run.open` / `run.close`: a local activity (no server round trip of its own), unless
+        this run began before they were (its history replays with the activity it recorded)."""
+        if workflow.patched(LOCAL_IDENTITY_PATCH):
+            return await workflow.execute_local_activity(name, arg, result_type=result_type, **RUN_LOCAL)
+        return await workflow.execute_activity(name, arg, result_type=result_type, **RUN_CALL)
 
     async def _plan(self, agent: AgentSpec) -> None:
         if agent.script is not None:
