@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import threading
 import time
+from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -42,6 +43,9 @@ def _data(resp: Any) -> dict[str, Any]:
     return dict((body or {}).get("data") or {})
 
 
+# How many runs a broker remembers opening (see VaultBroker._opened).
+OPENED_KEPT = 10_000
+
 RETRYABLE = (
     VaultUnavailable,
     hvac.exceptions.VaultDown,
@@ -74,6 +78,9 @@ class VaultBroker:
         self._client: hvac.Client | None = None
         self._expires = 0.0
         self._run_tokens: dict[str, str] = {}
+        # Records this worker wrote in `open_run`, for its `close_run` (the run's local activities
+        # run on the worker that holds the run): no read back. Bounded; a miss reads Vault.
+        self._opened: OrderedDict[str, dict[str, Any]] = OrderedDict()
         # One connection pool for every client this broker makes: keep-alive to Vault matters on
         # the hot path (a lease per tool call). urllib3's pool is thread-safe.
         self._session = requests.Session()
@@ -158,6 +165,9 @@ class VaultBroker:
         )
         with self._lock:
             self._run_tokens[run_id] = auth["client_token"]
+            self._opened[run_id] = {"accessor": auth["accessor"], "agent": agent, "origin": origin}
+            while len(self._opened) > OPENED_KEPT:
+                self._opened.popitem(last=False)
         return RunIdentity(accessor=auth["accessor"], policies=(policy,), expires_at=expires)
 
     def read_run(self, run_id: str) -> dict[str, Any] | None:
@@ -191,7 +201,10 @@ class VaultBroker:
         (or another accessor) is left alone (RunMismatch). Returns True when an identity was revoked
         by this call.
         """
-        record = self._read_run(run_id)
+        with self._lock:
+            record = self._opened.get(run_id)
+        if record is None:
+            record = self._read_run(run_id)
         if origin is not None and record is not None and record.get("origin") != origin:
             raise RunMismatch(f"run id {run_id} holds another run's identity: not revoking it")
         if origin is not None and record is not None and accessor and record.get("accessor") != accessor:
@@ -211,6 +224,7 @@ class VaultBroker:
             self.client.secrets.kv.v1.delete_secret(path=f"runs/{run_id}", mount_point=RUNS_MOUNT)
         with self._lock:
             self._run_tokens.pop(run_id, None)
+            self._opened.pop(run_id, None)
         return revoked
 
     @_vault_call

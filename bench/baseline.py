@@ -16,7 +16,7 @@ with workflow.unsafe.imports_passed_through():
     # The governed tool call's options (timeouts, heartbeat, retry), shared so both sides match.
     from lockgate.workflows.agent import TOOL_CALL
 
-__all__ = ["NOOP", "PG", "PlainActivities", "PlainInput", "PlainStep", "PlainWorkflow"]
+__all__ = ["NOOP", "PG", "PlainActivities", "PlainInput", "PlainStep", "PlainWaitWorkflow", "PlainWorkflow"]
 
 NOOP = "bench.plain.noop"
 PG = "bench.plain.pg"
@@ -40,6 +40,28 @@ class PlainWorkflow:
         for i in range(inp.n):
             await workflow.execute_activity(inp.activity, PlainStep(i=i), result_type=dict, **TOOL_CALL)
         return inp.n
+
+
+@workflow.defn(name="bench.plain.wait")
+class PlainWaitWorkflow:
+    """The memory anchor: a plain temporalio run that waits for a signal, as a governed run waits
+    for its approval (the plain worker runs it sandboxed, temporalio's default)."""
+
+    def __init__(self) -> None:
+        self._approved = False
+
+    @workflow.run
+    async def run(self) -> bool:
+        await workflow.wait_condition(lambda: self._approved)
+        return True
+
+    @workflow.signal
+    def approve(self) -> None:
+        self._approved = True
+
+    @workflow.query
+    def waiting(self) -> bool:
+        return not self._approved
 
 
 class PlainActivities:

@@ -57,28 +57,46 @@ async def sequential(b: Bench, n1: int, n2: int, reps: int) -> dict[str, Any]:
 
 # -- 2. throughput ---------------------------------------------------------------------------------
 async def throughput(
-    b: Bench, levels: tuple[int, ...], steps: int, min_runs: int, runs_per_level: int
+    b: Bench, levels: tuple[int, ...], steps: int, min_runs: int, runs_per_level: int, rounds: int = 3
 ) -> dict[str, Any]:
     """Tool calls per second with C runs in flight at all times (closed loop), governed vs plain, for
     the no-secret tool (a). Each run makes `steps` calls; a governed run also opens and closes its
-    run identity, which is part of what governance costs per run."""
-    out: dict[str, Any] = {"steps_per_run": steps, "tool": bench_agents.NOOP}
+    run identity, which is part of what governance costs per run.
+
+    The machine is noisy: governed and plain windows alternate (the order swapped every round),
+    `rounds` times per level; the figure is the median of the rounds' ratios, with their spread."""
+    out: dict[str, Any] = {"steps_per_run": steps, "tool": bench_agents.NOOP, "rounds": rounds}
     for c in levels:
         total = max(min_runs, runs_per_level * c)
-        gov = await closed_loop(c, total, lambda: b.governed(bench_agents.NOOP, steps))
-        plain = await closed_loop(c, total, lambda: b.plain(baseline.NOOP, steps))
+        sides = {
+            "governed": lambda: b.governed(bench_agents.NOOP, steps),
+            "plain": lambda: b.plain(baseline.NOOP, steps),
+        }
+        # One short window each first: the level's concurrency warms pools and caches on both sides.
+        for one in sides.values():
+            await closed_loop(c, c, one)
+        seconds: dict[str, list[float]] = {"governed": [], "plain": []}
+        for r in range(rounds):
+            for side in list(sides) if r % 2 == 0 else list(reversed(sides)):
+                seconds[side].append(await closed_loop(c, total, sides[side]))
+        ratios = sorted(p / g for g, p in zip(seconds["governed"], seconds["plain"], strict=True))
+        gov, plain = median(seconds["governed"]), median(seconds["plain"])
         res = {
             "runs": total,
             "calls": total * steps,
-            "governed_s": gov,
-            "plain_s": plain,
+            "governed_s": seconds["governed"],
+            "plain_s": seconds["plain"],
             "governed_cps": total * steps / gov,
             "plain_cps": total * steps / plain,
+            "ratios": ratios,
+            "ratio": median(ratios),
+            "ratio_min": ratios[0],
+            "ratio_max": ratios[-1],
         }
-        res["ratio"] = res["governed_cps"] / res["plain_cps"]
         say(
             f"throughput c={c}: governed {res['governed_cps']:.1f} calls/s, plain {res['plain_cps']:.1f} "
-            f"calls/s, ratio {res['ratio']:.2f}x ({total} runs x {steps} calls)"
+            f"calls/s, ratio {res['ratio']:.2f}x (rounds {', '.join(f'{x:.2f}' for x in ratios)}; "
+            f"{total} runs x {steps} calls each)"
         )
         out[str(c)] = res
     return out

@@ -22,7 +22,7 @@ import bench.agents as bench_agents
 from bench.harness import ROOT, RUN_TIMEOUT, Bench, result_of, say
 from lockgate.models import ApprovalRequest
 
-__all__ = ["CHILDREN", "worker_rss"]
+__all__ = ["CHILDREN", "plain_rss", "worker_rss"]
 
 # Subprocesses this bench started and has not yet reaped: run.py stops them in its finally.
 CHILDREN: list[subprocess.Popen[bytes]] = []
@@ -179,3 +179,103 @@ async def worker_rss(
         t = time.monotonic()
         await _gather_limited(50, [end(r) for r in started])
         say(f"memory: terminated {len(started)} waiting runs in {time.monotonic() - t:.1f}s")
+
+
+async def plain_rss(b: Bench, waiting: int, log_dir: Path, *, cache: int, timeout: float = 300) -> dict[str, Any]:
+    """The anchor of the memory figure: the same measurement for a plain temporalio worker process
+    (`bench.plain_worker`, sandboxed, the same sticky cache size) with `waiting` plain runs each
+    waiting for a signal. Every run is queried once it is started, so it is in the worker's cache
+    when RSS is read (a query is answered by the worker that holds the run)."""
+    queue = f"bench-plainmem-{uuid.uuid4().hex[:8]}"
+    tag = f"bench-plainmem-{uuid.uuid4().hex[:8]}"
+    env = {
+        **b.env,
+        "TEMPORAL_ADDRESS": b.settings.temporal_address or "localhost:7233",
+        "TEMPORAL_NAMESPACE": b.settings.namespace or "default",
+        "BENCH_QUEUE": queue,
+        "BENCH_MAX_CACHED": str(cache),
+        "PYTHONPATH": str(ROOT),
+    }
+    log = log_dir / f"plain-worker-{queue}.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.plain_worker"], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
+        )
+    CHILDREN.append(proc)
+    started: list[str] = []
+    try:
+
+        async def start(k: int) -> Any:
+            handle = await b.client.start_workflow(
+                "bench.plain.wait", id=f"{tag}-{k:05d}", task_queue=queue, result_type=bool
+            )
+            started.append(handle.id)
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    if await handle.query("waiting", result_type=bool):
+                        return handle
+                except Exception:  # not yet picked up by the worker: asked again
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"plain worker subprocess died; see {log}") from None
+                    if time.monotonic() > deadline:
+                        raise
+                await asyncio.sleep(0.1)
+
+        # Warm-up as for the governed worker: runs that wait, then finish.
+        warm = await _gather_limited(10, [start(100_000 + k) for k in range(20)])
+        for handle in warm:
+            await handle.signal("approve")
+            await result_of(handle, RUN_TIMEOUT)
+        await asyncio.sleep(1.0)
+        before = await _rss(proc)
+        t0 = time.monotonic()
+        await _gather_limited(50, [start(k) for k in range(waiting // 2)])
+        await asyncio.sleep(2.0)
+        half = await _rss(proc)
+        await _gather_limited(50, [start(k) for k in range(waiting // 2, waiting)])
+        await asyncio.sleep(2.0)
+        after = await _rss(proc)
+        growth = after - before
+        out = {
+            "waiting_runs": waiting,
+            "cache": cache,
+            "rss_before_mib": before / _MiB,
+            "rss_half_mib": half / _MiB,
+            "rss_after_mib": after / _MiB,
+            "growth_mib": growth / _MiB,
+            "growth_kib_per_run": growth / 1024 / waiting,
+            "second_half_kib_per_run": (after - half) / 1024 / (waiting - waiting // 2),
+            "seconds_to_all_waiting": time.monotonic() - t0,
+        }
+        say(
+            f"memory (plain temporalio, sandboxed): {waiting} runs waiting; RSS {before / _MiB:.1f} -> "
+            f"{after / _MiB:.1f} MiB ({out['growth_kib_per_run']:.1f} KiB/run)"
+        )
+        return out
+    finally:
+        stop(proc)
+
+        async def end(run_id: str) -> None:
+            try:
+                await b.client.get_workflow_handle(run_id).terminate("bench: memory figure done")
+            except Exception:  # noqa: BLE001, S110 - already closed
+                pass
+
+        await _gather_limited(50, [end(r) for r in started])
+
+
+async def per_cached_run(b: Bench, waiting: int, log_dir: Path) -> dict[str, Any]:
+    """Memory per cached waiting run, governed vs plain temporalio, in the same bench run with the
+    same worker settings (sticky cache = `waiting`, so every waiting run stays cached)."""
+    plain = await plain_rss(b, waiting, log_dir, cache=waiting)
+    governed = await worker_rss(b, waiting, log_dir, cache=waiting)
+    return {
+        "waiting_runs": waiting,
+        "cache": waiting,
+        "governed": governed,
+        "plain": plain,
+        "governed_kib_per_run": governed["growth_kib_per_run"],
+        "plain_kib_per_run": plain["growth_kib_per_run"],
+        "ratio": governed["growth_kib_per_run"] / plain["growth_kib_per_run"],
+    }
