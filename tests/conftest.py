@@ -34,7 +34,14 @@ from lockgate.testing import LocalStack
 ROOT = Path(__file__).resolve().parent.parent
 
 # The agents the test stack is bootstrapped for and its workers run.
-AGENT_MODULES = "lockgate.demo.shop,lockgate.demo.incident,tests.agents,examples.report_agent"
+AGENT_MODULES = (
+    "lockgate.demo.shop,lockgate.demo.incident,tests.agents,examples.report_agent,"
+    "examples.pydantic_ai_agent,examples.openai_agents_agent"
+)
+
+
+# The drop-in examples' policies (examples/pydantic_ai_agent.py, examples/openai_agents_agent.py).
+DROPIN_POLICIES = ("bank-support", "airline")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -57,9 +64,13 @@ def policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copy(item, target / item.name)
     shutil.copy(ROOT / "tests" / "policies" / "test-agents.cedar", target / "test-agents.cedar")
     shutil.copy(ROOT / "examples" / "policies" / "report-agent.cedar", target / "report-agent.cedar")
+    for name in DROPIN_POLICIES:
+        shutil.copy(ROOT / "examples" / "policies" / f"{name}.cedar", target / f"{name}.cedar")
     with open(target / "schema.cedarschema", "a") as schema:
         schema.write((ROOT / "tests" / "policies" / "test-schema.cedarschema").read_text())
         schema.write((ROOT / "examples" / "policies" / "report-agent.cedarschema").read_text())
+        for name in DROPIN_POLICIES:
+            schema.write((ROOT / "examples" / "policies" / f"{name}.cedarschema").read_text())
     return target
 
 

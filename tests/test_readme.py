@@ -47,3 +47,20 @@ async def test_the_walkthrough(env: dict[str, str], worker_running: str) -> None
     assert audit.returncode == 0
     for needle in ("report-agent.all-needs-finance", "approve by alice accepted", "lease issued", "lease revoked"):
         assert needle in audit.stdout, needle
+
+
+def test_the_dropin_section_matches_the_example() -> None:
+    """The README's "Govern your existing agent" snippet is the example's own declaration, and the
+    names it uses exist in lockgate's public surface."""
+    import lockgate.dropin
+    from examples import pydantic_ai_agent
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Govern your existing agent", 1)[1].split("\n## ", 1)[0]
+    for name in ("Govern", "Governance", "current_call", "current_secret", "PATCH_ID"):
+        assert hasattr(lockgate.dropin, name), name
+    assert f'workflow.patched("{lockgate.dropin.PATCH_ID}")' in section
+    declared = pydantic_ai_agent.GOVERNANCE
+    assert declared.agents == ("support_agent",) and set(declared.tools) == {"customer_balance", "block_card"}
+    assert '"customer_balance": Govern(secret=BANK_READER)' in section
+    assert "compensation=unblock_card" in section and "LockgatePlugin(govern=[GOVERNANCE])" in section
