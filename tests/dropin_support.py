@@ -10,17 +10,21 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
-from temporalio.client import WorkflowHandle
+from temporalio.client import Client, WorkflowHandle
 
 from lockgate.config import Settings
 from lockgate.models import ApprovalAttempt, ApprovalRequest
 from lockgate.ops import send_verdict
 
 
-async def approve(handle: WorkflowHandle[Any, Any], request: ApprovalRequest, approver: str) -> ApprovalAttempt:
-    """The one place these tests approve: lockgate's operator API (signal `approve`, wait for the
-    run's verdict). Swap it when approvals become signed-statement updates."""
-    return await send_verdict(handle._client, handle.id, request.request_id, approver=approver, approve=True)
+async def approve(
+    client: Client, handle: WorkflowHandle[Any, Any], request: ApprovalRequest, approver: str, *, approve: bool = True
+) -> ApprovalAttempt:
+    """`approver` approves (or rejects) as `lockgate approve` and the inbox do: logged in, a Transit-
+    signed statement bound to the run, request, decision and args digest, sent as an update."""
+    from tests.conftest import person
+
+    return await send_verdict(client, handle.id, request.request_id, session=person(approver), approve=approve)
 
 
 async def pending_of(handle: WorkflowHandle[Any, Any], timeout: float = 30) -> ApprovalRequest:

@@ -101,7 +101,7 @@ async def test_exit_row_waits_for_a_lead(app: tuple[Client, str], deps: Any, set
     assert (request.tool, request.group, request.agent) == ("update_seat", "support-leads", "seat-booking-agent")
     assert [p["request_id"] for p in await list_pending(client) if p["run_id"] == handle.id] == [request.request_id]
     assert seat(settings, "ABC123") == "22F"
-    assert (await approve(handle, request, "dave")).accepted
+    assert (await approve(client, handle, request, "dave")).accepted
     await handle.result()
     assert seat(settings, "ABC123") == "4C"
 

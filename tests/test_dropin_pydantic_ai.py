@@ -97,9 +97,9 @@ async def test_fraud_block_waits_for_a_lead_then_runs(
             (request.request_id, "block_card", "support-leads")
         ]
         assert not blocked(settings, 123)
-        refused = await approve(handle, request, "mallory")
+        refused = await approve(client, handle, request, "mallory")
         assert not refused.accepted and "not in group" in refused.reason
-        accepted = await approve(handle, request, "carol")
+        accepted = await approve(client, handle, request, "carol")
         assert accepted.accepted
         output = await handle.result()
     assert output.block_card and blocked(settings, 123)

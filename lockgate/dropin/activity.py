@@ -12,7 +12,7 @@ import asyncio
 import contextvars
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from temporalio import activity
@@ -26,7 +26,7 @@ from lockgate.dropin.models import DropinCall, DropinVerdict, jsonable
 from lockgate.dropin.spec import DENIAL_DEFAULT, Denial
 from lockgate.errors import BAD_INPUT, LEASE_FORBIDDEN, TOOL_DENIED, TOOL_FAILED, LockgateError
 from lockgate.gates.bundle import PolicyBundle
-from lockgate.models import GateRequest, LeaseRef, args_digest
+from lockgate.models import GateRequest, LeaseRef, RunIdentity, RunOpen, args_digest
 from lockgate.spec import AgentRegistry
 
 __all__ = ["DropinActivities", "NoSecret", "current_call", "current_secret"]
@@ -82,7 +82,9 @@ class DropinActivities:
         bundle: Callable[[], PolicyBundle],
         denials: dict[str, Denial] | None = None,
         resources: Resources | None = None,
+        governed: frozenset[str] = frozenset(),
     ) -> None:
+        self._governed = governed  # the lockgate agent names of the governed apps' agents
         self._resources = resources or Resources()
         self._denials = denials or {}
         self._governance = governance
@@ -101,6 +103,24 @@ class DropinActivities:
             if mode in ("fail", "retry"):
                 return mode  # type: ignore[return-value]  # checked just above
         return tool_default
+
+    @activity.defn(name="dropin.open")
+    def open_run(self, request: RunOpen) -> RunIdentity:
+        """A governed app's run opens its Vault identity at its first governed call. Only for the
+        governed apps' agents, from their own workflows: never a lockgate agent run (those need a
+        person's signed start, `run.open`), never a sub-agent."""
+        info = activity.info()
+        if info.workflow_type == "lockgate.agent" or request.agent not in self._governed:
+            raise ApplicationError(
+                f"dropin.open is only for the governed apps' own workflows, not {request.agent!r} in {info.workflow_type}",
+                type=BAD_INPUT,
+                non_retryable=True,
+            )
+        if request.parent is not None or request.parent_run_id is not None or request.start is not None:
+            raise ApplicationError(
+                "a drop-in run has no parent and no signed start", type=BAD_INPUT, non_retryable=True
+            )
+        return self._governance.open_identity(request, signed_start=False)
 
     @activity.defn(name="dropin.gate")
     def gate(self, request: GateRequest) -> DropinVerdict:
@@ -238,7 +258,7 @@ def _summary(result: Any) -> str:
     return text if len(text) <= 200 else text[:200] + "…"
 
 
-def bind_named(fn: Callable[..., Any] | None, values: list[Any] | tuple[Any, ...], names: set[str]) -> dict[str, Any]:
+def bind_named(fn: Callable[..., Any] | None, values: Sequence[Any], names: set[str]) -> dict[str, Any]:
     """An activity's positional args by parameter name, only those the gate saw (`names`)."""
     if fn is None:
         return {}

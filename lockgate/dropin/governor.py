@@ -2,11 +2,15 @@
 
 It runs inside the app's own workflow (installed by the worker interceptor), so everything here is
 deterministic: every decision comes from an activity (`dropin.gate`, recorded in history with its
-policy bundle hash), approvals arrive as signals, and the run's lifecycle (Vault identity, saga,
-close) is commands in the app's history. It speaks the same conventions as lockgate's own agent
-workflow, so `lockgate pending | approve | reject | status | halt | audit` work on these runs too:
-search attributes `LockgateAgent`/`LockgateState`/`LockgatePending`, memo `pending`, signals
-`approve`/`reject`/`halt`/`unfreeze`, queries `pending_approvals`/`approval_attempt`/`status`.
+policy bundle hash), and the run's lifecycle (Vault identity, saga, close) is commands in the app's
+history. Approvals are lockgate's own (`ApprovalDesk`, shared with workflows/agent.py): signed
+statements arriving as `approve`/`reject` updates (or raw signals, judged the same way), verified by
+the `approval.verify` activity against the exact run, request, decision and args digest, and handed
+to the deciding activity as `GateRequest.approvals`, which verifies them again. It speaks the same
+conventions as lockgate's own agent workflow, so `lockgate pending | approve | reject | status |
+halt | audit` and the inbox work on these runs too: search attributes `LockgateAgent` /
+`LockgateState` / `LockgatePending`, memo `pending`, updates `approve`/`reject`/`halt`, signals
+`approve`/`reject`/`unfreeze`, queries `pending_approvals`/`approval_attempt`/`status`.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import SearchAttributePair
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
@@ -27,8 +30,8 @@ with workflow.unsafe.imports_passed_through():
     from lockgate.models import (
         ApprovalAttempt,
         ApprovalRequest,
-        ApprovalSignal,
         AuditEvent,
+        Chain,
         Decision,
         GateRequest,
         GateState,
@@ -43,8 +46,8 @@ with workflow.unsafe.imports_passed_through():
         ToolInvocation,
         ToolOutcome,
         args_digest,
-        redact_args,
     )
+    from lockgate.people import SignedStatement
     from lockgate.spec import Agent
     from lockgate.workflows.agent import (
         AUDIT_CALL,
@@ -57,6 +60,7 @@ with workflow.unsafe.imports_passed_through():
         SA_STATE,
         TOOL_CALL,
     )
+    from lockgate.workflows.approvals import ApprovalDesk, CallDenied
 
 __all__ = ["Denied", "RunGovernor"]
 
@@ -67,16 +71,15 @@ T = TypeVar("T")
 UNKNOWN_INITIATOR = "app"
 
 
-class Denied(Exception):
+class Denied(CallDenied):
     """A governed call that will not run: denied, rejected or expired. `on_deny` says what to do."""
 
     def __init__(self, message: str, kind: str, on_deny: Denial) -> None:
-        super().__init__(message)
-        self.kind = kind
+        super().__init__(message, kind)
         self.on_deny = on_deny
 
 
-class RunGovernor:
+class RunGovernor(ApprovalDesk):
     """The governed part of one workflow execution (created lazily by the interceptor)."""
 
     def __init__(self) -> None:
@@ -96,15 +99,15 @@ class RunGovernor:
         self._outstanding: list[SagaEntry] = []
         self._steps: list[StepRecord] = []
         self._compensated: list[StepRecord] = []
-        self._pending: dict[str, ApprovalRequest] = {}
-        self._approvers: dict[str, tuple[str, ...]] = {}
-        self._verdicts: dict[str, str] = {}
-        self._attempts: dict[str, ApprovalAttempt] = {}
+        # Pending requests, verdicts, signed evidence, halted: lockgate's own (workflows/approvals.py).
+        self._init_approvals()
+        self._chain = Chain()
+        # Set by the interceptor: what stops the app's own workflow code when a verified halt lands.
+        self.on_halt: Callable[[], object] | None = None
         self._in_flight = 0
         self._spent = 0
         self._tainted = False
         self._call_times: dict[str, list[datetime]] = {}
-        self._halt_reason: str | None = None
         self._wake = False
         self._error: str | None = None
 
@@ -123,11 +126,19 @@ class RunGovernor:
 
     # -- handlers ----------------------------------------------------------------------------------
     def install_handlers(self) -> None:
-        """Signal and query handlers the CLI uses, unless the app's workflow defines the same names."""
+        """The handlers the CLI and the inbox use (the same as lockgate's agent workflow), unless the
+        app's workflow defines the same names."""
+        updates: tuple[tuple[str, Callable[..., Any]], ...] = (
+            ("approve", self._approve_update),
+            ("reject", self._reject_update),
+            ("halt", self._halt_update),
+        )
+        for name, update_handler in updates:
+            if workflow.get_update_handler(name) is None:
+                workflow.set_update_handler(name, update_handler)
         for name, signal_handler in (
-            ("approve", self._approve),
-            ("reject", self._reject),
-            ("halt", self._halt),
+            ("approve", self._approve_signal),
+            ("reject", self._reject_signal),
             ("unfreeze", self._unfreeze),
         ):
             if workflow.get_signal_handler(name) is None:
@@ -158,6 +169,8 @@ class RunGovernor:
         """
         if not self.enabled():
             return await run(DropinCall(mode="legacy"))
+        if self._halted:
+            raise asyncio.CancelledError()
         await self._open(agent)
         assert self._agent is not None
         self._step += 1
@@ -170,9 +183,9 @@ class RunGovernor:
             # are idempotent, so undoing a step that never happened is a no-op).
             self._saga.append(SagaEntry(step=step, tool=spec.compensation, args={"idempotency_key": key}))
             self._saga_agents[step] = agent
-        approved: tuple[str, ...] = ()
+        approvals: tuple[SignedStatement, ...] = ()
         while True:
-            request = self._request(agent, call, step, approved)
+            request = self._request(agent, call, step, approvals)
             verdict = await workflow.execute_local_activity(
                 "dropin.gate", request, result_type=DropinVerdict, **GATE_CALL
             )
@@ -184,16 +197,18 @@ class RunGovernor:
                 continue
             try:
                 if decision.outcome == "approval":
-                    approved = await self._approval(agent, call, step, decision, approved, verdict.on_deny)
+                    # Signed approvals as evidence: `dropin.gate` (and every attempt) verifies them.
+                    approvals = await self._approval(agent, call, step, decision, approvals)
                     continue
-                raise Denied(
-                    f"{tool} denied by {decision.gate}: {'; '.join(decision.reasons)}",
-                    errors.TOOL_DENIED,
-                    verdict.on_deny,
+                raise CallDenied(
+                    f"step {step} {tool} denied by {decision.gate}: {'; '.join(decision.reasons)}", errors.TOOL_DENIED
                 )
-            except Denied as denied:
+            except CallDenied as denied:
                 self._drop_saga(step)
                 self._record(step, call, request, decision, error=str(denied))
+                raise Denied(str(denied), denied.kind, verdict.on_deny) from None
+            except (asyncio.CancelledError, CancelledError):
+                self._drop_saga(step)  # halted while waiting: the tool never ran
                 raise
         header = DropinCall(
             mode="governed",
@@ -212,6 +227,7 @@ class RunGovernor:
         if spec is not None:
             self._spent += spec.cost_of(args)
             self._tainted = self._tainted or spec.data_class == "regulated"
+            self._chain = self._chain.after(spec.name, spec.resource_of(args), spec.data_class, spec.egress)
         self._call_times.setdefault(tool, []).append(workflow.now())
         self._record(step, call, request, decision)
         if not activity:
@@ -239,7 +255,7 @@ class RunGovernor:
         else:
             self._saga = [e for e in self._saga if e.step != step]
 
-    def _request(self, agent: Agent, call: ToolCall, step: int, approved: tuple[str, ...]) -> GateRequest:
+    def _request(self, agent: Agent, call: ToolCall, step: int, approvals: tuple[SignedStatement, ...]) -> GateRequest:
         self._evaluations += 1
         limit = agent.rate_limits.get(call.tool)
         recent: tuple[datetime, ...] = ()
@@ -257,11 +273,12 @@ class RunGovernor:
                 steps_taken=len(self._steps),
                 spent=self._spent,
                 tainted=self._tainted,
-                approved_groups=approved,
                 deadline_at=self._deadline_at,
                 recent_calls=recent,
+                chain=self._chain,
             ),
             source="planner",
+            approvals=approvals,
         )
 
     def _record(
@@ -297,13 +314,15 @@ class RunGovernor:
             self._deadline_at = workflow.now() + agent.deadline
             workflow.upsert_search_attributes(
                 [
-                    SearchAttributePair(SA_AGENT, agent.name),
-                    SearchAttributePair(SA_STATE, "running"),
-                    SearchAttributePair(SA_PENDING, []),
+                    SA_AGENT.value_set(agent.name),
+                    SA_STATE.value_set("running"),
+                    SA_PENDING.value_set([]),
                 ]
             )
+            # `dropin.open`, not `run.open`: the app's own client started this run, with no person's
+            # signed start (the initiator it names is recorded as such, unverified).
             identity = await workflow.execute_activity(
-                "run.open",
+                "dropin.open",
                 RunOpen(
                     run_id=self._run_id,
                     agent=agent.name,
@@ -327,7 +346,9 @@ class RunGovernor:
             return
         final: RunState = "completed"
         if failure is not None:
-            final = "halted" if isinstance(failure, (asyncio.CancelledError, CancelledError)) else "failed"
+            final = (
+                "halted" if self._halted or isinstance(failure, (asyncio.CancelledError, CancelledError)) else "failed"
+            )
             self._error = self._error or (
                 f"halted: {self._halt_reason or 'cancelled'}" if final == "halted" else _message(failure)
             )
@@ -406,79 +427,24 @@ class RunGovernor:
     def _set_state(self, state: RunState) -> None:
         if state != self._state:
             self._state = state
-            workflow.upsert_search_attributes([SearchAttributePair(SA_STATE, state)])
+            workflow.upsert_search_attributes([SA_STATE.value_set(state)])
 
     # -- kill switch -------------------------------------------------------------------------------
     async def _wait_unfrozen(self) -> None:
         self._set_state("frozen")
         self._wake = False
         try:
-            await workflow.wait_condition(lambda: self._wake, timeout=FREEZE_RECHECK)
+            await workflow.wait_condition(lambda: self._wake or self._halted, timeout=FREEZE_RECHECK)
         except TimeoutError:
             pass
+        if self._halted:
+            raise asyncio.CancelledError()
         self._set_state("awaiting_approval" if self._pending else "running")
 
     def _unfreeze(self) -> None:
         self._wake = True
 
-    def _halt(self, reason: str) -> None:
-        self._halt_reason = reason or "halted by operator"
-
-    # -- approvals ---------------------------------------------------------------------------------
-    async def _approval(
-        self,
-        agent: Agent,
-        call: ToolCall,
-        step: int,
-        decision: Decision,
-        approved: tuple[str, ...],
-        on_deny: Denial,
-    ) -> tuple[str, ...]:
-        """Asks the decision's group and waits; returns the approved groups to gate again with.
-        Raises Denied on rejection or expiry."""
-        assert decision.approver_group is not None
-        now = workflow.now()
-        request = ApprovalRequest(
-            request_id=f"{step}.{len(approved) + 1}",
-            run_id=self._run_id,
-            agent=agent.name,
-            step=step,
-            tool=call.tool,
-            args_digest=decision.args_digest,
-            args_preview=redact_args(call.args),
-            group=decision.approver_group,
-            quorum=max(1, decision.quorum),
-            requested_at=now,
-            expires_at=now + agent.approval_ttl,
-            decision_id=decision.decision_id,
-            policy_ids=decision.policy_ids,
-        )
-        self._pending[request.request_id] = request
-        self._approvers[request.request_id] = decision.approvers
-        self._publish_pending()
-        await self._audit("approval.requested", request.request_id, request.model_dump(mode="json"))
-        try:
-            await workflow.wait_condition(lambda: request.request_id in self._verdicts, timeout=agent.approval_ttl)
-        except TimeoutError:
-            self._verdicts[request.request_id] = "expired"
-        finally:
-            self._pending.pop(request.request_id, None)
-            self._publish_pending()
-        verdict = self._verdicts[request.request_id]
-        if verdict == "expired":
-            await self._audit("approval.expired", request.request_id, {"request_id": request.request_id})
-            raise Denied(
-                f"{call.tool}: approval request {request.request_id} expired", errors.APPROVAL_EXPIRED, on_deny
-            )
-        if verdict.startswith("rejected"):
-            raise Denied(f"{call.tool}: {verdict}", errors.APPROVAL_REJECTED, on_deny)
-        return (*approved, request.group)
-
-    def _publish_pending(self) -> None:
-        self._set_state("awaiting_approval" if self._pending else "running")
-        workflow.upsert_search_attributes([SearchAttributePair(SA_PENDING, sorted(self._pending))])
-        workflow.upsert_memo({"pending": [r.model_dump(mode="json") for r in self._pending.values()]})
-
+    # -- approvals (asking and judging: ApprovalDesk, as in workflows/agent.py) ---------------------
     async def _audit(self, kind: str, key: str, data: dict[str, Any], *, event_key: str | None = None) -> None:
         event = AuditEvent(
             event_key=event_key or f"{kind}:{self._run_id}:{key}",
@@ -489,62 +455,27 @@ class RunGovernor:
         )
         await workflow.execute_activity("audit.record", event, **AUDIT_CALL)
 
-    def _judge(self, signal: ApprovalSignal, verdict: str) -> tuple[bool, str]:
-        request = self._pending.get(signal.request_id)
-        if request is None:
-            return False, f"no pending approval request {signal.request_id!r} in this run"
-        if signal.run_id != self._run_id or signal.decision_id != request.decision_id:
-            return False, "approval is bound to another run or decision"
-        if signal.approver not in self._approvers.get(signal.request_id, ()):
-            return False, f"{signal.approver} is not in group {request.group}"
-        if signal.approver in (self._initiator, self._agent.owner if self._agent else None):
-            return False, f"{signal.approver} initiated or owns this run (separation of duties)"
-        if signal.args_digest != request.args_digest:
-            return False, "args digest does not match the pending request (approvals bind to the exact action)"
-        if workflow.now() >= request.expires_at:
-            return False, "approval request has expired"
-        if verdict == "approve" and signal.approver in request.approvals:
-            return False, f"{signal.approver} already approved this request (quorum counts distinct approvers)"
-        return True, "accepted"
+    async def _approve_update(self, signed: SignedStatement) -> ApprovalAttempt:
+        return await self._on_statement(signed.model_dump(mode="json"), "approve")
 
-    async def _on_verdict(self, signal: ApprovalSignal, verdict: str) -> None:
-        # The one place approvals enter a drop-in run: swap this (and `_approve`/`_reject`) for the
-        # signed-statement updates when lockgate's own workflow moves to them.
-        if signal.attempt_id in self._attempts:
-            return
-        accepted, why = self._judge(signal, verdict)
-        attempt = ApprovalAttempt(
-            attempt_id=signal.attempt_id,
-            request_id=signal.request_id,
-            approver=signal.approver,
-            verdict="approve" if verdict == "approve" else "reject",
-            accepted=accepted,
-            reason=why if not accepted else (signal.reason or why),
-            at=workflow.now(),
-        )
-        self._attempts[signal.attempt_id] = attempt
-        request = self._pending.get(signal.request_id)
-        if accepted and request is not None:
-            if verdict == "approve":
-                request = request.model_copy(update={"approvals": (*request.approvals, signal.approver)})
-                self._pending[request.request_id] = request
-                self._publish_pending()
-                if len(request.approvals) >= request.quorum:
-                    self._verdicts[request.request_id] = "approved"
-            else:
-                self._verdicts[request.request_id] = f"rejected by {signal.approver}" + (
-                    f": {signal.reason}" if signal.reason else ""
-                )
-        kind = f"approval.{'accepted' if accepted else 'refused'}"
-        await self._audit(
-            kind, signal.attempt_id, {**attempt.model_dump(mode="json"), "args_digest": signal.args_digest}
-        )
+    async def _reject_update(self, signed: SignedStatement) -> ApprovalAttempt:
+        return await self._on_statement(signed.model_dump(mode="json"), "reject")
 
-    async def _approve(self, signal: ApprovalSignal) -> None:
-        await self._on_verdict(ApprovalSignal.model_validate(signal), "approve")
+    # Raw signals (what `temporal workflow signal` sends): judged exactly like the updates, so a
+    # forged or unsigned one is refused and shows in the audit.
+    async def _approve_signal(self, payload: Any) -> None:
+        await self._on_statement(payload, "approve")
 
-    async def _reject(self, signal: ApprovalSignal) -> None:
-        await self._on_verdict(ApprovalSignal.model_validate(signal), "reject")
+    async def _reject_signal(self, payload: Any) -> None:
+        await self._on_statement(payload, "reject")
+
+    async def _halt_update(self, signed: SignedStatement) -> str:
+        """An operator's signed halt (`halt.verify`): every wait ends, the app's code is cancelled,
+        and the run compensates and closes as `halted`."""
+        answer = await self._on_halt(signed)
+        if self._halted and self.on_halt is not None:
+            self.on_halt()
+        return answer
 
     # -- queries -----------------------------------------------------------------------------------
     def _pending_approvals(self) -> list[ApprovalRequest]:

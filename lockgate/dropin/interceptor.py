@@ -187,8 +187,12 @@ class _Inbound(WorkflowInboundInterceptor):
         _GOVERNORS[workflow.info().run_id] = governor
         governor.install_handlers()
         install_runner(self.index)
+        # The app's workflow code runs as a task, so that a verified `halt` can cancel it (the run
+        # then compensates and closes here, like a lockgate agent run).
+        app = asyncio.ensure_future(super().execute_workflow(input))
+        governor.on_halt = app.cancel
         try:
-            result = await super().execute_workflow(input)
+            result = await app
         except BaseException as err:
             # Only what fails (or halts) the run compensates: an exception that fails a workflow
             # *task* is retried by Temporal and must leave no commands behind.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import pydantic_core
@@ -60,7 +61,7 @@ def jsonable(value: Any) -> Any:
     return _clean(pydantic_core.to_jsonable_python(value, fallback=str))
 
 
-def plain_args(values: list[Any] | tuple[Any, ...]) -> dict[str, Any]:
+def plain_args(values: Sequence[Any]) -> dict[str, Any]:
     """The args of a plain activity as a policy sees them: one input object's fields, else `args`."""
     if len(values) == 1:
         one = jsonable(values[0])

@@ -41,8 +41,9 @@ def configure_dropin(config: WorkerConfig, deps: Deps, governances: Sequence[Gov
         bundle=deps.current_bundle,
         denials=index.denials(),
         resources=Resources(pg_socket_dir=deps.settings.pg_socket_dir),
+        governed=frozenset(a.name for a in index.agents()),
     )
-    config["activities"] = [*(config.get("activities") or ()), acts.gate]
+    config["activities"] = [*(config.get("activities") or ()), acts.open_run, acts.gate]
     interceptors: list[Any] = [*(config.get("interceptors") or ()), DropinInterceptor(index, acts)]
     config["interceptors"] = interceptors
     return config
