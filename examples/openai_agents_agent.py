@@ -32,7 +32,7 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.openai_agents.workflow import activity_as_tool
 
     from lockgate import DatabaseSecret, ToolContext, ToolError, tool
-    from lockgate.dropin import Govern, Governance, current_call
+    from lockgate.dropin import Govern, Governance, args_of, current_call
 
 ### CONTEXT
 
@@ -277,8 +277,8 @@ GOVERNANCE = Governance(
     owner="airline-support",
     purpose="Airline customer service (OpenAI Agents example).",
     tools={
-        "faq_lookup_tool": Govern(data_class="public"),
-        "update_seat": Govern(secret=SEATS, production=True, compensation=restore_seat),
+        "faq_lookup_tool": Govern(args=args_of(faq_lookup_tool), data_class="public"),
+        "update_seat": Govern(args=args_of(update_seat), secret=SEATS, production=True, compensation=restore_seat),
     },
 )
 

@@ -41,7 +41,7 @@ with workflow.unsafe.imports_passed_through():
     from pydantic_ai.models.function import AgentInfo, FunctionModel
 
     from lockgate import DatabaseSecret, ToolContext, tool
-    from lockgate.dropin import Govern, Governance, current_call
+    from lockgate.dropin import Govern, Governance, args_of, current_call
 
 
 @dataclass
@@ -227,7 +227,7 @@ GOVERNANCE = Governance(
     purpose="Bank customer support (Pydantic AI example).",
     tools={
         "customer_balance": Govern(secret=BANK_READER),
-        "block_card": Govern(secret=BANK_WRITER, production=True, compensation=unblock_card),
+        "block_card": Govern(args=args_of(block_card), secret=BANK_WRITER, production=True, compensation=unblock_card),
     },
 )
 

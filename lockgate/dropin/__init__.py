@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from lockgate.dropin.activity import NoSecret, current_call, current_secret
 from lockgate.dropin.models import PATCH_ID
-from lockgate.dropin.spec import DENIAL_DEFAULT, Denial, Govern, Governance, OpenArgs, slug
+from lockgate.dropin.spec import DENIAL_DEFAULT, Denial, Govern, Governance, OpenArgs, args_of, slug
 
 __all__ = [
     "DENIAL_DEFAULT",
@@ -36,6 +36,7 @@ __all__ = [
     "Governance",
     "NoSecret",
     "OpenArgs",
+    "args_of",
     "current_call",
     "current_secret",
     "slug",

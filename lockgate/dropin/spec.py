@@ -9,16 +9,18 @@ so the gate, the Vault bootstrap, the ledger, the reaper and the CLI treat them 
 
 from __future__ import annotations
 
+import inspect
 import re
+import typing
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from lockgate.spec import Agent, DatabaseSecret, Tool
 
-__all__ = ["DENIAL_DEFAULT", "Denial", "Govern", "Governance", "OpenArgs", "slug"]
+__all__ = ["DENIAL_DEFAULT", "Denial", "Govern", "Governance", "OpenArgs", "args_of", "slug"]
 
 Denial = Literal["fail", "retry"]
 
@@ -31,6 +33,43 @@ class OpenArgs(BaseModel):
     """The args model of a framework tool: the framework validated them already; Cedar sees them."""
 
     model_config = ConfigDict(frozen=True, extra="allow")
+
+
+def _is_context(hint: Any) -> bool:
+    """A framework's run context parameter (Pydantic AI `RunContext`, OpenAI `RunContextWrapper`):
+    not an argument the model gives."""
+    origin = typing.get_origin(hint) or hint
+    return isinstance(origin, type) and origin.__name__ in ("RunContext", "RunContextWrapper", "ToolContext")
+
+
+def args_of(tool: Any) -> type[BaseModel]:
+    """The args model of an existing tool, read from the tool itself (its signature is not changed):
+    a function (Pydantic AI tool, Temporal activity; the run-context parameter is skipped) gives a
+    model of its parameters, an OpenAI `FunctionTool` its `params_json_schema`. Cedar's schema
+    (`lockgate policy schema`) types `context.args` from it and the gate checks args against it.
+    Unknown extra args are kept (the framework validated them already)."""
+    schema = getattr(tool, "params_json_schema", None)
+    if isinstance(schema, dict):
+        frozen = dict(schema)
+
+        class _Declared(OpenArgs):
+            @classmethod
+            def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+                return frozen
+
+        _Declared.__name__ = _Declared.__qualname__ = f"{getattr(tool, 'name', 'tool')}_args"
+        return _Declared
+    fn = inspect.unwrap(tool)
+    hints = typing.get_type_hints(fn)
+    fields: dict[str, Any] = {}
+    for name, param in inspect.signature(fn).parameters.items():
+        hint = hints.get(name, Any)
+        if name == "self" or _is_context(hint) or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        fields[name] = (hint, ... if param.default is param.empty else param.default)
+    return create_model(  # type: ignore[call-overload]  # field definitions built above
+        f"{fn.__name__}_args", __config__=ConfigDict(frozen=True, extra="allow"), **fields
+    )
 
 
 class _NoInput(BaseModel):
@@ -58,7 +97,9 @@ class Govern(BaseModel):
         cost_arg: The top-level argument that is a cost (counted against the budget).
         on_deny: `"fail"` (default) fails the run; `"retry"` hands the denial back to the model as a
             tool error so it can re-plan. A deciding policy annotated `@denial("...")` overrides it.
-        args: A pydantic model describing the args (for `lockgate policy schema`); any by default.
+        args: The args as policies see them (Cedar schema `context.args`, checked by the gate):
+            `args_of(the_tool)` reads them from the tool itself; a pydantic model also works. Open by
+            default: then the tool's action and args come from a written `schema.cedarschema`.
         description: One line for people.
     """
 
