@@ -19,9 +19,11 @@ from temporalio.worker import Worker
 
 from examples import openai_agents_agent as airline
 from lockgate.config import Settings
-from lockgate.ops import halt_run, list_pending, wait_closed
+from lockgate.errors import UserError
+from lockgate.ops import halt_run, list_pending, run_status, wait_closed
 from lockgate.plugin import LockgatePlugin
 from lockgate.worker import build_reaper
+from tests.conftest import person
 from tests.dropin_support import (
     app_client,
     approve,
@@ -144,9 +146,17 @@ async def test_halt_compensates(app: tuple[Client, str], deps: Any, settings: Se
     handle = await start(client, task_queue, "Please move me to seat 12A for ABC123 and seat 16B for DEF456")
     await pending_of(handle)
     assert seat(settings, "ABC123") == "12A"
-    await halt_run(client, handle.id, "customer called back")
-    assert await wait_closed(client, handle.id) == "halted"
+    # A halt is an operator's signed statement, verified by the run like a lockgate agent's.
+    with pytest.raises(UserError, match="not in group operators"):
+        await halt_run(client, handle.id, "not mine to halt", session=person("mallory"))
+    await halt_run(client, handle.id, "customer called back", session=person("dave"))
+    assert await wait_closed(client, handle.id) != "running"
+    status = await run_status(client, handle.id)
+    assert status.state == "halted" and "customer called back (by dave)" in (status.error or "")
     assert seat(settings, "ABC123") == "22F" and seat(settings, "DEF456") == "23A"
+    events = ledger(deps, handle.id)
+    assert [e["kind"] for e in events if e["kind"].startswith("halt.")] == ["halt.refused", "halt.accepted"]
+    assert [e["state"] for e in events if e["kind"] == "run.closed"] == ["halted"]
 
 
 async def test_terminate_is_compensated_by_the_reaper(

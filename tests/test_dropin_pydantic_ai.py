@@ -4,6 +4,7 @@ back to the model, and a failure that compensates. No secret reaches the histori
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -11,12 +12,17 @@ from typing import Any
 import pytest
 from pydantic_ai.durable_exec.temporal import AgentPlugin, PydanticAIPlugin
 from temporalio.client import Client, WorkflowFailureError
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.worker import Worker
 
 from examples import pydantic_ai_agent as bank
 from lockgate.config import Settings
-from lockgate.ops import list_pending
+from lockgate.identity import sign
+from lockgate.models import ApprovalAttempt, ApprovalRequest
+from lockgate.ops import list_pending, send_verdict
 from lockgate.plugin import LockgatePlugin
+from lockgate.workflows.agent import SA_INITIATOR
+from tests.conftest import person
 from tests.dropin_support import (
     app_client,
     approve,
@@ -54,12 +60,16 @@ def blocked(settings: Settings, customer: int) -> bool:
     return bool(row[0])
 
 
-async def start(client: Client, task_queue: str, customer: int, name: str, prompt: str) -> Any:
+async def start(
+    client: Client, task_queue: str, customer: int, name: str, prompt: str, *, initiator: str | None = None
+) -> Any:
     return await client.start_workflow(
         bank.BankSupportWorkflow.run,
         bank.SupportRequest(customer_id=customer, customer_name=name, prompt=prompt),
         id=f"bank-{uuid.uuid4().hex[:10]}",
         task_queue=task_queue,
+        # Who the app started this for (lockgate's `LockgateInitiator`): never an approver of it.
+        search_attributes=TypedSearchAttributes([SearchAttributePair(SA_INITIATOR, initiator)]) if initiator else None,
     )
 
 
@@ -145,4 +155,87 @@ async def test_failure_after_a_block_compensates(
     assert row is not None and row[0] is not None
     closed = [e for e in events if e["kind"] == "run.closed"]
     assert closed and closed[-1]["state"] == "failed"
+    outside.assert_nothing_leaked()
+
+
+async def test_forged_captured_and_self_approvals_are_refused(
+    app: tuple[Client, str], deps: Any, settings: Settings, outside: Any
+) -> None:
+    """A drop-in run takes approvals exactly as a lockgate agent run does: only a statement signed
+    by a person of the group, not the run's initiator, for this very run, request, decision and args,
+    counted once. Everything else is refused, recorded, and changes nothing."""
+    client, task_queue = app
+
+    def fields(handle: Any, temporal_run_id: str, request: ApprovalRequest) -> dict[str, Any]:
+        return {
+            "run_id": handle.id,
+            "temporal_run_id": temporal_run_id,
+            "request_id": request.request_id,
+            "decision_id": request.decision_id,
+            "tool": request.tool,
+            "args_digest": request.args_digest,
+            "reason": "",
+        }
+
+    first = await start(client, task_queue, 123, "John", "There is fraud on my card!", initiator="carol")
+    request = await pending_of(first)
+    # The initiator the app named may not approve its own run (separation of duties).
+    own = await approve(client, first, request, "carol")
+    assert not own.accepted and "separation of duties" in own.reason
+    # An unsigned approval, as a raw signal claiming to be dave's: refused as forged.
+    await first.signal(
+        "approve",
+        {
+            "attempt_id": "x",
+            "run_id": first.id,
+            "request_id": request.request_id,
+            "approver": "dave",
+            "args_digest": request.args_digest,
+            "decision_id": request.decision_id,
+        },
+    )
+    # dave's signature, for other args than the request's: refused.
+    other_args = await send_verdict(
+        client, first.id, request.request_id, session=person("dave"), approve=True, args_digest="0" * 64
+    )
+    assert not other_args.accepted
+    assert (await pending_of(first)).approvals == () and not blocked(settings, 123)
+
+    # dave approves the first run properly: it blocks the card.
+    signed = await asyncio.to_thread(
+        sign, person("dave"), "approve", fields(first, (await first.describe()).run_id, request)
+    )
+    taken = await first.execute_update("approve", signed, result_type=ApprovalAttempt)
+    assert taken.accepted and taken.approver == "dave"
+    assert (await first.result()).block_card and blocked(settings, 123)
+
+    # The same signed approval, captured and replayed on another run waiting for the same tool, the
+    # same request id and the same args: bound to the first run, it is refused there.
+    with db(settings, "bank") as conn:
+        conn.execute("UPDATE cards SET blocked = false")
+    second = await start(client, task_queue, 123, "John", "There is fraud on my card!")
+    waiting = await pending_of(second)
+    assert (waiting.request_id, waiting.args_digest) == (request.request_id, request.args_digest)
+    replayed = await second.execute_update("approve", signed, result_type=ApprovalAttempt)
+    assert not replayed.accepted
+    assert (await pending_of(second)).approvals == () and not blocked(settings, 123)
+    assert [e for e in ledger(deps, second.id) if e["kind"] == "lease.issued"] == []
+    await second.terminate("test done")
+
+    refused = [e for e in ledger(deps, first.id) if e["kind"] == "approval.refused"]
+    assert [(r["approver"], r["verified"]) for r in refused] == [
+        ("carol", True),
+        ("dave (unverified)", False),
+        ("dave (unverified)", False),  # a statement for other args verifies as nothing here
+    ]
+    assert "forged" in refused[1]["reason"]
+    assert [e["kind"] for e in ledger(deps, second.id) if e["kind"].startswith("approval.")] == [
+        "approval.requested",
+        "approval.refused",
+    ]
+    # The gate itself counted the one verified approval for the first run's block, nothing else.
+    decisions = [e for e in ledger(deps, first.id) if e["kind"] == "decision" and e["tool"] == "block_card"]
+    assert [d["outcome"] for d in decisions][:2] == ["approval", "allow"]
+    assert decisions[1]["state"]["approved_groups"] == ["support-leads"]
+    assert not [e for e in ledger(deps, first.id) if e["kind"] == "approval.not_counted"]
     outside.assert_nothing_leaked()
