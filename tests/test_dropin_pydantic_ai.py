@@ -22,7 +22,7 @@ from lockgate.models import ApprovalAttempt, ApprovalRequest
 from lockgate.ops import list_pending, send_verdict
 from lockgate.plugin import LockgatePlugin
 from lockgate.workflows.agent import SA_INITIATOR
-from tests.conftest import person
+from tests.conftest import as_person, cli, person
 from tests.dropin_support import (
     app_client,
     approve,
@@ -95,7 +95,7 @@ async def test_allowed_call_runs_with_its_own_lease(app: tuple[Client, str], dep
 
 
 async def test_fraud_block_waits_for_a_lead_then_runs(
-    app: tuple[Client, str], deps: Any, settings: Settings, outside: Any
+    app: tuple[Client, str], deps: Any, settings: Settings, outside: Any, env: dict[str, str]
 ) -> None:
     client, task_queue = app
     with issued_secrets(deps) as secrets:
@@ -109,8 +109,13 @@ async def test_fraud_block_waits_for_a_lead_then_runs(
         assert not blocked(settings, 123)
         refused = await approve(client, handle, request, "mallory")
         assert not refused.accepted and "not in group" in refused.reason
-        accepted = await approve(client, handle, request, "carol")
-        assert accepted.accepted
+        # The CLI, as for any lockgate run: `lockgate pending`, then carol's signed `lockgate approve`.
+        pending = await cli(as_person(env, "carol"), "pending", "--agent", "support-agent")
+        assert pending.returncode == 0 and f"{handle.id}  {request.request_id}  support-agent  block_card" in (
+            pending.stdout
+        )
+        accepted = await cli(as_person(env, "carol"), "approve", handle.id, request.request_id)
+        assert accepted.returncode == 0, accepted.stderr
         output = await handle.result()
     assert output.block_card and blocked(settings, 123)
     kinds = [e["kind"] for e in ledger(deps, handle.id)]
