@@ -159,6 +159,11 @@ class LockgatePlugin(SimplePlugin):
         from lockgate.worker import build_activities
 
         deps = self.deps
+        if self._govern:
+            from lockgate.dropin.plugin import ensure_agents
+
+            # Before the tool activities are built: the governed apps' compensations are tools too.
+            ensure_agents(deps, self._govern)
         bind_agents(config.get("task_queue") or "", deps.agents)
         config["workflows"] = [*(config.get("workflows") or ()), self._workflow]
         config["activities"] = [*(config.get("activities") or ()), *build_activities(deps)]

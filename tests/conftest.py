@@ -33,11 +33,12 @@ from lockgate.testing import LocalStack
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# The agents the test stack is bootstrapped for and its workers run.
-AGENT_MODULES = (
-    "lockgate.demo.shop,lockgate.demo.incident,tests.agents,examples.report_agent,"
-    "examples.pydantic_ai_agent,examples.openai_agents_agent"
-)
+# The agents the CLI and worker processes of the session load...
+PROCESS_AGENT_MODULES = "lockgate.demo.shop,lockgate.demo.incident,tests.agents,examples.report_agent"
+# ...and the ones the stack is bootstrapped for (Vault policies, databases): also the drop-in
+# examples. Those import their frameworks (seconds per process), and nothing but their own workers
+# needs them: `LockgatePlugin(govern=...)` adds their agents to the worker it configures.
+AGENT_MODULES = f"{PROCESS_AGENT_MODULES},examples.pydantic_ai_agent,examples.openai_agents_agent"
 
 
 # The drop-in examples' policies (examples/pydantic_ai_agent.py, examples/openai_agents_agent.py).
@@ -94,7 +95,7 @@ def stack(local: LocalStack) -> DevStack:
 @pytest.fixture(scope="session")
 def env(local: LocalStack) -> dict[str, str]:
     """The environment a CLI or worker process of this test session runs with."""
-    values = {**local.env(), "PYTHONPATH": str(ROOT)}
+    values = {**local.env(), "PYTHONPATH": str(ROOT), "LOCKGATE_AGENT_MODULES": PROCESS_AGENT_MODULES}
     # The dev stack encrypts payloads; LOCKGATE_TEST_PAYLOAD_KEY= (empty) runs the suite in clear.
     if "LOCKGATE_TEST_PAYLOAD_KEY" in os.environ:
         values["LOCKGATE_PAYLOAD_KEY"] = os.environ["LOCKGATE_TEST_PAYLOAD_KEY"]

@@ -11,6 +11,7 @@ from lockgate.context import Resources
 from lockgate.dropin.activity import DropinActivities
 from lockgate.dropin.interceptor import DropinIndex, DropinInterceptor
 from lockgate.dropin.spec import Governance
+from lockgate.errors import PolicyError
 
 if TYPE_CHECKING:
     from lockgate.worker import Deps
@@ -25,7 +26,10 @@ def ensure_agents(deps: Deps, governances: Sequence[Governance]) -> None:
     missing = [a for gov in governances for a in gov.lockgate_agents if deps.agents.get(a.name) is None]
     if missing:
         deps.agents.extend(missing)
-        deps.reload_policies()
+        problems = deps.reload_policies()
+        if problems:
+            # Never govern with a bundle that does not know these agents' tools.
+            raise PolicyError(problems)
 
 
 def configure_dropin(config: WorkerConfig, deps: Deps, governances: Sequence[Governance]) -> WorkerConfig:
