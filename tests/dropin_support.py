@@ -102,3 +102,11 @@ async def app_client(settings: Settings, plugins: list[Any]) -> Any:
     config = connect_config(settings)
     target = config.pop("target_host")
     return await Client.connect(target, plugins=plugins, **config)
+
+
+def app_deps(settings: Settings) -> Any:
+    """A governed app's own worker dependencies (Vault login, bundle, ledger): its plugin adds the
+    app's agents to them, leaving the session worker's bundle as the CLI processes load it."""
+    from lockgate import worker
+
+    return worker.build_deps(settings)

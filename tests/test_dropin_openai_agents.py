@@ -26,6 +26,7 @@ from lockgate.worker import build_reaper
 from tests.conftest import person
 from tests.dropin_support import (
     app_client,
+    app_deps,
     approve,
     assert_no_secret_in_history,
     db,
@@ -33,6 +34,12 @@ from tests.dropin_support import (
     ledger,
     pending_of,
 )
+
+
+@pytest.fixture(scope="module")
+def deps(settings: Settings) -> Any:
+    """This app's worker dependencies (the session worker's stay as the CLI sees them)."""
+    return app_deps(settings)
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from lockgate.workflows.agent import SA_INITIATOR
 from tests.conftest import as_person, cli, person
 from tests.dropin_support import (
     app_client,
+    app_deps,
     approve,
     assert_no_secret_in_history,
     db,
@@ -32,6 +33,12 @@ from tests.dropin_support import (
     ledger,
     pending_of,
 )
+
+
+@pytest.fixture(scope="module")
+def deps(settings: Settings) -> Any:
+    """This app's worker dependencies (the session worker's stay as the CLI sees them)."""
+    return app_deps(settings)
 
 
 @pytest.fixture(scope="module")

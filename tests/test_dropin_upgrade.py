@@ -19,7 +19,7 @@ with workflow.unsafe.imports_passed_through():
     from lockgate.config import Settings
     from lockgate.dropin import Govern, Governance
     from lockgate.plugin import LockgatePlugin
-    from tests.dropin_support import app_client, ledger
+    from tests.dropin_support import app_client, app_deps, ledger
 
 
 @activity.defn(name="tally")
@@ -51,6 +51,12 @@ TALLY = Governance(
     tools={"tally": Govern(data_class="public")},
     vault_policy="lockgate-agent-support-agent",
 )
+
+
+@pytest.fixture(scope="module")
+def deps(settings: Settings) -> Any:
+    """This app's worker dependencies (the session worker's stay as the CLI sees them)."""
+    return app_deps(settings)
 
 
 async def test_a_run_in_flight_continues_and_replays_with_lockgate_added(settings: Settings, deps: Any) -> None:
