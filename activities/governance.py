@@ -181,6 +181,12 @@ class GovernanceActivities:
 
     @activity.defn(name="run.open")
     def open_run(self, request: RunOpen) -> RunIdentity:
+        return self.open_identity(request, signed_start=True)
+
+    def open_identity(self, request: RunOpen, *, signed_start: bool) -> RunIdentity:
+        """Opens the run's Vault identity and records `run.opened`. `signed_start=False` is for runs
+        an existing app's own client started (lockgate.dropin's `dropin.open`): no person signed
+        their start, so the initiator they name is recorded as unverified."""
         self._check_run(request.run_id, request.origin_run_id)
         agent = self._agents.get(request.agent)
         if agent is None:
@@ -201,7 +207,7 @@ class GovernanceActivities:
             )
             if parent_opened.get("initiator") != request.initiator:
                 raise self._refuse(request.run_id, request.origin_run_id, "a sub-agent's initiator is its parent's")
-        else:
+        elif signed_start:
             self._check_start(request)
         try:
             identity = self._vault.open_run(request.run_id, agent.name, policy, ttl, request.origin_run_id)
@@ -215,6 +221,8 @@ class GovernanceActivities:
                 "agent": agent.name,
                 "owner": agent.owner,
                 "initiator": request.initiator,
+                # A drop-in run's initiator is what its starter named (no signed start to verify).
+                **({} if signed_start else {"initiator_verified": False}),
                 "origin_run_id": request.origin_run_id,
                 "parent_run_id": request.parent_run_id,
                 "identity_accessor": identity.accessor,

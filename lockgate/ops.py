@@ -135,7 +135,8 @@ async def run_status(client: Client, run_id: str) -> RunStatus:
 
 async def list_pending(client: Client, agent: str | None = None) -> list[dict[str, Any]]:
     """Every waiting approval request, from one visibility listing (the runs' memos)."""
-    query = 'WorkflowType = "lockgate.agent" AND LockgateState = "awaiting_approval" AND ExecutionStatus = "Running"'
+    # Any workflow type: drop-in governed apps (lockgate.dropin) publish the same attributes and memo.
+    query = 'LockgateState = "awaiting_approval" AND ExecutionStatus = "Running"'
     if agent:
         query += f' AND LockgateAgent = "{agent}"'
     out: list[dict[str, Any]] = []
@@ -253,7 +254,7 @@ def set_freeze(ledger: Any, session: OperatorSession, scope: str, frozen: bool, 
 
 async def wake_frozen(client: Client, agent: str | None) -> list[str]:
     """Signals `unfreeze` to every frozen run (of `agent`, or all): they re-check their gate now."""
-    query = 'WorkflowType = "lockgate.agent" AND LockgateState = "frozen" AND ExecutionStatus = "Running"'
+    query = 'LockgateState = "frozen" AND ExecutionStatus = "Running"'
     if agent:
         query += f' AND LockgateAgent = "{agent}"'
     woken = []

@@ -32,6 +32,7 @@ from lockgate.observability import tracing_interceptors
 from lockgate.spec import Agent, AgentRegistry, bind_agents
 
 if TYPE_CHECKING:
+    from lockgate.dropin.spec import Governance
     from lockgate.worker import Deps
 
 __all__ = ["PASSTHROUGH_MODULES", "LockgatePlugin", "workflow_runner"]
@@ -50,9 +51,25 @@ PASSTHROUGH_MODULES = (
     "lockgate.spec",
     "lockgate.context",
     "lockgate.errors",
+    "lockgate.dropin",  # drop-in governance keeps per-process state (the governors of running executions)
     "pydantic",
     "pydantic_core",
 )
+
+
+def _specialized(existing: DataConverter | None) -> DataConverter | None:
+    """A converter another plugin installed for its framework (Pydantic AI's, OpenAI Agents'): its
+    payload converter already handles pydantic models and also that framework's own types, so
+    lockgate keeps it (adding its codec) rather than break that framework's payloads."""
+    from temporalio.contrib.pydantic import PydanticPayloadConverter
+    from temporalio.converter import DefaultPayloadConverter
+
+    if existing is not None and existing.payload_converter_class not in (
+        DefaultPayloadConverter,
+        PydanticPayloadConverter,
+    ):
+        return existing
+    return None
 
 
 def workflow_runner(existing: temporalio.worker.WorkflowRunner | None = None) -> temporalio.worker.WorkflowRunner:
@@ -81,6 +98,8 @@ class LockgatePlugin(SimplePlugin):
         max_cached_workflows: Sticky cache size (default `LOCKGATE_MAX_CACHED_WORKFLOWS`, else the
             worker's own setting: Temporal's default is 1,000).
         reap_interval: Seconds between reaper passes (default `LOCKGATE_REAP_INTERVAL` or 15).
+        govern: Existing apps to govern drop-in (`lockgate.dropin.Governance`): their Pydantic AI,
+            OpenAI Agents or plain-activity tool calls are gated, leased, audited and compensated.
     """
 
     def __init__(
@@ -93,6 +112,7 @@ class LockgatePlugin(SimplePlugin):
         max_concurrent: int = 64,
         max_cached_workflows: int | None = None,
         reap_interval: float | None = None,
+        govern: Sequence[Governance] = (),
     ) -> None:
         from lockgate.workflows.agent import AgentWorkflow
 
@@ -104,22 +124,28 @@ class LockgatePlugin(SimplePlugin):
         self._max_cached = max_cached_workflows
         self._reap_interval = reap_interval
         self._workflow = AgentWorkflow
+        self._govern = tuple(govern)
         super().__init__(
             "lockgate.LockgatePlugin",
-            data_converter=lambda _existing: self._converter(),
+            data_converter=self._converter,
             workflow_runner=workflow_runner,
         )
 
-    def _converter(self) -> DataConverter:
+    def _converter(self, existing: DataConverter | None = None) -> DataConverter:
         """lockgate's converter (`lockgate.worker.data_converter`): payloads encrypted when a key is
-        configured, with the worker's own AppRole identity when there is no operator token."""
+        configured, with the worker's own AppRole identity when there is no operator token. Beside a
+        framework plugin (Pydantic AI, OpenAI Agents) that framework's payload converter is kept."""
         from lockgate.worker import data_converter
 
         vault = self._deps.vault if self._deps is not None else None
         settings = self.settings
         if vault is None and settings.payload_key and not (settings.operator_token or settings.vault_token):
             vault = self.deps.vault
-        return data_converter(settings, vault)
+        converter = data_converter(settings, vault)
+        special = _specialized(existing)
+        if special is not None:
+            converter = dataclasses.replace(converter, payload_converter_class=special.payload_converter_class)
+        return converter
 
     @property
     def deps(self) -> Deps:
@@ -128,6 +154,10 @@ class LockgatePlugin(SimplePlugin):
             from lockgate.worker import build_deps
 
             self._deps = build_deps(self.settings, self._agents)
+            if self._govern:
+                from lockgate.dropin.plugin import ensure_agents
+
+                ensure_agents(self._deps, self._govern)
         return self._deps
 
     def configure_worker(self, config: WorkerConfig) -> WorkerConfig:
@@ -137,10 +167,19 @@ class LockgatePlugin(SimplePlugin):
         from lockgate.worker import build_activities
 
         deps = self.deps
+        if self._govern:
+            from lockgate.dropin.plugin import ensure_agents
+
+            # Before the tool activities are built: the governed apps' compensations are tools too.
+            ensure_agents(deps, self._govern)
         bind_agents(config.get("task_queue") or "", deps.agents)
         config["workflows"] = [*(config.get("workflows") or ()), self._workflow]
         config["activities"] = [*(config.get("activities") or ()), *build_activities(deps)]
         config["interceptors"] = [*(config.get("interceptors") or ()), *tracing_interceptors()]
+        if self._govern:
+            from lockgate.dropin.plugin import configure_dropin
+
+            config = configure_dropin(config, deps, self._govern)
         if config.get("activity_executor") is None:
             config["activity_executor"] = ThreadPoolExecutor(
                 self._max_concurrent, thread_name_prefix="lockgate-activity"
@@ -161,6 +200,10 @@ class LockgatePlugin(SimplePlugin):
         config = super().configure_replayer(config)
         if self._workflow not in (config.get("workflows") or ()):
             config["workflows"] = [*(config.get("workflows") or ()), self._workflow]
+            if self._govern:
+                from lockgate.dropin.plugin import replay_interceptor
+
+                config["interceptors"] = [*(config.get("interceptors") or ()), replay_interceptor(self._govern)]
         return config
 
     async def run_worker(self, worker: Worker, next: Callable[[Worker], Awaitable[None]]) -> None:

@@ -422,11 +422,18 @@ def _agents_in(obj: Any) -> list[Agent]:
         return obj.agents()
     if isinstance(obj, (list, tuple)):
         return [a for item in obj for a in _agents_in(item)]
+    if hasattr(obj, "__lockgate_agents__"):  # lockgate.dropin.Governance: an existing app's agents
+        return list(obj.__lockgate_agents__())
     if inspect.ismodule(obj):
         declared = getattr(obj, "AGENTS", None)
         if declared is not None:
             return _agents_in(declared)
-        return [v for v in vars(obj).values() if isinstance(v, Agent)]
+        return [
+            a
+            for v in vars(obj).values()
+            if isinstance(v, Agent) or (hasattr(v, "__lockgate_agents__") and not isinstance(v, type))
+            for a in _agents_in(v)
+        ]
     raise TypeError(f"not an agent, a list of agents or a module of agents: {obj!r}")
 
 

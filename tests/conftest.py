@@ -33,8 +33,16 @@ from lockgate.testing import LocalStack
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# The agents the test stack is bootstrapped for and its workers run.
-AGENT_MODULES = "lockgate.demo.shop,lockgate.demo.incident,tests.agents,examples.report_agent"
+# The agents the CLI and worker processes of the session load...
+PROCESS_AGENT_MODULES = "lockgate.demo.shop,lockgate.demo.incident,tests.agents,examples.report_agent"
+# ...and the ones the stack is bootstrapped for (Vault policies, databases): also the drop-in
+# examples. Those import their frameworks (seconds per process), and nothing but their own workers
+# needs them: `LockgatePlugin(govern=...)` adds their agents to the worker it configures.
+AGENT_MODULES = f"{PROCESS_AGENT_MODULES},examples.pydantic_ai_agent,examples.openai_agents_agent"
+
+
+# The drop-in examples' policies (examples/pydantic_ai_agent.py, examples/openai_agents_agent.py).
+DROPIN_POLICIES = ("bank-support", "airline")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -57,9 +65,13 @@ def policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         shutil.copy(item, target / item.name)
     shutil.copy(ROOT / "tests" / "policies" / "test-agents.cedar", target / "test-agents.cedar")
     shutil.copy(ROOT / "examples" / "policies" / "report-agent.cedar", target / "report-agent.cedar")
+    for name in DROPIN_POLICIES:
+        shutil.copy(ROOT / "examples" / "policies" / f"{name}.cedar", target / f"{name}.cedar")
     with open(target / "schema.cedarschema", "a") as schema:
         schema.write((ROOT / "tests" / "policies" / "test-schema.cedarschema").read_text())
         schema.write((ROOT / "examples" / "policies" / "report-agent.cedarschema").read_text())
+        for name in DROPIN_POLICIES:
+            schema.write((ROOT / "examples" / "policies" / f"{name}.cedarschema").read_text())
     return target
 
 
@@ -83,7 +95,7 @@ def stack(local: LocalStack) -> DevStack:
 @pytest.fixture(scope="session")
 def env(local: LocalStack) -> dict[str, str]:
     """The environment a CLI or worker process of this test session runs with."""
-    values = {**local.env(), "PYTHONPATH": str(ROOT)}
+    values = {**local.env(), "PYTHONPATH": str(ROOT), "LOCKGATE_AGENT_MODULES": PROCESS_AGENT_MODULES}
     # The dev stack encrypts payloads; LOCKGATE_TEST_PAYLOAD_KEY= (empty) runs the suite in clear.
     if "LOCKGATE_TEST_PAYLOAD_KEY" in os.environ:
         values["LOCKGATE_PAYLOAD_KEY"] = os.environ["LOCKGATE_TEST_PAYLOAD_KEY"]

@@ -47,3 +47,28 @@ async def test_the_walkthrough(env: dict[str, str], worker_running: str) -> None
     assert audit.returncode == 0
     for needle in ("report-agent.all-needs-finance", "approve by alice accepted", "lease issued", "lease revoked"):
         assert needle in audit.stdout, needle
+
+
+def test_the_dropin_section_matches_the_example() -> None:
+    """The README's "Govern your existing agent" snippet runs (its declaration, with the example's
+    tools and secrets) and declares what the example governs on the real stack in
+    tests/test_dropin_pydantic_ai.py; the names it uses are lockgate's public surface."""
+    import lockgate.dropin
+    from examples import pydantic_ai_agent
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Govern your existing agent", 1)[1].split("\n## ", 1)[0]
+    for name in ("Govern", "Governance", "args_of", "current_call", "current_secret", "PATCH_ID"):
+        assert hasattr(lockgate.dropin, name), name
+    assert f'workflow.patched("{lockgate.dropin.PATCH_ID}")' in section
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    declaration, plugin_line = code.split("\nclient = ", 1)
+    assert "LockgatePlugin(govern=[GOVERNANCE])" in plugin_line
+    scope = dict(vars(pydantic_ai_agent))
+    exec(compile(declaration, "README.md", "exec"), scope)  # noqa: S102 - our own README's snippet
+    ran, example = scope["GOVERNANCE"], pydantic_ai_agent.GOVERNANCE
+    assert (ran.agents, ran.owner, set(ran.tools)) == (example.agents, example.owner, set(example.tools))
+    for name, meta in example.tools.items():
+        got = ran.tools[name]
+        assert got.model_dump(exclude={"args"}) == meta.model_dump(exclude={"args"}), name
+        assert got.args.model_json_schema()["properties"] == meta.args.model_json_schema()["properties"], name

@@ -26,16 +26,13 @@ with workflow.unsafe.imports_passed_through():
     from lockgate.models import (
         DELEGATE_TOOL,
         ApprovalAttempt,
-        ApprovalCheck,
         ApprovalRequest,
-        ApprovalVerdict,
         AuditEvent,
         Chain,
         Decision,
         DelegateArgs,
         GateRequest,
         GateState,
-        HaltCheck,
         ParentLink,
         PlanProposal,
         PlanRequest,
@@ -55,10 +52,12 @@ with workflow.unsafe.imports_passed_through():
         ToolOutcome,
         args_digest,
         canonical_json,
-        redact_args,
     )
     from lockgate.people import SignedStatement
     from lockgate.spec import AgentSpec, LLMPlanner, Step, Tool, ToolSpec, agents_for, describe_validation
+
+from lockgate.workflows.approvals import SA_PENDING, ApprovalDesk
+from lockgate.workflows.approvals import CallDenied as _Denied
 
 __all__ = ["SA_AGENT", "SA_INITIATOR", "SA_PENDING", "SA_STATE", "AgentWorkflow"]
 
@@ -67,7 +66,6 @@ _T = TypeVar("_T")
 SA_AGENT = SearchAttributeKey.for_keyword("LockgateAgent")
 SA_STATE = SearchAttributeKey.for_keyword("LockgateState")
 SA_INITIATOR = SearchAttributeKey.for_keyword("LockgateInitiator")
-SA_PENDING = SearchAttributeKey.for_keyword_list("LockgatePending")
 
 # Steps of a long run that `status` still lists after a continue-as-new.
 CARRY_STEPS = 100
@@ -182,14 +180,8 @@ class _ScriptRun:
         return outcome.result
 
 
-class _Denied(Exception):
-    def __init__(self, message: str, kind: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
 @workflow.defn(name="lockgate.agent")
-class AgentWorkflow:
+class AgentWorkflow(ApprovalDesk):
     @workflow.init
     def __init__(self, inp: RunInput) -> None:
         self._inp = inp
@@ -210,15 +202,8 @@ class AgentWorkflow:
         self._error: str | None = None
         self._step = 0
         self._evaluations = 0
-        self._pending: dict[str, ApprovalRequest] = {}
-        self._verdicts: dict[str, str] = {}  # request id -> "approved" | "rejected: reason"
-        self._attempts: dict[str, ApprovalAttempt] = {}
-        # Accepted signed approvals per pending request, and approval rounds per step.
-        self._evidence: dict[str, list[SignedStatement]] = {}
-        self._rounds: dict[int, int] = {}
-        # Set by a verified `halt` update: every wait of the run ends and it compensates.
-        self._halted = False
-        self._halt_reason: str | None = None
+        # Pending requests, verdicts, attempts, evidence; halted (workflows/approvals.py).
+        self._init_approvals()
         self._call_times: dict[str, list[datetime]] = {}
         # What the run has done, for chain-aware policies (bounded; see `Chain`).
         self._chain = Chain()
@@ -665,152 +650,12 @@ class AgentWorkflow:
             result={"run_id": child_id, "spent": result.spent, "state": result.state},
         )
 
-    # -- approvals -----------------------------------------------------------------------------
-    async def _approval(
-        self,
-        agent: AgentSpec,
-        call: ToolCall,
-        step: int,
-        decision: Decision,
-        approvals: tuple[SignedStatement, ...],
-    ) -> tuple[SignedStatement, ...]:
-        """Asks the decision's group and waits. Returns the signed approvals to evaluate the call
-        again with (policy, not the approval, has the last word: the deciding activity verifies
-        each one itself); raises _Denied on rejection or expiry."""
-        assert decision.approver_group is not None
-        now = workflow.now()
-        self._rounds[step] = self._rounds.get(step, 0) + 1
-        request = ApprovalRequest(
-            request_id=f"{step}.{self._rounds[step]}",
-            run_id=self._run_id,
-            agent=agent.name,
-            step=step,
-            tool=call.tool,
-            args_digest=decision.args_digest,
-            args_preview=redact_args(call.args),
-            group=decision.approver_group,
-            quorum=max(1, decision.quorum),
-            requested_at=now,
-            expires_at=now + agent.approval_ttl,
-            decision_id=decision.decision_id,
-            policy_ids=decision.policy_ids,
-            chain=self._chain.summary(),
-        )
-        self._pending[request.request_id] = request
-        self._evidence[request.request_id] = []
-        self._publish_pending()
-        await self._audit("approval.requested", request.request_id, request.model_dump(mode="json"))
-        try:
-            await workflow.wait_condition(
-                lambda: request.request_id in self._verdicts or self._halted, timeout=agent.approval_ttl
-            )
-        except TimeoutError:
-            self._verdicts[request.request_id] = "expired"
-        finally:
-            self._pending.pop(request.request_id, None)
-            self._publish_pending()
-        if self._halted and request.request_id not in self._verdicts:
-            raise asyncio.CancelledError()
-        verdict = self._verdicts[request.request_id]
-        if verdict == "expired":
-            await self._audit("approval.expired", request.request_id, {"request_id": request.request_id})
-            raise _Denied(
-                f"step {step} {call.tool}: approval request {request.request_id} expired", errors.APPROVAL_EXPIRED
-            )
-        if verdict.startswith("rejected"):
-            raise _Denied(f"step {step} {call.tool}: {verdict}", errors.APPROVAL_REJECTED)
-        return (*approvals, *self._evidence.pop(request.request_id, []))
-
-    def _publish_pending(self) -> None:
-        """Pending requests go to visibility: their ids as a search attribute (to find the runs) and
-        the requests themselves in the memo, so `lockgate pending` lists thousands in one call."""
-        self._set_state("awaiting_approval" if self._pending else "running")
-        workflow.upsert_search_attributes([SA_PENDING.value_set(sorted(self._pending))])
-        workflow.upsert_memo({"pending": [r.model_dump(mode="json") for r in self._pending.values()]})
-
+    # -- approvals (asking and judging: ApprovalDesk) ----------------------------------------
     async def _audit(self, kind: str, key: str, data: dict[str, Any]) -> None:
         event = AuditEvent(
             event_key=f"{kind}:{self._run_id}:{key}", run_id=self._run_id, kind=kind, data=data, at=workflow.now()
         )
         await workflow.execute_activity("audit.record", event, **AUDIT_CALL)
-
-    async def _on_statement(self, payload: Any, verdict: str) -> ApprovalAttempt:
-        """One approval or rejection, from an update (answered at once) or a raw signal: verified by
-        the `approval.verify` activity (signature, person, group now, separation of duties, the exact
-        run, request, decision and args), counted once per person, and recorded either way."""
-        try:
-            signed = SignedStatement.model_validate(payload)
-        except ValidationError:
-            signed = None
-        digest = signed.statement.digest() if signed else hashlib.sha256(canonical_json(payload).encode()).hexdigest()
-        if digest in self._attempts:
-            return self._attempts[digest]  # a re-delivery of the same statement
-        claimed = str(signed.statement.person) if signed else str((payload or {}).get("approver", "?"))[:64]
-        fields = signed.statement.fields if signed else {}
-        request = self._pending.get(str(fields.get("request_id", (payload or {}).get("request_id", ""))))
-        result: ApprovalVerdict
-        if signed is None:
-            result = ApprovalVerdict(accepted=False, person=claimed, reason="forged: not a signed statement")
-        elif request is None:
-            result = ApprovalVerdict(
-                accepted=False, person=claimed, reason=f"no pending approval request {fields.get('request_id')!r}"
-            )
-        else:
-            result = await workflow.execute_local_activity(
-                "approval.verify",
-                ApprovalCheck(
-                    signed=signed,
-                    verdict="approve" if verdict == "approve" else "reject",
-                    run_id=self._run_id,
-                    temporal_run_id=workflow.info().run_id,
-                    agent=self._inp.agent,
-                    request=request,
-                ),
-                result_type=ApprovalVerdict,
-                **GATE_CALL,
-            )
-            if result.accepted and verdict == "approve" and result.person in request.approvals:
-                result = result.model_copy(
-                    update={
-                        "accepted": False,
-                        "reason": f"{result.person} already counted (quorum counts distinct people)",
-                    }
-                )
-            if result.accepted and request.request_id not in self._pending:
-                result = result.model_copy(update={"accepted": False, "reason": "request closed meanwhile"})
-        reason = str(fields.get("reason") or "") if result.accepted else result.reason
-        attempt = ApprovalAttempt(
-            attempt_id=digest,
-            request_id=request.request_id if request else str(fields.get("request_id", "")),
-            approver=result.person if result.verified else f"{claimed} (unverified)",
-            verdict="approve" if verdict == "approve" else "reject",
-            accepted=result.accepted,
-            reason=reason or "accepted",
-            at=workflow.now(),
-        )
-        self._attempts[digest] = attempt
-        if result.accepted and request is not None and signed is not None:
-            if verdict == "approve":
-                self._evidence.setdefault(request.request_id, []).append(signed)
-                request = request.model_copy(update={"approvals": (*request.approvals, result.person)})
-                self._pending[request.request_id] = request
-                self._publish_pending()
-                if len(request.approvals) >= request.quorum:
-                    self._verdicts[request.request_id] = "approved"
-            else:
-                self._verdicts[request.request_id] = f"rejected by {result.person}" + (f": {reason}" if reason else "")
-        kind = f"approval.{'accepted' if result.accepted else 'refused'}"
-        await self._audit(
-            kind,
-            digest[:32],
-            {
-                **attempt.model_dump(mode="json"),
-                "evidence": digest,
-                "verified": result.verified,
-                "args_digest": fields.get("args_digest"),
-            },
-        )
-        return attempt
 
     @workflow.update(name="approve")
     async def approve_update(self, signed: SignedStatement) -> ApprovalAttempt:
@@ -833,19 +678,7 @@ class AgentWorkflow:
     @workflow.update(name="halt")
     async def halt_update(self, signed: SignedStatement) -> str:
         """An operator's halt: verified (group `operators`), then the run stops and compensates."""
-        result = await workflow.execute_local_activity(
-            "halt.verify", HaltCheck(signed=signed, run_id=self._run_id), result_type=ApprovalVerdict, **GATE_CALL
-        )
-        await self._audit(
-            "halt.accepted" if result.accepted else "halt.refused",
-            signed.statement.digest()[:32],
-            {"person": result.person, "reason": result.reason, "verified": result.accepted},
-        )
-        if not result.accepted:
-            return f"refused: {result.reason}"
-        self._halt_reason = f"{signed.statement.fields.get('reason') or 'halted'} (by {result.person})"
-        self._halted = True
-        return "halting"
+        return await self._on_halt(signed)
 
     # -- compensation --------------------------------------------------------------------------
     async def _compensate(self, agent: AgentSpec) -> None:

@@ -1,0 +1,272 @@
+"""The activity half of drop-in governance: the `dropin.gate` decision and the governed attempt.
+
+Every attempt of a governed activity evaluates its gate again (a freeze or a policy reload may have
+landed since the workflow asked), leases the tool's secret under the run's own Vault identity, runs
+the tool with the secret in `current_secret()` only, revokes the lease and records it all in the
+ledger: the same gate -> lease -> run -> revoke as `ToolRunner`, around someone else's activity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from lockgate.activities.governance import GovernanceActivities
+from lockgate.activities.ledger import Ledger
+from lockgate.activities.vault import LeaseForbidden, VaultBroker
+from lockgate.context import Resources, ToolContext, ToolError
+from lockgate.dropin.models import DropinCall, DropinVerdict, jsonable
+from lockgate.dropin.spec import DENIAL_DEFAULT, Denial
+from lockgate.errors import BAD_INPUT, LEASE_FORBIDDEN, TOOL_DENIED, TOOL_FAILED, LockgateError
+from lockgate.gates.bundle import PolicyBundle
+from lockgate.models import GateRequest, LeaseRef, RunIdentity, RunOpen, args_digest
+from lockgate.spec import AgentRegistry
+
+__all__ = ["DropinActivities", "NoSecret", "current_call", "current_secret"]
+
+log = logging.getLogger("lockgate.dropin")
+
+_CALL: contextvars.ContextVar[ToolContext | None] = contextvars.ContextVar("lockgate_call", default=None)
+
+
+class NoSecret(LockgateError):
+    """`current_secret()` outside a governed call whose tool declares a secret."""
+
+
+def current_call() -> ToolContext:
+    """The governed tool call running now, as lockgate's own tools see theirs: run id, step,
+    `idempotency_key` (record it with the side effect: a compensation gets it), `resources`, and
+    `connect(dbname)` as the call's leased database role.
+
+    Raises:
+        NoSecret: outside a governed tool activity.
+    """
+    ctx = _CALL.get()
+    if ctx is None:
+        raise NoSecret("not inside a governed tool call")
+    return ctx
+
+
+def current_secret() -> dict[str, Any]:
+    """The dynamic secret of the governed tool call running now (e.g. `username`/`password`).
+
+    It lives for this attempt only and is revoked when the tool returns: never return, log or store
+    it (a tool's result is written to workflow history).
+
+    Raises:
+        NoSecret: outside a governed call, or the tool declares no secret.
+    """
+    ctx = _CALL.get()
+    if ctx is None or not ctx.secret:
+        raise NoSecret("no secret here: the tool declares none, or this is not a governed tool call")
+    return dict(ctx.secret)
+
+
+class DropinActivities:
+    """Gate and governed execution for drop-in tools, over lockgate's own Vault broker and ledger."""
+
+    def __init__(
+        self,
+        *,
+        governance: GovernanceActivities,
+        agents: AgentRegistry,
+        vault: VaultBroker,
+        ledger: Ledger,
+        bundle: Callable[[], PolicyBundle],
+        denials: dict[str, Denial] | None = None,
+        resources: Resources | None = None,
+        governed: frozenset[str] = frozenset(),
+    ) -> None:
+        self._governed = governed  # the lockgate agent names of the governed apps' agents
+        self._resources = resources or Resources()
+        self._denials = denials or {}
+        self._governance = governance
+        self._agents = agents
+        self._vault = vault
+        self._ledger = ledger
+        self._bundle = bundle
+
+    # -- the gate, as the workflow asks it ---------------------------------------------------------
+    def on_deny(self, request: GateRequest, policy_ids: tuple[str, ...], tool_default: Denial) -> Denial:
+        """What a denial does: the deciding policy's `@denial("fail"|"retry")`, else the tool's setting."""
+        bundle = self._bundle()
+        for policy_id in policy_ids:
+            statement = bundle.by_id(policy_id)
+            mode = statement.annotations.get("denial") if statement is not None else None
+            if mode in ("fail", "retry"):
+                return mode  # type: ignore[return-value]  # checked just above
+        return tool_default
+
+    @activity.defn(name="dropin.open")
+    def open_run(self, request: RunOpen) -> RunIdentity:
+        """A governed app's run opens its Vault identity at its first governed call. Only for the
+        governed apps' agents, from their own workflows: never a lockgate agent run (those need a
+        person's signed start, `run.open`), never a sub-agent."""
+        info = activity.info()
+        if info.workflow_type == "lockgate.agent" or request.agent not in self._governed:
+            raise ApplicationError(
+                f"dropin.open is only for the governed apps' own workflows, not {request.agent!r} in {info.workflow_type}",
+                type=BAD_INPUT,
+                non_retryable=True,
+            )
+        if request.parent is not None or request.parent_run_id is not None or request.start is not None:
+            raise ApplicationError(
+                "a drop-in run has no parent and no signed start", type=BAD_INPUT, non_retryable=True
+            )
+        return self._governance.open_identity(request, signed_start=False)
+
+    @activity.defn(name="dropin.gate")
+    def gate(self, request: GateRequest) -> DropinVerdict:
+        if request.run_id != activity.info().workflow_id:
+            raise ApplicationError("gate request names another run", type=BAD_INPUT, non_retryable=True)
+        if request.compensation:
+            raise ApplicationError(
+                "a drop-in call cannot claim to be a compensation", type=BAD_INPUT, non_retryable=True
+            )
+        decision = self._governance.decide(request)
+        mode = self.on_deny(request, decision.policy_ids, self._denials.get(request.call.tool, DENIAL_DEFAULT))
+        return DropinVerdict(decision=decision, on_deny=mode)
+
+    # -- the governed attempt ----------------------------------------------------------------------
+    async def execute(self, call: DropinCall, tool: str, actual_args: dict[str, Any] | None, run: Any) -> Any:
+        """Runs one attempt of a governed activity (`run()` awaits the wrapped activity)."""
+        info = activity.info()
+        request = call.request
+        if request is None or request.run_id != info.workflow_id or request.call.tool != tool:
+            await self._refuse(tool, "the call's gate request names another run or tool")
+        assert request is not None
+        if actual_args is not None and args_digest(actual_args) != args_digest(request.call.args):
+            await self._refuse(tool, "the activity's args are not the args the gate decided on")
+        spec = self._agents.tool(tool)
+        if spec is None:
+            await self._refuse(tool, f"{tool} is not a governed tool")
+        assert spec is not None
+        request = request.model_copy(update={"decision_id": f"{request.decision_id}/attempt"})
+        decision = await asyncio.to_thread(self._governance.decide, request, attempt=info.attempt)
+        if decision.outcome != "allow":
+            raise ApplicationError(
+                f"{tool} denied at run time by {decision.gate}: {'; '.join(decision.reasons)}",
+                type=TOOL_DENIED,
+                non_retryable=True,
+            )
+        step = request.step
+        lease: LeaseRef | None = None
+        secret: dict[str, Any] | None = None
+        if spec.secret:
+            try:
+                lease, secret = await asyncio.to_thread(self._vault.issue, request.run_id, spec.secret)
+            except LeaseForbidden as err:
+                raise ApplicationError(str(err), type=LEASE_FORBIDDEN, non_retryable=True) from None
+            await asyncio.to_thread(
+                self._ledger.try_append,
+                f"lease.issued:{lease.lease_id}",
+                request.run_id,
+                "lease.issued",
+                {
+                    "lease_id": lease.lease_id,
+                    "secret_path": lease.secret_path,
+                    "ttl_seconds": lease.ttl_seconds,
+                    "tool": tool,
+                    "step": step,
+                    "attempt": info.attempt,
+                },
+            )
+        token = _CALL.set(ToolContext(request.run_id, step, call.idempotency_key, self._resources, secret or {}))
+        try:
+            result = await run()
+        except ToolError as err:
+            await self._failed(request, tool, str(err), info.attempt)
+            raise ApplicationError(f"{tool}: {err}", type=TOOL_FAILED, non_retryable=not err.retryable) from None
+        except BaseException as err:
+            await self._failed(request, tool, f"{type(err).__name__}: {err}", info.attempt)
+            raise
+        finally:
+            ctx = _CALL.get()
+            if ctx is not None:
+                ctx.secret = {}
+            _CALL.reset(token)
+            secret = None
+            if lease is not None:
+                await asyncio.to_thread(self._vault.revoke, lease.lease_id)
+                await asyncio.to_thread(
+                    self._ledger.try_append,
+                    f"lease.revoked:{lease.lease_id}",
+                    request.run_id,
+                    "lease.revoked",
+                    {"lease_id": lease.lease_id, "tool": tool, "step": step, "by": "tool"},
+                )
+        await asyncio.to_thread(
+            self._ledger.try_append,
+            f"tool.completed:{request.run_id}:{step}",
+            request.run_id,
+            "tool.completed",
+            {
+                "tool": tool,
+                "step": step,
+                "summary": _summary(result),
+                "idempotency_key": call.idempotency_key,
+                "lease_id": lease.lease_id if lease else None,
+                "decision_id": decision.decision_id,
+                "compensates": None,
+            },
+        )
+        return result
+
+    async def legacy(self, tool: str, run: Any) -> Any:
+        """A run that started before lockgate was added: it stays ungoverned, and the ledger says so."""
+        info = activity.info()
+        await asyncio.to_thread(
+            self._ledger.try_append,
+            f"tool.ungoverned:{info.workflow_id}:{info.activity_id}",
+            info.workflow_id,
+            "tool.ungoverned",
+            {"tool": tool, "reason": "the run reached a tool call before lockgate was added (workflow.patched)"},
+        )
+        return await run()
+
+    async def _refuse(self, tool: str, reason: str) -> None:
+        info = activity.info()
+        await asyncio.to_thread(
+            self._ledger.try_append,
+            f"tool.refused:{info.workflow_id}:{info.activity_id}:{info.attempt}",
+            info.workflow_id,
+            "tool.refused",
+            {"tool": tool, "reason": reason},
+        )
+        raise ApplicationError(f"{tool}: {reason}", type=BAD_INPUT, non_retryable=True)
+
+    async def _failed(self, request: GateRequest, tool: str, error: str, attempt: int) -> None:
+        await asyncio.to_thread(
+            self._ledger.try_append,
+            f"tool.failed:{request.run_id}:{request.step}:{attempt}",
+            request.run_id,
+            "tool.failed",
+            {"tool": tool, "step": request.step, "error": error[:500], "attempt": attempt},
+        )
+
+
+def _summary(result: Any) -> str:
+    """A short account of a result for the ledger (results can hold data; keep it short)."""
+    text = str(jsonable(result))
+    return text if len(text) <= 200 else text[:200] + "…"
+
+
+def bind_named(fn: Callable[..., Any] | None, values: Sequence[Any], names: set[str]) -> dict[str, Any]:
+    """An activity's positional args by parameter name, only those the gate saw (`names`)."""
+    if fn is None:
+        return {}
+    try:
+        params = list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return {}
+    if params and params[0] == "self":
+        params = params[1:]
+    bound = dict(zip(params, values, strict=False))
+    return {k: jsonable(v) for k, v in bound.items() if k in names and v is not None}

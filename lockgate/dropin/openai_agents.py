@@ -1,0 +1,162 @@
+"""OpenAI Agents SDK tools under lockgate: plain function tools and `activity_as_tool` tools alike.
+
+In Temporal's OpenAI Agents integration only `activity_as_tool` tools are activities; a plain
+`@function_tool` runs in workflow code. So lockgate governs every `FunctionTool` at the runner: a
+runner wrapped around the integration's own (installed once per process, delegating outside
+governed workflows) hands the run a copy of the agent graph whose tools gate each call with the
+run's `RunGovernor` (Cedar principal: the calling agent's name) before invoking the original tool.
+When that original is an `activity_as_tool`, the activity it starts carries the gated request, and
+the activity side leases and injects its secret (`lockgate.dropin.interceptor`).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import json
+import sys
+from typing import TYPE_CHECKING, Any
+
+from lockgate.dropin.governor import Denied
+from lockgate.dropin.models import DropinCall, jsonable
+
+if TYPE_CHECKING:
+    from lockgate.dropin.interceptor import DropinIndex
+
+__all__ = ["install_runner", "take_pending_call"]
+
+_GOVERNED = "__lockgate_governed__"
+
+# The gated call whose activity (an `activity_as_tool`) the current task is about to start.
+_PENDING: contextvars.ContextVar[tuple[str, DropinCall] | None] = contextvars.ContextVar(
+    "lockgate_openai_pending", default=None
+)
+
+
+def take_pending_call(activity_type: str) -> DropinCall | None:
+    """The gated call for the activity being started, once (None when this start is not one)."""
+    pending = _PENDING.get()
+    if pending is None or pending[0] != activity_type:
+        return None
+    _PENDING.set(None)
+    return pending[1]
+
+
+def install_runner(index: DropinIndex) -> None:
+    """Wraps the process's default agent runner (the Temporal one) once; a no-op without the SDK."""
+    # Only where the SDK is in use (its plugin loaded it in the worker's process); looked up, never
+    # imported from workflow code.
+    run_module = sys.modules.get("agents.run")
+    if run_module is None:
+        return
+    get_default_agent_runner, set_default_agent_runner = (
+        run_module.get_default_agent_runner,
+        run_module.set_default_agent_runner,
+    )
+    current = get_default_agent_runner()
+    if isinstance(current, _GovernedRunner):
+        current.index = index
+        return
+    set_default_agent_runner(_GovernedRunner(current, index))  # type: ignore[arg-type]
+
+
+class _GovernedRunner:
+    """An `AgentRunner` that governs the tools of every agent a governed workflow runs."""
+
+    def __init__(self, inner: Any, index: DropinIndex) -> None:
+        self.inner = inner
+        self.index = index
+
+    def _govern(self, agent: Any) -> Any:
+        from lockgate.dropin.interceptor import governor_of
+
+        if governor_of() is None:
+            return agent
+        return _governed_agent(agent, self.index, {})
+
+    async def run(self, starting_agent: Any, input: Any, **kwargs: Any) -> Any:
+        return await self.inner.run(self._govern(starting_agent), input, **kwargs)
+
+    def run_sync(self, starting_agent: Any, input: Any, **kwargs: Any) -> Any:
+        return self.inner.run_sync(starting_agent, input, **kwargs)
+
+    def run_streamed(self, starting_agent: Any, input: Any, **kwargs: Any) -> Any:
+        return self.inner.run_streamed(self._govern(starting_agent), input, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def _governed_agent(agent: Any, index: DropinIndex, seen: dict[int, Any]) -> Any:
+    """A copy of `agent` (and of every agent it hands off to) whose function tools are governed."""
+    sdk = sys.modules["agents"]
+    Agent, FunctionTool, Handoff = sdk.Agent, sdk.FunctionTool, sdk.Handoff
+
+    if getattr(agent, _GOVERNED, False):
+        return agent
+    if id(agent) in seen:
+        return seen[id(agent)]
+    lockgate_agent = index.agent(agent.name)
+    tools = [
+        _governed_tool(t, agent.name, index) if isinstance(t, FunctionTool) and lockgate_agent is not None else t
+        for t in agent.tools
+    ]
+    copy = dataclasses.replace(agent, tools=tools)
+    seen[id(agent)] = copy
+    handoffs: list[Any] = []
+    for item in agent.handoffs:
+        if isinstance(item, Agent):
+            handoffs.append(_governed_agent(item, index, seen))
+        elif isinstance(item, Handoff):
+            original = item.on_invoke_handoff
+
+            async def on_invoke(context: Any, args: str, invoke: Any = original) -> Any:
+                return _governed_agent(await invoke(context, args), index, seen)
+
+            handoffs.append(dataclasses.replace(item, on_invoke_handoff=on_invoke))
+        else:
+            handoffs.append(item)
+    copy.handoffs = handoffs
+    setattr(copy, _GOVERNED, True)
+    return copy
+
+
+def _governed_tool(tool: Any, agent_name: str, index: DropinIndex) -> Any:
+    original = tool.on_invoke_tool
+    name = tool.name
+
+    async def invoke(ctx: Any, input: str) -> Any:
+        from lockgate.dropin.interceptor import deny_in_framework, governor_of
+
+        governor = governor_of()
+        agent = index.agent(agent_name)
+        if governor is None or agent is None:
+            return await original(ctx, input)
+        try:
+            args = jsonable(json.loads(input or "{}"))
+        except json.JSONDecodeError:
+            args = {"input": input}
+        if not isinstance(args, dict):
+            args = {"input": args}
+
+        async def run(header: DropinCall) -> Any:
+            # If this tool is an `activity_as_tool`, the activity it starts takes this header.
+            token = _PENDING.set((name, header.model_copy(update={"binding": "named"})))
+            try:
+                return await original(ctx, input)
+            finally:
+                _PENDING.reset(token)
+
+        try:
+            return await governor.call(agent, name, args, run, binding="named", activity=_is_activity_tool(tool))
+        except Denied as denied:
+            return deny_in_framework(denied, to_model=lambda message: message)
+
+    return dataclasses.replace(tool, on_invoke_tool=invoke)
+
+
+def _is_activity_tool(tool: Any) -> bool:
+    """Whether the tool runs as an activity (whose attempt records its own completion):
+    `activity_as_tool` builds its invoker in temporalio's OpenAI Agents workflow module."""
+    module = getattr(tool.on_invoke_tool, "__module__", "") or ""
+    return module.startswith(("temporalio.openai_agents", "temporalio.contrib.openai_agents"))

@@ -1,0 +1,254 @@
+"""Approvals in workflow code: asking a group, and taking the signed statements that answer it.
+
+One implementation for every governed run: lockgate's own agent workflow (workflows/agent.py) and
+the existing apps governed drop-in (lockgate.dropin.governor), so `lockgate approve | reject | halt`,
+`lockgate pending` and the inbox act on both the same way. Workflow code only collects: each signed
+statement is verified by the `approval.verify` activity (signature, the person's groups now,
+separation of duties, the exact run, Temporal run, request, decision and args digest), and what the
+workflow then hands the deciding activity (`GateRequest.approvals`) is verified there again before
+anything is leased: workflow state alone never grants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy, SearchAttributeKey
+
+with workflow.unsafe.imports_passed_through():
+    from pydantic import ValidationError
+
+    from lockgate import errors
+    from lockgate.models import (
+        ApprovalAttempt,
+        ApprovalCheck,
+        ApprovalRequest,
+        ApprovalVerdict,
+        Chain,
+        Decision,
+        HaltCheck,
+        RunState,
+        ToolCall,
+        canonical_json,
+        redact_args,
+    )
+    from lockgate.people import SignedStatement
+    from lockgate.spec import AgentSpec
+
+__all__ = ["SA_PENDING", "VERIFY_CALL", "ApprovalDesk", "CallDenied"]
+
+# The ids of a run's pending approval requests (visibility: `lockgate pending` finds runs by it).
+SA_PENDING = SearchAttributeKey.for_keyword_list("LockgatePending")
+
+# `approval.verify` and `halt.verify`: local activities, answered within the update that asked.
+VERIFY_CALL: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=20),
+    "retry_policy": RetryPolicy(
+        maximum_attempts=5, maximum_interval=timedelta(seconds=5), non_retryable_error_types=[errors.BAD_INPUT]
+    ),
+}
+
+
+class CallDenied(Exception):
+    """A governed call that will not run: denied by a gate, rejected or expired (`kind`: errors.*)."""
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class ApprovalDesk:
+    """The approvals of one run. A host class (a workflow, or a drop-in run's governor) provides
+    the attributes below and `_set_state` / `_audit`, and calls `_init_approvals` once."""
+
+    _run_id: str
+    _state: RunState
+    _chain: Chain
+    _halted: bool
+    _halt_reason: str | None
+    _pending: dict[str, ApprovalRequest]
+    _verdicts: dict[str, str]  # request id -> "approved" | "rejected by ..." | "expired"
+    _attempts: dict[str, ApprovalAttempt]
+    _evidence: dict[str, list[SignedStatement]]  # accepted signed approvals per pending request
+    _rounds: dict[int, int]  # approval rounds per step
+
+    def _init_approvals(self) -> None:
+        self._pending = {}
+        self._verdicts = {}
+        self._attempts = {}
+        self._evidence = {}
+        self._rounds = {}
+        # Set by a verified `halt` update: every wait of the run ends and it compensates.
+        self._halted = False
+        self._halt_reason = None
+
+    def _set_state(self, state: RunState) -> None:
+        raise NotImplementedError
+
+    def _audit(self, kind: str, key: str, data: dict[str, Any]) -> Awaitable[None]:
+        raise NotImplementedError
+
+    # -- asking --------------------------------------------------------------------------------
+    async def _approval(
+        self,
+        agent: AgentSpec,
+        call: ToolCall,
+        step: int,
+        decision: Decision,
+        approvals: tuple[SignedStatement, ...],
+    ) -> tuple[SignedStatement, ...]:
+        """Asks the decision's group and waits. Returns the signed approvals to evaluate the call
+        again with (policy, not the approval, has the last word: the deciding activity verifies
+        each one itself); raises CallDenied on rejection or expiry, CancelledError on halt."""
+        assert decision.approver_group is not None
+        now = workflow.now()
+        self._rounds[step] = self._rounds.get(step, 0) + 1
+        request = ApprovalRequest(
+            request_id=f"{step}.{self._rounds[step]}",
+            run_id=self._run_id,
+            agent=agent.name,
+            step=step,
+            tool=call.tool,
+            args_digest=decision.args_digest,
+            args_preview=redact_args(call.args),
+            group=decision.approver_group,
+            quorum=max(1, decision.quorum),
+            requested_at=now,
+            expires_at=now + agent.approval_ttl,
+            decision_id=decision.decision_id,
+            policy_ids=decision.policy_ids,
+            chain=self._chain.summary(),
+        )
+        self._pending[request.request_id] = request
+        self._evidence[request.request_id] = []
+        self._publish_pending()
+        await self._audit("approval.requested", request.request_id, request.model_dump(mode="json"))
+        try:
+            await workflow.wait_condition(
+                lambda: request.request_id in self._verdicts or self._halted, timeout=agent.approval_ttl
+            )
+        except TimeoutError:
+            self._verdicts[request.request_id] = "expired"
+        finally:
+            self._pending.pop(request.request_id, None)
+            self._publish_pending()
+        if self._halted and request.request_id not in self._verdicts:
+            raise asyncio.CancelledError()
+        verdict = self._verdicts[request.request_id]
+        if verdict == "expired":
+            await self._audit("approval.expired", request.request_id, {"request_id": request.request_id})
+            raise CallDenied(
+                f"step {step} {call.tool}: approval request {request.request_id} expired", errors.APPROVAL_EXPIRED
+            )
+        if verdict.startswith("rejected"):
+            raise CallDenied(f"step {step} {call.tool}: {verdict}", errors.APPROVAL_REJECTED)
+        return (*approvals, *self._evidence.pop(request.request_id, []))
+
+    def _publish_pending(self) -> None:
+        """Pending requests go to visibility: their ids as a search attribute (to find the runs) and
+        the requests themselves in the memo, so `lockgate pending` lists thousands in one call."""
+        self._set_state("awaiting_approval" if self._pending else "running")
+        workflow.upsert_search_attributes([SA_PENDING.value_set(sorted(self._pending))])
+        workflow.upsert_memo({"pending": [r.model_dump(mode="json") for r in self._pending.values()]})
+
+    # -- answers -------------------------------------------------------------------------------
+    async def _on_statement(self, payload: Any, verdict: str) -> ApprovalAttempt:
+        """One approval or rejection, from an update (answered at once) or a raw signal: verified by
+        the `approval.verify` activity (signature, person, group now, separation of duties, the exact
+        run, request, decision and args), counted once per person, and recorded either way."""
+        try:
+            signed = SignedStatement.model_validate(payload)
+        except ValidationError:
+            signed = None
+        digest = signed.statement.digest() if signed else hashlib.sha256(canonical_json(payload).encode()).hexdigest()
+        if digest in self._attempts:
+            return self._attempts[digest]  # a re-delivery of the same statement
+        raw = payload if isinstance(payload, dict) else {}
+        claimed = str(signed.statement.person) if signed else str(raw.get("approver", "?"))[:64]
+        fields = signed.statement.fields if signed else {}
+        request = self._pending.get(str(fields.get("request_id", raw.get("request_id", ""))))
+        result: ApprovalVerdict
+        if signed is None:
+            result = ApprovalVerdict(accepted=False, person=claimed, reason="forged: not a signed statement")
+        elif request is None:
+            result = ApprovalVerdict(
+                accepted=False, person=claimed, reason=f"no pending approval request {fields.get('request_id')!r}"
+            )
+        else:
+            result = await workflow.execute_local_activity(
+                "approval.verify",
+                ApprovalCheck(
+                    signed=signed,
+                    verdict="approve" if verdict == "approve" else "reject",
+                    run_id=self._run_id,
+                    temporal_run_id=workflow.info().run_id,
+                    # The agent whose call asks (its owner may not approve it).
+                    agent=request.agent,
+                    request=request,
+                ),
+                result_type=ApprovalVerdict,
+                **VERIFY_CALL,
+            )
+            if result.accepted and verdict == "approve" and result.person in request.approvals:
+                result = result.model_copy(
+                    update={
+                        "accepted": False,
+                        "reason": f"{result.person} already counted (quorum counts distinct people)",
+                    }
+                )
+            if result.accepted and request.request_id not in self._pending:
+                result = result.model_copy(update={"accepted": False, "reason": "request closed meanwhile"})
+        reason = str(fields.get("reason") or "") if result.accepted else result.reason
+        attempt = ApprovalAttempt(
+            attempt_id=digest,
+            request_id=request.request_id if request else str(fields.get("request_id", "")),
+            approver=result.person if result.verified else f"{claimed} (unverified)",
+            verdict="approve" if verdict == "approve" else "reject",
+            accepted=result.accepted,
+            reason=reason or "accepted",
+            at=workflow.now(),
+        )
+        self._attempts[digest] = attempt
+        if result.accepted and request is not None and signed is not None:
+            if verdict == "approve":
+                self._evidence.setdefault(request.request_id, []).append(signed)
+                request = request.model_copy(update={"approvals": (*request.approvals, result.person)})
+                self._pending[request.request_id] = request
+                self._publish_pending()
+                if len(request.approvals) >= request.quorum:
+                    self._verdicts[request.request_id] = "approved"
+            else:
+                self._verdicts[request.request_id] = f"rejected by {result.person}" + (f": {reason}" if reason else "")
+        kind = f"approval.{'accepted' if result.accepted else 'refused'}"
+        await self._audit(
+            kind,
+            digest[:32],
+            {
+                **attempt.model_dump(mode="json"),
+                "evidence": digest,
+                "verified": result.verified,
+                "args_digest": fields.get("args_digest"),
+            },
+        )
+        return attempt
+
+    async def _on_halt(self, signed: SignedStatement) -> str:
+        """An operator's halt: verified (group `operators`), then the run stops and compensates."""
+        result = await workflow.execute_local_activity(
+            "halt.verify", HaltCheck(signed=signed, run_id=self._run_id), result_type=ApprovalVerdict, **VERIFY_CALL
+        )
+        await self._audit(
+            "halt.accepted" if result.accepted else "halt.refused",
+            signed.statement.digest()[:32],
+            {"person": result.person, "reason": result.reason, "verified": result.accepted},
+        )
+        if not result.accepted:
+            return f"refused: {result.reason}"
+        self._halt_reason = f"{signed.statement.fields.get('reason') or 'halted'} (by {result.person})"
+        self._halted = True
+        return "halting"
