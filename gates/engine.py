@@ -7,6 +7,7 @@ Any exception inside a gate is a deny naming the gate (fail closed).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -137,8 +138,8 @@ def _boundary(agent: AgentSpec, request: GateRequest) -> Verdict | None:
     return None
 
 
-def _args(tool: ToolSpec, request: GateRequest) -> Verdict | None:
-    size = len(canonical_json(request.call.args).encode())
+def _args(tool: ToolSpec, request: GateRequest, canonical: bytes) -> Verdict | None:
+    size = len(canonical)
     if size > MAX_ARGS_BYTES:
         return Verdict("args", "deny", (f"args are {size} bytes, over the {MAX_ARGS_BYTES}-byte limit",))
     # Args reach policies as `context.args` exactly as given, so they must be plain data: never an
@@ -330,6 +331,7 @@ def evaluate(
 ) -> Decision:
     """Decides one call. Never raises: an error in any gate is a deny by that gate."""
     gate = "kill_switch"
+    digest = ""  # the args' digest, once the args gate has serialised them
     try:
         verdict: Verdict | None = _kill_switch(request)
         if verdict is None and agent is not None and request.call.tool == DELEGATE_TOOL:
@@ -347,7 +349,9 @@ def evaluate(
             tool = agent.tool(request.call.tool)
             assert tool is not None
             gate = "args"
-            verdict = _args(tool, request)
+            canonical = canonical_json(request.call.args).encode()
+            digest = hashlib.sha256(canonical).hexdigest()
+            verdict = _args(tool, request, canonical)
             if verdict is None:
                 gate = "policy"
                 cedar = _cedar(bundle, agent, tool, request)
@@ -371,7 +375,7 @@ def evaluate(
     except Exception as err:  # noqa: BLE001 - fail closed: any gate error is a deny
         verdict = Verdict(gate, "deny", (f"gate error ({type(err).__name__}): {err}",))
     try:
-        digest = args_digest(request.call.args)
+        digest = digest or args_digest(request.call.args)
     except Exception:  # noqa: BLE001
         digest = "unhashable"
     return Decision(
