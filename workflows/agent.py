@@ -290,6 +290,9 @@ class AgentWorkflow(ApprovalDesk):
             bool,
         )
         self._set_state(final)
+        # An approval, rejection or halt being judged as the run ends gets its answer first (the
+        # identity is closed in the same workflow task now, so the run can end before a handler).
+        await workflow.wait_condition(workflow.all_handlers_finished)
         if failure is not None:
             raise failure
         return RunResult(
