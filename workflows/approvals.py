@@ -134,9 +134,16 @@ class ApprovalDesk:
             )
         except TimeoutError:
             self._verdicts[request.request_id] = "expired"
-        finally:
+        except GeneratorExit:
+            # The run is being evicted from the worker's cache (its coroutines are closed): no
+            # workflow API can be called now, and the run's visibility stays as it was.
+            raise
+        except BaseException:
             self._pending.pop(request.request_id, None)
             self._publish_pending()
+            raise
+        self._pending.pop(request.request_id, None)
+        self._publish_pending()
         if self._halted and request.request_id not in self._verdicts:
             raise asyncio.CancelledError()
         verdict = self._verdicts[request.request_id]
