@@ -191,6 +191,7 @@ class AgentWorkflow(ApprovalDesk):
         self._steps: list[StepRecord] = []
         self._compensated: list[StepRecord] = []
         self._done: list[dict[str, Any]] = []
+        self._step_views: list[Step] = []  # self._done as planners see it (see _propose)
         self._saga: list[SagaEntry] = []
         self._outstanding: list[SagaEntry] = []
         # Temporal's id of this run's first execution (the same across continue-as-new).
@@ -380,8 +381,14 @@ class AgentWorkflow(ApprovalDesk):
             )
             return plan.call
         assert agent.planner is not None
-        steps = [Step(step=d["step"], tool=d["tool"], args=d.get("args", {}), result=d["result"]) for d in self._done]
-        return agent.planner(agent.input_model.model_validate(self._inp.input), steps)
+        # Steps are built once each (a long run would otherwise rebuild every earlier step at
+        # every step); the planner gets its own list.
+        views = self._step_views
+        views.extend(
+            Step(step=d["step"], tool=d["tool"], args=d.get("args", {}), result=d["result"])
+            for d in self._done[len(views) :]
+        )
+        return agent.planner(agent.input_model.model_validate(self._inp.input), list(views))
 
     def _history_full(self, agent: AgentSpec) -> bool:
         info = workflow.info()
