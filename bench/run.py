@@ -66,7 +66,7 @@ class Sizes:
     codec_n1: int = 2
     codec_n2: int = 12
     codec_reps: int = 9
-    scale_runs: int = 60
+    scale_runs: int = 40
     scale_rounds: int = 2
 
 
