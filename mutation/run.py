@@ -410,11 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     selected = mutants
     if args.survivors:
-        last = {
-            k["key"]: k["outcome"]
-            for r in previous.get("modules", {}).values()
-            for k in r.get("_mutants", [])
-        }
+        last = {k["key"]: k["outcome"] for r in previous.get("modules", {}).values() for k in r.get("_mutants", [])}
         selected = [m for m in mutants if last.get(m.key, "survived") == "survived"]
         for m in mutants:
             if m not in selected:

@@ -41,9 +41,7 @@ async def _send(handle: WorkflowHandle[Any, Any], signed: SignedStatement) -> Ap
 
 
 @pytest.mark.parametrize("field", ["run_id", "temporal_run_id", "decision_id", "tool", "args_digest"])
-async def test_an_approval_binding_one_wrong_field_is_refused(
-    client: Client, worker_running: str, field: str
-) -> None:
+async def test_an_approval_binding_one_wrong_field_is_refused(client: Client, worker_running: str, field: str) -> None:
     """Control: `approval.verify` compares each field the approval binds (run, Temporal run, decision,
     tool, args digest). alice (finance, neither initiator nor owner) passes every other check: the
     same approval with that one field right is accepted."""
@@ -157,3 +155,133 @@ async def test_the_initiator_alone_is_refused_by_the_deciding_activity(
     other = await _approval_for("bob", request)
     assert _judge(deps).approved_groups(request.model_copy(update={"approvals": (other,)})) == (("finance",), [])
     await handle.terminate()
+
+
+# -- leases: revoked the moment the call ends -------------------------------------------------------
+async def test_a_calls_lease_is_revoked_while_the_run_is_still_alive(
+    client: Client, worker_running: str, deps: Any, outside: Any
+) -> None:
+    """Control: the tool activity revokes its own lease when the call ends, not the run's identity
+    at run end. Checked while the run waits for approval at its next step, identity alive."""
+    handle = await start(
+        client,
+        worker_running,
+        "script-agent",
+        {
+            "steps": [
+                {"tool": "refunds.issue", "args": {"order_id": "A-1001", "amount_cents": 100}},
+                {"tool": "refunds.issue", "args": {"order_id": "A-1002", "amount_cents": 20000}},
+            ]
+        },
+        initiator="erin",
+    )
+    await pending_request(handle)
+    status = await status_of(handle)
+    assert status.identity_accessor and outside.token_alive(status.identity_accessor)
+    (issued,) = [json.loads(e.data) for e in deps.ledger.entries(handle.id) if e.kind == "lease.issued"]
+    lease = issued["lease_id"]
+    assert deps.vault.lease_info(lease) is None, "the finished call's lease is still alive"
+    assert lease not in outside.live_leases()
+    revoked = [json.loads(e.data) for e in deps.ledger.entries(handle.id) if e.kind == "lease.revoked"]
+    assert [(r["lease_id"], r["by"]) for r in revoked] == [(lease, "tool")]
+    assert outside.token_alive(status.identity_accessor), "the run's identity must still be alive"
+    await handle.terminate()
+    deps.vault.close_run(handle.id, status.identity_accessor)
+
+
+# -- compensation claims: only for a completed forward step of this run ------------------------------
+async def _rogue(client: Client, queue: str, run_id: str, tool: str, args: dict[str, Any], key: str) -> str:
+    """A hostile workflow's compensation claim, sent straight to the tool activity; why it failed."""
+    from lockgate.models import GateState, ToolCall, ToolInvocation
+
+    inv = ToolInvocation(
+        run_id=run_id,
+        step=9,
+        tool=tool,
+        idempotency_key=f"{run_id}:9",
+        compensates=key,
+        gate=GateRequest(
+            decision_id=f"{run_id}/9/1",
+            run_id=run_id,
+            agent="refund-agent",
+            initiator="erin",
+            step=9,
+            call=ToolCall(tool=tool, args=args),
+            state=GateState(),
+            compensation=True,
+        ),
+    )
+    handle = await client.start_workflow("tests.rogue", inv.model_dump(mode="json"), id=run_id, task_queue=queue)
+    with pytest.raises(Exception) as err:
+        await asyncio.wait_for(handle.result(), timeout=30)
+    return str(err.value.__cause__.__cause__)  # type: ignore[union-attr]
+
+
+async def test_a_compensation_claim_needs_a_completed_forward_step_of_this_run(
+    client: Client, worker_running: str, deps: Any
+) -> None:
+    """Control: `_check_compensation`, each condition alone. The ledger of the claiming run is written
+    so that every claim below fails exactly one condition: the engine's exact args, a numeric step, a
+    `tool.completed` entry of that step, by a tool this one compensates, that is not itself a
+    compensation. The claim that meets them all gets past the check (and then has no lease)."""
+    import uuid
+
+    def run_with(events: list[dict[str, Any]]) -> str:
+        run_id = f"rogue-{uuid.uuid4().hex[:8]}"
+        for n, data in enumerate(events):
+            deps.ledger.append(f"tool.completed:{run_id}:{n}", run_id, "tool.completed", data)
+        return run_id
+
+    def done(run_id: str, **over: Any) -> dict[str, Any]:
+        return {"tool": "refunds.issue", "step": 1, "idempotency_key": f"{run_id}:1", "compensates": None, **over}
+
+    cases: list[tuple[str, str]] = []
+    run_id = run_with([])
+    cases.append(
+        (
+            await _rogue(
+                client,
+                worker_running,
+                run_id,
+                "refunds.reverse",
+                {"idempotency_key": f"{run_id}:1", "x": 1},
+                f"{run_id}:1",
+            ),
+            "compensation args",
+        )
+    )
+    run_id = run_with([])
+    cases.append(
+        (
+            await _rogue(
+                client, worker_running, run_id, "refunds.reverse", {"idempotency_key": f"{run_id}:x"}, f"{run_id}:x"
+            ),
+            "another run",
+        )
+    )
+    run_id = run_with([])
+    cases.append(
+        (
+            await _rogue(
+                client, worker_running, run_id, "refunds.reverse", {"idempotency_key": f"{run_id}:1"}, f"{run_id}:1"
+            ),
+            "no completed step",
+        )
+    )
+    for over in ({"tool": "orders.lookup"}, {"compensates": "elsewhere:1"}, {"idempotency_key": "other:1"}):
+        run_id = f"rogue-{uuid.uuid4().hex[:8]}"
+        deps.ledger.append(f"tool.completed:{run_id}:0", run_id, "tool.completed", done(run_id, **over))
+        key = f"{run_id}:1"
+        cases.append(
+            (
+                await _rogue(client, worker_running, run_id, "refunds.reverse", {"idempotency_key": key}, key),
+                "no completed step",
+            )
+        )
+    run_id = f"rogue-{uuid.uuid4().hex[:8]}"
+    deps.ledger.append(f"tool.completed:{run_id}:0", run_id, "tool.completed", done(run_id))
+    key = f"{run_id}:1"
+    passed = await _rogue(client, worker_running, run_id, "refunds.reverse", {"idempotency_key": key}, key)
+    for why, needle in cases:
+        assert needle in why, (needle, why)
+    assert "compensat" not in passed and "no open identity" in passed, passed
