@@ -41,7 +41,6 @@ from typing import Any
 import cosmic_ray.plugins
 from cosmic_ray.ast import ast_nodes, get_ast
 from cosmic_ray.mutating import MutationVisitor
-from cosmic_ray.operators.operator import Operator
 
 from mutation.operators import OPERATORS
 
@@ -183,7 +182,7 @@ def mutants_of(target: Target) -> list[Mutant]:
     module = get_ast(source)
     out: list[Mutant] = []
     for name in OPERATOR_NAMES:
-        operator: Operator = cosmic_ray.plugins.get_operator(name)()
+        operator: Any = cosmic_ray.plugins.get_operator(name)()
         occurrence = 0
         for node in ast_nodes(module):
             for start, _end in operator.mutation_positions(node):
@@ -385,10 +384,11 @@ def report(modules: dict[str, Any]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mutation", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m mutation", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--only", default="", help="comma-separated target names")
     parser.add_argument("--survivors", action="store_true", help="only the mutants that survived last time")
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
+    parser.add_argument("--keys", default="", help="a file of mutant descriptions, one a line: only those")
     parser.add_argument("--jobs", type=int, default=int(os.environ.get("MUTATION_JOBS", "2")))
     args = parser.parse_args(argv)
     targets = load_targets()
@@ -409,6 +409,9 @@ def main(argv: list[str] | None = None) -> int:
         _print(counts, sum(counts.values()))
         return 0
     selected = mutants
+    if args.keys:
+        keys = set(Path(args.keys).read_text().splitlines())
+        selected = [m for m in mutants if m.key in keys]
     if args.survivors:
         last = {k["key"]: k["outcome"] for r in previous.get("modules", {}).values() for k in r.get("_mutants", [])}
         selected = [m for m in mutants if last.get(m.key, "survived") == "survived"]
