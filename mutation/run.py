@@ -12,9 +12,16 @@ named functions of big I/O modules). A mutant survives when its module's tests a
 listed in mutation/equivalents.toml (with a one-line reason) is equivalent and leaves the score.
 Score = killed / (mutants - equivalent). Results go to bench/mutation.json.
 
+Outcomes are kept in bench/mutation.json by each mutant's stable description (file, function,
+operator, source line, #n when repeated) with a fingerprint of what it was measured against (the
+target file and its test files): a run redoes only the mutants whose fingerprint changed or that have
+no outcome yet, and merges the rest, so a partial run never drops a module's earlier outcomes.
+
     python -m mutation                 # every target; exit 1 below 90% or with an unlisted survivor
+    python -m mutation --fresh         # every mutant again, nothing reused (the measured full run)
     python -m mutation --only approvals,gates.engine
-    python -m mutation --survivors     # again only what survived last time (results merged)
+    python -m mutation --survivors     # again only what survived last time (the rest kept as stored)
+    python -m mutation --keys FILE     # again only these descriptions (the rest kept as stored)
     python -m mutation --list          # the mutants, not run
 """
 
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import json
 import os
 import queue
@@ -103,7 +111,9 @@ class Mutant:
     scope: str
     text: str
     key: str = ""
-    outcome: str = "pending"  # killed | survived | timeout | error
+    fingerprint: str = ""
+    outcome: str = "pending"  # killed | survived | timeout | error (pending: never run)
+    stale: bool = False  # a stored outcome kept although its fingerprint changed (--survivors, --keys)
     seconds: float = 0.0
     diff: str = ""
 
@@ -174,8 +184,20 @@ def _in_scope(scope: str, functions: list[str]) -> bool:
     return not functions or any(scope == f or scope.startswith(f + ".") for f in functions)
 
 
+def fingerprint(target: Target) -> str:
+    """What a mutant's outcome was measured against: the target file, its tests and their fixtures."""
+    h = hashlib.sha256()
+    files = [target.file, "tests/conftest.py", *sorted({t.split("::")[0] for t in target.tests})]
+    for f in files:
+        path = ROOT / f
+        h.update(f.encode() + b"\0" + (path.read_bytes() if path.exists() else b"") + b"\0")
+    h.update("\0".join(target.tests).encode())
+    return h.hexdigest()[:16]
+
+
 def mutants_of(target: Target) -> list[Mutant]:
     source = (ROOT / target.file).read_text()
+    stamp = fingerprint(target)
     lines = source.splitlines()
     scopes = _scopes(source)
     notes = _annotations(source)
@@ -198,7 +220,28 @@ def mutants_of(target: Target) -> list[Mutant]:
         base = f"{m.file}::{m.scope}::{m.operator}::{m.text}"
         seen[base] = seen.get(base, 0) + 1
         m.key = base if seen[base] == 1 else f"{base}#{seen[base]}"
+        m.fingerprint = stamp
     return out
+
+
+# -- what was measured before ----------------------------------------------------------------------
+def load_outcomes() -> dict[str, dict[str, Any]]:
+    """Stored outcomes by mutant description (this format, or the per-module lists of the first one)."""
+    previous: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    if "outcomes" in previous:
+        return dict(previous["outcomes"])
+    return {
+        k["key"]: {"outcome": k["outcome"], "seconds": k.get("seconds", 0.0), "fingerprint": ""}
+        for r in previous.get("modules", {}).values()
+        for k in r.get("_mutants", [])
+    }
+
+
+def restore(m: Mutant, stored: dict[str, Any]) -> None:
+    m.outcome = str(stored["outcome"])
+    m.seconds = float(stored.get("seconds", 0.0))
+    m.diff = str(stored.get("diff", ""))
+    m.stale = stored.get("fingerprint") != m.fingerprint
 
 
 # -- where it runs ---------------------------------------------------------------------------------
@@ -343,7 +386,8 @@ def summarize(targets: list[Target], mutants: list[Mutant], equivalents: dict[st
         survived = [m for m in mine if m.outcome == "survived" and m.key not in equivalents]
         equivalent = [m for m in mine if m.outcome == "survived" and m.key in equivalents]
         errors = [m for m in mine if m.outcome == "error"]
-        counted = len(mine) - len(equivalent) - len(errors)
+        pending = [m for m in mine if m.outcome == "pending"]
+        counted = len(mine) - len(equivalent) - len(errors) - len(pending)
         modules[t.name] = {
             "file": t.file,
             "scope": t.functions or "whole module",
@@ -353,13 +397,13 @@ def summarize(targets: list[Target], mutants: list[Mutant], equivalents: dict[st
             "survived": len(survived),
             "equivalent": len(equivalent),
             "not_applicable": len(errors),
+            "not_run": len(pending),
+            "stale": sum(m.stale for m in mine),
             "score": round(100.0 * len(killed) / counted, 1) if counted else 100.0,
+            "mutant_seconds": round(sum(m.seconds for m in mine)),
             "survivors": [{"mutant": m.key, "line": m.line, "diff": m.diff} for m in survived],
             "equivalents": [{"mutant": m.key, "reason": equivalents[m.key]} for m in equivalent],
             "killed_by_equivalent_listing": [m.key for m in killed if m.key in equivalents],
-            "_mutants": [
-                {"key": m.key, "outcome": m.outcome, "seconds": round(m.seconds, 1), "line": m.line} for m in mine
-            ],
         }
     return modules
 
@@ -368,11 +412,18 @@ def report(modules: dict[str, Any]) -> bool:
     ok = True
     _print("\nmutation score per module (killed / (mutants - equivalent)):")
     for name, r in modules.items():
-        flag = "ok " if r["score"] >= THRESHOLD and not r["survivors"] else "LOW"
+        flag = "ok " if r["score"] >= THRESHOLD and not r["survivors"] and not r["not_run"] else "LOW"
         ok = ok and flag == "ok "
+        extra = "".join(
+            [
+                f"  {r['not_applicable']} n/a" if r["not_applicable"] else "",
+                f"  {r['not_run']} NOT RUN" if r["not_run"] else "",
+                f"  ({r['stale']} kept from before their code or tests changed)" if r["stale"] else "",
+            ]
+        )
         _print(
             f"  {flag} {name:22} {r['score']:5.1f}%  {r['killed']:3} killed  {r['survived']:2} survived  "
-            f"{r['equivalent']:2} equivalent  of {r['mutants']}"
+            f"{r['equivalent']:2} equivalent  of {r['mutants']:3}  {r['mutant_seconds'] / 60:5.1f} min{extra}"
         )
         for s in r["survivors"]:
             _print(f"        survivor: {s['mutant']}  (line {s['line']})")
@@ -386,55 +437,93 @@ def report(modules: dict[str, Any]) -> bool:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mutation", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--only", default="", help="comma-separated target names")
+    parser.add_argument("--fresh", action="store_true", help="run every selected mutant, reuse no stored outcome")
     parser.add_argument("--survivors", action="store_true", help="only the mutants that survived last time")
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
     parser.add_argument("--keys", default="", help="a file of mutant descriptions, one a line: only those")
     parser.add_argument("--jobs", type=int, default=int(os.environ.get("MUTATION_JOBS", "2")))
     args = parser.parse_args(argv)
     targets = load_targets()
+    shown = targets
     if args.only:
         wanted = set(args.only.split(","))
         unknown = wanted - {t.name for t in targets}
         if unknown:
             parser.error(f"unknown targets: {', '.join(sorted(unknown))}")
-        targets = [t for t in targets if t.name in wanted]
+        shown = [t for t in targets if t.name in wanted]
     mutants = [m for t in targets for m in mutants_of(t)]
-    previous: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     if args.list:
         for m in mutants:
-            _print(f"{m.target:22} {m.line:4} {m.key}")
+            if m.target in {t.name for t in shown}:
+                _print(f"{m.target:22} {m.line:4} {m.key}")
         counts: dict[str, int] = {}
         for m in mutants:
             counts[m.target] = counts.get(m.target, 0) + 1
         _print(counts, sum(counts.values()))
         return 0
-    selected = mutants
+    previous: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    stored = load_outcomes()
+    for m in mutants:
+        if m.key in stored:
+            restore(m, stored[m.key])
+    names = {t.name for t in shown}
+    selected = [m for m in mutants if m.target in names]
     if args.keys:
         keys = set(Path(args.keys).read_text().splitlines())
-        selected = [m for m in mutants if m.key in keys]
-    if args.survivors:
-        last = {k["key"]: k["outcome"] for r in previous.get("modules", {}).values() for k in r.get("_mutants", [])}
-        selected = [m for m in mutants if last.get(m.key, "survived") == "survived"]
-        for m in mutants:
-            if m not in selected:
-                m.outcome = last[m.key]
+        selected = [m for m in selected if m.key in keys]
+    elif args.survivors:
+        selected = [m for m in selected if m.outcome in ("survived", "pending", "error")]
+    elif not args.fresh:
+        # Only what changed: no outcome yet, or measured against another version of code or tests.
+        selected = [m for m in selected if m.outcome == "pending" or m.stale]
+    reused = len([m for m in mutants if m.target in names]) - len(selected)
     started = time.monotonic()
-    _print(f"mutation: {len(selected)} mutants of {len(targets)} targets, {args.jobs} lanes")
-    run(targets, selected, max(1, args.jobs))
+    _print(
+        f"mutation: {len(selected)} mutants of {len(shown)} targets to run, {reused} outcomes reused, {args.jobs} lanes"
+    )
+    if selected:
+        for m in selected:
+            m.stale = False
+        run(targets, selected, max(1, args.jobs))
     seconds = time.monotonic() - started
     modules = summarize(targets, mutants, load_equivalents())
-    ok = report(modules)
-    merged = {**previous.get("modules", {}), **modules} if (args.only or args.survivors) else modules
+    ok = report({k: v for k, v in modules.items() if k in names})
+    full = previous.get("last_full_run")
+    if len(selected) == len(mutants):
+        full = {
+            "date": datetime.now(UTC).isoformat(timespec="seconds"),
+            "runtime_seconds": round(seconds),
+            "mutants": len(mutants),
+            "jobs": args.jobs,
+        }
     result = {
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "tool": "cosmic-ray 8.7.0 (mutation engine and core operators) + mutation/operators.py",
         "operators": list(OPERATOR_NAMES),
         "threshold": THRESHOLD,
-        "runtime_seconds": round(seconds),
-        "run": "partial" if (args.only or args.survivors) else "full",
-        "jobs": args.jobs,
-        "modules": merged,
+        "this_run": {
+            "mutants_run": len(selected),
+            "outcomes_reused": len(mutants) - len(selected),
+            "runtime_seconds": round(seconds),
+            "jobs": args.jobs,
+        },
+        "last_full_run": full,
+        "modules": modules,
+        "outcomes": {
+            m.key: {
+                "target": m.target,
+                "outcome": m.outcome,
+                "seconds": round(m.seconds, 1),
+                "line": m.line,
+                "diff": m.diff,
+                "fingerprint": m.fingerprint if not m.stale else stored.get(m.key, {}).get("fingerprint", ""),
+            }
+            for m in mutants
+            if m.outcome != "pending"
+        },
     }
     RESULTS.write_text(json.dumps(result, indent=1) + "\n")
-    _print(f"\n{len(selected)} mutants in {seconds / 60:.1f} min; results in {RESULTS.relative_to(ROOT)}")
+    _print(f"\n{len(selected)} mutants run in {seconds / 60:.1f} min; results in {RESULTS.relative_to(ROOT)}")
+    if full:
+        _print(f"last full run: {full['mutants']} mutants in {full['runtime_seconds'] / 60:.1f} min ({full['date']})")
     return 0 if ok else 1
