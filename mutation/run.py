@@ -486,6 +486,12 @@ def main(argv: list[str] | None = None) -> int:
             m.stale = False
         run(targets, selected, max(1, args.jobs))
     seconds = time.monotonic() - started
+    # Outcomes another run stored meanwhile (a concurrent --only run) are kept for what this one did not run.
+    ran = {id(m) for m in selected}
+    stored = load_outcomes()
+    for m in mutants:
+        if id(m) not in ran and m.key in stored:
+            restore(m, stored[m.key])
     modules = summarize(targets, mutants, load_equivalents())
     ok = report({k: v for k, v in modules.items() if k in names})
     full = previous.get("last_full_run")
