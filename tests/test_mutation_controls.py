@@ -202,3 +202,21 @@ def test_plain_data_limits_hold_at_their_edges() -> None:
         deep = [deep]
     assert cedar_data_problem(deep) is not None
     assert cedar_data_problem(deep[0]) is None
+
+
+def test_a_stateful_deny_keeps_the_policies_that_permitted_the_call() -> None:
+    """Control: a stateful gate's verdict (here the run deadline) is recorded with the policy ids
+    that permitted the call (evaluate re-wraps the stateful verdict with Cedar's reasons)."""
+    d = _decide("qa.mark", {"label": "x"}, deadline_at=NOW - timedelta(seconds=1))
+    assert (d.outcome, d.gate, d.policy_ids) == ("deny", "deadline", ("all",))
+
+
+def test_the_bundle_asks_every_policy_unless_told_to_leave_out_approval_forbids() -> None:
+    """Control: `PolicyBundle.authorize` keeps `@approval` forbids by default (leaving them out is
+    the gate's explicit second question only)."""
+    ask = '@id("a-ask") @approval("finance") forbid(principal, action, resource);'
+    bundle = _bundle(PERMIT, ask)
+    who, what, on = ("Agent", "script-agent"), ("Action", "qa.mark"), ("Tool", "qa.mark")
+    default = bundle.authorize(who, what, on, {})
+    assert not default.allowed and default.policy_ids == ("a-ask",)
+    assert bundle.authorize(who, what, on, {}, without_approval=True).allowed
