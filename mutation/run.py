@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import fcntl
 import hashlib
 import json
 import os
@@ -41,6 +42,7 @@ import tempfile
 import threading
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -114,6 +116,7 @@ class Mutant:
     fingerprint: str = ""
     outcome: str = "pending"  # killed | survived | timeout | error (pending: never run)
     stale: bool = False  # a stored outcome kept although its fingerprint changed (--survivors, --keys)
+    done: bool = False  # run by this run
     seconds: float = 0.0
     diff: str = ""
 
@@ -316,7 +319,7 @@ def _print(*parts: Any) -> None:
     print(*parts, flush=True)
 
 
-def run(targets: list[Target], mutants: list[Mutant], jobs: int) -> dict[str, float]:
+def run(targets: list[Target], mutants: list[Mutant], jobs: int, saved: Callable[[], object]) -> dict[str, float]:
     base = Path(tempfile.mkdtemp(prefix="lockgate-mutation-"))
     try:
         lanes = [make_lane(base, n) for n in range(jobs)]
@@ -349,22 +352,24 @@ def run(targets: list[Target], mutants: list[Mutant], jobs: int) -> dict[str, fl
                     return
                 t = by_name[m.target]
                 applied = mutate(lane, m)
+                seconds, diff = 0.0, "mutation no longer applies"
                 if applied is None:
-                    m.outcome = "error"
-                    m.diff = "mutation no longer applies"
+                    outcome = "error"
                 else:
                     try:
                         timeout = t.timeout or baseline[m.target] * 3 + 30
-                        status, m.seconds, _ = run_tests(lane, t.tests, timeout)
+                        status, seconds, _ = run_tests(lane, t.tests, timeout)
                     finally:
                         (lane / m.file).write_text(applied[0])
-                    m.outcome = {"passed": "survived", "failed": "killed"}.get(status, status)
-                    m.diff = _diff(*applied)
+                    outcome = {"passed": "survived", "failed": "killed"}.get(status, status)
+                    diff = _diff(*applied)
                 with lock:
+                    m.outcome, m.seconds, m.diff, m.stale, m.done = outcome, seconds, diff, False, True
                     done[0] += 1
                     eta = (time.monotonic() - started) / done[0] * (total - done[0])
                     mark = "SURVIVED" if m.outcome == "survived" else m.outcome
                     _print(f"[{done[0]}/{total} eta {eta / 60:.0f}m] {m.target} {mark:8} {m.seconds:5.1f}s {m.key}")
+                    saved()  # after every mutant: an interrupted run keeps what it measured
 
         threads = [threading.Thread(target=lane_loop, args=(lane,)) for lane in lanes]
         for th in threads:
@@ -461,7 +466,6 @@ def main(argv: list[str] | None = None) -> int:
             counts[m.target] = counts.get(m.target, 0) + 1
         _print(counts, sum(counts.values()))
         return 0
-    previous: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     stored = load_outcomes()
     for m in mutants:
         if m.key in stored:
@@ -476,60 +480,72 @@ def main(argv: list[str] | None = None) -> int:
     elif not args.fresh:
         # Only what changed: no outcome yet, or measured against another version of code or tests.
         selected = [m for m in selected if m.outcome == "pending" or m.stale]
+    if args.only:  # in the order named: the ones that matter most first, in case the run is cut short
+        order = args.only.split(",")
+        selected.sort(key=lambda m: order.index(m.target))
     reused = len([m for m in mutants if m.target in names]) - len(selected)
     started = time.monotonic()
     _print(
         f"mutation: {len(selected)} mutants of {len(shown)} targets to run, {reused} outcomes reused, {args.jobs} lanes"
     )
+    everything = len(selected) == len(mutants)
+
+    def saved(final: bool = False) -> dict[str, Any]:
+        return save(mutants, targets, jobs=args.jobs, seconds=time.monotonic() - started, full=final and everything)
+
     if selected:
-        for m in selected:
-            m.stale = False
-        run(targets, selected, max(1, args.jobs))
+        run(targets, selected, max(1, args.jobs), saved)
+    result = saved(final=True)
+    ok = report({k: v for k, v in result["modules"].items() if k in names})
     seconds = time.monotonic() - started
-    # Outcomes another run stored meanwhile (a concurrent --only run) are kept for what this one did not run.
-    ran = {id(m) for m in selected}
-    stored = load_outcomes()
-    for m in mutants:
-        if id(m) not in ran and m.key in stored:
-            restore(m, stored[m.key])
-    modules = summarize(targets, mutants, load_equivalents())
-    ok = report({k: v for k, v in modules.items() if k in names})
-    full = previous.get("last_full_run")
-    if len(selected) == len(mutants):
-        full = {
-            "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "runtime_seconds": round(seconds),
-            "mutants": len(mutants),
-            "jobs": args.jobs,
-        }
-    result = {
-        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "tool": "cosmic-ray 8.7.0 (mutation engine and core operators) + mutation/operators.py",
-        "operators": list(OPERATOR_NAMES),
-        "threshold": THRESHOLD,
-        "this_run": {
-            "mutants_run": len(selected),
-            "outcomes_reused": len(mutants) - len(selected),
-            "runtime_seconds": round(seconds),
-            "jobs": args.jobs,
-        },
-        "last_full_run": full,
-        "modules": modules,
-        "outcomes": {
-            m.key: {
-                "target": m.target,
-                "outcome": m.outcome,
-                "seconds": round(m.seconds, 1),
-                "line": m.line,
-                "diff": m.diff,
-                "fingerprint": m.fingerprint if not m.stale else stored.get(m.key, {}).get("fingerprint", ""),
-            }
-            for m in mutants
-            if m.outcome != "pending"
-        },
-    }
-    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
     _print(f"\n{len(selected)} mutants run in {seconds / 60:.1f} min; results in {RESULTS.relative_to(ROOT)}")
+    full = result.get("last_full_run")
     if full:
         _print(f"last full run: {full['mutants']} mutants in {full['runtime_seconds'] / 60:.1f} min ({full['date']})")
     return 0 if ok else 1
+
+
+def save(mutants: list[Mutant], targets: list[Target], *, jobs: int, seconds: float, full: bool) -> dict[str, Any]:
+    """Writes bench/mutation.json: this run's outcomes over the stored ones (re-read under a lock, so
+    runs side by side keep each other's), the per-module summary, the last full run's runtime."""
+    with open(Path(tempfile.gettempdir()) / "lockgate-mutation-results.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        previous: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+        stored = load_outcomes()
+        for m in mutants:
+            if not m.done and m.key in stored:
+                restore(m, stored[m.key])
+        ran = [m for m in mutants if m.done]
+        last_full = previous.get("last_full_run")
+        if full:
+            last_full = {
+                "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                "runtime_seconds": round(seconds),
+                "mutants": len(mutants),
+                "jobs": jobs,
+            }
+        result = {
+            "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "tool": "cosmic-ray 8.7.0 (mutation engine and core operators) + mutation/operators.py",
+            "operators": list(OPERATOR_NAMES),
+            "threshold": THRESHOLD,
+            "this_run": {"mutants_run": len(ran), "runtime_seconds": round(seconds), "jobs": jobs},
+            "last_full_run": last_full,
+            "modules": summarize(targets, mutants, load_equivalents()),
+            "outcomes": {
+                m.key: {
+                    "target": m.target,
+                    "outcome": m.outcome,
+                    "seconds": round(m.seconds, 1),
+                    "line": m.line,
+                    "diff": m.diff,
+                    "fingerprint": m.fingerprint if not m.stale else stored.get(m.key, {}).get("fingerprint", ""),
+                }
+                for m in mutants
+                if m.outcome != "pending"
+            },
+        }
+        tmp = RESULTS.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(result, indent=1) + "\n")
+        tmp.replace(RESULTS)
+        return result

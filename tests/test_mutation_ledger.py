@@ -59,6 +59,9 @@ def test_an_intact_ledger_verifies_with_every_entry_proven(tmp_path: Path) -> No
     assert (report.proven, report.pending, report.unproven) == (9, 0, 0)
     assert report.proven_through is not None and report.proven_through["checkpoint"] == 2
     assert report.witness is not None and "#2" in report.witness
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}", create=False)
+    assert report.ledger_id and report.ledger_id == ledger.ledger_id
+    ledger.dispose()
     assert _verify(tmp_path / "l.db", key, trusted_keys=None, witness=None).problems == []
 
 
@@ -93,6 +96,17 @@ def test_a_trusted_key_of_another_version_still_checks_the_recorded_one(tmp_path
     assert report.problems == [], report.problems
     report = _verify(tmp_path / "l.db", key, trusted_keys={2: key.public_keys()[1]}, witness=None)
     assert any("ledger key version 1 is not a trusted key" in p for p in report.problems), report.problems
+
+
+def test_a_trusted_key_the_ledger_does_not_record_is_used(tmp_path: Path) -> None:
+    """Control: trusted keys are added to the ones the ledger records (a ledger whose key table was
+    lost still verifies against the key given from outside, and fails without it)."""
+    key = LocalKey()
+    _ledger(tmp_path / "l.db", key)
+    with sqlite3.connect(tmp_path / "l.db") as conn:
+        conn.execute("DELETE FROM ledger_keys")
+    assert _verify(tmp_path / "l.db", key, witness=None).problems == []
+    assert _verify(tmp_path / "l.db", key, trusted_keys=None, witness=None).problems != []
 
 
 def test_a_witness_of_another_ledger_is_a_replacement(tmp_path: Path) -> None:
