@@ -1,0 +1,35 @@
+"""Real-stack test of `halt.verify`, each check alone (found by `make mutation`): a run waiting for
+approval is halted only by a fresh halt an operator signed for exactly this run."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from temporalio.client import Client
+
+from lockgate.identity import sign
+from tests.conftest import finish, pending_request, person, start, status_of
+
+
+async def _halt(handle: Any, name: str, run_id: str, **kw: Any) -> str:
+    signed = await asyncio.to_thread(sign, person(name), "halt", {"run_id": run_id, "reason": "test"}, **kw)
+    return await handle.execute_update("halt", signed, result_type=str, id=signed.statement.nonce)
+
+
+async def test_a_halt_counts_only_from_an_operator_fresh_and_for_this_run(client: Client, worker_running: str) -> None:
+    """Control: `halt.verify` requires group `operators` (alice, finance, signs a good halt), the run
+    id the halt binds (carol, an operator, halts another run), and a fresh statement (carol's halt
+    signed 11 minutes ago); carol's correct halt then stops the run."""
+    handle = await start(client, worker_running, "refund-agent", {"order_id": "A-1002", "amount_cents": 15000})
+    await pending_request(handle)
+    assert (await _halt(handle, "alice", handle.id)) == "refused: alice is not in group operators"
+    other = await _halt(handle, "carol", f"{handle.id}-other")
+    assert other.startswith("refused:") and "run_id" in other, other
+    old = await _halt(handle, "carol", handle.id, at=datetime.now(UTC) - timedelta(minutes=11))
+    assert old.startswith("refused:") and "too old" in old, old
+    assert (await status_of(handle)).state != "halted"
+    assert await _halt(handle, "carol", handle.id) == "halting"
+    await asyncio.wait_for(finish(handle), timeout=60)
+    assert (await status_of(handle)).state == "halted"
