@@ -13,6 +13,7 @@ from temporalio.client import Client
 
 from lockgate.identity import sign
 from lockgate.models import RunInput, args_digest
+from lockgate.people import FieldValue
 from tests.conftest import finish, ledger_events, person
 from tests.test_hostile_client import raw_start, refund, refused_at_once
 
@@ -22,7 +23,7 @@ async def _start(
 ) -> Any:
     """erin starts refund-agent on `run_id`; `wrong` names the one bound start field signed wrong."""
     data = refund()
-    fields = {"run_id": run_id, "agent": "refund-agent", "input_digest": args_digest(data)}
+    fields: dict[str, FieldValue] = {"run_id": run_id, "agent": "refund-agent", "input_digest": args_digest(data)}
     if wrong:
         fields[wrong] = "0" * 64 if wrong == "input_digest" else f"{fields[wrong]}-other"
     signed = None if unsigned else await asyncio.to_thread(sign, person(signer), "start", fields)
