@@ -1,0 +1,157 @@
+"""A run's evidence checked offline (`check_run_evidence`, `check_proof`), each check alone (found by
+`make mutation`): evidence made by a SQLite ledger signed with a local ed25519 key, then altered
+in exactly one place. Each docstring names the check that must report it."""
+
+from __future__ import annotations
+
+import copy
+import json
+import uuid
+from typing import Any
+
+import pytest
+
+from lockgate.activities.ledger import Ledger
+from lockgate.evidence import AFTER_CLOSE, RunProof, check_run_evidence
+from tests.test_ledger_evidence import _story
+from tests.test_mutation_ledger import LocalKey
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], LocalKey]:
+    """The evidence of a closed run (sealed final, then one late entry in its after-close chain,
+    checkpointed) and the key that signed it."""
+    key = LocalKey()
+    path = tmp_path_factory.mktemp("evidence") / "l.db"
+    ledger = Ledger(f"sqlite:///{path}", signer=key, checkpoint_interval=None)
+    closed, open_ = f"closed-{uuid.uuid4().hex[:6]}", f"open-{uuid.uuid4().hex[:6]}"
+    _story(ledger, closed, open_)
+    ledger.append(f"late:{closed}", closed, "audit", {"late": True})
+    assert ledger.checkpoint() is not None
+    evidence = json.loads(json.dumps(ledger.run_evidence(closed)))
+    ledger.dispose()
+    return evidence, key
+
+
+def _check(evidence: dict[str, Any], key: LocalKey, **kw: Any) -> RunProof:
+    return check_run_evidence(evidence, keys=kw.pop("keys", key.public_keys()), **kw)
+
+
+def _one(made: tuple[dict[str, Any], LocalKey], change: Any) -> list[str]:
+    evidence, key = made
+    altered = copy.deepcopy(evidence)
+    change(altered)
+    return _check(altered, key).problems
+
+
+def _proof(evidence: dict[str, Any], n: int = 0) -> dict[str, Any]:
+    return evidence["chains"][0]["proofs"][n]
+
+
+def _cp(evidence: dict[str, Any]) -> dict[str, Any]:
+    return _proof(evidence)["checkpoint"]
+
+
+def test_intact_evidence_proves_both_chains_of_the_run(made: tuple[dict[str, Any], LocalKey]) -> None:
+    """Control: intact evidence has no problem and proves each chain to its signed size (the main
+    chain sealed final), counting every entry (the baseline each alteration below differs from)."""
+    evidence, key = made
+    run_id = evidence["run_id"]
+    proof = _check(evidence, key)
+    assert proof.ok and proof.problems == []
+    assert [c["chain"] for c in evidence["chains"]] == [run_id, run_id + AFTER_CLOSE]
+    assert proof.proven_to == {run_id: 5, run_id + AFTER_CLOSE: 1}
+    assert proof.final == {run_id: True, run_id + AFTER_CLOSE: False}
+    assert (proof.entries, proof.proven, proof.pending) == (6, 6, 0)
+    assert proof.checkpoints == {1, 3}  # sealed final at close; #2 holds only the open run
+    assert proof.is_proven(run_id, 5) and not proof.is_proven(run_id, 6) and not proof.is_proven("other", 1)
+
+
+def test_a_proof_is_no_proof_once_anything_is_wrong(made: tuple[dict[str, Any], LocalKey]) -> None:
+    """Control: `RunProof.ok` / `is_proven` are false as soon as any problem was found."""
+    evidence, key = made
+    proof = _check(evidence, key, keys={})
+    assert not proof.ok and not proof.is_proven(evidence["run_id"], 1)
+
+
+def test_an_edited_checkpoint_body_is_reported(made: tuple[dict[str, Any], LocalKey]) -> None:
+    """Control: `check_proof` compares the body with its hash."""
+    problems = _one(made, lambda e: _cp(e).update(body=_cp(e)["body"].replace('"format"', '"format" ')))
+    assert any("body does not match its hash (edited)" in p for p in problems), problems
+
+
+def test_a_checkpoint_body_that_is_not_json_is_reported(made: tuple[dict[str, Any], LocalKey]) -> None:
+    """Control: `check_proof` reports a body that is not JSON (and stops there, not raises)."""
+    problems = _one(made, lambda e: _cp(e).update(body="{not json"))
+    assert any("body is not JSON" in p for p in problems), problems
+
+
+def test_a_checkpoint_at_another_position_is_reported(made: tuple[dict[str, Any], LocalKey]) -> None:
+    """Control: the body's position must be the checkpoint's (`seq`)."""
+    problems = _one(made, lambda e: _cp(e).update(seq=_cp(e)["seq"] + 7))
+    assert any("body names another format or position" in p for p in problems), problems
+
+
+def test_evidence_of_another_ledger_is_reported(made: tuple[dict[str, Any], LocalKey]) -> None:
+    """Control: the body must name the evidence's ledger."""
+    problems = _one(made, lambda e: e.update(ledger_id="another-ledger"))
+    assert any("signed for another ledger" in p for p in problems), problems
+
+
+def test_a_malformed_signature_is_reported(made: tuple[dict[str, Any], LocalKey]) -> None:
+    """Control: a signature that is not `vault:vN:...` is a problem (not an error)."""
+    problems = _one(made, lambda e: _cp(e).update(signature="v1:abc"))
+    assert any("checkpoint #" in p and "signature" in p for p in problems), problems
+
+
+def test_a_signature_of_an_untrusted_key_version_is_reported(made: tuple[dict[str, Any], LocalKey]) -> None:
+    """Control: the signature's key version must be one of the trusted keys."""
+    evidence, key = made
+    problems = _check(evidence, key, keys={2: key.public_keys()[1]}).problems
+    assert any("which no trusted key matches" in p for p in problems), problems
+
+
+def test_a_signature_by_another_key_is_reported(made: tuple[dict[str, Any], LocalKey]) -> None:
+    """Control: the signature must verify with the trusted key of its version."""
+    evidence, key = made
+    problems = _check(evidence, key, keys=LocalKey().public_keys()).problems
+    assert any("does not verify with key version 1" in p for p in problems), problems
+
+
+def test_a_head_outside_the_signed_root_is_reported(made: tuple[dict[str, Any], LocalKey]) -> None:
+    """Control: the head must be in the checkpoint's Merkle root (its audit path leads there)."""
+    problems = _one(made, lambda e: _proof(e).update(head="0" * 64))
+    assert any("the head is not in the signed Merkle root" in p for p in problems), problems
+    problems = _one(made, lambda e: _proof(e).update(final=not _proof(e).get("final", False)))
+    assert any("the head is not in the signed Merkle root" in p for p in problems), problems
+
+
+def test_a_broken_audit_path_is_reported(made: tuple[dict[str, Any], LocalKey]) -> None:
+    """Control: a missing or out-of-range audit path is a problem (not an error)."""
+    problems = _one(made, lambda e: _proof(e).pop("path"))
+    assert any("bad Merkle audit path" in p for p in problems), problems
+    problems = _one(made, lambda e: _proof(e).update(index=10**6))
+    assert any("bad Merkle audit path" in p for p in problems), problems
+
+
+def test_a_chain_of_another_run_is_reported(made: tuple[dict[str, Any], LocalKey]) -> None:
+    """Control: only the run's own two chains belong in its evidence."""
+    problems = _one(made, lambda e: e.update(run_id=e["run_id"] + "x"))
+    assert any("is not a chain of run" in p for p in problems), problems
+
+
+def test_an_entry_of_another_run_or_chain_is_reported(made: tuple[dict[str, Any], LocalKey]) -> None:
+    """Control: each entry must be recorded in its chain for this run (run id and chain alone)."""
+    problems = _one(made, lambda e: e["chains"][0]["entries"][1].update(run_id="another-run"))
+    assert any("for another run or chain" in p for p in problems), problems
+    problems = _one(made, lambda e: e["chains"][0]["entries"][1].update(chain="another-chain"))
+    assert any("for another run or chain" in p for p in problems), problems
+
+
+def test_every_entry_and_proof_is_walked(made: tuple[dict[str, Any], LocalKey]) -> None:
+    """Control: the chain checker sees each entry against the signed heads: an entry dropped from
+    the evidence, or edited, is reported."""
+    problems = _one(made, lambda e: e["chains"][0]["entries"].pop(2))
+    assert any("missing entry" in p or "prev_hash" in p for p in problems), problems
+    problems = _one(made, lambda e: e["chains"][0]["entries"][2].update(data='{"edited":1}'))
+    assert any("content does not match its hash (edited)" in p for p in problems), problems
