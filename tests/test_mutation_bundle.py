@@ -80,3 +80,12 @@ def test_a_context_that_is_itself_an_escape_is_not_pruned() -> None:
     context = {"__entity": {"type": "User", "id": "x"}, "other": {"a": 1}}
     assert prune_context(context, frozenset({("amount",)})) == context
     assert prune_context({"amount": 1, "other": {"a": 1}}, frozenset({("amount",)})) == {"amount": 1}
+
+
+def test_a_policy_reading_the_whole_context_gets_it_unpruned() -> None:
+    """Control: `context_paths` marks a bare `context` as a read of everything (nothing is pruned
+    for that policy: `context == {}` is false for a non-empty context)."""
+    bundle = _bundle(PERMIT, '@id("empty") forbid(principal, action, resource) when { context == {} };')
+    who, what, on = ("Agent", "script-agent"), ("Action", "qa.mark"), ("Tool", "qa.mark")
+    assert bundle.authorize(who, what, on, {"amount": 1}).allowed
+    assert not bundle.authorize(who, what, on, {}).allowed
