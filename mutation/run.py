@@ -117,6 +117,7 @@ class Mutant:
     outcome: str = "pending"  # killed | survived | timeout | error (pending: never run)
     stale: bool = False  # a stored outcome kept although its fingerprint changed (--survivors, --keys)
     done: bool = False  # run by this run
+    measured_at: str = ""  # when the outcome was measured (the latest measurement of a mutant wins)
     seconds: float = 0.0
     diff: str = ""
 
@@ -245,6 +246,7 @@ def restore(m: Mutant, stored: dict[str, Any]) -> None:
     m.seconds = float(stored.get("seconds", 0.0))
     m.diff = str(stored.get("diff", ""))
     m.stale = stored.get("fingerprint") != m.fingerprint
+    m.measured_at = str(stored.get("measured_at", ""))
 
 
 # -- where it runs ---------------------------------------------------------------------------------
@@ -365,6 +367,7 @@ def run(targets: list[Target], mutants: list[Mutant], jobs: int, saved: Callable
                     diff = _diff(*applied)
                 with lock:
                     m.outcome, m.seconds, m.diff, m.stale, m.done = outcome, seconds, diff, False, True
+                    m.measured_at = datetime.now(UTC).isoformat(timespec="seconds")
                     done[0] += 1
                     eta = (time.monotonic() - started) / done[0] * (total - done[0])
                     mark = "SURVIVED" if m.outcome == "survived" else m.outcome
@@ -513,7 +516,8 @@ def save(mutants: list[Mutant], targets: list[Target], *, jobs: int, seconds: fl
         previous: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
         stored = load_outcomes()
         for m in mutants:
-            if not m.done and m.key in stored:
+            # Another run's later measurement of the same mutant (runs side by side) wins too.
+            if m.key in stored and (not m.done or str(stored[m.key].get("measured_at", "")) > m.measured_at):
                 restore(m, stored[m.key])
         ran = [m for m in mutants if m.done]
         last_full = previous.get("last_full_run")
@@ -540,6 +544,7 @@ def save(mutants: list[Mutant], targets: list[Target], *, jobs: int, seconds: fl
                     "line": m.line,
                     "diff": m.diff,
                     "fingerprint": m.fingerprint if not m.stale else stored.get(m.key, {}).get("fingerprint", ""),
+                    "measured_at": m.measured_at,
                 }
                 for m in mutants
                 if m.outcome != "pending"
