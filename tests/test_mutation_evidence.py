@@ -12,7 +12,21 @@ from typing import Any
 import pytest
 
 from lockgate.activities.ledger import Ledger
-from lockgate.evidence import AFTER_CLOSE, RunProof, check_run_evidence
+from lockgate.evidence import (
+    AFTER_CLOSE,
+    GENESIS,
+    ChainChecker,
+    ChainSummary,
+    EntryRecord,
+    Head,
+    RunProof,
+    check_run_evidence,
+    entry_hash,
+    inclusion_proof,
+    leaf_hash,
+    merkle_root,
+    root_from_proof,
+)
 from tests.test_ledger_evidence import _story
 from tests.test_mutation_ledger import LocalKey
 
@@ -155,3 +169,52 @@ def test_every_entry_and_proof_is_walked(made: tuple[dict[str, Any], LocalKey]) 
     assert any("missing entry" in p or "prev_hash" in p for p in problems), problems
     problems = _one(made, lambda e: e["chains"][0]["entries"][2].update(data='{"edited":1}'))
     assert any("content does not match its hash (edited)" in p for p in problems), problems
+
+
+# -- the chain checker and audit paths alone, on hand-made chains -------------------------------------
+def _chain(n: int, recorded_at: str = "2026-11-23T00:00:00+00:00") -> list[EntryRecord]:
+    out, prev = [], GENESIS
+    for i in range(1, n + 1):
+        args = (prev, "c", i, f"e:{i}", "r", "decision", "2026-11-23T00:00:00+00:00", "{}")
+        h = entry_hash(*args)
+        out.append(EntryRecord(i, "c", i, f"e:{i}", "r", "decision", args[6], "{}", prev, h, recorded_at))
+        prev = h
+    return out
+
+
+def _walk(entries: list[EntryRecord], heads: list[tuple[int, Head]], pending_after: str | None = None) -> ChainSummary:
+    summary = ChainSummary()
+    ChainChecker(summary, pending_after=pending_after).chain("c", entries, heads)
+    return summary
+
+
+def test_a_chain_re_signed_at_the_same_size_is_sound_but_never_extended_after_final() -> None:
+    """Control: successive checkpoints may sign a chain at the same size (`<`, not `<=`, is shorter),
+    a final chain re-signed at its final size is sound, and one signed longer after final is not."""
+    entries = _chain(3)
+    head = {n: Head("c", n, entries[n - 1].hash, False) for n in (2, 3)}
+    same = _walk(entries, [(1, head[3]), (2, head[3])])
+    assert same.problems == [] and same.proven == 3
+    final = Head("c", 2, entries[1].hash, True)
+    resigned = _walk(entries[:2], [(1, final), (2, final)])
+    assert resigned.problems == [] and resigned.proven == 2
+    extended = _walk(entries, [(1, final), (2, head[3])])
+    assert any("extends a chain already sealed final at 2" in p for p in extended.problems), extended.problems
+
+
+def test_an_entry_recorded_exactly_at_the_grace_cut_off_is_pending() -> None:
+    """Control: pending means recorded at or after the cut-off (`>=`)."""
+    entries = _chain(1, recorded_at="2026-11-23T10:00:00+00:00")
+    at_cut = _walk(entries, [], pending_after="2026-11-23T10:00:00+00:00")
+    assert (at_cut.pending, at_cut.unproven, at_cut.problems) == (1, 0, [])
+    after = _walk(entries, [], pending_after="2026-11-23T10:00:01+00:00")
+    assert after.unproven == 1 and after.problems
+
+
+def test_an_audit_path_for_a_leaf_past_the_tree_is_refused() -> None:
+    """Control: `root_from_proof` takes leaf indexes 0..count-1 only (index == count is outside)."""
+    leaves = [leaf_hash(bytes([i])) for i in range(4)]
+    path = inclusion_proof(3, leaves)
+    assert root_from_proof(3, 4, leaves[3], path) == merkle_root(leaves)
+    with pytest.raises(ValueError, match="outside a tree of 4"):
+        root_from_proof(4, 4, leaves[3], path)
