@@ -141,11 +141,14 @@ def test_a_head_outside_the_signed_root_is_reported(made: tuple[dict[str, Any], 
 
 
 def test_a_broken_audit_path_is_reported(made: tuple[dict[str, Any], LocalKey]) -> None:
-    """Control: a missing or out-of-range audit path is a problem (not an error)."""
+    """Control: a missing or out-of-range audit path, or a missing leaf index, is a problem (not an
+    error)."""
     problems = _one(made, lambda e: _proof(e).pop("path"))
     assert any("bad Merkle audit path" in p for p in problems), problems
     problems = _one(made, lambda e: _proof(e).update(index=10**6))
     assert any("bad Merkle audit path" in p for p in problems), problems
+    problems = _one(made, lambda e: _proof(e).pop("index"))
+    assert any("bad Merkle audit path (leaf index -1" in p for p in problems), problems
 
 
 def test_a_chain_of_another_run_is_reported(made: tuple[dict[str, Any], LocalKey]) -> None:
