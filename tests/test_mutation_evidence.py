@@ -5,8 +5,10 @@ in exactly one place. Each docstring names the check that must report it."""
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -17,16 +19,22 @@ from lockgate.evidence import (
     GENESIS,
     ChainChecker,
     ChainSummary,
+    CheckpointRecord,
     EntryRecord,
     Head,
     RunProof,
+    check_checkpoint,
     check_run_evidence,
+    checkpoint_body,
+    checkpoint_message,
     entry_hash,
     inclusion_proof,
     leaf_hash,
     merkle_root,
     root_from_proof,
+    signature_version,
 )
+from lockgate.models import canonical_json
 from tests.test_ledger_evidence import _story
 from tests.test_mutation_ledger import LocalKey
 
@@ -221,3 +229,94 @@ def test_an_audit_path_for_a_leaf_past_the_tree_is_refused() -> None:
     assert root_from_proof(3, 4, leaves[3], path) == merkle_root(leaves)
     with pytest.raises(ValueError, match="outside a tree of 4"):
         root_from_proof(4, 4, leaves[3], path)
+
+
+def test_a_proof_without_a_final_flag_is_not_final(made: tuple[dict[str, Any], LocalKey]) -> None:
+    """Control: a head whose proof names no `final` is not final (the after-close chain's proof
+    without the flag still verifies, as the open chain it is)."""
+    evidence, key = made
+    altered = copy.deepcopy(evidence)
+    for proof in altered["chains"][1]["proofs"]:
+        assert proof.pop("final", False) is False
+    proof = _check(altered, key)
+    assert proof.problems == [] and proof.final[evidence["run_id"] + AFTER_CLOSE] is False
+
+
+# -- one checkpoint alone (`check_checkpoint`), made by hand and altered in one place ----------------
+KEY = LocalKey()
+LEDGER, PREV, AT = "ledger-1", "p" * 64, "2026-11-23T00:00:00+00:00"
+HEADS = [Head("a", 1, "1" * 64, False), Head("b", 2, "2" * 64, True)]
+
+
+def _checkpoint(body: str | None = None, seq: int = 3, signer: LocalKey = KEY) -> CheckpointRecord:
+    body = body if body is not None else checkpoint_body(LEDGER, seq, PREV, AT, HEADS)
+    digest = hashlib.sha256(body.encode()).hexdigest()
+    return CheckpointRecord(seq, body, digest, signer.sign(checkpoint_message(digest)), AT)
+
+
+def _problems(cp: CheckpointRecord, heads: list[Head] = HEADS, **kw: Any) -> list[str]:
+    args: dict[str, Any] = {"ledger_id": LEDGER, "prev_hash": PREV, "keys": KEY.public_keys(), **kw}
+    return check_checkpoint(cp, heads, **args)
+
+
+def _body(**change: Any) -> str:
+    body = json.loads(checkpoint_body(LEDGER, 3, PREV, AT, HEADS))
+    return canonical_json({**body, **change})
+
+
+def test_a_sound_checkpoint_has_no_problem() -> None:
+    """Control: the baseline every alteration below differs from in one place."""
+    assert _problems(_checkpoint()) == []
+
+
+@pytest.mark.parametrize(
+    ("alter", "phrase"),
+    [
+        (lambda cp: replace(cp, body=cp.body.replace(AT, "2026-11-24T00:00:00+00:00")), "body does not match its hash"),
+        (lambda cp: _checkpoint(body="{not json"), "body is not JSON"),
+        (lambda cp: replace(cp, seq=4), "another format or position"),
+        (lambda cp: _checkpoint(body=_body(format="other")), "another format or position"),
+        (lambda cp: _checkpoint(body=_body(ledger="other")), "signed for another ledger"),
+        (lambda cp: _checkpoint(body=_body(prev="q" * 64)), "does not follow the checkpoint before it"),
+        (lambda cp: _checkpoint(body=_body(count=3)), "heads do not match the signed Merkle root"),
+        (lambda cp: _checkpoint(body=_body(root="0" * 64)), "heads do not match the signed Merkle root"),
+        (lambda cp: replace(cp, signature="vault:1:abc"), "not a Transit signature"),
+        (lambda cp: _checkpoint(signer=LocalKey()), "signature does not verify with key version 1"),
+    ],
+)
+def test_each_alteration_of_a_checkpoint_is_reported(alter: Any, phrase: str) -> None:
+    """Control: `check_checkpoint`'s checks, one alteration each (hash, JSON, position, format,
+    ledger, predecessor, head count, Merkle root, signature form, signature)."""
+    problems = _problems(alter(_checkpoint()))
+    assert any(phrase in p for p in problems), problems
+
+
+def test_heads_out_of_order_or_repeated_are_reported() -> None:
+    """Control: the heads a checkpoint commits to are sorted by chain, each once (the body signs
+    exactly these heads, so only the order check can object)."""
+    for heads in (HEADS[::-1], [HEADS[0], HEADS[0]]):
+        cp = _checkpoint(body=checkpoint_body(LEDGER, 3, PREV, AT, heads))
+        assert any("heads not in order or repeated" in p for p in _problems(cp, heads)), heads
+
+
+def test_a_checkpoint_signed_with_an_untrusted_key_version_is_reported() -> None:
+    """Control: the signature's key version must be a trusted key."""
+    assert any("which no trusted key matches" in p for p in _problems(_checkpoint(), keys={}))
+
+
+@pytest.mark.parametrize("signature", ["vault:v1", "xault:v1:QUJD", "vault:1:QUJD", "vault:vx:QUJD"])
+def test_only_transit_signatures_have_a_key_version(signature: str) -> None:
+    """Control: `signature_version` requires each part of `vault:vN:<sig>`."""
+    with pytest.raises(ValueError, match="not a Transit signature"):
+        signature_version(signature)
+    assert signature_version("vault:v12:QUJD") == 12
+
+
+def test_an_audit_path_of_the_wrong_length_is_refused() -> None:
+    """Control: `root_from_proof` refuses a path longer or shorter than the tree is deep."""
+    leaves = [leaf_hash(bytes([i])) for i in range(4)]
+    path = inclusion_proof(1, leaves)
+    with pytest.raises(ValueError, match="too long"):
+        root_from_proof(1, 4, leaves[1], [path[0], *path])
+    with pytest.raises(ValueError, match="too short"):
+        root_from_proof(1, 4, leaves[1], path[1:])
