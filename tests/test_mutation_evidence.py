@@ -320,3 +320,23 @@ def test_an_audit_path_of_the_wrong_length_is_refused() -> None:
         root_from_proof(1, 4, leaves[1], [path[0], *path])
     with pytest.raises(ValueError, match="too short"):
         root_from_proof(1, 4, leaves[1], path[1:])
+
+
+def test_an_entry_not_linked_to_the_one_before_is_reported() -> None:
+    """Control: each entry's prev_hash must be the hash of the entry before it (an entry re-hashed
+    over another predecessor: its own hash and position are consistent)."""
+    entries = _chain(3)
+    e = entries[1]
+    relinked = entry_hash("x" * 64, e.chain, e.chain_seq, e.event_key, e.run_id, e.kind, e.at, e.data)
+    entries[1] = replace(e, prev_hash="x" * 64, hash=relinked)
+    summary = _walk(entries, [], pending_after="0")
+    assert any("#2): prev_hash does not match the entry before it" in p for p in summary.problems), summary.problems
+    assert not any("content does not match" in p for p in summary.problems), summary.problems
+
+
+def test_an_entry_out_of_place_is_reported() -> None:
+    """Control: an entry at a position already passed is out of place (not only a missing one)."""
+    e1, e2, e3 = _chain(3)
+    problems = _walk([e1, e3, e2], [], pending_after="0").problems
+    assert any("out of place (expected #4)" in p for p in problems), problems
+    assert any("missing entry before it (expected #2" in p for p in problems), problems
