@@ -1,5 +1,6 @@
-"""Real-stack test of `halt.verify`, each check alone (found by `make mutation`): a run waiting for
-approval is halted only by a fresh halt an operator signed for exactly this run."""
+"""Real-stack tests of `halt.verify` and `approval.verify`, each check alone (found by `make
+mutation`): a run waiting for approval is halted only by a fresh halt an operator signed for exactly
+this run; a refused approval whose signature verified names its person."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 from temporalio.client import Client
 
 from lockgate.identity import sign
+from lockgate.models import ApprovalAttempt
 from tests.conftest import finish, pending_request, person, start, status_of
 
 
@@ -33,3 +35,29 @@ async def test_a_halt_counts_only_from_an_operator_fresh_and_for_this_run(client
     assert await _halt(handle, "carol", handle.id) == "halting"
     await asyncio.wait_for(finish(handle), timeout=60)
     assert (await status_of(handle)).state == "halted"
+
+
+async def test_a_refusal_after_the_signature_verified_names_the_verified_person(
+    client: Client, worker_running: str
+) -> None:
+    """Control: `approval.verify` reports a refusal made after the signature checked out as verified
+    (the attempt names the person, not "(unverified)"): carol, support-leads, signs a correct
+    approval of a finance request."""
+    handle = await start(client, worker_running, "refund-agent", {"order_id": "A-1002", "amount_cents": 15000})
+    req = await pending_request(handle)
+    desc = await client.get_workflow_handle(handle.id).describe()
+    fields = {
+        "run_id": handle.id,
+        "temporal_run_id": desc.run_id,
+        "request_id": req.request_id,
+        "decision_id": req.decision_id,
+        "tool": req.tool,
+        "args_digest": req.args_digest,
+        "reason": "",
+    }
+    signed = await asyncio.to_thread(sign, person("carol"), "approve", fields)
+    attempt = await handle.execute_update("approve", signed, result_type=ApprovalAttempt, id=signed.statement.nonce)
+    assert not attempt.accepted and "not in group finance" in attempt.reason, attempt
+    assert attempt.approver == "carol", attempt
+    await handle.cancel()
+    await asyncio.wait_for(finish(handle), timeout=60)
