@@ -12,6 +12,7 @@ from temporalio.client import Client
 
 from lockgate.identity import sign
 from lockgate.models import ApprovalAttempt
+from lockgate.people import FieldValue
 from tests.conftest import finish, pending_request, person, start, status_of
 
 
@@ -46,7 +47,7 @@ async def test_a_refusal_after_the_signature_verified_names_the_verified_person(
     handle = await start(client, worker_running, "refund-agent", {"order_id": "A-1002", "amount_cents": 15000})
     req = await pending_request(handle)
     desc = await client.get_workflow_handle(handle.id).describe()
-    fields = {
+    fields: dict[str, FieldValue] = {
         "run_id": handle.id,
         "temporal_run_id": desc.run_id,
         "request_id": req.request_id,
