@@ -62,3 +62,38 @@ async def test_a_refusal_after_the_signature_verified_names_the_verified_person(
     assert attempt.approver == "carol", attempt
     await handle.cancel()
     await asyncio.wait_for(finish(handle), timeout=60)
+
+
+async def test_an_approval_signed_at_or_after_the_expiry_is_refused_while_the_request_is_open(
+    client: Client, worker_running: str
+) -> None:
+    """Control: `approval.verify` refuses a statement signed at or after the request's expiry even
+    while the request is still open (script-agent asks with a 3 s TTL; a signing time a second
+    ahead is within the allowed clock skew, so only the expiry check can refuse). alice's approval
+    signed now is then accepted."""
+    handle = await start(
+        client,
+        worker_running,
+        "script-agent",
+        {"steps": [{"tool": "refunds.issue", "args": {"order_id": "A-1002", "amount_cents": 20000}}]},
+    )
+    req = await pending_request(handle)
+    desc = await client.get_workflow_handle(handle.id).describe()
+    fields: dict[str, FieldValue] = {
+        "run_id": handle.id,
+        "temporal_run_id": desc.run_id,
+        "request_id": req.request_id,
+        "decision_id": req.decision_id,
+        "tool": req.tool,
+        "args_digest": req.args_digest,
+        "reason": "",
+    }
+    alice = person("alice")
+    for at in (req.expires_at, req.expires_at + timedelta(seconds=1)):
+        signed = await asyncio.to_thread(sign, alice, "approve", fields, at=at)
+        late = await handle.execute_update("approve", signed, result_type=ApprovalAttempt, id=signed.statement.nonce)
+        assert not late.accepted and "expired" in late.reason, late
+    signed = await asyncio.to_thread(sign, alice, "approve", fields)
+    attempt = await handle.execute_update("approve", signed, result_type=ApprovalAttempt, id=signed.statement.nonce)
+    assert attempt.accepted, attempt
+    await asyncio.wait_for(finish(handle), timeout=60)
