@@ -11,9 +11,10 @@ from typing import Any
 from temporalio.client import Client
 
 from lockgate.identity import sign
-from lockgate.models import ApprovalAttempt
+from lockgate.models import ApprovalAttempt, args_digest
 from lockgate.people import FieldValue
 from tests.conftest import finish, pending_request, person, start, status_of
+from tests.test_mutation_stack import _approval_for, _judge, _recorded_request
 
 
 async def _halt(handle: Any, name: str, run_id: str, **kw: Any) -> str:
@@ -97,3 +98,35 @@ async def test_an_approval_signed_at_or_after_the_expiry_is_refused_while_the_re
     attempt = await handle.execute_update("approve", signed, result_type=ApprovalAttempt, id=signed.statement.nonce)
     assert attempt.accepted, attempt
     await asyncio.wait_for(finish(handle), timeout=60)
+
+
+async def test_the_deciding_activity_checks_each_bound_field_and_the_expiry_edge(
+    client: Client, worker_running: str, deps: Any
+) -> None:
+    """Control: `approved_groups` compares the run id and args digest the approval binds (the
+    decision it names is this run's, with these args: only the bound field differs), and an approval
+    signed exactly at the request's expiry still counts (expired is strictly after)."""
+    handle = await start(
+        client,
+        worker_running,
+        "script-agent",
+        {"steps": [{"tool": "refunds.issue", "args": {"order_id": "A-1002", "amount_cents": 20000}}]},
+        initiator="erin",
+    )
+    await pending_request(handle)
+    request = await _recorded_request(deps, handle.id)
+    judge = _judge(deps)
+    digest = args_digest(request.call.args)
+    for field, value in (("run_id", f"{request.run_id}-other"), ("args_digest", "0" * 64)):
+        fields: dict[str, FieldValue] = {"run_id": request.run_id, "decision_id": request.decision_id}
+        fields["args_digest"] = digest
+        fields[field] = value
+        signed = await asyncio.to_thread(sign, person("alice"), "approve", fields)
+        groups, refused = judge.approved_groups(request.model_copy(update={"approvals": (signed,)}))
+        assert groups == () and f"binds {field}=" in refused[0], refused
+    decided = next(
+        e["at"] for e in deps.ledger.events(handle.id) if e["kind"] == "decision" and e.get("outcome") == "approval"
+    )
+    edge = await _approval_for("alice", request, at=datetime.fromisoformat(decided) + timedelta(seconds=3))
+    assert judge.approved_groups(request.model_copy(update={"approvals": (edge,)})) == (("finance",), [])
+    await finish(handle)
