@@ -23,6 +23,7 @@ no outcome yet, and merges the rest, so a partial run never drops a module's ear
     python -m mutation --survivors     # again only what survived last time (the rest kept as stored)
     python -m mutation --keys FILE     # again only these descriptions (the rest kept as stored)
     python -m mutation --list          # the mutants, not run
+    python -m mutation --report        # the table of the stored outcomes, nothing run
 """
 
 from __future__ import annotations
@@ -407,7 +408,7 @@ def summarize(targets: list[Target], mutants: list[Mutant], equivalents: dict[st
             "not_applicable": len(errors),
             "not_run": len(pending),
             "stale": sum(m.stale for m in mine),
-            "score": round(100.0 * len(killed) / counted, 1) if counted else 100.0,
+            "score": round(100.0 * len(killed) / counted, 1) if counted else None,  # None: nothing measured
             "mutant_seconds": round(sum(m.seconds for m in mine)),
             "survivors": [{"mutant": m.key, "line": m.line, "diff": m.diff} for m in survived],
             "equivalents": [{"mutant": m.key, "reason": equivalents[m.key]} for m in equivalent],
@@ -420,7 +421,9 @@ def report(modules: dict[str, Any]) -> bool:
     ok = True
     _print("\nmutation score per module (killed / (mutants - equivalent)):")
     for name, r in modules.items():
-        flag = "ok " if r["score"] >= THRESHOLD and not r["survivors"] and not r["not_run"] else "LOW"
+        measured = r["score"] is not None
+        score = f"{r['score']:5.1f}%" if measured else "   -- "
+        flag = "ok " if measured and r["score"] >= THRESHOLD and not r["survivors"] and not r["not_run"] else "LOW"
         ok = ok and flag == "ok "
         extra = "".join(
             [
@@ -430,7 +433,7 @@ def report(modules: dict[str, Any]) -> bool:
             ]
         )
         _print(
-            f"  {flag} {name:22} {r['score']:5.1f}%  {r['killed']:3} killed  {r['survived']:2} survived  "
+            f"  {flag} {name:22} {score}  {r['killed']:3} killed  {r['survived']:2} survived  "
             f"{r['equivalent']:2} equivalent  of {r['mutants']:3}  {r['mutant_seconds'] / 60:5.1f} min{extra}"
         )
         for s in r["survivors"]:
@@ -448,6 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="run every selected mutant, reuse no stored outcome")
     parser.add_argument("--survivors", action="store_true", help="only the mutants that survived last time")
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
+    parser.add_argument("--report", action="store_true", help="print the table of the stored outcomes, run nothing")
     parser.add_argument("--keys", default="", help="a file of mutant descriptions, one a line: only those")
     parser.add_argument("--jobs", type=int, default=int(os.environ.get("MUTATION_JOBS", "2")))
     args = parser.parse_args(argv)
@@ -474,6 +478,9 @@ def main(argv: list[str] | None = None) -> int:
         if m.key in stored:
             restore(m, stored[m.key])
     names = {t.name for t in shown}
+    if args.report:
+        modules = summarize(targets, mutants, load_equivalents())
+        return 0 if report({k: v for k, v in modules.items() if k in names}) else 1
     selected = [m for m in mutants if m.target in names]
     if args.keys:
         keys = set(Path(args.keys).read_text().splitlines())
