@@ -478,8 +478,12 @@ def main(argv: list[str] | None = None) -> int:
         if m.key in stored:
             restore(m, stored[m.key])
     names = {t.name for t in shown}
-    if args.report:
+    if args.report:  # the summary in bench/mutation.json is brought up to date too (equivalents edited since)
         modules = summarize(targets, mutants, load_equivalents())
+        if RESULTS.exists():
+            with open(Path(tempfile.gettempdir()) / "lockgate-mutation-results.lock", "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                RESULTS.write_text(json.dumps({**json.loads(RESULTS.read_text()), "modules": modules}, indent=1) + "\n")
         return 0 if report({k: v for k, v in modules.items() if k in names}) else 1
     selected = [m for m in mutants if m.target in names]
     if args.keys:
