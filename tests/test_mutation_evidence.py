@@ -201,7 +201,8 @@ def _walk(entries: list[EntryRecord], heads: list[tuple[int, Head]], pending_aft
 
 def test_a_chain_re_signed_at_the_same_size_is_sound_but_never_extended_after_final() -> None:
     """Control: successive checkpoints may sign a chain at the same size (`<`, not `<=`, is shorter),
-    a final chain re-signed at its final size is sound, and one signed longer after final is not."""
+    a final chain re-signed at its final size is sound, one signed longer after final is not, and a
+    later checkpoint signing it shorter is reported."""
     entries = _chain(3)
     head = {n: Head("c", n, entries[n - 1].hash, False) for n in (2, 3)}
     same = _walk(entries, [(1, head[3]), (2, head[3])])
@@ -211,6 +212,10 @@ def test_a_chain_re_signed_at_the_same_size_is_sound_but_never_extended_after_fi
     assert resigned.problems == [] and resigned.proven == 2
     extended = _walk(entries, [(1, final), (2, head[3])])
     assert any("extends a chain already sealed final at 2" in p for p in extended.problems), extended.problems
+    shorter = _walk(entries, [(1, head[3]), (2, head[2])])
+    assert any("checkpoint #2 signs a shorter chain (2) than before (3)" in p for p in shorter.problems), (
+        shorter.problems
+    )
 
 
 def test_an_entry_recorded_exactly_at_the_grace_cut_off_is_pending() -> None:
