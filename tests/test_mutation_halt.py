@@ -13,6 +13,7 @@ from temporalio.client import Client
 from lockgate.identity import sign
 from lockgate.models import ApprovalAttempt, args_digest
 from lockgate.people import FieldValue
+from tests.agents import SCRIPT_AGENT
 from tests.conftest import finish, pending_request, person, start, status_of
 from tests.test_mutation_stack import _approval_for, _judge, _recorded_request
 
@@ -127,6 +128,6 @@ async def test_the_deciding_activity_checks_each_bound_field_and_the_expiry_edge
     decided = next(
         e["at"] for e in deps.ledger.events(handle.id) if e["kind"] == "decision" and e.get("outcome") == "approval"
     )
-    edge = await _approval_for("alice", request, at=datetime.fromisoformat(decided) + timedelta(seconds=3))
+    edge = await _approval_for("alice", request, at=datetime.fromisoformat(decided) + SCRIPT_AGENT.approval_ttl)
     assert judge.approved_groups(request.model_copy(update={"approvals": (edge,)})) == (("finance",), [])
     await finish(handle)
