@@ -70,7 +70,7 @@ async def test_an_approval_signed_at_or_after_the_expiry_is_refused_while_the_re
     client: Client, worker_running: str
 ) -> None:
     """Control: `approval.verify` refuses a statement signed at or after the request's expiry even
-    while the request is still open (script-agent asks with a 3 s TTL; a signing time a second
+    while the request is still open (script-agent asks with a short TTL; a signing time that far
     ahead is within the allowed clock skew, so only the expiry check can refuse). alice's approval
     signed now is then accepted."""
     handle = await start(

@@ -15,6 +15,7 @@ from temporalio.client import Client, WorkflowHandle
 from lockgate.identity import sign
 from lockgate.models import ApprovalAttempt, ApprovalRequest, GateRequest, args_digest
 from lockgate.people import SignedStatement
+from tests.agents import SCRIPT_AGENT
 from tests.conftest import finish, pending_request, person, start, status_of
 
 
@@ -129,11 +130,13 @@ async def test_the_deciding_activity_counts_only_approvals_of_this_exact_call(
     groups, refused = judge.approved_groups(request.model_copy(update={"approvals": (outsider,)}))
     assert groups == () and "not in group finance" in refused[0]
 
-    # Signed after the request expired (script-agent: 3 s), though recent enough to verify.
+    # Signed after the request expired (script-agent's approval TTL), though recent enough to verify.
     decided = next(
         e["at"] for e in deps.ledger.events(handle.id) if e["kind"] == "decision" and e.get("outcome") == "approval"
     )
-    late = await _approval_for("alice", request, at=datetime.fromisoformat(decided) + timedelta(seconds=4))
+    late = await _approval_for(
+        "alice", request, at=datetime.fromisoformat(decided) + SCRIPT_AGENT.approval_ttl + timedelta(seconds=1)
+    )
     groups, refused = judge.approved_groups(request.model_copy(update={"approvals": (late,)}))
     assert groups == () and "expired" in refused[0]
     await finish(handle)
