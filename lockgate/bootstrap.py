@@ -357,11 +357,13 @@ def bootstrap_vault(
     role_id = client.auth.approle.read_role_id(role_name=WORKER_APPROLE)["data"]["role_id"]
     if keep_secret_id:
         try:
-            client.auth.approle.read_secret_id(role_name=WORKER_APPROLE, secret_id=keep_secret_id)
             check = client.adapter.post(
                 f"/v1/auth/approle/role/{WORKER_APPROLE}/secret-id/lookup", json={"secret_id": keep_secret_id}
             )
-            if check:
+            # An unknown secret id is answered with 204 and no body (a successful, empty response):
+            # only one the server describes is still valid.
+            body = check if isinstance(check, dict) else None
+            if body is not None and body.get("data"):
                 return Bootstrap(role_id=role_id, secret_id=keep_secret_id)
         except Exception:  # noqa: BLE001, S110 - a stale secret id: issue a new one
             pass

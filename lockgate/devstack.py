@@ -205,15 +205,20 @@ class DevStack:
         bootstrap.provision_databases(socket_dir, pg_password, agents.database_secrets())
         progress(f"postgres: databases of {len(agents.names())} agents provisioned")
 
+        root = old.get("VAULT_TOKEN")
+        vault_pid = pids.get("vault")
+        vault_kept = bool(_alive(vault_pid) and root and self._vault_token_ok(root))
+        if not vault_kept and not _alive(pids.get("temporal")):
+            # The dev OpenBao keeps its keys in memory: a new one cannot decrypt the previous
+            # stack's payloads nor vouch for its ledger's checkpoints. Keep those aside, start clean.
+            self._set_aside_previous(progress)
         progress(f"temporal: starting dev server on {self.temporal_address}")
         pids["temporal"] = self._start_temporal(pids.get("temporal"))
         self._save_pids(pids)
         progress(f"temporal: ready (UI http://127.0.0.1:{self.ui_port})" if self.ui else "temporal: ready")
 
         progress(f"openbao: starting dev server on {self.vault_addr}")
-        root = old.get("VAULT_TOKEN")
-        vault_pid = pids.get("vault")
-        if not (_alive(vault_pid) and root and self._vault_token_ok(root)):
+        if not vault_kept:
             if _alive(vault_pid):
                 self._stop_pid(vault_pid)
             root = secrets.token_urlsafe(24)
@@ -309,6 +314,18 @@ class DevStack:
             time.sleep(0.2)
         self._stop_pid(pid)
         raise UserError(f"{what} did not become healthy in {timeout:.0f}s; see {self.dev_dir / (what + '.log')}")
+
+    def _set_aside_previous(self, progress: Progress) -> None:
+        """Moves the previous stack's Temporal database and ledger to dev/previous-<time>/."""
+        files = [p for p in self.dev_dir.glob("temporal.db*") if p.is_file()]
+        files += [p for p in self.state_dir.glob("ledger.db*") if p.is_file()]
+        if not files:
+            return
+        target = self.dev_dir / f"previous-{time.strftime('%Y%m%d-%H%M%S')}"
+        target.mkdir(parents=True, exist_ok=True)
+        for path in files:
+            path.rename(target / path.name)
+        progress(f"previous stack's history and ledger kept in {target} (its OpenBao keys are gone)")
 
     def _start_temporal(self, pid: int | None) -> int:
         if _alive(pid) and self._temporal_ok():

@@ -184,6 +184,8 @@ async def run_demo(settings: Settings, *, keep_up: bool = True) -> int:
         status = (await run_status(client, handle.id)).model_dump(mode="json")
         events = (await handle.fetch_history()).events
         history = history_entries(events, client.data_converter)
+        # The run's closing checkpoint is signed moments after it closes; the story shows it proven.
+        await asyncio.to_thread(deps.ledger.seal)
         _say(render_text(timeline(deps.ledger, handle.id, status, history)))
 
     # One more run, left waiting for two support-leads, for the approvers' inbox.
