@@ -710,22 +710,7 @@ class AgentWorkflow(ApprovalDesk):
     @workflow.query(name="status")
     def status(self) -> RunStatus:
         agent = self._agent
-        return RunStatus(
-            run_id=self._run_id,
-            agent=self._inp.agent,
-            initiator=self._inp.initiator,
-            owner=agent.owner if agent else "",
-            state=self._state,
-            step=self._step,
-            spent=self._spent,
-            tainted=self._tainted,
-            pending_approvals=tuple(self._pending.values()),
-            open_leases=self._in_flight,
-            identity_accessor=self._identity.accessor if self._identity else None,
-            steps=tuple(self._steps),
-            compensations=tuple(self._compensated),
-            error=self._error,
-        )
+        return self._run_status(self._inp.agent, self._inp.initiator, agent.owner if agent else "")
 
     @workflow.query(name="pending_approvals")
     def pending_approvals(self) -> list[ApprovalRequest]:

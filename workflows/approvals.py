@@ -32,7 +32,10 @@ with workflow.unsafe.imports_passed_through():
         Chain,
         Decision,
         HaltCheck,
+        RunIdentity,
         RunState,
+        RunStatus,
+        StepRecord,
         ToolCall,
         canonical_json,
         redact_args,
@@ -76,6 +79,34 @@ class ApprovalDesk:
     _attempts: dict[str, ApprovalAttempt]
     _evidence: dict[str, list[SignedStatement]]  # accepted signed approvals per pending request
     _rounds: dict[int, int]  # approval rounds per step
+    # What the run's status shows besides its approvals (the host keeps them).
+    _step: int
+    _spent: int
+    _tainted: bool
+    _in_flight: int
+    _identity: RunIdentity | None
+    _steps: list[StepRecord]
+    _compensated: list[StepRecord]
+    _error: str | None
+
+    def _run_status(self, agent: str, initiator: str, owner: str) -> RunStatus:
+        """The run's status, as the `status` query answers it (the same for both hosts)."""
+        return RunStatus(
+            run_id=self._run_id,
+            agent=agent,
+            initiator=initiator,
+            owner=owner,
+            state=self._state,
+            step=self._step,
+            spent=self._spent,
+            tainted=self._tainted,
+            pending_approvals=tuple(self._pending.values()),
+            open_leases=self._in_flight,
+            identity_accessor=self._identity.accessor if self._identity else None,
+            steps=tuple(self._steps),
+            compensations=tuple(self._compensated),
+            error=self._error,
+        )
 
     def _init_approvals(self) -> None:
         self._pending = {}

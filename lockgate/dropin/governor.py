@@ -486,22 +486,7 @@ class RunGovernor(ApprovalDesk):
 
     def _status(self) -> RunStatus:
         agent = self._agent
-        return RunStatus(
-            run_id=self._run_id,
-            agent=agent.name if agent else "",
-            initiator=self._initiator,
-            owner=agent.owner if agent else "",
-            state=self._state,
-            step=self._step,
-            spent=self._spent,
-            tainted=self._tainted,
-            pending_approvals=tuple(self._pending.values()),
-            open_leases=self._in_flight,
-            identity_accessor=self._identity.accessor if self._identity else None,
-            steps=tuple(self._steps),
-            compensations=tuple(self._compensated),
-            error=self._error,
-        )
+        return self._run_status(agent.name if agent else "", self._initiator, agent.owner if agent else "")
 
 
 def _message(err: BaseException) -> str:
