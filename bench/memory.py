@@ -68,6 +68,18 @@ async def _gather_limited(limit: int, coros: list[Any]) -> list[Any]:
     return await asyncio.gather(*(one(c) for c in coros))
 
 
+async def _terminate(b: Bench, run_ids: list[str]) -> None:
+    """Terminates the figure's runs, 50 at a time (a run already closed is left as it is)."""
+
+    async def end(run_id: str) -> None:
+        try:
+            await b.client.get_workflow_handle(run_id).terminate("bench: memory figure done")
+        except Exception:  # noqa: BLE001, S110 - already closed
+            pass
+
+    await _gather_limited(50, [end(r) for r in run_ids])
+
+
 async def worker_rss(
     b: Bench, waiting: int, log_dir: Path, *, cache: int | None = None, timeout: float = 300
 ) -> dict[str, Any]:
@@ -170,14 +182,8 @@ async def worker_rss(
 
         # The waiting runs are no longer needed: terminate them (the stack is torn down afterwards;
         # their run identities expire with it).
-        async def end(run_id: str) -> None:
-            try:
-                await b.client.get_workflow_handle(run_id).terminate("bench: memory figure done")
-            except Exception:  # noqa: BLE001, S110 - already closed
-                pass
-
         t = time.monotonic()
-        await _gather_limited(50, [end(r) for r in started])
+        await _terminate(b, started)
         say(f"memory: terminated {len(started)} waiting runs in {time.monotonic() - t:.1f}s")
 
 
@@ -255,14 +261,7 @@ async def plain_rss(b: Bench, waiting: int, log_dir: Path, *, cache: int, timeou
         return out
     finally:
         stop(proc)
-
-        async def end(run_id: str) -> None:
-            try:
-                await b.client.get_workflow_handle(run_id).terminate("bench: memory figure done")
-            except Exception:  # noqa: BLE001, S110 - already closed
-                pass
-
-        await _gather_limited(50, [end(r) for r in started])
+        await _terminate(b, started)
 
 
 async def per_cached_run(b: Bench, waiting: int, log_dir: Path) -> dict[str, Any]:
