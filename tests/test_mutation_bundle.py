@@ -89,3 +89,28 @@ def test_a_policy_reading_the_whole_context_gets_it_unpruned() -> None:
     who, what, on = ("Agent", "script-agent"), ("Action", "qa.mark"), ("Tool", "qa.mark")
     assert bundle.authorize(who, what, on, {"amount": 1}).allowed
     assert not bundle.authorize(who, what, on, {}).allowed
+
+
+def test_a_key_that_is_not_a_string_is_not_plain_data() -> None:
+    """Control: `_problem` refuses a record key that is not a string (a policy test case or an
+    in-process caller can hand the gate one; JSON would turn it into another key than the one seen)."""
+    assert cedar_data_problem({"to": {7: "x"}}, "args") == "args.to has a key that is not a string (7)"
+    assert cedar_data_problem({"to": {"7": "x"}}, "args") is None
+
+
+def test_pruning_keeps_a_context_whose_key_is_not_a_string_whole() -> None:
+    """Control: `_prune` never drops a key that is not a string: Cedar reads it through JSON as its
+    string (`context has "1"` holds for the key 1), so dropping it would change the decision."""
+    bundle = _bundle(PERMIT, '@id("one") forbid(principal, action, resource) when { context has "1" };')
+    who, what, on = ("Agent", "script-agent"), ("Action", "qa.mark"), ("Tool", "qa.mark")
+    assert prune_context({1: "x", "amount": 2}, frozenset({("1",)})) == {1: "x", "amount": 2}
+    assert not bundle.authorize(who, what, on, {1: "x"}).allowed
+    assert bundle.authorize(who, what, on, {2: "x"}).allowed == bundle.authorize(who, what, on, {}).allowed
+
+
+def test_pruning_keeps_a_record_whose_dropped_part_is_not_plain_data_whole() -> None:
+    """Control: `_prune` hands Cedar the whole context when a part it would drop inside a read record
+    is not plain data (Cedar must see it and refuse it: pruning never turns a refusal into an answer)."""
+    context = {"a": {"b": 1, "c": 1.5}, "d": 2}
+    assert prune_context(context, frozenset({("a", "b")})) == context
+    assert prune_context({"a": {"b": 1, "c": 2}, "d": 2}, frozenset({("a", "b")})) == {"a": {"b": 1}}

@@ -254,9 +254,11 @@ class AgentWorkflow(ApprovalDesk):
         if inp.carry is None:
             await self._open(agent, inp)
         else:
-            await workflow.execute_activity(
+            resumed = await workflow.execute_activity(
                 "run.resume", self._seal_request(inp.carry, inp.carry_seal), result_type=bool, **RUN_CALL
             )
+            if resumed is not True:  # `run.resume` refuses by raising; anything but a yes is a no
+                raise ApplicationError("the carry was not accepted", type=errors.BAD_INPUT, non_retryable=True)
         failure: BaseException | None = None
         try:
             await self._plan(agent)
