@@ -135,12 +135,11 @@ def load_public_key(value: bytes | str) -> Ed25519PublicKey:
     return Ed25519PublicKey.from_public_bytes(raw)
 
 
-def _signature_valid(signed: SignedStatement, key: Ed25519PublicKey) -> bool:
-    parsed = parse_signature(signed.signature)
-    if parsed is None:
-        return False
+def _signature_valid(signed: SignedStatement, signature_b64: str, key: Ed25519PublicKey) -> bool:
+    """Whether `signature_b64` (the signature's base64, strictly decoded: one spelling per
+    signature) is `key`'s ed25519 signature of the statement's canonical bytes."""
     try:
-        key.verify(base64.b64decode(parsed[1], validate=True), signed.statement.canonical_bytes())
+        key.verify(base64.b64decode(signature_b64, validate=True), signed.statement.canonical_bytes())
     except (InvalidSignature, binascii.Error, ValueError):
         return False
     return True
@@ -168,7 +167,7 @@ def verify_offline(signed: SignedStatement, public_keys: Mapping[tuple[str, int]
         key = load_public_key(value)
     except ValueError:
         return False
-    return _signature_valid(signed, key)
+    return _signature_valid(signed, parsed[1], key)
 
 
 def _same(a: FieldValue, b: FieldValue) -> bool:
@@ -302,7 +301,8 @@ class PeopleDirectory:
         if parsed is None or parsed[0] != signed.key_version:
             raise Refused("malformed signature (not a Transit signature of the named key version)")
         entity = self._entity(person)
-        if not _signature_valid(signed, Ed25519PublicKey.from_public_bytes(self.public_key(person, parsed[0]))):
+        public_key = Ed25519PublicKey.from_public_bytes(self.public_key(person, parsed[0]))
+        if not _signature_valid(signed, parsed[1], public_key):
             raise Refused(f"signature does not match the statement: not signed by {person}, or altered since")
         for name, value in expect.items():
             if name not in statement.fields:

@@ -55,7 +55,9 @@ def _gate(run_id: str, *, compensation: bool = False) -> GateRequest:
     )
 
 
-def _seal(run_id: str, *, origin: str = "origin-1", generation: int = 3, seal: str = "", continued: str = "") -> RunSeal:
+def _seal(
+    run_id: str, *, origin: str = "origin-1", generation: int = 3, seal: str = "", continued: str = ""
+) -> RunSeal:
     return RunSeal(
         run_id=run_id,
         agent="refund-agent",

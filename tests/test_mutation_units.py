@@ -85,6 +85,16 @@ def test_offline_verification_refuses_a_signature_that_is_not_base64() -> None:
     assert not verify_offline(_signed(signature="vault:v1:@@@@"), KEYS)
 
 
+@pytest.mark.parametrize("extra", ["AAAA", "=", "==AA"])
+def test_offline_verification_refuses_a_signature_with_data_after_its_padding(extra: str) -> None:
+    """Control: `_signature_valid` decodes strictly: a lax decoder drops what follows the padding,
+    so one signature would verify under many spellings (each a "new" signature to anything that
+    tells statements apart by their signature)."""
+    good = _signed()
+    assert verify_offline(good, KEYS)
+    assert not verify_offline(_signed(signature=good.signature + extra), KEYS)
+
+
 @pytest.mark.parametrize(("a", "b"), [(True, 1), ("1", 1), (1, 1.0), (1, 2), ("a", "b")])
 def test_bound_fields_differing_in_value_or_type_are_not_the_same(a: Any, b: Any) -> None:
     """Control: `_same` compares a bound field exactly, type included (True is not 1)."""
