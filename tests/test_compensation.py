@@ -55,6 +55,11 @@ async def test_failing_compensation_does_not_stop_the_others(
         ("qa.unmark", True),
     ]
     assert "cannot unmark second" in (status.error or "")
+    # The failed one is never dropped: recorded outstanding for the reaper, with the run's close.
+    (outstanding,) = ledger_events(deps, handle.id, "compensation.outstanding")
+    assert (outstanding["step"], outstanding["tool"]) == (2, "qa.unmark"), outstanding
+    (closed,) = ledger_events(deps, handle.id, "run.closed")
+    assert closed["outstanding_compensations"] == [2]
     failures = ledger_events(deps, handle.id, "tool.failed")
     assert any("cannot unmark second" in f["error"] for f in failures)
 
