@@ -87,10 +87,12 @@ class GovernanceActivities:
         agents: AgentRegistry,
         ledger: Ledger,
         vault: VaultBroker,
-        freezes: FreezeStore | None = None,
-        people: PeopleDirectory | None = None,
-        approvals: ApprovalActivities | None = None,
+        freezes: FreezeStore,
+        people: PeopleDirectory,
+        approvals: ApprovalActivities,
     ) -> None:
+        # No optional control: a worker without the kill switch, the people directory or the approval
+        # judge would run unfrozen, with unchecked starts, or with approvals silently ignored.
         self._freezes = freezes
         self._people = people
         self._approvals = approvals
@@ -109,7 +111,7 @@ class GovernanceActivities:
         # decision they answer, quorum of distinct people): whatever groups the workflow claims,
         # the gate sees only these.
         groups: tuple[str, ...] = ()
-        if request.approvals and self._approvals is not None:
+        if request.approvals:
             groups, refused = self._approvals.approved_groups(request)
             for n, line in enumerate(refused):
                 self._ledger.try_append(
@@ -119,7 +121,7 @@ class GovernanceActivities:
                     {"step": request.step, "tool": request.call.tool, "reason": line},
                 )
         request = request.model_copy(update={"state": request.state.model_copy(update={"approved_groups": groups})})
-        if self._freezes is not None and self._freezes.is_frozen(request.agent):
+        if self._freezes.is_frozen(request.agent):
             request = request.model_copy(update={"state": request.state.model_copy(update={"frozen": True})})
         with span("lockgate.gate", run_id=request.run_id, step=request.step, tool=request.call.tool):
             decision = evaluate(
@@ -235,8 +237,6 @@ class GovernanceActivities:
     def _check_start(self, request: RunOpen) -> None:
         """The initiator is whoever signed the run's start statement (bound to run id, agent and
         input): an unsigned, forged or mismatched start is refused."""
-        if self._people is None:
-            return
         if request.start is None:
             raise self._refuse(request.run_id, request.origin_run_id, "the run's start is not signed by a person")
         try:

@@ -118,9 +118,9 @@ class Deps:
     ledger: Ledger
     bundle: PolicyBundle
     freezes: FreezeStore
-    agents: AgentRegistry = field(default_factory=AgentRegistry)
     # Verifies people's signed acts (approvals, starts, halts, unfreezes) with Vault's public keys.
-    people: PeopleDirectory | None = None
+    people: PeopleDirectory
+    agents: AgentRegistry = field(default_factory=AgentRegistry)
 
     def current_bundle(self) -> PolicyBundle:
         return self.bundle
@@ -204,9 +204,7 @@ def build_deps(settings: Settings, agents: AgentRegistry | None = None) -> Deps:
     )
 
 
-def build_approvals(deps: Deps) -> ApprovalActivities | None:
-    if deps.people is None:
-        return None
+def build_approvals(deps: Deps) -> ApprovalActivities:
     return ApprovalActivities(people=deps.people, agents=deps.agents, ledger=deps.ledger)
 
 
@@ -263,9 +261,9 @@ def build_activities(deps: Deps) -> list[Callable[..., Any]]:
     tools = build_tools(deps, governance)
     planner = LLMPlannerActivities(agents=deps.agents, vault=deps.vault)
     approvals = build_approvals(deps)
-    people: list[Callable[..., Any]] = [approvals.verify, approvals.verify_halt] if approvals else []
     return [
-        *people,
+        approvals.verify,
+        approvals.verify_halt,
         governance.evaluate,
         governance.open_run,
         governance.close_run,

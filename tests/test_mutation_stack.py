@@ -70,9 +70,7 @@ async def _recorded_request(deps: Any, run_id: str) -> GateRequest:
 def _judge(deps: Any) -> Any:
     from lockgate.worker import build_approvals
 
-    judge = build_approvals(deps)
-    assert judge is not None
-    return judge
+    return build_approvals(deps)
 
 
 async def _approval_for(name: str, request: GateRequest, digest: str | None = None, **kw: Any) -> SignedStatement:
