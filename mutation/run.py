@@ -293,8 +293,30 @@ def run_tests(lane: Path, tests: list[str], timeout: float) -> tuple[str, float,
             os.killpg(proc.pid, signal.SIGKILL)
             out, _ = proc.communicate()
         status = "timeout"
+    _stop_servers_under(basetemp)
     shutil.rmtree(basetemp, ignore_errors=True)
     return status, time.monotonic() - started, out.decode(errors="replace")
+
+
+def _stop_servers_under(directory: Path) -> None:
+    """Kills what the tests' stack left running: a session that timed out (a mutant that hangs a
+    run) may be killed before its fixtures stop the servers, which run in their own sessions.
+    Every server of the stack keeps its state under the session's basetemp: it is named on its
+    command line or is its working directory."""
+    mark = str(directory)
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            cwd = os.readlink(proc / "cwd")
+        except OSError:
+            continue
+        if mark in cmdline or cwd.startswith(mark):
+            try:
+                os.kill(int(proc.name), signal.SIGKILL)
+            except OSError:
+                pass
 
 
 def mutate(lane: Path, m: Mutant) -> tuple[str, str] | None:
