@@ -14,7 +14,7 @@ import pytest
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from lockgate.models import GateRequest, RunSeal, ToolCall
+from lockgate.models import GateRequest, RunOpen, RunSeal, ToolCall
 from tests.conftest import ledger_events, ledger_kinds
 from tests.rogue import RogueCallWorkflow
 
@@ -104,11 +104,30 @@ async def test_an_invalid_run_id_is_refused_even_when_it_is_the_callers_own(rogu
     _refused(await rogue(me, "run.seal", _seal(me)), "invalid run id")
 
 
-async def test_a_seal_for_another_run_is_refused(rogue: Any) -> None:
-    """Control: `_check_run` requires the run id to be the caller's workflow id (a valid id of another
-    run is refused)."""
+def _open(run_id: str) -> RunOpen:
+    return RunOpen(run_id=run_id, agent="refund-agent", initiator="erin", ttl_seconds=60, origin_run_id="origin-1")
+
+
+@pytest.mark.parametrize(
+    ("activity", "make"),
+    [
+        ("run.open", _open),
+        ("run.seal", _seal),
+        ("run.resume", lambda run_id: _seal(run_id, seal="vault:v1:x", continued="previous-execution")),
+    ],
+)
+async def test_a_run_call_naming_another_run_is_refused(rogue: Any, deps: Any, activity: str, make: Any) -> None:
+    """Control: each of run.open, run.seal and run.resume checks (`_check_run`) that the run id is
+    the caller's workflow id: a valid id of another run is refused before anything is opened,
+    sealed or resumed, and nothing is recorded for that run."""
     me, victim = _id(), _id()
-    _refused(await rogue(me, "run.seal", _seal(victim)), "naming another run")
+    _refused(await rogue(me, activity, make(victim)), "naming another run")
+    assert ledger_kinds(deps, victim) == []
+
+
+async def test_a_seal_for_its_own_run_is_made(rogue: Any) -> None:
+    """The call the refusals above are set beside: the same seal request for the caller's own run."""
+    me = _id()
     sealed = await rogue(me, "run.seal", _seal(me))
     assert sealed["ok"] and sealed["result"].startswith("vault:"), sealed
 
