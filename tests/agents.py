@@ -47,6 +47,11 @@ class UnmarkArgs(BaseModel):
 class ExplodeArgs(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     why: str = "boom"
+    # A transient failure: the first `retryable_times` attempts of the call fail retryably, then it works.
+    retryable_times: int = 0
+
+
+EXPLODED: dict[str, int] = {}
 
 
 @tool("qa.mark", compensation="qa.unmark", data_class="public")
@@ -68,7 +73,12 @@ def qa_unmark(ctx: ToolContext, args: UnmarkArgs) -> dict[str, Any]:
 
 @tool("qa.explode", data_class="public")
 def qa_explode(ctx: ToolContext, args: ExplodeArgs) -> dict[str, Any]:
-    raise ToolError(f"exploded: {args.why}")
+    if not args.retryable_times:
+        raise ToolError(f"exploded: {args.why}")
+    EXPLODED[ctx.idempotency_key] = tries = EXPLODED.get(ctx.idempotency_key, 0) + 1
+    if tries <= args.retryable_times:
+        raise ToolError(f"exploded for now: {args.why}", retryable=True)
+    return {"summary": f"went through at attempt {tries}"}
 
 
 QA_TOOLS = (qa_mark, qa_unmark, qa_explode)

@@ -81,7 +81,9 @@ GATE_CALL: dict[str, Any] = {
     ),
 }
 # TOOL_CALL: the heartbeat timeout is how fast a crashed worker's attempt is noticed and retried
-# (the next attempt revokes the lease the dead one held). Denials and tool failures never retry.
+# (the next attempt revokes the lease the dead one held). Denials never retry; a tool's own failure
+# retries only when the tool says it may (`ToolError(retryable=True)`: the activity marks the others
+# non-retryable itself), and an unexpected exception is taken as transient.
 TOOL_CALL: dict[str, Any] = {
     "start_to_close_timeout": timedelta(seconds=60),
     # Halt (cancel) waits until the in-flight attempt has ended: compensation never runs while the
@@ -92,7 +94,7 @@ TOOL_CALL: dict[str, Any] = {
         initial_interval=timedelta(milliseconds=500),
         maximum_interval=timedelta(seconds=10),
         maximum_attempts=6,
-        non_retryable_error_types=[errors.BAD_INPUT, errors.LEASE_FORBIDDEN, errors.TOOL_FAILED, errors.TOOL_DENIED],
+        non_retryable_error_types=[errors.BAD_INPUT, errors.LEASE_FORBIDDEN, errors.TOOL_DENIED],
     ),
 }
 # RUN_CALL: opening and closing the run identity must eventually happen; keep retrying.
