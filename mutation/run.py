@@ -272,6 +272,24 @@ def make_lane(base: Path, n: int) -> Path:
     return lane
 
 
+# Interrupted (Ctrl-C): no lane takes another mutant, the test sessions running are stopped (their
+# outcome is not recorded: an interrupted session says nothing of its mutant).
+_STOP = threading.Event()
+_RUNNING: set[subprocess.Popen[bytes]] = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+def _interrupt_sessions() -> None:
+    _STOP.set()
+    with _RUNNING_LOCK:
+        running = list(_RUNNING)
+    for proc in running:
+        try:
+            os.killpg(proc.pid, signal.SIGINT)  # pytest then stops its stack
+        except OSError:
+            pass
+
+
 def run_tests(lane: Path, tests: list[str], timeout: float) -> tuple[str, float, str]:
     """The tests in a fresh pytest process in `lane`: ("passed" | "failed" | "timeout", seconds, output)."""
     basetemp = Path(tempfile.mkdtemp(prefix="pt-", dir=lane.parent))
@@ -281,6 +299,8 @@ def run_tests(lane: Path, tests: list[str], timeout: float) -> tuple[str, float,
     proc = subprocess.Popen(
         cmd, cwd=lane, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
     )
+    with _RUNNING_LOCK:
+        _RUNNING.add(proc)
     try:
         out, _ = proc.communicate(timeout=timeout or None)
         status = "passed" if proc.returncode == 0 else "failed"
@@ -293,6 +313,9 @@ def run_tests(lane: Path, tests: list[str], timeout: float) -> tuple[str, float,
             os.killpg(proc.pid, signal.SIGKILL)
             out, _ = proc.communicate()
         status = "timeout"
+    finally:
+        with _RUNNING_LOCK:
+            _RUNNING.discard(proc)
     _stop_servers_under(basetemp)
     shutil.rmtree(basetemp, ignore_errors=True)
     return status, time.monotonic() - started, out.decode(errors="replace")
@@ -370,7 +393,7 @@ def run(targets: list[Target], mutants: list[Mutant], jobs: int, saved: Callable
         started = time.monotonic()
 
         def lane_loop(lane: Path) -> None:
-            while True:
+            while not _STOP.is_set():
                 try:
                     m = work.get_nowait()
                 except queue.Empty:
@@ -386,6 +409,8 @@ def run(targets: list[Target], mutants: list[Mutant], jobs: int, saved: Callable
                         status, seconds, _ = run_tests(lane, t.tests, timeout)
                     finally:
                         (lane / m.file).write_text(applied[0])
+                    if _STOP.is_set():
+                        return
                     outcome = {"passed": "survived", "failed": "killed"}.get(status, status)
                     diff = _diff(*applied)
                 with lock:
@@ -400,8 +425,15 @@ def run(targets: list[Target], mutants: list[Mutant], jobs: int, saved: Callable
         threads = [threading.Thread(target=lane_loop, args=(lane,)) for lane in lanes]
         for th in threads:
             th.start()
-        for th in threads:
-            th.join()
+        try:
+            while any(th.is_alive() for th in threads):
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            _print("\ninterrupted: stopping the test sessions running (their mutants are not recorded)")
+            _interrupt_sessions()
+            for th in threads:
+                th.join()
+            raise
         return baseline
     finally:
         shutil.rmtree(base, ignore_errors=True)
@@ -530,7 +562,11 @@ def main(argv: list[str] | None = None) -> int:
         return save(mutants, targets, jobs=args.jobs, seconds=time.monotonic() - started, full=final and everything)
 
     if selected:
-        run(targets, selected, max(1, args.jobs), saved)
+        try:
+            run(targets, selected, max(1, args.jobs), saved)
+        except KeyboardInterrupt:
+            _print(f"what was measured before the interrupt is kept in {RESULTS.relative_to(ROOT)}")
+            return 130
     result = saved(final=True)
     ok = report({k: v for k, v in result["modules"].items() if k in names})
     seconds = time.monotonic() - started
