@@ -399,8 +399,11 @@ def run(targets: list[Target], mutants: list[Mutant], jobs: int, saved: Callable
                 except queue.Empty:
                     return
                 t = by_name[m.target]
-                applied = mutate(lane, m)
                 seconds, diff = 0.0, "mutation no longer applies"
+                try:
+                    applied = mutate(lane, m)
+                except Exception as err:  # noqa: BLE001 - Cosmic Ray cannot make some (a dotted exception name)
+                    applied, diff = None, f"Cosmic Ray cannot make this mutant: {type(err).__name__}: {err}"
                 if applied is None:
                     outcome = "error"
                 else:
