@@ -45,6 +45,8 @@ def _data(resp: Any) -> dict[str, Any]:
 
 # How many runs a broker remembers opening (see VaultBroker._opened).
 OPENED_KEPT = 10_000
+# What OpenBao says when an accessor names no live token.
+NO_TOKEN_WARNING = "No token found with this accessor"  # noqa: S105 - a message, not a secret
 
 RETRYABLE = (
     VaultUnavailable,
@@ -216,10 +218,13 @@ class VaultBroker:
         if accessor and (record is not None or self.identity_alive(accessor)):
             # Vault revokes the token at once and its leases right after (asynchronously).
             try:
-                self.client.adapter.post("/v1/auth/token/revoke-accessor", json={"accessor": accessor})
-                revoked = True
+                resp = self.client.adapter.post("/v1/auth/token/revoke-accessor", json={"accessor": accessor})
+                # OpenBao answers an accessor whose token is gone (expired, revoked meanwhile) with a
+                # warning, not an error: that call revoked nothing.
+                warnings = resp.get("warnings") if isinstance(resp, dict) else None
+                revoked = NO_TOKEN_WARNING not in (warnings or ())
             except hvac.exceptions.InvalidRequest:
-                revoked = False
+                revoked = False  # HashiCorp Vault's answer to an unknown accessor
         if record is not None:
             self.client.secrets.kv.v1.delete_secret(path=f"runs/{run_id}", mount_point=RUNS_MOUNT)
         with self._lock:

@@ -1,0 +1,92 @@
+"""Real-stack tests of the run identity's and the seal's checks in the Vault broker, each in
+isolation (found by `make mutation`): called directly, as the governance activities call them."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from lockgate.activities.vault import RunMismatch, VaultBroker
+from lockgate.config import Settings
+from tests.conftest import Outside
+
+POLICY = "lockgate-agent-refund-agent"
+
+
+def _id() -> str:
+    return f"vault-{uuid.uuid4().hex[:8]}"
+
+
+def _another_worker(settings: Settings) -> VaultBroker:
+    """A second worker's broker: nothing of the first one's memory, only what Vault holds."""
+    assert settings.vault_role_id and settings.vault_secret_id
+    return VaultBroker(settings.vault_addr, settings.vault_role_id, settings.vault_secret_id)
+
+
+def test_a_run_opened_by_another_worker_is_closed_by_its_record(
+    deps: Any, settings: Settings, outside: Outside
+) -> None:
+    """Control: `close_run` reads the run's record from Vault when this worker did not open it: it
+    checks the record's execution, revokes the identity and removes the record (a record left
+    behind would keep the run "open" for the reaper)."""
+    run_id = _id()
+    identity = deps.vault.open_run(run_id, "refund-agent", POLICY, 60, "execution-a")
+    other = _another_worker(settings)
+    with pytest.raises(RunMismatch):
+        other.close_run(run_id, identity.accessor, "execution-b")
+    assert outside.token_alive(identity.accessor)
+    assert other.close_run(run_id, identity.accessor, "execution-a") is True
+    assert not outside.token_alive(identity.accessor)
+    assert other.read_run(run_id) is None and run_id not in other.open_runs()
+
+
+def test_closing_with_another_accessor_than_the_runs_is_refused(deps: Any, outside: Outside) -> None:
+    """Control: `close_run` revokes only the accessor the run's record holds: another one (a token of
+    another run, say) is refused and the run's identity and record stay."""
+    run_id = _id()
+    identity = deps.vault.open_run(run_id, "refund-agent", POLICY, 60, "execution-a")
+    try:
+        with pytest.raises(RunMismatch):
+            deps.vault.close_run(run_id, "not-this-runs-accessor", "execution-a")
+        assert outside.token_alive(identity.accessor)
+        assert deps.vault.read_run(run_id) is not None
+    finally:
+        deps.vault.close_run(run_id, identity.accessor, "execution-a")
+
+
+def test_closing_an_identity_revoked_meanwhile_says_this_call_revoked_nothing(deps: Any, outside: Outside) -> None:
+    """Control: `close_run` reports whether this call revoked the identity (`run.closed` records it):
+    one revoked meanwhile (expired, or by an operator) is not, and its record still goes."""
+    run_id = _id()
+    identity = deps.vault.open_run(run_id, "refund-agent", POLICY, 60, "execution-a")
+    outside.vault.adapter.post("/v1/auth/token/revoke-accessor", json={"accessor": identity.accessor})
+    assert deps.vault.close_run(run_id, identity.accessor, "execution-a") is False
+    assert deps.vault.read_run(run_id) is None
+
+
+def test_an_identity_reports_when_it_expires(deps: Any) -> None:
+    """Control: the identity's expiry (recorded with it; a sub-agent's never outlives it) is its
+    TTL from now."""
+    run_id = _id()
+    before = datetime.now(UTC)
+    identity = deps.vault.open_run(run_id, "refund-agent", POLICY, 60, "execution-a")
+    try:
+        assert before + timedelta(seconds=55) < identity.expires_at <= datetime.now(UTC) + timedelta(seconds=61)
+        assert datetime.fromisoformat(deps.vault.read_run(run_id)["expires_at"]) == identity.expires_at
+    finally:
+        deps.vault.close_run(run_id, identity.accessor, "execution-a")
+
+
+def test_a_seal_verifies_only_over_its_own_bytes(deps: Any) -> None:
+    """Control: `check_seal` accepts the worker's seal of exactly these bytes, and nothing else: other
+    bytes, a seal without Transit's `vault:` form, a malformed one."""
+    vault: VaultBroker = deps.vault
+    seal = vault.seal(b"carry-1")
+    assert vault.check_seal(b"carry-1", seal) is True
+    assert vault.check_seal(b"carry-2", seal) is False
+    assert vault.check_seal(b"carry-1", seal.removeprefix("vault:")) is False
+    assert vault.check_seal(b"carry-1", "forged") is False
+    assert vault.check_seal(b"carry-1", "vault:v1:@@not-base64@@") is False
