@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from lockgate.activities.vault import RunMismatch, VaultBroker
+from lockgate.activities.vault import LeaseForbidden, RunMismatch, VaultBroker
+from lockgate.bootstrap import RUNS_MOUNT
 from lockgate.config import Settings
 from tests.conftest import Outside
 
@@ -90,3 +91,36 @@ def test_a_seal_verifies_only_over_its_own_bytes(deps: Any) -> None:
     assert vault.check_seal(b"carry-1", seal.removeprefix("vault:")) is False
     assert vault.check_seal(b"carry-1", "forged") is False
     assert vault.check_seal(b"carry-1", "vault:v1:@@not-base64@@") is False
+
+
+def test_closing_without_an_accessor_revokes_the_one_the_runs_record_holds(deps: Any, outside: Outside) -> None:
+    """Control: `close_run` without an accessor (a run that closes before it learnt its own, the
+    reaper) takes the accessor from the run's record."""
+    run_id = _id()
+    identity = deps.vault.open_run(run_id, "refund-agent", POLICY, 60, "execution-a")
+    assert deps.vault.close_run(run_id, None, "execution-a") is True
+    assert not outside.token_alive(identity.accessor)
+
+
+def test_an_identity_whose_record_is_gone_is_still_revoked_by_its_accessor(
+    deps: Any, settings: Settings, outside: Outside
+) -> None:
+    """Control: without the run's record (lost, or never written by a worker that died), `close_run`
+    still revokes a live identity by the accessor the ledger recorded (the reaper's path)."""
+    run_id = _id()
+    identity = deps.vault.open_run(run_id, "refund-agent", POLICY, 60, "execution-a")
+    outside.vault.secrets.kv.v1.delete_secret(path=f"runs/{run_id}", mount_point=RUNS_MOUNT)
+    assert _another_worker(settings).close_run(run_id, identity.accessor) is True
+    assert not outside.token_alive(identity.accessor)
+
+
+def test_a_secret_path_that_issues_no_lease_is_refused(deps: Any) -> None:
+    """Control: a tool gets only a dynamic secret (one with a lease, revoked when the call ends): a
+    path the run's identity may read but that issues no lease (its own token lookup) is refused."""
+    run_id = _id()
+    identity = deps.vault.open_run(run_id, "refund-agent", POLICY, 60, "execution-a")
+    try:
+        with pytest.raises(LeaseForbidden, match="issued no lease"):
+            deps.vault.issue(run_id, "auth/token/lookup-self")
+    finally:
+        deps.vault.close_run(run_id, identity.accessor, "execution-a")
