@@ -124,3 +124,14 @@ def test_a_secret_path_that_issues_no_lease_is_refused(deps: Any) -> None:
             deps.vault.issue(run_id, "auth/token/lookup-self")
     finally:
         deps.vault.close_run(run_id, identity.accessor, "execution-a")
+
+
+def test_a_closed_run_keeps_no_token_in_the_worker(deps: Any) -> None:
+    """Control: `close_run` forgets the run's token (a worker serves runs for months: it keeps no
+    token of a closed run, dead or not), so a late call is refused as closed, without asking Vault."""
+    run_id = _id()
+    identity = deps.vault.open_run(run_id, "refund-agent", POLICY, 60, "execution-a")
+    deps.vault.issue(run_id, "database/creds/shop-reader")
+    deps.vault.close_run(run_id, identity.accessor, "execution-a")
+    with pytest.raises(LeaseForbidden, match="has no open identity"):
+        deps.vault.issue(run_id, "database/creds/shop-reader")
