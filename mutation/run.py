@@ -512,6 +512,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keys", default="", help="a file of mutant descriptions, one a line: only those")
     parser.add_argument("--jobs", type=int, default=int(os.environ.get("MUTATION_JOBS", "2")))
     args = parser.parse_args(argv)
+    # Stopped as by Ctrl-C when terminated too (a background job ignores SIGINT).
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     targets = load_targets()
     shown = targets
     if args.only:
