@@ -135,3 +135,14 @@ def test_a_closed_run_keeps_no_token_in_the_worker(deps: Any) -> None:
     deps.vault.close_run(run_id, identity.accessor, "execution-a")
     with pytest.raises(LeaseForbidden, match="has no open identity"):
         deps.vault.issue(run_id, "database/creds/shop-reader")
+
+
+def test_a_closed_runs_id_holds_nothing_for_a_later_close(deps: Any, outside: Outside) -> None:
+    """Control: `close_run` forgets the run it closed: a later close under the same id (a refused
+    reuse of the id, closing what it never opened) finds no identity of anyone, revokes nothing and
+    is not taken for a claim on the earlier run's."""
+    run_id = _id()
+    identity = deps.vault.open_run(run_id, "refund-agent", POLICY, 60, "execution-a")
+    assert deps.vault.close_run(run_id, identity.accessor, "execution-a") is True
+    assert deps.vault.close_run(run_id, None, "execution-b") is False
+    assert deps.vault.read_run(run_id) is None and not outside.token_alive(identity.accessor)
