@@ -2,7 +2,8 @@
 
 From Pydantic AI's own examples: `pydantic_ai_examples/bank_support.py` (package
 `pydantic-ai-examples` 2.62, the docs' "Tools & Dependency Injection" example), run on Temporal the
-way Pydantic AI's Temporal docs show (`TemporalAgent`, a workflow, `PydanticAIPlugin`). Adapted only
+way Pydantic AI's Temporal docs show (the `TemporalDurability` capability, a workflow, `PydanticAIPlugin`,
+`AgentPlugin`). Adapted only
 to run here, offline and durable:
 
 - the model is a `FunctionModel` scripted by the prompt, not an LLM;
@@ -28,7 +29,7 @@ from temporalio.workflow import ActivityConfig
 
 with workflow.unsafe.imports_passed_through():
     from pydantic_ai import Agent, RunContext
-    from pydantic_ai.durable_exec.temporal import TemporalAgent
+    from pydantic_ai.durable_exec.temporal import TemporalDurability
     from pydantic_ai.messages import (
         ModelMessage,
         ModelResponse,
@@ -113,6 +114,16 @@ support_agent = Agent(
     name="support_agent",
     deps_type=SupportDependencies,
     output_type=SupportOutput,
+    # Durable on Temporal: model requests and tools run as activities. A missing customer does not
+    # appear on retry.
+    capabilities=[
+        TemporalDurability(
+            activity_config=ActivityConfig(
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(maximum_attempts=3, non_retryable_error_types=["ValueError"]),
+            )
+        )
+    ],
     instructions=(
         "You are a support agent in our bank, give the "
         "customer support and judge the risk level of their query. "
@@ -142,16 +153,6 @@ async def block_card(ctx: RunContext[SupportDependencies], reason: str) -> str:
     return "card blocked" if done else "no card to block"
 
 
-temporal_agent = TemporalAgent(
-    support_agent,
-    # A missing customer does not appear on retry.
-    activity_config=ActivityConfig(
-        start_to_close_timeout=timedelta(seconds=30),
-        retry_policy=RetryPolicy(maximum_attempts=3, non_retryable_error_types=["ValueError"]),
-    ),
-)
-
-
 class SupportRequest(BaseModel):
     model_config = ConfigDict(frozen=True)
     customer_id: int
@@ -166,7 +167,7 @@ class BankSupportWorkflow:
         deps = SupportDependencies(
             customer_id=request.customer_id, customer_name=request.customer_name, db=DatabaseConn()
         )
-        result = await temporal_agent.run(request.prompt, deps=deps)
+        result = await support_agent.run(request.prompt, deps=deps)
         return result.output
 
 
@@ -243,9 +244,7 @@ async def main() -> None:  # pragma: no cover - the walkthrough; tests drive the
         "localhost:7233",
         plugins=[PydanticAIPlugin(), LockgatePlugin(govern=[GOVERNANCE])],  # lockgate: the plugin line
     )
-    async with Worker(
-        client, task_queue="bank", workflows=[BankSupportWorkflow], plugins=[AgentPlugin(temporal_agent)]
-    ):
+    async with Worker(client, task_queue="bank", workflows=[BankSupportWorkflow], plugins=[AgentPlugin(support_agent)]):
         output = await client.execute_workflow(
             BankSupportWorkflow.run,
             SupportRequest(customer_id=123, customer_name="John", prompt="What is my balance?"),

@@ -49,7 +49,7 @@ async def app(settings: Settings, deps: Any) -> AsyncIterator[tuple[Client, str]
     )
     task_queue = f"bank-{uuid.uuid4().hex[:8]}"
     async with Worker(
-        client, task_queue=task_queue, workflows=[bank.BankSupportWorkflow], plugins=[AgentPlugin(bank.temporal_agent)]
+        client, task_queue=task_queue, workflows=[bank.BankSupportWorkflow], plugins=[AgentPlugin(bank.support_agent)]
     ):
         yield client, task_queue
 
