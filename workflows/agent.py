@@ -27,7 +27,6 @@ with workflow.unsafe.imports_passed_through():
         DELEGATE_TOOL,
         ApprovalAttempt,
         ApprovalRequest,
-        AuditEvent,
         Chain,
         Decision,
         DelegateArgs,
@@ -56,7 +55,7 @@ with workflow.unsafe.imports_passed_through():
     from lockgate.people import SignedStatement
     from lockgate.spec import AgentSpec, LLMPlanner, Step, Tool, ToolSpec, agents_for, describe_validation
 
-from lockgate.workflows.approvals import SA_PENDING, ApprovalDesk
+from lockgate.workflows.approvals import SA_PENDING, SA_STATE, ApprovalDesk
 from lockgate.workflows.approvals import CallDenied as _Denied
 
 __all__ = ["SA_AGENT", "SA_INITIATOR", "SA_PENDING", "SA_STATE", "AgentWorkflow"]
@@ -64,14 +63,10 @@ __all__ = ["SA_AGENT", "SA_INITIATOR", "SA_PENDING", "SA_STATE", "AgentWorkflow"
 _T = TypeVar("_T")
 
 SA_AGENT = SearchAttributeKey.for_keyword("LockgateAgent")
-SA_STATE = SearchAttributeKey.for_keyword("LockgateState")
 SA_INITIATOR = SearchAttributeKey.for_keyword("LockgateInitiator")
 
 # Steps of a long run that `status` still lists after a continue-as-new.
 CARRY_STEPS = 100
-
-# While frozen, a run re-evaluates its gate this often even if no `unfreeze` signal reaches it.
-FREEZE_RECHECK = timedelta(seconds=30)
 
 # GATE_CALL: a local activity (no extra server round trip); pure compute plus one ledger write.
 GATE_CALL: dict[str, Any] = {
@@ -117,10 +112,6 @@ PLANNER_CALL: dict[str, Any] = {
     "retry_policy": RetryPolicy(
         maximum_attempts=4, maximum_interval=timedelta(seconds=20), non_retryable_error_types=[errors.BAD_INPUT]
     ),
-}
-AUDIT_CALL: dict[str, Any] = {
-    "start_to_close_timeout": timedelta(seconds=20),
-    "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=10)),
 }
 
 
@@ -211,7 +202,6 @@ class AgentWorkflow(ApprovalDesk):
         # What the run has done, for chain-aware policies (bounded; see `Chain`).
         self._chain = Chain()
         self._deadline_at: datetime | None = None
-        self._wake = False
         parent = inp.parent
         self._boundary: tuple[str, ...] | None = parent.boundary if parent else None
         self._budget: int | None = parent.budget if parent else None
@@ -432,11 +422,6 @@ class AgentWorkflow(ApprovalDesk):
         self._chain = carry.chain
         self._generation = carry.generation
 
-    def _set_state(self, state: RunState) -> None:
-        if state != self._state:
-            self._state = state
-            workflow.upsert_search_attributes([SA_STATE.value_set(state)])
-
     # -- the governed call ---------------------------------------------------------------------
     async def call(
         self, agent: AgentSpec, call: ToolCall, *, compensation: bool = False, source: str = "planner"
@@ -600,23 +585,10 @@ class AgentWorkflow(ApprovalDesk):
         self._call_times[tool] = recent
         return tuple(recent)
 
-    # -- kill switch ---------------------------------------------------------------------------
-    async def _wait_unfrozen(self) -> None:
-        """Waits while the kill switch holds: until `unfreeze` wakes the run, or for a periodic
-        re-check; `halt` cancels the wait and the run compensates. The caller evaluates again."""
-        self._set_state("frozen")
-        self._wake = False
-        try:
-            await workflow.wait_condition(lambda: self._wake or self._halted, timeout=FREEZE_RECHECK)
-        except TimeoutError:
-            pass
-        if self._halted:
-            raise asyncio.CancelledError()
-        self._set_state("awaiting_approval" if self._pending else "running")
-
+    # -- kill switch (the wait: ApprovalDesk._wait_unfrozen) -----------------------------------
     @workflow.signal(name="unfreeze")
     def unfreeze(self) -> None:
-        self._wake = True
+        self._unfreeze()
 
     # -- delegation ----------------------------------------------------------------------------
     async def _delegate(
@@ -665,12 +637,6 @@ class AgentWorkflow(ApprovalDesk):
         )
 
     # -- approvals (asking and judging: ApprovalDesk) ----------------------------------------
-    async def _audit(self, kind: str, key: str, data: dict[str, Any]) -> None:
-        event = AuditEvent(
-            event_key=f"{kind}:{self._run_id}:{key}", run_id=self._run_id, kind=kind, data=data, at=workflow.now()
-        )
-        await workflow.execute_activity("audit.record", event, **AUDIT_CALL)
-
     @workflow.update(name="approve")
     async def approve_update(self, signed: SignedStatement) -> ApprovalAttempt:
         return await self._on_statement(signed.model_dump(mode="json"), "approve")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable
 from datetime import timedelta
 from typing import Any
 
@@ -29,6 +28,7 @@ with workflow.unsafe.imports_passed_through():
         ApprovalCheck,
         ApprovalRequest,
         ApprovalVerdict,
+        AuditEvent,
         Chain,
         Decision,
         HaltCheck,
@@ -43,10 +43,20 @@ with workflow.unsafe.imports_passed_through():
     from lockgate.people import SignedStatement
     from lockgate.spec import AgentSpec
 
-__all__ = ["SA_PENDING", "VERIFY_CALL", "ApprovalDesk", "CallDenied"]
+__all__ = ["AUDIT_CALL", "FREEZE_RECHECK", "SA_PENDING", "SA_STATE", "VERIFY_CALL", "ApprovalDesk", "CallDenied"]
 
 # The ids of a run's pending approval requests (visibility: `lockgate pending` finds runs by it).
 SA_PENDING = SearchAttributeKey.for_keyword_list("LockgatePending")
+# The run's state (running, awaiting_approval, frozen, ...), as `status` and the inbox show it.
+SA_STATE = SearchAttributeKey.for_keyword("LockgateState")
+
+# While frozen, a run re-evaluates its gate this often even if no `unfreeze` signal reaches it.
+FREEZE_RECHECK = timedelta(seconds=30)
+
+AUDIT_CALL: dict[str, Any] = {
+    "start_to_close_timeout": timedelta(seconds=20),
+    "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=10)),
+}
 
 # `approval.verify` and `halt.verify`: local activities, answered within the update that asked.
 VERIFY_CALL: dict[str, Any] = {
@@ -66,14 +76,16 @@ class CallDenied(Exception):
 
 
 class ApprovalDesk:
-    """The approvals of one run. A host class (a workflow, or a drop-in run's governor) provides
-    the attributes below and `_set_state` / `_audit`, and calls `_init_approvals` once."""
+    """The approvals of one run, its state and its wait on the kill switch. A host class (a
+    workflow, or a drop-in run's governor) provides the attributes below and calls
+    `_init_approvals` once."""
 
     _run_id: str
     _state: RunState
     _chain: Chain
     _halted: bool
     _halt_reason: str | None
+    _wake: bool
     _pending: dict[str, ApprovalRequest]
     _verdicts: dict[str, str]  # request id -> "approved" | "rejected by ..." | "expired"
     _attempts: dict[str, ApprovalAttempt]
@@ -117,12 +129,40 @@ class ApprovalDesk:
         # Set by a verified `halt` update: every wait of the run ends and it compensates.
         self._halted = False
         self._halt_reason = None
+        # Set by `unfreeze`: a frozen run looks at its gate again at once.
+        self._wake = False
 
     def _set_state(self, state: RunState) -> None:
-        raise NotImplementedError
+        if state != self._state:
+            self._state = state
+            workflow.upsert_search_attributes([SA_STATE.value_set(state)])
 
-    def _audit(self, kind: str, key: str, data: dict[str, Any]) -> Awaitable[None]:
-        raise NotImplementedError
+    async def _audit(self, kind: str, key: str, data: dict[str, Any], *, event_key: str | None = None) -> None:
+        event = AuditEvent(
+            event_key=event_key or f"{kind}:{self._run_id}:{key}",
+            run_id=self._run_id,
+            kind=kind,
+            data=data,
+            at=workflow.now(),
+        )
+        await workflow.execute_activity("audit.record", event, **AUDIT_CALL)
+
+    # -- the kill switch -----------------------------------------------------------------------
+    async def _wait_unfrozen(self) -> None:
+        """Waits while the kill switch holds: until `unfreeze` wakes the run, or for a periodic
+        re-check; `halt` cancels the wait and the run compensates. The caller evaluates again."""
+        self._set_state("frozen")
+        self._wake = False
+        try:
+            await workflow.wait_condition(lambda: self._wake or self._halted, timeout=FREEZE_RECHECK)
+        except TimeoutError:
+            pass
+        if self._halted:
+            raise asyncio.CancelledError()
+        self._set_state("awaiting_approval" if self._pending else "running")
+
+    def _unfreeze(self) -> None:
+        self._wake = True
 
     # -- asking --------------------------------------------------------------------------------
     async def _approval(

@@ -30,7 +30,6 @@ with workflow.unsafe.imports_passed_through():
     from lockgate.models import (
         ApprovalAttempt,
         ApprovalRequest,
-        AuditEvent,
         Chain,
         Decision,
         GateRequest,
@@ -50,8 +49,6 @@ with workflow.unsafe.imports_passed_through():
     from lockgate.people import SignedStatement
     from lockgate.spec import Agent
     from lockgate.workflows.agent import (
-        AUDIT_CALL,
-        FREEZE_RECHECK,
         GATE_CALL,
         RUN_CALL,
         SA_AGENT,
@@ -108,7 +105,6 @@ class RunGovernor(ApprovalDesk):
         self._spent = 0
         self._tainted = False
         self._call_times: dict[str, list[datetime]] = {}
-        self._wake = False
         self._error: str | None = None
 
     # -- patching ----------------------------------------------------------------------------------
@@ -424,37 +420,7 @@ class RunGovernor(ApprovalDesk):
                 )
             )
 
-    def _set_state(self, state: RunState) -> None:
-        if state != self._state:
-            self._state = state
-            workflow.upsert_search_attributes([SA_STATE.value_set(state)])
-
-    # -- kill switch -------------------------------------------------------------------------------
-    async def _wait_unfrozen(self) -> None:
-        self._set_state("frozen")
-        self._wake = False
-        try:
-            await workflow.wait_condition(lambda: self._wake or self._halted, timeout=FREEZE_RECHECK)
-        except TimeoutError:
-            pass
-        if self._halted:
-            raise asyncio.CancelledError()
-        self._set_state("awaiting_approval" if self._pending else "running")
-
-    def _unfreeze(self) -> None:
-        self._wake = True
-
     # -- approvals (asking and judging: ApprovalDesk, as in workflows/agent.py) ---------------------
-    async def _audit(self, kind: str, key: str, data: dict[str, Any], *, event_key: str | None = None) -> None:
-        event = AuditEvent(
-            event_key=event_key or f"{kind}:{self._run_id}:{key}",
-            run_id=self._run_id,
-            kind=kind,
-            data=data,
-            at=workflow.now(),
-        )
-        await workflow.execute_activity("audit.record", event, **AUDIT_CALL)
-
     async def _approve_update(self, signed: SignedStatement) -> ApprovalAttempt:
         return await self._on_statement(signed.model_dump(mode="json"), "approve")
 
