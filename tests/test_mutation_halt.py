@@ -11,11 +11,11 @@ from typing import Any
 from temporalio.client import Client
 
 from lockgate.identity import sign
-from lockgate.models import ApprovalAttempt, args_digest
+from lockgate.models import args_digest
 from lockgate.people import FieldValue
 from tests.agents import SCRIPT_AGENT
 from tests.conftest import finish, pending_request, person, start, status_of
-from tests.test_mutation_stack import _approval_for, _judge, _recorded_request
+from tests.test_mutation_stack import _approval_for, _fields, _judge, _recorded_request, _send, _signed
 
 
 async def _halt(handle: Any, name: str, run_id: str, **kw: Any) -> str:
@@ -48,18 +48,8 @@ async def test_a_refusal_after_the_signature_verified_names_the_verified_person(
     approval of a finance request."""
     handle = await start(client, worker_running, "refund-agent", {"order_id": "A-1002", "amount_cents": 15000})
     req = await pending_request(handle)
-    desc = await client.get_workflow_handle(handle.id).describe()
-    fields: dict[str, FieldValue] = {
-        "run_id": handle.id,
-        "temporal_run_id": desc.run_id,
-        "request_id": req.request_id,
-        "decision_id": req.decision_id,
-        "tool": req.tool,
-        "args_digest": req.args_digest,
-        "reason": "",
-    }
-    signed = await asyncio.to_thread(sign, person("carol"), "approve", fields)
-    attempt = await handle.execute_update("approve", signed, result_type=ApprovalAttempt, id=signed.statement.nonce)
+    fields = await _fields(client, handle, req)
+    attempt = await _send(handle, await _signed("carol", "approve", fields))
     assert not attempt.accepted and "not in group finance" in attempt.reason, attempt
     assert attempt.approver == "carol", attempt
     await handle.cancel()
@@ -80,23 +70,11 @@ async def test_an_approval_signed_at_or_after_the_expiry_is_refused_while_the_re
         {"steps": [{"tool": "refunds.issue", "args": {"order_id": "A-1002", "amount_cents": 20000}}]},
     )
     req = await pending_request(handle)
-    desc = await client.get_workflow_handle(handle.id).describe()
-    fields: dict[str, FieldValue] = {
-        "run_id": handle.id,
-        "temporal_run_id": desc.run_id,
-        "request_id": req.request_id,
-        "decision_id": req.decision_id,
-        "tool": req.tool,
-        "args_digest": req.args_digest,
-        "reason": "",
-    }
-    alice = person("alice")
+    fields = await _fields(client, handle, req)
     for at in (req.expires_at, req.expires_at + timedelta(seconds=1)):
-        signed = await asyncio.to_thread(sign, alice, "approve", fields, at=at)
-        late = await handle.execute_update("approve", signed, result_type=ApprovalAttempt, id=signed.statement.nonce)
+        late = await _send(handle, await _signed("alice", "approve", fields, at=at))
         assert not late.accepted and "expired" in late.reason, late
-    signed = await asyncio.to_thread(sign, alice, "approve", fields)
-    attempt = await handle.execute_update("approve", signed, result_type=ApprovalAttempt, id=signed.statement.nonce)
+    attempt = await _send(handle, await _signed("alice", "approve", fields))
     assert attempt.accepted, attempt
     await asyncio.wait_for(finish(handle), timeout=60)
 
