@@ -17,6 +17,7 @@ import pytest
 from temporalio.client import Client
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError
+from temporalio.worker import Worker
 
 from lockgate import errors
 from lockgate.activities.freeze import FreezeStore
@@ -29,11 +30,13 @@ from lockgate.models import (
     RunCarry,
     RunIdentity,
     RunInput,
+    RunOpen,
     RunStatus,
     SagaEntry,
     ToolCall,
     ToolInvocation,
 )
+from lockgate.ops import send_verdict
 from tests import agents
 from tests.conftest import (
     Outside,
@@ -47,6 +50,7 @@ from tests.conftest import (
     start,
     status_of,
 )
+from tests.rogue import RogueCallWorkflow
 
 
 def refund(order: str = "A-1001", cents: int = 500) -> dict[str, Any]:
@@ -188,6 +192,88 @@ async def test_a_forged_carry_is_refused(client: Client, worker_running: str, de
     await victim.terminate("done")
 
 
+async def test_a_sub_agent_identity_never_outlives_its_parent_whatever_ttl_is_asked(
+    client: Client, worker_running: str, deps: Any, outside: Outside
+) -> None:
+    """The workflow asks `run.open` for a sub-agent TTL that ends with its parent's deadline; the
+    activity caps it at what the parent's identity has left, whatever is asked. Hostile workflow code
+    (on its own worker, under the finished sub-agent's id and execution) asks for 30 days with a
+    link exactly as the parent's gate allowed it: the identity it gets ends with its parent's."""
+    parent = await start(
+        client,
+        worker_running,
+        "script-agent",
+        {
+            "steps": [
+                {
+                    "tool": "agent.delegate",
+                    "args": {
+                        "agent": "script-agent",
+                        "tools": ["qa.mark"],
+                        "budget": 1000,
+                        "input": {"steps": [{"tool": "qa.mark", "args": {"label": "child"}}]},
+                    },
+                },
+                {"tool": "refunds.issue", "args": {"order_id": "A-1002", "amount_cents": 20000}},
+            ]
+        },
+        initiator="erin",
+    )
+    req = await pending_request(parent)  # step 2 waits for finance: the sub-agent (step 1) is done
+    # Approved while frozen: the parent is held at its gate, its identity open, for as long as needed.
+    deps.freezes.set("script-agent", True, by="carol", reason="hold the parent")
+    child = f"{parent.id}.1"
+    accessor = ""
+    try:
+        assert (await send_verdict(client, parent.id, req.request_id, session=person("alice"), approve=True)).accepted
+        for _ in range(200):
+            if (await status_of(parent)).state == "frozen":
+                break
+            await asyncio.sleep(0.1)
+        record = deps.vault.read_run(parent.id)
+        assert record is not None
+        parent_expires = datetime.fromisoformat(record["expires_at"])
+        (opened,) = ledger_events(deps, child, "run.opened")
+        link = ParentLink(
+            run_id=parent.id,
+            agent="script-agent",
+            vault_policy=record["policies"],
+            boundary=("qa.mark",),
+            budget=1000,
+            deadline_at=parent_expires,
+        )
+        ask = RunOpen(
+            run_id=child,
+            agent="script-agent",
+            initiator="erin",
+            ttl_seconds=30 * 24 * 3600,
+            origin_run_id=opened["origin_run_id"],
+            parent_run_id=parent.id,
+            parent=link,
+        )
+        queue = f"rogue-{uuid.uuid4().hex[:8]}"
+        spec = {"activity": "run.open", "arg": ask.model_dump(mode="json"), "queue": worker_running}
+        async with Worker(client, task_queue=queue, workflows=[RogueCallWorkflow]):
+            answer = await client.execute_workflow(RogueCallWorkflow.run, spec, id=child, task_queue=queue)
+        assert answer["ok"], answer
+        identity = RunIdentity.model_validate(answer["result"])
+        accessor = identity.accessor
+        assert identity.expires_at <= parent_expires + timedelta(seconds=2)
+        # Vault's own word on the token: it dies with the parent's, not in 30 days.
+        looked = outside.vault.adapter.post("/v1/auth/token/lookup-accessor", json={"accessor": accessor})
+        left = (parent_expires - datetime.now(UTC)).total_seconds()
+        assert 0 < looked["data"]["ttl"] <= left + 2, (looked["data"]["ttl"], left)
+    finally:
+        if accessor:
+            deps.vault.close_run(child, accessor)
+        signed = sign(person("carol"), "unfreeze", {"scope": "script-agent", "reason": "parent released"})
+        deps.freezes.set("script-agent", False, by="carol", reason="released", evidence=signed.model_dump_json())
+        await asyncio.sleep(FreezeStore.CACHE_SECONDS + 0.1)
+        await parent.cancel()
+    await finish(parent)
+    outside.assert_nothing_leaked()
+
+
 # -- compensation ----------------------------------------------------------------------------------
 async def test_a_compensation_claim_is_checked_against_the_ledger(
     client: Client, worker_running: str, deps: Any, outside: Outside
@@ -240,6 +326,53 @@ async def test_a_compensation_claim_is_checked_against_the_ledger(
         await asyncio.sleep(FreezeStore.CACHE_SECONDS + 0.1)
         assert not deps.freezes.is_frozen("refund-agent")
     assert outside.refunds(victim.id) == [victim_refund]  # still not reversed, no second refund
+    outside.assert_nothing_leaked()
+
+
+async def test_an_unfreeze_signed_by_someone_not_allowed_to_unfreeze_lifts_nothing(
+    client: Client, worker_running: str, deps: Any, outside: Outside
+) -> None:
+    """Rows written straight into the kill switch's table, each with a valid signature by a real
+    person: by alice (finance, not an operator), and by carol (an operator) for another scope or for
+    a freeze. None lifts the freeze: a run stays held, and each refusal is recorded. Then carol's
+    own unfreeze of this scope lifts it and the run completes."""
+    scope = "script-agent"
+    deps.freezes.set(scope, True, by="carol", reason="hostile unfreeze test")
+    try:
+        handle = await start(
+            client,
+            worker_running,
+            scope,
+            {"steps": [{"tool": "refunds.issue", "args": {"order_id": "A-1001", "amount_cents": 400}}]},
+            initiator="erin",
+        )
+        for _ in range(200):
+            if (await status_of(handle)).state == "frozen":
+                break
+            await asyncio.sleep(0.1)
+        forged = [
+            ("alice", sign(person("alice"), "unfreeze", {"scope": scope, "reason": "not mine to lift"})),
+            ("carol", sign(person("carol"), "unfreeze", {"scope": "refund-agent", "reason": "another scope"})),
+            ("carol", sign(person("carol"), "freeze", {"scope": scope, "reason": "a freeze, not an unfreeze"})),
+        ]
+        for by, statement in forged:
+            deps.freezes.set(scope, False, by=by, reason="let me through", evidence=statement.model_dump_json())
+            await asyncio.sleep(FreezeStore.CACHE_SECONDS + 0.1)
+            assert deps.freezes.is_frozen(scope), by
+            await handle.signal("unfreeze")  # as the CLI's unfreeze wakes frozen runs
+            await asyncio.sleep(0.5)
+            assert (await status_of(handle)).state == "frozen", by
+        assert outside.refunds(handle.id) == []
+        refused = [json.loads(e.data) for e in deps.ledger.entries(f"scope:{scope}") if e.kind == "unfreeze.refused"]
+        assert [r["by"] for r in refused[-3:]] == ["alice", "carol", "carol"]
+    finally:
+        signed = sign(person("carol"), "unfreeze", {"scope": scope, "reason": "hostile unfreeze test done"})
+        deps.freezes.set(scope, False, by="carol", reason="done", evidence=signed.model_dump_json())
+        await asyncio.sleep(FreezeStore.CACHE_SECONDS + 0.1)
+        assert not deps.freezes.is_frozen(scope)
+    await handle.signal("unfreeze")
+    assert await finish(handle) is None
+    assert [r[1] for r in outside.refunds(handle.id)] == [400]
     outside.assert_nothing_leaked()
 
 

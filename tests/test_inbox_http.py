@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -96,6 +97,36 @@ def inbox_password() -> str:
     from tests.conftest import _STACK
 
     return _STACK["LOCKGATE_DEV_PASSWORD"]
+
+
+async def test_a_session_ends_when_the_persons_vault_token_expires(settings: Settings, client: Client) -> None:
+    """A signed-in page reads nothing with the person's own token (the queue comes from the inbox's
+    Temporal client), so only the session's expiry check stops a browser whose person's Vault token
+    has expired: bob's token is made short-lived in Vault itself; once Vault has expired it, his
+    browser is sent to sign in again, the session is gone and the queue answers 401."""
+    root = hvac.Client(url=settings.vault_addr, token=settings.vault_token)
+    user = "auth/userpass/users/bob"
+    ttl = 6
+    root.write_data(user, data={"token_ttl": f"{ttl}s"})
+    try:
+        async with served_inbox(settings, client) as (base, inbox), _http(base) as http:
+            await sign_in(http, "bob")
+            sid = next(c for c in http.cookies.jar if c.name == "lockgate_sid").value
+            web = inbox.sessions[sid]
+            assert web.person.expires_at is not None
+            assert web.person.expires_at <= datetime.now(UTC) + timedelta(seconds=ttl)
+            assert (await http.get("/?view=all")).status_code == 200
+            assert (await http.get("/queue")).status_code == 200
+            await asyncio.sleep(max(0.0, (web.person.expires_at - datetime.now(UTC)).total_seconds()) + 1)
+            assert not hvac.Client(url=settings.vault_addr, token=web.person.token).is_authenticated()
+            for path in ("/?view=all", "/runs/some-run", "/freeze"):
+                resp = await http.get(path)
+                assert resp.status_code == 303 and resp.headers["location"].startswith("/login"), (path, resp)
+            assert (await http.get("/queue")).status_code == 401
+            assert sid not in inbox.sessions
+    finally:
+        root.write_data(user, data={"token_ttl": "1h"})
+    assert root.read(user)["data"]["token_ttl"] == 3600
 
 
 async def test_a_post_without_the_csrf_token_changes_nothing(
