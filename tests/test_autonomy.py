@@ -12,7 +12,17 @@ from temporalio.exceptions import ApplicationError, CancelledError
 
 from lockgate import errors
 from lockgate.ops import send_verdict
-from tests.conftest import Outside, as_person, cli, finish, ledger_events, pending_request, person, start, status_of
+from tests.support.stack import (
+    Outside,
+    as_person,
+    cli,
+    finish,
+    ledger_events,
+    pending_request,
+    person,
+    start,
+    status_of,
+)
 
 
 async def wait_state(handle: Any, state: str, timeout: float = 20) -> None:

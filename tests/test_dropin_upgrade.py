@@ -19,7 +19,7 @@ with workflow.unsafe.imports_passed_through():
     from lockgate.config import Settings
     from lockgate.dropin import Govern, Governance
     from lockgate.plugin import LockgatePlugin
-    from tests.dropin_support import app_client, app_deps, ledger
+    from tests.support.dropin import app_client, app_deps, ledger
 
 
 @activity.defn(name="tally")

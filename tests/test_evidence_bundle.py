@@ -27,7 +27,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from lockgate.export import verify_bundle
 from lockgate.replay import replay_files
 from lockgate.spec import registry
-from tests.conftest import as_person, cli, finish, pending_request, start
+from tests.support.stack import as_person, cli, finish, pending_request, start
 
 # Every server address points where nothing listens, and no database is configured.
 DEAD = {

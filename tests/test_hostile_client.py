@@ -15,11 +15,8 @@ from typing import Any
 
 import pytest
 from temporalio.client import Client
-from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError
-from temporalio.worker import Worker
 
-from lockgate import errors
 from lockgate.activities.freeze import FreezeStore
 from lockgate.identity import sign
 from lockgate.models import (
@@ -38,7 +35,8 @@ from lockgate.models import (
 )
 from lockgate.ops import send_verdict
 from tests import agents
-from tests.conftest import (
+from tests.support.hostile import raw_start, refund, refused_at_once
+from tests.support.stack import (
     Outside,
     as_person,
     cli,
@@ -50,24 +48,6 @@ from tests.conftest import (
     start,
     status_of,
 )
-from tests.rogue import RogueCallWorkflow
-
-
-def refund(order: str = "A-1001", cents: int = 500) -> dict[str, Any]:
-    return {"order_id": order, "amount_cents": cents, "reason": "hostile test"}
-
-
-async def raw_start(client: Client, queue: str, inp: RunInput, run_id: str) -> Any:
-    """What a client with Temporal access can send: any input, any id, any reuse policy."""
-    return await client.start_workflow(
-        "lockgate.agent", inp, id=run_id, task_queue=queue, id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE
-    )
-
-
-async def refused_at_once(handle: Any, needle: str) -> None:
-    cause = await asyncio.wait_for(finish(handle), timeout=30)
-    assert isinstance(cause, ApplicationError) and cause.type == errors.BAD_INPUT, cause
-    assert needle in cause.message, cause.message
 
 
 # -- run ids ---------------------------------------------------------------------------------------
@@ -193,7 +173,7 @@ async def test_a_forged_carry_is_refused(client: Client, worker_running: str, de
 
 
 async def test_a_sub_agent_identity_never_outlives_its_parent_whatever_ttl_is_asked(
-    client: Client, worker_running: str, deps: Any, outside: Outside
+    client: Client, worker_running: str, deps: Any, outside: Outside, rogue: Any
 ) -> None:
     """The workflow asks `run.open` for a sub-agent TTL that ends with its parent's deadline; the
     activity caps it at what the parent's identity has left, whatever is asked. Hostile workflow code
@@ -251,10 +231,7 @@ async def test_a_sub_agent_identity_never_outlives_its_parent_whatever_ttl_is_as
             parent_run_id=parent.id,
             parent=link,
         )
-        queue = f"rogue-{uuid.uuid4().hex[:8]}"
-        spec = {"activity": "run.open", "arg": ask.model_dump(mode="json"), "queue": worker_running}
-        async with Worker(client, task_queue=queue, workflows=[RogueCallWorkflow]):
-            answer = await client.execute_workflow(RogueCallWorkflow.run, spec, id=child, task_queue=queue)
+        answer = await rogue(child, "run.open", ask)
         assert answer["ok"], answer
         identity = RunIdentity.model_validate(answer["result"])
         accessor = identity.accessor

@@ -16,8 +16,8 @@ from temporalio.client import Client
 
 from lockgate.config import Settings
 from lockgate.ops import send_verdict
-from tests.conftest import ROOT, finish, pending_request, person, start, status_of
-from tests.inbox_support import csrf_of, free_port, login_csrf_of, receiver, served_inbox, sign_in, until
+from tests.support.inbox import csrf_of, free_port, login_csrf_of, receiver, served_inbox, sign_in, until
+from tests.support.stack import ROOT, finish, pending_request, person, start, status_of
 
 REFUND = {"order_id": "A-1002", "amount_cents": 25000}
 HOSTILE = "<script>alert('pwned')</script><img src=x onerror=alert(1)>"
@@ -94,7 +94,7 @@ async def test_stopping_the_inbox_revokes_its_sessions(settings: Settings, clien
 
 
 def inbox_password() -> str:
-    from tests.conftest import _STACK
+    from tests.support.stack import _STACK
 
     return _STACK["LOCKGATE_DEV_PASSWORD"]
 

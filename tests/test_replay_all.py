@@ -1,16 +1,59 @@
-"""Runs last (by name): every history this test session produced replays with the current code, and
-every decision recorded in the ledger re-evaluates the same against its recorded bundle (scenario 18)."""
+"""Every history of the session replays with the current code, and every decision recorded in the
+ledger re-evaluates the same against its recorded bundle (scenario 18). The test makes the runs it
+needs first (allowed, approved, denied, compensated), so it holds wherever it runs in the session;
+run last, it also replays every history the session produced before it."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
 
-from tests.conftest import cli
+from temporalio.client import Client
+
+from lockgate.ops import send_verdict
+from tests.support.stack import cli, finish, pending_request, person, start
 
 
-async def test_replay_all_histories_of_the_session(env: dict[str, str], worker_running: str, deps: object) -> None:
+async def _runs(client: Client, queue: str) -> dict[str, int]:
+    """Finished runs of each kind, with the number of gate decisions each must have recorded."""
+    made: dict[str, int] = {}
+    allowed = await start(client, queue, "refund-agent", {"order_id": "A-1001", "amount_cents": 500})
+    assert await finish(allowed) is None
+    made[allowed.id] = 2  # at least: orders.lookup, refunds.issue
+    approved = await start(client, queue, "refund-agent", {"order_id": "A-1002", "amount_cents": 25000})
+    req = await pending_request(approved)
+    assert (await send_verdict(client, approved.id, req.request_id, session=person("alice"), approve=True)).accepted
+    assert await finish(approved) is None
+    made[approved.id] = 2  # at least: the lookup, the refund asking for approval
+    denied = await start(client, queue, "refund-agent", {"order_id": "A-1003", "amount_cents": 150000})
+    await finish(denied)
+    made[denied.id] = 1  # at least: the refund over the hard cap
+    compensated = await start(
+        client,
+        queue,
+        "script-agent",
+        {
+            "steps": [
+                {"tool": "qa.mark", "args": {"label": "replayed"}},
+                {"tool": "qa.explode", "args": {"why": "replayed"}},
+            ]
+        },
+    )
+    assert await finish(compensated) is not None  # failed, qa.mark compensated
+    made[compensated.id] = 2
+    return made
+
+
+async def test_replay_all_histories_of_the_session(
+    client: Client, env: dict[str, str], worker_running: str, deps: object
+) -> None:
+    mine = await _runs(client, worker_running)
     result = await cli(env, "replay", "--all", "--json", timeout=600)
     reports = json.loads(result.stdout)
     bad = [r for r in reports if not r["ok"] and not r["run_id"].startswith("forged-")]
     assert bad == [], json.dumps(bad, indent=1)[:4000]
-    assert len(reports) >= 20 and sum(r["decisions"] for r in reports) >= 50
+    by_id: dict[str, Any] = {r["run_id"]: r for r in reports}
+    for run_id, decisions in mine.items():
+        assert run_id in by_id, f"{run_id} was not replayed"
+        assert by_id[run_id]["ok"] and by_id[run_id]["decisions"] >= decisions, by_id[run_id]
+    assert len(reports) >= len(mine) and sum(r["decisions"] for r in reports) >= sum(mine.values())
