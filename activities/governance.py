@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from lockgate import names
 from lockgate.activities.approvals import ApprovalActivities
 from lockgate.activities.freeze import FreezeStore
 from lockgate.activities.identity import PeopleDirectory, Refused
@@ -152,7 +153,7 @@ class GovernanceActivities:
         )
         return decision
 
-    @activity.defn(name="gate.evaluate")
+    @activity.defn(name=names.GATE_EVALUATE)
     def evaluate(self, request: GateRequest) -> Decision:
         if request.run_id != activity.info().workflow_id:
             # A workflow may only ask about its own calls.
@@ -181,7 +182,7 @@ class GovernanceActivities:
         if not origin:
             raise self._refuse(run_id, origin, "no origin execution given")
 
-    @activity.defn(name="run.open")
+    @activity.defn(name=names.RUN_OPEN)
     def open_run(self, request: RunOpen) -> RunIdentity:
         return self.open_identity(request, signed_start=True)
 
@@ -292,7 +293,7 @@ class GovernanceActivities:
             raise self._refuse(run_id, origin, "sub-agent deadline is past its parent's")
         return str(record["policies"]), max(1, min(request.ttl_seconds, left))
 
-    @activity.defn(name="run.close")
+    @activity.defn(name=names.RUN_CLOSE)
     def close_run(self, request: RunClose) -> bool:
         self._check_run(request.run_id, request.origin_run_id)
         try:
@@ -345,13 +346,13 @@ class GovernanceActivities:
             }
         ).encode()
 
-    @activity.defn(name="run.seal")
+    @activity.defn(name=names.RUN_SEAL)
     def seal(self, request: RunSeal) -> str:
         """Seals a continue-as-new carry (bound to run, first execution, agent and generation)."""
         self._check_run(request.run_id, request.origin_run_id)
         return self._vault.seal(self._sealed_bytes(request))
 
-    @activity.defn(name="run.resume")
+    @activity.defn(name=names.RUN_RESUME)
     def resume(self, request: RunSeal) -> bool:
         """Accepts a carry only from a continue-as-new, under a seal the worker made for this run."""
         self._check_run(request.run_id, request.origin_run_id)
@@ -361,6 +362,6 @@ class GovernanceActivities:
             raise self._refuse(request.run_id, request.origin_run_id, "the carry's seal does not verify")
         return True
 
-    @activity.defn(name="audit.record")
+    @activity.defn(name=names.AUDIT_RECORD)
     def record(self, event: AuditEvent) -> bool:
         return self._ledger.try_append(event.event_key, event.run_id, event.kind, event.data, at=event.at)

@@ -360,7 +360,9 @@ def evaluate(
                 else:
                     policy_ids = cedar.policy_ids
                     gate = "stateful"
-                    verdict = _stateful(agent, tool, request, now)
+                    # A verified compensation undoes what the run did: the limits on what a run may
+                    # newly do (steps, budget, rate, deadline) never keep it from undoing.
+                    verdict = None if request.compensation else _stateful(agent, tool, request, now)
                     if verdict is not None:
                         verdict = Verdict(
                             verdict.gate,

@@ -32,6 +32,7 @@ from temporalio.worker import (
     WorkflowOutboundInterceptor,
 )
 
+from lockgate import names
 from lockgate.dropin.activity import DropinActivities, bind_named
 from lockgate.dropin.governor import Denied, RunGovernor
 from lockgate.dropin.models import HEADER, DropinCall, jsonable, plain_args
@@ -45,7 +46,7 @@ __all__ = ["DropinIndex", "DropinInterceptor", "governor_of"]
 _PYDANTIC_AI_TOOL = re.compile(
     r"^agent__(?P<agent>.+?)__(?:toolset|mcp_server|dynamic_toolset)__(?P<toolset>.+)__call_tool$"
 )
-_OWN_WORKFLOWS = frozenset({"lockgate.agent"})
+_OWN_WORKFLOWS = frozenset({names.WORKFLOW_AGENT})
 
 # The governor of each running execution, for code that is not handed the interceptor (the OpenAI
 # runner). Weak: an evicted workflow's governor goes with it.
