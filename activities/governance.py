@@ -15,6 +15,7 @@ from temporalio.exceptions import ApplicationError
 
 from lockgate import names
 from lockgate.activities.approvals import ApprovalActivities
+from lockgate.activities.callers import verified_caller
 from lockgate.activities.freeze import FreezeStore
 from lockgate.activities.identity import PeopleDirectory, Refused
 from lockgate.activities.ledger import Ledger
@@ -181,6 +182,10 @@ class GovernanceActivities:
             raise ApplicationError("invalid run id, or one naming another run", type=BAD_INPUT, non_retryable=True)
         if not origin:
             raise self._refuse(run_id, origin, "no origin execution given")
+        caller = verified_caller()
+        if caller is not None and caller.first_run_id and caller.first_run_id != origin:
+            # The first execution is Temporal's fact about the caller, never the caller's claim.
+            raise self._refuse(run_id, origin, "origin execution is not the caller's first execution")
 
     @activity.defn(name=names.RUN_OPEN)
     def open_run(self, request: RunOpen) -> RunIdentity:

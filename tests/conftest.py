@@ -146,11 +146,13 @@ async def client(settings: Settings, deps: Any) -> Client:
 
 @pytest.fixture(scope="session")
 async def worker_running(client: Client, deps: Any, settings: Settings) -> AsyncIterator[str]:
-    """A worker for the whole session on the session's task queue."""
+    """A worker for the whole session on the session's task queue. It also hosts two workflows
+    written by a hostile author (tests/rogue.py): code registered beside lockgate's passes the
+    caller check, so the activities' own checks are what stands in their way."""
     from lockgate import worker
-    from tests.rogue import RogueWorkflow
+    from tests.rogue import RogueCallWorkflow, RogueWorkflow
 
-    w = worker.build_worker(client, deps, extra_workflows=[RogueWorkflow])
+    w = worker.build_worker(client, deps, extra_workflows=[RogueWorkflow, RogueCallWorkflow])
     async with w:
         yield settings.task_queue
 

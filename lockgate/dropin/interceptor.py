@@ -84,6 +84,13 @@ class DropinIndex:
         """The agent a plain activity of this type is governed as (its declaration's first agent)."""
         return self._activities.get(activity_type)
 
+    def governs(self, activity_type: str) -> bool:
+        """Whether an activity of this type is a governed tool (it then serves only governed runs)."""
+        match = _PYDANTIC_AI_TOOL.match(activity_type)
+        if match is not None:
+            return self.agent(match["agent"]) is not None
+        return self.activity_agent(activity_type) is not None
+
     def denials(self) -> dict[str, Any]:
         return {tool: meta.on_deny for gov in self.governances for tool, meta in gov.tools.items()}
 
