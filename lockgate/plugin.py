@@ -101,8 +101,11 @@ def caller_guard(config: WorkerConfig, deps: Deps, guarded: Callable[[str], bool
     def record(key: str, run_id: str, data: dict[str, Any]) -> object:
         return deps.ledger.try_append(key, run_id, "caller.refused", data)
 
+    client = config.get("client")
+    if client is None:
+        raise ValueError("a lockgate worker needs its client (Worker(client, ...))")
     return CallerGuard(
-        client=config["client"],
+        client=client,
         task_queue=config.get("task_queue") or "",
         hosted=hosted,
         record=record,
