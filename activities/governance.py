@@ -19,6 +19,7 @@ from lockgate.activities.callers import verified_caller
 from lockgate.activities.freeze import FreezeStore
 from lockgate.activities.identity import PeopleDirectory, Refused
 from lockgate.activities.ledger import Ledger
+from lockgate.activities.runstate import recorded_state, stricter
 from lockgate.activities.vault import RunMismatch, VaultBroker
 from lockgate.errors import BAD_INPUT
 from lockgate.gates.bundle import PolicyBundle
@@ -123,6 +124,7 @@ class GovernanceActivities:
                     {"step": request.step, "tool": request.call.tool, "reason": line},
                 )
         request = request.model_copy(update={"state": request.state.model_copy(update={"approved_groups": groups})})
+        request = self._against_ledger(request)
         if self._freezes.is_frozen(request.agent):
             request = request.model_copy(update={"state": request.state.model_copy(update={"frozen": True})})
         with span("lockgate.gate", run_id=request.run_id, step=request.step, tool=request.call.tool):
@@ -153,6 +155,15 @@ class GovernanceActivities:
             },
         )
         return decision
+
+    def _against_ledger(self, request: GateRequest) -> GateRequest:
+        """The request with the run state the gate may believe: the stricter of the workflow's claim
+        and the run's ledger (activities/runstate.py)."""
+        agent = self._agents.get(request.agent)
+        limit = agent.rate_limits.get(request.call.tool) if agent is not None else None
+        recorded = recorded_state(self._ledger.events, self._agents, request.run_id)
+        state = stricter(request, recorded, limit[1].total_seconds() if limit is not None else None, datetime.now(UTC))
+        return request.model_copy(update={"state": state})
 
     @activity.defn(name=names.GATE_EVALUATE)
     def evaluate(self, request: GateRequest) -> Decision:
@@ -233,6 +244,12 @@ class GovernanceActivities:
                 **({} if signed_start else {"initiator_verified": False}),
                 "origin_run_id": request.origin_run_id,
                 "parent_run_id": request.parent_run_id,
+                # A sub-agent's limits, as its parent's gate allowed them (the gate reads them here).
+                **(
+                    {"boundary": list(request.parent.boundary), "budget": request.parent.budget}
+                    if request.parent is not None
+                    else {}
+                ),
                 "identity_accessor": identity.accessor,
                 "policies": list(identity.policies),
                 "expires_at": identity.expires_at.isoformat(),

@@ -109,6 +109,9 @@ def _budget(agent: AgentSpec, state: GateState) -> int:
 def _kill_switch(request: GateRequest) -> Verdict | None:
     if request.state.frozen and not request.compensation:
         return Verdict("kill_switch", "deny", ("agent is frozen by the kill switch",))
+    if request.state.conflict is not None:
+        # The run's state as claimed contradicts its ledger: nothing it asks for can be trusted.
+        return Verdict("state", "deny", (request.state.conflict,))
     return None
 
 
