@@ -14,6 +14,7 @@ from typing import Any
 
 from temporalio import activity
 
+from lockgate import names
 from lockgate.activities.identity import PeopleDirectory, Refused
 from lockgate.activities.ledger import Ledger
 from lockgate.models import ApprovalCheck, ApprovalVerdict, GateRequest, HaltCheck, args_digest
@@ -40,7 +41,7 @@ class ApprovalActivities:
         opened = next((e for e in self._ledger.events(run_id) if e["kind"] == "run.opened"), None)
         return str(opened["initiator"]) if opened else None
 
-    @activity.defn(name="approval.verify")
+    @activity.defn(name=names.APPROVAL_VERIFY)
     def verify(self, check: ApprovalCheck) -> ApprovalVerdict:
         request, statement = check.request, check.signed.statement
         agent = self._agents.get(check.agent)
@@ -74,7 +75,7 @@ class ApprovalActivities:
             accepted=True, person=act.person, reason="accepted", verified=True, groups=act.groups, evidence=act.digest
         )
 
-    @activity.defn(name="halt.verify")
+    @activity.defn(name=names.HALT_VERIFY)
     def verify_halt(self, check: HaltCheck) -> ApprovalVerdict:
         statement = check.signed.statement
         try:

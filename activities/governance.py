@@ -13,10 +13,13 @@ from datetime import UTC, datetime, timedelta
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from lockgate import names
 from lockgate.activities.approvals import ApprovalActivities
+from lockgate.activities.callers import verified_caller
 from lockgate.activities.freeze import FreezeStore
 from lockgate.activities.identity import PeopleDirectory, Refused
 from lockgate.activities.ledger import Ledger
+from lockgate.activities.runstate import recorded_state, stricter
 from lockgate.activities.vault import RunMismatch, VaultBroker
 from lockgate.errors import BAD_INPUT
 from lockgate.gates.bundle import PolicyBundle
@@ -121,6 +124,7 @@ class GovernanceActivities:
                     {"step": request.step, "tool": request.call.tool, "reason": line},
                 )
         request = request.model_copy(update={"state": request.state.model_copy(update={"approved_groups": groups})})
+        request = self._against_ledger(request)
         if self._freezes.is_frozen(request.agent):
             request = request.model_copy(update={"state": request.state.model_copy(update={"frozen": True})})
         with span("lockgate.gate", run_id=request.run_id, step=request.step, tool=request.call.tool):
@@ -152,7 +156,16 @@ class GovernanceActivities:
         )
         return decision
 
-    @activity.defn(name="gate.evaluate")
+    def _against_ledger(self, request: GateRequest) -> GateRequest:
+        """The request with the run state the gate may believe: the stricter of the workflow's claim
+        and the run's ledger (activities/runstate.py)."""
+        agent = self._agents.get(request.agent)
+        limit = agent.rate_limits.get(request.call.tool) if agent is not None else None
+        recorded = recorded_state(self._ledger.events, self._agents, request.run_id)
+        state = stricter(request, recorded, limit[1].total_seconds() if limit is not None else None, datetime.now(UTC))
+        return request.model_copy(update={"state": state})
+
+    @activity.defn(name=names.GATE_EVALUATE)
     def evaluate(self, request: GateRequest) -> Decision:
         if request.run_id != activity.info().workflow_id:
             # A workflow may only ask about its own calls.
@@ -180,8 +193,12 @@ class GovernanceActivities:
             raise ApplicationError("invalid run id, or one naming another run", type=BAD_INPUT, non_retryable=True)
         if not origin:
             raise self._refuse(run_id, origin, "no origin execution given")
+        caller = verified_caller()
+        if caller is not None and caller.first_run_id and caller.first_run_id != origin:
+            # The first execution is Temporal's fact about the caller, never the caller's claim.
+            raise self._refuse(run_id, origin, "origin execution is not the caller's first execution")
 
-    @activity.defn(name="run.open")
+    @activity.defn(name=names.RUN_OPEN)
     def open_run(self, request: RunOpen) -> RunIdentity:
         return self.open_identity(request, signed_start=True)
 
@@ -227,6 +244,12 @@ class GovernanceActivities:
                 **({} if signed_start else {"initiator_verified": False}),
                 "origin_run_id": request.origin_run_id,
                 "parent_run_id": request.parent_run_id,
+                # A sub-agent's limits, as its parent's gate allowed them (the gate reads them here).
+                **(
+                    {"boundary": list(request.parent.boundary), "budget": request.parent.budget}
+                    if request.parent is not None
+                    else {}
+                ),
                 "identity_accessor": identity.accessor,
                 "policies": list(identity.policies),
                 "expires_at": identity.expires_at.isoformat(),
@@ -292,7 +315,7 @@ class GovernanceActivities:
             raise self._refuse(run_id, origin, "sub-agent deadline is past its parent's")
         return str(record["policies"]), max(1, min(request.ttl_seconds, left))
 
-    @activity.defn(name="run.close")
+    @activity.defn(name=names.RUN_CLOSE)
     def close_run(self, request: RunClose) -> bool:
         self._check_run(request.run_id, request.origin_run_id)
         try:
@@ -345,13 +368,13 @@ class GovernanceActivities:
             }
         ).encode()
 
-    @activity.defn(name="run.seal")
+    @activity.defn(name=names.RUN_SEAL)
     def seal(self, request: RunSeal) -> str:
         """Seals a continue-as-new carry (bound to run, first execution, agent and generation)."""
         self._check_run(request.run_id, request.origin_run_id)
         return self._vault.seal(self._sealed_bytes(request))
 
-    @activity.defn(name="run.resume")
+    @activity.defn(name=names.RUN_RESUME)
     def resume(self, request: RunSeal) -> bool:
         """Accepts a carry only from a continue-as-new, under a seal the worker made for this run."""
         self._check_run(request.run_id, request.origin_run_id)
@@ -361,6 +384,6 @@ class GovernanceActivities:
             raise self._refuse(request.run_id, request.origin_run_id, "the carry's seal does not verify")
         return True
 
-    @activity.defn(name="audit.record")
+    @activity.defn(name=names.AUDIT_RECORD)
     def record(self, event: AuditEvent) -> bool:
         return self._ledger.try_append(event.event_key, event.run_id, event.kind, event.data, at=event.at)

@@ -28,6 +28,7 @@ from temporalio.worker import Replayer, ReplayerConfig, Worker, WorkerConfig
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from lockgate.config import Settings, load_settings
+from lockgate.names import is_engine_activity
 from lockgate.observability import tracing_interceptors
 from lockgate.spec import Agent, AgentRegistry, bind_agents
 
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from lockgate.dropin.spec import Governance
     from lockgate.worker import Deps
 
-__all__ = ["PASSTHROUGH_MODULES", "LockgatePlugin", "workflow_runner"]
+__all__ = ["PASSTHROUGH_MODULES", "LockgatePlugin", "caller_guard", "workflow_runner"]
 
 # Pure declarations and models the workflow reads: passed through so the sandbox does not
 # re-import them on every run, and so the agent registry is the one the worker filled.
@@ -83,6 +84,33 @@ def workflow_runner(existing: temporalio.worker.WorkflowRunner | None = None) ->
             existing, restrictions=existing.restrictions.with_passthrough_modules(*PASSTHROUGH_MODULES)
         )
     return existing  # an unsandboxed runner needs no passthrough
+
+
+def caller_guard(config: WorkerConfig, deps: Deps, guarded: Callable[[str], bool]) -> temporalio.worker.Interceptor:
+    """The worker's `CallerGuard`: its task queue and the workflow types it hosts (activities/callers.py)."""
+    from temporalio.workflow import _Definition
+
+    from lockgate.activities.callers import CallerGuard
+
+    hosted = frozenset(
+        d.name
+        for d in (_Definition.from_class(w) for w in (config.get("workflows") or ()))
+        if d is not None and d.name is not None
+    )
+
+    def record(key: str, run_id: str, data: dict[str, Any]) -> object:
+        return deps.ledger.try_append(key, run_id, "caller.refused", data)
+
+    client = config.get("client")
+    if client is None:
+        raise ValueError("a lockgate worker needs its client (Worker(client, ...))")
+    return CallerGuard(
+        client=client,
+        task_queue=config.get("task_queue") or "",
+        hosted=hosted,
+        record=record,
+        guarded=guarded,
+    )
 
 
 class LockgatePlugin(SimplePlugin):
@@ -176,10 +204,14 @@ class LockgatePlugin(SimplePlugin):
         config["workflows"] = [*(config.get("workflows") or ()), self._workflow]
         config["activities"] = [*(config.get("activities") or ()), *build_activities(deps)]
         config["interceptors"] = [*(config.get("interceptors") or ()), *tracing_interceptors()]
+        guarded: Callable[[str], bool] = is_engine_activity
         if self._govern:
             from lockgate.dropin.plugin import configure_dropin
 
-            config = configure_dropin(config, deps, self._govern)
+            config, index = configure_dropin(config, deps, self._govern)
+            guarded = lambda t: is_engine_activity(t) or index.governs(t)  # noqa: E731
+        # Outermost: no lockgate activity runs for a caller that is not a run lockgate governs.
+        config["interceptors"] = [caller_guard(config, deps, guarded), *(config.get("interceptors") or ())]
         if config.get("activity_executor") is None:
             config["activity_executor"] = ThreadPoolExecutor(
                 self._max_concurrent, thread_name_prefix="lockgate-activity"

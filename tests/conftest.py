@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
+import tempfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from temporalio.client import Client
-from temporalio.worker import Worker
 
 import examples.report_agent  # noqa: F401 - the README's example agent
 import tests.agents  # noqa: F401 - registers test agents before Vault is bootstrapped
@@ -35,6 +34,27 @@ from tests.support.stack import (
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", help="also run slow fault-injection scenarios")
+
+
+# The live servers' data lives in a folder of this session's own: pytest's numbered folders under
+# /tmp/pytest-of-USER are pruned by any other pytest session on the machine (another checkout's
+# `make test` once deleted this session's PostgreSQL mid-run). Removed at the end of the session,
+# after the session fixtures have stopped the servers.
+_OWN_BASETEMP: Path | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _OWN_BASETEMP
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        _OWN_BASETEMP = Path(tempfile.mkdtemp(prefix="lockgate-tests-"))
+        # Readable by the unprivileged user embedded PostgreSQL runs as when the tests run as root.
+        _OWN_BASETEMP.chmod(0o755)
+        config.option.basetemp = str(_OWN_BASETEMP / "t")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _OWN_BASETEMP is not None:
+        shutil.rmtree(_OWN_BASETEMP, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -112,11 +132,13 @@ async def client(settings: Settings, deps: Any) -> Client:
 
 @pytest.fixture(scope="session")
 async def worker_running(client: Client, deps: Any, settings: Settings) -> AsyncIterator[str]:
-    """A worker for the whole session on the session's task queue."""
+    """A worker for the whole session on the session's task queue. It also hosts two workflows
+    written by a hostile author (tests/rogue.py): code registered beside lockgate's passes the
+    caller check, so the activities' own checks are what stands in their way."""
     from lockgate import worker
-    from tests.rogue import RogueWorkflow
+    from tests.rogue import RogueCallWorkflow, RogueWorkflow
 
-    w = worker.build_worker(client, deps, extra_workflows=[RogueWorkflow])
+    w = worker.build_worker(client, deps, extra_workflows=[RogueWorkflow, RogueCallWorkflow])
     async with w:
         yield settings.task_queue
 
@@ -138,16 +160,15 @@ def fresh_shop(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture
 async def rogue(client: Client, worker_running: str) -> AsyncIterator[Any]:
-    """Runs RogueCallWorkflow (on its own worker) under a chosen workflow id; the activity it calls
-    runs on the session worker."""
-    queue = f"rogue-{uuid.uuid4().hex[:8]}"
+    """Runs RogueCallWorkflow under a chosen workflow id, hosted by the session worker itself (hostile
+    code registered beside lockgate's passes the caller check: tests/test_foreign_callers.py covers a
+    workflow on a worker of its own); the activity it calls runs on the session worker."""
 
     async def call(workflow_id: str, activity: str, arg: Any) -> dict[str, Any]:
         spec = {"activity": activity, "arg": arg.model_dump(mode="json"), "queue": worker_running}
         result: dict[str, Any] = await client.execute_workflow(
-            RogueCallWorkflow.run, spec, id=workflow_id, task_queue=queue
+            RogueCallWorkflow.run, spec, id=workflow_id, task_queue=worker_running
         )
         return result
 
-    async with Worker(client, task_queue=queue, workflows=[RogueCallWorkflow]):
-        yield call
+    yield call

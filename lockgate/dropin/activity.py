@@ -18,6 +18,7 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from lockgate import names
 from lockgate.activities.governance import GovernanceActivities
 from lockgate.activities.ledger import Ledger
 from lockgate.activities.vault import LeaseForbidden, VaultBroker
@@ -104,13 +105,13 @@ class DropinActivities:
                 return mode  # type: ignore[return-value]  # checked just above
         return tool_default
 
-    @activity.defn(name="dropin.open")
+    @activity.defn(name=names.DROPIN_OPEN)
     def open_run(self, request: RunOpen) -> RunIdentity:
         """A governed app's run opens its Vault identity at its first governed call. Only for the
         governed apps' agents, from their own workflows: never a lockgate agent run (those need a
         person's signed start, `run.open`), never a sub-agent."""
         info = activity.info()
-        if info.workflow_type == "lockgate.agent" or request.agent not in self._governed:
+        if info.workflow_type == names.WORKFLOW_AGENT or request.agent not in self._governed:
             raise ApplicationError(
                 f"dropin.open is only for the governed apps' own workflows, not {request.agent!r} in {info.workflow_type}",
                 type=BAD_INPUT,
@@ -122,7 +123,7 @@ class DropinActivities:
             )
         return self._governance.open_identity(request, signed_start=False)
 
-    @activity.defn(name="dropin.gate")
+    @activity.defn(name=names.DROPIN_GATE)
     def gate(self, request: GateRequest) -> DropinVerdict:
         if request.run_id != activity.info().workflow_id:
             raise ApplicationError("gate request names another run", type=BAD_INPUT, non_retryable=True)
