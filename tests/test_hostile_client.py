@@ -5,6 +5,7 @@ record and side effect are untouched, and that the attempt was refused and recor
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import time
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
 
 from lockgate.activities.freeze import FreezeStore
 from lockgate.identity import sign
@@ -34,6 +36,7 @@ from lockgate.models import (
     ToolInvocation,
 )
 from lockgate.ops import send_verdict
+from lockgate.worker import build_governance
 from tests import agents
 from tests.support.hostile import raw_start, refund, refused_at_once
 from tests.support.stack import (
@@ -173,12 +176,12 @@ async def test_a_forged_carry_is_refused(client: Client, worker_running: str, de
 
 
 async def test_a_sub_agent_identity_never_outlives_its_parent_whatever_ttl_is_asked(
-    client: Client, worker_running: str, deps: Any, outside: Outside, rogue: Any
+    client: Client, worker_running: str, deps: Any, outside: Outside
 ) -> None:
     """The workflow asks `run.open` for a sub-agent TTL that ends with its parent's deadline; the
-    activity caps it at what the parent's identity has left, whatever is asked. Hostile workflow code
-    (on its own worker, under the finished sub-agent's id and execution) asks for 30 days with a
-    link exactly as the parent's gate allowed it: the identity it gets ends with its parent's."""
+    activity caps it at what the parent's identity has left, whatever is asked. A hostile caller
+    (under the finished sub-agent's id and execution) asks for 30 days with a link exactly as the
+    parent's gate allowed it: the identity it gets ends with its parent's."""
     parent = await start(
         client,
         worker_running,
@@ -231,9 +234,14 @@ async def test_a_sub_agent_identity_never_outlives_its_parent_whatever_ttl_is_as
             parent_run_id=parent.id,
             parent=link,
         )
-        answer = await rogue(child, "run.open", ask)
-        assert answer["ok"], answer
-        identity = RunIdentity.model_validate(answer["result"])
+        # Called as code with a worker's access calls it: in process, with the Temporal facts it
+        # chooses (the finished sub-agent's id and first execution). Through Temporal, the caller
+        # check now refuses a first execution that is not the caller's (test_foreign_callers.py),
+        # and a run id opened once is never opened again by another execution: the cap is what
+        # is left when those are bypassed.
+        env = ActivityEnvironment()
+        env.info = dataclasses.replace(env.info, workflow_id=child, workflow_run_id=opened["origin_run_id"])
+        identity = await asyncio.to_thread(env.run, build_governance(deps).open_run, ask)
         accessor = identity.accessor
         assert identity.expires_at <= parent_expires + timedelta(seconds=2)
         # Vault's own word on the token: it dies with the parent's, not in 30 days.

@@ -6,6 +6,7 @@ run last, it also replays every history the session produced before it."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from temporalio.client import Client
@@ -49,8 +50,15 @@ async def test_replay_all_histories_of_the_session(
 ) -> None:
     mine = await _runs(client, worker_running)
     result = await cli(env, "replay", "--all", "--json", timeout=600)
-    reports = json.loads(result.stdout)
-    bad = [r for r in reports if not r["ok"] and not r["run_id"].startswith("forged-")]
+    # Temporal's core logs a workflow task it fails to stdout: the spoofed `lockgate.agent`
+    # histories of test_foreign_callers.py (hostile code under lockgate's type name) replay with
+    # such warnings before the JSON.
+    start_of_json = re.search(r"^\[", result.stdout, re.M)
+    assert start_of_json is not None, result.stdout[-2000:] + result.stderr[-2000:]
+    reports = json.loads(result.stdout[start_of_json.start() :])
+    # Histories written by hostile code (forged, or foreign under lockgate's type name) are not
+    # lockgate's to replay.
+    bad = [r for r in reports if not r["ok"] and not r["run_id"].startswith(("forged-", "foreign-"))]
     assert bad == [], json.dumps(bad, indent=1)[:4000]
     by_id: dict[str, Any] = {r["run_id"]: r for r in reports}
     for run_id, decisions in mine.items():
