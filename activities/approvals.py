@@ -37,8 +37,18 @@ class ApprovalActivities:
         self._ledger = ledger
 
     def initiator(self, run_id: str) -> str | None:
-        """The run's verified initiator, as `run.open` recorded it."""
+        """The run's verified initiator, as `run.open` recorded it.
+
+        Raises:
+            Refused: the run's start was not signed (a drop-in app's `unsigned_starts`): anyone may
+                have started it, so no approver can be told apart from its initiator.
+        """
         opened = next((e for e in self._ledger.events(run_id) if e["kind"] == "run.opened"), None)
+        if opened is not None and opened.get("initiator_verified") is False:
+            raise Refused(
+                "the run's start is not signed, so its initiator is unknown: no approval can be shown "
+                "to come from someone else (separation of duties)"
+            )
         return str(opened["initiator"]) if opened else None
 
     @activity.defn(name=names.APPROVAL_VERIFY)
@@ -93,7 +103,10 @@ class ApprovalActivities:
         any approval handed in did not count. Each approval must answer a decision the ledger shows
         asked that group, for this run, step and args digest, before it expired."""
         agent = self._agents.get(request.agent)
-        initiator = self.initiator(request.run_id)
+        try:
+            initiator = self.initiator(request.run_id)
+        except Refused as err:
+            return (), [f"approval by {s.statement.person}: {err}" for s in request.approvals]
         digest = args_digest(request.call.args)
         asked = _decisions(self._ledger.events(request.run_id))
         people: dict[str, set[str]] = {}

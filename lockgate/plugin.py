@@ -34,6 +34,7 @@ from lockgate.spec import Agent, AgentRegistry, bind_agents
 
 if TYPE_CHECKING:
     from lockgate.dropin.spec import Governance
+    from lockgate.identity import OperatorSession
     from lockgate.worker import Deps
 
 __all__ = ["PASSTHROUGH_MODULES", "LockgatePlugin", "caller_guard", "workflow_runner"]
@@ -128,6 +129,9 @@ class LockgatePlugin(SimplePlugin):
         reap_interval: Seconds between reaper passes (default `LOCKGATE_REAP_INTERVAL` or 15).
         govern: Existing apps to govern drop-in (`lockgate.dropin.Governance`): their Pydantic AI,
             OpenAI Agents or plain-activity tool calls are gated, leased, audited and compensated.
+        start_as: Who signs the workflow starts this client makes (with `govern`): a person's
+            session, or a function returning one (default: the logged-in person, `lockgate login`
+            or `LOCKGATE_OPERATOR_TOKEN`). The worker takes the signer as the run's initiator.
     """
 
     def __init__(
@@ -141,6 +145,7 @@ class LockgatePlugin(SimplePlugin):
         max_cached_workflows: int | None = None,
         reap_interval: float | None = None,
         govern: Sequence[Governance] = (),
+        start_as: OperatorSession | Callable[[], OperatorSession | None] | None = None,
     ) -> None:
         from lockgate.workflows.agent import AgentWorkflow
 
@@ -153,11 +158,37 @@ class LockgatePlugin(SimplePlugin):
         self._reap_interval = reap_interval
         self._workflow = AgentWorkflow
         self._govern = tuple(govern)
+        interceptors: list[Any] = []
+        if self._govern or start_as is not None:
+            from lockgate.dropin.start import SignedStarts
+
+            interceptors.append(SignedStarts(self._start_session(start_as)))
         super().__init__(
             "lockgate.LockgatePlugin",
             data_converter=self._converter,
             workflow_runner=workflow_runner,
+            interceptors=interceptors,
         )
+
+    def _start_session(
+        self, start_as: OperatorSession | Callable[[], OperatorSession | None] | None
+    ) -> Callable[[], OperatorSession | None]:
+        if callable(start_as):
+            return start_as
+        if start_as is not None:
+            return lambda: start_as
+        settings = self.settings
+
+        def logged_in() -> OperatorSession | None:
+            from lockgate.errors import UserError
+            from lockgate.identity import load_session
+
+            try:
+                return load_session(settings)
+            except UserError:
+                return None
+
+        return logged_in
 
     def _converter(self, existing: DataConverter | None = None) -> DataConverter:
         """lockgate's converter (`lockgate.worker.data_converter`): payloads encrypted when a key is

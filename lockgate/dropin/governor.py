@@ -64,7 +64,9 @@ class Denied(CallDenied):
 class RunGovernor(GovernedRun):
     """The governed part of one workflow execution (created lazily by the interceptor)."""
 
-    def __init__(self) -> None:
+    def __init__(self, start: SignedStatement | None = None, input_digest: str = "") -> None:
+        self._start = start
+        self._input_digest = input_digest
         self._enabled: bool | None = None
         self._agent: Agent | None = None
         self._opening: asyncio.Future[RunIdentity] | None = None
@@ -178,8 +180,10 @@ class RunGovernor(GovernedRun):
             return
         self._opening = asyncio.get_running_loop().create_future()
         try:
-            initiator = workflow.info().typed_search_attributes.get(SA_INITIATOR)
-            self._initiator = initiator or UNKNOWN_INITIATOR
+            # The person who signed the start (verified by `dropin.open`); without one, what the
+            # starter named (recorded as unverified, and then no approval counts).
+            named = workflow.info().typed_search_attributes.get(SA_INITIATOR)
+            self._initiator = self._start.statement.person if self._start else (named or UNKNOWN_INITIATOR)
             self._agent = agent
             self._deadline_at = workflow.now() + agent.deadline
             workflow.upsert_search_attributes(
@@ -189,8 +193,8 @@ class RunGovernor(GovernedRun):
                     SA_PENDING.value_set([]),
                 ]
             )
-            # `dropin.open`, not `run.open`: the app's own client started this run, with no person's
-            # signed start (the initiator it names is recorded as such, unverified).
+            # `dropin.open`, not `run.open`: the app's own client started this run (its signed start
+            # binds the workflow type, not a lockgate agent).
             identity = await workflow.execute_activity(
                 names.DROPIN_OPEN,
                 RunOpen(
@@ -199,6 +203,8 @@ class RunGovernor(GovernedRun):
                     initiator=self._initiator,
                     ttl_seconds=max(1, int(agent.deadline.total_seconds())),
                     origin_run_id=self._origin,
+                    start=self._start,
+                    input_digest=self._input_digest,
                 ),
                 result_type=RunIdentity,
                 **RUN_CALL,

@@ -38,6 +38,7 @@ from lockgate.dropin.governor import Denied, RunGovernor
 from lockgate.dropin.models import HEADER, DropinCall, jsonable, plain_args
 from lockgate.dropin.openai_agents import install_runner, take_pending_call
 from lockgate.dropin.spec import Governance
+from lockgate.dropin.start import start_digest, start_from_headers
 from lockgate.errors import BAD_INPUT
 from lockgate.spec import Agent
 
@@ -190,7 +191,8 @@ class _Inbound(WorkflowInboundInterceptor):
     async def execute_workflow(self, input: ExecuteWorkflowInput) -> Any:
         if workflow.info().workflow_type in _OWN_WORKFLOWS:
             return await super().execute_workflow(input)
-        governor = RunGovernor()
+        # The start the app's client signed, and the digest of the arguments it must bind.
+        governor = RunGovernor(start_from_headers(input.headers), start_digest(input.args))
         self.governor = governor
         _GOVERNORS[workflow.info().run_id] = governor
         governor.install_handlers()
