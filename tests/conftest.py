@@ -164,8 +164,21 @@ async def rogue(client: Client, worker_running: str) -> AsyncIterator[Any]:
     code registered beside lockgate's passes the caller check: tests/test_foreign_callers.py covers a
     workflow on a worker of its own); the activity it calls runs on the session worker."""
 
-    async def call(workflow_id: str, activity: str, arg: Any) -> dict[str, Any]:
-        spec = {"activity": activity, "arg": arg.model_dump(mode="json"), "queue": worker_running}
+    async def call(
+        workflow_id: str,
+        activity: str = "",
+        arg: Any = None,
+        *,
+        own_origin: bool = False,
+        calls: list[dict[str, Any]] | None = None,
+    ) -> dict[str, Any]:
+        """One call (`own_origin`: with the rogue execution's own first execution as origin), or
+        `calls` in one execution (see RogueCallWorkflow): then {"origin": ..., "answers": [...]}."""
+        spec: dict[str, Any] = {"queue": worker_running}
+        if calls is not None:
+            spec["calls"] = [{**c, "arg": c["arg"].model_dump(mode="json")} for c in calls]
+        else:
+            spec.update(activity=activity, arg=arg.model_dump(mode="json"), own_origin=own_origin)
         result: dict[str, Any] = await client.execute_workflow(
             RogueCallWorkflow.run, spec, id=workflow_id, task_queue=worker_running
         )

@@ -100,7 +100,7 @@ async def test_a_run_call_naming_another_run_is_refused(rogue: Any, deps: Any, a
 async def test_a_seal_for_its_own_run_is_made(rogue: Any) -> None:
     """The call the refusals above are set beside: the same seal request for the caller's own run."""
     me = _id()
-    sealed = await rogue(me, "run.seal", _seal(me))
+    sealed = await rogue(me, "run.seal", _seal(me), own_origin=True)
     assert sealed["ok"] and sealed["result"].startswith("vault:"), sealed
 
 
@@ -113,24 +113,37 @@ async def test_a_run_check_without_an_origin_execution_is_refused(rogue: Any, de
 
 async def test_a_carry_resumes_only_under_its_own_seal(rogue: Any, deps: Any) -> None:
     """Control: `run.resume` accepts exactly the seal the worker made for this carry: the real seal
-    resumes, the same seal over a carry one field different (or a made-up seal) is refused."""
+    resumes, the same seal over a carry one field different (or a made-up seal) is refused. All in
+    one execution, whose first execution is the run's origin (the caller check refuses another
+    origin before the seal is looked at)."""
     me = _id()
-    sealed = await rogue(me, "run.seal", _seal(me))
-    assert sealed["ok"], sealed
-    seal = sealed["result"]
-    resumed = await rogue(me, "run.resume", _seal(me, seal=seal, continued="previous-execution"))
+    later = "previous-execution"
+    own = {"own_origin": True}
+    out = await rogue(
+        me,
+        calls=[
+            {"activity": "run.seal", "arg": _seal(me), **own},
+            {"activity": "run.resume", "arg": _seal(me, continued=later), "seal_from": 0, **own},
+            {"activity": "run.resume", "arg": _seal(me, generation=4, continued=later), "seal_from": 0, **own},
+            {"activity": "run.resume", "arg": _seal(me, seal="vault:v1:" + "A" * 44, continued=later), **own},
+            {"activity": "run.resume", "arg": _seal(me, origin="origin-2", continued=later), "seal_from": 0},
+            # Not from a continue-as-new: refused before the seal is looked at.
+            {"activity": "run.resume", "arg": _seal(me), "seal_from": 0, **own},
+        ],
+    )
+    origin = out["origin"]
+    sealed, resumed, other_generation, made_up, other_origin, not_continued = out["answers"]
+    assert sealed["ok"] and sealed["result"].startswith("vault:"), sealed
     assert resumed == {"ok": True, "result": True}
-    for forged in (
-        _seal(me, generation=4, seal=seal, continued="previous-execution"),
-        _seal(me, origin="origin-2", seal=seal, continued="previous-execution"),
-        _seal(me, seal="vault:v1:" + "A" * 44, continued="previous-execution"),
-    ):
-        refused_by_activity(await rogue(me, "run.resume", forged), "seal does not verify")
-    # Not from a continue-as-new: refused before the seal is looked at.
-    refused_by_activity(await rogue(me, "run.resume", _seal(me, seal=seal)), "only from a continue-as-new")
+    for forged in (other_generation, made_up):
+        refused_by_activity(forged, "seal does not verify")
+    refused_by_activity(other_origin, "origin execution is not the caller's first execution")
+    refused_by_activity(not_continued, "only from a continue-as-new")
     # One record per refused attempt (the same refusal of the same execution is recorded once).
-    assert sorted((e["origin_run_id"], e["reason"]) for e in ledger_events(deps, me, "run.refused")) == [
-        ("origin-1", "a carry is accepted only from a continue-as-new"),
-        ("origin-1", "the carry's seal does not verify"),
-        ("origin-2", "the carry's seal does not verify"),
-    ]
+    assert sorted((e["origin_run_id"], e["reason"]) for e in ledger_events(deps, me, "run.refused")) == sorted(
+        [
+            (origin, "a carry is accepted only from a continue-as-new"),
+            (origin, "the carry's seal does not verify"),
+            ("origin-2", "origin execution is not the caller's first execution"),
+        ]
+    )
