@@ -1,0 +1,83 @@
+"""lockgate.health: the checks the compose file and the Kubernetes probes run, on the real stack."""
+
+from __future__ import annotations
+
+import asyncio
+import http.server
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from lockgate.config import Settings
+from lockgate.health import check_url, check_worker
+
+
+async def test_worker_check_passes_only_for_the_host_whose_worker_polls(
+    worker_running: str, settings: Settings
+) -> None:
+    # A worker shows among the pollers once its first long poll reached the server.
+    problem: str | None = "not checked"
+    for _ in range(60):
+        problem = await check_worker(settings)
+        if problem is None:
+            break
+        await asyncio.sleep(0.5)
+    assert problem is None
+    # Another container's hostname: its worker is not among the pollers.
+    problem = await check_worker(settings, hostname="lockgate-worker-elsewhere")
+    assert problem is not None and "no worker on lockgate-worker-elsewhere" in problem
+    # A task queue nobody polls.
+    idle = settings.model_copy(update={"task_queue": "lockgate-health-idle"})
+    problem = await check_worker(idle)
+    assert problem is not None and "pollers: none" in problem
+
+
+async def test_worker_check_fails_when_temporal_is_unreachable(settings: Settings) -> None:
+    gone = settings.model_copy(update={"temporal_address": "127.0.0.1:9"})
+    problem = await check_worker(gone, timeout=3)
+    assert problem is not None and problem.startswith("Temporal at 127.0.0.1:9")
+
+
+def test_worker_check_as_the_container_runs_it(worker_running: str, env: dict[str, str]) -> None:
+    ok = subprocess.run([sys.executable, "-m", "lockgate.health", "worker"], env={**os.environ, **env}, timeout=60)
+    assert ok.returncode == 0
+    idle = {**os.environ, **env, "LOCKGATE_TASK_QUEUE": "lockgate-health-idle"}
+    bad = subprocess.run(
+        [sys.executable, "-m", "lockgate.health", "worker"], env=idle, timeout=60, capture_output=True, text=True
+    )
+    assert bad.returncode == 1, bad.stderr
+    assert "unhealthy:" in bad.stderr
+
+
+@pytest.fixture
+def http_server() -> Iterator[str]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/healthz" else 503)
+            self.end_headers()
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_url_check(http_server: str) -> None:
+    assert check_url(f"{http_server}/healthz") is None
+    problem = check_url(f"{http_server}/other")
+    assert problem is not None and "503" in problem
+    closed = check_url("http://127.0.0.1:9/healthz", timeout=2)
+    assert closed is not None and "127.0.0.1:9" in closed
+    usage = subprocess.run([sys.executable, "-m", "lockgate.health", "nonsense"], capture_output=True, timeout=30)
+    assert usage.returncode == 2
