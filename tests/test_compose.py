@@ -77,12 +77,27 @@ def documented_steps() -> list[list[str]]:
 
 
 # Options of the documented subcommands that take a value (the next word).
-VALUE_OPTIONS = {"-e", "--env", "-f", "--file", "-w", "--workdir", "-u", "--user", "--entrypoint", "--index"}
+VALUE_OPTIONS = {
+    "-e",
+    "--env",
+    "-f",
+    "--file",
+    "-w",
+    "--workdir",
+    "-u",
+    "--user",
+    "--entrypoint",
+    "--index",
+    "-s",
+    "--signal",
+}
 ONE_SERVICE = {"exec", "run"}  # SERVICE COMMAND...: only the first word names a service
 
 
 def services_of(step: list[str]) -> list[str]:
     sub, rest = step[0], step[1:]
+    if sub == "cp":  # SERVICE:PATH on either side
+        return [w.split(":", 1)[0] for w in rest if ":" in w and not w.startswith("-")]
     names: list[str] = []
     skip = False
     for word in rest:
