@@ -8,7 +8,9 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -81,3 +83,59 @@ def test_url_check(http_server: str) -> None:
     assert closed is not None and "127.0.0.1:9" in closed
     usage = subprocess.run([sys.executable, "-m", "lockgate.health", "nonsense"], capture_output=True, timeout=30)
     assert usage.returncode == 2
+
+
+def test_the_containers_command_chain_runs_a_worker(worker_running: str, env: dict[str, str], tmp_path: Path) -> None:
+    """What the compose worker runs, on the real stack without Docker: the image's entrypoint
+    reads the ledger URL from a secret file and the AppRole credentials from the file the set-up
+    leaves, then `lockgate worker` polls; the health check (plain environment, no secrets) sees
+    it. Without the credentials file the worker refuses to start: nothing else provides them."""
+    secret = ("LOCKGATE_VAULT_ROLE_ID", "LOCKGATE_VAULT_SECRET_ID", "LOCKGATE_LEDGER_URL", "VAULT_TOKEN")
+    (tmp_path / "ledger_url").write_text(env["LOCKGATE_LEDGER_URL"] + "\n")
+    creds = tmp_path / "worker.env"
+    creds.write_text(
+        "# lockgate setup\n"
+        f"LOCKGATE_VAULT_ROLE_ID={env['LOCKGATE_VAULT_ROLE_ID']}\n"
+        f"LOCKGATE_VAULT_SECRET_ID={env['LOCKGATE_VAULT_SECRET_ID']}\n"
+    )
+    (tmp_path / "state").mkdir()  # no dev.env here: the stack's defaults cannot stand in
+    plain = {k: v for k, v in env.items() if k not in secret}
+    plain |= {
+        "LOCKGATE_STATE_DIR": str(tmp_path / "state"),
+        "LOCKGATE_TASK_QUEUE": f"image-chain-{os.getpid()}",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    container = {**plain, "LOCKGATE_LEDGER_URL_FILE": str(tmp_path / "ledger_url"), "LOCKGATE_ENV_FROM": str(creds)}
+    entrypoint = Path(__file__).resolve().parent.parent / "deploy" / "docker-entrypoint.sh"
+
+    refused = subprocess.run(
+        ["sh", str(entrypoint), "lockgate", "worker"],
+        env={k: v for k, v in container.items() if k != "LOCKGATE_ENV_FROM"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert refused.returncode == 2 and "LOCKGATE_VAULT_ROLE_ID" in refused.stderr, refused.stderr
+
+    log = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen(["sh", str(entrypoint), "lockgate", "worker"], env=container, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            check = subprocess.run(
+                [sys.executable, "-m", "lockgate.health", "worker"],
+                env=plain,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            if check.returncode == 0:
+                break
+            assert worker.poll() is None, (tmp_path / "worker.log").read_text()
+            assert time.monotonic() < deadline, check.stderr
+            time.sleep(1)
+    finally:
+        worker.terminate()  # SIGTERM, as `docker stop` sends: the worker stops cleanly
+        code = worker.wait(timeout=60)
+        log.close()
+    assert code == 0, (tmp_path / "worker.log").read_text()
