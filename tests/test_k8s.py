@@ -6,6 +6,7 @@ default-deny network policies, and secrets that come from Secrets only.
 
 from __future__ import annotations
 
+import copy
 import re
 import shutil
 import subprocess
@@ -84,6 +85,39 @@ def test_the_validator_rejects_what_kubernetes_would(tmp_path: Path) -> None:
     assert subprocess.run([str(VALIDATE), "--strict", "--quiet", str(bad)], capture_output=True).returncode != 0
 
 
+def pod_problems(name: str, template: dict[str, Any]) -> list[str]:
+    """What keeps a pod from running numeric non-root, read-only, without capabilities."""
+    problems = []
+    spec = template["spec"]
+    psc = spec.get("securityContext", {})
+    if psc.get("runAsNonRoot") is not True or int(psc.get("runAsUser", 0)) < 10000:
+        problems.append(f"{name}: pod not numeric non-root")
+    if psc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+        problems.append(f"{name}: no RuntimeDefault seccomp")
+    if spec.get("automountServiceAccountToken") is not False:
+        problems.append(f"{name}: service account token mounted")
+    for c in spec["containers"] + spec.get("initContainers", []):
+        where = f"{name}/{c['name']}"
+        sc = c.get("securityContext", {})
+        if sc.get("runAsNonRoot") is not True or int(sc.get("runAsUser", 0)) < 10000:
+            problems.append(f"{where}: not numeric non-root")
+        if sc.get("readOnlyRootFilesystem") is not True:
+            problems.append(f"{where}: writable root filesystem")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{where}: privilege escalation allowed")
+        caps = sc.get("capabilities", {})
+        if caps.get("drop") != ["ALL"] or caps.get("add"):
+            problems.append(f"{where}: capabilities kept or added")
+        resources = c.get("resources", {})
+        if not (resources.get("requests", {}).get("memory") and resources.get("limits", {}).get("memory")):
+            problems.append(f"{where}: no memory request and limit")
+        if c["image"].endswith(":latest") or ":" not in c["image"].rsplit("/", 1)[-1]:
+            problems.append(f"{where}: floating image {c['image']}")
+        if c.get("args", [None])[0] != "lockgate":
+            problems.append(f"{where}: not a lockgate command")
+    return problems
+
+
 def test_pods_run_numeric_non_root_read_only_without_capabilities(rendered: tuple[str, list[dict[str, Any]]]) -> None:
     _, docs = rendered
     pods = pod_specs(docs)
@@ -93,21 +127,7 @@ def test_pods_run_numeric_non_root_read_only_without_capabilities(rendered: tupl
         "Deployment/lockgate-inbox",
         "Deployment/lockgate-codec",
     } <= set(pods)
-    for name, template in pods.items():
-        spec = template["spec"]
-        psc = spec["securityContext"]
-        assert psc["runAsNonRoot"] is True and int(psc["runAsUser"]) >= 10000, name
-        assert psc["seccompProfile"]["type"] == "RuntimeDefault", name
-        assert spec["automountServiceAccountToken"] is False, name
-        for c in spec["containers"] + spec.get("initContainers", []):
-            sc = c["securityContext"]
-            assert sc["runAsNonRoot"] is True and int(sc["runAsUser"]) >= 10000, (name, c["name"])
-            assert sc["readOnlyRootFilesystem"] is True, (name, c["name"])
-            assert sc["allowPrivilegeEscalation"] is False, (name, c["name"])
-            assert sc["capabilities"]["drop"] == ["ALL"] and "add" not in sc["capabilities"], (name, c["name"])
-            assert c["resources"]["requests"]["memory"] and c["resources"]["limits"]["memory"], (name, c["name"])
-            assert not c["image"].endswith(":latest") and ":" in c["image"], c["image"]
-            assert c["args"][0] == "lockgate", (name, c["args"])
+    assert [p for name, template in pods.items() for p in pod_problems(name, template)] == []
 
 
 def test_namespaces_enforce_the_restricted_profile(rendered: tuple[str, list[dict[str, Any]]]) -> None:
@@ -154,14 +174,15 @@ def test_inbox_and_codec_have_services_and_http_probes(rendered: tuple[str, list
         assert svc["spec"]["type"] == "ClusterIP", "nothing is exposed but through the TLS ingress"
 
 
-def test_network_policies_deny_by_default_and_allow_only_what_is_needed(
-    rendered: tuple[str, list[dict[str, Any]]],
-) -> None:
-    _, docs = rendered
+def network_problems(docs: list[dict[str, Any]]) -> list[str]:
+    """Where the NetworkPolicies let more in or out than lockgate needs, or too little."""
+    problems = []
     policies = by_kind(docs, "NetworkPolicy")
-    deny = policies["default-deny-all"]["spec"]
-    assert deny["podSelector"] == {} and set(deny["policyTypes"]) == {"Ingress", "Egress"}
-    assert "ingress" not in deny and "egress" not in deny
+    deny = policies.get("default-deny-all", {}).get("spec", {})
+    if deny.get("podSelector") != {} or set(deny.get("policyTypes", [])) != {"Ingress", "Egress"}:
+        problems.append("no default deny in and out")
+    if "ingress" in deny or "egress" in deny:
+        problems.append("the default deny allows something")
     for name, template in pod_specs(docs).items():
         labels = template["metadata"]["labels"]
         mine = [
@@ -171,16 +192,58 @@ def test_network_policies_deny_by_default_and_allow_only_what_is_needed(
         ]
         egress_ports = {port["port"] for p in mine for rule in p.get("egress", []) for port in rule.get("ports", [])}
         ingress = [rule for p in mine for rule in p.get("ingress", [])]
-        assert 53 in egress_ports, f"{name} cannot resolve names"
-        assert 8200 in egress_ports, f"{name} cannot reach OpenBao"
+        if any(not rule.get("ports") for p in mine for rule in p.get("egress", [])):
+            problems.append(f"{name}: egress to any port")
+        if 53 not in egress_ports:
+            problems.append(f"{name} cannot resolve names")
+        if 8200 not in egress_ports:
+            problems.append(f"{name} cannot reach OpenBao")
         component = labels["app.kubernetes.io/component"]
         if component in ("setup", "worker"):
-            assert ingress == [], f"{name} accepts connections"
-            assert {7233, 5432} <= egress_ports, name
-        if component in ("inbox", "codec"):
-            assert ingress and all(rule.get("from") for rule in ingress), f"{name}: ingress from anywhere"
-        if component == "codec":
-            assert egress_ports == {53, 8200}, "the codec server reaches OpenBao only"
+            if ingress:
+                problems.append(f"{name} accepts connections")
+            if not {7233, 5432} <= egress_ports:
+                problems.append(f"{name} cannot reach Temporal and PostgreSQL")
+        if component in ("inbox", "codec") and not (ingress and all(rule.get("from") for rule in ingress)):
+            problems.append(f"{name}: ingress from anywhere, or none")
+        if component == "codec" and egress_ports != {53, 8200}:
+            problems.append(f"{name}: the codec server reaches more than OpenBao")
+    return problems
+
+
+def test_network_policies_deny_by_default_and_allow_only_what_is_needed(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    _, docs = rendered
+    assert network_problems(docs) == []
+
+
+def test_the_checks_catch_a_weakened_manifest() -> None:
+    """The property checks fail on what they guard against: a root container, an added
+    capability, a writable root, a policy that opens the workers, a lost default deny."""
+    docs = render("base")
+    worker = copy.deepcopy(by_kind(docs, "Deployment")["lockgate-worker"]["spec"]["template"])
+    worker["spec"]["containers"][0]["securityContext"] |= {
+        "runAsUser": 0,
+        "readOnlyRootFilesystem": False,
+        "capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN"]},
+    }
+    found = pod_problems("worker", worker)
+    assert any("not numeric non-root" in p for p in found)
+    assert any("writable root" in p for p in found) and any("capabilities" in p for p in found)
+    opened = [
+        *copy.deepcopy(docs),
+        {
+            "kind": "NetworkPolicy",
+            "metadata": {"name": "oops"},
+            "spec": {"podSelector": {}, "ingress": [{}], "egress": [{}], "policyTypes": ["Ingress", "Egress"]},
+        },
+    ]
+    found = network_problems(opened)
+    assert any("lockgate-worker accepts connections" in p for p in found)
+    assert any("egress to any port" in p for p in found)
+    no_deny = [d for d in copy.deepcopy(docs) if d["metadata"]["name"] != "default-deny-all"]
+    assert "no default deny in and out" in network_problems(no_deny)
 
 
 def test_secrets_come_from_secrets_documented_in_the_runbook(rendered: tuple[str, list[dict[str, Any]]]) -> None:
