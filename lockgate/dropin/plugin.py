@@ -48,6 +48,7 @@ def configure_dropin(
         denials=index.denials(),
         resources=Resources(pg_socket_dir=deps.settings.pg_socket_dir),
         governed=frozenset(a.name for a in index.agents()),
+        summarize=index.summarize,
         unsigned=frozenset(a.name for gov in governances if gov.unsigned_starts for a in gov.lockgate_agents),
     )
     config["activities"] = [*(config.get("activities") or ()), acts.open_run, acts.gate]
