@@ -257,9 +257,14 @@ def bootstrap_people(
         vaultio.write(client, f"identity/group/name/{group}", type="internal", member_entity_ids=members)
 
 
+MINTED = "auth/token/create/"  # secret paths that mint a token per call (an MCP server's audience)
+
+
 def agent_policy(secret_paths: list[str]) -> str:
     lines = ["# A run identity of this agent: exactly the dynamic secrets its tools declare."]
-    lines += [f'path "{p}" {{ capabilities = ["read"] }}' for p in secret_paths]
+    lines += [
+        f'path "{p}" {{ capabilities = ["{"update" if p.startswith(MINTED) else "read"}"] }}' for p in secret_paths
+    ]
     lines.append('path "auth/token/lookup-self" { capabilities = ["read"] }')
     return "\n".join(lines) + "\n"
 
@@ -329,6 +334,9 @@ def bootstrap_vault(
     bootstrap_ledger_signing(client)
     if dev_password is not None:
         bootstrap_people(client, password=dev_password)
+    bootstrap_token_roles(
+        client, sorted({t.secret for t in agents.tools() if t.secret and t.secret.startswith(MINTED)})
+    )
     agent_policies = []
     for agent in agents.agents():
         client.sys.create_or_update_policy(name=agent.vault_policy, policy=agent_policy(agent.secrets()))
@@ -369,6 +377,36 @@ def bootstrap_vault(
             pass
     secret_id = client.auth.approle.generate_secret_id(role_name=WORKER_APPROLE)["data"]["secret_id"]
     return Bootstrap(role_id=role_id, secret_id=secret_id)
+
+
+def audience_policy(role: str) -> str:
+    """The only policy of a token minted from token role `role`."""
+    return f"lockgate-audience-{role}"
+
+
+def bootstrap_token_roles(client: hvac.Client, paths: list[str]) -> None:
+    """A token role per audience (`auth/token/create/<role>`, e.g. `mcp-bank`): the tokens a run
+    mints from it for one call may only look themselves up (how the server they are for checks them:
+    `role` names the audience), last at most 5 minutes and are children of the run's identity."""
+    for path in paths:
+        role = path[len(MINTED) :]
+        policy = audience_policy(role)
+        client.sys.create_or_update_policy(
+            name=policy,
+            policy=f"# A token for one call to {role}: it can only be introspected by its audience.\n"
+            'path "auth/token/lookup-self" { capabilities = ["read"] }\n',
+        )
+        client.adapter.post(
+            f"/v1/auth/token/roles/{role}",
+            json={
+                "allowed_policies": [policy],
+                "token_no_default_policy": True,
+                "orphan": False,
+                "renewable": False,
+                "token_explicit_max_ttl": "300s",
+                "token_type": "service",
+            },
+        )
 
 
 # -- ledger anchoring (issue 14) -------------------------------------------------------------------

@@ -13,6 +13,18 @@ from lockgate.spec import AgentRegistry
 __all__ = ["load_bundle"]
 
 
+def mcp_args_types(policy_dir: Path, agents: AgentRegistry) -> dict[str, str]:
+    """The Cedar args types of the agents' MCP tools, from the pins beside the policies."""
+    if not any(t.mcp_server for t in agents.tools()):
+        return {}
+    from lockgate.mcp.schema import args_types
+
+    try:
+        return args_types(policy_dir, agents.agents())
+    except Exception as err:  # noqa: BLE001 - a bad pin file or a schema the generator refuses
+        raise PolicyError([f"mcp/: {err}"]) from None
+
+
 def load_bundle(policy_dir: Path, agents: AgentRegistry | None = None) -> PolicyBundle:
     """Loads `*.cedar`, `schema.cedarschema` and `entities.json` from `policy_dir`. With `agents`,
     the schema is generated from their tools (`lockgate.schema`), plus what `schema.cedarschema`
@@ -32,7 +44,7 @@ def load_bundle(policy_dir: Path, agents: AgentRegistry | None = None) -> Policy
     if agents is not None and agents.agents():
         # The tools' actions, args and chain context come from their declarations (`lockgate
         # policy schema`); a written schema.cedarschema adds only what they do not declare.
-        schema_text = merge_schema(generate_schema(agents.agents()), schema_text)
+        schema_text = merge_schema(generate_schema(agents.agents(), mcp_args_types(policy_dir, agents)), schema_text)
     bundle = PolicyBundle.build(
         policies,
         schema_text=schema_text,

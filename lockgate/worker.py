@@ -227,7 +227,7 @@ def build_tools(deps: Deps, governance: GovernanceActivities | None = None) -> T
         vault=deps.vault,
         ledger=deps.ledger,
         gate=gate,
-        resources=Resources(pg_socket_dir=deps.settings.pg_socket_dir),
+        resources=Resources(pg_socket_dir=deps.settings.pg_socket_dir, policy_dir=str(deps.settings.policy_dir)),
     )
 
 

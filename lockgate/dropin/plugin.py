@@ -44,7 +44,7 @@ def configure_dropin(config: WorkerConfig, deps: Deps, governances: Sequence[Gov
         ledger=deps.ledger,
         bundle=deps.current_bundle,
         denials=index.denials(),
-        resources=Resources(pg_socket_dir=deps.settings.pg_socket_dir),
+        resources=Resources(pg_socket_dir=deps.settings.pg_socket_dir, policy_dir=str(deps.settings.policy_dir)),
         governed=frozenset(a.name for a in index.agents()),
     )
     config["activities"] = [*(config.get("activities") or ()), acts.open_run, acts.gate]
