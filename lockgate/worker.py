@@ -259,7 +259,9 @@ def build_activities(deps: Deps) -> list[Callable[..., Any]]:
     """Every activity a lockgate worker hosts: gate, run identity, audit, planner, one per tool."""
     governance = build_governance(deps)
     tools = build_tools(deps, governance)
-    planner = LLMPlannerActivities(agents=deps.agents, vault=deps.vault)
+    planner = LLMPlannerActivities(
+        agents=deps.agents, vault=deps.vault, bundle=deps.current_bundle, policy_dir=str(deps.settings.policy_dir)
+    )
     approvals = build_approvals(deps)
     return [
         approvals.verify,

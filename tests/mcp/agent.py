@@ -20,7 +20,6 @@ from lockgate.mcp import TOKEN
 
 # The test sets both in the environment, so its CLI processes see the same servers.
 STATE = Path(os.environ.get("MCP_TEST_STATE") or Path(tempfile.gettempdir()) / f"lockgate-mcp-bank-{os.getpid()}")
-STATE.mkdir(parents=True, exist_ok=True)
 SERVER = str(Path(__file__).with_name("bank_server.py"))
 
 
