@@ -287,6 +287,12 @@ async def test_a_changed_definition_blocks_the_tool_until_reviewed(mcp_stack: Lo
                 await asyncio.wait_for(handle.result(), timeout=60)
             assert "definition changed, review with `lockgate mcp review bank`" in str(err.value.cause)
             assert len(effects("bank")) == before
+            # Failed closed at once (no retries), its lease revoked.
+            ledger = mcp_stack.deps.ledger.events(handle.id)
+            assert len([e for e in ledger if e["kind"] == "tool.failed"]) == 1
+            assert {e["lease_id"] for e in ledger if e["kind"] == "lease.issued"} == {
+                e["lease_id"] for e in ledger if e["kind"] == "lease.revoked"
+            }
             # The other tools of the server keep their pins and still run.
             other = await run(
                 mcp_stack, client, [{"tool": "bank.transfer", "args": {"account": "A-1", "amount_cents": 1}}]
@@ -353,4 +359,25 @@ async def test_a_failing_run_compensates_mcp_steps(mcp_stack: LocalStack) -> Non
         ("transfer", {"account": "A-5", "amount_cents": 40}),
         ("reverse", {"idempotency_key": f"{handle.id}:1"}),
     ]
+    assert live_mcp_leases(mcp_stack) == []
+
+
+async def test_a_definition_changed_during_the_call_withholds_its_result(mcp_stack: LocalStack) -> None:
+    """The server changes `transfer` while it runs and sends `tools/list_changed`: lockgate lists
+    again, sees a definition nobody approved and fails the step closed (no retry)."""
+    client = await mcp_stack.client()
+    (STATE / "bank" / "list-changed").touch()
+    try:
+        async with mcp_stack.worker(client):
+            handle = await run(
+                mcp_stack, client, [{"tool": "bank.transfer", "args": {"account": "A-7", "amount_cents": 9}}]
+            )
+            with pytest.raises(WorkflowFailureError) as err:
+                await asyncio.wait_for(handle.result(), timeout=60)
+        assert "definition changed, review with `lockgate mcp review bank`" in str(err.value.cause)
+        failed = [e for e in mcp_stack.deps.ledger.events(handle.id) if e["kind"] == "tool.failed"]
+        assert len(failed) == 1  # non-retryable: one attempt
+    finally:
+        (STATE / "bank" / "list-changed").unlink()
+        (STATE / "bank" / "variant").write_text("v1")
     assert live_mcp_leases(mcp_stack) == []

@@ -180,6 +180,8 @@ async def call(server: MCPServer, mcp_name: str, ctx: ToolContext, args: dict[st
         "server": server.name,
         "tool": mcp_name,
         "definition": pinned,
+        # The declared class (never the server's word): `regulated` taints the run at the gate.
+        "data_class": server.data_class(mcp_name),
         "content": blocks,
         "summary": (text or json.dumps(result.structured_content or {}, sort_keys=True))[:200],
     }
@@ -205,6 +207,11 @@ class MCPCall:
         except ToolError:
             raise
         except Exception as err:  # noqa: BLE001 - any failure talking to the server
+            inner = _innermost(err)
+            if isinstance(inner, ToolError):
+                # Our own verdict (definition changed, args refused, tool error), raised inside the
+                # session's task group: keep it as it is, retryable or not.
+                raise inner from None
             if _answered(err):
                 # The server is up and refused the request (unknown tool, bad params): trying
                 # again would be refused the same way.

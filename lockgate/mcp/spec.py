@@ -155,6 +155,11 @@ class MCPServer(BaseModel):
         """The lockgate tool name (Cedar action) of one of this server's MCP tools."""
         return f"{self.name}.{tool_slug(mcp_name)}"
 
+    def data_class(self, mcp_name: str) -> DataClass:
+        """The declared data class of a tool's results."""
+        opts = self.tools.get(mcp_name)
+        return (opts.data_class if opts else None) or ("regulated" if self.regulated else "internal")
+
     def mcp_name(self, tool_name: str) -> str | None:
         """The MCP name behind a lockgate tool name of this server, or None."""
         return next((n for n in self.tools if self.tool_name(n) == tool_name), None)
@@ -179,7 +184,7 @@ class MCPServer(BaseModel):
                     fn=implementation(self, mcp_name),
                     secret=secret,
                     production=o.production,
-                    data_class=o.data_class or ("regulated" if self.regulated else "internal"),
+                    data_class=self.data_class(mcp_name),
                     reversible=o.reversible,
                     egress=o.egress,
                     compensation=o.compensation,
