@@ -214,7 +214,9 @@ async def test_stdio_and_http_calls_are_governed_with_a_credential_per_call(mcp_
     issued = [e["lease_id"] for e in ledger if e["kind"] == "lease.issued"]
     revoked = [e["lease_id"] for e in ledger if e["kind"] == "lease.revoked"]
     assert sorted(issued) == sorted(revoked) == sorted(f"token-accessor:{e['accessor']}" for e in stdio + http)
-    text = json.dumps(ledger) + await decoded_history(client, handle)
+    decoded = await decoded_history(client, handle)
+    assert "transferred 700 from A-2" in decoded  # the payloads were decoded: the search means something
+    text = json.dumps(ledger) + decoded
     assert all(token not in text for token in tokens)
     # The regulated read (declared so: the server's word counts for nothing) tainted the run.
     assert result["steps"][2]["summary"] == "balance of A-2: 1000"
