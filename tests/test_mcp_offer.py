@@ -39,9 +39,16 @@ def test_policies_on_mcp_args_are_type_checked_against_the_pinned_input_schema(p
         load_bundle(policy_dir, AGENTS)
     assert "args.account" in str(unpinned.value.problems)
     _pin_all(policy_dir)
-    schema = load_bundle(policy_dir, AGENTS).schema_text or ""
+    bundle = load_bundle(policy_dir, AGENTS)
+    schema = bundle.schema_text or ""
     assert 'action "bank.transfer"' in schema
     assert "args: { account: String, amount_cents: Long, memo?: String }" in schema
+    # The bundle hash (named by every decision record) covers the pinned definitions: a new
+    # description, which changes no type, still makes another bundle.
+    definitions = {t.name: pins.definition_of(t) for t in bank_server.tools()}
+    definitions["lookup"]["description"] = "Look up a balance."
+    pins.write_pin(policy_dir, "bank", definitions, by="test", endpoint="test")
+    assert load_bundle(policy_dir, AGENTS).hash != bundle.hash
     # A typo and a type error in a policy on MCP args are both caught.
     (policy_dir / "typo.cedar").write_text(
         '@id("typo")\nforbid (principal, action == Action::"bank.transfer", resource) when { context.args.amount > 5 };\n'
