@@ -53,27 +53,41 @@ def mcp_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
         (STATE / server).mkdir(parents=True)
     policies = tmp_path_factory.mktemp("mcp-policies")
     shutil.copy(ROOT / "tests" / "mcp" / "policies.cedar", policies / "mcp.cedar")
-    http: subprocess.Popen[bytes] | None = None
     try:
         with LocalStack(agent_modules="tests.mcp.agent", policy_dir=policies) as stack:
             vault = stack.settings().vault_addr
             for server in ("bank", "bankhttp"):
                 (STATE / server / "vault").write_text(vault)
-            http = subprocess.Popen(
-                [sys.executable, teller.SERVER, "http", str(PORT), f"DIR={STATE / 'bankhttp'}", "NAME=bankhttp"],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            _wait_listening(PORT)
+            start_http()
             for server in ("bank", "bankhttp"):
                 out = cli(stack, "mcp", "pin", server)
                 assert out.returncode == 0, out.stderr
             yield stack
     finally:
-        if http is not None:
-            http.kill()
-            http.wait()
+        stop_http()
         shutil.rmtree(STATE, ignore_errors=True)
+
+
+_HTTP: list[subprocess.Popen[bytes]] = []
+
+
+def start_http() -> None:
+    """Starts the HTTP MCP server (the test's own process), once listening."""
+    _HTTP.append(
+        subprocess.Popen(
+            [sys.executable, teller.SERVER, "http", str(PORT), f"DIR={STATE / 'bankhttp'}", "NAME=bankhttp"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    )
+    _wait_listening(PORT)
+
+
+def stop_http() -> None:
+    while _HTTP:
+        proc = _HTTP.pop()
+        proc.kill()
+        proc.wait()
 
 
 def _wait_listening(port: int) -> None:
@@ -383,3 +397,39 @@ async def test_a_definition_changed_during_the_call_withholds_its_result(mcp_sta
         (STATE / "bank" / "list-changed").unlink()
         (STATE / "bank" / "variant").write_text("v1")
     assert live_mcp_leases(mcp_stack) == []
+
+
+async def test_an_http_server_that_dies_and_stays_down_is_compensated(mcp_stack: LocalStack) -> None:
+    """The HTTP server dies inside `transfer` and stays down: the step is retried until its attempts
+    run out, every attempt's token revoked, and the run's earlier stdio transfer is reversed."""
+    client = await mcp_stack.client()
+    (STATE / "bankhttp" / "die-once").unlink(missing_ok=True)
+    before = len(effects("bank"))
+    try:
+        async with mcp_stack.worker(client):
+            handle = await run(
+                mcp_stack,
+                client,
+                [
+                    {"tool": "bank.transfer", "args": {"account": "A-8", "amount_cents": 11}},
+                    {"tool": "bankhttp.transfer", "args": {"account": "die", "amount_cents": 11}},
+                ],
+            )
+            with pytest.raises(WorkflowFailureError) as err:
+                await asyncio.wait_for(handle.result(), timeout=120)
+        assert "server failed" in str(err.value.cause)
+        assert _HTTP[0].poll() is not None  # it really died
+        done = effects("bank")[before:]
+        assert [(e["tool"], e["args"]) for e in done] == [
+            ("transfer", {"account": "A-8", "amount_cents": 11}),
+            ("reverse", {"idempotency_key": f"{handle.id}:1"}),
+        ]
+        ledger = mcp_stack.deps.ledger.events(handle.id)
+        attempts = [e for e in ledger if e["kind"] == "tool.failed" and e["tool"] == "bankhttp.transfer"]
+        assert len(attempts) == 6  # TOOL_CALL's attempts, each one failing as the server is gone
+        issued = {e["lease_id"] for e in ledger if e["kind"] == "lease.issued"}
+        assert issued == {e["lease_id"] for e in ledger if e["kind"] == "lease.revoked"}
+        assert live_mcp_leases(mcp_stack) == []
+    finally:
+        stop_http()
+        start_http()

@@ -102,7 +102,7 @@ class MCPServer(BaseModel):
         header_field: Which field of the secret goes into the header (default `token`).
         env: stdio only: environment variable -> secret field, set for that call's process only.
         cwd: stdio only: the server's working directory.
-        timeout_seconds: Upper bound of one call (connect, list, call).
+        timeout_seconds: Upper bound of one call (connect, list, call); at most 9 s (see below).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -117,7 +117,9 @@ class MCPServer(BaseModel):
     header_field: str = TOKEN
     env: dict[str, str] = Field(default_factory=dict)
     cwd: str | None = None
-    timeout_seconds: float = 30.0
+    # Below the tool activity's heartbeat timeout (10 s): the activity heartbeats around the call,
+    # not during it, so a longer call would be taken for a dead worker and retried meanwhile.
+    timeout_seconds: float = Field(default=8.0, gt=0, le=9.0)
 
     def __init__(self, name: str | None = None, /, **data: Any) -> None:
         if name is not None:
