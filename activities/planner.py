@@ -19,6 +19,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
+from lockgate import names
 from lockgate.activities.vault import LeaseForbidden, VaultBroker
 from lockgate.errors import BAD_INPUT
 from lockgate.gates.bundle import PolicyBundle
@@ -186,7 +187,7 @@ class LLMPlannerActivities:
         self._bundle = bundle
         self._policy_dir = policy_dir
 
-    @activity.defn(name="planner.llm")
+    @activity.defn(name=names.PLANNER_LLM)
     def plan(self, request: PlanRequest) -> PlanProposal:
         agent = self._agents.get(request.agent)
         if agent is None or not isinstance(agent.planner, LLMPlanner):
