@@ -158,6 +158,8 @@ path "transit/hmac/{SEAL_KEY}/*" {{ capabilities = ["update"] }}
 path "transit/verify/{SEAL_KEY}/*" {{ capabilities = ["update"] }}
 path "sys/leases/lookup" {{ capabilities = ["update"] }}
 path "sys/leases/lookup/database/creds/*" {{ capabilities = ["list", "sudo"] }}
+# Tokens minted per call for an MCP server's audience (`lockgate leases` lists the live ones).
+path "sys/leases/lookup/auth/token/create/*" {{ capabilities = ["list", "sudo"] }}
 # Verifying people's signed statements: who is in which group (live), and approvers' public keys.
 # Nothing here lets the worker sign as a person (no transit/sign/approver-*).
 path "identity/entity/name/*" {{ capabilities = ["read"] }}

@@ -222,6 +222,10 @@ async def test_stdio_and_http_calls_are_governed_with_a_credential_per_call(mcp_
     with pytest.raises(urllib.error.HTTPError) as wrong_audience:
         await asyncio.to_thread(urllib.request.urlopen, req, timeout=10)
     assert wrong_audience.value.code == 401
+    # A token left alive shows in the operator's inventory.
+    inventory = cli(mcp_stack, "leases", "--json")
+    assert inventory.returncode == 0, inventory.stderr
+    assert [r["lease_id"].rsplit("/", 1)[0] for r in json.loads(inventory.stdout)] == ["auth/token/create/mcp-bank"]
     root(mcp_stack).auth.token.revoke_accessor(minted["auth"]["accessor"])
     # The ledger names each lease by its accessor, issued and revoked, and holds no token.
     ledger = mcp_stack.deps.ledger.events(handle.id)
@@ -236,6 +240,12 @@ async def test_stdio_and_http_calls_are_governed_with_a_credential_per_call(mcp_
     assert result["steps"][2]["summary"] == "balance of A-2: 1000"
     assert result["tainted"] is True
     assert live_mcp_leases(mcp_stack) == []
+    # The operator's inventory sees MCP tokens too (none left), and lists both servers' pins.
+    leases = cli(mcp_stack, "leases", "--json")
+    assert leases.returncode == 0 and json.loads(leases.stdout) == [], leases.stderr
+    listed = json.loads(cli(mcp_stack, "mcp", "list", "--json").stdout)
+    assert {(r["server"], r["transport"]) for r in listed} == {("bank", "stdio"), ("bankhttp", "http")}
+    assert all(r["pinned"] == ["lookup", "purge", "reverse", "transfer"] for r in listed)
 
 
 async def test_denial_on_args_and_approval(mcp_stack: LocalStack) -> None:
