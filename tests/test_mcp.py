@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -25,25 +24,17 @@ import pytest
 from temporalio.api.common.v1 import Payload
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 
+from lockgate import vaultio
+from lockgate.models import ApprovalRequest
+from lockgate.ops import send_verdict
+from lockgate.testing import LocalStack
+from tests.mcp import agent as teller
+
 ROOT = Path(__file__).resolve().parents[1]
-STATE = Path(os.environ.setdefault("MCP_TEST_STATE", f"/tmp/lockgate-mcp-test-{os.getpid()}"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-PORT = int(os.environ.setdefault("MCP_TEST_PORT", str(_free_port())))
-
-from lockgate import vaultio  # noqa: E402
-from lockgate.models import ApprovalRequest  # noqa: E402
-from lockgate.ops import send_verdict  # noqa: E402
-from lockgate.testing import LocalStack  # noqa: E402
-from tests.mcp import agent as teller  # noqa: E402
-
-assert teller.STATE == STATE and teller.PORT == PORT
+# Where the agent module (imported here, so in this process) put its servers: the CLI processes
+# are told the same (MCP_TEST_STATE / MCP_TEST_PORT), so they declare the same servers.
+STATE = teller.STATE
+PORT = teller.PORT
 
 
 @pytest.fixture(scope="module")
