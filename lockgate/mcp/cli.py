@@ -59,9 +59,9 @@ def _listing(server: MCPServer, settings: Settings) -> tuple[dict[str, dict[str,
     import anyio
 
     from lockgate import vaultio
-    from lockgate.bootstrap import audience_policy
     from lockgate.mcp.client import list_definitions
     from lockgate.mcp.spec import token_role
+    from lockgate.names import audience_policy
 
     client, who = _reviewer(settings)
     secret: dict[str, Any] = {}
