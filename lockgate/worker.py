@@ -222,6 +222,10 @@ def build_governance(deps: Deps) -> GovernanceActivities:
 
 def build_tools(deps: Deps, governance: GovernanceActivities | None = None) -> ToolRunner:
     gate = (governance or build_governance(deps)).decide
+    if any(t.mcp_server for t in deps.agents.tools()):
+        from lockgate.mcp.client import warm
+
+        warm()  # once, at start: the MCP SDK's import takes seconds, a call's budget is 8 s
     return ToolRunner(
         agents=deps.agents,
         vault=deps.vault,

@@ -201,6 +201,7 @@ class MCPCall:
     def __call__(self, ctx: ToolContext, args: BaseModel) -> dict[str, Any]:
         import anyio
 
+        warm()  # the SDK's import is slow (seconds on a loaded host): never inside the call's timeout
         payload = args.model_dump(mode="json")
         try:
             return anyio.run(_bounded, self, ctx, payload)
@@ -249,6 +250,14 @@ def _describe(err: BaseException) -> str:
     # Task groups wrap the transport's error: name the innermost one, never a header or env value.
     err = _innermost(err)
     return f"{type(err).__name__}: {str(err)[:200]}"
+
+
+def warm() -> None:
+    """Imports the MCP SDK's client modules (a worker with MCP tools does it at start)."""
+    import mcp.client.session
+    import mcp.client.stdio
+    import mcp.client.streamable_http
+    import mcp.shared._httpx_utils  # noqa: F401
 
 
 def implementation(server: MCPServer, mcp_name: str) -> MCPCall:
