@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
     from lockgate import errors, names
+    from lockgate.errors import LockgateError
     from lockgate.models import (
         ApprovalAttempt,
         ApprovalCheck,
@@ -65,7 +66,7 @@ VERIFY_CALL: LocalActivityConfig = {
 }
 
 
-class CallDenied(Exception):
+class CallDenied(LockgateError):
     """A governed call that will not run: denied by a gate, rejected or expired (`kind`: errors.*)."""
 
     def __init__(self, message: str, kind: str) -> None:
