@@ -343,6 +343,8 @@ async def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
 
         await _await_proof(ledger, args.run_id)
         bundle = await asyncio.to_thread(build_bundle, ledger, archive, args.run_id)
+        codec = client.data_converter.payload_codec if client is not None else None
+        await asyncio.to_thread(_seal_for_auditor, bundle, args.auditor_key, codec, settings)
         write_bundle(bundle, args.export)
         if anchors is not None and anchors.source == "Vault" and keys:
             pin_keys(settings, keys)
@@ -362,6 +364,50 @@ async def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(render_text(doc))
     return 0 if doc["ledger_intact"] else 1
+
+
+def _seal_for_auditor(bundle: dict[str, Any], public_key: str | None, codec: Any, settings: Settings) -> None:
+    """Adds the histories' data keys, sealed for the auditor's key, to an evidence bundle: what an
+    offline replay of encrypted histories needs. The exporter's own Vault token unwraps them, so
+    only someone allowed to read the run can give them away (lockgate.auditkeys)."""
+    from temporalio.client import WorkflowHistory
+
+    from lockgate.activities.codec import encrypted_data_keys
+
+    needed: set[tuple[str, str]] = set()
+    for h in bundle["histories"]:
+        needed |= encrypted_data_keys(WorkflowHistory.from_json(bundle["run_id"], h["history"]).events)
+    if not needed:
+        return
+    if public_key is None:
+        print(
+            "lockgate: the bundle's histories are encrypted: an offline replay needs their keys, "
+            "export again with --auditor-key AUDITOR.pub (lockgate auditor-key FILE makes one)",
+            file=sys.stderr,
+        )
+        return
+    from lockgate.auditkeys import load_public_key, seal_payload_keys
+
+    recipient = load_public_key(public_key)
+    if codec is None or not hasattr(codec, "transit"):
+        from lockgate import worker
+
+        codec = worker.data_converter(settings).payload_codec
+        if codec is None:
+            raise UserError("the histories are encrypted and this shell has no Vault token to read them")
+    plain = [(name, wrapped, codec.transit.unwrap(name, wrapped)) for name, wrapped in sorted(needed)]
+    bundle["payload_keys"] = seal_payload_keys(plain, recipient)
+
+
+def cmd_auditor_key(args: argparse.Namespace, settings: Settings) -> int:
+    from lockgate.auditkeys import generate_key
+
+    private, public, fp = generate_key(args.file)
+    if args.json:
+        _print_json({"private_key": str(private), "public_key": str(public), "fingerprint": fp})
+    else:
+        print(f"auditor key {fp}: private {private} (keep it; mode 0600), public {public} (give it to exporters)")
+    return 0
 
 
 def _offline_ledger(settings: Settings) -> Any:
@@ -392,6 +438,11 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
         except (PolicyError, OSError):
             current = None  # the recorded copies are what counts; the current dir is only a shortcut
         keys, trust = (load_keys_file(args.keys), f"--keys {args.keys}") if args.keys else pinned_keys(settings)
+        auditor_key = None
+        if args.key:
+            from lockgate.auditkeys import load_private_key
+
+            auditor_key = load_private_key(args.key)
         ledger = _offline_ledger(settings)
         try:
             reports = await replay_files(
@@ -402,6 +453,7 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
                 current=current,
                 trusted_keys=keys,
                 trust=trust,
+                auditor_key=auditor_key,
             )
         finally:
             if ledger is not None:
@@ -796,6 +848,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id")
     p.add_argument("--format", choices=["text", "json", "md"], default="text")
     p.add_argument("--export", metavar="FILE", help="also write the run's evidence bundle (verifiable offline)")
+    p.add_argument(
+        "--auditor-key",
+        metavar="PUB",
+        help="seal the encrypted histories' keys for this auditor public key (offline replay with --key)",
+    )
+    p = add("auditor-key", cmd_auditor_key, "make an auditor key pair: FILE (private) and FILE.pub")
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(agents=False)
     p = add("replay", cmd_replay, "replay histories with the current code and re-check every recorded decision")
     p.add_argument("run_ids", nargs="*", metavar="RUN_ID")
     p.add_argument("--all", action="store_true", help="every lockgate run the server or the archive has")
@@ -806,6 +866,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="replay exported files offline: evidence bundles or history JSON (temporal workflow show -o json)",
     )
     p.add_argument("--keys", metavar="FILE", help="trusted public keys of the ledger key, for bundles")
+    p.add_argument("--key", metavar="AUDITOR_KEY", help="auditor private key: opens a bundle's encrypted histories")
     p.add_argument("--processes", type=int, help="replay processes for --all (default: one per core)")
     p = add("verify", cmd_verify, "verify the ledger (chains, signed checkpoints) or an evidence bundle, offline")
     p.add_argument("--bundle", metavar="FILE", help="verify an evidence bundle (lockgate audit --export) instead")

@@ -433,6 +433,54 @@ def _workflow_id(doc: dict[str, Any], path: str, converter: Any) -> str:
     return Path(path).name.split(".")[0]
 
 
+def _converter_for(
+    path: str, doc: dict[str, Any], histories: list[WorkflowHistory], data_converter: Any, auditor_key: Any
+) -> Any:
+    """The converter that reads these histories offline: as given when nothing in them is
+    encrypted (or it can ask Vault itself), else one holding the data keys sealed in the bundle
+    for `auditor_key`. A history nothing here can decrypt is bad input (UserError: one line, exit
+    2), never a replay mismatch: the history may be perfectly sound."""
+    import dataclasses
+
+    from temporalio.converter import DefaultFailureConverterWithEncodedAttributes
+
+    from lockgate.activities.codec import OfflineTransit, TransitCodec, encrypted_data_keys
+
+    if getattr(data_converter, "payload_codec", None) is not None:
+        return data_converter
+    needed = set()
+    for h in histories:
+        needed |= encrypted_data_keys(h.events)
+    if not needed:
+        return data_converter
+    names = ", ".join(sorted({name for name, _ in needed}))
+    if "payload_keys" not in doc:
+        how = (
+            "export the bundle with `lockgate audit RUN --export FILE --auditor-key AUDITOR.pub` and replay it "
+            "with --key AUDITOR_KEY"
+            if doc.get("schema")
+            else "export it decoded (temporal workflow show ... --codec-endpoint of `lockgate codec-server`) "
+            "or replay the run's evidence bundle with --key"
+        )
+        raise UserError(f"{path}: the history's payloads are encrypted (Vault Transit key {names}); {how}")
+    if auditor_key is None:
+        raise UserError(
+            f"{path}: the history's payloads are encrypted (Vault Transit key {names}) and the bundle carries "
+            f"their keys sealed for auditor key {doc['payload_keys'].get('recipient')}: pass --key AUDITOR_KEY"
+        )
+    from lockgate.auditkeys import open_payload_keys
+
+    keys = open_payload_keys(doc["payload_keys"], auditor_key)
+    lacking = {w for _, w in needed} - set(keys)
+    if lacking:
+        raise UserError(f"{path}: {len(lacking)} of the history's data keys are not in the bundle's payload keys")
+    return dataclasses.replace(
+        data_converter,
+        payload_codec=TransitCodec(OfflineTransit(keys), None),
+        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+    )
+
+
 async def replay_files(
     paths: list[str],
     agents: AgentRegistry,
@@ -442,8 +490,13 @@ async def replay_files(
     current: PolicyBundle | None = None,
     trusted_keys: dict[int, str] | None = None,
     trust: str = "",
+    auditor_key: Any = None,
 ) -> list[ReplayReport]:
-    """Replays exported histories offline: evidence bundles, or plain history JSON (Temporal UI/CLI)."""
+    """Replays exported histories offline: evidence bundles, or plain history JSON (Temporal UI/CLI).
+
+    Encrypted histories replay with `auditor_key` (an X25519 private key, lockgate.auditkeys) when
+    the bundle carries their data keys sealed for it; otherwise UserError, one line.
+    """
     _replayable(agents)
     from lockgate.export import SCHEMA, verify_bundle
 
@@ -463,6 +516,7 @@ async def replay_files(
             check = verify_bundle(doc, trusted_keys=trusted_keys, trust=trust)
             report.problems += [f"bundle: {p}" for p in check.problems]
             histories = [WorkflowHistory.from_json(run_id, h["history"]) for h in doc.get("histories", [])]
+            converter = _converter_for(path, doc, histories, data_converter, auditor_key)
             entries = [e for chain in doc.get("chains", []) for e in chain.get("entries", [])]
             decisions = list(_ledger_decisions(entries))
             bundles = PolicySource(agents, contents=doc.get("policy_bundles") or {})
@@ -473,8 +527,9 @@ async def replay_files(
                 histories = [WorkflowHistory.from_json(run_id, doc)]
             except Exception as err:  # noqa: BLE001 - a malformed export is bad input
                 raise UserError(f"{path}: not a Temporal history: {err}") from None
+            converter = _converter_for(path, doc, histories, data_converter, auditor_key)
             unreadable: list[str] = []
-            decisions = history_decisions(histories[0], data_converter, unreadable)
+            decisions = history_decisions(histories[0], converter, unreadable)
             report.problems += unreadable
             bundles = PolicySource(agents, ledger=ledger, current=current)
         else:
@@ -482,7 +537,7 @@ async def replay_files(
         for h in histories:
             report.histories += 1
             report.events += len(h.events)
-        failures = await _replay_histories(data_converter, histories)
+        failures = await _replay_histories(converter, histories)
         report.problems += [f"history {r}: replay failed: {f}" for r, f in failures.items()]
         report.decisions, problems = recheck(decisions, agents, bundles)
         report.problems += problems
