@@ -476,19 +476,29 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
             processes=args.processes,
         )
     bad = [r for r in reports if not r.ok]
+    skipped = [r for r in reports if r.skipped is not None]
     if args.json:
         _print_json([r.as_dict() for r in reports])
     else:
         for r in reports:
+            if r.skipped is not None:
+                print(f"skipped  {r.run_id}: {r.skipped}")
+                continue
             where = "" if r.source == "server" else f" [{r.source}]"
+            kind = "" if r.workflow_type in ("", "lockgate.agent") else f" ({r.workflow_type})"
             print(
-                f"{'ok      ' if r.ok else 'MISMATCH'} {r.run_id}: {r.histories} histories, {r.events} events, "
+                f"{'ok      ' if r.ok else 'MISMATCH'} {r.run_id}{kind}: {r.histories} histories, {r.events} events, "
                 f"{r.decisions} decisions re-checked{where}"
             )
             for problem in r.problems:
                 print(f"    {problem}")
-        print(f"{len(reports)} runs replayed, {len(bad)} with mismatches")
-    return 1 if bad else 0
+        print(
+            f"{len(reports) - len(skipped)} runs replayed, {len(bad)} with mismatches"
+            + (f", {len(skipped)} skipped (not replayable here, see above)" if skipped else "")
+        )
+    # A run named on the command line that could not be replayed is a failure; `--all` lists its
+    # skips and fails only on mismatches.
+    return 1 if bad or (skipped and not args.all) else 0
 
 
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:

@@ -46,6 +46,7 @@ __all__ = [
     "recheck_decisions",
     "replay",
     "replay_files",
+    "workflow_type_of",
 ]
 
 
@@ -57,6 +58,10 @@ class ReplayReport:
     decisions: int = 0
     problems: list[str] = field(default_factory=list)
     source: str = "server"
+    # Why this run was not replayed (a workflow type no loaded declaration replays): not a mismatch,
+    # and never silent.
+    skipped: str | None = None
+    workflow_type: str = ""
 
     @property
     def ok(self) -> bool:
@@ -66,6 +71,8 @@ class ReplayReport:
         return {
             "run_id": self.run_id,
             "ok": self.ok,
+            "skipped": self.skipped,
+            "workflow_type": self.workflow_type,
             "histories": self.histories,
             "events": self.events,
             "decisions": self.decisions,
@@ -221,6 +228,9 @@ def _replayable(agents: AgentRegistry) -> None:
         registry.extend(agents.agents())
 
 
+AGENT_TYPE = "lockgate.agent"
+
+
 def _replayer(data_converter: Any) -> Any:
     from temporalio.worker import Replayer
 
@@ -229,15 +239,80 @@ def _replayer(data_converter: Any) -> Any:
     return Replayer(workflows=[AgentWorkflow], data_converter=data_converter, workflow_runner=workflow_runner())
 
 
+def _dropin_replayer(governance: Any, data_converter: Any) -> Any:
+    """A Replayer for a governed app's own workflows: the framework plugins its `Governance`
+    declares, lockgate's drop-in interceptor (each governed call is a `dropin.gate` decision in the
+    history, replayed in place) and this replay's converter, keeping the framework's payload
+    converter as a worker beside that framework does."""
+    import dataclasses
+
+    from temporalio.plugin import SimplePlugin
+    from temporalio.worker import Replayer
+
+    from lockgate.dropin.plugin import replay_interceptor
+    from lockgate.plugin import _specialized
+
+    def converter(existing: Any) -> Any:
+        special = _specialized(existing)
+        if special is None:
+            return data_converter
+        return dataclasses.replace(data_converter, payload_converter_class=special.payload_converter_class)
+
+    ours = SimplePlugin(
+        "lockgate.replay",
+        data_converter=converter,
+        workflow_runner=workflow_runner,
+        interceptors=[replay_interceptor([governance])],
+    )
+    framework = list(governance.replay_plugins()) if governance.replay_plugins is not None else []
+    return Replayer(workflows=governance.workflow_classes(), plugins=[*framework, ours])
+
+
+def workflow_type_of(history: WorkflowHistory) -> str:
+    if not history.events:
+        return ""
+    return history.events[0].workflow_execution_started_event_attributes.workflow_type.name
+
+
+def _governed_types() -> dict[str, Any]:
+    """Workflow type -> the `Governance` that declares it, from the loaded agent modules."""
+    from lockgate.spec import declared_governances
+
+    return {name: gov for gov in declared_governances() for name in gov.workflow_types()}
+
+
+def skip_reason(type_name: str, governed: dict[str, Any]) -> str | None:
+    """Why a history of this workflow type cannot be replayed here (None: it can)."""
+    if type_name == AGENT_TYPE or type_name in governed:
+        return None
+    return (
+        f"workflow type {type_name or '?'} is not lockgate's agent and no Governance loaded here declares it "
+        "(add the app's module to LOCKGATE_AGENT_MODULES, with workflows=... and replay_plugins=... "
+        "on its Governance)"
+    )
+
+
 async def _replay_histories(data_converter: Any, histories: list[WorkflowHistory]) -> dict[str, str]:
-    """Replays histories in this process; returns failures by Temporal run id."""
+    """Replays histories in this process (each with the replayer of its workflow type); returns
+    failures by Temporal run id."""
+    governed = _governed_types()
+    groups: dict[str, list[WorkflowHistory]] = {}
+    for history in histories:
+        groups.setdefault(workflow_type_of(history), []).append(history)
+    failures: dict[str, str] = {}
+    for type_name, group in groups.items():
 
-    async def each() -> AsyncIterator[WorkflowHistory]:
-        for history in histories:
-            yield history
+        async def each(items: list[WorkflowHistory] = group) -> AsyncIterator[WorkflowHistory]:
+            for history in items:
+                yield history
 
-    results = await _replayer(data_converter).replay_workflows(each(), raise_on_replay_failure=False)
-    return {run_id: str(failure) for run_id, failure in results.replay_failures.items()}
+        if type_name in governed:
+            replayer = _dropin_replayer(governed[type_name], data_converter)
+        else:
+            replayer = _replayer(data_converter)
+        results = await replayer.replay_workflows(each(), raise_on_replay_failure=False)
+        failures.update({run_id: str(failure) for run_id, failure in results.replay_failures.items()})
+    return failures
 
 
 def _pool_init(agent_modules: str) -> None:
@@ -315,10 +390,35 @@ class _Pool:
         return failures
 
 
+class _ByType:
+    """lockgate's agent histories to `agent` (a pool or one local replayer), each governed app's to
+    a local replayer of its own workflows, made on its first history."""
+
+    def __init__(self, agent: _Pool | _Local, data_converter: Any, governed: dict[str, Any]) -> None:
+        self._agent, self._converter, self._governed = agent, data_converter, governed
+        self._apps: dict[str, _Local] = {}
+
+    async def add(self, history: WorkflowHistory) -> None:
+        type_name = workflow_type_of(history)
+        if type_name not in self._governed:
+            await self._agent.add(history)
+            return
+        if type_name not in self._apps:
+            gov = self._governed[type_name]
+            self._apps[type_name] = _Local(self._converter, _dropin_replayer(gov, self._converter))
+        await self._apps[type_name].add(history)
+
+    async def results(self) -> dict[str, str]:
+        failures = await self._agent.results()
+        for local in self._apps.values():
+            failures.update(await local.results())
+        return failures
+
+
 class _Local:
     """One in-process Replayer fed as histories arrive: fetching the next overlaps replaying this."""
 
-    def __init__(self, data_converter: Any) -> None:
+    def __init__(self, data_converter: Any, replayer: Any = None) -> None:
         self._queue: asyncio.Queue[WorkflowHistory | None] = asyncio.Queue()
 
         async def each() -> AsyncIterator[WorkflowHistory]:
@@ -326,7 +426,7 @@ class _Local:
                 yield history
 
         self._task = asyncio.ensure_future(
-            _replayer(data_converter).replay_workflows(each(), raise_on_replay_failure=False)
+            (replayer or _replayer(data_converter)).replay_workflows(each(), raise_on_replay_failure=False)
         )
 
     async def add(self, history: WorkflowHistory) -> None:
@@ -360,7 +460,8 @@ async def replay(
     # Worker processes replay with the plain converter: encrypted histories replay here, with this
     # process's codec (and Vault identity), one at a time.
     parallel = workers > 1 and getattr(data_converter, "payload_codec", None) is None
-    replayer: _Pool | _Local = _Pool(workers) if parallel else _Local(data_converter)
+    governed = _governed_types()
+    replayer = _ByType(_Pool(workers) if parallel else _Local(data_converter), data_converter, governed)
     # Each run's decisions are re-checked (in a thread) while its histories replay.
     rechecks: dict[str, asyncio.Future[tuple[int, list[str]]]] = {}
 
@@ -377,6 +478,10 @@ async def replay(
 
     async def take(run_id: str, history: WorkflowHistory, source: str) -> None:
         report = report_of(run_id)
+        report.workflow_type = workflow_type_of(history)
+        report.skipped = skip_reason(report.workflow_type, governed)
+        if report.skipped is not None:
+            return
         report.histories += 1
         report.events += len(history.events)
         report.source = source
@@ -386,7 +491,15 @@ async def replay(
     try:
         if run_ids is None:
             # Streamed: each history goes to a replayer as soon as it is fetched.
-            async for wf in client.list_workflows('WorkflowType = "lockgate.agent"'):
+            # Every governed run: lockgate's own agents, and the apps' workflows that made a
+            # governed call (the drop-in governor sets LockgateAgent on the first one).
+            query = f'WorkflowType = "{AGENT_TYPE}" OR LockgateAgent IS NOT NULL'
+            async for wf in client.list_workflows(query):
+                if wf.workflow_type != AGENT_TYPE and skip_reason(wf.workflow_type, governed) is not None:
+                    report = report_of(wf.id)
+                    report.workflow_type = wf.workflow_type
+                    report.skipped = skip_reason(wf.workflow_type, governed)
+                    continue  # not fetched: nothing here could replay it
                 history = await client.get_workflow_handle(wf.id, run_id=wf.run_id).fetch_history()
                 await take(wf.id, history, "server")
             targets = list(archive.archived_runs()) if archive is not None else []
@@ -410,6 +523,9 @@ async def replay(
         run_id = owner.get(temporal_run, temporal_run)
         report_of(run_id).problems.append(f"history {temporal_run}: replay failed: {failure}")
     for run_id, report in reports.items():
+        if report.skipped is not None:
+            rechecks[run_id].cancel()
+            continue
         if report.histories == 0:
             report.problems.append("no workflow history found for this run id (server or archive)")
         report.decisions, problems = await rechecks[run_id]
@@ -534,6 +650,12 @@ async def replay_files(
             bundles = PolicySource(agents, ledger=ledger, current=current)
         else:
             raise UserError(f"{path}: neither an evidence bundle ({SCHEMA}) nor a history (no events)")
+        governed = _governed_types()
+        reasons = {r for h in histories if (r := skip_reason(workflow_type_of(h), governed)) is not None}
+        if reasons:
+            report.problems += [f"not replayed: {r}" for r in sorted(reasons)]
+            reports.append(report)
+            continue
         for h in histories:
             report.histories += 1
             report.events += len(h.events)
