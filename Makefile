@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.lockgate-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all lint conformance policy-test bench mutation up down status worker clean
+.PHONY: install demo test test-all lint conformance policy-test bench bench-cli mutation up down status worker clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,10 @@ policy-test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+
+# Operator commands with both drop-in example apps declared vs none (bench/results.json "cli").
+bench-cli: $(STAMP)
+	$(BIN)/python -m bench.cli_timing
 
 # Mutation testing of the code that decides and enforces (mutation/targets.toml): score per module,
 # survivors and equivalents (mutation/equivalents.toml); results in bench/mutation.json. Not in `test`.

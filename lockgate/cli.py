@@ -671,6 +671,10 @@ async def cmd_freeze(args: argparse.Namespace, settings: Settings) -> int:
     from lockgate.spec import registry
 
     if args.agent and registry.get(args.agent) is None:
+        from lockgate.spec import load_agent_modules
+
+        load_agent_modules(settings.agent_modules)  # only to check the name given
+    if args.agent and registry.get(args.agent) is None:
         raise UserError(f"unknown agent {args.agent!r} (known: {', '.join(registry.names())})")
     scope = ALL if args.all else args.agent
     frozen = args.command == "freeze"
@@ -827,15 +831,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("dev", cmd_dev, "start, stop or check the embedded dev stack (Temporal, OpenBao, Postgres)")
     p.add_argument("action", choices=["up", "down", "status"])
-    add("worker", cmd_worker, "run a lockgate worker (same as python worker.py)")
+    add("worker", cmd_worker, "run a lockgate worker (same as python worker.py)").set_defaults(agents=True)
     p = add("codec-server", cmd_codec_server, "serve /decode and /encode for the Temporal UI (Vault token per caller)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8235)
     p.add_argument("--origin", action="append", help="browser origin allowed to call (repeat; default: the UI's)")
     p = add("demo", cmd_demo, "walk the refund-agent through the whole story on the real stack")
+    p.set_defaults(agents=True)
     p.add_argument("--down", action="store_true", help="stop the dev stack afterwards")
 
     p = add("run", cmd_run, "start a run of AGENT; prints the run id")
+    p.set_defaults(agents=True)  # the input is validated against the agent's schema
     p.add_argument("agent")
     p.add_argument("--input", help="the agent's input as a JSON object")
     p.add_argument("--id", help="run id (default: AGENT-<random>)")
@@ -867,6 +873,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE")
     p.set_defaults(agents=False)
     p = add("replay", cmd_replay, "replay histories with the current code and re-check every recorded decision")
+    p.set_defaults(agents=True)  # the agents' tools and the drop-in apps' workflows
     p.add_argument("run_ids", nargs="*", metavar="RUN_ID")
     p.add_argument("--all", action="store_true", help="every lockgate run the server or the archive has")
     p.add_argument(
@@ -902,11 +909,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("inbox", cmd_inbox, "the approvers' web inbox (sign-in with Vault identity)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8234)
-    add("leases", cmd_leases, "leases not yet revoked, with run, tool and expiry")
+    add("leases", cmd_leases, "leases not yet revoked, with run, tool and expiry").set_defaults(agents=True)
     add("compensations", cmd_compensations, "compensations that failed and are still outstanding (exit 1 if any)")
     add("reap", cmd_reap, "one pass of the reaper: clean up runs that ended without their own cleanup")
     add("archive", cmd_archive, "one pass of the archiver: keep closed runs' histories beside the ledger")
     p = add("policy", cmd_policy, "policies: check, test (cases in DIR/tests), diff CANDIDATE_DIR, schema")
+    p.set_defaults(agents=True)  # validated against the schema generated from the agents' tools
     p.add_argument("action", choices=["check", "test", "diff", "schema"])
     p.add_argument("dir", nargs="?", help="policy directory (diff: the candidate bundle's)")
     return parser
@@ -919,7 +927,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from lockgate.spec import load_agent_modules
 
-        if getattr(args, "agents", True):
+        # Only commands that use the agents import their modules (and the agent frameworks those
+        # import: seconds per process). Operator commands (status, pending, approve, audit,
+        # verify, halt, ...) never need them.
+        if getattr(args, "agents", False):
             load_agent_modules(settings.agent_modules)
         result = args.handler(args, settings)
         if asyncio.iscoroutine(result):
