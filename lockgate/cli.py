@@ -249,12 +249,13 @@ async def cmd_halt(args: argparse.Namespace, settings: Settings) -> int:
     session = _session(settings)
     client = await _client(settings)
     await halt_run(client, args.run_id, args.reason or f"halted by {session.name}", session=session)
-    state = await wait_closed(client, args.run_id, timeout=120)
+    await wait_closed(client, args.run_id, timeout=120)
+    # One outcome: the run's own state (`halted`), not also Temporal's close status of the
+    # workflow (a halted run's workflow closes as failed).
     status = await run_status(client, args.run_id)
     if args.json:
         _print_json(status.model_dump(mode="json"))
     else:
-        print(f"run {args.run_id}: {state}")
         _print_status(status)
     return 0
 
