@@ -699,6 +699,66 @@ async def cmd_freeze(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# -- teams: people and approver groups ----------------------------------------------------------
+def _directory(args: argparse.Namespace, settings: Settings) -> Any:
+    """The directory as the given Vault token (stdin) or the logged-in person sees and changes it."""
+    import hvac
+
+    from lockgate.teams import Directory
+
+    if args.vault_token_stdin:
+        token = _read_secret(True, "", "Vault token")
+    else:
+        token = _session(settings).token
+    return Directory(hvac.Client(url=settings.vault_addr, token=token, timeout=10))
+
+
+def cmd_groups(args: argparse.Namespace, settings: Settings) -> int:
+    directory = _directory(args, settings)
+    if args.action == "list":
+        groups = directory.groups()
+        if args.json:
+            _print_json(groups)
+        else:
+            for name, members in groups.items():
+                print(f"{safe(name):<20} {', '.join(safe(m) for m in members) or '-'}")
+        return 0
+    if not args.names or (args.action != "create" and len(args.names) < 2):
+        raise UserError(
+            "groups create NAME | groups add GROUP PERSON... | groups remove GROUP PERSON..."
+            if args.action != "create"
+            else "groups create NAME: name the group"
+        )
+    if args.action == "create":
+        created = {name: directory.create_group(name) for name in args.names}
+        if args.json:
+            _print_json(
+                {"created": [n for n, c in created.items() if c], "existed": [n for n, c in created.items() if not c]}
+            )
+        else:
+            for name, c in created.items():
+                print(f"group {safe(name)} {'created' if c else 'already exists'}")
+        return 0
+    group, people = args.names[0], args.names[1:]
+    change = directory.add_members if args.action == "add" else directory.remove_members
+    members = change(group, people)
+    if args.json:
+        _print_json({"group": group, "members": members})
+    else:
+        print(f"group {safe(group)}: {', '.join(safe(m) for m in members) or 'no members'}")
+    return 0
+
+
+def cmd_people(args: argparse.Namespace, settings: Settings) -> int:
+    people = _directory(args, settings).people()
+    if args.json:
+        _print_json(people)
+    else:
+        for name, groups in people.items():
+            print(f"{safe(name):<20} {', '.join(safe(g) for g in groups) or '-'}")
+    return 0
+
+
 # -- people: login / logout / whoami -------------------------------------------------------------
 def _read_secret(from_stdin: bool, prompt: str, what: str) -> str:
     value = sys.stdin.readline().rstrip("\r\n") if from_stdin else getpass.getpass(prompt)
@@ -906,6 +966,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["userpass", "token"], default="userpass")
     p.add_argument("--password-stdin", action="store_true", help="read the password (or token) from stdin")
     add("logout", cmd_logout, "revoke the logged-in person's token and forget it")
+    p = add("groups", cmd_groups, "approver groups (Vault identity): list | create NAME | add|remove GROUP PERSON...")
+    p.add_argument("action", nargs="?", choices=["list", "create", "add", "remove"], default="list")
+    p.add_argument("names", nargs="*", metavar="NAME")
+    p.add_argument("--vault-token-stdin", action="store_true", help="act with this Vault token, not the logged-in one")
+    p = add("people", cmd_people, "people (Vault identity entities) and the approver groups they are in")
+    p.add_argument("--vault-token-stdin", action="store_true", help="act with this Vault token, not the logged-in one")
     add("whoami", cmd_whoami, "the logged-in person: identity, groups, token expiry")
     p = add("inbox", cmd_inbox, "the approvers' web inbox (sign-in with Vault identity)")
     p.add_argument("--host", default="127.0.0.1")
