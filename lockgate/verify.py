@@ -169,6 +169,11 @@ def _write_anchor_file(settings: Settings, data: dict[str, Any]) -> None:
     path = anchor_file(settings)
     try:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.lstat(path.parent)
+        if st.st_uid == os.geteuid() and stat.S_ISDIR(st.st_mode) and st.st_mode & 0o022:
+            # Ours but writable by others (a umask of 002): what is pinned now was just proven
+            # online, so close the directory first; nothing it held before is read.
+            os.chmod(path.parent, stat.S_IMODE(st.st_mode) & ~0o022)
         if _untrusted(path.parent, "anchor directory") is not None:
             return  # others could swap the file: pinning there would anchor nothing
         tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
