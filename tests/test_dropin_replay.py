@@ -24,7 +24,7 @@ from examples import pydantic_ai_agent as bank
 from lockgate.activities.codec import TransitCodec, decode_events
 from lockgate.config import Settings
 from lockgate.plugin import LockgatePlugin
-from tests.conftest import AGENT_MODULES, cli
+from tests.conftest import AGENT_MODULES, cli, person
 from tests.dropin_support import app_client, app_deps, db
 from tests.test_evidence_bundle import offline
 
@@ -38,7 +38,10 @@ def app_deps_(settings: Settings) -> Any:
 async def bank_app(settings: Settings, app_deps_: Any) -> AsyncIterator[tuple[Client, str]]:
     client = await app_client(
         settings,
-        plugins=[PydanticAIPlugin(), LockgatePlugin(deps=app_deps_, services=False, govern=[bank.GOVERNANCE])],
+        plugins=[
+            PydanticAIPlugin(),
+            LockgatePlugin(deps=app_deps_, services=False, govern=[bank.GOVERNANCE], start_as=lambda: person("erin")),
+        ],
     )
     queue = f"bank-replay-{uuid.uuid4().hex[:8]}"
     async with Worker(
@@ -54,7 +57,13 @@ async def airline_app(settings: Settings, app_deps_: Any) -> AsyncIterator[tuple
         model_provider=TestModelProvider(airline.ScriptedModel()),
     )
     client = await app_client(
-        settings, plugins=[openai, LockgatePlugin(deps=app_deps_, services=False, govern=[airline.GOVERNANCE])]
+        settings,
+        plugins=[
+            openai,
+            LockgatePlugin(
+                deps=app_deps_, services=False, govern=[airline.GOVERNANCE], start_as=lambda: person("erin")
+            ),
+        ],
     )
     queue = f"airline-replay-{uuid.uuid4().hex[:8]}"
     async with Worker(

@@ -139,6 +139,9 @@ class Governance(BaseModel):
         replay_plugins: Makes the framework plugins a Replayer needs for those workflows (e.g.
             `lambda: [PydanticAIPlugin(), AgentPlugin(agent)]`, `lambda: [OpenAIAgentsPlugin()]`);
             called only by `lockgate replay`, so other commands never build them.
+        unsigned_starts: Govern runs whose start no person signed (default: refused). Their
+            initiator is unknown, so no approval can be shown to come from someone else: every
+            call that needs an approval is denied (separation of duties fails closed).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -154,6 +157,7 @@ class Governance(BaseModel):
     vault_policy: str = Field(default="")
     workflows: tuple[type, ...] = ()
     replay_plugins: Callable[[], Sequence[Any]] | None = None
+    unsigned_starts: bool = False
 
     def __init__(self, agents: str | Iterable[str], **data: Any) -> None:
         names = (agents,) if isinstance(agents, str) else tuple(agents)
