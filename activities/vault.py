@@ -20,8 +20,8 @@ import requests.adapters
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from lockgate import vaultio
-from lockgate.bootstrap import RUN_TOKEN_ROLE, RUNS_MOUNT, SEAL_KEY
 from lockgate.models import LeaseRef, RunIdentity
+from lockgate.names import RUN_TOKEN_ROLE, RUNS_MOUNT, SEAL_KEY
 
 __all__ = ["RETRYABLE", "SEAL_KEY", "LeaseForbidden", "RunMismatch", "VaultBroker", "VaultUnavailable"]
 
