@@ -24,8 +24,8 @@ import hvac.exceptions
 import requests
 
 from lockgate import vaultio
-from lockgate.bootstrap import PERSON_POLICY, person_policy
 from lockgate.errors import UserError
+from lockgate.names import PERSON_POLICY
 from lockgate.people import valid_person
 
 __all__ = ["Directory", "group_admin_policy"]
@@ -44,6 +44,7 @@ def group_admin_policy() -> str:
         'path "identity/entity/name" { capabilities = ["list"] }\n'
         'path "identity/entity/id/*" { capabilities = ["read"] }\n'
         f'path "sys/policies/acl/{PERSON_POLICY}" {{ capabilities = ["read", "update"] }}\n'
+        f'path "sys/policy/{PERSON_POLICY}" {{ capabilities = ["read", "update"] }}\n'
     )
 
 
@@ -158,9 +159,26 @@ class Directory:
 
     def _name_groups_in_person_policy(self) -> None:
         """Every person's token may read the name of the groups they are in (`lockgate whoami`):
-        the person policy names each group, so a new group goes into it."""
-        names = self._list("identity/group/name", "list groups")
+        the person policy names each group (a templated path that resolves only for members), so a
+        new group gets its line there."""
+        current = self._call(
+            f"read the policy {PERSON_POLICY}", lambda: self._client.sys.read_policy(name=PERSON_POLICY)
+        )
+        text = str(vaultio.body(current).get("data", {}).get("rules") or vaultio.body(current).get("rules") or "")
+        missing = [
+            _member_reads_group(g)
+            for g in self._list("identity/group/name", "list groups")
+            if _member_reads_group(g) not in text
+        ]
+        if not missing:
+            return
+        policy = text.rstrip("\n") + "\n" + "\n".join(missing) + "\n"
         self._call(
             f"update the policy {PERSON_POLICY}",
-            lambda: self._client.sys.create_or_update_policy(name=PERSON_POLICY, policy=person_policy(names)),
+            lambda: self._client.sys.create_or_update_policy(name=PERSON_POLICY, policy=policy),
         )
+
+
+def _member_reads_group(group: str) -> str:
+    """The person-policy line that lets a group's members (only them) read its name."""
+    return f'path "identity/group/id/{{{{identity.groups.names.{group}.id}}}}" {{ capabilities = ["read"] }}'

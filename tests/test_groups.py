@@ -58,3 +58,20 @@ async def test_a_person_cannot_put_herself_in_an_approver_group(env: dict[str, s
     # Not logged in, no token: refused before Vault is asked.
     nobody = await _cli({**env, "LOCKGATE_OPERATOR_TOKEN": "", "LOCKGATE_STATE_DIR": "/nonexistent"}, "groups")
     assert nobody.returncode == 2 and "not logged in" in nobody.stderr
+
+
+async def test_a_token_with_the_group_admin_policy_is_enough(env: dict[str, str]) -> None:
+    """What `lockgate.teams.group_admin_policy()` says such a token needs is all it needs."""
+    import hvac
+
+    from lockgate.teams import group_admin_policy
+
+    root = hvac.Client(url=env["VAULT_ADDR"], token=env["VAULT_TOKEN"])
+    root.sys.create_or_update_policy(name="lockgate-group-admin", policy=group_admin_policy())
+    admin = root.auth.token.create(policies=["lockgate-group-admin"], ttl="10m", no_parent=True)["auth"]["client_token"]
+    group = f"platform-{uuid.uuid4().hex[:6]}"
+    assert (await _cli(env, "groups", "create", group, token=admin)).returncode == 0
+    added = await _cli(env, "groups", "add", group, "frank", "--json", token=admin)
+    assert added.returncode == 0 and json.loads(added.stdout)["members"] == ["frank"], added.stderr
+    whoami = await _cli(as_person(env, "frank"), "whoami", "--json")
+    assert group in json.loads(whoami.stdout)["groups"], whoami.stdout
