@@ -59,6 +59,7 @@ FLOORS: dict[str, int] = {
     "lockgate.policycli": SHELL,
     "lockgate.inbox": SHELL,
     "lockgate.codec_server": SHELL,
+    "lockgate.health": SHELL,  # the containers' health checks (`python -m lockgate.health`)
     # Apart: the dev stack, its Vault bootstrap, the demo, test helpers and deployment rendering.
     "lockgate.devstack": APART,
     "lockgate.bootstrap": APART,
