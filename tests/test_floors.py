@@ -55,6 +55,8 @@ FLOORS: dict[str, int] = {
     "lockgate.verify": OPERATOR,
     "lockgate.replay": OPERATOR,
     "lockgate.policytest": OPERATOR,
+    "lockgate.auditkeys": OPERATOR,
+    "lockgate.teams": OPERATOR,
     # The shells.
     "lockgate.cli": SHELL,
     "lockgate.policycli": SHELL,

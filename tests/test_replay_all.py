@@ -12,7 +12,7 @@ from typing import Any
 from temporalio.client import Client
 
 from lockgate.ops import send_verdict
-from tests.support.stack import cli, finish, pending_request, person, start
+from tests.support.stack import AGENT_MODULES, cli, finish, pending_request, person, start
 
 
 async def _runs(client: Client, queue: str) -> dict[str, int]:
@@ -49,7 +49,8 @@ async def test_replay_all_histories_of_the_session(
     client: Client, env: dict[str, str], worker_running: str, deps: object
 ) -> None:
     mine = await _runs(client, worker_running)
-    result = await cli(env, "replay", "--all", "--json", timeout=600)
+    # The drop-in apps' modules too: their runs replay with the apps' own workflows (issue 33.1).
+    result = await cli({**env, "LOCKGATE_AGENT_MODULES": AGENT_MODULES}, "replay", "--all", "--json", timeout=600)
     # Temporal's core logs a workflow task it fails to stdout: the spoofed `lockgate.agent`
     # histories of test_foreign_callers.py (hostile code under lockgate's type name) replay with
     # such warnings before the JSON.
@@ -60,6 +61,13 @@ async def test_replay_all_histories_of_the_session(
     # lockgate's to replay.
     bad = [r for r in reports if not r["ok"] and not r["run_id"].startswith(("forged-", "foreign-"))]
     assert bad == [], json.dumps(bad, indent=1)[:4000]
+    # Every governed run is covered: a skip is only a workflow type no loaded module declares
+    # (the tests' own throwaway apps), and says so.
+    skipped = [r for r in reports if r["skipped"]]
+    assert all("no Governance loaded here declares it" in r["skipped"] for r in skipped), skipped
+    replayed_types = {r["workflow_type"] for r in reports if not r["skipped"]}
+    assert not {"BankSupportWorkflow", "CustomerServiceWorkflow"} & {r["workflow_type"] for r in skipped}
+    assert "lockgate.agent" in replayed_types
     by_id: dict[str, Any] = {r["run_id"]: r for r in reports}
     for run_id, decisions in mine.items():
         assert run_id in by_id, f"{run_id} was not replayed"
