@@ -145,6 +145,7 @@ def test_the_public_surface_is_pinned() -> None:
             "Agent",
             "AgentRegistry",
             "DatabaseSecret",
+            "ForwardCall",
             "LLMPlanner",
             "LockgateError",
             "LockgatePlugin",
