@@ -35,7 +35,6 @@ from lockgate.models import (
     ToolCall,
     ToolInvocation,
 )
-from lockgate.ops import send_verdict
 from lockgate.worker import build_governance
 from tests import agents
 from tests.support.hostile import raw_start, refund, refused_at_once
@@ -180,8 +179,9 @@ async def test_a_sub_agent_identity_never_outlives_its_parent_whatever_ttl_is_as
 ) -> None:
     """The workflow asks `run.open` for a sub-agent TTL that ends with its parent's deadline; the
     activity caps it at what the parent's identity has left, whatever is asked. A hostile caller
-    (under the finished sub-agent's id and execution) asks for 30 days with a link exactly as the
-    parent's gate allowed it: the identity it gets ends with its parent's."""
+    (under the sub-agent's id and execution, while the sub-agent waits for an approval) asks for 30
+    days with a link exactly as the parent's gate allowed it: the identity it gets ends with its
+    parent's. Once the sub-agent has closed, its identity never opens again."""
     parent = await start(
         client,
         worker_running,
@@ -192,27 +192,26 @@ async def test_a_sub_agent_identity_never_outlives_its_parent_whatever_ttl_is_as
                     "tool": "agent.delegate",
                     "args": {
                         "agent": "script-agent",
-                        "tools": ["qa.mark"],
-                        "budget": 1000,
-                        "input": {"steps": [{"tool": "qa.mark", "args": {"label": "child"}}]},
+                        "tools": ["refunds.issue"],
+                        "budget": 25000,
+                        "input": {
+                            "steps": [{"tool": "refunds.issue", "args": {"order_id": "A-1002", "amount_cents": 20000}}]
+                        },
                     },
                 },
-                {"tool": "refunds.issue", "args": {"order_id": "A-1002", "amount_cents": 20000}},
             ]
         },
         initiator="erin",
     )
-    req = await pending_request(parent)  # step 2 waits for finance: the sub-agent (step 1) is done
-    # Approved while frozen: the parent is held at its gate, its identity open, for as long as needed.
-    deps.freezes.set("script-agent", True, by="carol", reason="hold the parent")
     child = f"{parent.id}.1"
+    child_handle = client.get_workflow_handle(child)
+    for _ in range(300):  # the parent starts its sub-agent at its first step
+        if ledger_events(deps, child, "run.opened"):
+            break
+        await asyncio.sleep(0.1)
+    await pending_request(child_handle)  # the sub-agent waits for finance, its identity open
     accessor = ""
     try:
-        assert (await send_verdict(client, parent.id, req.request_id, session=person("alice"), approve=True)).accepted
-        for _ in range(200):
-            if (await status_of(parent)).state == "frozen":
-                break
-            await asyncio.sleep(0.1)
         record = deps.vault.read_run(parent.id)
         assert record is not None
         parent_expires = datetime.fromisoformat(record["expires_at"])
@@ -221,8 +220,8 @@ async def test_a_sub_agent_identity_never_outlives_its_parent_whatever_ttl_is_as
             run_id=parent.id,
             agent="script-agent",
             vault_policy=record["policies"],
-            boundary=("qa.mark",),
-            budget=1000,
+            boundary=("refunds.issue",),
+            budget=25000,
             deadline_at=parent_expires,
         )
         ask = RunOpen(
@@ -251,11 +250,15 @@ async def test_a_sub_agent_identity_never_outlives_its_parent_whatever_ttl_is_as
     finally:
         if accessor:
             deps.vault.close_run(child, accessor)
-        signed = sign(person("carol"), "unfreeze", {"scope": "script-agent", "reason": "parent released"})
-        deps.freezes.set("script-agent", False, by="carol", reason="released", evidence=signed.model_dump_json())
-        await asyncio.sleep(FreezeStore.CACHE_SECONDS + 0.1)
         await parent.cancel()
     await finish(parent)
+    # The sub-agent is closed now (halted with its parent): asked again, its identity stays shut.
+    for _ in range(100):
+        if ledger_events(deps, child, "run.closed"):
+            break
+        await asyncio.sleep(0.1)
+    with pytest.raises(ApplicationError, match="this run is closed"):
+        await asyncio.to_thread(env.run, build_governance(deps).open_run, ask)
     outside.assert_nothing_leaked()
 
 
