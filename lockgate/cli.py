@@ -42,9 +42,15 @@ async def _client(settings: Settings) -> Any:
 
 
 def _ledger(settings: Settings) -> Any:
-    from lockgate.activities.ledger import Ledger
+    from lockgate.verify import open_ledger
 
-    return Ledger(settings.ledger_url)
+    return open_ledger(settings)
+
+
+def _ledger_readonly(settings: Settings) -> Any:
+    from lockgate.verify import open_ledger
+
+    return open_ledger(settings, create=False)
 
 
 def _session(settings: Settings) -> Any:
@@ -266,11 +272,17 @@ def _signed_ledger(settings: Settings) -> Any:
 
     if settings.vault_role_id and settings.vault_secret_id:
         from lockgate.activities.anchor import TransitAnchor
+        from lockgate.activities.ledger.rowkey import VaultRowKeys
         from lockgate.activities.vault import VaultBroker
 
         broker = VaultBroker(settings.vault_addr, settings.vault_role_id, settings.vault_secret_id, timeout=3)
-        return Ledger(settings.ledger_url, signer=TransitAnchor(lambda: broker.client), checkpoint_interval=None)
-    return Ledger(settings.ledger_url)
+        return Ledger(
+            settings.ledger_url,
+            signer=TransitAnchor(lambda: broker.client),
+            checkpoint_interval=None,
+            row_key=VaultRowKeys(lambda: broker.client),
+        )
+    return _ledger(settings)
 
 
 async def _await_proof(ledger: Any, run_id: str, timeout: float = 30) -> None:
@@ -290,14 +302,14 @@ async def _await_proof(ledger: Any, run_id: str, timeout: float = 30) -> None:
 async def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     from lockgate.activities.archive import HistoryArchive, run_histories
     from lockgate.activities.codec import PayloadKeyError
-    from lockgate.activities.ledger import Ledger, LedgerMissing
+    from lockgate.activities.ledger import LedgerMissing
     from lockgate.audit import history_entries, render_markdown, render_text, timeline
     from lockgate.config import archive_dir
     from lockgate.ops import run_status
     from lockgate.verify import local_anchors, pin_keys, vault_anchors
 
     try:
-        ledger = _signed_ledger(settings) if args.export else Ledger(settings.ledger_url, create=False)
+        ledger = _signed_ledger(settings) if args.export else _ledger_readonly(settings)
     except LedgerMissing:
         raise UserError(f"unknown run {args.run_id!r} (no ledger at {settings.ledger_url})") from None
     archive = HistoryArchive(archive_dir(settings), ledger)

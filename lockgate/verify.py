@@ -10,6 +10,7 @@ file the auditor passes. Signatures themselves are always checked offline.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ __all__ = [
     "anchor_file",
     "load_keys_file",
     "local_anchors",
+    "open_ledger",
     "pin_keys",
     "pinned_keys",
     "vault_anchors",
@@ -75,6 +77,28 @@ def _vault_client(settings: Settings) -> Any:
     else:
         return None
     return client
+
+
+def open_ledger(settings: Settings, *, create: bool = True, online: bool = True, **kwargs: Any) -> Ledger:
+    """The configured ledger, with its row key when this shell may derive it from Vault (the
+    worker's AppRole, or a token whose policy allows it): its rows then carry lockgate's MAC, and
+    its reads and `verify` check every row's. Else the ledger alone (hashes and signed heads only)."""
+    from lockgate.activities.ledger.rowkey import VaultRowKeys
+
+    client = None
+    if online:
+        try:
+            client = _vault_client(settings)
+        except Exception:  # noqa: BLE001 - Vault unreachable: the ledger without its row key
+            client = None
+    if client is not None:
+        try:
+            return Ledger(settings.ledger_url, create=create, row_key=VaultRowKeys(lambda: client), **kwargs)
+        except LedgerMissing:
+            raise
+        except Exception as err:  # noqa: BLE001 - no right to the row key: the ledger alone
+            logging.getLogger("lockgate.verify").info("ledger row key not available: %s", err)
+    return Ledger(settings.ledger_url, create=create, **kwargs)
 
 
 def vault_anchors(settings: Settings, ledger_name: str) -> Anchors | None:
@@ -149,7 +173,7 @@ def verify_ledger(
     settings: Settings, *, strict: bool = False, keys: dict[int, str] | None = None, online: bool = True
 ) -> tuple[VerifyReport, Anchors]:
     """Verifies the configured ledger without ever creating it (LedgerMissing if absent or empty)."""
-    ledger = Ledger(settings.ledger_url, create=False)
+    ledger = open_ledger(settings, create=False, online=online)
     try:
         anchors = Anchors(keys=keys, source="keys file") if keys else None
         if anchors is None and online:

@@ -33,6 +33,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from lockgate.activities.ledger.rowkey import RowKey, RowKeySource
 from lockgate.errors import UserError
 from lockgate.evidence import (
     AFTER_CLOSE,
@@ -54,9 +55,12 @@ from lockgate.models import canonical_json
 
 __all__ = [
     "GENESIS",
+    "LEDGER_RUN_ID",
+    "UNAUTHENTIC_KIND",
     "Ledger",
     "LedgerEntry",
     "LedgerMissing",
+    "LedgerRead",
     "PolicyBundleRecord",
     "Signer",
     "VerifyReport",
@@ -83,6 +87,9 @@ class LedgerEntry(SQLModel, table=True):
     prev_hash: str
     hash: str
     recorded_at: str = ""  # the writer's clock: not hashed, only tells pending from overdue
+    # The writer's MAC of the row (lockgate.activities.ledger.rowkey): not hashed; a row without a
+    # valid one was not written by a lockgate worker.
+    mac: str = Field(default="", sa_column_kwargs={"server_default": ""})
 
 
 class ChainHeadRow(SQLModel, table=True):
@@ -163,6 +170,24 @@ _TABLES = [
 ]
 
 
+# Where the ledger records what it found wrong with itself (rows it refused), once per finding.
+LEDGER_RUN_ID = "lockgate.ledger"
+UNAUTHENTIC_KIND = "ledger.unauthenticated"
+
+
+@dataclass
+class LedgerRead:
+    """Entries a reader may act on, and what was refused (one line each)."""
+
+    entries: list[LedgerEntry] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    forged: list[LedgerEntry] = field(default_factory=list)
+    gaps: set[str] = field(default_factory=set)
+
+    def refuse(self, e: LedgerEntry, why: str) -> None:
+        self.problems.append(f"chain {e.chain} #{e.chain_seq} ({e.kind}, {e.event_key}): {why}")
+
+
 class Signer(Protocol):
     """Signs checkpoints with a key that cannot be exported (Vault Transit), and keeps a witness
     of the newest checkpoint outside the ledger's database."""
@@ -227,6 +252,7 @@ class VerifyReport:
     proven_through: dict[str, Any] | None = None
     keys: dict[int, str] = field(default_factory=dict)
     witness: str = "not consulted"
+    rows: str = ""
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -248,6 +274,7 @@ class VerifyReport:
             "proven_through": self.proven_through,
             "keys": {str(v): fingerprint(k) for v, k in sorted(self.keys.items())},
             "witness": self.witness,
+            "rows": self.rows,
             "problems": self.problems,
         }
 
@@ -262,6 +289,7 @@ class Ledger:
         signer: Signer | None = None,
         checkpoint_interval: float | None = CHECKPOINT_INTERVAL,
         create: bool = True,
+        row_key: RowKeySource | None = None,
     ) -> None:
         self.url = url
         self.name = ledger_name(url)
@@ -315,6 +343,7 @@ class Ledger:
                 with self.engine.begin() as conn:
                     conn.execute(text("SELECT pg_advisory_xact_lock(727275)"))
                     SQLModel.metadata.create_all(conn, tables=_TABLES)
+            self._add_mac_column()
             self.ledger_id: str = self._ensure_id()
         else:
             if not inspect(self.engine).has_table("ledger") or not inspect(self.engine).has_table("ledger_meta"):
@@ -322,6 +351,19 @@ class Ledger:
             # A ledger without an id was never written by lockgate (or its id was removed): a
             # checkpoint signed for any id then fails to match, as it should.
             self.ledger_id = self._meta("ledger_id") or ""
+        # Rows this process appends carry its MAC; reads and checkpoints accept only rows whose MAC
+        # verifies. Without a row key (a shell with no access to it) MACs cannot be checked.
+        try:
+            self.row_key: RowKey | None = row_key(self.ledger_id) if row_key is not None else None
+        except BaseException:
+            self.engine.dispose()
+            self.reader.dispose()
+            if not self._sqlite:
+                self._raw.close()
+            raise
+        self._reported: set[str] = set()
+        self._heads_seen: dict[str, tuple[int, str]] = {}  # chain -> (size, head) this process last wrote
+        self._heads_lock = threading.Lock()
         self._signer = signer
         self._checkpoint_lock = threading.Lock()
         self._stop = threading.Event()
@@ -344,6 +386,11 @@ class Ledger:
                 for index in insp.get_indexes("ledger"):
                     conn.execute(text(f"DROP INDEX IF EXISTS {index['name']}"))
             log.warning("ledger: the single-chain ledger was kept as table %s; a per-run-chain ledger begins", legacy)
+
+    def _add_mac_column(self) -> None:
+        if "mac" not in {c["name"] for c in inspect(self.engine).get_columns("ledger")}:
+            with self.engine.begin() as conn:
+                conn.execute(text("ALTER TABLE ledger ADD COLUMN mac VARCHAR NOT NULL DEFAULT ''"))
 
     def _meta(self, name: str) -> str | None:
         with Session(self.reader) as session:
@@ -417,6 +464,7 @@ class Ledger:
             n = size + 1
             digest = entry_hash(prev, chain, n, event_key, run_id, kind, stamp, body)
             row = {
+                "mac": self.row_key.mac(digest) if self.row_key is not None else "",
                 "event_key": event_key,
                 "run_id": run_id,
                 "chain": chain,
@@ -431,14 +479,29 @@ class Ledger:
             }
             conn.execute(_INSERT, row)
             conn.execute(_ADVANCE, row)
+        self._saw_head(chain, n, digest)
         return True
+
+    def _saw_head(self, chain: str, size: int, head: str) -> None:
+        with self._heads_lock:
+            if len(self._heads_seen) >= 4096:
+                self._heads_seen.clear()  # a bound, not a cache policy: a miss costs one locked append
+            self._heads_seen[chain] = (size, head)
 
     def _append_one_statement(
         self, event_key: str, run_id: str, kind: str, stamp: str, body: str, now: str
     ) -> bool | None:
-        """PostgreSQL's hot path: the whole append (lock the run's head row, hash, insert, advance)
-        in one statement, one round trip, its own transaction. None: the chain is new or closed
-        (the general path handles those)."""
+        """PostgreSQL's hot path: the whole append (lock the run's head row, check it is still the
+        head this process last wrote, insert, advance) in one statement, one round trip, its own
+        transaction. The hash and its MAC are computed here, never by the database. None: the chain
+        is new, closed, or moved on by another writer (the general path handles those)."""
+        with self._heads_lock:
+            seen = self._heads_seen.get(run_id)
+        if seen is None:
+            return None
+        size, prev = seen
+        n = size + 1
+        digest = entry_hash(prev, run_id, n, event_key, run_id, kind, stamp, body)
         params = {
             "event_key": event_key,
             "run_id": run_id,
@@ -448,6 +511,11 @@ class Ledger:
             "data": body,
             "rec": now,
             "closing": kind == CLOSING_KIND,
+            "size": size,
+            "n": n,
+            "prev": prev,
+            "hash": digest,
+            "mac": self.row_key.mac(digest) if self.row_key is not None else "",
         }
         import psycopg
 
@@ -459,7 +527,10 @@ class Ledger:
                 if conn.execute(text("SELECT 1 FROM ledger WHERE event_key = :k"), {"k": event_key}).first():
                     return False  # recorded before (a retried activity), or by a concurrent writer
             raise
-        return None if row is None else True
+        if row is None:
+            return None
+        self._saw_head(run_id, n, digest)
+        return True
 
     def try_append(self, *args: Any, **kwargs: Any) -> bool:
         import psycopg
@@ -488,12 +559,94 @@ class Ledger:
             return json.loads(row.content) if row else None
 
     # -- reads ---------------------------------------------------------------------------------
-    def entries(self, run_id: str | None = None) -> list[LedgerEntry]:
+    def row_problem(self, e: LedgerEntry | EntryRecord, mac: str | None = None) -> str | None:
+        """Why a row is not authentic (None: it is): its hash does not match its content (edited), or
+        it carries no valid MAC of a lockgate worker (written in the database directly). Without a
+        row key only the hash can be checked."""
+        digest = entry_hash(e.prev_hash, e.chain, e.chain_seq, e.event_key, e.run_id, e.kind, e.at, e.data)
+        if digest != e.hash:
+            return "its content does not match its hash (edited in the database)"
+        tag = mac if mac is not None else getattr(e, "mac", "")
+        if self.row_key is not None and not self.row_key.check(e.hash, tag):
+            return "not written by a lockgate worker (no valid row MAC)"
+        return None
+
+    def read(self, run_id: str | None = None, *, chains: list[str] | None = None) -> LedgerRead:
+        """The authenticated entries of a run (both of its chains), of `chains`, or of the whole
+        ledger, in insertion order; what was refused is in `problems` (and logged, and recorded
+        once by a process holding the row key)."""
+        with Session(self.reader) as session:
+            query = select(LedgerEntry)
+            if run_id is not None:
+                chains = [*(chains or []), run_id, run_id + AFTER_CLOSE]
+            if chains is not None:
+                query = query.where(LedgerEntry.chain.in_(chains))  # type: ignore[attr-defined]
+            rows = list(session.exec(query).all())
+        rows.sort(key=lambda e: (e.chain, e.chain_seq))
+        out = LedgerRead()
+        last: tuple[str, int, str] = ("", 0, GENESIS)
+        for e in rows:
+            n_prev, h_prev = (last[1], last[2]) if last[0] == e.chain else (0, GENESIS)
+            if e.chain_seq != n_prev + 1 or e.prev_hash != h_prev:
+                out.gaps.add(e.chain)
+                out.refuse(e, f"entry #{n_prev + 1} before it is missing or was replaced (deleted in the database)")
+            last = (e.chain, e.chain_seq, e.hash)
+            problem = self.row_problem(e)
+            if problem is not None:
+                out.refuse(e, problem)
+                out.forged.append(e)
+                continue
+            out.entries.append(e)
+        out.entries.sort(key=lambda e: e.seq or 0)
+        if out.problems:
+            self._report_unauthentic(out)
+        return out
+
+    def _report_unauthentic(self, found: LedgerRead) -> None:
+        for line in found.problems:
+            if line in self._reported:
+                continue
+            self._reported.add(line)
+            log.warning("ledger: ignored %s", line)
+            if self.row_key is not None:
+                digest = hashlib.sha256(line.encode()).hexdigest()[:32]
+                with contextlib.suppress(Exception):
+                    self.try_append(
+                        f"{UNAUTHENTIC_KIND}:{digest}", LEDGER_RUN_ID, UNAUTHENTIC_KIND, {"problem": line[:1000]}
+                    )
+
+    def entries(self, run_id: str | None = None, *, authenticated: bool = True) -> list[LedgerEntry]:
+        """A run's entries (or every entry), in insertion order: only authenticated ones unless
+        `authenticated=False` (display and export, which show and prove everything)."""
+        if authenticated:
+            return self.read(run_id).entries
         with Session(self.reader) as session:
             query = select(LedgerEntry).order_by(LedgerEntry.seq)  # type: ignore[arg-type]
             if run_id is not None:
                 query = query.where(LedgerEntry.chain.in_([run_id, run_id + AFTER_CLOSE]))  # type: ignore[attr-defined]
             return list(session.exec(query).all())
+
+    def entries_of_chains(self, prefix: str) -> list[LedgerEntry]:
+        """Every row (authentic or not: check `row_problem`) of the chains named `prefix...`."""
+        with Session(self.reader) as session:
+            query = select(LedgerEntry).where(LedgerEntry.chain.startswith(prefix))  # type: ignore[attr-defined]
+            return list(session.exec(query.order_by(LedgerEntry.chain, LedgerEntry.chain_seq)).all())  # type: ignore[arg-type]
+
+    def chain_marks(self, prefix: str) -> dict[str, dict[int, str]]:
+        """What the chains named `prefix...` must still hold: for each, position -> hash of its head
+        row and of every head a checkpoint signed. A row missing at or below one of them, or with
+        another hash there, was deleted or rewritten in the database."""
+        marks: dict[str, dict[int, str]] = {}
+        with self.reader.connect() as conn:
+            for c, n, h in conn.execute(
+                text("SELECT chain, size, head FROM ledger_checkpoint_heads WHERE chain LIKE :p"), {"p": _like(prefix)}
+            ):
+                marks.setdefault(str(c), {})[int(n)] = str(h)
+            for c, n, h in conn.execute(
+                text("SELECT chain, size, head FROM ledger_heads WHERE chain LIKE :p"), {"p": _like(prefix)}
+            ):
+                marks.setdefault(str(c), {}).setdefault(int(n), str(h))
+        return marks
 
     def run_ids_with(self, kind: str) -> list[str]:
         """Runs that have at least one entry of `kind` (e.g. outstanding compensations)."""
@@ -548,11 +701,27 @@ class Ledger:
             if not dirty:
                 return None
             last = conn.execute(text("SELECT seq, hash FROM ledger_checkpoints ORDER BY seq DESC LIMIT 1")).first()
+            # Only what lockgate wrote is signed: a chain with a row no worker wrote (or a gap, or a
+            # head row that does not match its entries) waits, and is reported.
+            refused = LedgerRead()
+            for c, n, h, _closed in dirty:
+                why = self._unsealable(conn, str(c), int(n), str(h))
+                if why is not None:
+                    refused.gaps.add(str(c))
+                    refused.problems.append(f"chain {c}: not signed: {why}")
             conn.rollback()
+        if refused.problems:
+            self._report_unauthentic(refused)
         heads = sorted(
-            (Head(str(c), int(n), str(h), bool(closed)) for c, n, h, closed in dirty if int(n) > 0),
+            (
+                Head(str(c), int(n), str(h), bool(closed))
+                for c, n, h, closed in dirty
+                if int(n) > 0 and str(c) not in refused.gaps
+            ),
             key=lambda h: h.chain,
         )
+        if not heads:
+            return None
         seq = int(last[0]) + 1 if last else 1
         prev = str(last[1]) if last else GENESIS
         at = datetime.now(UTC).isoformat()
@@ -602,6 +771,33 @@ class Ledger:
         except Exception as err:  # noqa: BLE001 - the checkpoint stands; the next one witnesses again
             log.warning("ledger: checkpoint #%d signed but not witnessed: %s", seq, err)
         return seq
+
+    def _unsealable(self, conn: Connection, chain: str, size: int, head: str) -> str | None:
+        """Why the chain's head may not be signed (None: every entry since its last signed head is
+        contiguous, authentic and ends at this head)."""
+        signed = conn.execute(
+            text("SELECT size, head FROM ledger_checkpoint_heads WHERE chain = :c ORDER BY checkpoint DESC LIMIT 1"),
+            {"c": chain},
+        ).first()
+        n, prev = (int(signed[0]), str(signed[1])) if signed else (0, GENESIS)
+        rows = conn.execute(
+            text(
+                "SELECT seq, chain, chain_seq, event_key, run_id, kind, at, data, prev_hash, hash, recorded_at, mac "
+                "FROM ledger WHERE chain = :c AND chain_seq > :n ORDER BY chain_seq"
+            ),
+            {"c": chain, "n": n},
+        )
+        for r in rows:
+            e = EntryRecord(*r[:11])
+            if e.chain_seq != n + 1 or e.prev_hash != prev:
+                return f"entry #{n + 1} is missing or was replaced (deleted in the database)"
+            why = self.row_problem(e, str(r[11] or ""))
+            if why is not None:
+                return f"#{e.chain_seq} ({e.kind}, {e.event_key}): {why}"
+            n, prev = e.chain_seq, e.hash
+        if n != size or prev != head:
+            return f"its head row ({size}, {head[:12]}) does not match its entries ({n}, {prev[:12]})"
+        return None
 
     def _checkpoint_loop(self, interval: float) -> None:
         while True:
@@ -799,7 +995,7 @@ class Ledger:
         with self.reader.connect() as econn, self.reader.connect() as hconn:
             entries = econn.execution_options(stream_results=True, yield_per=batch).execute(
                 text(
-                    "SELECT seq, chain, chain_seq, event_key, run_id, kind, at, data, prev_hash, hash, recorded_at "
+                    "SELECT seq, chain, chain_seq, event_key, run_id, kind, at, data, prev_hash, hash, recorded_at, mac "
                     f"FROM ledger ORDER BY chain{order}, chain_seq"
                 )
             )
@@ -811,13 +1007,28 @@ class Ledger:
                 ),
                 {"last": last_cp.seq if last_cp else 0},
             )
-            _merge(checker, (EntryRecord(*r) for r in entries), _heads_by_chain(signed))
+            _merge(checker, self._macs_checked(entries, summary), _heads_by_chain(signed))
+        report.rows = (
+            "every row's MAC checked against the row key"
+            if self.row_key is not None
+            else "row MACs not checked (no access to the row key: only the hash chain and the signed heads)"
+        )
         report.entries, report.chains = summary.entries, summary.chains
         report.proven, report.pending, report.unproven = summary.proven, summary.pending, summary.unproven
         report.problems += summary.problems
         if summary.dropped:
             report.problems.append(f"... and {summary.dropped} more problems")
         return report
+
+    def _macs_checked(self, rows: Any, summary: ChainSummary) -> Iterator[EntryRecord]:
+        for r in rows:
+            e = EntryRecord(*r[:11])
+            if self.row_key is not None and not self.row_key.check(e.hash, str(r[11] or "")):
+                summary.problem(
+                    f"seq {e.seq} (chain {e.chain} #{e.chain_seq}, {e.kind}, {e.event_key}): "
+                    "not written by a lockgate worker (no valid row MAC)"
+                )
+            yield e
 
     def dispose(self) -> None:
         pending = self._wake.is_set()
@@ -870,6 +1081,12 @@ class _RawPool:
                 return
 
 
+def _like(prefix: str) -> str:
+    if any(c in prefix for c in "%_\\"):
+        raise ValueError(f"not a plain chain prefix: {prefix!r}")
+    return prefix + "%"
+
+
 def _heads_by_chain(rows: Any) -> Iterator[tuple[str, list[tuple[int, Head]]]]:
     chain: str | None = None
     group: list[tuple[int, Head]] = []
@@ -908,27 +1125,17 @@ def _merge(checker: ChainChecker, entries: Iterator[EntryRecord], heads: Iterato
             signed = next(heads, None)
 
 
-# The entry hash computed by PostgreSQL exactly as `lockgate.evidence.entry_hash` computes it:
-# sha256(prev_hash || canonical JSON of the entry), keys sorted, to_json escaping strings as Python's
-# json.dumps(ensure_ascii=False) does (tests/test_ledger_evidence.py checks awkward text both ways).
+# The append in one statement: lock the run's head row, only if it is still the head this process
+# last wrote (else nothing happens and the locked path takes over), insert the row (hash and MAC
+# computed by the writer) and advance the head.
 _PG_APPEND = """
 WITH h AS (
-    SELECT chain, size + 1 AS n, head AS prev FROM ledger_heads
-    WHERE chain = %(chain)s AND NOT closed FOR UPDATE
-), b AS (
-    SELECT h.chain, h.n, h.prev, encode(sha256(convert_to(h.prev
-        || '{"at":' || CAST(to_json(CAST(%(at)s AS text)) AS text)
-        || ',"chain":' || CAST(to_json(h.chain) AS text)
-        || ',"data":' || CAST(to_json(CAST(%(data)s AS text)) AS text)
-        || ',"event_key":' || CAST(to_json(CAST(%(event_key)s AS text)) AS text)
-        || ',"kind":' || CAST(to_json(CAST(%(kind)s AS text)) AS text)
-        || ',"n":' || CAST(h.n AS text)
-        || ',"run_id":' || CAST(to_json(CAST(%(run_id)s AS text)) AS text)
-        || '}', 'UTF8')), 'hex') AS hash
-    FROM h
+    SELECT chain FROM ledger_heads
+    WHERE chain = %(chain)s AND NOT closed AND size = %(size)s AND head = %(prev)s FOR UPDATE
 ), e AS (
-    INSERT INTO ledger (event_key, run_id, chain, chain_seq, kind, at, data, prev_hash, hash, recorded_at)
-    SELECT %(event_key)s, %(run_id)s, b.chain, b.n, %(kind)s, %(at)s, %(data)s, b.prev, b.hash, %(rec)s FROM b
+    INSERT INTO ledger (event_key, run_id, chain, chain_seq, kind, at, data, prev_hash, hash, recorded_at, mac)
+    SELECT %(event_key)s, %(run_id)s, h.chain, %(n)s, %(kind)s, %(at)s, %(data)s, %(prev)s, %(hash)s, %(rec)s,
+        %(mac)s FROM h
     RETURNING chain, chain_seq, hash
 )
 UPDATE ledger_heads SET size = e.chain_seq, head = e.hash, dirty = true,
@@ -938,8 +1145,8 @@ RETURNING e.chain_seq
 """
 
 _INSERT = text(
-    "INSERT INTO ledger (event_key, run_id, chain, chain_seq, kind, at, data, prev_hash, hash, recorded_at) "
-    "VALUES (:event_key, :run_id, :chain, :n, :kind, :at, :data, :prev, :hash, :rec)"
+    "INSERT INTO ledger (event_key, run_id, chain, chain_seq, kind, at, data, prev_hash, hash, recorded_at, mac) "
+    "VALUES (:event_key, :run_id, :chain, :n, :kind, :at, :data, :prev, :hash, :rec, :mac)"
 )
 _ADVANCE = text(
     "UPDATE ledger_heads SET size = :n, head = :hash, dirty = true, closed = (closed OR :closing) WHERE chain = :chain"
