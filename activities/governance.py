@@ -363,4 +363,5 @@ class GovernanceActivities:
 
     @activity.defn(name="audit.record")
     def record(self, event: AuditEvent) -> bool:
+        self._ledger.check_workflow_event(event, activity.info())
         return self._ledger.try_append(event.event_key, event.run_id, event.kind, event.data, at=event.at)

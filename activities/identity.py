@@ -223,17 +223,21 @@ class PeopleDirectory:
 
     # -- public keys ---------------------------------------------------------------------------
     @_vault_call
-    def _published(self, person: str) -> dict[int, str]:
+    def _published(self, person: str) -> tuple[int, dict[int, str]]:
+        """(the key's newest version, the versions Vault still publishes): (0, {}) if no key."""
         data = (vaultio.read(self._client, f"{TRANSIT_MOUNT}/keys/{key_name(person)}") or {}).get("data") or {}
         if data.get("type") != "ed25519":
-            return {}
-        return {int(v): str(k["public_key"]) for v, k in (data.get("keys") or {}).items() if k.get("public_key")}
+            return 0, {}
+        keys = {int(v): str(k["public_key"]) for v, k in (data.get("keys") or {}).items() if k.get("public_key")}
+        return int(data.get("latest_version") or max(keys, default=0)), keys
 
     def public_key(self, person: str, version: int) -> bytes:
         """The raw ed25519 public key of `person`'s signing key at `version`.
 
-        Cached per (person, version); each version Vault publishes is archived once. A version Vault
-        no longer publishes (trimmed after rotation) comes from the archive.
+        Cached per (person, version); each version Vault publishes is archived once. Vault is the
+        authority: a version it no longer publishes comes from the archive only if Vault's key has
+        rotated past it (a version Vault never made is no one's key, whatever the archive says), and
+        the archive serves only entries lockgate wrote (their row MAC verifies).
 
         Raises:
             Refused: No such key version anywhere.
@@ -244,9 +248,10 @@ class PeopleDirectory:
             return cached
         if not valid_person(person):
             raise Refused(f"{person!r} is not a person's name")
-        for v, b64 in self._published(person).items():
+        latest, published = self._published(person)
+        for v, b64 in published.items():
             self._remember(ApproverKey(person=person, version=v, public_key=b64), archive=True)
-        if (person, version) not in self._keys and self._archive is not None:
+        if (person, version) not in self._keys and self._archive is not None and 1 <= version < latest:
             archived = self._archive.get(person, version)
             if archived is not None:
                 self._remember(archived, archive=False)

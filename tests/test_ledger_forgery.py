@@ -9,29 +9,35 @@ moved on, so that only the row MAC (a key derived from Vault that only workers h
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy import text
 from temporalio.client import Client
+from temporalio.common import WorkflowIDReusePolicy
 
 from lockgate.activities.anchor import TransitAnchor
 from lockgate.activities.freeze import FreezeStore, unfreeze_verifier
-from lockgate.activities.identity import LedgerKeyArchive
+from lockgate.activities.identity import LedgerKeyArchive, PeopleDirectory, Refused
 from lockgate.activities.ledger import LEDGER_RUN_ID, UNAUTHENTIC_KIND, Ledger
 from lockgate.activities.ledger.rowkey import VaultRowKeys
 from lockgate.config import Settings
 from lockgate.evidence import AFTER_CLOSE, GENESIS, entry_hash
 from lockgate.identity import sign
 from lockgate.models import canonical_json
-from lockgate.people import ApproverKey
+from lockgate.people import ApproverKey, SignedStatement, Statement
 from tests.conftest import Outside, cli, finish, person, start, status_of
+
+_ALLOW_DUPLICATE = WorkflowIDReusePolicy.ALLOW_DUPLICATE
 
 
 @dataclass
@@ -346,3 +352,80 @@ async def test_deleting_the_freeze_rows_does_not_lift_the_kill_switch(
     await handle.signal("unfreeze")
     assert await finish(handle) is None
     assert len(outside.refunds(handle.id)) == 1
+
+
+async def test_an_archived_key_counts_only_for_a_version_vault_rotated_past(deps: Any, tmp_path: Any) -> None:
+    """Even an authenticated archive entry (written through lockgate) cannot add a key version Vault
+    never made: a statement "signed by carol" with the attacker's key is refused."""
+    ledger = Ledger(f"sqlite:///{tmp_path / 'keys.db'}", row_key=VaultRowKeys(lambda: deps.vault.client))
+    try:
+        people = PeopleDirectory(deps.vault, archive=LedgerKeyArchive(ledger))
+        genuine = sign(person("carol"), "approve", {"run_id": "r-keys"})
+        people.verify(genuine, act="approve", expect={"run_id": "r-keys"}, max_age=timedelta(minutes=5))
+        future = genuine.key_version + 3
+        attacker = Ed25519PrivateKey.generate()
+        raw = attacker.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        LedgerKeyArchive(ledger).put(
+            ApproverKey(person="carol", version=future, public_key=base64.b64encode(raw).decode())
+        )
+        statement = Statement(
+            act="approve", person="carol", at=datetime.now(UTC), nonce="n" * 16, fields={"run_id": "r-keys"}
+        )
+        forged = SignedStatement(
+            statement=statement,
+            key=genuine.key,
+            key_version=future,
+            signature=f"vault:v{future}:" + base64.b64encode(attacker.sign(statement.canonical_bytes())).decode(),
+        )
+        with pytest.raises(Refused, match=f"no public key version {future} for carol"):
+            people.verify(forged, act="approve", expect={"run_id": "r-keys"}, max_age=timedelta(minutes=5))
+    finally:
+        ledger.dispose()
+
+
+@pytest.mark.parametrize(
+    ("kind", "about_self", "data", "why"),
+    [
+        ("compensation.outstanding", True, {"step": 1, "tool": "refunds.issue"}, "may not record"),
+        ("approver.key", True, {"person": "carol", "version": 9, "public_key": "A" * 44}, "may not record"),
+        ("approval.accepted", False, {"request_id": "1.1", "accepted": True}, "its own run only"),
+        ("approval.requested", True, {"no_request_id": True}, "request_id"),
+    ],
+)
+async def test_a_workflow_records_only_facts_about_its_own_run(
+    client: Client, worker_running: str, deps: Any, kind: str, about_self: bool, data: dict[str, Any], why: str
+) -> None:
+    """A workflow scheduling `audit.record` with entries of protected kinds, about another run, or
+    in the wrong shape: refused for good, nothing appended, the attempt recorded on its own chain."""
+    from temporalio.worker import Worker
+
+    from lockgate.models import AuditEvent
+    from tests.rogue import RogueCallWorkflow
+
+    caller, victim = f"rogue-{uuid.uuid4().hex[:10]}", f"victim-{uuid.uuid4().hex[:10]}"
+    run_id = caller if about_self else victim
+    event = AuditEvent(event_key=f"{kind}:{run_id}:x", run_id=run_id, kind=kind, data=data, at=datetime.now(UTC))
+    queue = f"rogue-{uuid.uuid4().hex[:8]}"
+    spec = {"activity": "audit.record", "arg": event.model_dump(mode="json"), "queue": worker_running}
+    async with Worker(client, task_queue=queue, workflows=[RogueCallWorkflow]):
+        result = await client.execute_workflow(RogueCallWorkflow.run, spec, id=caller, task_queue=queue)
+    assert result["ok"] is False and why in result["message"], result
+    assert result["retry_state"] == "NON_RETRYABLE_FAILURE"
+    assert deps.ledger.entries(run_id) == [] or run_id == caller
+    assert [e.kind for e in deps.ledger.entries(caller)] == ["audit.refused"]
+    (refusal,) = [json.loads(e.data) for e in deps.ledger.entries(caller)]
+    assert refusal["kind"] == kind and refusal["run_id"] == run_id and why in refusal["reason"]
+    # The same workflow recording what it may (an approval request of its own run) is answered.
+    ok = AuditEvent(
+        event_key=f"approval.requested:{caller}:1.1",
+        run_id=caller,
+        kind="approval.requested",
+        data={"request_id": "1.1"},
+        at=datetime.now(UTC),
+    )
+    spec["arg"] = ok.model_dump(mode="json")
+    async with Worker(client, task_queue=queue, workflows=[RogueCallWorkflow]):
+        result = await client.execute_workflow(
+            RogueCallWorkflow.run, spec, id=caller, task_queue=queue, id_reuse_policy=_ALLOW_DUPLICATE
+        )
+    assert result == {"ok": True, "result": True}

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from psycopg import OperationalError as _PsycopgOperationalError
 from sqlalchemy import Index, UniqueConstraint, event, inspect, text
@@ -33,6 +33,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from lockgate.activities.ledger import events
 from lockgate.activities.ledger.rowkey import RowKey, RowKeySource
 from lockgate.errors import UserError
 from lockgate.evidence import (
@@ -68,6 +69,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("lockgate.ledger")
+
+E = TypeVar("E", bound=events.LedgerEvent)
 
 
 class LedgerEntry(SQLModel, table=True):
@@ -439,6 +442,7 @@ class Ledger:
     def append(self, event_key: str, run_id: str, kind: str, data: dict[str, Any], at: datetime | None = None) -> bool:
         """Appends one entry to its run's chain unless `event_key` is already there. Returns True if
         written. Only the run's own head row is locked: other runs append in parallel."""
+        events.validate(kind, data)  # a kind lockgate writes is written in its model's shape
         now = datetime.now(UTC).isoformat()
         stamp = at.isoformat() if at is not None else now
         body = canonical_json(data)
@@ -655,10 +659,49 @@ class Ledger:
             return sorted(session.exec(query).all())
 
     def events(self, run_id: str) -> list[dict[str, Any]]:
+        """A run's authenticated entries as dicts (seq, kind, at, event_key and the data)."""
         return [
             {"seq": e.seq, "kind": e.kind, "at": e.at, "event_key": e.event_key, **json.loads(e.data)}
             for e in self.entries(run_id)
         ]
+
+    def typed(self, run_id: str, model: type[E]) -> list[tuple[LedgerEntry, E]]:
+        """A run's authenticated entries of `model`'s kinds, each with its typed data (entries
+        whose data does not fit the model are refused and reported like unauthenticated rows)."""
+        out: list[tuple[LedgerEntry, E]] = []
+        bad = LedgerRead()
+        for e in self.entries(run_id):
+            if e.kind in model.kinds:
+                try:
+                    out.append((e, model.model_validate_json(e.data)))
+                except ValueError as err:
+                    bad.refuse(e, f"its data does not fit {model.__name__}: {err}")
+        if bad.problems:
+            self._report_unauthentic(bad)
+        return out
+
+    def check_workflow_event(self, event: Any, info: Any) -> None:
+        """`audit.record`'s guard: a workflow records only facts about its own run, of the kinds a
+        workflow witnesses (`events.WORKFLOW_KINDS`). A refusal changes nothing but is recorded on
+        the calling workflow's own chain, and fails the activity for good.
+
+        Args:
+            event: The `AuditEvent` the workflow sent.
+            info: The activity's `temporalio.activity.Info` (facts from Temporal's server).
+        """
+        try:
+            events.check_workflow_event(event, str(info.workflow_id))
+        except events.WorkflowEventRefused as err:
+            from temporalio.exceptions import ApplicationError
+
+            caller = str(info.workflow_id)
+            self.try_append(
+                f"audit.refused:{caller}:{hashlib.sha256(event.event_key.encode()).hexdigest()[:24]}",
+                caller,
+                "audit.refused",
+                {"kind": event.kind, "run_id": event.run_id, "reason": str(err), "workflow_type": info.workflow_type},
+            )
+            raise ApplicationError(str(err), type=err.type, non_retryable=True) from None
 
     def chains_of(self, run_id: str) -> list[str]:
         with self.reader.connect() as conn:
@@ -783,9 +826,10 @@ class Ledger:
         rows = conn.execute(
             text(
                 "SELECT seq, chain, chain_seq, event_key, run_id, kind, at, data, prev_hash, hash, recorded_at, mac "
-                "FROM ledger WHERE chain = :c AND chain_seq > :n ORDER BY chain_seq"
+                # Up to the head read above: rows appended meanwhile wait for the next checkpoint.
+                "FROM ledger WHERE chain = :c AND chain_seq > :n AND chain_seq <= :size ORDER BY chain_seq"
             ),
-            {"c": chain, "n": n},
+            {"c": chain, "n": n, "size": size},
         )
         for r in rows:
             e = EntryRecord(*r[:11])
