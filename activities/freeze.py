@@ -48,8 +48,7 @@ class FreezeStore:
         self._verify = verify
         self._verified: dict[tuple[str, str, str], bool] = {}
         self._lock = threading.Lock()
-        self._cache: tuple[float, dict[str, bool]] = (0.0, {})
-        SQLModel.metadata.create_all(ledger.engine, tables=[SQLModel.metadata.tables["freezes"]])
+        self._cache: tuple[float, dict[str, bool]] = (0.0, {})  # the table: a ledger migration
 
     def _scopes(self) -> dict[str, bool]:
         with self._lock:

@@ -451,6 +451,23 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if bad else 0
 
 
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    """Brings the ledger's schema to this lockgate's (forward only), as the migration role."""
+    from lockgate.activities.ledger.migrate import runtime_grants, upgrade
+
+    url = args.url or settings.ledger_url
+    done = upgrade(url)
+    if args.json:
+        _print_json({"before": done.before, "after": done.after, "changed": done.changed})
+    elif done.changed:
+        print(f"ledger schema migrated: {done.before or 'none'} -> {done.after}")
+    else:
+        print(f"ledger schema already at {done.after}: nothing to do")
+    if args.grants and not args.json:
+        print("\n".join(s + ";" for s in runtime_grants(args.grants)))
+    return 0
+
+
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     from lockgate.verify import load_keys_file, verify_ledger
 
@@ -824,6 +841,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keys", metavar="FILE", help="trusted public keys (JSON {version: base64}) of the ledger key")
     p.add_argument("--strict", action="store_true", help="no grace: every entry must already be checkpointed")
     # Verification needs no agent code: keeps the process small however large the ledger is.
+    p.set_defaults(agents=False)
+    p = add("migrate", cmd_migrate, "migrate the ledger's schema (forward only; run as the migration role)")
+    p.add_argument("--url", help="the ledger as the migration role (default: LOCKGATE_LEDGER_URL)")
+    p.add_argument("--grants", metavar="ROLE", help="also print the GRANTs a worker's runtime role ROLE needs")
     p.set_defaults(agents=False)
     for name, what in (
         ("freeze", "kill switch: no tool of the scope runs from the next gate on"),

@@ -29,7 +29,7 @@ from typing import Any, Protocol, TypeVar
 from psycopg import OperationalError as _PsycopgOperationalError
 from sqlalchemy import Index, UniqueConstraint, event, inspect, text
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
@@ -157,20 +157,6 @@ class PolicyBundleRecord(SQLModel, table=True):
     hash: str = Field(primary_key=True)
     content: str
     registered_at: str
-
-
-_TABLES = [
-    SQLModel.metadata.tables[name]
-    for name in (
-        "ledger",
-        "ledger_heads",
-        "ledger_checkpoints",
-        "ledger_checkpoint_heads",
-        "ledger_keys",
-        "ledger_meta",
-        "policy_bundles",
-    )
-]
 
 
 # Where the ledger records what it found wrong with itself (rows it refused), once per finding.
@@ -338,15 +324,7 @@ class Ledger:
             # transaction, one round trip, a prepared statement): the hot path of every worker.
             self._raw = _RawPool(make_url(url).set(drivername="postgresql").render_as_string(hide_password=False))
         if create:
-            self._retire_single_chain_schema()
-            if self._sqlite:
-                SQLModel.metadata.create_all(self.engine, tables=_TABLES)
-            else:
-                # Workers starting together on a fresh database: one creates the tables at a time.
-                with self.engine.begin() as conn:
-                    conn.execute(text("SELECT pg_advisory_xact_lock(727275)"))
-                    SQLModel.metadata.create_all(conn, tables=_TABLES)
-            self._add_mac_column()
+            self._schema()
             self.ledger_id: str = self._ensure_id()
         else:
             if not inspect(self.engine).has_table("ledger") or not inspect(self.engine).has_table("ledger_meta"):
@@ -379,21 +357,24 @@ class Ledger:
             self._thread.start()
 
     # -- schema --------------------------------------------------------------------------------
-    def _retire_single_chain_schema(self) -> None:
-        """A ledger written before per-run chains is kept aside, untouched, and a new one begins."""
-        insp = inspect(self.engine)
-        if insp.has_table("ledger") and "chain" not in {c["name"] for c in insp.get_columns("ledger")}:
-            legacy = f"ledger_single_chain_{datetime.now(UTC):%Y%m%d%H%M%S}"
-            with self.engine.begin() as conn:
-                conn.execute(text(f"ALTER TABLE ledger RENAME TO {legacy}"))
-                for index in insp.get_indexes("ledger"):
-                    conn.execute(text(f"DROP INDEX IF EXISTS {index['name']}"))
-            log.warning("ledger: the single-chain ledger was kept as table %s; a per-run-chain ledger begins", legacy)
+    def _schema(self) -> None:
+        """The schema this code knows, or a clear error: a database behind it is migrated when this
+        role may (a dev ledger, the migration role); a runtime role without DDL rights is told to
+        run `lockgate migrate`. Nothing is ever set aside or recreated."""
+        from lockgate.activities.ledger import migrate
 
-    def _add_mac_column(self) -> None:
-        if "mac" not in {c["name"] for c in inspect(self.engine).get_columns("ledger")}:
-            with self.engine.begin() as conn:
-                conn.execute(text("ALTER TABLE ledger ADD COLUMN mac VARCHAR NOT NULL DEFAULT ''"))
+        try:
+            migrate.check(self.engine)
+            return
+        except migrate.LedgerSchemaError as behind:
+            try:
+                migrate.upgrade_engine(self.engine)
+            except DBAPIError as err:
+                self.engine.dispose()
+                raise migrate.LedgerSchemaError(f"{behind} (this role cannot: {err.orig})") from None
+            except migrate.LedgerSchemaError:
+                self.engine.dispose()
+                raise
 
     def _meta(self, name: str) -> str | None:
         with Session(self.reader) as session:
