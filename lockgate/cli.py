@@ -281,6 +281,7 @@ def _signed_ledger(settings: Settings) -> Any:
             signer=TransitAnchor(lambda: broker.client),
             checkpoint_interval=None,
             row_key=VaultRowKeys(lambda: broker.client),
+            strict_events=True,
         )
     return _ledger(settings)
 

@@ -93,12 +93,14 @@ def open_ledger(settings: Settings, *, create: bool = True, online: bool = True,
             client = None
     if client is not None:
         try:
-            return Ledger(settings.ledger_url, create=create, row_key=VaultRowKeys(lambda: client), **kwargs)
+            return Ledger(
+                settings.ledger_url, create=create, row_key=VaultRowKeys(lambda: client), strict_events=True, **kwargs
+            )
         except LedgerMissing:
             raise
         except Exception as err:  # noqa: BLE001 - no right to the row key: the ledger alone
             logging.getLogger("lockgate.verify").info("ledger row key not available: %s", err)
-    return Ledger(settings.ledger_url, create=create, **kwargs)
+    return Ledger(settings.ledger_url, create=create, strict_events=True, **kwargs)
 
 
 def vault_anchors(settings: Settings, ledger_name: str) -> Anchors | None:

@@ -196,7 +196,10 @@ def build_deps(settings: Settings, agents: AgentRegistry | None = None) -> Deps:
     # readers act only on rows whose MAC verifies.
     try:
         ledger = Ledger(
-            settings.ledger_url, signer=TransitAnchor(lambda: vault.client), row_key=VaultRowKeys(lambda: vault.client)
+            settings.ledger_url,
+            signer=TransitAnchor(lambda: vault.client),
+            row_key=VaultRowKeys(lambda: vault.client),
+            strict_events=True,
         )
     except hvac.exceptions.VaultError as err:
         raise UserError(f"cannot derive the ledger's row key from Vault ({LEDGER_ROW_KEY}): {err}") from err
