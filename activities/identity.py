@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from lockgate import vaultio
+from lockgate.activities.ledger.events import ApproverKeyArchived
 from lockgate.activities.vault import RETRYABLE, VaultBroker
 from lockgate.bootstrap import TRANSIT_MOUNT
 from lockgate.errors import LockgateError
@@ -87,7 +88,7 @@ class LedgerKeyArchive:
     """Archives public keys as ledger entries (kind `approver.key`), beside the evidence they verify.
 
     Args:
-        ledger: A `lockgate.activities.ledger.Ledger` (anything with `try_append` and `entries`).
+        ledger: A `lockgate.activities.ledger.Ledger` (its `try_append` and authenticated `typed` reads).
     """
 
     RUN_ID = "lockgate.people"
@@ -110,8 +111,10 @@ class LedgerKeyArchive:
 
     def all(self) -> list[ApproverKey]:
         """Every archived key (for evidence bundles)."""
+        # Authenticated entries only (lockgate wrote them: their row MAC verifies), typed.
         return [
-            ApproverKey.model_validate_json(e.data) for e in self._ledger.entries(self.RUN_ID) if e.kind == self.KIND
+            ApproverKey(person=k.person, version=k.version, public_key=k.public_key)
+            for _e, k in self._ledger.typed(self.RUN_ID, ApproverKeyArchived)
         ]
 
 
