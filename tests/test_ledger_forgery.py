@@ -30,6 +30,7 @@ from lockgate.activities.freeze import FreezeStore, unfreeze_verifier
 from lockgate.activities.identity import LedgerKeyArchive, PeopleDirectory, Refused
 from lockgate.activities.ledger import LEDGER_RUN_ID, UNAUTHENTIC_KIND, Ledger
 from lockgate.activities.ledger.rowkey import VaultRowKeys
+from lockgate.audit import timeline
 from lockgate.config import Settings
 from lockgate.evidence import AFTER_CLOSE, GENESIS, entry_hash
 from lockgate.identity import sign
@@ -252,6 +253,7 @@ async def test_the_kill_switch_fails_closed_against_database_writes(ledger: Ledg
         prev = conn.execute(text("SELECT hash FROM ledger WHERE chain = :c AND chain_seq = 2"), {"c": chain}).one()[0]
         conn.execute(text("UPDATE ledger_heads SET size = 2, head = :h WHERE chain = :c"), {"h": prev, "c": chain})
     assert freezes.is_frozen(scope)
+    assert any(chain in p for p in ledger.verify()), "verify does not name the deleted freeze"
     # An unsigned unfreeze (anyone's database write, or a worker relaying it) lifts nothing, even
     # where the deleted freeze was...
     freezes.set(scope, False, by="mallory", reason="let me through")
@@ -315,6 +317,10 @@ async def test_a_planted_compensation_does_not_reverse_a_completed_run(
         done = await cli(env, "verify", "--json")
         assert done.returncode == 1 and forged.event_key in "\n".join(json.loads(done.stdout)["problems"])
         assert any(forged.event_key in f for f in recorded_findings(deps.ledger))
+        # The audit timeline leaves it out, and says so.
+        doc = timeline(deps.ledger, handle.id)
+        assert "compensation.outstanding" not in [e["kind"] for e in doc["entries"]]
+        assert not doc["ledger_intact"] and any(forged.event_key in p for p in doc["ledger_problems"])
     finally:
         unforge(deps.ledger, forged)
 
@@ -395,20 +401,17 @@ async def test_an_archived_key_counts_only_for_a_version_vault_rotated_past(deps
 async def test_a_workflow_records_only_facts_about_its_own_run(
     client: Client, worker_running: str, deps: Any, kind: str, about_self: bool, data: dict[str, Any], why: str
 ) -> None:
-    """A workflow scheduling `audit.record` with entries of protected kinds, about another run, or
-    in the wrong shape: refused for good, nothing appended, the attempt recorded on its own chain."""
-    from temporalio.worker import Worker
-
+    """Hostile workflow code hosted on lockgate's worker (it passes the caller check) schedules
+    `audit.record` with entries of protected kinds, about another run, or in the wrong shape: refused
+    for good, nothing appended, the attempt recorded on its own chain."""
     from lockgate.models import AuditEvent
     from tests.rogue import RogueCallWorkflow
 
     caller, victim = f"rogue-{uuid.uuid4().hex[:10]}", f"victim-{uuid.uuid4().hex[:10]}"
     run_id = caller if about_self else victim
     event = AuditEvent(event_key=f"{kind}:{run_id}:x", run_id=run_id, kind=kind, data=data, at=datetime.now(UTC))
-    queue = f"rogue-{uuid.uuid4().hex[:8]}"
     spec = {"activity": "audit.record", "arg": event.model_dump(mode="json"), "queue": worker_running}
-    async with Worker(client, task_queue=queue, workflows=[RogueCallWorkflow]):
-        result = await client.execute_workflow(RogueCallWorkflow.run, spec, id=caller, task_queue=queue)
+    result = await client.execute_workflow(RogueCallWorkflow.run, spec, id=caller, task_queue=worker_running)
     assert result["ok"] is False and why in result["message"], result
     assert result["retry_state"] == "NON_RETRYABLE_FAILURE"
     assert deps.ledger.entries(run_id) == [] or run_id == caller
@@ -424,8 +427,7 @@ async def test_a_workflow_records_only_facts_about_its_own_run(
         at=datetime.now(UTC),
     )
     spec["arg"] = ok.model_dump(mode="json")
-    async with Worker(client, task_queue=queue, workflows=[RogueCallWorkflow]):
-        result = await client.execute_workflow(
-            RogueCallWorkflow.run, spec, id=caller, task_queue=queue, id_reuse_policy=_ALLOW_DUPLICATE
-        )
+    result = await client.execute_workflow(
+        RogueCallWorkflow.run, spec, id=caller, task_queue=worker_running, id_reuse_policy=_ALLOW_DUPLICATE
+    )
     assert result == {"ok": True, "result": True}
