@@ -547,15 +547,20 @@ class LedgerStore:
                         f"{UNAUTHENTIC_KIND}:{digest}", LEDGER_RUN_ID, UNAUTHENTIC_KIND, {"problem": line[:1000]}
                     )
 
-    def entries(self, run_id: str | None = None, *, authenticated: bool = True) -> list[LedgerEntry]:
-        """A run's entries (or every entry), in insertion order: only authenticated ones unless
-        `authenticated=False` (display and export, which show and prove everything)."""
+    def entries(
+        self, run_id: str | None = None, *, kind: str | None = None, authenticated: bool = True
+    ) -> list[LedgerEntry]:
+        """A run's entries (or every entry; of `kind` only, if given), in insertion order: only
+        authenticated ones unless `authenticated=False` (display and export, which show and prove
+        everything)."""
         if authenticated:
-            return self.read(run_id).entries
+            return [e for e in self.read(run_id).entries if kind is None or e.kind == kind]
         with Session(self.reader) as session:
             query = select(LedgerEntry).order_by(LedgerEntry.seq)  # type: ignore[arg-type]
             if run_id is not None:
                 query = query.where(LedgerEntry.chain.in_([run_id, run_id + AFTER_CLOSE]))  # type: ignore[attr-defined]
+            if kind is not None:
+                query = query.where(LedgerEntry.kind == kind)
             return list(session.exec(query).all())
 
     def entries_of_chains(self, prefix: str) -> list[LedgerEntry]:
@@ -586,11 +591,11 @@ class LedgerStore:
             query = select(LedgerEntry.run_id).where(LedgerEntry.kind == kind).distinct()
             return sorted(session.exec(query).all())
 
-    def events(self, run_id: str) -> list[dict[str, Any]]:
+    def events(self, run_id: str, *, kind: str | None = None) -> list[dict[str, Any]]:
         """A run's authenticated entries as dicts (seq, kind, at, event_key and the data)."""
         return [
             {"seq": e.seq, "kind": e.kind, "at": e.at, "event_key": e.event_key, **json.loads(e.data)}
-            for e in self.entries(run_id)
+            for e in self.entries(run_id, kind=kind)
         ]
 
     def typed(self, run_id: str, model: type[E]) -> list[tuple[LedgerEntry, E]]:
