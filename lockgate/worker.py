@@ -202,7 +202,10 @@ def build_deps(settings: Settings, agents: AgentRegistry | None = None) -> Deps:
             strict_events=True,
         )
     except hvac.exceptions.VaultError as err:
-        raise UserError(f"cannot derive the ledger's row key from Vault ({LEDGER_ROW_KEY}): {err}") from err
+        raise UserError(
+            f"cannot derive the ledger's row key from Vault Transit key {LEDGER_ROW_KEY} ({err}): the worker's "
+            "policy must allow transit/hmac on it (`lockgate dev up` / the set-up create the key and the policy)"
+        ) from err
     ledger.register_bundle(bundle.hash, bundle_content(bundle))
     people = PeopleDirectory(vault, archive=LedgerKeyArchive(ledger))
     return Deps(
