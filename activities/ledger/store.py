@@ -267,6 +267,13 @@ class LedgerStore:
         else:
             if not inspect(self.engine).has_table("ledger") or not inspect(self.engine).has_table("ledger_meta"):
                 raise LedgerMissing(f"no ledger at {url}")
+            from lockgate.activities.ledger import migrate
+
+            try:
+                migrate.check(self.engine)  # read as this code knows it, or say why not
+            except migrate.LedgerSchemaError:
+                self.engine.dispose()
+                raise
             # A ledger without an id was never written by lockgate (or its id was removed): a
             # checkpoint signed for any id then fails to match, as it should.
             self.ledger_id = self._meta("ledger_id") or ""
