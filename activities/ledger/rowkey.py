@@ -21,7 +21,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from lockgate.bootstrap import LEDGER_ROW_KEY, TRANSIT_MOUNT
+from lockgate.names import LEDGER_ROW_KEY, TRANSIT_MOUNT
 
 __all__ = ["LEDGER_ROW_KEY", "RowKey", "RowKeySource", "VaultRowKeys", "static_row_key"]
 
