@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from lockgate.context import Resources, ToolContext, ToolError
 from lockgate.errors import LockgateError, PolicyError, UserError
+from lockgate.mcp import MCPServer, MCPTool
 from lockgate.models import ToolCall
 from lockgate.spec import (
     Agent,
@@ -41,6 +42,8 @@ __all__ = [
     "LLMPlanner",
     "LockgateError",
     "LockgatePlugin",
+    "MCPServer",
+    "MCPTool",
     "Planner",
     "PolicyError",
     "Resources",

@@ -98,6 +98,13 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if healthy else 1
 
 
+# -- mcp -----------------------------------------------------------------------------------------
+def cmd_mcp(args: argparse.Namespace, settings: Settings) -> int:
+    from lockgate.mcp.cli import cmd_mcp as run
+
+    return run(args, settings)
+
+
 # -- policy --------------------------------------------------------------------------------------
 def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
     from lockgate.policies import load_bundle
@@ -870,6 +877,10 @@ def build_parser() -> argparse.ArgumentParser:
     add("compensations", cmd_compensations, "compensations that failed and are still outstanding (exit 1 if any)")
     add("reap", cmd_reap, "one pass of the reaper: clean up runs that ended without their own cleanup")
     add("archive", cmd_archive, "one pass of the archiver: keep closed runs' histories beside the ledger")
+    p = add("mcp", cmd_mcp, "MCP servers: list, review SERVER (diff against its pin), pin SERVER (approve)")
+    p.add_argument("action", choices=["list", "review", "pin"])
+    p.add_argument("server", nargs="?")
+    p.add_argument("--policy-dir", help="where the pin file goes (default: LOCKGATE_POLICY_DIR)")
     p = add("policy", cmd_policy, "policies: check, test (cases in DIR/tests), diff CANDIDATE_DIR, schema")
     p.add_argument("action", choices=["check", "test", "diff", "schema"])
     p.add_argument("dir", nargs="?", help="policy directory (diff: the candidate bundle's)")

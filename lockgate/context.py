@@ -32,6 +32,8 @@ class Resources:
     pg_socket_dir: str | None = None
     pg_host: str | None = None
     pg_port: int | None = None
+    # The policy directory: MCP tools read their pinned definitions (`mcp/<server>.json`) there.
+    policy_dir: str | None = None
 
 
 @dataclass

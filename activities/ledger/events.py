@@ -269,8 +269,9 @@ EVENTS: dict[str, type[LedgerEvent]] = {
 """Every entry kind lockgate writes -> its model."""
 
 # What a workflow may record about its own run through `audit.record`: what it witnessed itself.
-# `tool.completed`: the drop-in governor records a completed step its activity ran (the reaper
-# compensates only against the tool activity's own record once the governed-call core lands).
+# `tool.completed` / `tool.failed`: the drop-in governor records a tool that ran in workflow code
+# (no activity of its own to record it); the reaper compensates only steps the run's record shows
+# it took (activities/reaper.py).
 WORKFLOW_KINDS = frozenset(
     {
         "approval.requested",
@@ -280,6 +281,7 @@ WORKFLOW_KINDS = frozenset(
         "halt.accepted",
         "halt.refused",
         "tool.completed",
+        "tool.failed",
     }
 )
 

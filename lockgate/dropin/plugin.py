@@ -46,8 +46,9 @@ def configure_dropin(
         ledger=deps.ledger,
         bundle=deps.current_bundle,
         denials=index.denials(),
-        resources=Resources(pg_socket_dir=deps.settings.pg_socket_dir),
+        resources=Resources(pg_socket_dir=deps.settings.pg_socket_dir, policy_dir=str(deps.settings.policy_dir)),
         governed=frozenset(a.name for a in index.agents()),
+        summarize=index.summarize,
         unsigned=frozenset(a.name for gov in governances if gov.unsigned_starts for a in gov.lockgate_agents),
     )
     config["activities"] = [*(config.get("activities") or ()), acts.open_run, acts.gate]

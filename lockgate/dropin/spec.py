@@ -10,14 +10,16 @@ so the gate, the Vault bootstrap, the ledger, the reaper and the CLI treat them 
 from __future__ import annotations
 
 import inspect
+import json
 import re
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from lockgate.dropin.models import jsonable
 from lockgate.spec import Agent, DatabaseSecret, Tool
 
 __all__ = ["DENIAL_DEFAULT", "Denial", "Govern", "Governance", "OpenArgs", "args_of", "slug"]
@@ -101,6 +103,10 @@ class Govern(BaseModel):
             `args_of(the_tool)` reads them from the tool itself; a pydantic model also works. Open by
             default: then the tool's action and args come from a written `schema.cedarschema`.
         description: One line for people.
+        summary: What a completed call records in the ledger about its result: a function of the
+            result (its text, cut at 200 characters), or the names of the result's fields to keep.
+            Default: nothing of the result (its type only): results hold people's data, and the
+            ledger is read by auditors who may not read payloads.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -115,6 +121,19 @@ class Govern(BaseModel):
     on_deny: Denial = DENIAL_DEFAULT
     args: type[BaseModel] = OpenArgs
     description: str = ""
+    summary: Callable[[Any], object] | tuple[str, ...] = ()
+
+    def summarize(self, result: Any) -> str:
+        """The ledger's account of one result, as declared (see `summary`)."""
+        if callable(self.summary):
+            text = str(self.summary(result))
+        elif self.summary:
+            plain = jsonable(result)
+            kept = {k: plain[k] for k in self.summary if isinstance(plain, dict) and k in plain}
+            text = json.dumps(kept, sort_keys=True, default=str)
+        else:
+            return f"returned {type(result).__name__} (result not recorded: declare Govern(summary=...))"
+        return text if len(text) <= 200 else text[:200] + "…"
 
 
 class Governance(BaseModel):
