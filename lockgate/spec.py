@@ -33,6 +33,7 @@ __all__ = [
     "ToolSpec",
     "agents_for",
     "bind_agents",
+    "declared_governances",
     "describe_validation",
     "load_agent_modules",
     "load_agents",
@@ -433,6 +434,16 @@ def agents_for(task_queue: str) -> AgentRegistry:
     return _BY_QUEUE.get(task_queue, registry)
 
 
+# The drop-in declarations (`lockgate.dropin.Governance`) the loaded agent modules hold: what
+# `lockgate replay` replays the apps' own workflows with.
+_GOVERNANCES: list[Any] = []
+
+
+def declared_governances() -> list[Any]:
+    """Every `lockgate.dropin.Governance` the agent modules loaded in this process declare."""
+    return list(_GOVERNANCES)
+
+
 def _agents_in(obj: Any) -> list[Agent]:
     if isinstance(obj, Agent):
         return [obj]
@@ -441,6 +452,8 @@ def _agents_in(obj: Any) -> list[Agent]:
     if isinstance(obj, (list, tuple)):
         return [a for item in obj for a in _agents_in(item)]
     if hasattr(obj, "__lockgate_agents__"):  # lockgate.dropin.Governance: an existing app's agents
+        if not any(g is obj for g in _GOVERNANCES):
+            _GOVERNANCES.append(obj)
         return list(obj.__lockgate_agents__())
     if inspect.ismodule(obj):
         declared = getattr(obj, "AGENTS", None)

@@ -55,6 +55,8 @@ FLOORS: dict[str, int] = {
     "lockgate.verify": OPERATOR,
     "lockgate.replay": OPERATOR,
     "lockgate.policytest": OPERATOR,
+    "lockgate.auditkeys": OPERATOR,
+    "lockgate.teams": OPERATOR,
     # The shells.
     "lockgate.cli": SHELL,
     "lockgate.policycli": SHELL,
@@ -143,6 +145,7 @@ def test_the_public_surface_is_pinned() -> None:
             "Agent",
             "AgentRegistry",
             "DatabaseSecret",
+            "ForwardCall",
             "LLMPlanner",
             "LockgateError",
             "LockgatePlugin",
