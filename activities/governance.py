@@ -415,6 +415,7 @@ class GovernanceActivities:
 
     @activity.defn(name=names.AUDIT_RECORD)
     def record(self, event: AuditEvent) -> bool:
+        self._ledger.check_workflow_event(event, activity.info())
         # Stamped when it reaches the ledger (a workflow's clock stands still within its task, which
         # would put a fact before the decisions that came first).
         return self._ledger.try_append(

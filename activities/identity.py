@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from lockgate import vaultio
+from lockgate.activities.ledger.events import ApproverKeyArchived
 from lockgate.activities.vault import RETRYABLE, VaultBroker
 from lockgate.errors import LockgateError
 from lockgate.names import TRANSIT_MOUNT
@@ -87,7 +88,7 @@ class LedgerKeyArchive:
     """Archives public keys as ledger entries (kind `approver.key`), beside the evidence they verify.
 
     Args:
-        ledger: A `lockgate.activities.ledger.Ledger` (anything with `try_append` and `entries`).
+        ledger: A `lockgate.activities.ledger.Ledger` (its `try_append` and authenticated `typed` reads).
     """
 
     RUN_ID = "lockgate.people"
@@ -110,8 +111,10 @@ class LedgerKeyArchive:
 
     def all(self) -> list[ApproverKey]:
         """Every archived key (for evidence bundles)."""
+        # Authenticated entries only (lockgate wrote them: their row MAC verifies), typed.
         return [
-            ApproverKey.model_validate_json(e.data) for e in self._ledger.entries(self.RUN_ID) if e.kind == self.KIND
+            ApproverKey(person=k.person, version=k.version, public_key=k.public_key)
+            for _e, k in self._ledger.typed(self.RUN_ID, ApproverKeyArchived)
         ]
 
 
@@ -223,17 +226,21 @@ class PeopleDirectory:
 
     # -- public keys ---------------------------------------------------------------------------
     @_vault_call
-    def _published(self, person: str) -> dict[int, str]:
+    def _published(self, person: str) -> tuple[int, dict[int, str]]:
+        """(the key's newest version, the versions Vault still publishes): (0, {}) if no key."""
         data = (vaultio.read(self._client, f"{TRANSIT_MOUNT}/keys/{key_name(person)}") or {}).get("data") or {}
         if data.get("type") != "ed25519":
-            return {}
-        return {int(v): str(k["public_key"]) for v, k in (data.get("keys") or {}).items() if k.get("public_key")}
+            return 0, {}
+        keys = {int(v): str(k["public_key"]) for v, k in (data.get("keys") or {}).items() if k.get("public_key")}
+        return int(data.get("latest_version") or max(keys, default=0)), keys
 
     def public_key(self, person: str, version: int) -> bytes:
         """The raw ed25519 public key of `person`'s signing key at `version`.
 
-        Cached per (person, version); each version Vault publishes is archived once. A version Vault
-        no longer publishes (trimmed after rotation) comes from the archive.
+        Cached per (person, version); each version Vault publishes is archived once. Vault is the
+        authority: a version it no longer publishes comes from the archive only if Vault's key has
+        rotated past it (a version Vault never made is no one's key, whatever the archive says), and
+        the archive serves only entries lockgate wrote (their row MAC verifies).
 
         Raises:
             Refused: No such key version anywhere.
@@ -244,9 +251,10 @@ class PeopleDirectory:
             return cached
         if not valid_person(person):
             raise Refused(f"{person!r} is not a person's name")
-        for v, b64 in self._published(person).items():
+        latest, published = self._published(person)
+        for v, b64 in published.items():
             self._remember(ApproverKey(person=person, version=v, public_key=b64), archive=True)
-        if (person, version) not in self._keys and self._archive is not None:
+        if (person, version) not in self._keys and self._archive is not None and 1 <= version < latest:
             archived = self._archive.get(person, version)
             if archived is not None:
                 self._remember(archived, archive=False)

@@ -249,14 +249,22 @@ def timeline(
     trusted_keys: dict[int, str] | None = None,
     history_source: str | None = None,
 ) -> dict[str, Any]:
-    """The run's timeline from the ledger (and its history's lifecycle events, if given)."""
-    return timeline_from_evidence(
+    """The run's timeline from the ledger (and its history's lifecycle events, if given). Rows no
+    lockgate worker wrote (when this process may check row MACs) are left out and named."""
+    doc = timeline_from_evidence(
         ledger.run_evidence(run_id),
         status,
         history,
         trusted_keys=trusted_keys,
         history_source=history_source,
     )
+    found = ledger.read(run_id)
+    if found.problems:
+        authentic = {e.seq for e in found.entries}
+        doc["entries"] = [e for e in doc["entries"] if e.get("seq") is None or e["seq"] in authentic]
+        doc["ledger_intact"] = False
+        doc["ledger_problems"] = [*doc["ledger_problems"], *(f"left out: {p}" for p in found.problems)]
+    return doc
 
 
 def timeline_from_evidence(

@@ -25,6 +25,7 @@ from lockgate.spec import AgentRegistry, DatabaseSecret
 __all__ = [
     "APPROVER_KEY_PREFIX",
     "DEV_PEOPLE",
+    "LEDGER_ROW_KEY",
     "LEDGER_SIGNING_KEY",
     "LEDGER_WITNESS_PATH",
     "PAYLOAD_KEY",
@@ -49,6 +50,7 @@ __all__ = [
 
 # Vault names live in the one table (lockgate/names.py); re-exported for the code that says them here.
 from lockgate.names import (
+    LEDGER_ROW_KEY,
     LEDGER_SIGNING_KEY,
     LEDGER_WITNESS_PATH,
     PAYLOAD_KEY,
@@ -423,6 +425,8 @@ def ledger_signing_policy() -> str:
 # ledger anchoring: the key signs checkpoints; nobody can export it (exportable=false).
 path "{TRANSIT_MOUNT}/sign/{LEDGER_SIGNING_KEY}" {{ capabilities = ["update"] }}
 path "{TRANSIT_MOUNT}/keys/{LEDGER_SIGNING_KEY}" {{ capabilities = ["read"] }}
+# ledger rows: every row a worker writes carries a MAC with a key derived from this Transit key.
+path "{TRANSIT_MOUNT}/hmac/{LEDGER_ROW_KEY}/*" {{ capabilities = ["update"] }}
 path "{RUNS_MOUNT}/{LEDGER_WITNESS_PATH}/*" {{ capabilities = ["create", "read", "update"] }}
 """
 
@@ -437,4 +441,10 @@ def bootstrap_ledger_signing(client: hvac.Client) -> None:
     except hvac.exceptions.InvalidPath:
         client.secrets.transit.create_key(
             name=LEDGER_SIGNING_KEY, key_type="ed25519", exportable=False, mount_point=TRANSIT_MOUNT
+        )
+    try:
+        client.secrets.transit.read_key(name=LEDGER_ROW_KEY, mount_point=TRANSIT_MOUNT)
+    except hvac.exceptions.InvalidPath:
+        client.secrets.transit.create_key(
+            name=LEDGER_ROW_KEY, key_type="aes256-gcm96", exportable=False, mount_point=TRANSIT_MOUNT
         )

@@ -42,9 +42,15 @@ async def _client(settings: Settings) -> Any:
 
 
 def _ledger(settings: Settings) -> Any:
-    from lockgate.activities.ledger import Ledger
+    from lockgate.verify import open_ledger
 
-    return Ledger(settings.ledger_url)
+    return open_ledger(settings)
+
+
+def _ledger_readonly(settings: Settings) -> Any:
+    from lockgate.verify import open_ledger
+
+    return open_ledger(settings, create=False)
 
 
 def _session(settings: Settings) -> Any:
@@ -274,11 +280,18 @@ def _signed_ledger(settings: Settings) -> Any:
 
     if settings.vault_role_id and settings.vault_secret_id:
         from lockgate.activities.anchor import TransitAnchor
+        from lockgate.activities.ledger.rowkey import VaultRowKeys
         from lockgate.activities.vault import VaultBroker
 
         broker = VaultBroker(settings.vault_addr, settings.vault_role_id, settings.vault_secret_id, timeout=3)
-        return Ledger(settings.ledger_url, signer=TransitAnchor(lambda: broker.client), checkpoint_interval=None)
-    return Ledger(settings.ledger_url)
+        return Ledger(
+            settings.ledger_url,
+            signer=TransitAnchor(lambda: broker.client),
+            checkpoint_interval=None,
+            row_key=VaultRowKeys(lambda: broker.client),
+            strict_events=True,
+        )
+    return _ledger(settings)
 
 
 async def _await_proof(ledger: Any, run_id: str, timeout: float = 30) -> None:
@@ -298,14 +311,14 @@ async def _await_proof(ledger: Any, run_id: str, timeout: float = 30) -> None:
 async def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     from lockgate.activities.archive import HistoryArchive, run_histories
     from lockgate.activities.codec import PayloadKeyError
-    from lockgate.activities.ledger import Ledger, LedgerMissing
+    from lockgate.activities.ledger import LedgerMissing
     from lockgate.audit import history_entries, render_markdown, render_text, timeline
     from lockgate.config import archive_dir
     from lockgate.ops import run_status
     from lockgate.verify import local_anchors, pin_keys, vault_anchors
 
     try:
-        ledger = _signed_ledger(settings) if args.export else Ledger(settings.ledger_url, create=False)
+        ledger = _signed_ledger(settings) if args.export else _ledger_readonly(settings)
     except LedgerMissing:
         raise UserError(f"unknown run {args.run_id!r} (no ledger at {settings.ledger_url})") from None
     archive = HistoryArchive(archive_dir(settings), ledger)
@@ -507,6 +520,23 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     # A run named on the command line that could not be replayed is a failure; `--all` lists its
     # skips and fails only on mismatches.
     return 1 if bad or (skipped and not args.all) else 0
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    """Brings the ledger's schema to this lockgate's (forward only), as the migration role."""
+    from lockgate.activities.ledger.migrate import runtime_grants, upgrade
+
+    url = args.url or settings.ledger_url
+    done = upgrade(url)
+    if args.json:
+        _print_json({"before": done.before, "after": done.after, "changed": done.changed})
+    elif done.changed:
+        print(f"ledger schema migrated: {done.before or 'none'} -> {done.after}")
+    else:
+        print(f"ledger schema already at {done.after}: nothing to do")
+    if args.grants and not args.json:
+        print("\n".join(s + ";" for s in runtime_grants(args.grants)))
+    return 0
 
 
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
@@ -959,6 +989,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keys", metavar="FILE", help="trusted public keys (JSON {version: base64}) of the ledger key")
     p.add_argument("--strict", action="store_true", help="no grace: every entry must already be checkpointed")
     # Verification needs no agent code: keeps the process small however large the ledger is.
+    p.set_defaults(agents=False)
+    p = add("migrate", cmd_migrate, "migrate the ledger's schema (forward only; run as the migration role)")
+    p.add_argument("--url", help="the ledger as the migration role (default: LOCKGATE_LEDGER_URL)")
+    p.add_argument("--grants", metavar="ROLE", help="also print the GRANTs a worker's runtime role ROLE needs")
     p.set_defaults(agents=False)
     for name, what in (
         ("freeze", "kill switch: no tool of the scope runs from the next gate on"),

@@ -18,6 +18,7 @@ __all__ = [
     "GATE_EVALUATE",
     "GROUP_OPERATORS",
     "HALT_VERIFY",
+    "LEDGER_ROW_KEY",
     "LEDGER_SIGNING_KEY",
     "LEDGER_WITNESS_PATH",
     "PAYLOAD_KEY",
@@ -115,6 +116,7 @@ PAYLOAD_KEY = "lockgate-payloads"  # the Transit key Temporal payloads are encry
 PAYLOAD_READER_POLICY = "lockgate-payload-reader"  # decrypt only: auditors, codec-server users
 PAYLOAD_WRITER_POLICY = "lockgate-payload-writer"  # decrypt and new data keys: operators on the CLI
 LEDGER_SIGNING_KEY = "lockgate-ledger"
+LEDGER_ROW_KEY = "lockgate-ledger-rows"  # rows' MACs (lockgate.activities.ledger.rowkey)
 LEDGER_WITNESS_PATH = "ledger"  # kv-v1 under RUNS_MOUNT: the newest checkpoint of each ledger
 
 # -- groups ----------------------------------------------------------------------------------------

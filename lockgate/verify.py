@@ -15,6 +15,7 @@ it would have anchored is reported unanchored.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ __all__ = [
     "anchor_problem",
     "load_keys_file",
     "local_anchors",
+    "open_ledger",
     "pin_keys",
     "pinned_keys",
     "vault_anchors",
@@ -114,6 +116,30 @@ def _vault_client(settings: Settings) -> Any:
     else:
         return None
     return client
+
+
+def open_ledger(settings: Settings, *, create: bool = True, online: bool = True, **kwargs: Any) -> Ledger:
+    """The configured ledger, with its row key when this shell may derive it from Vault (the
+    worker's AppRole, or a token whose policy allows it): its rows then carry lockgate's MAC, and
+    its reads and `verify` check every row's. Else the ledger alone (hashes and signed heads only)."""
+    from lockgate.activities.ledger.rowkey import VaultRowKeys
+
+    client = None
+    if online:
+        try:
+            client = _vault_client(settings)
+        except Exception:  # noqa: BLE001 - Vault unreachable: the ledger without its row key
+            client = None
+    if client is not None:
+        try:
+            return Ledger(
+                settings.ledger_url, create=create, row_key=VaultRowKeys(lambda: client), strict_events=True, **kwargs
+            )
+        except LedgerMissing:
+            raise
+        except Exception as err:  # noqa: BLE001 - no right to the row key: the ledger alone
+            logging.getLogger("lockgate.verify").info("ledger row key not available: %s", err)
+    return Ledger(settings.ledger_url, create=create, strict_events=True, **kwargs)
 
 
 def vault_anchors(settings: Settings, ledger_name: str) -> Anchors | None:
@@ -205,7 +231,7 @@ def verify_ledger(
     settings: Settings, *, strict: bool = False, keys: dict[int, str] | None = None, online: bool = True
 ) -> tuple[VerifyReport, Anchors]:
     """Verifies the configured ledger without ever creating it (LedgerMissing if absent or empty)."""
-    ledger = Ledger(settings.ledger_url, create=False)
+    ledger = open_ledger(settings, create=False, online=online)
     try:
         anchors = Anchors(keys=keys, source="keys file") if keys else None
         if anchors is None and online:

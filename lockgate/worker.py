@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import hvac.exceptions
 from temporalio.client import Client, Plugin
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
@@ -33,6 +34,7 @@ from lockgate.activities.freeze import FreezeStore, unfreeze_verifier
 from lockgate.activities.governance import GovernanceActivities, bundle_content
 from lockgate.activities.identity import LedgerKeyArchive, PeopleDirectory
 from lockgate.activities.ledger import Ledger
+from lockgate.activities.ledger.rowkey import LEDGER_ROW_KEY, VaultRowKeys
 from lockgate.activities.planner import LLMPlannerActivities
 from lockgate.activities.reaper import Reaper
 from lockgate.activities.tools import Resources, ToolRunner
@@ -190,7 +192,20 @@ def build_deps(settings: Settings, agents: AgentRegistry | None = None) -> Deps:
     except Exception as err:
         raise UserError(f"cannot log in to Vault at {settings.vault_addr} with AppRole: {err}") from err
     # Checkpoints signed with the ledger's Transit key: at run close and every few seconds.
-    ledger = Ledger(settings.ledger_url, signer=TransitAnchor(lambda: vault.client))
+    # Every row this worker writes carries a MAC with a key derived from Vault (kept in memory);
+    # readers act only on rows whose MAC verifies.
+    try:
+        ledger = Ledger(
+            settings.ledger_url,
+            signer=TransitAnchor(lambda: vault.client),
+            row_key=VaultRowKeys(lambda: vault.client),
+            strict_events=True,
+        )
+    except hvac.exceptions.VaultError as err:
+        raise UserError(
+            f"cannot derive the ledger's row key from Vault Transit key {LEDGER_ROW_KEY} ({err}): the worker's "
+            "policy must allow transit/hmac on it (`lockgate dev up` / the set-up create the key and the policy)"
+        ) from err
     ledger.register_bundle(bundle.hash, bundle_content(bundle))
     people = PeopleDirectory(vault, archive=LedgerKeyArchive(ledger))
     return Deps(

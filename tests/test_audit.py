@@ -12,6 +12,7 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
 from lockgate.activities.ledger import Ledger
+from lockgate.activities.ledger.rowkey import VaultRowKeys
 from lockgate.config import Settings
 from tests import agents
 from tests.support.stack import cli, finish, start, status_of
@@ -57,9 +58,10 @@ def test_ledger_on_postgres(settings: Settings, worker_running: str) -> None:
         ledger.dispose()
 
 
-async def test_cli_verify_exits_1_on_a_tampered_ledger(env: dict[str, str], tmp_path: Any) -> None:
+async def test_cli_verify_exits_1_on_a_tampered_ledger(env: dict[str, str], deps: Any, tmp_path: Any) -> None:
     url = f"sqlite:///{tmp_path / 'tampered.db'}"
-    ledger = Ledger(url)
+    # Written as a worker writes: every row carries the MAC of the row key it derives from Vault.
+    ledger = Ledger(url, row_key=VaultRowKeys(lambda: deps.vault.client))
     for i in range(3):
         ledger.append(f"t{i}", "run-t", "decision", {"i": i})
     ok = await cli({**env, "LOCKGATE_LEDGER_URL": url}, "verify")

@@ -488,7 +488,6 @@ async def verdict(request: Request) -> Response:
 
 async def _timeline(inbox: Inbox, run_id: str) -> tuple[RunStatus | None, dict[str, Any]]:
     from lockgate import worker
-    from lockgate.activities.ledger import Ledger
     from lockgate.audit import history_entries, timeline
 
     client = await inbox.client()
@@ -501,7 +500,7 @@ async def _timeline(inbox: Inbox, run_id: str) -> tuple[RunStatus | None, dict[s
             history += history_entries(events, worker.DATA_CONVERTER)
     except UserError:
         status = None
-    ledger = Ledger(inbox.settings.ledger_url)
+    ledger = _ledger(inbox.settings)
     doc = await asyncio.to_thread(timeline, ledger, run_id, status.model_dump(mode="json") if status else None, history)
     return status, doc
 
@@ -558,10 +557,17 @@ async def halt(request: Request) -> Response:
     return await run_page(request, f"halt sent by {web.person.name}: the run stops, compensates and revokes")
 
 
-def _ledger(settings: Settings) -> Any:
-    from lockgate.activities.ledger import Ledger
+_LEDGERS: dict[str, Any] = {}
 
-    return Ledger(settings.ledger_url)
+
+def _ledger(settings: Settings) -> Any:
+    """The ledger, opened once per process: with its row key when the inbox may derive it (its
+    rows then carry lockgate's MAC, its reads check them)."""
+    from lockgate.verify import open_ledger
+
+    if settings.ledger_url not in _LEDGERS:
+        _LEDGERS[settings.ledger_url] = open_ledger(settings)
+    return _LEDGERS[settings.ledger_url]
 
 
 def _freeze_store(settings: Settings) -> Any:

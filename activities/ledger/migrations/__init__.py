@@ -1,0 +1,1 @@
+"""The ledger's Alembic migrations (versioned, forward-only); run by `lockgate migrate`."""

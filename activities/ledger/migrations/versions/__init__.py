@@ -1,0 +1,1 @@
+"""Migration scripts, oldest first: never edited once released, only added to."""
