@@ -36,7 +36,7 @@ from lockgate.evidence import AFTER_CLOSE, GENESIS, entry_hash
 from lockgate.identity import sign
 from lockgate.models import canonical_json
 from lockgate.people import ApproverKey, SignedStatement, Statement
-from tests.conftest import Outside, cli, finish, person, start, status_of
+from tests.support.stack import Outside, cli, finish, person, start, status_of
 
 _ALLOW_DUPLICATE = WorkflowIDReusePolicy.ALLOW_DUPLICATE
 

@@ -16,7 +16,7 @@ from temporalio.client import Client
 from lockgate.activities.ledger import Ledger
 from lockgate.activities.ledger.migrate import HEAD, LedgerSchemaError, runtime_grants, upgrade
 from lockgate.config import Settings, load_settings
-from tests.conftest import Outside, cli, finish, start
+from tests.support.stack import Outside, cli, finish, start
 
 
 async def test_migrate_is_idempotent_forward_only_and_refuses_what_it_does_not_know(
