@@ -32,10 +32,11 @@ __all__ = ["appends", "verify_million"]
 
 def _database(b: Bench, name: str) -> str:
     import psycopg
+    from psycopg import sql
 
     dsn = b.env["LOCKGATE_PG_DSN"]
     with psycopg.connect(dsn.replace("/shop?", "/postgres?"), autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     return dsn.replace("postgresql://", "postgresql+psycopg://").replace("/shop?", f"/{name}?")
 
 

@@ -20,7 +20,7 @@ GENESIS = "0" * 64
 
 
 class SingleChainEntry(SQLModel, table=True):
-    __tablename__ = "single_chain_ledger"
+    __tablename__ = "single_chain_ledger"  # pyright: ignore[reportAssignmentType]  # sqlmodel types it as declared_attr
 
     seq: int | None = Field(default=None, primary_key=True)
     event_key: str = Field(unique=True, index=True)
@@ -49,7 +49,7 @@ class SingleLockLedger:
     def __init__(self, url: str) -> None:
         self.engine = create_engine(url, pool_pre_ping=True)
         self._local = threading.Lock()
-        SQLModel.metadata.create_all(self.engine, tables=[SingleChainEntry.__table__])
+        SQLModel.metadata.create_all(self.engine, tables=[SQLModel.metadata.tables["single_chain_ledger"]])
 
     def append(self, event_key: str, run_id: str, kind: str, data: dict[str, Any], at: datetime | None = None) -> bool:
         stamp = (at or datetime.now(UTC)).isoformat()

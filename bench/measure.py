@@ -238,6 +238,8 @@ async def audit_and_replay(b: Bench, target_events: int) -> dict[str, Any]:
     plain_unsandboxed_s = await _raw_replay([plain], b.client.data_converter, plain=True, sandboxed=False)
     audits: list[float] = []
     replays: list[float] = []
+    doc: dict[str, Any] = {}
+    reports: list[replay_module.ReplayReport] = []
     for _ in range(2):
         # (i) audit, as `lockgate audit` builds it: the history's lifecycle events, the run's
         # ledger chains checked against their signed checkpoints, the timeline.
@@ -312,8 +314,8 @@ async def _raw_replay(
     from lockgate.workflows.agent import AgentWorkflow
 
     workflows = [baseline.PlainWorkflow] if plain else [AgentWorkflow]
-    runner = {"workflow_runner": workflow_runner()} if sandboxed else {"workflow_runner": UnsandboxedWorkflowRunner()}
-    replayer = Replayer(workflows=workflows, data_converter=converter, **runner)
+    runner = workflow_runner() if sandboxed else UnsandboxedWorkflowRunner()
+    replayer = Replayer(workflows=workflows, data_converter=converter, workflow_runner=runner)
     t = time.perf_counter()
     for history in histories:
         await replayer.replay_workflow(history)

@@ -93,6 +93,7 @@ QUICK = Sizes(
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
+    assert __doc__ is not None
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes: a fast end-to-end check (about 2 minutes)")
     p.add_argument(

@@ -223,8 +223,8 @@ class ScriptedModel(TestModel):
         booked = [o for o in done if "lockgate:" not in o]
         if len(booked) < len(wanted):
             seat, confirmation = wanted[len(booked)]
-            args = {"confirmation_number": confirmation, "new_seat": seat}
-            return ResponseBuilders.tool_call(json.dumps(args), "update_seat", call_id=call_id)
+            seat_args = {"confirmation_number": confirmation, "new_seat": seat}
+            return ResponseBuilders.tool_call(json.dumps(seat_args), "update_seat", call_id=call_id)
         return ResponseBuilders.output_message(" ".join(done) or "How can I help?")
 
 

@@ -144,7 +144,9 @@ async def test_quorum_counts_distinct_approvers(
     assert second.accepted
     assert await finish(close) is None
     with outside.pg() as conn:
-        closed = conn.execute("SELECT closed_at FROM customers WHERE id = 'C-501'").fetchone()[0]
+        found = conn.execute("SELECT closed_at FROM customers WHERE id = 'C-501'").fetchone()
+        assert found is not None
+        closed = found[0]
         conn.execute("UPDATE customers SET closed_at = NULL WHERE id = 'C-501'")  # leave the seed as it was
     assert closed is not None
     outside.assert_nothing_leaked()
@@ -185,6 +187,7 @@ async def test_pending_lists_exactly_the_waiting_requests(
     for h in handles:
         await pending_request(h)
     ours = {h.id for h in handles}
+    rows: list[dict[str, Any]] = []
     for _ in range(100):  # visibility is eventually consistent
         rows = [r for r in await list_pending(client, "refund-agent") if r["run_id"] in ours]
         if len(rows) == 3:
@@ -213,6 +216,7 @@ async def test_pending_lists_exactly_the_waiting_requests(
     approve = next(h for h in handles if h.id == row["run_id"])
     await send_verdict(client, approve.id, row["request_id"], session=person("alice"), approve=True)
     assert await finish(approve) is None
+    left: set[str] = set()
     for _ in range(100):
         left = {r["run_id"] for r in await list_pending(client, "refund-agent")} & ours
         if left == ours - {approve.id}:

@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from sqlalchemy import text
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
@@ -42,7 +43,7 @@ def test_ledger_on_postgres(settings: Settings, worker_running: str) -> None:
     assert settings.pg_dsn
     name = f"ledger_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(settings.pg_dsn.replace("/shop?", "/postgres?"), autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     url = settings.pg_dsn.replace("postgresql://", "postgresql+psycopg://").replace("/shop?", f"/{name}?")
     ledger = Ledger(url)
     try:

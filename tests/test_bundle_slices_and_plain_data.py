@@ -103,9 +103,13 @@ def test_pruning_keeps_a_context_whose_key_is_not_a_string_whole() -> None:
     string (`context has "1"` holds for the key 1), so dropping it would change the decision."""
     bundle = _bundle(PERMIT, '@id("one") forbid(principal, action, resource) when { context has "1" };')
     who, what, on = ("Agent", "script-agent"), ("Action", "qa.mark"), ("Tool", "qa.mark")
-    assert prune_context({1: "x", "amount": 2}, frozenset({("1",)})) == {1: "x", "amount": 2}
-    assert not bundle.authorize(who, what, on, {1: "x"}).allowed
-    assert bundle.authorize(who, what, on, {2: "x"}).allowed == bundle.authorize(who, what, on, {}).allowed
+    # Keys of any type on purpose: what a caller's untyped context may carry.
+    mixed: dict[Any, Any] = {1: "x", "amount": 2}
+    one: dict[Any, Any] = {1: "x"}
+    two: dict[Any, Any] = {2: "x"}
+    assert prune_context(mixed, frozenset({("1",)})) == {1: "x", "amount": 2}
+    assert not bundle.authorize(who, what, on, one).allowed
+    assert bundle.authorize(who, what, on, two).allowed == bundle.authorize(who, what, on, {}).allowed
 
 
 def test_pruning_keeps_a_record_whose_dropped_part_is_not_plain_data_whole() -> None:

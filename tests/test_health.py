@@ -63,7 +63,7 @@ def http_server() -> Iterator[str]:
             self.send_response(200 if self.path == "/healthz" else 503)
             self.end_headers()
 
-        def log_message(self, *_args: Any) -> None:
+        def log_message(self, format: str, *_args: Any) -> None:
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)

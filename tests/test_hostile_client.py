@@ -50,6 +50,7 @@ from tests.support.stack import (
     start,
     status_of,
 )
+from tests.support.vault import read_data
 
 
 # -- run ids ---------------------------------------------------------------------------------------
@@ -554,6 +555,7 @@ async def test_a_raw_signal_claiming_to_be_alice_is_refused_and_recorded(
     )
     for payload in (plain, as_alice.model_dump(mode="json"), altered.model_dump(mode="json")):
         await handle.signal("approve", payload)
+    refused: list[dict[str, Any]] = []
     for _ in range(100):
         refused = ledger_events(deps, handle.id, "approval.refused")
         if len(refused) >= 3:
@@ -593,16 +595,17 @@ async def test_removed_from_the_group_before_approving_is_refused(
     handle = await start(client, worker_running, "refund-agent", refund("A-1002", 25000), initiator="erin")
     req = await pending_request(handle)
     temporal_run_id = (await handle.describe()).run_id
-    group = outside.vault.read("identity/group/name/finance")["data"]
-    bob_id = outside.vault.read("identity/entity/name/bob")["data"]["id"]
-    outside.vault.write(
-        "identity/group/name/finance", member_entity_ids=[m for m in group["member_entity_ids"] if m != bob_id]
+    group = read_data(outside.vault, "identity/group/name/finance")
+    bob_id = read_data(outside.vault, "identity/entity/name/bob")["id"]
+    outside.vault.write_data(
+        "identity/group/name/finance",
+        data={"member_entity_ids": [m for m in group["member_entity_ids"] if m != bob_id]},
     )
     try:
         attempt = await attempt_of(handle, "approve", approval_of(handle, req, temporal_run_id, "bob"))
         assert not attempt.accepted and "not in group finance" in attempt.reason
     finally:
-        outside.vault.write("identity/group/name/finance", member_entity_ids=group["member_entity_ids"])
+        outside.vault.write_data("identity/group/name/finance", data={"member_entity_ids": group["member_entity_ids"]})
     await handle.terminate("done")
 
 

@@ -18,9 +18,17 @@ from lockgate.config import Settings
 from lockgate.ops import send_verdict
 from tests.support.inbox import csrf_of, free_port, login_csrf_of, receiver, served_inbox, sign_in, until
 from tests.support.stack import ROOT, finish, pending_request, person, start, status_of
+from tests.support.vault import read_data
 
 REFUND = {"order_id": "A-1002", "amount_cents": 25000}
 HOSTILE = "<script>alert('pwned')</script><img src=x onerror=alert(1)>"
+
+
+def _sid(http: httpx.AsyncClient) -> str:
+    """The value of the session cookie the client holds."""
+    value = next(c for c in http.cookies.jar if c.name == "lockgate_sid").value
+    assert value is not None
+    return value
 
 
 def _http(base: str) -> httpx.AsyncClient:
@@ -53,6 +61,7 @@ async def test_sign_in_keeps_the_vault_token_server_side(settings: Settings, cli
 
         await sign_in(http, "alice")
         cookie = next(c for c in http.cookies.jar if c.name == "lockgate_sid")
+        assert cookie.value is not None
         web = inbox.sessions[cookie.value]
         assert web.person.name == "alice" and "finance" in web.person.groups
         assert web.person.token not in cookie.value
@@ -72,7 +81,7 @@ async def test_sign_in_keeps_the_vault_token_server_side(settings: Settings, cli
         assert not hvac.Client(url=settings.vault_addr, token=web.person.token).is_authenticated()
 
         # Logout revokes the person's Vault token and ends the session.
-        second = inbox.sessions[next(c for c in http.cookies.jar if c.name == "lockgate_sid").value]
+        second = inbox.sessions[_sid(http)]
         token = second.person.token
         assert hvac.Client(url=settings.vault_addr, token=token).is_authenticated()
         csrf = csrf_of((await http.get("/")).text)
@@ -111,7 +120,7 @@ async def test_a_session_ends_when_the_persons_vault_token_expires(settings: Set
     try:
         async with served_inbox(settings, client) as (base, inbox), _http(base) as http:
             await sign_in(http, "bob")
-            sid = next(c for c in http.cookies.jar if c.name == "lockgate_sid").value
+            sid = _sid(http)
             web = inbox.sessions[sid]
             assert web.person.expires_at is not None
             assert web.person.expires_at <= datetime.now(UTC) + timedelta(seconds=ttl)
@@ -126,7 +135,7 @@ async def test_a_session_ends_when_the_persons_vault_token_expires(settings: Set
             assert sid not in inbox.sessions
     finally:
         root.write_data(user, data={"token_ttl": "1h"})
-    assert root.read(user)["data"]["token_ttl"] == 3600
+    assert read_data(root, user)["token_ttl"] == 3600
 
 
 async def test_a_post_without_the_csrf_token_changes_nothing(

@@ -14,6 +14,7 @@ from lockgate.config import Settings
 from lockgate.inbox.oidc import OIDC_MOUNT, setup_dev_oidc
 from tests.support.inbox import csrf_of, served_inbox
 from tests.support.stack import person
+from tests.support.vault import read_data
 
 
 async def _provider_login(settings: Settings, url: str, name: str) -> dict[str, str]:
@@ -37,7 +38,7 @@ async def test_oidc_sign_in_lands_on_the_persons_identity(settings: Settings, cl
         finally:
             # The session's other tests expect each person to have their userpass alias only.
             for name in ("alice", "carol"):
-                entity = root.read(f"identity/entity/name/{name}")["data"]
+                entity = read_data(root, f"identity/entity/name/{name}")
                 for alias in entity.get("aliases") or []:
                     if alias["mount_accessor"] == wired["mount_accessor"]:
                         root.delete(f"identity/entity-alias/id/{alias['id']}")

@@ -14,7 +14,9 @@ from tests.support.stack import Outside, finish, pending_request, person, start,
 
 def host(outside: Outside, host_id: str) -> tuple[Any, ...]:
     with outside.pg() as conn:
-        return conn.execute("SELECT quarantined_at, quarantine_key FROM ops.hosts WHERE id = %s", (host_id,)).fetchone()
+        row = conn.execute("SELECT quarantined_at, quarantine_key FROM ops.hosts WHERE id = %s", (host_id,)).fetchone()
+    assert row is not None
+    return row
 
 
 def tickets(outside: Outside, run_id: str) -> list[tuple[Any, ...]]:

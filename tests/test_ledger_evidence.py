@@ -14,6 +14,7 @@ import hvac
 import hvac.exceptions
 import psycopg
 import pytest
+from psycopg import sql
 from sqlalchemy import text
 
 from lockgate.activities.anchor import TransitAnchor
@@ -141,7 +142,7 @@ def test_the_ledger_key_cannot_be_exported(settings: Settings, anchor: TransitAn
     with pytest.raises(hvac.exceptions.Forbidden):
         worker.read(f"{TRANSIT_MOUNT}/export/signing-key/{LEDGER_SIGNING_KEY}")
     with pytest.raises(hvac.exceptions.Forbidden):
-        worker.write(f"{TRANSIT_MOUNT}/keys/{LEDGER_SIGNING_KEY}/config", exportable=True)
+        worker.write_data(f"{TRANSIT_MOUNT}/keys/{LEDGER_SIGNING_KEY}/config", data={"exportable": True})
     root = hvac.Client(url=settings.vault_addr, token=settings.vault_token)
     assert (
         root.secrets.transit.read_key(name=LEDGER_SIGNING_KEY, mount_point=TRANSIT_MOUNT)["data"]["exportable"] is False
@@ -166,7 +167,7 @@ def test_appends_from_many_writers_on_postgres(settings: Settings, anchor: Trans
     assert settings.pg_dsn
     name = f"ledger_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(settings.pg_dsn.replace("/shop?", "/postgres?"), autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     url = settings.pg_dsn.replace("postgresql://", "postgresql+psycopg://").replace("/shop?", f"/{name}?")
     errors: list[BaseException] = []
 

@@ -21,6 +21,7 @@ import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from psycopg import sql
 from sqlalchemy import text
 from temporalio.client import Client
 from temporalio.common import WorkflowIDReusePolicy
@@ -127,7 +128,7 @@ def ledger(request: pytest.FixtureRequest, deps: Any, settings: Settings, tmp_pa
         assert settings.pg_dsn
         name = f"forgery_{uuid.uuid4().hex[:8]}"
         with psycopg.connect(settings.pg_dsn.replace("/shop?", "/postgres?"), autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {name}")
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         url = settings.pg_dsn.replace("postgresql://", "postgresql+psycopg://").replace("/shop?", f"/{name}?")
     ledger = Ledger(
         url,

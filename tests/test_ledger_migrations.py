@@ -7,9 +7,11 @@ from __future__ import annotations
 import sqlite3
 import uuid
 from pathlib import Path
+from typing import LiteralString, cast
 
 import psycopg
 import pytest
+from psycopg import sql
 from sqlalchemy.engine import make_url
 from temporalio.client import Client
 
@@ -50,7 +52,7 @@ def _database(settings: Settings) -> tuple[str, str]:
     assert settings.pg_dsn
     name = f"ledger_rt_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(settings.pg_dsn.replace("/shop?", "/postgres?"), autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {name}")
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     return name, settings.pg_dsn.replace("postgresql://", "postgresql+psycopg://").replace("/shop?", f"/{name}?")
 
 
@@ -59,11 +61,12 @@ def _runtime_role(admin_url: str, name: str) -> str:
     role, password = f"lg_rt_{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
     plain = make_url(admin_url).set(drivername="postgresql").render_as_string(hide_password=False)
     with psycopg.connect(plain, autocommit=True) as conn:
-        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
-        conn.execute(f"REVOKE ALL ON SCHEMA public FROM {role}")
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password)))
+        conn.execute(sql.SQL("REVOKE ALL ON SCHEMA public FROM {}").format(sql.Identifier(role)))
         conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
         for grant in runtime_grants(role):
-            conn.execute(grant)
+            # runtime_grants returns SQL text (for a DBA too) built from a role name it checked.
+            conn.execute(cast(LiteralString, grant))
     return make_url(admin_url).set(username=role, password=password).render_as_string(hide_password=False)
 
 

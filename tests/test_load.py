@@ -65,9 +65,9 @@ async def test_200_concurrent_runs_with_50_approvals(
     states = await asyncio.gather(*(status_of(h) for h in handles[:5] + handles[-5:]))
     assert {s.state for s in states} == {"completed"}
     with outside.pg() as conn:
-        (refunds,) = conn.execute(
-            "SELECT count(*) FROM refunds WHERE run_id = ANY(%s)", ([h.id for h in handles],)
-        ).fetchone()
+        row = conn.execute("SELECT count(*) FROM refunds WHERE run_id = ANY(%s)", ([h.id for h in handles],)).fetchone()
+    assert row is not None
+    (refunds,) = row
     assert refunds == AUTONOMOUS + GATED
     outside.assert_nothing_leaked(within=30)
     print(f"\n200 runs, {GATED} approvals in {time.monotonic() - started:.1f}s, {polls} pending polls")

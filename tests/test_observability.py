@@ -8,13 +8,18 @@ from typing import Any
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from temporalio.client import Client
 
 from lockgate.observability import JsonFormatter, tracing_interceptors
 from tests.support.stack import finish, start
+
+
+def _attribute(span: ReadableSpan, key: str) -> Any:
+    assert span.attributes is not None
+    return span.attributes.get(key)
 
 
 def test_json_logs_carry_run_fields() -> None:
@@ -45,7 +50,7 @@ async def test_gate_lease_and_tool_spans(client: Client, worker_running: str) ->
     trace.set_tracer_provider(provider)
     handle = await start(client, worker_running, "refund-agent", {"order_id": "A-1001", "amount_cents": 130})
     assert await finish(handle) is None
-    spans = [s for s in exporter.get_finished_spans() if s.attributes.get("lockgate.run_id") == handle.id]
+    spans = [s for s in exporter.get_finished_spans() if _attribute(s, "lockgate.run_id") == handle.id]
     names = [s.name for s in spans]
     assert (
         names.count("lockgate.gate") == 2 and names.count("lockgate.lease") == 2 and names.count("lockgate.tool") == 2

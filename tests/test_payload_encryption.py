@@ -247,7 +247,8 @@ async def test_data_keys_renew_in_the_background_and_outlast_a_vault_outage(outs
     does not answer, encoding and decoding go on with the keys at hand (up to their maximum age)."""
     token = outside.vault.auth.token.create(policies=[PAYLOAD_WRITER_POLICY], ttl="10m")["auth"]["client_token"]
     live = hvac.Client(url=outside.settings.vault_addr, token=token)
-    dead = hvac.Client(url="http://127.0.0.1:9", token=token, timeout=0.5)  # nothing listens there
+    # hvac annotates timeout as int; it hands it to requests, which takes float seconds.
+    dead = hvac.Client(url="http://127.0.0.1:9", token=token, timeout=0.5)  # pyright: ignore[reportArgumentType]
     vault = [live]
     codec = TransitCodec(VaultTransit(lambda: vault[0]), PAYLOAD_KEY, data_key_ttl=0.0)
     plain = worker.DATA_CONVERTER.payload_converter.to_payloads([dict(zip(("name", "email"), PROFILE, strict=True))])

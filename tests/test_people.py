@@ -31,6 +31,7 @@ from lockgate.identity import (
 from lockgate.people import SignedStatement, Statement
 from tests.support.people import FIELDS, MAX_AGE
 from tests.support.stack import run_cli
+from tests.support.vault import read_data
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def own_state(settings: Settings, tmp_path: Path) -> Settings:
 
 
 def _entity_id(root: hvac.Client, name: str) -> str:
-    return str(root.read(f"identity/entity/name/{name}")["data"]["id"])
+    return str(read_data(root, f"identity/entity/name/{name}")["id"])
 
 
 def _alive(root: hvac.Client, token: str) -> bool:
@@ -99,16 +100,16 @@ def test_dev_people_log_in_with_their_groups(settings: Settings, password: str) 
 
 
 def test_bootstrap_people_is_idempotent(root: hvac.Client, password: str) -> None:
-    before = {n: root.read(f"identity/entity/name/{n}")["data"] for n in DEV_PEOPLE}
-    keys = {n: root.read(f"transit/keys/approver-{n}")["data"]["latest_version"] for n in DEV_PEOPLE}
+    before = {n: read_data(root, f"identity/entity/name/{n}") for n in DEV_PEOPLE}
+    keys = {n: read_data(root, f"transit/keys/approver-{n}")["latest_version"] for n in DEV_PEOPLE}
     bootstrap_people(root, password=password)
     for name in DEV_PEOPLE:
-        after = root.read(f"identity/entity/name/{name}")["data"]
+        after = read_data(root, f"identity/entity/name/{name}")
         assert after["id"] == before[name]["id"]
         assert len(after["aliases"]) == 1
-        key = root.read(f"transit/keys/approver-{name}")["data"]
+        key = read_data(root, f"transit/keys/approver-{name}")
         assert key["latest_version"] == keys[name] and key["exportable"] is False and key["type"] == "ed25519"
-    finance = root.read("identity/group/name/finance")["data"]
+    finance = read_data(root, "identity/group/name/finance")
     assert sorted(finance["member_entity_ids"]) == sorted(_entity_id(root, n) for n in ("alice", "bob"))
 
 
@@ -134,12 +135,12 @@ def test_person_signs_only_with_own_key(alice: OperatorSession, settings: Settin
 
 def test_worker_reads_identities_but_signs_as_nobody(deps: Any) -> None:
     worker = deps.vault.client
-    assert worker.read("identity/group/name/finance")["data"]["name"] == "finance"
-    assert worker.read("transit/keys/approver-alice")["data"]["keys"]
+    assert read_data(worker, "identity/group/name/finance")["name"] == "finance"
+    assert read_data(worker, "transit/keys/approver-alice")["keys"]
     with pytest.raises(hvac.exceptions.Forbidden):
         worker.secrets.transit.sign_data(name="approver-alice", hash_input=base64.b64encode(b"x").decode())
     with pytest.raises(hvac.exceptions.Forbidden):
-        worker.write("identity/group/name/finance", member_entity_ids=[])
+        worker.write_data("identity/group/name/finance", data={"member_entity_ids": []})
 
 
 # -- verification ----------------------------------------------------------------------------------
@@ -216,7 +217,7 @@ def test_disabled_person_is_refused_at_once(
     dave = login_userpass(settings.vault_addr, "dave", password)
     signed = sign(dave, "halt", {"run_id": "r-1"})
     dave_id = _entity_id(root, "dave")
-    root.write(f"identity/entity/id/{dave_id}", disabled=True)
+    root.write_data(f"identity/entity/id/{dave_id}", data={"disabled": True})
     try:
         with pytest.raises(Refused, match="dave is disabled"):
             directory.groups_of("dave")
@@ -225,7 +226,7 @@ def test_disabled_person_is_refused_at_once(
         with pytest.raises(UserError):
             sign(dave, "halt", {"run_id": "r-1"})
     finally:
-        root.write(f"identity/entity/id/{dave_id}", disabled=False)
+        root.write_data(f"identity/entity/id/{dave_id}", data={"disabled": False})
     assert directory.verify(signed, act="halt", expect={"run_id": "r-1"}, max_age=MAX_AGE).person == "dave"
 
 
@@ -235,15 +236,17 @@ def test_group_change_counts_at_the_next_check(
     carol = login_userpass(settings.vault_addr, "carol", password)
     signed = sign(carol, "approve", FIELDS)
     assert directory.groups_of("carol") == {"support-leads", "operators"}
-    leads = root.read("identity/group/name/support-leads")["data"]["member_entity_ids"]
+    leads = read_data(root, "identity/group/name/support-leads")["member_entity_ids"]
     carol_id = _entity_id(root, "carol")
-    root.write("identity/group/name/support-leads", member_entity_ids=[m for m in leads if m != carol_id])
+    root.write_data(
+        "identity/group/name/support-leads", data={"member_entity_ids": [m for m in leads if m != carol_id]}
+    )
     try:
         assert directory.groups_of("carol") == {"operators"}
         verified = directory.verify(signed, act="approve", expect=FIELDS, max_age=MAX_AGE)
         assert verified.groups == ("operators",)
     finally:
-        root.write("identity/group/name/support-leads", member_entity_ids=leads)
+        root.write_data("identity/group/name/support-leads", data={"member_entity_ids": leads})
     assert directory.groups_of("carol") == {"support-leads", "operators"}
     with pytest.raises(Refused, match="unknown person 'nobody'"):
         directory.groups_of("nobody")
@@ -256,13 +259,13 @@ def test_key_rotation_keeps_old_signatures_verifiable(
 ) -> None:
     before = sign(alice, "approve", FIELDS)
     directory.verify(before, act="approve", expect=FIELDS, max_age=MAX_AGE)  # archives what Vault publishes
-    root.write("transit/keys/approver-alice/rotate")
+    root.write_data("transit/keys/approver-alice/rotate", data={})
     after = sign(alice, "approve", FIELDS)
     assert after.key_version == before.key_version + 1
     # Retire the old version in Vault: it no longer publishes (nor verifies with) that key.
-    root.write("transit/keys/approver-alice/config", min_decryption_version=after.key_version)
+    root.write_data("transit/keys/approver-alice/config", data={"min_decryption_version": after.key_version})
     try:
-        assert str(before.key_version) not in root.read("transit/keys/approver-alice")["data"]["keys"]
+        assert str(before.key_version) not in read_data(root, "transit/keys/approver-alice")["keys"]
         fresh = PeopleDirectory(deps.vault, archive=archive)  # a worker started after the rotation
         assert fresh.verify(before, act="approve", expect=FIELDS, max_age=MAX_AGE).key_version == before.key_version
         assert fresh.verify(after, act="approve", expect=FIELDS, max_age=MAX_AGE).key_version == after.key_version
@@ -272,7 +275,7 @@ def test_key_rotation_keeps_old_signatures_verifiable(
         assert verify_offline(before, keys) and verify_offline(after, keys)
         assert not verify_offline(before.model_copy(update={"signature": after.signature}), keys)
     finally:
-        root.write("transit/keys/approver-alice/config", min_decryption_version=1)
+        root.write_data("transit/keys/approver-alice/config", data={"min_decryption_version": 1})
     # Each (person, version) is archived exactly once, however many workers saw it.
     archived = [(e.event_key) for e in deps.ledger.entries(LedgerKeyArchive.RUN_ID) if ":alice:" in e.event_key]
     assert sorted(archived) == sorted({f"approver.key:alice:v{v}" for v in range(1, after.key_version + 1)})
@@ -309,6 +312,7 @@ def test_expired_or_revoked_token_is_not_logged_in(
 
 def test_sign_and_verify_latency(alice: OperatorSession, directory: PeopleDirectory) -> None:
     signs, verifies = [], []
+    signed: SignedStatement | None = None
     for i in range(60):
         t = time.perf_counter()
         signed = sign(alice, "approve", {**FIELDS, "request_id": f"req-{i}"})
@@ -316,6 +320,7 @@ def test_sign_and_verify_latency(alice: OperatorSession, directory: PeopleDirect
         t = time.perf_counter()
         directory.verify(signed, act="approve", expect={"request_id": f"req-{i}"}, max_age=MAX_AGE)
         verifies.append((time.perf_counter() - t) * 1000)
+    assert signed is not None
     keys = {("alice", signed.key_version): directory.public_key("alice", signed.key_version)}
     offline = []
     for _ in range(200):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from typing import Any
 
 from tests.support.stack import ROOT, as_person, cli
 
@@ -28,6 +29,7 @@ async def test_the_walkthrough(env: dict[str, str], worker_running: str) -> None
     started = await cli(as_person(env, "erin"), "run", "report-agent", "--input", '{"status": "all"}')
     assert started.returncode == 0, started.stderr
     run_id = started.stdout.strip()
+    mine: list[dict[str, Any]] = []
     for _ in range(100):
         pending = json.loads((await cli(env, "pending", "--json")).stdout)
         mine = [p for p in pending if p["run_id"] == run_id]
@@ -37,6 +39,7 @@ async def test_the_walkthrough(env: dict[str, str], worker_running: str) -> None
     assert mine and (mine[0]["request_id"], mine[0]["tool"], mine[0]["group"]) == ("1.1", "orders.count", "finance")
     approved = await cli(as_person(env, "alice"), "approve", run_id, "1.1", "--reason", "weekly report")
     assert approved.returncode == 0, approved.stderr
+    status: dict[str, Any] = {}
     for _ in range(100):
         status = json.loads((await cli(env, "status", run_id, "--json")).stdout)
         if status["state"] == "completed":

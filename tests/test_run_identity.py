@@ -6,8 +6,10 @@ import uuid
 from typing import Any
 
 import hvac
+import hvac.exceptions
 import pytest
 
+from lockgate import vaultio
 from lockgate.activities.vault import LeaseForbidden, VaultBroker
 from lockgate.config import Settings
 from tests.support.stack import Outside
@@ -49,7 +51,7 @@ def test_run_identity_reads_only_its_agents_secrets(deps: Any, outside: Outside)
 def test_worker_approle_token_cannot_read_database_credentials(settings: Settings) -> None:
     client = hvac.Client(url=settings.vault_addr)
     client.auth.approle.login(role_id=settings.vault_role_id, secret_id=settings.vault_secret_id)
-    assert "root" not in client.lookup_token()["data"]["policies"]
+    assert "root" not in vaultio.body(client.lookup_token())["data"]["policies"]
     with pytest.raises(hvac.exceptions.Forbidden):
         client.read("database/creds/shop-refunds")
 

@@ -23,7 +23,7 @@ def decoded_payloads(messages: Any) -> list[str]:
                 continue
             repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
             if repeated:
-                items = value.values() if hasattr(value, "values") and callable(value.values) else value
+                items = value.values() if callable(getattr(value, "values", None)) else value
                 for item in items:
                     if hasattr(item, "ListFields"):
                         walk(item)

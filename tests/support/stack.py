@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import hvac
+import hvac.exceptions
 import psycopg
 from temporalio.client import Client, WorkflowHandle
 from temporalio.exceptions import ActivityError, ChildWorkflowError
