@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from lockgate import names
+from lockgate import metrics, names
 from lockgate.activities.approvals import ApprovalActivities
 from lockgate.activities.callers import verified_caller
 from lockgate.activities.freeze import FreezeStore
@@ -123,6 +123,7 @@ class GovernanceActivities:
     def decide(self, request: GateRequest, *, attempt: int = 1) -> Decision:
         """Evaluates one gate request (kill switch read from the shared store), records the decision
         in the ledger and the log. Used by `gate.evaluate` and inside every tool activity."""
+        started = datetime.now(UTC)
         if attempt > 1:
             # A retried tool activity decides again (a freeze may have landed meanwhile): its own record.
             request = request.model_copy(update={"decision_id": f"{request.decision_id}@{attempt}"})
@@ -151,7 +152,9 @@ class GovernanceActivities:
                 now=datetime.now(UTC),
                 lookup=self._agents.get,
             )
-        record_decision(self._ledger, decision, request, decision_phase(request, attempt))
+        phase = decision_phase(request, attempt)
+        record_decision(self._ledger, decision, request, phase)
+        metrics.decided(decision.outcome, decision.gate, phase, datetime.now(UTC) - started)
         log.info(
             "decision run=%s step=%s tool=%s outcome=%s gate=%s policies=%s",
             decision.run_id,
