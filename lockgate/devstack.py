@@ -26,11 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import hvac
 import psycopg
 import requests
 
-from lockgate import bootstrap
+from lockgate import bootstrap, vaultio
 from lockgate.config import read_env_file
 from lockgate.demo import DEMO_AGENT_MODULES
 from lockgate.errors import UserError
@@ -227,7 +226,7 @@ class DevStack:
         self._save_pids(pids)
         progress("openbao: ready; bootstrapping engines, policies and AppRole")
         boot = bootstrap.bootstrap_vault(
-            hvac.Client(url=self.vault_addr, token=root),
+            vaultio.client(self.vault_addr, root),
             connection_url=lambda db: bootstrap.socket_connection_url(socket_dir, db),
             db_username="postgres",
             db_password=pg_password,
@@ -442,7 +441,7 @@ class DevStack:
 
     def _vault_ok(self) -> bool:
         try:
-            client = hvac.Client(url=self.vault_addr, timeout=2)
+            client = vaultio.client(self.vault_addr, timeout=2)
             health = client.sys.read_health_status(method="GET")
             data = health if isinstance(health, dict) else health.json()
             return bool(data.get("initialized")) and not data.get("sealed", True)
@@ -451,7 +450,7 @@ class DevStack:
 
     def _vault_token_ok(self, token: str) -> bool:
         try:
-            return hvac.Client(url=self.vault_addr, token=token, timeout=2).is_authenticated()
+            return vaultio.client(self.vault_addr, token, timeout=2).is_authenticated()
         except Exception:  # noqa: BLE001
             return False
 
