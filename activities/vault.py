@@ -96,11 +96,25 @@ class VaultBroker:
         self._expires = time.monotonic() + max(30, int(auth["lease_duration"]) - 60)
         return client
 
+    def _renewed(self) -> hvac.Client | None:
+        """The current token renewed (until its max TTL): a login spends one use of the secret
+        id, which production bounds (`secret_id_num_uses`), so the worker logs in about once a day."""
+        if self._client is None:
+            return None
+        try:
+            ttl = int(self._client.auth.token.renew_self()["auth"]["lease_duration"])
+        except Exception:  # noqa: BLE001 - expired, revoked or not renewable: log in again
+            return None
+        if ttl < 120:
+            return None  # at its max TTL: a fresh login
+        self._expires = time.monotonic() + ttl - 60
+        return self._client
+
     @property
     def client(self) -> hvac.Client:
         with self._lock:
             if self._client is None or time.monotonic() >= self._expires:
-                self._client = self._login()
+                self._client = self._renewed() or self._login()
             return self._client
 
     def check(self) -> None:
