@@ -35,14 +35,8 @@ from lockgate.demo import DEMO_AGENT_MODULES
 from lockgate.errors import UserError
 from lockgate.spec import load_agents
 
-__all__ = ["SEARCH_ATTRIBUTES", "DevStack", "bao_binary", "free_port", "temporal_binary"]
+__all__ = ["DevStack", "bao_binary", "free_port", "temporal_binary"]
 
-SEARCH_ATTRIBUTES = {
-    "LockgateAgent": "Keyword",
-    "LockgateState": "Keyword",
-    "LockgateInitiator": "Keyword",
-    "LockgatePending": "KeywordList",
-}
 
 Progress = Callable[[str], None]
 
@@ -349,8 +343,10 @@ class DevStack:
         argv += (
             ["--ui-port", str(self.ui_port), "--ui-codec-endpoint", self.codec_endpoint] if self.ui else ["--headless"]
         )
-        for name, kind in SEARCH_ATTRIBUTES.items():
-            argv += ["--search-attribute", f"{name}={kind}"]
+        from lockgate.setup import search_attribute_flags  # the ones the workflows write
+
+        for flag in search_attribute_flags():
+            argv += ["--search-attribute", flag]
         new_pid = self._spawn("temporal", argv)
         self._wait("temporal", self._temporal_ok, new_pid, timeout=90)
         return new_pid
