@@ -465,9 +465,18 @@ def migrate_ledger(url: str) -> list[str]:
     if upgrade is not None:
         upgrade(url)
     else:
+        from sqlmodel import SQLModel
+
+        import lockgate.activities.freeze  # noqa: F401 - registers the kill switch's table
         from lockgate.activities.ledger import Ledger
 
-        Ledger(url, checkpoint_interval=None).dispose()
+        ledger = Ledger(url, checkpoint_interval=None)
+        try:
+            # The kill switch's table lives beside the ledger; its store creates it at worker start,
+            # which a runtime role without DDL rights cannot.
+            SQLModel.metadata.create_all(ledger.engine, tables=[SQLModel.metadata.tables["freezes"]])
+        finally:
+            ledger.dispose()
     after = _schema_state(url)
     if before == after:
         return []
