@@ -30,9 +30,10 @@ import hvac
 import hvac.exceptions
 import psycopg
 import pytest
+from psycopg import sql
 
 from lockgate import vaultio
-from lockgate.devstack import DevStack, bao_binary, free_port, temporal_binary
+from lockgate.devstack import DevStack, _embedded_postgres, bao_binary, free_port, temporal_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -104,13 +105,55 @@ def make_tls(d: Path) -> tuple[Path, Path, Path]:
     def run(*args: str) -> None:
         subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=d)
 
-    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "ca.key",
-        "-out", "ca.crt", "-days", "2", "-subj", "/CN=lockgate test CA")  # fmt: skip
-    run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", "tls.key",
-        "-out", "tls.csr", "-subj", "/CN=openbao")  # fmt: skip
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=lockgate test CA",
+    )
+    run(
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-keyout",
+        "tls.key",
+        "-out",
+        "tls.csr",
+        "-subj",
+        "/CN=openbao",
+    )
     (d / "san.ext").write_text("subjectAltName = IP:127.0.0.1\nextendedKeyUsage = serverAuth\n")
-    run("x509", "-req", "-in", "tls.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "tls.crt",
-        "-days", "2", "-extfile", "san.ext")  # fmt: skip
+    run(
+        "x509",
+        "-req",
+        "-in",
+        "tls.csr",
+        "-CA",
+        "ca.crt",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "tls.crt",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    )
     return d / "ca.crt", d / "tls.crt", d / "tls.key"
 
 
@@ -195,7 +238,9 @@ def _base_env() -> dict[str, str]:
     return {k: os.environ[k] for k in keep if k in os.environ} | {"PYTHONPATH": str(ROOT)}
 
 
-def cli(env: dict[str, str], *args: str, input: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def cli(
+    env: dict[str, str], *args: str, input: str | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "lockgate.cli", *args],
         env=env,
@@ -220,8 +265,10 @@ def start_postgres(procs: Procs, home: Path) -> Path:
     socket_dir = pg._start_postgres(PG_PASSWORD)
     admin = psycopg.connect(_pg_url("postgres", PG_PASSWORD, socket_dir, "postgres", "postgresql"), autocommit=True)
     with admin:
-        admin.execute(f"CREATE ROLE lockgate_migrate LOGIN PASSWORD '{MIGRATE_PASSWORD}'")
-        admin.execute(f"CREATE ROLE lockgate_runtime LOGIN PASSWORD '{RUNTIME_PASSWORD}'")
+        for role, password in (("lockgate_migrate", MIGRATE_PASSWORD), ("lockgate_runtime", RUNTIME_PASSWORD)):
+            admin.execute(
+                sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password))
+            )
         admin.execute("CREATE DATABASE ledger OWNER lockgate_migrate")
         admin.execute("REVOKE ALL ON DATABASE ledger FROM PUBLIC")
         admin.execute("GRANT CONNECT ON DATABASE ledger TO lockgate_runtime")
@@ -265,8 +312,20 @@ def test_production_deployment(procs: Procs, tmp_path: Path) -> None:
     t_port = free_port()
     t_log = tmp_path / "temporal.log"
     temporal = procs.spawn(
-        [temporal_binary(), "server", "start-dev", "--headless", "--ip", "127.0.0.1", "--port", str(t_port),
-         "--db-filename", str(tmp_path / "temporal.db"), "--log-level", "warn"],  # fmt: skip
+        [
+            temporal_binary(),
+            "server",
+            "start-dev",
+            "--headless",
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            str(t_port),
+            "--db-filename",
+            str(tmp_path / "temporal.db"),
+            "--log-level",
+            "warn",
+        ],
         t_log,
     )
     _wait_port(t_port, temporal, t_log, timeout=90)
@@ -336,12 +395,18 @@ def test_production_deployment(procs: Procs, tmp_path: Path) -> None:
     admin.sys.enable_auth_method("userpass")
     accessor = admin.sys.list_auth_methods()["data"]["userpass/"]["accessor"]
     for name in ("alice", "bob", "erin"):
-        vaultio.write(admin, f"auth/userpass/users/{name}", password=PEOPLE_PASSWORD,
-                      token_policies=["lockgate-person", "lockgate-payload-writer"], token_ttl="1h")  # fmt: skip
+        vaultio.write(
+            admin,
+            f"auth/userpass/users/{name}",
+            password=PEOPLE_PASSWORD,
+            token_policies=["lockgate-person", "lockgate-payload-writer"],
+            token_ttl="1h",
+        )
         entity = vaultio.read(admin, f"identity/entity/name/{name}")
         assert entity is not None, f"setup did not create {name}"
-        vaultio.write(admin, "identity/entity-alias", name=name, canonical_id=entity["data"]["id"],
-                      mount_accessor=accessor)  # fmt: skip
+        vaultio.write(
+            admin, "identity/entity-alias", name=name, canonical_id=entity["data"]["id"], mount_accessor=accessor
+        )
     # A backup job's identity (raft snapshots only), then the root token goes (the runbook).
     admin.sys.create_or_update_policy(
         name="backup", policy='path "sys/storage/raft/snapshot" { capabilities = ["read"] }'
@@ -388,8 +453,15 @@ def test_production_deployment(procs: Procs, tmp_path: Path) -> None:
 
     erin, alice = person("erin"), person("alice")
     run_id = f"refund-prod-{uuid.uuid4().hex[:8]}"
-    started = cli(erin, "run", "refund-agent", "--id", run_id, "--input",
-                  json.dumps({"order_id": "A-1002", "amount_cents": 25000}))  # fmt: skip
+    started = cli(
+        erin,
+        "run",
+        "refund-agent",
+        "--id",
+        run_id,
+        "--input",
+        json.dumps({"order_id": "A-1002", "amount_cents": 25000}),
+    )
     assert started.returncode == 0, started.stderr
     deadline, request = time.monotonic() + 90, None
     while time.monotonic() < deadline and request is None:
@@ -415,8 +487,9 @@ def test_production_deployment(procs: Procs, tmp_path: Path) -> None:
     assert json.loads(bao.bao("status", "-format=json").stdout)["sealed"] is True
     bao.unseal(shares[2:5])
     second = f"refund-prod-{uuid.uuid4().hex[:8]}"
-    started = cli(erin, "run", "refund-agent", "--id", second, "--input",
-                  json.dumps({"order_id": "A-1001", "amount_cents": 1500}))  # fmt: skip
+    started = cli(
+        erin, "run", "refund-agent", "--id", second, "--input", json.dumps({"order_id": "A-1001", "amount_cents": 1500})
+    )
     assert started.returncode == 0, started.stderr
     assert wait_state(erin, second, {"completed", "failed"})["state"] == "completed", w_log.read_text()[-3000:]
 
@@ -426,11 +499,17 @@ def test_production_deployment(procs: Procs, tmp_path: Path) -> None:
     snap = tmp_path / "openbao.snap"
     saved = bao.bao("operator", "raft", "snapshot", "save", str(snap), token=backup_token)
     assert saved.returncode == 0, saved.stderr
-    pg_bin = Path(DevStack.__module__ and __import__("embedded_postgres").__file__).parent / "pginstall" / "bin"
+    pg_bin = Path(_embedded_postgres().__file__).parent / "pginstall" / "bin"  # pg_dump, pg_restore
     dump = tmp_path / "ledger.dump"
     dumped = subprocess.run(
-        [str(pg_bin / "pg_dump"), "--format=custom", "--no-owner", "--file", str(dump),
-         _pg_url("lockgate_migrate", MIGRATE_PASSWORD, socket_dir, "ledger", "postgresql")],  # fmt: skip
+        [
+            str(pg_bin / "pg_dump"),
+            "--format=custom",
+            "--no-owner",
+            "--file",
+            str(dump),
+            _pg_url("lockgate_migrate", MIGRATE_PASSWORD, socket_dir, "ledger", "postgresql"),
+        ],
         capture_output=True,
         text=True,
     )
@@ -457,16 +536,30 @@ def test_production_deployment(procs: Procs, tmp_path: Path) -> None:
 
     socket2 = start_postgres(procs, tmp_path / "pg-restored")
     loaded = subprocess.run(
-        [str(pg_bin / "pg_restore"), "--no-owner", "--exit-on-error", "--dbname",
-         _pg_url("lockgate_migrate", MIGRATE_PASSWORD, socket2, "ledger", "postgresql"), str(dump)],  # fmt: skip
+        [
+            str(pg_bin / "pg_restore"),
+            "--no-owner",
+            "--exit-on-error",
+            "--dbname",
+            _pg_url("lockgate_migrate", MIGRATE_PASSWORD, socket2, "ledger", "postgresql"),
+            str(dump),
+        ],
         capture_output=True,
         text=True,
     )
     assert loaded.returncode == 0, loaded.stderr
     restore_setup = cli(
-        {**setup_env, **bao2.env, **setup_file,
-         "LOCKGATE_LEDGER_URL": _pg_url("lockgate_migrate", MIGRATE_PASSWORD, socket2, "ledger")},  # fmt: skip
-        "setup", "--only", "ledger", "--ledger-runtime-role", "lockgate_runtime",  # fmt: skip
+        {
+            **setup_env,
+            **bao2.env,
+            **setup_file,
+            "LOCKGATE_LEDGER_URL": _pg_url("lockgate_migrate", MIGRATE_PASSWORD, socket2, "ledger"),
+        },
+        "setup",
+        "--only",
+        "ledger",
+        "--ledger-runtime-role",
+        "lockgate_runtime",
     )
     assert restore_setup.returncode == 0, restore_setup.stderr + restore_setup.stdout
     # The dump carried the schema and the runtime grants: the migration and the grants are in place.
@@ -490,3 +583,15 @@ def test_production_deployment(procs: Procs, tmp_path: Path) -> None:
         assert "refunds.issue" in audited.stdout
     audited = cli(auditor, "audit", run_id)
     assert "alice" in audited.stdout  # the approval, with the approver's verified identity
+
+    # The restored ledger is checked, not trusted: one edited entry (the database owner's write,
+    # beneath lockgate) fails verification against the restored OpenBao's keys and witness.
+    owner = _pg_url("lockgate_migrate", MIGRATE_PASSWORD, socket2, "ledger", "postgresql")
+    with psycopg.connect(owner, autocommit=True) as conn:
+        edited = conn.execute(
+            "UPDATE ledger SET data = replace(data, '25000', '2500') WHERE run_id = %s AND data LIKE '%%25000%%'",
+            (run_id,),
+        ).rowcount
+    assert edited > 0
+    tampered = cli(auditor, "verify")
+    assert tampered.returncode == 1, tampered.stdout + tampered.stderr
