@@ -363,7 +363,8 @@ def ensure_people(
     if alias_mount is not None:
         accessor = client.sys.list_auth_methods()["data"].get(f"{alias_mount}/", {}).get("accessor")
     ensure_mount(client, TRANSIT_MOUNT, "transit", changes)
-    all_groups = tuple(dict.fromkeys([*groups, *(g for gs in people.values() for g in gs)]))
+    # Sorted: the same groups give the same policy text, whatever order they came in.
+    all_groups = tuple(sorted({*groups, *(g for gs in people.values() for g in gs)}))
     ensure_policy(client, PERSON_POLICY, person_policy(all_groups), changes)
 
     entity_ids: dict[str, str] = {}

@@ -7,7 +7,9 @@ check the factory itself and that nothing in the package builds a client around 
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -89,3 +91,17 @@ def test_missing_files_are_named(tmp_path: Path) -> None:
     key.write_text("-")
     with pytest.raises(UserError, match="without VAULT_CLIENT_CERT"):
         vaultio.vault_tls({"VAULT_CLIENT_KEY": str(key)})
+
+
+def test_the_broker_renews_its_token_before_logging_in_again(deps: Any) -> None:
+    """A login spends one use of a use-bound secret id: the worker renews instead while it can."""
+    broker = deps.vault
+    token = broker.client.token
+    broker._expires = 0.0  # as if the token were about to expire
+    assert broker.client.token == token  # renewed, not a new login
+    assert broker._expires > time.monotonic() + 60
+    # A token that can no longer be renewed (revoked): a fresh login.
+    vaultio.client(deps.settings.vault_addr, token).auth.token.revoke_self()
+    broker._expires = 0.0
+    assert broker.client.token != token
+    assert broker.client.is_authenticated()
