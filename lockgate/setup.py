@@ -121,10 +121,9 @@ class SetupReport:
 # -- temporal ------------------------------------------------------------------------------------
 def search_attributes() -> dict[str, int]:
     """The custom search attributes lockgate's workflows write: name -> IndexedValueType."""
-    from lockgate.workflows.agent import SA_AGENT, SA_INITIATOR
-    from lockgate.workflows.approvals import SA_PENDING, SA_STATE
+    from lockgate.names import SEARCH_ATTRIBUTES
 
-    return {key.name: int(key.indexed_value_type) for key in (SA_AGENT, SA_INITIATOR, SA_PENDING, SA_STATE)}
+    return {key.name: int(key.indexed_value_type) for key in SEARCH_ATTRIBUTES}
 
 
 def search_attribute_flags() -> list[str]:
@@ -238,6 +237,7 @@ path "identity/group/name/*" {{ capabilities = ["create", "read", "update"] }}
 def approver_groups(policy_dir: Path, agents: AgentRegistry) -> tuple[str, ...]:
     """Every group lockgate asks for: policies' `@approval`, agents' escalations and taint
     approvers, and `operators` (halt, freeze)."""
+    from lockgate.names import GROUP_OPERATORS
     from lockgate.policies import load_bundle
 
     bundle = load_bundle(policy_dir, agents)
@@ -246,7 +246,7 @@ def approver_groups(policy_dir: Path, agents: AgentRegistry) -> tuple[str, ...]:
         groups.update(agent.escalations.values())
         if agent.taint_approver:
             groups.add(agent.taint_approver)
-    return tuple(sorted({"operators", *groups}))
+    return tuple(sorted({GROUP_OPERATORS, *groups}))
 
 
 def _vault_client(settings: Settings, environ: Mapping[str, str]) -> tuple[hvac.Client, str]:

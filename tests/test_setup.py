@@ -13,9 +13,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_setup_registers_every_search_attribute_the_workflows_write() -> None:
     written = set()
-    for path in (ROOT / "workflows").glob("*.py"):
+    for path in [*(ROOT / "workflows").glob("*.py"), *(ROOT / "lockgate").rglob("*.py")]:
         written |= set(re.findall(r'SearchAttributeKey\.for_\w+\("(\w+)"\)', path.read_text()))
-    assert written, "no SearchAttributeKey found in workflows/"
+    assert written, "no SearchAttributeKey found in workflows/ or lockgate/"
     assert set(setup.search_attributes()) == written
     assert setup.search_attribute_flags() == [
         "LockgateAgent=Keyword",
