@@ -441,17 +441,25 @@ def _schema_state(url: str) -> tuple[tuple[str, tuple[str, ...]], ...]:
         engine.dispose()
 
 
-def _upgrade_hook() -> Callable[[str], Any] | None:
-    """The ledger's migration entry point, once the ledger ships one (Alembic)."""
-    for name in ("lockgate.migrations", "lockgate.activities.ledger"):
+# Where the ledger's migrations live once they ship (the r3-ledger branch: activities/ledger/migrate.py).
+_MIGRATION_MODULES = ("lockgate.activities.ledger.migrate", "lockgate.migrations", "lockgate.activities.ledger")
+
+
+def _hook(name: str) -> Callable[..., Any] | None:
+    """The ledger's `upgrade(url)` or `runtime_grants(role)`, once the ledger ships them."""
+    for module_name in _MIGRATION_MODULES:
         try:
-            module = importlib.import_module(name)
+            module = importlib.import_module(module_name)
         except ImportError:
             continue
-        upgrade = getattr(module, "upgrade", None)
-        if callable(upgrade):
-            return upgrade
+        found = getattr(module, name, None)
+        if callable(found):
+            return found
     return None
+
+
+def _upgrade_hook() -> Callable[[str], Any] | None:
+    return _hook("upgrade")
 
 
 def migrate_ledger(url: str) -> list[str]:
@@ -462,8 +470,9 @@ def migrate_ledger(url: str) -> list[str]:
     """
     before = _schema_state(url)
     upgrade = _upgrade_hook()
+    migrated = None
     if upgrade is not None:
-        upgrade(url)
+        migrated = upgrade(url)
     else:
         from sqlmodel import SQLModel
 
@@ -478,12 +487,15 @@ def migrate_ledger(url: str) -> list[str]:
         finally:
             ledger.dispose()
     after = _schema_state(url)
+    revisions = []
+    if getattr(migrated, "changed", False):
+        revisions.append(f"migrated from revision {migrated.before or 'none'} to {migrated.after}")  # type: ignore[union-attr]
     if before == after:
-        return []
+        return revisions
     old = dict(before)
     new_tables = [t for t, _ in after if t not in old]
     altered = [t for t, cols in after if t in old and old[t] != cols]
-    out = []
+    out = revisions
     if new_tables:
         out.append(f"tables created: {', '.join(new_tables)}")
     if altered:
@@ -491,58 +503,72 @@ def migrate_ledger(url: str) -> list[str]:
     return out
 
 
-_RUNTIME_TABLE = ("SELECT", "INSERT", "UPDATE")
+def _acls(conn: Any) -> set[tuple[str, str]]:
+    """Every ACL in the current schema (tables, sequences, columns, the schema itself)."""
+    from sqlalchemy import text
+
+    rows = conn.execute(
+        text(
+            "SELECT c.relname, coalesce(c.relacl::text, '') FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = current_schema() "
+            "UNION ALL SELECT c.relname || '.' || a.attname, a.attacl::text FROM pg_attribute a "
+            "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = current_schema() AND a.attacl IS NOT NULL "
+            "UNION ALL SELECT nspname, coalesce(nspacl::text, '') FROM pg_namespace WHERE nspname = current_schema()"
+        )
+    )
+    return {(str(r[0]), str(r[1])) for r in rows}
+
+
+def _fallback_grants(conn: Any, role: str) -> list[str]:
+    """Until the ledger ships its own list: SELECT, INSERT, UPDATE on the migration role's tables."""
+    from sqlalchemy import text
+
+    schema = conn.execute(text("SELECT current_schema()")).scalar_one()
+    owned = "schemaname = current_schema() AND tableowner = current_user"
+    tables = [r[0] for r in conn.execute(text(f"SELECT tablename FROM pg_tables WHERE {owned}"))]
+    sequences = [
+        r[0]
+        for r in conn.execute(
+            text(
+                "SELECT sequencename FROM pg_sequences WHERE schemaname = current_schema() AND sequenceowner = current_user"
+            )
+        )
+    ]
+    out = [f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"']
+    out += [f'GRANT SELECT, INSERT, UPDATE ON "{schema}"."{t}" TO "{role}"' for t in tables]
+    out += [f'GRANT USAGE, SELECT ON SEQUENCE "{schema}"."{q}" TO "{role}"' for q in sequences]
+    return out
 
 
 def _grant_runtime(url: str, role: str, report: SetupReport, dry_run: bool) -> None:
-    """The worker's runtime role: SELECT, INSERT, UPDATE on the ledger's tables, nothing else
-    (no DDL, no DELETE)."""
+    """The worker's runtime role gets what it needs on the ledger and nothing more (no DDL, no
+    DELETE): the ledger's own `runtime_grants(role)` when it ships one, else table-wide DML. GRANT
+    is idempotent; what changed is read from the ACLs before and after (a dry run rolls back)."""
     from sqlalchemy import create_engine, text
 
+    if not role.replace("_", "").isalnum():
+        raise UserError(f"--ledger-runtime-role {role!r}: a plain role name, please")
     engine = create_engine(url)
     try:
-        with engine.begin() as conn:
+        with engine.connect() as conn:
+            trans = conn.begin()
             if not conn.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}).first():
+                trans.rollback()
                 report.problems.append(f"ledger: runtime role {role} does not exist (create it with LOGIN first)")
                 return
-            schema = conn.execute(text("SELECT current_schema()")).scalar_one()
-            tables = [
-                r[0]
-                for r in conn.execute(
-                    text(
-                        "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() AND tableowner = current_user"
-                    )
-                )
-            ]
-            missing: list[str] = []
-            if not conn.execute(
-                text("SELECT has_schema_privilege(:r, current_schema(), 'USAGE')"), {"r": role}
-            ).scalar():
-                missing.append(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"')
-            for table in tables:
-                for priv in _RUNTIME_TABLE:
-                    query = text("SELECT has_table_privilege(:r, :t, :p)")
-                    if not conn.execute(query, {"r": role, "t": f'"{schema}"."{table}"', "p": priv}).scalar():
-                        missing.append(f'GRANT {priv} ON "{schema}"."{table}" TO "{role}"')
-            sequences = [
-                r[0]
-                for r in conn.execute(
-                    text(
-                        "SELECT sequencename FROM pg_sequences WHERE schemaname = current_schema() AND sequenceowner = current_user"
-                    )
-                )
-            ]
-            for seq in sequences:
-                query = text("SELECT has_sequence_privilege(:r, :s, 'USAGE')")
-                if not conn.execute(query, {"r": role, "s": f'"{schema}"."{seq}"'}).scalar():
-                    missing.append(f'GRANT USAGE, SELECT ON SEQUENCE "{schema}"."{seq}" TO "{role}"')
-            if missing:
-                report.changes.append(
-                    f"ledger: {len(missing)} grant(s) to runtime role {role} (SELECT, INSERT, UPDATE)"
-                )
-                if not dry_run:
-                    for statement in missing:
-                        conn.execute(text(statement))
+            hook = _hook("runtime_grants")
+            statements = list(hook(role)) if hook is not None else _fallback_grants(conn, role)
+            before = _acls(conn)
+            for statement in statements:
+                conn.execute(text(statement))
+            changed = _acls(conn) != before
+            if dry_run:
+                trans.rollback()
+            else:
+                trans.commit()
+            if changed:
+                report.changes.append(f"ledger: grants to runtime role {role} ({len(statements)} GRANT statements)")
     finally:
         engine.dispose()
 

@@ -373,7 +373,7 @@ def test_production_deployment(procs: Procs, tmp_path: Path) -> None:
     assert "temporal: search attributes LockgateAgent, LockgateInitiator, LockgatePending, LockgateState" in changes
     assert "openbao: transit key lockgate-ledger (ed25519) created" in changes
     assert "openbao: identity group finance" in changes
-    assert "ledger: tables created" in changes and "grant(s) to runtime role lockgate_runtime" in changes
+    assert "ledger: tables created" in changes and "grants to runtime role lockgate_runtime" in changes
     assert oct(setup_creds.stat().st_mode & 0o777) == "0o600" and oct(worker_creds.stat().st_mode & 0o777) == "0o600"
     worker_file = dict(line.split("=", 1) for line in worker_creds.read_text().split())
     assert set(worker_file) == {"LOCKGATE_VAULT_ROLE_ID", "LOCKGATE_VAULT_WRAPPED_SECRET_ID"}
