@@ -575,22 +575,26 @@ def _grant_runtime(url: str, role: str, report: SetupReport, dry_run: bool) -> N
 
 def _ledger(settings: Settings, environ: Mapping[str, str], opts: SetupOptions, report: SetupReport) -> None:
     url = environ.get("LOCKGATE_LEDGER_MIGRATE_URL") or settings.ledger_url
+    if opts.ledger_runtime_role and not url.startswith("postgresql"):
+        raise UserError("--ledger-runtime-role needs a PostgreSQL ledger")
     if opts.dry_run:
         from sqlalchemy import create_engine, inspect
 
         engine = create_engine(url)
         try:
-            if not inspect(engine).has_table("ledger"):
-                report.changes.append("ledger: schema created")
+            fresh = not inspect(engine).has_table("ledger")
         finally:
             engine.dispose()
+        if fresh:
+            report.changes.append("ledger: schema created")
+            if opts.ledger_runtime_role:  # on tables that do not exist yet: nothing to try
+                report.changes.append(f"ledger: grants to runtime role {opts.ledger_runtime_role}")
+            return
     else:
         report.changes += [f"ledger: {c}" for c in migrate_ledger(url)]
         if _upgrade_hook() is None:
             report.notes.append("ledger: schema from the ledger's create path (no migrations module yet)")
     if opts.ledger_runtime_role:
-        if not url.startswith("postgresql"):
-            raise UserError("--ledger-runtime-role needs a PostgreSQL ledger")
         _grant_runtime(url, opts.ledger_runtime_role, report, opts.dry_run)
 
 
