@@ -767,6 +767,7 @@ def cmd_setup(args: argparse.Namespace, settings: Settings) -> int:
         secret_id_uses=args.secret_id_uses,
         ledger_runtime_role=args.ledger_runtime_role,
         provision_databases=args.provision_databases,
+        retention_days=args.retention_days,
     )
     report = run_setup(settings, load_agents(settings.agent_modules), opts)
     if args.json:
@@ -824,6 +825,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--secret-id-uses", type=int, default=100, help="logins per worker secret id (default 100)")
     p.add_argument("--ledger-runtime-role", metavar="ROLE", help="PostgreSQL role of the workers: gets DML grants")
     p.add_argument("--provision-databases", action="store_true", help="run the tools' declared setup_sql")
+    p.add_argument("--retention-days", type=int, default=30, help="retention of a namespace setup registers (30)")
 
     p = add("run", cmd_run, "start a run of AGENT; prints the run id")
     p.add_argument("agent")

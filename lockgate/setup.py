@@ -72,6 +72,7 @@ class SetupOptions:
         secret_id_uses: logins per worker secret id.
         ledger_runtime_role: the PostgreSQL role workers use: SELECT, INSERT, UPDATE on the ledger.
         provision_databases: run the declared tools' `setup_sql` with the admin DSN.
+        retention_days: history retention of the namespace, when setup registers it (self-hosted).
     """
 
     dry_run: bool = False
@@ -86,6 +87,7 @@ class SetupOptions:
     secret_id_uses: int = 100
     ledger_runtime_role: str | None = None
     provision_databases: bool = False
+    retention_days: int = 30
 
 
 @dataclass
@@ -141,7 +143,36 @@ def _is_cloud(target: str) -> bool:
     return host.endswith(_CLOUD_HOSTS)
 
 
-async def _temporal(settings: Settings, report: SetupReport, dry_run: bool) -> None:
+async def _ensure_namespace(
+    client: Any, namespace: str, retention_days: int, report: SetupReport, dry_run: bool
+) -> bool:
+    """Registers the namespace on a self-hosted cluster when it is missing (Temporal's server image
+    with schema set-up, unlike the deprecated auto-setup, creates none). Returns False when the
+    namespace is missing and a dry run did not create it."""
+    from datetime import timedelta
+
+    from google.protobuf.duration_pb2 import Duration
+    from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, RegisterNamespaceRequest
+    from temporalio.service import RPCError, RPCStatusCode
+
+    try:
+        await client.workflow_service.describe_namespace(DescribeNamespaceRequest(namespace=namespace))
+        return True
+    except RPCError as err:
+        if err.status != RPCStatusCode.NOT_FOUND:
+            raise UserError(f"Temporal namespace {namespace}: {err.message}") from err
+    report.changes.append(f"temporal: namespace {namespace} registered (retention {retention_days} days)")
+    if dry_run:
+        return False
+    retention = Duration()
+    retention.FromTimedelta(timedelta(days=retention_days))
+    await client.workflow_service.register_namespace(
+        RegisterNamespaceRequest(namespace=namespace, workflow_execution_retention_period=retention)
+    )
+    return True
+
+
+async def _temporal(settings: Settings, report: SetupReport, dry_run: bool, retention_days: int = 30) -> None:
     from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
     from temporalio.client import Client
     from temporalio.service import RPCError, RPCStatusCode
@@ -163,8 +194,23 @@ async def _temporal(settings: Settings, report: SetupReport, dry_run: bool) -> N
     except Exception as err:
         raise UserError(f"cannot reach Temporal at {target}: {err}") from err
     wanted = search_attributes()
+    if not cloud and not await _ensure_namespace(client, namespace, retention_days, report, dry_run):
+        report.changes.append(f"temporal: search attributes {', '.join(sorted(wanted))} added to namespace {namespace}")
+        return
     try:
-        listed = await client.operator_service.list_search_attributes(ListSearchAttributesRequest(namespace=namespace))
+        # A namespace registered a moment ago reaches every frontend's cache within seconds.
+        listed = None
+        for attempt in range(60):
+            try:
+                listed = await client.operator_service.list_search_attributes(
+                    ListSearchAttributesRequest(namespace=namespace)
+                )
+                break
+            except RPCError as err:
+                if err.status != RPCStatusCode.NOT_FOUND or attempt == 59:
+                    raise
+                await asyncio.sleep(0.5)
+        assert listed is not None
         have = {k: int(v) for k, v in listed.custom_attributes.items()}
     except RPCError as err:
         if cloud:
@@ -610,7 +656,7 @@ def run_setup(
     env = os.environ if environ is None else environ
     report = SetupReport(dry_run=opts.dry_run)
     if "temporal" in opts.parts:
-        asyncio.run(_temporal(settings, report, opts.dry_run))
+        asyncio.run(_temporal(settings, report, opts.dry_run, opts.retention_days))
     if "openbao" in opts.parts:
         if opts.provision_databases:
             _provision(env, agents, report, opts.dry_run)

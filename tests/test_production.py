@@ -1,7 +1,7 @@
 """A production-shaped deployment on this machine (issue 28, item 4): slow, run with --run-slow.
 
 OpenBao in server mode (raft, TLS with a CA made here, the audit device of deploy/openbao/openbao.hcl,
-5/3 Shamir), a Temporal dev server started WITHOUT lockgate's search attributes, PostgreSQL with
+5/3 Shamir), a Temporal dev server WITHOUT lockgate's namespace or search attributes, PostgreSQL with
 separate migration and runtime roles. `lockgate setup` prepares them with the root token, the root
 token is revoked, and a second setup run (as `lockgate-setup`) has nothing to do. A worker with only
 production settings (https OpenBao + VAULT_CACERT, PostgreSQL ledger as the runtime role) runs a
@@ -339,7 +339,7 @@ def test_production_deployment(procs: Procs, tmp_path: Path) -> None:
         **bao.env,
         "LOCKGATE_ENV": "production",
         "LOCKGATE_TEMPORAL_ADDRESS": f"127.0.0.1:{t_port}",
-        "LOCKGATE_NAMESPACE": "default",
+        "LOCKGATE_NAMESPACE": "lockgate-prod",  # not there yet: setup registers it
         "LOCKGATE_AGENT_MODULES": "lockgate.demo.shop",
         "LOCKGATE_POLICY_DIR": str(ROOT / "policies"),
     }
@@ -370,6 +370,7 @@ def test_production_deployment(procs: Procs, tmp_path: Path) -> None:
     assert first.returncode == 0, first.stderr + first.stdout
     report = json.loads(first.stdout)
     changes = "\n".join(report["changes"])
+    assert "temporal: namespace lockgate-prod registered (retention 30 days)" in changes
     assert "temporal: search attributes LockgateAgent, LockgateInitiator, LockgatePending, LockgateState" in changes
     assert "openbao: transit key lockgate-ledger (ed25519) created" in changes
     assert "openbao: identity group finance" in changes
