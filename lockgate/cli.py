@@ -817,7 +817,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", choices=["temporal", "openbao", "ledger"], help="one part (repeat)")
     p.add_argument("--people", metavar="FILE", help='JSON {"person": ["group", ...]} from your IdP sync')
     p.add_argument("--group", action="append", help="an approver group to create besides the policies' (repeat)")
-    p.add_argument("--worker-credentials", metavar="FILE", help="write the worker's role id and WRAPPED secret id")
+    p.add_argument(
+        "--worker-credentials",
+        metavar="FILE",
+        default=os.environ.get("LOCKGATE_WORKER_CREDENTIALS") or None,
+        help="write the worker's role id and WRAPPED secret id (default: $LOCKGATE_WORKER_CREDENTIALS)",
+    )
     p.add_argument("--new-worker-secret", action="store_true", help="issue a new worker secret id (rotation)")
     p.add_argument("--setup-credentials", metavar="FILE", help="write lockgate-setup's AppRole credentials (root run)")
     p.add_argument("--wrap-ttl", default="15m", help="lifetime of the wrapping token (default 15m)")

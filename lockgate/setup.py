@@ -325,8 +325,13 @@ def _vault_client(settings: Settings, environ: Mapping[str, str]) -> tuple[hvac.
     return client, "token"
 
 
+def _admin_dsn(environ: Mapping[str, str]) -> str | None:
+    # LOCKGATE_SHOP_DSN: the name lockgate.deploy's openbao-init read (compose files still set it).
+    return environ.get("LOCKGATE_DB_ADMIN_DSN") or environ.get("LOCKGATE_SHOP_DSN") or None
+
+
 def _database_engine(environ: Mapping[str, str]) -> bootstrap.DatabaseEngine | None:
-    dsn = environ.get("LOCKGATE_DB_ADMIN_DSN")
+    dsn = _admin_dsn(environ)
     if not dsn:
         return None
     parts = urlsplit(dsn)
@@ -346,7 +351,7 @@ def _provision(environ: Mapping[str, str], agents: AgentRegistry, report: SetupR
     import psycopg
     from psycopg import sql
 
-    dsn = environ.get("LOCKGATE_DB_ADMIN_DSN")
+    dsn = _admin_dsn(environ)
     if not dsn:
         raise UserError("--provision-databases needs LOCKGATE_DB_ADMIN_DSN")
     done: set[tuple[str, str]] = set()
