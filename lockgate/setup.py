@@ -50,6 +50,8 @@ __all__ = [
 
 SETUP_POLICY = "lockgate-setup"
 SETUP_APPROLE = "lockgate-setup"
+# A setup secret id lasts 90 days; `lockgate setup --setup-credentials NEW` as lockgate-setup rotates it.
+SETUP_SECRET_ID_TTL = "2160h"  # noqa: S105 - a duration
 # Temporal Cloud endpoints (mTLS: <ns>.<account>.tmprl.cloud; API keys: <region>.<cloud>.api.temporal.io).
 _CLOUD_HOSTS = (".tmprl.cloud", ".api.temporal.io")
 
@@ -273,6 +275,9 @@ path "{worker}" {{ capabilities = ["create", "read", "update"] }}
 path "{worker}/role-id" {{ capabilities = ["read"] }}
 path "{worker}/secret-id" {{ capabilities = ["create", "update", "list"] }}
 path "auth/approle/role/{SETUP_APPROLE}" {{ capabilities = ["read"] }}
+path "auth/approle/role/{SETUP_APPROLE}/role-id" {{ capabilities = ["read"] }}
+path "auth/approle/role/{SETUP_APPROLE}/secret-id" {{ capabilities = ["create", "update"] }}
+path "auth/approle/role/{SETUP_APPROLE}/secret-id/destroy" {{ capabilities = ["update"] }}
 path "identity/entity" {{ capabilities = ["create", "update"] }}
 path "identity/entity/name/*" {{ capabilities = ["create", "read", "update"] }}
 path "identity/entity-alias" {{ capabilities = ["create", "update"] }}
@@ -420,21 +425,32 @@ def _openbao(
         bootstrap.ensure_config(
             client,
             f"auth/approle/role/{SETUP_APPROLE}",
-            {"token_policies": [SETUP_POLICY], "token_ttl": "15m", "token_max_ttl": "1h", "secret_id_num_uses": 0},
+            {
+                "token_policies": [SETUP_POLICY],
+                "token_ttl": "15m",
+                "token_max_ttl": "1h",
+                "secret_id_num_uses": 0,
+                "secret_id_ttl": SETUP_SECRET_ID_TTL,
+            },
             changes,
         )
-        if opts.setup_credentials is not None and changes(
-            f"lockgate-setup credentials written to {opts.setup_credentials}"
-        ):
-            role_id = client.auth.approle.read_role_id(role_name=SETUP_APPROLE)["data"]["role_id"]
-            secret = client.auth.approle.generate_secret_id(role_name=SETUP_APPROLE)["data"]["secret_id"]
-            _write_private(
-                opts.setup_credentials, f"LOCKGATE_SETUP_ROLE_ID={role_id}\nLOCKGATE_SETUP_SECRET_ID={secret}\n"
-            )
-        elif opts.setup_credentials is None and not _secret_ids(client, SETUP_APPROLE):
+        if opts.setup_credentials is None and not _secret_ids(client, SETUP_APPROLE):
             report.notes.append(
                 "no lockgate-setup credentials exist yet: run once more with --setup-credentials FILE "
                 "(with this token), then revoke the root token"
+            )
+    # New lockgate-setup credentials: the first time (with the root token), or a rotation by the
+    # setup identity itself, which then destroys the secret id it logged in with.
+    rotate = who == SETUP_APPROLE
+    verb = "rotated" if rotate else "written"
+    if opts.setup_credentials is not None and changes(f"lockgate-setup credentials {verb} to {opts.setup_credentials}"):
+        role_id = client.auth.approle.read_role_id(role_name=SETUP_APPROLE)["data"]["role_id"]
+        secret = client.auth.approle.generate_secret_id(role_name=SETUP_APPROLE)["data"]["secret_id"]
+        _write_private(opts.setup_credentials, f"LOCKGATE_SETUP_ROLE_ID={role_id}\nLOCKGATE_SETUP_SECRET_ID={secret}\n")
+        if rotate:
+            client.adapter.post(
+                f"/v1/auth/approle/role/{SETUP_APPROLE}/secret-id/destroy",
+                json={"secret_id": environ["LOCKGATE_SETUP_SECRET_ID"]},
             )
     report.changes += [f"openbao: {c}" for c in changes.done]
 

@@ -423,6 +423,15 @@ def test_production_deployment(procs: Procs, tmp_path: Path) -> None:
     assert json.loads(again.stdout)["changes"] == [], again.stdout
     plain = cli({**setup_env, **setup_file}, "setup", "--only", "openbao", "--people", str(people))
     assert plain.returncode == 0 and plain.stdout.splitlines()[0] == "nothing to do", plain.stdout
+    # lockgate-setup rotates its own credentials; the old secret id stops working.
+    rotated_file = tmp_path / "setup-rotated.env"
+    rotated = cli({**setup_env, **setup_file}, "setup", "--only", "openbao", "--people", str(people),
+                  "--setup-credentials", str(rotated_file), "--json")  # fmt: skip
+    assert rotated.returncode == 0, rotated.stderr + rotated.stdout
+    assert json.loads(rotated.stdout)["changes"] == [f"openbao: lockgate-setup credentials rotated to {rotated_file}"]
+    stale = cli({**setup_env, **setup_file}, "setup", "--only", "openbao")
+    assert stale.returncode == 2 and "login refused" in stale.stderr, stale.stderr
+    setup_file = dict(line.split("=", 1) for line in rotated_file.read_text().split())
     # lockgate-setup cannot act as a person (no transit/sign), nor read snapshots.
     setup_client = bao.client()
     setup_client.auth.approle.login(
