@@ -59,13 +59,23 @@ __all__ = [
     "socket_connection_url",
 ]
 
-RUN_TOKEN_ROLE = "lockgate-run"  # noqa: S105 - a token role name, not a secret
-WORKER_POLICY = "lockgate-worker"
-WORKER_APPROLE = "lockgate-worker"
-RUNS_MOUNT = "lockgate"  # kv-v1: runs/<run id> holds a run's token, worker/ the worker's settings
-TRANSIT_MOUNT = "transit"
-PERSON_POLICY = "lockgate-person"
-USERPASS_MOUNT = "userpass"
+# Vault names live in the one table (lockgate/names.py); re-exported for the code that says them here.
+from lockgate.names import (
+    LEDGER_SIGNING_KEY,
+    LEDGER_WITNESS_PATH,
+    PAYLOAD_KEY,
+    PAYLOAD_READER_POLICY,
+    PAYLOAD_WRITER_POLICY,
+    PERSON_POLICY,
+    RUN_TOKEN_ROLE,
+    RUNS_MOUNT,
+    SEAL_KEY,
+    TRANSIT_MOUNT,
+    USERPASS_MOUNT,
+    WORKER_APPROLE,
+    WORKER_POLICY,
+)
+
 # The dev stack's people (DESIGN.md "Demo agent"): name -> groups.
 DEV_PEOPLE: dict[str, tuple[str, ...]] = {
     "alice": ("finance",),
@@ -79,7 +89,6 @@ DEV_PEOPLE: dict[str, tuple[str, ...]] = {
     "grace": ("sre-oncall",),
 }
 DEV_GROUPS = ("finance", "support-leads", "operators", "sre-oncall")
-SEAL_KEY = "lockgate-seal"  # Transit key that seals engine-only state
 
 
 # -- idempotent building blocks: read, compare, write only what differs -------------------------
@@ -232,9 +241,6 @@ class Bootstrap:
 
 
 # -- payload encryption (activities/codec.py) ------------------------------------------------------
-PAYLOAD_KEY = "lockgate-payloads"  # the Transit key Temporal payloads are encrypted under
-PAYLOAD_READER_POLICY = "lockgate-payload-reader"  # decrypt only: auditors, codec-server users
-PAYLOAD_WRITER_POLICY = "lockgate-payload-writer"  # decrypt and new data keys: operators on the CLI
 
 
 def payload_policy(key: str = PAYLOAD_KEY, *, encrypt: bool = True) -> str:
@@ -582,9 +588,6 @@ def bootstrap_vault(
 
 
 # -- ledger anchoring (issue 14) -------------------------------------------------------------------
-TRANSIT_MOUNT = "transit"
-LEDGER_SIGNING_KEY = "lockgate-ledger"
-LEDGER_WITNESS_PATH = "ledger"  # kv-v1 under RUNS_MOUNT: the newest checkpoint of each ledger
 
 
 def ledger_signing_policy() -> str:

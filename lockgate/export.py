@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -252,7 +251,3 @@ def write_bundle(bundle: dict[str, Any], path: str) -> None:
     tmp = target.with_name(target.name + ".tmp")
     tmp.write_text(json.dumps(bundle, indent=1, sort_keys=True))
     tmp.replace(target)
-
-
-def exported_name(run_id: str) -> str:
-    return f"{run_id}.evidence-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"

@@ -18,17 +18,30 @@ __all__ = [
     "GATE_EVALUATE",
     "GROUP_OPERATORS",
     "HALT_VERIFY",
+    "LEDGER_SIGNING_KEY",
+    "LEDGER_WITNESS_PATH",
+    "PAYLOAD_KEY",
+    "PAYLOAD_READER_POLICY",
+    "PAYLOAD_WRITER_POLICY",
+    "PERSON_POLICY",
     "PLANNER_LLM",
+    "RUNS_MOUNT",
     "RUN_CLOSE",
     "RUN_OPEN",
     "RUN_RESUME",
     "RUN_SEAL",
+    "RUN_TOKEN_ROLE",
     "SA_AGENT",
     "SA_INITIATOR",
     "SA_PENDING",
     "SA_STATE",
+    "SEAL_KEY",
     "SEARCH_ATTRIBUTES",
     "TOOL_PREFIX",
+    "TRANSIT_MOUNT",
+    "USERPASS_MOUNT",
+    "WORKER_APPROLE",
+    "WORKER_POLICY",
     "WORKFLOW_AGENT",
     "is_engine_activity",
     "tool_activity",
@@ -87,6 +100,21 @@ SA_PENDING = SearchAttributeKey.for_keyword_list("LockgatePending")
 # The run's state (running, awaiting_approval, frozen, ...), as `status` and the inbox show it.
 SA_STATE = SearchAttributeKey.for_keyword("LockgateState")
 SEARCH_ATTRIBUTES = (SA_AGENT, SA_INITIATOR, SA_PENDING, SA_STATE)
+
+# -- Vault / OpenBao (created by the dev stack's bootstrap and `lockgate setup`) --------------------
+RUN_TOKEN_ROLE = "lockgate-run"  # noqa: S105 - a token role name, not a secret
+WORKER_POLICY = "lockgate-worker"
+WORKER_APPROLE = "lockgate-worker"
+RUNS_MOUNT = "lockgate"  # kv-v1: runs/<run id> holds a run's token, worker/ the worker's settings
+TRANSIT_MOUNT = "transit"
+PERSON_POLICY = "lockgate-person"
+USERPASS_MOUNT = "userpass"
+SEAL_KEY = "lockgate-seal"  # Transit key that seals engine-only state
+PAYLOAD_KEY = "lockgate-payloads"  # the Transit key Temporal payloads are encrypted under
+PAYLOAD_READER_POLICY = "lockgate-payload-reader"  # decrypt only: auditors, codec-server users
+PAYLOAD_WRITER_POLICY = "lockgate-payload-writer"  # decrypt and new data keys: operators on the CLI
+LEDGER_SIGNING_KEY = "lockgate-ledger"
+LEDGER_WITNESS_PATH = "ledger"  # kv-v1 under RUNS_MOUNT: the newest checkpoint of each ledger
 
 # -- groups ----------------------------------------------------------------------------------------
 # May halt runs and freeze/unfreeze agents.
