@@ -769,6 +769,7 @@ def cmd_setup(args: argparse.Namespace, settings: Settings) -> int:
         ledger_runtime_role=args.ledger_runtime_role,
         provision_databases=args.provision_databases,
         retention_days=args.retention_days,
+        unwrap=args.unwrap,
     )
     report = run_setup(settings, load_agents(settings.agent_modules), opts)
     if args.json:
@@ -831,6 +832,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--secret-id-uses", type=int, default=100, help="logins per worker secret id (default 100)")
     p.add_argument("--ledger-runtime-role", metavar="ROLE", help="PostgreSQL role of the workers: gets DML grants")
     p.add_argument("--provision-databases", action="store_true", help="run the tools' declared setup_sql")
+    p.add_argument(
+        "--unwrap",
+        action="store_true",
+        default=os.environ.get("LOCKGATE_SETUP_UNWRAP", "").lower() in ("1", "true", "yes"),
+        help="single host (compose): write the worker's secret id unwrapped ($LOCKGATE_SETUP_UNWRAP=1)",
+    )
     p.add_argument("--retention-days", type=int, default=30, help="retention of a namespace setup registers (30)")
 
     p = add("run", cmd_run, "start a run of AGENT; prints the run id")

@@ -75,6 +75,8 @@ class SetupOptions:
         ledger_runtime_role: the PostgreSQL role workers use: SELECT, INSERT, UPDATE on the ledger.
         provision_databases: run the declared tools' `setup_sql` with the admin DSN.
         retention_days: history retention of the namespace, when setup registers it (self-hosted).
+        unwrap: write the worker's secret id unwrapped (single-host deployments whose credentials
+            volume is the trust boundary, e.g. compose); otherwise only the wrapping token.
     """
 
     dry_run: bool = False
@@ -90,6 +92,7 @@ class SetupOptions:
     ledger_runtime_role: str | None = None
     provision_databases: bool = False
     retention_days: int = 30
+    unwrap: bool = False
 
 
 @dataclass
@@ -470,6 +473,19 @@ def _openbao(
         raise UserError("OpenBao did not wrap the worker's secret id (is response wrapping allowed?)")
     report.outputs["worker_role_id"] = role_id
     report.outputs["worker_wrapped_secret_id_accessor"] = info.get("accessor")
+    if opts.worker_credentials is not None and opts.unwrap:
+        # Single host (compose): the credentials volume is the boundary, so setup unwraps here; the
+        # unwrap fails if anyone else took the token first.
+        try:
+            unwrapped = vaultio.body(vaultio.client(settings.vault_addr, info["token"], timeout=10).sys.unwrap())
+        except hvac.exceptions.VaultError as err:
+            raise UserError(f"the worker's wrapped secret id could not be unwrapped (taken?): {err}") from err
+        _write_private(
+            opts.worker_credentials,
+            f"LOCKGATE_VAULT_ROLE_ID={role_id}\nLOCKGATE_VAULT_SECRET_ID={unwrapped['data']['secret_id']}\n",
+        )
+        report.outputs["worker_credentials"] = str(opts.worker_credentials)
+        return
     if opts.worker_credentials is not None:
         _write_private(
             opts.worker_credentials,

@@ -423,6 +423,16 @@ def test_production_deployment(procs: Procs, tmp_path: Path) -> None:
     assert json.loads(again.stdout)["changes"] == [], again.stdout
     plain = cli({**setup_env, **setup_file}, "setup", "--only", "openbao", "--people", str(people))
     assert plain.returncode == 0 and plain.stdout.splitlines()[0] == "nothing to do", plain.stdout
+    # Single host (compose): --unwrap writes a secret id the worker can use as it is.
+    plain_file = tmp_path / "worker-plain.env"
+    plain_run = cli({**setup_env, **setup_file}, "setup", "--only", "openbao", "--people", str(people),
+                    "--new-worker-secret", "--unwrap", "--worker-credentials", str(plain_file))  # fmt: skip
+    assert plain_run.returncode == 0, plain_run.stderr + plain_run.stdout
+    plain = dict(line.split("=", 1) for line in plain_file.read_text().split())
+    assert set(plain) == {"LOCKGATE_VAULT_ROLE_ID", "LOCKGATE_VAULT_SECRET_ID"}
+    assert bao.client().auth.approle.login(role_id=plain["LOCKGATE_VAULT_ROLE_ID"],
+                                           secret_id=plain["LOCKGATE_VAULT_SECRET_ID"])["auth"]  # fmt: skip
+
     # lockgate-setup rotates its own credentials; the old secret id stops working.
     rotated_file = tmp_path / "setup-rotated.env"
     rotated = cli({**setup_env, **setup_file}, "setup", "--only", "openbao", "--people", str(people),
