@@ -303,6 +303,19 @@ def approver_groups(policy_dir: Path, agents: AgentRegistry) -> tuple[str, ...]:
     return tuple(sorted({GROUP_OPERATORS, *groups}))
 
 
+def _setup_identity(environ: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """lockgate-setup's AppRole credentials: LOCKGATE_SETUP_ROLE_ID / _SECRET_ID, else the file
+    LOCKGATE_SETUP_CREDENTIALS names (written by the first run: a one-shot's volume, e.g. compose)."""
+    role_id, secret_id = environ.get("LOCKGATE_SETUP_ROLE_ID"), environ.get("LOCKGATE_SETUP_SECRET_ID")
+    path = environ.get("LOCKGATE_SETUP_CREDENTIALS")
+    if not (role_id and secret_id) and path and Path(path).is_file():
+        from lockgate.config import read_env_file
+
+        values = read_env_file(Path(path))
+        role_id, secret_id = values.get("LOCKGATE_SETUP_ROLE_ID"), values.get("LOCKGATE_SETUP_SECRET_ID")
+    return role_id, secret_id
+
+
 def _vault_client(settings: Settings, environ: Mapping[str, str]) -> tuple[hvac.Client, str]:
     """Logged in as `lockgate-setup` (LOCKGATE_SETUP_ROLE_ID / _SECRET_ID), else with VAULT_TOKEN."""
     client = vaultio.client(settings.vault_addr, timeout=10)
@@ -314,7 +327,7 @@ def _vault_client(settings: Settings, environ: Mapping[str, str]) -> tuple[hvac.
         raise UserError(f"OpenBao at {settings.vault_addr} is not initialized (bao operator init; see the runbook)")
     if health.get("sealed"):
         raise UserError(f"OpenBao at {settings.vault_addr} is sealed: unseal it first (bao operator unseal)")
-    role_id, secret_id = environ.get("LOCKGATE_SETUP_ROLE_ID"), environ.get("LOCKGATE_SETUP_SECRET_ID")
+    role_id, secret_id = _setup_identity(environ)
     if role_id and secret_id:
         try:
             client.auth.approle.login(role_id=role_id, secret_id=secret_id)
@@ -437,7 +450,11 @@ def _openbao(
             },
             changes,
         )
-        if opts.setup_credentials is None and not _secret_ids(client, SETUP_APPROLE):
+        if (
+            opts.setup_credentials is None
+            and not environ.get("LOCKGATE_SETUP_CREDENTIALS")
+            and not _secret_ids(client, SETUP_APPROLE)
+        ):
             report.notes.append(
                 "no lockgate-setup credentials exist yet: run once more with --setup-credentials FILE "
                 "(with this token), then revoke the root token"
@@ -446,14 +463,19 @@ def _openbao(
     # setup identity itself, which then destroys the secret id it logged in with.
     rotate = who == SETUP_APPROLE
     verb = "rotated" if rotate else "written"
-    if opts.setup_credentials is not None and changes(f"lockgate-setup credentials {verb} to {opts.setup_credentials}"):
+    target = opts.setup_credentials
+    kept = environ.get("LOCKGATE_SETUP_CREDENTIALS")
+    if target is None and not rotate and kept and not Path(kept).is_file():
+        target = Path(kept)  # the first run writes the file later runs log in with
+    if target is not None and changes(f"lockgate-setup credentials {verb} to {target}"):
+        used = _setup_identity(environ)[1]  # before the file (maybe the same) is rewritten
         role_id = client.auth.approle.read_role_id(role_name=SETUP_APPROLE)["data"]["role_id"]
         secret = client.auth.approle.generate_secret_id(role_name=SETUP_APPROLE)["data"]["secret_id"]
-        _write_private(opts.setup_credentials, f"LOCKGATE_SETUP_ROLE_ID={role_id}\nLOCKGATE_SETUP_SECRET_ID={secret}\n")
+        _write_private(target, f"LOCKGATE_SETUP_ROLE_ID={role_id}\nLOCKGATE_SETUP_SECRET_ID={secret}\n")
         if rotate:
             client.adapter.post(
                 f"/v1/auth/approle/role/{SETUP_APPROLE}/secret-id/destroy",
-                json={"secret_id": environ["LOCKGATE_SETUP_SECRET_ID"]},
+                json={"secret_id": used},
             )
     report.changes += [f"openbao: {c}" for c in changes.done]
 

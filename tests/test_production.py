@@ -425,7 +425,8 @@ def test_production_deployment(procs: Procs, tmp_path: Path) -> None:
     assert plain.returncode == 0 and plain.stdout.splitlines()[0] == "nothing to do", plain.stdout
     # Single host (compose): --unwrap writes a secret id the worker can use as it is.
     plain_file = tmp_path / "worker-plain.env"
-    plain_run = cli({**setup_env, **setup_file}, "setup", "--only", "openbao", "--people", str(people),
+    # (and logs in from the credentials file the first run wrote, as a one-shot container would)
+    plain_run = cli({**setup_env, "LOCKGATE_SETUP_CREDENTIALS": str(setup_creds)}, "setup", "--only", "openbao", "--people", str(people),
                     "--new-worker-secret", "--unwrap", "--worker-credentials", str(plain_file))  # fmt: skip
     assert plain_run.returncode == 0, plain_run.stderr + plain_run.stdout
     plain = dict(line.split("=", 1) for line in plain_file.read_text().split())
