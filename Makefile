@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.lockgate-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow test-all lint lock conformance policy-test bench mutation up down status worker clean
+.PHONY: install demo test test-slow test-all lint lock conformance policy-test bench bench-cli mutation up down status worker clean
 
 # Every dependency from requirements-ci.lock, hash-checked; then lockgate itself (editable). The
 # second step installs nothing else unless pyproject.toml gained a dependency the lock lacks
@@ -59,6 +59,10 @@ lock:  # needs uv: `make install` first
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+
+# Operator commands with both drop-in example apps declared vs none (bench/results.json "cli").
+bench-cli: $(STAMP)
+	$(BIN)/python -m bench.cli_timing
 
 # Mutation testing of the code that decides and enforces (mutation/targets.toml): score per module,
 # survivors and equivalents (mutation/equivalents.toml); results in bench/mutation.json. Not in `test`.

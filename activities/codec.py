@@ -46,12 +46,14 @@ from lockgate.errors import UserError
 __all__ = [
     "ENCODING",
     "DataKey",
+    "OfflineTransit",
     "PayloadKeyError",
     "PayloadKeyForbidden",
     "PayloadKeyUnavailable",
     "TransitCodec",
     "VaultTransit",
     "decode_events",
+    "encrypted_data_keys",
     "encrypted_key_names",
     "is_encrypted",
     "restore_failure",
@@ -151,6 +153,28 @@ class VaultTransit:
         )
         caps = resp.get("data", resp) if isinstance(resp, dict) else {}
         return all({"update", "root"} & set(caps.get(p) or []) for p in full)
+
+
+class OfflineTransit(VaultTransit):
+    """Transit for decoding only, with no Vault: the data keys an auditor was given (sealed for
+    their own key in an evidence bundle, lockgate.auditkeys), by wrapped form."""
+
+    def __init__(self, keys: dict[str, bytes]) -> None:
+        super().__init__(self._no_vault)
+        self._keys = dict(keys)
+
+    @staticmethod
+    def _no_vault() -> hvac.Client:
+        raise PayloadKeyUnavailable("offline: no Vault to ask")
+
+    def datakey(self, key: str) -> DataKey:
+        raise PayloadKeyError("offline: nothing can be encrypted")
+
+    def unwrap(self, key: str, wrapped: str) -> bytes:
+        try:
+            return self._keys[wrapped]
+        except KeyError:
+            raise PayloadKeyError(f"offline: no data key for a payload encrypted under {key}") from None
 
 
 @dataclass
@@ -394,6 +418,19 @@ def _walk(msg: Any, payloads: list[Payload], failures: list[Any]) -> None:
                 payloads.append(item)
             else:
                 _walk(item, payloads, failures)
+
+
+def encrypted_data_keys(events: Iterable[HistoryEvent]) -> set[tuple[str, str]]:
+    """(Transit key name, wrapped data key) of every encrypted payload in `events`."""
+    out: set[tuple[str, str]] = set()
+    for event in events:
+        payloads: list[Payload] = []
+        _walk(event, payloads, [])
+        for p in payloads:
+            if is_encrypted(p):
+                name = p.metadata[META_KEY].decode() if META_KEY in p.metadata else "?"
+                out.add((name, p.metadata[META_DATA_KEY].decode() if META_DATA_KEY in p.metadata else ""))
+    return out
 
 
 def decode_events(events: Iterable[HistoryEvent], codec: TransitCodec) -> list[HistoryEvent]:

@@ -53,7 +53,21 @@ def bundle_content(bundle: PolicyBundle) -> dict[str, object]:
     return {"policies": bundle.sources, "schema": bundle.schema_text, "entities": bundle.entities_json}
 
 
-def record_decision(ledger: Ledger, decision: Decision, request: GateRequest) -> None:
+def decision_phase(request: GateRequest, attempt: int = 1) -> str:
+    """What an evaluation was, for the timeline: the gate before a call, its re-check once approvals
+    came, a retried attempt's own re-check, or the run-time re-check of a drop-in activity."""
+    if request.decision_id.endswith("/attempt") or "/attempt@" in request.decision_id:
+        return "run-time re-check"
+    if attempt > 1:
+        return f"re-check (attempt {attempt})"
+    if request.approvals:
+        return "re-check after approval"
+    if request.compensation:
+        return "compensation"
+    return "gate"
+
+
+def record_decision(ledger: Ledger, decision: Decision, request: GateRequest, phase: str = "gate") -> None:
     """A gate decision in the ledger, with the exact request evaluated (args, run state, freeze) so
     that `lockgate replay` can re-check it against the bundle recorded by its hash."""
     ledger.try_append(
@@ -62,6 +76,7 @@ def record_decision(ledger: Ledger, decision: Decision, request: GateRequest) ->
         "decision",
         {
             "decision_id": decision.decision_id,
+            "phase": phase,
             "step": decision.step,
             "tool": decision.tool,
             "args_digest": decision.args_digest,
@@ -136,7 +151,7 @@ class GovernanceActivities:
                 now=datetime.now(UTC),
                 lookup=self._agents.get,
             )
-        record_decision(self._ledger, decision, request)
+        record_decision(self._ledger, decision, request, decision_phase(request, attempt))
         log.info(
             "decision run=%s step=%s tool=%s outcome=%s gate=%s policies=%s",
             decision.run_id,
@@ -395,4 +410,8 @@ class GovernanceActivities:
 
     @activity.defn(name=names.AUDIT_RECORD)
     def record(self, event: AuditEvent) -> bool:
-        return self._ledger.try_append(event.event_key, event.run_id, event.kind, event.data, at=event.at)
+        # Stamped when it reaches the ledger (a workflow's clock stands still within its task, which
+        # would put a fact before the decisions that came first).
+        return self._ledger.try_append(
+            event.event_key, event.run_id, event.kind, event.data, at=max(event.at, datetime.now(UTC))
+        )

@@ -7,9 +7,11 @@ never run. The API key is read from Vault here and used for one request; it neve
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
+from collections.abc import Callable, Collection
 from typing import Any
 
 import requests
@@ -20,6 +22,7 @@ from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponen
 from lockgate import names
 from lockgate.activities.vault import LeaseForbidden, VaultBroker
 from lockgate.errors import BAD_INPUT
+from lockgate.gates.bundle import PolicyBundle
 from lockgate.models import PlanProposal, PlanRequest, ToolCall
 from lockgate.spec import AgentRegistry, AgentSpec, LLMPlanner
 
@@ -46,10 +49,27 @@ def function_name(tool: str) -> str:
     return tool.replace(".", "__")
 
 
-def tool_schemas(agent: AgentSpec) -> list[dict[str, Any]]:
+def tool_schemas(
+    agent: AgentSpec, offered: Collection[str] | None = None, policy_dir: str | None = None
+) -> list[dict[str, Any]]:
+    """The tools offered to the model: those of `offered` (default: the whole boundary). An MCP
+    tool is described by its pinned definition (what a person approved, never the live server's);
+    an unpinned one is not offered (it cannot run)."""
     out = []
     for tool in agent.tools:
-        schema = tool.args.model_json_schema()
+        if offered is not None and tool.name not in offered:
+            continue
+        description = tool.description or tool.name
+        if tool.mcp_server:
+            pinned = _pinned(policy_dir, tool)
+            if pinned is None:
+                continue
+            schema: dict[str, Any] = copy.deepcopy(pinned.get("inputSchema") or {"type": "object"})
+            description = (
+                description if not description.startswith("MCP tool ") else pinned.get("description") or description
+            )
+        else:
+            schema = tool.args.model_json_schema()
         schema.setdefault("properties", {}).update(_META)
         schema.pop("title", None)
         out.append(
@@ -57,12 +77,26 @@ def tool_schemas(agent: AgentSpec) -> list[dict[str, Any]]:
                 "type": "function",
                 "function": {
                     "name": function_name(tool.name),
-                    "description": tool.description or tool.name,
+                    "description": description,
                     "parameters": schema,
                 },
             }
         )
     return out
+
+
+def _pinned(policy_dir: str | None, tool: Any) -> dict[str, Any] | None:
+    from lockgate.mcp import pins
+    from lockgate.mcp.client import MCPCall
+
+    if not isinstance(tool.fn, MCPCall):
+        return None
+    try:
+        pin = pins.load_pin(policy_dir, tool.fn.server.name)
+    except ValueError:
+        return None
+    entry = (pin or {}).get("tools", {}).get(tool.fn.mcp_name)
+    return entry.get("definition") if isinstance(entry, dict) else None
 
 
 def parse_choice(agent: AgentSpec, message: dict[str, Any]) -> PlanProposal:
@@ -139,9 +173,19 @@ def _transient(err: BaseException) -> bool:
 
 
 class LLMPlannerActivities:
-    def __init__(self, *, agents: AgentRegistry, vault: VaultBroker) -> None:
+    def __init__(
+        self,
+        *,
+        agents: AgentRegistry,
+        vault: VaultBroker,
+        bundle: Callable[[], PolicyBundle] | None = None,
+        policy_dir: str | None = None,
+    ) -> None:
         self._agents = agents
         self._vault = vault
+        # The bundle in force: the model is offered only tools the agent could ever be allowed.
+        self._bundle = bundle
+        self._policy_dir = policy_dir
 
     @activity.defn(name=names.PLANNER_LLM)
     def plan(self, request: PlanRequest) -> PlanProposal:
@@ -166,7 +210,7 @@ class LLMPlannerActivities:
         body = {
             "model": spec.model,
             "messages": _messages(spec, request),
-            "tools": tool_schemas(agent),
+            "tools": tool_schemas(agent, self._offered(agent), self._policy_dir),
             "tool_choice": "auto",
             "max_tokens": spec.max_tokens,
         }
@@ -178,6 +222,13 @@ class LLMPlannerActivities:
         proposal = parse_choice(agent, message)
         log.info("planner run=%s proposes %s", request.run_id, proposal.call.tool if proposal.call else "to finish")
         return proposal
+
+    def _offered(self, agent: AgentSpec) -> list[str] | None:
+        if self._bundle is None:
+            return None
+        from lockgate.gates.offer import offered
+
+        return offered(self._bundle(), agent.name, [t.name for t in agent.tools])
 
     # MODEL_CALL: rate limits, 5xx and network errors are retried briefly here, then by Temporal.
     @retry(

@@ -249,7 +249,7 @@ class Reaper:
             compensation=True,
         )
         decision = evaluate(bundle, self._agents.get(agent), request, now=datetime.now(UTC))
-        record_decision(self._ledger, decision, request)
+        record_decision(self._ledger, decision, request, "reaper compensation")
         if decision.outcome != "allow":
             result = {
                 "step": item["step"],

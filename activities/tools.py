@@ -23,7 +23,7 @@ from temporalio.exceptions import ApplicationError
 
 from lockgate.activities.ledger import Ledger
 from lockgate.activities.vault import LeaseForbidden, VaultBroker
-from lockgate.context import Resources, ToolContext, ToolError
+from lockgate.context import ForwardCall, Resources, ToolContext, ToolError
 from lockgate.errors import BAD_INPUT, LEASE_FORBIDDEN, TOOL_DENIED, TOOL_FAILED
 from lockgate.models import Decision, GateRequest, LeaseRef, ToolInvocation, ToolOutcome
 from lockgate.observability import span
@@ -145,6 +145,30 @@ class ToolRunner:
             return f"no completed step {step} of a tool {spec.name} compensates in this run"
         return None
 
+    def _forward_of(self, run_id: str, key: str) -> ForwardCall | None:
+        """The completed call `key` names, with the args its gate allowed, from the run's ledger."""
+        events = self._ledger.events(run_id)
+        done = next(
+            (
+                e
+                for e in events
+                if e["kind"] == "tool.completed" and e.get("idempotency_key") == key and not e.get("compensates")
+            ),
+            None,
+        )
+        if done is None:
+            return None
+        decided = next(
+            (e for e in events if e["kind"] == "decision" and e.get("decision_id") == done.get("decision_id")), None
+        )
+        args = ((decided or {}).get("request") or {}).get("call", {}).get("args") or {}
+        return ForwardCall(
+            tool=str(done.get("tool")),
+            step=int(done.get("step", 0)),
+            args=dict(args),
+            summary=str(done.get("summary") or ""),
+        )
+
     def run_direct(
         self,
         tool: str,
@@ -185,6 +209,8 @@ class ToolRunner:
                 f"{spec.name}: {describe_validation(err)}", type=BAD_INPUT, non_retryable=True
             ) from None
         ctx = ToolContext(inv.run_id, inv.step, inv.idempotency_key, self._resources)
+        if inv.compensates:
+            ctx.forward = self._forward_of(inv.run_id, inv.compensates)
         lease: LeaseRef | None = None
         if spec.secret:
             try:

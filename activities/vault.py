@@ -21,7 +21,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_expo
 from lockgate import vaultio
 from lockgate.errors import LockgateError
 from lockgate.models import LeaseRef, RunIdentity
-from lockgate.names import RUN_TOKEN_ROLE, RUNS_MOUNT, SEAL_KEY
+from lockgate.names import RUN_TOKEN_ROLE, RUNS_MOUNT, SEAL_KEY, audience_policy
 
 __all__ = ["RETRYABLE", "SEAL_KEY", "LeaseForbidden", "RunMismatch", "VaultBroker", "VaultUnavailable"]
 
@@ -45,6 +45,9 @@ def _data(resp: Any) -> dict[str, Any]:
 
 # How many runs a broker remembers opening (see VaultBroker._opened).
 OPENED_KEPT = 10_000
+# Secret paths that mint a token per call (a token role), and how its lease id names its accessor.
+TOKEN_CREATE = "auth/token/create/"  # noqa: S105 - a Vault path
+TOKEN_LEASE = "token-accessor:"  # noqa: S105 - a prefix
 # What OpenBao says when an accessor names no live token.
 NO_TOKEN_WARNING = "No token found with this accessor"  # noqa: S105 - a message, not a secret
 
@@ -291,6 +294,8 @@ class VaultBroker:
         client = vaultio.client(
             self._addr, self._run_token(run_id), timeout=self._timeout, session=self._session, tls=self._tls
         )
+        if secret_path.startswith(TOKEN_CREATE):
+            return self._mint(client, run_id, secret_path)
         try:
             resp = vaultio.read(client, secret_path)
         except hvac.exceptions.Forbidden as err:
@@ -300,9 +305,36 @@ class VaultBroker:
         lease = LeaseRef(lease_id=resp["lease_id"], secret_path=secret_path, ttl_seconds=int(resp["lease_duration"]))
         return lease, dict(resp["data"])
 
+    def _mint(self, client: hvac.Client, run_id: str, secret_path: str) -> tuple[LeaseRef, dict[str, Any]]:
+        """A token for one call from a token role (`auth/token/create/<role>`, e.g. an MCP server's
+        audience): a child of the run's identity, so revoking the run revokes it too. Its lease is
+        named by its accessor (never the token)."""
+        try:
+            role = secret_path[len(TOKEN_CREATE) :]
+            auth = vaultio.write(client, secret_path, policies=[audience_policy(role)]).get("auth") or {}
+        except hvac.exceptions.Forbidden as err:
+            raise LeaseForbidden(f"run {run_id} may not mint {secret_path}") from err
+        except hvac.exceptions.InvalidRequest as err:
+            raise LeaseForbidden(f"{secret_path}: {err}") from err
+        if not auth.get("client_token") or not auth.get("accessor"):
+            raise LeaseForbidden(f"{secret_path} minted no token")
+        lease = LeaseRef(
+            lease_id=f"{TOKEN_LEASE}{auth['accessor']}",
+            secret_path=secret_path,
+            ttl_seconds=int(auth.get("lease_duration") or 0),
+        )
+        return lease, {"token": auth["client_token"]}
+
     @_vault_call
     def revoke(self, lease_id: str) -> None:
-        """Revokes one lease (the database drops the role). Revoking a gone lease is a no-op."""
+        """Revokes one lease (the database drops the role; a minted token is revoked by its
+        accessor). Revoking a gone lease is a no-op."""
+        if lease_id.startswith(TOKEN_LEASE):
+            try:
+                self.client.auth.token.revoke_accessor(lease_id[len(TOKEN_LEASE) :])
+            except hvac.exceptions.InvalidRequest:
+                pass  # already gone
+            return
         try:
             self.client.sys.revoke_lease(lease_id=lease_id)
         except hvac.exceptions.InvalidRequest:

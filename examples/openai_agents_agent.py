@@ -272,10 +272,26 @@ def restore_seat(ctx: ToolContext, args: RestoreArgs) -> dict[str, object]:
     return {"summary": f"{row[0]} back in seat {row[1]}"}
 
 
+def replay_plugins() -> list[object]:
+    """What `lockgate replay` needs beside lockgate's own to replay `CustomerServiceWorkflow` (the
+    model's answers come from history: the provider is never asked)."""
+    from temporalio.openai_agents import ModelActivityParameters, OpenAIAgentsPlugin
+    from temporalio.openai_agents.testing import TestModelProvider
+
+    return [
+        OpenAIAgentsPlugin(
+            model_params=ModelActivityParameters(start_to_close_timeout=timedelta(seconds=30)),
+            model_provider=TestModelProvider(ScriptedModel()),
+        )
+    ]
+
+
 GOVERNANCE = Governance(
     ["Seat Booking Agent", "FAQ Agent", "Triage Agent"],
     owner="airline-support",
     purpose="Airline customer service (OpenAI Agents example).",
+    workflows=(CustomerServiceWorkflow,),
+    replay_plugins=replay_plugins,
     tools={
         "faq_lookup_tool": Govern(args=args_of(faq_lookup_tool), data_class="public"),
         "update_seat": Govern(args=args_of(update_seat), secret=SEATS, production=True, compensation=restore_seat),

@@ -222,10 +222,19 @@ def unblock_card(ctx: ToolContext, args: UnblockArgs) -> dict[str, object]:
     return {"summary": f"card of customer {row[0]} unblocked"}
 
 
+def replay_plugins() -> list[object]:
+    """What `lockgate replay` needs beside lockgate's own to replay `BankSupportWorkflow`."""
+    from pydantic_ai.durable_exec.temporal import AgentPlugin, PydanticAIPlugin
+
+    return [PydanticAIPlugin(), AgentPlugin(support_agent)]
+
+
 GOVERNANCE = Governance(
     "support_agent",
     owner="support-platform",
     purpose="Bank customer support (Pydantic AI example).",
+    workflows=(BankSupportWorkflow,),
+    replay_plugins=replay_plugins,
     tools={
         "customer_balance": Govern(secret=BANK_READER),
         "block_card": Govern(args=args_of(block_card), secret=BANK_WRITER, production=True, compensation=unblock_card),

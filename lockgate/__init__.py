@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from lockgate.context import Resources, ToolContext, ToolError
+from lockgate.context import ForwardCall, Resources, ToolContext, ToolError
 from lockgate.errors import LockgateError, PolicyError, UserError
+from lockgate.mcp import MCPServer, MCPTool
 from lockgate.models import ToolCall
 from lockgate.spec import (
     Agent,
@@ -38,9 +39,12 @@ __all__ = [
     "Agent",
     "AgentRegistry",
     "DatabaseSecret",
+    "ForwardCall",
     "LLMPlanner",
     "LockgateError",
     "LockgatePlugin",
+    "MCPServer",
+    "MCPTool",
     "Planner",
     "PolicyError",
     "Resources",

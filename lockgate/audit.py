@@ -57,8 +57,9 @@ def _summary(kind: str, d: dict[str, Any]) -> str:
             if d.get("outcome") == "approval"
             else ""
         )
+        phase = f"{d.get('phase')}: " if d.get("phase") else ""
         return (
-            f"gate {str(d.get('outcome')).upper()} by {d.get('gate')} [{policies}] bundle {str(d.get('bundle_hash'))[:12]} "
+            f"{phase}gate {str(d.get('outcome')).upper()} by {d.get('gate')} [{policies}] bundle {str(d.get('bundle_hash'))[:12]} "
             f"args {str(d.get('args_digest'))[:12]} confidence {d.get('confidence')}{extra}: "
             f"{'; '.join(d.get('reasons') or [])}"
         )

@@ -74,6 +74,7 @@ from lockgate.names import (
     USERPASS_MOUNT,
     WORKER_APPROLE,
     WORKER_POLICY,
+    audience_policy,
 )
 
 # The dev stack's people (DESIGN.md "Demo agent"): name -> groups.
@@ -277,6 +278,8 @@ path "transit/hmac/{SEAL_KEY}/*" {{ capabilities = ["update"] }}
 path "transit/verify/{SEAL_KEY}/*" {{ capabilities = ["update"] }}
 path "sys/leases/lookup" {{ capabilities = ["update"] }}
 path "sys/leases/lookup/database/creds/*" {{ capabilities = ["list", "sudo"] }}
+# Tokens minted per call for an MCP server's audience (`lockgate leases` lists the live ones).
+path "sys/leases/lookup/auth/token/create/*" {{ capabilities = ["list", "sudo"] }}
 # Verifying people's signed statements: who is in which group (live), and approvers' public keys.
 # Nothing here lets the worker sign as a person (no transit/sign/approver-*).
 path "identity/entity/name/*" {{ capabilities = ["read"] }}
@@ -398,9 +401,14 @@ def ensure_people(
             vaultio.write(client, f"identity/group/name/{group}", type="internal", member_entity_ids=members)
 
 
+MINTED = "auth/token/create/"  # secret paths that mint a token per call (an MCP server's audience)
+
+
 def agent_policy(secret_paths: list[str]) -> str:
     lines = ["# A run identity of this agent: exactly the dynamic secrets its tools declare."]
-    lines += [f'path "{p}" {{ capabilities = ["read"] }}' for p in secret_paths]
+    lines += [
+        f'path "{p}" {{ capabilities = ["{"update" if p.startswith(MINTED) else "read"}"] }}' for p in secret_paths
+    ]
     lines.append('path "auth/token/lookup-self" { capabilities = ["read"] }')
     return "\n".join(lines) + "\n"
 
@@ -508,6 +516,9 @@ def configure_vault(
     bootstrap_payload_key(client, changes=changes)
     ensure_policy(client, WORKER_POLICY, _worker_policy() + ledger_signing_policy(), changes)
     bootstrap_ledger_signing(client, changes)
+    bootstrap_token_roles(
+        client, sorted({t.secret for t in agents.tools() if t.secret and t.secret.startswith(MINTED)}), changes
+    )
     agent_policies = []
     for agent in agents.agents():
         ensure_policy(client, agent.vault_policy, agent_policy(agent.secrets()), changes)
@@ -585,6 +596,36 @@ def bootstrap_vault(
             pass
     secret_id = client.auth.approle.generate_secret_id(role_name=WORKER_APPROLE)["data"]["secret_id"]
     return Bootstrap(role_id=role_id, secret_id=secret_id)
+
+
+def bootstrap_token_roles(client: hvac.Client, paths: list[str], changes: Changes | None = None) -> None:
+    """A token role per audience (`auth/token/create/<role>`, e.g. `mcp-bank`): the tokens a run
+    mints from it for one call may only look themselves up (how the server they are for checks them:
+    `role` names the audience), last at most 5 minutes and are children of the run's identity."""
+    changes = changes or Changes()
+    for path in paths:
+        role = path[len(MINTED) :]
+        policy = audience_policy(role)
+        ensure_policy(
+            client,
+            policy,
+            f"# A token for one call to {role}: it can only be introspected by its audience.\n"
+            'path "auth/token/lookup-self" { capabilities = ["read"] }\n',
+            changes,
+        )
+        ensure_config(
+            client,
+            f"auth/token/roles/{role}",
+            {
+                "allowed_policies": [policy],
+                "token_no_default_policy": True,
+                "orphan": False,
+                "renewable": False,
+                "token_explicit_max_ttl": "300s",
+                "token_type": "service",
+            },
+            changes,
+        )
 
 
 # -- ledger anchoring (issue 14) -------------------------------------------------------------------

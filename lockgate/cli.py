@@ -92,6 +92,13 @@ def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if healthy else 1
 
 
+# -- mcp -----------------------------------------------------------------------------------------
+def cmd_mcp(args: argparse.Namespace, settings: Settings) -> int:
+    from lockgate.mcp.cli import cmd_mcp as run
+
+    return run(args, settings)
+
+
 # -- policy --------------------------------------------------------------------------------------
 def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
     from lockgate.policies import load_bundle
@@ -249,12 +256,13 @@ async def cmd_halt(args: argparse.Namespace, settings: Settings) -> int:
     session = _session(settings)
     client = await _client(settings)
     await halt_run(client, args.run_id, args.reason or f"halted by {session.name}", session=session)
-    state = await wait_closed(client, args.run_id, timeout=120)
+    await wait_closed(client, args.run_id, timeout=120)
+    # One outcome: the run's own state (`halted`), not also Temporal's close status of the
+    # workflow (a halted run's workflow closes as failed).
     status = await run_status(client, args.run_id)
     if args.json:
         _print_json(status.model_dump(mode="json"))
     else:
-        print(f"run {args.run_id}: {state}")
         _print_status(status)
     return 0
 
@@ -343,6 +351,8 @@ async def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
 
         await _await_proof(ledger, args.run_id)
         bundle = await asyncio.to_thread(build_bundle, ledger, archive, args.run_id)
+        codec = client.data_converter.payload_codec if client is not None else None
+        await asyncio.to_thread(_seal_for_auditor, bundle, args.auditor_key, codec, settings)
         write_bundle(bundle, args.export)
         if anchors is not None and anchors.source == "Vault" and keys:
             pin_keys(settings, keys)
@@ -362,6 +372,50 @@ async def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     else:
         print(render_text(doc))
     return 0 if doc["ledger_intact"] else 1
+
+
+def _seal_for_auditor(bundle: dict[str, Any], public_key: str | None, codec: Any, settings: Settings) -> None:
+    """Adds the histories' data keys, sealed for the auditor's key, to an evidence bundle: what an
+    offline replay of encrypted histories needs. The exporter's own Vault token unwraps them, so
+    only someone allowed to read the run can give them away (lockgate.auditkeys)."""
+    from temporalio.client import WorkflowHistory
+
+    from lockgate.activities.codec import encrypted_data_keys
+
+    needed: set[tuple[str, str]] = set()
+    for h in bundle["histories"]:
+        needed |= encrypted_data_keys(WorkflowHistory.from_json(bundle["run_id"], h["history"]).events)
+    if not needed:
+        return
+    if public_key is None:
+        print(
+            "lockgate: the bundle's histories are encrypted: an offline replay needs their keys, "
+            "export again with --auditor-key AUDITOR.pub (lockgate auditor-key FILE makes one)",
+            file=sys.stderr,
+        )
+        return
+    from lockgate.auditkeys import load_public_key, seal_payload_keys
+
+    recipient = load_public_key(public_key)
+    if codec is None or not hasattr(codec, "transit"):
+        from lockgate import worker
+
+        codec = worker.data_converter(settings).payload_codec
+        if codec is None:
+            raise UserError("the histories are encrypted and this shell has no Vault token to read them")
+    plain = [(name, wrapped, codec.transit.unwrap(name, wrapped)) for name, wrapped in sorted(needed)]
+    bundle["payload_keys"] = seal_payload_keys(plain, recipient)
+
+
+def cmd_auditor_key(args: argparse.Namespace, settings: Settings) -> int:
+    from lockgate.auditkeys import generate_key
+
+    private, public, fp = generate_key(args.file)
+    if args.json:
+        _print_json({"private_key": str(private), "public_key": str(public), "fingerprint": fp})
+    else:
+        print(f"auditor key {fp}: private {private} (keep it; mode 0600), public {public} (give it to exporters)")
+    return 0
 
 
 def _offline_ledger(settings: Settings) -> Any:
@@ -392,6 +446,11 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
         except (PolicyError, OSError):
             current = None  # the recorded copies are what counts; the current dir is only a shortcut
         keys, trust = (load_keys_file(args.keys), f"--keys {args.keys}") if args.keys else pinned_keys(settings)
+        auditor_key = None
+        if args.key:
+            from lockgate.auditkeys import load_private_key
+
+            auditor_key = load_private_key(args.key)
         ledger = _offline_ledger(settings)
         try:
             reports = await replay_files(
@@ -402,6 +461,7 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
                 current=current,
                 trusted_keys=keys,
                 trust=trust,
+                auditor_key=auditor_key,
             )
         finally:
             if ledger is not None:
@@ -424,19 +484,29 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
             processes=args.processes,
         )
     bad = [r for r in reports if not r.ok]
+    skipped = [r for r in reports if r.skipped is not None]
     if args.json:
         _print_json([r.as_dict() for r in reports])
     else:
         for r in reports:
+            if r.skipped is not None:
+                print(f"skipped  {r.run_id}: {r.skipped}")
+                continue
             where = "" if r.source == "server" else f" [{r.source}]"
+            kind = "" if r.workflow_type in ("", "lockgate.agent") else f" ({r.workflow_type})"
             print(
-                f"{'ok      ' if r.ok else 'MISMATCH'} {r.run_id}: {r.histories} histories, {r.events} events, "
+                f"{'ok      ' if r.ok else 'MISMATCH'} {r.run_id}{kind}: {r.histories} histories, {r.events} events, "
                 f"{r.decisions} decisions re-checked{where}"
             )
             for problem in r.problems:
                 print(f"    {problem}")
-        print(f"{len(reports)} runs replayed, {len(bad)} with mismatches")
-    return 1 if bad else 0
+        print(
+            f"{len(reports) - len(skipped)} runs replayed, {len(bad)} with mismatches"
+            + (f", {len(skipped)} skipped (not replayable here, see above)" if skipped else "")
+        )
+    # A run named on the command line that could not be replayed is a failure; `--all` lists its
+    # skips and fails only on mismatches.
+    return 1 if bad or (skipped and not args.all) else 0
 
 
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
@@ -610,6 +680,10 @@ async def cmd_freeze(args: argparse.Namespace, settings: Settings) -> int:
     from lockgate.spec import registry
 
     if args.agent and registry.get(args.agent) is None:
+        from lockgate.spec import load_agent_modules
+
+        load_agent_modules(settings.agent_modules)  # only to check the name given
+    if args.agent and registry.get(args.agent) is None:
         raise UserError(f"unknown agent {args.agent!r} (known: {', '.join(registry.names())})")
     scope = ALL if args.all else args.agent
     frozen = args.command == "freeze"
@@ -630,6 +704,66 @@ async def cmd_freeze(args: argparse.Namespace, settings: Settings) -> int:
             f"{'froze' if frozen else 'unfroze'} {target}"
             + (f"; woke {len(woken)} frozen runs" if not frozen else "; no tool of it runs from the next gate on")
         )
+    return 0
+
+
+# -- teams: people and approver groups ----------------------------------------------------------
+def _directory(args: argparse.Namespace, settings: Settings) -> Any:
+    """The directory as the given Vault token (stdin) or the logged-in person sees and changes it."""
+    import hvac
+
+    from lockgate.teams import Directory
+
+    if args.vault_token_stdin:
+        token = _read_secret(True, "", "Vault token")
+    else:
+        token = _session(settings).token
+    return Directory(hvac.Client(url=settings.vault_addr, token=token, timeout=10))
+
+
+def cmd_groups(args: argparse.Namespace, settings: Settings) -> int:
+    directory = _directory(args, settings)
+    if args.action == "list":
+        groups = directory.groups()
+        if args.json:
+            _print_json(groups)
+        else:
+            for name, members in groups.items():
+                print(f"{safe(name):<20} {', '.join(safe(m) for m in members) or '-'}")
+        return 0
+    if not args.names or (args.action != "create" and len(args.names) < 2):
+        raise UserError(
+            "groups create NAME | groups add GROUP PERSON... | groups remove GROUP PERSON..."
+            if args.action != "create"
+            else "groups create NAME: name the group"
+        )
+    if args.action == "create":
+        created = {name: directory.create_group(name) for name in args.names}
+        if args.json:
+            _print_json(
+                {"created": [n for n, c in created.items() if c], "existed": [n for n, c in created.items() if not c]}
+            )
+        else:
+            for name, c in created.items():
+                print(f"group {safe(name)} {'created' if c else 'already exists'}")
+        return 0
+    group, people = args.names[0], args.names[1:]
+    change = directory.add_members if args.action == "add" else directory.remove_members
+    members = change(group, people)
+    if args.json:
+        _print_json({"group": group, "members": members})
+    else:
+        print(f"group {safe(group)}: {', '.join(safe(m) for m in members) or 'no members'}")
+    return 0
+
+
+def cmd_people(args: argparse.Namespace, settings: Settings) -> int:
+    people = _directory(args, settings).people()
+    if args.json:
+        _print_json(people)
+    else:
+        for name, groups in people.items():
+            print(f"{safe(name):<20} {', '.join(safe(g) for g in groups) or '-'}")
     return 0
 
 
@@ -802,12 +936,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("dev", cmd_dev, "start, stop or check the embedded dev stack (Temporal, OpenBao, Postgres)")
     p.add_argument("action", choices=["up", "down", "status"])
-    add("worker", cmd_worker, "run a lockgate worker (same as python worker.py)")
+    add("worker", cmd_worker, "run a lockgate worker (same as python worker.py)").set_defaults(agents=True)
     p = add("codec-server", cmd_codec_server, "serve /decode and /encode for the Temporal UI (Vault token per caller)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8235)
     p.add_argument("--origin", action="append", help="browser origin allowed to call (repeat; default: the UI's)")
     p = add("demo", cmd_demo, "walk the refund-agent through the whole story on the real stack")
+    p.set_defaults(agents=True)
     p.add_argument("--down", action="store_true", help="stop the dev stack afterwards")
 
     p = add(
@@ -841,6 +976,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retention-days", type=int, default=30, help="retention of a namespace setup registers (30)")
 
     p = add("run", cmd_run, "start a run of AGENT; prints the run id")
+    p.set_defaults(agents=True)  # the input is validated against the agent's schema
     p.add_argument("agent")
     p.add_argument("--input", help="the agent's input as a JSON object")
     p.add_argument("--id", help="run id (default: AGENT-<random>)")
@@ -863,7 +999,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_id")
     p.add_argument("--format", choices=["text", "json", "md"], default="text")
     p.add_argument("--export", metavar="FILE", help="also write the run's evidence bundle (verifiable offline)")
+    p.add_argument(
+        "--auditor-key",
+        metavar="PUB",
+        help="seal the encrypted histories' keys for this auditor public key (offline replay with --key)",
+    )
+    p = add("auditor-key", cmd_auditor_key, "make an auditor key pair: FILE (private) and FILE.pub")
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(agents=False)
     p = add("replay", cmd_replay, "replay histories with the current code and re-check every recorded decision")
+    p.set_defaults(agents=True)  # the agents' tools and the drop-in apps' workflows
     p.add_argument("run_ids", nargs="*", metavar="RUN_ID")
     p.add_argument("--all", action="store_true", help="every lockgate run the server or the archive has")
     p.add_argument(
@@ -873,6 +1018,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="replay exported files offline: evidence bundles or history JSON (temporal workflow show -o json)",
     )
     p.add_argument("--keys", metavar="FILE", help="trusted public keys of the ledger key, for bundles")
+    p.add_argument("--key", metavar="AUDITOR_KEY", help="auditor private key: opens a bundle's encrypted histories")
     p.add_argument("--processes", type=int, help="replay processes for --all (default: one per core)")
     p = add("verify", cmd_verify, "verify the ledger (chains, signed checkpoints) or an evidence bundle, offline")
     p.add_argument("--bundle", metavar="FILE", help="verify an evidence bundle (lockgate audit --export) instead")
@@ -894,15 +1040,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["userpass", "token"], default="userpass")
     p.add_argument("--password-stdin", action="store_true", help="read the password (or token) from stdin")
     add("logout", cmd_logout, "revoke the logged-in person's token and forget it")
+    p = add("groups", cmd_groups, "approver groups (Vault identity): list | create NAME | add|remove GROUP PERSON...")
+    p.add_argument("action", nargs="?", choices=["list", "create", "add", "remove"], default="list")
+    p.add_argument("names", nargs="*", metavar="NAME")
+    p.add_argument("--vault-token-stdin", action="store_true", help="act with this Vault token, not the logged-in one")
+    p = add("people", cmd_people, "people (Vault identity entities) and the approver groups they are in")
+    p.add_argument("--vault-token-stdin", action="store_true", help="act with this Vault token, not the logged-in one")
     add("whoami", cmd_whoami, "the logged-in person: identity, groups, token expiry")
     p = add("inbox", cmd_inbox, "the approvers' web inbox (sign-in with Vault identity)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8234)
-    add("leases", cmd_leases, "leases not yet revoked, with run, tool and expiry")
+    add("leases", cmd_leases, "leases not yet revoked, with run, tool and expiry").set_defaults(agents=True)
     add("compensations", cmd_compensations, "compensations that failed and are still outstanding (exit 1 if any)")
     add("reap", cmd_reap, "one pass of the reaper: clean up runs that ended without their own cleanup")
     add("archive", cmd_archive, "one pass of the archiver: keep closed runs' histories beside the ledger")
+    p = add("mcp", cmd_mcp, "MCP servers: list, review SERVER (diff against its pin), pin SERVER (approve)")
+    p.add_argument("action", choices=["list", "review", "pin"])
+    p.add_argument("server", nargs="?")
+    p.add_argument("--policy-dir", help="where the pin file goes (default: LOCKGATE_POLICY_DIR)")
     p = add("policy", cmd_policy, "policies: check, test (cases in DIR/tests), diff CANDIDATE_DIR, schema")
+    p.set_defaults(agents=True)  # validated against the schema generated from the agents' tools
     p.add_argument("action", choices=["check", "test", "diff", "schema"])
     p.add_argument("dir", nargs="?", help="policy directory (diff: the candidate bundle's)")
     return parser
@@ -915,7 +1072,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from lockgate.spec import load_agent_modules
 
-        if getattr(args, "agents", True):
+        # Only commands that use the agents import their modules (and the agent frameworks those
+        # import: seconds per process). Operator commands (status, pending, approve, audit,
+        # verify, halt, ...) never need them.
+        if getattr(args, "agents", False):
             load_agent_modules(settings.agent_modules)
         result = args.handler(args, settings)
         if asyncio.iscoroutine(result):

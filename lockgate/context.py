@@ -14,7 +14,7 @@ from lockgate.errors import LockgateError
 if TYPE_CHECKING:
     import psycopg
 
-__all__ = ["Resources", "ToolContext", "ToolError"]
+__all__ = ["ForwardCall", "Resources", "ToolContext", "ToolError"]
 
 
 class ToolError(LockgateError):
@@ -32,6 +32,26 @@ class Resources:
     pg_socket_dir: str | None = None
     pg_host: str | None = None
     pg_port: int | None = None
+    # The policy directory: MCP tools read their pinned definitions (`mcp/<server>.json`) there.
+    policy_dir: str | None = None
+
+
+@dataclass(frozen=True)
+class ForwardCall:
+    """The call a compensation undoes, from the run's record (never from the caller).
+
+    Attributes:
+        tool: The forward tool.
+        step: Its step in the run.
+        args: The arguments its gate allowed (validated, exactly as decided).
+        summary: What its completion recorded of its result (the tool's `summary`, or for a drop-in
+            tool what `Govern(summary=...)` chose: results are private by default).
+    """
+
+    tool: str
+    step: int
+    args: dict[str, Any]
+    summary: str = ""
 
 
 @dataclass
@@ -46,6 +66,7 @@ class ToolContext:
         resources: Where the systems are (hosts, sockets).
         secret: The call's dynamic secret (e.g. `username`/`password`). It lives only for this call:
             never return, log or store it.
+        forward: For a compensation, the call it undoes (`ForwardCall`); None otherwise.
     """
 
     run_id: str
@@ -53,6 +74,7 @@ class ToolContext:
     idempotency_key: str
     resources: Resources
     secret: dict[str, Any] = field(default_factory=dict, repr=False)
+    forward: ForwardCall | None = None
 
     def owns(self, idempotency_key: str) -> bool:
         """True when `idempotency_key` names a step of this run (compensations undo only those)."""

@@ -120,6 +120,23 @@ def _with_demo(modules: str) -> str:
     return ",".join(dict.fromkeys(names))
 
 
+def _recorded_ports(env: dict[str, str]) -> dict[str, int]:
+    """The ports a dev.env records: its `LOCKGATE_DEV_*_PORT` entries, else (a dev.env written
+    before they were) the ports of the addresses it holds."""
+    out: dict[str, int] = {}
+    derived = {
+        "LOCKGATE_DEV_TEMPORAL_PORT": env.get("LOCKGATE_TEMPORAL_ADDRESS", ""),
+        "LOCKGATE_DEV_VAULT_PORT": env.get("VAULT_ADDR", ""),
+        "LOCKGATE_DEV_UI_PORT": env.get("LOCKGATE_UI_ADDRESS", ""),
+        "LOCKGATE_DEV_CODEC_PORT": env.get("LOCKGATE_CODEC_ENDPOINT", ""),
+    }
+    for name in (*derived, "LOCKGATE_DEV_INBOX_PORT"):
+        raw = env.get(name) or derived.get(name, "").rstrip("/").rpartition(":")[2]
+        if raw.isdigit():
+            out[name] = int(raw)
+    return out
+
+
 @dataclass
 class DevStack:
     state_dir: Path
@@ -135,15 +152,24 @@ class DevStack:
 
     @classmethod
     def from_env(cls, state_dir: Path) -> DevStack:
+        """The stack of `state_dir`: each port from its variable if set, else the one the stack was
+        started with (recorded in dev.env), else the default."""
         env = os.environ
+        recorded = _recorded_ports(read_env_file(state_dir / "dev.env"))
+
+        def port(name: str, default: int) -> int:
+            if env.get(name):
+                return int(env[name])
+            return recorded.get(name, default)
+
         return cls(
             state_dir=state_dir,
-            temporal_port=int(env.get("LOCKGATE_DEV_TEMPORAL_PORT", "7233")),
-            ui_port=int(env.get("LOCKGATE_DEV_UI_PORT", "8233")),
-            vault_port=int(env.get("LOCKGATE_DEV_VAULT_PORT", "8200")),
+            temporal_port=port("LOCKGATE_DEV_TEMPORAL_PORT", 7233),
+            ui_port=port("LOCKGATE_DEV_UI_PORT", 8233),
+            vault_port=port("LOCKGATE_DEV_VAULT_PORT", 8200),
             agent_modules=_with_demo(env.get("LOCKGATE_AGENT_MODULES", "")),
-            codec_port=int(env.get("LOCKGATE_DEV_CODEC_PORT", "8235")),
-            inbox_port=int(env.get("LOCKGATE_DEV_INBOX_PORT", "8234")),
+            codec_port=port("LOCKGATE_DEV_CODEC_PORT", 8235),
+            inbox_port=port("LOCKGATE_DEV_INBOX_PORT", 8234),
         )
 
     # -- paths ---------------------------------------------------------------------------------
@@ -246,6 +272,12 @@ class DevStack:
             # Payloads encrypted under this Transit key (empty in the environment: in clear).
             "LOCKGATE_PAYLOAD_KEY": bootstrap.PAYLOAD_KEY,
             "LOCKGATE_CODEC_ENDPOINT": self.codec_endpoint if self.ui else "",
+            # The ports it was started with: `dev status` / `dev down` find it without the variables.
+            "LOCKGATE_DEV_TEMPORAL_PORT": str(self.temporal_port),
+            "LOCKGATE_DEV_UI_PORT": str(self.ui_port),
+            "LOCKGATE_DEV_VAULT_PORT": str(self.vault_port),
+            "LOCKGATE_DEV_CODEC_PORT": str(self.codec_port),
+            "LOCKGATE_DEV_INBOX_PORT": str(self.inbox_port),
         }
         self._write_env(env)
         progress(f"wrote {self.env_file}")

@@ -7,12 +7,18 @@
      "keys": {"<version>": "<base64 ed25519 public key>"},
      "histories": [{"workflow_id", "run_id", "history": <History JSON as the Temporal UI/CLI write it>}],
      "policy_bundles": {"<bundle hash>": {"policies", "schema", "entities"}},
-     "approvals": [...]}
+     "approvals": [...],
+     "payload_keys": {...}}   (optional: the histories' data keys sealed for an auditor's key)
 
 Nothing in it stands on its own word: entries are proven by signed checkpoint heads (Merkle audit
 paths), each history by the digest the ledger recorded when it was archived, each policy bundle by
 its hash named in the decisions, approvals are what the entries say. `verify_bundle` checks all of it
 offline; the only thing from outside is which public keys to trust.
+
+A bundle is complete or it fails: the run's main chain from its first entry to its signed final head
+(with `run.opened` and `run.closed`), every policy bundle and every approval its decisions reference.
+A bundle checked against nothing outside it is reported unanchored: its own keys prove nothing, since
+anyone can re-sign a forged bundle with a key of their own.
 """
 
 from __future__ import annotations
@@ -29,6 +35,11 @@ __all__ = ["SCHEMA", "BundleReport", "approvals_of", "build_bundle", "load_bundl
 
 SCHEMA = "lockgate.evidence/v1"
 _FIELDS = {"schema", "run_id", "ledger_id", "chains", "keys", "histories", "policy_bundles", "approvals"}
+# Optional: what an offline replay of encrypted histories needs (lockgate.auditkeys). Not anchored
+# by the ledger and need not be: a forged key fails AES-GCM on the anchored ciphertexts.
+_OPTIONAL = {"payload_keys"}
+_OPENING = "run.opened"
+_CLOSING = "run.closed"
 _ARCHIVED = "history.archived"
 
 
@@ -103,14 +114,23 @@ class BundleReport:
     approvals: int = 0
     keys: dict[str, str] = field(default_factory=dict)
     trust: str = ""
+    anchored: bool = False
+    missing: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
+    def lack(self, what: str) -> None:
+        """A part the bundle must hold and does not: named, and the bundle is not intact."""
+        self.missing.append(what)
+        self.problems.append(f"missing: {what}")
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "intact": self.ok,
+            "anchored": self.anchored,
+            "missing": self.missing,
             "run_id": self.run_id,
             "entries": self.entries,
             "proven": self.proven,
@@ -131,7 +151,10 @@ class BundleReport:
         out = [
             f"evidence bundle of run {self.run_id}",
             f"ledger: {self.proven} of {self.entries} entries proven by signed checkpoints {cps}",
-            f"signing keys: {keys} (trusted from: {self.trust})",
+            f"signing keys: {keys} (trusted from: {self.trust})"
+            if self.anchored
+            else f"UNANCHORED: nothing outside the bundle vouches for its signing keys ({keys}); "
+            f"anyone can re-sign a forged bundle. Pass --keys FILE or pin the keys ({self.trust})",
             f"histories: {self.histories} ({self.events:,} events), each matching the digest the ledger recorded",
             f"policy bundles: {self.bundles}, re-hashed; {self.decisions} decisions name them",
             f"approvals: {self.approvals} records, as the ledger recorded them",
@@ -153,7 +176,7 @@ def verify_bundle(
 
     run_id = str(bundle.get("run_id"))
     report = BundleReport(run_id=run_id)
-    extra = set(bundle) - _FIELDS
+    extra = set(bundle) - _FIELDS - _OPTIONAL
     if extra:
         report.problems.append(f"unexpected fields {sorted(extra)}")
     missing = _FIELDS - set(bundle)
@@ -165,7 +188,7 @@ def verify_bundle(
     embedded = {int(v): str(k) for v, k in bundle["keys"].items()}
     report.keys = {str(v): fingerprint(k) for v, k in sorted(embedded.items())}
     if trusted_keys is None:
-        report.trust = "nothing (the bundle's own keys)"
+        report.trust = trust or "nothing pinned"
         report.problems.append(
             "no trusted public key: the checkpoints verify only against keys inside the bundle; "
             "pass --keys FILE (or verify once where Vault answers, which pins them)"
@@ -173,6 +196,7 @@ def verify_bundle(
         keys = embedded
     else:
         report.trust = trust
+        report.anchored = True
         keys = dict(trusted_keys)
         for v, k in embedded.items():
             if trusted_keys.get(v) != k:
@@ -188,6 +212,7 @@ def verify_bundle(
     for e in entries:
         if not proof.is_proven(e["chain"], int(e["chain_seq"])) and proof.ok:
             report.problems.append(f"seq {e['seq']} ({e['kind']}): not covered by a signed checkpoint")
+    _check_complete(bundle, run_id, proof, report)
 
     # 3. histories: each exactly the one whose digest the ledger recorded at archiving
     recorded: dict[str, str] = {}
@@ -196,7 +221,7 @@ def verify_bundle(
             for item in json.loads(e["data"]).get("histories", []):
                 recorded[str(item["temporal_run_id"])] = str(item["sha256"])
     if not recorded:
-        report.problems.append("no archived-history record in the ledger entries: the histories are unanchored")
+        report.lack("the history.archived record (the ledger's digests of the histories)")
     seen = set()
     for h in bundle["histories"]:
         where = f"history {h.get('run_id')}"
@@ -214,7 +239,7 @@ def verify_bundle(
         report.histories += 1
         report.events += len(parsed.events)
     for missing_run in sorted(set(recorded) - seen):
-        report.problems.append(f"history {missing_run}: recorded in the ledger but missing from the bundle")
+        report.lack(f"history {missing_run} (recorded in the ledger)")
 
     # 4. policy bundles: each rebuilds to the hash its decisions name
     named = set()
@@ -236,14 +261,69 @@ def verify_bundle(
         if rebuilt.hash != digest:
             report.problems.append(f"policy bundle {digest[:12]}: content hashes to {rebuilt.hash[:12]} (edited)")
     for digest in sorted(d for d in named if d and d not in bundle["policy_bundles"]):
-        report.problems.append(f"policy bundle {digest[:12]}: named by a decision but missing")
+        report.lack(f"policy bundle {digest[:12]} (named by a decision)")
 
-    # 5. approvals: exactly what the proven entries say
+    # 5. approvals: exactly what the proven entries say, and every one a decision references
     derived = approvals_of(bundle["chains"])
     report.approvals = len(derived)
-    if derived != bundle["approvals"]:
+    listed = bundle["approvals"] if isinstance(bundle["approvals"], list) else []
+    if derived and not listed:
+        report.lack(f"approval evidence ({len(derived)} approval records the ledger entries hold)")
+    elif derived != listed:
         report.problems.append("approval evidence differs from the approvals the ledger entries record (edited)")
+    _check_referenced_approvals(entries, report)
     return report
+
+
+def _check_complete(bundle: dict[str, Any], run_id: str, proof: Any, report: BundleReport) -> None:
+    """The run's main chain, whole: from its first entry to the head a checkpoint signed final, with
+    the run's opening and closing entries. A fragment (another chain alone, a cut chain) is not
+    evidence of what the run did."""
+    main = next((c for c in bundle["chains"] if c.get("chain") == run_id), None)
+    if main is None or not main.get("entries"):
+        report.lack(f"the run's main chain {run_id} (its entries from run.opened to run.closed)")
+        return
+    entries = main["entries"]
+    if int(entries[0].get("chain_seq", 0)) != 1:
+        report.lack(f"the start of the main chain (entries #1 to #{int(entries[0].get('chain_seq', 1)) - 1})")
+    if not proof.final.get(run_id):
+        report.lack("the main chain's signed final head (the checkpoint that sealed the closed run)")
+    elif len(entries) != proof.proven_to.get(run_id) or int(entries[-1].get("chain_seq", 0)) != proof.proven_to[run_id]:
+        report.lack(f"main chain entries up to its signed final head #{proof.proven_to[run_id]}")
+    kinds = [e.get("kind") for e in entries]
+    if _OPENING not in kinds:
+        report.lack(f"{_OPENING} (the run's first entry)")
+    elif kinds[0] != _OPENING:
+        report.problems.append(f"the main chain does not begin with {_OPENING}")
+    if _CLOSING not in kinds:
+        report.lack(f"{_CLOSING} (the run's closing entry)")
+
+
+def _check_referenced_approvals(entries: list[dict[str, Any]], report: BundleReport) -> None:
+    """Each decision that asked for approval has its request; each approval a decision counted has
+    its accepted record (same request, same approver)."""
+    requested = set()
+    accepted = set()
+    for e in entries:
+        if e["kind"] == "approval.requested":
+            requested.add(str(json.loads(e["data"]).get("decision_id")))
+        elif e["kind"] == "approval.accepted":
+            d = json.loads(e["data"])
+            accepted.add((str(d.get("request_id")), str(d.get("approver"))))
+    for e in entries:
+        if e["kind"] != "decision":
+            continue
+        d = json.loads(e["data"])
+        if d.get("outcome") == "approval" and str(d.get("decision_id")) not in requested:
+            report.lack(f"approval.requested of decision {d.get('decision_id')}")
+        for approval in (d.get("request") or {}).get("approvals") or []:
+            statement = (approval.get("statement") or {}) if isinstance(approval, dict) else {}
+            request_id = str((statement.get("fields") or {}).get("request_id"))
+            person = str(statement.get("person"))
+            if (request_id, person) not in accepted:
+                report.lack(
+                    f"approval.accepted of request {request_id} by {person} (counted by decision {d.get('decision_id')})"
+                )
 
 
 def write_bundle(bundle: dict[str, Any], path: str) -> None:

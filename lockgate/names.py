@@ -43,6 +43,7 @@ __all__ = [
     "WORKER_APPROLE",
     "WORKER_POLICY",
     "WORKFLOW_AGENT",
+    "audience_policy",
     "is_engine_activity",
     "tool_activity",
 ]
@@ -119,3 +120,9 @@ LEDGER_WITNESS_PATH = "ledger"  # kv-v1 under RUNS_MOUNT: the newest checkpoint 
 # -- groups ----------------------------------------------------------------------------------------
 # May halt runs and freeze/unfreeze agents.
 GROUP_OPERATORS = "operators"
+
+
+def audience_policy(role: str) -> str:
+    """The only Vault policy of a token minted per call from token role `role` (an MCP server's
+    audience, `mcp-<server>`): it lets the token look itself up, which is how its audience checks it."""
+    return f"lockgate-audience-{role}"

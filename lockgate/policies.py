@@ -13,6 +13,39 @@ from lockgate.spec import AgentRegistry
 __all__ = ["load_bundle"]
 
 
+def mcp_pins_note(policy_dir: Path, agents: AgentRegistry) -> str:
+    """The pinned MCP definitions' digests as schema comments: the bundle hash (which every
+    decision record names) then covers exactly what people approved, descriptions included."""
+    servers = sorted({t.mcp_server for t in agents.tools() if t.mcp_server})
+    if not servers:
+        return ""
+    from lockgate.mcp import pins
+
+    lines = ["", "// MCP tool definitions pinned by people (`lockgate mcp pin`):"]
+    for server in servers:
+        try:
+            pin = pins.load_pin(policy_dir, server)
+        except ValueError as err:
+            raise PolicyError([f"mcp/{server}.json: {err}"]) from None
+        for name, entry in sorted((pin or {}).get("tools", {}).items()):
+            lines.append(f"// {server}/{name} {entry.get('digest') if isinstance(entry, dict) else '?'}")
+        if pin is None:
+            lines.append(f"// {server}: not pinned")
+    return "\n".join(lines) + "\n"
+
+
+def mcp_args_types(policy_dir: Path, agents: AgentRegistry) -> dict[str, str]:
+    """The Cedar args types of the agents' MCP tools, from the pins beside the policies."""
+    if not any(t.mcp_server for t in agents.tools()):
+        return {}
+    from lockgate.mcp.schema import args_types
+
+    try:
+        return args_types(policy_dir, agents.agents())
+    except Exception as err:  # noqa: BLE001 - a bad pin file or a schema the generator refuses
+        raise PolicyError([f"mcp/: {err}"]) from None
+
+
 def load_bundle(policy_dir: Path, agents: AgentRegistry | None = None) -> PolicyBundle:
     """Loads `*.cedar`, `schema.cedarschema` and `entities.json` from `policy_dir`. With `agents`,
     the schema is generated from their tools (`lockgate.schema`), plus what `schema.cedarschema`
@@ -32,7 +65,8 @@ def load_bundle(policy_dir: Path, agents: AgentRegistry | None = None) -> Policy
     if agents is not None and agents.agents():
         # The tools' actions, args and chain context come from their declarations (`lockgate
         # policy schema`); a written schema.cedarschema adds only what they do not declare.
-        schema_text = merge_schema(generate_schema(agents.agents()), schema_text)
+        schema_text = merge_schema(generate_schema(agents.agents(), mcp_args_types(policy_dir, agents)), schema_text)
+        schema_text += mcp_pins_note(policy_dir, agents)
     bundle = PolicyBundle.build(
         policies,
         schema_text=schema_text,

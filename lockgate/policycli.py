@@ -35,9 +35,12 @@ def agents_for_policies() -> AgentRegistry:
 
 def cmd_policy_more(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "schema":
+        from lockgate.policies import mcp_args_types
         from lockgate.schema import generate_schema
 
-        print(generate_schema(agents_for_policies().agents()), end="")
+        agents = agents_for_policies()
+        directory = Path(args.dir) if args.dir else settings.policy_dir
+        print(generate_schema(agents.agents(), mcp_args_types(directory, agents)), end="")
         return 0
     if args.action == "test":
         return _test(Path(args.dir) if args.dir else settings.policy_dir, args.json)

@@ -46,6 +46,7 @@ __all__ = [
     "recheck_decisions",
     "replay",
     "replay_files",
+    "workflow_type_of",
 ]
 
 
@@ -57,6 +58,10 @@ class ReplayReport:
     decisions: int = 0
     problems: list[str] = field(default_factory=list)
     source: str = "server"
+    # Why this run was not replayed (a workflow type no loaded declaration replays): not a mismatch,
+    # and never silent.
+    skipped: str | None = None
+    workflow_type: str = ""
 
     @property
     def ok(self) -> bool:
@@ -66,6 +71,8 @@ class ReplayReport:
         return {
             "run_id": self.run_id,
             "ok": self.ok,
+            "skipped": self.skipped,
+            "workflow_type": self.workflow_type,
             "histories": self.histories,
             "events": self.events,
             "decisions": self.decisions,
@@ -221,6 +228,9 @@ def _replayable(agents: AgentRegistry) -> None:
         registry.extend(agents.agents())
 
 
+AGENT_TYPE = "lockgate.agent"
+
+
 def _replayer(data_converter: Any) -> Any:
     from temporalio.worker import Replayer
 
@@ -229,15 +239,80 @@ def _replayer(data_converter: Any) -> Any:
     return Replayer(workflows=[AgentWorkflow], data_converter=data_converter, workflow_runner=workflow_runner())
 
 
+def _dropin_replayer(governance: Any, data_converter: Any) -> Any:
+    """A Replayer for a governed app's own workflows: the framework plugins its `Governance`
+    declares, lockgate's drop-in interceptor (each governed call is a `dropin.gate` decision in the
+    history, replayed in place) and this replay's converter, keeping the framework's payload
+    converter as a worker beside that framework does."""
+    import dataclasses
+
+    from temporalio.plugin import SimplePlugin
+    from temporalio.worker import Replayer
+
+    from lockgate.dropin.plugin import replay_interceptor
+    from lockgate.plugin import _specialized
+
+    def converter(existing: Any) -> Any:
+        special = _specialized(existing)
+        if special is None:
+            return data_converter
+        return dataclasses.replace(data_converter, payload_converter_class=special.payload_converter_class)
+
+    ours = SimplePlugin(
+        "lockgate.replay",
+        data_converter=converter,
+        workflow_runner=workflow_runner,
+        interceptors=[replay_interceptor([governance])],
+    )
+    framework = list(governance.replay_plugins()) if governance.replay_plugins is not None else []
+    return Replayer(workflows=governance.workflow_classes(), plugins=[*framework, ours])
+
+
+def workflow_type_of(history: WorkflowHistory) -> str:
+    if not history.events:
+        return ""
+    return history.events[0].workflow_execution_started_event_attributes.workflow_type.name
+
+
+def _governed_types() -> dict[str, Any]:
+    """Workflow type -> the `Governance` that declares it, from the loaded agent modules."""
+    from lockgate.spec import declared_governances
+
+    return {name: gov for gov in declared_governances() for name in gov.workflow_types()}
+
+
+def skip_reason(type_name: str, governed: dict[str, Any]) -> str | None:
+    """Why a history of this workflow type cannot be replayed here (None: it can)."""
+    if type_name == AGENT_TYPE or type_name in governed:
+        return None
+    return (
+        f"workflow type {type_name or '?'} is not lockgate's agent and no Governance loaded here declares it "
+        "(add the app's module to LOCKGATE_AGENT_MODULES, with workflows=... and replay_plugins=... "
+        "on its Governance)"
+    )
+
+
 async def _replay_histories(data_converter: Any, histories: list[WorkflowHistory]) -> dict[str, str]:
-    """Replays histories in this process; returns failures by Temporal run id."""
+    """Replays histories in this process (each with the replayer of its workflow type); returns
+    failures by Temporal run id."""
+    governed = _governed_types()
+    groups: dict[str, list[WorkflowHistory]] = {}
+    for history in histories:
+        groups.setdefault(workflow_type_of(history), []).append(history)
+    failures: dict[str, str] = {}
+    for type_name, group in groups.items():
 
-    async def each() -> AsyncIterator[WorkflowHistory]:
-        for history in histories:
-            yield history
+        async def each(items: list[WorkflowHistory] = group) -> AsyncIterator[WorkflowHistory]:
+            for history in items:
+                yield history
 
-    results = await _replayer(data_converter).replay_workflows(each(), raise_on_replay_failure=False)
-    return {run_id: str(failure) for run_id, failure in results.replay_failures.items()}
+        if type_name in governed:
+            replayer = _dropin_replayer(governed[type_name], data_converter)
+        else:
+            replayer = _replayer(data_converter)
+        results = await replayer.replay_workflows(each(), raise_on_replay_failure=False)
+        failures.update({run_id: str(failure) for run_id, failure in results.replay_failures.items()})
+    return failures
 
 
 def _pool_init(agent_modules: str) -> None:
@@ -315,10 +390,35 @@ class _Pool:
         return failures
 
 
+class _ByType:
+    """lockgate's agent histories to `agent` (a pool or one local replayer), each governed app's to
+    a local replayer of its own workflows, made on its first history."""
+
+    def __init__(self, agent: _Pool | _Local, data_converter: Any, governed: dict[str, Any]) -> None:
+        self._agent, self._converter, self._governed = agent, data_converter, governed
+        self._apps: dict[str, _Local] = {}
+
+    async def add(self, history: WorkflowHistory) -> None:
+        type_name = workflow_type_of(history)
+        if type_name not in self._governed:
+            await self._agent.add(history)
+            return
+        if type_name not in self._apps:
+            gov = self._governed[type_name]
+            self._apps[type_name] = _Local(self._converter, _dropin_replayer(gov, self._converter))
+        await self._apps[type_name].add(history)
+
+    async def results(self) -> dict[str, str]:
+        failures = await self._agent.results()
+        for local in self._apps.values():
+            failures.update(await local.results())
+        return failures
+
+
 class _Local:
     """One in-process Replayer fed as histories arrive: fetching the next overlaps replaying this."""
 
-    def __init__(self, data_converter: Any) -> None:
+    def __init__(self, data_converter: Any, replayer: Any = None) -> None:
         self._queue: asyncio.Queue[WorkflowHistory | None] = asyncio.Queue()
 
         async def each() -> AsyncIterator[WorkflowHistory]:
@@ -326,7 +426,7 @@ class _Local:
                 yield history
 
         self._task = asyncio.ensure_future(
-            _replayer(data_converter).replay_workflows(each(), raise_on_replay_failure=False)
+            (replayer or _replayer(data_converter)).replay_workflows(each(), raise_on_replay_failure=False)
         )
 
     async def add(self, history: WorkflowHistory) -> None:
@@ -360,7 +460,8 @@ async def replay(
     # Worker processes replay with the plain converter: encrypted histories replay here, with this
     # process's codec (and Vault identity), one at a time.
     parallel = workers > 1 and getattr(data_converter, "payload_codec", None) is None
-    replayer: _Pool | _Local = _Pool(workers) if parallel else _Local(data_converter)
+    governed = _governed_types()
+    replayer = _ByType(_Pool(workers) if parallel else _Local(data_converter), data_converter, governed)
     # Each run's decisions are re-checked (in a thread) while its histories replay.
     rechecks: dict[str, asyncio.Future[tuple[int, list[str]]]] = {}
 
@@ -377,6 +478,10 @@ async def replay(
 
     async def take(run_id: str, history: WorkflowHistory, source: str) -> None:
         report = report_of(run_id)
+        report.workflow_type = workflow_type_of(history)
+        report.skipped = skip_reason(report.workflow_type, governed)
+        if report.skipped is not None:
+            return
         report.histories += 1
         report.events += len(history.events)
         report.source = source
@@ -386,7 +491,15 @@ async def replay(
     try:
         if run_ids is None:
             # Streamed: each history goes to a replayer as soon as it is fetched.
-            async for wf in client.list_workflows('WorkflowType = "lockgate.agent"'):
+            # Every governed run: lockgate's own agents, and the apps' workflows that made a
+            # governed call (the drop-in governor sets LockgateAgent on the first one).
+            query = f'WorkflowType = "{AGENT_TYPE}" OR LockgateAgent IS NOT NULL'
+            async for wf in client.list_workflows(query):
+                if wf.workflow_type != AGENT_TYPE and skip_reason(wf.workflow_type, governed) is not None:
+                    report = report_of(wf.id)
+                    report.workflow_type = wf.workflow_type
+                    report.skipped = skip_reason(wf.workflow_type, governed)
+                    continue  # not fetched: nothing here could replay it
                 history = await client.get_workflow_handle(wf.id, run_id=wf.run_id).fetch_history()
                 await take(wf.id, history, "server")
             targets = list(archive.archived_runs()) if archive is not None else []
@@ -410,6 +523,9 @@ async def replay(
         run_id = owner.get(temporal_run, temporal_run)
         report_of(run_id).problems.append(f"history {temporal_run}: replay failed: {failure}")
     for run_id, report in reports.items():
+        if report.skipped is not None:
+            rechecks[run_id].cancel()
+            continue
         if report.histories == 0:
             report.problems.append("no workflow history found for this run id (server or archive)")
         report.decisions, problems = await rechecks[run_id]
@@ -433,6 +549,54 @@ def _workflow_id(doc: dict[str, Any], path: str, converter: Any) -> str:
     return Path(path).name.split(".")[0]
 
 
+def _converter_for(
+    path: str, doc: dict[str, Any], histories: list[WorkflowHistory], data_converter: Any, auditor_key: Any
+) -> Any:
+    """The converter that reads these histories offline: as given when nothing in them is
+    encrypted (or it can ask Vault itself), else one holding the data keys sealed in the bundle
+    for `auditor_key`. A history nothing here can decrypt is bad input (UserError: one line, exit
+    2), never a replay mismatch: the history may be perfectly sound."""
+    import dataclasses
+
+    from temporalio.converter import DefaultFailureConverterWithEncodedAttributes
+
+    from lockgate.activities.codec import OfflineTransit, TransitCodec, encrypted_data_keys
+
+    if getattr(data_converter, "payload_codec", None) is not None:
+        return data_converter
+    needed = set()
+    for h in histories:
+        needed |= encrypted_data_keys(h.events)
+    if not needed:
+        return data_converter
+    names = ", ".join(sorted({name for name, _ in needed}))
+    if "payload_keys" not in doc:
+        how = (
+            "export the bundle with `lockgate audit RUN --export FILE --auditor-key AUDITOR.pub` and replay it "
+            "with --key AUDITOR_KEY"
+            if doc.get("schema")
+            else "export it decoded (temporal workflow show ... --codec-endpoint of `lockgate codec-server`) "
+            "or replay the run's evidence bundle with --key"
+        )
+        raise UserError(f"{path}: the history's payloads are encrypted (Vault Transit key {names}); {how}")
+    if auditor_key is None:
+        raise UserError(
+            f"{path}: the history's payloads are encrypted (Vault Transit key {names}) and the bundle carries "
+            f"their keys sealed for auditor key {doc['payload_keys'].get('recipient')}: pass --key AUDITOR_KEY"
+        )
+    from lockgate.auditkeys import open_payload_keys
+
+    keys = open_payload_keys(doc["payload_keys"], auditor_key)
+    lacking = {w for _, w in needed} - set(keys)
+    if lacking:
+        raise UserError(f"{path}: {len(lacking)} of the history's data keys are not in the bundle's payload keys")
+    return dataclasses.replace(
+        data_converter,
+        payload_codec=TransitCodec(OfflineTransit(keys), None),
+        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+    )
+
+
 async def replay_files(
     paths: list[str],
     agents: AgentRegistry,
@@ -442,8 +606,13 @@ async def replay_files(
     current: PolicyBundle | None = None,
     trusted_keys: dict[int, str] | None = None,
     trust: str = "",
+    auditor_key: Any = None,
 ) -> list[ReplayReport]:
-    """Replays exported histories offline: evidence bundles, or plain history JSON (Temporal UI/CLI)."""
+    """Replays exported histories offline: evidence bundles, or plain history JSON (Temporal UI/CLI).
+
+    Encrypted histories replay with `auditor_key` (an X25519 private key, lockgate.auditkeys) when
+    the bundle carries their data keys sealed for it; otherwise UserError, one line.
+    """
     _replayable(agents)
     from lockgate.export import SCHEMA, verify_bundle
 
@@ -463,6 +632,7 @@ async def replay_files(
             check = verify_bundle(doc, trusted_keys=trusted_keys, trust=trust)
             report.problems += [f"bundle: {p}" for p in check.problems]
             histories = [WorkflowHistory.from_json(run_id, h["history"]) for h in doc.get("histories", [])]
+            converter = _converter_for(path, doc, histories, data_converter, auditor_key)
             entries = [e for chain in doc.get("chains", []) for e in chain.get("entries", [])]
             decisions = list(_ledger_decisions(entries))
             bundles = PolicySource(agents, contents=doc.get("policy_bundles") or {})
@@ -473,16 +643,23 @@ async def replay_files(
                 histories = [WorkflowHistory.from_json(run_id, doc)]
             except Exception as err:  # noqa: BLE001 - a malformed export is bad input
                 raise UserError(f"{path}: not a Temporal history: {err}") from None
+            converter = _converter_for(path, doc, histories, data_converter, auditor_key)
             unreadable: list[str] = []
-            decisions = history_decisions(histories[0], data_converter, unreadable)
+            decisions = history_decisions(histories[0], converter, unreadable)
             report.problems += unreadable
             bundles = PolicySource(agents, ledger=ledger, current=current)
         else:
             raise UserError(f"{path}: neither an evidence bundle ({SCHEMA}) nor a history (no events)")
+        governed = _governed_types()
+        reasons = {r for h in histories if (r := skip_reason(workflow_type_of(h), governed)) is not None}
+        if reasons:
+            report.problems += [f"not replayed: {r}" for r in sorted(reasons)]
+            reports.append(report)
+            continue
         for h in histories:
             report.histories += 1
             report.events += len(h.events)
-        failures = await _replay_histories(data_converter, histories)
+        failures = await _replay_histories(converter, histories)
         report.problems += [f"history {r}: replay failed: {f}" for r, f in failures.items()]
         report.decisions, problems = recheck(decisions, agents, bundles)
         report.problems += problems

@@ -83,7 +83,9 @@ def _record(node: dict[str, Any], defs: dict[str, Any]) -> str:
     return "{ " + ", ".join(parts) + " }" if parts else "{}"
 
 
-def _args(tool: ToolSpec) -> str:
+def _args(tool: ToolSpec, given: dict[str, str] | None = None) -> str:
+    if given and tool.name in given:
+        return given[tool.name]  # an MCP tool: typed from its pinned inputSchema (lockgate.mcp.schema)
     schema = tool.args.model_json_schema()
     return _record(schema, schema.get("$defs", {}))
 
@@ -110,11 +112,13 @@ def _chain(agents: list[AgentSpec]) -> str:
     )
 
 
-def generate_schema(agents: Iterable[AgentSpec]) -> str:
+def generate_schema(agents: Iterable[AgentSpec], args_types: dict[str, str] | None = None) -> str:
     """The Cedar schema (human-readable format) for every tool of `agents`.
 
     Args:
         agents: the declared agents (e.g. `registry.agents()`).
+        args_types: Cedar record types of some tools' args given from elsewhere (MCP tools: from
+            their pinned `inputSchema`), by tool name.
 
     Returns:
         Schema text `PolicyBundle.build` and `cedarpy` accept.
@@ -144,7 +148,7 @@ def generate_schema(agents: Iterable[AgentSpec]) -> str:
         out.append(
             f"action {json.dumps(name)} appliesTo {{\n"
             f"  principal: Agent, resource: {resource},\n"
-            f"  context: {{ run: Run, args: {_args(tool)}, chain: {chains[_chain(users[name])]} }},\n"
+            f"  context: {{ run: Run, args: {_args(tool, args_types)}, chain: {chains[_chain(users[name])]} }},\n"
             "};\n"
         )
     return "\n".join(out)

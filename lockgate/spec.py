@@ -33,6 +33,7 @@ __all__ = [
     "ToolSpec",
     "agents_for",
     "bind_agents",
+    "declared_governances",
     "describe_validation",
     "load_agent_modules",
     "load_agents",
@@ -97,6 +98,7 @@ class Tool(BaseModel):
             as `resource` (a child of `Tool::"<name>"` carrying the tool's risk labels) and the
             run's chain remembers it. None: `Tool::"<name>"`.
         resource_type: The resource's Cedar entity type, e.g. `Order` (required with `resource`).
+        mcp_server: Set by `lockgate.mcp.MCPServer` for the tools it contributes.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -115,6 +117,8 @@ class Tool(BaseModel):
     cost_arg: str | None = None
     resource: str | ResourceOf | None = Field(default=None, exclude=True, repr=False)
     resource_type: str | None = Field(default=None, pattern=r"^[A-Z][A-Za-z0-9_]*$")
+    # The MCP server (`lockgate.mcp.MCPServer`) this tool calls, or None for a Python tool.
+    mcp_server: str | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -268,7 +272,8 @@ class Agent(BaseModel):
         name: The agent's id (`lockgate run NAME`, Cedar principal `Agent::"NAME"`).
         owner: Team or person accountable for it (never an approver of its runs).
         purpose: One line for approvers.
-        tools: The task boundary: every tool it may ever call (compensations included).
+        tools: The task boundary: every tool it may ever call (compensations included); an
+            `MCPServer` here stands for the MCP tools it names.
         input_model: Validates a run's input before it starts.
         planner: A scripted planner `(input, steps) -> ToolCall | None` or an `LLMPlanner`.
         script: Or: `async def script(run, input)` calling `await run.call(tool, args)`.
@@ -303,6 +308,19 @@ class Agent(BaseModel):
     delegates: tuple[str, ...] = ()
     history_limit: int = 8000
     vault_policy: str = Field(default="")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_sources(cls, data: Any) -> Any:
+        # A tool source (an `MCPServer`) in `tools` stands for the tools it contributes.
+        if isinstance(data, dict) and isinstance(data.get("tools"), (list, tuple)):
+            data = dict(data)
+            data["tools"] = tuple(
+                t
+                for item in data["tools"]
+                for t in (item.__lockgate_tools__() if hasattr(item, "__lockgate_tools__") else (item,))
+            )
+        return data
 
     def model_post_init(self, _context: Any) -> None:
         if (self.planner is None) == (self.script is None):
@@ -416,6 +434,16 @@ def agents_for(task_queue: str) -> AgentRegistry:
     return _BY_QUEUE.get(task_queue, registry)
 
 
+# The drop-in declarations (`lockgate.dropin.Governance`) the loaded agent modules hold: what
+# `lockgate replay` replays the apps' own workflows with.
+_GOVERNANCES: list[Any] = []
+
+
+def declared_governances() -> list[Any]:
+    """Every `lockgate.dropin.Governance` the agent modules loaded in this process declare."""
+    return list(_GOVERNANCES)
+
+
 def _agents_in(obj: Any) -> list[Agent]:
     if isinstance(obj, Agent):
         return [obj]
@@ -424,6 +452,8 @@ def _agents_in(obj: Any) -> list[Agent]:
     if isinstance(obj, (list, tuple)):
         return [a for item in obj for a in _agents_in(item)]
     if hasattr(obj, "__lockgate_agents__"):  # lockgate.dropin.Governance: an existing app's agents
+        if not any(g is obj for g in _GOVERNANCES):
+            _GOVERNANCES.append(obj)
         return list(obj.__lockgate_agents__())
     if inspect.ismodule(obj):
         declared = getattr(obj, "AGENTS", None)

@@ -2,15 +2,21 @@
 
 A ledger proves itself only against something outside it: the signing key's public keys and the
 newest checkpoint as witnessed outside the database. Both come from Vault when it answers (the key's
-published versions, the witness the checkpointer keeps), else from the local anchor file that an
-earlier successful verification pinned (`$LOCKGATE_STATE_DIR/ledger-anchor.json`), else from a keys
-file the auditor passes. Signatures themselves are always checked offline.
+published versions, the witness the checkpointer keeps), else from a keys file the auditor passes,
+else from the local anchor file that an earlier successful verification pinned
+(`$LOCKGATE_STATE_DIR/ledger-anchor.json`). Signatures themselves are always checked offline.
+
+The anchor file is believed only if nobody but its owner can have written it: a regular file (no
+symlink) owned by the user verifying, not writable by group or others, in a directory with the same
+properties (pinning writes it 0600 in a 0700 directory). Anything else is refused by name, and what
+it would have anchored is reported unanchored.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +28,7 @@ from lockgate.evidence import fingerprint
 __all__ = [
     "Anchors",
     "anchor_file",
+    "anchor_problem",
     "load_keys_file",
     "local_anchors",
     "pin_keys",
@@ -42,11 +49,43 @@ def anchor_file(settings: Settings) -> Path:
     return Path(settings.state_dir) / "ledger-anchor.json"
 
 
-def _read_anchor_file(settings: Settings) -> dict[str, Any]:
+def _untrusted(path: Path, what: str) -> str | None:
+    """Why `path` (a file or directory) may have been written by someone other than this user."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        return f"{what} {path} is a symbolic link"
+    if st.st_uid != os.geteuid():
+        return f"{what} {path} is owned by uid {st.st_uid}, not by this user (uid {os.geteuid()})"
+    if st.st_mode & 0o022:
+        return f"{what} {path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):04o})"
+    return None
+
+
+def anchor_problem(settings: Settings) -> str | None:
+    """Why the pinned anchor file cannot be trusted (None: trusted, or nothing pinned)."""
+    path = anchor_file(settings)
     try:
-        return json.loads(anchor_file(settings).read_text())
+        problem = _untrusted(path, "anchor file")
+        if problem is None and not stat.S_ISREG(os.lstat(path).st_mode):
+            problem = f"anchor file {path} is not a regular file"
+        if problem is None:
+            problem = _untrusted(path.parent, "anchor directory")
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        return f"anchor file {path}: {err.strerror or err}"
+    return problem
+
+
+def _read_anchor_file(settings: Settings) -> dict[str, Any]:
+    """The pinned anchor, or {} if there is none or it cannot be trusted (see `anchor_problem`)."""
+    if anchor_problem(settings) is not None:
+        return {}
+    try:
+        data = json.loads(anchor_file(settings).read_text())
     except (OSError, ValueError):
         return {}
+    return data if isinstance(data, dict) else {}
 
 
 def load_keys_file(path: str) -> dict[int, str]:
@@ -92,6 +131,10 @@ def vault_anchors(settings: Settings, ledger_name: str) -> Anchors | None:
 
 
 def local_anchors(settings: Settings, ledger_name: str) -> Anchors | None:
+    """The pinned anchor; an untrusted one anchors nothing (its refusal is the `source`)."""
+    problem = anchor_problem(settings)
+    if problem is not None:
+        return Anchors(source=f"nothing: REFUSED {problem}")
     data = _read_anchor_file(settings)
     keys = data.get("keys")
     if not keys:
@@ -111,7 +154,11 @@ def pin_keys(settings: Settings, keys: dict[int, str]) -> None:
 
 
 def pinned_keys(settings: Settings) -> tuple[dict[int, str] | None, str]:
-    """The keys an earlier online check pinned in the state dir, if any."""
+    """The keys an earlier online check pinned in the state dir, if any (and only if the anchor
+    file is one only its owner can have written)."""
+    problem = anchor_problem(settings)
+    if problem is not None:
+        return None, f"REFUSED {problem}"
     keys = _read_anchor_file(settings).get("keys")
     if not keys:
         return None, "nothing pinned"
@@ -121,9 +168,18 @@ def pinned_keys(settings: Settings) -> tuple[dict[int, str] | None, str]:
 def _write_anchor_file(settings: Settings, data: dict[str, Any]) -> None:
     path = anchor_file(settings)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.lstat(path.parent)
+        if st.st_uid == os.geteuid() and stat.S_ISDIR(st.st_mode) and st.st_mode & 0o022:
+            # Ours but writable by others (a umask of 002): what is pinned now was just proven
+            # online, so close the directory first; nothing it held before is read.
+            os.chmod(path.parent, stat.S_IMODE(st.st_mode) & ~0o022)
+        if _untrusted(path.parent, "anchor directory") is not None:
+            return  # others could swap the file: pinning there would anchor nothing
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(data, indent=1, sort_keys=True))
         tmp.replace(path)
     except OSError:
         pass  # read-only state dir: nothing pinned, nothing lost
@@ -164,7 +220,8 @@ def verify_ledger(
             raise LedgerMissing(f"the ledger at {settings.ledger_url} is empty")
         if anchors.keys is None and report.checkpoints:
             report.problems.append(
-                "no trusted public key for the ledger's signing key (Vault unreachable, nothing pinned): "
+                "no trusted public key for the ledger's signing key (Vault unreachable, "
+                f"{anchors.source if 'REFUSED' in anchors.source else 'nothing pinned'}): "
                 f"the checkpoints verify only against keys recorded in the ledger itself "
                 f"({', '.join(fingerprint(k) for k in report.keys.values())}); pass --keys FILE"
             )

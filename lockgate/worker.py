@@ -222,12 +222,16 @@ def build_governance(deps: Deps) -> GovernanceActivities:
 
 def build_tools(deps: Deps, governance: GovernanceActivities | None = None) -> ToolRunner:
     gate = (governance or build_governance(deps)).decide
+    if any(t.mcp_server for t in deps.agents.tools()):
+        from lockgate.mcp.client import warm
+
+        warm()  # once, at start: the MCP SDK's import takes seconds, a call's budget is 8 s
     return ToolRunner(
         agents=deps.agents,
         vault=deps.vault,
         ledger=deps.ledger,
         gate=gate,
-        resources=Resources(pg_socket_dir=deps.settings.pg_socket_dir),
+        resources=Resources(pg_socket_dir=deps.settings.pg_socket_dir, policy_dir=str(deps.settings.policy_dir)),
     )
 
 
@@ -259,7 +263,9 @@ def build_activities(deps: Deps) -> list[Callable[..., Any]]:
     """Every activity a lockgate worker hosts: gate, run identity, audit, planner, one per tool."""
     governance = build_governance(deps)
     tools = build_tools(deps, governance)
-    planner = LLMPlannerActivities(agents=deps.agents, vault=deps.vault)
+    planner = LLMPlannerActivities(
+        agents=deps.agents, vault=deps.vault, bundle=deps.current_bundle, policy_dir=str(deps.settings.policy_dir)
+    )
     approvals = build_approvals(deps)
     return [
         approvals.verify,

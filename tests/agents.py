@@ -31,6 +31,8 @@ from lockgate import ToolContext, ToolError, tool  # noqa: E402
 
 MARKS: dict[str, dict[str, Any]] = {}
 UNDONE: list[str] = []
+# What each qa.unmark was told it undoes (`ctx.forward`, from the run's ledger), by its own key.
+FORWARDS: dict[str, Any] = {}
 
 
 class MarkArgs(BaseModel):
@@ -62,6 +64,7 @@ def qa_mark(ctx: ToolContext, args: MarkArgs) -> dict[str, Any]:
 
 @tool("qa.unmark", data_class="public")
 def qa_unmark(ctx: ToolContext, args: UnmarkArgs) -> dict[str, Any]:
+    FORWARDS[args.idempotency_key] = ctx.forward
     mark = MARKS.get(args.idempotency_key)
     if mark is None:
         return {"summary": "nothing to unmark"}

@@ -130,13 +130,13 @@ async def test_replay_catches_nondeterministic_code(client: Client, worker_runni
     handle = await start(client, worker_running, "refund-agent", {"order_id": "A-1001", "amount_cents": 110})
     assert await finish(handle) is None
     history = await handle.fetch_history()
-    original = agent_module.AgentWorkflow._invoke
+    original = agent_module.AgentWorkflow._until_ran
 
     async def reordered(self: Any, *args: Any) -> Any:
         await agent_module.workflow.sleep(1)  # a timer the recorded history never had
         return await original(self, *args)
 
-    agent_module.AgentWorkflow._invoke = reordered  # type: ignore[method-assign]
+    agent_module.AgentWorkflow._until_ran = reordered  # type: ignore[method-assign]
     try:
         # Unsandboxed: the sandbox would re-import the module and not see this change.
         result = await Replayer(
@@ -145,5 +145,5 @@ async def test_replay_catches_nondeterministic_code(client: Client, worker_runni
             workflow_runner=UnsandboxedWorkflowRunner(),
         ).replay_workflow(history, raise_on_replay_failure=False)
     finally:
-        agent_module.AgentWorkflow._invoke = original  # type: ignore[method-assign]
+        agent_module.AgentWorkflow._until_ran = original  # type: ignore[method-assign]
     assert result.replay_failure is not None

@@ -84,6 +84,9 @@ async def test_halt_compensates_in_reverse_and_revokes(
     result = await cli(as_person(env, "dave"), "halt", handle.id, "--reason", "customer withdrew")
     assert result.returncode == 0, result.stderr
     assert "halted" in result.stdout
+    # One outcome: the run's state, not also the workflow's close status ("failed" then "halted").
+    assert result.stdout.startswith(f"run {handle.id}: halted"), result.stdout
+    assert f"run {handle.id}: failed" not in result.stdout
     cause = await finish(handle)
     assert isinstance(cause, CancelledError)
     status = await status_of(handle)
@@ -139,3 +142,19 @@ async def test_terminate_is_cleaned_up_by_the_reaper_within_60s(
     # A second pass finds nothing to do.
     again = await cli(env, "reap", "--json")
     assert again.returncode == 0 and handle.id not in again.stdout
+
+
+async def test_a_compensation_knows_the_call_it_undoes(client: Client, worker_running: str, deps: Any) -> None:
+    """`ctx.forward`: the forward call's tool, step and the exact args its gate allowed, with what its
+    completion recorded, read from the run's ledger (a compensation's own args name only the key)."""
+    label = f"fwd-{time.monotonic_ns()}"
+    steps = [
+        {"tool": "qa.mark", "args": {"label": label}},
+        {"tool": "qa.explode", "args": {"why": "fail after the mark"}},
+    ]
+    handle = await start(client, worker_running, "script-agent", {"steps": steps})
+    await finish(handle)
+    forward = agents.FORWARDS[f"{handle.id}:1"]
+    assert forward is not None
+    assert (forward.tool, forward.step, forward.args) == ("qa.mark", 1, {"label": label})
+    assert forward.summary == f"marked {label}"

@@ -69,6 +69,11 @@ def test_up_twice_status_down(tmp_path: Path) -> None:
 
         status = run_cli(env, "dev", "status", "--json")
         assert status.returncode == 0 and '"healthy": true' in status.stdout
+        # Without the port variables, `dev status` finds the ports the stack was started with.
+        bare = {k: v for k, v in env.items() if not k.startswith("LOCKGATE_DEV_")}
+        found = run_cli(bare, "dev", "status", "--json")
+        assert found.returncode == 0 and '"healthy": true' in found.stdout, found.stdout
+        assert f"127.0.0.1:{ports['LOCKGATE_DEV_TEMPORAL_PORT']}" in found.stdout
 
         # A port held by someone else is a clear error, not a hang.
         with socket.socket() as busy:

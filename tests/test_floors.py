@@ -38,6 +38,9 @@ FLOORS: dict[str, int] = {
     "lockgate.gates": NOUNS,
     "lockgate.dropin.models": NOUNS,
     "lockgate.dropin.spec": NOUNS,
+    # MCP servers as a tool source: declarations, pins, Cedar types and the per-call client (the
+    # implementation a declared MCP tool is bound to, as a `@tool` function is to its `Tool`).
+    "lockgate.mcp": NOUNS,
     # The engine: activities, workflows, the plugin and worker wiring, drop-in governance.
     "lockgate.activities": ENGINE,
     "lockgate.workflows": ENGINE,
@@ -52,9 +55,12 @@ FLOORS: dict[str, int] = {
     "lockgate.verify": OPERATOR,
     "lockgate.replay": OPERATOR,
     "lockgate.policytest": OPERATOR,
+    "lockgate.auditkeys": OPERATOR,
+    "lockgate.teams": OPERATOR,
     # The shells.
     "lockgate.cli": SHELL,
     "lockgate.policycli": SHELL,
+    "lockgate.mcp.cli": SHELL,
     "lockgate.inbox": SHELL,
     "lockgate.codec_server": SHELL,
     "lockgate.health": SHELL,  # the containers' health checks (`python -m lockgate.health`)
@@ -139,9 +145,12 @@ def test_the_public_surface_is_pinned() -> None:
             "Agent",
             "AgentRegistry",
             "DatabaseSecret",
+            "ForwardCall",
             "LLMPlanner",
             "LockgateError",
             "LockgatePlugin",
+            "MCPServer",
+            "MCPTool",
             "Planner",
             "PolicyError",
             "Resources",

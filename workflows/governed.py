@@ -246,7 +246,10 @@ class GovernedRun(ApprovalDesk):
             self._maybe_ran = step  # until the attempt says it did not run, assume it may have
             try:
                 attempt = await invoke(request, key)
-            except (ActivityError, ApplicationError) as err:
+            except CallDenied:
+                raise
+            except Exception as err:
+                # The tool failed (an activity's failure, or a tool that ran in workflow code raised).
                 self._record(step_record(step, call, request), compensation, error=message_of(err))
                 raise
             finally:

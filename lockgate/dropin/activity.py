@@ -85,7 +85,9 @@ class DropinActivities:
         resources: Resources | None = None,
         governed: frozenset[str] = frozenset(),
         unsigned: frozenset[str] = frozenset(),
+        summarize: Callable[[str, Any], str] = lambda _tool, result: f"returned {type(result).__name__}",
     ) -> None:
+        self._summarize = summarize  # what a completion records of its result (`Govern(summary=...)`)
         self._governed = governed  # the lockgate agent names of the governed apps' agents
         self._unsigned = unsigned  # those whose Governance declared `unsigned_starts`
         self._resources = resources or Resources()
@@ -228,7 +230,7 @@ class DropinActivities:
             {
                 "tool": tool,
                 "step": step,
-                "summary": _summary(result),
+                "summary": self._summarize(tool, result),
                 "idempotency_key": call.idempotency_key,
                 "lease_id": lease.lease_id if lease else None,
                 "decision_id": decision.decision_id,
@@ -273,12 +275,6 @@ class DropinActivities:
             "tool.failed",
             {"tool": tool, "step": request.step, "error": error[:500], "attempt": attempt},
         )
-
-
-def _summary(result: Any) -> str:
-    """A short account of a result for the ledger (results can hold data; keep it short)."""
-    text = str(jsonable(result))
-    return text if len(text) <= 200 else text[:200] + "…"
 
 
 def bind_named(fn: Callable[..., Any] | None, values: Sequence[Any], names: set[str]) -> dict[str, Any]:

@@ -124,6 +124,7 @@ class RunGovernor(GovernedRun):
         *,
         binding: str,
         activity: bool,
+        summarize: Callable[[Any], str] = lambda result: f"returned {type(result).__name__}",
     ) -> T:
         """One governed call: `dropin.gate` -> (approval) -> `run` with the header the activity checks.
 
@@ -136,8 +137,10 @@ class RunGovernor(GovernedRun):
             raise asyncio.CancelledError()
         await self._open(agent)
         on_deny: list[Denial] = [DENIAL_DEFAULT]
+        asked = [0]  # the step of this call (others may run concurrently)
 
         async def invoke(request: GateRequest, key: str) -> Attempt:
+            asked[0] = request.step
             verdict = await workflow.execute_local_activity(
                 names.DROPIN_GATE, request, result_type=DropinVerdict, **GATE_CALL
             )
@@ -151,6 +154,17 @@ class RunGovernor(GovernedRun):
             attempt = await self.governed_call(agent, ToolCall(tool=tool, args=args), invoke)
         except CallDenied as denied:
             raise Denied(str(denied), denied.kind, on_deny[0]) from None
+        except Exception as err:
+            if not activity:
+                # A tool that raised in workflow code: failed, in the ledger as in `status`.
+                step = asked[0]
+                await self._audit(
+                    "tool.failed",
+                    str(step),
+                    {"tool": tool, "step": step, "error": message_of(err)[:500], "attempt": 1},
+                    event_key=f"tool.failed:{self._run_id}:{step}:1",
+                )
+            raise
         if not activity:
             # A tool that ran in workflow code: its completion goes to the ledger from here (an
             # activity's own attempt records it), so its compensation can be verified and reaped.
@@ -160,7 +174,7 @@ class RunGovernor(GovernedRun):
                 {
                     "tool": tool,
                     "step": attempt.step,
-                    "summary": str(attempt.result)[:200],
+                    "summary": summarize(attempt.result),
                     "idempotency_key": f"{self._run_id}:{attempt.step}",
                     "lease_id": None,
                     "decision_id": attempt.decision.decision_id,

@@ -92,6 +92,11 @@ class DropinIndex:
             return self.agent(match["agent"]) is not None
         return self.activity_agent(activity_type) is not None
 
+    def summarize(self, tool: str, result: Any) -> str:
+        """What the ledger records of one result of `tool`: as its `Govern(summary=...)` declares."""
+        meta = next((g.tools[tool] for g in self.governances if tool in g.tools), None)
+        return meta.summarize(result) if meta is not None else f"returned {type(result).__name__}"
+
     def denials(self) -> dict[str, Any]:
         return {tool: meta.on_deny for gov in self.governances for tool, meta in gov.tools.items()}
 
@@ -163,6 +168,8 @@ class _Outbound(WorkflowOutboundInterceptor):
         binding: str,
         to_model: Any,
     ) -> workflow.ActivityHandle[Any]:
+        index = self._root.index
+
         async def governed() -> Any:
             try:
                 return await governor.call(
@@ -172,6 +179,7 @@ class _Outbound(WorkflowOutboundInterceptor):
                     lambda header: self.next.start_activity(_with_header(input, header)),
                     binding=binding,
                     activity=True,
+                    summarize=lambda result: index.summarize(tool, result),
                 )
             except Denied as denied:
                 return deny_in_framework(denied, to_model=to_model)

@@ -139,18 +139,43 @@ def _governed_tool(tool: Any, agent_name: str, index: DropinIndex) -> Any:
         if not isinstance(args, dict):
             args = {"input": args}
 
+        # A function tool's own invoker turns the tool's exception into a message for the model; the
+        # governed call runs the tool itself, so a raised tool is recorded as failed, and the
+        # model still gets the SDK's message.
+        activity_tool = _is_activity_tool(tool)
+        raw = None if activity_tool else getattr(original, "_invoke_tool_impl", None)
+
         async def run(header: DropinCall) -> Any:
             # If this tool is an `activity_as_tool`, the activity it starts takes this header.
             token = _PENDING.set((name, header.model_copy(update={"binding": "named"})))
             try:
-                return await original(ctx, input)
+                return await (raw or original)(ctx, input)
             finally:
                 _PENDING.reset(token)
 
         try:
-            return await governor.call(agent, name, args, run, binding="named", activity=_is_activity_tool(tool))
+            return await governor.call(
+                agent,
+                name,
+                args,
+                run,
+                binding="named",
+                activity=activity_tool,
+                summarize=lambda result: index.summarize(name, result),
+            )
         except Denied as denied:
             return deny_in_framework(denied, to_model=lambda message: message)
+        except Exception as err:
+            if raw is None:
+                raise
+            from agents.tool import maybe_invoke_function_tool_failure_error_function
+
+            message = await maybe_invoke_function_tool_failure_error_function(
+                function_tool=tool, context=ctx, error=err
+            )
+            if message is None:
+                raise
+            return message
 
     return dataclasses.replace(tool, on_invoke_tool=invoke)
 

@@ -35,8 +35,12 @@ def ensure_agents(deps: Deps, governances: Sequence[Governance]) -> None:
 def configure_dropin(
     config: WorkerConfig, deps: Deps, governances: Sequence[Governance]
 ) -> tuple[WorkerConfig, DropinIndex]:
+    from lockgate.dropin.check import check_tool_names
     from lockgate.worker import build_governance
 
+    for gov in governances:
+        # A typo in `tools` fails the worker's start, naming it (not each call, at run time).
+        check_tool_names(gov, config.get("activities") or (), config.get("plugins") or ())
     ensure_agents(deps, governances)
     index = DropinIndex(governances)
     acts = DropinActivities(
@@ -46,8 +50,9 @@ def configure_dropin(
         ledger=deps.ledger,
         bundle=deps.current_bundle,
         denials=index.denials(),
-        resources=Resources(pg_socket_dir=deps.settings.pg_socket_dir),
+        resources=Resources(pg_socket_dir=deps.settings.pg_socket_dir, policy_dir=str(deps.settings.policy_dir)),
         governed=frozenset(a.name for a in index.agents()),
+        summarize=index.summarize,
         unsigned=frozenset(a.name for gov in governances if gov.unsigned_starts for a in gov.lockgate_agents),
     )
     config["activities"] = [*(config.get("activities") or ()), acts.open_run, acts.gate]

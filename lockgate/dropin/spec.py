@@ -10,14 +10,16 @@ so the gate, the Vault bootstrap, the ledger, the reaper and the CLI treat them 
 from __future__ import annotations
 
 import inspect
+import json
 import re
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
+from lockgate.dropin.models import jsonable
 from lockgate.spec import Agent, DatabaseSecret, Tool
 
 __all__ = ["DENIAL_DEFAULT", "Denial", "Govern", "Governance", "OpenArgs", "args_of", "slug"]
@@ -101,6 +103,10 @@ class Govern(BaseModel):
             `args_of(the_tool)` reads them from the tool itself; a pydantic model also works. Open by
             default: then the tool's action and args come from a written `schema.cedarschema`.
         description: One line for people.
+        summary: What a completed call records in the ledger about its result: a function of the
+            result (its text, cut at 200 characters), or the names of the result's fields to keep.
+            Default: nothing of the result (its type only): results hold people's data, and the
+            ledger is read by auditors who may not read payloads.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -115,6 +121,19 @@ class Govern(BaseModel):
     on_deny: Denial = DENIAL_DEFAULT
     args: type[BaseModel] = OpenArgs
     description: str = ""
+    summary: Callable[[Any], object] | tuple[str, ...] = ()
+
+    def summarize(self, result: Any) -> str:
+        """The ledger's account of one result, as declared (see `summary`)."""
+        if callable(self.summary):
+            text = str(self.summary(result))
+        elif self.summary:
+            plain = jsonable(result)
+            kept = {k: plain[k] for k in self.summary if isinstance(plain, dict) and k in plain}
+            text = json.dumps(kept, sort_keys=True, default=str)
+        else:
+            return f"returned {type(result).__name__} (result not recorded: declare Govern(summary=...))"
+        return text if len(text) <= 200 else text[:200] + "…"
 
 
 class Governance(BaseModel):
@@ -132,6 +151,13 @@ class Governance(BaseModel):
         approval_ttl: How long an approval request waits.
         budget, max_steps: Limits of one run.
         vault_policy: The Vault policy of the app's run identities (default `lockgate-agent-<first agent>`).
+        workflows: The app's workflow classes whose runs these tools are called from: `lockgate
+            replay` replays those runs with them (found by the replayer when the module declaring
+            this is in `LOCKGATE_AGENT_MODULES`). Empty: the replayer takes every workflow class
+            defined in that module.
+        replay_plugins: Makes the framework plugins a Replayer needs for those workflows (e.g.
+            `lambda: [PydanticAIPlugin(), AgentPlugin(agent)]`, `lambda: [OpenAIAgentsPlugin()]`);
+            called only by `lockgate replay`, so other commands never build them.
         unsigned_starts: Govern runs whose start no person signed (default: refused). Their
             initiator is unknown, so no approval can be shown to come from someone else: every
             call that needs an approval is denied (separation of duties fails closed).
@@ -148,6 +174,8 @@ class Governance(BaseModel):
     budget: int | None = None
     max_steps: int = 50
     vault_policy: str = Field(default="")
+    workflows: tuple[type, ...] = ()
+    replay_plugins: Callable[[], Sequence[Any]] | None = None
     unsigned_starts: bool = False
 
     def __init__(self, agents: str | Iterable[str], **data: Any) -> None:
@@ -159,6 +187,11 @@ class Governance(BaseModel):
             raise ValueError("Governance needs at least one agent name")
         if not self.vault_policy:
             object.__setattr__(self, "vault_policy", f"lockgate-agent-{slug(self.agents[0])}")
+        # Where it was declared: the replayer looks for the app's workflows there.
+        frame = inspect.currentframe()
+        while frame is not None and frame.f_globals.get("__name__", "").startswith(("lockgate.dropin", "pydantic")):
+            frame = frame.f_back
+        object.__setattr__(self, "_module", frame.f_globals.get("__name__") if frame is not None else None)
         object.__setattr__(self, "_built", self._build())
 
     def _build(self) -> dict[str, Agent]:
@@ -220,6 +253,32 @@ class Governance(BaseModel):
 
     def meta(self, tool: str) -> Govern | None:
         return self.tools.get(tool)
+
+    def workflow_classes(self) -> list[type]:
+        """The app's workflow classes (declared, else every one defined where this was declared)."""
+        if self.workflows:
+            return list(self.workflows)
+        import sys
+
+        module = sys.modules.get(getattr(self, "_module", "") or "")
+        if module is None:
+            return []
+        return [
+            v
+            for v in vars(module).values()
+            if isinstance(v, type) and v.__module__ == module.__name__ and hasattr(v, "__temporal_workflow_definition")
+        ]
+
+    def workflow_types(self) -> dict[str, type]:
+        """The app's workflow types by their Temporal name."""
+        from temporalio.workflow import _Definition
+
+        out = {}
+        for cls in self.workflow_classes():
+            defn = _Definition.from_class(cls)
+            if defn is not None and defn.name:
+                out[defn.name] = cls
+        return out
 
 
 async def _runs_in_its_own_workflow(run: Any, inp: Any) -> None:
