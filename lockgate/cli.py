@@ -710,15 +710,15 @@ async def cmd_freeze(args: argparse.Namespace, settings: Settings) -> int:
 # -- teams: people and approver groups ----------------------------------------------------------
 def _directory(args: argparse.Namespace, settings: Settings) -> Any:
     """The directory as the given Vault token (stdin) or the logged-in person sees and changes it."""
-    import hvac
-
     from lockgate.teams import Directory
 
     if args.vault_token_stdin:
         token = _read_secret(True, "", "Vault token")
     else:
         token = _session(settings).token
-    return Directory(hvac.Client(url=settings.vault_addr, token=token, timeout=10))
+    from lockgate import vaultio
+
+    return Directory(vaultio.client(settings.vault_addr, token, timeout=10))
 
 
 def cmd_groups(args: argparse.Namespace, settings: Settings) -> int:
