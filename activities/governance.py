@@ -233,13 +233,18 @@ class GovernanceActivities:
         if agent is None:
             raise self.refuse_run(request.run_id, request.origin_run_id, f"unknown agent {request.agent!r}")
         # A run id names one run forever: the id of a finished run is never reused, never merged.
-        earlier = next((e for e in self._ledger.events(request.run_id) if e["kind"] == "run.opened"), None)
+        events = self._ledger.events(request.run_id)
+        earlier = next((e for e in events if e["kind"] == "run.opened"), None)
         if earlier is not None and earlier.get("origin_run_id") != request.origin_run_id:
             raise self.refuse_run(
                 request.run_id,
                 request.origin_run_id,
                 "this run id already belongs to an earlier run (ids are never reused)",
             )
+        if any(e["kind"] == "run.closed" for e in events):
+            # A closed run stays closed: its identity (and a sub-agent's parent-derived policy) is
+            # never opened again, whoever asks with its first execution.
+            raise self.refuse_run(request.run_id, request.origin_run_id, "this run is closed; it never reopens")
         policy, ttl = agent.vault_policy, request.ttl_seconds
         if request.parent is not None or request.parent_run_id is not None:
             policy, ttl = self._check_parent(request)

@@ -15,8 +15,14 @@ integration corpus: the 7,809 generated tests of `corpus-tests.tar.gz` and the h
 Policy ids: the corpus names policies `policy0..N` in source order, so lockgate's statements get
 those ids in the order `split_statements` finds them, and each statement must parse to exactly the
 policy Cedar parses at that position from the whole text (a splitting difference is lockgate's).
-lockgate evaluates without a schema on explicit Cedar JSON, so entities are first written back by
-Cedar itself (parsed with the schema) and each context is typed by conformance/schema_types.py.
+
+The corpus runs in four modes (`MODES`), each compared with plain Cedar given the same inputs:
+- with the test's schema or without any (plain Cedar then reads entities and context without one
+  too; its answers may then differ from the expected ones, which are for the schema);
+- entities normalised (written back by Cedar itself, read with the schema, in explicit JSON) or
+  raw (the test's entities.json as written: the bundle must read it as Cedar does).
+`context` is always typed by conformance/schema_types.py when there is a schema: lockgate builds
+each context itself, in explicit Cedar JSON (`PolicyBundle.authorize`'s contract).
 
 Exit: 0 when lockgate differs from plain Cedar nowhere; 1 on any difference lockgate causes
 (differences between plain Cedar and the expected answers are listed apart and do not fail);
@@ -41,7 +47,7 @@ import cedarpy
 from conformance.schema_types import ContextTypes
 from lockgate.gates.bundle import Answer, EntityUid, PolicyBundle, PolicyStatement, split_statements
 
-__all__ = ["DEFAULT_CORPUS", "Outcome", "Tally", "check_test", "main"]
+__all__ = ["DEFAULT_CORPUS", "MODES", "Mode", "Outcome", "Tally", "check_test", "main"]
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CORPUS = ROOT.parent / "shared" / "data" / "cedar-integration-tests"
@@ -140,12 +146,26 @@ def _explicit_entities(entities_text: str, schema_text: str | None) -> str:
         return entities_text  # Cedar refuses them: so must the pipeline, on the same text
 
 
-def check_test(label: str, test: dict[str, Any], base: Path) -> Tally:
+@dataclass(frozen=True)
+class Mode:
+    """How the corpus is handed to lockgate (see the module's docstring)."""
+
+    schema: bool
+    normalise: bool
+
+    def __str__(self) -> str:
+        return f"{'schema' if self.schema else 'no schema'}, {'normalised' if self.normalise else 'raw'} entities"
+
+
+MODES = (Mode(True, True), Mode(True, False), Mode(False, True), Mode(False, False))
+
+
+def check_test(label: str, test: dict[str, Any], base: Path, mode: Mode = MODES[0]) -> Tally:
     """One test file: every request through plain Cedar and through lockgate's pipeline."""
     tally = Tally(files=1)
     text = (base / test["policies"]).read_text()
     entities_text = (base / test["entities"]).read_text()
-    schema_text = (base / test["schema"]).read_text() if test.get("schema") else None
+    schema_text = (base / test["schema"]).read_text() if test.get("schema") and mode.schema else None
     requests = test["requests"]
     tally.requests = len(requests)
 
@@ -160,7 +180,7 @@ def check_test(label: str, test: dict[str, Any], base: Path) -> Tally:
     tally.split_ok = 1
     bundle = PolicyBundle(
         statements=statements,
-        entities_json=_explicit_entities(entities_text, schema_text),
+        entities_json=_explicit_entities(entities_text, schema_text) if mode.normalise else entities_text,
         schema_text=schema_text,
         hash=label,
     )
@@ -217,16 +237,18 @@ def _extract(archive: Path, into: Path) -> None:
             tar.extractall(into)  # noqa: S202 - Cedar's own archive, read-only input
 
 
-def run(corpus: Path, out: Any = sys.stdout) -> tuple[Tally, Tally]:
-    """(generated corpus tally, hand-written tally)."""
-    generated, handwritten = Tally(), Tally()
+def run(corpus: Path, modes: tuple[Mode, ...] = MODES) -> dict[Mode, tuple[Tally, Tally]]:
+    """Per mode: (generated corpus tally, hand-written tally)."""
+    out = {mode: (Tally(), Tally()) for mode in modes}
     with tempfile.TemporaryDirectory(prefix="cedar-corpus-") as tmp:
         _extract(corpus / "corpus-tests.tar.gz", Path(tmp))
         for label, test, base in _corpus_tests(Path(tmp)):
-            generated.add(check_test(label, test, base))
+            for mode in modes:
+                out[mode][0].add(check_test(label, test, base, mode))
     for label, test, base in _handwritten_tests(corpus):
-        handwritten.add(check_test(label, test, base))
-    return generated, handwritten
+        for mode in modes:
+            out[mode][1].add(check_test(label, test, base, mode))
+    return out
 
 
 def _report(name: str, t: Tally, out: Any) -> None:
@@ -245,6 +267,12 @@ def _report(name: str, t: Tally, out: Any) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m conformance", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help=f"default: {DEFAULT_CORPUS}")
+    parser.add_argument(
+        "--mode",
+        type=int,
+        choices=range(1, len(MODES) + 1),
+        help="only one mode: " + "; ".join(f"{i}: {m}" for i, m in enumerate(MODES, 1)) + " (default: all four)",
+    )
     args = parser.parse_args(argv)
     corpus: Path = args.corpus
     if not (corpus / "corpus-tests.tar.gz").is_file() or not (corpus / "tests").is_dir():
@@ -255,23 +283,34 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     started = time.perf_counter()
-    generated, handwritten = run(corpus)
-    total = Tally()
-    total.add(generated)
-    total.add(handwritten)
-    _report("generated corpus", generated, sys.stdout)
-    _report("hand-written tests", handwritten, sys.stdout)
-    for title, diffs in (
-        ("lockgate-caused differences", total.lockgate_diffs),
-        ("plain Cedar vs expected (not lockgate's)", total.cedar_diffs),
-    ):
-        print(f"{title}: {len(diffs)}")
-        for line in diffs[:SHOWN]:
-            print(f"  {line}")
-        if len(diffs) > SHOWN:
-            print(f"  ... and {len(diffs) - SHOWN} more")
+    modes = MODES if args.mode is None else (MODES[args.mode - 1],)
+    failed = False
+    summary = []
+    for mode, (generated, handwritten) in run(corpus, modes).items():
+        total = Tally()
+        total.add(generated)
+        total.add(handwritten)
+        print(f"== mode: {mode}")
+        _report("generated corpus", generated, sys.stdout)
+        _report("hand-written tests", handwritten, sys.stdout)
+        for title, diffs in (
+            ("lockgate-caused differences", total.lockgate_diffs),
+            ("plain Cedar vs expected (not lockgate's)", total.cedar_diffs),
+        ):
+            print(f"{title}: {len(diffs)}")
+            for line in diffs[:SHOWN]:
+                print(f"  {line}")
+            if len(diffs) > SHOWN:
+                print(f"  ... and {len(diffs) - SHOWN} more")
+        failed = failed or bool(total.lockgate_diffs)
+        summary.append(
+            f"  {mode}: lockgate = plain Cedar {total.lockgate_eq_cedar}/{total.requests}, "
+            f"{len(total.lockgate_diffs)} lockgate-caused differences"
+        )
+    print("summary:")
+    print("\n".join(summary))
     print(f"time: {time.perf_counter() - started:.1f}s")
-    return 1 if total.lockgate_diffs else 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

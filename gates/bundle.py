@@ -15,7 +15,11 @@ and tests/test_gates_conformance.py on generated policies):
 - a verdict cache per slice keyed by exactly those inputs: principal, resource, pruned context.
 
 Cedar is called without a schema: entities and context are explicit Cedar JSON. What a schema
-contributes to evaluation, its action hierarchy (`action a in [g]`), is added to the entities.
+contributes to evaluation is added ahead of time: its action hierarchy (`action a in [g]`) to the
+entities, and its reading of `entities.json` (a `{"type": .., "id": ..}` record where the schema
+says an entity type is an entity reference, a string where it says `ipaddr` an `ip(..)` value):
+the file is read by Cedar with the schema and evaluated in the explicit form Cedar writes back. An
+entity the schema refuses is refused at build with its file and line.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ __all__ = [
     "cedar_data_problem",
     "context_paths",
     "prune_context",
+    "read_entities",
+    "schema_entity_problems",
     "split_statements",
 ]
 
@@ -434,6 +440,102 @@ def _schema_actions(schema_text: str | None) -> list[dict[str, Any]]:
         return []  # an invalid schema is reported by `PolicyBundle.build`
 
 
+_DESERIALIZATION = "error during entity deserialization"
+
+
+def _skip_space(text: str, i: int) -> int:
+    while i < len(text) and text[i] in " \t\n\r":
+        i += 1
+    return i
+
+
+def _entity_lines(text: str) -> list[int]:
+    """The line on which each element of the JSON list `text` starts (as far as it parses)."""
+    decoder = json.JSONDecoder()
+    lines: list[int] = []
+    i = _skip_space(text, 0)
+    if not text.startswith("[", i):
+        return lines
+    pos, line = 0, 1
+    i = _skip_space(text, i + 1)
+    while i < len(text) and not text.startswith("]", i):
+        line += text.count("\n", pos, i)
+        pos = i
+        lines.append(line)
+        try:
+            _, i = decoder.raw_decode(text, i)
+        except ValueError:
+            break
+        i = _skip_space(text, i)
+        if not text.startswith(",", i):
+            break
+        i = _skip_space(text, i + 1)
+    return lines
+
+
+def _cedar_entity_error(entities_text: str, schema_text: str) -> str | None:
+    """Cedar's own words for why it refuses `entities_text` with the schema (`Entities` says only
+    "error during entity deserialization"; an authorization call reports the whole reason)."""
+    nobody = {"type": "lockgate::Nobody", "id": ""}
+    try:
+        result = cedarpy.is_authorized(
+            {"principal": nobody, "action": nobody, "resource": nobody, "context": {}},
+            "",
+            entities_text,
+            schema=schema_text,
+        )
+    except ValueError:
+        return None
+    for error in result.diagnostics.errors:
+        at = str(error).find(_DESERIALIZATION)
+        if at >= 0:
+            return str(error)[at:]
+    return None
+
+
+def schema_entity_problems(entities_json: str, schema_text: str, file: str = "entities.json") -> list[str]:
+    """Why Cedar, reading `entities_json` with the schema as it does when given one, refuses it:
+    one `file:line: reason` per refused entity (e.g. an attribute the schema types as an entity
+    whose value is not an entity reference). Empty when Cedar accepts the file."""
+    try:
+        cedarpy.Entities.from_json_str(entities_json, schema_text)
+        return []
+    except ValueError as err:
+        whole = f"{file}:1: {err}"
+    try:
+        entities = json.loads(entities_json)
+    except ValueError:
+        return [whole]
+    if not isinstance(entities, list):
+        return [whole]
+    lines = _entity_lines(entities_json)
+    problems = []
+    for i, entity in enumerate(entities):
+        one = json.dumps([entity])
+        try:
+            cedarpy.Entities.from_json_str(one, schema_text)
+        except ValueError as err:
+            line = lines[i] if i < len(lines) else 1
+            problems.append(f"{file}:{line}: {_cedar_entity_error(one, schema_text) or err}")
+    return problems or [whole]  # each alone is fine: together they are not (e.g. a uid twice)
+
+
+def read_entities(entities_json: str, schema_text: str | None) -> list[dict[str, Any]]:
+    """`entities.json` as Cedar reads it: with the schema when there is one, written back in
+    explicit Cedar JSON (`__entity`, `__extn`), in the file's order. The schema's own action
+    entities are not added here (`PolicyBundle` adds them after lockgate's derived entities).
+
+    Raises:
+        ValueError: Cedar refuses the entities (with the schema, when there is one).
+    """
+    entities = json.loads(entities_json)
+    if not schema_text:
+        return list(entities)
+    read = json.loads(str(cedarpy.Entities.from_json_str(entities_json, schema_text)))
+    by_uid = {uid: e for e in read if isinstance(e, dict) and (uid := _safe_uid(e)) is not None}
+    return [by_uid.get(_safe_uid(e) or ("", ""), e) if isinstance(e, dict) else e for e in entities]
+
+
 @dataclass
 class PolicyBundle:
     """A validated bundle. Build it with `PolicyBundle.build`."""
@@ -445,6 +547,7 @@ class PolicyBundle:
     sources: dict[str, str] = field(default_factory=dict)
     extra_entities: list[dict[str, Any]] = field(default_factory=list)
     _entities: Any = None
+    _read: list[dict[str, Any]] | None = None  # entities.json as Cedar reads it
     _store: list[dict[str, Any]] | None = None
     _parents: dict[EntityUid, list[EntityUid]] | None = None
     _slices: dict[tuple[EntityUid, bool], PolicySlice] = field(default_factory=dict)
@@ -515,6 +618,11 @@ class PolicyBundle:
             cedarpy.Entities.from_json_str(entities_json)
         except ValueError as err:
             problems.append(f"{entities_file}:1: {err}")
+        else:
+            if schema is not None:
+                # Cedar given the schema reads the file differently (and refuses more): so does
+                # the bundle, and what it refuses is refused here.
+                problems.extend(schema_entity_problems(entities_json, schema_text or "", entities_file))
         if problems:
             raise PolicyError(problems)
         digest = hashlib.sha256()
@@ -542,6 +650,7 @@ class PolicyBundle:
             hash=self.hash,
             sources=self.sources,
             extra_entities=extra,
+            _read=self._read,
         )
 
     @property
@@ -683,7 +792,11 @@ class PolicyBundle:
         return built
 
     def entity_list(self) -> list[dict[str, Any]]:
-        return list(json.loads(self.entities_json)) + list(self.extra_entities)
+        """entities.json as Cedar reads it (with the schema, when there is one; `read_entities`),
+        then lockgate's derived entities."""
+        if self._read is None:
+            self._read = read_entities(self.entities_json, self.schema_text)
+        return list(self._read) + list(self.extra_entities)
 
     def by_id(self, policy_id: str) -> PolicyStatement | None:
         return next((s for s in self.statements if s.policy_id == policy_id), None)

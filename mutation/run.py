@@ -190,9 +190,11 @@ def _in_scope(scope: str, functions: list[str]) -> bool:
 
 
 def fingerprint(target: Target) -> str:
-    """What a mutant's outcome was measured against: the target file, its tests and their fixtures."""
+    """What a mutant's outcome was measured against: the target file, its tests, their fixtures and
+    the helpers they share (tests/support/)."""
     h = hashlib.sha256()
-    files = [target.file, "tests/conftest.py", *sorted({t.split("::")[0] for t in target.tests})]
+    support = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests" / "support").glob("*.py"))
+    files = [target.file, "tests/conftest.py", *support, *sorted({t.split("::")[0] for t in target.tests})]
     for f in files:
         path = ROOT / f
         h.update(f.encode() + b"\0" + (path.read_bytes() if path.exists() else b"") + b"\0")

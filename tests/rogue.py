@@ -36,11 +36,32 @@ class RogueCallWorkflow:
 
     @workflow.run
     async def run(self, spec: dict[str, Any]) -> dict[str, Any]:
+        if "calls" not in spec:
+            return await self._call(spec["activity"], self._arg(spec, []), spec["queue"])
+        # Several calls in this one execution (same first execution), each told how it went.
+        answers: list[dict[str, Any]] = []
+        for call in spec["calls"]:
+            answers.append(await self._call(call["activity"], self._arg(call, answers), spec["queue"]))
+        return {"origin": workflow.info().first_execution_run_id, "answers": answers}
+
+    @staticmethod
+    def _arg(call: dict[str, Any], answers: list[dict[str, Any]]) -> Any:
+        """The call's argument; with `own_origin`, naming this execution's first execution as the
+        run's origin (as lockgate's workflow does); with `seal_from`, carrying the seal an earlier
+        call of this execution returned."""
+        arg = call["arg"]
+        if call.get("own_origin"):
+            arg = {**arg, "origin_run_id": workflow.info().first_execution_run_id}
+        if call.get("seal_from") is not None:
+            arg = {**arg, "seal": answers[call["seal_from"]].get("result", "")}
+        return arg
+
+    async def _call(self, activity: str, arg: Any, queue: str) -> dict[str, Any]:
         try:
             result = await workflow.execute_activity(
-                spec["activity"],
-                spec["arg"],
-                task_queue=spec["queue"],
+                activity,
+                arg,
+                task_queue=queue,
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=RetryPolicy(maximum_attempts=3, initial_interval=timedelta(milliseconds=50)),
             )

@@ -11,7 +11,17 @@ from temporalio.exceptions import ApplicationError
 
 from lockgate import errors
 from lockgate.ops import list_pending, send_verdict
-from tests.conftest import Outside, as_person, cli, finish, ledger_events, pending_request, person, start, status_of
+from tests.support.stack import (
+    Outside,
+    as_person,
+    cli,
+    finish,
+    ledger_events,
+    pending_request,
+    person,
+    start,
+    status_of,
+)
 
 
 async def test_every_refusal_path_changes_nothing_and_is_recorded(

@@ -14,7 +14,7 @@ from temporalio.exceptions import ApplicationError
 from lockgate.activities.ledger import Ledger
 from lockgate.config import Settings
 from tests import agents
-from tests.conftest import cli, finish, start, status_of
+from tests.support.stack import cli, finish, start, status_of
 
 
 def test_ledger_detects_edits_deletions_and_insertions(tmp_path: Any) -> None:

@@ -20,7 +20,7 @@ from lockgate.config import Settings
 from lockgate.models import ApprovalRequest
 from lockgate.ops import send_verdict
 from tests import agents
-from tests.conftest import finish, ledger_events, person, start, status_of
+from tests.support.stack import finish, ledger_events, person, start, status_of
 
 API_KEY = "sk-test-0123456789abcdef"
 

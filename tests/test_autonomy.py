@@ -12,7 +12,17 @@ from temporalio.exceptions import ApplicationError, CancelledError
 
 from lockgate import errors
 from lockgate.ops import send_verdict
-from tests.conftest import Outside, as_person, cli, finish, ledger_events, pending_request, person, start, status_of
+from tests.support.stack import (
+    Outside,
+    as_person,
+    cli,
+    finish,
+    ledger_events,
+    pending_request,
+    person,
+    start,
+    status_of,
+)
 
 
 async def wait_state(handle: Any, state: str, timeout: float = 20) -> None:
@@ -64,6 +74,40 @@ async def test_freeze_holds_runs_unfreeze_resumes_halt_compensates(
     assert [r[1] for r in outside.refunds(resumed.id)] == [300, 20000]
     kinds = [e.kind for e in deps.ledger.entries("scope:script-agent")]
     assert kinds[-2:] == ["freeze", "unfreeze"]
+    outside.assert_nothing_leaked()
+
+
+async def test_freezing_every_agent_holds_runs_of_any_agent_until_lifted(
+    client: Client, worker_running: str, deps: Any, outside: Outside, env: dict[str, str]
+) -> None:
+    """`freeze --all` (the kill switch for every agent, scope "*"): a run of an agent nobody froze
+    by name is held at its next gate, its tool never runs, and it resumes once every agent is
+    unfrozen. Lifting one agent's freeze does not lift the freeze of all."""
+    frozen = await cli(as_person(env, "carol"), "freeze", "--all", "--reason", "incident 43")
+    assert frozen.returncode == 0, frozen.stderr
+    try:
+        handle = await start(
+            client,
+            worker_running,
+            "script-agent",
+            {"steps": [{"tool": "refunds.issue", "args": {"order_id": "A-1001", "amount_cents": 300}}]},
+            initiator="erin",
+        )
+        await wait_state(handle, "frozen")
+        # An unfreeze of this agent alone is no unfreeze of every agent.
+        lifted_one = await cli(as_person(env, "dave"), "unfreeze", "--agent", "script-agent")
+        assert lifted_one.returncode == 0, lifted_one.stderr
+        await asyncio.sleep(1)
+        assert (await status_of(handle)).state == "frozen"
+        assert outside.refunds(handle.id) == []
+        kill = [d for d in ledger_events(deps, handle.id, "decision") if d["gate"] == "kill_switch"]
+        assert kill and all(d["outcome"] == "deny" for d in kill)
+    finally:
+        unfrozen = await cli(as_person(env, "carol"), "unfreeze", "--all", "--json")
+    assert unfrozen.returncode == 0, unfrozen.stderr
+    assert await finish(handle) is None
+    assert [r[1] for r in outside.refunds(handle.id)] == [300]
+    assert [e.kind for e in deps.ledger.entries("scope:*")][-2:] == ["freeze", "unfreeze"]
     outside.assert_nothing_leaked()
 
 

@@ -9,7 +9,7 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
 from lockgate import errors
-from tests.conftest import Outside, as_person, cli, finish, ledger_events, pending_request, start, status_of
+from tests.support.stack import Outside, as_person, cli, finish, ledger_events, pending_request, start, status_of
 
 
 async def test_chain_policy_denies_a_second_refund_on_the_same_order(

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from lockgate.text import safe_md
-from tests.conftest import as_person, cli
+from tests.support.stack import as_person, cli
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.conftest import as_person, cli
+from tests.support.stack import as_person, cli
 
 CANARY = """
 import os

@@ -28,7 +28,7 @@ from lockgate.bootstrap import PAYLOAD_KEY, PAYLOAD_READER_POLICY, PAYLOAD_WRITE
 from lockgate.codec_server import CodecConfig, codec_routes
 from lockgate.config import Settings
 from lockgate.devstack import free_port
-from tests.conftest import ROOT, Outside
+from tests.support.stack import ROOT, Outside
 
 UI = "http://ui.example:8233"
 SECRET = {"name": "Ada Lovelace", "email": "ada@example.com"}

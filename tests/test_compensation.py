@@ -11,7 +11,7 @@ from temporalio.exceptions import ApplicationError, CancelledError
 
 from lockgate import errors
 from tests import agents
-from tests.conftest import (
+from tests.support.stack import (
     Outside,
     as_person,
     cli,

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from temporalio.client import Client
 
-from tests.conftest import ROOT, Outside, finish, ledger_events, start, status_of
+from tests.support.stack import ROOT, Outside, finish, ledger_events, start, status_of
 
 
 class WorkerProcess:

@@ -11,7 +11,7 @@ import pytest
 from lockgate.bootstrap import PAYLOAD_KEY
 from lockgate.devstack import DevStack, _alive, free_port
 from lockgate.errors import UserError
-from tests.conftest import run_cli
+from tests.support.stack import run_cli
 
 
 def test_up_twice_status_down(tmp_path: Path) -> None:

@@ -23,8 +23,7 @@ from lockgate.errors import UserError
 from lockgate.ops import halt_run, list_pending, run_status, wait_closed
 from lockgate.plugin import LockgatePlugin
 from lockgate.worker import build_reaper
-from tests.conftest import person
-from tests.dropin_support import (
+from tests.support.dropin import (
     app_client,
     app_deps,
     approve,
@@ -34,6 +33,7 @@ from tests.dropin_support import (
     ledger,
     pending_of,
 )
+from tests.support.stack import person
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,7 @@ from lockgate.models import ApprovalAttempt, ApprovalRequest
 from lockgate.ops import list_pending, send_verdict
 from lockgate.plugin import LockgatePlugin
 from lockgate.workflows.agent import SA_INITIATOR
-from tests.conftest import as_person, cli, person
-from tests.dropin_support import (
+from tests.support.dropin import (
     app_client,
     app_deps,
     approve,
@@ -33,6 +32,7 @@ from tests.dropin_support import (
     ledger,
     pending_of,
 )
+from tests.support.stack import as_person, cli, person
 
 
 @pytest.fixture(scope="module")

@@ -24,9 +24,9 @@ from examples import pydantic_ai_agent as bank
 from lockgate.activities.codec import TransitCodec, decode_events
 from lockgate.config import Settings
 from lockgate.plugin import LockgatePlugin
-from tests.conftest import AGENT_MODULES, cli, person
-from tests.dropin_support import app_client, app_deps, db
-from tests.test_evidence_bundle import offline
+from tests.support.dropin import app_client, app_deps, db
+from tests.support.offline import offline
+from tests.support.stack import AGENT_MODULES, cli, person
 
 
 @pytest.fixture(scope="module")

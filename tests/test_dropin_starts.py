@@ -24,8 +24,8 @@ from lockgate.dropin.start import START_HEADER, start_digest
 from lockgate.identity import OperatorSession, sign
 from lockgate.names import SA_INITIATOR
 from lockgate.plugin import LockgatePlugin
-from tests.conftest import person
-from tests.dropin_support import app_client, app_deps, approve, db, ledger, pending_of
+from tests.support.dropin import app_client, app_deps, approve, db, ledger, pending_of
+from tests.support.stack import person
 
 
 @pytest.fixture(scope="module")

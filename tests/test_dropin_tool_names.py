@@ -20,7 +20,7 @@ from lockgate.dropin import Govern, Governance
 from lockgate.dropin.check import check_tool_names, framework_tool_names
 from lockgate.errors import UserError
 from lockgate.plugin import LockgatePlugin
-from tests.dropin_support import app_client, app_deps
+from tests.support.dropin import app_client, app_deps
 
 
 def test_the_examples_declare_only_tools_their_agents_have() -> None:

@@ -19,8 +19,8 @@ with workflow.unsafe.imports_passed_through():
     from lockgate.config import Settings
     from lockgate.dropin import Govern, Governance
     from lockgate.plugin import LockgatePlugin
-    from tests.conftest import person
-    from tests.dropin_support import app_client, app_deps, ledger
+    from tests.support.dropin import app_client, app_deps, ledger
+    from tests.support.stack import person
 
 
 @activity.defn(name="tally")

@@ -27,27 +27,8 @@ from temporalio.service import RPCError, RPCStatusCode
 from lockgate.export import verify_bundle
 from lockgate.replay import replay_files
 from lockgate.spec import registry
-from tests.conftest import as_person, cli, finish, pending_request, start
-
-# Every server address points where nothing listens, and no database is configured.
-DEAD = {
-    "LOCKGATE_TEMPORAL_ADDRESS": "127.0.0.1:9",
-    "VAULT_ADDR": "http://127.0.0.1:9",
-    "LOCKGATE_PG_DSN": "",
-    "LOCKGATE_PG_SOCKET_DIR": "",
-    "LOCKGATE_VAULT_ROLE_ID": "",
-    "LOCKGATE_VAULT_SECRET_ID": "",
-    "VAULT_TOKEN": "",
-}
-
-
-def offline(env: dict[str, str], tmp: Path, *, state: Path | None = None) -> dict[str, str]:
-    return {
-        **env,
-        **DEAD,
-        "LOCKGATE_LEDGER_URL": f"sqlite:///{tmp / 'no-ledger-here.db'}",
-        "LOCKGATE_STATE_DIR": str(state or tmp / "auditor"),
-    }
+from tests.support.offline import offline
+from tests.support.stack import as_person, cli, finish, pending_request, start
 
 
 @pytest.fixture(scope="module")

@@ -26,8 +26,8 @@ from temporalio.client import Client
 import tests.test_evidence_bundle as _bundle_tests
 from lockgate.evidence import AFTER_CLOSE, Head, checkpoint_body, checkpoint_message, entry_hash
 from lockgate.export import verify_bundle
-from tests.conftest import cli, finish, start
-from tests.test_evidence_bundle import offline
+from tests.support.offline import offline
+from tests.support.stack import cli, finish, start
 
 # The exported bundle of a run with an approval, and the clear worker it ran on: shared fixtures.
 clear = _bundle_tests.clear

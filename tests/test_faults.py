@@ -18,7 +18,7 @@ from lockgate.devstack import DevStack, free_port
 from lockgate.identity import login_userpass
 from lockgate.models import ApprovalRequest
 from lockgate.ops import send_verdict
-from tests.conftest import Outside, finish, ledger_events, start, status_of
+from tests.support.stack import Outside, finish, ledger_events, start, status_of
 
 
 async def test_vault_unresponsive_no_tool_runs_without_its_lease(

@@ -4,7 +4,7 @@ Anyone with a Temporal client can run a worker and a workflow of their own, on t
 and schedule lockgate's activities on lockgate's queue with arguments they wrote. The worker proves
 its caller from Temporal's own facts (activities/callers.py): each such call is refused at once,
 never retried, runs nothing, decides nothing, leases nothing, and is recorded as `caller.refused`.
-The same calls from a run lockgate governs are answered (tests/test_mutation_governance.py)."""
+The same calls from a run lockgate governs are answered (tests/test_governance_activity_checks.py)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from temporalio.worker import Worker
 
 from lockgate import names
 from lockgate.models import AuditEvent, GateRequest, RunClose, RunOpen, RunSeal, ToolCall, ToolInvocation
-from tests.conftest import Outside, ledger_events, ledger_kinds
 from tests.rogue import RogueCallWorkflow, SpoofedAgentWorkflow
+from tests.support.stack import Outside, ledger_events, ledger_kinds
 
 REFUSED_AT_ONCE = "NON_RETRYABLE_FAILURE"
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from temporalio.client import Client
 
-from tests.conftest import Outside, finish, ledger_events, start
+from tests.support.stack import Outside, finish, ledger_events, start
 
 
 def _invocation(run_id: str, step: int, amount: int) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from lockgate.models import CHAIN_RESOURCES, Chain, Decision, GateRequest, GateS
 from lockgate.policies import load_bundle
 from lockgate.schema import generate_schema, merge_schema
 from lockgate.spec import load_agents
-from tests.conftest import AGENT_MODULES
+from tests.support.stack import AGENT_MODULES
 
 registry = load_agents(AGENT_MODULES, entry_points=False)
 demo = load_agents("lockgate.demo.shop,lockgate.demo.incident", entry_points=False)

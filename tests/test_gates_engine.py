@@ -15,7 +15,7 @@ from lockgate.gates.engine import cedar_context, evaluate
 from lockgate.models import Decision, GateRequest, GateState, ToolCall
 from lockgate.policies import load_bundle
 from lockgate.spec import load_agents
-from tests.conftest import AGENT_MODULES
+from tests.support.stack import AGENT_MODULES
 
 # The agents of the test stack, loaded as a worker loads them.
 registry = load_agents(AGENT_MODULES, entry_points=False)

@@ -8,7 +8,7 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
 from lockgate import errors
-from tests.conftest import Outside, finish, ledger_events, ledger_kinds, start, status_of
+from tests.support.stack import Outside, finish, ledger_events, ledger_kinds, start, status_of
 
 
 async def test_refund_runs_governed_end_to_end(

@@ -9,7 +9,7 @@ import json
 import subprocess
 import uuid
 
-from tests.conftest import as_person, run_cli
+from tests.support.stack import as_person, run_cli
 
 
 async def _cli(env: dict[str, str], *args: str, token: str | None = None) -> subprocess.CompletedProcess[str]:

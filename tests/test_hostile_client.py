@@ -5,6 +5,7 @@ record and side effect are untouched, and that the attempt was refused and recor
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import time
@@ -15,10 +16,9 @@ from typing import Any
 
 import pytest
 from temporalio.client import Client
-from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
 
-from lockgate import errors
 from lockgate.activities.freeze import FreezeStore
 from lockgate.identity import sign
 from lockgate.models import (
@@ -29,13 +29,16 @@ from lockgate.models import (
     RunCarry,
     RunIdentity,
     RunInput,
+    RunOpen,
     RunStatus,
     SagaEntry,
     ToolCall,
     ToolInvocation,
 )
+from lockgate.worker import build_governance
 from tests import agents
-from tests.conftest import (
+from tests.support.hostile import raw_start, refund, refused_at_once
+from tests.support.stack import (
     Outside,
     as_person,
     cli,
@@ -47,23 +50,6 @@ from tests.conftest import (
     start,
     status_of,
 )
-
-
-def refund(order: str = "A-1001", cents: int = 500) -> dict[str, Any]:
-    return {"order_id": order, "amount_cents": cents, "reason": "hostile test"}
-
-
-async def raw_start(client: Client, queue: str, inp: RunInput, run_id: str) -> Any:
-    """What a client with Temporal access can send: any input, any id, any reuse policy."""
-    return await client.start_workflow(
-        "lockgate.agent", inp, id=run_id, task_queue=queue, id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE
-    )
-
-
-async def refused_at_once(handle: Any, needle: str) -> None:
-    cause = await asyncio.wait_for(finish(handle), timeout=30)
-    assert isinstance(cause, ApplicationError) and cause.type == errors.BAD_INPUT, cause
-    assert needle in cause.message, cause.message
 
 
 # -- run ids ---------------------------------------------------------------------------------------
@@ -188,6 +174,94 @@ async def test_a_forged_carry_is_refused(client: Client, worker_running: str, de
     await victim.terminate("done")
 
 
+async def test_a_sub_agent_identity_never_outlives_its_parent_whatever_ttl_is_asked(
+    client: Client, worker_running: str, deps: Any, outside: Outside
+) -> None:
+    """The workflow asks `run.open` for a sub-agent TTL that ends with its parent's deadline; the
+    activity caps it at what the parent's identity has left, whatever is asked. A hostile caller
+    (under the sub-agent's id and execution, while the sub-agent waits for an approval) asks for 30
+    days with a link exactly as the parent's gate allowed it: the identity it gets ends with its
+    parent's. Once the sub-agent has closed, its identity never opens again."""
+    parent = await start(
+        client,
+        worker_running,
+        "script-agent",
+        {
+            "steps": [
+                {
+                    "tool": "agent.delegate",
+                    "args": {
+                        "agent": "script-agent",
+                        "tools": ["refunds.issue"],
+                        "budget": 25000,
+                        "input": {
+                            "steps": [{"tool": "refunds.issue", "args": {"order_id": "A-1002", "amount_cents": 20000}}]
+                        },
+                    },
+                },
+            ]
+        },
+        initiator="erin",
+    )
+    child = f"{parent.id}.1"
+    child_handle = client.get_workflow_handle(child)
+    for _ in range(300):  # the parent starts its sub-agent at its first step
+        if ledger_events(deps, child, "run.opened"):
+            break
+        await asyncio.sleep(0.1)
+    await pending_request(child_handle)  # the sub-agent waits for finance, its identity open
+    accessor = ""
+    try:
+        record = deps.vault.read_run(parent.id)
+        assert record is not None
+        parent_expires = datetime.fromisoformat(record["expires_at"])
+        (opened,) = ledger_events(deps, child, "run.opened")
+        link = ParentLink(
+            run_id=parent.id,
+            agent="script-agent",
+            vault_policy=record["policies"],
+            boundary=("refunds.issue",),
+            budget=25000,
+            deadline_at=parent_expires,
+        )
+        ask = RunOpen(
+            run_id=child,
+            agent="script-agent",
+            initiator="erin",
+            ttl_seconds=30 * 24 * 3600,
+            origin_run_id=opened["origin_run_id"],
+            parent_run_id=parent.id,
+            parent=link,
+        )
+        # Called as code with a worker's access calls it: in process, with the Temporal facts it
+        # chooses (the finished sub-agent's id and first execution). Through Temporal, the caller
+        # check now refuses a first execution that is not the caller's (test_foreign_callers.py),
+        # and a run id opened once is never opened again by another execution: the cap is what
+        # is left when those are bypassed.
+        env = ActivityEnvironment()
+        env.info = dataclasses.replace(env.info, workflow_id=child, workflow_run_id=opened["origin_run_id"])
+        identity = await asyncio.to_thread(env.run, build_governance(deps).open_run, ask)
+        accessor = identity.accessor
+        assert identity.expires_at <= parent_expires + timedelta(seconds=2)
+        # Vault's own word on the token: it dies with the parent's, not in 30 days.
+        looked = outside.vault.adapter.post("/v1/auth/token/lookup-accessor", json={"accessor": accessor})
+        left = (parent_expires - datetime.now(UTC)).total_seconds()
+        assert 0 < looked["data"]["ttl"] <= left + 2, (looked["data"]["ttl"], left)
+    finally:
+        if accessor:
+            deps.vault.close_run(child, accessor)
+        await parent.cancel()
+    await finish(parent)
+    # The sub-agent is closed now (halted with its parent): asked again, its identity stays shut.
+    for _ in range(100):
+        if ledger_events(deps, child, "run.closed"):
+            break
+        await asyncio.sleep(0.1)
+    with pytest.raises(ApplicationError, match="this run is closed"):
+        await asyncio.to_thread(env.run, build_governance(deps).open_run, ask)
+    outside.assert_nothing_leaked()
+
+
 # -- compensation ----------------------------------------------------------------------------------
 async def test_a_compensation_claim_is_checked_against_the_ledger(
     client: Client, worker_running: str, deps: Any, outside: Outside
@@ -240,6 +314,53 @@ async def test_a_compensation_claim_is_checked_against_the_ledger(
         await asyncio.sleep(FreezeStore.CACHE_SECONDS + 0.1)
         assert not deps.freezes.is_frozen("refund-agent")
     assert outside.refunds(victim.id) == [victim_refund]  # still not reversed, no second refund
+    outside.assert_nothing_leaked()
+
+
+async def test_an_unfreeze_signed_by_someone_not_allowed_to_unfreeze_lifts_nothing(
+    client: Client, worker_running: str, deps: Any, outside: Outside
+) -> None:
+    """Rows written straight into the kill switch's table, each with a valid signature by a real
+    person: by alice (finance, not an operator), and by carol (an operator) for another scope or for
+    a freeze. None lifts the freeze: a run stays held, and each refusal is recorded. Then carol's
+    own unfreeze of this scope lifts it and the run completes."""
+    scope = "script-agent"
+    deps.freezes.set(scope, True, by="carol", reason="hostile unfreeze test")
+    try:
+        handle = await start(
+            client,
+            worker_running,
+            scope,
+            {"steps": [{"tool": "refunds.issue", "args": {"order_id": "A-1001", "amount_cents": 400}}]},
+            initiator="erin",
+        )
+        for _ in range(200):
+            if (await status_of(handle)).state == "frozen":
+                break
+            await asyncio.sleep(0.1)
+        forged = [
+            ("alice", sign(person("alice"), "unfreeze", {"scope": scope, "reason": "not mine to lift"})),
+            ("carol", sign(person("carol"), "unfreeze", {"scope": "refund-agent", "reason": "another scope"})),
+            ("carol", sign(person("carol"), "freeze", {"scope": scope, "reason": "a freeze, not an unfreeze"})),
+        ]
+        for by, statement in forged:
+            deps.freezes.set(scope, False, by=by, reason="let me through", evidence=statement.model_dump_json())
+            await asyncio.sleep(FreezeStore.CACHE_SECONDS + 0.1)
+            assert deps.freezes.is_frozen(scope), by
+            await handle.signal("unfreeze")  # as the CLI's unfreeze wakes frozen runs
+            await asyncio.sleep(0.5)
+            assert (await status_of(handle)).state == "frozen", by
+        assert outside.refunds(handle.id) == []
+        refused = [json.loads(e.data) for e in deps.ledger.entries(f"scope:{scope}") if e.kind == "unfreeze.refused"]
+        assert [r["by"] for r in refused[-3:]] == ["alice", "carol", "carol"]
+    finally:
+        signed = sign(person("carol"), "unfreeze", {"scope": scope, "reason": "hostile unfreeze test done"})
+        deps.freezes.set(scope, False, by="carol", reason="done", evidence=signed.model_dump_json())
+        await asyncio.sleep(FreezeStore.CACHE_SECONDS + 0.1)
+        assert not deps.freezes.is_frozen(scope)
+    await handle.signal("unfreeze")
+    assert await finish(handle) is None
+    assert [r[1] for r in outside.refunds(handle.id)] == [400]
     outside.assert_nothing_leaked()
 
 

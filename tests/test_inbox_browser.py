@@ -14,8 +14,8 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from temporalio.client import Client
 
 from lockgate.config import Settings
-from tests.conftest import _STACK, ROOT, finish, pending_request, start, status_of
-from tests.inbox_support import served_inbox
+from tests.support.inbox import served_inbox
+from tests.support.stack import _STACK, ROOT, finish, pending_request, start, status_of
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [

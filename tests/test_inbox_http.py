@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -15,8 +16,8 @@ from temporalio.client import Client
 
 from lockgate.config import Settings
 from lockgate.ops import send_verdict
-from tests.conftest import ROOT, finish, pending_request, person, start, status_of
-from tests.inbox_support import csrf_of, free_port, login_csrf_of, receiver, served_inbox, sign_in, until
+from tests.support.inbox import csrf_of, free_port, login_csrf_of, receiver, served_inbox, sign_in, until
+from tests.support.stack import ROOT, finish, pending_request, person, start, status_of
 
 REFUND = {"order_id": "A-1002", "amount_cents": 25000}
 HOSTILE = "<script>alert('pwned')</script><img src=x onerror=alert(1)>"
@@ -93,9 +94,39 @@ async def test_stopping_the_inbox_revokes_its_sessions(settings: Settings, clien
 
 
 def inbox_password() -> str:
-    from tests.conftest import _STACK
+    from tests.support.stack import _STACK
 
     return _STACK["LOCKGATE_DEV_PASSWORD"]
+
+
+async def test_a_session_ends_when_the_persons_vault_token_expires(settings: Settings, client: Client) -> None:
+    """A signed-in page reads nothing with the person's own token (the queue comes from the inbox's
+    Temporal client), so only the session's expiry check stops a browser whose person's Vault token
+    has expired: bob's token is made short-lived in Vault itself; once Vault has expired it, his
+    browser is sent to sign in again, the session is gone and the queue answers 401."""
+    root = hvac.Client(url=settings.vault_addr, token=settings.vault_token)
+    user = "auth/userpass/users/bob"
+    ttl = 6
+    root.write_data(user, data={"token_ttl": f"{ttl}s"})
+    try:
+        async with served_inbox(settings, client) as (base, inbox), _http(base) as http:
+            await sign_in(http, "bob")
+            sid = next(c for c in http.cookies.jar if c.name == "lockgate_sid").value
+            web = inbox.sessions[sid]
+            assert web.person.expires_at is not None
+            assert web.person.expires_at <= datetime.now(UTC) + timedelta(seconds=ttl)
+            assert (await http.get("/?view=all")).status_code == 200
+            assert (await http.get("/queue")).status_code == 200
+            await asyncio.sleep(max(0.0, (web.person.expires_at - datetime.now(UTC)).total_seconds()) + 1)
+            assert not hvac.Client(url=settings.vault_addr, token=web.person.token).is_authenticated()
+            for path in ("/?view=all", "/runs/some-run", "/freeze"):
+                resp = await http.get(path)
+                assert resp.status_code == 303 and resp.headers["location"].startswith("/login"), (path, resp)
+            assert (await http.get("/queue")).status_code == 401
+            assert sid not in inbox.sessions
+    finally:
+        root.write_data(user, data={"token_ttl": "1h"})
+    assert root.read(user)["data"]["token_ttl"] == 3600
 
 
 async def test_a_post_without_the_csrf_token_changes_nothing(

@@ -12,8 +12,8 @@ from temporalio.client import Client
 
 from lockgate.config import Settings
 from lockgate.inbox.oidc import OIDC_MOUNT, setup_dev_oidc
-from tests.conftest import person
-from tests.inbox_support import csrf_of, served_inbox
+from tests.support.inbox import csrf_of, served_inbox
+from tests.support.stack import person
 
 
 async def _provider_login(settings: Settings, url: str, name: str) -> dict[str, str]:

@@ -9,7 +9,7 @@ from temporalio.exceptions import ApplicationError
 
 from lockgate import errors
 from lockgate.ops import send_verdict
-from tests.conftest import Outside, finish, pending_request, person, start, status_of
+from tests.support.stack import Outside, finish, pending_request, person, start, status_of
 
 
 def host(outside: Outside, host_id: str) -> tuple[Any, ...]:

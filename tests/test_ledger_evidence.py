@@ -4,21 +4,16 @@ ledger, and old checkpoints still verify after the key is rotated."""
 
 from __future__ import annotations
 
-import base64
 import json
 import shutil
-import sqlite3
 import threading
 import uuid
 from pathlib import Path
-from typing import Any
 
 import hvac
 import hvac.exceptions
 import psycopg
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy import text
 
 from lockgate.activities.anchor import TransitAnchor
@@ -26,9 +21,9 @@ from lockgate.activities.ledger import Ledger
 from lockgate.activities.vault import VaultBroker
 from lockgate.bootstrap import LEDGER_SIGNING_KEY, TRANSIT_MOUNT
 from lockgate.config import Settings
-from lockgate.evidence import AFTER_CLOSE, entry_hash
-from lockgate.models import canonical_json
-from tests.conftest import cli
+from lockgate.evidence import AFTER_CLOSE
+from tests.support.ledger import forge_row, ledger_story, tamper
+from tests.support.stack import cli
 
 
 @pytest.fixture(scope="module")
@@ -36,154 +31,6 @@ def anchor(settings: Settings) -> TransitAnchor:
     assert settings.vault_role_id and settings.vault_secret_id
     broker = VaultBroker(settings.vault_addr, settings.vault_role_id, settings.vault_secret_id)
     return TransitAnchor(lambda: broker.client)
-
-
-class AttackerKey:
-    """A signer with a key of the attacker's own (not Vault's): what a forger can produce."""
-
-    key_name = LEDGER_SIGNING_KEY
-
-    def __init__(self) -> None:
-        self._key = Ed25519PrivateKey.generate()
-
-    def sign(self, message: bytes) -> str:
-        return "vault:v1:" + base64.b64encode(self._key.sign(message)).decode()
-
-    def public_keys(self) -> dict[int, str]:
-        raw = self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-        return {1: base64.b64encode(raw).decode()}
-
-    def write_witness(self, name: str, record: dict[str, Any]) -> None:
-        pass
-
-    def read_witness(self, name: str) -> dict[str, Any] | None:
-        return None
-
-
-def _story(ledger: Ledger, closed: str, open_: str) -> None:
-    """A closed run (sealed final at close) and a run still going."""
-    ledger.append(f"run.opened:{closed}", closed, "run.opened", {"agent": "refund-agent", "initiator": "erin"})
-    ledger.append(
-        f"decision:{closed}/1", closed, "decision", {"step": 1, "tool": "refunds.issue", "outcome": "approval"}
-    )
-    ledger.append(f"approval.requested:{closed}:1.1", closed, "approval.requested", {"request_id": "1.1"})
-    ledger.append(f"approval.expired:{closed}:1.1", closed, "approval.expired", {"request_id": "1.1"})
-    ledger.append(f"run.closed:{closed}", closed, "run.closed", {"state": "failed"})
-    assert ledger.seal() is not None
-    for i in range(4):
-        ledger.append(f"decision:{open_}/{i}", open_, "decision", {"step": i, "tool": "orders.lookup"})
-    assert ledger.checkpoint() is not None
-
-
-def _sql(path: Path, *statements: str, params: tuple[Any, ...] = ()) -> None:
-    with sqlite3.connect(path) as conn:
-        for s in statements:
-            conn.execute(s, params) if params else conn.execute(s)
-
-
-def _row(path: Path, where: str) -> dict[str, Any]:
-    with sqlite3.connect(path) as conn:
-        conn.row_factory = sqlite3.Row
-        return dict(conn.execute(f"SELECT * FROM ledger WHERE {where}").fetchone())
-
-
-def _rechain(path: Path, chain: str) -> None:
-    """What a careful forger does after deleting or inserting: renumber and re-hash the whole chain,
-    and fix the writers' head row, so the chain is self-consistent again."""
-    with sqlite3.connect(path) as conn:
-        conn.row_factory = sqlite3.Row
-        rows = [dict(r) for r in conn.execute("SELECT * FROM ledger WHERE chain = ? ORDER BY chain_seq", (chain,))]
-        conn.execute("UPDATE ledger SET chain_seq = chain_seq + 100000 WHERE chain = ?", (chain,))
-        prev = "0" * 64
-        for n, r in enumerate(rows, start=1):
-            h = entry_hash(prev, chain, n, r["event_key"], r["run_id"], r["kind"], r["at"], r["data"])
-            conn.execute(
-                "UPDATE ledger SET chain_seq = ?, prev_hash = ?, hash = ? WHERE seq = ?", (n, prev, h, r["seq"])
-            )
-            prev = h
-        conn.execute("UPDATE ledger_heads SET size = ?, head = ? WHERE chain = ?", (len(rows), prev, chain))
-
-
-def _forge_row(path: Path, chain: str, run_id: str, kind: str, data: dict[str, Any], at: str) -> None:
-    """Appends a row with a correct hash and position, straight into the database."""
-    with sqlite3.connect(path) as conn:
-        n, prev = conn.execute(
-            "SELECT chain_seq, hash FROM ledger WHERE chain = ? ORDER BY chain_seq DESC LIMIT 1", (chain,)
-        ).fetchone()
-        body = canonical_json(data)
-        key = f"{kind}:{run_id}:forged"
-        h = entry_hash(prev, chain, n + 1, key, run_id, kind, at, body)
-        conn.execute(
-            "INSERT INTO ledger (event_key, run_id, chain, chain_seq, kind, at, data, prev_hash, hash, recorded_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (key, run_id, chain, n + 1, kind, at, body, prev, h, at),
-        )
-
-
-def _tamper(how: str, path: Path, closed: str, open_: str, anchor: TransitAnchor) -> str:
-    """Tampers with the ledger file; returns a phrase `verify` must report."""
-    if how == "edit":
-        row = _row(path, f"chain = '{closed}' AND chain_seq = 2")
-        _sql(path, f"UPDATE ledger SET data = ? WHERE seq = {row['seq']}", params=('{"outcome":"allow"}',))
-        return "edited"
-    if how == "delete":
-        row = _row(path, f"chain = '{closed}' AND chain_seq = 3")
-        _sql(path, f"DELETE FROM ledger WHERE seq = {row['seq']}")
-        return "missing entry"
-    if how == "truncate":
-        # The last rows and the last checkpoint that covered them.
-        _sql(
-            path,
-            "DELETE FROM ledger WHERE seq IN (SELECT seq FROM ledger ORDER BY seq DESC LIMIT 2)",
-            "DELETE FROM ledger_checkpoint_heads WHERE checkpoint = (SELECT max(seq) FROM ledger_checkpoints)",
-            "DELETE FROM ledger_checkpoints WHERE seq = (SELECT max(seq) FROM ledger_checkpoints)",
-        )
-        return "rolled back, truncated or replaced"
-    if how == "insert":
-        row = _row(path, f"chain = '{closed}' AND chain_seq = 2")
-        _sql(
-            path,
-            "INSERT INTO ledger (event_key, run_id, chain, chain_seq, kind, at, data, prev_hash, hash, recorded_at) "
-            f"SELECT 'x:inserted', run_id, chain, 1000, 'approval.accepted', at, data, prev_hash, hash, recorded_at "
-            f"FROM ledger WHERE seq = {row['seq']}",
-        )
-        _rechain_order(path, closed, inserted_after=2)
-        return "checkpoint #1 signed another entry here"
-    if how == "rechain":
-        row = _row(path, f"chain = '{closed}' AND chain_seq = 2")
-        _sql(path, f"DELETE FROM ledger WHERE seq = {row['seq']}")
-        _rechain(path, closed)
-        return "truncated or deleted"
-    if how == "forge":
-        approval = {"request_id": "1.1", "approver": "alice", "verdict": "approve", "accepted": True}
-        _forge_row(path, closed, closed, "approval.accepted", approval, "2026-01-01T00:00:00+00:00")
-        return "sealed final"
-    if how == "replace":
-        # A whole new file: the same story, self-consistent, signed with the forger's own key.
-        path.unlink()
-        for suffix in ("-wal", "-shm"):
-            Path(str(path) + suffix).unlink(missing_ok=True)
-        forged = Ledger(f"sqlite:///{path}", signer=AttackerKey(), checkpoint_interval=None)
-        _story(forged, closed, open_)
-        forged.dispose()
-        return "not a trusted key"
-    raise AssertionError(how)
-
-
-def _rechain_order(path: Path, chain: str, inserted_after: int) -> None:
-    """Moves the inserted row (parked at #1000) to just after #`inserted_after`, then re-hashes."""
-    with sqlite3.connect(path) as conn:
-        conn.execute(
-            "UPDATE ledger SET chain_seq = chain_seq + 100000 WHERE chain = ? AND chain_seq > ? AND chain_seq < 1000",
-            (chain, inserted_after),
-        )
-        conn.execute(
-            "UPDATE ledger SET chain_seq = ? WHERE chain = ? AND chain_seq = 1000", (inserted_after + 1, chain)
-        )
-        conn.execute(
-            "UPDATE ledger SET chain_seq = chain_seq - 100000 + 1 WHERE chain = ? AND chain_seq > 100000", (chain,)
-        )
-    _rechain(path, chain)
 
 
 @pytest.mark.parametrize("how", ["edit", "delete", "truncate", "insert", "rechain", "forge", "replace"])
@@ -194,14 +41,14 @@ async def test_verify_fails_on_every_kind_of_tampering(
     url = f"sqlite:///{path}"
     ledger = Ledger(url, signer=anchor, checkpoint_interval=None)
     closed, open_ = f"closed-{uuid.uuid4().hex[:6]}", f"open-{uuid.uuid4().hex[:6]}"
-    _story(ledger, closed, open_)
+    ledger_story(ledger, closed, open_)
     ledger.dispose()
     run_env = {**env, "LOCKGATE_LEDGER_URL": url, "LOCKGATE_STATE_DIR": str(tmp_path / "state")}
     ok = await cli(run_env, "verify", "--strict")
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "ledger intact" in ok.stdout and "proven: 9 entries through checkpoint #2" in ok.stdout
 
-    phrase = _tamper(how, path, closed, open_, anchor)
+    phrase = tamper(how, path, closed, open_, anchor)
     bad = await cli(run_env, "verify", "--json")
     assert bad.returncode == 1, bad.stdout + bad.stderr
     report = json.loads(bad.stdout)
@@ -218,10 +65,10 @@ async def test_forged_approval_shows_as_unproven_in_the_audit(
     url = f"sqlite:///{path}"
     ledger = Ledger(url, signer=anchor, checkpoint_interval=None)
     closed, open_ = f"closed-{uuid.uuid4().hex[:6]}", f"open-{uuid.uuid4().hex[:6]}"
-    _story(ledger, closed, open_)
+    ledger_story(ledger, closed, open_)
     ledger.dispose()
     approval = {"request_id": "1.1", "approver": "alice", "verdict": "approve", "accepted": True}
-    _forge_row(path, closed, closed, "approval.accepted", approval, "2026-01-01T00:00:00+00:00")
+    forge_row(path, closed, closed, "approval.accepted", approval, "2026-01-01T00:00:00+00:00")
     run_env = {**env, "LOCKGATE_LEDGER_URL": url}
     audit = await cli(run_env, "audit", closed, "--format", "json")
     assert audit.returncode == 1, audit.stdout + audit.stderr

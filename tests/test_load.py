@@ -9,7 +9,7 @@ from typing import Any
 from temporalio.client import Client
 
 from lockgate.ops import list_pending, send_verdict
-from tests.conftest import Outside, finish, person, start, status_of
+from tests.support.stack import Outside, finish, person, start, status_of
 
 AUTONOMOUS, GATED = 150, 50
 

@@ -10,7 +10,7 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
 from lockgate import errors
-from tests.conftest import Outside, finish, ledger_events
+from tests.support.stack import Outside, finish, ledger_events
 
 
 def invocation(run_id: str, args: dict[str, Any], *, gate_run: str | None = None, **state: Any) -> dict[str, Any]:

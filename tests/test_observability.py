@@ -14,7 +14,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from temporalio.client import Client
 
 from lockgate.observability import JsonFormatter, tracing_interceptors
-from tests.conftest import finish, start
+from tests.support.stack import finish, start
 
 
 def test_json_logs_carry_run_fields() -> None:

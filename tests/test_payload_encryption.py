@@ -28,8 +28,8 @@ from lockgate.activities.codec import ENCODING, PayloadKeyUnavailable, TransitCo
 from lockgate.bootstrap import PAYLOAD_KEY, PAYLOAD_READER_POLICY, PAYLOAD_WRITER_POLICY
 from lockgate.config import Settings
 from lockgate.ops import send_verdict
-from tests.conftest import Outside, cli, finish, pending_request, person, start
-from tests.test_secret_hygiene import decoded_payloads
+from tests.support.payloads import decoded_payloads
+from tests.support.stack import Outside, cli, finish, pending_request, person, start
 
 # The customer of order A-1001 in the seeded shop (lockgate/bootstrap.py): what customers.profile reads.
 PROFILE = ("Ada Lovelace", "ada@example.com")

@@ -29,17 +29,8 @@ from lockgate.identity import (
     sign,
 )
 from lockgate.people import SignedStatement, Statement
-from tests.conftest import run_cli
-
-MAX_AGE = timedelta(minutes=10)
-FIELDS: dict[str, Any] = {
-    "run_id": "refund-agent-1",
-    "temporal_run_id": "0193-abc",
-    "request_id": "req-1",
-    "tool": "refunds.issue",
-    "args_digest": "ab" * 32,
-    "reason": "customer called",
-}
+from tests.support.people import FIELDS, MAX_AGE
+from tests.support.stack import run_cli
 
 
 @pytest.fixture(scope="module")

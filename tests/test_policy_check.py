@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT, run_cli
+from tests.support.stack import ROOT, run_cli
 
 
 def broken_copy(tmp_path: Path, policy_dir: Path) -> Path:

@@ -17,7 +17,7 @@ from lockgate.models import Chain, GateRequest, GateState, ToolCall
 from lockgate.policies import load_bundle
 from lockgate.schema import generate_schema
 from lockgate.spec import load_agents
-from tests.conftest import run_cli
+from tests.support.stack import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = "lockgate.demo.shop,lockgate.demo.incident"

@@ -6,7 +6,7 @@ import asyncio
 import json
 import re
 
-from tests.conftest import ROOT, as_person, cli
+from tests.support.stack import ROOT, as_person, cli
 
 
 def test_readme_shows_the_example_files_verbatim() -> None:

@@ -11,7 +11,7 @@ from typing import Any
 from temporalio.client import Client
 
 from lockgate import worker
-from tests.conftest import Outside, finish, ledger_events, ledger_kinds, start
+from tests.support.stack import Outside, finish, ledger_events, ledger_kinds, start
 
 
 def _plant(deps: Any, run_id: str, step: int, tool: str) -> None:

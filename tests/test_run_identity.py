@@ -10,7 +10,7 @@ import pytest
 
 from lockgate.activities.vault import LeaseForbidden, VaultBroker
 from lockgate.config import Settings
-from tests.conftest import Outside
+from tests.support.stack import Outside
 
 
 def test_revoking_the_run_identity_removes_all_its_credentials(deps: Any, outside: Outside) -> None:

@@ -11,39 +11,13 @@ import logging
 from typing import Any
 
 import pytest
-from temporalio.api.common.v1 import Payload
 from temporalio.client import Client
 
 from lockgate.activities.codec import TransitCodec, decode_events
 from lockgate.config import Settings
 from lockgate.ops import send_verdict
-from tests.conftest import cli, finish, pending_request, person, start
-
-
-def decoded_payloads(messages: Any) -> list[str]:
-    """Every Payload's data, decoded, found anywhere inside the given protobuf messages."""
-    out: list[str] = []
-
-    def walk(msg: Any) -> None:
-        if isinstance(msg, Payload):
-            out.append(msg.data.decode("utf-8", "replace"))
-            out.extend(v.decode("utf-8", "replace") for v in msg.metadata.values())
-            return
-        for field, value in msg.ListFields():
-            if field.type != field.TYPE_MESSAGE:
-                continue
-            repeated = field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
-            if repeated:
-                items = value.values() if hasattr(value, "values") and callable(value.values) else value
-                for item in items:
-                    if hasattr(item, "ListFields"):
-                        walk(item)
-            else:
-                walk(value)
-
-    for m in messages:
-        walk(m)
-    return out
+from tests.support.payloads import decoded_payloads
+from tests.support.stack import cli, finish, pending_request, person, start
 
 
 async def handle_status(handle: Any) -> Any:

@@ -14,8 +14,15 @@ from lockgate.identity import sign
 from lockgate.models import args_digest
 from lockgate.people import FieldValue
 from tests.agents import SCRIPT_AGENT
-from tests.conftest import finish, pending_request, person, start, status_of
-from tests.test_mutation_stack import _approval_for, _fields, _judge, _recorded_request, _send, _signed
+from tests.support.approvals import (
+    approval_fields,
+    approval_for,
+    approval_judge,
+    recorded_request,
+    send_approval,
+    signed_as,
+)
+from tests.support.stack import finish, pending_request, person, start, status_of
 
 
 async def _halt(handle: Any, name: str, run_id: str, **kw: Any) -> str:
@@ -48,8 +55,8 @@ async def test_a_refusal_after_the_signature_verified_names_the_verified_person(
     approval of a finance request."""
     handle = await start(client, worker_running, "refund-agent", {"order_id": "A-1002", "amount_cents": 15000})
     req = await pending_request(handle)
-    fields = await _fields(client, handle, req)
-    attempt = await _send(handle, await _signed("carol", "approve", fields))
+    fields = await approval_fields(client, handle, req)
+    attempt = await send_approval(handle, await signed_as("carol", "approve", fields))
     assert not attempt.accepted and "not in group finance" in attempt.reason, attempt
     assert attempt.approver == "carol", attempt
     await handle.cancel()
@@ -70,11 +77,11 @@ async def test_an_approval_signed_at_or_after_the_expiry_is_refused_while_the_re
         {"steps": [{"tool": "refunds.issue", "args": {"order_id": "A-1002", "amount_cents": 20000}}]},
     )
     req = await pending_request(handle)
-    fields = await _fields(client, handle, req)
+    fields = await approval_fields(client, handle, req)
     for at in (req.expires_at, req.expires_at + timedelta(seconds=1)):
-        late = await _send(handle, await _signed("alice", "approve", fields, at=at))
+        late = await send_approval(handle, await signed_as("alice", "approve", fields, at=at))
         assert not late.accepted and "expired" in late.reason, late
-    attempt = await _send(handle, await _signed("alice", "approve", fields))
+    attempt = await send_approval(handle, await signed_as("alice", "approve", fields))
     assert attempt.accepted, attempt
     await asyncio.wait_for(finish(handle), timeout=60)
 
@@ -93,8 +100,8 @@ async def test_the_deciding_activity_checks_each_bound_field_and_the_expiry_edge
         initiator="erin",
     )
     await pending_request(handle)
-    request = await _recorded_request(deps, handle.id)
-    judge = _judge(deps)
+    request = await recorded_request(deps, handle.id)
+    judge = approval_judge(deps)
     digest = args_digest(request.call.args)
     for field, value in (("run_id", f"{request.run_id}-other"), ("args_digest", "0" * 64)):
         fields: dict[str, FieldValue] = {"run_id": request.run_id, "decision_id": request.decision_id}
@@ -106,6 +113,6 @@ async def test_the_deciding_activity_checks_each_bound_field_and_the_expiry_edge
     decided = next(
         e["at"] for e in deps.ledger.events(handle.id) if e["kind"] == "decision" and e.get("outcome") == "approval"
     )
-    edge = await _approval_for("alice", request, at=datetime.fromisoformat(decided) + SCRIPT_AGENT.approval_ttl)
+    edge = await approval_for("alice", request, at=datetime.fromisoformat(decided) + SCRIPT_AGENT.approval_ttl)
     assert judge.approved_groups(request.model_copy(update={"approvals": (edge,)})) == (("finance",), [])
     await finish(handle)

@@ -10,35 +10,19 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client
 
-from lockgate.identity import sign
-from lockgate.models import ApprovalAttempt, ApprovalRequest, GateRequest, args_digest
-from lockgate.people import SignedStatement
+from lockgate.models import GateRequest
 from tests.agents import SCRIPT_AGENT
-from tests.conftest import finish, pending_request, person, start, status_of
-
-
-async def _signed(name: str, act: str, fields: dict[str, Any], **kw: Any) -> SignedStatement:
-    return await asyncio.to_thread(sign, person(name), act, fields, **kw)  # type: ignore[arg-type]
-
-
-async def _fields(client: Client, handle: WorkflowHandle[Any, Any], req: ApprovalRequest) -> dict[str, Any]:
-    """Everything a correct approval of `req` binds."""
-    desc = await client.get_workflow_handle(handle.id).describe()
-    return {
-        "run_id": handle.id,
-        "temporal_run_id": desc.run_id,
-        "request_id": req.request_id,
-        "decision_id": req.decision_id,
-        "tool": req.tool,
-        "args_digest": req.args_digest,
-        "reason": "",
-    }
-
-
-async def _send(handle: WorkflowHandle[Any, Any], signed: SignedStatement) -> ApprovalAttempt:
-    return await handle.execute_update("approve", signed, result_type=ApprovalAttempt, id=signed.statement.nonce)
+from tests.support.approvals import (
+    approval_fields,
+    approval_for,
+    approval_judge,
+    recorded_request,
+    send_approval,
+    signed_as,
+)
+from tests.support.stack import finish, pending_request, start, status_of
 
 
 @pytest.mark.parametrize("field", ["run_id", "temporal_run_id", "decision_id", "tool", "args_digest"])
@@ -48,42 +32,14 @@ async def test_an_approval_binding_one_wrong_field_is_refused(client: Client, wo
     same approval with that one field right is accepted."""
     handle = await start(client, worker_running, "refund-agent", {"order_id": "A-1002", "amount_cents": 15000})
     req = await pending_request(handle)
-    fields = await _fields(client, handle, req)
+    fields = await approval_fields(client, handle, req)
     wrong = {**fields, field: "0" * 64 if field == "args_digest" else f"{fields[field]}-other"}
-    refused = await _send(handle, await _signed("alice", "approve", wrong))
+    refused = await send_approval(handle, await signed_as("alice", "approve", wrong))
     assert not refused.accepted and field in refused.reason, refused
     assert (await status_of(handle)).pending_approvals[0].approvals == ()
-    accepted = await _send(handle, await _signed("alice", "approve", fields))
+    accepted = await send_approval(handle, await signed_as("alice", "approve", fields))
     assert accepted.accepted, accepted
     assert await finish(handle) is None
-
-
-async def _recorded_request(deps: Any, run_id: str) -> GateRequest:
-    """The gate request whose decision asked for approval, as the ledger recorded it."""
-    for e in deps.ledger.entries(run_id):
-        data = json.loads(e.data)
-        if e.kind == "decision" and data.get("outcome") == "approval":
-            return GateRequest.model_validate(data["request"])
-    raise AssertionError("no approval decision recorded")
-
-
-def _judge(deps: Any) -> Any:
-    from lockgate.worker import build_approvals
-
-    return build_approvals(deps)
-
-
-async def _approval_for(name: str, request: GateRequest, digest: str | None = None, **kw: Any) -> SignedStatement:
-    return await _signed(
-        name,
-        "approve",
-        {
-            "run_id": request.run_id,
-            "decision_id": request.decision_id,
-            "args_digest": digest or args_digest(request.call.args),
-        },
-        **kw,
-    )
 
 
 async def test_the_deciding_activity_counts_only_approvals_of_this_exact_call(
@@ -100,16 +56,16 @@ async def test_the_deciding_activity_counts_only_approvals_of_this_exact_call(
         initiator="erin",
     )
     await pending_request(handle)
-    request = await _recorded_request(deps, handle.id)
-    judge = _judge(deps)
+    request = await recorded_request(deps, handle.id)
+    judge = approval_judge(deps)
 
-    good = await _approval_for("alice", request)
+    good = await approval_for("alice", request)
     assert judge.approved_groups(request.model_copy(update={"approvals": (good,)})) == (("finance",), [])
 
     # Other args than the decision's, though the approval binds them (only the decision check refuses).
     other_args = request.call.model_copy(update={"args": {**request.call.args, "amount_cents": 1}})
     other = request.model_copy(update={"call": other_args})
-    signed = await _approval_for("alice", other)
+    signed = await approval_for("alice", other)
     groups, refused = judge.approved_groups(other.model_copy(update={"approvals": (signed,)}))
     assert groups == () and "other args" in refused[0]
 
@@ -119,12 +75,12 @@ async def test_the_deciding_activity_counts_only_approvals_of_this_exact_call(
     assert groups == () and "no approval request of this step" in refused[0]
 
     # The agent's owner (bob, finance).
-    owner = await _approval_for("bob", request)
+    owner = await approval_for("bob", request)
     groups, refused = judge.approved_groups(request.model_copy(update={"approvals": (owner,)}))
     assert groups == () and "initiated or owns" in refused[0]
 
     # Not in the group asked (carol: support-leads).
-    outsider = await _approval_for("carol", request)
+    outsider = await approval_for("carol", request)
     groups, refused = judge.approved_groups(request.model_copy(update={"approvals": (outsider,)}))
     assert groups == () and "not in group finance" in refused[0]
 
@@ -132,7 +88,7 @@ async def test_the_deciding_activity_counts_only_approvals_of_this_exact_call(
     decided = next(
         e["at"] for e in deps.ledger.events(handle.id) if e["kind"] == "decision" and e.get("outcome") == "approval"
     )
-    late = await _approval_for(
+    late = await approval_for(
         "alice", request, at=datetime.fromisoformat(decided) + SCRIPT_AGENT.approval_ttl + timedelta(seconds=1)
     )
     groups, refused = judge.approved_groups(request.model_copy(update={"approvals": (late,)}))
@@ -149,12 +105,15 @@ async def test_the_initiator_alone_is_refused_by_the_deciding_activity(
         client, worker_running, "refund-agent", {"order_id": "A-1002", "amount_cents": 15000}, initiator="alice"
     )
     await pending_request(handle)
-    request = await _recorded_request(deps, handle.id)
-    mine = await _approval_for("alice", request)
-    groups, refused = _judge(deps).approved_groups(request.model_copy(update={"approvals": (mine,)}))
+    request = await recorded_request(deps, handle.id)
+    mine = await approval_for("alice", request)
+    groups, refused = approval_judge(deps).approved_groups(request.model_copy(update={"approvals": (mine,)}))
     assert groups == () and "initiated or owns" in refused[0]
-    other = await _approval_for("bob", request)
-    assert _judge(deps).approved_groups(request.model_copy(update={"approvals": (other,)})) == (("finance",), [])
+    other = await approval_for("bob", request)
+    assert approval_judge(deps).approved_groups(request.model_copy(update={"approvals": (other,)})) == (
+        ("finance",),
+        [],
+    )
     await handle.terminate()
 
 

@@ -34,7 +34,7 @@ from lockgate.gates.bundle import PolicyBundle, cedar_data_problem  # noqa: E402
 from lockgate.gates.engine import cedar_context, evaluate  # noqa: E402
 from lockgate.models import MAX_ARGS_BYTES, Decision, GateRequest, GateState, ToolCall, canonical_json  # noqa: E402
 from lockgate.spec import AgentSpec, load_agents  # noqa: E402
-from tests.conftest import AGENT_MODULES  # noqa: E402
+from tests.support.stack import AGENT_MODULES  # noqa: E402
 
 registry = load_agents(AGENT_MODULES, entry_points=False)
 NOW = datetime(2026, 11, 23, tzinfo=UTC)

@@ -19,7 +19,7 @@ from temporalio.client import Client
 
 from lockgate.config import Settings
 from lockgate.inbox.app import Inbox, create_app
-from tests.conftest import _STACK
+from tests.support.stack import _STACK
 
 
 def free_port() -> int:

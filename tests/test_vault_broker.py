@@ -12,7 +12,7 @@ import pytest
 from lockgate.activities.vault import LeaseForbidden, RunMismatch, VaultBroker
 from lockgate.bootstrap import RUNS_MOUNT
 from lockgate.config import Settings
-from tests.conftest import Outside
+from tests.support.stack import Outside
 
 POLICY = "lockgate-agent-refund-agent"
 

@@ -14,27 +14,13 @@ from typing import Any
 import pytest
 
 from lockgate.activities.ledger import Ledger, VerifyReport
-from tests.test_ledger_evidence import AttackerKey, _story, _tamper
-
-
-class LocalKey(AttackerKey):
-    """A signer with its own key that also keeps the witness (as Transit's anchor does in OpenBao)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.witnessed: dict[str, dict[str, Any]] = {}
-
-    def write_witness(self, name: str, record: dict[str, Any]) -> None:
-        self.witnessed[name] = dict(record)
-
-    def read_witness(self, name: str) -> dict[str, Any] | None:
-        return self.witnessed.get(name)
+from tests.support.ledger import LocalKey, ledger_story, tamper
 
 
 def _ledger(path: Path, key: LocalKey) -> tuple[str, str]:
     ledger = Ledger(f"sqlite:///{path}", signer=key, checkpoint_interval=None)
     closed, open_ = f"closed-{uuid.uuid4().hex[:6]}", f"open-{uuid.uuid4().hex[:6]}"
-    _story(ledger, closed, open_)
+    ledger_story(ledger, closed, open_)
     ledger.dispose()
     return closed, open_
 
@@ -70,7 +56,7 @@ def test_each_kind_of_tampering_is_reported(tmp_path: Path, how: str) -> None:
     """Control: the chain, checkpoint and witness checks of verify_report, one tampering each."""
     key = LocalKey()
     closed, open_ = _ledger(tmp_path / "l.db", key)
-    phrase = _tamper(how, tmp_path / "l.db", closed, open_, None)  # type: ignore[arg-type]
+    phrase = tamper(how, tmp_path / "l.db", closed, open_, None)  # type: ignore[arg-type]
     report = _verify(tmp_path / "l.db", key)
     assert any(phrase in p for p in report.problems), report.problems
 

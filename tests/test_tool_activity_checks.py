@@ -17,8 +17,8 @@ from temporalio.client import Client
 
 from lockgate.models import GateRequest, ToolCall, ToolInvocation
 from tests import agents
-from tests.conftest import Outside, finish, ledger_events, ledger_kinds, start
-from tests.test_mutation_governance import _refused, rogue  # noqa: F401 - the fixture, used by name
+from tests.support.hostile import refused_by_activity
+from tests.support.stack import Outside, finish, ledger_events, ledger_kinds, start
 
 RETRIED = "MAXIMUM_ATTEMPTS_REACHED"
 
@@ -60,7 +60,7 @@ def _invocation(me: str, tool: str = "qa.mark", args: dict[str, Any] | None = No
     ids=["tool", "gate-tool", "gate-step", "run-id", "gate-run-id"],
 )
 async def test_an_invocation_naming_another_tool_step_or_run_is_refused_at_once(
-    rogue: Any,  # noqa: F811 - the fixture
+    rogue: Any,
     deps: Any,
     wrong: dict[str, Any],
 ) -> None:
@@ -68,7 +68,9 @@ async def test_an_invocation_naming_another_tool_step_or_run_is_refused_at_once(
     and the calling run's id, each compared alone (one field wrong, the rest right). The same
     invocation with every field right runs (qa.mark: no secret, so no identity is needed)."""
     me = _id()
-    _refused(await rogue(me, "tool.qa.mark", _invocation(me, **wrong)), "invocation names another tool, step or run")
+    refused_by_activity(
+        await rogue(me, "tool.qa.mark", _invocation(me, **wrong)), "invocation names another tool, step or run"
+    )
     assert "tool.completed" not in ledger_kinds(deps, me)
     assert [e["reason"] for e in ledger_events(deps, me, "tool.refused")] == ["invocation names another tool or run"]
     ran = await rogue(me, "tool.qa.mark", _invocation(me))
@@ -76,17 +78,17 @@ async def test_an_invocation_naming_another_tool_step_or_run_is_refused_at_once(
     assert [e["tool"] for e in ledger_events(deps, me, "tool.completed")] == ["qa.mark"]
 
 
-async def test_a_compensation_claim_without_its_step_is_refused_at_once(rogue: Any, deps: Any) -> None:  # noqa: F811
+async def test_a_compensation_claim_without_its_step_is_refused_at_once(rogue: Any, deps: Any) -> None:
     """Control: a refused compensation claim is final (retrying a claim the ledger does not back
     only repeats it), and recorded."""
     me = _id()
     claim = _invocation(me, "qa.unmark", {"idempotency_key": f"{me}:1"}).model_copy(update={"compensates": f"{me}:1"})
     claim = claim.model_copy(update={"gate": claim.gate.model_copy(update={"compensation": True})})
-    _refused(await rogue(me, "tool.qa.unmark", claim), "no completed step 1")
+    refused_by_activity(await rogue(me, "tool.qa.unmark", claim), "no completed step 1")
     assert len(ledger_events(deps, me, "tool.refused")) == 1
 
 
-async def test_a_call_without_an_open_run_identity_gets_no_lease(rogue: Any, deps: Any, outside: Outside) -> None:  # noqa: F811
+async def test_a_call_without_an_open_run_identity_gets_no_lease(rogue: Any, deps: Any, outside: Outside) -> None:
     """Control: a lease is issued only under the run's own open identity. A workflow that never
     opened one (the gate allows the refund) is refused at once, nothing leased, nothing refunded."""
     me = _id()

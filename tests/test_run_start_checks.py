@@ -14,8 +14,8 @@ from temporalio.client import Client
 from lockgate.identity import sign
 from lockgate.models import RunInput, args_digest
 from lockgate.people import FieldValue
-from tests.conftest import finish, ledger_events, person
-from tests.test_hostile_client import raw_start, refund, refused_at_once
+from tests.support.hostile import raw_start, refund, refused_at_once
+from tests.support.stack import finish, ledger_events, person
 
 
 async def _start(

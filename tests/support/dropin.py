@@ -22,7 +22,7 @@ async def approve(
 ) -> ApprovalAttempt:
     """`approver` approves (or rejects) as `lockgate approve` and the inbox do: logged in, a Transit-
     signed statement bound to the run, request, decision and args digest, sent as an update."""
-    from tests.conftest import person
+    from tests.support.stack import person
 
     return await send_verdict(client, handle.id, request.request_id, session=person(approver), approve=approve)
 

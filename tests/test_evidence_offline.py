@@ -35,8 +35,7 @@ from lockgate.evidence import (
     signature_version,
 )
 from lockgate.models import canonical_json
-from tests.test_ledger_evidence import _story
-from tests.test_mutation_ledger import LocalKey
+from tests.support.ledger import LocalKey, ledger_story
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +46,7 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Loca
     path = tmp_path_factory.mktemp("evidence") / "l.db"
     ledger = Ledger(f"sqlite:///{path}", signer=key, checkpoint_interval=None)
     closed, open_ = f"closed-{uuid.uuid4().hex[:6]}", f"open-{uuid.uuid4().hex[:6]}"
-    _story(ledger, closed, open_)
+    ledger_story(ledger, closed, open_)
     ledger.append(f"late:{closed}", closed, "audit", {"late": True})
     assert ledger.checkpoint() is not None
     evidence = json.loads(json.dumps(ledger.run_evidence(closed)))

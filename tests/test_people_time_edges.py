@@ -10,7 +10,7 @@ import pytest
 from lockgate.activities.identity import CLOCK_SKEW, LedgerKeyArchive, PeopleDirectory, Refused
 from lockgate.config import Settings
 from lockgate.identity import login_userpass, sign
-from tests.test_people import FIELDS, MAX_AGE
+from tests.support.people import FIELDS, MAX_AGE
 
 
 @pytest.fixture(scope="module")
