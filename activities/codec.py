@@ -39,6 +39,7 @@ from temporalio.api.history.v1 import HistoryEvent
 from temporalio.converter import PayloadCodec
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from lockgate import vaultio
 from lockgate.activities.vault import RETRYABLE
 from lockgate.errors import UserError
 
@@ -109,7 +110,7 @@ class VaultTransit:
     def with_token(
         cls, addr: str, token: str, *, session: requests.Session | None = None, timeout: int = 5
     ) -> VaultTransit:
-        client = hvac.Client(url=addr, token=token, timeout=timeout, session=session)
+        client = vaultio.client(addr, token, timeout=timeout, session=session)
         return cls(lambda: client)
 
     def _call(self, what: str, fn: Callable[[hvac.Client], Any]) -> Any:

@@ -740,15 +740,15 @@ async def cmd_freeze(args: argparse.Namespace, settings: Settings) -> int:
 # -- teams: people and approver groups ----------------------------------------------------------
 def _directory(args: argparse.Namespace, settings: Settings) -> Any:
     """The directory as the given Vault token (stdin) or the logged-in person sees and changes it."""
-    import hvac
-
     from lockgate.teams import Directory
 
     if args.vault_token_stdin:
         token = _read_secret(True, "", "Vault token")
     else:
         token = _session(settings).token
-    return Directory(hvac.Client(url=settings.vault_addr, token=token, timeout=10))
+    from lockgate import vaultio
+
+    return Directory(vaultio.client(settings.vault_addr, token, timeout=10))
 
 
 def cmd_groups(args: argparse.Namespace, settings: Settings) -> int:
@@ -908,6 +908,42 @@ def cmd_codec_server(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_setup(args: argparse.Namespace, settings: Settings) -> int:
+    from lockgate.setup import SetupOptions, run_setup
+    from lockgate.spec import load_agents
+
+    people = None
+    if args.people:
+        try:
+            raw = json.loads(Path(args.people).read_text())
+            people = {str(k): tuple(str(g) for g in v) for k, v in raw.items()}
+        except (OSError, ValueError, AttributeError, TypeError) as err:
+            raise UserError(f"--people {args.people}: expected a JSON object name -> [groups]: {err}") from None
+    opts = SetupOptions(
+        dry_run=args.dry_run,
+        parts=tuple(args.only or ("temporal", "openbao", "ledger")),
+        people=people,
+        groups=tuple(args.group or ()),
+        worker_credentials=Path(args.worker_credentials) if args.worker_credentials else None,
+        new_worker_secret=args.new_worker_secret,
+        setup_credentials=Path(args.setup_credentials) if args.setup_credentials else None,
+        wrap_ttl=args.wrap_ttl,
+        secret_id_ttl=args.secret_id_ttl,
+        secret_id_uses=args.secret_id_uses,
+        ledger_runtime_role=args.ledger_runtime_role,
+        provision_databases=args.provision_databases,
+        retention_days=args.retention_days,
+        unwrap=args.unwrap,
+    )
+    report = run_setup(settings, load_agents(settings.agent_modules), opts)
+    if args.json:
+        _print_json(report.as_dict())
+    else:
+        for line in report.lines():
+            print(safe(line, 2000))
+    return 1 if report.problems else 0
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from lockgate.demo.story import run_demo
 
@@ -938,6 +974,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", cmd_demo, "walk the refund-agent through the whole story on the real stack")
     p.set_defaults(agents=True)
     p.add_argument("--down", action="store_true", help="stop the dev stack afterwards")
+
+    p = add(
+        "setup",
+        cmd_setup,
+        "prepare real servers, idempotently: Temporal search attributes, OpenBao, ledger migrations",
+    )
+    p.add_argument("--dry-run", action="store_true", help="compare only; print what would change")
+    p.add_argument("--only", action="append", choices=["temporal", "openbao", "ledger"], help="one part (repeat)")
+    p.add_argument("--people", metavar="FILE", help='JSON {"person": ["group", ...]} from your IdP sync')
+    p.add_argument("--group", action="append", help="an approver group to create besides the policies' (repeat)")
+    p.add_argument(
+        "--worker-credentials",
+        metavar="FILE",
+        default=os.environ.get("LOCKGATE_WORKER_CREDENTIALS") or None,
+        help="write the worker's role id and WRAPPED secret id (default: $LOCKGATE_WORKER_CREDENTIALS)",
+    )
+    p.add_argument("--new-worker-secret", action="store_true", help="issue a new worker secret id (rotation)")
+    p.add_argument("--setup-credentials", metavar="FILE", help="write lockgate-setup's AppRole credentials (root run)")
+    p.add_argument("--wrap-ttl", default="15m", help="lifetime of the wrapping token (default 15m)")
+    p.add_argument("--secret-id-ttl", default="720h", help="lifetime of a worker secret id (default 720h)")
+    p.add_argument("--secret-id-uses", type=int, default=100, help="logins per worker secret id (default 100)")
+    p.add_argument("--ledger-runtime-role", metavar="ROLE", help="PostgreSQL role of the workers: gets DML grants")
+    p.add_argument("--provision-databases", action="store_true", help="run the tools' declared setup_sql")
+    p.add_argument(
+        "--unwrap",
+        action="store_true",
+        default=os.environ.get("LOCKGATE_SETUP_UNWRAP", "").lower() in ("1", "true", "yes"),
+        help="single host (compose): write the worker's secret id unwrapped ($LOCKGATE_SETUP_UNWRAP=1)",
+    )
+    p.add_argument("--retention-days", type=int, default=30, help="retention of a namespace setup registers (30)")
 
     p = add("run", cmd_run, "start a run of AGENT; prints the run id")
     p.set_defaults(agents=True)  # the input is validated against the agent's schema

@@ -26,24 +26,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import hvac
 import psycopg
 import requests
 
-from lockgate import bootstrap
+from lockgate import bootstrap, vaultio
 from lockgate.config import read_env_file
 from lockgate.demo import DEMO_AGENT_MODULES
 from lockgate.errors import UserError
 from lockgate.spec import load_agents
 
-__all__ = ["SEARCH_ATTRIBUTES", "DevStack", "bao_binary", "free_port", "temporal_binary"]
+__all__ = ["DevStack", "bao_binary", "free_port", "temporal_binary"]
 
-SEARCH_ATTRIBUTES = {
-    "LockgateAgent": "Keyword",
-    "LockgateState": "Keyword",
-    "LockgateInitiator": "Keyword",
-    "LockgatePending": "KeywordList",
-}
 
 Progress = Callable[[str], None]
 
@@ -253,7 +246,7 @@ class DevStack:
         self._save_pids(pids)
         progress("openbao: ready; bootstrapping engines, policies and AppRole")
         boot = bootstrap.bootstrap_vault(
-            hvac.Client(url=self.vault_addr, token=root),
+            vaultio.client(self.vault_addr, root),
             connection_url=lambda db: bootstrap.socket_connection_url(socket_dir, db),
             db_username="postgres",
             db_password=pg_password,
@@ -382,8 +375,10 @@ class DevStack:
         argv += (
             ["--ui-port", str(self.ui_port), "--ui-codec-endpoint", self.codec_endpoint] if self.ui else ["--headless"]
         )
-        for name, kind in SEARCH_ATTRIBUTES.items():
-            argv += ["--search-attribute", f"{name}={kind}"]
+        from lockgate.setup import search_attribute_flags  # the ones the workflows write
+
+        for flag in search_attribute_flags():
+            argv += ["--search-attribute", flag]
         new_pid = self._spawn("temporal", argv)
         self._wait("temporal", self._temporal_ok, new_pid, timeout=90)
         return new_pid
@@ -474,7 +469,7 @@ class DevStack:
 
     def _vault_ok(self) -> bool:
         try:
-            client = hvac.Client(url=self.vault_addr, timeout=2)
+            client = vaultio.client(self.vault_addr, timeout=2)
             health = client.sys.read_health_status(method="GET")
             data = health if isinstance(health, dict) else health.json()
             return bool(data.get("initialized")) and not data.get("sealed", True)
@@ -483,7 +478,7 @@ class DevStack:
 
     def _vault_token_ok(self, token: str) -> bool:
         try:
-            return hvac.Client(url=self.vault_addr, token=token, timeout=2).is_authenticated()
+            return vaultio.client(self.vault_addr, token, timeout=2).is_authenticated()
         except Exception:  # noqa: BLE001
             return False
 

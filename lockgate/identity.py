@@ -109,7 +109,7 @@ class OperatorSession:
 
 
 def _vault(addr: str, token: str | None = None) -> hvac.Client:
-    return hvac.Client(url=addr, token=token, timeout=_TIMEOUT, session=requests.Session())
+    return vaultio.client(addr, token, timeout=_TIMEOUT)
 
 
 def _unreachable(addr: str) -> UserError:
