@@ -1089,6 +1089,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("reap", cmd_reap, "one pass of the reaper: clean up runs that ended without their own cleanup")
     add("archive", cmd_archive, "one pass of the archiver: keep closed runs' histories beside the ledger")
     p = add("mcp", cmd_mcp, "MCP servers: list, review SERVER (diff against its pin), pin SERVER (approve)")
+    p.set_defaults(agents=True)  # the servers are declared with the agents that use them
     p.add_argument("action", choices=["list", "review", "pin"])
     p.add_argument("server", nargs="?")
     p.add_argument("--policy-dir", help="where the pin file goes (default: LOCKGATE_POLICY_DIR)")
