@@ -61,12 +61,13 @@ DEV_PEOPLE: dict[str, tuple[str, ...]] = {
     "carol": ("support-leads", "operators"),
     "dave": ("support-leads", "operators"),
     "mallory": (),
-    "erin": (),
+    # A requester: may start agents (policies/starts.cedar), approves and reads nothing.
+    "erin": ("requesters",),
     # incident-agent's on-call engineers.
     "frank": ("sre-oncall",),
     "grace": ("sre-oncall",),
 }
-DEV_GROUPS = ("finance", "support-leads", "operators", "sre-oncall")
+DEV_GROUPS = ("finance", "support-leads", "operators", "sre-oncall", "requesters", "auditors")
 SEAL_KEY = "lockgate-seal"  # Transit key that seals engine-only state
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import json
 import os
@@ -118,12 +119,29 @@ def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
 
 # -- runs ----------------------------------------------------------------------------------------
 async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    from lockgate.ops import parse_input, run_status, start_run
+    from lockgate.ids import InvalidRunId, check_run_id
+    from lockgate.ops import parse_input, run_status, start_refusal, start_run
 
     data = parse_input(args.agent, args.input)
     session = _session(settings)
+    run_id = args.id or f"{args.agent}-{uuid.uuid4().hex[:10]}"
+    try:
+        check_run_id(run_id)
+    except InvalidRunId as err:
+        raise UserError(str(err)) from None
+    refusal = await asyncio.to_thread(start_refusal, settings.policy_dir, args.agent, session)
+    if refusal is not None:
+        # Recorded like the worker's refusals, with who asked: a refused start leaves evidence.
+        with contextlib.suppress(Exception):
+            _ledger(settings).try_append(
+                f"run.refused:{run_id}:cli",
+                run_id,
+                "run.refused",
+                {"reason": f"start: {refusal}", "origin_run_id": "", "initiator": session.name, "by": "cli"},
+            )
+        raise UserError(f"start refused: {refusal}")
     client = await _client(settings)
-    handle = await start_run(client, settings.task_queue, args.agent, data, session=session, run_id=args.id)
+    handle = await start_run(client, settings.task_queue, args.agent, data, session=session, run_id=run_id)
     if not args.wait:
         if args.json:
             _print_json({"run_id": handle.id})

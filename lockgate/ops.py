@@ -27,6 +27,7 @@ __all__ = [
     "run_status",
     "send_verdict",
     "set_freeze",
+    "start_refusal",
     "start_run",
     "wait_closed",
     "wake_frozen",
@@ -63,6 +64,25 @@ def parse_input(agent_name: str, raw: str | None) -> dict[str, Any]:
     except ValidationError as err:
         raise UserError(f"invalid input for {agent_name}: {describe_validation(err)}") from None
     return data
+
+
+def start_refusal(policy_dir: Any, agent: str, session: OperatorSession) -> str | None:
+    """Why `session`'s person may not start `agent` by the start policies in `policy_dir` (None:
+    they may, or the policies cannot be read here). A clear answer before the start; the worker
+    decides again, authoritatively, when it opens the run (activities/starts.py)."""
+    from lockgate.errors import PolicyError
+    from lockgate.gates.starts import decide_start
+    from lockgate.policies import load_bundle
+
+    spec = registry.get(agent)
+    if spec is None:
+        return None
+    try:
+        bundle = load_bundle(policy_dir, registry)
+    except (PolicyError, OSError):
+        return None  # not this shell's to judge: the worker refuses with the reason
+    verdict = decide_start(bundle, session.name, sorted(session.groups), agent, spec.owner)
+    return None if verdict.allowed else verdict.reason
 
 
 async def start_run(
