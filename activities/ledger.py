@@ -50,6 +50,7 @@ from lockgate.evidence import (
     inclusion_proof,
     signature_version,
 )
+from lockgate.files import private_dir, private_file
 from lockgate.models import canonical_json
 
 __all__ = [
@@ -270,8 +271,12 @@ class Ledger:
             path = url.split("///", 1)[-1]
             if not create and (not path or path == ":memory:" or not Path(path).is_file()):
                 raise LedgerMissing(f"no ledger at {url}")
-            if create and path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            if create and path and path != ":memory:" and not path.startswith("file:"):
+                # Evidence: the database (and its WAL and shm, which SQLite creates with the
+                # database's mode) readable by this OS user only, in a folder only they can list.
+                if not Path(path).parent.exists():
+                    private_dir(Path(path).parent)
+                private_file(path)
             self.engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
             @event.listens_for(self.engine, "connect")

@@ -25,6 +25,7 @@ from typing import Any
 
 from lockgate.errors import PolicyError, UserError
 from lockgate.evidence import check_run_evidence, fingerprint
+from lockgate.files import write_private
 
 __all__ = ["SCHEMA", "BundleReport", "approvals_of", "build_bundle", "load_bundle_file", "verify_bundle"]
 
@@ -248,10 +249,8 @@ def verify_bundle(
 
 
 def write_bundle(bundle: dict[str, Any], path: str) -> None:
-    target = Path(path)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(json.dumps(bundle, indent=1, sort_keys=True))
-    tmp.replace(target)
+    # Evidence (and possibly regulated data): this OS user's only.
+    write_private(Path(path), json.dumps(bundle, indent=1, sort_keys=True))
 
 
 def exported_name(run_id: str) -> str:

@@ -24,6 +24,7 @@ import requests
 from lockgate import vaultio
 from lockgate.config import Settings
 from lockgate.errors import UserError
+from lockgate.files import private_dir
 from lockgate.people import Act, FieldValue, SignedStatement, Statement, key_name, parse_signature
 
 __all__ = [
@@ -189,7 +190,7 @@ def session_path(settings: Settings) -> Path:
 def save_session(settings: Settings, session: OperatorSession) -> Path:
     """Stores the session's token for later commands, readable by this OS user only (0600)."""
     path = session_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     record = {"name": session.name, "method": session.method, "vault_addr": session.vault_addr, "token": session.token}
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
     # Created 0600 from the first byte: never a moment where the token is readable by others.

@@ -44,6 +44,21 @@ _CLOSED = {
 }
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 def parse_input(agent_name: str, raw: str | None) -> dict[str, Any]:
     """Checks the agent exists and its input parses and fits its schema; UserError otherwise."""
     agent = registry.get(agent_name)
@@ -52,9 +67,12 @@ def parse_input(agent_name: str, raw: str | None) -> dict[str, Any]:
     if raw is not None and len(raw.encode()) > MAX_ARGS_BYTES:
         raise UserError(f"input is over {MAX_ARGS_BYTES} bytes")
     try:
-        data = json.loads(raw) if raw else {}
+        data = json.loads(raw, object_pairs_hook=_no_duplicate_keys) if raw else {}
     except json.JSONDecodeError as err:
         raise UserError(f"--input is not valid JSON: {err}") from None
+    except _DuplicateKey as err:
+        # Parsers disagree on which duplicate wins: what was validated, signed and run could differ.
+        raise UserError(f"--input has the key {err.key!r} twice (a JSON object names each key once)") from None
     if not isinstance(data, dict):
         raise UserError("--input must be a JSON object")
     try:

@@ -18,6 +18,7 @@ from typing import Any
 from lockgate.activities.ledger import Ledger, LedgerMissing, VerifyReport
 from lockgate.config import Settings
 from lockgate.evidence import fingerprint
+from lockgate.files import write_private
 
 __all__ = [
     "Anchors",
@@ -121,10 +122,7 @@ def pinned_keys(settings: Settings) -> tuple[dict[int, str] | None, str]:
 def _write_anchor_file(settings: Settings, data: dict[str, Any]) -> None:
     path = anchor_file(settings)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        tmp.replace(path)
+        write_private(path, json.dumps(data, indent=1, sort_keys=True))
     except OSError:
         pass  # read-only state dir: nothing pinned, nothing lost
 

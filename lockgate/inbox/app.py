@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import hvac.exceptions
 import requests
@@ -210,9 +211,17 @@ def _login_redirect(request: Request) -> RedirectResponse:
     return RedirectResponse(f"/login?next={quote(nxt, safe='')}", status_code=303)
 
 
+# A canonical path on this site: printable ASCII URL characters only. Browsers drop tabs and
+# newlines and read `\\` as `/`, so `/\t/evil.example` or `/\\evil.example` would leave the site.
+_LOCAL_PATH = re.compile(r"/(?![/\\])[A-Za-z0-9\-._~!$&'()*+,;=:@%/?]*")
+
+
 def _local_path(nxt: str | None) -> str:
     # Only a path on this site: `//evil.example` or `https://...` would be an open redirect.
-    if not nxt or not nxt.startswith("/") or nxt.startswith("//") or "\\" in nxt:
+    if not nxt or not _LOCAL_PATH.fullmatch(nxt) or "//" in nxt.split("?", 1)[0]:
+        return "/"
+    parts = urlsplit(nxt)
+    if parts.scheme or parts.netloc:
         return "/"
     return nxt
 
