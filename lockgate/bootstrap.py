@@ -27,7 +27,9 @@ __all__ = [
     "DEV_PEOPLE",
     "LEDGER_SIGNING_KEY",
     "LEDGER_WITNESS_PATH",
+    "PAYLOAD_ENCRYPT_POLICY",
     "PAYLOAD_KEY",
+    "PAYLOAD_READER_GROUPS",
     "PAYLOAD_READER_POLICY",
     "PAYLOAD_WRITER_POLICY",
     "PERSON_POLICY",
@@ -118,15 +120,22 @@ class Bootstrap:
 
 # -- payload encryption (activities/codec.py) ------------------------------------------------------
 PAYLOAD_KEY = "lockgate-payloads"  # the Transit key Temporal payloads are encrypted under
-PAYLOAD_READER_POLICY = "lockgate-payload-reader"  # decrypt only: auditors, codec-server users
-PAYLOAD_WRITER_POLICY = "lockgate-payload-writer"  # decrypt and new data keys: operators on the CLI
+PAYLOAD_READER_POLICY = "lockgate-payload-reader"  # decrypt only: the reader groups below
+PAYLOAD_WRITER_POLICY = "lockgate-payload-writer"  # decrypt and new data keys: workers, services
+PAYLOAD_ENCRYPT_POLICY = "lockgate-payload-encrypt"  # new data keys only: every person (start, sign)
+# Who may read payloads (decrypt) is a role, held by these groups' identity policy: auditors read
+# everything and act on nothing, operators halt and freeze what they can see, approvers read what
+# they are asked to approve. Everyone else (mallory, erin the requester) can encrypt, not decrypt.
+PAYLOAD_READER_GROUPS = ("auditors", "operators", "finance", "support-leads", "sre-oncall")
 
 
-def payload_policy(key: str = PAYLOAD_KEY, *, encrypt: bool = True) -> str:
-    """Exactly the Transit paths a payload reader (decrypt) or writer (also data keys) needs."""
-    lines = [f'path "{TRANSIT_MOUNT}/decrypt/{key}" {{ capabilities = ["update"] }}']
+def payload_policy(key: str = PAYLOAD_KEY, *, encrypt: bool = True, decrypt: bool = True) -> str:
+    """Exactly the Transit paths a payload reader (decrypt), encrypter (data keys) or writer (both) needs."""
+    lines = []
     if encrypt:
-        lines.insert(0, f'path "{TRANSIT_MOUNT}/datakey/plaintext/{key}" {{ capabilities = ["update"] }}')
+        lines.append(f'path "{TRANSIT_MOUNT}/datakey/plaintext/{key}" {{ capabilities = ["update"] }}')
+    if decrypt:
+        lines.append(f'path "{TRANSIT_MOUNT}/decrypt/{key}" {{ capabilities = ["update"] }}')
     return "\n".join(lines) + "\n"
 
 
@@ -141,6 +150,7 @@ def bootstrap_payload_key(client: hvac.Client, key: str = PAYLOAD_KEY) -> None:
         client.secrets.transit.create_key(name=key, key_type="aes256-gcm96", mount_point=TRANSIT_MOUNT)
     client.sys.create_or_update_policy(name=PAYLOAD_READER_POLICY, policy=payload_policy(key, encrypt=False))
     client.sys.create_or_update_policy(name=PAYLOAD_WRITER_POLICY, policy=payload_policy(key, encrypt=True))
+    client.sys.create_or_update_policy(name=PAYLOAD_ENCRYPT_POLICY, policy=payload_policy(key, decrypt=False))
 
 
 def _worker_policy() -> str:
@@ -227,7 +237,7 @@ def bootstrap_people(
             if f"{TRANSIT_MOUNT}/" not in client.sys.list_mounted_secrets_engines()["data"]:
                 raise
 
-    all_groups = tuple(dict.fromkeys([*groups, *(g for gs in people.values() for g in gs)]))
+    all_groups = tuple(dict.fromkeys([*groups, *PAYLOAD_READER_GROUPS, *(g for gs in people.values() for g in gs)]))
     client.sys.create_or_update_policy(name=PERSON_POLICY, policy=person_policy(all_groups))
 
     entity_ids: dict[str, str] = {}
@@ -236,8 +246,9 @@ def bootstrap_people(
             client,
             f"auth/{USERPASS_MOUNT}/users/{name}",
             password=password,
-            # Their own signing key, and payloads: people read (and start runs with) encrypted payloads.
-            token_policies=[PERSON_POLICY, PAYLOAD_WRITER_POLICY],
+            # Their own signing key, and encrypting payloads (starting runs, sending signed acts).
+            # Reading payloads is a group's policy (PAYLOAD_READER_GROUPS), not every person's.
+            token_policies=[PERSON_POLICY, PAYLOAD_ENCRYPT_POLICY],
             token_ttl="1h",  # noqa: S106 - a duration: operator tokens are short-lived
             token_max_ttl="8h",  # noqa: S106 - a duration
             token_type="service",  # noqa: S106 - a token type
@@ -255,7 +266,14 @@ def bootstrap_people(
 
     for group in all_groups:
         members = sorted(entity_ids[n] for n, gs in people.items() if group in gs)
-        vaultio.write(client, f"identity/group/name/{group}", type="internal", member_entity_ids=members)
+        vaultio.write(
+            client,
+            f"identity/group/name/{group}",
+            type="internal",
+            member_entity_ids=members,
+            # Identity policies apply to every token of every member, from the next request on.
+            policies=[PAYLOAD_READER_POLICY] if group in PAYLOAD_READER_GROUPS else [],
+        )
 
 
 def agent_policy(secret_paths: list[str]) -> str:

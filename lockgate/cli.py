@@ -30,15 +30,16 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
-async def _client(settings: Settings) -> Any:
+async def _client(settings: Settings, *, read: bool = True) -> Any:
     """A client as the operator: encrypted payloads are read with the operator's own Vault token,
-    checked here once so that a token without access fails with one line, before anything else."""
+    checked here once so that a token without access fails with one line, before anything else.
+    `read=False` for a command that only sends (a start): encrypting is all it needs."""
     from lockgate.worker import connect
 
     client = await connect(settings)
     check = getattr(client.data_converter.payload_codec, "check_access", None)
     if check is not None:
-        await asyncio.to_thread(check)
+        await asyncio.to_thread(check, decrypt=read)
     return client
 
 
@@ -140,7 +141,8 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                 {"reason": f"start: {refusal}", "origin_run_id": "", "initiator": session.name, "by": "cli"},
             )
         raise UserError(f"start refused: {refusal}")
-    client = await _client(settings)
+    # Starting needs only encryption; with --wait a person who may not read still learns the outcome.
+    client = await _client(settings, read=False)
     handle = await start_run(client, settings.task_queue, args.agent, data, session=session, run_id=run_id)
     if not args.wait:
         if args.json:

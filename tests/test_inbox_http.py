@@ -147,8 +147,8 @@ async def test_hostile_text_is_escaped_and_a_refused_attempt_says_why(
             card = await http.get(url)
             assert card.status_code == 200
             assert HOSTILE not in card.text and "<script>alert" not in card.text
-            # Shown, as text (markupsafe's escaping: &lt; &gt; &#39; &#34; &amp;).
-            assert str(escape(HOSTILE)) in card.text and "&lt;script&gt;alert(&#39;pwned&#39;)" in card.text
+            # mallory may not read payloads: the arguments are withheld from her (issue 27).
+            assert "pwned" not in card.text and "payload withheld: requires group auditors" in card.text
             assert req.args_digest in card.text and "refund-agent" in card.text
             refused = await http.post(
                 url, data={"csrf": csrf_of(card.text), "decision": "approve", "args_digest": req.args_digest}
@@ -158,6 +158,9 @@ async def test_hostile_text_is_escaped_and_a_refused_attempt_says_why(
         async with _http(base) as http:
             await sign_in(http, "bob")
             card = await http.get(url)
+            assert HOSTILE not in card.text and "<script>alert" not in card.text
+            # Shown to a reader, as text (markupsafe's escaping: &lt; &gt; &#39; &#34; &amp;).
+            assert str(escape(HOSTILE)) in card.text and "&lt;script&gt;alert(&#39;pwned&#39;)" in card.text
             rejected = await http.post(
                 url,
                 data={

@@ -37,6 +37,7 @@ from starlette.templating import Jinja2Templates
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from lockgate.activities.codec import WITHHELD
 from lockgate.config import Settings
 from lockgate.errors import UserError
 from lockgate.identity import OperatorSession, login_userpass
@@ -74,6 +75,8 @@ class WebSession:
 
     sid: str
     person: OperatorSession
+    # Whether the person's own Vault identity may decrypt payloads (a role: see `may_read`).
+    may_read: bool = False
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     created: float = field(default_factory=time.time)
 
@@ -203,6 +206,8 @@ def _render(request: Request, name: str, status_code: int = 200, **context: Any)
     context.setdefault("web", web)
     context.setdefault("me", web.person if web else None)
     context.setdefault("is_operator", bool(web and OPERATORS in web.person.groups))
+    context.setdefault("may_read", bool(web and web.may_read))
+    context.setdefault("withheld", WITHHELD)
     return request.app.state.templates.TemplateResponse(request, name, context, status_code=status_code)
 
 
@@ -276,7 +281,7 @@ async def _start_session(request: Request, person: OperatorSession, nxt: str, *,
         # Signing in again replaces the browser's session: the old one ends and its token is revoked.
         inbox.sessions.pop(previous.sid, None)
         await asyncio.to_thread(_revoke, previous.person)
-    web = WebSession(sid=secrets.token_urlsafe(32), person=person)
+    web = WebSession(sid=secrets.token_urlsafe(32), person=person, may_read=await may_read(inbox.settings, person))
     inbox.sessions[web.sid] = web
     log.info("inbox: %s signed in (%s)", safe(person.name), person.method)
     if redirect:
@@ -288,6 +293,20 @@ async def _start_session(request: Request, person: OperatorSession, nxt: str, *,
     resp.set_cookie(COOKIE, web.sid, httponly=True, samesite="strict", secure=inbox.secure_cookies, path="/")
     resp.delete_cookie(LOGIN_COOKIE)
     return resp
+
+
+async def may_read(settings: Settings, person: OperatorSession) -> bool:
+    """Whether `person` may read payloads: their own token may decrypt with the payload key (the
+    inbox decodes with its own identity, so it shows payload data only to those Vault lets read it)."""
+    from lockgate.activities.codec import PayloadKeyError, VaultTransit
+
+    if not settings.payload_key:
+        return True  # nothing is encrypted: nothing more to withhold than Temporal shows anyone
+    transit = VaultTransit.with_token(settings.vault_addr, person.token)
+    try:
+        return await asyncio.to_thread(transit.allowed, [f"decrypt/{settings.payload_key}"])
+    except PayloadKeyError:
+        return False
 
 
 def _revoke(person: OperatorSession) -> None:
