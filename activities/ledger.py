@@ -52,6 +52,7 @@ from lockgate.evidence import (
 )
 from lockgate.files import private_dir, private_file
 from lockgate.models import canonical_json
+from lockgate.text import redact_url
 
 __all__ = [
     "GENESIS",
@@ -270,7 +271,7 @@ class Ledger:
         if self._sqlite:
             path = url.split("///", 1)[-1]
             if not create and (not path or path == ":memory:" or not Path(path).is_file()):
-                raise LedgerMissing(f"no ledger at {url}")
+                raise LedgerMissing(f"no ledger at {redact_url(url)}")
             if create and path and path != ":memory:" and not path.startswith("file:"):
                 # Evidence: the database (and its WAL and shm, which SQLite creates with the
                 # database's mode) readable by this OS user only, in a folder only they can list.
@@ -323,7 +324,7 @@ class Ledger:
             self.ledger_id: str = self._ensure_id()
         else:
             if not inspect(self.engine).has_table("ledger") or not inspect(self.engine).has_table("ledger_meta"):
-                raise LedgerMissing(f"no ledger at {url}")
+                raise LedgerMissing(f"no ledger at {redact_url(url)}")
             # A ledger without an id was never written by lockgate (or its id was removed): a
             # checkpoint signed for any id then fails to match, as it should.
             self.ledger_id = self._meta("ledger_id") or ""

@@ -21,7 +21,7 @@ from typing import Any
 
 from lockgate.config import Settings, load_settings
 from lockgate.errors import PolicyError, UserError
-from lockgate.text import safe, safe_json
+from lockgate.text import redact_url, safe, safe_json
 
 __all__ = ["build_parser", "entry", "main"]
 
@@ -319,7 +319,7 @@ async def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     try:
         ledger = _signed_ledger(settings) if args.export else Ledger(settings.ledger_url, create=False)
     except LedgerMissing:
-        raise UserError(f"unknown run {args.run_id!r} (no ledger at {settings.ledger_url})") from None
+        raise UserError(f"unknown run {args.run_id!r} (no ledger at {redact_url(settings.ledger_url)})") from None
     archive = HistoryArchive(archive_dir(settings), ledger)
     status = None
     history: list[dict[str, Any]] = []

@@ -262,17 +262,27 @@ async def test_webhooks_announce_open_and_close_and_failures_show(
 
             assert (await until(closed, what="the closed notification"))[0]["event"]["request"]["run_id"] == handle.id
 
-            # The broken receiver was tried with backoff, and the failure is visible in the inbox.
+            # The broken receiver was tried with backoff, and the failure is visible in the inbox:
+            # to operators, by host (a webhook's URL is its secret: never on a page or in a log).
             await until(lambda: _failed(inbox), timeout=30, what="the delivery failure")
             assert bad.tries >= 4
+            bad_host = bad_url.split("://", 1)[1].split("/", 1)[0]
             assert any(
-                r.name == "lockgate.inbox" and "failed after 4 tries" in r.getMessage() and bad_url in r.getMessage()
+                r.name == "lockgate.inbox"
+                and "failed after 4 tries" in r.getMessage()
+                and f"to {bad_host}: HTTP 500 Internal Server Error" in r.getMessage()
                 for r in caplog.records
             )
+            assert not [r.getMessage() for r in caplog.records if "/hook" in r.getMessage()]
             async with _http(base) as http:
-                await sign_in(http, "alice")
+                await sign_in(http, "alice")  # an approver, not an operator
                 page = (await http.get("/queue?view=all")).text
-                assert "Notification deliveries failed" in page and bad_url in page
+                assert "Notification deliveries failed" not in page and "/hook" not in page
+            async with _http(base) as http:
+                await sign_in(http, "carol")  # an operator
+                page = (await http.get("/queue?view=all")).text
+                assert "Notification deliveries failed" in page and f"to {bad_host}: HTTP 500" in page
+                assert "/hook" not in page
 
 
 async def test_an_expired_request_is_announced_and_the_card_links_to_temporal(
