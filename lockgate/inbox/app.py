@@ -40,8 +40,9 @@ from temporalio.service import RPCError
 from lockgate.activities.codec import WITHHELD
 from lockgate.config import Settings
 from lockgate.errors import UserError
-from lockgate.identity import OperatorSession, login_userpass
+from lockgate.identity import AccountLocked, OperatorSession, login_userpass
 from lockgate.inbox.notify import Notifier
+from lockgate.inbox.throttle import SignInThrottle, Throttled
 from lockgate.models import RunStatus
 from lockgate.spec import AgentRegistry, load_agents
 from lockgate.text import safe
@@ -97,12 +98,15 @@ class Inbox:
         base_url: str = "http://127.0.0.1:8234",
         notify_interval: float = 2.0,
         secure_cookies: bool = False,
+        throttle: SignInThrottle | None = None,
     ) -> None:
         self.settings = settings
         self._client = client
         self.agents = agents if agents is not None else load_agents(settings.agent_modules)
         self.sessions: dict[str, WebSession] = {}
         self.secure_cookies = secure_cookies
+        # Failed sign-ins per account and address, stopped before OpenBao's own lockout.
+        self.throttle = throttle or SignInThrottle()
         self._initiators: dict[str, str] = {}
         # OIDC sign-ins under way: state -> (browser binding, client nonce, next page, started).
         self.oidc_pending: dict[str, tuple[str, str, str, float]] = {}
@@ -264,14 +268,28 @@ async def login(request: Request) -> Response:
         return PlainTextResponse("refused: missing or wrong CSRF token", status_code=403)
     user, password = str(form.get("username", "")).strip(), str(form.get("password", ""))
     nxt = _local_path(str(form.get("next", "")))
+    address = request.client.host if request.client else None
+    try:
+        inbox.throttle.begin(user, address)
+    except Throttled as err:
+        log.warning("inbox: sign-in of %s from %s throttled: %s", safe(user), safe(address or "-"), err.message)
+        resp = _login_form(request, 429, nxt, err.message, user)
+        resp.headers["Retry-After"] = str(err.seconds)
+        return resp
     try:
         person = await asyncio.to_thread(login_userpass, inbox.settings.vault_addr, user, password)
     except UserError as err:
-        fresh = secrets.token_urlsafe(32)
-        resp = _render(request, "login.html", 401, login_csrf=fresh, next=nxt, error=str(err), username=user)
-        resp.set_cookie(LOGIN_COOKIE, fresh, httponly=True, samesite="strict", secure=inbox.secure_cookies)
-        return resp
+        return _login_form(request, 423 if isinstance(err, AccountLocked) else 401, nxt, str(err), user)
+    inbox.throttle.succeeded(user, address)
     return await _start_session(request, person, nxt)
+
+
+def _login_form(request: Request, status: int, nxt: str, error: str, user: str) -> Response:
+    inbox: Inbox = request.app.state.inbox
+    fresh = secrets.token_urlsafe(32)
+    resp = _render(request, "login.html", status, login_csrf=fresh, next=nxt, error=error, username=user)
+    resp.set_cookie(LOGIN_COOKIE, fresh, httponly=True, samesite="strict", secure=inbox.secure_cookies)
+    return resp
 
 
 async def _start_session(request: Request, person: OperatorSession, nxt: str, *, redirect: bool = True) -> Response:
