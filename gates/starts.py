@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import cedarpy
 
 if TYPE_CHECKING:
-    from lockgate.gates.bundle import PolicyBundle, PolicyStatement
+    from lockgate.gates.bundle import PolicyBundle
 
 __all__ = ["START_ACTION", "START_SCHEMA", "StartVerdict", "decide_start", "is_start_statement"]
 
@@ -37,7 +37,12 @@ namespace lockgate {
 """
 
 
-def is_start_statement(statement: PolicyStatement) -> bool:
+class _Scoped(Protocol):
+    @property
+    def actions(self) -> frozenset[tuple[str, str]] | None: ...
+
+
+def is_start_statement(statement: _Scoped) -> bool:
     """Whether the policy's action scope names the start action (it then decides starts only)."""
     return statement.actions is not None and START_ACTION in statement.actions
 

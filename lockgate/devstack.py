@@ -195,8 +195,10 @@ class DevStack:
     def up(self, progress: Progress = lambda _: None) -> dict[str, str]:
         """Starts whatever is not running, bootstraps Vault, writes dev.env. Idempotent."""
         # Credentials (passwords, root token) and evidence (Temporal's and the ledger's databases).
-        private_dir(self.state_dir)
-        private_dir(self.dev_dir)
+        # As root, embedded PostgreSQL runs as its own OS user and must traverse to dev/pg: 0711.
+        folder_mode = 0o711 if os.geteuid() == 0 else 0o700
+        private_dir(self.state_dir, folder_mode)
+        private_dir(self.dev_dir, folder_mode)
         old = self.env()
         pids = self._pids()
 
@@ -288,14 +290,13 @@ class DevStack:
         """The state and dev folders, and every file lockgate and the servers keep in them, for this
         OS user only (Temporal's database, logs, pids, passwords, dev.env, the ledger)."""
         for folder in (self.state_dir, self.dev_dir):
-            private_dir(folder)
+            private_dir(folder, 0o711 if os.geteuid() == 0 else 0o700)
             for path in folder.iterdir():
                 with contextlib.suppress(OSError):
                     if path.is_file() and not path.is_symlink() and path.stat().st_uid == os.getuid():
                         path.chmod(0o600)
 
     def _write_env(self, env: dict[str, str]) -> None:
-        private_dir(self.state_dir)
         lines = ["# Written by `lockgate dev up`. Dev stack only: holds the dev root token.", ""]
         lines += [f"{k}={v}" for k, v in env.items()]
         write_private(self.env_file, "\n".join(lines) + "\n")

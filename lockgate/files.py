@@ -19,7 +19,7 @@ FILE_MODE = 0o600
 FOLDER_MODE = 0o700
 
 
-def private_dir(path: Path | str) -> Path:
+def private_dir(path: Path | str, mode: int = FOLDER_MODE) -> Path:
     """Creates `path` (and missing parents) 0700. An existing folder of ours loses every read and
     write bit for group and others; a traverse bit stays (e.g. the dev stack run as root, where
     embedded PostgreSQL runs as its own OS user and must reach its data folder: 0711, which lets
@@ -28,7 +28,7 @@ def private_dir(path: Path | str) -> Path:
     Parents that already exist (a home directory, /tmp) are left as they are.
     """
     folder = Path(path)
-    folder.mkdir(mode=FOLDER_MODE, parents=True, exist_ok=True)
+    folder.mkdir(mode=mode, parents=True, exist_ok=True)
     with contextlib.suppress(OSError):  # not ours (a shared folder named by the operator): left alone
         info = folder.stat()
         if info.st_uid == os.getuid() and info.st_mode & 0o066:
