@@ -277,7 +277,9 @@ class Ledger:
                 # database's mode) readable by this OS user only, in a folder only they can list.
                 if not Path(path).parent.exists():
                     private_dir(Path(path).parent)
-                private_file(path)
+                for part in (path, f"{path}-wal", f"{path}-shm"):
+                    if part == path or Path(part).exists():
+                        private_file(part)
             self.engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
             @event.listens_for(self.engine, "connect")

@@ -37,12 +37,21 @@ def private_dir(path: Path | str, mode: int = FOLDER_MODE) -> Path:
 
 
 def private_file(path: Path | str) -> Path:
-    """Makes sure `path` exists and is 0600 (created empty when missing, from its first byte)."""
+    """Makes sure `path` exists and is 0600: created empty (0600 from its first byte) when missing,
+    else only chmod-ed.
+
+    An existing file is never opened here: closing any descriptor of a SQLite database drops every
+    POSIX lock this process holds on it (SQLite's locks are per process), which would let another
+    process write under a connection that believes it holds the lock.
+    """
     file = Path(path)
-    fd = os.open(file, os.O_WRONLY | os.O_CREAT, FILE_MODE)
-    os.close(fd)
+    try:
+        os.close(os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE))
+    except FileExistsError:
+        pass
     with contextlib.suppress(OSError):
-        file.chmod(FILE_MODE)
+        if stat.S_IMODE(file.stat().st_mode) != FILE_MODE:
+            file.chmod(FILE_MODE)
     return file
 
 

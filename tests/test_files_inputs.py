@@ -8,6 +8,8 @@ import asyncio
 import json
 import os
 import stat
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,3 +155,31 @@ async def test_a_continue_link_with_a_tab_stays_on_the_site(settings: Settings, 
             },
         )
         assert resp.status_code == 303 and resp.headers["location"] == "/"
+
+
+def test_narrowing_the_ledger_file_keeps_what_this_process_writes_visible(tmp_path: Path) -> None:
+    """SQLite's locks are per process, and closing any descriptor of the file drops them all. Were an
+    existing ledger opened to narrow its mode (every Ledger does it; the inbox makes several), another
+    process closing its last connection would believe itself the last one, checkpoint and delete the
+    WAL, and this process's later writes would go to a deleted file no one else ever sees."""
+    from lockgate.files import private_file
+
+    db = tmp_path / "ledger.db"
+    count = "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); print(c.execute('SELECT count(*) FROM ledger').fetchone()[0]); c.close()"
+
+    def others_see() -> int:
+        out = subprocess.run([sys.executable, "-c", count, str(db)], capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        return int(out.stdout)
+
+    first = Ledger(f"sqlite:///{db}", checkpoint_interval=None)
+    try:
+        first.append("e:1", "run-1", "test", {"x": 1})
+        db.chmod(0o644)
+        private_file(db)
+        assert mode(db) == 0o600
+        seen = others_see()
+        first.append("e:2", "run-1", "test", {"x": 2})
+        assert others_see() == seen + 1
+    finally:
+        first.dispose()
