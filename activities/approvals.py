@@ -14,6 +14,7 @@ from typing import Any
 
 from temporalio import activity
 
+from lockgate import names
 from lockgate.activities.identity import PeopleDirectory, Refused
 from lockgate.activities.ledger import Ledger
 from lockgate.models import ApprovalCheck, ApprovalVerdict, GateRequest, HaltCheck, args_digest
@@ -36,11 +37,21 @@ class ApprovalActivities:
         self._ledger = ledger
 
     def initiator(self, run_id: str) -> str | None:
-        """The run's verified initiator, as `run.open` recorded it."""
+        """The run's verified initiator, as `run.open` recorded it.
+
+        Raises:
+            Refused: the run's start was not signed (a drop-in app's `unsigned_starts`): anyone may
+                have started it, so no approver can be told apart from its initiator.
+        """
         opened = next((e for e in self._ledger.events(run_id) if e["kind"] == "run.opened"), None)
+        if opened is not None and opened.get("initiator_verified") is False:
+            raise Refused(
+                "the run's start is not signed, so its initiator is unknown: no approval can be shown "
+                "to come from someone else (separation of duties)"
+            )
         return str(opened["initiator"]) if opened else None
 
-    @activity.defn(name="approval.verify")
+    @activity.defn(name=names.APPROVAL_VERIFY)
     def verify(self, check: ApprovalCheck) -> ApprovalVerdict:
         request, statement = check.request, check.signed.statement
         agent = self._agents.get(check.agent)
@@ -74,7 +85,7 @@ class ApprovalActivities:
             accepted=True, person=act.person, reason="accepted", verified=True, groups=act.groups, evidence=act.digest
         )
 
-    @activity.defn(name="halt.verify")
+    @activity.defn(name=names.HALT_VERIFY)
     def verify_halt(self, check: HaltCheck) -> ApprovalVerdict:
         statement = check.signed.statement
         try:
@@ -92,7 +103,10 @@ class ApprovalActivities:
         any approval handed in did not count. Each approval must answer a decision the ledger shows
         asked that group, for this run, step and args digest, before it expired."""
         agent = self._agents.get(request.agent)
-        initiator = self.initiator(request.run_id)
+        try:
+            initiator = self.initiator(request.run_id)
+        except Refused as err:
+            return (), [f"approval by {s.statement.person}: {err}" for s in request.approvals]
         digest = args_digest(request.call.args)
         asked = _decisions(self._ledger.events(request.run_id))
         people: dict[str, set[str]] = {}

@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from lockgate import names
 from lockgate.activities.approvals import ApprovalActivities
+from lockgate.activities.callers import verified_caller
 from lockgate.activities.freeze import FreezeStore
 from lockgate.activities.identity import PeopleDirectory, Refused
 from lockgate.activities.ledger import Ledger
+from lockgate.activities.runstate import recorded_state, stricter
 from lockgate.activities.starts import authorize_start
 from lockgate.activities.vault import RunMismatch, VaultBroker
 from lockgate.errors import BAD_INPUT
@@ -35,6 +38,7 @@ from lockgate.models import (
     canonical_json,
 )
 from lockgate.observability import span
+from lockgate.people import FieldValue
 from lockgate.spec import AgentRegistry
 
 __all__ = ["GovernanceActivities", "bundle_content", "record_decision"]
@@ -122,6 +126,7 @@ class GovernanceActivities:
                     {"step": request.step, "tool": request.call.tool, "reason": line},
                 )
         request = request.model_copy(update={"state": request.state.model_copy(update={"approved_groups": groups})})
+        request = self._against_ledger(request)
         if self._freezes.is_frozen(request.agent):
             request = request.model_copy(update={"state": request.state.model_copy(update={"frozen": True})})
         with span("lockgate.gate", run_id=request.run_id, step=request.step, tool=request.call.tool):
@@ -153,7 +158,16 @@ class GovernanceActivities:
         )
         return decision
 
-    @activity.defn(name="gate.evaluate")
+    def _against_ledger(self, request: GateRequest) -> GateRequest:
+        """The request with the run state the gate may believe: the stricter of the workflow's claim
+        and the run's ledger (activities/runstate.py)."""
+        agent = self._agents.get(request.agent)
+        limit = agent.rate_limits.get(request.call.tool) if agent is not None else None
+        recorded = recorded_state(self._ledger.events, self._agents, request.run_id)
+        state = stricter(request, recorded, limit[1].total_seconds() if limit is not None else None, datetime.now(UTC))
+        return request.model_copy(update={"state": state})
+
+    @activity.defn(name=names.GATE_EVALUATE)
     def evaluate(self, request: GateRequest) -> Decision:
         if request.run_id != activity.info().workflow_id:
             # A workflow may only ask about its own calls.
@@ -164,7 +178,7 @@ class GovernanceActivities:
         return self.decide(request)
 
     # -- run identity ----------------------------------------------------------------------------
-    def _refuse(self, run_id: str, origin: str, reason: str) -> ApplicationError:
+    def refuse_run(self, run_id: str, origin: str, reason: str) -> ApplicationError:
         """Records a refused run (with why) and returns the non-retryable error that fails it at once."""
         self._ledger.try_append(
             f"run.refused:{run_id}:{origin}:{hashlib.sha256(reason.encode()).hexdigest()[:12]}",
@@ -180,24 +194,34 @@ class GovernanceActivities:
         if not is_run_id(run_id) or run_id != info.workflow_id:
             raise ApplicationError("invalid run id, or one naming another run", type=BAD_INPUT, non_retryable=True)
         if not origin:
-            raise self._refuse(run_id, origin, "no origin execution given")
+            raise self.refuse_run(run_id, origin, "no origin execution given")
+        caller = verified_caller()
+        if caller is not None and caller.first_run_id and caller.first_run_id != origin:
+            # The first execution is Temporal's fact about the caller, never the caller's claim.
+            raise self.refuse_run(run_id, origin, "origin execution is not the caller's first execution")
 
-    @activity.defn(name="run.open")
+    @activity.defn(name=names.RUN_OPEN)
     def open_run(self, request: RunOpen) -> RunIdentity:
-        return self.open_identity(request, signed_start=True)
+        expect = {"run_id": request.run_id, "agent": request.agent, "input_digest": request.input_digest}
+        return self.open_identity(request, start=expect)
 
-    def open_identity(self, request: RunOpen, *, signed_start: bool) -> RunIdentity:
-        """Opens the run's Vault identity and records `run.opened`. `signed_start=False` is for runs
-        an existing app's own client started (lockgate.dropin's `dropin.open`): no person signed
-        their start, so the initiator they name is recorded as unverified."""
+    def open_identity(self, request: RunOpen, *, start: Mapping[str, FieldValue] | None) -> RunIdentity:
+        """Opens the run's Vault identity and records `run.opened`.
+
+        Args:
+            request: The run to open.
+            start: What the person's signed start must bind (their statement names the initiator).
+                None only for a governed app that declared `unsigned_starts`: no person signed, so
+                the initiator it names is recorded as unverified (and no approval can count).
+        """
         self._check_run(request.run_id, request.origin_run_id)
         agent = self._agents.get(request.agent)
         if agent is None:
-            raise self._refuse(request.run_id, request.origin_run_id, f"unknown agent {request.agent!r}")
+            raise self.refuse_run(request.run_id, request.origin_run_id, f"unknown agent {request.agent!r}")
         # A run id names one run forever: the id of a finished run is never reused, never merged.
         earlier = next((e for e in self._ledger.events(request.run_id) if e["kind"] == "run.opened"), None)
         if earlier is not None and earlier.get("origin_run_id") != request.origin_run_id:
-            raise self._refuse(
+            raise self.refuse_run(
                 request.run_id,
                 request.origin_run_id,
                 "this run id already belongs to an earlier run (ids are never reused)",
@@ -209,13 +233,13 @@ class GovernanceActivities:
                 (e for e in self._ledger.events(request.parent_run_id or "") if e["kind"] == "run.opened"), {}
             )
             if parent_opened.get("initiator") != request.initiator:
-                raise self._refuse(request.run_id, request.origin_run_id, "a sub-agent's initiator is its parent's")
-        elif signed_start:
-            self._check_start(request)
+                raise self.refuse_run(request.run_id, request.origin_run_id, "a sub-agent's initiator is its parent's")
+        elif start is not None:
+            self._check_start(request, start)
         try:
             identity = self._vault.open_run(request.run_id, agent.name, policy, ttl, request.origin_run_id)
         except RunMismatch as err:
-            raise self._refuse(request.run_id, request.origin_run_id, str(err)) from None
+            raise self.refuse_run(request.run_id, request.origin_run_id, str(err)) from None
         self._ledger.try_append(
             f"run.opened:{request.run_id}",
             request.run_id,
@@ -225,9 +249,15 @@ class GovernanceActivities:
                 "owner": agent.owner,
                 "initiator": request.initiator,
                 # A drop-in run's initiator is what its starter named (no signed start to verify).
-                **({} if signed_start else {"initiator_verified": False}),
+                **({} if start is not None or request.parent is not None else {"initiator_verified": False}),
                 "origin_run_id": request.origin_run_id,
                 "parent_run_id": request.parent_run_id,
+                # A sub-agent's limits, as its parent's gate allowed them (the gate reads them here).
+                **(
+                    {"boundary": list(request.parent.boundary), "budget": request.parent.budget}
+                    if request.parent is not None
+                    else {}
+                ),
                 "identity_accessor": identity.accessor,
                 "policies": list(identity.policies),
                 "expires_at": identity.expires_at.isoformat(),
@@ -235,28 +265,28 @@ class GovernanceActivities:
         )
         return identity
 
-    def _check_start(self, request: RunOpen) -> None:
+    def _check_start(self, request: RunOpen, expect: Mapping[str, FieldValue]) -> None:
         """The initiator is whoever signed the run's start statement (bound to run id, agent and
         input): an unsigned, forged or mismatched start is refused."""
         if request.start is None:
-            raise self._refuse(request.run_id, request.origin_run_id, "the run's start is not signed by a person")
+            raise self.refuse_run(request.run_id, request.origin_run_id, "the run's start is not signed by a person")
         try:
             act = self._people.verify(
                 request.start,
                 act="start",
-                expect={"run_id": request.run_id, "agent": request.agent, "input_digest": request.input_digest},
+                expect=expect,
                 max_age=START_MAX_AGE,
             )
         except Refused as err:
-            raise self._refuse(request.run_id, request.origin_run_id, f"start: {err}") from None
+            raise self.refuse_run(request.run_id, request.origin_run_id, f"start: {err}") from None
         if act.person != request.initiator:
-            raise self._refuse(
+            raise self.refuse_run(
                 request.run_id, request.origin_run_id, f"start signed by {act.person}, not the initiator named"
             )
         if (
             why := authorize_start(self._ledger, self._bundle(), self._agents.get(request.agent), act, request.run_id)
         ) is not None:
-            raise self._refuse(request.run_id, request.origin_run_id, f"start: {why}")
+            raise self.refuse_run(request.run_id, request.origin_run_id, f"start: {why}")
 
     def _check_parent(self, request: RunOpen) -> tuple[str, int]:
         """A sub-agent's link must be what its parent's gate allowed: proven by Temporal's parent
@@ -265,13 +295,13 @@ class GovernanceActivities:
         policy (the parent's) and TTL (never past the parent's) the sub-agent runs with."""
         link, run_id, origin = request.parent, request.run_id, request.origin_run_id
         if link is None or request.parent_run_id is None or link.run_id != request.parent_run_id:
-            raise self._refuse(run_id, origin, "parent link does not match the run's Temporal parent")
+            raise self.refuse_run(run_id, origin, "parent link does not match the run's Temporal parent")
         parent, _, suffix = run_id.rpartition(".")
         if parent != link.run_id or not suffix.isdigit():
-            raise self._refuse(run_id, origin, "a sub-agent's id must be <parent id>.<step>")
+            raise self.refuse_run(run_id, origin, "a sub-agent's id must be <parent id>.<step>")
         record = self._vault.read_run(link.run_id)
         if record is None:
-            raise self._refuse(run_id, origin, f"parent run {link.run_id} has no open identity")
+            raise self.refuse_run(run_id, origin, f"parent run {link.run_id} has no open identity")
         step = int(suffix)
         allowed = [
             e
@@ -288,22 +318,22 @@ class GovernanceActivities:
             or tuple(args.get("tools", ())) != tuple(link.boundary)
             or int(args.get("budget", -1)) != link.budget
         ):
-            raise self._refuse(run_id, origin, "parent link is not what the parent's gate allowed")
+            raise self.refuse_run(run_id, origin, "parent link is not what the parent's gate allowed")
         if record.get("agent") != link.agent or record.get("policies") != link.vault_policy:
-            raise self._refuse(run_id, origin, "parent link names another agent or Vault policy than the parent's")
+            raise self.refuse_run(run_id, origin, "parent link names another agent or Vault policy than the parent's")
         parent_expires = datetime.fromisoformat(str(record["expires_at"]))
         left = int((parent_expires - datetime.now(UTC)).total_seconds())
         if left <= 0 or link.deadline_at > parent_expires + timedelta(seconds=5):
-            raise self._refuse(run_id, origin, "sub-agent deadline is past its parent's")
+            raise self.refuse_run(run_id, origin, "sub-agent deadline is past its parent's")
         return str(record["policies"]), max(1, min(request.ttl_seconds, left))
 
-    @activity.defn(name="run.close")
+    @activity.defn(name=names.RUN_CLOSE)
     def close_run(self, request: RunClose) -> bool:
         self._check_run(request.run_id, request.origin_run_id)
         try:
             revoked = self._vault.close_run(request.run_id, request.accessor, request.origin_run_id)
         except RunMismatch as err:
-            raise self._refuse(request.run_id, request.origin_run_id, str(err)) from None
+            raise self.refuse_run(request.run_id, request.origin_run_id, str(err)) from None
         for entry in request.outstanding:
             # Never dropped: durable in the ledger until the reaper has run it (lockgate compensations).
             self._ledger.try_append(
@@ -350,22 +380,24 @@ class GovernanceActivities:
             }
         ).encode()
 
-    @activity.defn(name="run.seal")
+    @activity.defn(name=names.RUN_SEAL)
     def seal(self, request: RunSeal) -> str:
         """Seals a continue-as-new carry (bound to run, first execution, agent and generation)."""
         self._check_run(request.run_id, request.origin_run_id)
         return self._vault.seal(self._sealed_bytes(request))
 
-    @activity.defn(name="run.resume")
+    @activity.defn(name=names.RUN_RESUME)
     def resume(self, request: RunSeal) -> bool:
         """Accepts a carry only from a continue-as-new, under a seal the worker made for this run."""
         self._check_run(request.run_id, request.origin_run_id)
         if not request.continued_run_id:
-            raise self._refuse(request.run_id, request.origin_run_id, "a carry is accepted only from a continue-as-new")
+            raise self.refuse_run(
+                request.run_id, request.origin_run_id, "a carry is accepted only from a continue-as-new"
+            )
         if not self._vault.check_seal(self._sealed_bytes(request), request.seal):
-            raise self._refuse(request.run_id, request.origin_run_id, "the carry's seal does not verify")
+            raise self.refuse_run(request.run_id, request.origin_run_id, "the carry's seal does not verify")
         return True
 
-    @activity.defn(name="audit.record")
+    @activity.defn(name=names.AUDIT_RECORD)
     def record(self, event: AuditEvent) -> bool:
         return self._ledger.try_append(event.event_key, event.run_id, event.kind, event.data, at=event.at)

@@ -17,6 +17,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 from tenacity import retry, retry_if_exception, stop_after_attempt, wait_exponential
 
+from lockgate import names
 from lockgate.activities.vault import LeaseForbidden, VaultBroker
 from lockgate.errors import BAD_INPUT
 from lockgate.models import PlanProposal, PlanRequest, ToolCall
@@ -142,7 +143,7 @@ class LLMPlannerActivities:
         self._agents = agents
         self._vault = vault
 
-    @activity.defn(name="planner.llm")
+    @activity.defn(name=names.PLANNER_LLM)
     def plan(self, request: PlanRequest) -> PlanProposal:
         agent = self._agents.get(request.agent)
         if agent is None or not isinstance(agent.planner, LLMPlanner):

@@ -109,6 +109,9 @@ def _budget(agent: AgentSpec, state: GateState) -> int:
 def _kill_switch(request: GateRequest) -> Verdict | None:
     if request.state.frozen and not request.compensation:
         return Verdict("kill_switch", "deny", ("agent is frozen by the kill switch",))
+    if request.state.conflict is not None:
+        # The run's state as claimed contradicts its ledger: nothing it asks for can be trusted.
+        return Verdict("state", "deny", (request.state.conflict,))
     return None
 
 
@@ -360,7 +363,9 @@ def evaluate(
                 else:
                     policy_ids = cedar.policy_ids
                     gate = "stateful"
-                    verdict = _stateful(agent, tool, request, now)
+                    # A verified compensation undoes what the run did: the limits on what a run may
+                    # newly do (steps, budget, rate, deadline) never keep it from undoing.
+                    verdict = None if request.compensation else _stateful(agent, tool, request, now)
                     if verdict is not None:
                         verdict = Verdict(
                             verdict.gate,

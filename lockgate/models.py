@@ -225,6 +225,9 @@ class GateState(BaseModel):
     recent_calls: tuple[datetime, ...] = ()
     # What the run (and its sub-agents) did before this call: `context.chain`.
     chain: Chain = Chain()
+    # Set by the deciding activity when the workflow's claim contradicts the run's ledger (a step
+    # number that already ran another call: a reset or forged state). The gate then denies.
+    conflict: str | None = None
 
 
 class GateRequest(BaseModel):

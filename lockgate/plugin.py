@@ -28,14 +28,16 @@ from temporalio.worker import Replayer, ReplayerConfig, Worker, WorkerConfig
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from lockgate.config import Settings, load_settings
+from lockgate.names import is_engine_activity
 from lockgate.observability import tracing_interceptors
 from lockgate.spec import Agent, AgentRegistry, bind_agents
 
 if TYPE_CHECKING:
     from lockgate.dropin.spec import Governance
+    from lockgate.identity import OperatorSession
     from lockgate.worker import Deps
 
-__all__ = ["PASSTHROUGH_MODULES", "LockgatePlugin", "workflow_runner"]
+__all__ = ["PASSTHROUGH_MODULES", "LockgatePlugin", "caller_guard", "workflow_runner"]
 
 # Pure declarations and models the workflow reads: passed through so the sandbox does not
 # re-import them on every run, and so the agent registry is the one the worker filled.
@@ -85,6 +87,33 @@ def workflow_runner(existing: temporalio.worker.WorkflowRunner | None = None) ->
     return existing  # an unsandboxed runner needs no passthrough
 
 
+def caller_guard(config: WorkerConfig, deps: Deps, guarded: Callable[[str], bool]) -> temporalio.worker.Interceptor:
+    """The worker's `CallerGuard`: its task queue and the workflow types it hosts (activities/callers.py)."""
+    from temporalio.workflow import _Definition
+
+    from lockgate.activities.callers import CallerGuard
+
+    hosted = frozenset(
+        d.name
+        for d in (_Definition.from_class(w) for w in (config.get("workflows") or ()))
+        if d is not None and d.name is not None
+    )
+
+    def record(key: str, run_id: str, data: dict[str, Any]) -> object:
+        return deps.ledger.try_append(key, run_id, "caller.refused", data)
+
+    client = config.get("client")
+    if client is None:
+        raise ValueError("a lockgate worker needs its client (Worker(client, ...))")
+    return CallerGuard(
+        client=client,
+        task_queue=config.get("task_queue") or "",
+        hosted=hosted,
+        record=record,
+        guarded=guarded,
+    )
+
+
 class LockgatePlugin(SimplePlugin):
     """Governs agent workflows on any Temporal Client and Worker.
 
@@ -100,6 +129,9 @@ class LockgatePlugin(SimplePlugin):
         reap_interval: Seconds between reaper passes (default `LOCKGATE_REAP_INTERVAL` or 15).
         govern: Existing apps to govern drop-in (`lockgate.dropin.Governance`): their Pydantic AI,
             OpenAI Agents or plain-activity tool calls are gated, leased, audited and compensated.
+        start_as: Who signs the workflow starts this client makes (with `govern`): a person's
+            session, or a function returning one (default: the logged-in person, `lockgate login`
+            or `LOCKGATE_OPERATOR_TOKEN`). The worker takes the signer as the run's initiator.
     """
 
     def __init__(
@@ -113,6 +145,7 @@ class LockgatePlugin(SimplePlugin):
         max_cached_workflows: int | None = None,
         reap_interval: float | None = None,
         govern: Sequence[Governance] = (),
+        start_as: OperatorSession | Callable[[], OperatorSession | None] | None = None,
     ) -> None:
         from lockgate.workflows.agent import AgentWorkflow
 
@@ -125,11 +158,37 @@ class LockgatePlugin(SimplePlugin):
         self._reap_interval = reap_interval
         self._workflow = AgentWorkflow
         self._govern = tuple(govern)
+        interceptors: list[Any] = []
+        if self._govern or start_as is not None:
+            from lockgate.dropin.start import SignedStarts
+
+            interceptors.append(SignedStarts(self._start_session(start_as)))
         super().__init__(
             "lockgate.LockgatePlugin",
             data_converter=self._converter,
             workflow_runner=workflow_runner,
+            interceptors=interceptors,
         )
+
+    def _start_session(
+        self, start_as: OperatorSession | Callable[[], OperatorSession | None] | None
+    ) -> Callable[[], OperatorSession | None]:
+        if callable(start_as):
+            return start_as
+        if start_as is not None:
+            return lambda: start_as
+        settings = self.settings
+
+        def logged_in() -> OperatorSession | None:
+            from lockgate.errors import UserError
+            from lockgate.identity import load_session
+
+            try:
+                return load_session(settings)
+            except UserError:
+                return None
+
+        return logged_in
 
     def _converter(self, existing: DataConverter | None = None) -> DataConverter:
         """lockgate's converter (`lockgate.worker.data_converter`): payloads encrypted when a key is
@@ -176,10 +235,14 @@ class LockgatePlugin(SimplePlugin):
         config["workflows"] = [*(config.get("workflows") or ()), self._workflow]
         config["activities"] = [*(config.get("activities") or ()), *build_activities(deps)]
         config["interceptors"] = [*(config.get("interceptors") or ()), *tracing_interceptors()]
+        guarded: Callable[[str], bool] = is_engine_activity
         if self._govern:
             from lockgate.dropin.plugin import configure_dropin
 
-            config = configure_dropin(config, deps, self._govern)
+            config, index = configure_dropin(config, deps, self._govern)
+            guarded = lambda t: is_engine_activity(t) or index.governs(t)  # noqa: E731
+        # Outermost: no lockgate activity runs for a caller that is not a run lockgate governs.
+        config["interceptors"] = [caller_guard(config, deps, guarded), *(config.get("interceptors") or ())]
         if config.get("activity_executor") is None:
             config["activity_executor"] = ThreadPoolExecutor(
                 self._max_concurrent, thread_name_prefix="lockgate-activity"

@@ -15,6 +15,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from lockgate import names
 from lockgate.context import ToolContext
 from lockgate.models import ToolCall
 
@@ -143,7 +144,7 @@ class Tool(BaseModel):
 
     @property
     def activity_name(self) -> str:
-        return f"tool.{self.name}"
+        return names.tool_activity(self.name)
 
     def labels(self) -> dict[str, Any]:
         """Risk labels as Cedar sees them on the `Tool` resource."""

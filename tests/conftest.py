@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -47,6 +48,27 @@ DROPIN_POLICIES = ("bank-support", "airline")
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", help="also run slow fault-injection scenarios")
+
+
+# The live servers' data lives in a folder of this session's own: pytest's numbered folders under
+# /tmp/pytest-of-USER are pruned by any other pytest session on the machine (another checkout's
+# `make test` once deleted this session's PostgreSQL mid-run). Removed at the end of the session,
+# after the session fixtures have stopped the servers.
+_OWN_BASETEMP: Path | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _OWN_BASETEMP
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        _OWN_BASETEMP = Path(tempfile.mkdtemp(prefix="lockgate-tests-"))
+        # Readable by the unprivileged user embedded PostgreSQL runs as when the tests run as root.
+        _OWN_BASETEMP.chmod(0o755)
+        config.option.basetemp = str(_OWN_BASETEMP / "t")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _OWN_BASETEMP is not None:
+        shutil.rmtree(_OWN_BASETEMP, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -124,11 +146,13 @@ async def client(settings: Settings, deps: Any) -> Client:
 
 @pytest.fixture(scope="session")
 async def worker_running(client: Client, deps: Any, settings: Settings) -> AsyncIterator[str]:
-    """A worker for the whole session on the session's task queue."""
+    """A worker for the whole session on the session's task queue. It also hosts two workflows
+    written by a hostile author (tests/rogue.py): code registered beside lockgate's passes the
+    caller check, so the activities' own checks are what stands in their way."""
     from lockgate import worker
-    from tests.rogue import RogueWorkflow
+    from tests.rogue import RogueCallWorkflow, RogueWorkflow
 
-    w = worker.build_worker(client, deps, extra_workflows=[RogueWorkflow])
+    w = worker.build_worker(client, deps, extra_workflows=[RogueWorkflow, RogueCallWorkflow])
     async with w:
         yield settings.task_queue
 

@@ -53,3 +53,13 @@ class RogueCallWorkflow:
                 "retry_state": err.retry_state.name if err.retry_state is not None else None,
             }
         return {"ok": True, "result": result}
+
+
+@workflow.defn(name="lockgate.agent")
+class SpoofedAgentWorkflow(RogueCallWorkflow):
+    """Hostile code that names its workflow type after lockgate's own, on a worker and task queue of
+    its own: the type name it chose is all it shares with lockgate's agent workflow."""
+
+    @workflow.run
+    async def run(self, spec: dict[str, Any]) -> dict[str, Any]:
+        return await super().run(spec)

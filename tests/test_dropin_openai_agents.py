@@ -50,7 +50,11 @@ async def app(settings: Settings, deps: Any) -> AsyncIterator[tuple[Client, str]
         model_provider=TestModelProvider(airline.ScriptedModel()),
     )
     client = await app_client(
-        settings, plugins=[openai, LockgatePlugin(deps=deps, services=False, govern=[airline.GOVERNANCE])]
+        settings,
+        plugins=[
+            openai,
+            LockgatePlugin(deps=deps, services=False, govern=[airline.GOVERNANCE], start_as=lambda: person("erin")),
+        ],
     )
     task_queue = f"airline-{uuid.uuid4().hex[:8]}"
     async with Worker(

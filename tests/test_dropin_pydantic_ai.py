@@ -45,7 +45,11 @@ def deps(settings: Settings) -> Any:
 async def app(settings: Settings, deps: Any) -> AsyncIterator[tuple[Client, str]]:
     """The team's own client and worker, with `LockgatePlugin(govern=...)` beside `PydanticAIPlugin`."""
     client = await app_client(
-        settings, plugins=[PydanticAIPlugin(), LockgatePlugin(deps=deps, services=False, govern=[bank.GOVERNANCE])]
+        settings,
+        plugins=[
+            PydanticAIPlugin(),
+            LockgatePlugin(deps=deps, services=False, govern=[bank.GOVERNANCE], start_as=lambda: person(_STARTER[0])),
+        ],
     )
     task_queue = f"bank-{uuid.uuid4().hex[:8]}"
     async with Worker(
@@ -67,16 +71,29 @@ def blocked(settings: Settings, customer: int) -> bool:
     return bool(row[0])
 
 
+# Who signs the next start the app's client makes (its `LockgatePlugin(start_as=...)`).
+_STARTER = ["erin"]
+
+
 async def start(
-    client: Client, task_queue: str, customer: int, name: str, prompt: str, *, initiator: str | None = None
+    client: Client,
+    task_queue: str,
+    customer: int,
+    name: str,
+    prompt: str,
+    *,
+    initiator: str | None = None,
+    named: str | None = None,
 ) -> Any:
+    """Starts the app's workflow signed by `initiator` (default erin); `named` is what the starter
+    writes in the `LockgateInitiator` search attribute (anyone's name: it proves nothing)."""
+    _STARTER[0] = initiator or "erin"
     return await client.start_workflow(
         bank.BankSupportWorkflow.run,
         bank.SupportRequest(customer_id=customer, customer_name=name, prompt=prompt),
         id=f"bank-{uuid.uuid4().hex[:10]}",
         task_queue=task_queue,
-        # Who the app started this for (lockgate's `LockgateInitiator`): never an approver of it.
-        search_attributes=TypedSearchAttributes([SearchAttributePair(SA_INITIATOR, initiator)]) if initiator else None,
+        search_attributes=TypedSearchAttributes([SearchAttributePair(SA_INITIATOR, named)]) if named else None,
     )
 
 
@@ -191,7 +208,7 @@ async def test_forged_captured_and_self_approvals_are_refused(
 
     first = await start(client, task_queue, 123, "John", "There is fraud on my card!", initiator="carol")
     request = await pending_of(first)
-    # The initiator the app named may not approve its own run (separation of duties).
+    # The person who signed the start may not approve their own run (separation of duties).
     own = await approve(client, first, request, "carol")
     assert not own.accepted and "separation of duties" in own.reason
     # An unsigned approval, as a raw signal claiming to be dave's: refused as forged.

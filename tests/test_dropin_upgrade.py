@@ -19,6 +19,7 @@ with workflow.unsafe.imports_passed_through():
     from lockgate.config import Settings
     from lockgate.dropin import Govern, Governance
     from lockgate.plugin import LockgatePlugin
+    from tests.conftest import person
     from tests.dropin_support import app_client, app_deps, ledger
 
 
@@ -70,7 +71,9 @@ async def test_a_run_in_flight_continues_and_replays_with_lockgate_added(setting
             if any(e.HasField("activity_task_completed_event_attributes") for e in events):
                 break
             await asyncio.sleep(0.1)
-    after = await app_client(settings, [LockgatePlugin(deps=deps, services=False, govern=[TALLY])])
+    after = await app_client(
+        settings, [LockgatePlugin(deps=deps, services=False, govern=[TALLY], start_as=lambda: person("erin"))]
+    )
     async with Worker(after, task_queue=task_queue, workflows=[TallyWorkflow], activities=[tally]):
         old = after.get_workflow_handle(run_id)
         await old.signal(TallyWorkflow.proceed)
@@ -86,6 +89,7 @@ async def test_a_run_in_flight_continues_and_replays_with_lockgate_added(setting
         assert denied and denied[0]["outcome"] == "deny" and denied[0]["agent"] == "tally-app"
     history = await old.fetch_history()
     replay = await Replayer(
-        workflows=[TallyWorkflow], plugins=[LockgatePlugin(deps=deps, services=False, govern=[TALLY])]
+        workflows=[TallyWorkflow],
+        plugins=[LockgatePlugin(deps=deps, services=False, govern=[TALLY], start_as=lambda: person("erin"))],
     ).replay_workflow(history, raise_on_replay_failure=False)
     assert replay.replay_failure is None

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 from temporalio.client import Client
-from temporalio.worker import Worker
 
 from lockgate.models import GateRequest, RunOpen, RunSeal, ToolCall
 from tests.conftest import ledger_events, ledger_kinds
@@ -23,19 +22,18 @@ REFUSED_AT_ONCE = "NON_RETRYABLE_FAILURE"
 
 @pytest.fixture
 async def rogue(client: Client, worker_running: str) -> AsyncIterator[Any]:
-    """Runs RogueCallWorkflow (on its own worker) under a chosen workflow id; the activity it calls
-    runs on the session worker."""
-    queue = f"rogue-{uuid.uuid4().hex[:8]}"
+    """Runs RogueCallWorkflow under a chosen workflow id, hosted by the session worker itself (hostile
+    code registered beside lockgate's passes the caller check: tests/test_foreign_callers.py covers a
+    workflow on a worker of its own); the activity it calls runs on the session worker."""
 
     async def call(workflow_id: str, activity: str, arg: Any) -> dict[str, Any]:
         spec = {"activity": activity, "arg": arg.model_dump(mode="json"), "queue": worker_running}
         result: dict[str, Any] = await client.execute_workflow(
-            RogueCallWorkflow.run, spec, id=workflow_id, task_queue=queue
+            RogueCallWorkflow.run, spec, id=workflow_id, task_queue=worker_running
         )
         return result
 
-    async with Worker(client, task_queue=queue, workflows=[RogueCallWorkflow]):
-        yield call
+    yield call
 
 
 def _id() -> str:

@@ -17,12 +17,12 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy, SearchAttributeKey
+from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
-    from lockgate import errors
+    from lockgate import errors, names
     from lockgate.models import (
         ApprovalAttempt,
         ApprovalCheck,
@@ -40,15 +40,12 @@ with workflow.unsafe.imports_passed_through():
         canonical_json,
         redact_args,
     )
+    from lockgate.names import SA_PENDING, SA_STATE
     from lockgate.people import SignedStatement
     from lockgate.spec import AgentSpec
 
 __all__ = ["AUDIT_CALL", "FREEZE_RECHECK", "SA_PENDING", "SA_STATE", "VERIFY_CALL", "ApprovalDesk", "CallDenied"]
 
-# The ids of a run's pending approval requests (visibility: `lockgate pending` finds runs by it).
-SA_PENDING = SearchAttributeKey.for_keyword_list("LockgatePending")
-# The run's state (running, awaiting_approval, frozen, ...), as `status` and the inbox show it.
-SA_STATE = SearchAttributeKey.for_keyword("LockgateState")
 
 # While frozen, a run re-evaluates its gate this often even if no `unfreeze` signal reaches it.
 FREEZE_RECHECK = timedelta(seconds=30)
@@ -145,7 +142,7 @@ class ApprovalDesk:
             data=data,
             at=workflow.now(),
         )
-        await workflow.execute_activity("audit.record", event, **AUDIT_CALL)
+        await workflow.execute_activity(names.AUDIT_RECORD, event, **AUDIT_CALL)
 
     # -- the kill switch -----------------------------------------------------------------------
     async def _wait_unfrozen(self) -> None:
@@ -259,7 +256,7 @@ class ApprovalDesk:
             )
         else:
             result = await workflow.execute_local_activity(
-                "approval.verify",
+                names.APPROVAL_VERIFY,
                 ApprovalCheck(
                     signed=signed,
                     verdict="approve" if verdict == "approve" else "reject",
@@ -318,7 +315,7 @@ class ApprovalDesk:
     async def _on_halt(self, signed: SignedStatement) -> str:
         """An operator's halt: verified (group `operators`), then the run stops and compensates."""
         result = await workflow.execute_local_activity(
-            "halt.verify", HaltCheck(signed=signed, run_id=self._run_id), result_type=ApprovalVerdict, **VERIFY_CALL
+            names.HALT_VERIFY, HaltCheck(signed=signed, run_id=self._run_id), result_type=ApprovalVerdict, **VERIFY_CALL
         )
         await self._audit(
             "halt.accepted" if result.accepted else "halt.refused",

@@ -18,6 +18,7 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from lockgate import names
 from lockgate.activities.governance import GovernanceActivities
 from lockgate.activities.ledger import Ledger
 from lockgate.activities.vault import LeaseForbidden, VaultBroker
@@ -83,8 +84,10 @@ class DropinActivities:
         denials: dict[str, Denial] | None = None,
         resources: Resources | None = None,
         governed: frozenset[str] = frozenset(),
+        unsigned: frozenset[str] = frozenset(),
     ) -> None:
         self._governed = governed  # the lockgate agent names of the governed apps' agents
+        self._unsigned = unsigned  # those whose Governance declared `unsigned_starts`
         self._resources = resources or Resources()
         self._denials = denials or {}
         self._governance = governance
@@ -104,25 +107,40 @@ class DropinActivities:
                 return mode  # type: ignore[return-value]  # checked just above
         return tool_default
 
-    @activity.defn(name="dropin.open")
+    @activity.defn(name=names.DROPIN_OPEN)
     def open_run(self, request: RunOpen) -> RunIdentity:
         """A governed app's run opens its Vault identity at its first governed call. Only for the
-        governed apps' agents, from their own workflows: never a lockgate agent run (those need a
-        person's signed start, `run.open`), never a sub-agent."""
+        governed apps' agents, from their own workflows: never a lockgate agent run (those open
+        with `run.open`), never a sub-agent. The initiator is whoever signed the start the app's
+        client sent (`lockgate.dropin.start`); an unsigned start is refused unless the app's
+        `Governance(unsigned_starts=True)` says otherwise."""
         info = activity.info()
-        if info.workflow_type == "lockgate.agent" or request.agent not in self._governed:
+        if info.workflow_type == names.WORKFLOW_AGENT or request.agent not in self._governed:
             raise ApplicationError(
                 f"dropin.open is only for the governed apps' own workflows, not {request.agent!r} in {info.workflow_type}",
                 type=BAD_INPUT,
                 non_retryable=True,
             )
-        if request.parent is not None or request.parent_run_id is not None or request.start is not None:
-            raise ApplicationError(
-                "a drop-in run has no parent and no signed start", type=BAD_INPUT, non_retryable=True
-            )
-        return self._governance.open_identity(request, signed_start=False)
+        if request.parent is not None or request.parent_run_id is not None:
+            raise ApplicationError("a drop-in run has no parent", type=BAD_INPUT, non_retryable=True)
+        if request.start is None:
+            if request.agent not in self._unsigned:
+                raise self._governance.refuse_run(
+                    request.run_id,
+                    request.origin_run_id,
+                    "the run's start is not signed by a person: start it from a client with "
+                    "LockgatePlugin(govern=...) as a logged-in person (`lockgate login`), or declare "
+                    "Governance(unsigned_starts=True)",
+                )
+            return self._governance.open_identity(request, start=None)
+        expect = {
+            "run_id": request.run_id,
+            "workflow_type": info.workflow_type or "",
+            "input_digest": request.input_digest,
+        }
+        return self._governance.open_identity(request, start=expect)
 
-    @activity.defn(name="dropin.gate")
+    @activity.defn(name=names.DROPIN_GATE)
     def gate(self, request: GateRequest) -> DropinVerdict:
         if request.run_id != activity.info().workflow_id:
             raise ApplicationError("gate request names another run", type=BAD_INPUT, non_retryable=True)
@@ -220,8 +238,13 @@ class DropinActivities:
         return result
 
     async def legacy(self, tool: str, run: Any) -> Any:
-        """A run that started before lockgate was added: it stays ungoverned, and the ledger says so."""
+        """A run that started before lockgate was added: it stays ungoverned, and the ledger says so.
+        The header only claims it; the worker decides: a run the ledger shows governed (its identity
+        was opened) is never served ungoverned."""
         info = activity.info()
+        events = await asyncio.to_thread(self._ledger.events, info.workflow_id or "")
+        if any(e.get("kind") == "run.opened" for e in events):
+            await self._refuse(tool, "an ungoverned call claimed by a run lockgate governs")
         await asyncio.to_thread(
             self._ledger.try_append,
             f"tool.ungoverned:{info.workflow_id}:{info.activity_id}",

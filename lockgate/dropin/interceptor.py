@@ -32,11 +32,13 @@ from temporalio.worker import (
     WorkflowOutboundInterceptor,
 )
 
+from lockgate import names
 from lockgate.dropin.activity import DropinActivities, bind_named
 from lockgate.dropin.governor import Denied, RunGovernor
 from lockgate.dropin.models import HEADER, DropinCall, jsonable, plain_args
 from lockgate.dropin.openai_agents import install_runner, take_pending_call
 from lockgate.dropin.spec import Governance
+from lockgate.dropin.start import start_digest, start_from_headers
 from lockgate.errors import BAD_INPUT
 from lockgate.spec import Agent
 
@@ -45,7 +47,7 @@ __all__ = ["DropinIndex", "DropinInterceptor", "governor_of"]
 _PYDANTIC_AI_TOOL = re.compile(
     r"^agent__(?P<agent>.+?)__(?:toolset|mcp_server|dynamic_toolset)__(?P<toolset>.+)__call_tool$"
 )
-_OWN_WORKFLOWS = frozenset({"lockgate.agent"})
+_OWN_WORKFLOWS = frozenset({names.WORKFLOW_AGENT})
 
 # The governor of each running execution, for code that is not handed the interceptor (the OpenAI
 # runner). Weak: an evicted workflow's governor goes with it.
@@ -82,6 +84,13 @@ class DropinIndex:
     def activity_agent(self, activity_type: str) -> Agent | None:
         """The agent a plain activity of this type is governed as (its declaration's first agent)."""
         return self._activities.get(activity_type)
+
+    def governs(self, activity_type: str) -> bool:
+        """Whether an activity of this type is a governed tool (it then serves only governed runs)."""
+        match = _PYDANTIC_AI_TOOL.match(activity_type)
+        if match is not None:
+            return self.agent(match["agent"]) is not None
+        return self.activity_agent(activity_type) is not None
 
     def denials(self) -> dict[str, Any]:
         return {tool: meta.on_deny for gov in self.governances for tool, meta in gov.tools.items()}
@@ -182,7 +191,8 @@ class _Inbound(WorkflowInboundInterceptor):
     async def execute_workflow(self, input: ExecuteWorkflowInput) -> Any:
         if workflow.info().workflow_type in _OWN_WORKFLOWS:
             return await super().execute_workflow(input)
-        governor = RunGovernor()
+        # The start the app's client signed, and the digest of the arguments it must bind.
+        governor = RunGovernor(start_from_headers(input.headers), start_digest(input.args))
         self.governor = governor
         _GOVERNORS[workflow.info().run_id] = governor
         governor.install_handlers()

@@ -32,7 +32,9 @@ def ensure_agents(deps: Deps, governances: Sequence[Governance]) -> None:
             raise PolicyError(problems)
 
 
-def configure_dropin(config: WorkerConfig, deps: Deps, governances: Sequence[Governance]) -> WorkerConfig:
+def configure_dropin(
+    config: WorkerConfig, deps: Deps, governances: Sequence[Governance]
+) -> tuple[WorkerConfig, DropinIndex]:
     from lockgate.worker import build_governance
 
     ensure_agents(deps, governances)
@@ -46,11 +48,12 @@ def configure_dropin(config: WorkerConfig, deps: Deps, governances: Sequence[Gov
         denials=index.denials(),
         resources=Resources(pg_socket_dir=deps.settings.pg_socket_dir),
         governed=frozenset(a.name for a in index.agents()),
+        unsigned=frozenset(a.name for gov in governances if gov.unsigned_starts for a in gov.lockgate_agents),
     )
     config["activities"] = [*(config.get("activities") or ()), acts.open_run, acts.gate]
     interceptors: list[Any] = [*(config.get("interceptors") or ()), DropinInterceptor(index, acts)]
     config["interceptors"] = interceptors
-    return config
+    return config, index
 
 
 def replay_interceptor(governances: Sequence[Governance]) -> Interceptor:

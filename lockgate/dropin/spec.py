@@ -132,6 +132,9 @@ class Governance(BaseModel):
         approval_ttl: How long an approval request waits.
         budget, max_steps: Limits of one run.
         vault_policy: The Vault policy of the app's run identities (default `lockgate-agent-<first agent>`).
+        unsigned_starts: Govern runs whose start no person signed (default: refused). Their
+            initiator is unknown, so no approval can be shown to come from someone else: every
+            call that needs an approval is denied (separation of duties fails closed).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -145,6 +148,7 @@ class Governance(BaseModel):
     budget: int | None = None
     max_steps: int = 50
     vault_policy: str = Field(default="")
+    unsigned_starts: bool = False
 
     def __init__(self, agents: str | Iterable[str], **data: Any) -> None:
         names = (agents,) if isinstance(agents, str) else tuple(agents)
