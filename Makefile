@@ -5,11 +5,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.lockgate-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all lint conformance policy-test bench mutation up down status worker clean
+.PHONY: install demo test test-all lint lock conformance policy-test bench mutation up down status worker clean
 
-$(STAMP): pyproject.toml
+# Every dependency from requirements-ci.lock, hash-checked; then lockgate itself (editable). The
+# second step installs nothing else unless pyproject.toml gained a dependency the lock lacks
+# (tests/test_image.py then says to run `make lock`).
+$(STAMP): pyproject.toml requirements-ci.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-ci.lock
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
@@ -40,6 +44,13 @@ conformance: $(STAMP)
 policy-test: $(STAMP)
 	$(BIN)/lockgate policy check policies
 	$(BIN)/lockgate policy test policies
+
+# The hash-pinned locks: requirements.lock (the image: runtime and the wheel's build tools) and
+# requirements-ci.lock (CI and developers: the test extra). Regenerate after changing dependencies.
+LOCK_ARGS := --generate-hashes --python-version 3.11 --python-platform x86_64-manylinux_2_28 --quiet
+lock:  # needs uv: `make install` first
+	$(BIN)/uv pip compile pyproject.toml deploy/image-build.in $(LOCK_ARGS) -o requirements.lock
+	$(BIN)/uv pip compile pyproject.toml --extra test $(LOCK_ARGS) -o requirements-ci.lock
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run

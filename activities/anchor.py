@@ -13,7 +13,7 @@ from typing import Any
 import hvac
 import hvac.exceptions
 
-from lockgate.bootstrap import LEDGER_SIGNING_KEY, LEDGER_WITNESS_PATH, RUNS_MOUNT, TRANSIT_MOUNT
+from lockgate.names import LEDGER_SIGNING_KEY, LEDGER_WITNESS_PATH, RUNS_MOUNT, TRANSIT_MOUNT
 
 __all__ = ["TransitAnchor"]
 

@@ -307,14 +307,6 @@ class TransitCodec(PayloadCodec):
     def _to_seal(self, payloads: Sequence[Payload]) -> int:
         return sum(1 for p in payloads if not is_encrypted(p))
 
-    def encode_sync(self, payloads: Sequence[Payload]) -> list[Payload]:
-        """`encode` for synchronous callers (may call Vault on this thread)."""
-        n = self._to_seal(payloads)
-        if self.key is None or n == 0:
-            return list(payloads)
-        k = self._claim(n) or self._mint(n)
-        return [p if is_encrypted(p) else self._seal(p, k) for p in payloads]
-
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
         n = self._to_seal(payloads)
         if self.key is None or n == 0:

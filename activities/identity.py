@@ -28,8 +28,8 @@ from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_expo
 
 from lockgate import vaultio
 from lockgate.activities.vault import RETRYABLE, VaultBroker
-from lockgate.bootstrap import TRANSIT_MOUNT
 from lockgate.errors import LockgateError
+from lockgate.names import TRANSIT_MOUNT
 from lockgate.people import (
     Act,
     ApproverKey,

@@ -50,22 +50,33 @@ class ReapReport:
     identity_revoked: bool = False
 
 
-def failed_compensations(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Compensations a closed run recorded as outstanding and nothing has done since, newest first."""
+def failed_compensations(events: list[dict[str, Any]], agents: AgentRegistry) -> list[dict[str, Any]]:
+    """Compensations a closed run recorded as outstanding and nothing has done since, newest first.
+
+    Only on proof: an entry counts when the run's own record shows its step allowed to run a
+    forward tool whose declared compensation is the entry's tool. An entry for a step that never
+    ran, or naming another tool than the forward tool's compensation, is no work for the reaper
+    (whoever wrote it)."""
     run_id = events[0]["run_id"] if events else ""
     done = {str(e["compensates"]) for e in events if e["kind"] == "tool.completed" and e.get("compensates")}
+    forward = {item["step"]: item for item in outstanding_compensations(events, agents)}
     out = []
     for e in sorted((e for e in events if e["kind"] == "compensation.outstanding"), key=lambda e: -int(e["step"])):
         key = f"{run_id}:{e['step']}"
-        if key not in done:
-            out.append(
-                {
-                    "step": int(e["step"]),
-                    "tool": e.get("forward_tool", ""),
-                    "compensation": e["tool"],
-                    "idempotency_key": key,
-                }
-            )
+        proven = forward.get(int(e["step"]))
+        if key in done:
+            continue
+        if proven is None or proven["compensation"] != e["tool"]:
+            log.error("run=%s step=%s: outstanding compensation without proof ignored", run_id, e["step"])
+            continue
+        out.append(
+            {
+                "step": int(e["step"]),
+                "tool": proven["tool"],
+                "compensation": e["tool"],
+                "idempotency_key": key,
+            }
+        )
     return out
 
 
@@ -127,10 +138,24 @@ class Reaper:
         opened = next((e for e in events if e["kind"] == "run.opened"), {})
         agent = self._agents.get(opened.get("agent", ""))
         record = self._vault.read_run(run_id)
+        closed = next((e for e in events if e["kind"] == "run.closed"), {})
+        if status == "completed" or closed.get("state") == "completed":
+            # A run that completed compensates nothing: whatever its record says is outstanding
+            # was not written by its own failure (Temporal's fact and its own close agree).
+            if record is not None and self._claim(run_id):
+                self._vault.close_run(run_id, opened.get("identity_accessor"))
+            if any(e["kind"] == "compensation.outstanding" for e in events):
+                self._record(
+                    run_id,
+                    "reaper.refused",
+                    "completed",
+                    {"action": "refused", "detail": "a completed run's outstanding compensations are not acted on"},
+                )
+            return None
         if record is None:
             # A closed run: only the compensations it recorded as outstanding, each when its backoff is due.
             now = self.clock()
-            items = [i for i in failed_compensations(events) if backoff_due(events, i["step"], now)]
+            items = [i for i in failed_compensations(events, self._agents) if backoff_due(events, i["step"], now)]
             if not items or agent is None or not self._claim(run_id):
                 return None
             return self._retry_outstanding(run_id, status, agent.name, items, opened)

@@ -20,21 +20,22 @@ import requests.adapters
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from lockgate import vaultio
-from lockgate.bootstrap import RUN_TOKEN_ROLE, RUNS_MOUNT, SEAL_KEY
+from lockgate.errors import LockgateError
 from lockgate.models import LeaseRef, RunIdentity
+from lockgate.names import RUN_TOKEN_ROLE, RUNS_MOUNT, SEAL_KEY
 
 __all__ = ["RETRYABLE", "SEAL_KEY", "LeaseForbidden", "RunMismatch", "VaultBroker", "VaultUnavailable"]
 
 
-class VaultUnavailable(Exception):
+class VaultUnavailable(LockgateError):
     """Vault did not answer, or answered that it cannot serve now. Retryable."""
 
 
-class LeaseForbidden(Exception):
+class LeaseForbidden(LockgateError):
     """Vault refused: the identity may not have this secret. Not retryable."""
 
 
-class RunMismatch(Exception):
+class RunMismatch(LockgateError):
     """A per-run record belongs to another run (reused or aliased id). Not retryable."""
 
 

@@ -49,13 +49,25 @@ __all__ = [
     "socket_connection_url",
 ]
 
-RUN_TOKEN_ROLE = "lockgate-run"  # noqa: S105 - a token role name, not a secret
-WORKER_POLICY = "lockgate-worker"
-WORKER_APPROLE = "lockgate-worker"
-RUNS_MOUNT = "lockgate"  # kv-v1: runs/<run id> holds a run's token, worker/ the worker's settings
-TRANSIT_MOUNT = "transit"
-PERSON_POLICY = "lockgate-person"
-USERPASS_MOUNT = "userpass"
+# Vault names live in the one table (lockgate/names.py); re-exported for the code that says them here.
+from lockgate.names import (
+    LEDGER_SIGNING_KEY,
+    LEDGER_WITNESS_PATH,
+    PAYLOAD_ENCRYPT_POLICY,
+    PAYLOAD_KEY,
+    PAYLOAD_READER_GROUPS,
+    PAYLOAD_READER_POLICY,
+    PAYLOAD_WRITER_POLICY,
+    PERSON_POLICY,
+    RUN_TOKEN_ROLE,
+    RUNS_MOUNT,
+    SEAL_KEY,
+    TRANSIT_MOUNT,
+    USERPASS_MOUNT,
+    WORKER_APPROLE,
+    WORKER_POLICY,
+)
+
 # The dev stack's people (DESIGN.md "Demo agent"): name -> groups.
 DEV_PEOPLE: dict[str, tuple[str, ...]] = {
     "alice": ("finance",),
@@ -70,7 +82,6 @@ DEV_PEOPLE: dict[str, tuple[str, ...]] = {
     "grace": ("sre-oncall",),
 }
 DEV_GROUPS = ("finance", "support-leads", "operators", "sre-oncall", "requesters", "auditors")
-SEAL_KEY = "lockgate-seal"  # Transit key that seals engine-only state
 
 
 def _superuser(socket_dir: Path, password: str | None, dbname: str = "postgres") -> psycopg.Connection:
@@ -119,14 +130,6 @@ class Bootstrap:
 
 
 # -- payload encryption (activities/codec.py) ------------------------------------------------------
-PAYLOAD_KEY = "lockgate-payloads"  # the Transit key Temporal payloads are encrypted under
-PAYLOAD_READER_POLICY = "lockgate-payload-reader"  # decrypt only: the reader groups below
-PAYLOAD_WRITER_POLICY = "lockgate-payload-writer"  # decrypt and new data keys: workers, services
-PAYLOAD_ENCRYPT_POLICY = "lockgate-payload-encrypt"  # new data keys only: every person (start, sign)
-# Who may read payloads (decrypt) is a role, held by these groups' identity policy: auditors read
-# everything and act on nothing, operators halt and freeze what they can see, approvers read what
-# they are asked to approve. Everyone else (mallory, erin the requester) can encrypt, not decrypt.
-PAYLOAD_READER_GROUPS = ("auditors", "operators", "finance", "support-leads", "sre-oncall")
 
 
 def payload_policy(key: str = PAYLOAD_KEY, *, encrypt: bool = True, decrypt: bool = True) -> str:
@@ -391,9 +394,6 @@ def bootstrap_vault(
 
 
 # -- ledger anchoring (issue 14) -------------------------------------------------------------------
-TRANSIT_MOUNT = "transit"
-LEDGER_SIGNING_KEY = "lockgate-ledger"
-LEDGER_WITNESS_PATH = "ledger"  # kv-v1 under RUNS_MOUNT: the newest checkpoint of each ledger
 
 
 def ledger_signing_policy() -> str:

@@ -510,13 +510,14 @@ def _verify_bundle(args: argparse.Namespace, settings: Settings, keys: dict[int,
 def cmd_compensations(args: argparse.Namespace, settings: Settings) -> int:
     """Compensations that failed and are still outstanding (the reaper retries them with backoff)."""
     from lockgate.activities.reaper import failed_compensations
+    from lockgate.spec import registry
 
     ledger = _ledger(settings)
     rows = []
     for run_id in ledger.run_ids_with("compensation.outstanding"):
         events = [{"run_id": run_id, **e} for e in ledger.events(run_id)]
         retries = [e for e in events if e["kind"] == "reaper.compensation"]
-        for item in failed_compensations(events):
+        for item in failed_compensations(events, registry):
             tries = [e for e in retries if int(e.get("step", -1)) == item["step"]]
             rows.append(
                 {

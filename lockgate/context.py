@@ -9,13 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from lockgate.errors import LockgateError
+
 if TYPE_CHECKING:
     import psycopg
 
 __all__ = ["Resources", "ToolContext", "ToolError"]
 
 
-class ToolError(Exception):
+class ToolError(LockgateError):
     """A tool's own failure. `retryable=False` (the default) ends the step without retrying."""
 
     def __init__(self, message: str, *, retryable: bool = False) -> None:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -251,7 +250,3 @@ def verify_bundle(
 def write_bundle(bundle: dict[str, Any], path: str) -> None:
     # Evidence (and possibly regulated data): this OS user's only.
     write_private(Path(path), json.dumps(bundle, indent=1, sort_keys=True))
-
-
-def exported_name(run_id: str) -> str:
-    return f"{run_id}.evidence-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import re
 
+from lockgate.errors import LockgateError
+
 __all__ = ["RUN_ID_PATTERN", "InvalidRunId", "check_run_id", "is_run_id"]
 
 RUN_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]{0,79}(?:\.[1-9][0-9]{0,5}){0,4}"
 _RUN_ID = re.compile(rf"\A{RUN_ID_PATTERN}\Z")
 
 
-class InvalidRunId(ValueError):
+class InvalidRunId(LockgateError, ValueError):
     """A run id outside the syntax (never retried: it can never succeed)."""
 
 

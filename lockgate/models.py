@@ -20,7 +20,6 @@ __all__ = [
     "ApprovalAttempt",
     "ApprovalCheck",
     "ApprovalRequest",
-    "ApprovalSignal",
     "ApprovalVerdict",
     "AuditEvent",
     "Chain",
@@ -515,22 +514,6 @@ class ApprovalRequest(BaseModel):
     approvals: tuple[str, ...] = ()
     # The run's chain that led to this request (`Chain.summary`), for approvers.
     chain: dict[str, Any] = Field(default_factory=dict)
-
-
-class ApprovalSignal(BaseModel):
-    """An operator's approval or rejection, as delivered by signal."""
-
-    model_config = _WIRE
-
-    attempt_id: str
-    # What the approval is for, exactly: it counts for this run, request and decision only.
-    run_id: str = ""
-    decision_id: str = ""
-    request_id: str
-    approver: str
-    args_digest: str
-    reason: str = ""
-    sent_at: datetime | None = None
 
 
 class ApprovalCheck(BaseModel):

@@ -18,17 +18,32 @@ __all__ = [
     "GATE_EVALUATE",
     "GROUP_OPERATORS",
     "HALT_VERIFY",
+    "LEDGER_SIGNING_KEY",
+    "LEDGER_WITNESS_PATH",
+    "PAYLOAD_ENCRYPT_POLICY",
+    "PAYLOAD_KEY",
+    "PAYLOAD_READER_GROUPS",
+    "PAYLOAD_READER_POLICY",
+    "PAYLOAD_WRITER_POLICY",
+    "PERSON_POLICY",
     "PLANNER_LLM",
+    "RUNS_MOUNT",
     "RUN_CLOSE",
     "RUN_OPEN",
     "RUN_RESUME",
     "RUN_SEAL",
+    "RUN_TOKEN_ROLE",
     "SA_AGENT",
     "SA_INITIATOR",
     "SA_PENDING",
     "SA_STATE",
+    "SEAL_KEY",
     "SEARCH_ATTRIBUTES",
     "TOOL_PREFIX",
+    "TRANSIT_MOUNT",
+    "USERPASS_MOUNT",
+    "WORKER_APPROLE",
+    "WORKER_POLICY",
     "WORKFLOW_AGENT",
     "is_engine_activity",
     "tool_activity",
@@ -88,6 +103,26 @@ SA_PENDING = SearchAttributeKey.for_keyword_list("LockgatePending")
 SA_STATE = SearchAttributeKey.for_keyword("LockgateState")
 SEARCH_ATTRIBUTES = (SA_AGENT, SA_INITIATOR, SA_PENDING, SA_STATE)
 
+# -- Vault / OpenBao (created by the dev stack's bootstrap and `lockgate setup`) --------------------
+RUN_TOKEN_ROLE = "lockgate-run"  # noqa: S105 - a token role name, not a secret
+WORKER_POLICY = "lockgate-worker"
+WORKER_APPROLE = "lockgate-worker"
+RUNS_MOUNT = "lockgate"  # kv-v1: runs/<run id> holds a run's token, worker/ the worker's settings
+TRANSIT_MOUNT = "transit"
+PERSON_POLICY = "lockgate-person"
+USERPASS_MOUNT = "userpass"
+SEAL_KEY = "lockgate-seal"  # Transit key that seals engine-only state
+PAYLOAD_KEY = "lockgate-payloads"  # the Transit key Temporal payloads are encrypted under
+PAYLOAD_READER_POLICY = "lockgate-payload-reader"  # decrypt only: the reader groups below
+PAYLOAD_WRITER_POLICY = "lockgate-payload-writer"  # decrypt and new data keys: workers, services
+PAYLOAD_ENCRYPT_POLICY = "lockgate-payload-encrypt"  # new data keys only: every person (start, sign)
+LEDGER_SIGNING_KEY = "lockgate-ledger"
+LEDGER_WITNESS_PATH = "ledger"  # kv-v1 under RUNS_MOUNT: the newest checkpoint of each ledger
+
 # -- groups ----------------------------------------------------------------------------------------
 # May halt runs and freeze/unfreeze agents.
 GROUP_OPERATORS = "operators"
+# Who may read payloads (decrypt) is a role, held by these groups' identity policy: auditors read
+# everything and act on nothing, operators halt and freeze what they can see, approvers read what
+# they are asked to approve. Everyone else (mallory, erin the requester) can encrypt, not decrypt.
+PAYLOAD_READER_GROUPS = ("auditors", "operators", "finance", "support-leads", "sre-oncall")

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError, ChildWorkflowError
-from temporalio.workflow import ParentClosePolicy
+from temporalio.workflow import ActivityConfig, LocalActivityConfig, ParentClosePolicy
 
 # Pure declarations and models, no I/O: passed through so the sandbox does not re-import them on
 # every run (and so that `registry` is the one the worker filled).
@@ -61,21 +61,21 @@ _T = TypeVar("_T")
 CARRY_STEPS = 100
 
 # RUN_CALL: opening and closing the run identity must eventually happen; keep retrying.
-RUN_CALL: dict[str, Any] = {
+RUN_CALL: ActivityConfig = {
     "start_to_close_timeout": timedelta(seconds=30),
     "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=10), non_retryable_error_types=[errors.BAD_INPUT]),
 }
 # RUN_LOCAL: the same, as a local activity. Opening and closing the run identity are the engine's
 # own short calls (Vault, the ledger): run in the worker that runs the workflow task, they cost no
 # extra server round trip (nor a workflow task of their own) per run.
-RUN_LOCAL: dict[str, Any] = {
+RUN_LOCAL: LocalActivityConfig = {
     "start_to_close_timeout": timedelta(seconds=30),
-    "retry_policy": RUN_CALL["retry_policy"],
+    "retry_policy": RUN_CALL.get("retry_policy"),
 }
 # Runs started before the identity calls became local keep replaying with activities.
 LOCAL_IDENTITY_PATCH = "lockgate-run-identity-local"
 # PLANNER_CALL: a model can be slow or flaky; a malformed answer is not an error (the gate denies it).
-PLANNER_CALL: dict[str, Any] = {
+PLANNER_CALL: ActivityConfig = {
     "start_to_close_timeout": timedelta(seconds=120),
     "retry_policy": RetryPolicy(
         maximum_attempts=4, maximum_interval=timedelta(seconds=20), non_retryable_error_types=[errors.BAD_INPUT]

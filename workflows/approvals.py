@@ -18,11 +18,13 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.workflow import ActivityConfig, LocalActivityConfig
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
 
     from lockgate import errors, names
+    from lockgate.errors import LockgateError
     from lockgate.models import (
         ApprovalAttempt,
         ApprovalCheck,
@@ -50,13 +52,13 @@ __all__ = ["AUDIT_CALL", "FREEZE_RECHECK", "SA_PENDING", "SA_STATE", "VERIFY_CAL
 # While frozen, a run re-evaluates its gate this often even if no `unfreeze` signal reaches it.
 FREEZE_RECHECK = timedelta(seconds=30)
 
-AUDIT_CALL: dict[str, Any] = {
+AUDIT_CALL: ActivityConfig = {
     "start_to_close_timeout": timedelta(seconds=20),
     "retry_policy": RetryPolicy(maximum_interval=timedelta(seconds=10)),
 }
 
 # `approval.verify` and `halt.verify`: local activities, answered within the update that asked.
-VERIFY_CALL: dict[str, Any] = {
+VERIFY_CALL: LocalActivityConfig = {
     "start_to_close_timeout": timedelta(seconds=20),
     "retry_policy": RetryPolicy(
         maximum_attempts=5, maximum_interval=timedelta(seconds=5), non_retryable_error_types=[errors.BAD_INPUT]
@@ -64,7 +66,7 @@ VERIFY_CALL: dict[str, Any] = {
 }
 
 
-class CallDenied(Exception):
+class CallDenied(LockgateError):
     """A governed call that will not run: denied by a gate, rejected or expired (`kind`: errors.*)."""
 
     def __init__(self, message: str, kind: str) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
-from temporalio.workflow import ActivityCancellationType
+from temporalio.workflow import ActivityCancellationType, ActivityConfig, LocalActivityConfig
 
 with workflow.unsafe.imports_passed_through():
     from lockgate import errors, names
@@ -48,7 +48,7 @@ from lockgate.workflows.approvals import ApprovalDesk, CallDenied
 __all__ = ["GATE_CALL", "TOOL_CALL", "Attempt", "GovernedRun", "Invoke", "Source", "message_of"]
 
 # GATE_CALL: a local activity (no extra server round trip); pure compute plus one ledger write.
-GATE_CALL: dict[str, Any] = {
+GATE_CALL: LocalActivityConfig = {
     "start_to_close_timeout": timedelta(seconds=20),
     "retry_policy": RetryPolicy(
         maximum_attempts=5, maximum_interval=timedelta(seconds=5), non_retryable_error_types=[errors.BAD_INPUT]
@@ -58,7 +58,7 @@ GATE_CALL: dict[str, Any] = {
 # (the next attempt revokes the lease the dead one held). Denials never retry; a tool's own failure
 # retries only when the tool says it may (`ToolError(retryable=True)`: the activity marks the others
 # non-retryable itself), and an unexpected exception is taken as transient.
-TOOL_CALL: dict[str, Any] = {
+TOOL_CALL: ActivityConfig = {
     "start_to_close_timeout": timedelta(seconds=60),
     # Halt (cancel) waits until the in-flight attempt has ended: compensation never runs while the
     # forward tool may still act (a crashed attempt is fenced by its heartbeat timeout).

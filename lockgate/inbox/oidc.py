@@ -81,7 +81,7 @@ def setup_dev_oidc(root: hvac.Client, redirect_uri: str, people: list[str]) -> d
     The provider's subject is the person's entity id; each person gets an alias on the OIDC mount
     named by that id, so a sign-in lands on the same entity (groups, Transit key) as userpass.
     """
-    from lockgate.bootstrap import PERSON_POLICY
+    from lockgate.names import PERSON_POLICY
 
     # hvac's generic read/write are untyped (they return dicts or Responses): treat them as such.
     vault: Any = root
