@@ -45,6 +45,7 @@ from lockgate.errors import UserError
 
 __all__ = [
     "ENCODING",
+    "WITHHELD",
     "DataKey",
     "OfflineTransit",
     "PayloadKeyError",
@@ -79,6 +80,11 @@ _transit_call = retry(
     stop=stop_after_delay(5),
     reraise=True,
 )
+
+
+# What a person who may not decrypt is told: reading payloads is a role (lockgate.bootstrap's
+# PAYLOAD_READER_GROUPS hold the reader policy in the dev stack; README "Production identity").
+WITHHELD = "payload withheld: requires group auditors, operators or an approver group"
 
 
 class PayloadKeyError(UserError):
@@ -117,6 +123,8 @@ class VaultTransit:
         try:
             return _transit_call(fn)(self._client())
         except hvac.exceptions.Forbidden as err:
+            if "/decrypt/" in what:
+                raise PayloadKeyForbidden(f"{WITHHELD} (Vault refused {what} to this token)") from err
             raise PayloadKeyForbidden(f"Vault refused {what}: this token may not use it (or is invalid)") from err
         except (hvac.exceptions.InvalidRequest, hvac.exceptions.InvalidPath) as err:
             raise PayloadKeyError(f"Vault could not {what}: {err}") from err
@@ -242,21 +250,25 @@ class TransitCodec(PayloadCodec):
         self._current: DataKey | None = None
         self._unwrapped: OrderedDict[str, tuple[float, AESGCM]] = OrderedDict()
 
-    def check_access(self) -> None:
-        """Raises PayloadKeyForbidden unless this identity may decrypt payloads of `key`."""
+    def check_access(self, *, decrypt: bool = True) -> None:
+        """Raises PayloadKeyForbidden unless this identity may decrypt payloads of `key` (with
+        `decrypt=False`: may encrypt them, all a person starting a run or signing an act needs)."""
         if not self.key:
             return
-        path = f"{self.transit.mount}/decrypt/{self.key}"
+        what = f"decrypt/{self.key}" if decrypt else f"datakey/plaintext/{self.key}"
+        path = f"{self.transit.mount}/{what}"
         try:
-            allowed = self.transit.allowed([f"decrypt/{self.key}"])
+            allowed = self.transit.allowed([what])
         except PayloadKeyForbidden:
             raise PayloadKeyForbidden(
                 f"Vault does not accept this token (invalid or expired); lockgate payloads need one allowed {path}"
             ) from None
+        if not allowed and decrypt:
+            raise PayloadKeyForbidden(f"{WITHHELD} (this Vault token may not use {path})")
         if not allowed:
             raise PayloadKeyForbidden(
-                f"this Vault token may not decrypt lockgate payloads ({path}); "
-                "use one with that capability (policy lockgate-payload-reader or -writer)"
+                f"this Vault token may not encrypt lockgate payloads ({path}); "
+                "use one with that capability (policy lockgate-payload-encrypt)"
             )
 
     # -- encode ------------------------------------------------------------------------------------

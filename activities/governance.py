@@ -20,6 +20,7 @@ from lockgate.activities.freeze import FreezeStore
 from lockgate.activities.identity import PeopleDirectory, Refused
 from lockgate.activities.ledger import Ledger
 from lockgate.activities.runstate import recorded_state, stricter
+from lockgate.activities.starts import authorize_start
 from lockgate.activities.vault import RunMismatch, VaultBroker
 from lockgate.errors import BAD_INPUT
 from lockgate.gates.bundle import PolicyBundle
@@ -305,6 +306,10 @@ class GovernanceActivities:
             raise self.refuse_run(
                 request.run_id, request.origin_run_id, f"start signed by {act.person}, not the initiator named"
             )
+        if (
+            why := authorize_start(self._ledger, self._bundle(), self._agents.get(request.agent), act, request.run_id)
+        ) is not None:
+            raise self.refuse_run(request.run_id, request.origin_run_id, f"start: {why}")
 
     def _check_parent(self, request: RunOpen) -> tuple[str, int]:
         """A sub-agent's link must be what its parent's gate allowed: proven by Temporal's parent

@@ -29,7 +29,9 @@ __all__ = [
     "LEDGER_ROW_KEY",
     "LEDGER_SIGNING_KEY",
     "LEDGER_WITNESS_PATH",
+    "PAYLOAD_ENCRYPT_POLICY",
     "PAYLOAD_KEY",
+    "PAYLOAD_READER_GROUPS",
     "PAYLOAD_READER_POLICY",
     "PAYLOAD_WRITER_POLICY",
     "PERSON_POLICY",
@@ -65,7 +67,9 @@ from lockgate.names import (
     LEDGER_ROW_KEY,
     LEDGER_SIGNING_KEY,
     LEDGER_WITNESS_PATH,
+    PAYLOAD_ENCRYPT_POLICY,
     PAYLOAD_KEY,
+    PAYLOAD_READER_GROUPS,
     PAYLOAD_READER_POLICY,
     PAYLOAD_WRITER_POLICY,
     PERSON_POLICY,
@@ -86,12 +90,13 @@ DEV_PEOPLE: dict[str, tuple[str, ...]] = {
     "carol": ("support-leads", "operators"),
     "dave": ("support-leads", "operators"),
     "mallory": (),
-    "erin": (),
+    # A requester: may start agents (policies/starts.cedar), approves and reads nothing.
+    "erin": ("requesters",),
     # incident-agent's on-call engineers.
     "frank": ("sre-oncall",),
     "grace": ("sre-oncall",),
 }
-DEV_GROUPS = ("finance", "support-leads", "operators", "sre-oncall")
+DEV_GROUPS = ("finance", "support-leads", "operators", "sre-oncall", "requesters", "auditors")
 
 
 # -- idempotent building blocks: read, compare, write only what differs -------------------------
@@ -246,11 +251,13 @@ class Bootstrap:
 # -- payload encryption (activities/codec.py) ------------------------------------------------------
 
 
-def payload_policy(key: str = PAYLOAD_KEY, *, encrypt: bool = True) -> str:
-    """Exactly the Transit paths a payload reader (decrypt) or writer (also data keys) needs."""
-    lines = [f'path "{TRANSIT_MOUNT}/decrypt/{key}" {{ capabilities = ["update"] }}']
+def payload_policy(key: str = PAYLOAD_KEY, *, encrypt: bool = True, decrypt: bool = True) -> str:
+    """Exactly the Transit paths a payload reader (decrypt), encrypter (data keys) or writer (both) needs."""
+    lines = []
     if encrypt:
-        lines.insert(0, f'path "{TRANSIT_MOUNT}/datakey/plaintext/{key}" {{ capabilities = ["update"] }}')
+        lines.append(f'path "{TRANSIT_MOUNT}/datakey/plaintext/{key}" {{ capabilities = ["update"] }}')
+    if decrypt:
+        lines.append(f'path "{TRANSIT_MOUNT}/decrypt/{key}" {{ capabilities = ["update"] }}')
     return "\n".join(lines) + "\n"
 
 
@@ -262,6 +269,7 @@ def bootstrap_payload_key(client: hvac.Client, key: str = PAYLOAD_KEY, changes: 
     ensure_transit_key(client, key, "aes256-gcm96", changes)
     ensure_policy(client, PAYLOAD_READER_POLICY, payload_policy(key, encrypt=False), changes)
     ensure_policy(client, PAYLOAD_WRITER_POLICY, payload_policy(key, encrypt=True), changes)
+    ensure_policy(client, PAYLOAD_ENCRYPT_POLICY, payload_policy(key, decrypt=False), changes)
 
 
 def _worker_policy() -> str:
@@ -346,8 +354,9 @@ def bootstrap_people(
             client,
             f"auth/{USERPASS_MOUNT}/users/{name}",
             password=password,
-            # Their own signing key, and payloads: people read (and start runs with) encrypted payloads.
-            token_policies=[PERSON_POLICY, PAYLOAD_WRITER_POLICY],
+            # Their own signing key, and encrypting payloads (starting runs, sending signed acts).
+            # Reading payloads is a group's policy (PAYLOAD_READER_GROUPS), not every person's.
+            token_policies=[PERSON_POLICY, PAYLOAD_ENCRYPT_POLICY],
             token_ttl="1h",  # noqa: S106 - a duration: operator tokens are short-lived
             token_max_ttl="8h",  # noqa: S106 - a duration
             token_type="service",  # noqa: S106 - a token type
@@ -375,7 +384,7 @@ def ensure_people(
         accessor = client.sys.list_auth_methods()["data"].get(f"{alias_mount}/", {}).get("accessor")
     ensure_mount(client, TRANSIT_MOUNT, "transit", changes)
     # Sorted: the same groups give the same policy text, whatever order they came in.
-    all_groups = tuple(sorted({*groups, *(g for gs in people.values() for g in gs)}))
+    all_groups = tuple(sorted({*groups, *PAYLOAD_READER_GROUPS, *(g for gs in people.values() for g in gs)}))
     ensure_policy(client, PERSON_POLICY, person_policy(all_groups), changes)
 
     entity_ids: dict[str, str] = {}
@@ -395,12 +404,21 @@ def ensure_people(
 
     for group in all_groups:
         members = sorted(entity_ids[n] for n, gs in people.items() if group in gs and n in entity_ids)
+        # Identity policies apply to every token of every member, from the next request on: reading
+        # payloads is these groups' role (PAYLOAD_READER_GROUPS), not every person's.
+        policies = [PAYLOAD_READER_POLICY] if group in PAYLOAD_READER_GROUPS else []
         current = (vaultio.read(client, f"identity/group/name/{group}") or {}).get("data")
-        if current is not None and sorted(current.get("member_entity_ids") or []) == members:
+        if (
+            current is not None
+            and sorted(current.get("member_entity_ids") or []) == members
+            and sorted(current.get("policies") or []) == policies
+        ):
             continue
-        verb = "created" if current is None else "members set"
+        verb = "created" if current is None else "members and policies set"
         if changes(f"identity group {group}: {verb} ({len(members)} members)"):
-            vaultio.write(client, f"identity/group/name/{group}", type="internal", member_entity_ids=members)
+            vaultio.write(
+                client, f"identity/group/name/{group}", type="internal", member_entity_ids=members, policies=policies
+            )
 
 
 MINTED = "auth/token/create/"  # secret paths that mint a token per call (an MCP server's audience)

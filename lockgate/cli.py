@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import json
 import os
@@ -20,7 +21,7 @@ from typing import Any
 
 from lockgate.config import Settings, load_settings
 from lockgate.errors import PolicyError, UserError
-from lockgate.text import safe, safe_json
+from lockgate.text import redact_url, safe, safe_json
 
 __all__ = ["build_parser", "entry", "main"]
 
@@ -29,15 +30,16 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
-async def _client(settings: Settings) -> Any:
+async def _client(settings: Settings, *, read: bool = True) -> Any:
     """A client as the operator: encrypted payloads are read with the operator's own Vault token,
-    checked here once so that a token without access fails with one line, before anything else."""
+    checked here once so that a token without access fails with one line, before anything else.
+    `read=False` for a command that only sends (a start): encrypting is all it needs."""
     from lockgate.worker import connect
 
     client = await connect(settings)
     check = getattr(client.data_converter.payload_codec, "check_access", None)
     if check is not None:
-        await asyncio.to_thread(check)
+        await asyncio.to_thread(check, decrypt=read)
     return client
 
 
@@ -131,12 +133,30 @@ def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
 
 # -- runs ----------------------------------------------------------------------------------------
 async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    from lockgate.ops import parse_input, run_status, start_run
+    from lockgate.ids import InvalidRunId, check_run_id
+    from lockgate.ops import parse_input, run_status, start_refusal, start_run
 
     data = parse_input(args.agent, args.input)
     session = _session(settings)
-    client = await _client(settings)
-    handle = await start_run(client, settings.task_queue, args.agent, data, session=session, run_id=args.id)
+    run_id = args.id or f"{args.agent}-{uuid.uuid4().hex[:10]}"
+    try:
+        check_run_id(run_id)
+    except InvalidRunId as err:
+        raise UserError(str(err)) from None
+    refusal = await asyncio.to_thread(start_refusal, settings.policy_dir, args.agent, session)
+    if refusal is not None:
+        # Recorded like the worker's refusals, with who asked: a refused start leaves evidence.
+        with contextlib.suppress(Exception):
+            _ledger(settings).try_append(
+                f"run.refused:{run_id}:cli",
+                run_id,
+                "run.refused",
+                {"reason": f"start: {refusal}", "origin_run_id": "", "initiator": session.name, "by": "cli"},
+            )
+        raise UserError(f"start refused: {refusal}")
+    # Starting needs only encryption; with --wait a person who may not read still learns the outcome.
+    client = await _client(settings, read=False)
+    handle = await start_run(client, settings.task_queue, args.agent, data, session=session, run_id=run_id)
     if not args.wait:
         if args.json:
             _print_json({"run_id": handle.id})
@@ -320,7 +340,7 @@ async def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     try:
         ledger = _signed_ledger(settings) if args.export else _ledger_readonly(settings)
     except LedgerMissing:
-        raise UserError(f"unknown run {args.run_id!r} (no ledger at {settings.ledger_url})") from None
+        raise UserError(f"unknown run {args.run_id!r} (no ledger at {redact_url(settings.ledger_url)})") from None
     archive = HistoryArchive(archive_dir(settings), ledger)
     status = None
     history: list[dict[str, Any]] = []

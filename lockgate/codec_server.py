@@ -33,6 +33,7 @@ from temporalio.api.common.v1 import Payloads
 
 from lockgate import vaultio
 from lockgate.activities.codec import (
+    WITHHELD,
     PayloadKeyError,
     PayloadKeyForbidden,
     PayloadKeyUnavailable,
@@ -114,7 +115,10 @@ def codec_routes(config: CodecConfig, *, token_of: TokenOf = bearer_token) -> li
         codec = TransitCodec(transit, None if decode else config.key)
         try:
             if paths and not await asyncio.to_thread(transit.allowed, paths):
-                raise PayloadKeyForbidden(f"this token may not use {', '.join(f'transit/{p}' for p in paths)}")
+                denied = ", ".join(f"transit/{p}" for p in paths)
+                raise PayloadKeyForbidden(
+                    f"{WITHHELD} (this token may not use {denied})" if decode else f"this token may not use {denied}"
+                )
             out = await (codec.decode(payloads) if decode else codec.encode(payloads))
         except PayloadKeyForbidden as err:
             log.info("codec %s refused: %s: %s", request.url.path, where, err)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import os
 import random
@@ -33,6 +34,7 @@ from lockgate import bootstrap, vaultio
 from lockgate.config import read_env_file
 from lockgate.demo import DEMO_AGENT_MODULES
 from lockgate.errors import UserError
+from lockgate.files import private_dir, write_private
 from lockgate.spec import load_agents
 
 __all__ = ["DevStack", "bao_binary", "free_port", "temporal_binary"]
@@ -211,7 +213,11 @@ class DevStack:
     # -- up ------------------------------------------------------------------------------------
     def up(self, progress: Progress = lambda _: None) -> dict[str, str]:
         """Starts whatever is not running, bootstraps Vault, writes dev.env. Idempotent."""
-        self.dev_dir.mkdir(parents=True, exist_ok=True)
+        # Credentials (passwords, root token) and evidence (Temporal's and the ledger's databases).
+        # As root, embedded PostgreSQL runs as its own OS user and must traverse to dev/pg: 0711.
+        folder_mode = 0o711 if os.geteuid() == 0 else 0o700
+        private_dir(self.state_dir, folder_mode)
+        private_dir(self.dev_dir, folder_mode)
         old = self.env()
         pids = self._pids()
 
@@ -285,6 +291,7 @@ class DevStack:
             progress(f"codec server: starting on {self.codec_endpoint} for the UI")
             pids["codec"] = self._start_codec(pids.get("codec"))
             self._save_pids(pids)
+        self._private()
         return env
 
     def _kept_secret(self, name: str) -> str:
@@ -293,8 +300,7 @@ class DevStack:
         if path.is_file():
             return path.read_text().strip()
         password = secrets.token_urlsafe(24)
-        path.write_text(password)
-        path.chmod(0o600)
+        write_private(path, password)
         return password
 
     def _pg_password(self) -> str:
@@ -305,12 +311,20 @@ class DevStack:
         """The dev people's userpass password (LOCKGATE_DEV_PASSWORD), kept like the Postgres one."""
         return self._kept_secret("people.password")
 
+    def _private(self) -> None:
+        """The state and dev folders, and every file lockgate and the servers keep in them, for this
+        OS user only (Temporal's database, logs, pids, passwords, dev.env, the ledger)."""
+        for folder in (self.state_dir, self.dev_dir):
+            private_dir(folder, 0o711 if os.geteuid() == 0 else 0o700)
+            for path in folder.iterdir():
+                with contextlib.suppress(OSError):
+                    if path.is_file() and not path.is_symlink() and path.stat().st_uid == os.getuid():
+                        path.chmod(0o600)
+
     def _write_env(self, env: dict[str, str]) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
         lines = ["# Written by `lockgate dev up`. Dev stack only: holds the dev root token.", ""]
         lines += [f"{k}={v}" for k, v in env.items()]
-        self.env_file.write_text("\n".join(lines) + "\n")
-        self.env_file.chmod(0o600)
+        write_private(self.env_file, "\n".join(lines) + "\n")
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
         log = open(self.dev_dir / f"{name}.log", "ab")

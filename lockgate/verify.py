@@ -25,6 +25,8 @@ from typing import Any
 from lockgate.activities.ledger import Ledger, LedgerMissing, VerifyReport
 from lockgate.config import Settings
 from lockgate.evidence import fingerprint
+from lockgate.files import write_private
+from lockgate.text import redact_url
 
 __all__ = [
     "Anchors",
@@ -243,7 +245,7 @@ def verify_ledger(
             anchors.witness = local.witness if local else None
         report = ledger.verify_report(trusted_keys=anchors.keys, witness=anchors.witness, grace=0 if strict else 60)
         if report.entries == 0 and report.checkpoints == 0:
-            raise LedgerMissing(f"the ledger at {settings.ledger_url} is empty")
+            raise LedgerMissing(f"the ledger at {redact_url(settings.ledger_url)} is empty")
         if anchors.keys is None and report.checkpoints:
             report.problems.append(
                 "no trusted public key for the ledger's signing key (Vault unreachable, "

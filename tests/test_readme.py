@@ -29,7 +29,7 @@ async def test_the_walkthrough(env: dict[str, str], worker_running: str) -> None
     assert started.returncode == 0, started.stderr
     run_id = started.stdout.strip()
     for _ in range(100):
-        pending = json.loads((await cli(env, "pending", "--json")).stdout)
+        pending = json.loads((await cli(as_person(env, "alice"), "pending", "--json")).stdout)
         mine = [p for p in pending if p["run_id"] == run_id]
         if mine:
             break
