@@ -25,7 +25,6 @@ from typing import Any
 from lockgate.activities.ledger import Ledger, LedgerMissing, VerifyReport
 from lockgate.config import Settings
 from lockgate.evidence import fingerprint
-from lockgate.files import write_private
 from lockgate.text import redact_url
 
 __all__ = [
