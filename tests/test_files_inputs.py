@@ -22,8 +22,8 @@ from temporalio.client import Client
 from lockgate.activities.ledger import Ledger
 from lockgate.config import Settings
 from lockgate.inbox.app import _local_path
-from tests.conftest import as_person, cli, finish, run_cli, start
-from tests.inbox_support import login_csrf_of, served_inbox
+from tests.support.inbox import login_csrf_of, served_inbox
+from tests.support.stack import as_person, cli, finish, run_cli, start
 
 REFUND = {"order_id": "A-1001", "amount_cents": 100}
 
@@ -137,7 +137,7 @@ def test_continue_links_are_canonical_local_paths(nxt: str, expected: str) -> No
 async def test_a_continue_link_with_a_tab_stays_on_the_site(settings: Settings, client: Client) -> None:
     """The attack as a browser sends it: `next=/<TAB>/evil.example` on the sign-in page, then the
     sign-in form posted back with it; neither the page nor the redirect names the other host."""
-    from tests.conftest import _STACK
+    from tests.support.stack import _STACK
 
     async with (
         served_inbox(settings, client) as (base, _inbox),

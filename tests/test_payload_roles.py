@@ -13,8 +13,8 @@ from temporalio.client import Client
 
 from lockgate.bootstrap import PAYLOAD_KEY, PAYLOAD_READER_GROUPS, PAYLOAD_READER_POLICY
 from lockgate.config import Settings
-from tests.conftest import Outside, as_person, cli, finish, pending_request, person, start
-from tests.inbox_support import served_inbox, sign_in
+from tests.support.inbox import served_inbox, sign_in
+from tests.support.stack import Outside, as_person, cli, finish, pending_request, person, start
 from tests.test_codec_server import SECRET, codec_server, encrypted_body, post, values  # noqa: F401 - fixture
 
 WITHHELD = "payload withheld: requires group auditors, operators or an approver group"

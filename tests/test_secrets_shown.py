@@ -9,7 +9,7 @@ import pytest
 
 from lockgate.inbox.notify import Notifier
 from lockgate.text import host_of, redact_url
-from tests.inbox_support import free_port, receiver
+from tests.support.inbox import free_port, receiver
 
 SECRET_PATH = "/services/T000/B000/XXXXsecretXXXX"
 

@@ -17,8 +17,8 @@ from temporalio.client import Client
 from lockgate.bootstrap import PERSON_POLICY
 from lockgate.config import Settings
 from lockgate.inbox.throttle import MemoryThrottleStore, SignInThrottle, Throttled
-from tests.conftest import Outside
-from tests.inbox_support import login_csrf_of, served_inbox
+from tests.support.inbox import login_csrf_of, served_inbox
+from tests.support.stack import Outside
 
 
 class Clock:

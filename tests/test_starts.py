@@ -16,7 +16,7 @@ from lockgate.gates.bundle import PolicyBundle
 from lockgate.gates.starts import decide_start
 from lockgate.policies import load_bundle
 from lockgate.spec import registry
-from tests.conftest import ROOT, Outside, as_person, cli, finish, ledger_events, start
+from tests.support.stack import ROOT, Outside, as_person, cli, finish, ledger_events, start
 
 REFUND = {"order_id": "A-1001", "amount_cents": 100}
 
