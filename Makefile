@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.lockgate-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all lint lock conformance policy-test bench bench-cli mutation up down status worker clean
+.PHONY: install demo test test-slow test-all lint lock conformance policy-test bench bench-cli mutation up down status worker clean
 
 # Every dependency from requirements-ci.lock, hash-checked; then lockgate itself (editable). The
 # second step installs nothing else unless pyproject.toml gained a dependency the lock lacks
@@ -24,6 +24,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# The slow, production-shaped scenarios only (tests/test_production.py: OpenBao raft+TLS, setup,
+# restart, backup and restore; about 2.5 minutes here). CI runs them after `make test`.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q --run-slow -m slow $(PYTEST_ARGS)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q --run-slow $(PYTEST_ARGS)

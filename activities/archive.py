@@ -26,6 +26,7 @@ from temporalio.client import Client, WorkflowHistory
 from temporalio.service import RPCError, RPCStatusCode
 
 from lockgate.activities.ledger import Ledger
+from lockgate.files import private_dir, write_private
 from lockgate.models import canonical_json
 
 __all__ = ["ARCHIVED", "ArchivedHistory", "HistoryArchive", "history_digest", "run_histories"]
@@ -89,15 +90,13 @@ class HistoryArchive:
 
     def write(self, run_id: str, histories: list[WorkflowHistory]) -> dict[str, Any]:
         """Writes the run's histories and records their digests in the ledger (idempotent)."""
-        folder = self.directory / _safe(run_id)
-        folder.mkdir(parents=True, exist_ok=True)
+        private_dir(self.directory)
+        folder = private_dir(self.directory / _safe(run_id))
         items = []
         for i, history in enumerate(histories):
             doc = history.to_json_dict()
             name = f"{i:04d}-{history.run_id}.json"
-            tmp = folder / (name + ".tmp")
-            tmp.write_text(json.dumps(doc, separators=(",", ":")))
-            tmp.replace(folder / name)
+            write_private(folder / name, json.dumps(doc, separators=(",", ":")))
             items.append(
                 {
                     "temporal_run_id": history.run_id,
@@ -169,7 +168,7 @@ class HistoryArchive:
                     log.warning("archive: run %s not archived this pass: %s", run_id, err)
         if archived:
             await asyncio.to_thread(self._ledger.seal)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_dir(self.directory)
         mark.write_text(started.isoformat())
         return archived
 

@@ -32,6 +32,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
 
+from lockgate import metrics
 from lockgate.errors import BAD_INPUT
 from lockgate.names import is_engine_activity
 
@@ -161,6 +162,9 @@ class CallerGuard(Interceptor):
         except Exception:
             log.exception("could not record a refused caller")
         log.error("refused %s from %s %s: %s", info.activity_type, info.workflow_type, workflow_id, reason)
+        metrics.count(
+            "lockgate_calls_refused", "calls refused before anything ran", activity=info.activity_type, why="caller"
+        )
         raise ApplicationError(f"{info.activity_type}: refused: {reason}", type=BAD_INPUT, non_retryable=True)
 
 

@@ -39,11 +39,13 @@ from temporalio.api.history.v1 import HistoryEvent
 from temporalio.converter import PayloadCodec
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
+from lockgate import vaultio
 from lockgate.activities.vault import RETRYABLE
 from lockgate.errors import UserError
 
 __all__ = [
     "ENCODING",
+    "WITHHELD",
     "DataKey",
     "OfflineTransit",
     "PayloadKeyError",
@@ -80,6 +82,11 @@ _transit_call = retry(
 )
 
 
+# What a person who may not decrypt is told: reading payloads is a role (lockgate.bootstrap's
+# PAYLOAD_READER_GROUPS hold the reader policy in the dev stack; README "Production identity").
+WITHHELD = "payload withheld: requires group auditors, operators or an approver group"
+
+
 class PayloadKeyError(UserError):
     """A payload cannot be encrypted or decrypted (the CLI prints it on one line, exit 2)."""
 
@@ -109,13 +116,15 @@ class VaultTransit:
     def with_token(
         cls, addr: str, token: str, *, session: requests.Session | None = None, timeout: int = 5
     ) -> VaultTransit:
-        client = hvac.Client(url=addr, token=token, timeout=timeout, session=session)
+        client = vaultio.client(addr, token, timeout=timeout, session=session)
         return cls(lambda: client)
 
     def _call(self, what: str, fn: Callable[[hvac.Client], Any]) -> Any:
         try:
             return _transit_call(fn)(self._client())
         except hvac.exceptions.Forbidden as err:
+            if "/decrypt/" in what:
+                raise PayloadKeyForbidden(f"{WITHHELD} (Vault refused {what} to this token)") from err
             raise PayloadKeyForbidden(f"Vault refused {what}: this token may not use it (or is invalid)") from err
         except (hvac.exceptions.InvalidRequest, hvac.exceptions.InvalidPath) as err:
             raise PayloadKeyError(f"Vault could not {what}: {err}") from err
@@ -241,21 +250,25 @@ class TransitCodec(PayloadCodec):
         self._current: DataKey | None = None
         self._unwrapped: OrderedDict[str, tuple[float, AESGCM]] = OrderedDict()
 
-    def check_access(self) -> None:
-        """Raises PayloadKeyForbidden unless this identity may decrypt payloads of `key`."""
+    def check_access(self, *, decrypt: bool = True) -> None:
+        """Raises PayloadKeyForbidden unless this identity may decrypt payloads of `key` (with
+        `decrypt=False`: may encrypt them, all a person starting a run or signing an act needs)."""
         if not self.key:
             return
-        path = f"{self.transit.mount}/decrypt/{self.key}"
+        what = f"decrypt/{self.key}" if decrypt else f"datakey/plaintext/{self.key}"
+        path = f"{self.transit.mount}/{what}"
         try:
-            allowed = self.transit.allowed([f"decrypt/{self.key}"])
+            allowed = self.transit.allowed([what])
         except PayloadKeyForbidden:
             raise PayloadKeyForbidden(
                 f"Vault does not accept this token (invalid or expired); lockgate payloads need one allowed {path}"
             ) from None
+        if not allowed and decrypt:
+            raise PayloadKeyForbidden(f"{WITHHELD} (this Vault token may not use {path})")
         if not allowed:
             raise PayloadKeyForbidden(
-                f"this Vault token may not decrypt lockgate payloads ({path}); "
-                "use one with that capability (policy lockgate-payload-reader or -writer)"
+                f"this Vault token may not encrypt lockgate payloads ({path}); "
+                "use one with that capability (policy lockgate-payload-encrypt)"
             )
 
     # -- encode ------------------------------------------------------------------------------------

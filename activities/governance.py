@@ -13,13 +13,14 @@ from datetime import UTC, datetime, timedelta
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from lockgate import names
+from lockgate import metrics, names
 from lockgate.activities.approvals import ApprovalActivities
 from lockgate.activities.callers import verified_caller
 from lockgate.activities.freeze import FreezeStore
 from lockgate.activities.identity import PeopleDirectory, Refused
 from lockgate.activities.ledger import Ledger
 from lockgate.activities.runstate import recorded_state, stricter
+from lockgate.activities.starts import authorize_start
 from lockgate.activities.vault import RunMismatch, VaultBroker
 from lockgate.errors import BAD_INPUT
 from lockgate.gates.bundle import PolicyBundle
@@ -123,6 +124,7 @@ class GovernanceActivities:
     def decide(self, request: GateRequest, *, attempt: int = 1) -> Decision:
         """Evaluates one gate request (kill switch read from the shared store), records the decision
         in the ledger and the log. Used by `gate.evaluate` and inside every tool activity."""
+        started = datetime.now(UTC)
         if attempt > 1:
             # A retried tool activity decides again (a freeze may have landed meanwhile): its own record.
             request = request.model_copy(update={"decision_id": f"{request.decision_id}@{attempt}"})
@@ -151,7 +153,9 @@ class GovernanceActivities:
                 now=datetime.now(UTC),
                 lookup=self._agents.get,
             )
-        record_decision(self._ledger, decision, request, decision_phase(request, attempt))
+        phase = decision_phase(request, attempt)
+        record_decision(self._ledger, decision, request, phase)
+        metrics.decided(decision.outcome, decision.gate, phase, datetime.now(UTC) - started)
         log.info(
             "decision run=%s step=%s tool=%s outcome=%s gate=%s policies=%s",
             decision.run_id,
@@ -302,6 +306,10 @@ class GovernanceActivities:
             raise self.refuse_run(
                 request.run_id, request.origin_run_id, f"start signed by {act.person}, not the initiator named"
             )
+        if (
+            why := authorize_start(self._ledger, self._bundle(), self._agents.get(request.agent), act, request.run_id)
+        ) is not None:
+            raise self.refuse_run(request.run_id, request.origin_run_id, f"start: {why}")
 
     def _check_parent(self, request: RunOpen) -> tuple[str, int]:
         """A sub-agent's link must be what its parent's gate allowed: proven by Temporal's parent

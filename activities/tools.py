@@ -21,6 +21,7 @@ from pydantic import BaseModel, ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from lockgate import metrics
 from lockgate.activities.ledger import Ledger
 from lockgate.activities.vault import LeaseForbidden, VaultBroker
 from lockgate.context import ForwardCall, Resources, ToolContext, ToolError
@@ -219,6 +220,7 @@ class ToolRunner:
             except LeaseForbidden as err:
                 raise ApplicationError(str(err), type=LEASE_FORBIDDEN, non_retryable=True) from None
             heartbeat({"lease_id": lease.lease_id})
+            metrics.count("lockgate_leases_issued", "just-in-time credentials leased", tool=spec.name)
             self._ledger.try_append(
                 f"lease.issued:{lease.lease_id}",
                 inv.run_id,
@@ -250,6 +252,7 @@ class ToolRunner:
             ctx.secret = {}
             if lease is not None:
                 self._vault.revoke(lease.lease_id)
+                metrics.count("lockgate_leases_revoked", "just-in-time credentials revoked", tool=spec.name)
                 self._ledger.try_append(
                     f"lease.revoked:{lease.lease_id}",
                     inv.run_id,

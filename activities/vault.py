@@ -16,7 +16,6 @@ from typing import Any
 import hvac
 import hvac.exceptions
 import requests
-import requests.adapters
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from lockgate import vaultio
@@ -89,23 +88,37 @@ class VaultBroker:
         self._opened: OrderedDict[str, dict[str, Any]] = OrderedDict()
         # One connection pool for every client this broker makes: keep-alive to Vault matters on
         # the hot path (a lease per tool call). urllib3's pool is thread-safe.
-        self._session = requests.Session()
-        self._session.mount("http://", requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=64))
-        self._session.mount("https://", requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=64))
+        # Its verify/cert/namespace come from VAULT_CACERT & co. (vaultio.client), read once here.
+        self._tls = vaultio.vault_tls()
+        self._session = vaultio.make_session(self._tls, pool_maxsize=64)
 
     # -- the worker's own identity -------------------------------------------------------------
     @_vault_call
     def _login(self) -> hvac.Client:
-        client = hvac.Client(url=self._addr, timeout=self._timeout, session=self._session)
+        client = vaultio.client(self._addr, timeout=self._timeout, session=self._session, tls=self._tls)
         auth = client.auth.approle.login(role_id=self._role_id, secret_id=self._secret_id)["auth"]
         self._expires = time.monotonic() + max(30, int(auth["lease_duration"]) - 60)
         return client
+
+    def _renewed(self) -> hvac.Client | None:
+        """The current token renewed (until its max TTL): a login spends one use of the secret
+        id, which production bounds (`secret_id_num_uses`), so the worker logs in about once a day."""
+        if self._client is None:
+            return None
+        try:
+            ttl = int(self._client.auth.token.renew_self()["auth"]["lease_duration"])
+        except Exception:  # noqa: BLE001 - expired, revoked or not renewable: log in again
+            return None
+        if ttl < 120:
+            return None  # at its max TTL: a fresh login
+        self._expires = time.monotonic() + ttl - 60
+        return self._client
 
     @property
     def client(self) -> hvac.Client:
         with self._lock:
             if self._client is None or time.monotonic() >= self._expires:
-                self._client = self._login()
+                self._client = self._renewed() or self._login()
             return self._client
 
     def check(self) -> None:
@@ -278,8 +291,8 @@ class VaultBroker:
     @_vault_call
     def issue(self, run_id: str, secret_path: str) -> tuple[LeaseRef, dict[str, Any]]:
         """A fresh dynamic secret under the run's identity. The dict is the secret: keep it local."""
-        client = hvac.Client(
-            url=self._addr, token=self._run_token(run_id), timeout=self._timeout, session=self._session
+        client = vaultio.client(
+            self._addr, self._run_token(run_id), timeout=self._timeout, session=self._session, tls=self._tls
         )
         if secret_path.startswith(TOKEN_CREATE):
             return self._mint(client, run_id, secret_path)

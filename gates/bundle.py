@@ -35,6 +35,7 @@ from typing import Any
 import cedarpy
 
 from lockgate.errors import PolicyError
+from lockgate.gates.starts import START_SCHEMA, is_start_statement
 
 __all__ = [
     "CEDAR_ESCAPES",
@@ -604,11 +605,23 @@ class PolicyBundle:
                 schema = cedarpy.Schema.from_str(schema_text)
             except ValueError as err:
                 problems.append(f"{schema_file}:1: {err}")
-        if schema is not None and statements:
-            result = cedarpy.validate_policies("\n".join(s.text for s in statements), schema)
+        # Start policies (gates/starts.py) are validated against their own schema: a tool policy
+        # with an open action scope must never have to type-check against a start.
+        starts = [s for s in statements if is_start_statement(s)]
+        tools = [s for s in statements if not is_start_statement(s)]
+        for st in starts:
+            if st.action_op != "==" or len(st.actions or ()) != 1:
+                problems.append(f'{st.file}:{st.line}: a start policy names only lockgate::Action::"start"')
+        checks = [(cedarpy.Schema.from_str(START_SCHEMA), starts)]
+        if schema is not None:
+            checks.append((schema, tools))
+        for against, group in checks:
+            if not group:
+                continue
+            result = cedarpy.validate_policies("\n".join(s.text for s in group), against)
             for error in result.errors:
                 index = int(error.policy_id.removeprefix("policy"))
-                st = statements[index]
+                st = group[index]
                 message = error.error.replace(f"`{error.policy_id}`", f"`{st.policy_id}`")
                 problems.append(f"{st.file}:{st.line}: {message}")
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import json
 import os
@@ -20,7 +21,7 @@ from typing import Any
 
 from lockgate.config import Settings, load_settings
 from lockgate.errors import PolicyError, UserError
-from lockgate.text import safe, safe_json
+from lockgate.text import redact_url, safe, safe_json
 
 __all__ = ["build_parser", "entry", "main"]
 
@@ -29,15 +30,16 @@ def _print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, sort_keys=True, default=str))
 
 
-async def _client(settings: Settings) -> Any:
+async def _client(settings: Settings, *, read: bool = True) -> Any:
     """A client as the operator: encrypted payloads are read with the operator's own Vault token,
-    checked here once so that a token without access fails with one line, before anything else."""
+    checked here once so that a token without access fails with one line, before anything else.
+    `read=False` for a command that only sends (a start): encrypting is all it needs."""
     from lockgate.worker import connect
 
     client = await connect(settings)
     check = getattr(client.data_converter.payload_codec, "check_access", None)
     if check is not None:
-        await asyncio.to_thread(check)
+        await asyncio.to_thread(check, decrypt=read)
     return client
 
 
@@ -131,12 +133,30 @@ def cmd_policy(args: argparse.Namespace, settings: Settings) -> int:
 
 # -- runs ----------------------------------------------------------------------------------------
 async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
-    from lockgate.ops import parse_input, run_status, start_run
+    from lockgate.ids import InvalidRunId, check_run_id
+    from lockgate.ops import parse_input, run_status, start_refusal, start_run
 
     data = parse_input(args.agent, args.input)
     session = _session(settings)
-    client = await _client(settings)
-    handle = await start_run(client, settings.task_queue, args.agent, data, session=session, run_id=args.id)
+    run_id = args.id or f"{args.agent}-{uuid.uuid4().hex[:10]}"
+    try:
+        check_run_id(run_id)
+    except InvalidRunId as err:
+        raise UserError(str(err)) from None
+    refusal = await asyncio.to_thread(start_refusal, settings.policy_dir, args.agent, session)
+    if refusal is not None:
+        # Recorded like the worker's refusals, with who asked: a refused start leaves evidence.
+        with contextlib.suppress(Exception):
+            _ledger(settings).try_append(
+                f"run.refused:{run_id}:cli",
+                run_id,
+                "run.refused",
+                {"reason": f"start: {refusal}", "origin_run_id": "", "initiator": session.name, "by": "cli"},
+            )
+        raise UserError(f"start refused: {refusal}")
+    # Starting needs only encryption; with --wait a person who may not read still learns the outcome.
+    client = await _client(settings, read=False)
+    handle = await start_run(client, settings.task_queue, args.agent, data, session=session, run_id=run_id)
     if not args.wait:
         if args.json:
             _print_json({"run_id": handle.id})
@@ -320,7 +340,7 @@ async def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     try:
         ledger = _signed_ledger(settings) if args.export else _ledger_readonly(settings)
     except LedgerMissing:
-        raise UserError(f"unknown run {args.run_id!r} (no ledger at {settings.ledger_url})") from None
+        raise UserError(f"unknown run {args.run_id!r} (no ledger at {redact_url(settings.ledger_url)})") from None
     archive = HistoryArchive(archive_dir(settings), ledger)
     status = None
     history: list[dict[str, Any]] = []
@@ -740,15 +760,15 @@ async def cmd_freeze(args: argparse.Namespace, settings: Settings) -> int:
 # -- teams: people and approver groups ----------------------------------------------------------
 def _directory(args: argparse.Namespace, settings: Settings) -> Any:
     """The directory as the given Vault token (stdin) or the logged-in person sees and changes it."""
-    import hvac
-
     from lockgate.teams import Directory
 
     if args.vault_token_stdin:
         token = _read_secret(True, "", "Vault token")
     else:
         token = _session(settings).token
-    return Directory(hvac.Client(url=settings.vault_addr, token=token, timeout=10))
+    from lockgate import vaultio
+
+    return Directory(vaultio.client(settings.vault_addr, token, timeout=10))
 
 
 def cmd_groups(args: argparse.Namespace, settings: Settings) -> int:
@@ -908,6 +928,42 @@ def cmd_codec_server(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_setup(args: argparse.Namespace, settings: Settings) -> int:
+    from lockgate.setup import SetupOptions, run_setup
+    from lockgate.spec import load_agents
+
+    people = None
+    if args.people:
+        try:
+            raw = json.loads(Path(args.people).read_text())
+            people = {str(k): tuple(str(g) for g in v) for k, v in raw.items()}
+        except (OSError, ValueError, AttributeError, TypeError) as err:
+            raise UserError(f"--people {args.people}: expected a JSON object name -> [groups]: {err}") from None
+    opts = SetupOptions(
+        dry_run=args.dry_run,
+        parts=tuple(args.only or ("temporal", "openbao", "ledger")),
+        people=people,
+        groups=tuple(args.group or ()),
+        worker_credentials=Path(args.worker_credentials) if args.worker_credentials else None,
+        new_worker_secret=args.new_worker_secret,
+        setup_credentials=Path(args.setup_credentials) if args.setup_credentials else None,
+        wrap_ttl=args.wrap_ttl,
+        secret_id_ttl=args.secret_id_ttl,
+        secret_id_uses=args.secret_id_uses,
+        ledger_runtime_role=args.ledger_runtime_role,
+        provision_databases=args.provision_databases,
+        retention_days=args.retention_days,
+        unwrap=args.unwrap,
+    )
+    report = run_setup(settings, load_agents(settings.agent_modules), opts)
+    if args.json:
+        _print_json(report.as_dict())
+    else:
+        for line in report.lines():
+            print(safe(line, 2000))
+    return 1 if report.problems else 0
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from lockgate.demo.story import run_demo
 
@@ -938,6 +994,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("demo", cmd_demo, "walk the refund-agent through the whole story on the real stack")
     p.set_defaults(agents=True)
     p.add_argument("--down", action="store_true", help="stop the dev stack afterwards")
+
+    p = add(
+        "setup",
+        cmd_setup,
+        "prepare real servers, idempotently: Temporal search attributes, OpenBao, ledger migrations",
+    )
+    p.add_argument("--dry-run", action="store_true", help="compare only; print what would change")
+    p.add_argument("--only", action="append", choices=["temporal", "openbao", "ledger"], help="one part (repeat)")
+    p.add_argument("--people", metavar="FILE", help='JSON {"person": ["group", ...]} from your IdP sync')
+    p.add_argument("--group", action="append", help="an approver group to create besides the policies' (repeat)")
+    p.add_argument(
+        "--worker-credentials",
+        metavar="FILE",
+        default=os.environ.get("LOCKGATE_WORKER_CREDENTIALS") or None,
+        help="write the worker's role id and WRAPPED secret id (default: $LOCKGATE_WORKER_CREDENTIALS)",
+    )
+    p.add_argument("--new-worker-secret", action="store_true", help="issue a new worker secret id (rotation)")
+    p.add_argument("--setup-credentials", metavar="FILE", help="write lockgate-setup's AppRole credentials (root run)")
+    p.add_argument("--wrap-ttl", default="15m", help="lifetime of the wrapping token (default 15m)")
+    p.add_argument("--secret-id-ttl", default="720h", help="lifetime of a worker secret id (default 720h)")
+    p.add_argument("--secret-id-uses", type=int, default=100, help="logins per worker secret id (default 100)")
+    p.add_argument("--ledger-runtime-role", metavar="ROLE", help="PostgreSQL role of the workers: gets DML grants")
+    p.add_argument("--provision-databases", action="store_true", help="run the tools' declared setup_sql")
+    p.add_argument(
+        "--unwrap",
+        action="store_true",
+        default=os.environ.get("LOCKGATE_SETUP_UNWRAP", "").lower() in ("1", "true", "yes"),
+        help="single host (compose): write the worker's secret id unwrapped ($LOCKGATE_SETUP_UNWRAP=1)",
+    )
+    p.add_argument("--retention-days", type=int, default=30, help="retention of a namespace setup registers (30)")
 
     p = add("run", cmd_run, "start a run of AGENT; prints the run id")
     p.set_defaults(agents=True)  # the input is validated against the agent's schema
@@ -1023,6 +1109,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("reap", cmd_reap, "one pass of the reaper: clean up runs that ended without their own cleanup")
     add("archive", cmd_archive, "one pass of the archiver: keep closed runs' histories beside the ledger")
     p = add("mcp", cmd_mcp, "MCP servers: list, review SERVER (diff against its pin), pin SERVER (approve)")
+    p.set_defaults(agents=True)  # the servers are declared with the agents that use them
     p.add_argument("action", choices=["list", "review", "pin"])
     p.add_argument("server", nargs="?")
     p.add_argument("--policy-dir", help="where the pin file goes (default: LOCKGATE_POLICY_DIR)")

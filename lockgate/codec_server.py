@@ -22,8 +22,6 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import requests
-import requests.adapters
 from google.protobuf import json_format
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -33,7 +31,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from temporalio.api.common.v1 import Payloads
 
+from lockgate import vaultio
 from lockgate.activities.codec import (
+    WITHHELD,
     PayloadKeyError,
     PayloadKeyForbidden,
     PayloadKeyUnavailable,
@@ -90,9 +90,7 @@ def codec_routes(config: CodecConfig, *, token_of: TokenOf = bearer_token) -> li
         token_of: how a request carries its Vault token (default: a Bearer header; the inbox can
             pass one reading its signed-in session).
     """
-    session = requests.Session()  # one keep-alive pool to Vault for every caller's requests
-    session.mount("http://", requests.adapters.HTTPAdapter(pool_maxsize=16))
-    session.mount("https://", requests.adapters.HTTPAdapter(pool_maxsize=16))
+    session = vaultio.make_session(pool_maxsize=16)  # one keep-alive pool to Vault for every caller
 
     async def handle(request: Request, decode: bool) -> Response:
         if request.method != "POST":
@@ -117,7 +115,10 @@ def codec_routes(config: CodecConfig, *, token_of: TokenOf = bearer_token) -> li
         codec = TransitCodec(transit, None if decode else config.key)
         try:
             if paths and not await asyncio.to_thread(transit.allowed, paths):
-                raise PayloadKeyForbidden(f"this token may not use {', '.join(f'transit/{p}' for p in paths)}")
+                denied = ", ".join(f"transit/{p}" for p in paths)
+                raise PayloadKeyForbidden(
+                    f"{WITHHELD} (this token may not use {denied})" if decode else f"this token may not use {denied}"
+                )
             out = await (codec.decode(payloads) if decode else codec.encode(payloads))
         except PayloadKeyForbidden as err:
             log.info("codec %s refused: %s: %s", request.url.path, where, err)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from lockgate.errors import UserError
 
 __all__ = ["Settings", "archive_dir", "load_settings", "read_env_file"]
 
@@ -41,6 +43,10 @@ class Settings(BaseModel):
     payload_key: str | None = None
     # A person's Vault token (any auth method); wins over the one `lockgate login` stored.
     operator_token: str | None = None
+    # The worker's Prometheus endpoint (host:port): temporalio's metrics and lockgate's (lockgate/metrics.py).
+    metrics_address: str | None = None
+    # On SIGTERM the worker stops polling and gives running activities this long to finish.
+    drain_seconds: float = Field(default=30.0, ge=0)
 
 
 _ENV_NAMES = {
@@ -61,6 +67,8 @@ _ENV_NAMES = {
     "agent_modules": "LOCKGATE_AGENT_MODULES",
     "payload_key": "LOCKGATE_PAYLOAD_KEY",
     "operator_token": "LOCKGATE_OPERATOR_TOKEN",
+    "metrics_address": "LOCKGATE_METRICS_ADDRESS",
+    "drain_seconds": "LOCKGATE_DRAIN_SECONDS",
 }
 
 
@@ -84,7 +92,12 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
     state_dir = Path(env.get("LOCKGATE_STATE_DIR", ".lockgate"))
     merged = {**read_env_file(state_dir / "dev.env"), **env}
     fields = {name: merged[var] for name, var in _ENV_NAMES.items() if merged.get(var)}
-    return Settings.model_validate(fields)
+    try:
+        return Settings.model_validate(fields)
+    except ValidationError as err:
+        first = err.errors()[0]
+        name = str(first["loc"][0]) if first.get("loc") else "?"
+        raise UserError(f"invalid setting {_ENV_NAMES.get(name, name)}: {first['msg']}") from None
 
 
 def archive_dir(settings: Settings) -> Path:

@@ -15,8 +15,7 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-import hvac
-
+from lockgate import vaultio
 from lockgate.bootstrap import bootstrap_vault
 from lockgate.spec import load_agents
 
@@ -40,7 +39,7 @@ def _write_private(path: Path, text: str) -> None:
 
 
 def openbao_init(addr: str, keys_dir: Path, shop_dsn: str, *, wait_seconds: float = 120) -> None:
-    client = hvac.Client(url=addr)
+    client = vaultio.client(addr)
     deadline = time.monotonic() + wait_seconds
     while True:
         try:

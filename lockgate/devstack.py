@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import os
 import random
@@ -26,24 +27,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import hvac
 import psycopg
 import requests
 
-from lockgate import bootstrap
+from lockgate import bootstrap, vaultio
 from lockgate.config import read_env_file
 from lockgate.demo import DEMO_AGENT_MODULES
 from lockgate.errors import UserError
+from lockgate.files import private_dir, write_private
 from lockgate.spec import load_agents
 
-__all__ = ["SEARCH_ATTRIBUTES", "DevStack", "bao_binary", "free_port", "temporal_binary"]
+__all__ = ["DevStack", "bao_binary", "free_port", "temporal_binary"]
 
-SEARCH_ATTRIBUTES = {
-    "LockgateAgent": "Keyword",
-    "LockgateState": "Keyword",
-    "LockgateInitiator": "Keyword",
-    "LockgatePending": "KeywordList",
-}
 
 Progress = Callable[[str], None]
 
@@ -218,7 +213,11 @@ class DevStack:
     # -- up ------------------------------------------------------------------------------------
     def up(self, progress: Progress = lambda _: None) -> dict[str, str]:
         """Starts whatever is not running, bootstraps Vault, writes dev.env. Idempotent."""
-        self.dev_dir.mkdir(parents=True, exist_ok=True)
+        # Credentials (passwords, root token) and evidence (Temporal's and the ledger's databases).
+        # As root, embedded PostgreSQL runs as its own OS user and must traverse to dev/pg: 0711.
+        folder_mode = 0o711 if os.geteuid() == 0 else 0o700
+        private_dir(self.state_dir, folder_mode)
+        private_dir(self.dev_dir, folder_mode)
         old = self.env()
         pids = self._pids()
 
@@ -253,7 +252,7 @@ class DevStack:
         self._save_pids(pids)
         progress("openbao: ready; bootstrapping engines, policies and AppRole")
         boot = bootstrap.bootstrap_vault(
-            hvac.Client(url=self.vault_addr, token=root),
+            vaultio.client(self.vault_addr, root),
             connection_url=lambda db: bootstrap.socket_connection_url(socket_dir, db),
             db_username="postgres",
             db_password=pg_password,
@@ -292,6 +291,7 @@ class DevStack:
             progress(f"codec server: starting on {self.codec_endpoint} for the UI")
             pids["codec"] = self._start_codec(pids.get("codec"))
             self._save_pids(pids)
+        self._private()
         return env
 
     def _kept_secret(self, name: str) -> str:
@@ -300,8 +300,7 @@ class DevStack:
         if path.is_file():
             return path.read_text().strip()
         password = secrets.token_urlsafe(24)
-        path.write_text(password)
-        path.chmod(0o600)
+        write_private(path, password)
         return password
 
     def _pg_password(self) -> str:
@@ -312,12 +311,20 @@ class DevStack:
         """The dev people's userpass password (LOCKGATE_DEV_PASSWORD), kept like the Postgres one."""
         return self._kept_secret("people.password")
 
+    def _private(self) -> None:
+        """The state and dev folders, and every file lockgate and the servers keep in them, for this
+        OS user only (Temporal's database, logs, pids, passwords, dev.env, the ledger)."""
+        for folder in (self.state_dir, self.dev_dir):
+            private_dir(folder, 0o711 if os.geteuid() == 0 else 0o700)
+            for path in folder.iterdir():
+                with contextlib.suppress(OSError):
+                    if path.is_file() and not path.is_symlink() and path.stat().st_uid == os.getuid():
+                        path.chmod(0o600)
+
     def _write_env(self, env: dict[str, str]) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
         lines = ["# Written by `lockgate dev up`. Dev stack only: holds the dev root token.", ""]
         lines += [f"{k}={v}" for k, v in env.items()]
-        self.env_file.write_text("\n".join(lines) + "\n")
-        self.env_file.chmod(0o600)
+        write_private(self.env_file, "\n".join(lines) + "\n")
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> int:
         log = open(self.dev_dir / f"{name}.log", "ab")
@@ -382,8 +389,10 @@ class DevStack:
         argv += (
             ["--ui-port", str(self.ui_port), "--ui-codec-endpoint", self.codec_endpoint] if self.ui else ["--headless"]
         )
-        for name, kind in SEARCH_ATTRIBUTES.items():
-            argv += ["--search-attribute", f"{name}={kind}"]
+        from lockgate.setup import search_attribute_flags  # the ones the workflows write
+
+        for flag in search_attribute_flags():
+            argv += ["--search-attribute", flag]
         new_pid = self._spawn("temporal", argv)
         self._wait("temporal", self._temporal_ok, new_pid, timeout=90)
         return new_pid
@@ -474,7 +483,7 @@ class DevStack:
 
     def _vault_ok(self) -> bool:
         try:
-            client = hvac.Client(url=self.vault_addr, timeout=2)
+            client = vaultio.client(self.vault_addr, timeout=2)
             health = client.sys.read_health_status(method="GET")
             data = health if isinstance(health, dict) else health.json()
             return bool(data.get("initialized")) and not data.get("sealed", True)
@@ -483,7 +492,7 @@ class DevStack:
 
     def _vault_token_ok(self, token: str) -> bool:
         try:
-            return hvac.Client(url=self.vault_addr, token=token, timeout=2).is_authenticated()
+            return vaultio.client(self.vault_addr, token, timeout=2).is_authenticated()
         except Exception:  # noqa: BLE001
             return False
 

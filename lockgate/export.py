@@ -30,6 +30,7 @@ from typing import Any
 
 from lockgate.errors import PolicyError, UserError
 from lockgate.evidence import check_run_evidence, fingerprint
+from lockgate.files import write_private
 
 __all__ = ["SCHEMA", "BundleReport", "approvals_of", "build_bundle", "load_bundle_file", "verify_bundle"]
 
@@ -327,7 +328,5 @@ def _check_referenced_approvals(entries: list[dict[str, Any]], report: BundleRep
 
 
 def write_bundle(bundle: dict[str, Any], path: str) -> None:
-    target = Path(path)
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.write_text(json.dumps(bundle, indent=1, sort_keys=True))
-    tmp.replace(target)
+    # Evidence (and possibly regulated data): this OS user's only.
+    write_private(Path(path), json.dumps(bundle, indent=1, sort_keys=True))

@@ -24,9 +24,11 @@ import requests
 from lockgate import vaultio
 from lockgate.config import Settings
 from lockgate.errors import UserError
+from lockgate.files import private_dir
 from lockgate.people import Act, FieldValue, SignedStatement, Statement, key_name, parse_signature
 
 __all__ = [
+    "AccountLocked",
     "OperatorSession",
     "load_session",
     "login_token",
@@ -108,8 +110,12 @@ class OperatorSession:
         raise TypeError("an OperatorSession holds a Vault token: it is not serializable")
 
 
+class AccountLocked(UserError):
+    """Vault refuses every sign-in of this account for now (its user lockout)."""
+
+
 def _vault(addr: str, token: str | None = None) -> hvac.Client:
-    return hvac.Client(url=addr, token=token, timeout=_TIMEOUT, session=requests.Session())
+    return vaultio.client(addr, token, timeout=_TIMEOUT)
 
 
 def _unreachable(addr: str) -> UserError:
@@ -120,13 +126,22 @@ def login_userpass(vault_addr: str, username: str, password: str) -> OperatorSes
     """Logs a person in with Vault's userpass method.
 
     Raises:
+        AccountLocked: Vault's user lockout refuses the account (the right password too).
         UserError: "login failed for USER" (wrong password and unknown user alike), or Vault is
             unreachable.
     """
     client = _vault(vault_addr)
     try:
         auth = client.auth.userpass.login(username=username, password=password)["auth"]
-    except (hvac.exceptions.InvalidRequest, hvac.exceptions.Forbidden, hvac.exceptions.InvalidPath):
+    except hvac.exceptions.Forbidden:
+        # OpenBao's lockout answer: 403 "permission denied" whatever the password (a wrong password
+        # is 400 "invalid username or password"), until its lockout duration has passed.
+        raise AccountLocked(
+            f"{username} is locked out of Vault after too many failed sign-ins: it unlocks by itself "
+            "after Vault's lockout duration (15 minutes by default), or an administrator unlocks it "
+            f"(sys/locked-users/<mount accessor>/unlock/{username})"
+        ) from None
+    except (hvac.exceptions.InvalidRequest, hvac.exceptions.InvalidPath):
         raise UserError(f"login failed for {username}") from None
     except requests.RequestException:
         raise _unreachable(vault_addr) from None
@@ -189,7 +204,7 @@ def session_path(settings: Settings) -> Path:
 def save_session(settings: Settings, session: OperatorSession) -> Path:
     """Stores the session's token for later commands, readable by this OS user only (0600)."""
     path = session_path(settings)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     record = {"name": session.name, "method": session.method, "vault_addr": session.vault_addr, "token": session.token}
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
     # Created 0600 from the first byte: never a moment where the token is readable by others.

@@ -21,7 +21,9 @@ __all__ = [
     "LEDGER_ROW_KEY",
     "LEDGER_SIGNING_KEY",
     "LEDGER_WITNESS_PATH",
+    "PAYLOAD_ENCRYPT_POLICY",
     "PAYLOAD_KEY",
+    "PAYLOAD_READER_GROUPS",
     "PAYLOAD_READER_POLICY",
     "PAYLOAD_WRITER_POLICY",
     "PERSON_POLICY",
@@ -113,8 +115,9 @@ PERSON_POLICY = "lockgate-person"
 USERPASS_MOUNT = "userpass"
 SEAL_KEY = "lockgate-seal"  # Transit key that seals engine-only state
 PAYLOAD_KEY = "lockgate-payloads"  # the Transit key Temporal payloads are encrypted under
-PAYLOAD_READER_POLICY = "lockgate-payload-reader"  # decrypt only: auditors, codec-server users
-PAYLOAD_WRITER_POLICY = "lockgate-payload-writer"  # decrypt and new data keys: operators on the CLI
+PAYLOAD_READER_POLICY = "lockgate-payload-reader"  # decrypt only: the reader groups below
+PAYLOAD_WRITER_POLICY = "lockgate-payload-writer"  # decrypt and new data keys: workers, services
+PAYLOAD_ENCRYPT_POLICY = "lockgate-payload-encrypt"  # new data keys only: every person (start, sign)
 LEDGER_SIGNING_KEY = "lockgate-ledger"
 LEDGER_ROW_KEY = "lockgate-ledger-rows"  # rows' MACs (lockgate.activities.ledger.rowkey)
 LEDGER_WITNESS_PATH = "ledger"  # kv-v1 under RUNS_MOUNT: the newest checkpoint of each ledger
@@ -122,6 +125,10 @@ LEDGER_WITNESS_PATH = "ledger"  # kv-v1 under RUNS_MOUNT: the newest checkpoint 
 # -- groups ----------------------------------------------------------------------------------------
 # May halt runs and freeze/unfreeze agents.
 GROUP_OPERATORS = "operators"
+# Who may read payloads (decrypt) is a role, held by these groups' identity policy: auditors read
+# everything and act on nothing, operators halt and freeze what they can see, approvers read what
+# they are asked to approve. Everyone else (mallory, erin the requester) can encrypt, not decrypt.
+PAYLOAD_READER_GROUPS = ("auditors", "operators", "finance", "support-leads", "sre-oncall")
 
 
 def audience_policy(role: str) -> str:

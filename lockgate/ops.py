@@ -27,6 +27,7 @@ __all__ = [
     "run_status",
     "send_verdict",
     "set_freeze",
+    "start_refusal",
     "start_run",
     "wait_closed",
     "wake_frozen",
@@ -43,6 +44,21 @@ _CLOSED = {
 }
 
 
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 def parse_input(agent_name: str, raw: str | None) -> dict[str, Any]:
     """Checks the agent exists and its input parses and fits its schema; UserError otherwise."""
     agent = registry.get(agent_name)
@@ -51,9 +67,12 @@ def parse_input(agent_name: str, raw: str | None) -> dict[str, Any]:
     if raw is not None and len(raw.encode()) > MAX_ARGS_BYTES:
         raise UserError(f"input is over {MAX_ARGS_BYTES} bytes")
     try:
-        data = json.loads(raw) if raw else {}
+        data = json.loads(raw, object_pairs_hook=_no_duplicate_keys) if raw else {}
     except json.JSONDecodeError as err:
         raise UserError(f"--input is not valid JSON: {err}") from None
+    except _DuplicateKey as err:
+        # Parsers disagree on which duplicate wins: what was validated, signed and run could differ.
+        raise UserError(f"--input has the key {err.key!r} twice (a JSON object names each key once)") from None
     if not isinstance(data, dict):
         raise UserError("--input must be a JSON object")
     try:
@@ -63,6 +82,25 @@ def parse_input(agent_name: str, raw: str | None) -> dict[str, Any]:
     except ValidationError as err:
         raise UserError(f"invalid input for {agent_name}: {describe_validation(err)}") from None
     return data
+
+
+def start_refusal(policy_dir: Any, agent: str, session: OperatorSession) -> str | None:
+    """Why `session`'s person may not start `agent` by the start policies in `policy_dir` (None:
+    they may, or the policies cannot be read here). A clear answer before the start; the worker
+    decides again, authoritatively, when it opens the run (activities/starts.py)."""
+    from lockgate.errors import PolicyError
+    from lockgate.gates.starts import decide_start
+    from lockgate.policies import load_bundle
+
+    spec = registry.get(agent)
+    if spec is None:
+        return None
+    try:
+        bundle = load_bundle(policy_dir, registry)
+    except (PolicyError, OSError):
+        return None  # not this shell's to judge: the worker refuses with the reason
+    verdict = decide_start(bundle, session.name, sorted(session.groups), agent, spec.owner)
+    return None if verdict.allowed else verdict.reason
 
 
 async def start_run(

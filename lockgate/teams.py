@@ -9,7 +9,7 @@ Everything goes through the caller's own Vault token (the logged-in operator's, 
 explicitly): Vault decides who may change which group (`group_admin_policy()` is what such a token
 needs). lockgate never holds an identity-admin credential for this.
 
-    directory = Directory(hvac.Client(url=VAULT_ADDR, token=token))
+    directory = Directory(vaultio.client(VAULT_ADDR, token))  # lockgate.vaultio
     directory.create_group("it-security")
     directory.add_members("it-security", ["carol"])
     directory.groups()  # {"finance": ["alice", "bob"], "it-security": ["carol"], ...}

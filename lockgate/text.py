@@ -10,7 +10,7 @@ import json
 import re
 from typing import Any
 
-__all__ = ["MAX_SHOWN", "safe", "safe_json", "safe_md"]
+__all__ = ["MAX_SHOWN", "host_of", "redact_url", "safe", "safe_json", "safe_md"]
 
 MAX_SHOWN = 300
 
@@ -41,3 +41,27 @@ _MD = re.compile(r"([\\`*_\[\]<>|~])")
 def safe_md(value: Any, limit: int = MAX_SHOWN) -> str:
     """`safe` plus Markdown/HTML metacharacters escaped, for Markdown reports."""
     return _MD.sub(r"\\\1", safe(value, limit)).replace("&", "&amp;")
+
+
+def redact_url(url: str) -> str:
+    """A database URL or DSN as it may be shown or logged: its password replaced by `***`."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):
+        return re.sub(r"://[^/@\s]*@", "://***@", url)
+
+
+def host_of(url: str) -> str:
+    """Only the host (and port) of a URL: what may be shown of a webhook, whose path and query (a
+    Slack hook's, say) are the secret, as is any user:password in it."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url.removeprefix("slack:"))
+        host = parts.hostname or "?"
+        return f"{host}:{parts.port}" if parts.port else host
+    except ValueError:
+        return "?"

@@ -25,6 +25,7 @@ from typing import Any
 from lockgate.activities.ledger import Ledger, LedgerMissing, VerifyReport
 from lockgate.config import Settings
 from lockgate.evidence import fingerprint
+from lockgate.text import redact_url
 
 __all__ = [
     "Anchors",
@@ -105,10 +106,10 @@ def load_keys_file(path: str) -> dict[int, str]:
 
 
 def _vault_client(settings: Settings) -> Any:
-    import hvac
+    from lockgate import vaultio
 
     timeout = int(os.environ.get("LOCKGATE_VERIFY_VAULT_TIMEOUT", "3"))
-    client = hvac.Client(url=settings.vault_addr, timeout=timeout)
+    client = vaultio.client(settings.vault_addr, timeout=timeout)
     if settings.vault_role_id and settings.vault_secret_id:
         client.auth.approle.login(role_id=settings.vault_role_id, secret_id=settings.vault_secret_id)
     elif settings.vault_token:
@@ -243,7 +244,7 @@ def verify_ledger(
             anchors.witness = local.witness if local else None
         report = ledger.verify_report(trusted_keys=anchors.keys, witness=anchors.witness, grace=0 if strict else 60)
         if report.entries == 0 and report.checkpoints == 0:
-            raise LedgerMissing(f"the ledger at {settings.ledger_url} is empty")
+            raise LedgerMissing(f"the ledger at {redact_url(settings.ledger_url)} is empty")
         if anchors.keys is None and report.checkpoints:
             report.problems.append(
                 "no trusted public key for the ledger's signing key (Vault unreachable, "

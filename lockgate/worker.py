@@ -16,6 +16,7 @@ import signal
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from temporalio.client import Client, Plugin
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.envconfig import ClientConfig
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
 from lockgate.activities.anchor import TransitAnchor
@@ -315,6 +317,9 @@ def build_worker(
         task_queue=task_queue or deps.settings.task_queue,
         workflows=list(extra_workflows),
         plugins=[plugin],
+        # Drain: on shutdown (SIGTERM) polling stops at once and running activities (a tool holding
+        # its lease) get this long to finish, revoke and record before they are cancelled.
+        graceful_shutdown_timeout=timedelta(seconds=deps.settings.drain_seconds),
     )
 
 
@@ -334,12 +339,25 @@ def connect_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
-async def connect(settings: Settings, vault: VaultBroker | None = None, plugins: Sequence[Plugin] = ()) -> Client:
+def metrics_runtime(address: str) -> Runtime:
+    """A Temporal runtime that serves Prometheus metrics on `address` (host:port): the SDK's and
+    lockgate's own (lockgate/metrics.py)."""
+    return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=address)))
+
+
+async def connect(
+    settings: Settings,
+    vault: VaultBroker | None = None,
+    plugins: Sequence[Plugin] = (),
+    runtime: Runtime | None = None,
+) -> Client:
     """A client with `data_converter(settings, vault)` (pass the worker's broker in a worker) and
     temporalio's environment configuration."""
     converter = data_converter(settings, vault)
     config = connect_config(settings)
     target = config.pop("target_host")
+    if runtime is not None:
+        config["runtime"] = runtime
     try:
         return await Client.connect(target, data_converter=converter, plugins=plugins, **config)
     except Exception as err:
@@ -348,7 +366,8 @@ async def connect(settings: Settings, vault: VaultBroker | None = None, plugins:
 
 async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
     deps = build_deps(settings)
-    client = await connect(settings, deps.vault)
+    runtime = metrics_runtime(settings.metrics_address) if settings.metrics_address else None
+    client = await connect(settings, deps.vault, runtime=runtime)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -15,7 +15,9 @@ from tests.support.stack import as_person, cli
 
 @pytest.fixture(scope="module")
 def cli_env(env: dict[str, str], worker_running: str) -> dict[str, str]:
-    return as_person(env, "erin")
+    # A support lead and operator: may start refunds and read payloads (erin, a requester, may start
+    # but not read them: tests/test_payload_roles.py).
+    return as_person(env, "carol")
 
 
 async def test_run_wait_json_then_status_and_audit(cli_env: dict[str, str]) -> None:
@@ -30,7 +32,7 @@ async def test_run_wait_json_then_status_and_audit(cli_env: dict[str, str]) -> N
     )
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
-    assert status["state"] == "completed" and status["initiator"] == "erin"
+    assert status["state"] == "completed" and status["initiator"] == "carol"
     run_id = status["run_id"]
 
     result = await cli(cli_env, "status", run_id, "--json")

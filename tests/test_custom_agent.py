@@ -19,6 +19,10 @@ permit (principal == Agent::"notes-agent", action == Action::"notes.add", resour
 
 @id("notes.delete")
 permit (principal == Agent::"notes-agent", action == Action::"notes.delete", resource);
+
+// Who may start it (default deny): the requesters (erin, the stack's default initiator).
+@id("notes.start")
+permit (principal in Group::"requesters", action == lockgate::Action::"start", resource == Agent::"notes-agent");
 """
 
 

@@ -121,3 +121,21 @@ async def test_a_start_nobody_signed_for_this_run_is_refused(
     assert refused, kinds
     expected = "not signed by a person" if how == "unsigned" else "start:"
     assert expected in refused[0], refused
+
+
+async def test_a_signed_start_by_someone_no_policy_lets_start_it_is_refused(
+    settings: Settings, deps: Any, queue: str
+) -> None:
+    """mallory's drop-in start is genuinely signed (authenticated), but no start policy names her
+    (issue 27): refused where the run opens, like a lockgate agent's start."""
+    mallory = await app_client(settings, plugins=_plugins(deps, lambda: person("mallory")))
+    handle = await _start(mallory, queue, "There is fraud on my card!")
+    with pytest.raises(WorkflowFailureError):
+        await handle.result()
+    events = ledger(deps, handle.id)
+    kinds = [e["kind"] for e in events]
+    assert "run.opened" not in kinds and "decision" not in kinds and "lease.issued" not in kinds, kinds
+    (decision,) = [e for e in events if e["kind"] == "start.decision"]
+    assert (decision["person"], decision["agent"], decision["outcome"]) == ("mallory", "support-agent", "deny")
+    refused = [e["reason"] for e in events if e["kind"] == "run.refused"]
+    assert refused and "mallory (groups: none) may not start support-agent" in refused[0], refused

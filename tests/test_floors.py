@@ -26,6 +26,7 @@ FLOORS: dict[str, int] = {
     "lockgate.errors": NOUNS,
     "lockgate.ids": NOUNS,
     "lockgate.text": NOUNS,
+    "lockgate.files": NOUNS,  # private files and folders (no lockgate imports)
     "lockgate.people": NOUNS,
     "lockgate.context": NOUNS,
     "lockgate.spec": NOUNS,

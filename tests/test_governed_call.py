@@ -41,7 +41,9 @@ async def test_refund_runs_governed_end_to_end(
     # The run's identity is gone, and nothing of the run is left in Vault or Postgres.
     assert status.identity_accessor and not outside.token_alive(status.identity_accessor)
     outside.assert_nothing_leaked()
-    assert ledger_kinds(deps, handle.id)[0] == "run.opened" and ledger_kinds(deps, handle.id)[-1] == "run.closed"
+    # The start was authorized (start policy) before the run opened.
+    assert ledger_kinds(deps, handle.id)[:2] == ["start.decision", "run.opened"]
+    assert ledger_kinds(deps, handle.id)[-1] == "run.closed"
 
 
 async def test_denied_call_issues_no_lease_and_has_no_side_effect(

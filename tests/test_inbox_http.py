@@ -187,8 +187,8 @@ async def test_hostile_text_is_escaped_and_a_refused_attempt_says_why(
             card = await http.get(url)
             assert card.status_code == 200
             assert HOSTILE not in card.text and "<script>alert" not in card.text
-            # Shown, as text (markupsafe's escaping: &lt; &gt; &#39; &#34; &amp;).
-            assert str(escape(HOSTILE)) in card.text and "&lt;script&gt;alert(&#39;pwned&#39;)" in card.text
+            # mallory may not read payloads: the arguments are withheld from her (issue 27).
+            assert "pwned" not in card.text and "payload withheld: requires group auditors" in card.text
             assert req.args_digest in card.text and "refund-agent" in card.text
             refused = await http.post(
                 url, data={"csrf": csrf_of(card.text), "decision": "approve", "args_digest": req.args_digest}
@@ -198,6 +198,9 @@ async def test_hostile_text_is_escaped_and_a_refused_attempt_says_why(
         async with _http(base) as http:
             await sign_in(http, "bob")
             card = await http.get(url)
+            assert HOSTILE not in card.text and "<script>alert" not in card.text
+            # Shown to a reader, as text (markupsafe's escaping: &lt; &gt; &#39; &#34; &amp;).
+            assert str(escape(HOSTILE)) in card.text and "&lt;script&gt;alert(&#39;pwned&#39;)" in card.text
             rejected = await http.post(
                 url,
                 data={
@@ -299,17 +302,28 @@ async def test_webhooks_announce_open_and_close_and_failures_show(
 
             assert (await until(closed, what="the closed notification"))[0]["event"]["request"]["run_id"] == handle.id
 
-            # The broken receiver was tried with backoff, and the failure is visible in the inbox.
+            # The broken receiver was tried with backoff, and the failure is visible in the inbox:
+            # to operators, by host (a webhook's URL is its secret: never on a page or in a log).
             await until(lambda: _failed(inbox), timeout=30, what="the delivery failure")
             assert bad.tries >= 4
+            bad_host = bad_url.split("://", 1)[1].split("/", 1)[0]
             assert any(
-                r.name == "lockgate.inbox" and "failed after 4 tries" in r.getMessage() and bad_url in r.getMessage()
+                r.name == "lockgate.inbox"
+                and "failed after 4 tries" in r.getMessage()
+                and f"to {bad_host} failed" in r.getMessage()
+                and r.getMessage().endswith(": HTTP 500 Internal Server Error")
                 for r in caplog.records
             )
+            assert not [r.getMessage() for r in caplog.records if "/hook" in r.getMessage()]
             async with _http(base) as http:
-                await sign_in(http, "alice")
+                await sign_in(http, "alice")  # an approver, not an operator
                 page = (await http.get("/queue?view=all")).text
-                assert "Notification deliveries failed" in page and bad_url in page
+                assert "Notification deliveries failed" not in page and "/hook" not in page
+            async with _http(base) as http:
+                await sign_in(http, "carol")  # an operator
+                page = (await http.get("/queue?view=all")).text
+                assert "Notification deliveries failed" in page and f"to {bad_host}: HTTP 500" in page
+                assert "/hook" not in page
 
 
 async def test_an_expired_request_is_announced_and_the_card_links_to_temporal(

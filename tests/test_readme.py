@@ -31,7 +31,7 @@ async def test_the_walkthrough(env: dict[str, str], worker_running: str) -> None
     run_id = started.stdout.strip()
     mine: list[dict[str, Any]] = []
     for _ in range(100):
-        pending = json.loads((await cli(env, "pending", "--json")).stdout)
+        pending = json.loads((await cli(as_person(env, "alice"), "pending", "--json")).stdout)
         mine = [p for p in pending if p["run_id"] == run_id]
         if mine:
             break

@@ -33,7 +33,9 @@ from lockgate.evidence import (
     EntryRecord,
     entry_hash,
 )
+from lockgate.files import private_dir, private_file
 from lockgate.models import canonical_json
+from lockgate.text import redact_url
 
 __all__ = [
     "CHECKPOINT_INTERVAL",
@@ -224,9 +226,15 @@ class LedgerStore:
         if self._sqlite:
             path = url.split("///", 1)[-1]
             if not create and (not path or path == ":memory:" or not Path(path).is_file()):
-                raise LedgerMissing(f"no ledger at {url}")
-            if create and path and path != ":memory:":
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
+                raise LedgerMissing(f"no ledger at {redact_url(url)}")
+            if create and path and path != ":memory:" and not path.startswith("file:"):
+                # Evidence: the database (and its WAL and shm, which SQLite creates with the
+                # database's mode) readable by this OS user only, in a folder only they can list.
+                if not Path(path).parent.exists():
+                    private_dir(Path(path).parent)
+                for part in (path, f"{path}-wal", f"{path}-shm"):
+                    if part == path or Path(part).exists():
+                        private_file(part)
             self.engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
             @event.listens_for(self.engine, "connect")
@@ -266,7 +274,7 @@ class LedgerStore:
             self.ledger_id: str = self._ensure_id()
         else:
             if not inspect(self.engine).has_table("ledger") or not inspect(self.engine).has_table("ledger_meta"):
-                raise LedgerMissing(f"no ledger at {url}")
+                raise LedgerMissing(f"no ledger at {redact_url(url)}")
             from lockgate.activities.ledger import migrate
 
             try:

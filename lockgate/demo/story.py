@@ -101,7 +101,8 @@ async def _forged_signal(client: Any, ledger: Any, run_id: str, pending: dict[st
 
 
 def _leftovers(settings: Settings, vault_token: str | None) -> tuple[int, int]:
-    import hvac
+
+    from lockgate import vaultio
 
     roles = 0
     if settings.pg_dsn:
@@ -109,7 +110,7 @@ def _leftovers(settings: Settings, vault_token: str | None) -> tuple[int, int]:
             row = conn.execute("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'v-%'").fetchone()
             roles = row[0] if row else 0
     leases = 0
-    client = hvac.Client(url=settings.vault_addr, token=vault_token)
+    client = vaultio.client(settings.vault_addr, vault_token)
     try:
         roles_listed = client.adapter.list("/v1/sys/leases/lookup/database/creds/")
     except Exception:  # noqa: BLE001 - no lease under that prefix at all

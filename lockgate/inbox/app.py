@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import hvac.exceptions
 import requests
@@ -36,10 +37,12 @@ from starlette.templating import Jinja2Templates
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from lockgate.activities.codec import WITHHELD
 from lockgate.config import Settings
 from lockgate.errors import UserError
-from lockgate.identity import OperatorSession, login_userpass
+from lockgate.identity import AccountLocked, OperatorSession, login_userpass
 from lockgate.inbox.notify import Notifier
+from lockgate.inbox.throttle import SignInThrottle, Throttled
 from lockgate.models import RunStatus
 from lockgate.spec import AgentRegistry, load_agents
 from lockgate.text import safe
@@ -73,6 +76,8 @@ class WebSession:
 
     sid: str
     person: OperatorSession
+    # Whether the person's own Vault identity may decrypt payloads (a role: see `may_read`).
+    may_read: bool = False
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     created: float = field(default_factory=time.time)
 
@@ -93,12 +98,15 @@ class Inbox:
         base_url: str = "http://127.0.0.1:8234",
         notify_interval: float = 2.0,
         secure_cookies: bool = False,
+        throttle: SignInThrottle | None = None,
     ) -> None:
         self.settings = settings
         self._client = client
         self.agents = agents if agents is not None else load_agents(settings.agent_modules)
         self.sessions: dict[str, WebSession] = {}
         self.secure_cookies = secure_cookies
+        # Failed sign-ins per account and address, stopped before OpenBao's own lockout.
+        self.throttle = throttle or SignInThrottle()
         self._initiators: dict[str, str] = {}
         # OIDC sign-ins under way: state -> (browser binding, client nonce, next page, started).
         self.oidc_pending: dict[str, tuple[str, str, str, float]] = {}
@@ -202,6 +210,8 @@ def _render(request: Request, name: str, status_code: int = 200, **context: Any)
     context.setdefault("web", web)
     context.setdefault("me", web.person if web else None)
     context.setdefault("is_operator", bool(web and OPERATORS in web.person.groups))
+    context.setdefault("may_read", bool(web and web.may_read))
+    context.setdefault("withheld", WITHHELD)
     return request.app.state.templates.TemplateResponse(request, name, context, status_code=status_code)
 
 
@@ -210,9 +220,17 @@ def _login_redirect(request: Request) -> RedirectResponse:
     return RedirectResponse(f"/login?next={quote(nxt, safe='')}", status_code=303)
 
 
+# A canonical path on this site: printable ASCII URL characters only. Browsers drop tabs and
+# newlines and read `\\` as `/`, so `/\t/evil.example` or `/\\evil.example` would leave the site.
+_LOCAL_PATH = re.compile(r"/(?![/\\])[A-Za-z0-9\-._~!$&'()*+,;=:@%/?]*")
+
+
 def _local_path(nxt: str | None) -> str:
     # Only a path on this site: `//evil.example` or `https://...` would be an open redirect.
-    if not nxt or not nxt.startswith("/") or nxt.startswith("//") or "\\" in nxt:
+    if not nxt or not _LOCAL_PATH.fullmatch(nxt) or "//" in nxt.split("?", 1)[0]:
+        return "/"
+    parts = urlsplit(nxt)
+    if parts.scheme or parts.netloc:
         return "/"
     return nxt
 
@@ -250,14 +268,28 @@ async def login(request: Request) -> Response:
         return PlainTextResponse("refused: missing or wrong CSRF token", status_code=403)
     user, password = str(form.get("username", "")).strip(), str(form.get("password", ""))
     nxt = _local_path(str(form.get("next", "")))
+    address = request.client.host if request.client else None
+    try:
+        inbox.throttle.begin(user, address)
+    except Throttled as err:
+        log.warning("inbox: sign-in of %s from %s throttled: %s", safe(user), safe(address or "-"), err.message)
+        resp = _login_form(request, 429, nxt, err.message, user)
+        resp.headers["Retry-After"] = str(err.seconds)
+        return resp
     try:
         person = await asyncio.to_thread(login_userpass, inbox.settings.vault_addr, user, password)
     except UserError as err:
-        fresh = secrets.token_urlsafe(32)
-        resp = _render(request, "login.html", 401, login_csrf=fresh, next=nxt, error=str(err), username=user)
-        resp.set_cookie(LOGIN_COOKIE, fresh, httponly=True, samesite="strict", secure=inbox.secure_cookies)
-        return resp
+        return _login_form(request, 423 if isinstance(err, AccountLocked) else 401, nxt, str(err), user)
+    inbox.throttle.succeeded(user, address)
     return await _start_session(request, person, nxt)
+
+
+def _login_form(request: Request, status: int, nxt: str, error: str, user: str) -> Response:
+    inbox: Inbox = request.app.state.inbox
+    fresh = secrets.token_urlsafe(32)
+    resp = _render(request, "login.html", status, login_csrf=fresh, next=nxt, error=error, username=user)
+    resp.set_cookie(LOGIN_COOKIE, fresh, httponly=True, samesite="strict", secure=inbox.secure_cookies)
+    return resp
 
 
 async def _start_session(request: Request, person: OperatorSession, nxt: str, *, redirect: bool = True) -> Response:
@@ -267,7 +299,7 @@ async def _start_session(request: Request, person: OperatorSession, nxt: str, *,
         # Signing in again replaces the browser's session: the old one ends and its token is revoked.
         inbox.sessions.pop(previous.sid, None)
         await asyncio.to_thread(_revoke, previous.person)
-    web = WebSession(sid=secrets.token_urlsafe(32), person=person)
+    web = WebSession(sid=secrets.token_urlsafe(32), person=person, may_read=await may_read(inbox.settings, person))
     inbox.sessions[web.sid] = web
     log.info("inbox: %s signed in (%s)", safe(person.name), person.method)
     if redirect:
@@ -279,6 +311,20 @@ async def _start_session(request: Request, person: OperatorSession, nxt: str, *,
     resp.set_cookie(COOKIE, web.sid, httponly=True, samesite="strict", secure=inbox.secure_cookies, path="/")
     resp.delete_cookie(LOGIN_COOKIE)
     return resp
+
+
+async def may_read(settings: Settings, person: OperatorSession) -> bool:
+    """Whether `person` may read payloads: their own token may decrypt with the payload key (the
+    inbox decodes with its own identity, so it shows payload data only to those Vault lets read it)."""
+    from lockgate.activities.codec import PayloadKeyError, VaultTransit
+
+    if not settings.payload_key:
+        return True  # nothing is encrypted: nothing more to withhold than Temporal shows anyone
+    transit = VaultTransit.with_token(settings.vault_addr, person.token)
+    try:
+        return await asyncio.to_thread(transit.allowed, [f"decrypt/{settings.payload_key}"])
+    except PayloadKeyError:
+        return False
 
 
 def _revoke(person: OperatorSession) -> None:

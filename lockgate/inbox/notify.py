@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from typing import Any
 import httpx
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from lockgate.text import safe
+from lockgate.text import host_of, safe
 
 __all__ = ["DeliveryFailure", "Notifier", "webhooks_from_env"]
 
@@ -38,12 +39,41 @@ def webhooks_from_env(env: dict[str, str]) -> list[str]:
 
 @dataclass(frozen=True)
 class DeliveryFailure:
-    url: str
+    """A delivery that failed. Only the webhook's host is kept: its path and query (a Slack hook's
+    URL *is* its credential) never reach a page or a log."""
+
+    host: str
     event: str
     run_id: str
     request_id: str
     error: str
     at: datetime
+
+
+def _failure_text(err: httpx.HTTPError) -> str:
+    """What went wrong, without the URL httpx puts in its messages (the hook's secret)."""
+    if isinstance(err, httpx.HTTPStatusError):
+        return f"HTTP {err.response.status_code} {err.response.reason_phrase}".strip()
+    return f"{type(err).__name__}: {_URL.sub('<url>', str(err))}"
+
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
+
+
+class _HideWebhooks(logging.Filter):
+    """Rewrites any log line naming a webhook URL to name only its host."""
+
+    def __init__(self, targets: list[str]) -> None:
+        super().__init__()
+        self._targets = sorted(set(targets), key=len, reverse=True)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if any(t in message for t in self._targets):
+            for target in self._targets:
+                message = message.replace(target, f"<webhook at {host_of(target)}>")
+            record.msg, record.args = message, ()
+        return True
 
 
 def _slack_escape(text: str) -> str:
@@ -74,6 +104,9 @@ class Notifier:
         self.delivered = 0
         self._known: dict[tuple[str, str], dict[str, Any]] | None = None
         self._tasks: set[asyncio.Task[bool]] = set()
+        if urls:
+            # httpx logs every request with its URL at INFO: a webhook's URL is its secret.
+            logging.getLogger("httpx").addFilter(_HideWebhooks([u.removeprefix("slack:") for u in urls]))
 
     def link(self, run_id: str, request_id: str) -> str:
         return f"{self.base_url}/runs/{run_id}/requests/{request_id}"
@@ -154,11 +187,11 @@ class Notifier:
                         resp.raise_for_status()
         except httpx.HTTPError as err:
             failure = DeliveryFailure(
-                url=target,
+                host=host_of(target),
                 event=event,
                 run_id=req["run_id"],
                 request_id=req["request_id"],
-                error=safe(f"{type(err).__name__}: {err}", 300),
+                error=safe(_failure_text(err), 300),
                 at=datetime.now(UTC),
             )
             self.failures.appendleft(failure)
@@ -167,7 +200,7 @@ class Notifier:
                 event,
                 safe(req["run_id"]),
                 safe(req["request_id"]),
-                safe(target),
+                failure.host,
                 ATTEMPTS,
                 failure.error,
             )

@@ -17,6 +17,7 @@ import hvac
 import hvac.exceptions
 import requests
 
+from lockgate import vaultio
 from lockgate.errors import UserError
 
 __all__ = ["OIDC_MOUNT", "OIDC_ROLE", "auth_url", "callback_token", "setup_dev_oidc"]
@@ -29,7 +30,7 @@ _TIMEOUT = 5
 
 
 def _vault(addr: str, token: str | None = None) -> hvac.Client:
-    return hvac.Client(url=addr, token=token, timeout=_TIMEOUT, session=requests.Session())
+    return vaultio.client(addr, token, timeout=_TIMEOUT)
 
 
 def auth_url(vault_addr: str, redirect_uri: str, *, mount: str = OIDC_MOUNT, role: str = OIDC_ROLE) -> tuple[str, str]:

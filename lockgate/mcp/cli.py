@@ -36,8 +36,7 @@ def declared_servers() -> dict[str, MCPServer]:
 
 def _reviewer(settings: Settings) -> tuple[Any, str]:
     """A Vault client acting for the person at the keyboard, and who they are."""
-    import hvac
-
+    from lockgate import vaultio
     from lockgate.identity import load_session
 
     try:
@@ -48,7 +47,7 @@ def _reviewer(settings: Settings) -> tuple[Any, str]:
             raise UserError(
                 "not logged in: `lockgate login USER` (or VAULT_TOKEN) to read the server's tools"
             ) from None
-        client = hvac.Client(url=settings.vault_addr, token=settings.vault_token, timeout=5)
+        client = vaultio.client(settings.vault_addr, settings.vault_token, timeout=5)
         me = client.auth.token.lookup_self()["data"]
         return client, f"token:{me.get('display_name') or me.get('accessor')}"
 
