@@ -45,7 +45,8 @@ COMMANDS: list[tuple[str, list[str], bool]] = [
 
 
 def _temporal(base: Path) -> tuple[subprocess.Popen[bytes], str]:
-    from lockgate.devstack import SEARCH_ATTRIBUTES, free_port, temporal_binary
+    from lockgate.devstack import free_port, temporal_binary
+    from lockgate.setup import search_attribute_flags  # the ones the workflows write
 
     port = free_port()
     argv = [
@@ -62,8 +63,8 @@ def _temporal(base: Path) -> tuple[subprocess.Popen[bytes], str]:
         "--log-level",
         "error",
     ]
-    for name, kind in SEARCH_ATTRIBUTES.items():
-        argv += ["--search-attribute", f"{name}={kind}"]
+    for flag in search_attribute_flags():
+        argv += ["--search-attribute", flag]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"127.0.0.1:{port}"
     deadline = time.monotonic() + 90

