@@ -72,7 +72,9 @@ def bench_noop(ctx: ToolContext, args: StepArgs) -> dict[str, Any]:
 @tool(PG, secret=READER, description="select 1 as a dynamic role (bench).")
 def bench_pg(ctx: ToolContext, args: StepArgs) -> dict[str, Any]:
     with ctx.connect("shop") as conn:
-        (one,) = conn.execute("select 1").fetchone()  # type: ignore[misc]
+        row = conn.execute("select 1").fetchone()
+    assert row is not None
+    (one,) = row
     return {"summary": f"select {one}"}
 
 

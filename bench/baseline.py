@@ -79,7 +79,9 @@ class PlainActivities:
         import psycopg
 
         with psycopg.connect(self._dsn, connect_timeout=5) as conn:
-            (one,) = conn.execute("select 1").fetchone()  # type: ignore[misc]
+            row = conn.execute("select 1").fetchone()
+        assert row is not None
+        (one,) = row
         return {"summary": f"select {one}"}
 
     def activities(self) -> list[Any]:

@@ -93,8 +93,8 @@ async def appends(b: Bench, levels: tuple[int, ...] = (1, 4, 16), seconds: float
                 pair["ratio"] = pair["chains"] / pair["single_lock"]
                 pairs.append(pair)
             pairs.sort(key=lambda p: p["ratio"])
-            row = dict(pairs[len(pairs) // 2])  # the median pair
-            row["ratios"] = [round(p["ratio"], 2) for p in pairs]  # type: ignore[assignment]
+            row: dict[str, Any] = dict(pairs[len(pairs) // 2])  # the median pair
+            row["ratios"] = [round(p["ratio"], 2) for p in pairs]
             out["levels"][str(level)] = row
             say(
                 f"ledger appends, {level} writers: chains {row['chains']:.0f}/s, single lock "

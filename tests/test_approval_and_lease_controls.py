@@ -174,7 +174,9 @@ async def _rogue(client: Client, queue: str, run_id: str, tool: str, args: dict[
     handle = await client.start_workflow("tests.rogue", inv.model_dump(mode="json"), id=run_id, task_queue=queue)
     with pytest.raises(Exception) as err:
         await asyncio.wait_for(handle.result(), timeout=30)
-    return str(err.value.__cause__.__cause__)  # type: ignore[union-attr]
+    cause = err.value.__cause__
+    assert cause is not None, err.value
+    return str(cause.__cause__)
 
 
 async def test_a_compensation_claim_needs_a_completed_forward_step_of_this_run(

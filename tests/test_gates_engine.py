@@ -110,7 +110,9 @@ def test_taint_makes_egress_need_approval(bundle: PolicyBundle) -> None:
 
 
 def test_step_limit_denies(bundle: PolicyBundle) -> None:
-    limit = registry.get("refund-agent").max_steps  # type: ignore[union-attr]
+    spec = registry.get("refund-agent")
+    assert spec is not None
+    limit = spec.max_steps
     d = decide(bundle, "orders.lookup", {"order_id": "A-1001"}, steps_taken=limit)
     assert (d.outcome, d.gate) == ("deny", "step_limit") and f"{limit} of {limit}" in d.reasons[0]
 

@@ -301,7 +301,9 @@ async def test_a_compensation_claim_is_checked_against_the_ledger(
             )
             with pytest.raises(Exception) as err:
                 await asyncio.wait_for(handle.result(), timeout=30)
-            assert needle in str(err.value.__cause__.__cause__), err.value  # type: ignore[union-attr]
+            cause = err.value.__cause__
+            assert cause is not None, err.value
+            assert needle in str(cause.__cause__), err.value
             assert ledger_events(deps, run_id, "tool.refused")[0]["reason"].find(needle) >= 0
     finally:
         # Anyone with database access can write an unfreeze row: unsigned, it lifts nothing.

@@ -234,11 +234,11 @@ async def test_the_kill_switch_fails_closed_against_database_writes(ledger: Ledg
     unfreeze_by("carol")
     assert not freezes.is_frozen(scope)
     with ledger.reader.connect() as conn:
-        old_unfreeze = json.loads(
-            conn.execute(
-                text("SELECT data FROM ledger WHERE chain = :c AND kind = 'unfreeze' ORDER BY chain_seq"), {"c": chain}
-            ).first()[0]  # type: ignore[index]
-        )
+        found = conn.execute(
+            text("SELECT data FROM ledger WHERE chain = :c AND kind = 'unfreeze' ORDER BY chain_seq"), {"c": chain}
+        ).first()
+        assert found is not None
+        old_unfreeze = json.loads(found[0])
 
     freezes.set(scope, True, by="carol", reason="incident 2")
     assert freezes.is_frozen(scope)

@@ -11,14 +11,14 @@ from temporalio.client import Client, WorkflowHandle
 
 from lockgate.identity import sign
 from lockgate.models import ApprovalAttempt, ApprovalRequest, GateRequest, args_digest
-from lockgate.people import SignedStatement
+from lockgate.people import Act, SignedStatement
 from tests.support.stack import person
 
 __all__ = ["approval_fields", "approval_for", "approval_judge", "recorded_request", "send_approval", "signed_as"]
 
 
-async def signed_as(name: str, act: str, fields: dict[str, Any], **kw: Any) -> SignedStatement:
-    return await asyncio.to_thread(sign, person(name), act, fields, **kw)  # type: ignore[arg-type]
+async def signed_as(name: str, act: Act, fields: dict[str, Any], **kw: Any) -> SignedStatement:
+    return await asyncio.to_thread(sign, person(name), act, fields, **kw)
 
 
 async def approval_fields(client: Client, handle: WorkflowHandle[Any, Any], req: ApprovalRequest) -> dict[str, Any]:
