@@ -1105,8 +1105,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8234)
     add("leases", cmd_leases, "leases not yet revoked, with run, tool and expiry").set_defaults(agents=True)
-    add("compensations", cmd_compensations, "compensations that failed and are still outstanding (exit 1 if any)")
-    add("reap", cmd_reap, "one pass of the reaper: clean up runs that ended without their own cleanup")
+    # Both read the agents' tools: an outstanding compensation counts only for its forward tool.
+    add(
+        "compensations", cmd_compensations, "compensations that failed and are still outstanding (exit 1 if any)"
+    ).set_defaults(agents=True)
+    add("reap", cmd_reap, "one pass of the reaper: clean up runs that ended without their own cleanup").set_defaults(
+        agents=True
+    )
     add("archive", cmd_archive, "one pass of the archiver: keep closed runs' histories beside the ledger")
     p = add("mcp", cmd_mcp, "MCP servers: list, review SERVER (diff against its pin), pin SERVER (approve)")
     p.set_defaults(agents=True)  # the servers are declared with the agents that use them

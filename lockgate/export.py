@@ -294,7 +294,8 @@ def _check_complete(bundle: dict[str, Any], run_id: str, proof: Any, report: Bun
     kinds = [e.get("kind") for e in entries]
     if _OPENING not in kinds:
         report.lack(f"{_OPENING} (the run's first entry)")
-    elif kinds[0] != _OPENING:
+    elif kinds[: kinds.index(_OPENING)] != ["start.decision"] * kinds.index(_OPENING):
+        # Only the start's own authorization (`start.decision`, recorded as the run opens) may come first.
         report.problems.append(f"the main chain does not begin with {_OPENING}")
     if _CLOSING not in kinds:
         report.lack(f"{_CLOSING} (the run's closing entry)")

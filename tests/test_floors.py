@@ -36,6 +36,7 @@ FLOORS: dict[str, int] = {
     "lockgate.evidence": NOUNS,
     "lockgate.vaultio": NOUNS,
     "lockgate.observability": NOUNS,
+    "lockgate.metrics": NOUNS,
     "lockgate.gates": NOUNS,
     "lockgate.dropin.models": NOUNS,
     "lockgate.dropin.spec": NOUNS,
@@ -71,6 +72,7 @@ FLOORS: dict[str, int] = {
     "lockgate.demo": APART,
     "lockgate.testing": APART,
     "lockgate.deploy": APART,
+    "lockgate.setup": APART,
 }
 
 

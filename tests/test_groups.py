@@ -44,6 +44,8 @@ async def test_a_team_creates_its_group_and_manages_members(env: dict[str, str])
     assert unknown.returncode == 2 and "no such person: nobody-here" in unknown.stderr
     missing = await _cli(env, "groups", "add", f"{group}-x", "carol", token=root)
     assert missing.returncode == 2 and "no such group" in missing.stderr
+    # The session's people keep their seed groups for the tests that follow.
+    assert (await _cli(env, "groups", "remove", group, "carol", token=root)).returncode == 0
 
 
 async def test_a_person_cannot_put_herself_in_an_approver_group(env: dict[str, str]) -> None:
@@ -75,3 +77,4 @@ async def test_a_token_with_the_group_admin_policy_is_enough(env: dict[str, str]
     assert added.returncode == 0 and json.loads(added.stdout)["members"] == ["frank"], added.stderr
     whoami = await _cli(as_person(env, "frank"), "whoami", "--json")
     assert group in json.loads(whoami.stdout)["groups"], whoami.stdout
+    assert (await _cli(env, "groups", "remove", group, "frank", token=admin)).returncode == 0

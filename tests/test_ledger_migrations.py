@@ -89,7 +89,8 @@ async def test_a_runtime_role_with_only_its_grants_runs_a_governed_call(
             assert await finish(handle) is None
         assert len(outside.refunds(handle.id)) == 1
         kinds = [e.kind for e in deps.ledger.entries(handle.id)]
-        assert kinds[0] == "run.opened" and kinds[-1] == "run.closed" and "tool.completed" in kinds
+        # The start's authorization is recorded as the run opens, then the run itself.
+        assert kinds[:2] == ["start.decision", "run.opened"] and kinds[-1] == "run.closed" and "tool.completed" in kinds
         deps.ledger.seal()
         # What the runtime role may not do: alter, delete, truncate.
         plain = make_url(runtime).set(drivername="postgresql").render_as_string(hide_password=False)

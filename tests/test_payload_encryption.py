@@ -231,6 +231,8 @@ def test_worker_policy_has_exactly_the_transit_paths_it_needs(deps: Any, outside
             # The ledger's checkpoints: sign with its key and read its public versions.
             "transit/sign/lockgate-ledger",
             "transit/keys/lockgate-ledger",
+            # The ledger's rows: a MAC per row, with a key derived from this one (never exported).
+            "transit/hmac/lockgate-ledger-rows/*",
         ]
     )
     approle: hvac.Client = deps.vault.client
