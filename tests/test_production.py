@@ -332,7 +332,7 @@ def test_production_deployment(procs: Procs, tmp_path: Path) -> None:
 
     socket_dir = start_postgres(procs, tmp_path / "pg")
     people = tmp_path / "people.json"  # what the team's IdP sync would write
-    people.write_text(json.dumps({"alice": ["finance"], "bob": ["finance"], "erin": []}))
+    people.write_text(json.dumps({"alice": ["finance"], "bob": ["finance"], "erin": ["requesters"]}))
 
     common = {
         **_base_env(),
