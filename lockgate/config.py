@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lockgate.errors import UserError
 
-__all__ = ["Settings", "archive_dir", "load_settings", "read_env_file"]
+__all__ = ["Settings", "archive_dir", "load_settings", "production_problems", "read_env_file"]
 
 
 class Settings(BaseModel):
@@ -47,6 +47,9 @@ class Settings(BaseModel):
     metrics_address: str | None = None
     # On SIGTERM the worker stops polling and gives running activities this long to finish.
     drain_seconds: float = Field(default=30.0, ge=0)
+    # Production mode: the worker refuses dev defaults (`production_problems`) unless allowed by name.
+    production: bool = False
+    production_allow: str = ""
 
 
 _ENV_NAMES = {
@@ -69,6 +72,8 @@ _ENV_NAMES = {
     "operator_token": "LOCKGATE_OPERATOR_TOKEN",
     "metrics_address": "LOCKGATE_METRICS_ADDRESS",
     "drain_seconds": "LOCKGATE_DRAIN_SECONDS",
+    "production": "LOCKGATE_PRODUCTION",
+    "production_allow": "LOCKGATE_PRODUCTION_ALLOW",
 }
 
 
@@ -103,3 +108,24 @@ def load_settings(environ: dict[str, str] | None = None) -> Settings:
 def archive_dir(settings: Settings) -> Path:
     """Where closed runs' histories are archived: LOCKGATE_ARCHIVE_DIR, else STATE_DIR/archive."""
     return settings.archive_dir or Path(settings.state_dir) / "archive"
+
+
+def production_problems(settings: Settings) -> list[str]:
+    """What a production worker refuses to start with (`LOCKGATE_PRODUCTION=1`), each unless named in
+    `LOCKGATE_PRODUCTION_ALLOW` (comma-separated): `plain-vault` (Vault over http), `sqlite-ledger` (a
+    ledger file on one host's disk), `root-token` (`VAULT_TOKEN` in the worker's environment: it
+    logs in with its AppRole), `clear-payloads` (no payload key: regulated data in clear in history)."""
+    if not settings.production:
+        return []
+    allowed = {a.strip() for a in settings.production_allow.split(",") if a.strip()}
+    checks = {
+        "plain-vault": (settings.vault_addr.startswith("http://"), f"VAULT_ADDR {settings.vault_addr} is plain http"),
+        "sqlite-ledger": (settings.ledger_url.startswith("sqlite"), "LOCKGATE_LEDGER_URL is a SQLite file"),
+        "root-token": (bool(settings.vault_token), "VAULT_TOKEN is set in the worker's environment"),
+        "clear-payloads": (not settings.payload_key, "LOCKGATE_PAYLOAD_KEY is unset: payloads in clear"),
+    }
+    return [
+        f"{why} (allow with LOCKGATE_PRODUCTION_ALLOW={name})"
+        for name, (bad, why) in checks.items()
+        if bad and name not in allowed
+    ]

@@ -41,7 +41,7 @@ from lockgate.activities.planner import LLMPlannerActivities
 from lockgate.activities.reaper import Reaper
 from lockgate.activities.tools import Resources, ToolRunner
 from lockgate.activities.vault import VaultBroker
-from lockgate.config import Settings, archive_dir, load_settings
+from lockgate.config import Settings, archive_dir, load_settings, production_problems
 from lockgate.errors import PolicyError, UserError
 from lockgate.gates.bundle import PolicyBundle
 from lockgate.observability import setup_logging
@@ -365,6 +365,9 @@ async def connect(
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    problems = production_problems(settings)
+    if problems:
+        raise UserError("production mode refuses: " + "; ".join(problems))
     deps = build_deps(settings)
     runtime = metrics_runtime(settings.metrics_address) if settings.metrics_address else None
     client = await connect(settings, deps.vault, runtime=runtime)
