@@ -718,9 +718,9 @@ async def cmd_archive(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         deps.ledger.dispose()
     if args.json:
-        _print_json({"archived": archived, "directory": str(archive.directory)})
+        _print_json({"archived": archived, "stored": "ledger"})
     else:
-        print(f"archived the histories of {len(archived)} closed run(s) in {archive.directory}")
+        print(f"archived the histories of {len(archived)} closed run(s) in the ledger database")
     return 0
 
 

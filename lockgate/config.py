@@ -50,6 +50,12 @@ class Settings(BaseModel):
     # Production mode: the worker refuses dev defaults (`production_problems`) unless allowed by name.
     production: bool = False
     production_allow: str = ""
+    # Whether this worker runs the cluster's background work (reaper, archiver, checkpointer: Temporal
+    # workflows, once per cluster); off for a worker that should only host tools.
+    background: bool = True
+    # Seconds between the reaper's and the archiver's passes (the cluster's, whichever worker runs them).
+    reap_interval: float = Field(default=15.0, gt=0)
+    archive_interval: float = Field(default=10.0, gt=0)
 
 
 _ENV_NAMES = {
@@ -74,6 +80,9 @@ _ENV_NAMES = {
     "drain_seconds": "LOCKGATE_DRAIN_SECONDS",
     "production": "LOCKGATE_PRODUCTION",
     "production_allow": "LOCKGATE_PRODUCTION_ALLOW",
+    "background": "LOCKGATE_BACKGROUND",
+    "reap_interval": "LOCKGATE_REAP_INTERVAL",
+    "archive_interval": "LOCKGATE_ARCHIVE_INTERVAL",
 }
 
 

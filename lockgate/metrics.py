@@ -10,6 +10,10 @@ recorded through the activity's metric meter so both share one endpoint and one 
 - `lockgate_calls_refused` (counter; `activity`, `why`): calls refused before anything ran (a caller
   that is not a governed run, an invocation for another run or tool).
 
+The cluster's background passes (activities/background.py) set gauges:
+`lockgate_reaper_backlog` (runs the reaper found needing work and left), `lockgate_open_runs`,
+`lockgate_checkpoint_pending_chains` and `lockgate_checkpoint_lag_seconds`.
+
 Outside an activity (the reaper, tests calling code directly) recording is a no-op.
 """
 
@@ -19,7 +23,7 @@ from datetime import timedelta
 
 from temporalio import activity
 
-__all__ = ["count", "decided"]
+__all__ = ["count", "decided", "gauge"]
 
 
 def _meter() -> object | None:
@@ -48,3 +52,11 @@ def decided(outcome: str, gate: str, phase: str, elapsed: timedelta) -> None:
     meter.create_histogram_timedelta(  # type: ignore[attr-defined]
         "lockgate_gate_latency", "time to evaluate one gate request", "ms"
     ).with_additional_attributes({"outcome": outcome}).record(elapsed)
+
+
+def gauge(name: str, description: str, value: float, **attributes: str) -> None:
+    """Sets gauge `name` (with these attribute values) to `value`."""
+    meter = _meter()
+    if meter is None:
+        return
+    meter.create_gauge_float(name, description).with_additional_attributes(attributes).set(float(value))  # type: ignore[attr-defined]

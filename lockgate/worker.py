@@ -35,7 +35,7 @@ from lockgate.activities.codec import TransitCodec, VaultTransit
 from lockgate.activities.freeze import FreezeStore, unfreeze_verifier
 from lockgate.activities.governance import GovernanceActivities, bundle_content
 from lockgate.activities.identity import LedgerKeyArchive, PeopleDirectory
-from lockgate.activities.ledger import Ledger
+from lockgate.activities.ledger import CHECKPOINT_INTERVAL, Ledger
 from lockgate.activities.ledger.rowkey import LEDGER_ROW_KEY, VaultRowKeys
 from lockgate.activities.planner import LLMPlannerActivities
 from lockgate.activities.reaper import Reaper
@@ -44,6 +44,7 @@ from lockgate.activities.vault import VaultBroker
 from lockgate.config import Settings, archive_dir, load_settings, production_problems
 from lockgate.errors import PolicyError, UserError
 from lockgate.gates.bundle import PolicyBundle
+from lockgate.names import BACKGROUND_JOBS, WORKFLOW_BACKGROUND, background_queue
 from lockgate.observability import setup_logging
 from lockgate.plugin import LockgatePlugin
 from lockgate.policies import load_bundle
@@ -54,6 +55,7 @@ __all__ = [
     "Deps",
     "build_activities",
     "build_archive",
+    "build_background_worker",
     "build_deps",
     "build_governance",
     "build_reaper",
@@ -274,6 +276,52 @@ async def reap_forever(client: Client, reaper: Reaper, interval: float, stop: as
             await asyncio.wait_for(stop.wait(), timeout=interval)
         except TimeoutError:
             pass
+
+
+def background_intervals(settings: Settings, reap_interval: float | None = None) -> dict[str, float]:
+    """Seconds between passes of each background job (this worker's settings)."""
+    return {
+        "reaper": reap_interval if reap_interval is not None else settings.reap_interval,
+        "archiver": settings.archive_interval,
+        "checkpointer": CHECKPOINT_INTERVAL,
+    }
+
+
+def build_background_worker(
+    client: Client, deps: Deps, task_queue: str, intervals: dict[str, float] | None = None
+) -> Worker:
+    """The worker of the cluster's background jobs (workflows/background.py) on their own queue
+    (`background_queue(task_queue)`): only workers with `LOCKGATE_BACKGROUND` on poll it."""
+    from lockgate.activities.background import BackgroundActivities
+    from lockgate.activities.callers import CallerGuard
+    from lockgate.plugin import workflow_runner
+    from lockgate.workflows.background import BackgroundWorkflow
+
+    queue = background_queue(task_queue)
+    passes = BackgroundActivities(
+        client=client,
+        reaper=build_reaper(deps),
+        archive=build_archive(deps),
+        ledger=deps.ledger,
+        intervals=intervals or background_intervals(deps.settings),
+    )
+    guard = CallerGuard(
+        client=client,
+        task_queue=queue,
+        hosted=frozenset({WORKFLOW_BACKGROUND}),
+        record=lambda key, run_id, data: deps.ledger.try_append(key, run_id, "caller.refused", data),
+        guarded=lambda t: t in BACKGROUND_JOBS.values(),
+    )
+    return Worker(
+        client,
+        task_queue=queue,
+        workflows=[BackgroundWorkflow],
+        activities=passes.activities(),
+        interceptors=[guard],
+        workflow_runner=workflow_runner(),
+        max_concurrent_activities=len(BACKGROUND_JOBS),
+        graceful_shutdown_timeout=timedelta(seconds=deps.settings.drain_seconds),
+    )
 
 
 def build_activities(deps: Deps) -> list[Callable[..., Any]]:

@@ -144,9 +144,9 @@ def check(engine: Engine) -> None:
 RUNTIME_GRANTS = (
     "GRANT USAGE ON SCHEMA public TO {role}",
     "GRANT SELECT ON alembic_version, ledger, ledger_heads, ledger_checkpoints, ledger_checkpoint_heads, "
-    "ledger_keys, ledger_meta, policy_bundles, freezes TO {role}",
+    "ledger_keys, ledger_meta, policy_bundles, freezes, history_archive TO {role}",
     "GRANT INSERT ON ledger, ledger_heads, ledger_checkpoints, ledger_checkpoint_heads, ledger_keys, "
-    "ledger_meta, policy_bundles, freezes TO {role}",
+    "ledger_meta, policy_bundles, freezes, history_archive TO {role}",
     "GRANT UPDATE (size, head, closed, dirty, sealed_size, sealed_final) ON ledger_heads TO {role}",
     'GRANT UPDATE (frozen, "by", reason, at, evidence) ON freezes TO {role}',
     "GRANT USAGE ON SEQUENCE ledger_seq_seq TO {role}",
