@@ -59,6 +59,19 @@ def upgrade() -> None:
             sa.Column("content", sa.Text, nullable=False),
             sa.Column("archived_at", sa.String, nullable=False),
         )
+    if op.get_bind().dialect.name == "postgresql":
+        # The runtime roles that may append to the ledger (RUNTIME_GRANTS) may store archives too:
+        # an existing deployment keeps working after `lockgate migrate`, with no new GRANT to run.
+        roles = op.get_bind().execute(
+            sa.text(
+                "SELECT DISTINCT grantee FROM information_schema.role_table_grants "
+                "WHERE table_schema = 'public' AND table_name = 'ledger' AND privilege_type = 'INSERT' "
+                "AND grantee <> current_user"
+            )
+        )
+        for (role,) in roles:
+            quoted = str(role).replace('"', '""')
+            op.execute(sa.text(f'GRANT SELECT, INSERT ON history_archive TO "{quoted}"'))
 
 
 def downgrade() -> None:
