@@ -26,6 +26,7 @@ from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
+from lockgate import errors
 from lockgate.config import Settings
 from lockgate.names import BACKGROUND_JOBS, background_queue, background_workflow_id
 from lockgate.workflows.background import BackgroundJob
@@ -253,3 +254,22 @@ async def test_migrate_indexes_the_scans_by_kind(env: dict[str, str], settings: 
             r[0] for r in conn.execute("EXPLAIN SELECT DISTINCT run_id FROM ledger WHERE kind = 'history.archived'")
         )
         assert "ix_ledger_kind_run" in plan, plan
+
+
+async def test_a_foreign_workflow_cannot_drive_a_background_pass(
+    client: Client, cluster: dict[str, Any], worker_running: str, deps: Any
+) -> None:
+    """A Temporal client's own workflow schedules the reaper's pass on the background queue with a
+    state it wrote (a watermark in the future, to hide closed runs): refused before anything ran."""
+    from tests.rogue import RogueCallWorkflow
+
+    spec = {
+        "queue": background_queue(cluster["queue"]),
+        "activity": "background.reap",
+        "arg": {"job": "reaper", "since": "2999-01-01T00:00:00+00:00", "cursor": "zzz"},
+    }
+    wid = f"rogue-bg-{uuid.uuid4().hex[:8]}"
+    answer = await client.execute_workflow(RogueCallWorkflow.run, spec, id=wid, task_queue=worker_running)
+    assert answer["ok"] is False and "refused" in answer["message"], answer
+    assert answer["type"] == errors.BAD_INPUT and answer["retry_state"] == "NON_RETRYABLE_FAILURE", answer
+    assert "caller.refused" in ledger_kinds(deps, wid)
