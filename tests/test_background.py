@@ -273,3 +273,51 @@ async def test_a_foreign_workflow_cannot_drive_a_background_pass(
     assert answer["ok"] is False and "refused" in answer["message"], answer
     assert answer["type"] == errors.BAD_INPUT and answer["retry_state"] == "NON_RETRYABLE_FAILURE", answer
     assert "caller.refused" in ledger_kinds(deps, wid)
+
+
+class _RacingSigner:
+    """The real Transit signer, with a rival checkpointer that, while this one waits for its
+    signature, appends to the same chain and takes the next checkpoint number `losses` times."""
+
+    def __init__(self, real: Any, rival: Any, chain: str, losses: int) -> None:
+        self._real, self._rival, self._chain, self.left = real, rival, chain, losses
+        self.key_name = real.key_name
+
+    def sign(self, message: bytes) -> str:
+        if self.left > 0:
+            self.left -= 1
+            self._rival.append(f"rival:{uuid.uuid4().hex}", self._chain, "note", {"by": "rival"})
+            assert self._rival.checkpoint() is not None
+            self._rival.append(f"rival:{uuid.uuid4().hex}", self._chain, "note", {"by": "rival"})
+        return str(self._real.sign(message))
+
+    def public_keys(self) -> dict[int, str]:
+        return dict(self._real.public_keys())
+
+    def write_witness(self, name: str, record: dict[str, Any]) -> None:
+        self._real.write_witness(name, record)
+
+    def read_witness(self, name: str) -> dict[str, Any] | None:
+        return self._real.read_witness(name)
+
+
+def test_a_checkpointer_that_keeps_losing_the_race_retries_until_it_signs(deps: Any, tmp_path: Path) -> None:
+    """Two checkpointers on one ledger: the loser of each race signs again on top of the winner's
+    checkpoint, however many times it loses (it once gave up after ten), and the ledger verifies."""
+    from lockgate.activities.anchor import TransitAnchor
+    from lockgate.activities.ledger import Ledger
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    real = TransitAnchor(lambda: deps.vault.client)
+    rival = Ledger(url, signer=real, checkpoint_interval=None)
+    racing = _RacingSigner(real, rival, "run-raced", losses=15)
+    loser = Ledger(url, signer=racing, checkpoint_interval=None)
+    try:
+        loser.append("first", "run-raced", "note", {"by": "loser"})
+        seq = loser.checkpoint()
+        assert racing.left == 0 and seq == 16  # fifteen numbers taken by the rival, then its own
+        assert loser.checkpoint() is None  # nothing left unsigned
+        assert loser.verify() == []
+    finally:
+        loser.dispose()
+        rival.dispose()
