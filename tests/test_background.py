@@ -321,3 +321,42 @@ def test_a_checkpointer_that_keeps_losing_the_race_retries_until_it_signs(deps: 
     finally:
         loser.dispose()
         rival.dispose()
+
+
+async def test_the_background_passes_publish_backlog_and_lag_gauges(
+    client: Client, env: dict[str, str], tmp_path: Path
+) -> None:
+    """The only worker of its cluster runs every pass, and its metrics endpoint shows the reaper's
+    backlog and the checkpoint lag."""
+    import urllib.request
+
+    from lockgate.devstack import free_port
+
+    queue = f"bg-m-{uuid.uuid4().hex[:8]}"
+    address = f"127.0.0.1:{free_port()}"
+    log, proc = _start_worker(
+        {**env, "LOCKGATE_TASK_QUEUE": queue, "LOCKGATE_REAP_INTERVAL": "1", "LOCKGATE_METRICS_ADDRESS": address},
+        tmp_path / "worker.log",
+    )
+
+    def scrape() -> str:
+        try:
+            with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as response:
+                return response.read().decode()
+        except OSError:
+            return ""
+
+    try:
+        deadline = time.monotonic() + 90
+        wanted = ("lockgate_reaper_backlog", "lockgate_open_runs", "lockgate_checkpoint_lag_seconds")
+        while True:
+            text = await asyncio.to_thread(scrape)
+            if all(name in text for name in wanted):
+                break
+            assert proc.poll() is None, (tmp_path / "worker.log").read_text()[-2000:]
+            assert time.monotonic() < deadline, f"gauges missing from the scrape: {text[-1500:]}"
+            await asyncio.sleep(1)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
