@@ -201,14 +201,20 @@ async def test_archived_histories_are_read_from_the_ledger_on_any_host(
     # Someone with write access to the database edits the stored history: it no longer matches the
     # digest the ledger recorded (and a checkpoint signed), and nothing replays it.
     with sqlite3.connect(ledger_file) as conn:
+        (original,) = conn.execute("SELECT content FROM history_archive WHERE run_id = ?", (handle.id,)).fetchone()
         conn.execute(
             "UPDATE history_archive SET content = replace(content, 'lockgate', 'lockgatX') WHERE run_id = ?",
             (handle.id,),
         )
-    edited = await asyncio.to_thread(_cli_elsewhere, env, tmp_path, "audit", handle.id)
-    assert "does not match its ledger digest (edited)" in edited.stdout, edited.stdout + edited.stderr
-    bad = await asyncio.to_thread(_cli_elsewhere, env, tmp_path, "replay", handle.id, "--json")
-    assert bad.returncode != 0, bad.stdout
+    try:
+        edited = await asyncio.to_thread(_cli_elsewhere, env, tmp_path, "audit", handle.id)
+        assert "does not match its ledger digest (edited)" in edited.stdout, edited.stdout + edited.stderr
+        bad = await asyncio.to_thread(_cli_elsewhere, env, tmp_path, "replay", handle.id, "--json")
+        assert bad.returncode != 0, bad.stdout
+    finally:
+        # The session's ledger is shared: later tests replay every archived run.
+        with sqlite3.connect(ledger_file) as conn:
+            conn.execute("UPDATE history_archive SET content = ? WHERE run_id = ?", (original, handle.id))
 
 
 async def test_a_worker_with_background_off_runs_none_of_it(client: Client, settings: Settings) -> None:
