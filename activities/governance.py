@@ -103,20 +103,22 @@ class GovernanceActivities:
     def __init__(
         self,
         *,
-        bundle: Callable[[], PolicyBundle],
+        bundle: Callable[..., PolicyBundle],
         agents: AgentRegistry,
         ledger: Ledger,
         vault: VaultBroker,
         freezes: FreezeStore,
         people: PeopleDirectory,
         approvals: ApprovalActivities,
+        shadow: Callable[[GateRequest, Decision], None] | None = None,
     ) -> None:
         # No optional control: a worker without the kill switch, the people directory or the approval
         # judge would run unfrozen, with unchecked starts, or with approvals silently ignored.
         self._freezes = freezes
         self._people = people
         self._approvals = approvals
-        self._bundle = bundle
+        self._bundle = bundle  # agent name -> the bundle that decides it (its team's, or the local one)
+        self._shadow = shadow
         self._agents = agents
         self._ledger = ledger
         self._vault = vault
@@ -147,7 +149,7 @@ class GovernanceActivities:
             request = request.model_copy(update={"state": request.state.model_copy(update={"frozen": True})})
         with span("lockgate.gate", run_id=request.run_id, step=request.step, tool=request.call.tool):
             decision = evaluate(
-                self._bundle(),
+                self._bundle(request.agent),
                 self._agents.get(request.agent),
                 request,
                 now=datetime.now(UTC),
@@ -155,6 +157,8 @@ class GovernanceActivities:
             )
         phase = decision_phase(request, attempt)
         record_decision(self._ledger, decision, request, phase)
+        if self._shadow is not None:
+            self._shadow(request, decision)  # a candidate bundle's would-be decision: recorded, no effect
         metrics.decided(decision.outcome, decision.gate, phase, datetime.now(UTC) - started)
         log.info(
             "decision run=%s step=%s tool=%s outcome=%s gate=%s policies=%s",
@@ -307,7 +311,9 @@ class GovernanceActivities:
                 request.run_id, request.origin_run_id, f"start signed by {act.person}, not the initiator named"
             )
         if (
-            why := authorize_start(self._ledger, self._bundle(), self._agents.get(request.agent), act, request.run_id)
+            why := authorize_start(
+                self._ledger, self._bundle(request.agent), self._agents.get(request.agent), act, request.run_id
+            )
         ) is not None:
             raise self.refuse_run(request.run_id, request.origin_run_id, f"start: {why}")
 

@@ -1118,10 +1118,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "review", "pin"])
     p.add_argument("server", nargs="?")
     p.add_argument("--policy-dir", help="where the pin file goes (default: LOCKGATE_POLICY_DIR)")
-    p = add("policy", cmd_policy, "policies: check, test (cases in DIR/tests), diff CANDIDATE_DIR, schema")
+    from lockgate.policysupply import SUPPLY_ACTIONS
+
+    p = add(
+        "policy", cmd_policy, "policies: check, test, diff, schema; signed team bundles: publish, sign, promote, ..."
+    )
     p.set_defaults(agents=True)  # validated against the schema generated from the agents' tools
-    p.add_argument("action", choices=["check", "test", "diff", "schema"])
-    p.add_argument("dir", nargs="?", help="policy directory (diff: the candidate bundle's)")
+    p.add_argument("action", choices=["check", "test", "diff", "schema", *SUPPLY_ACTIONS])
+    p.add_argument("dir", nargs="?", help="policy directory (diff: the candidate bundle's; sign/promote/shadow: HASH)")
+    p.add_argument("--team", help="publish, sign, promote, rollback, shadow, status, shadow-report: the team")
+    p.add_argument("--stop", action="store_true", help="shadow: stop shadowing the team's candidate")
     return parser
 
 

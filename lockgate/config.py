@@ -50,6 +50,8 @@ class Settings(BaseModel):
     # Production mode: the worker refuses dev defaults (`production_problems`) unless allowed by name.
     production: bool = False
     production_allow: str = ""
+    # Signed team bundles (lockgate/teambundles.py): distinct policy owners who must sign a bundle and a switch.
+    policy_quorum: int = Field(default=2, ge=1)
 
 
 _ENV_NAMES = {
@@ -74,6 +76,7 @@ _ENV_NAMES = {
     "drain_seconds": "LOCKGATE_DRAIN_SECONDS",
     "production": "LOCKGATE_PRODUCTION",
     "production_allow": "LOCKGATE_PRODUCTION_ALLOW",
+    "policy_quorum": "LOCKGATE_POLICY_QUORUM",
 }
 
 

@@ -125,9 +125,12 @@ class Deps:
     # Verifies people's signed acts (approvals, starts, halts, unfreezes) with Vault's public keys.
     people: PeopleDirectory
     agents: AgentRegistry = field(default_factory=AgentRegistry)
+    # Signed team bundles in force (lockgate/teambundles.py); None: the local folder decides all.
+    teams: Any = None
 
-    def current_bundle(self) -> PolicyBundle:
-        return self.bundle
+    def current_bundle(self, agent: str | None = None) -> PolicyBundle:
+        """The bundle that decides `agent`: its team's signed bundle in force, else the local one."""
+        return self.teams.bundle_for(agent) if self.teams is not None else self.bundle
 
     def reload_policies(self) -> list[str]:
         """Loads the policy dir again. A valid bundle takes effect at the next gate; an invalid one
@@ -153,6 +156,10 @@ class Deps:
                 len(bundle.statements),
             )
             self.bundle = bundle
+            from lockgate.teambundles import DENY_ALL
+
+            if self.teams is not None and self.teams.local is not DENY_ALL:
+                self.teams.local = bundle  # dev mode: the folder decides agents without a signed bundle
         return []
 
 
@@ -210,6 +217,7 @@ def build_deps(settings: Settings, agents: AgentRegistry | None = None) -> Deps:
         ) from err
     ledger.register_bundle(bundle.hash, bundle_content(bundle))
     people = PeopleDirectory(vault, archive=LedgerKeyArchive(ledger))
+    teams = team_bundles(settings, ledger, people, agents, bundle)
     return Deps(
         settings=settings,
         vault=vault,
@@ -218,7 +226,22 @@ def build_deps(settings: Settings, agents: AgentRegistry | None = None) -> Deps:
         freezes=FreezeStore(ledger, verify=unfreeze_verifier(people)),
         agents=agents,
         people=people,
+        teams=teams,
     )
+
+
+def team_bundles(settings: Settings, ledger: Ledger, people: PeopleDirectory, agents: AgentRegistry, local: Any) -> Any:
+    """Signed team bundles from the ledger; the local folder decides the rest only in dev mode."""
+    from lockgate.activities.policystore import PolicyStore, people_verifier
+    from lockgate.teambundles import DENY_ALL, TeamBundles
+
+    store = PolicyStore(ledger, people_verifier(people), settings.policy_quorum)
+    unsigned = not settings.production or "local-policies" in settings.production_allow.split(",")
+    if not unsigned:
+        log.warning(
+            "production mode: the local policy folder is not used (unsigned); agents without a signed bundle are denied"
+        )
+    return TeamBundles(store, agents, local if unsigned else DENY_ALL)
 
 
 def build_approvals(deps: Deps) -> ApprovalActivities:
@@ -234,6 +257,7 @@ def build_governance(deps: Deps) -> GovernanceActivities:
         freezes=deps.freezes,
         people=deps.people,
         approvals=build_approvals(deps),
+        shadow=deps.teams.shadow if deps.teams is not None else None,
     )
 
 

@@ -50,6 +50,7 @@ FLOORS: dict[str, int] = {
     "lockgate.worker": ENGINE,
     "lockgate.identity": ENGINE,
     "lockgate.dropin": ENGINE,
+    "lockgate.teambundles": ENGINE,  # which signed team bundle decides each hosted agent
     # The operator API: what the CLI, the inbox and the tests call.
     "lockgate.ops": OPERATOR,
     "lockgate.audit": OPERATOR,
@@ -62,6 +63,7 @@ FLOORS: dict[str, int] = {
     # The shells.
     "lockgate.cli": SHELL,
     "lockgate.policycli": SHELL,
+    "lockgate.policysupply": SHELL,
     "lockgate.mcp.cli": SHELL,
     "lockgate.inbox": SHELL,
     "lockgate.codec_server": SHELL,
