@@ -156,7 +156,9 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         raise UserError(f"start refused: {refusal}")
     # Starting needs only encryption; with --wait a person who may not read still learns the outcome.
     client = await _client(settings, read=False)
-    handle = await start_run(client, settings.task_queue, args.agent, data, session=session, run_id=run_id)
+    handle = await start_run(
+        client, settings.task_queue, args.agent, data, session=session, run_id=run_id, tenant=args.tenant
+    )
     if not args.wait:
         if args.json:
             _print_json({"run_id": handle.id})
@@ -1031,6 +1033,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="the agent's input as a JSON object")
     p.add_argument("--id", help="run id (default: AGENT-<random>)")
     p.add_argument("--wait", action="store_true", help="wait for the run to end and print its status")
+    p.add_argument("--tenant", help="the tenant the run acts for (you must be in Vault group tenant-<name>)")
 
     p = add("status", cmd_status, "state, step, pending approvals and open leases of a run")
     p.add_argument("run_id")

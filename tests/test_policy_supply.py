@@ -28,6 +28,7 @@ from lockgate.config import Settings
 from lockgate.demo import DEMO_AGENT_MODULES
 from lockgate.gates.bundles import TeamBundle
 from lockgate.identity import login_userpass, sign
+from lockgate.models import GateRequest, RunInput, args_digest
 from lockgate.spec import AgentRegistry, load_agents
 from lockgate.teambundles import DENY_ALL
 from tests.support.stack import Outside, cli, finish, ledger_events, pending_request, start
@@ -37,10 +38,21 @@ SP, SRE = "support-platform", "sre-platform"
 OWNERS = {SP: ("alice", "bob"), SRE: ("carol", "dave")}
 
 
-def _owner_groups(outside: Outside) -> None:
-    for team, people in OWNERS.items():
+# Groups this module adds to the session's Vault (and removes again: other tests read people's groups).
+GROUPS = {
+    **{f"{team}-policy-owners": people for team, people in OWNERS.items()},
+    "tenant-acme": ("erin",),
+    "tenant-globex": ("erin",),
+}
+
+
+def _groups(outside: Outside, present: bool) -> None:
+    for group, people in GROUPS.items():
+        if not present:
+            outside.vault.delete(f"identity/group/name/{group}")
+            continue
         ids = [outside.vault.read(f"identity/entity/name/{p}")["data"]["id"] for p in people]
-        outside.vault.write_data(f"identity/group/name/{team}-policy-owners", data={"member_entity_ids": ids})
+        outside.vault.write_data(f"identity/group/name/{group}", data={"member_entity_ids": ids})
 
 
 class Cluster:
@@ -91,7 +103,7 @@ def _variant(base: Path, team: str, name: str, extra: str) -> Path:
 async def cluster(
     settings: Settings, env: dict[str, str], client: Client, outside: Outside, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[Cluster]:
-    _owner_groups(outside)
+    _groups(outside, True)
     base = tmp_path_factory.mktemp("supply")
     url = f"sqlite:///{base / 'ledger.db'}"
     env = {**env, "LOCKGATE_LEDGER_URL": url}
@@ -114,6 +126,7 @@ async def cluster(
             await w.__aexit__(None, None, None)
         for deps in c.deps.values():
             deps.ledger.dispose()
+        _groups(outside, False)
 
 
 async def _refund(c: Cluster, cents: int = 1500) -> tuple[str, BaseException | None]:
@@ -179,7 +192,7 @@ async def test_rollout_mid_traffic_rollback_and_refusals(cluster: Cluster, worke
     )
     # Traffic on the worker while the owners switch the bundle in force.
     traffic: list[str] = []
-    switched = asyncio.Event()
+    switched, first = asyncio.Event(), asyncio.Event()
 
     async def drive() -> None:
         after = 0
@@ -187,11 +200,11 @@ async def test_rollout_mid_traffic_rollback_and_refusals(cluster: Cluster, worke
             run_id, failure = await _refund(c, 1200)
             assert failure is None
             traffic.append(run_id)
+            first.set()
             after += switched.is_set()
 
     driving = asyncio.create_task(drive())
-    while not traffic:
-        await asyncio.sleep(0.2)
+    await first.wait()  # one run decided under v1 before the switch
     v2 = await c.release(SP, v2_dir)
     switched.set()
     await driving
@@ -224,7 +237,7 @@ async def test_rollout_mid_traffic_rollback_and_refusals(cluster: Cluster, worke
     old = next(s for s in store.switches(SP) if s["hash"] == v2)
     forged = {**old, "seq": 99}
     forged.pop("at")
-    store._ledger.append("policy.switch:forged", f"policy:{SP}", "policy.switch", forged)  # noqa: SLF001
+    store._ledger.append("policy.switch:forged", f"policy:{SP}", "policy.switch", forged)
     assert c.bundle_of(SP, "refund-agent").hash == v1
     refusals = [json.loads(e.data) for e in deps.ledger.entries_of_chains("policy:") if e.kind == "policy.refused"]
     assert any("does not count" in r["reason"] for r in refusals), refusals
@@ -288,3 +301,52 @@ async def test_a_shadow_bundle_that_would_deny_is_reported_without_denying(
     run_id, failure = await _refund(c, 1300)
     assert failure is None
     assert not [d for d in PolicyStore(c.deps[SP].ledger).shadow_decisions(SP) if d["run_id"] == run_id]
+
+
+async def _tenant_refund(c: Cluster, tenant: str) -> tuple[str, BaseException | None]:
+    with c.outside.pg() as conn:
+        conn.execute("UPDATE refunds SET reversed_at = now() WHERE reversed_at IS NULL")
+    data = {"order_id": "A-1001", "amount_cents": 1100, "reason": "tenant"}
+    run_id = f"refund-agent-{uuid.uuid4().hex[:10]}"
+    session = login_userpass(c.env["VAULT_ADDR"], "erin", c.env["LOCKGATE_DEV_PASSWORD"])
+    fields = {"run_id": run_id, "agent": "refund-agent", "input_digest": args_digest(data), "tenant": tenant}
+    signed = await asyncio.to_thread(sign, session, "start", fields)
+    handle = await c.client.start_workflow(
+        "lockgate.agent",
+        RunInput(agent="refund-agent", input=data, initiator="erin", start=signed),
+        id=run_id,
+        task_queue=c.queues[SP],
+    )
+    return run_id, await finish(handle)
+
+
+async def test_a_tenant_from_the_signed_start_is_what_policies_see(cluster: Cluster, worker_running: str) -> None:
+    c = cluster
+    deps = c.deps[SP]
+    # Orders A-* are tenant acme's: a run acting for another tenant may not refund them.
+    only = _variant(
+        c.base,
+        SP,
+        "tenants",
+        '@id("sp.tenant.own-orders-only")\n'
+        'forbid (principal, action == SupportPlatform::Action::"refunds.issue", resource)\n'
+        'when { context.run.tenant != "" && context.run.tenant != "acme" };\n',
+    )
+    await c.release(SP, only)
+    run_id, failure = await _tenant_refund(c, "acme")
+    assert failure is None
+    opened = ledger_events(deps, run_id, "run.opened")[0]
+    assert opened["tenant"] == "acme"
+    run_id, failure = await _tenant_refund(c, "globex")
+    assert failure is not None
+    denied = [d for d in ledger_events(deps, run_id, "decision") if d["tool"] == "refunds.issue"]
+    assert denied and denied[0]["outcome"] == "deny" and denied[0]["policy_ids"] == ["sp.tenant.own-orders-only"]
+    # A tenant the person is not in group tenant-<name> of: the run is refused at its start.
+    run_id, failure = await _tenant_refund(c, "initech")
+    assert failure is not None and "may not act for tenant 'initech'" in str(failure)
+    # The workflow's claim of a tenant counts for nothing: the gate takes the verified start's.
+    request = GateRequest.model_validate({**denied[0]["request"], "decision_id": f"{denied[0]['decision_id']}-claim"})
+    assert request.state.tenant == "globex"  # what the gate saw: the verified start's tenant
+    claim = request.model_copy(update={"state": request.state.model_copy(update={"tenant": "acme"})})
+    decision = worker.build_governance(deps).decide(claim)
+    assert decision.outcome == "deny" and decision.policy_ids == ("sp.tenant.own-orders-only",)
