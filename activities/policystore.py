@@ -14,6 +14,7 @@ Workers report what they loaded on `worker:<id>` (`policy.loaded`), shadow decis
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -270,7 +271,7 @@ class PolicyStore:
     def refuse(self, team: str, about: str, reason: str) -> None:
         log.error("POLICY REFUSED (team %s): %s", team, reason)
         self._ledger.try_append(
-            f"policy.refused:{team}:{about}:{abs(hash(reason))}",
+            f"policy.refused:{team}:{about}:{hashlib.sha256(reason.encode()).hexdigest()[:16]}",
             POLICY_CHAIN + team,
             "policy.refused",
             {"team": team, "about": about, "reason": reason[:500]},

@@ -17,6 +17,7 @@ import socket
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from lockgate.activities.policystore import PolicyStore, Refusal
@@ -27,12 +28,46 @@ from lockgate.gates.engine import evaluate, tool_entities
 from lockgate.models import Decision, GateRequest
 from lockgate.spec import AgentRegistry
 
-__all__ = ["DENY_ALL", "TeamBundles", "worker_id"]
+__all__ = ["DENY_ALL", "TeamBundles", "load_local_teams", "worker_id"]
 
 log = logging.getLogger("lockgate.policy")
 
 # No policy: Cedar's default deny, for agents whose bundle cannot be had (fail closed).
 DENY_ALL = PolicyBundle.build({})
+
+
+def load_local_teams(policy_dir: Path, agents: AgentRegistry) -> dict[str, TeamBundle]:
+    """Dev mode's unsigned team folders, `<policy_dir>/<folder>/bundle.json`: the bundles of the
+    teams whose agents this worker hosts (one log line for each other team's, which is not read
+    further: another team's policies can never stop this worker).
+
+    Raises:
+        PolicyError: a hosted team's folder is invalid (`folder/file:line: ...`), or two folders
+            name the same team.
+    """
+    from lockgate.gates.bundles import BUNDLE_MANIFEST, TeamManifest
+
+    hosted = {a.owner for a in agents.agents()}
+    out: dict[str, TeamBundle] = {}
+    for folder in (
+        sorted(p for p in policy_dir.iterdir() if (p / BUNDLE_MANIFEST).is_file()) if policy_dir.is_dir() else []
+    ):
+        try:
+            team = TeamManifest.parse((folder / BUNDLE_MANIFEST).read_text()).team
+        except PolicyError as err:
+            raise PolicyError([f"{folder.name}/{p}" for p in err.problems]) from None
+        if team not in hosted:
+            log.info("policy folder %s (team %s) ignored: this worker hosts none of its agents", folder.name, team)
+            continue
+        if team in out:
+            raise PolicyError([f"{folder.name}/{BUNDLE_MANIFEST}:1: team {team} has another folder"])
+        files = {p.name: p.read_text() for p in sorted(folder.iterdir()) if p.is_file()}
+        try:
+            bundle = build_team_bundle(files)
+        except PolicyError as err:
+            raise PolicyError([f"{folder.name}/{p}" for p in err.problems]) from None
+        out[team] = bundle.with_entities(tool_entities([a for a in agents.agents() if a.owner == team]))
+    return out
 
 
 def worker_id() -> str:
@@ -71,10 +106,13 @@ class TeamBundles:
         *,
         worker: str | None = None,
         interval: float = 1.0,
+        local_teams: dict[str, TeamBundle] | None = None,
     ) -> None:
         self.store = store
         self._agents = agents
         self.local = local
+        # Dev mode: unsigned team folders beside the local policies (`policies/<team>/bundle.json`).
+        self.local_teams = dict(local_teams or {})
         self.worker = worker or worker_id()
         self._interval = interval
         self._lock = threading.Lock()
@@ -99,7 +137,7 @@ class TeamBundles:
         team = spec.owner
         if team in self._broken:
             return DENY_ALL
-        return self._bundles.get(team, self.local)
+        return self._bundles.get(team) or self.local_teams.get(team) or self.local
 
     def refresh(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -123,7 +161,8 @@ class TeamBundles:
                     continue
                 changed |= self._load(team)
                 self._load_shadow(team)
-            if changed or now - self._beat > self.HEARTBEAT_SECONDS:
+            # A heartbeat once there are team bundles to report on (a dev ledger without any gets none).
+            if teams and (changed or now - self._beat > self.HEARTBEAT_SECONDS):
                 self._beat = now
                 self.heartbeat()
 
@@ -199,7 +238,8 @@ class TeamBundles:
     def heartbeat(self) -> None:
         bundles = {t: b.hash for t, b in self._bundles.items()}
         for team in self.hosted_teams - set(bundles):
-            bundles[team] = f"local:{self.local.hash}"
+            local = self.local_teams.get(team) or self.local
+            bundles[team] = f"local:{local.hash}"
         try:
             self.store.loaded(self.worker, bundles, dict(self._broken), datetime.now(UTC).isoformat())
         except Exception:

@@ -147,6 +147,14 @@ class Deps:
             for problem in err.problems:
                 log.error("  %s", problem)
             return err.problems
+        from lockgate.teambundles import DENY_ALL, load_local_teams
+
+        if self.teams is not None and self.teams.local is not DENY_ALL:
+            try:  # dev mode's team folders (`policies/<team>/bundle.json`): only the hosted teams'
+                self.teams.local_teams = load_local_teams(self.settings.policy_dir, self.agents)
+            except PolicyError as err:
+                log.error("POLICY RELOAD REFUSED: keeping the team folders loaded; %s", "; ".join(err.problems))
+                return err.problems
         if bundle.hash != self.bundle.hash:
             self.ledger.register_bundle(bundle.hash, bundle_content(bundle))
             log.warning(
@@ -156,8 +164,6 @@ class Deps:
                 len(bundle.statements),
             )
             self.bundle = bundle
-            from lockgate.teambundles import DENY_ALL
-
             if self.teams is not None and self.teams.local is not DENY_ALL:
                 self.teams.local = bundle  # dev mode: the folder decides agents without a signed bundle
         return []
@@ -165,7 +171,11 @@ class Deps:
 
 def _fingerprint(directory: Path) -> tuple[tuple[str, int, int], ...]:
     try:
-        return tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in directory.iterdir()))
+        return tuple(
+            sorted(
+                (str(p.relative_to(directory)), p.stat().st_mtime_ns, p.stat().st_size) for p in directory.rglob("*")
+            )
+        )
     except OSError:
         return ()
 
@@ -182,6 +192,8 @@ async def watch_policies(deps: Deps, stop: asyncio.Event, interval: float = 2.0)
         if now != seen:
             seen = now
             await asyncio.to_thread(deps.reload_policies)
+        if deps.teams is not None:  # signed team bundles switched in the ledger; the heartbeat
+            await asyncio.to_thread(deps.teams.refresh)
 
 
 def build_deps(settings: Settings, agents: AgentRegistry | None = None) -> Deps:
@@ -233,7 +245,7 @@ def build_deps(settings: Settings, agents: AgentRegistry | None = None) -> Deps:
 def team_bundles(settings: Settings, ledger: Ledger, people: PeopleDirectory, agents: AgentRegistry, local: Any) -> Any:
     """Signed team bundles from the ledger; the local folder decides the rest only in dev mode."""
     from lockgate.activities.policystore import PolicyStore, people_verifier
-    from lockgate.teambundles import DENY_ALL, TeamBundles
+    from lockgate.teambundles import DENY_ALL, TeamBundles, load_local_teams
 
     store = PolicyStore(ledger, people_verifier(people), settings.policy_quorum)
     unsigned = not settings.production or "local-policies" in settings.production_allow.split(",")
@@ -241,7 +253,8 @@ def team_bundles(settings: Settings, ledger: Ledger, people: PeopleDirectory, ag
         log.warning(
             "production mode: the local policy folder is not used (unsigned); agents without a signed bundle are denied"
         )
-    return TeamBundles(store, agents, local if unsigned else DENY_ALL)
+        return TeamBundles(store, agents, DENY_ALL)
+    return TeamBundles(store, agents, local, local_teams=load_local_teams(settings.policy_dir, agents))
 
 
 def build_approvals(deps: Deps) -> ApprovalActivities:

@@ -350,3 +350,31 @@ async def test_a_tenant_from_the_signed_start_is_what_policies_see(cluster: Clus
     claim = request.model_copy(update={"state": request.state.model_copy(update={"tenant": "acme"})})
     decision = worker.build_governance(deps).decide(claim)
     assert decision.outcome == "deny" and decision.policy_ids == ("sp.tenant.own-orders-only",)
+
+
+def test_a_worker_starts_and_reloads_beside_another_teams_broken_folder(settings: Settings, tmp_path: Path) -> None:
+    """Dev mode: team folders in the local policies; a worker hosting refund-agent only starts and
+    reloads whatever sre-platform's folder says, and a bad reload of its own team's folder is refused
+    loudly, the last good bundle kept."""
+    policies = tmp_path / "policies"
+    shutil.copytree(settings.policy_dir, policies)
+    for team in (SP, SRE):
+        shutil.copytree(BUNDLES / team, policies / team)
+    (policies / SRE / "broken.cedar").write_text(
+        '@id("x")\npermit (principal, action == SrePlatform::Action::"nope", resource);\n'
+    )
+    refund = load_agents(DEMO_AGENT_MODULES, entry_points=False).get("refund-agent")
+    assert refund is not None
+    local = settings.model_copy(update={"policy_dir": policies, "ledger_url": f"sqlite:///{tmp_path / 'ledger.db'}"})
+    deps = worker.build_deps(local, AgentRegistry([refund]))
+    try:
+        first = deps.current_bundle("refund-agent")
+        assert isinstance(first, TeamBundle) and first.team == SP
+        (policies / SRE / "broken2.cedar").write_text("not cedar at all")
+        assert deps.reload_policies() == []
+        (policies / SP / "broken.cedar").write_text('@id("y")\npermit (principal, action == Action::"x", resource);\n')
+        problems = deps.reload_policies()
+        assert problems and any("support-platform/broken.cedar:1:" in p for p in problems), problems
+        assert deps.current_bundle("refund-agent").hash == first.hash
+    finally:
+        deps.ledger.dispose()

@@ -3,6 +3,8 @@ its own agents' tools; a bundle that reaches outside its namespace is refused wh
 
 from __future__ import annotations
 
+import logging
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,8 @@ from lockgate.errors import PolicyError
 from lockgate.gates.bundles import TeamBundle, build_team_bundle, rebuild
 from lockgate.gates.engine import tool_entities
 from lockgate.policytest import load_cases, run_cases
-from lockgate.spec import load_agents
+from lockgate.spec import AgentRegistry, load_agents
+from lockgate.teambundles import load_local_teams
 
 BUNDLES = Path(__file__).parent / "policybundles"
 
@@ -63,3 +66,34 @@ def test_the_recorded_content_rebuilds_the_same_team_bundle() -> None:
     }
     again = rebuild(content)
     assert isinstance(again, TeamBundle) and again.hash == bundle.hash and again.namespace == "SrePlatform"
+
+
+def _two_team_folders(target: Path) -> None:
+    for team in ("support-platform", "sre-platform"):
+        shutil.copytree(BUNDLES / team, target / team)
+
+
+def test_a_worker_reads_only_its_teams_folder_and_ignores_the_others(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Dev mode's team folders: a worker hosting only refund-agent never reads sre-platform's
+    policies, even broken ones naming actions it does not know (the crash of issue 32)."""
+    agents = load_agents(DEMO_AGENT_MODULES, entry_points=False)
+    refund = agents.get("refund-agent")
+    assert refund is not None
+    _two_team_folders(tmp_path)
+    (tmp_path / "sre-platform" / "broken.cedar").write_text(
+        '@id("x")\npermit (principal, action == SrePlatform::Action::"not.hosted.anywhere", resource);\n'
+    )
+    caplog.set_level(logging.INFO, logger="lockgate.policy")
+    loaded = load_local_teams(tmp_path, AgentRegistry([refund]))
+    assert list(loaded) == ["support-platform"] and loaded["support-platform"].namespace == "SupportPlatform"
+    assert [r.getMessage() for r in caplog.records] == [
+        "policy folder sre-platform (team sre-platform) ignored: this worker hosts none of its agents"
+    ]
+    # The worker hosting sre-platform's agent is told exactly what is wrong, with file and line.
+    incident = agents.get("incident-agent")
+    assert incident is not None
+    with pytest.raises(PolicyError) as err:
+        load_local_teams(tmp_path, AgentRegistry([incident]))
+    assert any(p.startswith("sre-platform/broken.cedar:1:") for p in err.value.problems), err.value.problems
