@@ -29,9 +29,11 @@ from lockgate.demo import DEMO_AGENT_MODULES
 from lockgate.gates.bundles import TeamBundle
 from lockgate.identity import login_userpass, sign
 from lockgate.models import GateRequest, RunInput, args_digest
+from lockgate.people import FieldValue
 from lockgate.spec import AgentRegistry, load_agents
 from lockgate.teambundles import DENY_ALL
 from tests.support.stack import Outside, cli, finish, ledger_events, pending_request, start
+from tests.support.vault import read_data
 
 BUNDLES = Path(__file__).parent / "policybundles"
 SP, SRE = "support-platform", "sre-platform"
@@ -51,7 +53,7 @@ def _groups(outside: Outside, present: bool) -> None:
         if not present:
             outside.vault.delete(f"identity/group/name/{group}")
             continue
-        ids = [outside.vault.read(f"identity/entity/name/{p}")["data"]["id"] for p in people]
+        ids = [read_data(outside.vault, f"identity/entity/name/{p}")["id"] for p in people]
         outside.vault.write_data(f"identity/group/name/{group}", data={"member_entity_ids": ids})
 
 
@@ -309,7 +311,12 @@ async def _tenant_refund(c: Cluster, tenant: str) -> tuple[str, BaseException | 
     data = {"order_id": "A-1001", "amount_cents": 1100, "reason": "tenant"}
     run_id = f"refund-agent-{uuid.uuid4().hex[:10]}"
     session = login_userpass(c.env["VAULT_ADDR"], "erin", c.env["LOCKGATE_DEV_PASSWORD"])
-    fields = {"run_id": run_id, "agent": "refund-agent", "input_digest": args_digest(data), "tenant": tenant}
+    fields: dict[str, FieldValue] = {
+        "run_id": run_id,
+        "agent": "refund-agent",
+        "input_digest": args_digest(data),
+        "tenant": tenant,
+    }
     signed = await asyncio.to_thread(sign, session, "start", fields)
     handle = await c.client.start_workflow(
         "lockgate.agent",
