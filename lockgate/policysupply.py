@@ -79,6 +79,26 @@ def _diff(old: dict[str, str] | None, new: dict[str, str]) -> dict[str, Any]:
     }
 
 
+def _tests_pass(directory: Path) -> None:
+    """The bundle's own test cases (`*.tests.yaml` beside its policies) must pass before it is
+    published (with the agents this shell knows; a bundle without cases publishes as is)."""
+    from lockgate.policies import load_bundle
+    from lockgate.policycli import agents_for_policies
+    from lockgate.policytest import load_cases, run_cases
+
+    cases = load_cases(directory)
+    if not cases:
+        return
+    agents = agents_for_policies()
+    known = [c for c in cases if agents.get(c.agent) is not None]
+    failed = [r for r in run_cases(load_bundle(directory, agents), agents, known) if not r.passed]
+    if failed:
+        raise UserError(
+            f"not published: {len(failed)} of the bundle's tests fail, e.g. {failed[0].case.where}: "
+            f"{failed[0].case.name} ({'; '.join(failed[0].problems)})"
+        )
+
+
 def _in_force(store: Any, team: str) -> Any:
     from lockgate.activities.policystore import Refusal
 
@@ -112,6 +132,7 @@ def cmd_policy_supply(args: argparse.Namespace, settings: Settings) -> int:
             raise PolicyError([f"{directory / p}" for p in err.problems]) from None
         if artifact["team"] != team:
             raise UserError(f"{directory}/bundle.json names team {artifact['team']!r}, not {team!r}")
+        _tests_pass(directory)
         current = _in_force(store, team)
         diff = _diff(current.files if current else None, artifact["files"])
         signed = _signed(settings, team, "policy-sign", {"team": team, "hash": artifact["hash"]})

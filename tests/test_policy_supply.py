@@ -286,6 +286,10 @@ async def test_a_shadow_bundle_that_would_deny_is_reported_without_denying(
         "strict",
         '@id("sp.no-refunds")\nforbid (principal, action == SupportPlatform::Action::"refunds.issue", resource);\n',
     )
+    # Its own tests still expect refunds to run: not published.
+    refused = await cli(c.as_("alice"), "policy", "publish", str(strict), "--team", SP)
+    assert refused.returncode == 2 and "not published" in refused.stderr, refused.stderr
+    (strict / "refund-agent.tests.yaml").unlink()
     candidate = (await c.policy("alice", "publish", str(strict), "--team", SP))["hash"]
     await c.policy("alice", "shadow", candidate, "--team", SP)
     c.bundle_of(SP, "refund-agent")
