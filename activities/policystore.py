@@ -159,6 +159,18 @@ class PolicyStore:
         rows = self._ledger.entries_of_chains(prefix)
         return [e for e in rows if team is None or e.chain == prefix]
 
+    def heads(self) -> tuple[tuple[str, int, str], ...]:
+        """Each policy chain's (name, size, head hash): one small read that changes whenever a row
+        is appended (workers re-read the chains only then)."""
+        from sqlalchemy import text
+
+        with self._ledger.reader.connect() as conn:
+            rows = conn.execute(
+                text("SELECT chain, size, head FROM ledger_heads WHERE chain LIKE :p ORDER BY chain"),
+                {"p": POLICY_CHAIN + "%"},
+            )
+            return tuple((str(c), int(n), str(h)) for c, n, h in rows)
+
     def teams(self) -> list[str]:
         return sorted({e.chain.removeprefix(POLICY_CHAIN) for e in self.entries()})
 

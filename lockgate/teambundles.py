@@ -123,6 +123,7 @@ class TeamBundles:
         self._broken: dict[str, str] = {}
         self._ignored: set[str] = set()
         self._shadows: dict[str, TeamBundle] = {}
+        self._heads: tuple[tuple[str, int, str], ...] | None = None
 
     @property
     def hosted_teams(self) -> set[str]:
@@ -149,6 +150,11 @@ class TeamBundles:
             self._checked = now
             changed = False
             try:
+                heads = self.store.heads()
+                quiet = not heads or now - self._beat <= self.HEARTBEAT_SECONDS
+                if heads == self._heads and not force and quiet:
+                    return  # no row appended to any policy chain: nothing to re-read
+                self._heads = heads
                 teams = self.store.teams()
             except Exception:
                 log.exception("cannot read the policy chains; keeping the bundles loaded")
