@@ -50,6 +50,13 @@ class Settings(BaseModel):
     # Production mode: the worker refuses dev defaults (`production_problems`) unless allowed by name.
     production: bool = False
     production_allow: str = ""
+    # PostgreSQL connections per process (README "Connections"): the ledger's SQLAlchemy pool
+    # (size + overflow) and its plain append connections; a transaction-mode PgBouncer in front.
+    ledger_pool_size: int = Field(default=10, ge=1)
+    ledger_pool_overflow: int = Field(default=10, ge=0)
+    ledger_raw_pool: int = Field(default=10, ge=1)
+    ledger_pool_timeout: float = Field(default=30.0, gt=0)
+    ledger_pgbouncer: bool = False
 
 
 _ENV_NAMES = {
@@ -74,6 +81,11 @@ _ENV_NAMES = {
     "drain_seconds": "LOCKGATE_DRAIN_SECONDS",
     "production": "LOCKGATE_PRODUCTION",
     "production_allow": "LOCKGATE_PRODUCTION_ALLOW",
+    "ledger_pool_size": "LOCKGATE_LEDGER_POOL_SIZE",
+    "ledger_pool_overflow": "LOCKGATE_LEDGER_POOL_OVERFLOW",
+    "ledger_raw_pool": "LOCKGATE_LEDGER_RAW_POOL",
+    "ledger_pool_timeout": "LOCKGATE_LEDGER_POOL_TIMEOUT",
+    "ledger_pgbouncer": "LOCKGATE_LEDGER_PGBOUNCER",
 }
 
 

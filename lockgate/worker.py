@@ -48,6 +48,7 @@ from lockgate.observability import setup_logging
 from lockgate.plugin import LockgatePlugin
 from lockgate.policies import load_bundle
 from lockgate.spec import AgentRegistry, load_agents
+from lockgate.verify import ledger_pool
 
 __all__ = [
     "DATA_CONVERTER",
@@ -202,6 +203,7 @@ def build_deps(settings: Settings, agents: AgentRegistry | None = None) -> Deps:
             signer=TransitAnchor(lambda: vault.client),
             row_key=VaultRowKeys(lambda: vault.client),
             strict_events=True,
+            pool=ledger_pool(settings),
         )
     except hvac.exceptions.VaultError as err:
         raise UserError(
