@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lockgate.activities.ledger import Ledger, LedgerMissing, PoolLimits, VerifyReport
+from lockgate.activities.ledger import Ledger, LedgerMissing, VerifyReport
 from lockgate.config import Settings
 from lockgate.evidence import fingerprint
 from lockgate.text import redact_url
@@ -119,22 +119,12 @@ def _vault_client(settings: Settings) -> Any:
     return client
 
 
-def ledger_pool(settings: Settings) -> PoolLimits:
-    """The ledger's connection limits from the settings (`LOCKGATE_LEDGER_POOL_*`, `..._PGBOUNCER`)."""
-    return PoolLimits(
-        size=settings.ledger_pool_size,
-        overflow=settings.ledger_pool_overflow,
-        raw=settings.ledger_raw_pool,
-        timeout=settings.ledger_pool_timeout,
-        pgbouncer=settings.ledger_pgbouncer,
-    )
-
-
 def open_ledger(settings: Settings, *, create: bool = True, online: bool = True, **kwargs: Any) -> Ledger:
     """The configured ledger, with its row key when this shell may derive it from Vault (the
     worker's AppRole, or a token whose policy allows it): its rows then carry lockgate's MAC, and
     its reads and `verify` check every row's. Else the ledger alone (hashes and signed heads only)."""
     from lockgate.activities.ledger.rowkey import VaultRowKeys
+    from lockgate.worker import ledger_pool
 
     kwargs.setdefault("pool", ledger_pool(settings))
     client = None

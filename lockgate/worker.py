@@ -35,7 +35,7 @@ from lockgate.activities.codec import TransitCodec, VaultTransit
 from lockgate.activities.freeze import FreezeStore, unfreeze_verifier
 from lockgate.activities.governance import GovernanceActivities, bundle_content
 from lockgate.activities.identity import LedgerKeyArchive, PeopleDirectory
-from lockgate.activities.ledger import Ledger
+from lockgate.activities.ledger import Ledger, PoolLimits
 from lockgate.activities.ledger.rowkey import LEDGER_ROW_KEY, VaultRowKeys
 from lockgate.activities.planner import LLMPlannerActivities
 from lockgate.activities.reaper import Reaper
@@ -48,7 +48,6 @@ from lockgate.observability import setup_logging
 from lockgate.plugin import LockgatePlugin
 from lockgate.policies import load_bundle
 from lockgate.spec import AgentRegistry, load_agents
-from lockgate.verify import ledger_pool
 
 __all__ = [
     "DATA_CONVERTER",
@@ -64,6 +63,7 @@ __all__ = [
     "connect_config",
     "data_converter",
     "entry",
+    "ledger_pool",
     "main",
     "reap_forever",
     "run_worker",
@@ -176,6 +176,17 @@ async def watch_policies(deps: Deps, stop: asyncio.Event, interval: float = 2.0)
         if now != seen:
             seen = now
             await asyncio.to_thread(deps.reload_policies)
+
+
+def ledger_pool(settings: Settings) -> PoolLimits:
+    """The ledger's connection limits from the settings (`LOCKGATE_LEDGER_POOL_*`, `..._PGBOUNCER`)."""
+    return PoolLimits(
+        size=settings.ledger_pool_size,
+        overflow=settings.ledger_pool_overflow,
+        raw=settings.ledger_raw_pool,
+        timeout=settings.ledger_pool_timeout,
+        pgbouncer=settings.ledger_pgbouncer,
+    )
 
 
 def build_deps(settings: Settings, agents: AgentRegistry | None = None) -> Deps:

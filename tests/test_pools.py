@@ -15,7 +15,7 @@ from sqlalchemy import text
 from lockgate import worker
 from lockgate.activities.ledger import Ledger, PoolLimits
 from lockgate.config import Settings, load_settings
-from lockgate.verify import ledger_pool
+from lockgate.worker import ledger_pool
 from tests.support.pgdb import connections_to, fresh_database
 from tests.support.stack import Outside, finish, start
 
