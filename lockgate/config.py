@@ -57,6 +57,8 @@ class Settings(BaseModel):
     ledger_raw_pool: int = Field(default=10, ge=1)
     ledger_pool_timeout: float = Field(default=30.0, gt=0)
     ledger_pgbouncer: bool = False
+    # The worker's liveness (/livez) and readiness (/readyz) endpoints (host:port; lockgate/probes.py).
+    health_address: str | None = None
 
 
 _ENV_NAMES = {
@@ -86,6 +88,7 @@ _ENV_NAMES = {
     "ledger_raw_pool": "LOCKGATE_LEDGER_RAW_POOL",
     "ledger_pool_timeout": "LOCKGATE_LEDGER_POOL_TIMEOUT",
     "ledger_pgbouncer": "LOCKGATE_LEDGER_PGBOUNCER",
+    "health_address": "LOCKGATE_HEALTH_ADDRESS",
 }
 
 

@@ -47,6 +47,7 @@ from lockgate.gates.bundle import PolicyBundle
 from lockgate.observability import setup_logging
 from lockgate.plugin import LockgatePlugin
 from lockgate.policies import load_bundle
+from lockgate.probes import Probes
 from lockgate.spec import AgentRegistry, load_agents
 
 __all__ = [
@@ -389,14 +390,25 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     worker = build_worker(client, deps, services=True)
+    probes = Probes(deps.vault, deps.ledger) if settings.health_address else None
+    if probes is not None and settings.health_address:
+        await probes.serve(settings.health_address)  # live at once; ready once the worker polls
     log.info(
         "worker started: task_queue=%s bundle=%s policies=%d",
         settings.task_queue,
         deps.bundle.hash[:12],
         len(deps.bundle.statements),
     )
-    async with worker:
-        await stop.wait()
+    try:
+        async with worker:
+            if probes is not None:
+                probes.worker = worker
+            await stop.wait()
+            if probes is not None:
+                probes.draining = True  # not ready from now on: the load balancer sends no more
+    finally:
+        if probes is not None:
+            await probes.close()
     log.info("worker stopped")
 
 

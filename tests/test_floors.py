@@ -48,6 +48,7 @@ FLOORS: dict[str, int] = {
     "lockgate.workflows": ENGINE,
     "lockgate.plugin": ENGINE,
     "lockgate.worker": ENGINE,
+    "lockgate.probes": ENGINE,  # the worker's liveness and readiness endpoints
     "lockgate.identity": ENGINE,
     "lockgate.dropin": ENGINE,
     # The operator API: what the CLI, the inbox and the tests call.
