@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -59,6 +60,14 @@ class Settings(BaseModel):
     ledger_pgbouncer: bool = False
     # The worker's liveness (/livez) and readiness (/readyz) endpoints (host:port; lockgate/probes.py).
     health_address: str | None = None
+    # Cluster-state gauges (lockgate/metrics.py StateGauges) every this many seconds; 0: off.
+    metrics_interval: float = Field(default=15.0, ge=0)
+    # Tracing (lockgate/observability.py): temporalio's TracingInterceptor and lockgate's spans,
+    # exported over OTLP/HTTP to the standard endpoint variable when set, else to the console.
+    otel: bool = False
+    otel_endpoint: str | None = None
+    otel_service: str = "lockgate"
+    log_format: Literal["text", "json"] = "text"
 
 
 _ENV_NAMES = {
@@ -89,6 +98,11 @@ _ENV_NAMES = {
     "ledger_pool_timeout": "LOCKGATE_LEDGER_POOL_TIMEOUT",
     "ledger_pgbouncer": "LOCKGATE_LEDGER_PGBOUNCER",
     "health_address": "LOCKGATE_HEALTH_ADDRESS",
+    "metrics_interval": "LOCKGATE_METRICS_INTERVAL",
+    "otel": "LOCKGATE_OTEL",
+    "otel_endpoint": "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "otel_service": "OTEL_SERVICE_NAME",
+    "log_format": "LOCKGATE_LOG_FORMAT",
 }
 
 

@@ -234,7 +234,7 @@ class LockgatePlugin(SimplePlugin):
         bind_agents(config.get("task_queue") or "", deps.agents)
         config["workflows"] = [*(config.get("workflows") or ()), self._workflow]
         config["activities"] = [*(config.get("activities") or ()), *build_activities(deps)]
-        config["interceptors"] = [*(config.get("interceptors") or ()), *tracing_interceptors()]
+        config["interceptors"] = [*(config.get("interceptors") or ()), *tracing_interceptors(self.settings)]
         guarded: Callable[[str], bool] = is_engine_activity
         if self._govern:
             from lockgate.dropin.plugin import configure_dropin

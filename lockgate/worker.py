@@ -44,7 +44,8 @@ from lockgate.activities.vault import VaultBroker
 from lockgate.config import Settings, archive_dir, load_settings, production_problems
 from lockgate.errors import PolicyError, UserError
 from lockgate.gates.bundle import PolicyBundle
-from lockgate.observability import setup_logging
+from lockgate.metrics import StateGauges
+from lockgate.observability import setup_logging, setup_tracing
 from lockgate.plugin import LockgatePlugin
 from lockgate.policies import load_bundle
 from lockgate.probes import Probes
@@ -383,9 +384,16 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     if problems:
         raise UserError("production mode refuses: " + "; ".join(problems))
     deps = build_deps(settings)
+    tracer_provider = setup_tracing(settings)  # before the client: its interceptor uses it
     runtime = metrics_runtime(settings.metrics_address) if settings.metrics_address else None
     client = await connect(settings, deps.vault, runtime=runtime)
     stop = stop or asyncio.Event()
+    gauges = None
+    if runtime is not None and settings.metrics_interval > 0:
+        secrets = [t.secret for t in deps.agents.tools() if t.secret]
+        gauges = asyncio.create_task(
+            StateGauges(runtime.metric_meter, client, deps.vault, secrets).run(settings.metrics_interval, stop)
+        )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -409,6 +417,10 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     finally:
         if probes is not None:
             await probes.close()
+        if gauges is not None:
+            gauges.cancel()
+        if tracer_provider is not None:
+            await asyncio.to_thread(tracer_provider.shutdown)  # the last spans go out
     log.info("worker stopped")
 
 
