@@ -81,12 +81,13 @@ def span(name: str, **attributes: Any) -> Iterator[None]:
 _provider: Any = None
 
 
-def setup_tracing(settings: Settings, exporter: Any = None) -> Any:
+def setup_tracing(settings: Settings, exporter: Any = None, *, set_global: bool = True) -> Any:
     """With `LOCKGATE_OTEL=1` and the `otel` extra: a TracerProvider that exports every span (the
     workflows' and activities' from temporalio's TracingInterceptor, lockgate's own `lockgate.*`)
     over OTLP/HTTP to `OTEL_EXPORTER_OTLP_ENDPOINT` when set (the SDK reads the other standard
     `OTEL_EXPORTER_OTLP_*` variables: headers, timeout), else to the console; `exporter` overrides
-    both (tests). It becomes the process's global provider unless one was set before. Returns it
+    both (tests). It becomes the process's global provider unless one was set before (or
+    `set_global` is False: tests). Returns it
     (flush it at exit: `shutdown()`), or None when tracing is off."""
     global _provider
     if not settings.otel:
@@ -109,7 +110,7 @@ def setup_tracing(settings: Settings, exporter: Any = None) -> Any:
             exporter = OTLPSpanExporter(endpoint=f"{settings.otel_endpoint.rstrip('/')}/v1/traces")
     provider = TracerProvider(resource=Resource.create({"service.name": settings.otel_service}))
     provider.add_span_processor(BatchSpanProcessor(exporter or ConsoleSpanExporter()))
-    if _trace is not None:
+    if _trace is not None and set_global:
         _trace.set_tracer_provider(provider)  # the first provider a process sets stays global
     _provider = provider
     return provider
