@@ -25,7 +25,7 @@ def collector() -> Iterator[tuple[str, list[tuple[str, bytes]]]]:
     posts: list[tuple[str, bytes]] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
             posts.append((self.path, body))
             self.send_response(200)
