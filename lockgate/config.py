@@ -68,6 +68,13 @@ class Settings(BaseModel):
     otel_endpoint: str | None = None
     otel_service: str = "lockgate"
     log_format: Literal["text", "json"] = "text"
+    # The worker's sticky cache (runs kept in memory); None: Temporal's default (1,000).
+    max_cached_workflows: int | None = Field(default=None, ge=1)
+    # Seconds `lockgate verify` waits for Vault before verifying with local anchors only.
+    verify_vault_timeout: int = Field(default=3, ge=1)
+    # The inbox: its public URL (links in notifications) and webhooks (comma-separated).
+    inbox_url: str | None = None
+    inbox_webhooks: str = ""
 
 
 _ENV_NAMES = {
@@ -103,6 +110,10 @@ _ENV_NAMES = {
     "otel_endpoint": "OTEL_EXPORTER_OTLP_ENDPOINT",
     "otel_service": "OTEL_SERVICE_NAME",
     "log_format": "LOCKGATE_LOG_FORMAT",
+    "max_cached_workflows": "LOCKGATE_MAX_CACHED_WORKFLOWS",
+    "verify_vault_timeout": "LOCKGATE_VERIFY_VAULT_TIMEOUT",
+    "inbox_url": "LOCKGATE_INBOX_URL",
+    "inbox_webhooks": "LOCKGATE_INBOX_WEBHOOKS",
 }
 
 

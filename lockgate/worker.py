@@ -426,7 +426,11 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
 
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except UserError as err:  # a malformed setting: one line, not a traceback
+        print(f"lockgate worker: {err}", file=sys.stderr)
+        return 2
     try:
         asyncio.run(run_worker(settings))
     except PolicyError as err:

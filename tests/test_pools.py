@@ -107,3 +107,25 @@ def test_pgbouncer_mode_prepares_nothing_on_the_server(settings: Settings) -> No
                 ledger.dispose()
             assert (raw_prepared > 0) is expect_prepared, (pgbouncer, raw_prepared)
             assert (pool_prepared > 0) is expect_prepared, (pgbouncer, pool_prepared)
+
+
+def test_a_malformed_setting_stops_the_worker_with_one_line(tmp_path: Any) -> None:
+    import os
+    import subprocess
+    import sys
+
+    for variable, value in (
+        ("LOCKGATE_LEDGER_POOL_OVERFLOW", "lots"),
+        ("LOCKGATE_MAX_CACHED_WORKFLOWS", "0"),
+        ("LOCKGATE_METRICS_INTERVAL", "-1"),
+    ):
+        env = {**os.environ, "LOCKGATE_STATE_DIR": str(tmp_path), variable: value}
+        proc = subprocess.run(
+            [sys.executable, "-m", "lockgate.worker"], env=env, capture_output=True, text=True, timeout=60
+        )
+        assert proc.returncode == 2, (variable, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert lines == [lines[0]] and lines[0].startswith(f"lockgate worker: invalid setting {variable}:"), (
+            variable,
+            proc.stderr,
+        )
