@@ -33,7 +33,7 @@ def collector() -> Iterator[tuple[str, list[tuple[str, bytes]]]]:
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-        def log_message(self, *_args: Any) -> None:
+        def log_message(self, format: str, *_args: Any) -> None:
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
