@@ -177,13 +177,11 @@ async def test_sign_in_failures_count_across_replicas(shared: Settings, client: 
 async def test_a_notification_goes_out_once_with_two_replicas(
     shared: Settings, client: Client, worker_running: str
 ) -> None:
-    async with receiver() as (url, rec):
+    async with receiver() as (url, rec), receiver(fail=True) as (bad_url, _bad):
+        hooks = [url, bad_url]
         async with (
-            replica(shared, client, webhooks=[url]) as (_a, a),
-            replica(shared, client, webhooks=[url]) as (
-                _b,
-                b,
-            ),
+            replica(shared, client, webhooks=hooks) as (base_a, a),
+            replica(shared, client, webhooks=hooks) as (base_b, b),
         ):
 
             async def seeded() -> bool:
@@ -216,6 +214,21 @@ async def test_a_notification_goes_out_once_with_two_replicas(
             await until(closed, what="the closed notification")
             await asyncio.sleep(1.5)  # both replicas polled several times more
             assert len(posts("request.opened")) == 1 and len(posts("request.closed")) == 1, rec.posts
-            rows = await asyncio.to_thread(a.state.notifications, handle.id)
-            assert sorted((r["event"], r["status"]) for r in rows) == [("ended", "delivered"), ("opened", "delivered")]
             assert a.notifier.delivered + b.notifier.delivered == 2
+            bad_host = bad_url.split("://", 1)[1].split("/", 1)[0]
+
+            async def recorded() -> list[dict[str, Any]]:
+                rows = await asyncio.to_thread(a.state.notifications, handle.id)
+                return rows if len(rows) == 2 and all(r["status"] == "failed" for r in rows) else []
+
+            rows = await until(recorded, timeout=30, what="both deliveries recorded")
+            assert sorted(r["event"] for r in rows) == ["ended", "opened"]
+            assert all(bad_host in r["detail"] and "HTTP 500" in r["detail"] for r in rows), rows
+            assert all("/hook" not in r["detail"] for r in rows)  # a webhook's URL is its secret
+            # The failure shows to an operator on either replica, whichever one sent it.
+            for base in (base_a, base_b):
+                async with _http(base) as http:
+                    await sign_in(http, "carol")
+                    page = (await http.get("/queue?view=all")).text
+                    assert "Notification deliveries failed" in page and f"to {bad_host}: HTTP 500" in page, base
+                    assert "/hook" not in page

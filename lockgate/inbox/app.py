@@ -492,7 +492,7 @@ async def queue_page(request: Request, fragment: bool = False) -> Response:
         "tool": tool,
         "agents": sorted({r["agent"] for r in everything} | ({agent} if agent else set())),
         "tools": sorted({r["tool"] for r in everything} | ({tool} if tool else set())),
-        "failures": list(inbox.notifier.failures)[:10],
+        "failures": await inbox.notifier.recent_failures(10),
         "error": error,
         "now": datetime.now(UTC),
         "query": request.url.query,

@@ -10,6 +10,8 @@ delivery that still fails is logged and kept for the inbox to show.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import re
 from collections import deque
@@ -101,6 +103,10 @@ class NotificationStore(Protocol):
         """Requests announced open and not yet ended (their end is still to be announced)."""
         ...
 
+    def failed(self, limit: int) -> list[DeliveryFailure]:
+        """The newest deliveries that failed (on any replica)."""
+        ...
+
     def any(self) -> bool:
         """Whether anything was ever recorded."""
         ...
@@ -124,6 +130,9 @@ class MemoryNotificationStore:
 
     def announced_open(self) -> dict[tuple[str, str], dict[str, Any]]:
         return {}
+
+    def failed(self, limit: int) -> list[DeliveryFailure]:
+        return []  # this process's own failures are in Notifier.failures already
 
     def any(self) -> bool:
         return bool(self.claims)
@@ -198,12 +207,14 @@ class Notifier:
     def _emit(self, event: str, key: tuple[str, str], req: dict[str, Any]) -> None:
         async def send() -> bool:
             results = await asyncio.gather(*(self.deliver(url, event, req) for url in self.urls))
-            delivered = sum(results)
-            status = "delivered" if delivered == len(results) else "failed"
-            detail = f"{event}: {delivered}/{len(results)} webhooks"
+            mine = (key[0], key[1], event)
+            failed = [f for f in self.failures if (f.run_id, f.request_id, f.event) == mine]
+            status = "delivered" if all(results) else "failed"
+            # What failed (host and error only: a webhook's URL is its secret), for every replica's page.
+            detail = json.dumps([{**dataclasses.asdict(f), "at": f.at.isoformat()} for f in failed])
             claim = "opened" if event == "opened" else "ended"
             await asyncio.to_thread(self.store.finish, key, claim, status, detail)
-            return delivered == len(results)
+            return all(results)
 
         task = asyncio.create_task(send())
         self._tasks.add(task)
@@ -273,6 +284,18 @@ class Notifier:
             return False
         self.delivered += 1
         return True
+
+    async def recent_failures(self, limit: int = 10) -> list[DeliveryFailure]:
+        """Failed deliveries, newest first: this process's and, with a shared store, every replica's."""
+        shared = await asyncio.to_thread(self.store.failed, limit) if self.store.shared else []
+        seen: set[tuple[str, str, str, str, str]] = set()
+        out = []
+        for f in sorted([*self.failures, *shared], key=lambda f: f.at, reverse=True):
+            mark = (f.host, f.event, f.run_id, f.request_id, f.error)
+            if mark not in seen:
+                seen.add(mark)
+                out.append(f)
+        return out[:limit]
 
     async def close(self) -> None:
         for task in list(self._tasks):

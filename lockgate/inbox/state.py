@@ -314,6 +314,16 @@ class InboxState:
         with self.ready().connect() as conn:
             return conn.execute(select(NOTIFICATIONS.c.run_id).limit(1)).first() is not None
 
+    def failed_details(self, limit: int) -> list[str]:
+        query = (
+            select(NOTIFICATIONS.c.detail)
+            .where(NOTIFICATIONS.c.status == "failed")
+            .order_by(NOTIFICATIONS.c.at.desc())
+            .limit(limit)
+        )
+        with self.ready().connect() as conn:
+            return [r.detail for r in conn.execute(query)]
+
     def notifications(self, run_id: str) -> list[dict[str, Any]]:
         with self.ready().connect() as conn:
             rows = conn.execute(select(NOTIFICATIONS).where(NOTIFICATIONS.c.run_id == run_id)).mappings()
@@ -339,6 +349,20 @@ class SqlNotificationStore:
 
     def any(self) -> bool:
         return self.state.any_notification()
+
+    def failed(self, limit: int) -> list[Any]:
+        from datetime import datetime
+
+        from lockgate.inbox.notify import DeliveryFailure
+
+        out = []
+        for detail in self.state.failed_details(limit):
+            try:
+                for f in json.loads(detail):
+                    out.append(DeliveryFailure(**{**f, "at": datetime.fromisoformat(f["at"])}))
+            except (ValueError, TypeError, KeyError):
+                continue  # an unreadable detail (written by hand): nothing to show
+        return out
 
 
 # One statement per attempt: counted unless the key is at its limit within the window (a row per
