@@ -48,6 +48,7 @@ FLOORS: dict[str, int] = {
     "lockgate.workflows": ENGINE,
     "lockgate.plugin": ENGINE,
     "lockgate.worker": ENGINE,
+    "lockgate.probes": ENGINE,  # the worker's liveness and readiness endpoints
     "lockgate.identity": ENGINE,
     "lockgate.dropin": ENGINE,
     "lockgate.teambundles": ENGINE,  # which signed team bundle decides each hosted agent
