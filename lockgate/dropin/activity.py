@@ -27,8 +27,9 @@ from lockgate.dropin.models import DropinCall, DropinVerdict, jsonable
 from lockgate.dropin.spec import DENIAL_DEFAULT, Denial
 from lockgate.errors import BAD_INPUT, LEASE_FORBIDDEN, TOOL_DENIED, TOOL_FAILED, LockgateError
 from lockgate.gates.bundle import PolicyBundle
+from lockgate.mcp.spec import MCPServer
 from lockgate.models import GateRequest, LeaseRef, RunIdentity, RunOpen, args_digest
-from lockgate.spec import AgentRegistry
+from lockgate.spec import Agent, AgentRegistry
 
 __all__ = ["DropinActivities", "NoSecret", "current_call", "current_secret"]
 
@@ -238,6 +239,26 @@ class DropinActivities:
             },
         )
         return result
+
+    # -- Pydantic AI MCP toolsets (lockgate.dropin.pydantic_ai) -------------------------------------
+    def mcp_tools(self, server: MCPServer, agent: Agent) -> dict[str, Any]:
+        """A governed MCP toolset's `get_tools`: the pinned definitions the model may be offered."""
+        from lockgate.dropin.pydantic_ai import offered_tools
+
+        boundary = [t.name for t in agent.tools]
+        return offered_tools(server, agent, self._bundle(), self._resources.policy_dir, boundary)
+
+    async def mcp_call(self, tool: str, args: dict[str, Any]) -> Any:
+        """One governed MCP `tools/call`, inside `execute` (the call's credential is leased)."""
+        from lockgate.dropin.pydantic_ai import call_result
+        from lockgate.mcp.client import MCPCall
+
+        spec = self._agents.tool(tool)
+        if spec is None or not isinstance(spec.fn, MCPCall):
+            await self._refuse(tool, f"{tool} is not a declared MCP tool")
+        assert spec is not None and isinstance(spec.fn, MCPCall)
+        out = await spec.fn.acall(current_call(), args)
+        return await call_result(out)
 
     async def legacy(self, tool: str, run: Any) -> Any:
         """A run that started before lockgate was added: it stays ungoverned, and the ledger says so.

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from lockgate.dropin.models import jsonable
+from lockgate.mcp.spec import MCPServer
 from lockgate.spec import Agent, DatabaseSecret, Tool
 
 __all__ = ["DENIAL_DEFAULT", "Denial", "Govern", "Governance", "OpenArgs", "args_of", "slug"]
@@ -161,6 +162,11 @@ class Governance(BaseModel):
         unsigned_starts: Govern runs whose start no person signed (default: refused). Their
             initiator is unknown, so no approval can be shown to come from someone else: every
             call that needs an approval is denied (separation of duties fails closed).
+        mcp: MCP servers the agents reach through Pydantic AI MCP toolsets (`MCPToolset(..., id=NAME)`),
+            each declared as for a lockgate agent (`lockgate.MCPServer` named like the toolset's id):
+            their tools are `<server>.<tool>` to Cedar, the model is offered only the pinned
+            definitions of declared tools that could ever be allowed, and each `tools/call` is made
+            by lockgate with that call's own credential, after checking the pin.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -177,6 +183,7 @@ class Governance(BaseModel):
     workflows: tuple[type, ...] = ()
     replay_plugins: Callable[[], Sequence[Any]] | None = None
     unsigned_starts: bool = False
+    mcp: tuple[MCPServer, ...] = ()
 
     def __init__(self, agents: str | Iterable[str], **data: Any) -> None:
         names = (agents,) if isinstance(agents, str) else tuple(agents)
@@ -211,6 +218,8 @@ class Governance(BaseModel):
                     cost_arg=meta.cost_arg,
                 )
             )
+        for server in self.mcp:
+            tools.extend(server.as_tools())
         for meta in self.tools.values():
             comp = meta.compensation
             if comp is not None and comp.fn is None:
@@ -250,6 +259,10 @@ class Governance(BaseModel):
     @property
     def default_agent(self) -> Agent:
         return self._built[self.agents[0]]  # type: ignore[attr-defined]
+
+    def mcp_server(self, name: str) -> MCPServer | None:
+        """The declared MCP server of a Pydantic AI MCP toolset id, or None."""
+        return next((s for s in self.mcp if s.name == name), None)
 
     def meta(self, tool: str) -> Govern | None:
         return self.tools.get(tool)

@@ -202,9 +202,12 @@ class MCPCall:
         import anyio
 
         warm()  # the SDK's import is slow (seconds on a loaded host): never inside the call's timeout
-        payload = args.model_dump(mode="json")
+        return anyio.run(self.acall, ctx, args.model_dump(mode="json"))
+
+    async def acall(self, ctx: ToolContext, payload: dict[str, Any]) -> dict[str, Any]:
+        """The same call on the running event loop (a drop-in framework's async tool activity)."""
         try:
-            return anyio.run(_bounded, self, ctx, payload)
+            return await _bounded(self, ctx, payload)
         except ToolError:
             raise
         except Exception as err:  # noqa: BLE001 - any failure talking to the server
