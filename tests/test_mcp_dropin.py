@@ -21,6 +21,7 @@ from pydantic_ai.durable_exec.temporal import AgentPlugin, PydanticAIPlugin
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.worker import Worker
 
+from lockgate.gates.egress import REDACTED
 from lockgate.plugin import LockgatePlugin
 from lockgate.testing import LocalStack
 from tests.mcp import dropin_app as app
@@ -140,8 +141,15 @@ async def test_mcp_toolset_calls_are_gated_credentialed_and_pinned(
     app.OFFERED.clear()
     handle = await ask(teller, "transfer 500 from A-1, then the balance of A-1")
     output = await asyncio.wait_for(handle.result(), timeout=90)
-    # What the model got back, as Pydantic AI maps any MCP result (the structured content here).
-    assert output == f"{{'transfer_id': '{handle.id}:1'}} | {{'balance_cents': 1000}}"
+    # What the model got back, as Pydantic AI maps any MCP result (the structured content here); the
+    # regulated read went to the model redacted (no policy approves its endpoint for regulated data).
+    assert output == f"{{'transfer_id': '{handle.id}:1'}} | {{'balance_cents': '{REDACTED}'}}"
+    last = app.SEEN[-1]
+    assert [p["content"] for p in last if p["kind"] == "ToolReturnPart"] == [
+        f"{{'transfer_id': '{handle.id}:1'}}",
+        f"{{'balance_cents': '{REDACTED}'}}",
+    ]
+    assert "1000" not in json.dumps(last)
     # The model was offered the pinned definitions of the declared tools only (the server also
     # lists `purge`, which the declaration does not name).
     assert app.OFFERED and all(names == ["lookup", "reverse", "transfer"] for names in app.OFFERED)
@@ -169,6 +177,31 @@ async def test_mcp_toolset_calls_are_gated_credentialed_and_pinned(
     assert f'"transfer_id":"{handle.id}:1"' in text.replace(" ", "")  # decoded: the search means something
     assert all(t not in text for t in tokens)
     assert [e["kind"] for e in events][-1] == "run.closed"
+    egress = [e for e in events if e["kind"] == "model.egress"]
+    assert len(egress) == 1 and not egress[0]["allowed"] and egress[0]["endpoint"] == "default"
+    assert len(egress[0]["redacted_calls"]) == 1
+
+
+async def test_an_approved_model_endpoint_sees_the_regulated_read(
+    stack: LocalStack, teller: tuple[Client, str, Any]
+) -> None:
+    """A policy approving the app's model endpoint for regulated data: the model gets the result."""
+    _, _, deps = teller
+    approval = stack.policy_dir / "model.cedar"
+    approval.write_text(
+        '@id("model.approved")\n'
+        'permit (principal == Agent::"dropin-teller", action == lockgate::Action::"model.send", '
+        'resource == Model::"default");\n'
+    )
+    try:
+        assert deps.reload_policies() == []
+        handle = await ask(teller, "balance of A-4")
+        assert await asyncio.wait_for(handle.result(), timeout=60) == "{'balance_cents': 1000}"
+        egress = [e for e in deps.ledger.events(handle.id) if e["kind"] == "model.egress"]
+        assert [(e["allowed"], e["policy_ids"]) for e in egress] == [(True, ["model.approved"])]
+    finally:
+        approval.unlink()
+        assert deps.reload_policies() == []
 
 
 async def test_a_denial_on_args_runs_nothing(stack: LocalStack, teller: tuple[Client, str, Any]) -> None:

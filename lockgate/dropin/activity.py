@@ -260,6 +260,28 @@ class DropinActivities:
         out = await spec.fn.acall(current_call(), args)
         return await call_result(out)
 
+    async def model_egress(self, agent: Agent, endpoint: str, carried: list[str]) -> bool:
+        """Whether the regulated results a model request carries may reach `endpoint` as they are
+        (`gates.egress`); recorded in the ledger either way."""
+        from lockgate.gates.egress import decide_model
+
+        info = activity.info()
+        verdict = decide_model(self._bundle(), agent.name, endpoint)
+        await asyncio.to_thread(
+            self._ledger.try_append,
+            f"model.egress:{info.workflow_id}:{info.activity_id}:{info.attempt}",
+            info.workflow_id or "",
+            "model.egress",
+            {
+                "endpoint": endpoint,
+                "allowed": verdict.allowed,
+                "policy_ids": list(verdict.policy_ids),
+                "redacted_calls": [] if verdict.allowed else carried,
+                "reason": verdict.reason,
+            },
+        )
+        return verdict.allowed
+
     async def legacy(self, tool: str, run: Any) -> Any:
         """A run that started before lockgate was added: it stays ungoverned, and the ledger says so.
         The header only claims it; the worker decides: a run the ledger shows governed (its identity

@@ -37,7 +37,7 @@ from lockgate.dropin.activity import DropinActivities, bind_named
 from lockgate.dropin.governor import Denied, RunGovernor
 from lockgate.dropin.models import HEADER, DropinCall, jsonable, plain_args
 from lockgate.dropin.openai_agents import install_runner, take_pending_call
-from lockgate.dropin.pydantic_ai import lockgate_tool, mcp_activity
+from lockgate.dropin.pydantic_ai import lockgate_tool, mcp_activity, model_activity
 from lockgate.dropin.spec import Governance
 from lockgate.dropin.start import start_digest, start_from_headers
 from lockgate.errors import BAD_INPUT
@@ -90,6 +90,13 @@ class DropinIndex:
     def mcp_server(self, toolset_id: str) -> MCPServer | None:
         """The declared MCP server of a Pydantic AI MCP toolset id (None: not governed as MCP)."""
         return self._mcp.get(toolset_id)
+
+    def mcp_servers(self) -> list[MCPServer]:
+        return list(self._mcp.values())
+
+    def model_endpoint(self, framework_name: str) -> str:
+        """The declared model endpoint of a framework agent (its `Governance(model_endpoint=...)`)."""
+        return next((g.model_endpoint for g in self.governances if framework_name in g.agents), "default")
 
     def tool_of(self, kind: str, toolset_id: str, name: str) -> str:
         """The lockgate tool a Pydantic AI tool call is gated as: `<server>.<tool>` for a declared
@@ -247,6 +254,8 @@ class _ActivityInbound(ActivityInboundInterceptor):
 
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
         info = activity.info()
+        if model_activity(info.activity_type) is not None and input.args:
+            input = await self._model_egress(input)
         mcp = mcp_activity(info.activity_type)
         server = self._index.mcp_server(mcp[1]) if mcp is not None else None
         agent = self._index.agent(mcp[0]) if mcp is not None else None
@@ -280,6 +289,24 @@ class _ActivityInbound(ActivityInboundInterceptor):
         return await self._acts.execute(
             call, tool or info.activity_type, actual, lambda: self.next.execute_activity(input)
         )
+
+    async def _model_egress(self, input: ExecuteActivityInput) -> ExecuteActivityInput:
+        """A governed agent's model request carrying regulated results: gated as egress."""
+        from lockgate.dropin.pydantic_ai import redacted, regulated_returns, regulated_views
+
+        name = model_activity(activity.info().activity_type) or ""
+        agent = self._index.agent(name)
+        if agent is None:
+            return input
+        params = input.args[0]
+        views = regulated_views(agent, self._index.mcp_servers())
+        carried = regulated_returns(params, views)
+        if not carried:
+            return input
+        endpoint = str(getattr(params, "model_id", None) or self._index.model_endpoint(name))
+        if await self._acts.model_egress(agent, endpoint, carried):
+            return input
+        return dataclasses.replace(input, args=[redacted(params, views), *input.args[1:]])
 
     def _target(self, activity_type: str, input: ExecuteActivityInput) -> tuple[str | None, dict[str, Any] | None]:
         match = _PYDANTIC_AI_TOOL.match(activity_type)

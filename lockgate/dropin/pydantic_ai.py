@@ -13,6 +13,11 @@ On Temporal, a Pydantic AI `MCPToolset(..., id=NAME)` is three activities per ag
   pinned `inputSchema`, revoke, ledger) made by `lockgate.mcp.client` with that call's own token,
   never with whatever the app's toolset was configured with; the result goes back to the model as
   Pydantic AI maps any MCP result.
+
+A model request (`agent__<agent>__model_request`) is egress too: when it carries results of
+regulated tools, they reach the model only as each tool declares (`model_sees`) unless a policy
+approves the endpoint (`gates.egress`; the endpoint is the request's model id, else the app's
+`Governance(model_endpoint=...)`).
 """
 
 from __future__ import annotations
@@ -27,7 +32,18 @@ from lockgate.mcp import pins
 from lockgate.mcp.spec import MCPServer, tool_slug
 from lockgate.spec import Agent
 
-__all__ = ["MCP_ACTIVITY", "call_result", "lockgate_tool", "mcp_activity", "offered_tools"]
+__all__ = [
+    "MCP_ACTIVITY",
+    "MODEL_ACTIVITY",
+    "call_result",
+    "lockgate_tool",
+    "mcp_activity",
+    "model_activity",
+    "offered_tools",
+    "redacted",
+    "regulated_returns",
+    "regulated_views",
+]
 
 MCP_ACTIVITY = re.compile(
     r"^agent__(?P<agent>.+?)__mcp_server__(?P<server>.+)__(?P<op>call_tool|get_tools|get_instructions)$"
@@ -100,3 +116,64 @@ async def call_result(out: dict[str, Any]) -> Any:
         return value
 
     return await wrap_tool_call_result(returned())
+
+
+# -- model requests are egress ------------------------------------------------------------------------
+MODEL_ACTIVITY = re.compile(r"^agent__(?P<agent>.+?)__model_request(?:_stream)?$")
+
+
+def model_activity(activity_type: str) -> str | None:
+    """The framework agent name of a Pydantic AI model-request activity, or None."""
+    match = MODEL_ACTIVITY.match(activity_type)
+    return match["agent"] if match else None
+
+
+def regulated_views(agent: Agent, servers: Iterable[MCPServer]) -> dict[str, tuple[str, ...]]:
+    """Tool name as the model knows it -> the result fields a model may still see, for every
+    regulated tool of `agent` (its declared tools, and its MCP toolsets' tools by MCP name)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for server in servers:
+        for mcp_name in server.tools:
+            spec = agent.tool(server.tool_name(mcp_name))
+            if spec is not None and spec.data_class == "regulated":
+                out[mcp_name] = spec.model_sees
+    for spec in agent.tools:
+        if spec.data_class == "regulated" and spec.mcp_server is None:
+            out[spec.name] = spec.model_sees
+    return out
+
+
+def regulated_returns(params: Any, views: dict[str, tuple[str, ...]]) -> list[str]:
+    """The tool call ids of the regulated results a model request would carry."""
+    from pydantic_ai.messages import ModelRequest, ToolReturnPart
+
+    return [
+        part.tool_call_id
+        for message in getattr(params, "messages", [])
+        if isinstance(message, ModelRequest)
+        for part in message.parts
+        if isinstance(part, ToolReturnPart) and part.tool_name in views
+    ]
+
+
+def redacted(params: Any, views: dict[str, tuple[str, ...]]) -> Any:
+    """The request's params with each regulated result as its tool declares a model may see it."""
+    import dataclasses
+
+    from pydantic_ai.messages import ModelRequest, ToolReturnPart
+
+    from lockgate.gates.egress import model_view
+
+    messages = []
+    for message in params.messages:
+        if isinstance(message, ModelRequest):
+            parts = [
+                dataclasses.replace(part, content=model_view(part.content, views[part.tool_name]))
+                if isinstance(part, ToolReturnPart) and part.tool_name in views
+                else part
+                for part in message.parts
+            ]
+            messages.append(dataclasses.replace(message, parts=parts))
+        else:
+            messages.append(message)
+    return dataclasses.replace(params, messages=messages)

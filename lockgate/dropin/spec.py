@@ -104,6 +104,8 @@ class Govern(BaseModel):
             `args_of(the_tool)` reads them from the tool itself; a pydantic model also works. Open by
             default: then the tool's action and args come from a written `schema.cedarschema`.
         description: One line for people.
+        model_sees: For a regulated tool: the result fields a model still sees once the run is
+            tainted, when no policy approves the model endpoint (the rest is redacted).
         summary: What a completed call records in the ledger about its result: a function of the
             result (its text, cut at 200 characters), or the names of the result's fields to keep.
             Default: nothing of the result (its type only): results hold people's data, and the
@@ -123,6 +125,7 @@ class Govern(BaseModel):
     args: type[BaseModel] = OpenArgs
     description: str = ""
     summary: Callable[[Any], object] | tuple[str, ...] = ()
+    model_sees: tuple[str, ...] = ()
 
     def summarize(self, result: Any) -> str:
         """The ledger's account of one result, as declared (see `summary`)."""
@@ -167,6 +170,9 @@ class Governance(BaseModel):
             their tools are `<server>.<tool>` to Cedar, the model is offered only the pinned
             definitions of declared tools that could ever be allowed, and each `tools/call` is made
             by lockgate with that call's own credential, after checking the pin.
+        model_endpoint: The Cedar id of the agents' model (`Model::"<it>"`) when a request names no
+            model id: once a request carries regulated results, they reach the model as their tools
+            declare (`model_sees`) unless a policy permits `lockgate::Action::"model.send"` on it.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -184,6 +190,7 @@ class Governance(BaseModel):
     replay_plugins: Callable[[], Sequence[Any]] | None = None
     unsigned_starts: bool = False
     mcp: tuple[MCPServer, ...] = ()
+    model_endpoint: str = "default"
 
     def __init__(self, agents: str | Iterable[str], **data: Any) -> None:
         names = (agents,) if isinstance(agents, str) else tuple(agents)
@@ -216,6 +223,7 @@ class Governance(BaseModel):
                     egress=meta.egress,
                     compensation=meta.compensation,  # type: ignore[arg-type]
                     cost_arg=meta.cost_arg,
+                    model_sees=meta.model_sees,
                 )
             )
         for server in self.mcp:
