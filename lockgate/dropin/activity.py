@@ -204,6 +204,15 @@ class DropinActivities:
             result = await run()
         except ToolError as err:
             await self._failed(request, tool, str(err), info.attempt)
+            record = getattr(err, "record", None)
+            if callable(record):  # an MCP tool blocked by a changed definition: kept for review
+                await asyncio.to_thread(
+                    self._ledger.try_append,
+                    f"mcp.blocked:{request.run_id}:{step}:{info.attempt}",
+                    request.run_id,
+                    "mcp.blocked",
+                    record(),
+                )
             raise ApplicationError(f"{tool}: {err}", type=TOOL_FAILED, non_retryable=not err.retryable) from None
         except BaseException as err:
             await self._failed(request, tool, f"{type(err).__name__}: {err}", info.attempt)

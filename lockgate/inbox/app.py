@@ -695,6 +695,8 @@ def create_app(inbox: Inbox) -> Starlette:
             inbox.sessions.clear()
             await asyncio.gather(*(asyncio.to_thread(_revoke, web.person) for web in ended))
 
+    from lockgate.inbox.mcp import mcp_page, mcp_pin  # its own module: MCP pins reviewed in the inbox
+
     app = Starlette(
         routes=[
             Route("/", queue_page),
@@ -710,6 +712,8 @@ def create_app(inbox: Inbox) -> Starlette:
             Route("/runs/{run_id}/requests/{request_id}", verdict, methods=["POST"]),
             Route("/freeze", freeze_page, methods=["GET"]),
             Route("/freeze", freeze, methods=["POST"]),
+            Route("/mcp", mcp_page, methods=["GET"]),
+            Route("/mcp/pin", mcp_pin, methods=["POST"]),
             Route("/healthz", healthz),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ],
