@@ -61,20 +61,23 @@ def _wait_listening(port: int) -> None:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     shutil.rmtree(app.STATE, ignore_errors=True)
     STATE.mkdir(parents=True)
+    (app.STATE / "bankds").mkdir()
     policies = tmp_path_factory.mktemp("mcp-dropin-policies")
     shutil.copy(ROOT / "tests" / "mcp" / "dropin.cedar", policies / "dropin.cedar")
     server: subprocess.Popen[bytes] | None = None
     try:
         with LocalStack(agent_modules="tests.mcp.dropin_app", policy_dir=policies) as local:
-            (STATE / "vault").write_text(local.settings().vault_addr)
+            for where in (STATE, app.STATE / "bankds"):
+                (where / "vault").write_text(local.settings().vault_addr)
             server = subprocess.Popen(
                 [sys.executable, app.SERVER, "http", str(app.PORT), f"DIR={STATE}", "NAME=bankd"],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
             _wait_listening(app.PORT)
-            pinned = cli(local, "mcp", "pin", "bankd")
-            assert pinned.returncode == 0, pinned.stderr
+            for name in ("bankd", "bankds"):
+                pinned = cli(local, "mcp", "pin", name)
+                assert pinned.returncode == 0, pinned.stderr
             yield local
     finally:
         if server is not None:
@@ -152,7 +155,8 @@ async def test_mcp_toolset_calls_are_gated_credentialed_and_pinned(
     assert "1000" not in json.dumps(last)
     # The model was offered the pinned definitions of the declared tools only (the server also
     # lists `purge`, which the declaration does not name).
-    assert app.OFFERED and all(names == ["lookup", "reverse", "transfer"] for names in app.OFFERED)
+    offered = ["lookup", "reverse", "s_reverse", "s_transfer", "transfer"]  # `s_`: the stdio toolset
+    assert app.OFFERED and all(names == offered for names in app.OFFERED)
     done = effects()[before:]
     assert [(e["tool"], e["transport"], e["key"]) for e in done] == [
         ("transfer", "http", f"{handle.id}:1"),
@@ -238,3 +242,24 @@ async def test_a_changed_definition_blocks_the_tool(stack: LocalStack, teller: t
         assert review.returncode == 1 and "bankd.lookup: changed" in review.stdout, review.stderr
     finally:
         (STATE / "variant").write_text("v1")
+
+
+async def test_a_stdio_server_that_dies_mid_call_is_retried(stack: LocalStack, teller: tuple[Client, str, Any]) -> None:
+    """The stdio server (a process per call) dies inside `transfer`: the attempt's token is revoked,
+    the app's activity retries it, and the transfer happens once, under the step's idempotency key."""
+    _, _, deps = teller
+    where = app.STATE / "bankds"
+    (where / "die-once").unlink(missing_ok=True)
+    handle = await ask(teller, "s_transfer 3 from die")
+    assert await asyncio.wait_for(handle.result(), timeout=90) == f"{{'transfer_id': '{handle.id}:1'}}"
+    assert (where / "die-once").exists()  # it did die once
+    lines = (where / "effects.jsonl").read_text().splitlines()
+    done = [json.loads(line) for line in lines]
+    assert [(e["tool"], e["transport"], e["key"]) for e in done] == [("transfer", "stdio", f"{handle.id}:1")]
+    assert done[0]["inherited"] == []  # nothing of the worker's environment but the call's token
+    events = deps.ledger.events(handle.id)
+    issued = [e["lease_id"] for e in events if e["kind"] == "lease.issued"]
+    assert len(issued) == 2 and set(issued) == {e["lease_id"] for e in events if e["kind"] == "lease.revoked"}
+    failed = [e for e in events if e["kind"] == "tool.failed"]
+    assert len(failed) == 1 and failed[0]["tool"] == "bankds.transfer" and "server failed" in failed[0]["error"]
+    assert not token_alive(stack, done[0]["token"])

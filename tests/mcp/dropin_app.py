@@ -9,7 +9,9 @@ reached the model. `SEEN` keeps each model request's payload as the model receiv
 from __future__ import annotations
 
 import re
+import sys
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -52,11 +54,12 @@ def scripted_llm(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse
     OFFERED.append(sorted(t.name for t in info.function_tools))
     prompt = next(str(p.content) for m in messages for p in m.parts if isinstance(p, UserPromptPart))
     plan: list[ToolCallPart] = []
-    for m in re.finditer(r"transfer (\d+) from ([\w-]+)|balance of ([\w-]+)", prompt):
-        if m[1]:
-            plan.append(ToolCallPart("transfer", {"account": m[2], "amount_cents": int(m[1])}))
+    for m in re.finditer(r"(s_)?transfer (\d+) from ([\w-]+)|balance of ([\w-]+)", prompt):
+        if m[2]:
+            name = f"{m[1] or ''}transfer"
+            plan.append(ToolCallPart(name, {"account": m[3], "amount_cents": int(m[2])}))
         else:
-            plan.append(ToolCallPart("lookup", {"account": m[3]}))
+            plan.append(ToolCallPart("lookup", {"account": m[4]}))
     results = [p for m in messages for p in m.parts if isinstance(p, (ToolReturnPart, RetryPromptPart))]
     if len(results) < len(plan):
         return ModelResponse(parts=[plan[len(results)]])
@@ -68,7 +71,8 @@ teller_agent = Agent(
     name="dropin_teller",
     # The app's toolset, as the team wrote it: its id names the server to lockgate. lockgate makes
     # the governed calls itself, so this toolset never needs (or gets) a credential of its own.
-    toolsets=[MCPToolset(URL, id="bankd")],
+    # The same server over stdio (a fresh process per call), its tools prefixed `s_` for the model.
+    toolsets=[MCPToolset(URL, id="bankd"), MCPToolset(Path(SERVER), id="bankds").prefixed("s")],
     capabilities=[
         TemporalDurability(
             activity_config=ActivityConfig(
@@ -104,11 +108,22 @@ BANKD = MCPServer(
     },
 )
 
+BANKDS = MCPServer(
+    "bankds",
+    command=(sys.executable, SERVER, "stdio", f"DIR={STATE / 'bankds'}", "NAME=bankds"),
+    env={"BANK_TOKEN": "token"},
+    secret=TOKEN,
+    tools={
+        "transfer": MCPTool(production=True, cost_arg="amount_cents", compensation="bankds.reverse"),
+        "reverse": MCPTool(production=True),
+    },
+)
+
 GOVERNANCE = Governance(
     "dropin_teller",
     owner="treasury-team",
     purpose="Move money with the bank's MCP server (Pydantic AI, drop-in).",
     workflows=(TellerWorkflow,),
     tools={},
-    mcp=(BANKD,),
+    mcp=(BANKD, BANKDS),
 )
