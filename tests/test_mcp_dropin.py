@@ -263,3 +263,23 @@ async def test_a_stdio_server_that_dies_mid_call_is_retried(stack: LocalStack, t
     failed = [e for e in events if e["kind"] == "tool.failed"]
     assert len(failed) == 1 and failed[0]["tool"] == "bankds.transfer" and "server failed" in failed[0]["error"]
     assert not token_alive(stack, done[0]["token"])
+
+
+def test_a_declared_server_must_be_an_mcp_toolset_of_the_app() -> None:
+    """A `Governance(mcp=...)` server whose name is no MCP toolset id would govern nothing: the
+    worker refuses to start, naming it."""
+    from pydantic_ai.durable_exec.temporal import AgentPlugin
+
+    from lockgate import MCPServer
+    from lockgate.dropin import Governance
+    from lockgate.dropin.check import check_mcp_servers
+    from lockgate.errors import UserError
+
+    plugins = [AgentPlugin(app.teller_agent)]
+    check_mcp_servers(app.GOVERNANCE, plugins=plugins)  # `bankd` and `bankds` (prefixed) are its toolsets
+    typo = Governance(
+        "dropin_teller", owner="treasury-team", tools={}, mcp=(MCPServer("bankx", url=app.URL, tools={"lookup": None}),)
+    )
+    with pytest.raises(UserError) as err:
+        check_mcp_servers(typo, plugins=plugins)
+    assert "'bankx'" in str(err.value) and "bankd, bankds" in str(err.value)
