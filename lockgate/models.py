@@ -100,6 +100,8 @@ class PlanRequest(BaseModel):
     agent: str
     input: dict[str, Any]
     done: tuple[dict[str, Any], ...]
+    # The run read regulated data (itself, its parent or a sub-agent): the request is gated egress.
+    tainted: bool = False
 
 
 class PlanProposal(BaseModel):

@@ -381,7 +381,11 @@ def build_activities(deps: Deps) -> list[Callable[..., Any]]:
     governance = build_governance(deps)
     tools = build_tools(deps, governance)
     planner = LLMPlannerActivities(
-        agents=deps.agents, vault=deps.vault, bundle=deps.current_bundle, policy_dir=str(deps.settings.policy_dir)
+        agents=deps.agents,
+        vault=deps.vault,
+        bundle=deps.current_bundle,
+        policy_dir=str(deps.settings.policy_dir),
+        ledger=deps.ledger,
     )
     approvals = build_approvals(deps)
     return [
