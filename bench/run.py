@@ -37,11 +37,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import codec, gate_latency, ledger_bench, measure, memory, scale
+from bench import codec, gate_latency, ledger_bench, measure, memory, scale, worker_cpu
 from bench.harness import ROOT, bench_workers, new_stack, say, stack_up, write_policy_dir
 from bench.report import Figure, figure, info, render_table, write_results
 
-SECTIONS = ("seq", "throughput", "gate", "approval", "history", "codec", "memory", "ledger", "scale")
+SECTIONS = ("cpu", "seq", "throughput", "gate", "approval", "history", "codec", "memory", "ledger", "scale")
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,9 @@ class Sizes:
     codec_reps: int = 9
     scale_runs: int = 40
     scale_rounds: int = 2
+    cpu_runs: int = 20
+    cpu_rounds: int = 3
+    cpu_profile_runs: int = 20
 
 
 FULL = Sizes()
@@ -89,6 +92,9 @@ QUICK = Sizes(
     codec_reps=3,
     scale_runs=20,
     scale_rounds=1,
+    cpu_runs=10,
+    cpu_rounds=2,
+    cpu_profile_runs=10,
 )
 
 
@@ -139,6 +145,68 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
 
 
 # -- figures from raw measurements ----------------------------------------------------------------
+def cpu_figures(r: dict[str, Any]) -> list[Figure]:
+    lo, hi = r["run_ratios"][0], r["run_ratios"][-1]
+    out = [
+        figure(
+            "cpu.run_ratio",
+            "0  worker CPU per run of 5 calls, governed vs plain temporalio",
+            r["run_ratio"],
+            "x",
+            "<=",
+            1.5,
+            display=(
+                f"{r['run_ratio']:.2f}x ({r['governed_ms_per_run5']:.1f} vs {r['plain_ms_per_run5']:.1f} ms; "
+                f"rounds {lo:.2f}-{hi:.2f})"
+            ),
+            note="psutil user+system CPU of each side's own worker process; median of interleaved rounds",
+        ),
+        info(
+            "cpu.call_ratio",
+            "0  worker CPU per call (marginal: (run of 5 - run of 1) / 4), governed vs plain",
+            r["call_ratio"],
+            "x",
+            display=(
+                f"{r['call_ratio']:.2f}x ({r['governed_ms_per_call']:.1f} vs {r['plain_ms_per_call']:.1f} ms)"
+                if r["call_ratio"] is not None
+                else "n/a"
+            ),
+        ),
+        info(
+            "cpu.run1_ms",
+            "0  worker CPU per run of 1 call (what a run pays once + 1 call), governed vs plain",
+            r["governed_ms_per_run1"],
+            " ms",
+            display=f"{r['governed_ms_per_run1']:.1f} vs {r['plain_ms_per_run1']:.1f} ms",
+        ),
+    ]
+    for key, v in r["servers"].items():
+        name = key.split("_")[0]
+        out.append(
+            info(
+                f"cpu.{name}_ms_per_run5",
+                f"0  {name} server CPU per run of 5 calls, governed vs plain",
+                v["governed"],
+                " ms",
+                display=f"{v['governed']:.1f} vs {v['plain']:.1f} ms",
+            )
+        )
+    prof = r.get("profile")
+    if prof:
+        top = ", ".join(f"{k} {v:.2f}" for k, v in list(prof["by_area_ms_per_call"].items())[:6])
+        out.append(
+            info(
+                "cpu.profile",
+                "0  profile of the governed worker: Python CPU by area, ms per call (profiled)",
+                prof["profiled_python_ms_per_call"],
+                " ms",
+                display=top,
+                note="top entries in results.json raw.cpu.profile and BENCHMARKS.md",
+            )
+        )
+    return out
+
+
 def seq_figures(r: dict[str, Any]) -> list[Figure]:
     out = []
     for kind, what, limit in (
@@ -470,6 +538,12 @@ async def stack_sections(
 ) -> None:
     async with bench_workers(dev, policy_dir) as b:
         steps: list[tuple[str, Any]] = [
+            (
+                "cpu",
+                lambda: worker_cpu.worker_cpu(
+                    b, logs, runs=sizes.cpu_runs, rounds=sizes.cpu_rounds, profile_runs=sizes.cpu_profile_runs
+                ),
+            ),
             ("seq", lambda: measure.sequential(b, sizes.seq_n1, sizes.seq_n2, sizes.seq_reps)),
             (
                 "throughput",
@@ -506,7 +580,9 @@ async def stack_sections(
                 continue
             raw[name] = result
             raw.setdefault("section_seconds", {})[name] = time.monotonic() - t
-            if name == "seq":
+            if name == "cpu":
+                figures += cpu_figures(result)
+            elif name == "seq":
                 figures += seq_figures(result)
             elif name == "throughput":
                 figures += tput_figures(result, sizes.tput_levels)
