@@ -185,7 +185,8 @@ class GovernanceActivities:
         and the run's ledger (activities/runstate.py)."""
         agent = self._agents.get(request.agent)
         limit = agent.rate_limits.get(request.call.tool) if agent is not None else None
-        recorded = recorded_state(self._ledger.events, self._agents, request.run_id)
+        # The run's rows read incrementally (only what is new since this worker's last gate of it).
+        recorded = recorded_state(self._ledger.run_events, self._agents, request.run_id)
         state = stricter(request, recorded, limit[1].total_seconds() if limit is not None else None, datetime.now(UTC))
         return request.model_copy(update={"state": state})
 

@@ -35,6 +35,7 @@ import psutil
 import bench.agents as bench_agents
 from bench import baseline
 from bench.harness import ROOT, RUN_TIMEOUT, Bench, closed_loop, median, result_of, say
+from bench.ledger_bench import _database
 from bench.memory import CHILDREN, stop
 
 __all__ = ["profile_summary", "worker_cpu"]
@@ -133,10 +134,12 @@ def main() -> None:
 
 # -- the measurement -------------------------------------------------------------------------------
 class _Proc:
-    def __init__(self, b: Bench, kind: str, log_dir: Path, profile: Path | None = None) -> None:
+    def __init__(self, b: Bench, kind: str, log_dir: Path, profile: Path | None = None, ledger: str = "") -> None:
         self.kind = kind
         self.queue = f"bench-cpu-{kind}-{uuid.uuid4().hex[:8]}"
         env = {**b.env, "LOCKGATE_TASK_QUEUE": self.queue, "LOCKGATE_REAP_INTERVAL": "3600"}
+        if ledger:
+            env["LOCKGATE_LEDGER_URL"] = ledger
         if profile is not None:
             env["BENCH_PROFILE"] = str(profile)
         self.log = log_dir / f"cpu-worker-{self.queue}.log"
@@ -174,13 +177,30 @@ def _server_procs(b: Bench) -> dict[str, psutil.Process]:
                 out[name] = psutil.Process(int(pids[name]))
             except psutil.Error:
                 pass
+    pg = b.dev._postgres_pid()
+    if pg is not None:
+        try:
+            out["postgres"] = psutil.Process(pg)
+        except psutil.Error:
+            pass
     return out
 
 
 def _cpu_of(p: psutil.Process) -> float:
+    """User + system CPU of a server; for PostgreSQL (one process per connection) the postmaster's
+    live and exited children too."""
     try:
         t = p.cpu_times()
-        return t.user + t.system
+        total = t.user + t.system
+        if p.name().startswith("postgres"):
+            total += t.children_user + t.children_system
+            for child in p.children():
+                try:
+                    c = child.cpu_times()
+                    total += c.user + c.system
+                except psutil.Error:
+                    pass
+        return total
     except psutil.Error:
         return 0.0
 
@@ -194,7 +214,10 @@ async def worker_cpu(
     rounds: int = 3,
     profile_runs: int = 20,
 ) -> dict[str, Any]:
-    gov, plain = _Proc(b, "governed", log_dir), _Proc(b, "plain", log_dir)
+    # The ledger on PostgreSQL, as production runs it (LOCKGATE_PRODUCTION refuses SQLite): an
+    # in-process SQLite would put the database's own work into the worker's CPU.
+    ledger = _database(b, f"bench_cpu_{uuid.uuid4().hex[:8]}")
+    gov, plain = _Proc(b, "governed", log_dir, ledger=ledger), _Proc(b, "plain", log_dir)
     servers = _server_procs(b)
     try:
         await gov.ready()
@@ -260,6 +283,7 @@ async def worker_cpu(
     }
     call_ratios = sorted(g / p for g, p in zip(call["governed"], call["plain"], strict=True) if p > 0)
     out: dict[str, Any] = {
+        "ledger": "postgresql",
         "concurrency": concurrency,
         "runs_per_window": runs,
         "rounds": rounds,
@@ -289,13 +313,15 @@ async def worker_cpu(
         f"{out['governed_ms_per_call']:.1f} vs {out['plain_ms_per_call']:.1f} ms"
     )
     if profile_runs:
-        out["profile"] = await _profile(b, log_dir, concurrency, profile_runs)
+        out["profile"] = await _profile(b, log_dir, concurrency, profile_runs, ledger=ledger)
     return out
 
 
-async def _profile(b: Bench, log_dir: Path, concurrency: int, runs: int, steps: int = 5) -> dict[str, Any]:
+async def _profile(
+    b: Bench, log_dir: Path, concurrency: int, runs: int, steps: int = 5, *, ledger: str
+) -> dict[str, Any]:
     path = log_dir / f"worker-{uuid.uuid4().hex[:8]}.pstats"
-    side = _Proc(b, "governed", log_dir, profile=path)
+    side = _Proc(b, "governed", log_dir, profile=path, ledger=ledger)
     try:
         await side.ready()
 
