@@ -69,9 +69,9 @@ class Sizes:
     codec_reps: int = 9
     scale_runs: int = 40
     scale_rounds: int = 2
-    cpu_runs: int = 20
+    cpu_runs: int = 12
     cpu_rounds: int = 3
-    cpu_profile_runs: int = 20
+    cpu_profile_runs: int = 12
 
 
 FULL = Sizes()
