@@ -166,7 +166,7 @@ class Reaper:
             run_id, "reaper.found", "found", {"action": "found", "detail": f"run is {status} with its identity open"}
         )
         if agent is not None:
-            bundle: PolicyBundle = self._bundle()
+            bundle: PolicyBundle = self._bundle(agent.name)
             for item in outstanding_compensations(events, self._agents):
                 report.compensations.append(self._compensate(run_id, agent.name, bundle, item, opened))
         report.identity_revoked = self._vault.close_run(run_id, opened.get("identity_accessor"))
@@ -214,7 +214,7 @@ class Reaper:
         origin = str(opened.get("origin_run_id") or "")
         identity = self._vault.open_run(run_id, agent, spec.vault_policy, 600, origin)
         try:
-            bundle: PolicyBundle = self._bundle()
+            bundle: PolicyBundle = self._bundle(agent)
             for item in items:
                 report.compensations.append(self._compensate(run_id, agent, bundle, item, opened))
         finally:
