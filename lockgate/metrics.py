@@ -42,13 +42,6 @@ PENDING_QUERY = 'LockgateState = "awaiting_approval" AND ExecutionStatus = "Runn
 COMPENSATING_QUERY = 'LockgateState = "compensating" AND ExecutionStatus = "Running"'
 
 
-def _meter() -> object | None:
-    try:
-        return activity.metric_meter() if activity.in_activity() else None
-    except RuntimeError:
-        return None
-
-
 # Instruments with their attributes bound, by (root meter, namespace, task queue, activity type,
 # kind, name, attributes): created once and reused (creating a meter, an instrument and an
 # attribute set crosses into the SDK's native runtime each time; a call records several). The root
