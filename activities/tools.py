@@ -252,7 +252,8 @@ class ToolRunner:
         finally:
             ctx.secret = {}
             if lease is not None:
-                self._vault.revoke(lease.lease_id)
+                with span("lockgate.revoke", run_id=inv.run_id, step=inv.step, tool=spec.name):
+                    self._vault.revoke(lease.lease_id)
                 metrics.count("lockgate_leases_revoked", "just-in-time credentials revoked", tool=spec.name)
                 self._ledger.try_append(
                     f"lease.revoked:{lease.lease_id}",
