@@ -459,7 +459,13 @@ async def _verdict(base: str, name: str, run_id: str, request_id: str, digest: s
         await sign_in(http, name)
         url = f"/runs/{run_id}/requests/{request_id}"
         card = await http.get(url)
-        data = {"csrf": csrf_of(card.text), "decision": "approve", "args_digest": digest, "reason": "ok", "confirm": "yes"}
+        data = {
+            "csrf": csrf_of(card.text),
+            "decision": "approve",
+            "args_digest": digest,
+            "reason": "ok",
+            "confirm": "yes",
+        }
         resp = await http.post(url, data=data)
         assert resp.status_code == 303, resp.text
         assert "Your approval was recorded" in (await http.get(resp.headers["location"])).text

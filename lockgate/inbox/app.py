@@ -31,7 +31,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -651,6 +651,11 @@ async def _card_refused(request: Request, message: str, decision: str) -> Respon
     )
 
 
+def _sse(event: str, data: Any) -> str:
+    """One server-sent event (JSON data on one line)."""
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+
 # How often the live streams look again, and how long one stream lasts (the browser reconnects).
 LIVE_EVERY = 1.0
 LIVE_FOR = 600.0
@@ -658,8 +663,6 @@ LIVE_FOR = 600.0
 
 async def card_events(request: Request) -> Response:
     """The card's live state as server-sent events: quorum, run state, and closing (once)."""
-    from sse_starlette.sse import EventSourceResponse
-
     inbox: Inbox = request.app.state.inbox
     if inbox.session_of(request) is None:
         return PlainTextResponse("signed out", status_code=401)
@@ -667,7 +670,7 @@ async def card_events(request: Request) -> Response:
     if not _valid_run_id(run_id):
         return PlainTextResponse("unknown run", status_code=404)
 
-    async def stream() -> AsyncIterator[dict[str, str]]:
+    async def stream() -> AsyncIterator[str]:
         last: dict[str, Any] | None = None
         deadline = time.monotonic() + LIVE_FOR
         while time.monotonic() < deadline and inbox.session_of(request) is not None:
@@ -687,25 +690,23 @@ async def card_events(request: Request) -> Response:
                     now["closed"] = "the run is " + status.state
                 if now != last:
                     last = now
-                    yield {"event": "card", "data": json.dumps(now)}
+                    yield _sse("card", now)
                 if req is None:
                     return
             await asyncio.sleep(LIVE_EVERY)
 
-    return EventSourceResponse(stream(), ping=15)
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"X-Accel-Buffering": "no"})
 
 
 async def queue_events(request: Request) -> Response:
     """The queue's rows as server-sent events (each row rendered by the server once, when new)."""
-    from sse_starlette.sse import EventSourceResponse
-
     inbox: Inbox = request.app.state.inbox
     if inbox.session_of(request) is None:
         return PlainTextResponse("signed out", status_code=401)
     view, agent, tool = _queue_args(request)
     row = request.app.state.templates.get_template("_row.html")
 
-    async def stream() -> AsyncIterator[dict[str, str]]:
+    async def stream() -> AsyncIterator[str]:
         last: list[Any] | None = None
         deadline = time.monotonic() + LIVE_FOR
         while time.monotonic() < deadline:
@@ -732,10 +733,10 @@ async def queue_events(request: Request) -> Response:
                 key = [(o["run_id"], o["request_id"], o["quorum"]) for o in out]
                 if key != last:
                     last = key
-                    yield {"event": "queue", "data": json.dumps({"rows": out})}
+                    yield _sse("queue", {"rows": out})
             await asyncio.sleep(LIVE_EVERY * 2)
 
-    return EventSourceResponse(stream(), ping=15)
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"X-Accel-Buffering": "no"})
 
 
 async def _timeline(inbox: Inbox, run_id: str) -> tuple[RunStatus | None, dict[str, Any]]:
@@ -955,4 +956,5 @@ def create_app(inbox: Inbox) -> Starlette:
 def serve(inbox: Inbox, host: str, port: int) -> None:
     import uvicorn
 
-    uvicorn.run(create_app(inbox), host=host, port=port, log_level="info")
+    # Live pages hold server-sent event streams open: stopping waits for them only so long.
+    uvicorn.run(create_app(inbox), host=host, port=port, log_level="info", timeout_graceful_shutdown=5)

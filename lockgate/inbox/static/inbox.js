@@ -18,7 +18,7 @@
       if (isNaN(d.getTime())) { continue; }
       var span = document.createElement("span");
       span.className = "local muted";
-      span.textContent = " · " + d.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "medium", timeZoneName: "short" });
+      span.textContent = " · your time: " + d.toLocaleString(undefined, { year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit", timeZoneName: "short" });
       t.parentNode.insertBefore(span, t.nextSibling);
       t.setAttribute("data-done", "1");
     }
@@ -107,6 +107,7 @@
     qs.addEventListener("queue", function (ev) {
       var d = JSON.parse(ev.data);
       var list = queue.querySelector("ul.queue");
+      if (!list && !d.rows.length) { return; }
       if (!list) {
         list = document.createElement("ul");
         list.className = "queue";
