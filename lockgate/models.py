@@ -523,10 +523,12 @@ class ApprovalRequest(BaseModel):
     withheld: dict[str, str] = Field(default_factory=dict)
     # The planner's stated reason for the call (an LLM's message, a script's note), if it gave one.
     rationale: str | None = None
+    # What the run was asked to do (its validated input), for approvers; not in the memo either.
+    run_request: dict[str, Any] = Field(default_factory=dict)
 
     def memo_dump(self) -> dict[str, Any]:
         """The request as the run's memo lists it: without the full args (memos are small)."""
-        return self.model_dump(mode="json", exclude={"args"})
+        return self.model_dump(mode="json", exclude={"args", "run_request"})
 
 
 def approval_refusal(

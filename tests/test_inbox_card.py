@@ -95,6 +95,12 @@ async def test_the_card_shows_past_character_120_and_signs_only_what_it_shows(
         assert req.args_digest == args_digest(req.args)
         assert f'data-testid="digest">{req.args_digest}<' in card
         assert "the sha256 of exactly the arguments above" in card
+        # Why and what next: the deciding policy's explanation, the run's request, what the run
+        # already did to this order, and one line per outcome.
+        assert "Refunds above 100.00 move real money out of the shop" in card
+        assert "order_id=A-1002" in card and 'data-testid="run-request"' in card
+        assert "orders.lookup</code> on Order A-1002" in card
+        assert "<strong>Reject</strong>: the step is refused" in card and "At expiry the step is refused" in card
         # A rejection says why, from the button too.
         data = {"csrf": csrf_of(card), "args_digest": req.args_digest}
         assert (await http.post(url, data={**data, "decision": "reject", "reason": "  "})).status_code == 400

@@ -164,6 +164,10 @@ class ApprovalDesk:
         self._wake = True
 
     # -- asking --------------------------------------------------------------------------------
+    def _run_request(self) -> dict[str, Any]:
+        """What the run was asked to do, shown to approvers (a governed run without one: nothing)."""
+        return {}
+
     async def _approval(
         self,
         agent: AgentSpec,
@@ -193,6 +197,7 @@ class ApprovalDesk:
             args={k: v for k, v in call.args.items() if k not in withheld},
             withheld={k: g for k, g in withheld.items() if k in call.args},
             rationale=call.rationale,
+            run_request=self._run_request(),
             group=decision.approver_group,
             quorum=max(1, decision.quorum),
             requested_at=now,

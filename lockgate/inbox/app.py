@@ -302,7 +302,9 @@ async def login(request: Request) -> Response:
 def _login_form(request: Request, status: int, nxt: str, error: str, user: str) -> Response:
     inbox: Inbox = request.app.state.inbox
     fresh = secrets.token_urlsafe(32)
-    resp = _render(request, "login.html", status, login_csrf=fresh, next=nxt, error=error, username=user)
+    resp = _render(
+        request, "login.html", status, login_csrf=fresh, next=nxt, error=error, username=user, locked=status == 423
+    )
     resp.set_cookie(LOGIN_COOKIE, fresh, httponly=True, samesite="strict", secure=inbox.secure_cookies)
     return resp
 
@@ -478,6 +480,30 @@ def _ui_link(inbox: Inbox, run_id: str) -> str | None:
     return f"{ui.rstrip('/')}/namespaces/{namespace}/workflows/{quote(run_id, safe='')}"
 
 
+_BUNDLE: dict[str, Any] = {}
+BUNDLE_FOR = 30.0  # seconds a loaded policy bundle is reused for explanations
+
+
+def _explanations(inbox: Inbox, policy_ids: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Each deciding policy's `@explanation("...")` annotation, from the policies in force now."""
+    from lockgate.errors import PolicyError
+    from lockgate.policies import load_bundle
+
+    loaded = _BUNDLE.get("bundle")
+    if loaded is None or time.monotonic() - _BUNDLE.get("at", 0.0) > BUNDLE_FOR:
+        try:
+            loaded = load_bundle(Path(inbox.settings.policy_dir), inbox.agents)
+        except (PolicyError, OSError):
+            loaded = None
+        _BUNDLE.update(bundle=loaded, at=time.monotonic())
+    out = []
+    for pid in policy_ids:
+        statement = loaded.by_id(pid) if loaded is not None else None
+        if statement is not None and statement.annotations.get("explanation"):
+            out.append((pid, statement.annotations["explanation"]))
+    return out
+
+
 def _closed_request(events: list[dict[str, Any]], request_id: str) -> dict[str, Any] | None:
     """A request that is no longer waiting, from the run's ledger: what was asked and who decided,
     when and why (None: the run never asked it)."""
@@ -515,7 +541,7 @@ def _closed_request(events: list[dict[str, Any]], request_id: str) -> dict[str, 
 async def card_page(request: Request) -> Response:
     """One request's card. A decision is POSTed, then the browser is sent back here with
     `?attempt=ID` (post/redirect/get): reloading shows the run's answer again, never re-sends it."""
-    from lockgate.inbox.card import digest_shown, shown_args
+    from lockgate.inbox.card import digest_shown, earlier_effects, shown_args
     from lockgate.ops import approval_attempt
 
     inbox: Inbox = request.app.state.inbox
@@ -531,8 +557,8 @@ async def card_page(request: Request) -> Response:
         return _render(request, "error.html", 404, message=str(err))
     req = next((r for r in status.pending_approvals if r.request_id == request_id), None)
     closed = None
+    events = await asyncio.to_thread(lambda: _ledger(inbox.settings).events(run_id))
     if req is None:
-        events = await asyncio.to_thread(lambda: _ledger(inbox.settings).events(run_id))
         closed = _closed_request(events, request_id)
         if closed is None:
             return _render(request, "error.html", 404, message=f"run {run_id} has no approval request {request_id!r}")
@@ -563,9 +589,13 @@ async def card_page(request: Request) -> Response:
         )
         if refusal is None and digest_ok is False:
             refusal = "the arguments shown do not hash to the request's digest: nothing here can be approved"
+    resource, effects = earlier_effects(events, tool, req.args, inbox.agents.tool) if req else (None, [])
     return _render(
         request,
         "card.html",
+        resource=resource,
+        effects=effects,
+        explanations=_explanations(inbox, shown.policy_ids if shown else ()),
         run_id=run_id,
         request_id=request_id,
         status=status,

@@ -9,6 +9,7 @@ shows, so a card can only offer to sign what it displays.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -17,7 +18,7 @@ from urllib.parse import quote
 from lockgate.models import ApprovalRequest, args_digest, canonical_json
 from lockgate.spec import Tool, field_display
 
-__all__ = ["FOLD_AT", "ShownArg", "digest_shown", "shown_args"]
+__all__ = ["FOLD_AT", "Effect", "ShownArg", "digest_shown", "earlier_effects", "shown_args"]
 
 # Values longer than this (or spanning lines) are folded into an expandable element, in full.
 FOLD_AT = 120
@@ -84,3 +85,42 @@ def digest_shown(req: ApprovalRequest) -> bool | None:
     if req.withheld:
         return None
     return args_digest(req.args) == req.args_digest
+
+
+@dataclass(frozen=True)
+class Effect:
+    """An earlier step of the run that acted on the same resource as the request."""
+
+    step: int
+    tool: str
+    amount: str | None
+    undone: bool
+
+
+def earlier_effects(
+    events: list[dict[str, Any]], tool: Tool | None, args: dict[str, Any], spec_of: Callable[[str], Tool | None]
+) -> tuple[str | None, list[Effect]]:
+    """The resource the request acts on (`Order A-1002`) and what the run's completed steps already
+    did to it, from the run's ledger (each completion joined to the decision that allowed it)."""
+    target = tool.resource_of(args) if tool else None
+    if target is None:
+        return None, []
+    decisions = {str(e.get("decision_id")): e for e in events if e.get("kind") == "decision"}
+    undone = {str(e.get("compensates")) for e in events if e.get("kind") == "tool.completed" and e.get("compensates")}
+    out: list[Effect] = []
+    for e in events:
+        if e.get("kind") != "tool.completed" or e.get("compensates"):
+            continue
+        call = ((decisions.get(str(e.get("decision_id"))) or {}).get("request") or {}).get("call") or {}
+        spec = spec_of(str(call.get("tool", e.get("tool"))))
+        done_args = dict(call.get("args") or {})
+        if spec is None or spec.resource_of(done_args) != target:
+            continue
+        amount = None
+        if spec.cost_arg:
+            value = done_args.get(spec.cost_arg)
+            declared = field_display(spec.args).get(spec.cost_arg, {})
+            amount = _render(value, declared) or str(value)
+        key = str(e.get("idempotency_key") or "")
+        out.append(Effect(int(e.get("step", 0)), spec.name, amount, bool(key) and key in undone))
+    return f"{target[0]} {target[1]}", out
