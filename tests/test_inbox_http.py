@@ -326,14 +326,22 @@ async def test_webhooks_announce_open_and_close_and_failures_show(
             assert plain["event"]["request"]["args_digest"] == req.args_digest
             assert slack["blocks"][1]["elements"][0]["url"] == link and f"<{link}|" in slack["text"]
             assert "<script>" not in slack["text"]  # Slack mrkdwn: no links or mentions from agent text
+            # The card's summary: key args as the tool declares them, risk labels, the deadline.
+            summary = plain["event"]["summary"]
+            assert summary["args"]["amount_cents"] == "250.00 EUR" and summary["risk"] == ["production"]
+            assert summary["deadline"] == req.expires_at.isoformat() and summary["tool"] == "refunds.issue"
+            assert "250.00 EUR" in slack["text"] and "[production]" in slack["text"]
+            assert slack["blocks"][1]["elements"][0]["text"]["text"] == "Open the card to decide"
 
             await _verdict(base, "alice", handle.id, req.request_id, req.args_digest)
             assert await finish(handle) is None
 
             async def closed() -> list[dict[str, Any]]:
-                return [p for p in good.posts if p.get("event", {}).get("event") == "request.closed"]
+                return [p for p in good.posts if p.get("event", {}).get("event") == "request.approved"]
 
-            assert (await until(closed, what="the closed notification"))[0]["event"]["request"]["run_id"] == handle.id
+            (done,) = await until(closed, what="the approved notification")
+            assert done["event"]["request"]["run_id"] == handle.id and done["event"]["by"] == ["alice"]
+            assert "was approved by alice" in done["text"]
 
             # The broken receiver was tried with backoff, and the failure is visible in the inbox:
             # to operators, by host (a webhook's URL is its secret: never on a page or in a log).

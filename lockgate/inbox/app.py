@@ -113,8 +113,46 @@ class Inbox:
         self.oidc_pending: dict[str, tuple[str, str, str, float]] = {}
         self.base_url = base_url.rstrip("/")
         self.notifier = Notifier(
-            webhooks or [], base_url=base_url, list_pending=self._pending_raw, interval=notify_interval
+            webhooks or [],
+            base_url=base_url,
+            list_pending=self._pending_raw,
+            interval=notify_interval,
+            summarize=self.summary,
+            closing=self.closing,
         )
+
+    def summary(self, req: dict[str, Any]) -> dict[str, Any]:
+        """A listed request as its card sums it up: tool, agent, key args as declared, risk labels."""
+        from lockgate.inbox.card import render_value
+        from lockgate.spec import field_display
+
+        spec = self.agents.get(req["agent"])
+        tool = spec.tool(req["tool"]) if spec else None
+        display = field_display(tool.args if tool else None)
+        args = {k: render_value(v, display.get(k, {})) for k, v in (req.get("args") or {}).items()}
+        return {"tool": req["tool"], "agent": req["agent"], "args": args, "risk": _risk(tool)}
+
+    async def closing(self, req: dict[str, Any]) -> tuple[str, list[str]]:
+        """How a request that left the listing ended, and by whom, from the run's ledger (asked a
+        few times: the run records the decision as it closes the request)."""
+        run_id, request_id = req["run_id"], req["request_id"]
+        for _ in range(6):
+            events = await asyncio.to_thread(lambda: _ledger(self.settings).events(run_id))
+            closed = _closed_request(events, request_id)
+            acts = [a for a in (closed or {}).get("acts", []) if a["kind"] == "approval.accepted"]
+            rejected = [str(a.get("approver")) for a in acts if a.get("verdict") == "reject"]
+            approved = [str(a.get("approver")) for a in acts if a.get("verdict") == "approve"]
+            if rejected:
+                return "rejected", rejected
+            if closed is not None and len(approved) >= closed["req"].quorum:
+                return "approved", approved
+            if closed is not None and closed["expired_at"]:
+                return "expired", []
+            halts = [str(e.get("person")) for e in events if e["kind"] == "halt.accepted"]
+            if halts:
+                return "halted", halts
+            await asyncio.sleep(0.5)
+        return "closed", []
 
     async def client(self) -> Client:
         if self._client is None:

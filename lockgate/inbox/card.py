@@ -18,7 +18,7 @@ from urllib.parse import quote
 from lockgate.models import ApprovalRequest, args_digest, canonical_json
 from lockgate.spec import Tool, field_display
 
-__all__ = ["FOLD_AT", "Effect", "ShownArg", "digest_shown", "earlier_effects", "shown_args"]
+__all__ = ["FOLD_AT", "Effect", "ShownArg", "digest_shown", "earlier_effects", "render_value", "shown_args"]
 
 # Values longer than this (or spanning lines) are folded into an expandable element, in full.
 FOLD_AT = 120
@@ -61,6 +61,11 @@ def _render(value: Any, declared: dict[str, Any]) -> str | None:
     if declared.get("unit") and isinstance(value, (int, float)) and not isinstance(value, bool):
         return f"{value} {declared['unit']}"
     return None
+
+
+def render_value(value: Any, declared: dict[str, Any]) -> str:
+    """One value as a short summary shows it: its declared reading, or the value itself."""
+    return _render(value, declared) or (value if isinstance(value, str) else canonical_json(value))
 
 
 def shown_args(req: ApprovalRequest, tool: Tool | None) -> list[ShownArg]:

@@ -1,4 +1,5 @@
-"""Webhook notifications: a request opened, a request closed or expired.
+"""Webhook notifications: a request opened (with the card's summary), approved, rejected, expired or
+halted (and by whom).
 
 The notifier watches the same listing the queue shows (`ops.list_pending`) and posts each change to
 every configured webhook (`LOCKGATE_INBOX_WEBHOOKS`, comma-separated). A URL prefixed `slack:` gets
@@ -10,6 +11,7 @@ delivery that still fails is logged and kept for the inbox to show.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
 from collections import deque
@@ -95,11 +97,17 @@ class Notifier:
         base_url: str,
         list_pending: Callable[[], Awaitable[list[dict[str, Any]]]],
         interval: float = 2.0,
+        summarize: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        closing: Callable[[dict[str, Any]], Awaitable[tuple[str, list[str]]]] | None = None,
     ) -> None:
         self.urls = urls
         self.base_url = base_url.rstrip("/")
         self._list_pending = list_pending
         self.interval = interval
+        # The card's summary of a request (tool, agent, key args rendered, risk, deadline), and how
+        # a closed request ended and by whom (from the run's ledger).
+        self._summarize = summarize or (lambda _req: {})
+        self._closing = closing
         self.failures: deque[DeliveryFailure] = deque(maxlen=50)
         self.delivered = 0
         self._known: dict[tuple[str, str], dict[str, Any]] | None = None
@@ -131,11 +139,15 @@ class Notifier:
             if key not in self._known:
                 self._emit("opened", req)
         now = datetime.now(UTC)
-        for key, req in self._known.items():
-            if key not in current:
-                expired = datetime.fromisoformat(req["expires_at"]) <= now
-                self._emit("expired" if expired else "closed", req)
+        gone = [req for key, req in self._known.items() if key not in current]
         self._known = current
+        for req in gone:
+            expired = datetime.fromisoformat(req["expires_at"]) <= now
+            event, by = ("expired" if expired else "closed"), []
+            if self._closing is not None:
+                with contextlib.suppress(Exception):  # the ledger away: still say it closed
+                    event, by = await self._closing(req)
+            self._emit(event, {**req, "closed_by": by})
 
     def _emit(self, event: str, req: dict[str, Any]) -> None:
         for url in self.urls:
@@ -145,16 +157,31 @@ class Notifier:
 
     def payload(self, url: str, event: str, req: dict[str, Any]) -> dict[str, Any]:
         link = self.link(req["run_id"], req["request_id"])
+        by = [str(b) for b in req.get("closed_by") or []]
+        who = f" by {_slack_escape(', '.join(by))}" if by else ""
         what = {
             "opened": "waits for approval",
+            "approved": f"was approved{who}",
+            "rejected": f"was rejected{who}",
+            "halted": f"ended: the run was halted{who}",
             "closed": "is no longer waiting",
             "expired": "expired without a decision",
         }[event]
+        summary = self._summarize(req)
+        risk = ", ".join(summary.get("risk") or [])
+        args = ", ".join(f"{k}={v}" for k, v in (summary.get("args") or {}).items())
+        labels = f" [{_slack_escape(risk)}]" if risk else ""
+        details = ""
+        if event == "opened":
+            details = (f" Args: {_slack_escape(args)}." if args else "") + (
+                f" Decide by {_slack_escape(str(req['expires_at'])[:19])} UTC."
+            )
         text = (
-            f"lockgate: {_slack_escape(req['agent'])} step {req['step']} {_slack_escape(req['tool'])} "
+            f"lockgate: {_slack_escape(req['agent'])} step {req['step']} {_slack_escape(req['tool'])}{labels} "
             f"(run {_slack_escape(req['run_id'])}) {what}; group {_slack_escape(req['group'])}, "
-            f"quorum {req['quorum']}. <{link}|Open the request>"
+            f"quorum {req['quorum']}.{details} <{link}|Open the card>"
         )
+        button = "Open the card to decide" if event == "opened" else "Open the card"
         body: dict[str, Any] = {
             "text": text,
             "blocks": [
@@ -162,13 +189,20 @@ class Notifier:
                 {
                     "type": "actions",
                     "elements": [
-                        {"type": "button", "text": {"type": "plain_text", "text": "Open in the inbox"}, "url": link}
+                        # Only a link: the decision itself is made, and signed, on the card.
+                        {"type": "button", "text": {"type": "plain_text", "text": button}, "url": link}
                     ],
                 },
             ],
         }
         if not url.startswith("slack:"):
-            body["event"] = {"event": f"request.{event}", "link": link, "request": req}
+            body["event"] = {
+                "event": f"request.{event}",
+                "link": link,
+                "request": req,
+                "summary": {**summary, "deadline": req["expires_at"]},
+                "by": by,
+            }
         return body
 
     async def deliver(self, url: str, event: str, req: dict[str, Any]) -> bool:
