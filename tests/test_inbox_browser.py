@@ -238,3 +238,81 @@ async def test_the_card_goes_live_when_another_approver_votes(
         await handle.cancel()
         await expect(page.get_by_test_id("closed-live")).to_be_visible(timeout=10_000)
         await context.close()
+
+
+async def _approve_from_card(page: Page, reason: str) -> None:
+    """What an approver does on the card alone: read, give a reason, confirm when asked, approve."""
+    await page.get_by_label("Reason").fill(reason)
+    if await page.locator("#confirm").count():
+        await page.locator("#confirm").check()
+    await page.get_by_role("button", name="Approve").click()
+    await expect(page.get_by_test_id("result")).to_contain_text("was recorded")
+
+
+SCENARIOS = [
+    # (name, agent, input, approvers, tool, what the card must say, viewport)
+    (
+        "notify-after-pii",
+        "refund-agent",
+        {"order_id": "A-1001", "amount_cents": 500, "reason": "late", "notify": True},
+        ["carol"],
+        "customer.notify",
+        ["egress", "has read customer PII", "customers.profile"],
+        PHONE,
+    ),
+    (
+        "quarantine",
+        "incident-agent",
+        {"host_id": "web-1"},
+        ["frank"],
+        "host.quarantine",
+        ["production", "contain a high-severity alert", "an on-call engineer decides"],
+        DESKTOP,
+    ),
+    (
+        "close-account",
+        "chain-agent",
+        {"steps": [{"tool": "accounts.close", "args": {"customer_id": "C-503", "reason": "customer asked"}}]},
+        ["carol", "dave"],
+        "accounts.close",
+        ["irreversible", "two different support leads", "customer id"],
+        PHONE,
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "agent", "data", "approvers", "tool", "says", "viewport"), SCENARIOS)
+async def test_an_approver_decides_each_demo_scenario_from_the_card_alone(
+    settings: Settings,
+    client: Client,
+    worker_running: str,
+    browser: Browser,
+    name: str,
+    agent: str,
+    data: dict[str, Any],
+    approvers: list[str],
+    tool: str,
+    says: list[str],
+    viewport: ViewportSize,
+) -> None:
+    handle = await start(client, worker_running, agent, data)
+    req = await pending_request(handle)
+    assert req.tool == tool
+    async with served_inbox(settings, client) as (base, _inbox):
+        for i, approver in enumerate(approvers):
+            context = await browser.new_context(viewport=viewport)
+            page = await context.new_page()
+            await _sign_in(page, base, approver)
+            await page.goto(f"{base}/?view=mine")
+            await page.locator(f'li.row[data-run="{handle.id}"] a').click()
+            card = page.get_by_test_id("card")
+            for text in says:
+                await expect(card).to_contain_text(text)
+            await expect(page.get_by_test_id("quorum")).to_contain_text(f"{i} of {req.quorum}")
+            await expect(page.get_by_test_id("digest")).to_have_text(req.args_digest)
+            if i == 0:
+                await _accessible(page, f"scenario-{name}")
+            await _approve_from_card(page, f"{approver} read the card")
+            await context.close()
+    assert await finish(handle) is None
+    assert (await status_of(handle)).state == "completed"
