@@ -172,9 +172,10 @@ class Notifier:
         args = ", ".join(f"{k}={v}" for k, v in (summary.get("args") or {}).items())
         labels = f" [{_slack_escape(risk)}]" if risk else ""
         details = ""
+        deadline = req.get("expires_at")
         if event == "opened":
             details = (f" Args: {_slack_escape(args)}." if args else "") + (
-                f" Decide by {_slack_escape(str(req['expires_at'])[:19])} UTC."
+                f" Decide by {_slack_escape(str(deadline)[:19])} UTC." if deadline else ""
             )
         text = (
             f"lockgate: {_slack_escape(req['agent'])} step {req['step']} {_slack_escape(req['tool'])}{labels} "
@@ -200,7 +201,7 @@ class Notifier:
                 "event": f"request.{event}",
                 "link": link,
                 "request": req,
-                "summary": {**summary, "deadline": req["expires_at"]},
+                "summary": {**summary, "deadline": deadline},
                 "by": by,
             }
         return body
