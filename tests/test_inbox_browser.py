@@ -316,3 +316,32 @@ async def test_an_approver_decides_each_demo_scenario_from_the_card_alone(
             await context.close()
     assert await finish(handle) is None
     assert (await status_of(handle)).state == "completed"
+
+
+async def test_a_session_about_to_end_warns_and_keeps_the_typed_reason(
+    settings: Settings, client: Client, worker_running: str, browser: Browser
+) -> None:
+    import hvac
+
+    # bob's Vault token lives 125 s: the warning shows 2 minutes before its end, so at once.
+    root = hvac.Client(url=settings.vault_addr, token=settings.vault_token)
+    root.write_data("auth/userpass/users/bob", data={"token_ttl": "125s"})
+    handle = await start(client, worker_running, "refund-agent", REFUND)
+    req = await pending_request(handle)
+    try:
+        async with served_inbox(settings, client) as (base, _inbox):
+            context = await browser.new_context(viewport=PHONE)
+            page = await context.new_page()
+            await _sign_in(page, base, "bob")
+            await page.goto(f"{base}/runs/{handle.id}/requests/{req.request_id}")
+            await page.get_by_label("Reason").fill("half-typed reason")
+            await expect(page.locator("#session-warning")).to_be_visible(timeout=10_000)
+            await expect(page.locator("#session-warning")).to_contain_text("Sign in again in a new tab")
+            await expect(page.locator("time[data-local] + .local").first).to_contain_text("your time:")
+            await page.reload()  # what a return from signing in again looks like: the reason is back
+            await expect(page.get_by_label("Reason")).to_have_value("half-typed reason")
+            await _accessible(page, "session-warning")
+            await context.close()
+    finally:
+        root.write_data("auth/userpass/users/bob", data={"token_ttl": "1h"})
+        await handle.cancel()
