@@ -85,7 +85,10 @@ async def test_alice_approves_in_the_browser_and_the_run_completes(
 
         page.on("dialog", on_dialog)
         errors: list[Any] = []
-        page.on("pageerror", lambda err: errors.append(err))  # the inbox's own script must not fail
+        def on_error(err: Any) -> None:  # the inbox's own script must not fail
+            errors.append(err)
+
+        page.on("pageerror", on_error)
         await _sign_in(page, base, "alice")
         # The run starts while alice looks at her queue: the page's poll brings the request in.
         await expect(page.get_by_test_id("empty")).to_be_visible()
