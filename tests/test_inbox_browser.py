@@ -85,6 +85,7 @@ async def test_alice_approves_in_the_browser_and_the_run_completes(
 
         page.on("dialog", on_dialog)
         errors: list[Any] = []
+
         def on_error(err: Any) -> None:  # the inbox's own script must not fail
             errors.append(err)
 
