@@ -62,9 +62,11 @@ async def browser() -> AsyncIterator[Browser]:
         await b.close()
 
 
-async def _sign_in(page: Page, base: str, name: str) -> None:
+async def _sign_in(page: Page, base: str, name: str, *, check: bool = False) -> None:
     await page.goto(f"{base}/")
     await expect(page).to_have_url(f"{base}/login?next=%2F")
+    if check:
+        await _accessible(page, "login")
     await page.get_by_label("User").fill(name)
     await page.get_by_label("Password").fill(_STACK["LOCKGATE_DEV_PASSWORD"])
     await page.get_by_role("button", name="Sign in").click()
@@ -90,7 +92,7 @@ async def test_alice_approves_in_the_browser_and_the_run_completes(
             errors.append(err)
 
         page.on("pageerror", on_error)
-        await _sign_in(page, base, "alice")
+        await _sign_in(page, base, "alice", check=True)
         # The run starts while alice looks at her queue: the page's poll brings the request in.
         await expect(page.get_by_test_id("empty")).to_be_visible()
         handle = await start(client, worker_running, "refund-agent", REFUND)
@@ -349,3 +351,31 @@ async def test_a_session_about_to_end_warns_and_keeps_the_typed_reason(
     finally:
         root.write_data("auth/userpass/users/bob", data={"token_ttl": "1h"})
         await handle.cancel()
+
+
+async def test_the_kill_switch_has_no_default_scope_and_asks_for_a_reason(
+    settings: Settings, client: Client, browser: Browser
+) -> None:
+    async with served_inbox(settings, client) as (base, _inbox):
+        context = await browser.new_context(viewport=DESKTOP)
+        page = await context.new_page()
+        await _sign_in(page, base, "carol")
+        await page.goto(f"{base}/freeze")
+        await expect(page.locator("#scope")).to_have_value("")
+        await _accessible(page, "freeze")
+        # Freeze with nothing chosen: the browser keeps the form (scope, reason, confirmation required).
+        await page.get_by_role("button", name="Freeze", exact=True).click()
+        await expect(page).to_have_url(f"{base}/freeze")
+        assert await page.locator("#scope").evaluate("s => !s.validity.valid")
+        await expect(page.get_by_test_id("freezes")).not_to_contain_text("FROZEN")
+        await page.locator("#scope").select_option("report-agent")
+        await page.get_by_label("Reason").fill("browser drill")
+        await page.locator("#freeze-confirm").check()
+        await page.get_by_role("button", name="Freeze", exact=True).click()
+        await expect(page.get_by_test_id("message")).to_contain_text("carol froze report-agent")
+        await page.locator("#scope").select_option("report-agent")
+        await page.get_by_label("Reason").fill("drill over")
+        await page.locator("#freeze-confirm").check()
+        await page.get_by_role("button", name="Unfreeze").click()
+        await expect(page.get_by_test_id("message")).to_contain_text("carol unfroze report-agent")
+        await context.close()
