@@ -152,3 +152,31 @@ async def test_people_the_run_would_refuse_see_why_and_unknown_ids_are_404(
             card = (await http.get(url)).text
             assert 'id="approve"' in card and 'id="confirm"' in card  # production: confirmation asked
     await handle.cancel()
+
+
+async def test_a_halt_closes_the_request_and_the_webhook_says_by_whom(
+    settings: Settings, client: Client, worker_running: str
+) -> None:
+    from typing import Any
+
+    from lockgate.ops import halt_run
+    from tests.support.inbox import receiver, until
+    from tests.support.stack import person
+
+    async with receiver() as (url, rec), served_inbox(settings, client, webhooks=[url]) as (_base, inbox):
+
+        async def seeded() -> bool:
+            return inbox.notifier._known is not None  # pyright: ignore[reportPrivateUsage]
+
+        await until(seeded, what="the notifier's first listing")
+        handle = await start(client, worker_running, "refund-agent", REFUND)
+        await pending_request(handle)
+        await halt_run(client, handle.id, "wrong order", session=person("carol"))
+        assert await finish(handle) is not None
+
+        async def halted() -> list[dict[str, Any]]:
+            return [p for p in rec.posts if p["event"]["event"] == "request.halted"]
+
+        (post,) = await until(halted, what="the halted notification")
+        assert post["event"]["by"] == ["carol"] and "the run was halted by carol" in post["text"]
+        assert post["event"]["request"]["run_id"] == handle.id
