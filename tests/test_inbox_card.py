@@ -175,8 +175,16 @@ async def test_a_halt_closes_the_request_and_the_webhook_says_by_whom(
         assert await finish(handle) is not None
 
         async def halted() -> list[dict[str, Any]]:
-            return [p for p in rec.posts if p["event"]["event"] == "request.halted"]
+            return [
+                p
+                for p in rec.posts
+                if p["event"]["request"]["run_id"] == handle.id and p["event"]["event"] != "request.opened"
+            ]
 
-        (post,) = await until(halted, what="the halted notification")
-        assert post["event"]["by"] == ["carol"] and "the run was halted by carol" in post["text"]
+        (post,) = await until(halted, what="the closing notification")
+        assert (
+            post["event"]["event"] == "request.halted"
+            and post["event"]["by"] == ["carol"]
+            and "the run was halted by carol" in post["text"]
+        )
         assert post["event"]["request"]["run_id"] == handle.id

@@ -136,7 +136,7 @@ class Inbox:
         """How a request that left the listing ended, and by whom, from the run's ledger (asked a
         few times: the run records the decision as it closes the request)."""
         run_id, request_id = req["run_id"], req["request_id"]
-        for _ in range(6):
+        for _ in range(20):
             events = await asyncio.to_thread(lambda: _ledger(self.settings).events(run_id))
             closed = _closed_request(events, request_id)
             acts = [a for a in (closed or {}).get("acts", []) if a["kind"] == "approval.accepted"]

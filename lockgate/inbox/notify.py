@@ -143,11 +143,19 @@ class Notifier:
         self._known = current
         for req in gone:
             expired = datetime.fromisoformat(req["expires_at"]) <= now
-            event, by = ("expired" if expired else "closed"), []
-            if self._closing is not None:
-                with contextlib.suppress(Exception):  # the ledger away: still say it closed
-                    event, by = await self._closing(req)
-            self._emit(event, {**req, "closed_by": by})
+            task = asyncio.create_task(self._closed(req, "expired" if expired else "closed"))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _closed(self, req: dict[str, Any], event: str) -> bool:
+        """Announces a request that left the listing, once the run's ledger says how it ended (in its
+        own task: the listing goes on meanwhile)."""
+        by: list[str] = []
+        if self._closing is not None:
+            with contextlib.suppress(Exception):  # the ledger away: still say it closed
+                event, by = await self._closing(req)
+        self._emit(event, {**req, "closed_by": by})
+        return True
 
     def _emit(self, event: str, req: dict[str, Any]) -> None:
         for url in self.urls:
