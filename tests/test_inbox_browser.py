@@ -207,10 +207,10 @@ async def test_the_approver_reads_past_character_120_and_rejects_with_a_reason(
         await _accessible(page, "card-long")
         # Reject from the button with no reason: refused in the page, focus on the reason, nothing sent.
         await page.get_by_role("button", name="Reject").click()
-        await expect(page.get_by_label("Reason")).to_be_focused()
+        await expect(page.locator("#reason")).to_be_focused()
         await expect(page.locator("#form-error")).to_contain_text("A rejection says why")
         assert (await pending_request(handle)).request_id == req.request_id
-        await page.get_by_label("Reason").fill("the tail asks for more than a refund")
+        await page.locator("#reason").fill("the tail asks for more than a refund")
         await page.get_by_role("button", name="Reject").click()
         await expect(page.get_by_test_id("result")).to_contain_text("Your rejection was recorded")
         await context.close()
