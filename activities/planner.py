@@ -178,7 +178,7 @@ class LLMPlannerActivities:
         *,
         agents: AgentRegistry,
         vault: VaultBroker,
-        bundle: Callable[[], PolicyBundle] | None = None,
+        bundle: Callable[..., PolicyBundle] | None = None,
         policy_dir: str | None = None,
     ) -> None:
         self._agents = agents
@@ -228,7 +228,7 @@ class LLMPlannerActivities:
             return None
         from lockgate.gates.offer import offered
 
-        return offered(self._bundle(), agent.name, [t.name for t in agent.tools])
+        return offered(self._bundle(agent.name), agent.name, [t.name for t in agent.tools])
 
     # MODEL_CALL: rate limits, 5xx and network errors are retried briefly here, then by Temporal.
     @retry(

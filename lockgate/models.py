@@ -229,6 +229,9 @@ class GateState(BaseModel):
     # Set by the deciding activity when the workflow's claim contradicts the run's ledger (a step
     # number that already ran another call: a reset or forged state). The gate then denies.
     conflict: str | None = None
+    # The tenant the run acts for ("" for none): set by the deciding activity from the run's
+    # verified start in the ledger (`context.run.tenant`), never taken from the workflow's claim.
+    tenant: str = ""
 
 
 class GateRequest(BaseModel):

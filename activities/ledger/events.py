@@ -85,6 +85,8 @@ class RunOpened(LedgerEvent):
     origin_run_id: str | None = None
     parent_run_id: str | None = None
     identity_accessor: str | None = None
+    # The tenant the run acts for, verified at its start (or its parent's).
+    tenant: str | None = None
 
 
 class RunClosed(LedgerEvent):

@@ -80,7 +80,7 @@ class DropinActivities:
         agents: AgentRegistry,
         vault: VaultBroker,
         ledger: Ledger,
-        bundle: Callable[[], PolicyBundle],
+        bundle: Callable[..., PolicyBundle],
         denials: dict[str, Denial] | None = None,
         resources: Resources | None = None,
         governed: frozenset[str] = frozenset(),
@@ -101,7 +101,7 @@ class DropinActivities:
     # -- the gate, as the workflow asks it ---------------------------------------------------------
     def on_deny(self, request: GateRequest, policy_ids: tuple[str, ...], tool_default: Denial) -> Denial:
         """What a denial does: the deciding policy's `@denial("fail"|"retry")`, else the tool's setting."""
-        bundle = self._bundle()
+        bundle = self._bundle(request.agent)
         for policy_id in policy_ids:
             statement = bundle.by_id(policy_id)
             mode = statement.annotations.get("denial") if statement is not None else None
