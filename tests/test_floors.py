@@ -169,6 +169,7 @@ def test_the_public_surface_is_pinned() -> None:
             "ToolError",
             "UserError",
             "load_agents",
+            "shown",
             "tool",
         ]
     )

@@ -411,6 +411,9 @@ class AgentWorkflow(GovernedRun):
         )
 
     # -- approvals (asking and judging: ApprovalDesk) ----------------------------------------
+    def _run_request(self) -> dict[str, Any]:
+        return dict(self._inp.input)
+
     @workflow.update(name="approve")
     async def approve_update(self, signed: SignedStatement) -> ApprovalAttempt:
         return await self._on_statement(signed.model_dump(mode="json"), "approve")
