@@ -56,7 +56,7 @@ _LIMIT = 4096
 
 
 def _instrument(kind: str, name: str, description: str, unit: str, attributes: dict[str, str]) -> Any | None:
-    """The bound instrument (counter or timedelta histogram) for the current activity, or None
+    """The bound instrument (counter, float gauge or timedelta histogram) for the current activity, or None
     outside an activity (or where it has no metric meter)."""
     try:
         if not activity.in_activity():
@@ -77,6 +77,8 @@ def _instrument(kind: str, name: str, description: str, unit: str, attributes: d
     )
     if kind == "counter":
         made = meter.create_counter(name, description)
+    elif kind == "gauge":
+        made = meter.create_gauge_float(name, description)
     else:
         made = meter.create_histogram_timedelta(name, description, unit)
     bound = made.with_additional_attributes(attributes)
@@ -178,7 +180,6 @@ class StateGauges:
 
 def gauge(name: str, description: str, value: float, **attributes: str) -> None:
     """Sets gauge `name` (with these attribute values) to `value`."""
-    meter = _meter()
-    if meter is None:
-        return
-    meter.create_gauge_float(name, description).with_additional_attributes(attributes).set(float(value))  # type: ignore[attr-defined]
+    instrument = _instrument("gauge", name, description, "", attributes)
+    if instrument is not None:
+        instrument.set(float(value))
