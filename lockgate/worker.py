@@ -28,6 +28,7 @@ from temporalio.envconfig import ClientConfig
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
+from lockgate import standby
 from lockgate.activities.anchor import TransitAnchor
 from lockgate.activities.approvals import ApprovalActivities
 from lockgate.activities.archive import HistoryArchive
@@ -237,6 +238,16 @@ def build_governance(deps: Deps) -> GovernanceActivities:
     )
 
 
+def tool_resources(settings: Settings) -> Resources:
+    """Where tools reach their systems: PostgreSQL by socket dir, else LOCKGATE_PG_HOST/PORT (TCP)."""
+    return Resources(
+        pg_socket_dir=settings.pg_socket_dir,
+        pg_host=settings.pg_host,
+        pg_port=settings.pg_port,
+        policy_dir=str(settings.policy_dir),
+    )
+
+
 def build_tools(deps: Deps, governance: GovernanceActivities | None = None) -> ToolRunner:
     gate = (governance or build_governance(deps)).decide
     if any(t.mcp_server for t in deps.agents.tools()):
@@ -248,7 +259,7 @@ def build_tools(deps: Deps, governance: GovernanceActivities | None = None) -> T
         vault=deps.vault,
         ledger=deps.ledger,
         gate=gate,
-        resources=Resources(pg_socket_dir=deps.settings.pg_socket_dir, policy_dir=str(deps.settings.policy_dir)),
+        resources=tool_resources(deps.settings),
     )
 
 
@@ -375,16 +386,26 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    worker = build_worker(client, deps, services=True)
     log.info(
         "worker started: task_queue=%s bundle=%s policies=%d",
         settings.task_queue,
         deps.bundle.hash[:12],
         len(deps.bundle.statements),
     )
-    async with worker:
-        await stop.wait()
+    # Polls only while Vault and the ledger answer (lockgate/standby.py): a host cut off from
+    # either stands by and leaves the work to the others.
+    await standby.serve(lambda: build_worker(client, deps, services=True), dependency_checks(deps), stop)
     log.info("worker stopped")
+
+
+def dependency_checks(deps: Deps) -> list[standby.Check]:
+    """What a worker cannot work without: its Vault token (and Vault), the ledger."""
+
+    def ledger() -> None:
+        with deps.ledger.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+
+    return [standby.Check("Vault", lambda: deps.vault.client.auth.token.lookup_self()), standby.Check("ledger", ledger)]
 
 
 def main(argv: list[str] | None = None) -> int:
