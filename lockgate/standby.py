@@ -41,7 +41,9 @@ async def _failing(checks: Sequence[Check]) -> str | None:
     return None
 
 
-async def _until(stop: asyncio.Event, checks: Sequence[Check], healthy: bool, times: int, interval: float) -> str | None:
+async def _until(
+    stop: asyncio.Event, checks: Sequence[Check], healthy: bool, times: int, interval: float
+) -> str | None:
     """Waits until the checks are `healthy` (or not) `times` probes in a row, or stop is set.
     Returns the last failure seen (None when healthy)."""
     streak, last = 0, None

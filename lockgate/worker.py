@@ -401,11 +401,14 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
 def dependency_checks(deps: Deps) -> list[standby.Check]:
     """What a worker cannot work without: its Vault token (and Vault), the ledger."""
 
+    def vault() -> None:
+        deps.vault.client.auth.token.lookup_self()  # the broker's current client (it re-logs in)
+
     def ledger() -> None:
         with deps.ledger.engine.connect() as conn:
             conn.exec_driver_sql("SELECT 1")
 
-    return [standby.Check("Vault", lambda: deps.vault.client.auth.token.lookup_self()), standby.Check("ledger", ledger)]
+    return [standby.Check("Vault", vault), standby.Check("ledger", ledger)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -86,7 +86,9 @@ def write(ctx: ToolContext, args: WriteArgs) -> dict[str, Any]:
     key = ctx.idempotency_key
     with ctx.connect("chaos") as conn:
         conn.autocommit = True
-        conn.execute("INSERT INTO attempts (idempotency_key, tool, host) VALUES (%s, 'chaos.write', %s)", (key, _host()))
+        conn.execute(
+            "INSERT INTO attempts (idempotency_key, tool, host) VALUES (%s, 'chaos.write', %s)", (key, _host())
+        )
         if args.hold:
             _hold(key)
         if args.fail:
@@ -122,7 +124,9 @@ def undo(ctx: ToolContext, args: UndoArgs) -> dict[str, Any]:
                 (_host(), args.idempotency_key),
             ).fetchone()
             if row is not None:
-                conn.execute("INSERT INTO undos (idempotency_key, host) VALUES (%s, %s)", (args.idempotency_key, _host()))
+                conn.execute(
+                    "INSERT INTO undos (idempotency_key, host) VALUES (%s, %s)", (args.idempotency_key, _host())
+                )
     return {"undone": row is not None, "summary": f"undid {args.idempotency_key}" if row else "nothing to undo"}
 
 

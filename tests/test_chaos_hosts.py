@@ -36,7 +36,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, LiteralString
 
 import psycopg
 import pytest
@@ -222,6 +222,16 @@ def _listen_on_tcp(dev: DevStack, address: str) -> int:
     return port
 
 
+def _forwarder(address: str, port: int, temporal_port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.support.forward", address, str(port), "127.0.0.1", str(temporal_port)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
 def _policy_dir(target: Path) -> Path:
     target.mkdir()
     for item in (ROOT / "policies").iterdir():
@@ -268,13 +278,7 @@ async def cluster(net: Net, tmp_path_factory: pytest.TempPathFactory) -> AsyncIt
         # Temporal stays on 127.0.0.1 (its dev server's services dial each other there); the
         # hosts reach it through a forwarder on the bridge (tests/support/forward.py).
         t_port = free_port()
-        forward = subprocess.Popen(
-            [sys.executable, "-m", "tests.support.forward", net.temporal, str(t_port), "127.0.0.1", str(dev.temporal_port)],
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        forward = _forwarder(net.temporal, t_port, dev.temporal_port)
         pg_port = await asyncio.to_thread(_listen_on_tcp, dev, net.pg)
         env = {**dev.env(), "PYTHONPATH": str(ROOT)}
         with psycopg.connect(env["LOCKGATE_PG_DSN"], autocommit=True) as conn:
@@ -415,7 +419,7 @@ class Traffic:
 
 
 # -- checks ----------------------------------------------------------------------------------------
-def _rows(cluster: Cluster, sql: str, *args: Any) -> list[tuple[Any, ...]]:
+def _rows(cluster: Cluster, sql: LiteralString, *args: Any) -> list[tuple[Any, ...]]:
     with cluster.chaos_db() as conn:
         return list(conn.execute(sql, args))
 
@@ -429,10 +433,10 @@ def check_runs(cluster: Cluster, runs: list[Run]) -> None:
         assert run.outcome.startswith(expected), f"{run.handle.id}: {run.outcome}\n{cluster.tails()}"
         if run.fails:
             assert "fails by design" in run.outcome, f"{run.handle.id}: {run.outcome}"
-        effects = _rows(cluster, "SELECT step, undone_at IS NOT NULL FROM effects WHERE run_id = %s ORDER BY step", run.handle.id)
-        undos = _rows(
-            cluster, "SELECT idempotency_key FROM undos WHERE idempotency_key LIKE %s", f"{run.handle.id}:%"
+        effects = _rows(
+            cluster, "SELECT step, undone_at IS NOT NULL FROM effects WHERE run_id = %s ORDER BY step", run.handle.id
         )
+        undos = _rows(cluster, "SELECT idempotency_key FROM undos WHERE idempotency_key LIKE %s", f"{run.handle.id}:%")
         if run.fails:
             assert len(effects) == 1 and effects[0][1] is True, f"{run.handle.id}: effects {effects}"
             assert len(undos) == 1, f"{run.handle.id}: undos {undos}"
@@ -554,16 +558,23 @@ async def test_d_host_killed_mid_tool(cluster: Cluster) -> None:
     try:
         # The resumed run: completed elsewhere; step 2 attempted on the victim and on a survivor.
         assert resumed.outcome == "completed", f"{resumed.outcome}\n{cluster.tails()}"
-        attempts = _rows(cluster, "SELECT host FROM attempts WHERE idempotency_key = %s ORDER BY id", keys[resumed.handle.id])
+        attempts = _rows(
+            cluster, "SELECT host FROM attempts WHERE idempotency_key = %s ORDER BY id", keys[resumed.handle.id]
+        )
         assert attempts[0] == (victim,) and len(attempts) >= 2 and attempts[-1][0] in others, attempts
         check_runs(cluster, background.runs)
-        assert _rows(cluster, "SELECT step FROM effects WHERE run_id = %s ORDER BY step", resumed.handle.id) == [(1,), (2,)]
+        assert _rows(cluster, "SELECT step FROM effects WHERE run_id = %s ORDER BY step", resumed.handle.id) == [
+            (1,),
+            (2,),
+        ]
         # The terminated run: its step 1 undone once by a surviving host's reaper, step 2 never written.
         deadline = time.monotonic() + 60
         while not _rows(cluster, "SELECT 1 FROM undos WHERE idempotency_key = %s", f"{reaped.handle.id}:1"):
             assert time.monotonic() < deadline, f"the terminated run was never reaped: {cluster.tails()}"
             await asyncio.sleep(0.5)
-        effects = _rows(cluster, "SELECT step, undone_by FROM effects WHERE run_id = %s ORDER BY step", reaped.handle.id)
+        effects = _rows(
+            cluster, "SELECT step, undone_by FROM effects WHERE run_id = %s ORDER BY step", reaped.handle.id
+        )
         assert len(effects) == 1 and effects[0][0] == 1 and effects[0][1] in others, effects
         assert len(_rows(cluster, "SELECT 1 FROM undos WHERE idempotency_key LIKE %s", f"{reaped.handle.id}:%")) == 1
         await asyncio.to_thread(check_clean, cluster)
