@@ -114,6 +114,11 @@ permit (principal == Agent::"{AGENT_NAME}", action == Action::"{APPROVAL}", reso
 @approval("finance")
 forbid (principal, action == Action::"{APPROVAL}", resource)
 unless {{ context.run.approved_groups.contains("finance") }};
+
+// Starting a run is a role (policies/starts.cedar): the bench starts its runs as erin, a requester.
+@id("bench.start")
+permit (principal, action == lockgate::Action::"start", resource == Agent::"{AGENT_NAME}")
+when {{ principal in [Group::"requesters"] }};
 """
 
 SCHEMA = "".join(
