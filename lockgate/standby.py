@@ -50,6 +50,8 @@ async def _until(
     while not stop.is_set():
         last = await _failing(checks)
         streak = streak + 1 if (last is None) == healthy else 0
+        if not healthy and last is not None:
+            log.warning("dependency check failed (%d of %d): %s", streak, times, last)
         if streak >= times:
             return last
         try:

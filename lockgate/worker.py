@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import faulthandler
 import logging
 import os
 import signal
@@ -413,6 +414,8 @@ def dependency_checks(deps: Deps) -> list[standby.Check]:
 
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
+    # `kill -USR1 <pid>` dumps every thread's stack to stderr: for a worker that seems stuck.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     settings = load_settings()
     try:
         asyncio.run(run_worker(settings))

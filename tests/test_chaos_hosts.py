@@ -535,8 +535,9 @@ async def test_d_host_killed_mid_tool(cluster: Cluster) -> None:
             {"tool": "chaos.write", "args": {"label": "kill-a"}},
             {"tool": "chaos.write", "args": {"label": "kill-b", "hold": True}},
         ]
-        resumed = await traffic.run(steps, False, wait=False)
-        reaped = await traffic.run(steps, True, wait=False)
+        resumed, reaped = await asyncio.gather(
+            traffic.run(steps, False, wait=False), traffic.run(steps, True, wait=False)
+        )
         keys = {run.handle.id: f"{run.handle.id}:2" for run in (resumed, reaped)}
         deadline = time.monotonic() + 60
         while not all((cluster.hold_dir / f"{k}.reached").exists() for k in keys.values()):
@@ -547,18 +548,21 @@ async def test_d_host_killed_mid_tool(cluster: Cluster) -> None:
     finally:
         for host in others:
             cluster.net.heal(host, cluster.net.temporal)
+    reached = [(cluster.hold_dir / f"{k}.reached").stat().st_mtime for k in keys.values()]
     cluster.kill(victim)
-    for key in keys.values():
-        (cluster.hold_dir / f"{key}.go").touch()
-    await reaped.handle.terminate("chaos: the run's host died")
-    background = Traffic(cluster, "kill-bg")
-    background.begin()
-    await traffic.settle(resumed)
-    await asyncio.sleep(3)
-    await background.end()
-    reaped.outcome = "failed: terminated"
-
     try:
+        # A hold lasts 8 s (under the heartbeat timeout): both attempts were still holding.
+        assert time.time() - min(reached) < 8, "a hold ended before the kill: the machine is too slow for this scenario"
+        for key in keys.values():
+            (cluster.hold_dir / f"{key}.go").touch()
+        await reaped.handle.terminate("chaos: the run's host died")
+        background = Traffic(cluster, "kill-bg")
+        background.begin()
+        await traffic.settle(resumed)
+        await asyncio.sleep(3)
+        await background.end()
+        reaped.outcome = "failed: terminated"
+
         # The resumed run: completed elsewhere; step 2 attempted on the victim and on a survivor.
         assert resumed.outcome == "completed", f"{resumed.outcome}\n{cluster.tails()}"
         attempts = _rows(

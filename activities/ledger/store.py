@@ -264,7 +264,9 @@ class LedgerStore:
             def _begin_deferred(conn: Any) -> None:
                 conn.exec_driver_sql("BEGIN")
         else:
-            self.engine = create_engine(url, pool_pre_ping=True, pool_size=20, max_overflow=20)
+            self.engine = create_engine(
+                url, pool_pre_ping=True, pool_size=20, max_overflow=20, connect_args=dict(_PG_LIVENESS)
+            )
             self.reader = self.engine
             # The one-statement append runs on plain psycopg connections in autocommit (its own
             # transaction, one round trip, a prepared statement): the hot path of every worker.
@@ -670,6 +672,21 @@ class LedgerStore:
             self._raw.close()
 
 
+# A ledger connection whose server became unreachable without closing it (a network partition drops
+# packets: nothing resets the connection) fails within seconds instead of hanging for TCP's
+# retransmission timeout (minutes), holding the activity, the workflow task and the worker's drain:
+# unacknowledged data for 10 s, or an idle connection unanswered for ~11 s, closes it (libpq ignores
+# these for Unix sockets). tests/test_chaos_hosts.py cuts a host off from PostgreSQL.
+_PG_LIVENESS: dict[str, int] = {
+    "connect_timeout": 5,
+    "tcp_user_timeout": 10_000,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+}
+
+
 class _RawPool:
     """A few plain psycopg connections in autocommit, shared by the threads of one process."""
 
@@ -690,7 +707,7 @@ class _RawPool:
             try:
                 conn = self._idle.get_nowait()
             except Exception:  # noqa: BLE001 - queue.Empty: open one more
-                conn = psycopg.connect(self._conninfo, autocommit=True, prepare_threshold=0)
+                conn = psycopg.connect(self._conninfo, autocommit=True, prepare_threshold=0, **_PG_LIVENESS)
             yield conn
             self._idle.put(conn)
             conn = None
