@@ -900,8 +900,9 @@ def cmd_inbox(args: argparse.Namespace, settings: Settings) -> int:
     loopback = args.host in ("127.0.0.1", "localhost", "::1")
     if not loopback:
         print("lockgate: note: serve the inbox behind HTTPS (cookies are then marked Secure)", file=sys.stderr)
-    base = os.environ.get("LOCKGATE_INBOX_URL") or f"http://{args.host}:{args.port}"
-    inbox = Inbox(settings, webhooks=webhooks_from_env(dict(os.environ)), base_url=base, secure_cookies=not loopback)
+    base = settings.inbox_url or f"http://{args.host}:{args.port}"
+    webhooks = webhooks_from_env({"LOCKGATE_INBOX_WEBHOOKS": settings.inbox_webhooks})
+    inbox = Inbox(settings, webhooks=webhooks, base_url=base, secure_cookies=not loopback)
     serve(inbox, args.host, args.port)
     return 0
 

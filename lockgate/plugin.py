@@ -234,7 +234,7 @@ class LockgatePlugin(SimplePlugin):
         bind_agents(config.get("task_queue") or "", deps.agents)
         config["workflows"] = [*(config.get("workflows") or ()), self._workflow]
         config["activities"] = [*(config.get("activities") or ()), *build_activities(deps)]
-        config["interceptors"] = [*(config.get("interceptors") or ()), *tracing_interceptors()]
+        config["interceptors"] = [*(config.get("interceptors") or ()), *tracing_interceptors(self.settings)]
         guarded: Callable[[str], bool] = is_engine_activity
         if self._govern:
             from lockgate.dropin.plugin import configure_dropin
@@ -253,8 +253,8 @@ class LockgatePlugin(SimplePlugin):
         # worker's memory however many runs wait (an evicted run replays when it wakes). Unless
         # told otherwise, the worker's own setting (Temporal's default: 1,000) stands.
         cached = self._max_cached
-        if cached is None and os.environ.get("LOCKGATE_MAX_CACHED_WORKFLOWS"):
-            cached = int(os.environ["LOCKGATE_MAX_CACHED_WORKFLOWS"])
+        if cached is None:
+            cached = self.settings.max_cached_workflows
         if cached is not None:
             config["max_cached_workflows"] = cached
         return config

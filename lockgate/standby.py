@@ -68,14 +68,16 @@ async def serve(
     *,
     interval: float = 1.0,
     after: int = 3,
+    on_standby: Callable[[], None] = lambda: None,
 ) -> None:
     """Runs workers from `make_worker` (a temporalio Worker each) until `stop` is set, none while a
-    check has failed `after` times in a row."""
+    check has failed `after` times in a row (`on_standby` is told when one has stopped for that)."""
     while not stop.is_set():
         async with make_worker():
             problem = await _until(stop, checks, healthy=False, times=after, interval=interval)
         if stop.is_set():
             return
+        on_standby()
         log.warning("standing by: %s; polling stopped until it is back", problem)
         await _until(stop, checks, healthy=True, times=2, interval=interval)
         if not stop.is_set():

@@ -37,7 +37,7 @@ from lockgate.activities.codec import TransitCodec, VaultTransit
 from lockgate.activities.freeze import FreezeStore, unfreeze_verifier
 from lockgate.activities.governance import GovernanceActivities, bundle_content
 from lockgate.activities.identity import LedgerKeyArchive, PeopleDirectory
-from lockgate.activities.ledger import Ledger
+from lockgate.activities.ledger import Ledger, PoolLimits
 from lockgate.activities.ledger.rowkey import LEDGER_ROW_KEY, VaultRowKeys
 from lockgate.activities.planner import LLMPlannerActivities
 from lockgate.activities.reaper import Reaper
@@ -46,9 +46,11 @@ from lockgate.activities.vault import VaultBroker
 from lockgate.config import Settings, archive_dir, load_settings, production_problems
 from lockgate.errors import PolicyError, UserError
 from lockgate.gates.bundle import PolicyBundle
-from lockgate.observability import setup_logging
+from lockgate.metrics import StateGauges
+from lockgate.observability import setup_logging, setup_tracing
 from lockgate.plugin import LockgatePlugin
 from lockgate.policies import load_bundle
+from lockgate.probes import Probes
 from lockgate.spec import AgentRegistry, load_agents
 
 __all__ = [
@@ -65,6 +67,7 @@ __all__ = [
     "connect_config",
     "data_converter",
     "entry",
+    "ledger_pool",
     "main",
     "reap_forever",
     "run_worker",
@@ -179,6 +182,17 @@ async def watch_policies(deps: Deps, stop: asyncio.Event, interval: float = 2.0)
             await asyncio.to_thread(deps.reload_policies)
 
 
+def ledger_pool(settings: Settings) -> PoolLimits:
+    """The ledger's connection limits from the settings (`LOCKGATE_LEDGER_POOL_*`, `..._PGBOUNCER`)."""
+    return PoolLimits(
+        size=settings.ledger_pool_size,
+        overflow=settings.ledger_pool_overflow,
+        raw=settings.ledger_raw_pool,
+        timeout=settings.ledger_pool_timeout,
+        pgbouncer=settings.ledger_pgbouncer,
+    )
+
+
 def build_deps(settings: Settings, agents: AgentRegistry | None = None) -> Deps:
     """Loads the agents (unless given), policies (PolicyError if invalid), logs in to Vault, opens
     the ledger."""
@@ -204,6 +218,7 @@ def build_deps(settings: Settings, agents: AgentRegistry | None = None) -> Deps:
             signer=TransitAnchor(lambda: vault.client),
             row_key=VaultRowKeys(lambda: vault.client),
             strict_events=True,
+            pool=ledger_pool(settings),
         )
     except hvac.exceptions.VaultError as err:
         raise UserError(
@@ -381,21 +396,57 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     if problems:
         raise UserError("production mode refuses: " + "; ".join(problems))
     deps = build_deps(settings)
+    tracer_provider = setup_tracing(settings)  # before the client: its interceptor uses it
     runtime = metrics_runtime(settings.metrics_address) if settings.metrics_address else None
     client = await connect(settings, deps.vault, runtime=runtime)
     stop = stop or asyncio.Event()
+    gauges = None
+    if runtime is not None and settings.metrics_interval > 0:
+        secrets = [t.secret for t in deps.agents.tools() if t.secret]
+        gauges = asyncio.create_task(
+            StateGauges(runtime.metric_meter, client, deps.vault, secrets).run(settings.metrics_interval, stop)
+        )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    probes = Probes(deps.vault, deps.ledger) if settings.health_address else None
+    if probes is not None and settings.health_address:
+        await probes.serve(settings.health_address)  # live at once; ready once the worker polls
     log.info(
         "worker started: task_queue=%s bundle=%s policies=%d",
         settings.task_queue,
         deps.bundle.hash[:12],
         len(deps.bundle.statements),
     )
-    # Polls only while Vault and the ledger answer (lockgate/standby.py): a host cut off from
-    # either stands by and leaves the work to the others.
-    await standby.serve(lambda: build_worker(client, deps, services=True), dependency_checks(deps), stop)
+
+    def make_worker() -> Worker:
+        worker = build_worker(client, deps, services=True)
+        if probes is not None:
+            probes.worker = worker
+        return worker
+
+    def standing_by() -> None:
+        if probes is not None:
+            probes.worker = None  # not ready (not polling), still live
+
+    async def drain() -> None:
+        await stop.wait()
+        if probes is not None:
+            probes.draining = True  # not ready from now on: the load balancer sends no more
+
+    draining = asyncio.create_task(drain())
+    try:
+        # Polls only while Vault and the ledger answer (lockgate/standby.py): a host cut off from
+        # either stands by and leaves the work to the others.
+        await standby.serve(make_worker, dependency_checks(deps), stop, on_standby=standing_by)
+    finally:
+        draining.cancel()
+        if probes is not None:
+            await probes.close()
+        if gauges is not None:
+            gauges.cancel()
+        if tracer_provider is not None:
+            await asyncio.to_thread(tracer_provider.shutdown)  # the last spans go out
     log.info("worker stopped")
 
 
@@ -416,7 +467,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     # `kill -USR1 <pid>` dumps every thread's stack to stderr: for a worker that seems stuck.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except UserError as err:  # a malformed setting: one line, not a traceback
+        print(f"lockgate worker: {err}", file=sys.stderr)
+        return 2
     try:
         asyncio.run(run_worker(settings))
     except PolicyError as err:

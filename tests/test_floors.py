@@ -49,6 +49,7 @@ FLOORS: dict[str, int] = {
     "lockgate.plugin": ENGINE,
     "lockgate.worker": ENGINE,
     "lockgate.standby": ENGINE,  # the worker stands by while Vault or the ledger is unreachable
+    "lockgate.probes": ENGINE,  # the worker's liveness and readiness endpoints
     "lockgate.identity": ENGINE,
     "lockgate.dropin": ENGINE,
     # The operator API: what the CLI, the inbox and the tests call.
