@@ -720,7 +720,7 @@ class LedgerStore:
 # retransmission timeout (minutes), holding the activity, the workflow task and the worker's drain:
 # unacknowledged data for 10 s, or an idle connection unanswered for ~11 s, closes it (libpq ignores
 # these for Unix sockets). tests/test_chaos_hosts.py cuts a host off from PostgreSQL.
-_PG_LIVENESS: dict[str, int] = {
+_PG_LIVENESS: dict[str, Any] = {
     "connect_timeout": 5,
     "tcp_user_timeout": 10_000,
     "keepalives": 1,
