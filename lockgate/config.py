@@ -54,6 +54,8 @@ class Settings(BaseModel):
     # Production mode: the worker refuses dev defaults (`production_problems`) unless allowed by name.
     production: bool = False
     production_allow: str = ""
+    # Signed team bundles (lockgate/teambundles.py): distinct policy owners who must sign a bundle and a switch.
+    policy_quorum: int = Field(default=2, ge=1)
     # PostgreSQL connections per process (README "Connections"): the ledger's SQLAlchemy pool
     # (size + overflow) and its plain append connections; a transaction-mode PgBouncer in front.
     ledger_pool_size: int = Field(default=10, ge=1)
@@ -78,6 +80,12 @@ class Settings(BaseModel):
     # The inbox: its public URL (links in notifications) and webhooks (comma-separated).
     inbox_url: str | None = None
     inbox_webhooks: str = ""
+    # Whether this worker runs the cluster's background work (reaper, archiver, checkpointer: Temporal
+    # workflows, once per cluster); off for a worker that should only host tools.
+    background: bool = True
+    # Seconds between the reaper's and the archiver's passes (the cluster's, whichever worker runs them).
+    reap_interval: float = Field(default=15.0, gt=0)
+    archive_interval: float = Field(default=10.0, gt=0)
 
 
 _ENV_NAMES = {
@@ -104,6 +112,7 @@ _ENV_NAMES = {
     "drain_seconds": "LOCKGATE_DRAIN_SECONDS",
     "production": "LOCKGATE_PRODUCTION",
     "production_allow": "LOCKGATE_PRODUCTION_ALLOW",
+    "policy_quorum": "LOCKGATE_POLICY_QUORUM",
     "ledger_pool_size": "LOCKGATE_LEDGER_POOL_SIZE",
     "ledger_pool_overflow": "LOCKGATE_LEDGER_POOL_OVERFLOW",
     "ledger_raw_pool": "LOCKGATE_LEDGER_RAW_POOL",
@@ -119,6 +128,9 @@ _ENV_NAMES = {
     "verify_vault_timeout": "LOCKGATE_VERIFY_VAULT_TIMEOUT",
     "inbox_url": "LOCKGATE_INBOX_URL",
     "inbox_webhooks": "LOCKGATE_INBOX_WEBHOOKS",
+    "background": "LOCKGATE_BACKGROUND",
+    "reap_interval": "LOCKGATE_REAP_INTERVAL",
+    "archive_interval": "LOCKGATE_ARCHIVE_INTERVAL",
 }
 
 

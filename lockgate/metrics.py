@@ -21,6 +21,10 @@ worker with a metrics endpoint (`StateGauges`; every worker reports the same val
   Vault counts them (issued and not yet revoked or expired, whichever worker issued them).
 - `lockgate_state_scrape_errors` (counter; `source`): a source that did not answer.
 
+The cluster's background passes (activities/background.py) set gauges:
+`lockgate_reaper_backlog` (runs the reaper found needing work and left), `lockgate_open_runs`,
+`lockgate_checkpoint_pending_chains` and `lockgate_checkpoint_lag_seconds`.
+
 Outside an activity (the reaper, tests calling code directly) recording is a no-op.
 """
 
@@ -33,7 +37,7 @@ from typing import Any
 
 from temporalio import activity
 
-__all__ = ["COMPENSATING_QUERY", "PENDING_QUERY", "StateGauges", "approval_waited", "count", "decided"]
+__all__ = ["COMPENSATING_QUERY", "PENDING_QUERY", "StateGauges", "approval_waited", "count", "decided", "gauge"]
 
 log = logging.getLogger("lockgate.metrics")
 
@@ -134,3 +138,11 @@ class StateGauges:
                 await asyncio.wait_for(stop.wait(), timeout=interval)
             except TimeoutError:
                 pass
+
+
+def gauge(name: str, description: str, value: float, **attributes: str) -> None:
+    """Sets gauge `name` (with these attribute values) to `value`."""
+    meter = _meter()
+    if meter is None:
+        return
+    meter.create_gauge_float(name, description).with_additional_attributes(attributes).set(float(value))  # type: ignore[attr-defined]

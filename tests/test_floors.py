@@ -52,6 +52,7 @@ FLOORS: dict[str, int] = {
     "lockgate.probes": ENGINE,  # the worker's liveness and readiness endpoints
     "lockgate.identity": ENGINE,
     "lockgate.dropin": ENGINE,
+    "lockgate.teambundles": ENGINE,  # which signed team bundle decides each hosted agent
     # The operator API: what the CLI, the inbox and the tests call.
     "lockgate.ops": OPERATOR,
     "lockgate.audit": OPERATOR,
@@ -64,6 +65,7 @@ FLOORS: dict[str, int] = {
     # The shells.
     "lockgate.cli": SHELL,
     "lockgate.policycli": SHELL,
+    "lockgate.policysupply": SHELL,
     "lockgate.mcp.cli": SHELL,
     "lockgate.inbox": SHELL,
     "lockgate.codec_server": SHELL,

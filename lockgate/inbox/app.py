@@ -758,6 +758,8 @@ def create_app(inbox: Inbox) -> Starlette:
             # they end at sign-out or when the person's Vault token expires.
             inbox.sessions.clear()
 
+    from lockgate.inbox.mcp import mcp_page, mcp_pin  # its own module: MCP pins reviewed in the inbox
+
     app = Starlette(
         routes=[
             Route("/", queue_page),
@@ -773,6 +775,8 @@ def create_app(inbox: Inbox) -> Starlette:
             Route("/runs/{run_id}/requests/{request_id}", verdict, methods=["POST"]),
             Route("/freeze", freeze_page, methods=["GET"]),
             Route("/freeze", freeze, methods=["POST"]),
+            Route("/mcp", mcp_page, methods=["GET"]),
+            Route("/mcp/pin", mcp_pin, methods=["POST"]),
             Route("/healthz", healthz),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ],
