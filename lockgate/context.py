@@ -91,6 +91,12 @@ class ToolContext:
             "user": self.secret["username"],
             "password": self.secret["password"],
             "connect_timeout": 5,
+            # An unreachable server fails the call within seconds, not TCP's minutes (ignored for sockets).
+            "tcp_user_timeout": 10_000,
+            "keepalives": 1,
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 3,
         }
         if self.resources.pg_socket_dir:
             params["host"] = self.resources.pg_socket_dir

@@ -314,7 +314,7 @@ class LedgerStore:
                 pool_timeout=pool.timeout,
                 # PgBouncer in transaction mode hands each transaction to any server connection:
                 # a statement prepared on one is unknown on the next.
-                connect_args={"prepare_threshold": None} if pool.pgbouncer else {},
+                connect_args={**_PG_LIVENESS, **({"prepare_threshold": None} if pool.pgbouncer else {})},
             )
             self.reader = self.engine
             # The one-statement append runs on plain psycopg connections in autocommit (its own
@@ -785,6 +785,21 @@ class LedgerStore:
             self._raw.close()
 
 
+# A ledger connection whose server became unreachable without closing it (a network partition drops
+# packets: nothing resets the connection) fails within seconds instead of hanging for TCP's
+# retransmission timeout (minutes), holding the activity, the workflow task and the worker's drain:
+# unacknowledged data for 10 s, or an idle connection unanswered for ~11 s, closes it (libpq ignores
+# these for Unix sockets). tests/test_chaos_hosts.py cuts a host off from PostgreSQL.
+_PG_LIVENESS: dict[str, Any] = {
+    "connect_timeout": 5,
+    "tcp_user_timeout": 10_000,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+}
+
+
 class _RawPool:
     """A few plain psycopg connections in autocommit, shared by the threads of one process."""
 
@@ -806,7 +821,9 @@ class _RawPool:
             try:
                 conn = self._idle.get_nowait()
             except Exception:  # noqa: BLE001 - queue.Empty: open one more
-                conn = psycopg.connect(self._conninfo, autocommit=True, prepare_threshold=self._prepare_threshold)
+                conn = psycopg.connect(
+                    self._conninfo, autocommit=True, prepare_threshold=self._prepare_threshold, **_PG_LIVENESS
+                )
             yield conn
             self._idle.put(conn)
             conn = None
