@@ -328,7 +328,9 @@ def _failed_step(events: list[dict[str, Any]], step: int, tools: set[str] | None
     allowed = [
         e
         for e in events
-        if e["kind"] == "decision" and e.get("step") == step and e.get("tool") == failed.get("tool")
+        if e["kind"] == "decision"
+        and e.get("step") == step
+        and e.get("tool") == failed.get("tool")
         and e.get("outcome") == "allow"
     ]
     if not allowed:

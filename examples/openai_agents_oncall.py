@@ -254,7 +254,10 @@ async def main() -> None:  # pragma: no cover - the walkthrough; tests drive the
     ):
         print(
             await client.execute_workflow(
-                OnCallWorkflow.run, "check payments, who is on call for payments, page payments", id="oncall-1", task_queue="oncall"
+                OnCallWorkflow.run,
+                "check payments, who is on call for payments, page payments",
+                id="oncall-1",
+                task_queue="oncall",
             )
         )
 

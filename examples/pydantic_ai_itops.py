@@ -222,7 +222,9 @@ async def main() -> None:  # pragma: no cover - the walkthrough; tests drive the
         "localhost:7233",
         plugins=[PydanticAIPlugin(), LockgatePlugin(govern=[GOVERNANCE])],  # lockgate: the plugin line
     )
-    async with Worker(client, task_queue="helpdesk", workflows=[HelpdeskWorkflow], plugins=[AgentPlugin(helpdesk_agent)]):
+    async with Worker(
+        client, task_queue="helpdesk", workflows=[HelpdeskWorkflow], plugins=[AgentPlugin(helpdesk_agent)]
+    ):
         print(
             await client.execute_workflow(
                 HelpdeskWorkflow.run, "Please look up ada, then lock ada", id="helpdesk-1", task_queue="helpdesk"

@@ -321,16 +321,17 @@ async def test_four_apps_replay_export_verify_offline_and_keep_results_private(
     # replayed with every server stopped.
     key = tmp_path / "auditor"
     assert (await cli(declared, "auditor-key", str(key))).returncode == 0
-    keys = tmp_path / "keys.json"
-    anchor = json.loads((Path(env["LOCKGATE_STATE_DIR"]) / "ledger-anchor.json").read_text())
-    keys.write_text(json.dumps(anchor["keys"]))
-    dead = {**offline(env, tmp_path), "LOCKGATE_AGENT_MODULES": AGENT_MODULES}
     bundles: dict[str, Path] = {}
     for app, ids in apps.runs.items():
         run_id = ids[-1]  # the richest run of each app: approved or compensated
         bundle = bundles[run_id] = tmp_path / f"{app}.json"
         exported = await cli(declared, "audit", run_id, "--export", str(bundle), "--auditor-key", f"{key}.pub")
         assert exported.returncode == 0 and "verified" in exported.stderr, exported.stdout + exported.stderr
+    # The ledger's public keys, as the exporter anchored them (an auditor keeps their own copy).
+    keys = tmp_path / "keys.json"
+    anchor = json.loads((Path(env["LOCKGATE_STATE_DIR"]) / "ledger-anchor.json").read_text())
+    keys.write_text(json.dumps(anchor["keys"]))
+    dead = {**offline(env, tmp_path), "LOCKGATE_AGENT_MODULES": AGENT_MODULES}
     for run_id, bundle in bundles.items():
         verified = await cli(dead, "verify", "--bundle", str(bundle), "--keys", str(keys))
         assert verified.returncode == 0 and "bundle intact" in verified.stdout, (run_id, verified.stdout)
@@ -350,7 +351,7 @@ async def test_four_apps_replay_export_verify_offline_and_keep_results_private(
     codec = apps.clients["itops"][0].data_converter.payload_codec
     archive = HistoryArchive(archive_dir(settings), deps_.ledger)
     decoded: list[str] = []
-    for run_id in bundles:
+    for run_id, bundle in bundles.items():
         archived, problems = archive.load(run_id)
         assert archived and not problems, problems
         for item in archived:
@@ -361,7 +362,7 @@ async def test_four_apps_replay_export_verify_offline_and_keep_results_private(
                 plain = WorkflowHistory(plain.workflow_id, decode_events(plain.events, codec))
             _payload_texts(json.loads(plain.to_json()), decoded)
         if isinstance(codec, TransitCodec):
-            assert [s for s in sentinels if s in bundles[run_id].read_text()] == [], run_id
+            assert [s for s in sentinels if s in bundle.read_text()] == [], run_id
     # Control: the tools did return those values (the decoded histories, as a keyholder sees them).
     for app in ("itops", "oncall"):
         seen = [s for s in SENTINELS[app] if any(s in t for t in decoded)]

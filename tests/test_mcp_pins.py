@@ -5,6 +5,7 @@ none of the server's tools runs."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,14 @@ def test_the_digest_does_not_depend_on_key_order_or_unpinned_fields() -> None:
     assert digest({**TOOL, "description": "Moves m\u043eney"}) != digest(TOOL)
 
 
+def test_the_digest_format_is_stable_for_pins_already_written() -> None:
+    """Pin files hold digests: the canonical form (sorted keys, no spaces, UTF-8 as written) must
+    not drift, or every reviewed pin would stop matching its unchanged server."""
+    tool = {**TOOL, "description": "Überweist Geld \u2192 Konto"}
+    canonical_form = json.dumps(tool, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    assert digest(tool) == "sha256:" + hashlib.sha256(canonical_form.encode()).hexdigest()
+
+
 def test_no_pin_file_means_no_pin(tmp_path: Path) -> None:
     assert load_pin(None, "bank") is None
     assert load_pin(tmp_path, "bank") is None
@@ -68,10 +77,28 @@ def test_a_written_pin_reads_back_and_a_malformed_one_is_refused(tmp_path: Path)
     assert (pin["server"], pin["endpoint"], pin["pinned_by"]) == ("bank", "stdio:bank", "carol")
     assert not (tmp_path / "mcp" / "bank.json.tmp").exists()
     assert load_pins(tmp_path) == {"bank": pin}
+    # Written for review in git: sorted keys, indented, one trailing newline.
+    text = path.read_text()
+    assert text == json.dumps(json.loads(text), indent=2, sort_keys=True) + "\n"
     for bad in ([1, 2], {"tools": []}, {"server": "bank"}):
         (tmp_path / "mcp" / "bad.json").write_text(json.dumps(bad))
         with pytest.raises(ValueError, match="not a pin file"):
             load_pin(tmp_path, "bad")
+
+
+def test_a_pin_goes_into_a_policy_directory_not_made_yet(tmp_path: Path) -> None:
+    fresh = tmp_path / "team" / "policies"
+    write_pin(fresh, "bank", {"transfer": TOOL}, by="carol", endpoint="stdio:bank")
+    assert load_pins(fresh)["bank"]["tools"]["transfer"]["digest"] == digest(TOOL)
+
+
+def test_the_review_diff_shows_only_what_changed() -> None:
+    """Key order is not a change: the diff compares sorted dumps, so a reordered and edited
+    definition shows the one edited line."""
+    edited = dict(reversed(list({**TOOL, "title": "Transfer all money"}.items())))
+    changed = diff(TOOL, edited, "transfer")
+    body = [line for line in changed[2:] if line[:1] in "+-"]
+    assert body == ['-  "title": "Transfer money"', '+  "title": "Transfer all money"'], changed
 
 
 def test_the_review_diff_is_empty_only_for_the_same_definition() -> None:

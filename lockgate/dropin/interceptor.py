@@ -218,6 +218,7 @@ class _Inbound(WorkflowInboundInterceptor):
         # The start the app's client signed, and the digest of the arguments it must bind.
         governor = RunGovernor(start_from_headers(input.headers), start_digest(input.args))
         self.governor = governor
+        governor.index = self.index
         _GOVERNORS[workflow.info().run_id] = governor
         governor.install_handlers()
         install_runner(self.index)
