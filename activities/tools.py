@@ -312,9 +312,7 @@ class ToolRunner:
 
 def _failed_step(events: list[dict[str, Any]], step: int, tools: set[str] | None) -> dict[str, Any] | None:
     """The ledger's record of step `step` having raised after its gate allowed it (one of `tools`,
-    if given), with that allowing decision's id; None when the step never ran or completed."""
-    if any(e["kind"] == "tool.completed" and e.get("step") == step and not e.get("compensates") for e in events):
-        return None
+    if given), with that allowing decision's id; None when no such record backs it."""
     failed = next(
         (
             e
