@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.lockgate-installed
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-slow test-all lint lock conformance policy-test bench bench-cli mutation up down status worker clean
+.PHONY: install demo test test-slow test-all lint lock conformance policy-test bench bench-cli bench-background mutation up down status worker clean
 
 # Every dependency from requirements-ci.lock, hash-checked; then lockgate itself (editable). The
 # second step installs nothing else unless pyproject.toml gained a dependency the lock lacks
@@ -63,6 +63,11 @@ bench: $(STAMP)
 # Operator commands with both drop-in example apps declared vs none (bench/results.json "cli").
 bench-cli: $(STAMP)
 	$(BIN)/python -m bench.cli_timing
+
+# One background cycle against 1,000,000 ledger entries and 10,000 open runs; one worker vs two
+# (bench/results.json "background").
+bench-background: $(STAMP)
+	$(BIN)/python -m bench.background
 
 # Mutation testing of the code that decides and enforces (mutation/targets.toml): score per module,
 # survivors and equivalents (mutation/equivalents.toml); results in bench/mutation.json. Not in `test`.

@@ -41,7 +41,10 @@ from lockgate.observability import span
 from lockgate.people import FieldValue
 from lockgate.spec import AgentRegistry
 
-__all__ = ["GovernanceActivities", "bundle_content", "record_decision"]
+__all__ = ["TENANT_GROUP_PREFIX", "GovernanceActivities", "bundle_content", "record_decision"]
+
+# A person starts a run for tenant T only as a member of Vault group `tenant-T`.
+TENANT_GROUP_PREFIX = "tenant-"
 
 log = logging.getLogger("lockgate.gate")
 
@@ -103,20 +106,23 @@ class GovernanceActivities:
     def __init__(
         self,
         *,
-        bundle: Callable[[], PolicyBundle],
+        bundle: Callable[..., PolicyBundle],
         agents: AgentRegistry,
         ledger: Ledger,
         vault: VaultBroker,
         freezes: FreezeStore,
         people: PeopleDirectory,
         approvals: ApprovalActivities,
+        shadow: Callable[[GateRequest, Decision], None] | None = None,
     ) -> None:
         # No optional control: a worker without the kill switch, the people directory or the approval
         # judge would run unfrozen, with unchecked starts, or with approvals silently ignored.
         self._freezes = freezes
         self._people = people
         self._approvals = approvals
-        self._bundle = bundle
+        self._bundle = bundle  # agent name -> the bundle that decides it (its team's, or the local one)
+        self._shadow = shadow
+        self._tenants: dict[str, str] = {}  # run id -> its verified tenant
         self._agents = agents
         self._ledger = ledger
         self._vault = vault
@@ -143,11 +149,12 @@ class GovernanceActivities:
                 )
         request = request.model_copy(update={"state": request.state.model_copy(update={"approved_groups": groups})})
         request = self._against_ledger(request)
+        request = self._with_tenant(request)
         if self._freezes.is_frozen(request.agent):
             request = request.model_copy(update={"state": request.state.model_copy(update={"frozen": True})})
         with span("lockgate.gate", run_id=request.run_id, step=request.step, tool=request.call.tool):
             decision = evaluate(
-                self._bundle(),
+                self._bundle(request.agent),
                 self._agents.get(request.agent),
                 request,
                 now=datetime.now(UTC),
@@ -155,6 +162,8 @@ class GovernanceActivities:
             )
         phase = decision_phase(request, attempt)
         record_decision(self._ledger, decision, request, phase)
+        if self._shadow is not None:
+            self._shadow(request, decision)  # a candidate bundle's would-be decision: recorded, no effect
         metrics.decided(decision.outcome, decision.gate, phase, datetime.now(UTC) - started)
         log.info(
             "decision run=%s step=%s tool=%s outcome=%s gate=%s policies=%s",
@@ -184,6 +193,21 @@ class GovernanceActivities:
         recorded = recorded_state(self._ledger.events, self._agents, request.run_id)
         state = stricter(request, recorded, limit[1].total_seconds() if limit is not None else None, datetime.now(UTC))
         return request.model_copy(update={"state": state})
+
+    def _with_tenant(self, request: GateRequest) -> GateRequest:
+        """The request with the tenant of the run's verified start (its authentic `run.opened`),
+        whatever the workflow claimed: a policy can trust `context.run.tenant`."""
+        tenant = self._tenants.get(request.run_id)
+        if tenant is None:
+            opened = next((e for e in self._ledger.events(request.run_id) if e["kind"] == "run.opened"), None)
+            tenant = str((opened or {}).get("tenant") or "")
+            if opened is not None:  # fixed once the run is open: remembered
+                if len(self._tenants) > 10_000:
+                    self._tenants.clear()
+                self._tenants[request.run_id] = tenant
+        if tenant == request.state.tenant:
+            return request
+        return request.model_copy(update={"state": request.state.model_copy(update={"tenant": tenant})})
 
     @activity.defn(name=names.GATE_EVALUATE)
     def evaluate(self, request: GateRequest) -> Decision:
@@ -250,6 +274,7 @@ class GovernanceActivities:
             # never opened again, whoever asks with its first execution.
             raise self.refuse_run(request.run_id, request.origin_run_id, "this run is closed; it never reopens")
         policy, ttl = agent.vault_policy, request.ttl_seconds
+        tenant = ""
         if request.parent is not None or request.parent_run_id is not None:
             policy, ttl = self._check_parent(request)
             parent_opened = next(
@@ -257,8 +282,9 @@ class GovernanceActivities:
             )
             if parent_opened.get("initiator") != request.initiator:
                 raise self.refuse_run(request.run_id, request.origin_run_id, "a sub-agent's initiator is its parent's")
+            tenant = str(parent_opened.get("tenant") or "")  # a sub-agent acts for its parent's tenant
         elif start is not None:
-            self._check_start(request, start)
+            tenant = self._check_start(request, start)
         try:
             identity = self._vault.open_run(request.run_id, agent.name, policy, ttl, request.origin_run_id)
         except RunMismatch as err:
@@ -282,15 +308,17 @@ class GovernanceActivities:
                     else {}
                 ),
                 "identity_accessor": identity.accessor,
+                **({"tenant": tenant} if tenant else {}),
                 "policies": list(identity.policies),
                 "expires_at": identity.expires_at.isoformat(),
             },
         )
         return identity
 
-    def _check_start(self, request: RunOpen, expect: Mapping[str, FieldValue]) -> None:
+    def _check_start(self, request: RunOpen, expect: Mapping[str, FieldValue]) -> str:
         """The initiator is whoever signed the run's start statement (bound to run id, agent and
-        input): an unsigned, forged or mismatched start is refused."""
+        input): an unsigned, forged or mismatched start is refused. Returns the tenant the start
+        names (its `tenant` field), which counts only for a member of Vault group `tenant-<name>`."""
         if request.start is None:
             raise self.refuse_run(request.run_id, request.origin_run_id, "the run's start is not signed by a person")
         try:
@@ -307,9 +335,21 @@ class GovernanceActivities:
                 request.run_id, request.origin_run_id, f"start signed by {act.person}, not the initiator named"
             )
         if (
-            why := authorize_start(self._ledger, self._bundle(), self._agents.get(request.agent), act, request.run_id)
+            why := authorize_start(
+                self._ledger, self._bundle(request.agent), self._agents.get(request.agent), act, request.run_id
+            )
         ) is not None:
             raise self.refuse_run(request.run_id, request.origin_run_id, f"start: {why}")
+        tenant = act.fields.get("tenant")
+        if tenant in (None, ""):
+            return ""
+        if not isinstance(tenant, str) or TENANT_GROUP_PREFIX + tenant not in act.groups:
+            raise self.refuse_run(
+                request.run_id,
+                request.origin_run_id,
+                f"start: {act.person} may not act for tenant {tenant!r} (not in group {TENANT_GROUP_PREFIX}{tenant})",
+            )
+        return tenant
 
     def _check_parent(self, request: RunOpen) -> tuple[str, int]:
         """A sub-agent's link must be what its parent's gate allowed: proven by Temporal's parent

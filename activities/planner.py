@@ -3,6 +3,10 @@
 A proposal is only a proposal: it goes through the same gate as any other call, so an unknown tool
 (boundary), malformed arguments (args schema) or low confidence (threshold) is denied or escalated,
 never run. The API key is read from Vault here and used for one request; it never enters history.
+
+The request itself is egress: once the run has read regulated data, each regulated result goes to
+the model only as its tool declares (`model_sees`), unless a policy approves this model endpoint
+(`gates.egress`); the decision is in the ledger (`model.egress`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from lockgate import names
 from lockgate.activities.vault import LeaseForbidden, VaultBroker
 from lockgate.errors import BAD_INPUT
 from lockgate.gates.bundle import PolicyBundle
+from lockgate.gates.egress import decide_model, model_view
 from lockgate.models import PlanProposal, PlanRequest, ToolCall
 from lockgate.spec import AgentRegistry, AgentSpec, LLMPlanner
 
@@ -178,9 +183,11 @@ class LLMPlannerActivities:
         *,
         agents: AgentRegistry,
         vault: VaultBroker,
-        bundle: Callable[[], PolicyBundle] | None = None,
+        bundle: Callable[..., PolicyBundle] | None = None,
         policy_dir: str | None = None,
+        ledger: Any = None,
     ) -> None:
+        self._ledger = ledger  # where model-egress decisions are recorded (None: logged only)
         self._agents = agents
         self._vault = vault
         # The bundle in force: the model is offered only tools the agent could ever be allowed.
@@ -207,6 +214,7 @@ class LLMPlannerActivities:
             raise ApplicationError(
                 "no LLM base URL (set it on the planner or LOCKGATE_LLM_BASE_URL)", type=BAD_INPUT, non_retryable=True
             )
+        request = self._egress(agent, spec.base_url, request)
         body = {
             "model": spec.model,
             "messages": _messages(spec, request),
@@ -223,12 +231,47 @@ class LLMPlannerActivities:
         log.info("planner run=%s proposes %s", request.run_id, proposal.call.tool if proposal.call else "to finish")
         return proposal
 
+    def _egress(self, agent: AgentSpec, endpoint: str, request: PlanRequest) -> PlanRequest:
+        """The request as this model endpoint may see it (see the module docstring)."""
+        regulated = {t.name: t for t in agent.tools if t.data_class == "regulated"}
+        steps = [int(item.get("step", 0)) for item in request.done if item.get("tool") in regulated]
+        if not (steps or request.tainted):
+            return request
+        if self._bundle is None:
+            allowed, ids, reason = False, (), "no policy bundle"
+        else:
+            verdict = decide_model(self._bundle(), agent.name, endpoint)
+            allowed, ids, reason = verdict.allowed, verdict.policy_ids, verdict.reason
+        log.info("planner run=%s model egress to %s: %s", request.run_id, endpoint, "allowed" if allowed else reason)
+        if self._ledger is not None:
+            self._ledger.try_append(
+                f"model.egress:{request.run_id}:{len(request.done)}:{activity.info().attempt}",
+                request.run_id,
+                "model.egress",
+                {
+                    "endpoint": endpoint,
+                    "allowed": allowed,
+                    "policy_ids": list(ids),
+                    "redacted_steps": [] if allowed else steps,
+                    "reason": reason,
+                },
+            )
+        if allowed:
+            return request
+        done = tuple(
+            {**item, "result": model_view(item.get("result"), regulated[item["tool"]].model_sees)}
+            if item.get("tool") in regulated
+            else item
+            for item in request.done
+        )
+        return request.model_copy(update={"done": done})
+
     def _offered(self, agent: AgentSpec) -> list[str] | None:
         if self._bundle is None:
             return None
         from lockgate.gates.offer import offered
 
-        return offered(self._bundle(), agent.name, [t.name for t in agent.tools])
+        return offered(self._bundle(agent.name), agent.name, [t.name for t in agent.tools])
 
     # MODEL_CALL: rate limits, 5xx and network errors are retried briefly here, then by Temporal.
     @retry(

@@ -18,9 +18,10 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import text
 from temporalio.api.enums.v1 import WorkflowExecutionStatus
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
@@ -34,12 +35,26 @@ from lockgate.gates.engine import evaluate
 from lockgate.models import GateRequest, GateState, ToolCall
 from lockgate.spec import AgentRegistry
 
-__all__ = ["CLAIM_SECONDS", "ReapReport", "Reaper", "outstanding_compensations", "workflow_state"]
+__all__ = [
+    "CLAIM_SECONDS",
+    "SWEEP",
+    "ReapPass",
+    "ReapReport",
+    "Reaper",
+    "outstanding_compensations",
+    "workflow_state",
+]
 
 log = logging.getLogger("lockgate.reaper")
 
 # A reaper that died mid-run leaves its claim; another may take over once the claim is this old.
 CLAIM_SECONDS = 120
+# A bounded pass (`reap_pass`) describes the runs Temporal's visibility says closed since its
+# watermark, plus this many open runs in turn (the sweep catches what visibility cannot show: a run
+# the server deleted or never had); every open run is described once every open/SWEEP passes.
+SWEEP = 100
+# Visibility is eventually consistent: a pass looks this far back before its watermark.
+OVERLAP = timedelta(minutes=2)
 
 
 @dataclass
@@ -111,6 +126,29 @@ def outstanding_compensations(events: list[dict[str, Any]], agents: AgentRegistr
     return out
 
 
+@dataclass
+class ReapPass:
+    """One bounded pass: what it reaped, its next watermark and sweep cursor, what it cost
+    (`examined`: runs described in Temporal) and what it left (`backlog`: runs found needing the
+    reaper that it did not finish, e.g. claimed by another reaper or failing)."""
+
+    reports: list[ReapReport]
+    since: str
+    cursor: str
+    examined: int
+    backlog: int
+    open_runs: int
+
+
+# Closed runs whose recorded outstanding compensations outnumber those resolved since: index scans
+# on (kind, run_id), never the whole ledger.
+_UNRESOLVED = text(
+    "SELECT o.run_id FROM (SELECT run_id, count(*) AS n FROM ledger WHERE kind = 'compensation.outstanding' "
+    "GROUP BY run_id) o LEFT JOIN (SELECT run_id, count(*) AS n FROM ledger WHERE kind = 'compensation.resolved' "
+    "GROUP BY run_id) r ON r.run_id = o.run_id WHERE coalesce(r.n, 0) < o.n"
+)
+
+
 class Reaper:
     def __init__(
         self,
@@ -166,7 +204,7 @@ class Reaper:
             run_id, "reaper.found", "found", {"action": "found", "detail": f"run is {status} with its identity open"}
         )
         if agent is not None:
-            bundle: PolicyBundle = self._bundle()
+            bundle: PolicyBundle = self._bundle(agent.name)
             for item in outstanding_compensations(events, self._agents):
                 report.compensations.append(self._compensate(run_id, agent.name, bundle, item, opened))
         report.identity_revoked = self._vault.close_run(run_id, opened.get("identity_accessor"))
@@ -214,7 +252,7 @@ class Reaper:
         origin = str(opened.get("origin_run_id") or "")
         identity = self._vault.open_run(run_id, agent, spec.vault_policy, 600, origin)
         try:
-            bundle: PolicyBundle = self._bundle()
+            bundle: PolicyBundle = self._bundle(agent)
             for item in items:
                 report.compensations.append(self._compensate(run_id, agent, bundle, item, opened))
         finally:
@@ -287,6 +325,58 @@ class Reaper:
 
     def _record(self, run_id: str, kind: str, key: str, data: dict[str, Any]) -> None:
         self._ledger.try_append(f"{kind}:{run_id}:{key}", run_id, kind, data)
+
+    def unresolved(self) -> list[str]:
+        """Runs with outstanding compensations not all resolved (candidates only: `reap_run` acts
+        on the authenticated record alone)."""
+        with self._ledger.reader.connect() as conn:
+            return sorted(str(r[0]) for r in conn.execute(_UNRESOLVED))
+
+    async def reap_pass(self, client: Client, since: str | None, cursor: str, *, sweep: int = SWEEP) -> ReapPass:
+        """One bounded pass (the cluster's background reaper). It lists the open run identities
+        (one Vault LIST) and describes in Temporal only: those Temporal's visibility says closed
+        since `since`, the next `sweep` open runs after `cursor`, and the runs with unresolved
+        compensations. Its cost is the runs closed per interval plus `sweep`, not the open runs."""
+        started = datetime.now(UTC)
+        open_runs = sorted(await asyncio.to_thread(self._vault.open_runs))
+        targets: dict[str, None] = {}
+        if since is not None:
+            mark = (datetime.fromisoformat(since) - OVERLAP).isoformat()
+            opened = set(open_runs)
+            async for wf in client.list_workflows(f'ExecutionStatus != "Running" AND CloseTime > "{mark}"'):
+                if wf.id in opened:
+                    targets[wf.id] = None
+        after = [r for r in open_runs if r > cursor]
+        page = (after or open_runs)[:sweep]
+        next_cursor = page[-1] if page and len(after) > len(page) else ""
+        targets.update(dict.fromkeys(page))
+        targets.update(dict.fromkeys(await asyncio.to_thread(self.unresolved)))
+        reports, backlog = await self._reap_targets(client, list(targets))
+        return ReapPass(reports, started.isoformat(), next_cursor, len(targets), backlog, len(open_runs))
+
+    async def _reap_targets(self, client: Client, run_ids: list[str]) -> tuple[list[ReapReport], int]:
+        reports: list[ReapReport] = []
+        backlog = 0
+        for run_id in run_ids:
+            try:
+                status = await workflow_state(client, run_id)
+            except RPCError as err:
+                log.warning("reaper: run=%s not described this pass: %s", run_id, err)
+                backlog += 1
+                continue
+            if status == "running":
+                continue
+            try:
+                report = await asyncio.to_thread(self.reap_run, run_id, status)
+            except Exception:
+                log.exception("reaper failed on run=%s", run_id)
+                backlog += 1
+                continue
+            if report is not None:
+                reports.append(report)
+                if any(not c.get("ok") for c in report.compensations):
+                    backlog += 1
+        return reports, backlog
 
     async def reap_once(self, client: Client) -> list[ReapReport]:
         """One pass over every open run identity whose workflow is no longer running."""

@@ -256,6 +256,7 @@ class ToolRunner:
             _test_pause("LOCKGATE_TEST_PAUSE_AFTER_EFFECT", spec.name)
         except ToolError as err:
             self._record_failure(spec, inv, str(err), attempt)
+            self._record_blocked(inv, err, attempt)
             raise ApplicationError(f"{spec.name}: {err}", type=TOOL_FAILED, non_retryable=not err.retryable) from None
         finally:
             ctx.secret = {}
@@ -300,6 +301,14 @@ class ToolRunner:
         return ToolOutcome(
             tool=spec.name, step=inv.step, decision=decision, ran=True, result=result, lease=lease, summary=summary
         )
+
+    def _record_blocked(self, inv: ToolInvocation, err: ToolError, attempt: int) -> None:
+        """An MCP tool blocked by a changed definition: what the server now says, for review."""
+        record = getattr(err, "record", None)
+        if callable(record):
+            self._ledger.try_append(
+                f"mcp.blocked:{inv.run_id}:{inv.step}:{attempt}", inv.run_id, "mcp.blocked", record()
+            )
 
     def _record_failure(self, spec: ToolSpec, inv: ToolInvocation, error: str, attempt: int) -> None:
         self._ledger.try_append(

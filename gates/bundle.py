@@ -35,6 +35,7 @@ from typing import Any
 import cedarpy
 
 from lockgate.errors import PolicyError
+from lockgate.gates.egress import is_model_statement
 from lockgate.gates.starts import START_SCHEMA, is_start_statement
 
 __all__ = [
@@ -607,11 +608,12 @@ class PolicyBundle:
                 problems.append(f"{schema_file}:1: {err}")
         # Start policies (gates/starts.py) are validated against their own schema: a tool policy
         # with an open action scope must never have to type-check against a start.
-        starts = [s for s in statements if is_start_statement(s)]
-        tools = [s for s in statements if not is_start_statement(s)]
+        # Model-egress policies (gates/egress.py) likewise.
+        starts = [s for s in statements if is_start_statement(s) or is_model_statement(s)]
+        tools = [s for s in statements if not (is_start_statement(s) or is_model_statement(s))]
         for st in starts:
             if st.action_op != "==" or len(st.actions or ()) != 1:
-                problems.append(f'{st.file}:{st.line}: a start policy names only lockgate::Action::"start"')
+                problems.append(f"{st.file}:{st.line}: a start or model policy names only its one lockgate::Action")
         checks = [(cedarpy.Schema.from_str(START_SCHEMA), starts)]
         if schema is not None:
             checks.append((schema, tools))

@@ -92,6 +92,8 @@ def cedar_context(
             # the planner or model, never evidence), "script" (the author's code), "engine".
             "confidence_source": request.source,
             "approved_groups": list(state.approved_groups),
+            # Verified from the signed start (activities/governance.py), not a tool argument.
+            "tenant": state.tenant,
         },
     }
     if chain:

@@ -26,13 +26,16 @@ __all__ = ["START_ACTION", "START_SCHEMA", "StartVerdict", "decide_start", "is_s
 
 START_ACTION = ("lockgate::Action", "start")
 
-# What a start policy may name: people (in groups), agents (with their owner), the start action.
+# What a start policy may name: people (in groups), agents (with their owner), the start action;
+# and a model-egress policy (gates/egress.py): agents, model endpoints, the `model.send` action.
 START_SCHEMA = """\
 entity Group in [Group];
 entity User in [Group];
 entity Agent { owner: String };
+entity Model;
 namespace lockgate {
   action "start" appliesTo { principal: User, resource: Agent, context: {} };
+  action "model.send" appliesTo { principal: Agent, resource: Model, context: {} };
 }
 """
 

@@ -103,6 +103,13 @@ def _summary(kind: str, d: dict[str, Any]) -> str:
         return f"outstanding compensation {d.get('tool')} for step {d.get('step')} done by the reaper"
     if kind == "run.refused":
         return f"RUN REFUSED: {d.get('reason')}"
+    if kind == "model.egress":
+        verdict = (
+            f"allowed by {', '.join(d.get('policy_ids') or [])}" if d.get("allowed") else "regulated results redacted"
+        )
+        return f"model request to {d.get('endpoint')}: {verdict}"
+    if kind == "mcp.blocked":
+        return f"MCP tool {d.get('server')}.{d.get('tool')} BLOCKED: definition {d.get('live_digest')} is not the pinned one"
     return json.dumps(d, sort_keys=True)
 
 

@@ -156,7 +156,9 @@ async def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         raise UserError(f"start refused: {refusal}")
     # Starting needs only encryption; with --wait a person who may not read still learns the outcome.
     client = await _client(settings, read=False)
-    handle = await start_run(client, settings.task_queue, args.agent, data, session=session, run_id=run_id)
+    handle = await start_run(
+        client, settings.task_queue, args.agent, data, session=session, run_id=run_id, tenant=args.tenant
+    )
     if not args.wait:
         if args.json:
             _print_json({"run_id": handle.id})
@@ -718,9 +720,9 @@ async def cmd_archive(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         deps.ledger.dispose()
     if args.json:
-        _print_json({"archived": archived, "directory": str(archive.directory)})
+        _print_json({"archived": archived, "stored": "ledger"})
     else:
-        print(f"archived the histories of {len(archived)} closed run(s) in {archive.directory}")
+        print(f"archived the histories of {len(archived)} closed run(s) in the ledger database")
     return 0
 
 
@@ -900,8 +902,9 @@ def cmd_inbox(args: argparse.Namespace, settings: Settings) -> int:
     loopback = args.host in ("127.0.0.1", "localhost", "::1")
     if not loopback:
         print("lockgate: note: serve the inbox behind HTTPS (cookies are then marked Secure)", file=sys.stderr)
-    base = os.environ.get("LOCKGATE_INBOX_URL") or f"http://{args.host}:{args.port}"
-    inbox = Inbox(settings, webhooks=webhooks_from_env(dict(os.environ)), base_url=base, secure_cookies=not loopback)
+    base = settings.inbox_url or f"http://{args.host}:{args.port}"
+    webhooks = webhooks_from_env({"LOCKGATE_INBOX_WEBHOOKS": settings.inbox_webhooks})
+    inbox = Inbox(settings, webhooks=webhooks, base_url=base, secure_cookies=not loopback)
     serve(inbox, args.host, args.port)
     return 0
 
@@ -1031,6 +1034,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="the agent's input as a JSON object")
     p.add_argument("--id", help="run id (default: AGENT-<random>)")
     p.add_argument("--wait", action="store_true", help="wait for the run to end and print its status")
+    p.add_argument("--tenant", help="the tenant the run acts for (you must be in Vault group tenant-<name>)")
 
     p = add("status", cmd_status, "state, step, pending approvals and open leases of a run")
     p.add_argument("run_id")
@@ -1118,10 +1122,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["list", "review", "pin"])
     p.add_argument("server", nargs="?")
     p.add_argument("--policy-dir", help="where the pin file goes (default: LOCKGATE_POLICY_DIR)")
-    p = add("policy", cmd_policy, "policies: check, test (cases in DIR/tests), diff CANDIDATE_DIR, schema")
+    from lockgate.policysupply import SUPPLY_ACTIONS
+
+    p = add(
+        "policy", cmd_policy, "policies: check, test, diff, schema; signed team bundles: publish, sign, promote, ..."
+    )
     p.set_defaults(agents=True)  # validated against the schema generated from the agents' tools
-    p.add_argument("action", choices=["check", "test", "diff", "schema"])
-    p.add_argument("dir", nargs="?", help="policy directory (diff: the candidate bundle's)")
+    p.add_argument("action", choices=["check", "test", "diff", "schema", *SUPPLY_ACTIONS])
+    p.add_argument("dir", nargs="?", help="policy directory (diff: the candidate bundle's; sign/promote/shadow: HASH)")
+    p.add_argument("--team", help="publish, sign, promote, rollback, shadow, status, shadow-report: the team")
+    p.add_argument("--stop", action="store_true", help="shadow: stop shadowing the team's candidate")
     return parser
 
 

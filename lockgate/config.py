@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -50,6 +51,38 @@ class Settings(BaseModel):
     # Production mode: the worker refuses dev defaults (`production_problems`) unless allowed by name.
     production: bool = False
     production_allow: str = ""
+    # Signed team bundles (lockgate/teambundles.py): distinct policy owners who must sign a bundle and a switch.
+    policy_quorum: int = Field(default=2, ge=1)
+    # PostgreSQL connections per process (README "Connections"): the ledger's SQLAlchemy pool
+    # (size + overflow) and its plain append connections; a transaction-mode PgBouncer in front.
+    ledger_pool_size: int = Field(default=10, ge=1)
+    ledger_pool_overflow: int = Field(default=10, ge=0)
+    ledger_raw_pool: int = Field(default=10, ge=1)
+    ledger_pool_timeout: float = Field(default=30.0, gt=0)
+    ledger_pgbouncer: bool = False
+    # The worker's liveness (/livez) and readiness (/readyz) endpoints (host:port; lockgate/probes.py).
+    health_address: str | None = None
+    # Cluster-state gauges (lockgate/metrics.py StateGauges) every this many seconds; 0: off.
+    metrics_interval: float = Field(default=15.0, ge=0)
+    # Tracing (lockgate/observability.py): temporalio's TracingInterceptor and lockgate's spans,
+    # exported over OTLP/HTTP to the standard endpoint variable when set, else to the console.
+    otel: bool = False
+    otel_endpoint: str | None = None
+    otel_service: str = "lockgate"
+    log_format: Literal["text", "json"] = "text"
+    # The worker's sticky cache (runs kept in memory); None: Temporal's default (1,000).
+    max_cached_workflows: int | None = Field(default=None, ge=1)
+    # Seconds `lockgate verify` waits for Vault before verifying with local anchors only.
+    verify_vault_timeout: int = Field(default=3, ge=1)
+    # The inbox: its public URL (links in notifications) and webhooks (comma-separated).
+    inbox_url: str | None = None
+    inbox_webhooks: str = ""
+    # Whether this worker runs the cluster's background work (reaper, archiver, checkpointer: Temporal
+    # workflows, once per cluster); off for a worker that should only host tools.
+    background: bool = True
+    # Seconds between the reaper's and the archiver's passes (the cluster's, whichever worker runs them).
+    reap_interval: float = Field(default=15.0, gt=0)
+    archive_interval: float = Field(default=10.0, gt=0)
 
 
 _ENV_NAMES = {
@@ -74,6 +107,25 @@ _ENV_NAMES = {
     "drain_seconds": "LOCKGATE_DRAIN_SECONDS",
     "production": "LOCKGATE_PRODUCTION",
     "production_allow": "LOCKGATE_PRODUCTION_ALLOW",
+    "policy_quorum": "LOCKGATE_POLICY_QUORUM",
+    "ledger_pool_size": "LOCKGATE_LEDGER_POOL_SIZE",
+    "ledger_pool_overflow": "LOCKGATE_LEDGER_POOL_OVERFLOW",
+    "ledger_raw_pool": "LOCKGATE_LEDGER_RAW_POOL",
+    "ledger_pool_timeout": "LOCKGATE_LEDGER_POOL_TIMEOUT",
+    "ledger_pgbouncer": "LOCKGATE_LEDGER_PGBOUNCER",
+    "health_address": "LOCKGATE_HEALTH_ADDRESS",
+    "metrics_interval": "LOCKGATE_METRICS_INTERVAL",
+    "otel": "LOCKGATE_OTEL",
+    "otel_endpoint": "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "otel_service": "OTEL_SERVICE_NAME",
+    "log_format": "LOCKGATE_LOG_FORMAT",
+    "max_cached_workflows": "LOCKGATE_MAX_CACHED_WORKFLOWS",
+    "verify_vault_timeout": "LOCKGATE_VERIFY_VAULT_TIMEOUT",
+    "inbox_url": "LOCKGATE_INBOX_URL",
+    "inbox_webhooks": "LOCKGATE_INBOX_WEBHOOKS",
+    "background": "LOCKGATE_BACKGROUND",
+    "reap_interval": "LOCKGATE_REAP_INTERVAL",
+    "archive_interval": "LOCKGATE_ARCHIVE_INTERVAL",
 }
 
 

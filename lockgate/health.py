@@ -6,8 +6,9 @@
   while other replicas keep polling.
 - `URL`: an HTTP GET answered 200 (the inbox's `/healthz`, the codec server's `/health`).
 
-Exit 0 healthy, 1 not. Readiness endpoints of their own come with issue 29; this module is what
-the compose file and the Kubernetes probes run until then.
+Exit 0 healthy, 1 not. A worker with `LOCKGATE_HEALTH_ADDRESS` also serves `/livez` and `/readyz`
+itself (lockgate/probes.py): the compose file checks `URL` = its `/readyz`, Kubernetes probes them
+over HTTP and keeps `worker` as its startup probe.
 """
 
 from __future__ import annotations

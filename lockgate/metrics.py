@@ -9,17 +9,40 @@ recorded through the activity's metric meter so both share one endpoint and one 
 - `lockgate_leases_issued` / `lockgate_leases_revoked` (counters; `tool`): just-in-time credentials.
 - `lockgate_calls_refused` (counter; `activity`, `why`): calls refused before anything ran (a caller
   that is not a governed run, an invocation for another run or tool).
+- `lockgate_approval_wait` (histogram, ms; `outcome`: approved, rejected, expired): how long an
+  approval request waited for its verdict (recorded by the run's workflow, never during replay).
+
+Cluster state, read where it is authoritative every `LOCKGATE_METRICS_INTERVAL` seconds by each
+worker with a metrics endpoint (`StateGauges`; every worker reports the same value: take `max`):
+
+- `lockgate_pending_approvals` (gauge): runs waiting for an approval (a Temporal visibility count).
+- `lockgate_compensations_outstanding` (gauge): runs compensating right now (a visibility count).
+- `lockgate_leases_outstanding` (gauge; `secret`): live leases under the agents' secret paths, as
+  Vault counts them (issued and not yet revoked or expired, whichever worker issued them).
+- `lockgate_state_scrape_errors` (counter; `source`): a source that did not answer.
+
+The cluster's background passes (activities/background.py) set gauges:
+`lockgate_reaper_backlog` (runs the reaper found needing work and left), `lockgate_open_runs`,
+`lockgate_checkpoint_pending_chains` and `lockgate_checkpoint_lag_seconds`.
 
 Outside an activity (the reaper, tests calling code directly) recording is a no-op.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from datetime import timedelta
+from typing import Any
 
 from temporalio import activity
 
-__all__ = ["count", "decided"]
+__all__ = ["COMPENSATING_QUERY", "PENDING_QUERY", "StateGauges", "approval_waited", "count", "decided", "gauge"]
+
+log = logging.getLogger("lockgate.metrics")
+
+PENDING_QUERY = 'LockgateState = "awaiting_approval" AND ExecutionStatus = "Running"'
+COMPENSATING_QUERY = 'LockgateState = "compensating" AND ExecutionStatus = "Running"'
 
 
 def _meter() -> object | None:
@@ -48,3 +71,78 @@ def decided(outcome: str, gate: str, phase: str, elapsed: timedelta) -> None:
     meter.create_histogram_timedelta(  # type: ignore[attr-defined]
         "lockgate_gate_latency", "time to evaluate one gate request", "ms"
     ).with_additional_attributes({"outcome": outcome}).record(elapsed)
+
+
+def approval_waited(outcome: str, waited: timedelta) -> None:
+    """An approval request got its verdict (or expired) after `waited`: from workflow code (the
+    workflow's meter records nothing while a history is replayed)."""
+    from temporalio import workflow
+
+    try:
+        meter = workflow.metric_meter()
+    except Exception:  # noqa: BLE001 - not in a workflow (a test calling code directly)
+        return
+    meter.create_histogram_timedelta(
+        "lockgate_approval_wait", "time an approval request waited for its verdict", "ms"
+    ).with_additional_attributes({"outcome": outcome}).record(max(waited, timedelta(0)))
+
+
+class StateGauges:
+    """Sets the cluster-state gauges on `meter` (a temporalio `MetricMeter`: the worker's
+    `Runtime.metric_meter`): two visibility counts and one Vault LIST per secret path per pass,
+    whatever the number of runs.
+
+    Args:
+        meter: where the gauges live (the worker's Prometheus endpoint).
+        client: a Temporal client (visibility counts).
+        vault: the worker's `VaultBroker` (live leases).
+        secrets: the agents' secret paths.
+    """
+
+    def __init__(self, meter: Any, client: Any, vault: Any, secrets: list[str]) -> None:
+        self.client = client
+        self.vault = vault
+        self.secrets = sorted(set(secrets))
+        self._pending = meter.create_gauge("lockgate_pending_approvals", "runs waiting for an approval")
+        self._compensating = meter.create_gauge("lockgate_compensations_outstanding", "runs compensating now")
+        self._leases = meter.create_gauge("lockgate_leases_outstanding", "live leases under the agents' secrets")
+        self._errors = meter.create_counter("lockgate_state_scrape_errors", "state gauge sources that failed")
+
+    async def collect_once(self) -> dict[str, int]:
+        """One pass; returns what it set (a source that fails keeps its last value)."""
+        out: dict[str, int] = {}
+        try:
+            out["pending"] = (await self.client.count_workflows(PENDING_QUERY)).count
+            self._pending.set(out["pending"])
+            out["compensating"] = (await self.client.count_workflows(COMPENSATING_QUERY)).count
+            self._compensating.set(out["compensating"])
+        except Exception as err:  # noqa: BLE001 - Temporal away: try again next pass
+            log.warning("metrics: visibility count failed: %s", err)
+            self._errors.with_additional_attributes({"source": "temporal"}).add(1)
+        for path in self.secrets:
+            try:
+                live = len(await asyncio.to_thread(self.vault.live_leases, path))
+            except Exception as err:  # noqa: BLE001 - Vault away: try again next pass
+                log.warning("metrics: live leases of %s failed: %s", path, err)
+                self._errors.with_additional_attributes({"source": "vault"}).add(1)
+                continue
+            out[f"leases:{path}"] = live
+            self._leases.with_additional_attributes({"secret": path}).set(live)
+        return out
+
+    async def run(self, interval: float, stop: asyncio.Event) -> None:
+        """Passes every `interval` seconds until `stop`."""
+        while not stop.is_set():
+            await self.collect_once()
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+            except TimeoutError:
+                pass
+
+
+def gauge(name: str, description: str, value: float, **attributes: str) -> None:
+    """Sets gauge `name` (with these attribute values) to `value`."""
+    meter = _meter()
+    if meter is None:
+        return
+    meter.create_gauge_float(name, description).with_additional_attributes(attributes).set(float(value))  # type: ignore[attr-defined]

@@ -100,6 +100,8 @@ class PlanRequest(BaseModel):
     agent: str
     input: dict[str, Any]
     done: tuple[dict[str, Any], ...]
+    # The run read regulated data (itself, its parent or a sub-agent): the request is gated egress.
+    tainted: bool = False
 
 
 class PlanProposal(BaseModel):
@@ -227,6 +229,9 @@ class GateState(BaseModel):
     # Set by the deciding activity when the workflow's claim contradicts the run's ledger (a step
     # number that already ran another call: a reset or forged state). The gate then denies.
     conflict: str | None = None
+    # The tenant the run acts for ("" for none): set by the deciding activity from the run's
+    # verified start in the ledger (`context.run.tenant`), never taken from the workflow's claim.
+    tenant: str = ""
 
 
 class GateRequest(BaseModel):

@@ -12,6 +12,10 @@ from temporalio.common import SearchAttributeKey
 __all__ = [
     "APPROVAL_VERIFY",
     "AUDIT_RECORD",
+    "BACKGROUND_ARCHIVE",
+    "BACKGROUND_CHECKPOINT",
+    "BACKGROUND_JOBS",
+    "BACKGROUND_REAP",
     "DROPIN_GATE",
     "DROPIN_OPEN",
     "ENGINE_ACTIVITIES",
@@ -46,13 +50,18 @@ __all__ = [
     "WORKER_APPROLE",
     "WORKER_POLICY",
     "WORKFLOW_AGENT",
+    "WORKFLOW_BACKGROUND",
     "audience_policy",
+    "background_queue",
+    "background_workflow_id",
     "is_engine_activity",
     "tool_activity",
 ]
 
 # -- workflow types --------------------------------------------------------------------------------
 WORKFLOW_AGENT = "lockgate.agent"
+# The cluster's background work (workflows/background.py): one execution per job and cluster.
+WORKFLOW_BACKGROUND = "lockgate.background"
 
 # -- activity types --------------------------------------------------------------------------------
 GATE_EVALUATE = "gate.evaluate"
@@ -67,6 +76,11 @@ PLANNER_LLM = "planner.llm"
 DROPIN_OPEN = "dropin.open"
 DROPIN_GATE = "dropin.gate"
 TOOL_PREFIX = "tool."
+# The background jobs' activities, served on the background queue only (`background_queue`).
+BACKGROUND_REAP = "background.reap"
+BACKGROUND_ARCHIVE = "background.archive"
+BACKGROUND_CHECKPOINT = "background.checkpoint"
+BACKGROUND_JOBS = {"reaper": BACKGROUND_REAP, "archiver": BACKGROUND_ARCHIVE, "checkpointer": BACKGROUND_CHECKPOINT}
 
 # The engine's own activities: served only to executions lockgate governs (activities/callers.py).
 ENGINE_ACTIVITIES = frozenset(
@@ -89,6 +103,17 @@ ENGINE_ACTIVITIES = frozenset(
 def tool_activity(tool: str) -> str:
     """The activity type of a lockgate tool (`refunds.issue` -> `tool.refunds.issue`)."""
     return f"{TOOL_PREFIX}{tool}"
+
+
+def background_queue(task_queue: str) -> str:
+    """The task queue of the cluster's background work: polled only by workers that run it
+    (`LOCKGATE_BACKGROUND`), so a worker that hosts only tools never gets a reaper pass."""
+    return f"{task_queue}-background"
+
+
+def background_workflow_id(job: str, task_queue: str) -> str:
+    """The one execution of a background job per cluster (namespace and lockgate task queue)."""
+    return f"lockgate.{job}/{task_queue}"
 
 
 def is_engine_activity(activity_type: str) -> bool:

@@ -18,6 +18,7 @@ from lockgate.errors import UserError
 from lockgate.identity import OperatorSession, sign
 from lockgate.ids import InvalidRunId, check_run_id
 from lockgate.models import MAX_ARGS_BYTES, ApprovalAttempt, ApprovalRequest, RunInput, RunState, RunStatus, args_digest
+from lockgate.people import FieldValue
 from lockgate.spec import describe_validation, registry
 
 __all__ = [
@@ -111,16 +112,20 @@ async def start_run(
     *,
     session: OperatorSession,
     run_id: str | None = None,
+    tenant: str | None = None,
 ) -> WorkflowHandle[Any, Any]:
-    """Starts a run as the logged-in person: their signed start statement makes them its initiator."""
+    """Starts a run as the logged-in person: their signed start statement makes them its initiator.
+    With `tenant`, the run acts for that tenant (`context.run.tenant`; the worker accepts it only
+    from a member of Vault group `tenant-<tenant>`)."""
     run_id = run_id or f"{agent}-{uuid.uuid4().hex[:10]}"
     try:
         check_run_id(run_id)
     except InvalidRunId as err:
         raise UserError(str(err)) from None
-    start = await asyncio.to_thread(
-        sign, session, "start", {"run_id": run_id, "agent": agent, "input_digest": args_digest(data)}
-    )
+    fields: dict[str, FieldValue] = {"run_id": run_id, "agent": agent, "input_digest": args_digest(data)}
+    if tenant:
+        fields["tenant"] = tenant
+    start = await asyncio.to_thread(sign, session, "start", fields)
     try:
         return await client.start_workflow(
             WORKFLOW,

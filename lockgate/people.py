@@ -32,7 +32,9 @@ __all__ = [
     "valid_person",
 ]
 
-Act = Literal["start", "approve", "reject", "halt", "freeze", "unfreeze"]
+Act = Literal[
+    "start", "approve", "reject", "halt", "freeze", "unfreeze", "policy-sign", "policy-switch", "policy-shadow"
+]
 FieldValue = str | int | bool | None
 
 # Each person signs with the Transit key `approver-<entity name>` (lockgate.bootstrap creates them).

@@ -3,7 +3,7 @@
 One object carries everything lockgate adds to a Client, a Worker or a Replayer: the data converter,
 the sandbox passthrough, the agent workflow, the governed activities (gate, run identity, audit,
 planner and one `tool.<name>` per declared tool), the interceptors, and the worker-side services
-(reaper, policy hot reload) that run as long as the worker does::
+(policy hot reload, and the cluster's background jobs) that run as long as the worker does::
 
     client = await Client.connect("localhost:7233", plugins=[LockgatePlugin()])
     worker = Worker(client, task_queue="lockgate")  # the plugin reaches the worker via the client
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
@@ -122,11 +121,13 @@ class LockgatePlugin(SimplePlugin):
         agents: The agents this worker runs (default: `LOCKGATE_AGENT_MODULES` and the entry points
             of group `lockgate.agents`). A worker runs only these.
         deps: Ready dependencies (tests and embedders); built from `settings` when omitted.
-        services: Run the reaper and the policy watcher beside the worker.
+        services: Run the worker-side services: the policy watcher, and (unless `LOCKGATE_BACKGROUND`
+            is off) the cluster's background jobs (reaper, archiver, checkpointer: Temporal
+            workflows, once per cluster, started here idempotently).
         max_concurrent: Activity slots (and threads: Vault, Postgres and the ledger are sync clients).
         max_cached_workflows: Sticky cache size (default `LOCKGATE_MAX_CACHED_WORKFLOWS`, else the
             worker's own setting: Temporal's default is 1,000).
-        reap_interval: Seconds between reaper passes (default `LOCKGATE_REAP_INTERVAL` or 15).
+        reap_interval: Seconds between the cluster's reaper passes (default `LOCKGATE_REAP_INTERVAL` or 15).
         govern: Existing apps to govern drop-in (`lockgate.dropin.Governance`): their Pydantic AI,
             OpenAI Agents or plain-activity tool calls are gated, leased, audited and compensated.
         start_as: Who signs the workflow starts this client makes (with `govern`): a person's
@@ -223,6 +224,10 @@ class LockgatePlugin(SimplePlugin):
         config = super().configure_worker(config)
         if self._workflow in (config.get("workflows") or ()):
             return config  # given to both the client and the worker: configure once
+        from lockgate.workflows.background import BackgroundWorkflow
+
+        if BackgroundWorkflow in (config.get("workflows") or ()):
+            return config  # the background jobs' worker (lockgate.worker.build_background_worker)
         from lockgate.worker import build_activities
 
         deps = self.deps
@@ -234,7 +239,7 @@ class LockgatePlugin(SimplePlugin):
         bind_agents(config.get("task_queue") or "", deps.agents)
         config["workflows"] = [*(config.get("workflows") or ()), self._workflow]
         config["activities"] = [*(config.get("activities") or ()), *build_activities(deps)]
-        config["interceptors"] = [*(config.get("interceptors") or ()), *tracing_interceptors()]
+        config["interceptors"] = [*(config.get("interceptors") or ()), *tracing_interceptors(self.settings)]
         guarded: Callable[[str], bool] = is_engine_activity
         if self._govern:
             from lockgate.dropin.plugin import configure_dropin
@@ -253,8 +258,8 @@ class LockgatePlugin(SimplePlugin):
         # worker's memory however many runs wait (an evicted run replays when it wakes). Unless
         # told otherwise, the worker's own setting (Temporal's default: 1,000) stands.
         cached = self._max_cached
-        if cached is None and os.environ.get("LOCKGATE_MAX_CACHED_WORKFLOWS"):
-            cached = int(os.environ["LOCKGATE_MAX_CACHED_WORKFLOWS"])
+        if cached is None:
+            cached = self.settings.max_cached_workflows
         if cached is not None:
             config["max_cached_workflows"] = cached
         return config
@@ -270,34 +275,35 @@ class LockgatePlugin(SimplePlugin):
         return config
 
     async def run_worker(self, worker: Worker, next: Callable[[Worker], Awaitable[None]]) -> None:
-        if not self._services:
+        from lockgate.workflows.background import BackgroundWorkflow
+
+        if not self._services or BackgroundWorkflow in (worker.config().get("workflows") or ()):
             await next(worker)
             return
-        from lockgate.activities.archive import archive_forever
-        from lockgate.worker import build_archive, build_reaper, reap_forever, watch_policies
+        from lockgate.activities.background import keep_background
+        from lockgate.worker import background_intervals, build_background_worker, watch_policies
 
         deps = self.deps
+        # Periodic checkpoints are the cluster's background job now: this process's checkpointer
+        # only coalesces the seals of the runs it closes.
+        deps.ledger.periodic_checkpoints = False
         stop = asyncio.Event()
-        interval = (
-            self._reap_interval
-            if self._reap_interval is not None
-            else float(os.environ.get("LOCKGATE_REAP_INTERVAL", "15"))
-        )
-        background = [
-            asyncio.create_task(reap_forever(worker.client, build_reaper(deps), interval, stop)),
-            asyncio.create_task(watch_policies(deps, stop)),
-            # Closed runs' histories archived beside the ledger (audits outlive server retention).
-            asyncio.create_task(
-                archive_forever(
-                    worker.client, build_archive(deps), float(os.environ.get("LOCKGATE_ARCHIVE_INTERVAL", "10")), stop
-                )
-            ),
-        ]
+        tasks = [asyncio.create_task(watch_policies(deps, stop))]
+        jobs: Worker | None = None
+        if deps.settings.background:
+            # The reaper, the archiver and the checkpointer: Temporal workflows, once per cluster,
+            # whose passes Temporal hands to one of the workers polling the background queue.
+            intervals = background_intervals(deps.settings, self._reap_interval)
+            jobs = build_background_worker(worker.client, deps, worker.task_queue, intervals)
+            tasks.append(asyncio.create_task(jobs.run()))
+            tasks.append(asyncio.create_task(keep_background(worker.client, worker.task_queue, intervals, stop)))
         try:
             await next(worker)
         finally:
             stop.set()
-            await asyncio.gather(*background, return_exceptions=True)
+            if jobs is not None and jobs.is_running:
+                await jobs.shutdown()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     def replayer(self, **kwargs: Any) -> Replayer:
         """A Replayer with lockgate's workflow and converter (binds the agents for replay)."""

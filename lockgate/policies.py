@@ -6,6 +6,7 @@ from pathlib import Path
 
 from lockgate.errors import PolicyError
 from lockgate.gates.bundle import PolicyBundle
+from lockgate.gates.bundles import BUNDLE_MANIFEST, build_team_bundle
 from lockgate.gates.engine import tool_entities
 from lockgate.schema import generate_schema, merge_schema
 from lockgate.spec import AgentRegistry
@@ -56,6 +57,11 @@ def load_bundle(policy_dir: Path, agents: AgentRegistry | None = None) -> Policy
     """
     if not policy_dir.is_dir():
         raise PolicyError([f"{policy_dir}: policy directory not found"])
+    if (policy_dir / BUNDLE_MANIFEST).is_file():
+        # A team's bundle (gates/bundles.py): its own namespace and schema, checked as such.
+        files = {p.name: p.read_text() for p in sorted(policy_dir.iterdir()) if p.is_file()}
+        team = build_team_bundle(files)
+        return team if agents is None else team.with_entities(tool_entities(agents.agents()))
     policies = {p.name: p.read_text() for p in sorted(policy_dir.glob("*.cedar"))}
     if not policies:
         raise PolicyError([f"{policy_dir}: no *.cedar policy files"])

@@ -34,6 +34,10 @@ def agents_for_policies() -> AgentRegistry:
 
 
 def cmd_policy_more(args: argparse.Namespace, settings: Settings) -> int:
+    from lockgate.policysupply import SUPPLY_ACTIONS, cmd_policy_supply
+
+    if args.action in SUPPLY_ACTIONS:
+        return cmd_policy_supply(args, settings)
     if args.action == "schema":
         from lockgate.policies import mcp_args_types
         from lockgate.schema import generate_schema

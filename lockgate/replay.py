@@ -33,6 +33,7 @@ from temporalio.client import Client, WorkflowHistory
 from lockgate.activities.ledger import Ledger
 from lockgate.errors import PolicyError, UserError
 from lockgate.gates.bundle import PolicyBundle
+from lockgate.gates.bundles import rebuild
 from lockgate.gates.engine import evaluate, tool_entities
 from lockgate.models import Decision, GateRequest, ToolInvocation, ToolOutcome
 from lockgate.plugin import workflow_runner
@@ -111,9 +112,8 @@ class PolicySource:
         if content is None:
             return f"bundle {bundle_hash[:12]} is not recorded anywhere this replay can read"
         try:
-            bundle = PolicyBundle.build(
-                content["policies"], schema_text=content["schema"], entities_json=content["entities"]
-            )
+            # A team's bundle rebuilds in its namespace (gates/bundles.py).
+            bundle = rebuild(content)
         except PolicyError as err:
             return f"bundle {bundle_hash[:12]} no longer parses: {err}"
         if bundle.hash != bundle_hash:

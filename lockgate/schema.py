@@ -41,6 +41,7 @@ type Run = {{
   confidence_pct: Long,
   confidence_source: String,
   approved_groups: Set<String>,
+  tenant: String,
 }};
 """
 

@@ -99,6 +99,9 @@ class Tool(BaseModel):
             run's chain remembers it. None: `Tool::"<name>"`.
         resource_type: The resource's Cedar entity type, e.g. `Order` (required with `resource`).
         mcp_server: Set by `lockgate.mcp.MCPServer` for the tools it contributes.
+        model_sees: For a regulated tool: the fields of its results (of an MCP result, its
+            structured content) a model still sees once the run is tainted, when no policy approves
+            the model's endpoint (`lockgate::Action::"model.send"`); everything else is redacted.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -119,6 +122,7 @@ class Tool(BaseModel):
     resource_type: str | None = Field(default=None, pattern=r"^[A-Z][A-Za-z0-9_]*$")
     # The MCP server (`lockgate.mcp.MCPServer`) this tool calls, or None for a Python tool.
     mcp_server: str | None = None
+    model_sees: tuple[str, ...] = ()
 
     @model_validator(mode="before")
     @classmethod

@@ -108,7 +108,7 @@ def load_keys_file(path: str) -> dict[int, str]:
 def _vault_client(settings: Settings) -> Any:
     from lockgate import vaultio
 
-    timeout = int(os.environ.get("LOCKGATE_VERIFY_VAULT_TIMEOUT", "3"))
+    timeout = settings.verify_vault_timeout
     client = vaultio.client(settings.vault_addr, timeout=timeout)
     if settings.vault_role_id and settings.vault_secret_id:
         client.auth.approle.login(role_id=settings.vault_role_id, secret_id=settings.vault_secret_id)
@@ -124,7 +124,9 @@ def open_ledger(settings: Settings, *, create: bool = True, online: bool = True,
     worker's AppRole, or a token whose policy allows it): its rows then carry lockgate's MAC, and
     its reads and `verify` check every row's. Else the ledger alone (hashes and signed heads only)."""
     from lockgate.activities.ledger.rowkey import VaultRowKeys
+    from lockgate.worker import ledger_pool
 
+    kwargs.setdefault("pool", ledger_pool(settings))
     client = None
     if online:
         try:

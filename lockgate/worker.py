@@ -35,7 +35,7 @@ from lockgate.activities.codec import TransitCodec, VaultTransit
 from lockgate.activities.freeze import FreezeStore, unfreeze_verifier
 from lockgate.activities.governance import GovernanceActivities, bundle_content
 from lockgate.activities.identity import LedgerKeyArchive, PeopleDirectory
-from lockgate.activities.ledger import Ledger
+from lockgate.activities.ledger import CHECKPOINT_INTERVAL, Ledger, PoolLimits
 from lockgate.activities.ledger.rowkey import LEDGER_ROW_KEY, VaultRowKeys
 from lockgate.activities.planner import LLMPlannerActivities
 from lockgate.activities.reaper import Reaper
@@ -44,9 +44,12 @@ from lockgate.activities.vault import VaultBroker
 from lockgate.config import Settings, archive_dir, load_settings, production_problems
 from lockgate.errors import PolicyError, UserError
 from lockgate.gates.bundle import PolicyBundle
-from lockgate.observability import setup_logging
+from lockgate.metrics import StateGauges
+from lockgate.names import BACKGROUND_JOBS, WORKFLOW_BACKGROUND, background_queue
+from lockgate.observability import setup_logging, setup_tracing
 from lockgate.plugin import LockgatePlugin
 from lockgate.policies import load_bundle
+from lockgate.probes import Probes
 from lockgate.spec import AgentRegistry, load_agents
 
 __all__ = [
@@ -54,6 +57,7 @@ __all__ = [
     "Deps",
     "build_activities",
     "build_archive",
+    "build_background_worker",
     "build_deps",
     "build_governance",
     "build_reaper",
@@ -63,6 +67,7 @@ __all__ = [
     "connect_config",
     "data_converter",
     "entry",
+    "ledger_pool",
     "main",
     "reap_forever",
     "run_worker",
@@ -125,9 +130,12 @@ class Deps:
     # Verifies people's signed acts (approvals, starts, halts, unfreezes) with Vault's public keys.
     people: PeopleDirectory
     agents: AgentRegistry = field(default_factory=AgentRegistry)
+    # Signed team bundles in force (lockgate/teambundles.py); None: the local folder decides all.
+    teams: Any = None
 
-    def current_bundle(self) -> PolicyBundle:
-        return self.bundle
+    def current_bundle(self, agent: str | None = None) -> PolicyBundle:
+        """The bundle that decides `agent`: its team's signed bundle in force, else the local one."""
+        return self.teams.bundle_for(agent) if self.teams is not None else self.bundle
 
     def reload_policies(self) -> list[str]:
         """Loads the policy dir again. A valid bundle takes effect at the next gate; an invalid one
@@ -144,6 +152,14 @@ class Deps:
             for problem in err.problems:
                 log.error("  %s", problem)
             return err.problems
+        from lockgate.teambundles import DENY_ALL, load_local_teams
+
+        if self.teams is not None and self.teams.local is not DENY_ALL:
+            try:  # dev mode's team folders (`policies/<team>/bundle.json`): only the hosted teams'
+                self.teams.local_teams = load_local_teams(self.settings.policy_dir, self.agents)
+            except PolicyError as err:
+                log.error("POLICY RELOAD REFUSED: keeping the team folders loaded; %s", "; ".join(err.problems))
+                return err.problems
         if bundle.hash != self.bundle.hash:
             self.ledger.register_bundle(bundle.hash, bundle_content(bundle))
             log.warning(
@@ -153,12 +169,18 @@ class Deps:
                 len(bundle.statements),
             )
             self.bundle = bundle
+            if self.teams is not None and self.teams.local is not DENY_ALL:
+                self.teams.local = bundle  # dev mode: the folder decides agents without a signed bundle
         return []
 
 
 def _fingerprint(directory: Path) -> tuple[tuple[str, int, int], ...]:
     try:
-        return tuple(sorted((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in directory.iterdir()))
+        return tuple(
+            sorted(
+                (str(p.relative_to(directory)), p.stat().st_mtime_ns, p.stat().st_size) for p in directory.rglob("*")
+            )
+        )
     except OSError:
         return ()
 
@@ -175,6 +197,19 @@ async def watch_policies(deps: Deps, stop: asyncio.Event, interval: float = 2.0)
         if now != seen:
             seen = now
             await asyncio.to_thread(deps.reload_policies)
+        if deps.teams is not None:  # signed team bundles switched in the ledger; the heartbeat
+            await asyncio.to_thread(deps.teams.refresh)
+
+
+def ledger_pool(settings: Settings) -> PoolLimits:
+    """The ledger's connection limits from the settings (`LOCKGATE_LEDGER_POOL_*`, `..._PGBOUNCER`)."""
+    return PoolLimits(
+        size=settings.ledger_pool_size,
+        overflow=settings.ledger_pool_overflow,
+        raw=settings.ledger_raw_pool,
+        timeout=settings.ledger_pool_timeout,
+        pgbouncer=settings.ledger_pgbouncer,
+    )
 
 
 def build_deps(settings: Settings, agents: AgentRegistry | None = None) -> Deps:
@@ -202,6 +237,7 @@ def build_deps(settings: Settings, agents: AgentRegistry | None = None) -> Deps:
             signer=TransitAnchor(lambda: vault.client),
             row_key=VaultRowKeys(lambda: vault.client),
             strict_events=True,
+            pool=ledger_pool(settings),
         )
     except hvac.exceptions.VaultError as err:
         raise UserError(
@@ -210,6 +246,7 @@ def build_deps(settings: Settings, agents: AgentRegistry | None = None) -> Deps:
         ) from err
     ledger.register_bundle(bundle.hash, bundle_content(bundle))
     people = PeopleDirectory(vault, archive=LedgerKeyArchive(ledger))
+    teams = team_bundles(settings, ledger, people, agents, bundle)
     return Deps(
         settings=settings,
         vault=vault,
@@ -218,7 +255,23 @@ def build_deps(settings: Settings, agents: AgentRegistry | None = None) -> Deps:
         freezes=FreezeStore(ledger, verify=unfreeze_verifier(people)),
         agents=agents,
         people=people,
+        teams=teams,
     )
+
+
+def team_bundles(settings: Settings, ledger: Ledger, people: PeopleDirectory, agents: AgentRegistry, local: Any) -> Any:
+    """Signed team bundles from the ledger; the local folder decides the rest only in dev mode."""
+    from lockgate.activities.policystore import PolicyStore, people_verifier
+    from lockgate.teambundles import DENY_ALL, TeamBundles, load_local_teams
+
+    store = PolicyStore(ledger, people_verifier(people), settings.policy_quorum)
+    unsigned = not settings.production or "local-policies" in settings.production_allow.split(",")
+    if not unsigned:
+        log.warning(
+            "production mode: the local policy folder is not used (unsigned); agents without a signed bundle are denied"
+        )
+        return TeamBundles(store, agents, DENY_ALL)
+    return TeamBundles(store, agents, local, local_teams=load_local_teams(settings.policy_dir, agents))
 
 
 def build_approvals(deps: Deps) -> ApprovalActivities:
@@ -234,6 +287,7 @@ def build_governance(deps: Deps) -> GovernanceActivities:
         freezes=deps.freezes,
         people=deps.people,
         approvals=build_approvals(deps),
+        shadow=deps.teams.shadow if deps.teams is not None else None,
     )
 
 
@@ -276,12 +330,62 @@ async def reap_forever(client: Client, reaper: Reaper, interval: float, stop: as
             pass
 
 
+def background_intervals(settings: Settings, reap_interval: float | None = None) -> dict[str, float]:
+    """Seconds between passes of each background job (this worker's settings)."""
+    return {
+        "reaper": reap_interval if reap_interval is not None else settings.reap_interval,
+        "archiver": settings.archive_interval,
+        "checkpointer": CHECKPOINT_INTERVAL,
+    }
+
+
+def build_background_worker(
+    client: Client, deps: Deps, task_queue: str, intervals: dict[str, float] | None = None
+) -> Worker:
+    """The worker of the cluster's background jobs (workflows/background.py) on their own queue
+    (`background_queue(task_queue)`): only workers with `LOCKGATE_BACKGROUND` on poll it."""
+    from lockgate.activities.background import BackgroundActivities
+    from lockgate.activities.callers import CallerGuard
+    from lockgate.plugin import workflow_runner
+    from lockgate.workflows.background import BackgroundWorkflow
+
+    queue = background_queue(task_queue)
+    passes = BackgroundActivities(
+        client=client,
+        reaper=build_reaper(deps),
+        archive=build_archive(deps),
+        ledger=deps.ledger,
+        intervals=intervals or background_intervals(deps.settings),
+    )
+    guard = CallerGuard(
+        client=client,
+        task_queue=queue,
+        hosted=frozenset({WORKFLOW_BACKGROUND}),
+        record=lambda key, run_id, data: deps.ledger.try_append(key, run_id, "caller.refused", data),
+        guarded=lambda t: t in BACKGROUND_JOBS.values(),
+    )
+    return Worker(
+        client,
+        task_queue=queue,
+        workflows=[BackgroundWorkflow],
+        activities=passes.activities(),
+        interceptors=[guard],
+        workflow_runner=workflow_runner(),
+        max_concurrent_activities=len(BACKGROUND_JOBS),
+        graceful_shutdown_timeout=timedelta(seconds=deps.settings.drain_seconds),
+    )
+
+
 def build_activities(deps: Deps) -> list[Callable[..., Any]]:
     """Every activity a lockgate worker hosts: gate, run identity, audit, planner, one per tool."""
     governance = build_governance(deps)
     tools = build_tools(deps, governance)
     planner = LLMPlannerActivities(
-        agents=deps.agents, vault=deps.vault, bundle=deps.current_bundle, policy_dir=str(deps.settings.policy_dir)
+        agents=deps.agents,
+        vault=deps.vault,
+        bundle=deps.current_bundle,
+        policy_dir=str(deps.settings.policy_dir),
+        ledger=deps.ledger,
     )
     approvals = build_approvals(deps)
     return [
@@ -369,27 +473,53 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     if problems:
         raise UserError("production mode refuses: " + "; ".join(problems))
     deps = build_deps(settings)
+    tracer_provider = setup_tracing(settings)  # before the client: its interceptor uses it
     runtime = metrics_runtime(settings.metrics_address) if settings.metrics_address else None
     client = await connect(settings, deps.vault, runtime=runtime)
     stop = stop or asyncio.Event()
+    gauges = None
+    if runtime is not None and settings.metrics_interval > 0:
+        secrets = [t.secret for t in deps.agents.tools() if t.secret]
+        gauges = asyncio.create_task(
+            StateGauges(runtime.metric_meter, client, deps.vault, secrets).run(settings.metrics_interval, stop)
+        )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     worker = build_worker(client, deps, services=True)
+    probes = Probes(deps.vault, deps.ledger) if settings.health_address else None
+    if probes is not None and settings.health_address:
+        await probes.serve(settings.health_address)  # live at once; ready once the worker polls
     log.info(
         "worker started: task_queue=%s bundle=%s policies=%d",
         settings.task_queue,
         deps.bundle.hash[:12],
         len(deps.bundle.statements),
     )
-    async with worker:
-        await stop.wait()
+    try:
+        async with worker:
+            if probes is not None:
+                probes.worker = worker
+            await stop.wait()
+            if probes is not None:
+                probes.draining = True  # not ready from now on: the load balancer sends no more
+    finally:
+        if probes is not None:
+            await probes.close()
+        if gauges is not None:
+            gauges.cancel()
+        if tracer_provider is not None:
+            await asyncio.to_thread(tracer_provider.shutdown)  # the last spans go out
     log.info("worker stopped")
 
 
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except UserError as err:  # a malformed setting: one line, not a traceback
+        print(f"lockgate worker: {err}", file=sys.stderr)
+        return 2
     try:
         asyncio.run(run_worker(settings))
     except PolicyError as err:

@@ -214,12 +214,10 @@ def test_health_checks_restart_policies_and_limits(model: dict[str, Any]) -> Non
     for name, port in (("lockgate-inbox", 8234), ("lockgate-codec", 8235)):
         check = model["services"][name]["healthcheck"]["test"]
         assert check[1:4] == ["python", "-m", "lockgate.health"] and f":{port}/" in check[4], name
-    assert model["services"]["lockgate-worker"]["healthcheck"]["test"][1:] == [
-        "python",
-        "-m",
-        "lockgate.health",
-        "worker",
-    ]
+    # The worker's own readiness endpoint (lockgate/probes.py), bound inside the container.
+    worker = model["services"]["lockgate-worker"]
+    assert worker["healthcheck"]["test"][1:] == ["python", "-m", "lockgate.health", "http://127.0.0.1:8236/readyz"]
+    assert worker["environment"]["LOCKGATE_HEALTH_ADDRESS"] == "127.0.0.1:8236"
 
 
 def test_nothing_is_published_beyond_loopback(model: dict[str, Any]) -> None:

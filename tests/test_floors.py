@@ -48,8 +48,10 @@ FLOORS: dict[str, int] = {
     "lockgate.workflows": ENGINE,
     "lockgate.plugin": ENGINE,
     "lockgate.worker": ENGINE,
+    "lockgate.probes": ENGINE,  # the worker's liveness and readiness endpoints
     "lockgate.identity": ENGINE,
     "lockgate.dropin": ENGINE,
+    "lockgate.teambundles": ENGINE,  # which signed team bundle decides each hosted agent
     # The operator API: what the CLI, the inbox and the tests call.
     "lockgate.ops": OPERATOR,
     "lockgate.audit": OPERATOR,
@@ -62,6 +64,7 @@ FLOORS: dict[str, int] = {
     # The shells.
     "lockgate.cli": SHELL,
     "lockgate.policycli": SHELL,
+    "lockgate.policysupply": SHELL,
     "lockgate.mcp.cli": SHELL,
     "lockgate.inbox": SHELL,
     "lockgate.codec_server": SHELL,

@@ -92,13 +92,21 @@ async def test_sign_in_keeps_the_vault_token_server_side(settings: Settings, cli
         assert (await http.get("/")).status_code == 303
 
 
-async def test_stopping_the_inbox_revokes_its_sessions(settings: Settings, client: Client) -> None:
+async def test_stopping_the_inbox_signs_nobody_out(settings: Settings, client: Client) -> None:
+    """Sessions live in the shared state (issue 29.2): a stopped (restarted, rolled) inbox forgets
+    its cache but ends no session; sign-out does (tests/test_inbox_replicas.py covers replicas)."""
     async with served_inbox(settings, client) as (base, inbox), _http(base) as http:
         await sign_in(http, "bob")
         (web,) = inbox.sessions.values()
-        token = web.person.token
+        token, cookie = web.person.token, web.sid
         assert hvac.Client(url=settings.vault_addr, token=token).is_authenticated()
     assert inbox.sessions == {}
+    assert hvac.Client(url=settings.vault_addr, token=token).is_authenticated()
+    async with served_inbox(settings, client) as (base, again), _http(base) as http:
+        http.cookies.set("lockgate_sid", cookie, domain="127.0.0.1")
+        page = await http.get("/?view=all")
+        assert page.status_code == 200 and again.sessions[cookie].person.name == "bob"
+        assert (await http.post("/logout", data={"csrf": csrf_of(page.text)})).status_code == 303
     assert not hvac.Client(url=settings.vault_addr, token=token).is_authenticated()
 
 

@@ -145,9 +145,13 @@ def test_the_worker_has_probes_a_budget_and_autoscaling(rendered: tuple[str, lis
     labels = worker["spec"]["template"]["metadata"]["labels"]
     (container,) = worker["spec"]["template"]["spec"]["containers"]
     assert container["args"] == ["lockgate", "worker"]
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        assert container[probe]["exec"]["command"] == ["python", "-m", "lockgate.health", "worker"], probe
-    assert "ports" not in container, "a worker takes no connections"
+    assert container["startupProbe"]["exec"]["command"] == ["python", "-m", "lockgate.health", "worker"]
+    # Liveness and readiness from the worker itself (lockgate/probes.py), on its health port only.
+    assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+    assert container["ports"] == [{"name": "health", "containerPort": 8236, "protocol": "TCP"}]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["LOCKGATE_HEALTH_ADDRESS"] == "0.0.0.0:8236"
     pdbs = [p for p in by_kind(docs, "PodDisruptionBudget").values() if matches(p["spec"]["selector"], labels)]
     assert len(pdbs) == 1
     hpa = by_kind(docs, "HorizontalPodAutoscaler")["lockgate-worker"]

@@ -52,3 +52,74 @@ def test_a_malformed_setting_is_one_clear_line() -> None:
 
     with pytest.raises(UserError, match="invalid setting LOCKGATE_DRAIN_SECONDS"):
         load_settings({"LOCKGATE_DRAIN_SECONDS": "soon", "LOCKGATE_STATE_DIR": "/nonexistent"})
+
+
+REFUND = {"order_id": "A-1002", "amount_cents": 25000}  # over the autonomy limit: finance approves
+
+
+def _families(text: str) -> set[str]:
+    """The metric names a scrape has samples of (`name{labels} value` or `name value`)."""
+    return {line.split("{", 1)[0].split(" ", 1)[0] for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def _value(text: str, name: str) -> float | None:
+    for line in text.splitlines():
+        if line.startswith((f"{name} ", f"{name}{{")):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def test_cluster_state_gauges_and_approval_wait_in_a_real_run(settings: Settings, deps: Any) -> None:
+    from lockgate.metrics import StateGauges
+    from lockgate.ops import send_verdict
+    from tests.support.stack import pending_request, person
+
+    address = f"127.0.0.1:{free_port()}"
+    runtime = worker.metrics_runtime(address)
+    client = await worker.connect(settings, deps.vault, runtime=runtime)
+    queue = f"metrics-{uuid.uuid4().hex[:8]}"
+    secrets = [t.secret for t in deps.agents.tools() if t.secret]
+    gauges = StateGauges(runtime.metric_meter, client, deps.vault, secrets)
+    async with worker.build_worker(client, deps, task_queue=queue):
+        handle = await start(client, queue, "refund-agent", REFUND)
+        req = await pending_request(handle)
+        seen: dict[str, int] = {}
+        for _ in range(50):  # visibility is eventually consistent
+            seen = await gauges.collect_once()
+            if seen.get("pending", 0) >= 1:
+                break
+            await asyncio.sleep(0.2)
+        assert seen["pending"] >= 1 and "compensating" in seen, seen
+        assert any(k.startswith("leases:database/creds/") for k in seen), seen
+        await send_verdict(client, handle.id, req.request_id, session=person("alice"), approve=True, reason="ok")
+        assert await finish(handle) is None
+        text = ""
+        for _ in range(50):
+            text = await asyncio.to_thread(_scrape, address)
+            if "lockgate_approval_wait" in text and "lockgate_pending_approvals" in text:
+                break
+            await asyncio.sleep(0.2)
+    pending = _value(text, "lockgate_pending_approvals")
+    assert pending is not None and pending >= 1
+    assert _value(text, "lockgate_compensations_outstanding") is not None
+    assert any(
+        line.startswith("lockgate_leases_outstanding{") and 'secret="database/creds/' in line
+        for line in text.splitlines()
+    )
+    waits = [line for line in text.splitlines() if line.startswith("lockgate_approval_wait_count")]
+    assert any('outcome="approved"' in line and float(line.rsplit(" ", 1)[1]) >= 1 for line in waits), waits
+    # The Grafana dashboard queries only metrics this real scrape has.
+    missing = _dashboard_metrics() - _families(text)
+    assert not missing, f"deploy/grafana/lockgate.json queries metrics no worker exported: {sorted(missing)}"
+
+
+def _dashboard_metrics() -> set[str]:
+    import json
+    import re
+    from pathlib import Path
+
+    dashboard = json.loads((Path(__file__).resolve().parent.parent / "deploy/grafana/lockgate.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    names = {n for e in exprs for n in re.findall(r"\b((?:lockgate|temporal)_[a-z_]+)\b", e)}
+    assert len(exprs) >= 8 and len(names) >= 10, exprs
+    return names

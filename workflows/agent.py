@@ -286,7 +286,13 @@ class AgentWorkflow(GovernedRun):
             # Model calls are I/O: an activity. Its proposal is only a proposal: the gate decides.
             plan = await workflow.execute_activity(
                 names.PLANNER_LLM,
-                PlanRequest(run_id=self._run_id, agent=agent.name, input=self._inp.input, done=tuple(self._done)),
+                PlanRequest(
+                    run_id=self._run_id,
+                    agent=agent.name,
+                    input=self._inp.input,
+                    done=tuple(self._done),
+                    tainted=self._tainted,
+                ),
                 result_type=PlanProposal,
                 **PLANNER_CALL,
             )

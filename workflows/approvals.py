@@ -25,6 +25,7 @@ with workflow.unsafe.imports_passed_through():
 
     from lockgate import errors, names
     from lockgate.errors import LockgateError
+    from lockgate.metrics import approval_waited
     from lockgate.models import (
         ApprovalAttempt,
         ApprovalCheck,
@@ -217,6 +218,8 @@ class ApprovalDesk:
         if self._halted and request.request_id not in self._verdicts:
             raise asyncio.CancelledError()
         verdict = self._verdicts[request.request_id]
+        outcome = "expired" if verdict == "expired" else "rejected" if verdict.startswith("rejected") else "approved"
+        approval_waited(outcome, workflow.now() - request.requested_at)
         if verdict == "expired":
             await self._audit("approval.expired", request.request_id, {"request_id": request.request_id})
             raise CallDenied(

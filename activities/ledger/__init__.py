@@ -27,6 +27,7 @@ from lockgate.activities.ledger.store import (
     LedgerMissing,
     LedgerRead,
     PolicyBundleRecord,
+    PoolLimits,
     Signer,
     ledger_name,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "LedgerMissing",
     "LedgerRead",
     "PolicyBundleRecord",
+    "PoolLimits",
     "Signer",
     "VerifyReport",
     "ledger_name",

@@ -38,6 +38,8 @@ __all__ = [
     "LeaseRevoked",
     "LedgerEvent",
     "LedgerUnauthenticated",
+    "McpBlocked",
+    "ModelEgress",
     "ReaperAction",
     "ReaperClaim",
     "ReaperCompensation",
@@ -85,6 +87,8 @@ class RunOpened(LedgerEvent):
     origin_run_id: str | None = None
     parent_run_id: str | None = None
     identity_accessor: str | None = None
+    # The tenant the run acts for, verified at its start (or its parent's).
+    tenant: str | None = None
 
 
 class RunClosed(LedgerEvent):
@@ -232,6 +236,25 @@ class AuditRefused(LedgerEvent):
     reason: str
 
 
+class ModelEgress(LedgerEvent):
+    """A model request of a run that read regulated data (gates/egress.py)."""
+
+    kinds = ("model.egress",)
+    endpoint: str
+    allowed: bool
+    policy_ids: list[str]
+
+
+class McpBlocked(LedgerEvent):
+    """An MCP tool blocked by a changed definition, with what its server now says (for review)."""
+
+    kinds = ("mcp.blocked",)
+    server: str
+    tool: str
+    pinned_digest: str | None = None
+    live_digest: str | None = None
+
+
 AnyEvent = LedgerEvent
 
 EVENTS: dict[str, type[LedgerEvent]] = {
@@ -244,6 +267,8 @@ EVENTS: dict[str, type[LedgerEvent]] = {
         ToolCompleted,
         ToolRefused,
         ToolFailed,
+        ModelEgress,
+        McpBlocked,
         LeaseIssued,
         LeaseRevoked,
         CompensationOutstanding,

@@ -147,6 +147,10 @@ RUNTIME_GRANTS = (
     "ledger_keys, ledger_meta, policy_bundles, freezes TO {role}",
     "GRANT INSERT ON ledger, ledger_heads, ledger_checkpoints, ledger_checkpoint_heads, ledger_keys, "
     "ledger_meta, policy_bundles, freezes TO {role}",
+    # Archived histories (revision 0003; that migration also grants them to every role that may
+    # append to the ledger, so a schema migrated later needs no new grants).
+    "DO $$ BEGIN IF to_regclass('public.history_archive') IS NOT NULL THEN "
+    "GRANT SELECT, INSERT ON history_archive TO {role}; END IF; END $$",
     "GRANT UPDATE (size, head, closed, dirty, sealed_size, sealed_final) ON ledger_heads TO {role}",
     'GRANT UPDATE (frozen, "by", reason, at, evidence) ON freezes TO {role}',
     "GRANT USAGE ON SEQUENCE ledger_seq_seq TO {role}",

@@ -46,6 +46,7 @@ __all__ = [
     "LedgerRead",
     "LedgerStore",
     "PolicyBundleRecord",
+    "PoolLimits",
     "Signer",
     "ledger_name",
 ]
@@ -204,6 +205,33 @@ _db_call = retry(
 CHECKPOINT_INTERVAL = 5.0
 
 
+@dataclass(frozen=True)
+class PoolLimits:
+    """How many PostgreSQL connections one process's ledger may hold: at most `most` (the
+    SQLAlchemy pool's `size` + `overflow`, plus `raw` plain connections for the one-statement
+    append). A caller past the limit waits up to `timeout` seconds for a connection, then fails
+    (and Temporal retries the activity). Ignored for SQLite.
+
+    Attributes:
+        size: connections the SQLAlchemy pool keeps open.
+        overflow: more it may open under load (closed when returned).
+        raw: plain psycopg connections for appends.
+        timeout: seconds to wait for a free connection.
+        pgbouncer: a transaction-mode PgBouncer sits in front: no server-side prepared statements
+            (psycopg `prepare_threshold=None`); every statement is its own or within one transaction.
+    """
+
+    size: int = 10
+    overflow: int = 10
+    raw: int = 10
+    timeout: float = 30.0
+    pgbouncer: bool = False
+
+    @property
+    def most(self) -> int:
+        return self.size + self.overflow + self.raw
+
+
 class LedgerStore:
     """The ledger at a SQLAlchemy URL (SQLite by default, PostgreSQL for many workers): storage."""
 
@@ -216,8 +244,10 @@ class LedgerStore:
         create: bool = True,
         row_key: RowKeySource | None = None,
         strict_events: bool = False,
+        pool: PoolLimits | None = None,
     ) -> None:
         self.url = url
+        self.pool = pool = pool or PoolLimits()
         # Workers and the CLI write every kind lockgate knows in its model's shape (events.EVENTS);
         # a bare ledger (benchmarks, storage tests) takes any dict.
         self._strict_events = strict_events
@@ -264,11 +294,26 @@ class LedgerStore:
             def _begin_deferred(conn: Any) -> None:
                 conn.exec_driver_sql("BEGIN")
         else:
-            self.engine = create_engine(url, pool_pre_ping=True, pool_size=20, max_overflow=20)
+            # Bounded: at most pool.most connections per process (README "Connections").
+            self.engine = create_engine(
+                url,
+                pool_pre_ping=True,
+                pool_size=pool.size,
+                max_overflow=pool.overflow,
+                pool_timeout=pool.timeout,
+                # PgBouncer in transaction mode hands each transaction to any server connection:
+                # a statement prepared on one is unknown on the next.
+                connect_args={"prepare_threshold": None} if pool.pgbouncer else {},
+            )
             self.reader = self.engine
             # The one-statement append runs on plain psycopg connections in autocommit (its own
-            # transaction, one round trip, a prepared statement): the hot path of every worker.
-            self._raw = _RawPool(make_url(url).set(drivername="postgresql").render_as_string(hide_password=False))
+            # transaction, one round trip, a prepared statement unless behind PgBouncer): the hot
+            # path of every worker.
+            self._raw = _RawPool(
+                make_url(url).set(drivername="postgresql").render_as_string(hide_password=False),
+                size=pool.raw,
+                prepare=not pool.pgbouncer,
+            )
         if create:
             self._schema()
             self.ledger_id: str = self._ensure_id()
@@ -673,10 +718,11 @@ class LedgerStore:
 class _RawPool:
     """A few plain psycopg connections in autocommit, shared by the threads of one process."""
 
-    def __init__(self, conninfo: str, size: int = 16) -> None:
+    def __init__(self, conninfo: str, size: int = 16, *, prepare: bool = True) -> None:
         import queue
 
         self._conninfo = conninfo
+        self._prepare_threshold = 0 if prepare else None
         self._idle: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._slots = threading.Semaphore(size)
 
@@ -690,7 +736,7 @@ class _RawPool:
             try:
                 conn = self._idle.get_nowait()
             except Exception:  # noqa: BLE001 - queue.Empty: open one more
-                conn = psycopg.connect(self._conninfo, autocommit=True, prepare_threshold=0)
+                conn = psycopg.connect(self._conninfo, autocommit=True, prepare_threshold=self._prepare_threshold)
             yield conn
             self._idle.put(conn)
             conn = None

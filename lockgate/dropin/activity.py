@@ -27,8 +27,9 @@ from lockgate.dropin.models import DropinCall, DropinVerdict, jsonable
 from lockgate.dropin.spec import DENIAL_DEFAULT, Denial
 from lockgate.errors import BAD_INPUT, LEASE_FORBIDDEN, TOOL_DENIED, TOOL_FAILED, LockgateError
 from lockgate.gates.bundle import PolicyBundle
+from lockgate.mcp.spec import MCPServer
 from lockgate.models import GateRequest, LeaseRef, RunIdentity, RunOpen, args_digest
-from lockgate.spec import AgentRegistry
+from lockgate.spec import Agent, AgentRegistry
 
 __all__ = ["DropinActivities", "NoSecret", "current_call", "current_secret"]
 
@@ -80,7 +81,7 @@ class DropinActivities:
         agents: AgentRegistry,
         vault: VaultBroker,
         ledger: Ledger,
-        bundle: Callable[[], PolicyBundle],
+        bundle: Callable[..., PolicyBundle],
         denials: dict[str, Denial] | None = None,
         resources: Resources | None = None,
         governed: frozenset[str] = frozenset(),
@@ -101,7 +102,7 @@ class DropinActivities:
     # -- the gate, as the workflow asks it ---------------------------------------------------------
     def on_deny(self, request: GateRequest, policy_ids: tuple[str, ...], tool_default: Denial) -> Denial:
         """What a denial does: the deciding policy's `@denial("fail"|"retry")`, else the tool's setting."""
-        bundle = self._bundle()
+        bundle = self._bundle(request.agent)
         for policy_id in policy_ids:
             statement = bundle.by_id(policy_id)
             mode = statement.annotations.get("denial") if statement is not None else None
@@ -203,6 +204,15 @@ class DropinActivities:
             result = await run()
         except ToolError as err:
             await self._failed(request, tool, str(err), info.attempt)
+            record = getattr(err, "record", None)
+            if callable(record):  # an MCP tool blocked by a changed definition: kept for review
+                await asyncio.to_thread(
+                    self._ledger.try_append,
+                    f"mcp.blocked:{request.run_id}:{step}:{info.attempt}",
+                    request.run_id,
+                    "mcp.blocked",
+                    record(),
+                )
             raise ApplicationError(f"{tool}: {err}", type=TOOL_FAILED, non_retryable=not err.retryable) from None
         except BaseException as err:
             await self._failed(request, tool, f"{type(err).__name__}: {err}", info.attempt)
@@ -238,6 +248,48 @@ class DropinActivities:
             },
         )
         return result
+
+    # -- Pydantic AI MCP toolsets (lockgate.dropin.pydantic_ai) -------------------------------------
+    def mcp_tools(self, server: MCPServer, agent: Agent) -> dict[str, Any]:
+        """A governed MCP toolset's `get_tools`: the pinned definitions the model may be offered."""
+        from lockgate.dropin.pydantic_ai import offered_tools
+
+        boundary = [t.name for t in agent.tools]
+        return offered_tools(server, agent, self._bundle(), self._resources.policy_dir, boundary)
+
+    async def mcp_call(self, tool: str, args: dict[str, Any]) -> Any:
+        """One governed MCP `tools/call`, inside `execute` (the call's credential is leased)."""
+        from lockgate.dropin.pydantic_ai import call_result
+        from lockgate.mcp.client import MCPCall
+
+        spec = self._agents.tool(tool)
+        if spec is None or not isinstance(spec.fn, MCPCall):
+            await self._refuse(tool, f"{tool} is not a declared MCP tool")
+        assert spec is not None and isinstance(spec.fn, MCPCall)
+        out = await spec.fn.acall(current_call(), args)
+        return await call_result(out)
+
+    async def model_egress(self, agent: Agent, endpoint: str, carried: list[str]) -> bool:
+        """Whether the regulated results a model request carries may reach `endpoint` as they are
+        (`gates.egress`); recorded in the ledger either way."""
+        from lockgate.gates.egress import decide_model
+
+        info = activity.info()
+        verdict = decide_model(self._bundle(), agent.name, endpoint)
+        await asyncio.to_thread(
+            self._ledger.try_append,
+            f"model.egress:{info.workflow_id}:{info.activity_id}:{info.attempt}",
+            info.workflow_id or "",
+            "model.egress",
+            {
+                "endpoint": endpoint,
+                "allowed": verdict.allowed,
+                "policy_ids": list(verdict.policy_ids),
+                "redacted_calls": [] if verdict.allowed else carried,
+                "reason": verdict.reason,
+            },
+        )
+        return verdict.allowed
 
     async def legacy(self, tool: str, run: Any) -> Any:
         """A run that started before lockgate was added: it stays ungoverned, and the ledger says so.

@@ -17,7 +17,7 @@ from typing import Any
 from lockgate.dropin.spec import Governance
 from lockgate.errors import UserError
 
-__all__ = ["check_tool_names", "framework_tool_names"]
+__all__ = ["check_mcp_servers", "check_tool_names", "framework_tool_names"]
 
 
 def _pydantic_ai_tools(obj: Any) -> set[str] | None:
@@ -96,3 +96,52 @@ def check_tool_names(governance: Governance, activities: Iterable[Any] = (), plu
         f"Governance {', '.join(governance.agents)}: no tool named {', '.join(hints)} in the framework's agents "
         f"or the worker's activities (known: {', '.join(sorted(known))})"
     )
+
+
+def _mcp_toolset_ids(obj: Any) -> set[str] | None:
+    """The ids of a Pydantic AI agent's MCP toolsets (through wrappers such as `.prefixed()`)."""
+    module = sys.modules.get("pydantic_ai")
+    agent_type = getattr(module, "Agent", None) if module is not None else None
+    if agent_type is None or not isinstance(obj, agent_type):
+        return None
+    ids: set[str] = set()
+    for outer in getattr(obj, "toolsets", ()) or ():
+        toolset = outer
+        while toolset is not None:
+            if type(toolset).__name__ == "MCPToolset" and getattr(toolset, "id", None):
+                ids.add(str(toolset.id))
+            toolset = getattr(toolset, "wrapped", None)
+    return ids
+
+
+def check_mcp_servers(governance: Governance, activities: Iterable[Any] = (), plugins: Iterable[Any] = ()) -> None:
+    """Raises UserError (one line) naming each `Governance(mcp=...)` server that is the id of no MCP
+    toolset of the app's Pydantic AI agents: it would govern nothing (its toolset's calls would
+    then be refused as outside the boundary). No Pydantic AI agent found: no error."""
+    if not governance.mcp:
+        return
+    found: set[str] | None = None
+    module = sys.modules.get(getattr(governance, "_module", "") or "")
+    values = [v for p in plugins if hasattr(p, "__dict__") for v in vars(p).values()]
+    values += list(vars(module).values()) if module is not None else []
+    for value in values:
+        ids = _mcp_toolset_ids(value)
+        if ids is not None:
+            found = (found or set()) | ids
+    # The toolsets' activities (`agent__<agent>__mcp_server__<id>__call_tool`), as `AgentPlugin` or
+    # the worker registers them.
+    from lockgate.dropin.pydantic_ai import mcp_activity
+
+    fns = [*activities, *(fn for p in plugins for fn in (getattr(p, "activities", None) or ()))]
+    for fn in fns:
+        parsed = mcp_activity(_activity_name(fn) or "")
+        if parsed is not None and parsed[0] in governance.agents:
+            found = (found or set()) | {parsed[1]}
+    if found is None:
+        return
+    unknown = sorted(s.name for s in governance.mcp if s.name not in found)
+    if unknown:
+        raise UserError(
+            f"Governance {', '.join(governance.agents)}: no Pydantic AI MCP toolset with id "
+            f"{', '.join(repr(u) for u in unknown)} (MCPToolset(..., id=...); known: {', '.join(sorted(found)) or 'none'})"
+        )

@@ -37,15 +37,17 @@ from lockgate.dropin.activity import DropinActivities, bind_named
 from lockgate.dropin.governor import Denied, RunGovernor
 from lockgate.dropin.models import HEADER, DropinCall, jsonable, plain_args
 from lockgate.dropin.openai_agents import install_runner, take_pending_call
+from lockgate.dropin.pydantic_ai import lockgate_tool, mcp_activity, model_activity
 from lockgate.dropin.spec import Governance
 from lockgate.dropin.start import start_digest, start_from_headers
 from lockgate.errors import BAD_INPUT
+from lockgate.mcp.spec import MCPServer
 from lockgate.spec import Agent
 
 __all__ = ["DropinIndex", "DropinInterceptor", "governor_of"]
 
 _PYDANTIC_AI_TOOL = re.compile(
-    r"^agent__(?P<agent>.+?)__(?:toolset|mcp_server|dynamic_toolset)__(?P<toolset>.+)__call_tool$"
+    r"^agent__(?P<agent>.+?)__(?P<kind>toolset|mcp_server|dynamic_toolset)__(?P<toolset>.+)__call_tool$"
 )
 _OWN_WORKFLOWS = frozenset({names.WORKFLOW_AGENT})
 
@@ -68,7 +70,11 @@ class DropinIndex:
         self.governances = tuple(governances)
         self._agents: dict[str, Agent] = {}
         self._activities: dict[str, Agent] = {}
+        self._mcp: dict[str, MCPServer] = {}
         for gov in self.governances:
+            for server in gov.mcp:
+                if self._mcp.setdefault(server.name, server) != server:
+                    raise ValueError(f"MCP server {server.name!r} is declared twice, differently")
             for name in gov.agents:
                 agent = gov.agent(name)
                 assert agent is not None
@@ -80,6 +86,23 @@ class DropinIndex:
 
     def agent(self, framework_name: str) -> Agent | None:
         return self._agents.get(framework_name)
+
+    def mcp_server(self, toolset_id: str) -> MCPServer | None:
+        """The declared MCP server of a Pydantic AI MCP toolset id (None: not governed as MCP)."""
+        return self._mcp.get(toolset_id)
+
+    def mcp_servers(self) -> list[MCPServer]:
+        return list(self._mcp.values())
+
+    def model_endpoint(self, framework_name: str) -> str:
+        """The declared model endpoint of a framework agent (its `Governance(model_endpoint=...)`)."""
+        return next((g.model_endpoint for g in self.governances if framework_name in g.agents), "default")
+
+    def tool_of(self, kind: str, toolset_id: str, name: str) -> str:
+        """The lockgate tool a Pydantic AI tool call is gated as: `<server>.<tool>` for a declared
+        MCP server's toolset, else the tool's own name."""
+        server = self._mcp.get(toolset_id) if kind == "mcp_server" else None
+        return lockgate_tool(server, name) if server is not None else name
 
     def activity_agent(self, activity_type: str) -> Agent | None:
         """The agent a plain activity of this type is governed as (its declaration's first agent)."""
@@ -167,7 +190,8 @@ class _Outbound(WorkflowOutboundInterceptor):
             if agent is None:
                 return self.next.start_activity(input)
             params = input.args[0]
-            tool, args = str(params.name), jsonable(params.tool_args)
+            tool = index.tool_of(match["kind"], match["toolset"], str(params.name))
+            args = jsonable(params.tool_args)
             return self._govern(governor, agent, tool, args, input, "tool_args", _pydantic_ai_tool_failed)
         agent = index.activity_agent(input.activity)
         if agent is not None:
@@ -247,6 +271,14 @@ class _ActivityInbound(ActivityInboundInterceptor):
 
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
         info = activity.info()
+        if model_activity(info.activity_type) is not None and input.args:
+            input = await self._model_egress(input)
+        mcp = mcp_activity(info.activity_type)
+        server = self._index.mcp_server(mcp[1]) if mcp is not None else None
+        agent = self._index.agent(mcp[0]) if mcp is not None else None
+        if mcp is not None and server is not None and agent is not None and mcp[2] != "call_tool":
+            # A governed MCP server's listing comes from its pin; its instructions never reach the model.
+            return self._acts.mcp_tools(server, agent) if mcp[2] == "get_tools" else None
         payload = input.headers.get(HEADER)
         tool, actual = self._target(info.activity_type, input)
         if tool is None and payload is None:
@@ -267,9 +299,31 @@ class _ActivityInbound(ActivityInboundInterceptor):
             # An OpenAI `activity_as_tool` call: the model's named args, bound to the activity's parameters.
             tool = request.call.tool
             actual = bind_named(input.fn, input.args, set(request.call.args))
+        if server is not None and agent is not None and tool is not None and actual is not None:
+            # lockgate makes the MCP call itself, with this call's own credential and the pin check.
+            mcp_call = tool, actual
+            return await self._acts.execute(call, tool, actual, lambda: self._acts.mcp_call(*mcp_call))
         return await self._acts.execute(
             call, tool or info.activity_type, actual, lambda: self.next.execute_activity(input)
         )
+
+    async def _model_egress(self, input: ExecuteActivityInput) -> ExecuteActivityInput:
+        """A governed agent's model request carrying regulated results: gated as egress."""
+        from lockgate.dropin.pydantic_ai import redacted, regulated_returns, regulated_views
+
+        name = model_activity(activity.info().activity_type) or ""
+        agent = self._index.agent(name)
+        if agent is None:
+            return input
+        params = input.args[0]
+        views = regulated_views(agent, self._index.mcp_servers())
+        carried = regulated_returns(params, views)
+        if not carried:
+            return input
+        endpoint = str(getattr(params, "model_id", None) or self._index.model_endpoint(name))
+        if await self._acts.model_egress(agent, endpoint, carried):
+            return input
+        return dataclasses.replace(input, args=[redacted(params, views), *input.args[1:]])
 
     def _target(self, activity_type: str, input: ExecuteActivityInput) -> tuple[str | None, dict[str, Any] | None]:
         match = _PYDANTIC_AI_TOOL.match(activity_type)
@@ -277,7 +331,7 @@ class _ActivityInbound(ActivityInboundInterceptor):
             if self._index.agent(match["agent"]) is None:
                 return None, None
             params = input.args[0]
-            return str(params.name), jsonable(params.tool_args)
+            return self._index.tool_of(match["kind"], match["toolset"], str(params.name)), jsonable(params.tool_args)
         if self._index.activity_agent(activity_type) is not None:
             return activity_type, plain_args(input.args)
         return None, None

@@ -35,12 +35,13 @@ def ensure_agents(deps: Deps, governances: Sequence[Governance]) -> None:
 def configure_dropin(
     config: WorkerConfig, deps: Deps, governances: Sequence[Governance]
 ) -> tuple[WorkerConfig, DropinIndex]:
-    from lockgate.dropin.check import check_tool_names
+    from lockgate.dropin.check import check_mcp_servers, check_tool_names
     from lockgate.worker import build_governance
 
     for gov in governances:
         # A typo in `tools` fails the worker's start, naming it (not each call, at run time).
         check_tool_names(gov, config.get("activities") or (), config.get("plugins") or ())
+        check_mcp_servers(gov, config.get("activities") or (), config.get("plugins") or ())
     ensure_agents(deps, governances)
     index = DropinIndex(governances)
     acts = DropinActivities(

@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from lockgate.dropin.models import jsonable
+from lockgate.mcp.spec import MCPServer
 from lockgate.spec import Agent, DatabaseSecret, Tool
 
 __all__ = ["DENIAL_DEFAULT", "Denial", "Govern", "Governance", "OpenArgs", "args_of", "slug"]
@@ -103,6 +104,8 @@ class Govern(BaseModel):
             `args_of(the_tool)` reads them from the tool itself; a pydantic model also works. Open by
             default: then the tool's action and args come from a written `schema.cedarschema`.
         description: One line for people.
+        model_sees: For a regulated tool: the result fields a model still sees once the run is
+            tainted, when no policy approves the model endpoint (the rest is redacted).
         summary: What a completed call records in the ledger about its result: a function of the
             result (its text, cut at 200 characters), or the names of the result's fields to keep.
             Default: nothing of the result (its type only): results hold people's data, and the
@@ -122,6 +125,7 @@ class Govern(BaseModel):
     args: type[BaseModel] = OpenArgs
     description: str = ""
     summary: Callable[[Any], object] | tuple[str, ...] = ()
+    model_sees: tuple[str, ...] = ()
 
     def summarize(self, result: Any) -> str:
         """The ledger's account of one result, as declared (see `summary`)."""
@@ -161,6 +165,14 @@ class Governance(BaseModel):
         unsigned_starts: Govern runs whose start no person signed (default: refused). Their
             initiator is unknown, so no approval can be shown to come from someone else: every
             call that needs an approval is denied (separation of duties fails closed).
+        mcp: MCP servers the agents reach through Pydantic AI MCP toolsets (`MCPToolset(..., id=NAME)`),
+            each declared as for a lockgate agent (`lockgate.MCPServer` named like the toolset's id):
+            their tools are `<server>.<tool>` to Cedar, the model is offered only the pinned
+            definitions of declared tools that could ever be allowed, and each `tools/call` is made
+            by lockgate with that call's own credential, after checking the pin.
+        model_endpoint: The Cedar id of the agents' model (`Model::"<it>"`) when a request names no
+            model id: once a request carries regulated results, they reach the model as their tools
+            declare (`model_sees`) unless a policy permits `lockgate::Action::"model.send"` on it.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -177,6 +189,8 @@ class Governance(BaseModel):
     workflows: tuple[type, ...] = ()
     replay_plugins: Callable[[], Sequence[Any]] | None = None
     unsigned_starts: bool = False
+    mcp: tuple[MCPServer, ...] = ()
+    model_endpoint: str = "default"
 
     def __init__(self, agents: str | Iterable[str], **data: Any) -> None:
         names = (agents,) if isinstance(agents, str) else tuple(agents)
@@ -209,8 +223,11 @@ class Governance(BaseModel):
                     egress=meta.egress,
                     compensation=meta.compensation,  # type: ignore[arg-type]
                     cost_arg=meta.cost_arg,
+                    model_sees=meta.model_sees,
                 )
             )
+        for server in self.mcp:
+            tools.extend(server.as_tools())
         for meta in self.tools.values():
             comp = meta.compensation
             if comp is not None and comp.fn is None:
@@ -250,6 +267,10 @@ class Governance(BaseModel):
     @property
     def default_agent(self) -> Agent:
         return self._built[self.agents[0]]  # type: ignore[attr-defined]
+
+    def mcp_server(self, name: str) -> MCPServer | None:
+        """The declared MCP server of a Pydantic AI MCP toolset id, or None."""
+        return next((s for s in self.mcp if s.name == name), None)
 
     def meta(self, tool: str) -> Govern | None:
         return self.tools.get(tool)

@@ -58,17 +58,21 @@ def start_from_headers(headers: Mapping[str, Payload]) -> SignedStatement | None
 class SignedStarts(temporal_client.Interceptor):
     """Signs every workflow start made through this client as the logged-in person."""
 
-    def __init__(self, session: SessionSource) -> None:
+    def __init__(self, session: SessionSource, tenant: str | None = None) -> None:
         self._session = session
+        self._tenant = tenant  # the tenant the runs act for (verified by the worker: group tenant-<name>)
 
     def intercept_client(self, next: temporal_client.OutboundInterceptor) -> temporal_client.OutboundInterceptor:
-        return _Outbound(next, self._session)
+        return _Outbound(next, self._session, self._tenant)
 
 
 class _Outbound(temporal_client.OutboundInterceptor):
-    def __init__(self, next: temporal_client.OutboundInterceptor, session: SessionSource) -> None:
+    def __init__(
+        self, next: temporal_client.OutboundInterceptor, session: SessionSource, tenant: str | None = None
+    ) -> None:
         super().__init__(next)
         self._session = session
+        self._tenant = tenant
 
     async def start_workflow(
         self, input: temporal_client.StartWorkflowInput
@@ -83,6 +87,8 @@ class _Outbound(temporal_client.OutboundInterceptor):
                 "workflow_type": input.workflow,
                 "input_digest": start_digest(input.args),
             }
+            if self._tenant:
+                fields["tenant"] = self._tenant
             signed = await asyncio.to_thread(sign, session, "start", fields)
             payload = default_converter().payload_converter.to_payloads([signed.model_dump(mode="json")])[0]
             input.headers = {**input.headers, START_HEADER: payload}

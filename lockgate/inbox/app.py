@@ -2,9 +2,11 @@
 
 Every act is the same call the CLI makes (`lockgate.ops`), as the signed-in person: an approval here
 is `send_verdict(..., session=person)` and carries the same Transit-signed evidence. People sign in
-with their Vault identity; their token stays in this process (a server-side session keyed by a
-random id in an HttpOnly, SameSite=Strict cookie) and is revoked at logout. Every POST carries the
-session's CSRF token. Every string an agent, tool or person supplied is autoescaped by Jinja2.
+with their Vault identity; their token stays server-side, sealed in a session row in the ledger's
+database that only the browser's HttpOnly, SameSite=Strict cookie opens (lockgate/inbox/state.py),
+so every inbox replica serves the session and a restart signs nobody out; the token is revoked at
+logout. Every POST carries the session's CSRF token. Every string an agent, tool or person supplied
+is autoescaped by Jinja2.
 """
 
 from __future__ import annotations
@@ -40,8 +42,9 @@ from temporalio.service import RPCError
 from lockgate.activities.codec import WITHHELD
 from lockgate.config import Settings
 from lockgate.errors import UserError
-from lockgate.identity import AccountLocked, OperatorSession, login_userpass
+from lockgate.identity import AccountLocked, OperatorSession, login_token, login_userpass
 from lockgate.inbox.notify import Notifier
+from lockgate.inbox.state import InboxState, SqlNotificationStore, SqlThrottleStore, seal_session, session_hash
 from lockgate.inbox.throttle import SignInThrottle, Throttled
 from lockgate.models import RunStatus
 from lockgate.spec import AgentRegistry, load_agents
@@ -78,8 +81,14 @@ class WebSession:
     person: OperatorSession
     # Whether the person's own Vault identity may decrypt payloads (a role: see `may_read`).
     may_read: bool = False
-    csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     created: float = field(default_factory=time.time)
+    # The stored row this was opened from (another replica's sign-in again replaces it).
+    sealed: str = ""
+
+    @property
+    def csrf(self) -> str:
+        # Derived from the cookie's secret: the same on every replica, never stored.
+        return hmac.new(self.sid.encode(), b"lockgate inbox csrf", "sha256").hexdigest()
 
     def expired(self) -> bool:
         return self.person.expires_at is not None and self.person.expires_at <= datetime.now(UTC)
@@ -99,20 +108,28 @@ class Inbox:
         notify_interval: float = 2.0,
         secure_cookies: bool = False,
         throttle: SignInThrottle | None = None,
+        state: InboxState | None = None,
     ) -> None:
         self.settings = settings
         self._client = client
         self.agents = agents if agents is not None else load_agents(settings.agent_modules)
+        # Sessions, OIDC sign-ins under way, notifications and sign-in failures: shared by every
+        # replica in the ledger's database.
+        self.state = state or InboxState(settings.ledger_url, pgbouncer=settings.ledger_pgbouncer)
+        # This process's cache of sessions it opened (cookie secret -> session); the rows decide.
         self.sessions: dict[str, WebSession] = {}
         self.secure_cookies = secure_cookies
-        # Failed sign-ins per account and address, stopped before OpenBao's own lockout.
-        self.throttle = throttle or SignInThrottle()
+        # Failed sign-ins per account and address, stopped before OpenBao's own lockout; counted in
+        # the shared state with wall-clock time (replicas compare each other's timestamps).
+        self.throttle = throttle or SignInThrottle(store=SqlThrottleStore(self.state), clock=time.time)
         self._initiators: dict[str, str] = {}
-        # OIDC sign-ins under way: state -> (browser binding, client nonce, next page, started).
-        self.oidc_pending: dict[str, tuple[str, str, str, float]] = {}
         self.base_url = base_url.rstrip("/")
         self.notifier = Notifier(
-            webhooks or [], base_url=base_url, list_pending=self._pending_raw, interval=notify_interval
+            webhooks or [],
+            base_url=base_url,
+            list_pending=self._pending_raw,
+            interval=notify_interval,
+            store=SqlNotificationStore(self.state),
         )
 
     async def client(self) -> Client:
@@ -129,16 +146,50 @@ class Inbox:
 
     # -- sessions ------------------------------------------------------------------------------
     def session_of(self, request: Request) -> WebSession | None:
-        sid = request.cookies.get(COOKIE)
-        if not sid:
-            return None
-        web = self.sessions.get(sid)
-        if web is None:
-            return None
-        if web.expired():
-            self.sessions.pop(sid, None)
+        """The request's session, as `_Sessions` resolved it before the handler ran."""
+        web = request.scope.get("lockgate.session")
+        if web is None or web.expired():
             return None
         return web
+
+    async def resolve(self, sid: str | None) -> WebSession | None:
+        """The session the cookie `sid` opens: its row must exist (a sign-out on any replica ends
+        it), open with the cookie's secret, and hold a Vault token that Vault says is the row's
+        person's and still valid."""
+        if not sid:
+            return None
+        row = await asyncio.to_thread(self.state.session, session_hash(sid))
+        if row is None:
+            self.sessions.pop(sid, None)
+            return None
+        web = self.sessions.get(sid)
+        if web is None or web.sealed != row.sealed:
+            web = None
+            token = row.open(sid)
+            if token is None:
+                log.warning("inbox: refused a session row that does not open with its cookie")
+                return None
+            try:
+                method = "userpass" if row.method == "userpass" else "token"
+                person = await asyncio.to_thread(login_token, self.settings.vault_addr, token, method=method)
+            except UserError:
+                person = None
+            if person is None or person.entity_id != row.entity_id or person.name != row.person:
+                await asyncio.to_thread(self.state.drop_session, row.sid_hash)
+                return None
+            web = WebSession(sid=sid, person=person, may_read=await may_read(self.settings, person), sealed=row.sealed)
+            self.sessions[sid] = web
+        if web.expired():
+            self.sessions.pop(sid, None)
+            await asyncio.to_thread(self.state.drop_session, row.sid_hash)
+            return None
+        return web
+
+    async def end_session(self, web: WebSession) -> None:
+        """Signs `web` out on every replica and revokes the person's token."""
+        self.sessions.pop(web.sid, None)
+        await asyncio.to_thread(self.state.drop_session, session_hash(web.sid))
+        await asyncio.to_thread(_revoke, web.person)
 
     async def initiator(self, run_id: str) -> str:
         """Who started a run (it never changes, so it is asked once per run)."""
@@ -297,9 +348,18 @@ async def _start_session(request: Request, person: OperatorSession, nxt: str, *,
     previous = inbox.session_of(request)
     if previous is not None:
         # Signing in again replaces the browser's session: the old one ends and its token is revoked.
-        inbox.sessions.pop(previous.sid, None)
-        await asyncio.to_thread(_revoke, previous.person)
-    web = WebSession(sid=secrets.token_urlsafe(32), person=person, may_read=await may_read(inbox.settings, person))
+        await inbox.end_session(previous)
+    sid = secrets.token_urlsafe(32)
+    row = seal_session(
+        sid,
+        person.token,
+        person=person.name,
+        entity_id=person.entity_id,
+        method=person.method,
+        expires_at=person.expires_at.timestamp() if person.expires_at else None,
+    )
+    await asyncio.to_thread(inbox.state.put_session, row)
+    web = WebSession(sid=sid, person=person, may_read=await may_read(inbox.settings, person), sealed=row.sealed)
     inbox.sessions[web.sid] = web
     log.info("inbox: %s signed in (%s)", safe(person.name), person.method)
     if redirect:
@@ -353,10 +413,7 @@ async def oidc_start(request: Request) -> Response:
     if not state:
         return await _login_error(request, "OIDC sign-in is not available: no state in the authorization URL", nxt)
     binding = secrets.token_urlsafe(32)
-    now = time.time()
-    for old in [k for k, v in inbox.oidc_pending.items() if now - v[3] > OIDC_WINDOW]:
-        inbox.oidc_pending.pop(old, None)
-    inbox.oidc_pending[state] = (binding, nonce, nxt, now)
+    await asyncio.to_thread(inbox.state.put_oidc, state, binding, nonce, nxt)
     resp = RedirectResponse(url, status_code=303)
     # Lax, not Strict: it must come back on the provider's top-level redirect to the callback. It binds
     # the callback to the browser that started the sign-in (no signing someone in as someone else).
@@ -367,16 +424,16 @@ async def oidc_start(request: Request) -> Response:
 
 
 async def oidc_callback(request: Request) -> Response:
-    from lockgate.identity import login_token
     from lockgate.inbox.oidc import callback_token
 
     inbox: Inbox = request.app.state.inbox
     state, code = request.query_params.get("state", ""), request.query_params.get("code", "")
-    pending = inbox.oidc_pending.get(state)
+    pending = await asyncio.to_thread(inbox.state.oidc, state) if state else None
     binding = request.cookies.get(OIDC_COOKIE, "")
-    if pending is None or not binding or not hmac.compare_digest(binding, pending[0]):
+    if pending is None or not binding or not hmac.compare_digest(session_hash(binding), pending[0]):
         return await _login_error(request, "OIDC sign-in refused: unknown or foreign sign-in (start again)", "/")
-    inbox.oidc_pending.pop(state, None)  # one callback per sign-in
+    if not await asyncio.to_thread(inbox.state.take_oidc, state):  # one callback per sign-in
+        return await _login_error(request, "OIDC sign-in refused: unknown or foreign sign-in (start again)", "/")
     _binding, nonce, nxt, started = pending
     if time.time() - started > OIDC_WINDOW or not code:
         return await _login_error(request, "OIDC sign-in refused: it took too long or returned no code", nxt)
@@ -405,8 +462,7 @@ async def logout(request: Request) -> Response:
     if refused is not None:
         return refused
     assert web is not None
-    request.app.state.inbox.sessions.pop(web.sid, None)
-    await asyncio.to_thread(_revoke, web.person)
+    await request.app.state.inbox.end_session(web)
     resp = RedirectResponse("/login", status_code=303)
     resp.delete_cookie(COOKIE, path="/")
     return resp
@@ -436,7 +492,7 @@ async def queue_page(request: Request, fragment: bool = False) -> Response:
         "tool": tool,
         "agents": sorted({r["agent"] for r in everything} | ({agent} if agent else set())),
         "tools": sorted({r["tool"] for r in everything} | ({tool} if tool else set())),
-        "failures": list(inbox.notifier.failures)[:10],
+        "failures": await inbox.notifier.recent_failures(10),
         "error": error,
         "now": datetime.now(UTC),
         "query": request.url.query,
@@ -668,6 +724,14 @@ async def healthz(_request: Request) -> Response:
     return PlainTextResponse("ok")
 
 
+class _Sessions(BaseHTTPMiddleware):
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        if request.url.path != "/healthz" and not request.url.path.startswith("/static/"):
+            inbox: Inbox = request.app.state.inbox
+            request.scope["lockgate.session"] = await inbox.resolve(request.cookies.get(COOKIE))
+        return await call_next(request)
+
+
 class _SecurityHeaders(BaseHTTPMiddleware):
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
         response = await call_next(request)
@@ -690,10 +754,11 @@ def create_app(inbox: Inbox) -> Starlette:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await inbox.notifier.close()
-            # Sessions live only in this process: when it stops they end, and so do their tokens.
-            ended = list(inbox.sessions.values())
+            # Sessions outlive this process (another replica, or this one restarted, serves them):
+            # they end at sign-out or when the person's Vault token expires.
             inbox.sessions.clear()
-            await asyncio.gather(*(asyncio.to_thread(_revoke, web.person) for web in ended))
+
+    from lockgate.inbox.mcp import mcp_page, mcp_pin  # its own module: MCP pins reviewed in the inbox
 
     app = Starlette(
         routes=[
@@ -710,10 +775,12 @@ def create_app(inbox: Inbox) -> Starlette:
             Route("/runs/{run_id}/requests/{request_id}", verdict, methods=["POST"]),
             Route("/freeze", freeze_page, methods=["GET"]),
             Route("/freeze", freeze, methods=["POST"]),
+            Route("/mcp", mcp_page, methods=["GET"]),
+            Route("/mcp/pin", mcp_pin, methods=["POST"]),
             Route("/healthz", healthz),
             Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
         ],
-        middleware=[Middleware(_SecurityHeaders)],
+        middleware=[Middleware(_SecurityHeaders), Middleware(_Sessions)],
         lifespan=lifespan,
     )
     app.state.inbox = inbox

@@ -10,20 +10,22 @@ delivery that still fails is logged and kept for the inbox to show.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import re
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from lockgate.text import host_of, safe
 
-__all__ = ["DeliveryFailure", "Notifier", "webhooks_from_env"]
+__all__ = ["DeliveryFailure", "MemoryNotificationStore", "NotificationStore", "Notifier", "webhooks_from_env"]
 
 log = logging.getLogger("lockgate.inbox")
 
@@ -85,6 +87,57 @@ def _key(req: dict[str, Any]) -> tuple[str, str]:
     return (req["run_id"], req["request_id"])
 
 
+class NotificationStore(Protocol):
+    """What was announced: one claim per request and event ("opened", "ended"), made before sending,
+    so that of several inbox replicas exactly one announces each (lockgate/inbox/state.py)."""
+
+    shared: bool
+
+    def claim(self, key: tuple[str, str], event: str, status: str, request: dict[str, Any]) -> bool:
+        """True when this caller is the first to claim `event` of `key` (it then announces it)."""
+        ...
+
+    def finish(self, key: tuple[str, str], event: str, status: str, detail: str) -> None: ...
+
+    def announced_open(self) -> dict[tuple[str, str], dict[str, Any]]:
+        """Requests announced open and not yet ended (their end is still to be announced)."""
+        ...
+
+    def failed(self, limit: int) -> list[DeliveryFailure]:
+        """The newest deliveries that failed (on any replica)."""
+        ...
+
+    def any(self) -> bool:
+        """Whether anything was ever recorded."""
+        ...
+
+
+@dataclass
+class MemoryNotificationStore:
+    """One process's memory (a single inbox)."""
+
+    shared: bool = False
+    claims: dict[tuple[str, str, str], str] = field(default_factory=dict)
+
+    def claim(self, key: tuple[str, str], event: str, status: str, request: dict[str, Any]) -> bool:
+        if (*key, event) in self.claims:
+            return False
+        self.claims[(*key, event)] = status
+        return True
+
+    def finish(self, key: tuple[str, str], event: str, status: str, detail: str) -> None:
+        self.claims[(*key, event)] = status
+
+    def announced_open(self) -> dict[tuple[str, str], dict[str, Any]]:
+        return {}
+
+    def failed(self, limit: int) -> list[DeliveryFailure]:
+        return []  # this process's own failures are in Notifier.failures already
+
+    def any(self) -> bool:
+        return bool(self.claims)
+
+
 class Notifier:
     """Diffs the pending listing every `interval` seconds and posts opened/closed events."""
 
@@ -95,8 +148,10 @@ class Notifier:
         base_url: str,
         list_pending: Callable[[], Awaitable[list[dict[str, Any]]]],
         interval: float = 2.0,
+        store: NotificationStore | None = None,
     ) -> None:
         self.urls = urls
+        self.store: NotificationStore = store if store is not None else MemoryNotificationStore()
         self.base_url = base_url.rstrip("/")
         self._list_pending = list_pending
         self.interval = interval
@@ -124,24 +179,46 @@ class Notifier:
     async def poll(self) -> None:
         current = {_key(r): r for r in await self._list_pending()}
         if self._known is None:
-            # Requests already open when the inbox starts were announced by whoever ran before.
-            self._known = current
-            return
+            # What other replicas (or this one before a restart) announced open and not ended yet.
+            known = await asyncio.to_thread(self.store.announced_open)
+            if not await asyncio.to_thread(self.store.any):
+                # The very first start: requests already open were announced by whatever ran before.
+                for key, req in current.items():
+                    await asyncio.to_thread(self.store.claim, key, "opened", "skipped", req)
+                known = dict(current)
+            self._known = known
         for key, req in current.items():
             if key not in self._known:
-                self._emit("opened", req)
+                await self._announce("opened", key, req)
         now = datetime.now(UTC)
         for key, req in self._known.items():
             if key not in current:
-                expired = datetime.fromisoformat(req["expires_at"]) <= now
-                self._emit("expired" if expired else "closed", req)
+                expired = datetime.fromisoformat(str(req["expires_at"])) <= now
+                await self._announce("expired" if expired else "closed", key, req)
         self._known = current
 
-    def _emit(self, event: str, req: dict[str, Any]) -> None:
-        for url in self.urls:
-            task = asyncio.create_task(self.deliver(url, event, req))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+    async def _announce(self, event: str, key: tuple[str, str], req: dict[str, Any]) -> None:
+        # Claimed before it is sent: of several replicas exactly one announces each event (at most
+        # once: a replica that dies between its claim and its posts loses that announcement).
+        claim = "opened" if event == "opened" else "ended"
+        if await asyncio.to_thread(self.store.claim, key, claim, "sending", req):
+            self._emit(event, key, req)
+
+    def _emit(self, event: str, key: tuple[str, str], req: dict[str, Any]) -> None:
+        async def send() -> bool:
+            results = await asyncio.gather(*(self.deliver(url, event, req) for url in self.urls))
+            mine = (key[0], key[1], event)
+            failed = [f for f in self.failures if (f.run_id, f.request_id, f.event) == mine]
+            status = "delivered" if all(results) else "failed"
+            # What failed (host and error only: a webhook's URL is its secret), for every replica's page.
+            detail = json.dumps([{**dataclasses.asdict(f), "at": f.at.isoformat()} for f in failed])
+            claim = "opened" if event == "opened" else "ended"
+            await asyncio.to_thread(self.store.finish, key, claim, status, detail)
+            return all(results)
+
+        task = asyncio.create_task(send())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def payload(self, url: str, event: str, req: dict[str, Any]) -> dict[str, Any]:
         link = self.link(req["run_id"], req["request_id"])
@@ -207,6 +284,18 @@ class Notifier:
             return False
         self.delivered += 1
         return True
+
+    async def recent_failures(self, limit: int = 10) -> list[DeliveryFailure]:
+        """Failed deliveries, newest first: this process's and, with a shared store, every replica's."""
+        shared = await asyncio.to_thread(self.store.failed, limit) if self.store.shared else []
+        seen: set[tuple[str, str, str, str, str]] = set()
+        out = []
+        for f in sorted([*self.failures, *shared], key=lambda f: f.at, reverse=True):
+            mark = (f.host, f.event, f.run_id, f.request_id, f.error)
+            if mark not in seen:
+                seen.add(mark)
+                out.append(f)
+        return out[:limit]
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -34,7 +34,33 @@ REVIEW_HINT = "definition changed, review with `lockgate mcp review {server}`"
 
 
 class DefinitionChanged(ToolError):
-    """The server's definition of a tool is not the pinned one: the tool is blocked (fail closed)."""
+    """The server's definition of a tool is not the pinned one: the tool is blocked (fail closed).
+
+    `record()` is what the ledger keeps of it (`mcp.blocked`): the definition the server now gives,
+    so a person can review the diff (`lockgate mcp review`, the inbox's MCP page) and pin it."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        server: str = "",
+        tool: str = "",
+        pinned: str | None = None,
+        live: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.server, self.tool, self.pinned, self.live = server, tool, pinned, live
+
+    def record(self) -> dict[str, Any]:
+        """The ledger's `mcp.blocked` data (a definition beyond 64 KiB is kept as its digest only)."""
+        live = self.live if self.live is not None and len(pins.canonical(self.live)) <= 65536 else None
+        return {
+            "server": self.server,
+            "tool": self.tool,
+            "pinned_digest": self.pinned,
+            "live_digest": pins.digest(self.live) if self.live is not None else None,
+            "live": live,
+        }
 
 
 def credential_headers(server: MCPServer, secret: dict[str, Any]) -> dict[str, str]:
@@ -129,16 +155,22 @@ async def list_definitions(server: MCPServer, secret: dict[str, Any]) -> dict[st
 def check_definition(server: MCPServer, mcp_name: str, pin: pins.Pin | None, live: dict[str, Any] | None) -> str:
     """The pinned digest `live` matches, or raises `DefinitionChanged` (fail closed)."""
     entry = (pin or {}).get("tools", {}).get(mcp_name) if pin else None
+    seen = {"server": server.name, "tool": mcp_name, "live": live}
     if not entry:
         raise DefinitionChanged(
-            f"{server.name}.{mcp_name}: not pinned; approve it with `lockgate mcp pin {server.name}`"
+            f"{server.name}.{mcp_name}: not pinned; approve it with `lockgate mcp pin {server.name}`", **seen
         )
+    pinned = str(entry.get("digest"))
     if live is None:
         raise DefinitionChanged(
-            f"{server.name}.{mcp_name}: the server no longer lists it; {REVIEW_HINT.format(server=server.name)}"
+            f"{server.name}.{mcp_name}: the server no longer lists it; {REVIEW_HINT.format(server=server.name)}",
+            pinned=pinned,
+            **seen,
         )
     if pins.digest(live) != entry.get("digest") or pins.digest(entry.get("definition", {})) != entry.get("digest"):
-        raise DefinitionChanged(f"{server.name}.{mcp_name}: {REVIEW_HINT.format(server=server.name)}")
+        raise DefinitionChanged(
+            f"{server.name}.{mcp_name}: {REVIEW_HINT.format(server=server.name)}", pinned=pinned, **seen
+        )
     return str(entry["digest"])
 
 
@@ -202,9 +234,12 @@ class MCPCall:
         import anyio
 
         warm()  # the SDK's import is slow (seconds on a loaded host): never inside the call's timeout
-        payload = args.model_dump(mode="json")
+        return anyio.run(self.acall, ctx, args.model_dump(mode="json"))
+
+    async def acall(self, ctx: ToolContext, payload: dict[str, Any]) -> dict[str, Any]:
+        """The same call on the running event loop (a drop-in framework's async tool activity)."""
         try:
-            return anyio.run(_bounded, self, ctx, payload)
+            return await _bounded(self, ctx, payload)
         except ToolError:
             raise
         except Exception as err:  # noqa: BLE001 - any failure talking to the server

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Pin", "definition_of", "diff", "digest", "load_pin", "pin_path", "write_pin"]
+__all__ = ["Pin", "definition_of", "diff", "digest", "load_pin", "pin_path", "pin_tool", "write_pin"]
 
 # The fields of a tool definition a pin covers. Anything else a server sends (icons, _meta) does not
 # change what the tool does or what a model is told, so it does not break a pin.
@@ -85,6 +85,20 @@ def write_pin(
         "pinned_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "tools": {name: {"digest": digest(d), "definition": d} for name, d in sorted(definitions.items())},
     }
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(pin, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def pin_tool(policy_dir: str | Path, server: str, name: str, definition: dict[str, Any], *, by: str) -> Path:
+    """Pins one tool's definition (the others keep theirs), approved by `by`."""
+    path = pin_path(policy_dir, server)
+    pin = load_pin(policy_dir, server) or {"server": server, "endpoint": "", "tools": {}}
+    pin["tools"][name] = {"digest": digest(definition), "definition": definition}
+    pin["pinned_by"] = by
+    pin["pinned_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(pin, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)

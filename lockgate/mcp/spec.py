@@ -53,6 +53,8 @@ class MCPTool(BaseModel):
         compensation: The lockgate tool (e.g. `bank.reverse`) that undoes this one.
         cost_arg: The argument counted against budgets.
         resource, resource_type: The Cedar resource a call acts on (as for `Tool`).
+        model_sees: Structured-result fields a model still sees after a regulated read when its
+            endpoint is not approved by policy (as for `Tool`); the rest is redacted.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -66,6 +68,7 @@ class MCPTool(BaseModel):
     cost_arg: str | None = None
     resource: str | ResourceOf | None = Field(default=None, exclude=True, repr=False)
     resource_type: str | None = None
+    model_sees: tuple[str, ...] = ()
 
 
 _SLUG = re.compile(r"[^a-z0-9_-]+")
@@ -194,6 +197,7 @@ class MCPServer(BaseModel):
                     resource=o.resource,
                     resource_type=o.resource_type,
                     mcp_server=self.name,
+                    model_sees=o.model_sees,
                 )
             )
         return tuple(out)

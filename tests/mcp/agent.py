@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from lockgate import Agent, MCPServer, MCPTool
+from lockgate import Agent, LLMPlanner, MCPServer, MCPTool
 from lockgate.mcp import TOKEN
 
 # The test sets both in the environment, so its CLI processes see the same servers.
@@ -78,4 +78,22 @@ TELLER = Agent(
     max_steps=10,
 )
 
-AGENTS = [TELLER]
+
+class Account(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    account: str
+
+
+# The same HTTP server's tools, planned by a chat-completions model (the test serves a fake one at
+# LOCKGATE_LLM_BASE_URL): what reaches the model after the regulated `lookup` is gated egress.
+LLM_TELLER = Agent(
+    name="mcp-llm-teller",
+    owner="treasury-team",
+    purpose="Answer balance questions with the bank's MCP server.",
+    tools=(*BANK_HTTP.as_tools(),),
+    input_model=Account,
+    planner=LLMPlanner(model="fake-model", key_path="lockgate/worker/llm-test"),
+    max_steps=5,
+)
+
+AGENTS = [TELLER, LLM_TELLER]
