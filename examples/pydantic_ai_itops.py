@@ -75,7 +75,7 @@ def scripted_llm(messages: list[ModelMessage], info: AgentInfo) -> ModelResponse
     locked = [
         str(call.args_as_dict()["username"])
         for call, text in zip(plan, said, strict=False)
-        if call.tool_name == "lock_account" and text.startswith("locked")
+        if call.tool_name == "lock_account" and text.strip("\"' ").startswith("locked")
     ]
     reply = f"{len(said)} step(s) done" + ("; refused: " + next(s for s in said if "lockgate:" in s) if refused else "")
     output = {"reply": reply, "locked": locked}
