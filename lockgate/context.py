@@ -45,7 +45,8 @@ class ForwardCall:
         step: Its step in the run.
         args: The arguments its gate allowed (validated, exactly as decided).
         summary: What its completion recorded of its result (the tool's `summary`, or for a drop-in
-            tool what `Govern(summary=...)` chose: results are private by default).
+            tool what `Govern(summary=...)` chose: results are private by default); empty when the
+            call raised (it may have acted before it did, so it is compensated too).
     """
 
     tool: str
