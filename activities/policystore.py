@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from lockgate.activities.ledger import Ledger, LedgerEntry
+from lockgate.activities.ledger import GENESIS, Ledger, LedgerEntry
 from lockgate.gates.bundles import owners_group
 from lockgate.people import Act, SignedStatement
 
@@ -237,8 +237,12 @@ class PolicyStore:
         Raises:
             Refusal: a switch has quorum but its bundle does not (recorded).
         """
+        entries = self.entries(team)
+        gap = self._gap(team, entries)
+        if gap is not None:
+            raise Refusal(f"team {team}'s policy chain {gap}: its rows were deleted or rewritten in the database")
         by: dict[tuple[int, str, str], set[str]] = {}
-        for e in self.entries(team):
+        for e in entries:
             if e.kind != "policy.switch":
                 continue
             d = _data(e)
@@ -263,6 +267,20 @@ class PolicyStore:
         if files is None:
             raise Refusal(f"bundle {bundle_hash[:12]} is switched in but was never published")
         return InForce(team, seq, bundle_hash, kind, tuple(sorted(by[made[0]])), files)
+
+    def _gap(self, team: str, rows: list[LedgerEntry]) -> str | None:
+        """Where the team's chain no longer holds what its head and the signed checkpoints count
+        (a newer switch deleted to bring back an older signed one, a row rewritten), or None."""
+        chain = POLICY_CHAIN + team
+        marks = self._ledger.chain_marks(chain).get(chain, {})
+        prev_n, prev_h = 0, GENESIS
+        for e in rows:
+            if e.chain_seq != prev_n + 1 or e.prev_hash != prev_h or marks.get(e.chain_seq, e.hash) != e.hash:
+                return f"breaks at row {e.chain_seq}"
+            prev_n, prev_h = e.chain_seq, e.hash
+        if max(marks, default=0) > prev_n:
+            return f"ends at row {prev_n} where {max(marks)} were counted"
+        return None
 
     def shadow_of(self, team: str) -> tuple[str, dict[str, str]] | None:
         """The team's shadow candidate (hash, files), set by a verified owner; None if none."""

@@ -197,17 +197,23 @@ async def test_rollout_mid_traffic_rollback_and_refusals(cluster: Cluster, worke
     switched, first = asyncio.Event(), asyncio.Event()
 
     async def drive() -> None:
+        # Until two runs after the switch were decided under the new bundle (workers look for a
+        # switch at most once a second, so a run or two right after it may still be decided by v1).
         after = 0
         while after < 2:
             run_id, failure = await _refund(c, 1200)
             assert failure is None
             traffic.append(run_id)
             first.set()
-            after += switched.is_set()
+            if switched.is_set() and set(_hashes(deps, run_id)) == {v2_hash[0]}:
+                after += 1
+            assert len(traffic) < 60, "the switch never took effect"
 
+    v2_hash: list[str] = []
     driving = asyncio.create_task(drive())
     await first.wait()  # one run decided under v1 before the switch
     v2 = await c.release(SP, v2_dir)
+    v2_hash.append(v2)
     switched.set()
     await driving
     decided = sorted(
@@ -274,6 +280,55 @@ async def test_rollout_mid_traffic_rollback_and_refusals(cluster: Cluster, worke
     await c.policy("alice", "promote", v1, "--team", SP)
     await c.policy("bob", "promote", v1, "--team", SP)
     assert c.bundle_of(SP, "refund-agent").hash == v1
+
+
+async def test_deleting_the_newest_switch_brings_back_no_older_bundle(cluster: Cluster, worker_running: str) -> None:
+    """Someone with database write access deletes the newest switch (and sets the chain's head row
+    to match) to bring back the older, properly signed bundle: a worker that never saw the newer
+    switch (a restart) must not take the older one. The signed checkpoint still counts the rows.
+    (The other team's chain: the test above wrote rows no worker MACs there, and a chain holding
+    such a row is never sealed again, so only its head row would count it.)"""
+    c = cluster
+    deps = c.deps[SRE]
+    if not isinstance(c.bundle_of(SRE, "incident-agent"), TeamBundle):
+        await c.release(SRE, BUNDLES / SRE)  # this test alone
+    v1 = c.bundle_of(SRE, "incident-agent").hash
+    path = c.settings.ledger_url.removeprefix("sqlite:///")
+    db = sqlite3.connect(path)
+    before = db.execute("SELECT size, head FROM ledger_heads WHERE chain = ?", (f"policy:{SRE}",)).fetchone()
+    v2 = await c.release(
+        SRE, _variant(c.base, SRE, "v2-del", '@id("sre.v2del")\nforbid (principal, action, resource) when { false };\n')
+    )
+    assert c.bundle_of(SRE, "incident-agent").hash == v2 != v1
+    assert deps.ledger.seal() is not None  # a signed checkpoint counts the chain with the switch
+    columns = [r[1] for r in db.execute("PRAGMA table_info(ledger)")]
+    heads = db.execute("SELECT * FROM ledger_heads WHERE chain = ?", (f"policy:{SRE}",)).fetchone()
+    gone = db.execute(
+        "SELECT rowid, * FROM ledger WHERE chain = ? AND chain_seq > ?", (f"policy:{SRE}", before[0])
+    ).fetchall()
+    assert gone and any(json.loads(r[1 + columns.index("data")]).get("hash") == v2 for r in gone)
+    with db:
+        db.execute("DELETE FROM ledger WHERE chain = ? AND chain_seq > ?", (f"policy:{SRE}", before[0]))
+        db.execute("UPDATE ledger_heads SET size = ?, head = ? WHERE chain = ?", (*before, f"policy:{SRE}"))
+    try:
+        restarted = PolicyStore(Ledger(c.settings.ledger_url))
+        with pytest.raises(Exception, match="deleted or rewritten"):
+            restarted.in_force(SRE)
+        # The running worker: the team's agents are denied, not decided under v1; recorded.
+        assert c.bundle_of(SRE, "incident-agent") is DENY_ALL
+        refusals = [json.loads(e.data) for e in deps.ledger.entries_of_chains("policy:") if e.kind == "policy.refused"]
+        assert any("deleted or rewritten" in r["reason"] for r in refusals), refusals
+    finally:
+        with db:  # the rows back as they were (later tests start from the owners' v1)
+            db.execute("DELETE FROM ledger WHERE chain = ? AND chain_seq > ?", (f"policy:{SRE}", before[0]))
+            marks = ",".join("?" * (len(columns) + 1))
+            db.executemany(f"INSERT INTO ledger (rowid, {', '.join(columns)}) VALUES ({marks})", gone)
+            db.execute("DELETE FROM ledger_heads WHERE chain = ?", (f"policy:{SRE}",))
+            db.execute(f"INSERT INTO ledger_heads VALUES ({','.join('?' * len(heads))})", heads)
+        db.close()
+    await c.policy("carol", "promote", v1, "--team", SRE)
+    await c.policy("dave", "promote", v1, "--team", SRE)
+    assert c.bundle_of(SRE, "incident-agent").hash == v1
 
 
 async def test_a_shadow_bundle_that_would_deny_is_reported_without_denying(
