@@ -264,7 +264,9 @@ class DropinActivities:
         boundary = [t.name for t in agent.tools]
         return pinned_offers(server, agent, self._bundle(), self._resources.policy_dir, boundary)
 
-    async def mcp_call(self, tool: str, args: dict[str, Any], shape: Callable[[dict[str, Any]], Any] | None = None) -> Any:
+    async def mcp_call(
+        self, tool: str, args: dict[str, Any], shape: Callable[[dict[str, Any]], Any] | None = None
+    ) -> Any:
         """One governed MCP `tools/call`, inside `execute` (the call's credential is leased); its
         result as `shape` makes it for the framework (default: Pydantic AI's `call_tool` result)."""
         from lockgate.dropin.pydantic_ai import call_result

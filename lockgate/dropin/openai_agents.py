@@ -69,6 +69,7 @@ def mcp_denied_result(message: str) -> dict[str, Any]:
     """A denial handed back to the model (`on_deny="retry"`) as an MCP tool error."""
     return {"content": [{"type": "text", "text": message}], "isError": True}
 
+
 _GOVERNED = "__lockgate_governed__"
 
 # The gated call whose activity (an `activity_as_tool`) the current task is about to start.

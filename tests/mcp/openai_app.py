@@ -46,7 +46,9 @@ class ScriptedBank(TestModel):
         OFFERED.append(sorted(str(getattr(t, "name", t)) for t in tools))
         items = [{"role": "user", "content": input}] if isinstance(input, str) else list(input)
         prompt = next(str(i["content"]) for i in items if isinstance(i, dict) and i.get("role") == "user")
-        outputs = [str(i.get("output")) for i in items if isinstance(i, dict) and i.get("type") == "function_call_output"]
+        outputs = [
+            str(i.get("output")) for i in items if isinstance(i, dict) and i.get("type") == "function_call_output"
+        ]
         plan: list[tuple[str, dict[str, Any]]] = []
         for m in re.finditer(r"transfer (\d+) from ([\w-]+)|balance of ([\w-]+)", prompt):
             if m[1]:
