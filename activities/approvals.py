@@ -17,7 +17,7 @@ from temporalio import activity
 from lockgate import names
 from lockgate.activities.identity import PeopleDirectory, Refused
 from lockgate.activities.ledger import Ledger
-from lockgate.models import ApprovalCheck, ApprovalVerdict, GateRequest, HaltCheck, args_digest
+from lockgate.models import ApprovalCheck, ApprovalVerdict, GateRequest, HaltCheck, approval_refusal, args_digest
 from lockgate.spec import AgentRegistry
 
 __all__ = ["OPERATORS", "ApprovalActivities"]
@@ -73,12 +73,17 @@ class ApprovalActivities:
                 max_age=request.expires_at - request.requested_at + timedelta(minutes=5),
             )
             verified = True
-            if request.group not in act.groups:
-                raise Refused(f"{act.person} is not in group {request.group}")
-            if act.person in (self.initiator(check.run_id), agent.owner if agent else None):
-                raise Refused(f"{act.person} initiated or owns this run (separation of duties)")
-            if statement.at >= request.expires_at or datetime.now(UTC) >= request.expires_at:
-                raise Refused("approval request has expired")
+            refusal = approval_refusal(
+                act.person,
+                act.groups,
+                request,
+                initiator=self.initiator(check.run_id),
+                owner=agent.owner if agent else None,
+                now=max(statement.at, datetime.now(UTC)),
+                verdict=check.verdict,
+            )
+            if refusal is not None:
+                raise Refused(refusal)
         except Refused as err:
             return ApprovalVerdict(accepted=False, person=statement.person, reason=str(err), verified=verified)
         return ApprovalVerdict(

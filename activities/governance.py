@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 from temporalio import activity
@@ -45,6 +46,9 @@ __all__ = ["TENANT_GROUP_PREFIX", "GovernanceActivities", "bundle_content", "rec
 
 # A person starts a run for tenant T only as a member of Vault group `tenant-T`.
 TENANT_GROUP_PREFIX = "tenant-"
+
+# Vault reads started ahead of the checks that precede their use (see open_identity).
+_VAULT_READS = ThreadPoolExecutor(8, thread_name_prefix="lockgate-vault-read")
 
 log = logging.getLogger("lockgate.gate")
 
@@ -190,7 +194,8 @@ class GovernanceActivities:
         and the run's ledger (activities/runstate.py)."""
         agent = self._agents.get(request.agent)
         limit = agent.rate_limits.get(request.call.tool) if agent is not None else None
-        recorded = recorded_state(self._ledger.events, self._agents, request.run_id)
+        # The run's rows read incrementally (only what is new since this worker's last gate of it).
+        recorded = recorded_state(self._ledger.run_events, self._agents, request.run_id)
         state = stricter(request, recorded, limit[1].total_seconds() if limit is not None else None, datetime.now(UTC))
         return request.model_copy(update={"state": state})
 
@@ -260,6 +265,9 @@ class GovernanceActivities:
         agent = self._agents.get(request.agent)
         if agent is None:
             raise self.refuse_run(request.run_id, request.origin_run_id, f"unknown agent {request.agent!r}")
+        # The run's Vault record is read while the ledger is read and the start is verified (one
+        # round trip fewer on the run's critical path); open_run decides on it as if it read it.
+        record = _VAULT_READS.submit(self._vault.read_run, request.run_id)
         # A run id names one run forever: the id of a finished run is never reused, never merged.
         events = self._ledger.events(request.run_id)
         earlier = next((e for e in events if e["kind"] == "run.opened"), None)
@@ -286,7 +294,9 @@ class GovernanceActivities:
         elif start is not None:
             tenant = self._check_start(request, start)
         try:
-            identity = self._vault.open_run(request.run_id, agent.name, policy, ttl, request.origin_run_id)
+            identity = self._vault.open_run(
+                request.run_id, agent.name, policy, ttl, request.origin_run_id, existing=record
+            )
         except RunMismatch as err:
             raise self.refuse_run(request.run_id, request.origin_run_id, str(err)) from None
         self._ledger.try_append(

@@ -142,8 +142,11 @@ class ToolRunner:
             and e.get("tool") in forward
             and not e.get("compensates")
         ]
-        if not done:
-            return f"no completed step {step} of a tool {spec.name} compensates in this run"
+        if not done and _failed_step(self._ledger.events(inv.run_id), int(step), forward) is None:
+            return (
+                f"no completed step {step} of a tool {spec.name} compensates in this run "
+                "(nor one that raised after its gate allowed it)"
+            )
         return None
 
     def _forward_of(self, run_id: str, key: str) -> ForwardCall | None:
@@ -158,7 +161,13 @@ class ToolRunner:
             None,
         )
         if done is None:
-            return None
+            # A forward call that raised may have acted before it did: its compensation still runs,
+            # with the args its gate allowed (nothing of a result: there was none).
+            step = key.rpartition(":")[2]
+            failed = _failed_step(events, int(step), None) if step.isdigit() else None
+            if failed is None:
+                return None
+            done = {**failed, "summary": ""}
         decided = next(
             (e for e in events if e["kind"] == "decision" and e.get("decision_id") == done.get("decision_id")), None
         )
@@ -252,7 +261,8 @@ class ToolRunner:
         finally:
             ctx.secret = {}
             if lease is not None:
-                self._vault.revoke(lease.lease_id)
+                with span("lockgate.revoke", run_id=inv.run_id, step=inv.step, tool=spec.name):
+                    self._vault.revoke(lease.lease_id)
                 metrics.count("lockgate_leases_revoked", "just-in-time credentials revoked", tool=spec.name)
                 self._ledger.try_append(
                     f"lease.revoked:{lease.lease_id}",
@@ -308,6 +318,32 @@ class ToolRunner:
             "tool.failed",
             {"tool": spec.name, "step": inv.step, "error": error, "attempt": attempt},
         )
+
+
+def _failed_step(events: list[dict[str, Any]], step: int, tools: set[str] | None) -> dict[str, Any] | None:
+    """The ledger's record of step `step` having raised after its gate allowed it (one of `tools`,
+    if given), with that allowing decision's id; None when no such record backs it."""
+    failed = next(
+        (
+            e
+            for e in events
+            if e["kind"] == "tool.failed" and e.get("step") == step and (tools is None or e.get("tool") in tools)
+        ),
+        None,
+    )
+    if failed is None:
+        return None
+    allowed = [
+        e
+        for e in events
+        if e["kind"] == "decision"
+        and e.get("step") == step
+        and e.get("tool") == failed.get("tool")
+        and e.get("outcome") == "allow"
+    ]
+    if not allowed:
+        return None
+    return {"tool": failed.get("tool"), "step": step, "decision_id": allowed[-1].get("decision_id")}
 
 
 def _stale_leases(details: Any) -> list[str]:

@@ -139,13 +139,18 @@ class VaultBroker:
 
     # -- run identities ------------------------------------------------------------------------
     @_vault_call
-    def open_run(self, run_id: str, agent: str, policy: str, ttl_seconds: int, origin: str) -> RunIdentity:
+    def open_run(
+        self, run_id: str, agent: str, policy: str, ttl_seconds: int, origin: str, *, existing: Any = None
+    ) -> RunIdentity:
         """Creates (or finds, on retry) the run's own token and keeps it where workers can reach it.
 
         The record is bound to the run id, the run's first Temporal execution (`origin`) and the
         agent: a record of another run under the same id is never reused (RunMismatch).
+
+        `existing`: a `concurrent.futures.Future` of `read_run(run_id)` the caller started (so that
+        the read overlaps its own checks); None: read here.
         """
-        existing = self._read_run(run_id)
+        existing = self._read_run(run_id) if existing is None else existing.result()
         if existing is not None:
             if existing.get("origin") != origin or existing.get("agent") != agent:
                 raise RunMismatch(

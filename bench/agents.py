@@ -114,6 +114,11 @@ permit (principal == Agent::"{AGENT_NAME}", action == Action::"{APPROVAL}", reso
 @approval("finance")
 forbid (principal, action == Action::"{APPROVAL}", resource)
 unless {{ context.run.approved_groups.contains("finance") }};
+
+// Starting a run is a role (gates/starts.py): the bench's initiator is a requester.
+@id("start.{AGENT_NAME}")
+permit (principal, action == lockgate::Action::"start", resource == Agent::"{AGENT_NAME}")
+when {{ principal in Group::"requesters" }};
 """
 
 SCHEMA = "".join(

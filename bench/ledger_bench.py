@@ -104,9 +104,10 @@ async def appends(b: Bench, levels: tuple[int, ...] = (1, 4, 16), seconds: float
 
 
 # -- (b) verify of a million entries -------------------------------------------------------------
-def generate(path: Path, signer: Any, runs: int, per_run: int) -> dict[str, Any]:
+def generate(path: Path, signer: Any, runs: int, per_run: int, row_key: Any = None) -> dict[str, Any]:
     """Writes a ledger of runs x per_run entries, each run closed and sealed in a signed checkpoint
-    (100 runs per checkpoint), with correct hashes, in bulk."""
+    (100 runs per checkpoint), with correct hashes and (given the workers' row-key source) each
+    row's MAC, in bulk."""
     import hashlib
     import sqlite3
 
@@ -117,6 +118,7 @@ def generate(path: Path, signer: Any, runs: int, per_run: int) -> dict[str, Any]
     ledger = Ledger(f"sqlite:///{path}", checkpoint_interval=None)
     ledger_id = ledger.ledger_id
     ledger.dispose()
+    mac = row_key(ledger_id).mac if row_key is not None else (lambda _digest: "")
     t0 = time.perf_counter()
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA synchronous=OFF")
@@ -135,12 +137,12 @@ def generate(path: Path, signer: Any, runs: int, per_run: int) -> dict[str, Any]
                 kind = "run.closed" if n == per_run else "decision"
                 key = f"{kind}:{run_id}:{n}"
                 h = entry_hash(prev, run_id, n, key, run_id, kind, now, data)
-                rows.append((key, run_id, run_id, n, kind, now, data, prev, h, now))
+                rows.append((key, run_id, run_id, n, kind, now, data, prev, h, now, mac(h)))
                 prev = h
             heads.append(Head(run_id, per_run, prev, True))
         conn.executemany(
-            "INSERT INTO ledger (event_key, run_id, chain, chain_seq, kind, at, data, prev_hash, hash, recorded_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO ledger (event_key, run_id, chain, chain_seq, kind, at, data, prev_hash, hash, recorded_at, mac) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
         seq = first // per_cp + 1
@@ -205,10 +207,14 @@ def _verify_process(env: dict[str, str], keys_file: Path) -> tuple[dict[str, Any
 
 
 async def verify_million(b: Bench, base: Path, entries: int = 1_000_000, per_run: int = 100) -> dict[str, Any]:
+    from lockgate.activities.ledger.rowkey import VaultRowKeys
+
     signer = b.deps.ledger.signer
     assert signer is not None, "the bench worker's ledger signs checkpoints"
+    vault = b.deps.vault
+    rows = VaultRowKeys(lambda: vault.client)  # rows MAC'd as a worker writes them (verify checks each)
     path = base / "ledger-1m.db"
-    gen = await asyncio.to_thread(generate, path, signer, entries // per_run, per_run)
+    gen = await asyncio.to_thread(generate, path, signer, entries // per_run, per_run, rows)
     say(f"verify: generated {gen['entries']:,} entries in {gen['runs']:,} runs in {gen['generate_s']:.1f}s")
     keys_file = base / "ledger-1m-keys.json"
     keys_file.write_text(json.dumps({str(v): k for v, k in gen["keys"].items()}))
@@ -217,7 +223,7 @@ async def verify_million(b: Bench, base: Path, entries: int = 1_000_000, per_run
     assert report["intact"] and report["entries"] == gen["entries"], report.get("problems")
     # The same command on a ledger of one entry: what the process needs before it reads any row.
     small = base / "ledger-1.db"
-    await asyncio.to_thread(generate, small, signer, 1, 1)
+    await asyncio.to_thread(generate, small, signer, 1, 1, rows)
     _small, _small_wall, rss_small = await asyncio.to_thread(
         _verify_process, {**env, "LOCKGATE_LEDGER_URL": f"sqlite:///{small}"}, keys_file
     )

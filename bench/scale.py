@@ -5,6 +5,12 @@ A ratio near or above 1 on this machine's 2 shared cores says adding a worker co
 global lock or single writer stands between workers (the ledger appends per-run chains, the run
 identity is per run). The server, Vault and Postgres share the same cores, so the ratio cannot
 show the linear gain separate machines would; it shows the absence of a bottleneck.
+
+Rounds alternate (1, 2, then 2, 1, ...) so drift on the shared machine falls on both sides; the
+figure is the median of the rounds' paired ratios (each round's two-worker window over its
+one-worker window), shown with their spread. Each two-worker window also counts the gate decisions
+each worker logged: a second worker that got no work would make the ratio meaningless, so its
+share is reported beside it.
 """
 
 from __future__ import annotations
@@ -33,9 +39,14 @@ async def two_workers(
     url = _database(b, f"bench_scale_{uuid.uuid4().hex[:8]}")
     env = {**b.env, "LOCKGATE_TASK_QUEUE": queue, "LOCKGATE_LEDGER_URL": url, "LOCKGATE_REAP_INTERVAL": "3600"}
     procs: list[subprocess.Popen[bytes]] = []
+    logs = [log_dir / f"scale-worker-{queue}-{n}.log" for n in (1, 2)]
+
+    def decisions() -> list[int]:
+        """Gate decisions each worker has logged so far (0 for one not started yet)."""
+        return [log.read_text(errors="replace").count("lockgate.gate decision") if log.exists() else 0 for log in logs]
 
     def spawn(n: int) -> subprocess.Popen[bytes]:
-        log = log_dir / f"scale-worker-{queue}-{n}.log"
+        log = logs[n - 1]
         with open(log, "ab") as out:
             proc = subprocess.Popen(
                 [sys.executable, str(ROOT / "worker.py")], env=env, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT
@@ -59,6 +70,7 @@ async def two_workers(
         return runs * steps / await closed_loop(concurrency, runs, one)
 
     cps: dict[str, list[float]] = {"1": [], "2": []}
+    shares: list[float] = []  # the second worker's share of the decisions in each two-worker window
     try:
         procs.append(spawn(1))
         await closed_loop(concurrency, concurrency, one)  # the first worker is up and warm
@@ -71,12 +83,18 @@ async def two_workers(
                     await closed_loop(concurrency, concurrency * 2, one)
                 if workers == "1" and len(procs) == 2:
                     stop(procs.pop())
+                before = decisions()
                 cps[workers].append(await window())
+                after = decisions()
+                if workers == "2":
+                    done = [a - b for a, b in zip(after, before, strict=True)]
+                    shares.append(done[1] / max(1, sum(done)))
                 say(f"scale-out: {workers} worker(s): {cps[workers][-1]:.1f} calls/s")
     finally:
         for proc in procs:
             stop(proc)
     one_w, two_w = median(cps["1"]), median(cps["2"])
+    paired = [t / o for t, o in zip(cps["2"], cps["1"], strict=True)]
     out = {
         "concurrency": concurrency,
         "runs_per_window": runs,
@@ -85,7 +103,10 @@ async def two_workers(
         "calls_per_s": cps,
         "one_worker_cps": one_w,
         "two_workers_cps": two_w,
-        "ratio": two_w / one_w,
+        "ratio": median(paired),
+        "paired_ratios": paired,
+        "ratio_of_medians": two_w / one_w,
+        "second_worker_share": shares,
     }
     say(f"scale-out: two workers {two_w:.1f} vs one {one_w:.1f} calls/s: {out['ratio']:.2f}x")
     return out

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["MODEL_ACTION", "REDACTED", "ModelVerdict", "decide_model", "is_model_statement", "model_view"]
 
 MODEL_ACTION = ("lockgate::Action", "model.send")
-REDACTED = "[redacted by lockgate: regulated data, and this model endpoint is not approved for it]"
+REDACTED = "[withheld by lockgate (regulated data; this model endpoint is not approved for it)]"
 
 
 @dataclass(frozen=True)

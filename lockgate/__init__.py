@@ -27,6 +27,7 @@ from lockgate.spec import (
     Step,
     Tool,
     load_agents,
+    shown,
     tool,
 )
 
@@ -57,6 +58,7 @@ __all__ = [
     "ToolError",
     "UserError",
     "load_agents",
+    "shown",
     "tool",
 ]
 

@@ -35,6 +35,9 @@ class Settings(BaseModel):
     # Dev stack only (never used by the worker for its own authentication).
     vault_token: str | None = None
     pg_socket_dir: str | None = None
+    # Where tools reach PostgreSQL over TCP when no socket dir is set (workers on other hosts).
+    pg_host: str | None = None
+    pg_port: int | None = Field(default=None, gt=0, lt=65536)
     pg_dsn: str | None = None
     ui_address: str | None = None
     # Modules that declare the agents a worker runs and the CLI knows (comma-separated), besides
@@ -98,6 +101,8 @@ _ENV_NAMES = {
     "archive_dir": "LOCKGATE_ARCHIVE_DIR",
     "vault_token": "VAULT_TOKEN",
     "pg_socket_dir": "LOCKGATE_PG_SOCKET_DIR",
+    "pg_host": "LOCKGATE_PG_HOST",
+    "pg_port": "LOCKGATE_PG_PORT",
     "pg_dsn": "LOCKGATE_PG_DSN",
     "ui_address": "LOCKGATE_UI_ADDRESS",
     "agent_modules": "LOCKGATE_AGENT_MODULES",

@@ -45,7 +45,8 @@ class ForwardCall:
         step: Its step in the run.
         args: The arguments its gate allowed (validated, exactly as decided).
         summary: What its completion recorded of its result (the tool's `summary`, or for a drop-in
-            tool what `Govern(summary=...)` chose: results are private by default).
+            tool what `Govern(summary=...)` chose: results are private by default); empty when the
+            call raised (it may have acted before it did, so it is compensated too).
     """
 
     tool: str
@@ -91,6 +92,12 @@ class ToolContext:
             "user": self.secret["username"],
             "password": self.secret["password"],
             "connect_timeout": 5,
+            # An unreachable server fails the call within seconds, not TCP's minutes (ignored for sockets).
+            "tcp_user_timeout": 10_000,
+            "keepalives": 1,
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 3,
         }
         if self.resources.pg_socket_dir:
             params["host"] = self.resources.pg_socket_dir

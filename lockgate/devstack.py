@@ -58,10 +58,10 @@ def free_port() -> int:
     raise UserError("no free port found in 20000-32000")
 
 
-def _port_open(port: int) -> bool:
+def _port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         s.settimeout(0.3)
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        return s.connect_ex((host, port)) == 0
 
 
 def _alive(pid: int | None) -> bool:
@@ -151,6 +151,9 @@ class DevStack:
     agent_modules: str = DEMO_AGENT_MODULES
     codec_port: int = 8235  # the UI's codec server (started with the UI)
     inbox_port: int = 8234  # the approvers' inbox (`lockgate demo` leaves it running)
+    # The address OpenBao listens on (tests/test_chaos_hosts.py binds it to an address of its own
+    # network, so workers in other network namespaces reach it).
+    vault_ip: str = "127.0.0.1"
 
     @classmethod
     def from_env(cls, state_dir: Path) -> DevStack:
@@ -189,7 +192,7 @@ class DevStack:
 
     @property
     def vault_addr(self) -> str:
-        return f"http://127.0.0.1:{self.vault_port}"
+        return f"http://{self.vault_ip}:{self.vault_port}"
 
     @property
     def codec_endpoint(self) -> str:
@@ -467,14 +470,14 @@ class DevStack:
             return False
 
     def _start_vault(self, root: str) -> int:
-        if _port_open(self.vault_port):
+        if _port_open(self.vault_port, self.vault_ip):
             raise UserError(f"port {self.vault_port} is already in use by another process; set LOCKGATE_DEV_VAULT_PORT")
         argv = [
             bao_binary(),
             "server",
             "-dev",
             f"-dev-root-token-id={root}",
-            f"-dev-listen-address=127.0.0.1:{self.vault_port}",
+            f"-dev-listen-address={self.vault_ip}:{self.vault_port}",
             "-dev-no-store-token",
         ]
         pid = self._spawn("vault", argv)

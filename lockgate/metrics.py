@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from datetime import timedelta
 from typing import Any
 
@@ -45,32 +46,69 @@ PENDING_QUERY = 'LockgateState = "awaiting_approval" AND ExecutionStatus = "Runn
 COMPENSATING_QUERY = 'LockgateState = "compensating" AND ExecutionStatus = "Running"'
 
 
-def _meter() -> object | None:
+# Instruments with their attributes bound, by (root meter, namespace, task queue, activity type,
+# kind, name, attributes): created once and reused (creating a meter, an instrument and an
+# attribute set crosses into the SDK's native runtime each time; a call records several). The root
+# meter is kept in the value so that its id cannot be reused by another while the entry lives.
+_INSTRUMENTS: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+_LOCK = threading.Lock()
+_LIMIT = 4096
+
+
+def _instrument(kind: str, name: str, description: str, unit: str, attributes: dict[str, str]) -> Any | None:
+    """The bound instrument (counter, float gauge or timedelta histogram) for the current activity, or None
+    outside an activity (or where it has no metric meter)."""
     try:
-        return activity.metric_meter() if activity.in_activity() else None
-    except RuntimeError:
+        if not activity.in_activity():
+            return None
+        root = activity._Context.current().runtime_metric_meter
+        info = activity.info()
+    except (RuntimeError, AttributeError):
         return None
+    if root is None:
+        return None
+    key = (id(root), info.namespace, info.task_queue, info.activity_type, kind, name, *sorted(attributes.items()))
+    hit = _INSTRUMENTS.get(key)
+    if hit is not None:
+        return hit[1]
+    # As activity.metric_meter() builds it: the runtime's meter with the activity's attributes.
+    meter = root.with_additional_attributes(
+        {"namespace": info.namespace, "task_queue": info.task_queue, "activity_type": info.activity_type}
+    )
+    if kind == "counter":
+        made = meter.create_counter(name, description)
+    elif kind == "gauge":
+        made = meter.create_gauge_float(name, description)
+    else:
+        made = meter.create_histogram_timedelta(name, description, unit)
+    bound = made.with_additional_attributes(attributes)
+    with _LOCK:
+        if len(_INSTRUMENTS) >= _LIMIT:
+            _INSTRUMENTS.clear()  # a bound, not a cache policy
+        _INSTRUMENTS[key] = (root, bound)
+    return bound
 
 
 def count(name: str, description: str, **attributes: str) -> None:
     """Adds one to counter `name` (with these attribute values)."""
-    meter = _meter()
-    if meter is None:
-        return
-    counter = meter.create_counter(name, description)  # type: ignore[attr-defined]
-    counter.with_additional_attributes(attributes).add(1)
+    counter = _instrument("counter", name, description, "", attributes)
+    if counter is not None:
+        counter.add(1)
 
 
 def decided(outcome: str, gate: str, phase: str, elapsed: timedelta) -> None:
     """One gate decision: counted by outcome, gate and phase; its latency observed."""
-    meter = _meter()
-    if meter is None:
+    counter = _instrument(
+        "counter", "lockgate_decisions", "gate decisions", "", {"outcome": outcome, "gate": gate, "phase": phase}
+    )
+    if counter is None:
         return
-    attrs = {"outcome": outcome, "gate": gate, "phase": phase}
-    meter.create_counter("lockgate_decisions", "gate decisions").with_additional_attributes(attrs).add(1)  # type: ignore[attr-defined]
-    meter.create_histogram_timedelta(  # type: ignore[attr-defined]
-        "lockgate_gate_latency", "time to evaluate one gate request", "ms"
-    ).with_additional_attributes({"outcome": outcome}).record(elapsed)
+    counter.add(1)
+    histogram = _instrument(
+        "histogram", "lockgate_gate_latency", "time to evaluate one gate request", "ms", {"outcome": outcome}
+    )
+    if histogram is not None:
+        histogram.record(elapsed)
 
 
 def approval_waited(outcome: str, waited: timedelta) -> None:
@@ -142,7 +180,6 @@ class StateGauges:
 
 def gauge(name: str, description: str, value: float, **attributes: str) -> None:
     """Sets gauge `name` (with these attribute values) to `value`."""
-    meter = _meter()
-    if meter is None:
-        return
-    meter.create_gauge_float(name, description).with_additional_attributes(attributes).set(float(value))  # type: ignore[attr-defined]
+    instrument = _instrument("gauge", name, description, "", attributes)
+    if instrument is not None:
+        instrument.set(float(value))

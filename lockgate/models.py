@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Literal
 
@@ -47,6 +48,7 @@ __all__ = [
     "ToolCall",
     "ToolInvocation",
     "ToolOutcome",
+    "approval_refusal",
     "args_digest",
     "canonical_json",
     "redact_args",
@@ -519,6 +521,43 @@ class ApprovalRequest(BaseModel):
     approvals: tuple[str, ...] = ()
     # The run's chain that led to this request (`Chain.summary`), for approvers.
     chain: dict[str, Any] = Field(default_factory=dict)
+    # Every argument the digest covers, in full (the card shows these, never a cut), except those the
+    # tool declares secret: `withheld` maps each of those to the group that may see it. Not in the
+    # memo (`memo_dump`): a listing keeps only the preview.
+    args: dict[str, Any] = Field(default_factory=dict)
+    withheld: dict[str, str] = Field(default_factory=dict)
+    # The planner's stated reason for the call (an LLM's message, a script's note), if it gave one.
+    rationale: str | None = None
+    # What the run was asked to do (its validated input), for approvers; not in the memo either.
+    run_request: dict[str, Any] = Field(default_factory=dict)
+
+    def memo_dump(self) -> dict[str, Any]:
+        """The request as the run's memo lists it: without the full args (memos are small)."""
+        return self.model_dump(mode="json", exclude={"args", "run_request"})
+
+
+def approval_refusal(
+    person: str,
+    groups: Iterable[str],
+    request: ApprovalRequest,
+    *,
+    initiator: str | None,
+    owner: str | None,
+    now: datetime,
+    verdict: str = "approve",
+) -> str | None:
+    """Why the run refuses `person`'s verdict on `request`, or None: the one rule `approval.verify`
+    and the workflow apply and the inbox asks before it offers a button (so no page offers an act
+    the run would refuse)."""
+    if request.group not in set(groups):
+        return f"{person} is not in group {request.group}"
+    if person in (initiator, owner):
+        return f"{person} initiated or owns this run (separation of duties)"
+    if now >= request.expires_at:
+        return "approval request has expired"
+    if verdict == "approve" and person in request.approvals:
+        return f"{person} already counted (quorum counts distinct people)"
+    return None
 
 
 class ApprovalCheck(BaseModel):
@@ -586,11 +625,13 @@ class AuditEvent(BaseModel):
 _SECRET_KEYS = ("password", "secret", "token", "key", "credential", "ssn", "card")
 
 
-def redact_args(args: dict[str, Any], limit: int = 120) -> dict[str, Any]:
-    """A preview of args safe to show operators: secret-looking keys masked, long values cut."""
+def redact_args(args: dict[str, Any], limit: int = 120, secret: Iterable[str] = ()) -> dict[str, Any]:
+    """A short preview of args for listings: declared (`secret`) and secret-looking keys masked, long
+    values cut. Approval cards show `ApprovalRequest.args` instead, in full."""
     out: dict[str, Any] = {}
+    declared = set(secret)
     for key, value in args.items():
-        if any(s in key.lower() for s in _SECRET_KEYS):
+        if key in declared or any(s in key.lower() for s in _SECRET_KEYS):
             out[key] = "***"
         elif isinstance(value, (int, float, bool)) or value is None:
             out[key] = value

@@ -22,6 +22,7 @@ from lockgate.people import FieldValue
 from lockgate.spec import describe_validation, registry
 
 __all__ = [
+    "approval_attempt",
     "halt_run",
     "list_pending",
     "parse_input",
@@ -254,6 +255,12 @@ async def send_verdict(
         raise UserError(
             f"run {run_id} did not take the {'approval' if approve else 'rejection'}: {err.cause}"
         ) from None
+
+
+async def approval_attempt(client: Client, run_id: str, attempt_id: str) -> ApprovalAttempt | None:
+    """What the run made of one approval or rejection it received (by the attempt's id)."""
+    raw = await asyncio.wait_for(client.get_workflow_handle(run_id).query("approval_attempt", attempt_id), timeout=10)
+    return ApprovalAttempt.model_validate(raw) if raw else None
 
 
 async def halt_run(client: Client, run_id: str, reason: str, *, session: OperatorSession) -> None:

@@ -35,9 +35,12 @@ __all__ = [
     "bind_agents",
     "declared_governances",
     "describe_validation",
+    "field_display",
     "load_agent_modules",
     "load_agents",
     "registry",
+    "secret_fields",
+    "shown",
     "tool",
 ]
 
@@ -216,6 +219,62 @@ def tool(
         )
 
     return declare
+
+
+def shown(
+    *,
+    secret: str | None = None,
+    money: str | None = None,
+    minor_units: int = 2,
+    unit: str | None = None,
+    id_of: str | None = None,
+    link: str | None = None,
+) -> dict[str, Any]:
+    """How approvers see one argument of a tool: pass it as a field's `json_schema_extra`.
+
+    `Field(json_schema_extra=shown(money="EUR"))` on `amount_cents: int` shows `250.00 EUR` beside
+    the raw value the digest covers. Nothing here changes what is signed: the card always shows every
+    argument the digest covers, in full, except the ones declared secret.
+
+    Args:
+        secret: The value is withheld from the approval card (and its preview); the card says so and
+            names this group as the one that may see it (in the run's history).
+        money: A currency code: the value is an amount in minor units (`minor_units` digits).
+        minor_units: Digits after the decimal point of `money` (2 for cents).
+        unit: A unit shown after the value (`hosts`, `GiB`).
+        id_of: The value is the id of this kind of thing (`order`, `customer`).
+        link: An `https://` URL template with `{}` for the (URL-quoted) value: the card links the id.
+
+    Returns:
+        `{"lockgate": {...}}` for `Field(json_schema_extra=...)`.
+    """
+    if link is not None and not link.startswith("https://"):
+        raise ValueError("shown(link=...): an https:// URL template")
+    found: dict[str, Any] = {
+        "secret": secret,
+        "money": money,
+        "minor_units": minor_units if money else None,
+        "unit": unit,
+        "id_of": id_of,
+        "link": link,
+    }
+    return {"lockgate": {k: v for k, v in found.items() if v is not None}}
+
+
+def field_display(model: type[BaseModel] | None) -> dict[str, dict[str, Any]]:
+    """Each argument's declared display (`shown`), by its name in the args."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, info in (model.model_fields if model is not None else {}).items():
+        extra = info.json_schema_extra
+        declared = extra.get("lockgate") if isinstance(extra, dict) else None
+        if isinstance(declared, dict):
+            out[info.alias or name] = dict(declared)
+    return out
+
+
+def secret_fields(model: type[BaseModel] | None) -> dict[str, str]:
+    """The arguments a tool declares secret, with the group that may see each."""
+    return {name: str(d["secret"]) for name, d in field_display(model).items() if d.get("secret")}
 
 
 class Step(BaseModel):

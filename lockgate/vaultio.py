@@ -99,12 +99,29 @@ def vault_tls(environ: Mapping[str, str] | None = None) -> VaultTLS:
     return tls
 
 
+_REQUESTS_ENV = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "requests_ca_bundle", "curl_ca_bundle", "netrc")
+
+
+def environment_matters() -> bool:
+    """Whether requests' per-request reading of the environment can change anything here: a proxy,
+    CA-bundle or NETRC variable is set (in any case), or a ~/.netrc or ~/_netrc exists."""
+    if any(k.lower() in _REQUESTS_ENV or k.lower().endswith("_proxy") for k in os.environ):
+        return True
+    home = Path.home() if "HOME" in os.environ or os.name != "posix" else None
+    return home is not None and any((home / name).exists() for name in (".netrc", "_netrc"))
+
+
 def make_session(tls: VaultTLS | None = None, *, pool_maxsize: int = 10) -> requests.Session:
     """A keep-alive `requests.Session` to Vault that verifies (and presents certificates) per `tls`."""
     tls = tls or vault_tls()
     new = requests.Session()
     new.verify = tls.verify
     new.cert = tls.cert
+    # requests reads the proxy variables, CA-bundle variables and ~/.netrc again on every request
+    # (it walks the whole environment each time: a measurable share of a worker's CPU per governed
+    # call). Where none of them is set that reading can only find nothing, so it is skipped; where
+    # one is, requests reads them as it always does.
+    new.trust_env = environment_matters()
     if pool_maxsize != 10:
         new.mount("http://", requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_maxsize))
         new.mount("https://", requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_maxsize))

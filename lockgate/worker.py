@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import faulthandler
 import logging
 import os
 import signal
@@ -28,6 +29,7 @@ from temporalio.envconfig import ClientConfig
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
+from lockgate import standby
 from lockgate.activities.anchor import TransitAnchor
 from lockgate.activities.approvals import ApprovalActivities
 from lockgate.activities.archive import HistoryArchive
@@ -291,6 +293,16 @@ def build_governance(deps: Deps) -> GovernanceActivities:
     )
 
 
+def tool_resources(settings: Settings) -> Resources:
+    """Where tools reach their systems: PostgreSQL by socket dir, else LOCKGATE_PG_HOST/PORT (TCP)."""
+    return Resources(
+        pg_socket_dir=settings.pg_socket_dir,
+        pg_host=settings.pg_host,
+        pg_port=settings.pg_port,
+        policy_dir=str(settings.policy_dir),
+    )
+
+
 def build_tools(deps: Deps, governance: GovernanceActivities | None = None) -> ToolRunner:
     gate = (governance or build_governance(deps)).decide
     if any(t.mcp_server for t in deps.agents.tools()):
@@ -302,7 +314,7 @@ def build_tools(deps: Deps, governance: GovernanceActivities | None = None) -> T
         vault=deps.vault,
         ledger=deps.ledger,
         gate=gate,
-        resources=Resources(pg_socket_dir=deps.settings.pg_socket_dir, policy_dir=str(deps.settings.policy_dir)),
+        resources=tool_resources(deps.settings),
     )
 
 
@@ -486,7 +498,6 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    worker = build_worker(client, deps, services=True)
     probes = Probes(deps.vault, deps.ledger) if settings.health_address else None
     if probes is not None and settings.health_address:
         await probes.serve(settings.health_address)  # live at once; ready once the worker polls
@@ -496,14 +507,29 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
         deps.bundle.hash[:12],
         len(deps.bundle.statements),
     )
+
+    def make_worker() -> Worker:
+        worker = build_worker(client, deps, services=True)
+        if probes is not None:
+            probes.worker = worker
+        return worker
+
+    def standing_by() -> None:
+        if probes is not None:
+            probes.worker = None  # not ready (not polling), still live
+
+    async def drain() -> None:
+        await stop.wait()
+        if probes is not None:
+            probes.draining = True  # not ready from now on: the load balancer sends no more
+
+    draining = asyncio.create_task(drain())
     try:
-        async with worker:
-            if probes is not None:
-                probes.worker = worker
-            await stop.wait()
-            if probes is not None:
-                probes.draining = True  # not ready from now on: the load balancer sends no more
+        # Polls only while Vault and the ledger answer (lockgate/standby.py): a host cut off from
+        # either stands by and leaves the work to the others.
+        await standby.serve(make_worker, dependency_checks(deps), stop, on_standby=standing_by)
     finally:
+        draining.cancel()
         if probes is not None:
             await probes.close()
         if gauges is not None:
@@ -513,8 +539,23 @@ async def run_worker(settings: Settings, stop: asyncio.Event | None = None) -> N
     log.info("worker stopped")
 
 
+def dependency_checks(deps: Deps) -> list[standby.Check]:
+    """What a worker cannot work without: its Vault token (and Vault), the ledger."""
+
+    def vault() -> None:
+        deps.vault.client.auth.token.lookup_self()  # the broker's current client (it re-logs in)
+
+    def ledger() -> None:
+        with deps.ledger.engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+
+    return [standby.Check("Vault", vault), standby.Check("ledger", ledger)]
+
+
 def main(argv: list[str] | None = None) -> int:
     setup_logging()
+    # `kill -USR1 <pid>` dumps every thread's stack to stderr: for a worker that seems stuck.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         settings = load_settings()
     except UserError as err:  # a malformed setting: one line, not a traceback

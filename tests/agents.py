@@ -39,6 +39,8 @@ class MarkArgs(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     label: str
     fail_undo: bool = False
+    # Acts, then raises: a call that failed after its side effect (its compensation must still run).
+    fail: bool = False
 
 
 class UnmarkArgs(BaseModel):
@@ -59,6 +61,8 @@ EXPLODED: dict[str, int] = {}
 @tool("qa.mark", compensation="qa.unmark", data_class="public")
 def qa_mark(ctx: ToolContext, args: MarkArgs) -> dict[str, Any]:
     MARKS[ctx.idempotency_key] = {"label": args.label, "fail_undo": args.fail_undo}
+    if args.fail:
+        raise ToolError(f"marked {args.label}, then failed")
     return {"summary": f"marked {args.label}"}
 
 

@@ -179,6 +179,45 @@ async def _rogue(client: Client, queue: str, run_id: str, tool: str, args: dict[
     return str(cause.__cause__)
 
 
+async def test_a_compensation_claim_for_a_step_that_raised_needs_its_allowing_decision(
+    client: Client, worker_running: str, deps: Any
+) -> None:
+    """A forward call that raised may have acted before it did, so its compensation runs too; the
+    claim then holds only where the run's ledger shows that step raised in a tool this one
+    compensates *and* the gate allowed that very tool at that step. Each claim below lacks one."""
+    import uuid
+
+    def run_with(failed: dict[str, Any] | None, decision: dict[str, Any] | None) -> str:
+        run_id = f"rogue-{uuid.uuid4().hex[:8]}"
+        if decision is not None:
+            deps.ledger.append(f"decision:{run_id}/1", run_id, "decision", {"decision_id": f"{run_id}/1", **decision})
+        if failed is not None:
+            deps.ledger.append(f"tool.failed:{run_id}:1:1", run_id, "tool.failed", {"attempt": 1, **failed})
+        return run_id
+
+    raised = {"tool": "refunds.issue", "step": 1, "error": "ToolFailed: the bank timed out"}
+    allowed = {"tool": "refunds.issue", "step": 1, "outcome": "allow"}
+    refused = [
+        run_with(raised, None),  # raised, but no decision of the gate backs it
+        run_with(raised, {**allowed, "outcome": "deny"}),  # the gate denied it: it never ran
+        run_with(raised, {**allowed, "tool": "orders.lookup"}),  # the gate allowed another tool
+        run_with(raised, {**allowed, "step": 2}),  # ... at another step
+        run_with({**raised, "tool": "orders.lookup"}, {**allowed, "tool": "orders.lookup"}),  # not a forward tool
+        run_with({**raised, "step": 2}, allowed),  # another step raised
+        run_with(None, allowed),  # allowed, but nothing says it ran
+    ]
+    for run_id in refused:
+        why = await _rogue(
+            client, worker_running, run_id, "refunds.reverse", {"idempotency_key": f"{run_id}:1"}, f"{run_id}:1"
+        )
+        assert "no completed step 1 of a tool refunds.reverse" in why, (run_id, why)
+    backed = run_with(raised, allowed)
+    passed = await _rogue(
+        client, worker_running, backed, "refunds.reverse", {"idempotency_key": f"{backed}:1"}, f"{backed}:1"
+    )
+    assert "compensat" not in passed and "no open identity" in passed, passed
+
+
 async def test_a_compensation_claim_needs_a_completed_forward_step_of_this_run(
     client: Client, worker_running: str, deps: Any
 ) -> None:

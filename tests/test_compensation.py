@@ -158,3 +158,28 @@ async def test_a_compensation_knows_the_call_it_undoes(client: Client, worker_ru
     assert forward is not None
     assert (forward.tool, forward.step, forward.args) == ("qa.mark", 1, {"label": label})
     assert forward.summary == f"marked {label}"
+
+
+async def test_a_call_that_acted_then_raised_is_undone_too(client: Client, worker_running: str, deps: Any) -> None:
+    """A forward call may act before it raises: its compensation runs as well (first: reverse order),
+    told the call from the run's record (the args its gate allowed; no summary: it completed
+    nothing). Nothing stays outstanding."""
+    label = f"raised-{time.monotonic_ns()}"
+    steps = [
+        {"tool": "qa.mark", "args": {"label": f"{label}-a"}},
+        {"tool": "qa.mark", "args": {"label": f"{label}-b", "fail": True}},
+    ]
+    handle = await start(client, worker_running, "script-agent", {"steps": steps})
+    cause = await finish(handle)
+    assert isinstance(cause, ApplicationError) and "then failed" in cause.message
+    assert [u for u in agents.UNDONE if u.startswith(label)] == [f"{label}-b", f"{label}-a"]
+    forward = agents.FORWARDS[f"{handle.id}:2"]
+    assert forward is not None
+    assert (forward.tool, forward.step, forward.args, forward.summary) == (
+        "qa.mark",
+        2,
+        {"label": f"{label}-b", "fail": True},
+        "",
+    )
+    assert agents.FORWARDS[f"{handle.id}:1"].summary == f"marked {label}-a"
+    assert "compensation.outstanding" not in ledger_kinds(deps, handle.id)

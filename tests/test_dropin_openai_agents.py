@@ -146,9 +146,14 @@ async def test_failure_compensates(app: tuple[Client, str], deps: Any, settings:
     with pytest.raises(WorkflowFailureError):
         await handle.result()
     assert seat(settings, "ABC123") == "22F"
-    done = [e for e in ledger(deps, handle.id) if e["kind"] == "tool.completed"]
-    assert [e["tool"] for e in done] == ["update_seat", "restore_seat"]
-    assert done[1]["compensates"] == done[0]["idempotency_key"]
+    events = ledger(deps, handle.id)
+    done = [e for e in events if e["kind"] == "tool.completed"]
+    # In reverse: the change that raised (NOPE00: it may have acted before it raised; here it had
+    # nothing to restore), then the one that went through. None stays outstanding.
+    assert [e["tool"] for e in done] == ["update_seat", "restore_seat", "restore_seat"]
+    assert done[1]["compensates"] == f"{handle.id}:2" and done[1]["summary"] == "nothing to restore"
+    assert done[2]["compensates"] == done[0]["idempotency_key"]
+    assert "compensation.outstanding" not in {e["kind"] for e in events}
     outside.assert_nothing_leaked()
 
 

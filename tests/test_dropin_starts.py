@@ -5,6 +5,7 @@ refused at the run's first governed call: nothing runs, nothing is leased, the r
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -74,6 +75,19 @@ class _ForgedStart(temporal_client.Interceptor):
         return Outbound(next)
 
 
+class _MalformedStart(temporal_client.Interceptor):
+    """A starter that sends something that is no signed statement in the start header."""
+
+    def intercept_client(self, next: temporal_client.OutboundInterceptor) -> temporal_client.OutboundInterceptor:
+        class Outbound(temporal_client.OutboundInterceptor):
+            async def start_workflow(self, input: temporal_client.StartWorkflowInput) -> Any:
+                payload = default_converter().payload_converter.to_payloads([{"person": "erin", "signature": "x"}])[0]
+                input.headers = {**input.headers, START_HEADER: payload}
+                return await super().start_workflow(input)
+
+        return Outbound(next)
+
+
 async def _start(client: Client, queue: str, prompt: str, *, named: str | None = None) -> Any:
     return await client.start_workflow(
         bank.BankSupportWorkflow.run,
@@ -101,25 +115,26 @@ async def test_the_signer_is_the_initiator_whatever_the_starter_names(
     assert [o["initiator"] for o in opened] == ["carol"] and "initiator_verified" not in opened[0]
 
 
-@pytest.mark.parametrize("how", ["unsigned", "signed for another run"])
+@pytest.mark.parametrize("how", ["unsigned", "signed for another run", "malformed"])
 async def test_a_start_nobody_signed_for_this_run_is_refused(
     settings: Settings, deps: Any, queue: str, how: str
 ) -> None:
+    forger = {"signed for another run": _ForgedStart(), "malformed": _MalformedStart()}.get(how)
     plugins = (
         _plugins(deps, lambda: None)
-        if how == "unsigned"
-        else _plugins(deps, lambda: None, SimplePlugin("forger", interceptors=[_ForgedStart()]))
+        if forger is None
+        else _plugins(deps, lambda: None, SimplePlugin("forger", interceptors=[forger]))
     )
     starter = await app_client(settings, plugins=plugins)
     handle = await _start(starter, queue, "What is my balance?", named="erin")
     with pytest.raises(WorkflowFailureError):
-        await handle.result()
+        await asyncio.wait_for(handle.result(), timeout=120)  # a header that breaks the worker would hang it
     events = ledger(deps, handle.id)
     kinds = [e["kind"] for e in events]
     assert "run.opened" not in kinds and "decision" not in kinds and "lease.issued" not in kinds, kinds
     refused = [e["reason"] for e in events if e["kind"] == "run.refused"]
     assert refused, kinds
-    expected = "not signed by a person" if how == "unsigned" else "start:"
+    expected = "start:" if how == "signed for another run" else "not signed by a person"
     assert expected in refused[0], refused
 
 

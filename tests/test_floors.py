@@ -48,6 +48,7 @@ FLOORS: dict[str, int] = {
     "lockgate.workflows": ENGINE,
     "lockgate.plugin": ENGINE,
     "lockgate.worker": ENGINE,
+    "lockgate.standby": ENGINE,  # the worker stands by while Vault or the ledger is unreachable
     "lockgate.probes": ENGINE,  # the worker's liveness and readiness endpoints
     "lockgate.identity": ENGINE,
     "lockgate.dropin": ENGINE,
@@ -169,6 +170,7 @@ def test_the_public_surface_is_pinned() -> None:
             "ToolError",
             "UserError",
             "load_agents",
+            "shown",
             "tool",
         ]
     )

@@ -55,6 +55,14 @@ def test_permitted_call_names_its_policy(bundle: PolicyBundle) -> None:
     assert d.bundle_hash == bundle.hash and len(d.args_digest) == 64
 
 
+def test_a_state_that_contradicts_the_ledger_is_denied_whatever_policy_says(bundle: PolicyBundle) -> None:
+    """The run's claimed state disagrees with its ledger (run state sets `conflict`): nothing it asks
+    for can be trusted, so even a call policy permits is denied, by the state gate, saying why."""
+    assert decide(bundle, "orders.lookup", {"order_id": "A-1001"}).outcome == "allow"
+    d = decide(bundle, "orders.lookup", {"order_id": "A-1001"}, conflict="claimed spent 0; the ledger says 500")
+    assert (d.outcome, d.gate, d.reasons) == ("deny", "state", ("claimed spent 0; the ledger says 500",))
+
+
 def test_default_deny_for_an_agent_without_permits(bundle: PolicyBundle) -> None:
     empty = PolicyBundle.build({"x.cedar": '@id("nothing") forbid(principal, action, resource) when { false };'})
     d = decide(empty, "orders.lookup", {"order_id": "A-1001"})

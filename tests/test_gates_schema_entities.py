@@ -13,7 +13,7 @@ import cedarpy
 import pytest
 
 from lockgate.errors import PolicyError
-from lockgate.gates.bundle import PolicyBundle, read_entities
+from lockgate.gates.bundle import PolicyBundle, read_entities, schema_entity_problems
 
 SCHEMA = """
 entity Team;
@@ -118,3 +118,11 @@ def test_a_bundle_made_without_build_fails_closed_on_entities_the_schema_refuses
     bundle = PolicyBundle(statements=[], entities_json=broken, schema_text=SCHEMA, hash="x")
     with pytest.raises(ValueError, match="entity deserialization"):
         bundle.authorize(("User", "bob"), READ, ("Doc", "d1"), {})
+
+
+@pytest.mark.parametrize("text", ["{not json", '{"uid": {"type": "User", "id": "alice"}, "attrs": {}, "parents": []}'])
+def test_an_entities_file_that_is_no_list_is_one_problem_on_its_first_line(text: str) -> None:
+    """Not JSON, or JSON but not a list of entities: one problem for the whole file (Cedar's own
+    words), not one per key of an object taken for entities."""
+    problems = schema_entity_problems(text, SCHEMA, "team/entities.json")
+    assert len(problems) == 1 and problems[0].startswith("team/entities.json:1: "), problems

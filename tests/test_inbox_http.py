@@ -198,10 +198,20 @@ async def test_hostile_text_is_escaped_and_a_refused_attempt_says_why(
             # mallory may not read payloads: the arguments are withheld from her (issue 27).
             assert "pwned" not in card.text and "payload withheld: requires group auditors" in card.text
             assert req.args_digest in card.text and "refund-agent" in card.text
+            # The card offers mallory no form (the run would refuse her); a crafted POST is refused by the run.
+            assert 'id="approve"' not in card.text and "mallory is not in group finance" in card.text
             refused = await http.post(
-                url, data={"csrf": csrf_of(card.text), "decision": "approve", "args_digest": req.args_digest}
+                url,
+                data={
+                    "csrf": csrf_of(card.text),
+                    "decision": "approve",
+                    "args_digest": req.args_digest,
+                    "reason": "r",
+                    "confirm": "yes",
+                },
             )
-            assert refused.status_code == 409
+            assert refused.status_code == 303  # post/redirect/get: the answer is on the card
+            refused = await http.get(refused.headers["location"])
             assert "Refused:" in refused.text and "mallory" in refused.text  # the run's own reason
         async with _http(base) as http:
             await sign_in(http, "bob")
@@ -218,7 +228,8 @@ async def test_hostile_text_is_escaped_and_a_refused_attempt_says_why(
                     "args_digest": req.args_digest,
                 },
             )
-            assert rejected.status_code == 200, rejected.text
+            assert rejected.status_code == 303, rejected.text
+            rejected = await http.get(rejected.headers["location"])
             assert "Your rejection was recorded" in rejected.text
             assert await finish(handle) is not None
             run = await http.get(f"/runs/{handle.id}")
@@ -236,15 +247,14 @@ async def test_approve_halt_and_kill_switch(settings: Settings, client: Client, 
             await sign_in(http, "alice")
             card = await http.get(url)
             assert "0 of 1 from finance" in card.text
-            ok = await http.post(
-                url,
-                data={
-                    "csrf": csrf_of(card.text),
-                    "decision": "approve",
-                    "reason": "ok",
-                    "args_digest": req.args_digest,
-                },
-            )
+            data = {"csrf": csrf_of(card.text), "decision": "approve", "reason": "ok", "args_digest": req.args_digest}
+            # refunds.issue is a production action: approving it needs the confirmation and a reason.
+            for missing in ({**data, "confirm": "no"}, {**data, "reason": " ", "confirm": "yes"}):
+                assert (await http.post(url, data=missing)).status_code == 400
+            assert (await pending_request(handle)).approvals == ()
+            ok = await http.post(url, data={**data, "confirm": "yes"})
+            assert ok.status_code == 303
+            ok = await http.get(ok.headers["location"])
             assert ok.status_code == 200 and "Your approval was recorded" in ok.text
             assert await finish(handle) is None
             assert (await status_of(handle)).state == "completed"
@@ -263,19 +273,42 @@ async def test_approve_halt_and_kill_switch(settings: Settings, client: Client, 
             await sign_in(http, "carol")
             page = await http.get(f"/runs/{other.id}")
             assert 'id="halt"' in page.text
-            halted = await http.post(f"/runs/{other.id}/halt", data={"csrf": csrf_of(page.text), "reason": "test"})
+            # A halt needs a reason and the confirmation.
+            for missing in ({"reason": "test"}, {"reason": "", "confirm": "yes"}):
+                nope = await http.post(f"/runs/{other.id}/halt", data={"csrf": csrf_of(page.text), **missing})
+                assert nope.status_code == 400 and "needs a reason" in nope.text
+            assert (await status_of(other)).state == "awaiting_approval"
+            halted = await http.post(
+                f"/runs/{other.id}/halt", data={"csrf": csrf_of(page.text), "reason": "test", "confirm": "yes"}
+            )
+            assert halted.status_code == 303
+            halted = await http.get(halted.headers["location"])
             assert halted.status_code == 200 and "halt sent by carol" in halted.text
             assert await finish(other) is not None
             assert (await status_of(other)).state == "halted"
-            frz = await http.post(
-                "/freeze",
-                data={"csrf": csrf_of(page.text), "scope": "report-agent", "action": "freeze", "reason": "drill"},
-            )
+            freeze_page = (await http.get("/freeze")).text
+            assert '<option value="" selected disabled>' in freeze_page  # the scope has no default
+            drill = {"csrf": csrf_of(page.text), "scope": "report-agent", "action": "freeze", "reason": "drill"}
+            for missing in (drill, {**drill, "reason": "", "confirm": "yes"}, {**drill, "scope": "", "confirm": "yes"}):
+                assert (await http.post("/freeze", data=missing)).status_code == 400
+            assert "FROZEN" not in (await http.get("/freeze")).text
+            frz = await http.post("/freeze", data={**drill, "confirm": "yes"})
+            assert frz.status_code == 303
+            frz = await http.get(frz.headers["location"])
             assert frz.status_code == 200 and "carol froze report-agent" in frz.text
             assert "FROZEN" in frz.text
             un = await http.post(
-                "/freeze", data={"csrf": csrf_of(page.text), "scope": "report-agent", "action": "unfreeze"}
+                "/freeze",
+                data={
+                    "csrf": csrf_of(page.text),
+                    "scope": "report-agent",
+                    "action": "unfreeze",
+                    "reason": "drill over",
+                    "confirm": "yes",
+                },
             )
+            assert un.status_code == 303
+            un = await http.get(un.headers["location"])
             assert un.status_code == 200 and "carol unfroze report-agent" in un.text
             assert "FROZEN" not in un.text
 
@@ -301,14 +334,22 @@ async def test_webhooks_announce_open_and_close_and_failures_show(
             assert plain["event"]["request"]["args_digest"] == req.args_digest
             assert slack["blocks"][1]["elements"][0]["url"] == link and f"<{link}|" in slack["text"]
             assert "<script>" not in slack["text"]  # Slack mrkdwn: no links or mentions from agent text
+            # The card's summary: key args as the tool declares them, risk labels, the deadline.
+            summary = plain["event"]["summary"]
+            assert summary["args"]["amount_cents"] == "250.00 EUR" and summary["risk"] == ["production"]
+            assert summary["deadline"] == req.expires_at.isoformat() and summary["tool"] == "refunds.issue"
+            assert "250.00 EUR" in slack["text"] and "[production]" in slack["text"]
+            assert slack["blocks"][1]["elements"][0]["text"]["text"] == "Open the card to decide"
 
             await _verdict(base, "alice", handle.id, req.request_id, req.args_digest)
             assert await finish(handle) is None
 
             async def closed() -> list[dict[str, Any]]:
-                return [p for p in good.posts if p.get("event", {}).get("event") == "request.closed"]
+                return [p for p in good.posts if p.get("event", {}).get("event") == "request.approved"]
 
-            assert (await until(closed, what="the closed notification"))[0]["event"]["request"]["run_id"] == handle.id
+            (done,) = await until(closed, what="the approved notification")
+            assert done["event"]["request"]["run_id"] == handle.id and done["event"]["by"] == ["alice"]
+            assert "was approved by alice" in done["text"]
 
             # The broken receiver was tried with backoff, and the failure is visible in the inbox:
             # to operators, by host (a webhook's URL is its secret: never on a page or in a log).
@@ -434,5 +475,13 @@ async def _verdict(base: str, name: str, run_id: str, request_id: str, digest: s
         await sign_in(http, name)
         url = f"/runs/{run_id}/requests/{request_id}"
         card = await http.get(url)
-        resp = await http.post(url, data={"csrf": csrf_of(card.text), "decision": "approve", "args_digest": digest})
-        assert resp.status_code == 200, resp.text
+        data = {
+            "csrf": csrf_of(card.text),
+            "decision": "approve",
+            "args_digest": digest,
+            "reason": "ok",
+            "confirm": "yes",
+        }
+        resp = await http.post(url, data=data)
+        assert resp.status_code == 303, resp.text
+        assert "Your approval was recorded" in (await http.get(resp.headers["location"])).text

@@ -70,9 +70,13 @@ async def _sign_in_with_oidc(settings: Settings, base: str, inbox: Any) -> None:
         assert page.status_code == 200 and "Freeze" in page.text
         # The OIDC token signs with carol's own Transit key: a signed kill-switch act goes through.
         csrf = csrf_of(page.text)
-        froze = await http.post("/freeze", data={"csrf": csrf, "scope": "report-agent", "action": "freeze"})
+        act = {"csrf": csrf, "scope": "report-agent", "reason": "oidc drill", "confirm": "yes"}
+        froze = await http.post("/freeze", data={**act, "action": "freeze"})
+        assert froze.status_code == 303, froze.text  # post/redirect/get
+        froze = await http.get(froze.headers["location"])
         assert froze.status_code == 200 and "carol froze report-agent" in froze.text, froze.text
-        lifted = await http.post("/freeze", data={"csrf": csrf, "scope": "report-agent", "action": "unfreeze"})
+        lifted = await http.post("/freeze", data={**act, "action": "unfreeze"})
+        lifted = await http.get(lifted.headers["location"])
         assert lifted.status_code == 200 and "carol unfroze report-agent" in lifted.text
         # The code is single-use: replaying the callback signs nobody in.
         replay = await http.get("/login/oidc/callback", params=answer)

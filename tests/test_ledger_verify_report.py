@@ -51,6 +51,25 @@ def test_an_intact_ledger_verifies_with_every_entry_proven(tmp_path: Path) -> No
     assert _verify(tmp_path / "l.db", key, trusted_keys=None, witness=None).problems == []
 
 
+def test_the_report_says_whether_row_macs_were_checked(tmp_path: Path) -> None:
+    """An auditor without the row key sees only the hash chain and the signed heads: the report
+    says which of the two it was, never that MACs were checked when they were not."""
+    from lockgate.activities.ledger.rowkey import static_row_key
+
+    key, secret = LocalKey(), static_row_key(b"row secret")
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}", signer=key, checkpoint_interval=None, row_key=secret)
+    ledger_story(ledger, f"closed-{uuid.uuid4().hex[:6]}", f"open-{uuid.uuid4().hex[:6]}")
+    ledger.dispose()
+    with_key = Ledger(f"sqlite:///{tmp_path / 'l.db'}", create=False, row_key=secret)
+    try:
+        report = with_key.verify_report(trusted_keys=key.public_keys())
+    finally:
+        with_key.dispose()
+    assert report.problems == [] and report.rows == "every row's MAC checked against the row key"
+    without = _verify(tmp_path / "l.db", key, witness=None)
+    assert without.rows.startswith("row MACs not checked (no access to the row key")
+
+
 @pytest.mark.parametrize("how", ["edit", "delete", "truncate", "insert", "rechain", "forge"])
 def test_each_kind_of_tampering_is_reported(tmp_path: Path, how: str) -> None:
     """Control: the chain, checkpoint and witness checks of verify_report, one tampering each."""

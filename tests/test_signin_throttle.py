@@ -180,6 +180,7 @@ async def test_a_locked_account_says_it_is_locked(
         assert answer.status_code == 423
         assert f"{name} is locked out of Vault after too many failed sign-ins" in answer.text
         assert "login failed" not in answer.text
+        assert 'data-testid="locked"' in answer.text and "Account locked by OpenBao." in answer.text
 
 
 async def test_one_address_guessing_many_accounts_is_throttled(settings: Settings, client: Client) -> None:

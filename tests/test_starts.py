@@ -76,6 +76,62 @@ def test_default_deny_and_forbid() -> None:
     assert not refused.allowed and refused.policy_ids == ("no-mallory",)
 
 
+def test_no_start_policy_at_all_refuses_every_start() -> None:
+    only_tools = PolicyBundle.build({"p.cedar": '@id("t") permit (principal, action == Action::"x", resource);\n'})
+    verdict = decide_start(only_tools, "erin", ("requesters",), "a", "o")
+    assert not verdict.allowed and verdict.policy_ids == ()
+    assert verdict.reason == "no policy permits starting any agent (default deny)"
+
+
+_START = 'permit (principal, action == lockgate::Action::"start", resource)'
+
+
+def _start_bundle(policy: str, entities: list[dict[str, Any]] | None = None) -> PolicyBundle:
+    return PolicyBundle.build({"s.cedar": f'@id("s") {policy};\n'}, entities_json=json.dumps(entities or []))
+
+
+def test_an_agent_not_in_entities_json_is_judged_by_its_declared_owner() -> None:
+    """`resource.owner` is the owner the agent declares when entities.json does not list it (other
+    agents listed there change nothing)."""
+    bundle = _start_bundle(
+        f'{_START} when {{ resource.owner == "payments" }}',
+        [{"uid": {"type": "Agent", "id": "other-agent"}, "attrs": {"owner": "payments"}, "parents": []}],
+    )
+    assert decide_start(bundle, "erin", (), "refund-agent", "payments").allowed
+    assert not decide_start(bundle, "erin", (), "refund-agent", "marketing").allowed
+
+
+def test_an_agent_listed_in_entities_json_keeps_its_listed_owner() -> None:
+    bundle = _start_bundle(
+        f'{_START} when {{ resource.owner == "payments" }}',
+        [{"uid": {"type": "Agent", "id": "refund-agent"}, "attrs": {"owner": "payments"}, "parents": []}],
+    )
+    assert decide_start(bundle, "erin", (), "refund-agent", "whatever-it-declares").allowed
+
+
+def test_nested_groups_of_entities_json_count_and_the_persons_own_entry_does_not() -> None:
+    """Vault gives the person's groups; entities.json still nests groups (leads within requesters),
+    whether it lists the person before or after the groups. The person's own entry there (alice in
+    requesters) is replaced by what Vault says; other people's entries stay."""
+    entities = [
+        {"uid": {"type": "User", "id": "alice"}, "attrs": {}, "parents": [{"type": "Group", "id": "requesters"}]},
+        {"uid": {"type": "Group", "id": "leads"}, "attrs": {}, "parents": [{"type": "Group", "id": "requesters"}]},
+        {"uid": {"type": "User", "id": "bob"}, "attrs": {}, "parents": [{"type": "Group", "id": "requesters"}]},
+    ]
+    bundle = _start_bundle(f'{_START} when {{ principal in Group::"requesters" }}', entities)
+    assert decide_start(bundle, "alice", ("leads",), "a", "o").allowed
+    assert not decide_start(bundle, "alice", (), "a", "o").allowed
+    # A buddy rule reads another person's entry: it stays as entities.json lists it.
+    buddy = _start_bundle(f'{_START} when {{ User::"bob" in Group::"requesters" }}', entities)
+    assert decide_start(buddy, "alice", (), "a", "o").allowed
+
+
+def test_a_start_that_cannot_be_evaluated_is_refused() -> None:
+    bundle = _start_bundle(_START)
+    verdict = decide_start(bundle, "erin", ("requesters", None), "a", "o")  # type: ignore[arg-type]  # a broken group list
+    assert not verdict.allowed and verdict.reason == "start policy could not be evaluated: TypeError"
+
+
 def test_start_policies_validate_apart_from_tool_policies(shipped: PolicyBundle) -> None:
     """An open-scope tool forbid reading a tool label (refund-agent.cedar's egress rule) does not have
     to type-check against a start, and a start policy is checked against the start schema."""

@@ -70,6 +70,7 @@ RUN_CALL: ActivityConfig = {
 # extra server round trip (nor a workflow task of their own) per run.
 RUN_LOCAL: LocalActivityConfig = {
     "start_to_close_timeout": timedelta(seconds=30),
+    "local_retry_threshold": timedelta(milliseconds=500),  # as GATE_CALL: retries may move to another worker
     "retry_policy": RUN_CALL.get("retry_policy"),
 }
 # Runs started before the identity calls became local keep replaying with activities.
@@ -411,6 +412,9 @@ class AgentWorkflow(GovernedRun):
         )
 
     # -- approvals (asking and judging: ApprovalDesk) ----------------------------------------
+    def _run_request(self) -> dict[str, Any]:
+        return dict(self._inp.input)
+
     @workflow.update(name="approve")
     async def approve_update(self, signed: SignedStatement) -> ApprovalAttempt:
         return await self._on_statement(signed.model_dump(mode="json"), "approve")

@@ -45,7 +45,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from lockgate.names import SA_PENDING, SA_STATE
     from lockgate.people import SignedStatement
-    from lockgate.spec import AgentSpec
+    from lockgate.spec import AgentSpec, secret_fields
 
 __all__ = ["AUDIT_CALL", "FREEZE_RECHECK", "SA_PENDING", "SA_STATE", "VERIFY_CALL", "ApprovalDesk", "CallDenied"]
 
@@ -165,6 +165,10 @@ class ApprovalDesk:
         self._wake = True
 
     # -- asking --------------------------------------------------------------------------------
+    def _run_request(self) -> dict[str, Any]:
+        """What the run was asked to do, shown to approvers (a governed run without one: nothing)."""
+        return {}
+
     async def _approval(
         self,
         agent: AgentSpec,
@@ -179,6 +183,10 @@ class ApprovalDesk:
         assert decision.approver_group is not None
         now = workflow.now()
         self._rounds[step] = self._rounds.get(step, 0) + 1
+        spec = agent.tool(call.tool)
+        # Only what the tool declares secret is withheld from the card; everything else the digest
+        # covers is shown in full (a planner cannot hide text past a preview's cut).
+        withheld = secret_fields(spec.args if spec else None)
         request = ApprovalRequest(
             request_id=f"{step}.{self._rounds[step]}",
             run_id=self._run_id,
@@ -186,7 +194,11 @@ class ApprovalDesk:
             step=step,
             tool=call.tool,
             args_digest=decision.args_digest,
-            args_preview=redact_args(call.args),
+            args_preview=redact_args(call.args, secret=withheld),
+            args={k: v for k, v in call.args.items() if k not in withheld},
+            withheld={k: g for k, g in withheld.items() if k in call.args},
+            rationale=call.rationale,
+            run_request=self._run_request(),
             group=decision.approver_group,
             quorum=max(1, decision.quorum),
             requested_at=now,
@@ -198,7 +210,7 @@ class ApprovalDesk:
         self._pending[request.request_id] = request
         self._evidence[request.request_id] = []
         self._publish_pending()
-        await self._audit("approval.requested", request.request_id, request.model_dump(mode="json"))
+        await self._audit("approval.requested", request.request_id, request.memo_dump())
         try:
             await workflow.wait_condition(
                 lambda: request.request_id in self._verdicts or self._halted, timeout=agent.approval_ttl
@@ -234,7 +246,7 @@ class ApprovalDesk:
         the requests themselves in the memo, so `lockgate pending` lists thousands in one call."""
         self._set_state("awaiting_approval" if self._pending else "running")
         workflow.upsert_search_attributes([SA_PENDING.value_set(sorted(self._pending))])
-        workflow.upsert_memo({"pending": [r.model_dump(mode="json") for r in self._pending.values()]})
+        workflow.upsert_memo({"pending": [r.memo_dump() for r in self._pending.values()]})
 
     # -- answers -------------------------------------------------------------------------------
     async def _on_statement(self, payload: Any, verdict: str) -> ApprovalAttempt:

@@ -50,6 +50,9 @@ __all__ = ["GATE_CALL", "TOOL_CALL", "Attempt", "GovernedRun", "Invoke", "Source
 # GATE_CALL: a local activity (no extra server round trip); pure compute plus one ledger write.
 GATE_CALL: LocalActivityConfig = {
     "start_to_close_timeout": timedelta(seconds=20),
+    # Retries wait on a server timer and run in a new workflow task (backoffs start at 1 s): a worker that
+    # lost Vault or the ledger (it stands by: lockgate/standby.py) does not keep the run to itself.
+    "local_retry_threshold": timedelta(milliseconds=500),
     "retry_policy": RetryPolicy(
         maximum_attempts=5, maximum_interval=timedelta(seconds=5), non_retryable_error_types=[errors.BAD_INPUT]
     ),

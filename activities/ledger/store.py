@@ -10,6 +10,7 @@ import json
 import logging
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from psycopg import OperationalError as _PsycopgOperationalError
-from sqlalchemy import Index, UniqueConstraint, event, inspect, text
+from sqlalchemy import Index, UniqueConstraint, and_, event, inspect, or_, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
@@ -158,6 +159,16 @@ class LedgerRead:
 
     def refuse(self, e: LedgerEntry, why: str) -> None:
         self.problems.append(f"chain {e.chain} #{e.chain_seq} ({e.kind}, {e.event_key}): {why}")
+
+
+# Runs whose rows the gate's ledger check keeps (`LedgerStore.run_events`), most recent first.
+RUN_VIEWS = 512
+
+
+@dataclass(frozen=True)
+class _RunView:
+    heads: dict[str, tuple[int, str]]  # chain -> (chain_seq, hash) of its last row read
+    rows: tuple[tuple[int, dict[str, Any]], ...]  # (seq, event), in seq order
 
 
 class Signer(Protocol):
@@ -303,7 +314,7 @@ class LedgerStore:
                 pool_timeout=pool.timeout,
                 # PgBouncer in transaction mode hands each transaction to any server connection:
                 # a statement prepared on one is unknown on the next.
-                connect_args={"prepare_threshold": None} if pool.pgbouncer else {},
+                connect_args={**_PG_LIVENESS, **({"prepare_threshold": None} if pool.pgbouncer else {})},
             )
             self.reader = self.engine
             # The one-statement append runs on plain psycopg connections in autocommit (its own
@@ -342,6 +353,10 @@ class LedgerStore:
             raise
         self._reported: set[str] = set()
         self._authentic: dict[tuple[str, int], tuple[Any, ...]] = {}
+        # The gate's per-run view (`run_events`): each run's authenticated rows as events, and
+        # where each of its chains stood when last read.
+        self._runs: OrderedDict[str, _RunView] = OrderedDict()
+        self._runs_lock = threading.Lock()
         self._heads_seen: dict[str, tuple[int, str]] = {}  # chain -> (size, head) this process last wrote
         self._heads_lock = threading.Lock()
         self._signer = signer
@@ -658,6 +673,61 @@ class LedgerStore:
             for e in self.entries(run_id, kind=kind)
         ]
 
+    def run_events(self, run_id: str) -> list[dict[str, Any]]:
+        """`events(run_id)` for the gate's check of a run's state (activities/runstate.py), read
+        incrementally: the rows this process already read and authenticated for the run are kept,
+        and only the rows after each chain's last known one are fetched and checked (hash, row MAC,
+        and that each links to the one before it). A new row that does not check out, or a first
+        read that found a problem, falls back to `events` (the whole read, as before), and nothing
+        is kept for the run until a read of it is clean.
+
+        A row kept here was authentic when it was read; one deleted or edited in the database
+        afterwards still counts here (the gate's state only ever gets stricter that way), and is
+        what `lockgate verify`, the audit and every other read report."""
+        chains = (run_id, run_id + AFTER_CLOSE)
+        heads: dict[str, tuple[int, str]] = {}
+        rows: list[tuple[int, dict[str, Any]]] = []
+        with self._runs_lock:
+            view = self._runs.get(run_id)
+            if view is not None:
+                self._runs.move_to_end(run_id)
+                heads, rows = dict(view.heads), list(view.rows)
+        if view is None:
+            read = self.read(run_id)
+            if read.problems:
+                return [self._event(e) for e in read.entries]
+            for e in read.entries:
+                if e.chain_seq > heads.get(e.chain, (0, GENESIS))[0]:
+                    heads[e.chain] = (e.chain_seq, e.hash)
+                rows.append((e.seq or 0, self._event(e)))
+        else:
+            after = [
+                and_(LedgerEntry.chain == c, LedgerEntry.chain_seq > heads.get(c, (0, GENESIS))[0])  # type: ignore[arg-type]
+                for c in chains
+            ]
+            with Session(self.reader) as session:
+                new = list(session.exec(select(LedgerEntry).where(or_(*after))).all())
+            new.sort(key=lambda e: (e.chain, e.chain_seq))
+            for e in new:
+                n, h = heads.get(e.chain, (0, GENESIS))
+                if e.chain_seq != n + 1 or e.prev_hash != h or self.row_problem(e) is not None:
+                    with self._runs_lock:
+                        self._runs.pop(run_id, None)
+                    return self.events(run_id)  # the whole read: it refuses, reports and records
+                heads[e.chain] = (e.chain_seq, e.hash)
+                rows.append((e.seq or 0, self._event(e)))
+            rows.sort(key=lambda r: r[0])
+        with self._runs_lock:
+            self._runs[run_id] = _RunView(heads=heads, rows=tuple(rows))
+            self._runs.move_to_end(run_id)
+            while len(self._runs) > RUN_VIEWS:
+                self._runs.popitem(last=False)
+        return [dict(d) for _, d in rows]
+
+    @staticmethod
+    def _event(e: LedgerEntry) -> dict[str, Any]:
+        return {"seq": e.seq, "kind": e.kind, "at": e.at, "event_key": e.event_key, **json.loads(e.data)}
+
     def typed(self, run_id: str, model: type[E]) -> list[tuple[LedgerEntry, E]]:
         """A run's authenticated entries of `model`'s kinds, each with its typed data (entries
         whose data does not fit the model are refused and reported like unauthenticated rows)."""
@@ -715,6 +785,21 @@ class LedgerStore:
             self._raw.close()
 
 
+# A ledger connection whose server became unreachable without closing it (a network partition drops
+# packets: nothing resets the connection) fails within seconds instead of hanging for TCP's
+# retransmission timeout (minutes), holding the activity, the workflow task and the worker's drain:
+# unacknowledged data for 10 s, or an idle connection unanswered for ~11 s, closes it (libpq ignores
+# these for Unix sockets). tests/test_chaos_hosts.py cuts a host off from PostgreSQL.
+_PG_LIVENESS: dict[str, Any] = {
+    "connect_timeout": 5,
+    "tcp_user_timeout": 10_000,
+    "keepalives": 1,
+    "keepalives_idle": 5,
+    "keepalives_interval": 2,
+    "keepalives_count": 3,
+}
+
+
 class _RawPool:
     """A few plain psycopg connections in autocommit, shared by the threads of one process."""
 
@@ -736,7 +821,9 @@ class _RawPool:
             try:
                 conn = self._idle.get_nowait()
             except Exception:  # noqa: BLE001 - queue.Empty: open one more
-                conn = psycopg.connect(self._conninfo, autocommit=True, prepare_threshold=self._prepare_threshold)
+                conn = psycopg.connect(
+                    self._conninfo, autocommit=True, prepare_threshold=self._prepare_threshold, **_PG_LIVENESS
+                )
             yield conn
             self._idle.put(conn)
             conn = None

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lockgate import Agent, DatabaseSecret, Step, ToolCall, ToolContext, ToolError, tool
+from lockgate import Agent, DatabaseSecret, Step, ToolCall, ToolContext, ToolError, shown, tool
 
 __all__ = ["AGENT", "AGENTS", "READER", "REFUNDER", "RefundInput", "plan"]
 
@@ -69,7 +69,8 @@ READER = DatabaseSecret(role="shop-reader", database="shop", member_of=("shop_re
 REFUNDER = DatabaseSecret(role="shop-refunds", database="shop", member_of=("shop_refunder",), setup_sql=SHOP_SQL)
 
 _ARGS = ConfigDict(frozen=True, extra="forbid")
-_ORDER_ID = Field(pattern=r"^[A-Z]-\d{4}$", description="order id, e.g. A-1001")
+_ORDER_ID = Field(pattern=r"^[A-Z]-\d{4}$", description="order id, e.g. A-1001", json_schema_extra=shown(id_of="order"))
+_AMOUNT = Field(gt=0, description="amount in cents", json_schema_extra=shown(money="EUR"))
 
 
 class OrderArgs(BaseModel):
@@ -80,7 +81,7 @@ class OrderArgs(BaseModel):
 class RefundArgs(BaseModel):
     model_config = _ARGS
     order_id: str = _ORDER_ID
-    amount_cents: int = Field(gt=0)
+    amount_cents: int = _AMOUNT
     reason: str = Field(default="", max_length=500)
 
 
@@ -97,7 +98,7 @@ class NotifyArgs(BaseModel):
 
 class CloseArgs(BaseModel):
     model_config = _ARGS
-    customer_id: str = Field(min_length=1)
+    customer_id: str = Field(min_length=1, json_schema_extra=shown(id_of="customer"))
     reason: str = Field(default="", max_length=500)
 
 

@@ -73,6 +73,9 @@ class RunGovernor(GovernedRun):
         self._init_governed(initiator=UNKNOWN_INITIATOR)
         # Set by the interceptor: what stops the app's own workflow code when a verified halt lands.
         self.on_halt: Callable[[], object] | None = None
+        # Set by the interceptor: the declarations of the worker (or replayer) running this execution
+        # (a `DropinIndex`); a process may host several, each with its own.
+        self.index: Any = None
 
     # -- patching ----------------------------------------------------------------------------------
     def enabled(self) -> bool:

@@ -134,7 +134,8 @@ class DropinIndex:
     def summarize(self, tool: str, result: Any) -> str:
         """What the ledger records of one result of `tool`: as its `Govern(summary=...)` declares."""
         meta = next((g.tools[tool] for g in self.governances if tool in g.tools), None)
-        return meta.summarize(result) if meta is not None else f"returned {type(result).__name__}"
+        value = tool_value(result)
+        return meta.summarize(value) if meta is not None else f"returned {type(value).__name__}"
 
     def denials(self) -> dict[str, Any]:
         return {tool: meta.on_deny for gov in self.governances for tool, meta in gov.tools.items()}
@@ -154,6 +155,21 @@ def _header_call(payload: Any) -> DropinCall:
 
 def _with_header(input: StartActivityInput, call: DropinCall) -> StartActivityInput:
     return dataclasses.replace(input, headers={**input.headers, HEADER: _header_payload(call)})
+
+
+# Pydantic AI's tool activities return the tool's value wrapped for the wire (`_ToolReturn(result=...)`
+# and its variants, in `pydantic_ai.durable_exec._toolset`); a `ToolReturn` holds it in `return_value`.
+_WIRE_RESULT_KINDS = ("tool_return", "tool_content_result", "tool_return_with_raw_content")
+
+
+def tool_value(result: Any) -> Any:
+    """The tool's own return value inside a framework's wire wrapper: what `Govern(summary=...)`
+    chooses from (a field list would otherwise find none of the tool's fields)."""
+    if getattr(result, "kind", None) in _WIRE_RESULT_KINDS and hasattr(result, "result"):
+        result = result.result
+    if type(result).__name__ in ("ToolReturn", "_ToolReturnWithRawContentResult") and hasattr(result, "return_value"):
+        result = result.return_value
+    return result
 
 
 def deny_in_framework(denied: Denied, *, to_model: Any = None) -> Any:
@@ -250,6 +266,7 @@ class _Inbound(WorkflowInboundInterceptor):
         # The start the app's client signed, and the digest of the arguments it must bind.
         governor = RunGovernor(start_from_headers(input.headers), start_digest(input.args))
         self.governor = governor
+        governor.index = self.index
         _GOVERNORS[workflow.info().run_id] = governor
         governor.install_handlers()
         install_runner(self.index)

@@ -115,9 +115,13 @@ class _GovernedRunner:
     def _govern(self, agent: Any) -> Any:
         from lockgate.dropin.interceptor import governor_of
 
-        if governor_of() is None:
+        governor = governor_of()
+        if governor is None:
             return agent
-        return _governed_agent(agent, self.index, {})
+        # The runner is one per process, but workers (and a replayer's workflows) in one process
+        # may each declare other apps: the execution's own declarations decide, never whichever
+        # worker installed the runner last.
+        return _governed_agent(agent, governor.index or self.index, {})
 
     async def run(self, starting_agent: Any, input: Any, **kwargs: Any) -> Any:
         return await self.inner.run(self._govern(starting_agent), input, **kwargs)

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any
 
 from temporalio.worker import Interceptor, WorkerConfig
 
-from lockgate.context import Resources
 from lockgate.dropin.activity import DropinActivities
 from lockgate.dropin.interceptor import DropinIndex, DropinInterceptor
 from lockgate.dropin.spec import Governance
@@ -36,7 +35,7 @@ def configure_dropin(
     config: WorkerConfig, deps: Deps, governances: Sequence[Governance]
 ) -> tuple[WorkerConfig, DropinIndex]:
     from lockgate.dropin.check import check_mcp_servers, check_tool_names
-    from lockgate.worker import build_governance
+    from lockgate.worker import build_governance, tool_resources
 
     for gov in governances:
         # A typo in `tools` fails the worker's start, naming it (not each call, at run time).
@@ -51,7 +50,7 @@ def configure_dropin(
         ledger=deps.ledger,
         bundle=deps.current_bundle,
         denials=index.denials(),
-        resources=Resources(pg_socket_dir=deps.settings.pg_socket_dir, policy_dir=str(deps.settings.policy_dir)),
+        resources=tool_resources(deps.settings),
         governed=frozenset(a.name for a in index.agents()),
         summarize=index.summarize,
         unsigned=frozenset(a.name for gov in governances if gov.unsigned_starts for a in gov.lockgate_agents),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import logging
 import re
 import secrets
@@ -32,7 +33,7 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
@@ -46,7 +47,7 @@ from lockgate.identity import AccountLocked, OperatorSession, login_token, login
 from lockgate.inbox.notify import Notifier
 from lockgate.inbox.state import InboxState, SqlNotificationStore, SqlThrottleStore, seal_session, session_hash
 from lockgate.inbox.throttle import SignInThrottle, Throttled
-from lockgate.models import RunStatus
+from lockgate.models import ApprovalRequest, RunStatus, approval_refusal
 from lockgate.spec import AgentRegistry, load_agents
 from lockgate.text import safe
 
@@ -130,7 +131,42 @@ class Inbox:
             list_pending=self._pending_raw,
             interval=notify_interval,
             store=SqlNotificationStore(self.state),
+            summarize=self.summary,
+            closing=self.closing,
         )
+
+    def summary(self, req: dict[str, Any]) -> dict[str, Any]:
+        """A listed request as its card sums it up: tool, agent, key args as declared, risk labels."""
+        from lockgate.inbox.card import render_value
+        from lockgate.spec import field_display
+
+        spec = self.agents.get(req["agent"])
+        tool = spec.tool(req["tool"]) if spec else None
+        display = field_display(tool.args if tool else None)
+        args = {k: render_value(v, display.get(k, {})) for k, v in (req.get("args") or {}).items()}
+        return {"tool": req["tool"], "agent": req["agent"], "args": args, "risk": _risk(tool)}
+
+    async def closing(self, req: dict[str, Any]) -> tuple[str, list[str]]:
+        """How a request that left the listing ended, and by whom, from the run's ledger (asked a
+        few times: the run records the decision as it closes the request)."""
+        run_id, request_id = req["run_id"], req["request_id"]
+        for _ in range(20):
+            events = await asyncio.to_thread(lambda: _ledger(self.settings).events(run_id))
+            closed = _closed_request(events, request_id)
+            acts = [a for a in (closed or {}).get("acts", []) if a["kind"] == "approval.accepted"]
+            rejected = [str(a.get("approver")) for a in acts if a.get("verdict") == "reject"]
+            approved = [str(a.get("approver")) for a in acts if a.get("verdict") == "approve"]
+            if rejected:
+                return "rejected", rejected
+            if closed is not None and len(approved) >= closed["req"].quorum:
+                return "approved", approved
+            if closed is not None and closed["expired_at"]:
+                return "expired", []
+            halts = [str(e.get("person")) for e in events if e["kind"] == "halt.accepted"]
+            if halts:
+                return "halted", halts
+            await asyncio.sleep(0.5)
+        return "closed", []
 
     async def client(self) -> Client:
         if self._client is None:
@@ -215,7 +251,12 @@ class Inbox:
         rows = []
         for raw in everything:
             spec = self.agents.get(raw["agent"])
-            req = {**raw, "initiator": await self.initiator(raw["run_id"]), "owner": spec.owner if spec else "?"}
+            req = {
+                **raw,
+                "initiator": await self.initiator(raw["run_id"]),
+                "owner": spec.owner if spec else "?",
+                "risk": _risk(spec.tool(raw["tool"]) if spec else None),
+            }
             in_group = req["group"] in person.groups
             if view == "groups" and not in_group:
                 continue
@@ -232,6 +273,15 @@ class Inbox:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+def _risk(tool: Any) -> list[str]:
+    """The risk labels that stand out on a queue row."""
+    if tool is None:
+        return []
+    found = [("production", tool.production), ("irreversible", not tool.reversible)]
+    found += [("regulated data", tool.data_class == "regulated"), ("egress", tool.egress)]
+    return [name for name, on in found if on]
+
+
 def _left(expires_at: datetime | str, now: datetime | None = None) -> str:
     if isinstance(expires_at, str):
         expires_at = datetime.fromisoformat(expires_at)
@@ -338,7 +388,9 @@ async def login(request: Request) -> Response:
 def _login_form(request: Request, status: int, nxt: str, error: str, user: str) -> Response:
     inbox: Inbox = request.app.state.inbox
     fresh = secrets.token_urlsafe(32)
-    resp = _render(request, "login.html", status, login_csrf=fresh, next=nxt, error=error, username=user)
+    resp = _render(
+        request, "login.html", status, login_csrf=fresh, next=nxt, error=error, username=user, locked=status == 423
+    )
     resp.set_cookie(LOGIN_COOKIE, fresh, httponly=True, samesite="strict", secure=inbox.secure_cookies)
     return resp
 
@@ -519,33 +571,137 @@ def _ui_link(inbox: Inbox, run_id: str) -> str | None:
     return f"{ui.rstrip('/')}/namespaces/{namespace}/workflows/{quote(run_id, safe='')}"
 
 
-async def card_page(request: Request, result: dict[str, Any] | None = None, status_code: int = 200) -> Response:
+_BUNDLE: dict[str, Any] = {}
+BUNDLE_FOR = 30.0  # seconds a loaded policy bundle is reused for explanations
+
+
+def _explanations(inbox: Inbox, policy_ids: tuple[str, ...]) -> list[tuple[str, str]]:
+    """Each deciding policy's `@explanation("...")` annotation, from the policies in force now."""
+    from lockgate.errors import PolicyError
+    from lockgate.policies import load_bundle
+
+    loaded = _BUNDLE.get("bundle")
+    if loaded is None or time.monotonic() - _BUNDLE.get("at", 0.0) > BUNDLE_FOR:
+        try:
+            loaded = load_bundle(Path(inbox.settings.policy_dir), inbox.agents)
+        except (PolicyError, OSError):
+            loaded = None
+        _BUNDLE.update(bundle=loaded, at=time.monotonic())
+    out = []
+    for pid in policy_ids:
+        statement = loaded.by_id(pid) if loaded is not None else None
+        if statement is not None and statement.annotations.get("explanation"):
+            out.append((pid, statement.annotations["explanation"]))
+    return out
+
+
+def _closed_request(events: list[dict[str, Any]], request_id: str) -> dict[str, Any] | None:
+    """A request that is no longer waiting, from the run's ledger: what was asked and who decided,
+    when and why (None: the run never asked it)."""
+    asked = next(
+        (e for e in events if e["kind"] == "approval.requested" and str(e.get("request_id")) == request_id), None
+    )
+    if asked is None:
+        return None
+    try:
+        req = ApprovalRequest.model_validate({k: v for k, v in asked.items() if k in ApprovalRequest.model_fields})
+    except ValueError:
+        return None
+    acts = [
+        e
+        for e in events
+        if e["kind"] in ("approval.accepted", "approval.refused") and str(e.get("request_id")) == request_id
+    ]
+    expired = next(
+        (e for e in events if e["kind"] == "approval.expired" and str(e.get("request_id")) == request_id), None
+    )
+    accepted = [a for a in acts if a["kind"] == "approval.accepted"]
+    rejected = next((a for a in accepted if a.get("verdict") == "reject"), None)
+    approvals = [a for a in accepted if a.get("verdict") == "approve"]
+    if rejected is not None:
+        outcome = f"rejected by {rejected.get('approver')}"
+    elif len(approvals) >= req.quorum:
+        outcome = "approved by " + ", ".join(str(a.get("approver")) for a in approvals)
+    elif expired is not None:
+        outcome = "expired without a decision"
+    else:
+        outcome = "closed without a decision (the run ended)"
+    return {"req": req, "acts": acts, "outcome": outcome, "expired_at": expired["at"] if expired else None}
+
+
+async def card_page(request: Request) -> Response:
+    """One request's card. A decision is POSTed, then the browser is sent back here with
+    `?attempt=ID` (post/redirect/get): reloading shows the run's answer again, never re-sends it."""
+    from lockgate.inbox.card import digest_shown, earlier_effects, shown_args
+    from lockgate.ops import approval_attempt
+
     inbox: Inbox = request.app.state.inbox
     web = inbox.session_of(request)
     if web is None:
         return _login_redirect(request)
     run_id, request_id = request.path_params["run_id"], request.path_params["request_id"]
+    if not _valid_run_id(run_id):
+        return _render(request, "error.html", 404, message=f"unknown run {run_id!r}")
     try:
         status = await _status(inbox, run_id)
     except UserError as err:
         return _render(request, "error.html", 404, message=str(err))
     req = next((r for r in status.pending_approvals if r.request_id == request_id), None)
+    closed = None
+    events = await asyncio.to_thread(lambda: _ledger(inbox.settings).events(run_id))
+    if req is None:
+        closed = _closed_request(events, request_id)
+        if closed is None:
+            return _render(request, "error.html", 404, message=f"run {run_id} has no approval request {request_id!r}")
     agent = inbox.agents.get(status.agent)
-    tool = agent.tool(req.tool) if (agent and req) else None
+    shown = req or (closed["req"] if closed else None)
+    tool = agent.tool(shown.tool) if (agent and shown) else None
+    now = datetime.now(UTC)
+    result = None
+    attempt_id = request.query_params.get("attempt")
+    if attempt_id:
+        with contextlib.suppress(UserError, RPCError, RuntimeError):
+            attempt = await approval_attempt(await inbox.client(), run_id, attempt_id)
+            # Only the viewer's own attempt: a link cannot show anyone a result they did not cause.
+            mine = (web.person.name, f"{web.person.name} (unverified)")
+            if attempt is not None and attempt.approver in mine and attempt.request_id == request_id:
+                result = {"accepted": attempt.accepted, "verdict": attempt.verdict, "reason": attempt.reason}
+    refusal = None
+    digest_ok: bool | None = None
+    if req is not None:
+        digest_ok = digest_shown(req)
+        refusal = approval_refusal(
+            web.person.name,
+            web.person.groups,
+            req,
+            initiator=status.initiator,
+            owner=agent.owner if agent else status.owner,
+            now=now,
+        )
+        if refusal is None and digest_ok is False:
+            refusal = "the arguments shown do not hash to the request's digest: nothing here can be approved"
+    resource, effects = earlier_effects(events, tool, req.args, inbox.agents.tool) if req else (None, [])
     return _render(
         request,
         "card.html",
-        status_code,
+        resource=resource,
+        effects=effects,
+        explanations=_explanations(inbox, shown.policy_ids if shown else ()),
         run_id=run_id,
         request_id=request_id,
         status=status,
         req=req,
+        closed=closed,
+        args=shown_args(req, tool) if req else [],
+        digest_ok=digest_ok,
         agent=agent,
         tool=tool,
         ui_link=_ui_link(inbox, run_id),
         result=result,
-        now=datetime.now(UTC),
-        may_decide=bool(req and req.group in web.person.groups),
+        now=now,
+        refusal=refusal,
+        may_decide=req is not None and refusal is None,
+        confirm=bool(tool and (tool.production or not tool.reversible)),
     )
 
 
@@ -561,9 +717,19 @@ async def verdict(request: Request) -> Response:
     if decision not in ("approve", "reject"):
         return PlainTextResponse("decision must be approve or reject", status_code=400)
     run_id, request_id = request.path_params["run_id"], request.path_params["request_id"]
-    reason = str(form.get("reason", ""))[:500]
+    reason = str(form.get("reason", "")).strip()[:500]
     # The digest the person saw on the card: they approve exactly those arguments, or nothing.
     digest = str(form.get("args_digest", "")) or None
+    card = f"/runs/{quote(run_id, safe='')}/requests/{quote(request_id, safe='')}"
+    if decision == "reject" and not reason:
+        return PlainTextResponse("refused: a rejection says why (give a reason)", status_code=400)
+    if decision == "approve" and await _needs_confirmation(inbox, run_id, request_id):
+        if not reason or form.get("confirm") != "yes":
+            return PlainTextResponse(
+                "refused: a production or irreversible action is approved only with a reason and the "
+                "confirmation box ticked",
+                status_code=400,
+            )
     try:
         attempt = await send_verdict(
             await inbox.client(),
@@ -575,7 +741,7 @@ async def verdict(request: Request) -> Response:
             args_digest=digest,
         )
     except UserError as err:
-        return await card_page(request, {"accepted": False, "verdict": decision, "reason": str(err)}, 409)
+        return await _card_refused(request, str(err), decision)
     log.info(
         "inbox: %s %s %s/%s: %s",
         safe(web.person.name),
@@ -584,8 +750,114 @@ async def verdict(request: Request) -> Response:
         safe(request_id),
         "accepted" if attempt.accepted else f"refused ({safe(attempt.reason)})",
     )
-    result = {"accepted": attempt.accepted, "verdict": attempt.verdict, "reason": attempt.reason}
-    return await card_page(request, result, 200 if attempt.accepted else 409)
+    return RedirectResponse(f"{card}?attempt={quote(attempt.attempt_id, safe='')}", status_code=303)
+
+
+async def _needs_confirmation(inbox: Inbox, run_id: str, request_id: str) -> bool:
+    """Whether the request's tool is production or irreversible (then approving asks more)."""
+    try:
+        status = await _status(inbox, run_id)
+    except UserError:
+        return False  # the run is gone: send_verdict says so
+    req = next((r for r in status.pending_approvals if r.request_id == request_id), None)
+    agent = inbox.agents.get(status.agent)
+    tool = agent.tool(req.tool) if (agent and req) else None
+    return tool is None or tool.production or not tool.reversible
+
+
+async def _card_refused(request: Request, message: str, decision: str) -> Response:
+    """A verdict the run never received (it is not running, the request is unknown): nothing changed."""
+    return _render(
+        request, "error.html", 409, message=f"Refused: your {decision} was not sent: {message}", title="Not sent"
+    )
+
+
+def _sse(event: str, data: Any) -> str:
+    """One server-sent event (JSON data on one line)."""
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+# How often the live streams look again, and how long one stream lasts (the browser reconnects).
+LIVE_EVERY = 1.0
+LIVE_FOR = 600.0
+
+
+async def card_events(request: Request) -> Response:
+    """The card's live state as server-sent events: quorum, run state, and closing (once)."""
+    inbox: Inbox = request.app.state.inbox
+    if inbox.session_of(request) is None:
+        return PlainTextResponse("signed out", status_code=401)
+    run_id, request_id = request.path_params["run_id"], request.path_params["request_id"]
+    if not _valid_run_id(run_id):
+        return PlainTextResponse("unknown run", status_code=404)
+
+    async def stream() -> AsyncIterator[str]:
+        last: dict[str, Any] | None = None
+        deadline = time.monotonic() + LIVE_FOR
+        while time.monotonic() < deadline and inbox.session_of(request) is not None:
+            try:
+                status = await _status(inbox, run_id)
+            except (UserError, RPCError, RuntimeError):
+                status = None
+            if status is not None:
+                req = next((r for r in status.pending_approvals if r.request_id == request_id), None)
+                now: dict[str, Any] = {"state": status.state}
+                if req is not None:
+                    who = ", ".join(f"{a} ✔" for a in req.approvals)
+                    now["quorum"] = f"{len(req.approvals)} of {req.quorum} from {req.group}" + (
+                        f": {who}" if who else ""
+                    )
+                else:
+                    now["closed"] = "the run is " + status.state
+                if now != last:
+                    last = now
+                    yield _sse("card", now)
+                if req is None:
+                    return
+            await asyncio.sleep(LIVE_EVERY)
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"X-Accel-Buffering": "no"})
+
+
+async def queue_events(request: Request) -> Response:
+    """The queue's rows as server-sent events (each row rendered by the server once, when new)."""
+    inbox: Inbox = request.app.state.inbox
+    if inbox.session_of(request) is None:
+        return PlainTextResponse("signed out", status_code=401)
+    view, agent, tool = _queue_args(request)
+    row = request.app.state.templates.get_template("_row.html")
+
+    async def stream() -> AsyncIterator[str]:
+        last: list[Any] | None = None
+        deadline = time.monotonic() + LIVE_FOR
+        while time.monotonic() < deadline:
+            web = inbox.session_of(request)
+            if web is None:
+                return
+            try:
+                rows, _everything = await inbox.queue(web, view, agent, tool)
+            except (UserError, RuntimeError, RPCError):
+                rows = None
+            if rows is not None:
+                now = datetime.now(UTC)
+                out = [
+                    {
+                        "run_id": r["run_id"],
+                        "request_id": r["request_id"],
+                        "tool": safe(r["tool"]),
+                        "agent": safe(r["agent"]),
+                        "quorum": f"{safe(r['group'])} · {len(r['approvals'])} of {r['quorum']}",
+                        "html": row.render(r=r, now=now).strip(),
+                    }
+                    for r in rows
+                ]
+                key = [(o["run_id"], o["request_id"], o["quorum"]) for o in out]
+                if key != last:
+                    last = key
+                    yield _sse("queue", {"rows": out})
+            await asyncio.sleep(LIVE_EVERY * 2)
+
+    return StreamingResponse(stream(), media_type="text/event-stream", headers={"X-Accel-Buffering": "no"})
 
 
 async def _timeline(inbox: Inbox, run_id: str) -> tuple[RunStatus | None, dict[str, Any]]:
@@ -617,6 +889,12 @@ async def run_page(request: Request, message: str | None = None, status_code: in
     status, doc = await _timeline(inbox, run_id)
     if status is None and not doc["entries"]:
         return _render(request, "error.html", 404, message=f"unknown run {run_id!r}")
+    web = inbox.session_of(request)
+    if message is None and request.query_params.get("halted") and web is not None:
+        # After post/redirect/get: said from the run's own record, not from the link.
+        halts = await asyncio.to_thread(lambda: _ledger(inbox.settings).events(run_id, kind="halt.accepted"))
+        if any(e.get("person") == web.person.name for e in halts):
+            message = f"halt sent by {web.person.name}: the run stops, compensates and revokes"
     return _render(
         request,
         "run.html",
@@ -650,13 +928,16 @@ async def halt(request: Request) -> Response:
     run_id = request.path_params["run_id"]
     if OPERATORS not in web.person.groups:
         return await run_page(request, f"refused: {web.person.name} is not in group operators", 403)
-    reason = str(form.get("reason", ""))[:500] or "halted from the inbox"
+    reason = str(form.get("reason", "")).strip()[:500]
+    if not reason or form.get("confirm") != "yes":
+        return await run_page(request, "refused: a halt needs a reason and the confirmation box ticked", 400)
     try:
         await halt_run(await inbox.client(), run_id, reason, session=web.person)
     except UserError as err:
         return await run_page(request, f"refused: {err}", 409)
     log.info("inbox: %s halted %s", safe(web.person.name), safe(run_id))
-    return await run_page(request, f"halt sent by {web.person.name}: the run stops, compensates and revokes")
+    # Post/redirect/get: the run page then shows the halt from the run's own record.
+    return RedirectResponse(f"/runs/{quote(run_id, safe='')}?halted=1", status_code=303)
 
 
 _LEDGERS: dict[str, Any] = {}
@@ -683,6 +964,16 @@ async def freeze_page(request: Request, message: str | None = None, status_code:
     if inbox.session_of(request) is None:
         return _login_redirect(request)
     rows = await asyncio.to_thread(lambda: _freeze_store(inbox.settings).state())
+    web = inbox.session_of(request)
+    done = request.query_params.get("done")
+    if message is None and done in ("froze", "unfroze") and web is not None:
+        # After post/redirect/get: said from the stored state, not from the link.
+        mine = sorted((r for r in rows if r.by == web.person.name), key=lambda r: r.at)
+        if mine and mine[-1].frozen == (done == "froze"):
+            last = mine[-1]
+            target = "every agent" if last.scope == "*" else last.scope
+            note = "; no tool of it runs from the next gate on" if last.frozen else "; frozen runs were woken"
+            message = f"{last.by} {done} {target}{note}"
     return _render(request, "freeze.html", status_code, rows=rows, agents=inbox.agents.names(), message=message)
 
 
@@ -704,8 +995,12 @@ async def freeze(request: Request) -> Response:
     action = str(form.get("action", ""))
     if action not in ("freeze", "unfreeze") or (scope != ALL and inbox.agents.get(scope) is None):
         return await freeze_page(request, "refused: choose an agent (or every agent) and freeze or unfreeze", 400)
-    reason = str(form.get("reason", ""))[:500]
+    reason = str(form.get("reason", "")).strip()[:500]
     frozen = action == "freeze"
+    if not reason or form.get("confirm") != "yes":
+        return await freeze_page(
+            request, "refused: the kill switch needs a reason and the confirmation box ticked", 400
+        )
     try:
         await asyncio.to_thread(set_freeze, _ledger(inbox.settings), person, scope, frozen, reason)
     except UserError as err:
@@ -716,8 +1011,8 @@ async def freeze(request: Request) -> Response:
             woken = await wake_frozen(await inbox.client(), None if scope == ALL else scope)
     target = "every agent" if scope == ALL else scope
     log.info("inbox: %s %s %s", safe(person.name), action, safe(target))
-    note = f"; woke {len(woken)} frozen runs" if not frozen else "; no tool of it runs from the next gate on"
-    return await freeze_page(request, f"{person.name} {'froze' if frozen else 'unfroze'} {target}{note}")
+    del woken  # the page shows the stored state
+    return RedirectResponse(f"/freeze?done={'froze' if frozen else 'unfroze'}", status_code=303)
 
 
 async def healthz(_request: Request) -> Response:
@@ -764,6 +1059,7 @@ def create_app(inbox: Inbox) -> Starlette:
         routes=[
             Route("/", queue_page),
             Route("/queue", queue_fragment),
+            Route("/queue/events", queue_events),
             Route("/login", login_page, methods=["GET"]),
             Route("/login", login, methods=["POST"]),
             Route("/login/oidc", oidc_start, methods=["GET"]),
@@ -773,6 +1069,7 @@ def create_app(inbox: Inbox) -> Starlette:
             Route("/runs/{run_id}/halt", halt, methods=["POST"]),
             Route("/runs/{run_id}/requests/{request_id}", card_page, methods=["GET"]),
             Route("/runs/{run_id}/requests/{request_id}", verdict, methods=["POST"]),
+            Route("/runs/{run_id}/requests/{request_id}/events", card_events, methods=["GET"]),
             Route("/freeze", freeze_page, methods=["GET"]),
             Route("/freeze", freeze, methods=["POST"]),
             Route("/mcp", mcp_page, methods=["GET"]),
@@ -791,4 +1088,5 @@ def create_app(inbox: Inbox) -> Starlette:
 def serve(inbox: Inbox, host: str, port: int) -> None:
     import uvicorn
 
-    uvicorn.run(create_app(inbox), host=host, port=port, log_level="info")
+    # Live pages hold server-sent event streams open: stopping waits for them only so long.
+    uvicorn.run(create_app(inbox), host=host, port=port, log_level="info", timeout_graceful_shutdown=5)

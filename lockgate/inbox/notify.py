@@ -1,4 +1,5 @@
-"""Webhook notifications: a request opened, a request closed or expired.
+"""Webhook notifications: a request opened (with the card's summary), approved, rejected, expired or
+halted (and by whom).
 
 The notifier watches the same listing the queue shows (`ops.list_pending`) and posts each change to
 every configured webhook (`LOCKGATE_INBOX_WEBHOOKS`, comma-separated). A URL prefixed `slack:` gets
@@ -10,6 +11,7 @@ delivery that still fails is logged and kept for the inbox to show.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -149,12 +151,18 @@ class Notifier:
         list_pending: Callable[[], Awaitable[list[dict[str, Any]]]],
         interval: float = 2.0,
         store: NotificationStore | None = None,
+        summarize: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+        closing: Callable[[dict[str, Any]], Awaitable[tuple[str, list[str]]]] | None = None,
     ) -> None:
         self.urls = urls
         self.store: NotificationStore = store if store is not None else MemoryNotificationStore()
         self.base_url = base_url.rstrip("/")
         self._list_pending = list_pending
         self.interval = interval
+        # The card's summary of a request (tool, agent, key args rendered, risk, deadline), and how
+        # a closed request ended and by whom (from the run's ledger).
+        self._summarize = summarize or (lambda _req: {})
+        self._closing = closing
         self.failures: deque[DeliveryFailure] = deque(maxlen=50)
         self.delivered = 0
         self._known: dict[tuple[str, str], dict[str, Any]] | None = None
@@ -206,6 +214,14 @@ class Notifier:
 
     def _emit(self, event: str, key: tuple[str, str], req: dict[str, Any]) -> None:
         async def send() -> bool:
+            nonlocal event, req
+            if event != "opened" and self._closing is not None:
+                # How it ended and by whom, once the run's ledger says (in this task: the listing
+                # goes on meanwhile); the ledger away: it still says the request closed.
+                by: list[str] = []
+                with contextlib.suppress(Exception):
+                    event, by = await self._closing(req)
+                req = {**req, "closed_by": by}
             results = await asyncio.gather(*(self.deliver(url, event, req) for url in self.urls))
             mine = (key[0], key[1], event)
             failed = [f for f in self.failures if (f.run_id, f.request_id, f.event) == mine]
@@ -222,16 +238,32 @@ class Notifier:
 
     def payload(self, url: str, event: str, req: dict[str, Any]) -> dict[str, Any]:
         link = self.link(req["run_id"], req["request_id"])
+        by = [str(b) for b in req.get("closed_by") or []]
+        who = f" by {_slack_escape(', '.join(by))}" if by else ""
         what = {
             "opened": "waits for approval",
+            "approved": f"was approved{who}",
+            "rejected": f"was rejected{who}",
+            "halted": f"ended: the run was halted{who}",
             "closed": "is no longer waiting",
             "expired": "expired without a decision",
         }[event]
+        summary = self._summarize(req)
+        risk = ", ".join(summary.get("risk") or [])
+        args = ", ".join(f"{k}={v}" for k, v in (summary.get("args") or {}).items())
+        labels = f" [{_slack_escape(risk)}]" if risk else ""
+        details = ""
+        deadline = req.get("expires_at")
+        if event == "opened":
+            details = (f" Args: {_slack_escape(args)}." if args else "") + (
+                f" Decide by {_slack_escape(str(deadline)[:19])} UTC." if deadline else ""
+            )
         text = (
-            f"lockgate: {_slack_escape(req['agent'])} step {req['step']} {_slack_escape(req['tool'])} "
+            f"lockgate: {_slack_escape(req['agent'])} step {req['step']} {_slack_escape(req['tool'])}{labels} "
             f"(run {_slack_escape(req['run_id'])}) {what}; group {_slack_escape(req['group'])}, "
-            f"quorum {req['quorum']}. <{link}|Open the request>"
+            f"quorum {req['quorum']}.{details} <{link}|Open the card>"
         )
+        button = "Open the card to decide" if event == "opened" else "Open the card"
         body: dict[str, Any] = {
             "text": text,
             "blocks": [
@@ -239,13 +271,20 @@ class Notifier:
                 {
                     "type": "actions",
                     "elements": [
-                        {"type": "button", "text": {"type": "plain_text", "text": "Open in the inbox"}, "url": link}
+                        # Only a link: the decision itself is made, and signed, on the card.
+                        {"type": "button", "text": {"type": "plain_text", "text": button}, "url": link}
                     ],
                 },
             ],
         }
         if not url.startswith("slack:"):
-            body["event"] = {"event": f"request.{event}", "link": link, "request": req}
+            body["event"] = {
+                "event": f"request.{event}",
+                "link": link,
+                "request": req,
+                "summary": {**summary, "deadline": deadline},
+                "by": by,
+            }
         return body
 
     async def deliver(self, url: str, event: str, req: dict[str, Any]) -> bool:

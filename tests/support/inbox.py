@@ -30,7 +30,17 @@ def free_port() -> int:
 
 @contextlib.asynccontextmanager
 async def _serve(app: Any, port: int) -> AsyncIterator[None]:
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(
+            # Live pages hold a stream open: a test that fails before closing its browser still stops.
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="on",
+            timeout_graceful_shutdown=3,
+        )
+    )
     task = asyncio.create_task(server.serve())
     for _ in range(200):
         if server.started or task.done():

@@ -50,14 +50,15 @@ PROCESS_AGENT_MODULES = "lockgate.demo.shop,lockgate.demo.incident,tests.agents,
 # ...and the ones the stack is bootstrapped for (Vault policies, databases): also the drop-in
 # examples. Those import their frameworks (seconds per process), and nothing but their own workers
 # needs them: `LockgatePlugin(govern=...)` adds their agents to the worker it configures.
-AGENT_MODULES = f"{PROCESS_AGENT_MODULES},examples.pydantic_ai_agent,examples.openai_agents_agent"
+AGENT_MODULES = (
+    f"{PROCESS_AGENT_MODULES},examples.pydantic_ai_agent,examples.openai_agents_agent,"
+    "examples.pydantic_ai_itops,examples.openai_agents_oncall"
+)
 
 
-# The drop-in examples' policies (examples/pydantic_ai_agent.py, examples/openai_agents_agent.py).
-DROPIN_POLICIES = ("bank-support", "airline")
-
-
-# The drop-in examples' policies (examples/pydantic_ai_agent.py, examples/openai_agents_agent.py).
+# The drop-in examples' policies (examples/pydantic_ai_agent.py, examples/openai_agents_agent.py,
+# and the second app of each framework: examples/pydantic_ai_itops.py, examples/openai_agents_oncall.py).
+DROPIN_POLICIES = ("bank-support", "airline", "itops", "oncall")
 
 
 class Outside:
