@@ -66,7 +66,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     shutil.copy(ROOT / "tests" / "mcp" / "dropin.cedar", policies / "dropin.cedar")
     server: subprocess.Popen[bytes] | None = None
     try:
-        with LocalStack(agent_modules="tests.mcp.dropin_app", policy_dir=policies) as local:
+        # Both drop-in apps on the same server: the Pydantic AI one and tests/mcp/openai_app.py's.
+        modules = "tests.mcp.dropin_app,tests.mcp.openai_app"
+        with LocalStack(agent_modules=modules, policy_dir=policies) as local:
             for where in (STATE, app.STATE / "bankds"):
                 (where / "vault").write_text(local.settings().vault_addr)
             server = subprocess.Popen(

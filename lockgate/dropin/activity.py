@@ -257,8 +257,18 @@ class DropinActivities:
         boundary = [t.name for t in agent.tools]
         return offered_tools(server, agent, self._bundle(), self._resources.policy_dir, boundary)
 
-    async def mcp_call(self, tool: str, args: dict[str, Any]) -> Any:
-        """One governed MCP `tools/call`, inside `execute` (the call's credential is leased)."""
+    def mcp_offers(self, server: MCPServer, agent: Agent) -> list[dict[str, Any]]:
+        """An OpenAI Agents MCP server's `list-tools`: the same pinned definitions, framework-neutral."""
+        from lockgate.dropin.pydantic_ai import pinned_offers
+
+        boundary = [t.name for t in agent.tools]
+        return pinned_offers(server, agent, self._bundle(), self._resources.policy_dir, boundary)
+
+    async def mcp_call(
+        self, tool: str, args: dict[str, Any], shape: Callable[[dict[str, Any]], Any] | None = None
+    ) -> Any:
+        """One governed MCP `tools/call`, inside `execute` (the call's credential is leased); its
+        result as `shape` makes it for the framework (default: Pydantic AI's `call_tool` result)."""
         from lockgate.dropin.pydantic_ai import call_result
         from lockgate.mcp.client import MCPCall
 
@@ -267,7 +277,7 @@ class DropinActivities:
             await self._refuse(tool, f"{tool} is not a declared MCP tool")
         assert spec is not None and isinstance(spec.fn, MCPCall)
         out = await spec.fn.acall(current_call(), args)
-        return await call_result(out)
+        return shape(out) if shape is not None else await call_result(out)
 
     async def model_egress(self, agent: Agent, endpoint: str, carried: list[str]) -> bool:
         """Whether the regulated results a model request carries may reach `endpoint` as they are

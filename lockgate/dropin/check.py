@@ -130,6 +130,7 @@ def check_mcp_servers(governance: Governance, activities: Iterable[Any] = (), pl
             found = (found or set()) | ids
     # The toolsets' activities (`agent__<agent>__mcp_server__<id>__call_tool`), as `AgentPlugin` or
     # the worker registers them.
+    from lockgate.dropin.openai_agents import openai_mcp_activity
     from lockgate.dropin.pydantic_ai import mcp_activity
 
     fns = [*activities, *(fn for p in plugins for fn in (getattr(p, "activities", None) or ()))]
@@ -137,11 +138,16 @@ def check_mcp_servers(governance: Governance, activities: Iterable[Any] = (), pl
         parsed = mcp_activity(_activity_name(fn) or "")
         if parsed is not None and parsed[0] in governance.agents:
             found = (found or set()) | {parsed[1]}
+        # An OpenAI Agents MCP server (`OpenAIAgentsPlugin(mcp_servers={NAME: ...})`): `temporalio.mcp.NAME.*`.
+        openai = openai_mcp_activity(_activity_name(fn) or "")
+        if openai is not None:
+            found = (found or set()) | {openai[0]}
     if found is None:
         return
     unknown = sorted(s.name for s in governance.mcp if s.name not in found)
     if unknown:
         raise UserError(
-            f"Governance {', '.join(governance.agents)}: no Pydantic AI MCP toolset with id "
-            f"{', '.join(repr(u) for u in unknown)} (MCPToolset(..., id=...); known: {', '.join(sorted(found)) or 'none'})"
+            f"Governance {', '.join(governance.agents)}: no Pydantic AI MCP toolset or OpenAI Agents MCP server named "
+            f"{', '.join(repr(u) for u in unknown)} (MCPToolset(..., id=...), OpenAIAgentsPlugin(mcp_servers={{...}}); "
+            f"known: {', '.join(sorted(found)) or 'none'})"
         )

@@ -36,7 +36,14 @@ from lockgate import names
 from lockgate.dropin.activity import DropinActivities, bind_named
 from lockgate.dropin.governor import Denied, RunGovernor
 from lockgate.dropin.models import HEADER, DropinCall, jsonable, plain_args
-from lockgate.dropin.openai_agents import install_runner, take_pending_call
+from lockgate.dropin.openai_agents import (
+    install_runner,
+    mcp_call_result,
+    mcp_denied_result,
+    mcp_list_result,
+    openai_mcp_activity,
+    take_pending_call,
+)
 from lockgate.dropin.pydantic_ai import lockgate_tool, mcp_activity, model_activity
 from lockgate.dropin.spec import Governance
 from lockgate.dropin.start import start_digest, start_from_headers
@@ -94,6 +101,12 @@ class DropinIndex:
     def mcp_servers(self) -> list[MCPServer]:
         return list(self._mcp.values())
 
+    def mcp_agent(self, server_name: str) -> Agent | None:
+        """The agent an OpenAI Agents MCP server's calls are governed as: the first agent of the
+        declaration naming that server (its activities do not say which agent calls)."""
+        gov = next((g for g in self.governances if any(s.name == server_name for s in g.mcp)), None)
+        return gov.default_agent if gov is not None else None
+
     def model_endpoint(self, framework_name: str) -> str:
         """The declared model endpoint of a framework agent (its `Governance(model_endpoint=...)`)."""
         return next((g.model_endpoint for g in self.governances if framework_name in g.agents), "default")
@@ -113,6 +126,9 @@ class DropinIndex:
         match = _PYDANTIC_AI_TOOL.match(activity_type)
         if match is not None:
             return self.agent(match["agent"]) is not None
+        openai_mcp = openai_mcp_activity(activity_type)
+        if openai_mcp is not None and self.mcp_agent(openai_mcp[0]) is not None:
+            return True
         return self.activity_agent(activity_type) is not None
 
     def summarize(self, tool: str, result: Any) -> str:
@@ -193,6 +209,14 @@ class _Outbound(WorkflowOutboundInterceptor):
             tool = index.tool_of(match["kind"], match["toolset"], str(params.name))
             args = jsonable(params.tool_args)
             return self._govern(governor, agent, tool, args, input, "tool_args", _pydantic_ai_tool_failed)
+        openai_mcp = openai_mcp_activity(input.activity)
+        if openai_mcp is not None and openai_mcp[1] == "call-tool" and input.args:
+            server, agent = index.mcp_server(openai_mcp[0]), index.mcp_agent(openai_mcp[0])
+            if server is not None and agent is not None:
+                request = input.args[0] if isinstance(input.args[0], dict) else {}
+                tool = lockgate_tool(server, str(request.get("name")))
+                args = jsonable(request.get("arguments") or {})
+                return self._govern(governor, agent, tool, args, input, "tool_args", mcp_denied_result)
         agent = index.activity_agent(input.activity)
         if agent is not None:
             return self._govern(governor, agent, input.activity, plain_args(input.args), input, "single", None)
@@ -279,6 +303,9 @@ class _ActivityInbound(ActivityInboundInterceptor):
         if mcp is not None and server is not None and agent is not None and mcp[2] != "call_tool":
             # A governed MCP server's listing comes from its pin; its instructions never reach the model.
             return self._acts.mcp_tools(server, agent) if mcp[2] == "get_tools" else None
+        openai_mcp = openai_mcp_activity(info.activity_type)
+        if openai_mcp is not None and self._index.mcp_server(openai_mcp[0]) is not None:
+            return await self._openai_mcp(openai_mcp[0], openai_mcp[1], input)
         payload = input.headers.get(HEADER)
         tool, actual = self._target(info.activity_type, input)
         if tool is None and payload is None:
@@ -305,6 +332,29 @@ class _ActivityInbound(ActivityInboundInterceptor):
             return await self._acts.execute(call, tool, actual, lambda: self._acts.mcp_call(*mcp_call))
         return await self._acts.execute(
             call, tool or info.activity_type, actual, lambda: self.next.execute_activity(input)
+        )
+
+    async def _openai_mcp(self, name: str, op: str, input: ExecuteActivityInput) -> Any:
+        """An OpenAI Agents MCP server's activity, for a declared server: lockgate answers it."""
+        server, agent = self._index.mcp_server(name), self._index.mcp_agent(name)
+        assert server is not None and agent is not None
+        if op == "list-tools":
+            return mcp_list_result(self._acts.mcp_offers(server, agent))
+        request = input.args[0] if input.args and isinstance(input.args[0], dict) else {}
+        tool = lockgate_tool(server, str(request.get("name")))
+        payload = input.headers.get(HEADER)
+        if op != "call-tool" or payload is None:
+            # Prompts and resources are unpinned text for the model; a call without its gate (another
+            # workflow, a worker without the plugin) never runs.
+            why = "a governed tool runs only when scheduled by a governed workflow" if op == "call-tool" else ""
+            raise ApplicationError(
+                f"{tool}: {why}" if why else f"{name}: {op} of a governed MCP server is not served (unpinned)",
+                type=BAD_INPUT,
+                non_retryable=True,
+            )
+        actual = jsonable(request.get("arguments") or {})
+        return await self._acts.execute(
+            _header_call(payload), tool, actual, lambda: self._acts.mcp_call(tool, actual, mcp_call_result)
         )
 
     async def _model_egress(self, input: ExecuteActivityInput) -> ExecuteActivityInput:

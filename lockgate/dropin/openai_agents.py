@@ -7,6 +7,13 @@ governed workflows) hands the run a copy of the agent graph whose tools gate eac
 run's `RunGovernor` (Cedar principal: the calling agent's name) before invoking the original tool.
 When that original is an `activity_as_tool`, the activity it starts carries the gated request, and
 the activity side leases and injects its secret (`lockgate.dropin.interceptor`).
+
+An OpenAI Agents MCP server on Temporal (`workflow.temporal_mcp_server(NAME)` with
+`OpenAIAgentsPlugin(mcp_servers={NAME: factory})`) is activities `temporalio.mcp.<NAME>.<op>`. When
+the app's `Governance(mcp=(MCPServer(NAME, ...),))` declares that server, lockgate answers them itself,
+as for a Pydantic AI MCP toolset: `list-tools` from the pin, `call-tool` gated in the workflow and
+made by `lockgate.mcp.client` with that call's own token (the app's factory never gets one), and
+prompts and resources (unpinned text for the model) refused.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import contextvars
 import dataclasses
 import json
+import re
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +31,44 @@ from lockgate.dropin.models import DropinCall, jsonable
 if TYPE_CHECKING:
     from lockgate.dropin.interceptor import DropinIndex
 
-__all__ = ["install_runner", "take_pending_call"]
+__all__ = [
+    "OPENAI_MCP_ACTIVITY",
+    "install_runner",
+    "mcp_call_result",
+    "mcp_denied_result",
+    "mcp_list_result",
+    "openai_mcp_activity",
+    "take_pending_call",
+]
+
+OPENAI_MCP_ACTIVITY = re.compile(r"^temporalio\.mcp\.(?P<server>.+)\.(?P<op>[a-z-]+)$")
+
+
+def openai_mcp_activity(activity_type: str) -> tuple[str, str] | None:
+    """(server name, operation) of an OpenAI Agents (temporalio-mcp) MCP server activity."""
+    match = OPENAI_MCP_ACTIVITY.match(activity_type)
+    return (match["server"], match["op"]) if match else None
+
+
+def mcp_list_result(offers: list[dict[str, Any]]) -> dict[str, Any]:
+    """The `list-tools` activity's result (an MCP `ListToolsResult`) of the pinned offers. Annotations
+    stay out: they are the server's untrusted hints."""
+    tools = [{"name": o["name"], "description": o["description"], "inputSchema": o["inputSchema"]} for o in offers]
+    return {"tools": tools}
+
+
+def mcp_call_result(out: dict[str, Any]) -> dict[str, Any]:
+    """The `call-tool` activity's result (an MCP `CallToolResult`) of a governed call."""
+    result: dict[str, Any] = {"content": out.get("content", []), "isError": False}
+    if out.get("structured") is not None:
+        result["structuredContent"] = out["structured"]
+    return result
+
+
+def mcp_denied_result(message: str) -> dict[str, Any]:
+    """A denial handed back to the model (`on_deny="retry"`) as an MCP tool error."""
+    return {"content": [{"type": "text", "text": message}], "isError": True}
+
 
 _GOVERNED = "__lockgate_governed__"
 

@@ -40,6 +40,7 @@ __all__ = [
     "mcp_activity",
     "model_activity",
     "offered_tools",
+    "pinned_offers",
     "redacted",
     "regulated_returns",
     "regulated_views",
@@ -70,12 +71,29 @@ def offered_tools(
     """What `get_tools` answers: MCP name -> Pydantic AI `ToolDefinition`, from the pin."""
     from pydantic_ai.tools import ToolDefinition
 
+    return {
+        offer["name"]: ToolDefinition(
+            name=offer["name"],
+            description=offer["description"],
+            parameters_json_schema=offer["inputSchema"],
+            # Annotations stay out: they are the server's untrusted hints. `task` False: one plain call.
+            metadata={"task": False, "lockgate_pin": offer["digest"]},
+        )
+        for offer in pinned_offers(server, agent, bundle, policy_dir, boundary)
+    }
+
+
+def pinned_offers(
+    server: MCPServer, agent: Agent, bundle: PolicyBundle, policy_dir: str | None, boundary: Iterable[str]
+) -> list[dict[str, Any]]:
+    """The pinned definitions (name, description, inputSchema, digest) of the declared tools of
+    `server` that `agent` could ever be allowed to call: what any framework's tool listing offers."""
     pin = pins.load_pin(policy_dir, server.name) or {}
     inside = set(boundary)
     allowed = set(
         offered(bundle, agent.name, [server.tool_name(n) for n in server.tools if server.tool_name(n) in inside])
     )
-    out: dict[str, Any] = {}
+    out: list[dict[str, Any]] = []
     for mcp_name, opts in server.tools.items():
         entry = pin.get("tools", {}).get(mcp_name)
         if server.tool_name(mcp_name) not in allowed or not isinstance(entry, dict):
@@ -83,12 +101,13 @@ def offered_tools(
         definition = entry.get("definition")
         if not isinstance(definition, dict) or pins.digest(definition) != entry.get("digest"):
             continue  # a pin file edited by hand is not what a person approved
-        out[mcp_name] = ToolDefinition(
-            name=mcp_name,
-            description=(opts.description if opts else None) or definition.get("description"),
-            parameters_json_schema=definition.get("inputSchema") or {"type": "object", "properties": {}},
-            # Annotations stay out: they are the server's untrusted hints. `task` False: one plain call.
-            metadata={"task": False, "lockgate_pin": entry.get("digest")},
+        out.append(
+            {
+                "name": mcp_name,
+                "description": (opts.description if opts else None) or definition.get("description"),
+                "inputSchema": definition.get("inputSchema") or {"type": "object", "properties": {}},
+                "digest": entry.get("digest"),
+            }
         )
     return out
 
