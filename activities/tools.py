@@ -255,7 +255,7 @@ class ToolRunner:
                 result = impl(ctx, args)
             _test_pause("LOCKGATE_TEST_PAUSE_AFTER_EFFECT", spec.name)
         except ToolError as err:
-            self._record_failure(spec, inv, str(err), attempt)
+            self._record_failure(spec, inv, str(err), attempt, reached=err.reached)
             self._record_blocked(inv, err, attempt)
             raise ApplicationError(f"{spec.name}: {err}", type=TOOL_FAILED, non_retryable=not err.retryable) from None
         finally:
@@ -311,13 +311,13 @@ class ToolRunner:
                 f"mcp.blocked:{inv.run_id}:{inv.step}:{attempt}", inv.run_id, "mcp.blocked", record()
             )
 
-    def _record_failure(self, spec: ToolSpec, inv: ToolInvocation, error: str, attempt: int) -> None:
-        self._ledger.try_append(
-            f"tool.failed:{inv.run_id}:{inv.step}:{attempt}",
-            inv.run_id,
-            "tool.failed",
-            {"tool": spec.name, "step": inv.step, "error": error, "attempt": attempt},
-        )
+    def _record_failure(
+        self, spec: ToolSpec, inv: ToolInvocation, error: str, attempt: int, *, reached: bool = True
+    ) -> None:
+        data: dict[str, Any] = {"tool": spec.name, "step": inv.step, "error": error, "attempt": attempt}
+        if not reached:
+            data["reached"] = False  # refused before the call reached the system: nothing to undo
+        self._ledger.try_append(f"tool.failed:{inv.run_id}:{inv.step}:{attempt}", inv.run_id, "tool.failed", data)
 
 
 def _failed_step(events: list[dict[str, Any]], step: int, tools: set[str] | None) -> dict[str, Any] | None:
@@ -327,7 +327,10 @@ def _failed_step(events: list[dict[str, Any]], step: int, tools: set[str] | None
         (
             e
             for e in events
-            if e["kind"] == "tool.failed" and e.get("step") == step and (tools is None or e.get("tool") in tools)
+            if e["kind"] == "tool.failed"
+            and e.get("step") == step
+            and e.get("reached", True) is not False
+            and (tools is None or e.get("tool") in tools)
         ),
         None,
     )

@@ -18,11 +18,14 @@ __all__ = ["ForwardCall", "Resources", "ToolContext", "ToolError"]
 
 
 class ToolError(LockgateError):
-    """A tool's own failure. `retryable=False` (the default) ends the step without retrying."""
+    """A tool's own failure. `retryable=False` (the default) ends the step without retrying.
+    `reached=False`: raised before anything reached the system the tool acts on (lockgate's own
+    refusals, e.g. args an MCP tool's pinned schema rejects): the step has nothing to compensate."""
 
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
+    def __init__(self, message: str, *, retryable: bool = False, reached: bool = True) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.reached = reached
 
 
 @dataclass(frozen=True)

@@ -122,6 +122,7 @@ class ToolFailed(LedgerEvent):
     tool: str
     step: int
     error: str = ""
+    reached: bool = True  # False: refused before the call reached the system (nothing to undo)
 
 
 class LeaseIssued(LedgerEvent):

@@ -180,9 +180,13 @@ def check_args(server: MCPServer, mcp_name: str, schema: dict[str, Any], args: d
     try:
         jsonschema.validate(args, schema)
     except jsonschema.ValidationError as err:
-        raise ToolError(f"{server.name}.{mcp_name}: args fail the pinned inputSchema: {err.message}") from None
+        raise ToolError(
+            f"{server.name}.{mcp_name}: args fail the pinned inputSchema: {err.message}", reached=False
+        ) from None
     except jsonschema.SchemaError as err:
-        raise ToolError(f"{server.name}.{mcp_name}: the pinned inputSchema is invalid: {err.message}") from None
+        raise ToolError(
+            f"{server.name}.{mcp_name}: the pinned inputSchema is invalid: {err.message}", reached=False
+        ) from None
 
 
 def _content(result: Any) -> tuple[list[dict[str, Any]], str]:
