@@ -55,6 +55,9 @@ PASSTHROUGH_MODULES = (
     "lockgate.dropin",  # drop-in governance keeps per-process state (the governors of running executions)
     "pydantic",
     "pydantic_core",
+    # httpx's TLS (httpcore2) imports truststore, which calls platform.system() at import: an
+    # OpenAI Agents workflow imports httpx lazily in the sandbox (first replay of its type failed).
+    "truststore",
 )
 
 
