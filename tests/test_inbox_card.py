@@ -171,6 +171,17 @@ async def test_a_halt_closes_the_request_and_the_webhook_says_by_whom(
         await until(seeded, what="the notifier's first listing")
         handle = await start(client, worker_running, "refund-agent", REFUND)
         await pending_request(handle)
+
+        async def announced() -> bool:
+            return any(
+                p["event"]["request"]["run_id"] == handle.id and p["event"]["event"] == "request.opened"
+                for p in rec.posts
+            )
+
+        # The notifier learns of requests from the visibility listing each poll: a request opened and
+        # halted between two polls was never announced, so nothing announces its close either. A
+        # person halts what they were told about.
+        await until(announced, what="the opening notification")
         await halt_run(client, handle.id, "wrong order", session=person("carol"))
         assert await finish(handle) is not None
 
