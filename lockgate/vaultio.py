@@ -99,29 +99,41 @@ def vault_tls(environ: Mapping[str, str] | None = None) -> VaultTLS:
     return tls
 
 
-_REQUESTS_ENV = ("http_proxy", "https_proxy", "all_proxy", "no_proxy", "requests_ca_bundle", "curl_ca_bundle", "netrc")
-
-
-def environment_matters() -> bool:
-    """Whether requests' per-request reading of the environment can change anything here: a proxy,
-    CA-bundle or NETRC variable is set (in any case), or a ~/.netrc or ~/_netrc exists."""
-    if any(k.lower() in _REQUESTS_ENV or k.lower().endswith("_proxy") for k in os.environ):
+def _netrc_exists() -> bool:
+    if os.environ.get("NETRC"):
         return True
     home = Path.home() if "HOME" in os.environ or os.name != "posix" else None
     return home is not None and any((home / name).exists() for name in (".netrc", "_netrc"))
 
 
-def make_session(tls: VaultTLS | None = None, *, pool_maxsize: int = 10) -> requests.Session:
-    """A keep-alive `requests.Session` to Vault that verifies (and presents certificates) per `tls`."""
+def _verify(tls: VaultTLS) -> bool | str:
+    """`tls.verify` as requests would merge it with the environment: with no CA of Vault's named,
+    `REQUESTS_CA_BUNDLE` or `CURL_CA_BUNDLE` when set (requests' own rule), else the system's CAs."""
+    verify = tls.verify
+    if verify is True:
+        return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+    return verify
+
+
+def make_session(
+    tls: VaultTLS | None = None, *, pool_maxsize: int = 10, addr: str | None = None
+) -> requests.Session:
+    """A keep-alive `requests.Session` to Vault (at `addr`) that verifies (and presents
+    certificates) per `tls`."""
     tls = tls or vault_tls()
     new = requests.Session()
-    new.verify = tls.verify
+    new.verify = _verify(tls)
     new.cert = tls.cert
-    # requests reads the proxy variables, CA-bundle variables and ~/.netrc again on every request
-    # (it walks the whole environment each time: a measurable share of a worker's CPU per governed
-    # call). Where none of them is set that reading can only find nothing, so it is skipped; where
-    # one is, requests reads them as it always does.
-    new.trust_env = environment_matters()
+    # requests reads the proxy variables, the CA-bundle variables and ~/.netrc again on every
+    # request, walking the whole environment several times (a measurable share of a worker's CPU
+    # per governed call). They are read once here instead: the proxies for Vault's address (no_proxy
+    # included) and the CA bundle (`_verify`); the process environment does not change under a
+    # running worker. Only a netrc file, which requests turns into per-request credentials, keeps
+    # requests' own reading.
+    new.trust_env = _netrc_exists()
+    if not new.trust_env:
+        found = requests.utils.get_environ_proxies(addr) if addr else requests.utils.getproxies()
+        new.proxies = {k: v for k, v in found.items() if k != "no"}
     if pool_maxsize != 10:
         new.mount("http://", requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_maxsize))
         new.mount("https://", requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_maxsize))
@@ -147,16 +159,16 @@ def client(
     """
     tls = tls or vault_tls()
     if session is None:
-        session = make_session(tls)
+        session = make_session(tls, addr=addr)
     else:
-        session.verify = tls.verify
+        session.verify = _verify(tls)
         session.cert = tls.cert
     return hvac.Client(
         url=addr,
         token=token,
         timeout=timeout,  # type: ignore[arg-type]  # hvac declares int; requests takes a float
         session=session,
-        verify=tls.verify,
+        verify=_verify(tls),
         cert=tls.cert,  # type: ignore[arg-type]  # hvac declares a tuple; requests also takes a path
         namespace=tls.namespace,
     )

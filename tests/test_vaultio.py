@@ -105,3 +105,60 @@ def test_the_broker_renews_its_token_before_logging_in_again(deps: Any) -> None:
     broker._expires = 0.0
     assert broker.client.token != token
     assert broker.client.is_authenticated()
+
+
+def _recording_server() -> tuple[Any, list[str]]:
+    import http.server
+    import threading
+
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            seen.append(self.path)
+            body = b'{"initialized": true, "sealed": false}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, seen
+
+
+def test_proxy_and_ca_bundle_variables_are_honoured_though_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The session reads the proxy and CA-bundle variables once instead of on every request (a
+    worker's CPU per call), with requests' own rules: a proxy set for http is used for Vault unless
+    NO_PROXY names Vault's host, and REQUESTS_CA_BUNDLE is what verifies when no Vault CA is named."""
+    proxy, through_proxy = _recording_server()
+    try:
+        for name in ("HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_address[1]}")
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+        monkeypatch.setenv("NETRC", "")
+        monkeypatch.setenv("HOME", "/nonexistent-home")
+        c = vaultio.client("http://vault.invalid:8200", tls=vaultio.VaultTLS())
+        assert c.sys.read_health_status(method="GET")["initialized"] is True
+        assert through_proxy == ["http://vault.invalid:8200/v1/sys/health"]
+        assert c.session.verify == "/etc/ssl/certs/ca-certificates.crt"
+        assert c.session.trust_env is False  # read once, not per request
+
+        direct, seen_direct = _recording_server()
+        try:
+            monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+            c = vaultio.client(f"http://127.0.0.1:{direct.server_address[1]}", tls=vaultio.VaultTLS())
+            c.sys.read_health_status(method="GET")
+            assert seen_direct == ["/v1/sys/health"] and len(through_proxy) == 1
+        finally:
+            direct.shutdown()
+        # A CA named for Vault wins over the bundle variable.
+        named = vaultio.client("http://vault.invalid:8200", tls=vaultio.VaultTLS(cacert="/some/ca.pem"))
+        assert named.session.verify == "/some/ca.pem"
+    finally:
+        proxy.shutdown()
