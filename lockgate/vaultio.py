@@ -115,9 +115,7 @@ def _verify(tls: VaultTLS) -> bool | str:
     return verify
 
 
-def make_session(
-    tls: VaultTLS | None = None, *, pool_maxsize: int = 10, addr: str | None = None
-) -> requests.Session:
+def make_session(tls: VaultTLS | None = None, *, pool_maxsize: int = 10, addr: str | None = None) -> requests.Session:
     """A keep-alive `requests.Session` to Vault (at `addr`) that verifies (and presents
     certificates) per `tls`."""
     tls = tls or vault_tls()

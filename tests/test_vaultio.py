@@ -114,7 +114,7 @@ def _recording_server() -> tuple[Any, list[str]]:
     seen: list[str] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        def do_GET(self) -> None:
             seen.append(self.path)
             body = b'{"initialized": true, "sealed": false}'
             self.send_response(200)
