@@ -55,8 +55,22 @@ PASSTHROUGH_MODULES = (
     "lockgate.dropin",  # drop-in governance keeps per-process state (the governors of running executions)
     "pydantic",
     "pydantic_core",
-    # httpx's TLS (httpcore2) imports truststore, which calls platform.system() at import: an
-    # OpenAI Agents workflow imports httpx lazily in the sandbox (first replay of its type failed).
+    # An OpenAI Agents workflow imports httpx lazily inside the sandbox (at the first replay of its
+    # type in a process): httpx's transport stack is network code no workflow runs, and re-imported
+    # in the sandbox it touches what the sandbox restricts at import (truststore calls
+    # platform.system(), sniffio subclasses threading.local). The whole stack, not one module at a
+    # time as each import order reveals the next.
+    "httpx",
+    "httpcore",
+    "httpcore2",
+    "h11",
+    "h2",
+    "hpack",
+    "hyperframe",
+    "anyio",
+    "sniffio",
+    "certifi",
+    "idna",
     "truststore",
 )
 

@@ -378,14 +378,34 @@ def run(targets: list[Target], mutants: list[Mutant], jobs: int, saved: Callable
         names = sorted({m.target for m in mutants})
         # The unmutated tests must pass (they are what a survivor is measured against), and their
         # time sets the mutants' timeout.
+        # The baselines run side by side, one per lane.
+        todo: queue.Queue[str] = queue.Queue()
         for name in names:
-            t = by_name[name]
-            status, seconds, out = run_tests(lanes[0], t.tests, 900)
-            if status != "passed":
-                _print(out[-4000:])
-                raise SystemExit(f"mutation: the tests of {name} fail without any mutant ({status})")
-            baseline[name] = seconds
-            _print(f"baseline {name}: {len(t.tests)} test paths pass in {seconds:.1f}s")
+            todo.put(name)
+        failures: list[tuple[str, str, str]] = []
+
+        def baseline_loop(lane: Path) -> None:
+            while not _STOP.is_set():
+                try:
+                    name = todo.get_nowait()
+                except queue.Empty:
+                    return
+                t = by_name[name]
+                status, seconds, out = run_tests(lane, t.tests, 900)
+                if status != "passed":
+                    failures.append((name, status, out))
+                    continue
+                baseline[name] = seconds
+                _print(f"baseline {name}: {len(t.tests)} test paths pass in {seconds:.1f}s")
+
+        checks = [threading.Thread(target=baseline_loop, args=(lane,)) for lane in lanes]
+        for th in checks:
+            th.start()
+        for th in checks:
+            th.join()
+        for name, status, out in failures:
+            _print(out[-4000:])
+            raise SystemExit(f"mutation: the tests of {name} fail without any mutant ({status})")
         work: queue.Queue[Mutant] = queue.Queue()
         for m in mutants:
             work.put(m)

@@ -304,7 +304,7 @@ async def test_four_apps_replay_export_verify_offline_and_keep_results_private(
 
     # Each run, named: replayed with its app's workflow, every recorded decision re-checked.
     named = await cli(declared, "replay", *mine, "--json", timeout=600)
-    assert named.returncode == 0, named.stdout[-3000:] + named.stderr[-3000:]
+    assert named.returncode == 0, _failed_replays(named.stdout) + named.stderr[-3000:]
     reports = {r["run_id"]: r for r in json.loads(named.stdout[re.search(r"^\[", named.stdout, re.M).start() :])}  # type: ignore[union-attr]
     for run_id, workflow_type in mine.items():
         report = reports[run_id]
@@ -369,3 +369,12 @@ async def test_four_apps_replay_export_verify_offline_and_keep_results_private(
     for app in ("itops", "oncall"):
         seen = [s for s in SENTINELS[app] if any(s in t for t in decoded)]
         assert seen, f"no {app} result value in its decoded history: the scan above proves nothing"
+
+
+def _failed_replays(stdout: str) -> str:
+    """The reports of the runs that did not replay (whole), or the output's tail when it is no list."""
+    try:
+        reports = json.loads(stdout[re.search(r"^\[", stdout, re.M).start() :])  # type: ignore[union-attr]
+    except (AttributeError, ValueError):
+        return stdout[-3000:]
+    return json.dumps([r for r in reports if not r.get("ok")], indent=1)
