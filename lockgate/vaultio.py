@@ -13,6 +13,7 @@ hvac answers a JSON body as a dict and an empty body (204) as a Response; `body`
 from __future__ import annotations
 
 import os
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,7 +131,7 @@ def make_session(tls: VaultTLS | None = None, *, pool_maxsize: int = 10, addr: s
     # requests' own reading.
     new.trust_env = _netrc_exists()
     if not new.trust_env:
-        found = requests.utils.get_environ_proxies(addr) if addr else requests.utils.getproxies()
+        found = requests.utils.get_environ_proxies(addr) if addr else urllib.request.getproxies()
         new.proxies = {k: v for k, v in found.items() if k != "no"}
     if pool_maxsize != 10:
         new.mount("http://", requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=pool_maxsize))

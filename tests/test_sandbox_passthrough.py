@@ -8,6 +8,7 @@ inside the sandbox, which fails without the passthrough."""
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import uuid
 from datetime import timedelta
 

@@ -123,7 +123,7 @@ def _recording_server() -> tuple[Any, list[str]]:
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *_args: Any) -> None:
+        def log_message(self, format: str, *args: Any) -> None:
             pass
 
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
