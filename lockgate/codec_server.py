@@ -90,7 +90,9 @@ def codec_routes(config: CodecConfig, *, token_of: TokenOf = bearer_token) -> li
         token_of: how a request carries its Vault token (default: a Bearer header; the inbox can
             pass one reading its signed-in session).
     """
-    session = vaultio.make_session(pool_maxsize=16, addr=config.vault_addr)  # one keep-alive pool to Vault for every caller
+    session = vaultio.make_session(
+        pool_maxsize=16, addr=config.vault_addr
+    )  # one keep-alive pool to Vault for every caller
 
     async def handle(request: Request, decode: bool) -> Response:
         if request.method != "POST":
