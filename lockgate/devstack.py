@@ -122,7 +122,7 @@ def _with_demo(modules: str) -> str:
     return ",".join(dict.fromkeys(names))
 
 
-def _recorded_ports(env: dict[str, str]) -> dict[str, int]:
+def recorded_ports(env: dict[str, str]) -> dict[str, int]:
     """The ports a dev.env records: its `LOCKGATE_DEV_*_PORT` entries, else (a dev.env written
     before they were) the ports of the addresses it holds."""
     out: dict[str, int] = {}
@@ -160,7 +160,7 @@ class DevStack:
         """The stack of `state_dir`: each port from its variable if set, else the one the stack was
         started with (recorded in dev.env), else the default."""
         env = os.environ
-        recorded = _recorded_ports(read_env_file(state_dir / "dev.env"))
+        recorded = recorded_ports(read_env_file(state_dir / "dev.env"))
 
         def port(name: str, default: int) -> int:
             if env.get(name):

@@ -23,8 +23,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from lockgate.config import Settings, load_settings
-from lockgate.devstack import DevStack, free_port
+from lockgate.config import Settings, load_settings, read_env_file
+from lockgate.devstack import DevStack, free_port, recorded_ports
 from lockgate.errors import UserError
 
 if TYPE_CHECKING:
@@ -70,9 +70,48 @@ class LocalStack:
         )
         self._deps: Deps | None = None
         self._people: dict[str, OperatorSession] = {}
+        self._attached = False
+        self._ledger_url: str | None = None
+
+    @classmethod
+    def attach(
+        cls,
+        base_dir: str | Path,
+        *,
+        agent_modules: str,
+        policy_dir: str | Path,
+        task_queue: str | None = None,
+        ledger_url: str | None = None,
+    ) -> LocalStack:
+        """The stack another `LocalStack` started in `base_dir` and keeps running, used without
+        starting or stopping it: several test sessions in turn share one stack (the servers), each
+        with its own task queue and, given `ledger_url`, its own ledger.
+
+        Raises:
+            UserError: no stack was started in `base_dir`.
+        """
+        self = cls(agent_modules=agent_modules, policy_dir=policy_dir, base_dir=base_dir, task_queue=task_queue)
+        state = self.base_dir / "state"
+        ports = recorded_ports(read_env_file(state / "dev.env"))
+        if "LOCKGATE_DEV_TEMPORAL_PORT" not in ports or "LOCKGATE_DEV_VAULT_PORT" not in ports:
+            raise UserError(f"{base_dir}: no running stack was started there (no dev.env with its ports)")
+        self.dev = DevStack(
+            state,
+            temporal_port=ports["LOCKGATE_DEV_TEMPORAL_PORT"],
+            ui_port=ports.get("LOCKGATE_DEV_UI_PORT", free_port()),
+            vault_port=ports["LOCKGATE_DEV_VAULT_PORT"],
+            ui=False,
+            agent_modules=agent_modules,
+        )
+        self._own_dir = False
+        self._attached = True
+        self._ledger_url = ledger_url
+        return self
 
     # -- lifecycle -------------------------------------------------------------------------------
     def up(self) -> LocalStack:
+        if self._attached:
+            return self  # started, and stopped, by the LocalStack that owns it
         for attempt in range(3):
             try:
                 self.dev.up()
@@ -89,7 +128,8 @@ class LocalStack:
         try:
             if self._deps is not None:
                 self._deps.ledger.dispose()
-            self.dev.down()
+            if not self._attached:
+                self.dev.down()
         finally:
             if self._own_dir:
                 shutil.rmtree(self.base_dir, ignore_errors=True)
@@ -115,7 +155,7 @@ class LocalStack:
             {
                 "LOCKGATE_STATE_DIR": str(self.dev.state_dir),
                 "LOCKGATE_POLICY_DIR": str(self.policy_dir),
-                "LOCKGATE_LEDGER_URL": f"sqlite:///{self.dev.state_dir / 'ledger.db'}",
+                "LOCKGATE_LEDGER_URL": self._ledger_url or f"sqlite:///{self.dev.state_dir / 'ledger.db'}",
                 "LOCKGATE_TASK_QUEUE": self.task_queue,
                 "LOCKGATE_AGENT_MODULES": self.agent_modules,
             }

@@ -6,6 +6,8 @@ off (mutation/operators.py: a check that never fires, an effect call dropped, a 
 Cosmic Ray's mutation engine rewrites the file on disk, one mutant at a time, in a private copy of
 the repository (a lane), and the module's own tests run there as a fresh pytest process: nothing
 in-process to confuse Temporal's workflow sandbox or the in-process workers of real-stack tests.
+Each lane keeps one stack of servers (`mutation/stack.py`, restarted every 20 sessions) that its
+sessions share, each with its own task queue, worker and ledger (`--own-stacks`: a stack per session).
 
 What is mutated, and which tests guard it, is in mutation/targets.toml (whole small modules, or
 named functions of big I/O modules). A mutant survives when its module's tests all pass; a survivor
@@ -292,10 +294,70 @@ def _interrupt_sessions() -> None:
             pass
 
 
-def run_tests(lane: Path, tests: list[str], timeout: float) -> tuple[str, float, str]:
-    """The tests in a fresh pytest process in `lane`: ("passed" | "failed" | "timeout", seconds, output)."""
+class SharedStack:
+    """A lane's servers (`python -m mutation.stack`), shared by its test sessions in turn, and
+    started afresh every `RESTART_EVERY` sessions: what a mutant leaves behind in the servers (a
+    person's token, a stray workflow) reaches a bounded number of later sessions. Each session
+    still has its own task queue, worker and ledger (tests/conftest.py)."""
+
+    RESTART_EVERY = 20
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.proc: subprocess.Popen[str] | None = None
+        self.path = ""
+        self.sessions = 0
+        self.generation = 0
+
+    def ensure(self) -> str:
+        """The running stack's directory (for LOCKGATE_TEST_SHARED_STACK), started if need be."""
+        if self.proc is not None and (self.proc.poll() is not None or self.sessions >= self.RESTART_EVERY):
+            self.stop()
+        if self.proc is None:
+            self.generation += 1
+            where = self.directory / f"g{self.generation}"
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mutation.stack", str(where)],
+                cwd=ROOT,
+                env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(ROOT)},
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+            assert self.proc.stdout is not None
+            line = self.proc.stdout.readline()  # "ready DIR", or the error and EOF
+            if not line.startswith("ready "):
+                rest = self.proc.stdout.read()
+                self.stop()
+                raise SystemExit(f"mutation: a lane's stack did not start: {line}{rest[-3000:]}")
+            self.path, self.sessions = line.split(" ", 1)[1].strip(), 0
+        self.sessions += 1
+        return self.path
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        try:
+            if proc.stdin is not None:
+                proc.stdin.close()  # the helper stops its servers
+            proc.wait(timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        _stop_servers_under(self.directory)
+        shutil.rmtree(self.directory / f"g{self.generation}", ignore_errors=True)
+
+
+def run_tests(lane: Path, tests: list[str], timeout: float, shared: str = "") -> tuple[str, float, str]:
+    """The tests in a fresh pytest process in `lane` (on the lane's shared stack if given):
+    ("passed" | "failed" | "timeout", seconds, output)."""
     basetemp = Path(tempfile.mkdtemp(prefix="pt-", dir=lane.parent))
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTHONPATH": str(lane)}
+    if shared:
+        env["LOCKGATE_TEST_SHARED_STACK"] = shared
     cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "--basetemp", str(basetemp), *tests]
     started = time.monotonic()
     proc = subprocess.Popen(
@@ -369,10 +431,20 @@ def _print(*parts: Any) -> None:
     print(*parts, flush=True)
 
 
-def run(targets: list[Target], mutants: list[Mutant], jobs: int, saved: Callable[[], object]) -> dict[str, float]:
+def run(
+    targets: list[Target], mutants: list[Mutant], jobs: int, saved: Callable[[], object], *, shared: bool = True
+) -> dict[str, float]:
     base = Path(tempfile.mkdtemp(prefix="lockgate-mutation-"))
+    base.chmod(0o755)  # embedded PostgreSQL runs as its own user when the runner is root
+    stacks: dict[Path, SharedStack] = {}
     try:
         lanes = [make_lane(base, n) for n in range(jobs)]
+        if shared:
+            stacks = {lane: SharedStack(base / f"{lane.name}-stack") for lane in lanes}
+
+        def stack_of(lane: Path) -> str:
+            return stacks[lane].ensure() if shared else ""
+
         baseline: dict[str, float] = {}
         by_name = {t.name: t for t in targets}
         names = sorted({m.target for m in mutants})
@@ -391,7 +463,7 @@ def run(targets: list[Target], mutants: list[Mutant], jobs: int, saved: Callable
                 except queue.Empty:
                     return
                 t = by_name[name]
-                status, seconds, out = run_tests(lane, t.tests, 900)
+                status, seconds, out = run_tests(lane, t.tests, 900, stack_of(lane))
                 if status != "passed":
                     failures.append((name, status, out))
                     continue
@@ -431,7 +503,7 @@ def run(targets: list[Target], mutants: list[Mutant], jobs: int, saved: Callable
                 else:
                     try:
                         timeout = t.timeout or baseline[m.target] * 3 + 30
-                        status, seconds, _ = run_tests(lane, t.tests, timeout)
+                        status, seconds, _ = run_tests(lane, t.tests, timeout, stack_of(lane))
                     finally:
                         (lane / m.file).write_text(applied[0])
                     if _STOP.is_set():
@@ -461,6 +533,8 @@ def run(targets: list[Target], mutants: list[Mutant], jobs: int, saved: Callable
             raise
         return baseline
     finally:
+        for stack in stacks.values():
+            stack.stop()
         shutil.rmtree(base, ignore_errors=True)
 
 
@@ -533,6 +607,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", action="store_true", help="print the table of the stored outcomes, run nothing")
     parser.add_argument("--keys", default="", help="a file of mutant descriptions, one a line: only those")
     parser.add_argument("--jobs", type=int, default=int(os.environ.get("MUTATION_JOBS", "2")))
+    parser.add_argument(
+        "--own-stacks", action="store_true", help="each test session starts its own servers (no lane stack)"
+    )
     args = parser.parse_args(argv)
     # Stopped as by Ctrl-C when terminated too (a background job ignores SIGINT).
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -590,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if selected:
         try:
-            run(targets, selected, max(1, args.jobs), saved)
+            run(targets, selected, max(1, args.jobs), saved, shared=not args.own_stacks)
         except KeyboardInterrupt:
             _print(f"what was measured before the interrupt is kept in {RESULTS.relative_to(ROOT)}")
             return 130

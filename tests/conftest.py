@@ -25,10 +25,10 @@ from tests.support.stack import (
     _PEOPLE,
     _STACK,
     AGENT_MODULES,
-    DROPIN_POLICIES,
     PROCESS_AGENT_MODULES,
     ROOT,
     Outside,
+    compose_policies,
 )
 
 
@@ -68,27 +68,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def policy_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    target = tmp_path_factory.mktemp("policies")
-    for item in (ROOT / "policies").iterdir():
-        shutil.copy(item, target / item.name)
-    shutil.copy(ROOT / "tests" / "policies" / "test-agents.cedar", target / "test-agents.cedar")
-    shutil.copy(ROOT / "examples" / "policies" / "report-agent.cedar", target / "report-agent.cedar")
-    for name in DROPIN_POLICIES:
-        shutil.copy(ROOT / "examples" / "policies" / f"{name}.cedar", target / f"{name}.cedar")
-    with open(target / "schema.cedarschema", "a") as schema:
-        schema.write((ROOT / "tests" / "policies" / "test-schema.cedarschema").read_text())
-        schema.write((ROOT / "examples" / "policies" / "report-agent.cedarschema").read_text())
-        for name in DROPIN_POLICIES:
-            schema.write((ROOT / "examples" / "policies" / f"{name}.cedarschema").read_text())
-    return target
+    return compose_policies(tmp_path_factory.mktemp("policies"))
 
 
 @pytest.fixture(scope="session")
 def local(tmp_path_factory: pytest.TempPathFactory, policy_dir: Path) -> Iterator[LocalStack]:
-    """The session's private stack (lockgate.testing), stopped at session end whatever happened."""
-    with LocalStack(
-        agent_modules=AGENT_MODULES, policy_dir=policy_dir, base_dir=tmp_path_factory.mktemp("stack")
-    ) as local:
+    """The session's private stack (lockgate.testing), stopped at session end whatever happened.
+
+    With LOCKGATE_TEST_SHARED_STACK=DIR the servers of a stack already running in DIR (the mutation
+    runner keeps one per lane: `python -m mutation.stack`) are used instead, neither started nor
+    stopped here; the session still has its own task queue, ledger and worker."""
+    shared = os.environ.get("LOCKGATE_TEST_SHARED_STACK")
+    if shared:
+        ledger = tmp_path_factory.mktemp("ledger") / "ledger.db"
+        stack = LocalStack.attach(
+            shared, agent_modules=AGENT_MODULES, policy_dir=policy_dir, ledger_url=f"sqlite:///{ledger}"
+        )
+    else:
+        stack = LocalStack(
+            agent_modules=AGENT_MODULES, policy_dir=policy_dir, base_dir=tmp_path_factory.mktemp("stack")
+        )
+    with stack as local:
         _STACK.update(local.env())
         yield local
         _STACK.clear()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -59,6 +60,23 @@ AGENT_MODULES = (
 # The drop-in examples' policies (examples/pydantic_ai_agent.py, examples/openai_agents_agent.py,
 # and the second app of each framework: examples/pydantic_ai_itops.py, examples/openai_agents_oncall.py).
 DROPIN_POLICIES = ("bank-support", "airline", "itops", "oncall")
+
+
+def compose_policies(target: Path) -> Path:
+    """The test sessions' policy folder in `target`: the shipped policies, the test agents', the
+    README's report agent and the drop-in apps', their schemas appended into one."""
+    for item in (ROOT / "policies").iterdir():
+        shutil.copy(item, target / item.name)
+    shutil.copy(ROOT / "tests" / "policies" / "test-agents.cedar", target / "test-agents.cedar")
+    shutil.copy(ROOT / "examples" / "policies" / "report-agent.cedar", target / "report-agent.cedar")
+    for name in DROPIN_POLICIES:
+        shutil.copy(ROOT / "examples" / "policies" / f"{name}.cedar", target / f"{name}.cedar")
+    with open(target / "schema.cedarschema", "a") as schema:
+        schema.write((ROOT / "tests" / "policies" / "test-schema.cedarschema").read_text())
+        schema.write((ROOT / "examples" / "policies" / "report-agent.cedarschema").read_text())
+        for name in DROPIN_POLICIES:
+            schema.write((ROOT / "examples" / "policies" / f"{name}.cedarschema").read_text())
+    return target
 
 
 class Outside:
