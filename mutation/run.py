@@ -475,9 +475,14 @@ def run(
             th.start()
         for th in checks:
             th.join()
+        # A target whose tests fail unmutated measures nothing: its mutants stay not run (the
+        # report says so) and the others go on.
+        broken = set()
         for name, status, out in failures:
             _print(out[-4000:])
-            raise SystemExit(f"mutation: the tests of {name} fail without any mutant ({status})")
+            _print(f"mutation: the tests of {name} fail without any mutant ({status}): its mutants are not run")
+            broken.add(name)
+        mutants = [m for m in mutants if m.target not in broken]
         work: queue.Queue[Mutant] = queue.Queue()
         for m in mutants:
             work.put(m)
