@@ -289,6 +289,97 @@ async def test_an_old_unfreeze_copied_after_a_freeze_lifts_nothing(ledger: Ledge
     assert [e.kind for e in ledger.entries(f"scope:{scope}")][-1] == "unfreeze.refused"
 
 
+def _unfreeze_of(scope: str, name: str = "carol") -> dict[str, Any]:
+    signed = sign(person(name), "unfreeze", {"scope": scope, "reason": "done"})
+    return {"scope": scope, "by": name, "reason": "done", "evidence": signed.model_dump_json()}
+
+
+async def test_rows_no_worker_wrote_freeze_a_scope_that_was_not_frozen(ledger: Ledger, deps: Any) -> None:
+    """The kill switch fails closed on anything on a scope's chain that no worker wrote, and on a
+    freeze written straight into its table; a refused unfreeze of a scope never frozen freezes
+    nothing."""
+    from sqlmodel import Session
+
+    from lockgate.activities.freeze import Freeze
+
+    freezes = FreezeStore(ledger, verify=unfreeze_verifier(deps.people))
+    freezes.CACHE_SECONDS = 0
+    tag = uuid.uuid4().hex[:8]
+    planted_unfreeze, planted_other, table_only, refused = (f"{n}-{tag}" for n in ("pu", "po", "to", "rf"))
+    # An unfreeze row with no operator's statement, planted on a chain with nothing on it.
+    forge(ledger, f"scope:{planted_unfreeze}", f"scope:{planted_unfreeze}", "unfreeze", {"scope": planted_unfreeze})
+    # A row of any other kind, planted.
+    forge(ledger, f"scope:{planted_other}", f"scope:{planted_other}", "note", {"scope": planted_other})
+    # A freeze written into the table only (the table may add a freeze, never lift one).
+    with Session(ledger.engine) as session, session.begin():
+        session.add(Freeze(scope=table_only, frozen=True, by="dba", reason="direct", at=datetime.now(UTC).isoformat()))
+    # An unsigned unfreeze of a scope nobody froze: refused and recorded, and nothing is frozen.
+    freezes.set(refused, False, by="mallory", reason="nothing to lift")
+
+    assert freezes.is_frozen(planted_unfreeze)
+    assert freezes.is_frozen(planted_other)
+    assert freezes.is_frozen(table_only)
+    assert not freezes.is_frozen(refused)
+    assert [e.kind for e in ledger.entries(f"scope:{refused}")] == ["unfreeze", "unfreeze.refused"]
+    assert not freezes.is_frozen(f"never-{tag}")
+
+
+async def test_an_operators_unfreeze_of_another_scope_lifts_nothing(ledger: Ledger, deps: Any) -> None:
+    """An operator's signed unfreeze binds its scope: planted on another scope's chain (linked
+    correctly, only its MAC missing) it does not lift that scope's freeze."""
+    freezes = FreezeStore(ledger, verify=unfreeze_verifier(deps.people))
+    freezes.CACHE_SECONDS = 0
+    tag = uuid.uuid4().hex[:8]
+    frozen, other = f"frozen-{tag}", f"other-{tag}"
+    freezes.set(frozen, True, by="carol", reason="incident")
+    forge(ledger, f"scope:{frozen}", f"scope:{frozen}", "unfreeze", _unfreeze_of(other))
+    assert freezes.is_frozen(frozen)
+    # The same statement for the right scope, recorded by a worker, lifts it.
+    freezes.set(frozen, False, **{k: v for k, v in _unfreeze_of(frozen).items() if k != "scope"})
+    assert not freezes.is_frozen(frozen)
+
+
+async def test_an_unfreeze_rewritten_after_its_checkpoint_lifts_nothing(ledger: Ledger, deps: Any) -> None:
+    """A signed unfreeze, once a checkpoint counts it, rewritten in place (hash recomputed, head row
+    moved on, its statement intact): the chain no longer matches what was signed, so the scope is
+    frozen again until a worker records a new signed unfreeze."""
+    freezes = FreezeStore(ledger, verify=unfreeze_verifier(deps.people))
+    freezes.CACHE_SECONDS = 0
+    scope = f"rewritten-{uuid.uuid4().hex[:8]}"
+    chain = f"scope:{scope}"
+    freezes.set(scope, True, by="carol", reason="incident")
+    freezes.set(scope, False, **{k: v for k, v in _unfreeze_of(scope).items() if k != "scope"})
+    assert not freezes.is_frozen(scope)
+    assert ledger.checkpoint() is not None
+    with ledger.engine.begin() as conn:
+        row = (
+            conn.execute(text("SELECT * FROM ledger WHERE chain = :c AND chain_seq = 2"), {"c": chain}).mappings().one()
+        )
+        data = {**json.loads(row["data"]), "reason": "done, and more"}
+        body = canonical_json(data)
+        digest = entry_hash(row["prev_hash"], chain, 2, row["event_key"], row["run_id"], "unfreeze", row["at"], body)
+        conn.execute(
+            text("UPDATE ledger SET data = :d, hash = :h WHERE seq = :s"), {"d": body, "h": digest, "s": row["seq"]}
+        )
+        conn.execute(text("UPDATE ledger_heads SET head = :h WHERE chain = :c"), {"h": digest, "c": chain})
+    assert freezes.is_frozen(scope)
+    freezes.set(scope, False, **{k: v for k, v in _unfreeze_of(scope, "dave").items() if k != "scope"})
+    assert not freezes.is_frozen(scope)
+
+
+async def test_a_store_without_a_verifier_reads_an_unfreeze_as_lifting(ledger: Ledger, deps: Any) -> None:
+    """The read-only view a shell or the inbox opens (no people directory to verify with) follows
+    the chain's freezes and unfreezes as recorded; workers verify (the tests above)."""
+    freezes = FreezeStore(ledger, verify=unfreeze_verifier(deps.people))
+    view = FreezeStore(ledger)
+    view.CACHE_SECONDS = 0
+    scope = f"view-{uuid.uuid4().hex[:8]}"
+    freezes.set(scope, True, by="carol", reason="incident")
+    assert view.is_frozen(scope)
+    freezes.set(scope, False, **{k: v for k, v in _unfreeze_of(scope).items() if k != "scope"})
+    assert not view.is_frozen(scope)
+
+
 async def test_a_planted_compensation_does_not_reverse_a_completed_run(
     client: Client, worker_running: str, deps: Any, outside: Outside, env: dict[str, str]
 ) -> None:
