@@ -16,7 +16,15 @@ from temporalio.client import Client
 
 from lockgate.config import Settings
 from lockgate.ops import send_verdict
-from tests.support.inbox import csrf_of, free_port, login_csrf_of, receiver, served_inbox, sign_in, until
+from tests.support.inbox import (
+    csrf_of,
+    free_port,
+    login_csrf_of,
+    receiver,
+    served_inbox,
+    sign_in,
+    until,
+)
 from tests.support.stack import ROOT, finish, pending_request, person, start, status_of
 from tests.support.vault import read_data
 
@@ -90,6 +98,38 @@ async def test_sign_in_keeps_the_vault_token_server_side(settings: Settings, cli
         assert second.sid not in inbox.sessions
         assert not hvac.Client(url=settings.vault_addr, token=token).is_authenticated()
         assert (await http.get("/")).status_code == 303
+
+
+async def test_a_sign_in_needs_its_own_csrf_pair_and_leads_only_to_this_site(
+    settings: Settings, client: Client
+) -> None:
+    async with served_inbox(settings, client) as (base, _inbox), _http(base) as http:
+        creds = {"username": "alice", "password": inbox_password(), "next": "/"}
+        token = login_csrf_of((await http.get("/login")).text)
+        # The form's token without the cookie it came with (posted from another browser)...
+        async with _http(base) as other:
+            assert (await other.post("/login", data={**creds, "csrf": token})).status_code == 403
+        # ...the cookie without the token, and a token that is not the cookie's.
+        assert (await http.post("/login", data=creds)).status_code == 403
+        assert (await http.post("/login", data={**creds, "csrf": token[::-1]})).status_code == 403
+
+        # Where a sign-in may lead: a path on this site, nothing a browser reads as another host.
+        hostile = (
+            "https://evil.example/",
+            "//evil.example/x",
+            "/\\evil.example",
+            "\\\\evil.example",
+            "/ok//evil.example",
+            "javascript:alert(1)",
+            "evil.example",
+        )
+        for nxt in hostile:
+            page = await http.get("/login")
+            resp = await http.post("/login", data={**creds, "csrf": login_csrf_of(page.text), "next": nxt})
+            assert resp.status_code == 303 and resp.headers["location"] == "/", (nxt, resp.headers.get("location"))
+        page = await http.get("/login")
+        resp = await http.post("/login", data={**creds, "csrf": login_csrf_of(page.text), "next": "/runs/r-1?view=all"})
+        assert resp.status_code == 303 and resp.headers["location"] == "/runs/r-1?view=all"
 
 
 async def test_stopping_the_inbox_signs_nobody_out(settings: Settings, client: Client) -> None:

@@ -55,10 +55,15 @@ async def _sign_in_with_oidc(settings: Settings, base: str, inbox: Any) -> None:
         answer = await _provider_login(settings, url, "carol")
         assert answer["state"] == query["state"][0]
 
-        # A callback in a browser that did not start this sign-in is refused.
+        # The browser's binding to this sign-in is a cookie scripts cannot read.
+        assert "httponly" in start.headers["set-cookie"].lower()
+        # A callback in a browser that did not start this sign-in is refused...
         async with httpx.AsyncClient(base_url=base, timeout=30) as other:
             foreign = await other.get("/login/oidc/callback", params=answer)
             assert foreign.status_code == 401 and "foreign" in foreign.text
+        # ...and so is one for a sign-in nobody started, in the browser that did start one.
+        unknown = await http.get("/login/oidc/callback", params={**answer, "state": "never-started"})
+        assert unknown.status_code == 401 and "foreign" in unknown.text
 
         done = await http.get("/login/oidc/callback", params=answer)
         assert done.status_code == 200, done.text
