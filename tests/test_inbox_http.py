@@ -174,6 +174,18 @@ async def test_a_session_ends_when_the_persons_vault_token_expires(settings: Set
             assert web.person.expires_at <= datetime.now(UTC) + timedelta(seconds=ttl)
             assert (await http.get("/?view=all")).status_code == 200
             assert (await http.get("/queue")).status_code == 200
+
+            # A live queue opened before the expiry stops streaming once the token has expired
+            # (its session was resolved when the stream opened; the stream checks it each round).
+            async def live_until_closed() -> datetime:
+                async with http.stream("GET", "/queue/events") as stream:
+                    assert stream.status_code == 200
+                    async for _chunk in stream.aiter_bytes():
+                        pass
+                return datetime.now(UTC)
+
+            closed = await asyncio.wait_for(live_until_closed(), timeout=ttl + 20)
+            assert closed >= web.person.expires_at
             await asyncio.sleep(max(0.0, (web.person.expires_at - datetime.now(UTC)).total_seconds()) + 1)
             assert not hvac.Client(url=settings.vault_addr, token=web.person.token).is_authenticated()
             for path in ("/?view=all", "/runs/some-run", "/freeze"):
