@@ -64,6 +64,13 @@ async def _sign_in_with_oidc(settings: Settings, base: str, inbox: Any) -> None:
         # ...and so is one for a sign-in nobody started, in the browser that did start one.
         unknown = await http.get("/login/oidc/callback", params={**answer, "state": "never-started"})
         assert unknown.status_code == 401 and "foreign" in unknown.text
+        # A code the provider never issued (in a browser of its own, which started its own sign-in):
+        # Vault refuses it, and the browser gets the sign-in page saying so, not a server error.
+        async with httpx.AsyncClient(base_url=base, timeout=30) as third:
+            begun = await third.get("/login/oidc?next=%2F")
+            state = parse_qs(urlparse(begun.headers["location"]).query)["state"][0]
+            bogus = await third.get("/login/oidc/callback", params={"state": state, "code": "not-a-code"})
+            assert bogus.status_code == 401 and "sign in" in bogus.text.lower(), bogus.text
 
         done = await http.get("/login/oidc/callback", params=answer)
         assert done.status_code == 200, done.text
