@@ -71,6 +71,11 @@ async def _sign_in_with_oidc(settings: Settings, base: str, inbox: Any) -> None:
             state = parse_qs(urlparse(begun.headers["location"]).query)["state"][0]
             bogus = await third.get("/login/oidc/callback", params={"state": state, "code": "not-a-code"})
             assert bogus.status_code == 401 and "sign in" in bogus.text.lower(), bogus.text
+            # A callback that brings no code is refused before anything is asked of Vault.
+            begun = await third.get("/login/oidc?next=%2F")
+            state = parse_qs(urlparse(begun.headers["location"]).query)["state"][0]
+            empty = await third.get("/login/oidc/callback", params={"state": state})
+            assert empty.status_code == 401 and "returned no code" in empty.text, empty.text
 
         done = await http.get("/login/oidc/callback", params=answer)
         assert done.status_code == 200, done.text
