@@ -232,3 +232,45 @@ async def test_a_notification_goes_out_once_with_two_replicas(
                     page = (await http.get("/queue?view=all")).text
                     assert "Notification deliveries failed" in page and f"to {bad_host}: HTTP 500" in page, base
                     assert "/hook" not in page
+
+
+async def test_signing_out_ends_that_session_only(shared: Settings, client: Client) -> None:
+    """A sign-out removes its own session row, on every replica, and nobody else's."""
+    async with replica(shared, client) as (base_a, _a), replica(shared, client) as (base_b, _b):
+        async with _http(base_a) as alice, _http(base_a) as bob:
+            await sign_in(alice, "alice")
+            await sign_in(bob, "bob")
+            alice_sid, bob_sid = _sid(alice), _sid(bob)
+            csrf = csrf_of((await alice.get("/")).text)
+            assert (await alice.post("/logout", data={"csrf": csrf})).status_code == 303
+        assert not await _signs_in(base_b, alice_sid)
+        assert await _signs_in(base_b, bob_sid)
+        assert await _signs_in(base_a, bob_sid)
+
+
+def test_the_shared_throttle_counts_each_key_apart(shared: Settings) -> None:
+    """Each account's and address's failures are counted, forgiven and forgotten by that key only,
+    and a refused attempt waits out that key's own window."""
+    from lockgate.inbox.state import SqlThrottleStore
+
+    state = InboxState(shared.ledger_url)
+    try:
+        store = SqlThrottleStore(state)
+        tag = uuid.uuid4().hex[:6]
+        busy, old, other = f"busy-{tag}", f"old-{tag}", f"other-{tag}"
+        now = time.time()
+        assert store.hit(old, 3, 60, now - 50) is None  # another key, last failing 50 s ago
+        for _ in range(3):
+            assert store.hit(busy, 3, 60, now) is None
+        wait = store.hit(busy, 3, 60, now + 10)
+        assert wait is not None and abs(wait - 50) < 0.01, wait  # busy's own last failure, not old's
+        assert store.hit(other, 3, 60, now) is None
+        store.undo(other)  # that attempt succeeded: taken back, and only that one
+        assert store.count(other) == 0 and store.count(busy) == 3 and store.count(old) == 1
+        store.clear(old)  # old's account signed in: its failures forgotten, nobody else's
+        assert store.count(old) == 0 and store.count(busy) == 3
+        assert store.hit(busy, 3, 60, now + 20) is not None
+        store.clear(busy)
+        assert store.hit(busy, 3, 60, now + 20) is None
+    finally:
+        state.dispose()
