@@ -511,6 +511,10 @@ def run(
                         status, seconds, _ = run_tests(lane, t.tests, timeout, stack_of(lane))
                     finally:
                         (lane / m.file).write_text(applied[0])
+                    if status == "timeout" and shared:
+                        # A session stopped mid-test may leave the servers as no test expects (a
+                        # half-configured auth mount): the next session gets a fresh stack.
+                        stacks[lane].stop()
                     if _STOP.is_set():
                         return
                     outcome = {"passed": "survived", "failed": "killed"}.get(status, status)
