@@ -69,3 +69,58 @@ async def test_an_outstanding_entry_for_a_step_that_never_ran_is_ignored(
     tried = [(int(e["step"]), e["tool"]) for e in ledger_events(deps, run_id, "reaper.compensation")]
     assert tried == [(1, "qa.unmark")], tried
     outside.assert_nothing_leaked()
+
+
+async def test_one_reap_of_a_terminated_run_undoes_revokes_and_records_each_act(
+    client: Client, worker_running: str, deps: Any, outside: Outside
+) -> None:
+    """What one reaper call does for a run killed mid-way (terminated: no workflow code ran after),
+    exactly: the completed refund reversed as a compensation (gated, at a step of the reaper's own,
+    naming what it undoes), the run's identity revoked, each act recorded, the run closed; a second
+    call finds nothing to do."""
+    from tests.support.stack import pending_request, status_of
+
+    handle = await start(
+        client,
+        worker_running,
+        "script-agent",
+        {
+            "steps": [
+                {"tool": "refunds.issue", "args": {"order_id": "A-1001", "amount_cents": 260}},
+                {"tool": "refunds.issue", "args": {"order_id": "A-1002", "amount_cents": 20000}},
+            ]
+        },
+    )
+    await pending_request(handle)
+    accessor = (await status_of(handle)).identity_accessor
+    assert accessor and outside.token_alive(accessor)
+    await handle.terminate("pulled the plug")
+    issued = next(e for e in ledger_events(deps, handle.id, "tool.completed") if e["tool"] == "refunds.issue")
+
+    reaper = worker.build_reaper(deps)
+    report = reaper.reap_run(handle.id, "terminated")
+    assert report is not None and report.identity_revoked
+    assert [(c["step"], c["tool"], c["ok"]) for c in report.compensations] == [
+        (issued["step"], "refunds.reverse", True)
+    ]
+    ((_, _, _, _, reversed_at),) = outside.refunds(handle.id)
+    assert reversed_at is not None
+    assert not outside.token_alive(accessor)
+
+    (undo,) = [e for e in ledger_events(deps, handle.id, "tool.completed") if e["tool"] == "refunds.reverse"]
+    assert undo["step"] == 1000 + issued["step"] and undo["compensates"] == issued["idempotency_key"]
+    (decision,) = [d for d in ledger_events(deps, handle.id, "decision") if d["tool"] == "refunds.reverse"]
+    assert decision["outcome"] == "allow" and decision["phase"] == "reaper compensation"
+    assert decision["request"]["compensation"] is True and decision["initiator"] == "lockgate-reaper"
+    (done,) = ledger_events(deps, handle.id, "reaper.compensation")
+    assert done["ok"] is True and done["action"] == "compensation" and done["step"] == issued["step"]
+    (closed,) = ledger_events(deps, handle.id, "run.closed")
+    assert closed["identity_revoked"] is True and closed["revoked_by_this_call"] is True
+    assert closed["reason"] == "closed by the reaper" and closed["identity_accessor"] == accessor
+    kinds = ledger_kinds(deps, handle.id)
+    assert kinds.count("reaper.found") == 1 and kinds.count("reaper.revoked") == 1
+
+    assert reaper.reap_run(handle.id, "terminated") is None
+    assert ledger_kinds(deps, handle.id).count("reaper.found") == 1
+    assert len(ledger_events(deps, handle.id, "tool.completed")) == 2
+    outside.assert_nothing_leaked()
