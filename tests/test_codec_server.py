@@ -174,3 +174,48 @@ async def test_routes_mount_under_a_prefix(mounted: str, tokens: dict[str, str],
     assert (await asyncio.to_thread(post, f"{mounted}/decode", body)).status_code == 403
     ok = await asyncio.to_thread(post, f"{mounted}/decode", body, tokens["reader"])
     assert ok.status_code == 200 and values(ok)[0] == SECRET
+
+
+async def test_what_the_codec_server_answers_to_bad_requests_and_browsers(
+    codec_server: str, tokens: dict[str, str], settings: Settings, deps: Any
+) -> None:
+    """Each refusal says why with its own status (the UI shows the text), unknown fields of the
+    UI's JSON are ignored, and a browser on the UI's origin may send its credentials, also to a
+    codec server on the operator's own machine."""
+    body = await encrypted_body(settings, deps)
+    url = f"{codec_server}/decode"
+
+    no_token = await asyncio.to_thread(post, url, body)
+    assert no_token.status_code == 403 and "send a Vault token" in no_token.json()["error"]
+    other = await asyncio.to_thread(post, url, body, tokens["other"])
+    assert other.status_code == 403 and "may not use transit/decrypt/" in other.json()["error"]
+
+    def raw(data: str, method: str = "POST") -> requests.Response:
+        headers = {"Content-Type": "application/json", "Origin": UI, "Authorization": f"Bearer {tokens['reader']}"}
+        return requests.request(method, url, data=data, headers=headers, timeout=10)
+
+    bad = await asyncio.to_thread(raw, "{not json")
+    assert bad.status_code == 400 and "expected" in bad.json()["error"]
+    wrong_shape = await asyncio.to_thread(raw, json.dumps({"payloads": "nope"}))
+    assert wrong_shape.status_code == 400 and "expected" in wrong_shape.json()["error"]
+    extra = await asyncio.to_thread(raw, json.dumps({**body, "namespace": "default"}))
+    assert extra.status_code == 200 and values(extra) == [SECRET, "A-1001"]
+    plain_options = await asyncio.to_thread(raw, "", "OPTIONS")
+    assert plain_options.status_code == 405 and "POST" in plain_options.json()["error"]
+    corrupt = json.loads(json.dumps(body))
+    corrupt["payloads"][0]["data"] = base64.b64encode(b"not an envelope").decode()
+    broken = await asyncio.to_thread(raw, json.dumps(corrupt))
+    assert broken.status_code == 400 and "Ada" not in broken.text
+
+    asked = {
+        "Origin": UI,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization,content-type",
+        "Access-Control-Request-Private-Network": "true",
+    }
+    preflight = await asyncio.to_thread(requests.options, url, headers=asked, timeout=5)
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-credentials"] == "true"
+    assert preflight.headers["access-control-allow-private-network"] == "true"
+    ok = await asyncio.to_thread(post, url, body, tokens["reader"])
+    assert ok.headers["access-control-allow-credentials"] == "true"
