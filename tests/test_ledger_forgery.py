@@ -333,10 +333,42 @@ async def test_an_operators_unfreeze_of_another_scope_lifts_nothing(ledger: Ledg
     frozen, other = f"frozen-{tag}", f"other-{tag}"
     freezes.set(frozen, True, by="carol", reason="incident")
     forge(ledger, f"scope:{frozen}", f"scope:{frozen}", "unfreeze", _unfreeze_of(other))
+    _table_says_unfrozen(ledger, frozen)  # the table row too: it may add a freeze, never lift one
     assert freezes.is_frozen(frozen)
     # The same statement for the right scope, recorded by a worker, lifts it.
     freezes.set(frozen, False, **{k: v for k, v in _unfreeze_of(frozen).items() if k != "scope"})
     assert not freezes.is_frozen(frozen)
+
+
+def _table_says_unfrozen(ledger: Ledger, scope: str) -> None:
+    with ledger.engine.begin() as conn:
+        conn.execute(text("UPDATE freezes SET frozen = false WHERE scope = :s"), {"s": scope})
+
+
+async def test_a_captured_unfreeze_written_in_after_a_rewritten_row_lifts_nothing(ledger: Ledger, deps: Any) -> None:
+    """Someone who rewrote an earlier row of a scope's chain (the next row's link no longer matches)
+    and holds a fresh operator's unfreeze statement (captured on its way) writes it in themselves: a
+    broken chain lifts only with an unfreeze a worker recorded."""
+    freezes = FreezeStore(ledger, verify=unfreeze_verifier(deps.people))
+    freezes.CACHE_SECONDS = 0
+    scope = f"captured-{uuid.uuid4().hex[:8]}"
+    chain = f"scope:{scope}"
+    freezes.set(scope, True, by="carol", reason="incident")
+    freezes.set(scope, True, by="carol", reason="still")
+    with ledger.engine.begin() as conn:
+        row = (
+            conn.execute(text("SELECT * FROM ledger WHERE chain = :c AND chain_seq = 1"), {"c": chain}).mappings().one()
+        )
+        body = canonical_json({**json.loads(row["data"]), "reason": "nothing happened"})
+        digest = entry_hash(row["prev_hash"], chain, 1, row["event_key"], row["run_id"], "freeze", row["at"], body)
+        conn.execute(
+            text("UPDATE ledger SET data = :d, hash = :h WHERE seq = :s"), {"d": body, "h": digest, "s": row["seq"]}
+        )
+    forge(ledger, chain, chain, "unfreeze", _unfreeze_of(scope))
+    _table_says_unfrozen(ledger, scope)
+    assert freezes.is_frozen(scope)
+    freezes.set(scope, False, **{k: v for k, v in _unfreeze_of(scope, "dave").items() if k != "scope"})
+    assert not freezes.is_frozen(scope)
 
 
 async def test_an_unfreeze_rewritten_after_its_checkpoint_lifts_nothing(ledger: Ledger, deps: Any) -> None:
