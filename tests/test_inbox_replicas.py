@@ -236,7 +236,7 @@ async def test_a_notification_goes_out_once_with_two_replicas(
 
 async def test_signing_out_ends_that_session_only(shared: Settings, client: Client) -> None:
     """A sign-out removes its own session row, on every replica, and nobody else's."""
-    async with replica(shared, client) as (base_a, _a), replica(shared, client) as (base_b, _b):
+    async with replica(shared, client) as (base_a, a), replica(shared, client) as (base_b, _b):
         async with _http(base_a) as alice, _http(base_a) as bob:
             await sign_in(alice, "alice")
             await sign_in(bob, "bob")
@@ -244,6 +244,8 @@ async def test_signing_out_ends_that_session_only(shared: Settings, client: Clie
             csrf = csrf_of((await alice.get("/")).text)
             assert (await alice.post("/logout", data={"csrf": csrf})).status_code == 303
         assert not await _signs_in(base_b, alice_sid)
+        assert a.state.session(session_hash(alice_sid)) is None  # the row is gone, not just its token
+        assert a.state.session(session_hash(bob_sid)) is not None
         assert await _signs_in(base_b, bob_sid)
         assert await _signs_in(base_a, bob_sid)
 
