@@ -391,27 +391,34 @@ class _Pool:
 
 
 class _ByType:
-    """lockgate's agent histories to `agent` (a pool or one local replayer), each governed app's to
-    a local replayer of its own workflows, made on its first history."""
+    """lockgate's agent histories to `agent` (a pool or one local replayer), each governed app's
+    kept and replayed by a replayer of its own workflows, one app after another."""
 
     def __init__(self, agent: _Pool | _Local, data_converter: Any, governed: dict[str, Any]) -> None:
         self._agent, self._converter, self._governed = agent, data_converter, governed
-        self._apps: dict[str, _Local] = {}
+        self._apps: dict[str, list[WorkflowHistory]] = {}
 
     async def add(self, history: WorkflowHistory) -> None:
         type_name = workflow_type_of(history)
         if type_name not in self._governed:
             await self._agent.add(history)
             return
-        if type_name not in self._apps:
-            gov = self._governed[type_name]
-            self._apps[type_name] = _Local(self._converter, _dropin_replayer(gov, self._converter))
-        await self._apps[type_name].add(history)
+        self._apps.setdefault(type_name, []).append(history)
 
     async def results(self) -> dict[str, str]:
         failures = await self._agent.results()
-        for local in self._apps.values():
-            failures.update(await local.results())
+        # One app at a time: a framework's plugin (OpenAI Agents') installs process-wide overrides
+        # (its runner, its model provider) for the duration of a replay, so two apps' replays
+        # interleaved in one process ran one app's workflows without its overrides.
+        for type_name, histories in self._apps.items():
+
+            async def each(items: list[WorkflowHistory] = histories) -> AsyncIterator[WorkflowHistory]:
+                for history in items:
+                    yield history
+
+            replayer = _dropin_replayer(self._governed[type_name], self._converter)
+            results = await replayer.replay_workflows(each(), raise_on_replay_failure=False)
+            failures.update({run_id: str(failure) for run_id, failure in results.replay_failures.items()})
         return failures
 
 
