@@ -336,8 +336,29 @@ async def test_an_operators_unfreeze_of_another_scope_lifts_nothing(ledger: Ledg
     _table_says_unfrozen(ledger, frozen)  # the table row too: it may add a freeze, never lift one
     assert freezes.is_frozen(frozen)
     # The same statement for the right scope, recorded by a worker, lifts it.
-    freezes.set(frozen, False, **{k: v for k, v in _unfreeze_of(frozen).items() if k != "scope"})
+    _unfreeze(freezes, frozen)
     assert not freezes.is_frozen(frozen)
+
+
+def _rewrite_reason(ledger: Ledger, chain: str, seq: int, reason: str) -> str:
+    """Rewrites a row's reason in place with a matching hash (its MAC cannot follow); the new hash."""
+    with ledger.engine.begin() as conn:
+        row = (
+            conn.execute(text("SELECT * FROM ledger WHERE chain = :c AND chain_seq = :n"), {"c": chain, "n": seq})
+            .mappings()
+            .one()
+        )
+        body = canonical_json({**json.loads(row["data"]), "reason": reason})
+        digest = entry_hash(row["prev_hash"], chain, seq, row["event_key"], row["run_id"], row["kind"], row["at"], body)
+        conn.execute(
+            text("UPDATE ledger SET data = :d, hash = :h WHERE seq = :s"), {"d": body, "h": digest, "s": row["seq"]}
+        )
+    return digest
+
+
+def _unfreeze(freezes: FreezeStore, scope: str, name: str = "carol") -> None:
+    """An operator's signed unfreeze, recorded by a worker."""
+    freezes.set(scope, False, **{k: v for k, v in _unfreeze_of(scope, name).items() if k != "scope"})
 
 
 def _table_says_unfrozen(ledger: Ledger, scope: str) -> None:
@@ -355,19 +376,11 @@ async def test_a_captured_unfreeze_written_in_after_a_rewritten_row_lifts_nothin
     chain = f"scope:{scope}"
     freezes.set(scope, True, by="carol", reason="incident")
     freezes.set(scope, True, by="carol", reason="still")
-    with ledger.engine.begin() as conn:
-        row = (
-            conn.execute(text("SELECT * FROM ledger WHERE chain = :c AND chain_seq = 1"), {"c": chain}).mappings().one()
-        )
-        body = canonical_json({**json.loads(row["data"]), "reason": "nothing happened"})
-        digest = entry_hash(row["prev_hash"], chain, 1, row["event_key"], row["run_id"], "freeze", row["at"], body)
-        conn.execute(
-            text("UPDATE ledger SET data = :d, hash = :h WHERE seq = :s"), {"d": body, "h": digest, "s": row["seq"]}
-        )
+    _rewrite_reason(ledger, chain, 1, "nothing happened")
     forge(ledger, chain, chain, "unfreeze", _unfreeze_of(scope))
     _table_says_unfrozen(ledger, scope)
     assert freezes.is_frozen(scope)
-    freezes.set(scope, False, **{k: v for k, v in _unfreeze_of(scope, "dave").items() if k != "scope"})
+    _unfreeze(freezes, scope, "dave")
     assert not freezes.is_frozen(scope)
 
 
@@ -380,22 +393,14 @@ async def test_an_unfreeze_rewritten_after_its_checkpoint_lifts_nothing(ledger: 
     scope = f"rewritten-{uuid.uuid4().hex[:8]}"
     chain = f"scope:{scope}"
     freezes.set(scope, True, by="carol", reason="incident")
-    freezes.set(scope, False, **{k: v for k, v in _unfreeze_of(scope).items() if k != "scope"})
+    _unfreeze(freezes, scope)
     assert not freezes.is_frozen(scope)
     assert ledger.checkpoint() is not None
-    with ledger.engine.begin() as conn:
-        row = (
-            conn.execute(text("SELECT * FROM ledger WHERE chain = :c AND chain_seq = 2"), {"c": chain}).mappings().one()
-        )
-        data = {**json.loads(row["data"]), "reason": "done, and more"}
-        body = canonical_json(data)
-        digest = entry_hash(row["prev_hash"], chain, 2, row["event_key"], row["run_id"], "unfreeze", row["at"], body)
-        conn.execute(
-            text("UPDATE ledger SET data = :d, hash = :h WHERE seq = :s"), {"d": body, "h": digest, "s": row["seq"]}
-        )
+    digest = _rewrite_reason(ledger, chain, 2, "done, and more")
+    with ledger.engine.begin() as conn:  # the head row moved on too, as if the row had always read so
         conn.execute(text("UPDATE ledger_heads SET head = :h WHERE chain = :c"), {"h": digest, "c": chain})
     assert freezes.is_frozen(scope)
-    freezes.set(scope, False, **{k: v for k, v in _unfreeze_of(scope, "dave").items() if k != "scope"})
+    _unfreeze(freezes, scope, "dave")
     assert not freezes.is_frozen(scope)
 
 
@@ -408,7 +413,7 @@ async def test_a_store_without_a_verifier_reads_an_unfreeze_as_lifting(ledger: L
     scope = f"view-{uuid.uuid4().hex[:8]}"
     freezes.set(scope, True, by="carol", reason="incident")
     assert view.is_frozen(scope)
-    freezes.set(scope, False, **{k: v for k, v in _unfreeze_of(scope).items() if k != "scope"})
+    _unfreeze(freezes, scope)
     assert not view.is_frozen(scope)
 
 
