@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         args, tests = args[:at], args[at + 1 :]
     parser = argparse.ArgumentParser(prog="python -m mutation.probe", description=__doc__.split("\n\n")[0])
     parser.add_argument("target", help="a target name of mutation/targets.toml")
-    parser.add_argument("key", help="a substring of the mutant's description (as --report prints it)")
+    parser.add_argument("key", help="the mutant's description as --report prints it, or a substring of it")
     parser.add_argument("--line", type=int, help="only the mutant on this line")
     parser.add_argument("--timeout", type=float, default=600.0)
     opts = parser.parse_args(args)
@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     target = targets[opts.target]
     found = [m for m in mutants_of(target) if opts.key in m.key and (opts.line is None or m.line == opts.line)]
+    exact = [m for m in found if m.key == opts.key]  # a key is a prefix of its `#2` twin's
+    found = exact or found
     if len(found) != 1:
         print(f"{len(found)} mutants match (need exactly one):", file=sys.stderr)
         for m in found[:20]:
