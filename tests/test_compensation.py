@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client
@@ -183,3 +185,100 @@ async def test_a_call_that_acted_then_raised_is_undone_too(client: Client, worke
     )
     assert agents.FORWARDS[f"{handle.id}:1"].summary == f"marked {label}-a"
     assert "compensation.outstanding" not in ledger_kinds(deps, handle.id)
+
+
+async def test_a_denied_call_is_not_compensated(client: Client, worker_running: str, deps: Any) -> None:
+    """A compensable call the gate denied never ran: the run compensates what ran before it, and
+    nothing for the denied step (its compensation is dropped from the saga)."""
+    label = f"before-deny-{time.monotonic_ns()}"
+    handle = await start(
+        client,
+        worker_running,
+        "script-agent",
+        {
+            "steps": [
+                {"tool": "qa.mark", "args": {"label": label}},
+                {"tool": "refunds.issue", "args": {"order_id": "A-1001", "amount_cents": 150000}},
+            ]
+        },
+    )
+    cause = await finish(handle)
+    assert isinstance(cause, ApplicationError) and cause.type == errors.TOOL_DENIED
+    status = await status_of(handle)
+    assert status.state == "failed"
+    assert [c.tool for c in status.compensations] == ["qa.unmark"]
+    assert label in agents.UNDONE
+    undone = [e["compensates"] for e in ledger_events(deps, handle.id, "tool.completed") if e["compensates"]]
+    assert undone == [f"{handle.id}:1"]
+
+
+async def test_a_denied_call_without_compensation_keeps_the_earlier_ones(
+    client: Client, worker_running: str, deps: Any
+) -> None:
+    """A denied call that has no compensation of its own takes no other step's out of the saga: the
+    calls that ran before it are still compensated, in reverse."""
+    label = f"kept-{time.monotonic_ns()}"
+    handle = await start(
+        client,
+        worker_running,
+        "script-agent",
+        {
+            "steps": [
+                {"tool": "qa.mark", "args": {"label": f"{label}-a"}},
+                {"tool": "qa.mark", "args": {"label": f"{label}-b"}},
+                {"tool": "shell.exec", "args": {"cmd": "id"}},
+            ]
+        },
+    )
+    cause = await finish(handle)
+    assert isinstance(cause, ApplicationError) and cause.type == errors.TOOL_DENIED
+    status = await status_of(handle)
+    assert [c.tool for c in status.compensations] == ["qa.unmark", "qa.unmark"]
+    assert [u for u in agents.UNDONE if u.startswith(label)] == [f"{label}-b", f"{label}-a"]
+    undone = [e["compensates"] for e in ledger_events(deps, handle.id, "tool.completed") if e["compensates"]]
+    assert undone == [f"{handle.id}:2", f"{handle.id}:1"]
+
+
+async def test_a_run_cancelled_while_its_tool_runs_stops_there_and_compensates_it(
+    client: Client, worker_running: str, deps: Any, outside: Outside, tmp_path: Path
+) -> None:
+    """Cancelled while a tool runs: the tool finishes (fenced), its step is recorded as halted with
+    what it returned, no further call is made, and the call is compensated; the run ends halted."""
+    marker = tmp_path / "go"
+    label = f"never-{time.monotonic_ns()}"
+    os.environ["LOCKGATE_TEST_PAUSE_AFTER_LEASE"] = f"refunds.issue:{marker}"
+    try:
+        handle = await start(
+            client,
+            worker_running,
+            "script-agent",
+            {
+                "steps": [
+                    {"tool": "refunds.issue", "args": {"order_id": "A-1003", "amount_cents": 900}},
+                    {"tool": "qa.mark", "args": {"label": label}},
+                ]
+            },
+        )
+        for _ in range(300):
+            if Path(f"{marker}.reached").exists():
+                break
+            await asyncio.sleep(0.05)
+        assert Path(f"{marker}.reached").exists(), "the refund never started"
+        await handle.cancel()
+        await asyncio.sleep(0.5)
+        marker.touch()  # the refund goes on, after the cancel
+        cause = await finish(handle)
+    finally:
+        os.environ.pop("LOCKGATE_TEST_PAUSE_AFTER_LEASE", None)
+    assert isinstance(cause, CancelledError)
+    ((_, amount, _, _, reversed_at),) = outside.refunds(handle.id)
+    assert amount == 900 and reversed_at is not None
+    status = await status_of(handle)
+    assert status.state == "halted"
+    (record,) = status.steps
+    assert (record.tool, record.outcome, record.error) == ("refunds.issue", "allow", "halted while the tool ran")
+    assert record.summary is not None and record.summary.startswith("refunded 9.00 on A-1003")
+    assert [c.tool for c in status.compensations] == ["refunds.reverse"]
+    assert [d["tool"] for d in ledger_events(deps, handle.id, "decision")] == ["refunds.issue", "refunds.reverse"]
+    assert f"{handle.id}:2" not in agents.MARKS
+    outside.assert_nothing_leaked()

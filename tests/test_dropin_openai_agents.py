@@ -5,16 +5,19 @@ the run), and compensation on failure, halt and terminate (the reaper)."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
+from agents import Agent, Runner, function_tool
+from temporalio import workflow
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.openai_agents import ModelActivityParameters, OpenAIAgentsPlugin
-from temporalio.openai_agents.testing import TestModelProvider
+from temporalio.openai_agents.testing import ResponseBuilders, TestModel, TestModelProvider
 from temporalio.worker import Worker
 
 from examples import openai_agents_agent as airline
@@ -187,4 +190,67 @@ async def test_terminate_is_compensated_by_the_reaper(
     assert reports and reports[0].identity_revoked
     assert [c["tool"] for c in reports[0].compensations if c["ok"]] == ["restore_seat"]
     assert seat(settings, "ABC123") == "22F"
+    outside.assert_nothing_leaked()
+
+
+# -- a plain function tool (it runs in workflow code) that raises ------------------------------------
+@function_tool(name_override="faq_lookup_tool", description_override="Lookup frequently asked questions.")
+async def broken_faq_lookup(question: str) -> str:
+    raise RuntimeError(f"the FAQ index is down ({question})")
+
+
+class AskOnceModel(TestModel):
+    """Calls the FAQ tool once, then answers with what the tool's invoker told it."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda: ResponseBuilders.output_message(""))
+
+    async def get_response(self, system_instructions: str | None, input: Any, *args: Any, **kwargs: Any) -> Any:
+        items = [{"role": "user", "content": input}] if isinstance(input, str) else list(input)
+        outputs = [
+            str(i.get("output")) for i in items if isinstance(i, dict) and i.get("type") == "function_call_output"
+        ]
+        if not outputs:
+            return ResponseBuilders.tool_call(json.dumps({"question": "wifi speed"}), "faq_lookup_tool", call_id="c-1")
+        return ResponseBuilders.output_message(outputs[-1])
+
+
+@workflow.defn(sandboxed=False)
+class BrokenFaqWorkflow:
+    @workflow.run
+    async def run(self, question: str) -> str:
+        faq = Agent(name="FAQ Agent", instructions="Answer with the FAQ tool.", tools=[broken_faq_lookup])
+        result = await Runner.run(faq, question)
+        return str(result.final_output)
+
+
+async def test_a_function_tool_that_raises_is_recorded_failed(settings: Settings, deps: Any, outside: Any) -> None:
+    """A plain function tool runs in workflow code, so no activity records its outcome: when it
+    raises, the governed call records the failure in the ledger (the model still gets the SDK's
+    message and the run goes on)."""
+    openai = OpenAIAgentsPlugin(
+        model_params=ModelActivityParameters(start_to_close_timeout=timedelta(seconds=30)),
+        model_provider=TestModelProvider(AskOnceModel()),
+    )
+    client = await app_client(
+        settings,
+        plugins=[
+            openai,
+            LockgatePlugin(deps=deps, services=False, govern=[airline.GOVERNANCE], start_as=lambda: person("erin")),
+        ],
+    )
+    task_queue = f"faq-{uuid.uuid4().hex[:8]}"
+    async with Worker(client, task_queue=task_queue, workflows=[BrokenFaqWorkflow], activities=[airline.update_seat]):
+        handle = await client.start_workflow(
+            BrokenFaqWorkflow.run, "How fast is the wifi?", id=f"faq-{uuid.uuid4().hex[:10]}", task_queue=task_queue
+        )
+        answer = await handle.result()
+    assert "the FAQ index is down" in answer
+    events = ledger(deps, handle.id)
+    assert {(e["tool"], e["outcome"]) for e in events if e["kind"] == "decision"} == {("faq_lookup_tool", "allow")}
+    (failed,) = [e for e in events if e["kind"] == "tool.failed"]
+    assert (failed["tool"], failed["step"]) == ("faq_lookup_tool", 1)
+    assert "the FAQ index is down (wifi speed)" in failed["error"]
+    assert not [e for e in events if e["kind"] == "tool.completed"]
+    assert [e["state"] for e in events if e["kind"] == "run.closed"] == ["completed"]
     outside.assert_nothing_leaked()

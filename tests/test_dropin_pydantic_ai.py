@@ -5,12 +5,15 @@ back to the model, and a failure that compensates. No secret reaches the histori
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from pydantic_ai.durable_exec.temporal import AgentPlugin, PydanticAIPlugin
+from temporalio import activity, workflow
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.worker import Worker
@@ -19,7 +22,7 @@ from examples import pydantic_ai_agent as bank
 from lockgate.config import Settings
 from lockgate.identity import sign
 from lockgate.models import ApprovalAttempt, ApprovalRequest
-from lockgate.ops import list_pending, send_verdict
+from lockgate.ops import halt_run, list_pending, run_status, send_verdict, wait_closed
 from lockgate.plugin import LockgatePlugin
 from lockgate.workflows.agent import SA_INITIATOR
 from tests.support.dropin import (
@@ -267,4 +270,161 @@ async def test_forged_captured_and_self_approvals_are_refused(
     assert [d["outcome"] for d in decisions][:2] == ["approval", "allow"]
     assert decisions[1]["state"]["approved_groups"] == ["support-leads"]
     assert not [e for e in ledger(deps, first.id) if e["kind"] == "approval.not_counted"]
+    outside.assert_nothing_leaked()
+
+
+def states_of(history: Any) -> list[str]:
+    """The run's `LockgateState` search attribute as it was set, in order (from its history)."""
+    states: list[str] = []
+    for event in history.events:
+        if event.HasField("upsert_workflow_search_attributes_event_attributes"):
+            fields = event.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields
+            if "LockgateState" in fields:
+                states.append(json.loads(fields["LockgateState"].data))
+    return states
+
+
+async def test_a_cancelled_run_closes_halted_after_compensating(
+    app: tuple[Client, str], deps: Any, settings: Settings, outside: Any
+) -> None:
+    """A drop-in run cancelled by its client (not an operator's halt) is halted, not failed: it
+    compensates, then closes its identity as `halted`, in the ledger, the status and the state."""
+    client, task_queue = app
+    handle = await start(client, task_queue, 123, "John", "There is fraud on my card!")
+    await pending_of(handle)
+    await handle.cancel()
+    with pytest.raises(WorkflowFailureError):
+        await asyncio.wait_for(handle.result(), timeout=60)
+    assert not blocked(settings, 123)
+    closed = [e for e in ledger(deps, handle.id) if e["kind"] == "run.closed"]
+    assert [e["state"] for e in closed] == ["halted"]
+    status = await run_status(client, handle.id)
+    assert status.state == "halted" and "cancelled" in (status.error or "")
+    states = states_of(await handle.fetch_history())
+    assert states[-2:] == ["compensating", "halted"], states
+    outside.assert_nothing_leaked()
+
+
+# -- the app's own workflow code calling a governed plain activity ---------------------------------
+# `customer_balance` and `block_card` are the bank's governed tools (bank.GOVERNANCE): as plain
+# activities of these names, a workflow's `execute_activity` calls are governed as the same agent.
+@activity.defn(name="customer_balance")
+async def teller_balance(args: dict[str, Any]) -> str:
+    return "$1.00"
+
+
+@activity.defn(name="block_card")
+async def teller_block(args: dict[str, Any]) -> str:
+    return "not used here"
+
+
+_TELLER_CALL = timedelta(seconds=30)
+
+
+@workflow.defn(sandboxed=False)
+class TellerWorkflow:
+    """`parallel`: two balance calls at once as the run's first calls. `halt`: one call, then waits;
+    halted, its cleanup code tries another call."""
+
+    @workflow.run
+    async def run(self, mode: str) -> list[str]:
+        if mode == "parallel":
+            return list(
+                await asyncio.gather(
+                    workflow.execute_activity("customer_balance", {}, start_to_close_timeout=_TELLER_CALL),
+                    workflow.execute_activity("customer_balance", {}, start_to_close_timeout=_TELLER_CALL),
+                )
+            )
+        seen = [await workflow.execute_activity("customer_balance", {}, start_to_close_timeout=_TELLER_CALL)]
+        try:
+            await workflow.wait_condition(lambda: False)
+        except asyncio.CancelledError:
+            seen.append(await workflow.execute_activity("customer_balance", {}, start_to_close_timeout=_TELLER_CALL))
+            raise
+        return seen
+
+
+@pytest.fixture(scope="module")
+async def teller(settings: Settings, deps: Any) -> AsyncIterator[tuple[Client, str]]:
+    client = await app_client(
+        settings,
+        plugins=[LockgatePlugin(deps=deps, services=False, govern=[bank.GOVERNANCE], start_as=lambda: person("erin"))],
+    )
+    task_queue = f"teller-{uuid.uuid4().hex[:8]}"
+    async with Worker(
+        client, task_queue=task_queue, workflows=[TellerWorkflow], activities=[teller_balance, teller_block]
+    ):
+        yield client, task_queue
+
+
+async def test_concurrent_first_calls_open_the_runs_identity_once(
+    teller: tuple[Client, str], deps: Any, outside: Any
+) -> None:
+    """Two governed calls made at once as a run's first: one opens the run's identity, the other
+    waits for it; both then run, and the run closes once."""
+    client, task_queue = teller
+    handle = await client.start_workflow(
+        TellerWorkflow.run, "parallel", id=f"teller-{uuid.uuid4().hex[:10]}", task_queue=task_queue
+    )
+    assert await asyncio.wait_for(handle.result(), timeout=60) == ["$1.00", "$1.00"]
+    events = ledger(deps, handle.id)
+    assert [e["kind"] for e in events].count("run.opened") == 1
+    # Each call decided in the workflow (`dropin.gate`) and again by its activity's attempt.
+    decided = sorted({(e["step"], e["outcome"]) for e in events if e["kind"] == "decision"})
+    assert decided == [(1, "allow"), (2, "allow")]
+    assert len([e for e in events if e["kind"] == "tool.completed"]) == 2
+    assert [e["state"] for e in events if e["kind"] == "run.closed"] == ["completed"]
+    outside.assert_nothing_leaked()
+
+
+async def test_a_call_after_a_halt_is_refused_before_its_gate(
+    teller: tuple[Client, str], deps: Any, outside: Any
+) -> None:
+    """Once an operator halted the run, a governed call its code still makes (here: cleanup code
+    catching the cancellation) is refused: no gate, no lease, no tool; the run closes halted."""
+    client, task_queue = teller
+    handle = await client.start_workflow(
+        TellerWorkflow.run, "halt", id=f"teller-{uuid.uuid4().hex[:10]}", task_queue=task_queue
+    )
+    for _ in range(300):
+        if any(e["kind"] == "tool.completed" for e in ledger(deps, handle.id)):
+            break
+        await asyncio.sleep(0.1)
+    await halt_run(client, handle.id, "teller closed", session=person("dave"))
+    assert await wait_closed(client, handle.id) != "running"
+    events = ledger(deps, handle.id)
+    assert {(e["step"], e["outcome"]) for e in events if e["kind"] == "decision"} == {(1, "allow")}
+    assert [e["step"] for e in events if e["kind"] == "tool.completed"] == [1]
+    assert len([e for e in events if e["kind"] == "lease.issued"]) == 1
+    assert [e["state"] for e in events if e["kind"] == "run.closed"] == ["halted"]
+    status = await run_status(client, handle.id)
+    assert status.state == "halted" and [s.step for s in status.steps] == [1]
+    outside.assert_nothing_leaked()
+
+
+async def test_an_unsigned_start_opens_as_the_initiator_its_starter_named(
+    settings: Settings, deps: Any, outside: Any
+) -> None:
+    """With `Governance(unsigned_starts=True)`, a run nobody signed the start of opens as whoever
+    its starter named in `LockgateInitiator` (recorded unverified), not as the anonymous app."""
+    unsigned = bank.GOVERNANCE.model_copy(update={"unsigned_starts": True})
+    client = await app_client(
+        settings, plugins=[LockgatePlugin(deps=deps, services=False, govern=[unsigned], start_as=lambda: None)]
+    )
+    task_queue = f"teller-{uuid.uuid4().hex[:8]}"
+    async with Worker(
+        client, task_queue=task_queue, workflows=[TellerWorkflow], activities=[teller_balance, teller_block]
+    ):
+        handle = await client.start_workflow(
+            TellerWorkflow.run,
+            "parallel",
+            id=f"teller-{uuid.uuid4().hex[:10]}",
+            task_queue=task_queue,
+            search_attributes=TypedSearchAttributes([SearchAttributePair(SA_INITIATOR, "zed")]),
+        )
+        assert await asyncio.wait_for(handle.result(), timeout=60) == ["$1.00", "$1.00"]
+        status = await run_status(client, handle.id)
+    (opened,) = [e for e in ledger(deps, handle.id) if e["kind"] == "run.opened"]
+    assert opened["initiator"] == "zed"
+    assert status.initiator == "zed"
     outside.assert_nothing_leaked()

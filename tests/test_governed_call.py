@@ -8,6 +8,7 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
 from lockgate import errors
+from lockgate.models import RunInput
 from tests.support.stack import Outside, finish, ledger_events, ledger_kinds, start, status_of
 
 
@@ -146,3 +147,107 @@ async def test_tool_failure_compensates_earlier_side_effects(
     status = await status_of(handle)
     assert status.state == "failed" and [c.tool for c in status.compensations] == ["refunds.reverse"]
     outside.assert_nothing_leaked()
+
+
+async def test_a_failed_tools_step_record_holds_its_error(client: Client, worker_running: str, deps: Any) -> None:
+    """A tool that fails shows in the run's steps with what it said (`lockgate status`), not as a
+    clean step and not missing."""
+    handle = await start(
+        client,
+        worker_running,
+        "script-agent",
+        {"steps": [{"tool": "customer.notify", "args": {"order_id": "A-1003", "message": "hi"}}]},
+    )
+    cause = await finish(handle)
+    assert isinstance(cause, ApplicationError) and cause.type == errors.TOOL_FAILED
+    (record,) = (await status_of(handle)).steps
+    assert (record.step, record.tool) == (1, "customer.notify")
+    assert record.error is not None and "no deliverable email" in record.error
+
+
+async def test_status_counts_the_spend_taint_and_summaries_of_calls_that_ran(
+    client: Client, worker_running: str, deps: Any
+) -> None:
+    """What ran is the run's own account: its cost counts as spent, a regulated tool taints the run,
+    and each step keeps the summary its tool returned."""
+    handle = await start(
+        client,
+        worker_running,
+        "script-agent",
+        {
+            "steps": [
+                {"tool": "refunds.issue", "args": {"order_id": "A-1001", "amount_cents": 700}},
+                {"tool": "customers.profile", "args": {"order_id": "A-1001"}},
+            ]
+        },
+    )
+    assert await finish(handle) is None
+    status = await status_of(handle)
+    assert status.state == "completed"
+    assert status.spent == 700
+    assert status.tainted is True
+    assert [(s.tool, s.outcome, s.error) for s in status.steps] == [
+        ("refunds.issue", "allow", None),
+        ("customers.profile", "allow", None),
+    ]
+    refund, profile = status.steps
+    assert refund.summary is not None and refund.summary.startswith("refunded 7.00 on A-1001")
+    assert profile.summary is not None and profile.summary.endswith("(PII)")
+
+
+async def test_a_sub_agents_spend_and_taint_count_for_its_parent(
+    client: Client, worker_running: str, deps: Any, outside: Outside
+) -> None:
+    """A delegation that ran is a step of the parent (no cost of its own, not compensated); what the
+    sub-agent spent and the taint it took come back to the parent run."""
+    parent = await start(
+        client,
+        worker_running,
+        "script-agent",
+        {
+            "steps": [
+                {
+                    "tool": "agent.delegate",
+                    "args": {
+                        "agent": "script-agent",
+                        "tools": ["refunds.issue", "refunds.reverse", "customers.profile"],
+                        "budget": 5000,
+                        "input": {
+                            "steps": [
+                                {"tool": "refunds.issue", "args": {"order_id": "A-1001", "amount_cents": 400}},
+                                {"tool": "customers.profile", "args": {"order_id": "A-1001"}},
+                            ]
+                        },
+                    },
+                },
+            ]
+        },
+    )
+    assert await finish(parent) is None
+    status = await status_of(parent)
+    assert status.state == "completed"
+    assert (status.spent, status.tainted) == (400, True)
+    assert [(s.tool, s.outcome, s.error) for s in status.steps] == [("agent.delegate", "allow", None)]
+    assert status.steps[0].summary == f"sub-agent {parent.id}.1 completed: spent 400"
+    outside.assert_nothing_leaked()
+
+
+async def test_a_long_runs_carry_keeps_no_call_history_of_tools_without_a_rate_limit(
+    client: Client, worker_running: str, deps: Any
+) -> None:
+    """Call times are kept only for a tool's rate-limit window: a tool without a rate limit carries
+    no growing list of its calls into the next history (the carry stays small however long the run)."""
+    steps = [{"tool": "qa.mark", "args": {"label": f"carry-{i}"}} for i in range(12)]
+    handle = await start(client, worker_running, "long-agent", {"steps": steps})
+    assert await finish(handle) is None
+    history = await client.get_workflow_handle(handle.id, run_id=handle.first_execution_run_id).fetch_history()
+    continued = [
+        e.workflow_execution_continued_as_new_event_attributes
+        for e in history.events
+        if e.HasField("workflow_execution_continued_as_new_event_attributes")
+    ]
+    assert continued, "the run did not continue as new"
+    (carried,) = await client.data_converter.decode(list(continued[0].input.payloads), [RunInput])
+    assert isinstance(carried, RunInput) and carried.carry is not None
+    assert carried.carry.step >= 3
+    assert all(len(times) <= 1 for times in carried.carry.call_times.values()), carried.carry.call_times

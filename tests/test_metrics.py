@@ -44,6 +44,39 @@ async def test_a_governed_run_shows_on_the_prometheus_endpoint(settings: Setting
     assert any(line.startswith("temporal_") for line in lines)
 
 
+async def test_a_refused_caller_is_counted(settings: Settings, deps: Any) -> None:
+    """A workflow that is not lockgate's calls a lockgate activity: refused, and counted as a caller
+    refusal on the endpoint (what an operator alerts on)."""
+    from datetime import UTC, datetime
+
+    from temporalio.worker import Worker
+
+    from lockgate import names
+    from lockgate.models import AuditEvent
+    from tests.rogue import RogueCallWorkflow
+
+    address = f"127.0.0.1:{free_port()}"
+    client = await worker.connect(settings, deps.vault, runtime=worker.metrics_runtime(address))
+    queue, foreign = f"metrics-{uuid.uuid4().hex[:8]}", f"foreign-{uuid.uuid4().hex[:8]}"
+    run_id = f"foreign-{uuid.uuid4().hex[:8]}"
+    event = AuditEvent(event_key=f"x:{run_id}", run_id=run_id, kind="note", data={}, at=datetime.now(UTC))
+    spec = {"activity": names.AUDIT_RECORD, "arg": event.model_dump(mode="json"), "queue": queue}
+    async with (
+        worker.build_worker(client, deps, task_queue=queue),
+        Worker(client, task_queue=foreign, workflows=[RogueCallWorkflow]),
+    ):
+        answer = await client.execute_workflow(RogueCallWorkflow.run, spec, id=run_id, task_queue=foreign)
+        assert answer["ok"] is False and answer["retry_state"] == "NON_RETRYABLE_FAILURE", answer
+        refused: list[str] = []
+        for _ in range(50):  # the exporter publishes on its own schedule
+            text = await asyncio.to_thread(_scrape, address)
+            refused = [line for line in text.splitlines() if line.startswith("lockgate_calls_refused")]
+            if refused:
+                break
+            await asyncio.sleep(0.2)
+    assert any(f'activity="{names.AUDIT_RECORD}"' in line and 'why="caller"' in line for line in refused), refused
+
+
 def test_a_malformed_setting_is_one_clear_line() -> None:
     import pytest
 

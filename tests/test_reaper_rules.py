@@ -5,8 +5,11 @@ hour). The real-stack behaviour is tests/test_reaper_proof.py's; these pin each 
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import pytest
 
 import tests.agents  # noqa: F401 - registers refund-agent and its tools
 from lockgate.activities.reaper import backoff_due, failed_compensations, outstanding_compensations
@@ -86,3 +89,48 @@ def test_failed_compensations_are_retried_after_15_s_doubling_up_to_an_hour() ->
     # Only this step's failures count, and a compensation that went through is no failure.
     assert due([_failure(3, 0), _failure(2, -20, ok=True)], 0)
     assert not due([_failure(2, 0), _failure(2, 1, ok=True)], 14.9)
+
+
+def test_only_a_completed_compensation_settles_an_outstanding_one_and_settles_only_its_own_step() -> None:
+    """A compensation done since drops its outstanding entry quietly, and only that one: an older
+    step still owed is still returned. A recorded attempt that did not complete (a `tool.failed`
+    naming what it compensates, as a workflow may record) settles nothing."""
+    events = [
+        _allowed(2, "refunds.issue"),
+        _allowed(6, "refunds.issue"),
+        _allowed(8, "refunds.issue"),
+        _event("compensation.outstanding", step=2, tool="refunds.reverse"),
+        _event("compensation.outstanding", step=6, tool="refunds.reverse"),
+        _event("compensation.outstanding", step=8, tool="refunds.reverse"),
+        _undone(8),  # the newest is done since: the older ones are still owed
+        _event("tool.failed", step=1006, tool="refunds.reverse", error="timeout", compensates=f"{RUN}:6"),
+    ]
+    found = failed_compensations(events, registry)
+    assert [(f["step"], f["idempotency_key"]) for f in found] == [(6, f"{RUN}:6"), (2, f"{RUN}:2")]
+
+
+def test_a_compensation_done_since_is_no_alarm(caplog: pytest.LogCaptureFixture) -> None:
+    """A done compensation is dropped as done, not reported as an outstanding entry without proof
+    (that error is for forged or mistaken entries: an operator must not be told of one that is not)."""
+    done = [
+        _allowed(2, "refunds.issue"),
+        _event("compensation.outstanding", step=2, tool="refunds.reverse"),
+        _undone(2),
+    ]
+    with caplog.at_level(logging.ERROR, logger="lockgate.reaper"):
+        assert failed_compensations(done, registry) == []
+    assert not [r for r in caplog.records if "without proof" in r.getMessage()]
+    # Control: an entry the record does not back is reported.
+    with caplog.at_level(logging.ERROR, logger="lockgate.reaper"):
+        assert (
+            failed_compensations([_event("compensation.outstanding", step=9, tool="refunds.reverse")], registry) == []
+        )
+    assert [r for r in caplog.records if "without proof" in r.getMessage()]
+
+
+def test_a_compensation_entry_without_a_step_is_no_steps_failure() -> None:
+    """`reaper.compensation` entries name their step (the model's default is -1, no step): one
+    without it delays no step's retry, step 1's included."""
+    stepless = _event("reaper.compensation", ok=False, at=T0.isoformat())
+    assert backoff_due([stepless], 1, T0.timestamp())
+    assert not backoff_due([_failure(1, 0)], 1, T0.timestamp())  # control: step 1's own failure delays it

@@ -15,15 +15,26 @@ from lockgate.identity import sign
 from lockgate.models import RunInput, args_digest
 from lockgate.people import FieldValue
 from tests.support.hostile import raw_start, refund, refused_at_once
-from tests.support.stack import finish, ledger_events, person
+from tests.support.stack import Outside, finish, ledger_events, person
+from tests.support.vault import read_data
 
 
 async def _start(
-    client: Client, queue: str, run_id: str, *, signer: str = "erin", wrong: str = "", unsigned: bool = False
+    client: Client,
+    queue: str,
+    run_id: str,
+    *,
+    signer: str = "erin",
+    wrong: str = "",
+    unsigned: bool = False,
+    tenant: FieldValue = None,
 ) -> Any:
-    """erin starts refund-agent on `run_id`; `wrong` names the one bound start field signed wrong."""
+    """erin starts refund-agent on `run_id`; `wrong` names the one bound start field signed wrong;
+    `tenant`, the tenant the start names (none by default)."""
     data = refund()
     fields: dict[str, FieldValue] = {"run_id": run_id, "agent": "refund-agent", "input_digest": args_digest(data)}
+    if tenant is not None:
+        fields["tenant"] = tenant
     if wrong:
         fields[wrong] = "0" * 64 if wrong == "input_digest" else f"{fields[wrong]}-other"
     signed = None if unsigned else await asyncio.to_thread(sign, person(signer), "start", fields)
@@ -68,3 +79,33 @@ async def test_a_refused_attempts_record_does_not_take_the_run_id(client: Client
     run_id = _id()
     await refused_at_once(await _start(client, worker_running, run_id, unsigned=True), "not signed by a person")
     assert await asyncio.wait_for(finish(await _start(client, worker_running, run_id)), timeout=60) is None
+
+
+async def test_a_start_acts_only_for_a_tenant_whose_group_the_person_is_in(
+    client: Client, worker_running: str, deps: Any, outside: Outside
+) -> None:
+    """Control: `_check_start` lets a signed start name a tenant only for a member of Vault group
+    `tenant-<name>`. erin's start naming her neighbour's tenant (a group alice is in, erin is not),
+    or a tenant that is not a name, is refused before anything opens; the same start naming erin's
+    own tenant runs, acting for that tenant."""
+    mine, theirs = f"t{uuid.uuid4().hex[:8]}", f"t{uuid.uuid4().hex[:8]}"
+    groups = {mine: "erin", theirs: "alice"}
+    for tenant, who in groups.items():
+        member = read_data(outside.vault, f"identity/entity/name/{who}")["id"]
+        outside.vault.write_data(f"identity/group/name/tenant-{tenant}", data={"member_entity_ids": [member]})
+    try:
+        for other in (theirs, 7):
+            run_id = _id()
+            await refused_at_once(
+                await _start(client, worker_running, run_id, tenant=other), f"erin may not act for tenant {other!r}"
+            )
+            assert ledger_events(deps, run_id, "run.opened") == []
+            assert deps.vault.read_run(run_id) is None
+        run_id = _id()
+        handle = await _start(client, worker_running, run_id, tenant=mine)
+        assert await asyncio.wait_for(finish(handle), timeout=60) is None
+        (opened,) = ledger_events(deps, run_id, "run.opened")
+        assert opened["tenant"] == mine
+    finally:
+        for tenant in groups:
+            outside.vault.delete(f"identity/group/name/tenant-{tenant}")
