@@ -34,7 +34,7 @@ from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, 
 
 from lockgate import metrics
 from lockgate.errors import BAD_INPUT
-from lockgate.names import is_engine_activity
+from lockgate.names import RUN_OPEN, is_engine_activity
 
 __all__ = ["CallerFacts", "CallerGuard", "verified_caller"]
 
@@ -52,8 +52,11 @@ class CallerFacts:
     run_id: str
     workflow_type: str
     task_queue: str
-    # The first execution of the chain (the same across continue-as-new); "" for a local activity.
+    # The first execution of the chain (the same across continue-as-new); "" when the server was not
+    # asked (a local activity other than `run.open`).
     first_run_id: str
+    # The workflow id of the calling execution's parent (None: it has none; or the server was not asked).
+    parent_id: str | None = None
 
 
 _CALLER: contextvars.ContextVar[CallerFacts | None] = contextvars.ContextVar("lockgate_caller", default=None)
@@ -76,6 +79,8 @@ class CallerGuard(Interceptor):
         hosted: The workflow types this worker hosts (lockgate's agent, governed apps' workflows).
         record: `(event_key, run_id, data)` -> records a refusal (the ledger).
         guarded: Which activity types are lockgate's (default: engine and tool activities).
+        described_locally: Local activity types whose caller is still described by the server:
+            `run.open`, whose sub-agent check needs the caller's Temporal parent (once per run).
     """
 
     def __init__(
@@ -86,12 +91,14 @@ class CallerGuard(Interceptor):
         hosted: frozenset[str],
         record: Record,
         guarded: Callable[[str], bool] = is_engine_activity,
+        described_locally: frozenset[str] = frozenset({RUN_OPEN}),
     ) -> None:
         self._client = client
         self.task_queue = task_queue
         self.hosted = hosted
         self._record = record
         self.guarded = guarded
+        self.described_locally = described_locally
         self._known: OrderedDict[str, CallerFacts | str] = OrderedDict()
 
     def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
@@ -105,7 +112,7 @@ class CallerGuard(Interceptor):
         assert info.workflow_id is not None and info.workflow_run_id is not None and info.workflow_type is not None
         if info.workflow_type not in self.hosted:
             self._refuse(info, f"workflow type {info.workflow_type!r} is not one this worker governs")
-        if info.is_local:
+        if info.is_local and info.activity_type not in self.described_locally:
             # Scheduled in-process by a workflow task of this very worker.
             return CallerFacts(info.workflow_id, info.workflow_run_id, info.workflow_type, self.task_queue, "")
         known = self._known.get(info.workflow_run_id)
@@ -141,7 +148,7 @@ class CallerGuard(Interceptor):
                 f"not on lockgate's {self.task_queue!r}: it is not a run lockgate governs"
             )
         first = desc.raw_info.first_run_id or desc.run_id
-        return CallerFacts(desc.id, desc.run_id, desc.workflow_type, desc.task_queue, first)
+        return CallerFacts(desc.id, desc.run_id, desc.workflow_type, desc.task_queue, first, desc.parent_id)
 
     def _refuse(self, info: activity.Info, reason: str) -> None:
         workflow_id = info.workflow_id or "?"

@@ -363,12 +363,20 @@ class GovernanceActivities:
 
     def _check_parent(self, request: RunOpen) -> tuple[str, int]:
         """A sub-agent's link must be what its parent's gate allowed: proven by Temporal's parent
-        facts (the parent run id comes from the workflow's own info, never from its input), the
+        facts (the parent the run names must be the one the server describes for the caller), the
         parent's recorded delegation decision, and the parent's live identity. Returns the Vault
         policy (the parent's) and TTL (never past the parent's) the sub-agent runs with."""
         link, run_id, origin = request.parent, request.run_id, request.origin_run_id
         if link is None or request.parent_run_id is None or link.run_id != request.parent_run_id:
             raise self.refuse_run(run_id, origin, "parent link does not match the run's Temporal parent")
+        caller = verified_caller()
+        if caller is not None and (not caller.first_run_id or caller.parent_id != request.parent_run_id):
+            # The parent the run names is a claim; the server's is the fact (asked by the caller check).
+            raise self.refuse_run(
+                run_id,
+                origin,
+                f"the server says the run's Temporal parent is {caller.parent_id!r}, not the one it names",
+            )
         parent, _, suffix = run_id.rpartition(".")
         if parent != link.run_id or not suffix.isdigit():
             raise self.refuse_run(run_id, origin, "a sub-agent's id must be <parent id>.<step>")

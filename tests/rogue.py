@@ -36,6 +36,13 @@ class RogueCallWorkflow:
 
     @workflow.run
     async def run(self, spec: dict[str, Any]) -> dict[str, Any]:
+        if "child" in spec:
+            # Runs `spec["child"]["spec"]` as a child of this execution (its Temporal parent).
+            child = spec["child"]
+            answer: dict[str, Any] = await workflow.execute_child_workflow(
+                RogueCallWorkflow.run, child["spec"], id=child["id"]
+            )
+            return answer
         if "calls" not in spec:
             return await self._call(spec["activity"], self._arg(spec, []), spec["queue"])
         # Several calls in this one execution (same first execution), each told how it went.

@@ -9,6 +9,8 @@ refusal is at once, never retried, and recorded with its reason.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import uuid
 from collections.abc import AsyncIterator
@@ -18,6 +20,7 @@ import pytest
 from temporalio import activity, workflow
 from temporalio.client import Client, WorkflowHandle
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import ActivityEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
@@ -63,6 +66,15 @@ class UnhostedWorkflow(ProbeWorkflow):
         await super().run(hops)
 
 
+@workflow.defn(name="tests.caller.parent")
+class ParentWorkflow:
+    """Runs a PROBE child with the given workflow id (its Temporal parent)."""
+
+    @workflow.run
+    async def run(self, child_id: str) -> None:
+        await workflow.execute_child_workflow(ProbeWorkflow.run, 0, id=child_id)
+
+
 class Executions:
     """Real executions of the probe types on one task queue (a worker runs them there)."""
 
@@ -82,6 +94,22 @@ class Executions:
             run_id = (await latest.describe()).run_id
         return workflow_id, run_id, handle.result_run_id
 
+    async def start_child(self) -> tuple[str, str, str]:
+        """(parent's workflow id, child's workflow id, child's run id) of a running PROBE child."""
+        parent_id = f"caller-{uuid.uuid4().hex[:10]}"
+        child_id = f"{parent_id}.1"
+        self.handles.append(
+            await self.client.start_workflow(ParentWorkflow.run, child_id, id=parent_id, task_queue=self.queue)
+        )
+        child = self.client.get_workflow_handle(child_id)
+        while True:  # until the parent's first task started it
+            try:
+                return parent_id, child_id, (await child.describe()).run_id
+            except RPCError as err:
+                if err.status != RPCStatusCode.NOT_FOUND:
+                    raise
+                await asyncio.sleep(0.05)
+
 
 @pytest.fixture
 async def executions(client: Client) -> AsyncIterator[Executions]:
@@ -90,12 +118,13 @@ async def executions(client: Client) -> AsyncIterator[Executions]:
     async with Worker(
         client,
         task_queue=queue,
-        workflows=[ProbeWorkflow, OtherWorkflow, UnhostedWorkflow],
+        workflows=[ProbeWorkflow, OtherWorkflow, UnhostedWorkflow, ParentWorkflow],
         workflow_runner=UnsandboxedWorkflowRunner(),
     ):
         yield found
         for handle in found.handles:
-            await client.get_workflow_handle(handle.id).terminate("test over")
+            with contextlib.suppress(RPCError):  # a child ends with its parent
+                await client.get_workflow_handle(handle.id).terminate("test over")
 
 
 class Guard:
@@ -112,9 +141,10 @@ class Guard:
         self.records.append((key, run_id, data))
 
     async def establish(self, **claims: Any) -> CallerFacts:
-        """The guard's answer to a `run.open` whose activity info claims `claims`."""
+        """The guard's answer to a lockgate activity (`gate.evaluate` unless `activity_type` says
+        otherwise) whose activity info claims `claims`."""
         env = ActivityEnvironment()
-        env.info = dataclasses.replace(env.info, activity_type="run.open", **claims)
+        env.info = dataclasses.replace(env.info, **{"activity_type": "gate.evaluate", **claims})
         facts: CallerFacts = await env.run(self.guard.establish)
         return facts
 
@@ -184,6 +214,22 @@ async def test_a_local_activity_is_its_own_workflows_without_asking_the_server(c
     run_id = str(uuid.uuid4())
     facts = await guard.establish(workflow_id="in-process", workflow_run_id=run_id, workflow_type=PROBE, is_local=True)
     assert facts == CallerFacts("in-process", run_id, PROBE, "lockgate-queue", "")
+
+
+async def test_run_open_as_a_local_activity_still_gets_the_servers_facts_its_parent_included(
+    client: Client, executions: Executions
+) -> None:
+    """`run.open` decides whether a sub-agent's named parent is its Temporal parent: even scheduled
+    in-process, its caller is described by the server (once per run), its parent included."""
+    guard = Guard(client, executions.queue)
+    parent_id, child_id, child_run = await executions.start_child()
+    local_open: dict[str, Any] = {"is_local": True, "activity_type": "run.open"}
+    facts = await guard.establish(workflow_id=child_id, workflow_run_id=child_run, workflow_type=PROBE, **local_open)
+    assert facts == CallerFacts(child_id, child_run, PROBE, executions.queue, child_run, parent_id)
+    reason = await guard.refusal(
+        workflow_id="never-started", workflow_run_id=str(uuid.uuid4()), workflow_type=PROBE, **local_open
+    )
+    assert reason == "no such execution on the server (NOT_FOUND)"
 
 
 async def test_a_refusal_the_ledger_cannot_record_still_refuses(client: Client) -> None:

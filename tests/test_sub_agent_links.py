@@ -54,16 +54,21 @@ class Parent:
     expires_at: datetime  # when its identity ends, as its Vault record says
 
 
-async def _execute(client: Client, queue: str, workflow_id: str, calls: list[tuple[str, Any]]) -> list[dict[str, Any]]:
+async def _execute(
+    client: Client, queue: str, workflow_id: str, calls: list[tuple[str, Any]], *, parent: str | None = None
+) -> list[dict[str, Any]]:
     """Hostile workflow code (RogueCallWorkflow, on the session worker) under `workflow_id`: the
     calls in one execution, each `run.*` call naming that execution's first execution as the run's
-    origin."""
-    spec = {
+    origin; with `parent`, that execution is a child of an execution with that workflow id (its
+    Temporal parent, as a sub-agent's is)."""
+    spec: dict[str, Any] = {
         "queue": queue,
         "calls": [
             {"activity": a, "arg": arg.model_dump(mode="json"), "own_origin": a.startswith("run.")} for a, arg in calls
         ],
     }
+    if parent is not None:
+        spec, workflow_id = {"queue": queue, "child": {"id": workflow_id, "spec": spec}}, parent
     out: dict[str, Any] = await client.execute_workflow(RogueCallWorkflow.run, spec, id=workflow_id, task_queue=queue)
     return out["answers"]
 
@@ -205,9 +210,28 @@ async def test_a_sub_agent_link_one_thing_off_is_refused(
 ) -> None:
     """Control: each of `_check_parent`'s conditions on its own refuses the sub-agent's identity."""
     request = ask(parent)
-    (answer,) = await _execute(client, worker_running, request.run_id, [("run.open", request)])
+    (answer,) = await _execute(client, worker_running, request.run_id, [("run.open", request)], parent=parent.run_id)
     refused_by_activity(answer, reason)
     _nothing_opened(deps, request.run_id, reason)
+
+
+@pytest.mark.parametrize("under", [None, "another-run"])
+async def test_a_run_that_is_not_the_parents_child_cannot_claim_its_delegation(
+    client: Client, worker_running: str, deps: Any, parent: Parent, under: str | None
+) -> None:
+    """Attack: code on the worker starts `<parent>.5` itself (with no Temporal parent, or as the
+    child of a run of its own) and names the parent whose gate allowed that delegation, with the
+    link exactly as allowed. The parent a run names is its claim; Temporal's server says otherwise:
+    refused, nothing opened, and the parent's delegation is left for its own child."""
+    child = f"{parent.run_id}.5"
+    exact = _link(parent, deadline_at=parent.expires_at)
+    own = None if under is None else f"{under}-{uuid.uuid4().hex[:8]}"
+    (answer,) = await _execute(
+        client, worker_running, child, [("run.open", _ask(parent, child, link=exact))], parent=own
+    )
+    reason = f"the server says the run's Temporal parent is {own!r}, not the one it names"
+    refused_by_activity(answer, reason)
+    _nothing_opened(deps, child, reason)
 
 
 async def test_the_link_the_parents_gate_allowed_opens_the_sub_agent(
@@ -218,7 +242,8 @@ async def test_the_link_the_parents_gate_allowed_opens_the_sub_agent(
     identity, with the parent's Vault policy and never past the parent's identity."""
     child = f"{parent.run_id}.5"
     exact = _link(parent, deadline_at=parent.expires_at + timedelta(seconds=5))
-    (answer,) = await _execute(client, worker_running, child, [("run.open", _ask(parent, child, link=exact, ttl=3600))])
+    ask = _ask(parent, child, link=exact, ttl=3600)
+    (answer,) = await _execute(client, worker_running, child, [("run.open", ask)], parent=parent.run_id)
     assert answer["ok"], answer
     identity = answer["result"]
     assert identity["policies"] == [parent.policy]
@@ -250,11 +275,11 @@ async def test_a_parent_whose_identity_ends_cannot_open_a_sub_agent(
         _nothing_opened(deps, child, PAST)
         # Expired (its record not yet reaped): refused.
         await asyncio.sleep(max(0.0, (parent.expires_at - datetime.now(UTC)).total_seconds() + 1.5))
-        (answer,) = await _execute(client, worker_running, child, [("run.open", ask)])
+        (answer,) = await _execute(client, worker_running, child, [("run.open", ask)], parent=parent.run_id)
         refused_by_activity(answer, PAST)
     finally:
         deps.vault.close_run(parent.run_id, None)
     # Closed: no open identity to derive a sub-agent's from.
-    (answer,) = await _execute(client, worker_running, child, [("run.open", ask)])
+    (answer,) = await _execute(client, worker_running, child, [("run.open", ask)], parent=parent.run_id)
     refused_by_activity(answer, NO_IDENTITY)
     _nothing_opened(deps, child, f"parent run {parent.run_id} has no open identity")
