@@ -233,26 +233,33 @@ class VaultBroker:
             raise RunMismatch(f"run id {run_id} holds another run's identity: not revoking it")
         if origin is not None and record is not None and accessor and record.get("accessor") != accessor:
             raise RunMismatch(f"accessor does not match the identity run {run_id} opened: not revoking it")
-        accessor = accessor or (record or {}).get("accessor")
+        # The accessor named and the one the run's record holds: they differ only when the run was
+        # opened again since (a reaper's retry identity left by a reaper that died): both go.
         revoked = False
-        # With the run's record still there the identity is live (the record goes only after the
-        # revocation): revoke it without asking first. Without a record, only a live one.
-        if accessor and (record is not None or self.identity_alive(accessor)):
-            # Vault revokes the token at once and its leases right after (asynchronously).
-            try:
-                resp = self.client.adapter.post("/v1/auth/token/revoke-accessor", json={"accessor": accessor})
-                # OpenBao answers an accessor whose token is gone (expired, revoked meanwhile) with a
-                # warning, not an error: that call revoked nothing.
-                warnings = resp.get("warnings") if isinstance(resp, dict) else None
-                revoked = NO_TOKEN_WARNING not in (warnings or ())
-            except hvac.exceptions.InvalidRequest:
-                revoked = False  # HashiCorp Vault's answer to an unknown accessor
+        for one in dict.fromkeys(a for a in (accessor, (record or {}).get("accessor")) if a):
+            revoked = self._revoke_identity(one, live=record is not None and one == record.get("accessor")) or revoked
         if record is not None:
             self.client.secrets.kv.v1.delete_secret(path=f"runs/{run_id}", mount_point=RUNS_MOUNT)
         with self._lock:
             self._run_tokens.pop(run_id, None)
             self._opened.pop(run_id, None)
         return revoked
+
+    def _revoke_identity(self, accessor: str, *, live: bool) -> bool:
+        """Revokes a run identity by accessor (True when this call revoked it). `live`: its run's
+        record is still there, so it is live (the record goes only after the revocation) and is
+        revoked without asking first; otherwise only if Vault says it is alive."""
+        if not live and not self.identity_alive(accessor):
+            return False
+        # Vault revokes the token at once and its leases right after (asynchronously).
+        try:
+            resp = self.client.adapter.post("/v1/auth/token/revoke-accessor", json={"accessor": accessor})
+        except hvac.exceptions.InvalidRequest:
+            return False  # HashiCorp Vault's answer to an unknown accessor
+        # OpenBao answers an accessor whose token is gone (expired, revoked meanwhile) with a warning,
+        # not an error: that call revoked nothing.
+        warnings = resp.get("warnings") if isinstance(resp, dict) else None
+        return NO_TOKEN_WARNING not in (warnings or ())
 
     @_vault_call
     def identity_alive(self, accessor: str) -> bool:

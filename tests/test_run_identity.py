@@ -34,6 +34,24 @@ def test_revoking_the_run_identity_removes_all_its_credentials(deps: Any, outsid
         vault.issue(run_id, "database/creds/shop-reader")
 
 
+def test_closing_a_run_revokes_the_identity_its_record_holds_whatever_accessor_is_named(
+    deps: Any, outside: Outside
+) -> None:
+    """A reaper that died while retrying a closed run's compensations leaves the run's record
+    holding its retry identity; the next reap names the accessor the run opened with (long revoked).
+    The identity the record holds goes too, with its leases: not left to its TTL."""
+    vault: VaultBroker = deps.vault
+    run_id = f"identity-{uuid.uuid4().hex[:8]}"
+    first = vault.open_run(run_id, "refund-agent", "lockgate-agent-refund-agent", 120, "origin-r")
+    assert vault.close_run(run_id, first.accessor, "origin-r") is True
+    retry = vault.open_run(run_id, "refund-agent", "lockgate-agent-refund-agent", 600, "origin-r")
+    vault.issue(run_id, "database/creds/shop-reader")
+    assert vault.close_run(run_id, first.accessor) is True
+    assert not outside.token_alive(retry.accessor)
+    assert vault.read_run(run_id) is None
+    outside.assert_nothing_leaked()
+
+
 def test_run_identity_reads_only_its_agents_secrets(deps: Any, outside: Outside) -> None:
     vault: VaultBroker = deps.vault
     run_id = f"identity-{uuid.uuid4().hex[:8]}"
