@@ -154,3 +154,22 @@ async def test_a_signed_start_by_someone_no_policy_lets_start_it_is_refused(
     assert (decision["person"], decision["agent"], decision["outcome"]) == ("mallory", "support-agent", "deny")
     refused = [e["reason"] for e in events if e["kind"] == "run.refused"]
     assert refused and "mallory (groups: none) may not start support-agent" in refused[0], refused
+
+
+async def test_a_start_for_a_tenant_the_person_is_not_in_is_refused(settings: Settings, deps: Any, queue: str) -> None:
+    """A client signs the tenant its runs act for into each start (`SignedStarts(tenant=...)`); the
+    worker counts it only for a member of Vault group `tenant-<name>`. erin, in no such group,
+    starting runs for one is refused where the run opens: nothing decided, nothing leased."""
+    from lockgate.dropin.start import SignedStarts
+
+    tenant = f"tenant-of-nobody-{uuid.uuid4().hex[:6]}"
+    signs = SimplePlugin("tenant-starts", interceptors=[SignedStarts(lambda: person("erin"), tenant=tenant)])
+    erin = await app_client(settings, plugins=_plugins(deps, lambda: None, signs))
+    handle = await _start(erin, queue, "What is my balance?")
+    with pytest.raises(WorkflowFailureError):
+        await asyncio.wait_for(handle.result(), timeout=120)
+    events = ledger(deps, handle.id)
+    kinds = [e["kind"] for e in events]
+    assert "run.opened" not in kinds and "decision" not in kinds and "lease.issued" not in kinds, kinds
+    refused = [e["reason"] for e in events if e["kind"] == "run.refused"]
+    assert refused and f"erin may not act for tenant {tenant!r}" in refused[0], refused
