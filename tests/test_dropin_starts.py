@@ -173,3 +173,26 @@ async def test_a_start_for_a_tenant_the_person_is_not_in_is_refused(settings: Se
     assert "run.opened" not in kinds and "decision" not in kinds and "lease.issued" not in kinds, kinds
     refused = [e["reason"] for e in events if e["kind"] == "run.refused"]
     assert refused and f"erin may not act for tenant {tenant!r}" in refused[0], refused
+
+
+async def test_no_approval_counts_for_a_run_whose_start_nobody_signed(settings: Settings, deps: Any) -> None:
+    """An app that declared `unsigned_starts` opens a run nobody signed the start of, as the
+    initiator its starter named (unverified). Anyone may have started it, so no approver can be
+    shown to be someone else: dave's genuine approval of its card block is refused, nothing runs."""
+    unsigned = bank.GOVERNANCE.model_copy(update={"unsigned_starts": True})
+    plugins = [PydanticAIPlugin(), LockgatePlugin(deps=deps, services=False, govern=[unsigned], start_as=lambda: None)]
+    client = await app_client(settings, plugins=plugins)
+    task_queue = f"bank-unsigned-{uuid.uuid4().hex[:8]}"
+    async with Worker(
+        client, task_queue=task_queue, workflows=[bank.BankSupportWorkflow], plugins=[AgentPlugin(bank.support_agent)]
+    ):
+        handle = await _start(client, task_queue, "There is fraud on my card!", named="zed")
+        try:
+            request = await pending_of(handle)
+            attempt = await approve(client, handle, request, "dave")
+            assert not attempt.accepted and "the run's start is not signed" in attempt.reason, attempt
+        finally:
+            await handle.terminate("test over")
+    with db(settings, "bank") as conn:
+        blocked = conn.execute("SELECT count(*) FROM cards WHERE blocked").fetchone()
+    assert blocked == (0,)

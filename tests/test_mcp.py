@@ -434,3 +434,25 @@ async def test_an_http_server_that_dies_and_stays_down_is_compensated(mcp_stack:
     finally:
         stop_http()
         start_http()
+
+
+def test_a_minted_token_is_a_lease_of_its_own_revoked_when_its_call_ends(mcp_stack: LocalStack) -> None:
+    """A token role's secret path mints a token per call (a child of the run's identity), named in
+    the ledger by its accessor: revoking that lease ends the token at once, while the run's identity
+    lives on; revoking it again is a no-op."""
+    vault = mcp_stack.deps.vault
+    run_id = f"mcp-{uuid.uuid4().hex[:8]}"
+    agent = mcp_stack.deps.agents.get("mcp-teller")
+    assert agent is not None
+    identity = vault.open_run(run_id, agent.name, agent.vault_policy, 120, "origin-m")
+    try:
+        lease, secret = vault.issue(run_id, "auth/token/create/mcp-bank")
+        assert lease.lease_id.startswith("token-accessor:") and lease.secret_path == "auth/token/create/mcp-bank"
+        token = secret["token"]
+        assert token_alive(mcp_stack, token) and token not in lease.lease_id
+        vault.revoke(lease.lease_id)
+        assert not token_alive(mcp_stack, token)
+        assert vault.identity_alive(identity.accessor)
+        vault.revoke(lease.lease_id)  # already gone
+    finally:
+        vault.close_run(run_id, identity.accessor)

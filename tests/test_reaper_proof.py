@@ -258,6 +258,12 @@ async def test_a_compensation_the_policy_denies_is_not_run_and_stays_outstanding
     assert [e["ok"] for e in ledger_events(deps, run_id, "reaper.compensation")] == [False]
     assert [e["step"] for e in ledger_events(deps, run_id, "compensation.outstanding")] == [1]
     outside.assert_nothing_leaked()
+    # Under the usual policies, once its backoff has passed, a reaper runs it: nothing left owed.
+    usual = worker.build_reaper(deps)
+    usual.clock = lambda: time.time() + 3600
+    retried = usual.reap_run(run_id, "terminated")
+    assert retried is not None and [(c["step"], c["ok"]) for c in retried.compensations] == [(1, True)]
+    assert agents.UNDONE.count(label) == 1
 
 
 async def test_a_completed_workflow_that_left_an_identity_open_has_it_closed_after_any_claim(

@@ -146,3 +146,18 @@ def test_a_closed_runs_id_holds_nothing_for_a_later_close(deps: Any, outside: Ou
     assert deps.vault.close_run(run_id, identity.accessor, "execution-a") is True
     assert deps.vault.close_run(run_id, None, "execution-b") is False
     assert deps.vault.read_run(run_id) is None and not outside.token_alive(identity.accessor)
+
+
+def test_revoking_a_lease_twice_or_one_vault_never_issued_is_a_no_op(deps: Any, outside: Outside) -> None:
+    """The tool activity revokes a call's lease when the call ends, and a retried attempt or the
+    reaper may revoke it again: a lease already gone (or never issued) is no error."""
+    run_id = _id()
+    identity = deps.vault.open_run(run_id, "refund-agent", POLICY, 60, "execution-a")
+    try:
+        lease, _ = deps.vault.issue(run_id, "database/creds/shop-reader")
+        deps.vault.revoke(lease.lease_id)
+        assert lease.lease_id not in outside.live_leases()
+        deps.vault.revoke(lease.lease_id)
+        deps.vault.revoke("database/creds/shop-reader/never-issued")
+    finally:
+        deps.vault.close_run(run_id, identity.accessor, "execution-a")
