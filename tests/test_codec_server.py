@@ -120,6 +120,25 @@ async def test_decode_only_for_tokens_allowed_to_decrypt(
     assert ok.headers["access-control-allow-origin"] == UI
 
 
+async def test_a_token_without_the_key_decodes_nothing_not_even_plain_payloads(
+    codec_server: str, tokens: dict[str, str]
+) -> None:
+    """Payloads that are not encrypted need no key, but the codec server is no service for anyone
+    with a token: a caller not allowed to use the payload key is refused whatever it sends."""
+    plain = {
+        "payloads": [
+            {
+                "metadata": {"encoding": base64.b64encode(b"json/plain").decode()},
+                "data": base64.b64encode(b'"A-1001"').decode(),
+            }
+        ]
+    }
+    other = await asyncio.to_thread(post, f"{codec_server}/decode", plain, tokens["other"])
+    assert other.status_code == 403 and "may not use transit/decrypt/" in other.json()["error"]
+    ok = await asyncio.to_thread(post, f"{codec_server}/decode", plain, tokens["reader"])
+    assert ok.status_code == 200 and values(ok) == ["A-1001"]
+
+
 async def test_encode_needs_a_data_key_and_round_trips(
     codec_server: str, tokens: dict[str, str], settings: Settings, deps: Any
 ) -> None:
