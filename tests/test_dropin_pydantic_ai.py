@@ -324,7 +324,7 @@ _TELLER_CALL = timedelta(seconds=30)
 @workflow.defn(sandboxed=False)
 class TellerWorkflow:
     """`parallel`: two balance calls at once as the run's first calls. `halt`: one call, then waits;
-    halted, its cleanup code tries another call."""
+    halted, its cleanup code tries another call. `swallow`: halted, it returns as if it completed."""
 
     @workflow.run
     async def run(self, mode: str) -> list[str]:
@@ -339,6 +339,8 @@ class TellerWorkflow:
         try:
             await workflow.wait_condition(lambda: False)
         except asyncio.CancelledError:
+            if mode == "swallow":
+                return seen  # as if nothing happened
             seen.append(await workflow.execute_activity("customer_balance", {}, start_to_close_timeout=_TELLER_CALL))
             raise
         return seen
@@ -399,6 +401,28 @@ async def test_a_call_after_a_halt_is_refused_before_its_gate(
     assert [e["state"] for e in events if e["kind"] == "run.closed"] == ["halted"]
     status = await run_status(client, handle.id)
     assert status.state == "halted" and [s.step for s in status.steps] == [1]
+    outside.assert_nothing_leaked()
+
+
+async def test_a_halted_run_whose_code_swallows_the_cancellation_still_closes_halted(
+    teller: tuple[Client, str], deps: Any, outside: Any
+) -> None:
+    """The app's code catches the halt's cancellation and returns normally: the run still closes
+    halted (its record and its status), never as completed."""
+    client, task_queue = teller
+    handle = await client.start_workflow(
+        TellerWorkflow.run, "swallow", id=f"teller-{uuid.uuid4().hex[:10]}", task_queue=task_queue
+    )
+    for _ in range(300):
+        if any(e["kind"] == "tool.completed" for e in ledger(deps, handle.id)):
+            break
+        await asyncio.sleep(0.1)
+    await halt_run(client, handle.id, "teller closed", session=person("dave"))
+    assert await asyncio.wait_for(handle.result(), timeout=60) == ["$1.00"]
+    events = ledger(deps, handle.id)
+    assert [e["state"] for e in events if e["kind"] == "run.closed"] == ["halted"]
+    status = await run_status(client, handle.id)
+    assert status.state == "halted" and "teller closed" in (status.error or ""), status
     outside.assert_nothing_leaked()
 
 

@@ -238,12 +238,15 @@ class RunGovernor(GovernedRun):
         if self._identity is None or self._agent is None:
             return
         final: RunState = "completed"
-        if failure is not None:
-            final = (
-                "halted" if self._halted or isinstance(failure, (asyncio.CancelledError, CancelledError)) else "failed"
-            )
+        # A halted run closes halted and compensates, also when the app's code caught the
+        # cancellation and returned as if nothing happened.
+        if failure is not None or self._halted:
+            cancelled = isinstance(failure, (asyncio.CancelledError, CancelledError))
+            final = "halted" if self._halted or cancelled else "failed"
             self._error = self._error or (
-                f"halted: {self._halt_reason or 'cancelled'}" if final == "halted" else message_of(failure)
+                f"halted: {self._halt_reason or 'cancelled'}"
+                if failure is None or final == "halted"
+                else message_of(failure)
             )
             self._set_state("compensating")
             await self._compensate(self._agent)
