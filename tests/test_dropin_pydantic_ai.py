@@ -16,6 +16,7 @@ from pydantic_ai.durable_exec.temporal import AgentPlugin, PydanticAIPlugin
 from temporalio import activity, workflow
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 from examples import pydantic_ai_agent as bank
@@ -324,7 +325,8 @@ _TELLER_CALL = timedelta(seconds=30)
 @workflow.defn(sandboxed=False)
 class TellerWorkflow:
     """`parallel`: two balance calls at once as the run's first calls. `halt`: one call, then waits;
-    halted, its cleanup code tries another call. `swallow`: halted, it returns as if it completed."""
+    halted, its cleanup code tries another call. `swallow`: halted, it returns as if it completed.
+    `fail`: one call, then the app's code fails."""
 
     @workflow.run
     async def run(self, mode: str) -> list[str]:
@@ -336,6 +338,8 @@ class TellerWorkflow:
                 )
             )
         seen = [await workflow.execute_activity("customer_balance", {}, start_to_close_timeout=_TELLER_CALL)]
+        if mode == "fail":
+            raise ApplicationError("the teller crashed", non_retryable=True)
         try:
             await workflow.wait_condition(lambda: False)
         except asyncio.CancelledError:
@@ -423,6 +427,24 @@ async def test_a_halted_run_whose_code_swallows_the_cancellation_still_closes_ha
     assert [e["state"] for e in events if e["kind"] == "run.closed"] == ["halted"]
     status = await run_status(client, handle.id)
     assert status.state == "halted" and "teller closed" in (status.error or ""), status
+    outside.assert_nothing_leaked()
+
+
+async def test_a_failed_run_closes_failed_with_its_own_error(
+    teller: tuple[Client, str], deps: Any, outside: Any
+) -> None:
+    """The app's code fails after a governed call: the run closes `failed`, its record and status
+    saying why in the app's words (not as a halt)."""
+    client, task_queue = teller
+    handle = await client.start_workflow(
+        TellerWorkflow.run, "fail", id=f"teller-{uuid.uuid4().hex[:10]}", task_queue=task_queue
+    )
+    with pytest.raises(WorkflowFailureError):
+        await asyncio.wait_for(handle.result(), timeout=60)
+    (closed,) = [e for e in ledger(deps, handle.id) if e["kind"] == "run.closed"]
+    assert closed["state"] == "failed" and "the teller crashed" in closed["reason"], closed
+    status = await run_status(client, handle.id)
+    assert status.state == "failed" and "the teller crashed" in (status.error or ""), status
     outside.assert_nothing_leaked()
 
 
