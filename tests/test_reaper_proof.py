@@ -229,6 +229,7 @@ async def test_a_compensation_the_policy_denies_is_not_run_and_stays_outstanding
 ) -> None:
     """Under policies that forbid the compensation, the reaper does not run it: the gate's denial
     is recorded (with its reasons) as a failed compensation, still outstanding."""
+    from lockgate.activities.governance import bundle_content
     from lockgate.activities.reaper import Reaper
     from lockgate.policies import load_bundle
     from tests import agents
@@ -239,6 +240,7 @@ async def test_a_compensation_the_policy_denies_is_not_run_and_stays_outstanding
         '@id("test.no-unmark")\nforbid (principal == Agent::"script-agent", action == Action::"qa.unmark", resource);\n'
     )
     bundle = load_bundle(denying, deps.agents)
+    deps.ledger.register_bundle(bundle.hash, bundle_content(bundle))  # as a worker that loads it does
     run_id, accessor, label = await _terminated_with_a_mark(client, worker_running, outside, fail_undo=False)
     reaper = Reaper(
         vault=deps.vault,
