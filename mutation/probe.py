@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--" in args:
         at = args.index("--")
         args, tests = args[:at], args[at + 1 :]
-    parser = argparse.ArgumentParser(prog="python -m mutation.probe", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m mutation.probe", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("target", help="a target name of mutation/targets.toml")
     parser.add_argument("key", help="the mutant's description as --report prints it, or a substring of it")
     parser.add_argument("--line", type=int, help="only the mutant on this line")
