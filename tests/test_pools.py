@@ -129,3 +129,40 @@ def test_a_malformed_setting_stops_the_worker_with_one_line(tmp_path: Any) -> No
             variable,
             proc.stderr,
         )
+
+
+def test_a_ledger_transaction_a_vanished_worker_left_open_is_ended_by_the_server(
+    settings: Settings, monkeypatch: Any
+) -> None:
+    """A worker cut off from PostgreSQL in the middle of a ledger transaction leaves its backend idle
+    in that transaction, holding the run's chain locked: the server ends it (after
+    IDLE_TRANSACTION_SECONDS; 1 s here) and the other workers' appends to that run go on."""
+    from lockgate.activities.ledger import store
+
+    monkeypatch.setattr(store, "_IDLE_TX_OPTION", "-c idle_in_transaction_session_timeout=1000")
+    with fresh_database(settings) as (_name, url):
+        vanished = Ledger(url, pool=PoolLimits(size=1, overflow=0, raw=1))
+        other = Ledger(url, pool=PoolLimits(size=1, overflow=0, raw=1))
+        run = f"pool-{uuid.uuid4().hex[:8]}"
+        cleanup: list[Any] = []
+        try:
+            other.append(f"{run}-0", run, "note", {"i": 0})
+            conn = vanished.engine.connect()
+            conn.begin()
+            cleanup.append(conn.invalidate)  # its connection is gone: nothing to roll back
+            conn.execute(text("SELECT size FROM ledger_heads WHERE chain = :c FOR UPDATE"), {"c": run})
+            # ...and nothing more from that worker.
+            appended = threading.Event()
+
+            def append() -> None:
+                other.append(f"{run}-1", run, "note", {"i": 1})
+                appended.set()
+
+            threading.Thread(target=append, daemon=True).start()
+            assert appended.wait(timeout=15), "the chain stayed locked by the vanished worker's transaction"
+            assert [e["i"] for e in other.events(run)] == [0, 1]
+        finally:
+            for done in cleanup:
+                done()
+            vanished.dispose()
+            other.dispose()

@@ -319,7 +319,11 @@ class LedgerStore:
                 pool_timeout=pool.timeout,
                 # PgBouncer in transaction mode hands each transaction to any server connection:
                 # a statement prepared on one is unknown on the next.
-                connect_args={**_PG_LIVENESS, **({"prepare_threshold": None} if pool.pgbouncer else {})},
+                connect_args={
+                    **_PG_LIVENESS,
+                    # PgBouncer passes no startup options: its own idle_transaction_timeout does this.
+                    **({"prepare_threshold": None} if pool.pgbouncer else {"options": _IDLE_TX_OPTION}),
+                },
             )
             self.reader = self.engine
             # The one-statement append runs on plain psycopg connections in autocommit (its own
@@ -803,6 +807,15 @@ _PG_LIVENESS: dict[str, Any] = {
     "keepalives_interval": 2,
     "keepalives_count": 3,
 }
+
+
+# The other side of a partition: a worker cut off in the middle of a ledger transaction (its chain's
+# head row locked FOR UPDATE) leaves PostgreSQL's backend idle in that transaction, holding the lock
+# for the chain until the server notices the client is gone (TCP keepalive: hours by default), and
+# every other worker's append to that run waits. The server ends such a transaction after this long
+# (a ledger transaction is a few statements in a row: never idle for seconds).
+IDLE_TRANSACTION_SECONDS = 15
+_IDLE_TX_OPTION = f"-c idle_in_transaction_session_timeout={IDLE_TRANSACTION_SECONDS * 1000}"
 
 
 class _RawPool:
