@@ -139,7 +139,7 @@ def test_a_ledger_transaction_a_vanished_worker_left_open_is_ended_by_the_server
     IDLE_TRANSACTION_SECONDS; 1 s here) and the other workers' appends to that run go on."""
     from lockgate.activities.ledger import store
 
-    monkeypatch.setattr(store, "_IDLE_TX_OPTION", "-c idle_in_transaction_session_timeout=1000")
+    monkeypatch.setattr(store, "IDLE_TRANSACTION_SECONDS", 1)
     with fresh_database(settings) as (_name, url):
         vanished = Ledger(url, pool=PoolLimits(size=1, overflow=0, raw=1))
         other = Ledger(url, pool=PoolLimits(size=1, overflow=0, raw=1))
@@ -150,7 +150,7 @@ def test_a_ledger_transaction_a_vanished_worker_left_open_is_ended_by_the_server
             conn = vanished.engine.connect()
             conn.begin()
             cleanup.append(conn.invalidate)  # its connection is gone: nothing to roll back
-            conn.execute(text("SELECT size FROM ledger_heads WHERE chain = :c FOR UPDATE"), {"c": run})
+            vanished._head(conn, run, f"{run}-x")  # pyright: ignore[reportPrivateUsage] - an append's first step
             # ...and nothing more from that worker.
             appended = threading.Event()
 

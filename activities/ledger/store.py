@@ -57,6 +57,10 @@ log = logging.getLogger("lockgate.ledger")
 E = TypeVar("E", bound=events.LedgerEvent)
 
 
+# How long a ledger transaction holding a chain's lock may sit idle before the server ends it.
+IDLE_TRANSACTION_SECONDS = 15
+
+
 class LedgerEntry(SQLModel, table=True):
     __tablename__ = "ledger"  # pyright: ignore[reportAssignmentType]  # sqlmodel types it as declared_attr
     __table_args__ = (UniqueConstraint("chain", "chain_seq", name="ledger_chain_position"),)
@@ -319,11 +323,7 @@ class LedgerStore:
                 pool_timeout=pool.timeout,
                 # PgBouncer in transaction mode hands each transaction to any server connection:
                 # a statement prepared on one is unknown on the next.
-                connect_args={
-                    **_PG_LIVENESS,
-                    # PgBouncer passes no startup options: its own idle_transaction_timeout does this.
-                    **({"prepare_threshold": None} if pool.pgbouncer else {"options": _IDLE_TX_OPTION}),
-                },
+                connect_args={**_PG_LIVENESS, **({"prepare_threshold": None} if pool.pgbouncer else {})},
             )
             self.reader = self.engine
             # The one-statement append runs on plain psycopg connections in autocommit (its own
@@ -425,6 +425,13 @@ class LedgerStore:
     def _head(self, conn: Connection, chain: str, event_key: str) -> tuple[int, str, bool, bool]:
         """The chain's head row, locked for this transaction (created if new): (size, head, closed, dup)."""
         lock = "" if self._sqlite else " FOR UPDATE"
+        if not self._sqlite:
+            # The other side of a partition: a worker cut off while it holds the lock leaves its
+            # backend idle in this transaction, and every other worker's append to the run waits
+            # until PostgreSQL notices the client is gone (TCP keepalive: hours by default). The
+            # server ends this transaction once it is idle that long (its statements follow one
+            # another: never seconds apart). Transaction-scoped, so also behind PgBouncer.
+            conn.execute(text(f"SET LOCAL idle_in_transaction_session_timeout = {IDLE_TRANSACTION_SECONDS * 1000}"))
         query = text(
             "SELECT size, head, closed, EXISTS(SELECT 1 FROM ledger WHERE event_key = :k) "
             f"FROM ledger_heads WHERE chain = :c{lock}"
@@ -807,15 +814,6 @@ _PG_LIVENESS: dict[str, Any] = {
     "keepalives_interval": 2,
     "keepalives_count": 3,
 }
-
-
-# The other side of a partition: a worker cut off in the middle of a ledger transaction (its chain's
-# head row locked FOR UPDATE) leaves PostgreSQL's backend idle in that transaction, holding the lock
-# for the chain until the server notices the client is gone (TCP keepalive: hours by default), and
-# every other worker's append to that run waits. The server ends such a transaction after this long
-# (a ledger transaction is a few statements in a row: never idle for seconds).
-IDLE_TRANSACTION_SECONDS = 15
-_IDLE_TX_OPTION = f"-c idle_in_transaction_session_timeout={IDLE_TRANSACTION_SECONDS * 1000}"
 
 
 class _RawPool:
