@@ -383,20 +383,27 @@ async def test_concurrent_first_calls_open_the_runs_identity_once(
     outside.assert_nothing_leaked()
 
 
-async def test_a_call_after_a_halt_is_refused_before_its_gate(
-    teller: tuple[Client, str], deps: Any, outside: Any
-) -> None:
-    """Once an operator halted the run, a governed call its code still makes (here: cleanup code
-    catching the cancellation) is refused: no gate, no lease, no tool; the run closes halted."""
+async def _halted_after_its_first_call(teller: tuple[Client, str], deps: Any, mode: str) -> Any:
+    """A teller run in `mode`, halted by dave (an operator) once its first call completed."""
     client, task_queue = teller
     handle = await client.start_workflow(
-        TellerWorkflow.run, "halt", id=f"teller-{uuid.uuid4().hex[:10]}", task_queue=task_queue
+        TellerWorkflow.run, mode, id=f"teller-{uuid.uuid4().hex[:10]}", task_queue=task_queue
     )
     for _ in range(300):
         if any(e["kind"] == "tool.completed" for e in ledger(deps, handle.id)):
             break
         await asyncio.sleep(0.1)
     await halt_run(client, handle.id, "teller closed", session=person("dave"))
+    return handle
+
+
+async def test_a_call_after_a_halt_is_refused_before_its_gate(
+    teller: tuple[Client, str], deps: Any, outside: Any
+) -> None:
+    """Once an operator halted the run, a governed call its code still makes (here: cleanup code
+    catching the cancellation) is refused: no gate, no lease, no tool; the run closes halted."""
+    client, _ = teller
+    handle = await _halted_after_its_first_call(teller, deps, "halt")
     assert await wait_closed(client, handle.id) != "running"
     events = ledger(deps, handle.id)
     assert {(e["step"], e["outcome"]) for e in events if e["kind"] == "decision"} == {(1, "allow")}
@@ -413,15 +420,8 @@ async def test_a_halted_run_whose_code_swallows_the_cancellation_still_closes_ha
 ) -> None:
     """The app's code catches the halt's cancellation and returns normally: the run still closes
     halted (its record and its status), never as completed."""
-    client, task_queue = teller
-    handle = await client.start_workflow(
-        TellerWorkflow.run, "swallow", id=f"teller-{uuid.uuid4().hex[:10]}", task_queue=task_queue
-    )
-    for _ in range(300):
-        if any(e["kind"] == "tool.completed" for e in ledger(deps, handle.id)):
-            break
-        await asyncio.sleep(0.1)
-    await halt_run(client, handle.id, "teller closed", session=person("dave"))
+    client, _ = teller
+    handle = await _halted_after_its_first_call(teller, deps, "swallow")
     assert await asyncio.wait_for(handle.result(), timeout=60) == ["$1.00"]
     events = ledger(deps, handle.id)
     assert [e["state"] for e in events if e["kind"] == "run.closed"] == ["halted"]
