@@ -23,6 +23,7 @@ from tests.support.stack import (
     pending_request,
     start,
     status_of,
+    wait_file,
 )
 
 
@@ -259,11 +260,7 @@ async def test_a_run_cancelled_while_its_tool_runs_stops_there_and_compensates_i
                 ]
             },
         )
-        for _ in range(300):
-            if Path(f"{marker}.reached").exists():
-                break
-            await asyncio.sleep(0.05)
-        assert Path(f"{marker}.reached").exists(), "the refund never started"
+        await wait_file(f"{marker}.reached", timeout=15)  # the refund started
         await handle.cancel()
         await asyncio.sleep(0.5)
         marker.touch()  # the refund goes on, after the cancel

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -14,7 +13,7 @@ from typing import Any
 import pytest
 from temporalio.client import Client
 
-from tests.support.stack import ROOT, Outside, finish, ledger_events, start, status_of
+from tests.support.stack import ROOT, Outside, finish, ledger_events, start, status_of, wait_file
 
 
 class WorkerProcess:
@@ -55,14 +54,6 @@ def crash_env(env: dict[str, str], tmp_path: Path) -> dict[str, Any]:
         "marker": str(tmp_path / "go"),
         "log": tmp_path / "worker.log",
     }
-
-
-async def wait_file(path: str, timeout: float = 60) -> None:
-    for _ in range(int(timeout / 0.1)):
-        if os.path.exists(path):
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{path} never appeared")
 
 
 async def crash_and_recover(client: Client, crash: dict[str, Any], hook: str) -> Any:

@@ -49,6 +49,7 @@ from tests.support.stack import (
     person,
     start,
     status_of,
+    wait_file,
 )
 from tests.support.vault import read_data
 
@@ -476,11 +477,7 @@ async def test_halt_waits_for_the_in_flight_tool_before_compensating(
     os.environ["LOCKGATE_TEST_PAUSE_AFTER_LEASE"] = f"refunds.issue:{marker}"
     try:
         handle = await start(client, worker_running, "refund-agent", refund("A-1003", 900), initiator="erin")
-        for _ in range(300):
-            if Path(f"{marker}.reached").exists():
-                break
-            await asyncio.sleep(0.05)
-        assert Path(f"{marker}.reached").exists(), "the refund never started"
+        await wait_file(f"{marker}.reached", timeout=15)  # the refund started
         await handle.cancel()
         await asyncio.sleep(1.0)  # without the fence, compensation would run now (and find nothing)
         marker.touch()  # the forward tool goes on and refunds

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -235,3 +236,12 @@ async def pending_request(handle: WorkflowHandle[Any, Any], timeout: float = 20)
             return pending[0]
         await asyncio.sleep(0.05)
     raise AssertionError(f"{handle.id} did not ask for approval")
+
+
+async def wait_file(path: str | os.PathLike[str], timeout: float = 60) -> None:
+    """Until `path` exists (a test hook's `.reached` marker); fails after `timeout` seconds."""
+    for _ in range(int(timeout / 0.05)):
+        if os.path.exists(path):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{path} never appeared")
